@@ -1,0 +1,146 @@
+"""Validation of the generic format: one test per class of bad input, plus the happy path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from utpm.data import DataError, load_dataset
+
+ITEMS = "item_id,tags,categories,account\ni1,a|b,c1,acc1\ni2,b|c,c2,acc2\ni3,,c1,acc1\n"
+
+
+def events_csv(rows: list[str]) -> str:
+    return "user_id,item_id,timestamp,label\n" + "".join(r + "\n" for r in rows)
+
+
+GOOD_EVENTS = [f"u{u},i{1 + (u + t) % 3},{100 + t},{(u + t) % 2}" for u in range(5) for t in range(8)]
+
+
+def write(d: Path, items: str = ITEMS, events: str | None = None, users: str | None = None) -> Path:
+    (d / "items.csv").write_text(items, encoding="utf-8")
+    (d / "events.csv").write_text(events if events is not None else events_csv(GOOD_EVENTS), encoding="utf-8")
+    if users is not None:
+        (d / "users.csv").write_text(users, encoding="utf-8")
+    return d
+
+
+def test_good_dataset_loads_with_lists_and_types(tmp_path: Path) -> None:
+    ds = load_dataset(write(tmp_path, users="user_id,gender\nu0,f\nu1,m\n"))
+    assert ds.items.loc[0, "tags"] == ["a", "b"]
+    assert ds.item_fields == ["categories", "account"]
+    assert ds.user_fields == ["gender"]
+    assert str(ds.events["timestamp"].dtype) == "int64"
+    assert set(ds.events["label"]) == {0, 1}
+    assert len(ds.events) == 40
+
+
+def test_missing_column_names_file_line_and_columns(tmp_path: Path) -> None:
+    write(tmp_path, events="user_id,item_id,label\nu1,i1,1\n")
+    with pytest.raises(DataError, match=r"events\.csv, line 1: missing column\(s\) \['timestamp'\]"):
+        load_dataset(tmp_path)
+
+
+def test_bad_label_in_a_few_rows_is_dropped_with_a_counted_warning(tmp_path: Path) -> None:
+    rows = [*GOOD_EVENTS[:30], "u9,i1,5,2", *GOOD_EVENTS[30:]]
+    ds = load_dataset(write(tmp_path, events=events_csv(rows)))
+    assert len(ds.events) == 40
+    assert any("dropped 1 row(s) with a label that is not 0 or 1 (first at line 32)" in w for w in ds.report.warnings)
+
+
+def test_mostly_bad_labels_is_an_error_naming_the_first_line(tmp_path: Path) -> None:
+    rows = ["u1,i1,5,yes", "u1,i2,6,1", "u2,i1,7,maybe"]
+    with pytest.raises(DataError, match=r"line 2: a label that is not 0 or 1 \(2 of 3 rows"):
+        load_dataset(write(tmp_path, events=events_csv(rows)))
+
+
+def test_non_integer_timestamp(tmp_path: Path) -> None:
+    rows = ["u1,i1,12.5,1", "u1,i2,2020-01-01,1"]
+    with pytest.raises(DataError, match=r"line 2: a timestamp that is not an integer"):
+        load_dataset(write(tmp_path, events=events_csv(rows)))
+
+
+def test_events_with_unknown_items_are_counted_dropped_and_reported_once(tmp_path: Path) -> None:
+    rows = [*GOOD_EVENTS, "u1,nope,5,1", "u2,nope2,6,0"]
+    ds = load_dataset(write(tmp_path, events=events_csv(rows)))
+    unknown = [w for w in ds.report.warnings if "not in the items file" in w]
+    assert len(unknown) == 1 and "dropped 2 event(s)" in unknown[0] and "line 42" in unknown[0]
+    assert "nope" not in set(ds.events["item_id"])
+
+
+def test_items_without_tags_are_reported(tmp_path: Path) -> None:
+    ds = load_dataset(write(tmp_path))
+    assert any("1 of 3 item(s) have no tags" in w for w in ds.report.warnings)
+
+
+def test_duplicate_item_ids_keep_the_first_row(tmp_path: Path) -> None:
+    items = ITEMS + "".join(f"j{i},x,c,a\n" for i in range(30)) + "i1,zzz,c9,acc9\n"
+    ds = load_dataset(write(tmp_path, items=items))
+    assert ds.items.set_index("item_id").loc["i1", "tags"] == ["a", "b"]
+    assert any("duplicate item_id" in w and "line 35" in w for w in ds.report.warnings)
+
+
+def test_duplicate_user_ids_in_users_file(tmp_path: Path) -> None:
+    users = "user_id,age\n" + "".join(f"u{i},{20 + i}\n" for i in range(30)) + "u0,99\n"
+    ds = load_dataset(write(tmp_path, users=users))
+    assert ds.users is not None
+    assert ds.users.set_index("user_id").loc["u0", "age"] == "20"
+    assert any("duplicate user_id" in w for w in ds.report.warnings)
+
+
+def test_crlf_line_endings_load_like_lf(tmp_path: Path) -> None:
+    (tmp_path / "lf").mkdir()
+    lf = load_dataset(write(tmp_path / "lf"))
+    crlf_dir = tmp_path / "crlf"
+    crlf_dir.mkdir()
+    write(crlf_dir, items=ITEMS.replace("\n", "\r\n"), events=events_csv(GOOD_EVENTS).replace("\n", "\r\n"))
+    crlf = load_dataset(crlf_dir)
+    assert crlf.items["tags"].tolist() == lf.items["tags"].tolist()
+    assert crlf.items["account"].tolist() == [["acc1"], ["acc2"], ["acc1"]]  # no stray '\r'
+    assert crlf.events.equals(lf.events)
+    assert any("CRLF" in w for w in crlf.report.warnings)
+
+
+def test_bytes_that_are_not_utf8_name_the_line(tmp_path: Path) -> None:
+    write(tmp_path)
+    (tmp_path / "items.csv").write_bytes(ITEMS.encode() + b"i4,caf\xe9,c1,acc1\n")
+    with pytest.raises(DataError, match=r"items\.csv, line 5: bytes that are not UTF-8 \(byte 0xe9"):
+        load_dataset(tmp_path)
+
+
+def test_malformed_csv_row_is_one_clear_error(tmp_path: Path) -> None:
+    write(tmp_path, events="user_id,item_id,timestamp,label\nu1,i1,5,1\nu1,i2,6,1,extra,more\n")
+    with pytest.raises(DataError, match=r"line 3"):
+        load_dataset(tmp_path)
+
+
+def test_no_events_file(tmp_path: Path) -> None:
+    (tmp_path / "items.csv").write_text(ITEMS)
+    with pytest.raises(DataError, match="no events.csv or events.parquet"):
+        load_dataset(tmp_path)
+
+
+def test_parquet_loads_like_csv(tmp_path: Path) -> None:
+    csv_ds = load_dataset(write(tmp_path))
+    pq = tmp_path / "pq"
+    pq.mkdir()
+    import pandas as pd
+
+    pd.read_csv(tmp_path / "items.csv", dtype=str, keep_default_na=False).to_parquet(pq / "items.parquet")
+    pd.read_csv(tmp_path / "events.csv").to_parquet(pq / "events.parquet")
+    pq_ds = load_dataset(pq)
+    assert pq_ds.items["tags"].tolist() == csv_ds.items["tags"].tolist()
+    assert pq_ds.events.equals(csv_ds.events)
+
+
+def test_cli_reports_bad_file_without_traceback(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from utpm.cli import app
+
+    write(tmp_path, events="user_id,item_id,label\nu1,i1,1\n")
+    result = CliRunner().invoke(app, ["inspect", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "missing column(s) ['timestamp']" in result.output
+    assert "Traceback" not in result.output

@@ -1,0 +1,94 @@
+"""The paper's protocol: time-ordered 80/20 history/label split, seeded user split, no leaks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from utpm.data import load_dataset
+from utpm.data.loading import Dataset
+from utpm.data.protocol import split_protocol
+from utpm.features.spec import FieldKind
+
+
+def tiny_dataset() -> Dataset:
+    items = pd.DataFrame(
+        {
+            "item_id": ["a", "b", "c", "d", "e"],
+            "tags": [["x", "y"], ["y"], ["z"], ["w"], []],
+            "categories": [["c1"], ["c2"], ["c1"], ["c3"], ["c2"]],
+        }
+    )
+    # user 1: 10 events, times deliberately out of order in the file
+    ev = pd.DataFrame(
+        {
+            "user_id": ["1"] * 10 + ["2"] * 5 + ["3"],
+            "item_id": ["a", "b", "c", "d", "e", "a", "b", "c", "d", "e", "a", "b", "c", "d", "a", "a"],
+            "timestamp": [9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 1, 2, 3, 4, 5, 1],
+            "label": [1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 1, 0, 1, 1, 0, 1],
+        }
+    ).astype({"timestamp": np.int64, "label": np.int8})
+    users = pd.DataFrame({"user_id": ["1", "2"], "gender": ["f", "m"]})
+    return Dataset(items=items, events=ev, users=users)
+
+
+def test_history_is_the_first_80_percent_in_time_and_labels_the_rest() -> None:
+    split = split_protocol(tiny_dataset(), seed=0)
+    assert list(split.user_ids) == ["1", "2"]  # user 3 has one event: no history -> dropped
+    assert split.dropped_users == 1
+    u1 = 0
+    # user 1 by time: e(0) d(1) c(2) b(3) a(4) | e(5) d(6) c(7) b(8) a(9); 8 history, 2 labels
+    assert [(tags, y) for tags, y in split.label_items(u1)] == [(["y"], 1), (["x", "y"], 1)]
+    feats = split.features(u1)
+    # history by time: e0 d1 c2 b3(0) a4 e5 d6 c7(0); clicked tags in order w z x y w -> recent-unique
+    assert feats["clicked_tags"] == ["z", "x", "y", "w"]
+    assert feats["unclicked_tags"] == ["y", "z"]
+    assert feats["clicked_categories"] == ["c1", "c2", "c3"]  # c2 c3 c1 c1 c2 c3
+    assert feats["gender"] == ["f"]
+    assert split.field_kinds["gender"] is FieldKind.SINGLE
+
+
+def test_no_label_event_leaks_into_history(movielens_dir: Path) -> None:
+    ds = load_dataset(movielens_dir)
+    split = split_protocol(ds, seed=3)
+    ev = ds.events.sort_values(["user_id", "timestamp", "item_id"], kind="stable")
+    for i in range(0, split.n_users, 37):
+        uid = split.user_ids[i]
+        mine = ev[ev["user_id"] == uid]
+        n_hist = int(np.floor(len(mine) * 0.8))
+        label_part = mine.iloc[n_hist:]
+        labels = split.labels.row(i)
+        assert labels == label_part["item_id"].tolist()
+        # the label period starts no earlier than the history ends
+        assert label_part["timestamp"].min() >= mine.iloc[:n_hist]["timestamp"].max()
+        hist_clicked = mine.iloc[:n_hist]
+        hist_clicked = hist_clicked[hist_clicked["label"] == 1]
+        tags_of = ds.items.set_index("item_id")["tags"]
+        allowed = {t for it in hist_clicked["item_id"] for t in tags_of[it]}
+        assert set(split.features(i).get("clicked_tags", [])) <= allowed
+
+
+def test_clicked_tags_keep_the_most_recent_unique_values() -> None:
+    split = split_protocol(tiny_dataset(), seed=0, max_history=2)
+    assert all(len(v) <= 2 for v in split.features(0).values())
+    full = split_protocol(tiny_dataset(), seed=0)
+    assert split.features(0)["clicked_tags"] == full.features(0)["clicked_tags"][-2:]
+
+
+def test_user_split_is_deterministic_per_seed_and_depends_on_it(movielens_dir: Path) -> None:
+    ds = load_dataset(movielens_dir)
+    a, b, c = (split_protocol(ds, seed=s) for s in (1, 1, 2))
+    assert np.array_equal(a.is_test, b.is_test)
+    assert not np.array_equal(a.is_test, c.is_test)
+    assert abs(a.is_test.mean() - 0.2) < 0.01
+    for name in a.fields:
+        assert np.array_equal(a.fields[name].codes, b.fields[name].codes)
+
+
+def test_ragged_take_selects_rows() -> None:
+    split = split_protocol(tiny_dataset(), seed=0)
+    sub = split.fields["clicked_tags"].take(np.array([1, 0]))
+    assert sub.row(0) == split.fields["clicked_tags"].row(1)
+    assert sub.row(1) == split.fields["clicked_tags"].row(0)

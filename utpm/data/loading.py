@@ -1,0 +1,223 @@
+"""Load and validate a data set in the generic format (docs/data-format.md).
+
+A directory holds `items`, `events` and optionally `users`, each as `.csv` or `.parquet`.
+Loading is strict about the shape of a file (missing columns, bytes that are not UTF-8, rows that
+cannot be parsed): those raise one `DataError` naming file, line and problem. A usable file with a
+few bad rows (at most `MAX_BAD_FRACTION` of them) loads; the rows are dropped and counted in one
+warning that names the first bad line.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from utpm.data.errors import DataError, LoadReport
+
+log = logging.getLogger(__name__)
+
+MAX_BAD_FRACTION = 0.05
+ITEM_COLUMNS = ("item_id", "tags", "categories")
+EVENT_COLUMNS = ("user_id", "item_id", "timestamp", "label")
+LIST_SEP = "|"
+_INT_RE = re.compile(r"^\s*-?\d+\s*$")
+
+
+@dataclass
+class Dataset:
+    """A validated data set.
+
+    items: one row per item, `item_id` (str) plus one column of `list[str]` per multi-valued item
+        field (`tags`, `categories`, and any extra such as `account`).
+    events: `user_id` (str), `item_id` (str), `timestamp` (int64), `label` (int8), every item known.
+    users: `user_id` plus one str column per single-valued user field, or None.
+    """
+
+    items: pd.DataFrame
+    events: pd.DataFrame
+    users: pd.DataFrame | None
+    report: LoadReport = field(default_factory=LoadReport)
+    source: str = ""
+
+    @property
+    def item_fields(self) -> list[str]:
+        """Multi-valued item columns other than tags (categories, account, ...)."""
+        return [c for c in self.items.columns if c not in ("item_id", "tags")]
+
+    @property
+    def user_fields(self) -> list[str]:
+        return [] if self.users is None else [c for c in self.users.columns if c != "user_id"]
+
+
+def find_table(directory: Path, name: str, required: bool = True) -> Path | None:
+    """`name.parquet` or `name.csv` in `directory`."""
+    for suffix in (".parquet", ".csv"):
+        p = directory / f"{name}{suffix}"
+        if p.exists():
+            return p
+    if required:
+        raise DataError(directory, f"no {name}.csv or {name}.parquet here")
+    return None
+
+
+def _first_non_utf8_line(path: Path) -> tuple[int, str]:
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return n, f"byte 0x{raw[e.start]:02x} at column {e.start + 1}"
+    return 0, ""
+
+
+def read_table(path: Path, report: LoadReport | None = None) -> pd.DataFrame:
+    """Read a CSV (every column as str) or Parquet file; `_line` holds each row's line in the file."""
+    if path.suffix == ".parquet":
+        try:
+            df = pd.read_parquet(path)
+        except Exception as e:  # pyarrow raises several types for a corrupt file
+            raise DataError(path, f"not a readable Parquet file ({type(e).__name__}: {e})") from None
+        df["_line"] = np.arange(1, len(df) + 1)  # Parquet has no lines: the row number stands in
+        return df
+    with path.open("rb") as f:
+        head = f.read(1 << 16)
+    if head.startswith(b"\xef\xbb\xbf") and report is not None:
+        report.warn(f"{path}: starts with a UTF-8 byte-order mark; ignored")
+    if b"\r\n" in head and report is not None:
+        report.warn(f"{path}: CRLF (Windows) line endings; read as plain newlines")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig", engine="c")
+    except UnicodeDecodeError:
+        line, what = _first_non_utf8_line(path)
+        raise DataError(path, f"bytes that are not UTF-8 ({what}); save the file as UTF-8", line) from None
+    except pd.errors.EmptyDataError:
+        raise DataError(path, "the file is empty (no header line)", 1) from None
+    except pd.errors.ParserError as e:
+        m = re.search(r"line (\d+)", str(e))
+        raise DataError(path, f"cannot parse CSV: {e}", int(m.group(1)) if m else None) from None
+    df.columns = [str(c).strip() for c in df.columns]
+    df = df.apply(lambda s: s.str.strip())  # also drops a stray '\r' from a mixed-ending file
+    df["_line"] = np.arange(2, len(df) + 2)  # line 1 is the header
+    return df
+
+
+def _require_columns(df: pd.DataFrame, path: Path, required: tuple[str, ...]) -> None:
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        found = [c for c in df.columns if c != "_line"]
+        raise DataError(path, f"missing column(s) {missing}; found {found}", 1)
+
+
+def _drop_bad(df: pd.DataFrame, bad: pd.Series, path: Path, problem: str, report: LoadReport) -> pd.DataFrame:
+    """Drop rows flagged `bad`; raise if too many of them to call the file usable."""
+    n_bad = int(bad.sum())
+    if n_bad == 0:
+        return df
+    first = int(df.loc[bad, "_line"].iloc[0])
+    if n_bad > MAX_BAD_FRACTION * len(df):
+        raise DataError(path, f"{problem} ({n_bad} of {len(df)} rows; first shown here)", first)
+    report.warn(f"{path}: dropped {n_bad} row(s) with {problem} (first at line {first})")
+    return df.loc[~bad]
+
+
+def _to_int(s: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """(values as int64 with 0 for bad ones, bad mask) for a str or numeric column."""
+    if pd.api.types.is_integer_dtype(s):
+        return s.astype(np.int64), pd.Series(False, index=s.index)
+    if pd.api.types.is_float_dtype(s):
+        bad = s.isna() | (s != np.floor(s))
+        return s.where(~bad, 0).astype(np.int64), bad
+    text = s.astype(str)
+    bad = ~text.str.match(_INT_RE)
+    return pd.to_numeric(text.where(~bad, "0")).astype(np.int64), bad
+
+
+def split_list(s: pd.Series) -> pd.Series:
+    """'a|b| c' -> ['a', 'b', 'c']: split on '|', strip, drop empty parts."""
+    text = s.fillna("").astype(str)
+    return text.map(lambda v: [p.strip() for p in v.split(LIST_SEP) if p.strip()])
+
+
+def _load_items(path: Path, report: LoadReport) -> pd.DataFrame:
+    df = read_table(path, report)
+    _require_columns(df, path, ITEM_COLUMNS)
+    df["item_id"] = df["item_id"].astype(str).str.strip()
+    df = _drop_bad(df, df["item_id"].eq(""), path, "an empty item_id", report)
+    df = _drop_bad(df, df["item_id"].duplicated(), path, "a duplicate item_id (the first row is kept)", report)
+    list_cols = [c for c in df.columns if c not in ("item_id", "_line")]
+    for c in list_cols:
+        df[c] = split_list(df[c])
+    untagged = int((df["tags"].map(len) == 0).sum())
+    if untagged:
+        report.warn(f"{path}: {untagged} of {len(df)} item(s) have no tags; they give no tag labels")
+    report.rows["items"] = len(df)
+    return df[["item_id", *list_cols]].reset_index(drop=True)
+
+
+def _load_events(path: Path, item_ids: pd.Index, report: LoadReport) -> pd.DataFrame:
+    df = read_table(path, report)
+    _require_columns(df, path, EVENT_COLUMNS)
+    for c in ("user_id", "item_id"):
+        df[c] = df[c].astype(str).str.strip()
+        df = _drop_bad(df, df[c].eq(""), path, f"an empty {c}", report)
+    ts, bad_ts = _to_int(df["timestamp"])
+    df = _drop_bad(df.assign(timestamp=ts), bad_ts, path, "a timestamp that is not an integer", report)
+    label, bad_label = _to_int(df["label"])
+    bad_label |= ~label.isin((0, 1))
+    df = _drop_bad(df.assign(label=label), bad_label, path, "a label that is not 0 or 1", report)
+    unknown = ~df["item_id"].isin(item_ids)
+    n_unknown = int(unknown.sum())
+    if n_unknown == len(df) and len(df) > 0:
+        first = int(df["_line"].iloc[0])
+        raise DataError(path, "no event's item_id is in the items file; are they the same data set?", first)
+    if n_unknown:
+        first = int(df.loc[unknown, "_line"].iloc[0])
+        report.warn(f"{path}: dropped {n_unknown} event(s) whose item is not in the items file (first at line {first})")
+        df = df.loc[~unknown]
+    if len(df) == 0:
+        raise DataError(path, "no usable events")
+    report.rows["events"] = len(df)
+    out = df[list(EVENT_COLUMNS)].reset_index(drop=True)
+    return out.astype({"timestamp": np.int64, "label": np.int8})
+
+
+def _load_users(path: Path, report: LoadReport) -> pd.DataFrame:
+    df = read_table(path, report)
+    _require_columns(df, path, ("user_id",))
+    df["user_id"] = df["user_id"].astype(str).str.strip()
+    df = _drop_bad(df, df["user_id"].eq(""), path, "an empty user_id", report)
+    df = _drop_bad(df, df["user_id"].duplicated(), path, "a duplicate user_id (the first row is kept)", report)
+    cols = [c for c in df.columns if c not in ("user_id", "_line")]
+    if not cols:
+        raise DataError(path, "a users file needs at least one column besides user_id", 1)
+    for c in cols:
+        df[c] = df[c].fillna("").astype(str)
+    report.rows["users"] = len(df)
+    return df[["user_id", *cols]].reset_index(drop=True)
+
+
+def load_dataset(directory: str | Path) -> Dataset:
+    """Load and validate the data set in `directory`; warnings go to the log and to `Dataset.report`."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise DataError(d, "not a directory")
+    report = LoadReport()
+    items_path = find_table(d, "items")
+    events_path = find_table(d, "events")
+    users_path = find_table(d, "users", required=False)
+    assert items_path is not None and events_path is not None
+    items = _load_items(items_path, report)
+    events = _load_events(events_path, pd.Index(items["item_id"]), report)
+    users = _load_users(users_path, report) if users_path is not None else None
+    if users is not None:
+        clash = [c for c in users.columns if c != "user_id" and c in items.columns]
+        if clash:
+            raise DataError(users_path or d, f"user column(s) {clash} clash with item columns; rename them", 1)
+    for w in report.warnings:
+        log.info(w)
+    return Dataset(items=items, events=events, users=users, report=report, source=str(d))

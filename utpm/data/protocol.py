@@ -1,0 +1,245 @@
+"""The paper's protocol (section 4.1), shared by training and evaluation.
+
+For each user, events are sorted by time (ties by item id). The first `history_fraction` (80%) form
+the history from which the feature fields are built; the rest are the label period, whose items
+with their tags and labels are the training targets (train users) or the ground truth (test users).
+Users are split into train and test by a seeded draw. Users with fewer than two events have no
+history or no label period and are left out (counted in `ProtocolSplit.dropped_users`).
+
+Feature fields (names are what the model, export and service call them):
+- `clicked_tags`, `clicked_categories`, `clicked_<col>` for each further item column, from label-1
+  history items;
+- `unclicked_tags` from label-0 history items;
+- one single-valued field per column of the users file.
+
+Multi-valued fields keep each value once, at its most recent occurrence, oldest first, and at most
+`max_history` values (the most recent ones); the model's max length H truncates further, the same
+way (`utpm.features.encoding.recent_unique`).
+
+Storage is columnar (ragged integer arrays over string tables) so that 10M events fit in memory
+comfortably; nothing here is per-event Python.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from utpm.data.loading import Dataset
+from utpm.features.spec import FieldKind
+
+
+@dataclass
+class Ragged:
+    """Per-row lists of codes into `values`: row i is `values[codes[offsets[i]:offsets[i+1]]]`."""
+
+    offsets: np.ndarray  # (n_rows + 1,) int64
+    codes: np.ndarray  # (nnz,) int64
+    values: np.ndarray  # (n_values,) object (str)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def row_codes(self, i: int) -> np.ndarray:
+        return self.codes[self.offsets[i] : self.offsets[i + 1]]
+
+    def row(self, i: int) -> list[str]:
+        return [str(v) for v in self.values[self.row_codes(i)]]
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def take(self, rows: np.ndarray) -> Ragged:
+        """The rows `rows` (indices), in that order; shares `values`."""
+        lengths = self.lengths()[rows]
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        starts = self.offsets[rows]
+        # index of every kept element: its row's start plus its position within the row
+        within = np.arange(offsets[-1], dtype=np.int64) - np.repeat(offsets[:-1], lengths)
+        return Ragged(offsets, self.codes[np.repeat(starts, lengths) + within], self.values)
+
+
+def _ragged_from_pairs(row: np.ndarray, codes: np.ndarray, n_rows: int, values: np.ndarray) -> Ragged:
+    """Build from (row, code) pairs already grouped by row in the wanted order."""
+    counts = np.bincount(row, minlength=n_rows)
+    offsets = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    return Ragged(offsets, codes.astype(np.int64), values)
+
+
+def _encode_lists(lists: pd.Series) -> tuple[Ragged, np.ndarray]:
+    """A column of list[str] -> Ragged over a sorted string table."""
+    lengths = lists.map(len).to_numpy(dtype=np.int64)
+    flat = np.fromiter((v for lst in lists for v in lst), dtype=object, count=int(lengths.sum()))
+    values, codes = np.unique(flat.astype(str), return_inverse=True) if len(flat) else (np.array([], str), flat)
+    offsets = np.zeros(len(lists) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    vals = values.astype(object)
+    return Ragged(offsets, np.asarray(codes, dtype=np.int64), vals), vals
+
+
+@dataclass
+class ProtocolSplit:
+    """Features and labels of every kept user, and which users are test users.
+
+    fields[name]: Ragged over users (row i = user i's values); field_kinds[name]: single or multi.
+    labels: Ragged over users whose codes are item indices into `item_tags`; `label_values` is
+    aligned with `labels.codes` (0/1). item_tags: Ragged over items (row j = item j's tags, in the
+    item's order, most characteristic first for MovieLens).
+    """
+
+    user_ids: np.ndarray
+    is_test: np.ndarray
+    fields: dict[str, Ragged]
+    field_kinds: dict[str, FieldKind]
+    labels: Ragged
+    label_values: np.ndarray
+    item_tags: Ragged
+    item_ids: np.ndarray
+    seed: int
+    history_fraction: float
+    test_fraction: float
+    dropped_users: int = 0
+    stats: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    def indices(self, test: bool) -> np.ndarray:
+        return np.flatnonzero(self.is_test == test)
+
+    def features(self, i: int) -> dict[str, list[str]]:
+        """User i's raw features, as the service would receive them."""
+        return {name: r.row(i) for name, r in self.fields.items() if r.offsets[i + 1] > r.offsets[i]}
+
+    def label_items(self, i: int) -> Iterator[tuple[list[str], int]]:
+        """(tags of the item, label) for each label-period event of user i, in time order."""
+        lo, hi = self.labels.offsets[i], self.labels.offsets[i + 1]
+        for item, value in zip(self.labels.codes[lo:hi], self.label_values[lo:hi], strict=True):
+            yield self.item_tags.row(int(item)), int(value)
+
+    def clicked_tags(self, i: int) -> set[str]:
+        """C_i of the paper's Eq. 5: the tags of user i's label-1 items in the label period."""
+        return {t for tags, y in self.label_items(i) if y == 1 for t in tags}
+
+    def protocol_info(self) -> dict[str, object]:
+        return {
+            "history_fraction": self.history_fraction,
+            "test_fraction": self.test_fraction,
+            "seed": self.seed,
+            "users": self.n_users,
+            "train_users": int((~self.is_test).sum()),
+            "test_users": int(self.is_test.sum()),
+            "dropped_users": self.dropped_users,
+            "fields": {k: v.value for k, v in self.field_kinds.items()},
+            **self.stats,
+        }
+
+
+def _history_field(
+    user_idx: np.ndarray, item_idx: np.ndarray, item_values: Ragged, n_users: int, max_history: int
+) -> Ragged:
+    """Per-user recent-unique values of the given items (events already sorted by user, time)."""
+    lengths = item_values.lengths()[item_idx]
+    starts = item_values.offsets[item_idx]
+    total = int(lengths.sum())
+    ev_user = np.repeat(user_idx, lengths)
+    within = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    codes = item_values.codes[np.repeat(starts, lengths) + within]
+    # newest first, keep the first (= most recent) occurrence of each (user, value), then the
+    # max_history most recent per user, then back to oldest first
+    rev_user, rev_codes = ev_user[::-1], codes[::-1]
+    key = pd.DataFrame({"u": rev_user, "c": rev_codes})
+    keep = ~key.duplicated().to_numpy()
+    rev_user, rev_codes = rev_user[keep], rev_codes[keep]
+    rank = pd.Series(rev_user).groupby(rev_user).cumcount().to_numpy()
+    keep = rank < max_history
+    rev_user, rev_codes = rev_user[keep], rev_codes[keep]
+    # reverse back: users then descend, so stable-sort by user to restore ascending user order
+    user, codes = rev_user[::-1], rev_codes[::-1]
+    order = np.argsort(user, kind="stable")
+    return _ragged_from_pairs(user[order], codes[order], n_users, item_values.values)
+
+
+def split_protocol(
+    data: Dataset,
+    *,
+    seed: int = 0,
+    history_fraction: float = 0.8,
+    test_fraction: float = 0.2,
+    max_history: int = 100,
+) -> ProtocolSplit:
+    """Apply the paper's protocol to `data` (see the module docstring)."""
+    if not 0.0 < history_fraction < 1.0:
+        raise ValueError(f"history_fraction must be in (0, 1), got {history_fraction}")
+    if not 0.0 <= test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    items = data.items
+    item_pos = pd.Index(items["item_id"])
+    ev = data.events.sort_values(["user_id", "timestamp", "item_id"], kind="stable").reset_index(drop=True)
+    user_codes, user_ids = pd.factorize(ev["user_id"], sort=True)
+    n = np.bincount(user_codes)
+    n_hist = np.floor(n * history_fraction).astype(np.int64)
+    kept_user = (n_hist >= 1) & (n - n_hist >= 1)
+    dropped = int((~kept_user).sum())
+    # renumber kept users 0..n_kept-1
+    new_id = np.full(len(n), -1, dtype=np.int64)
+    new_id[kept_user] = np.arange(int(kept_user.sum()))
+    ev_user = new_id[user_codes]
+    pos = ev.groupby(user_codes, sort=False).cumcount().to_numpy()
+    ev_hist = pos < n_hist[user_codes]
+    valid = ev_user >= 0
+    user_ids = np.asarray(user_ids, dtype=object)[kept_user]
+    n_users = len(user_ids)
+    item_idx = item_pos.get_indexer(ev["item_id"])
+    label = ev["label"].to_numpy()
+
+    list_cols = [c for c in items.columns if c != "item_id"]
+    item_lists = {c: _encode_lists(items[c])[0] for c in list_cols}
+    fields: dict[str, Ragged] = {}
+    kinds: dict[str, FieldKind] = {}
+    hist = valid & ev_hist
+    for c in list_cols:
+        sel = hist & (label == 1)
+        fields[f"clicked_{c}"] = _history_field(ev_user[sel], item_idx[sel], item_lists[c], n_users, max_history)
+        kinds[f"clicked_{c}"] = FieldKind.MULTI
+    sel = hist & (label == 0)
+    fields["unclicked_tags"] = _history_field(ev_user[sel], item_idx[sel], item_lists["tags"], n_users, max_history)
+    kinds["unclicked_tags"] = FieldKind.MULTI
+
+    if data.users is not None:
+        users = data.users.set_index("user_id").reindex(pd.Index(user_ids))
+        for c in data.user_fields:
+            col = users[c].fillna("").astype(str)
+            present = col.to_numpy() != ""
+            values, codes = np.unique(col.to_numpy()[present].astype(str), return_inverse=True)
+            rows = np.flatnonzero(present)
+            fields[c] = _ragged_from_pairs(rows, codes, n_users, values.astype(object))
+            kinds[c] = FieldKind.SINGLE
+
+    lab = valid & ~ev_hist
+    labels = _ragged_from_pairs(ev_user[lab], item_idx[lab], n_users, np.asarray(items["item_id"], dtype=object))
+    rng = np.random.default_rng(seed)
+    is_test = np.zeros(n_users, dtype=bool)
+    n_test = round(n_users * test_fraction)
+    is_test[rng.permutation(n_users)[:n_test]] = True
+    return ProtocolSplit(
+        user_ids=user_ids,
+        is_test=is_test,
+        fields=fields,
+        field_kinds=kinds,
+        labels=labels,
+        label_values=label[lab].astype(np.int8),
+        item_tags=item_lists["tags"],
+        item_ids=np.asarray(items["item_id"], dtype=object),
+        seed=seed,
+        history_fraction=history_fraction,
+        test_fraction=test_fraction,
+        dropped_users=dropped,
+        stats={"history_events": int(hist.sum()), "label_events": int(lab.sum())},
+    )
