@@ -546,4 +546,3 @@ def generate_synthetic(
     meta = {"generator": "utpm.data.synthetic", "format_version": 1, "params": params, "report": rep.to_dict()}
     paths["meta.json"].write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return rep
-
