@@ -125,7 +125,7 @@ class AttentionFusion(nn.Module):
             return self.query
         if self.queries is None:  # unreachable: __init__ sets one of the two
             raise RuntimeError("attention fusion has no query")
-        return self.queries[unit]  # type: ignore[no-any-return]
+        return self.queries[unit]
 
     def forward(self, embedded: Sequence[Tensor], masks: Sequence[Tensor]) -> FusionOutput:
         """embedded[f]: (B, H_f, E), masks[f]: (B, H_f)."""

@@ -38,4 +38,4 @@ class Tower(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         """z: (B, in_dim) -> u: (B, out_dim)."""
-        return self.net(z)  # type: ignore[no-any-return]
+        return self.net(z)
