@@ -12,10 +12,12 @@ import typer
 
 from utpm.data.errors import DataError
 
-app = typer.Typer(help="UTPM user-tag profiles: prepare data, train, evaluate, export, index, serve.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
-prepare_app = typer.Typer(help="Write a data set in the generic format (docs/data-format.md).",
-                          no_args_is_help=True)
+app = typer.Typer(
+    help="UTPM user-tag profiles: prepare data, train, evaluate, export, index, serve.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+prepare_app = typer.Typer(help="Write a data set in the generic format (docs/data-format.md).", no_args_is_help=True)
 app.add_typer(prepare_app, name="prepare")
 
 
@@ -27,8 +29,11 @@ def fail(message: str) -> None:
 
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
 
 
 @prepare_app.command("movielens")
@@ -50,6 +55,37 @@ def prepare_movielens_cmd(
     typer.echo(report.summary())
 
 
+@prepare_app.command("synthetic")
+def prepare_synthetic_cmd(
+    out: Annotated[Path, typer.Argument(help="Output directory (Parquet files, truth.csv, meta.json).")],
+    tags: Annotated[int, typer.Option(help="Number of tags.")] = 1_000_000,
+    users: Annotated[int, typer.Option(help="Number of users.")] = 100_000,
+    events_per_user: Annotated[int, typer.Option(help="Mean impressions per user.")] = 100,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed writes the same files.")] = 0,
+) -> None:
+    """Generate WeChat-like data with planted interests (docs/synthetic.md)."""
+    from rich.progress import Progress
+
+    from utpm.data.synthetic import generate_synthetic
+
+    with Progress(transient=True) as bar:
+        tasks: dict[str, object] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done)  # type: ignore[arg-type]
+
+        try:
+            report = generate_synthetic(
+                out, n_tags=tags, n_users=users, events_per_user=events_per_user, seed=seed, progress=progress
+            )
+        except ValueError as e:
+            fail(str(e))
+    rows = ", ".join(f"{v:,} {k}" for k, v in report.rows.items())
+    typer.echo(f"wrote {rows} to {out} in {report.seconds:.1f}s (peak RSS {report.peak_rss_mb:.0f} MB)")
+
+
 @app.command("inspect")
 def inspect_cmd(data: Annotated[Path, typer.Argument(help="A data set in the generic format.")]) -> None:
     """Validate a data set and print its row counts, warnings and the protocol's user split."""
@@ -67,6 +103,180 @@ def inspect_cmd(data: Annotated[Path, typer.Argument(help="A data set in the gen
     info = {"rows": ds.report.rows, "warnings": ds.report.warnings, "protocol": split.protocol_info()}
     typer.echo(json.dumps(info, indent=2))
     typer.echo(f"validated {data} in {time.perf_counter() - t0:.1f}s")
+
+
+def _load_split(data: Path, seed: int):  # type: ignore[no-untyped-def]
+    from utpm.data.loading import load_dataset
+    from utpm.data.protocol import split_protocol
+
+    try:
+        return split_protocol(load_dataset(data), seed=seed)
+    except DataError as e:
+        fail(str(e))
+
+
+@app.command("train")
+def train_cmd(
+    data: Annotated[Path, typer.Argument(help="A data set in the generic format.")],
+    out: Annotated[Path, typer.Option("--out", help="Run directory to write.")],
+    model: Annotated[str, typer.Option(help="Model name (utpm, youtube, af1, af2, af2-cf, ...).")] = "utpm",
+    loss: Annotated[str, typer.Option(help="joint or separate; default: the model's (joint for utpm).")] = "",
+    preset: Annotated[str, typer.Option(help="Preset: movielens, industrial, tiny.")] = "movielens",
+    seed: Annotated[int, typer.Option(help="Seed of the user split, the initial weights and the sampling.")] = 0,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping on validation Prec@K).")] = 40,
+    batch_size: Annotated[int, typer.Option(help="Samples per batch.")] = 64,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 3e-3,
+) -> None:
+    """Train a model under the paper's protocol; writes a run directory (docs in utpm/training/run.py)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from utpm.models.presets import get_preset
+    from utpm.models.registry import default_loss
+    from utpm.training.trainer import TrainConfig, train
+
+    try:
+        config = TrainConfig(
+            model=model,
+            loss=loss or default_loss(model),
+            preset=get_preset(preset),
+            seed=seed,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+        )
+    except ValueError as e:
+        fail(str(e))
+    split = _load_split(data, seed)
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn())
+    with Progress(*columns) as bar:
+        task = bar.add_task(f"train {model}/{config.loss}", total=epochs, info="")
+
+        def progress(epoch: int, total: int, point: dict[str, float]) -> None:
+            k = config.early_stop_k
+            info = f"loss {point['loss']:.4f} val Prec@{k} {point[f'val_prec@{k}']:.4f}"
+            bar.update(task, completed=epoch, info=info)
+
+        try:
+            result = train(split, config, out=out, progress=progress)
+        except ValueError as e:
+            fail(str(e))
+    test = ", ".join(f"Prec@{k} {v:.4f}" for k, v in result.test.items())
+    typer.echo(
+        f"trained {model}/{config.loss} (best epoch {result.best_epoch}, {result.samples_per_s:,.0f} samples/s); "
+        f"test {test}; wrote {out}"
+    )
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    run: Annotated[Path, typer.Argument(help="A run directory from `utpm train`.")],
+    data: Annotated[Path, typer.Argument(help="The data set it was trained on.")],
+    k: Annotated[str, typer.Option("--k", help="Comma-separated K values.")] = "1,2,3",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Prec@K (the paper's Eq. 5) of a trained run on its test users."""
+    import json
+
+    from utpm.training.run import load_run
+    from utpm.training.trainer import evaluate_rows
+
+    try:
+        ks = [int(x) for x in k.split(",") if x.strip()]
+        loaded = load_run(run)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    split = _load_split(data, int(loaded.config["protocol"]["seed"]))
+    values, skipped = evaluate_rows(loaded.model, split, loaded.encoder, loaded.tags, split.indices(test=True), ks)
+    result = {
+        "run": str(run),
+        "model": loaded.config["model"],
+        "loss": loaded.config["loss"],
+        "test_users": int(split.is_test.sum()),
+        "skipped_users_empty_C": skipped,
+        **{f"prec@{kk}": v for kk, v in values.items()},
+    }
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        typer.echo(" ".join(f"Prec@{kk} {v:.4f}" for kk, v in values.items()) + f" ({result['test_users']} test users)")
+
+
+@app.command("experiment")
+def experiment_cmd(
+    data: Annotated[Path, typer.Argument(help="A data set in the generic format.")],
+    models: Annotated[
+        str, typer.Option(help="Comma-separated model names; 'paper' = the paper's ladder + utpm.")
+    ] = "paper",
+    loss: Annotated[str, typer.Option(help="joint, separate, both, or default (each model's own).")] = "both",
+    seeds: Annotated[int, typer.Option(help="Number of seeds (0..N-1).")] = 5,
+    k: Annotated[str, typer.Option("--k", help="Comma-separated K values.")] = "1,2,3",
+    preset: Annotated[str, typer.Option(help="Preset name.")] = "movielens",
+    epochs: Annotated[int, typer.Option(help="Maximum epochs per run.")] = 40,
+    hparams: Annotated[
+        bool, typer.Option(help="Also run the hyper-parameter study (E, heads, C, activation).")
+    ] = False,
+    hparam_seeds: Annotated[int, typer.Option(help="Seeds for the hyper-parameter study (default: --seeds).")] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results JSON here.")] = None,
+    report: Annotated[Path | None, typer.Option(help="Write report.md, plots here.")] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes (default: up to 2).")] = 0,
+) -> None:
+    """The paper's protocol for many models, losses and seeds: JSON + a report like Tables 2-4."""
+    import json
+    import shlex
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from utpm.evaluation.experiment import PAPER_MODELS, run_experiment
+    from utpm.evaluation.report import attention_example, plot_hparams, plot_models, render
+    from utpm.models.registry import MODEL_NAMES
+
+    names = [*PAPER_MODELS] if models == "paper" else [m.strip() for m in models.split(",") if m.strip()]
+    bad = [m for m in names if m not in MODEL_NAMES]
+    if bad:
+        fail(f"unknown model(s) {bad}; valid: {', '.join(MODEL_NAMES)}")
+    losses = {"both": ["separate", "joint"]}.get(loss, [loss])
+    if any(lo not in ("joint", "separate", "default") for lo in losses):
+        fail(f"--loss must be joint, separate, both or default, not {loss!r}")
+    ks = [int(x) for x in k.split(",") if x.strip()]
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
+        task = bar.add_task("experiment", total=None)
+
+        def progress(done: int, total: int, label: str) -> None:
+            bar.update(task, completed=done, total=total, description=f"done {label}")
+
+        try:
+            result = run_experiment(
+                data, names, losses, seeds, ks, preset, hparams, hparam_seeds or None, epochs, workers or None, progress
+            )
+        except DataError as e:
+            fail(str(e))
+    payload = {
+        "dataset": result.dataset,
+        "protocol": result.protocol,
+        "results": result.summary(ks),
+        "runs": result.runs,
+    }
+    if any("recovery@1" in r for r in result.runs):
+        payload["recovery"] = result.summary(ks, "recovery")
+    wrote = []
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(payload, indent=2))
+        wrote.append(str(json_out))
+    if report is not None:
+        report.mkdir(parents=True, exist_ok=True)
+        plot_models(result, ks, report / "prec_at_k.png")
+        hp = None
+        if hparams:
+            plot_hparams(result, ks, report / "hparams.png")
+            hp = "hparams.png"
+        attention = attention_example(str(data), preset) if "utpm" in names or "af2-cf" in names else None
+        command = "utpm experiment " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+        (report / "report.md").write_text(render(result, ks, "prec_at_k.png", attention, hp, command))
+        wrote.append(str(report / "report.md"))
+    if not wrote:
+        typer.echo(json.dumps(payload["results"], indent=2))
+    typer.echo(f"experiment: {len(result.runs)} runs on {data}; wrote {', '.join(wrote) or 'stdout'}")
 
 
 REPO_DATA = Path(__file__).resolve().parent.parent / "data" / "movielens-small"
@@ -92,8 +302,10 @@ def demo_cmd(
         fail(str(e))
     typer.echo(f"[1/1] prepare: {report.summary()}")
     info = split.protocol_info()
-    typer.echo(f"demo: {info['train_users']} train and {info['test_users']} test users under the paper's "
-               f"protocol; data in {data_dir}")
+    typer.echo(
+        f"demo: {info['train_users']} train and {info['test_users']} test users under the paper's "
+        f"protocol; data in {data_dir}"
+    )
 
 
 if __name__ == "__main__":

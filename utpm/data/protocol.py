@@ -100,11 +100,14 @@ class ProtocolSplit:
     label_values: np.ndarray
     item_tags: Ragged
     item_ids: np.ndarray
+    history: Ragged
+    history_values: np.ndarray
     seed: int
     history_fraction: float
     test_fraction: float
     dropped_users: int = 0
     stats: dict[str, int] = field(default_factory=dict)
+    source: str = ""
 
     @property
     def n_users(self) -> int:
@@ -117,18 +120,23 @@ class ProtocolSplit:
         """User i's raw features, as the service would receive them."""
         return {name: r.row(i) for name, r in self.fields.items() if r.offsets[i + 1] > r.offsets[i]}
 
-    def label_items(self, i: int) -> Iterator[tuple[list[str], int]]:
-        """(tags of the item, label) for each label-period event of user i, in time order."""
+    def label_items(self, i: int, max_tags: int | None = None) -> Iterator[tuple[list[str], int]]:
+        """(first `max_tags` tags of the item, label) for each label-period event of user i, in time order."""
         lo, hi = self.labels.offsets[i], self.labels.offsets[i + 1]
         for item, value in zip(self.labels.codes[lo:hi], self.label_values[lo:hi], strict=True):
-            yield self.item_tags.row(int(item)), int(value)
+            yield self.item_tags.row(int(item))[:max_tags], int(value)
 
-    def clicked_tags(self, i: int) -> set[str]:
-        """C_i of the paper's Eq. 5: the tags of user i's label-1 items in the label period."""
-        return {t for tags, y in self.label_items(i) if y == 1 for t in tags}
+    def clicked_tags(self, i: int, max_tags: int | None = None) -> set[str]:
+        """C_i of the paper's Eq. 5: the tags of user i's label-1 items in the label period.
+
+        `max_tags` is Table 1's N, the number of tags an item has for the model: an item's tags
+        beyond its first N are neither trained on nor counted in C.
+        """
+        return {t for tags, y in self.label_items(i, max_tags) if y == 1 for t in tags}
 
     def protocol_info(self) -> dict[str, object]:
         return {
+            "source": self.source,
             "history_fraction": self.history_fraction,
             "test_fraction": self.test_fraction,
             "seed": self.seed,
@@ -223,7 +231,9 @@ def split_protocol(
             kinds[c] = FieldKind.SINGLE
 
     lab = valid & ~ev_hist
-    labels = _ragged_from_pairs(ev_user[lab], item_idx[lab], n_users, np.asarray(items["item_id"], dtype=object))
+    item_id_table = np.asarray(items["item_id"], dtype=object)
+    labels = _ragged_from_pairs(ev_user[lab], item_idx[lab], n_users, item_id_table)
+    history = _ragged_from_pairs(ev_user[hist], item_idx[hist], n_users, item_id_table)
     rng = np.random.default_rng(seed)
     is_test = np.zeros(n_users, dtype=bool)
     n_test = round(n_users * test_fraction)
@@ -236,10 +246,13 @@ def split_protocol(
         labels=labels,
         label_values=label[lab].astype(np.int8),
         item_tags=item_lists["tags"],
-        item_ids=np.asarray(items["item_id"], dtype=object),
+        item_ids=item_id_table,
+        history=history,
+        history_values=label[hist].astype(np.int8),
         seed=seed,
         history_fraction=history_fraction,
         test_fraction=test_fraction,
         dropped_users=dropped,
         stats={"history_events": int(hist.sum()), "label_events": int(lab.sum())},
+        source=data.source,
     )

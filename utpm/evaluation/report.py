@@ -1,0 +1,260 @@
+"""Markdown report of an experiment, laid out like the paper's Tables 2, 3 and 4 and Figures 3, 4."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from utpm.evaluation.experiment import HPARAM_GRID, ExperimentResult, paired_gap, verdict
+
+TABLES: dict[str, tuple[str, ...]] = {
+    "Table 2: attention fusion": ("youtube", "af1-unshared", "af1", "af2"),
+    "Table 3: cross features": ("af2", "af2-cf", "af2-afm", "af2-nfm", "af2-dcn", "af2-autoint"),
+}
+# The paper's orderings, each a (worse, better) pair that it reports as an improvement.
+PAPER_CLAIMS: tuple[tuple[str, str, str], ...] = (
+    ("Table 2", "youtube", "af1-unshared"),
+    ("Table 2", "af1-unshared", "af1"),
+    ("Table 2", "af1", "af2"),
+    ("Table 3", "af2", "af2-cf"),
+    ("Table 3", "af2-afm", "af2-cf"),
+    ("Table 3", "af2-nfm", "af2-cf"),
+    ("Table 3", "af2-dcn", "af2-cf"),
+    ("Table 3", "af2-autoint", "af2-cf"),
+)
+
+
+def _cells(result: ExperimentResult, model: str, loss: str, ks: Sequence[int], metric: str) -> list[str]:
+    rows = {(r["model"], r["loss"], r["k"]): r for r in result.summary(ks, metric) if "variant" not in r}
+    out = []
+    for k in ks:
+        r = rows.get((model, loss, k))
+        out.append(f"{r['mean']:.4f} ± {r['std']:.4f}" if r else "–")
+    return out
+
+
+def _table(result: ExperimentResult, entries: Sequence[tuple[str, str]], ks: Sequence[int], metric: str) -> list[str]:
+    head = "| model | loss | " + " | ".join(f"{metric.capitalize()}@{k}" for k in ks) + " |"
+    lines = [head, "|" + "---|" * (len(ks) + 2)]
+    for model, loss in entries:
+        cells = _cells(result, model, loss, ks, metric)
+        if any(c != "–" for c in cells):
+            lines.append(f"| {model} | {loss} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _losses(result: ExperimentResult) -> list[str]:
+    return sorted({r["loss"] for r in result.runs if r["loss"] != "-" and "variant" not in r})
+
+
+def render(
+    result: ExperimentResult,
+    ks: Sequence[int],
+    plot: str | None,
+    attention: list[dict[str, Any]] | None,
+    hparam_plot: str | None,
+    command: str,
+) -> str:
+    metric_names = ["prec"] + (["recovery"] if any("recovery@1" in r for r in result.runs) else [])
+    p = result.protocol
+    lines = [
+        f"# Experiment on `{result.dataset}`",
+        "",
+        f"Generated {dt.date.today().isoformat()} by `{command}`.",
+        "",
+        f"Protocol: {p['users']} users ({p['train_users']} train / {p['test_users']} test at seed 0, "
+        f"{p['dropped_users']} left out), history {p['history_fraction']:.0%} / labels {1 - p['history_fraction']:.0%} "
+        f"by time, seeds {p['seeds']}, preset `{p['preset']['name']}` (N = {p['preset']['N']} tags per item). "
+        "Prec@K is the paper's Eq. 5 on test users with a non-empty C; mean ± std over seeds "
+        "(each seed redraws the user split and the initial weights).",
+        "",
+    ]
+    losses = _losses(result)
+    for metric in metric_names:
+        if metric == "recovery":
+            lines += ["## Profile recovery against planted interests (truth.csv)", ""]
+        all_entries = [
+            (m, lo)
+            for m in dict.fromkeys(r["model"] for r in result.runs if "variant" not in r)
+            for lo in (["-"] if m in ("mostpop", "histfreq") else losses)
+        ]
+        lines += [f"### All models and yardsticks ({metric})", "", *_table(result, all_entries, ks, metric), ""]
+        best = _best(result, ks, metric)
+        if best:
+            lines += [best, ""]
+        if metric == "prec":
+            for title, models in TABLES.items():
+                for loss in losses:
+                    lines += [
+                        f"### {title} ({loss} loss)",
+                        "",
+                        *_table(result, [(m, loss) for m in models], ks, metric),
+                        "",
+                    ]
+            if {"joint", "separate"} <= set(losses):
+                lines += [
+                    "### Table 4: joint loss",
+                    "",
+                    *_table(result, [("af2-cf", "separate"), ("af2-cf", "joint")], ks, metric),
+                    "",
+                ]
+        lines += _claims(result, ks, metric, losses)
+    if plot:
+        lines += [f"![Prec@K by model]({plot})", ""]
+    if attention:
+        lines += _attention(attention)
+    if hparam_plot:
+        lines += _hparams(result, ks, hparam_plot)
+    return "\n".join(lines) + "\n"
+
+
+def _best(result: ExperimentResult, ks: Sequence[int], metric: str) -> str:
+    rows = [r for r in result.summary(ks, metric) if "variant" not in r]
+    out = []
+    for k in ks:
+        at_k = sorted((r for r in rows if r["k"] == k), key=lambda r: -r["mean"])
+        if at_k:
+            top = at_k[0]
+            out.append(f"{metric.capitalize()}@{k}: highest mean is {top['model']}/{top['loss']} ({top['mean']:.4f})")
+    return "; ".join(out) + "." if out else ""
+
+
+def _claims(result: ExperimentResult, ks: Sequence[int], metric: str, losses: Sequence[str]) -> list[str]:
+    key_claims: list[tuple[str, tuple[str, str], tuple[str, str]]] = [
+        (t, (a, lo), (b, lo)) for lo in losses for t, a, b in PAPER_CLAIMS
+    ]
+    if {"joint", "separate"} <= set(losses):
+        key_claims.append(("Table 4", ("af2-cf", "separate"), ("af2-cf", "joint")))
+    for y in ("mostpop", "histfreq"):
+        key_claims += [("yardstick", (y, "-"), ("af2-cf", lo)) for lo in losses]
+        key_claims += [("yardstick", (y, "-"), ("youtube", lo)) for lo in losses]
+    lines = [
+        f"### Does each ordering hold here? ({metric})",
+        "",
+        "Paired by seed: gap = mean over seeds of (better − worse); it *holds* when the gap exceeds the "
+        "std of the paired gaps, is *reversed* when below minus that std, and is a *tie* otherwise.",
+        "",
+        "| source | claim | " + " | ".join(f"gap@{k} (verdict)" for k in ks) + " |",
+        "|" + "---|" * (len(ks) + 2),
+    ]
+    for source, worse, better in key_claims:
+        cells = []
+        for k in ks:
+            mean, std, n = paired_gap(result.runs, worse, better, f"{metric}@{k}")
+            if n == 0:
+                break
+            cells.append(f"{mean:+.4f} ± {std:.4f} ({verdict(mean, std)})")
+        if cells:
+            lines.append(f"| {source} | {better[0]}/{better[1]} > {worse[0]}/{worse[1]} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _attention(rows: list[dict[str, Any]]) -> list[str]:
+    heads = len(rows[0]["weights"])
+    lines = [
+        "## Attention weights for one test user (like the paper's Figure 3)",
+        "",
+        "| field | value | " + " | ".join(f"head {h + 1}" for h in range(heads)) + " |",
+        "|" + "---|" * (heads + 2),
+    ]
+    for r in rows:
+        lines.append(f"| {r['field']} | {r['value']} | " + " | ".join(f"{w:.4f}" for w in r["weights"]) + " |")
+    fields = {r["field"]: r["field_weights"] for r in rows}
+    lines += [
+        "",
+        "Merge level (weight of each field):",
+        "",
+        "| field | " + " | ".join(f"head {h + 1}" for h in range(heads)) + " |",
+        "|" + "---|" * (heads + 1),
+    ]
+    lines += [f"| {f} | " + " | ".join(f"{w:.4f}" for w in ws) + " |" for f, ws in fields.items()]
+    return [*lines, ""]
+
+
+def _hparams(result: ExperimentResult, ks: Sequence[int], plot: str) -> list[str]:
+    rows = [r for r in result.summary(ks) if "variant" in r]
+    lines = [
+        "## Hyper-parameters (like the paper's Figure 4; utpm, joint loss)",
+        "",
+        "| variant | " + " | ".join(f"Prec@{k}" for k in ks) + " |",
+        "|" + "---|" * (len(ks) + 1),
+    ]
+    for key, values in HPARAM_GRID.items():
+        for v in values:
+            name = f"{key}={v}"
+            cells = [
+                next((f"{r['mean']:.4f} ± {r['std']:.4f}" for r in rows if r["variant"] == name and r["k"] == k), "–")
+                for k in ks
+            ]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return [*lines, "", f"![hyper-parameters]({plot})", ""]
+
+
+def plot_models(result: ExperimentResult, ks: Sequence[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result.summary(ks) if "variant" not in r]
+    names = list(dict.fromkeys(f"{r['model']}/{r['loss']}" for r in rows))
+    fig, ax = plt.subplots(figsize=(max(8, len(names) * 0.7), 4))
+    width = 0.8 / len(ks)
+    for j, k in enumerate(ks):
+        vals = {f"{r['model']}/{r['loss']}": r for r in rows if r["k"] == k}
+        xs = [i + j * width for i in range(len(names))]
+        ax.bar(xs, [vals[n]["mean"] for n in names], width, yerr=[vals[n]["std"] for n in names], label=f"Prec@{k}")
+    ax.set_xticks([i + width * (len(ks) - 1) / 2 for i in range(len(names))], names, rotation=45, ha="right")
+    ax.set_ylabel("Prec@K (mean ± std over seeds)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_hparams(result: ExperimentResult, ks: Sequence[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result.summary(ks) if "variant" in r]
+    fig, axes = plt.subplots(1, len(HPARAM_GRID), figsize=(4 * len(HPARAM_GRID), 3.2))
+    for ax, (key, values) in zip(axes, HPARAM_GRID.items(), strict=True):
+        for k in ks:
+            means = [
+                next((r["mean"] for r in rows if r["variant"] == f"{key}={v}" and r["k"] == k), float("nan"))
+                for v in values
+            ]
+            ax.plot([str(v) for v in values], means, marker="o", label=f"Prec@{k}")
+        ax.set_title(key)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def attention_example(data_path: str, preset: str, seed: int = 0) -> list[dict[str, Any]]:
+    """Train utpm (joint) at `seed` and explain the test user with the most input values."""
+    import torch
+
+    from utpm.data.loading import load_dataset
+    from utpm.data.protocol import split_protocol
+    from utpm.models.explain import explain, feature_weights
+    from utpm.models.presets import get_preset
+    from utpm.training.samples import encode_rows
+    from utpm.training.trainer import TrainConfig, train
+
+    split = split_protocol(load_dataset(data_path), seed=seed)
+    result = train(split, TrainConfig(model="utpm", loss="joint", preset=get_preset(preset), seed=seed))
+    rows = split.indices(test=True)
+    ids, masks = encode_rows(split, result.encoder, rows)
+    fullest = int(sum(m.sum(axis=1) for m in masks).argmax())
+    ex = explain(
+        result.model,
+        [torch.from_numpy(x[fullest : fullest + 1]) for x in ids],
+        [torch.from_numpy(m[fullest : fullest + 1]) for m in masks],
+    )
+    return feature_weights(ex, result.encoder, 0)

@@ -1,0 +1,1 @@
+"""Training: tensors from the protocol, the loop with early stopping, and run directories."""
