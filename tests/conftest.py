@@ -83,3 +83,31 @@ def movielens_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("movielens")
     prepare_movielens(MOVIELENS_SMALL, out)
     return out
+
+
+# --- model_export / index fixtures (ONNX bundle + FAISS index issue) ---------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_run(movielens_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A UTPM run at the tiny preset, 2 epochs on the vendored MovieLens (a few seconds). Read-only."""
+    from utpm.data.loading import load_dataset
+    from utpm.data.protocol import split_protocol
+    from utpm.models.presets import get_preset
+    from utpm.training.trainer import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    split = split_protocol(load_dataset(movielens_dir))
+    train(split, TrainConfig(model="utpm", loss="joint", preset=get_preset("tiny"), epochs=2), out=out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny run exported as a bundle (parity checked on its MovieLens test users). Read-only:
+    tests that change a bundle copy it first."""
+    from model_export.onnx_export import export_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    export_bundle(tiny_run, out)
+    return out

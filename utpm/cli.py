@@ -19,6 +19,28 @@ app = typer.Typer(
 )
 prepare_app = typer.Typer(help="Write a data set in the generic format (docs/data-format.md).", no_args_is_help=True)
 app.add_typer(prepare_app, name="prepare")
+index_app = typer.Typer(help="Build the FAISS tag index of a bundle.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+bench_app = typer.Typer(help="Benchmarks that print JSON (speed targets live here, not in tests).",
+                        no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+def _register_serving_commands() -> None:
+    """Export/index/serve commands live beside their code; they need the `serve` (and `train`) extras."""
+    try:
+        from index.cli import bench_index_cmd, index_build_cmd
+        from model_export.cli import bench_model_cmd, export_cmd
+    except ImportError as e:  # e.g. a train-only install without faiss/onnxruntime
+        logging.getLogger(__name__).debug("serving commands unavailable: %s", e)
+        return
+    app.command("export")(export_cmd)
+    bench_app.command("model")(bench_model_cmd)
+    index_app.command("build")(index_build_cmd)
+    bench_app.command("index")(bench_index_cmd)
+
+
+_register_serving_commands()
 
 
 def fail(message: str) -> None:
@@ -277,6 +299,32 @@ def experiment_cmd(
     if not wrote:
         typer.echo(json.dumps(payload["results"], indent=2))
     typer.echo(f"experiment: {len(result.runs)} runs on {data}; wrote {', '.join(wrote) or 'stdout'}")
+
+
+@app.command("serve")
+def serve_cmd(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory (exported and indexed).")],
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    redis_url: Annotated[str | None, typer.Option(help="Redis URL (overrides UTPM_REDIS_URL); default: "
+                                                  "the embedded in-process cache.")] = None,
+) -> None:
+    """Serve profiles over HTTP (settings: UTPM_* environment variables, see service/config.py)."""
+    import uvicorn
+    from pydantic import ValidationError
+
+    from service.config import Settings
+    from service.main import create_app
+
+    overrides: dict[str, object] = {"bundle": bundle}
+    if redis_url:
+        overrides["redis_url"] = redis_url
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as e:
+        fail(f"invalid settings: {e}")
+    typer.echo(f"serving {bundle} on http://{host}:{port} (docs at /docs)")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False)
 
 
 REPO_DATA = Path(__file__).resolve().parent.parent / "data" / "movielens-small"

@@ -1,0 +1,133 @@
+"""Micro-batching: gather concurrent requests into one model run, off the event loop.
+
+A request waits at most `max_wait_ms` for company: the first user of a batch starts a clock and
+the batch runs when it is full or the clock runs out, whichever is first. Batches run in a thread
+pool (ONNX Runtime and FAISS release the GIL), at most `workers` at a time. The queue is bounded:
+past `max_pending` users waiting, `submit` raises `Overloaded` at once instead of queueing
+without bound, so accepted requests keep a bounded latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Generic, TypeVar
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+class Overloaded(Exception):
+    """Too much work is already queued; the caller should retry later."""
+
+
+class MicroBatcher(Generic[In, Out]):
+    def __init__(
+        self,
+        run_batch: Callable[[Sequence[In]], Sequence[Out]],
+        max_batch_size: int,
+        max_wait_ms: float,
+        max_pending: int,
+        workers: int = 1,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self.run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.max_wait = max_wait_ms / 1000
+        self.max_pending = max_pending
+        self.on_batch = on_batch
+        self._queue: asyncio.Queue[tuple[In, asyncio.Future[Out]]] = asyncio.Queue()
+        self._pending = 0
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="utpm-batch")
+        self._slots = asyncio.Semaphore(workers)
+        self._task: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._collect(), name="utpm-batcher")
+
+    async def submit_many(self, items: Sequence[In]) -> list[Out]:
+        """Queue items (all or none, against the bound) and wait for their results."""
+        if self._pending + len(items) > self.max_pending:
+            raise Overloaded(f"{self._pending} users already queued (limit {self.max_pending})")
+        loop = asyncio.get_running_loop()
+        futures = []
+        self._pending += len(items)
+        try:
+            for item in items:
+                fut: asyncio.Future[Out] = loop.create_future()
+                futures.append(fut)
+                self._queue.put_nowait((item, fut))
+            return list(await asyncio.gather(*futures))
+        finally:
+            self._pending -= len(items)
+
+    async def _collect(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            deadline = loop.time() + self.max_wait
+            while len(batch) < self.max_batch_size:
+                try:
+                    batch.append(self._queue.get_nowait())
+                    continue
+                except asyncio.QueueEmpty:
+                    pass
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                except TimeoutError:
+                    break
+            await self._slots.acquire()
+            task = loop.create_task(self._run(batch))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+
+    async def _run(self, batch: list[tuple[In, asyncio.Future[Out]]]) -> None:
+        try:
+            live = [(x, f) for x, f in batch if not f.done()]  # a cancelled request needs no work
+            if not live:
+                return
+            if self.on_batch is not None:
+                self.on_batch(len(live))
+            loop = asyncio.get_running_loop()
+            try:
+                results = await loop.run_in_executor(self._executor, self.run_batch, [x for x, _ in live])
+            except Exception as e:  # the model failed: every caller of this batch gets the error
+                for _, f in live:
+                    if not f.done():
+                        f.set_exception(e)
+                return
+            for (_, f), r in zip(live, results, strict=True):
+                if not f.done():
+                    f.set_result(r)
+        finally:
+            self._slots.release()
+
+    async def close(self) -> None:
+        """Stop collecting, let batches in flight finish, then stop the threads."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        # users still queued but not batched: run them so nobody is left hanging
+        leftovers = []
+        while not self._queue.empty():
+            leftovers.append(self._queue.get_nowait())
+        for lo in range(0, len(leftovers), self.max_batch_size):
+            await self._slots.acquire()
+            await self._run(leftovers[lo : lo + self.max_batch_size])
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,177 @@
+"""The profile engine: one bundle's encoder, ONNX Runtime session and FAISS index, used together.
+
+An engine is immutable once loaded; a reload builds a new one and swaps the reference, so every
+request runs start to finish on one bundle. `lease()` counts the requests using an engine, so the
+old one is closed only after its last request is answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from index.tag_index import TagIndex
+from model_export.bundle import Bundle, load_bundle
+from model_export.inputs import TowerOutputs
+from model_export.manifest import ids_input, mask_input
+from model_export.session import SessionConfig, build_session, check_signature
+from service.batching import MicroBatcher
+from service.config import Settings
+from service.errors import InvalidInput, UnknownFields
+from utpm.features.vocab import Vocabulary
+
+
+@dataclass
+class EncodedUser:
+    """One user's model input: per field a (H_f,) id row and mask row, plus what the caller asked."""
+
+    ids: dict[str, np.ndarray]
+    mask: dict[str, np.ndarray]
+    k: int
+    explain: bool
+    unknown: dict[str, list[str]]
+    all_unknown: bool
+
+
+@dataclass
+class ComputedProfile:
+    tag_ids: np.ndarray  # (k,) int64, best first
+    scores: np.ndarray  # (k,) float32
+    attention: dict[str, np.ndarray] | None = None  # field -> (heads, H_f); "__merge__" -> (heads, M)
+
+
+@dataclass
+class BatchTimings:
+    model_s: float = 0.0
+    index_s: float = 0.0
+
+
+@dataclass
+class ProfileEngine:
+    bundle: Bundle
+    session: object  # onnxruntime.InferenceSession
+    index: TagIndex
+    settings: Settings
+    batcher: MicroBatcher[EncodedUser, ComputedProfile] | None = None
+    last_timings: BatchTimings = field(default_factory=BatchTimings)
+    _leases: int = 0
+    _idle: asyncio.Event | None = None
+
+    @classmethod
+    def load(cls, path: str | Path, settings: Settings) -> ProfileEngine:
+        """Open and check a bundle (manifest, hashes, ONNX signature, index version/dim/metric)."""
+        bundle = load_bundle(path)
+        session = build_session(bundle.onnx_path, SessionConfig(intra_op_threads=settings.ort_intra_threads or None))
+        check_signature(session, bundle.manifest)
+        if settings.faiss_threads:
+            import faiss
+
+            faiss.omp_set_num_threads(settings.faiss_threads)
+        index = TagIndex.load(bundle)
+        return cls(bundle=bundle, session=session, index=index, settings=settings)
+
+    # -- identity -----------------------------------------------------------------------------
+    @property
+    def version(self) -> str:
+        return self.bundle.version
+
+    @property
+    def model_name(self) -> str:
+        return str(self.bundle.manifest.model.get("name", "?"))
+
+    @property
+    def field_names(self) -> list[str]:
+        return self.bundle.encoder.field_names
+
+    # -- request side (event loop) ------------------------------------------------------------
+    def encode(self, features: Mapping[str, Sequence[str] | str], k: int, explain: bool) -> EncodedUser:
+        """Map one request's raw strings to ids exactly as training did.
+
+        Unknown field names -> UnknownFields (422) listing the valid ones. Values not in a field's
+        vocabulary take the OOV bucket and are reported back.
+        """
+        encoder = self.bundle.encoder
+        extra = [f for f in features if f not in encoder.vocabs]
+        if extra:
+            raise UnknownFields(f"unknown field(s) {sorted(extra)}; valid fields: {self.field_names}")
+        limit = self.settings.max_values_per_field
+        for name, values in features.items():
+            if not isinstance(values, str) and len(values) > limit:
+                raise InvalidInput(f"field {name!r} has {len(values)} values; at most {limit} are accepted")
+        batch = encoder.encode([features])
+        known = any(bool((batch.ids[f][0] > Vocabulary.OOV).any()) for f in self.field_names)
+        return EncodedUser(
+            ids={f: batch.ids[f][0] for f in self.field_names},
+            mask={f: batch.mask[f][0] for f in self.field_names},
+            k=k,
+            explain=explain,
+            unknown=batch.unknown[0],
+            all_unknown=not known,
+        )
+
+    def tag_name(self, tag_id: int) -> str:
+        return self.bundle.tags.token(tag_id)
+
+    def value_name(self, field_name: str, value_id: int) -> str:
+        return self.bundle.encoder.vocabs[field_name].token(value_id)
+
+    # -- batch side (worker threads) ----------------------------------------------------------
+    def compute(self, users: Sequence[EncodedUser]) -> list[ComputedProfile]:
+        """One ONNX Runtime run and one FAISS search for a batch of users."""
+        t0 = time.perf_counter()
+        feed: dict[str, np.ndarray] = {}
+        for f in self.field_names:
+            feed[ids_input(f)] = np.stack([u.ids[f] for u in users])
+            feed[mask_input(f)] = np.stack([u.mask[f] for u in users])
+        want_attention = any(u.explain for u in users)
+        outputs = self.session.run(None if want_attention else ["user_embedding"], feed)  # type: ignore[attr-defined]
+        t1 = time.perf_counter()
+        k = max(u.k for u in users)
+        scores, ids = self.index.search(outputs[0], k)
+        t2 = time.perf_counter()
+        self.last_timings = BatchTimings(model_s=t1 - t0, index_s=t2 - t1)
+        tower = TowerOutputs.from_list(outputs, self.field_names) if want_attention else None
+        out = []
+        for row, user in enumerate(users):
+            keep = ids[row, : user.k] >= 0
+            attention = None
+            if user.explain and tower is not None:
+                attention = {f: a[row] for f, a in tower.field_attention.items()}
+                attention["__merge__"] = tower.merge_attention[row]
+            out.append(ComputedProfile(ids[row, : user.k][keep], scores[row, : user.k][keep], attention))
+        return out
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self, on_batch: object = None) -> None:
+        s = self.settings
+        self.batcher = MicroBatcher(
+            self.compute, s.batch_max_size, s.batch_max_wait_ms, s.max_pending, s.batch_workers, on_batch=on_batch
+        )  # type: ignore[arg-type]
+        self.batcher.start()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @contextlib.asynccontextmanager
+    async def lease(self) -> AsyncIterator[ProfileEngine]:
+        self._leases += 1
+        if self._idle is not None:
+            self._idle.clear()
+        try:
+            yield self
+        finally:
+            self._leases -= 1
+            if self._leases == 0 and self._idle is not None:
+                self._idle.set()
+
+    async def retire(self) -> None:
+        """Close once every request that leased this engine has been answered."""
+        if self._idle is not None:
+            await self._idle.wait()
+        if self.batcher is not None:
+            await self.batcher.close()

@@ -1,0 +1,77 @@
+"""The FastAPI app: `create_app(settings)` and its lifespan (load the bundle, open the cache)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from service.cache import make_cache, redact_url
+from service.config import Settings
+from service.engine import ProfileEngine
+from service.errors import install_error_handlers
+from service.logs import configure_logging
+from service.metrics import Metrics
+from service.middleware import BodyLimit, RequestContext
+from service.responses import JSONResponse
+from service.routes import admin, health, profile
+from service.state import ServiceState
+
+log = logging.getLogger("utpm.service")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app. Without `settings`, they are read from UTPM_* environment variables."""
+    settings = settings or Settings()  # type: ignore[call-arg]
+    configure_logging(settings.log_level)
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = await asyncio.to_thread(ProfileEngine.load, settings.bundle, settings)
+        engine.start(on_batch=metrics.batch_size.observe)
+        url = settings.redis_url.get_secret_value() if settings.redis_url else None
+        cache = make_cache(url, settings.redis_timeout_ms, settings.memory_cache_max_entries)
+        app.state.service = ServiceState(settings=settings, engine=engine, cache=cache, metrics=metrics)
+        metrics.bundle_info.labels(engine.version, engine.model_name).set(1)
+        log.info(
+            "serving bundle %s (%s, %d tags) with cache %s",
+            engine.version,
+            engine.model_name,
+            engine.index.ntotal,
+            redact_url(url) if url else "memory",
+        )
+        try:
+            yield
+        finally:
+            state: ServiceState = app.state.service
+            await asyncio.gather(*state.retiring, return_exceptions=True)
+            await state.engine.retire()
+            await cache.close()
+
+    app = FastAPI(
+        title="utpm profile service",
+        version="1",
+        default_response_class=JSONResponse,
+        lifespan=lifespan,
+        description="User-tag profiles (UTPM) for recall layers.",
+    )
+    app.state.metrics = metrics
+    install_error_handlers(app, settings.retry_after_s)
+    app.include_router(profile.router)
+    app.include_router(health.router)
+    app.include_router(admin.router)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["content-type", "x-request-id"],
+        )
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContext, metrics=metrics)
+    return app

@@ -1,0 +1,39 @@
+"""Prometheus metrics of the service, on a registry of its own (one per app instance)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.request_seconds = Histogram(
+            "utpm_request_seconds",
+            "Request latency by route and status class.",
+            ["route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.stage_seconds = Histogram(
+            "utpm_stage_seconds",
+            "Time per stage: parse, queue, model, index, cache.",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram("utpm_batch_size", "Users per model run.", buckets=BATCH_BUCKETS, registry=r)
+        self.cache_requests = Counter(
+            "utpm_cache_requests_total", "Cache reads by result (hit, miss, error).", ["result"], registry=r
+        )
+        self.cache_writes = Counter(
+            "utpm_cache_writes_total", "Cache writes by result (ok, skipped).", ["result"], registry=r
+        )
+        self.errors = Counter("utpm_errors_total", "Error responses by kind.", ["kind"], registry=r)
+        self.pending = Gauge("utpm_pending_users", "Users queued for the model.", registry=r)
+        self.reloads = Counter("utpm_reloads_total", "Bundle reloads by result.", ["result"], registry=r)
+        self.bundle_info = Gauge("utpm_bundle_info", "The bundle being served.", ["version", "model"], registry=r)

@@ -1,0 +1,123 @@
+"""Computing, caching and reading profiles: what the routes call."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from service.cache import CacheUnavailable, profile_key
+from service.engine import ComputedProfile, EncodedUser, ProfileEngine
+from service.errors import InvalidInput, NotCached
+from service.schemas import ProfileRequest
+from service.state import ServiceState
+
+
+def _explanation(
+    engine: ProfileEngine, user: EncodedUser, computed: ComputedProfile, tags: list[dict[str, Any]]
+) -> dict[str, Any]:
+    assert computed.attention is not None
+    merge = computed.attention["__merge__"]  # (heads, M)
+    fields = []
+    for f, name in enumerate(engine.field_names):
+        weights = computed.attention[name]  # (heads, H_f)
+        values = [
+            {"value": engine.value_name(name, int(i)), "weights": [float(w) for w in weights[:, pos]]}
+            for pos, (i, m) in enumerate(zip(user.ids[name], user.mask[name], strict=True))
+            if m > 0
+        ]
+        fields.append({"field": name, "merge_weights": [float(w) for w in merge[:, f]], "values": values})
+    return {"heads": int(merge.shape[0]), "fields": fields, "tag_scores": tags}
+
+
+async def compute_profiles(state: ServiceState, requests: Sequence[ProfileRequest]) -> list[dict[str, Any]]:
+    """Encode, batch through the model and the index, cache, and shape the responses."""
+    settings, metrics = state.settings, state.metrics
+    engine = state.engine  # one bundle for the whole request, even if a reload happens meanwhile
+    async with engine.lease():
+        t0 = time.perf_counter()
+        encoded = []
+        for r in requests:
+            k = settings.default_k if r.k is None else r.k
+            if k > settings.max_k:
+                raise InvalidInput(f"k must be between 1 and {settings.max_k}, got {k}")
+            encoded.append(engine.encode(r.features, max(k, settings.cache_tags), r.explain))
+        t1 = time.perf_counter()
+        metrics.stage_seconds.labels("parse").observe(t1 - t0)
+        assert engine.batcher is not None
+        computed = await engine.batcher.submit_many(encoded)
+        t2 = time.perf_counter()
+        timings = engine.last_timings
+        metrics.stage_seconds.labels("model").observe(timings.model_s)
+        metrics.stage_seconds.labels("index").observe(timings.index_s)
+        metrics.stage_seconds.labels("queue").observe(max(0.0, t2 - t1 - timings.model_s - timings.index_s))
+        responses, writes = [], []
+        for req, user, prof in zip(requests, encoded, computed, strict=True):
+            k = settings.default_k if req.k is None else req.k
+            names = [engine.tag_name(int(i)) for i in prof.tag_ids]
+            scores = prof.scores.tolist()
+            tags = [{"tag": t, "score": s} for t, s in zip(names[:k], scores[:k], strict=True)]
+            body: dict[str, Any] = {
+                "user_id": req.user_id,
+                "model_version": engine.version,
+                "tags": tags,
+                "unknown": user.unknown,
+                "all_unknown": user.all_unknown,
+                "cached": False,
+            }
+            if req.explain:
+                body["explanation"] = _explanation(engine, user, prof, tags)
+            responses.append(body)
+            stored = {
+                "user_id": req.user_id,
+                "model_version": engine.version,
+                "tags": [[t, s] for t, s in zip(names[: settings.cache_tags], scores, strict=False)],
+                "unknown": user.unknown,
+                "all_unknown": user.all_unknown,
+            }
+            writes.append(_write(state, profile_key(engine.version, req.user_id), stored))
+        await asyncio.gather(*writes)
+        metrics.stage_seconds.labels("cache").observe(time.perf_counter() - t2)
+    return responses
+
+
+async def _write(state: ServiceState, key: str, value: dict[str, Any]) -> None:
+    try:
+        await state.cache.set(key, value, state.settings.cache_ttl_s)
+        state.metrics.cache_writes.labels("ok").inc()
+    except CacheUnavailable:
+        state.metrics.cache_writes.labels("skipped").inc()  # the caller still gets the profile
+
+
+async def read_profile(state: ServiceState, user_id: str, k: int | None) -> dict[str, Any]:
+    """The cached profile of `user_id` under the bundle being served; NotCached -> 404."""
+    settings, engine = state.settings, state.engine
+    k = settings.default_k if k is None else k
+    if not 1 <= k <= settings.max_k:
+        raise InvalidInput(f"k must be between 1 and {settings.max_k}, got {k}")
+    t0 = time.perf_counter()
+    try:
+        stored = await state.cache.get(profile_key(engine.version, user_id))
+    except CacheUnavailable:
+        state.metrics.cache_requests.labels("error").inc()
+        raise
+    finally:
+        state.metrics.stage_seconds.labels("cache").observe(time.perf_counter() - t0)
+    if stored is None:
+        state.metrics.cache_requests.labels("miss").inc()
+        raise NotCached(
+            f"no cached profile for user {user_id!r} under model {engine.version} (never computed, "
+            "expired, or computed by another model version); POST /profile computes one"
+        )
+    state.metrics.cache_requests.labels("hit").inc()
+    tags = stored["tags"]
+    assert isinstance(tags, list)
+    return {
+        "user_id": user_id,
+        "model_version": engine.version,
+        "tags": [{"tag": t, "score": s} for t, s in tags[:k]],
+        "unknown": stored.get("unknown", {}),
+        "all_unknown": stored.get("all_unknown", False),
+        "cached": True,
+    }

@@ -1,0 +1,1 @@
+"""HTTP routes, one module per concern; each stays thin and calls into service/*."""

@@ -1,0 +1,76 @@
+"""POST /admin/reload: swap the bundle atomically. Needs the configured API key; off without one."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Header
+
+from index.errors import TagIndexError
+from model_export.errors import BundleError
+from service.engine import ProfileEngine
+from service.errors import AdminDisabled, ReloadRefused, Unauthorized
+from service.responses import JSONResponse
+from service.schemas import ErrorResponse, ReloadRequest, ReloadResponse
+from service.state import ServiceState, State
+
+router = APIRouter(tags=["admin"])
+log = logging.getLogger("utpm.service")
+_reload_lock = asyncio.Lock()
+
+
+def check_api_key(state: ServiceState, given: str | None) -> None:
+    """Constant-time comparison; admin endpoints do not exist without a configured key."""
+    key = state.settings.admin_api_key
+    if key is None:
+        raise AdminDisabled("admin endpoints are disabled: no admin API key is configured (UTPM_ADMIN_API_KEY)")
+    if given is None or not hmac.compare_digest(given.encode(), key.get_secret_value().encode()):
+        raise Unauthorized("missing or wrong X-API-Key header")
+
+
+def resolve_bundle(state: ServiceState, requested: str) -> Path:
+    """The requested bundle directory, which must lie under the configured root."""
+    root = state.settings.reload_root
+    path = Path(requested)
+    path = (path if path.is_absolute() else root / path).resolve()
+    if not path.is_relative_to(root):
+        raise ReloadRefused(f"bundle {requested!r} is outside the bundle root; only bundles under it can be loaded")
+    return path
+
+
+@router.post(
+    "/admin/reload",
+    response_model=ReloadResponse,
+    responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+)
+async def reload_bundle(
+    body: ReloadRequest, state: State, x_api_key: Annotated[str | None, Header()] = None
+) -> JSONResponse:
+    """Load and check a new bundle, then swap it in: requests in flight finish on the old one."""
+    check_api_key(state, x_api_key)
+    path = resolve_bundle(state, body.bundle)
+    async with _reload_lock:
+        try:
+            new = await asyncio.to_thread(ProfileEngine.load, path, state.settings)
+        except (BundleError, TagIndexError, OSError, ValueError) as e:
+            state.metrics.reloads.labels("refused").inc()
+            message = str(e).replace(str(state.settings.reload_root), "<bundle-root>")
+            log.warning("reload refused: %s", message)
+            raise ReloadRefused(
+                f"bundle {body.bundle!r} refused; the current bundle keeps serving: {message}"
+            ) from None
+        new.start(on_batch=state.metrics.batch_size.observe)
+        old = state.engine
+        state.engine = new  # the swap: new requests see the new engine from here on
+        task = asyncio.get_running_loop().create_task(old.retire())
+        state.retiring.add(task)
+        task.add_done_callback(state.retiring.discard)
+    state.metrics.reloads.labels("ok").inc()
+    state.metrics.bundle_info.clear()
+    state.metrics.bundle_info.labels(new.version, new.model_name).set(1)
+    log.info("reloaded bundle %s -> %s", old.version, new.version)
+    return JSONResponse({"model_version": new.version, "previous_version": old.version})

@@ -1,0 +1,315 @@
+"""End-to-end tests of the profile service on a tiny bundle trained in this test run.
+
+Caching tests talk to the real redis-server of the `redis_server` fixture; the hot-reload test runs
+the app in a real uvicorn server and fires concurrent HTTP requests at it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+
+from index.build import build_index
+from service.config import Settings
+from service.main import create_app
+from tests.conftest import RedisServer, free_port
+
+API_KEY = "test-admin-key"
+
+
+def _indexed_copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    build_index(dst, kind="flat")
+    return dst
+
+
+@pytest.fixture(scope="module")
+def bundles(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory, movielens_dir: Path) -> dict[str, Path]:
+    """Two servable bundles under one root: `a` (the tiny bundle) and `b` (another seed)."""
+    from model_export.onnx_export import export_bundle
+    from utpm.data.loading import load_dataset
+    from utpm.data.protocol import split_protocol
+    from utpm.models.presets import get_preset
+    from utpm.training.trainer import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("served")
+    a = _indexed_copy(tiny_bundle, root / "a")
+    run_b = tmp_path_factory.mktemp("run_b")
+    split = split_protocol(load_dataset(movielens_dir), seed=1)
+    train(split, TrainConfig(model="utpm", loss="joint", preset=get_preset("tiny"), epochs=1, seed=1), out=run_b)
+    export_bundle(run_b, root / "b_raw")
+    b = _indexed_copy(root / "b_raw", root / "b")
+    return {"a": a, "b": b, "root": root}
+
+
+def settings_for(bundle: Path, redis: RedisServer | None, **kw: Any) -> Settings:
+    base: dict[str, Any] = {"bundle": bundle, "admin_api_key": API_KEY, "batch_max_wait_ms": 1.0}
+    if redis is not None:
+        base["redis_url"] = redis.url
+    return Settings(**{**base, **kw})
+
+
+@pytest.fixture()
+def client(bundles: dict[str, Path], redis_server: RedisServer) -> Iterator[TestClient]:
+    with TestClient(create_app(settings_for(bundles["a"], redis_server))) as c:
+        yield c
+
+
+USER = {"clicked_tags": ["sci-fi", "dark comedy", "atmospheric"], "clicked_categories": ["Drama", "Comedy"]}
+
+
+def post(client: TestClient | httpx.Client, user_id: str, **kw: Any) -> httpx.Response:
+    return client.post("/profile", json={"user_id": user_id, "features": USER, **kw})
+
+
+def test_post_profile_returns_ranked_tags_and_caches_them(client: TestClient) -> None:
+    r = post(client, "alice", k=7)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["user_id"] == "alice" and body["cached"] is False and body["all_unknown"] is False
+    assert len(body["tags"]) == 7
+    scores = [t["score"] for t in body["tags"]]
+    assert scores == sorted(scores, reverse=True)
+    assert len({t["tag"] for t in body["tags"]}) == 7
+    g = client.get("/profile/alice", params={"k": 5})
+    assert g.status_code == 200
+    cached = g.json()
+    assert cached["cached"] is True and cached["model_version"] == body["model_version"]
+    assert cached["tags"] == body["tags"][:5]
+
+
+def test_profile_matches_pytorch_ranking(client: TestClient, tiny_run: Path) -> None:
+    """What the service returns is what the trained PyTorch model ranks (round trip through ONNX + FAISS)."""
+    import numpy as np
+    import torch
+
+    from utpm.training.run import load_run
+
+    run = load_run(tiny_run)
+    batch = run.encoder.encode([USER])
+    ids = [torch.from_numpy(batch.ids[f]) for f in run.encoder.field_names]
+    masks = [torch.from_numpy(batch.mask[f]) for f in run.encoder.field_names]
+    with torch.no_grad():
+        scores = (run.model(ids, masks) @ run.model.tag_embedding.weight.T)[0].numpy()
+    scores[:2] = -np.inf
+    expected = [run.tags.token(int(i)) for i in np.argsort(-scores)[:10]]
+    served = [t["tag"] for t in post(client, "torch-check", k=10).json()["tags"]]
+    assert served == expected
+
+
+def test_unknown_values_are_reported_and_all_unknown_is_flagged(client: TestClient) -> None:
+    r = client.post("/profile", json={"user_id": "u", "features": {"clicked_tags": ["zzz-never", "sci-fi"]}})
+    assert r.json()["unknown"] == {"clicked_tags": ["zzz-never"]} and r.json()["all_unknown"] is False
+    r = client.post("/profile", json={"user_id": "u2", "features": {"clicked_tags": ["q1", "q2"]}, "k": 3})
+    assert r.status_code == 200 and r.json()["all_unknown"] is True and len(r.json()["tags"]) == 3
+
+
+def test_explanation_has_every_value_head_and_field(client: TestClient) -> None:
+    body = post(client, "bob", k=3, explain=True).json()
+    ex = body["explanation"]
+    assert ex["tag_scores"] == body["tags"]
+    fields = {f["field"]: f for f in ex["fields"]}
+    tags_field = fields["clicked_tags"]
+    assert [v["value"] for v in tags_field["values"]] == USER["clicked_tags"]
+    for head in range(ex["heads"]):
+        assert abs(sum(v["weights"][head] for v in tags_field["values"]) - 1) < 1e-4
+        assert abs(sum(f["merge_weights"][head] for f in ex["fields"]) - 1) < 1e-4
+    assert fields["unclicked_tags"]["values"] == [] and fields["unclicked_tags"]["merge_weights"] == [0.0] * ex["heads"]
+
+
+def test_lists_longer_than_max_len_keep_the_most_recent_values(client: TestClient) -> None:
+    many = [f"v{i}" for i in range(50)] + ["sci-fi"]
+    body = client.post("/profile", json={"user_id": "c", "features": {"clicked_tags": many}, "explain": True}).json()
+    values = next(f for f in body["explanation"]["fields"] if f["field"] == "clicked_tags")["values"]
+    assert values[-1]["value"] == "sci-fi"  # the newest value is kept
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "needle"),
+    [
+        ({"user_id": "x", "features": {"nope": ["a"]}}, 422, "valid fields: ['clicked_tags'"),
+        ({"user_id": "x", "features": {"clicked_tags": 5}}, 422, "clicked_tags"),
+        ({"user_id": "x", "features": {"clicked_tags": [{"a": 1}]}}, 422, "clicked_tags"),
+        ({"user_id": "x", "k": 0}, 422, "k"),
+        ({"user_id": "x", "k": 1001}, 422, "k must be between 1 and 1000"),
+        ({"user_id": "x", "k": "ten"}, 422, "k"),
+        ({"user_id": "", "features": {}}, 422, "user_id"),
+        ({"features": {}}, 422, "user_id"),
+        ({"user_id": "x", "extra": 1}, 422, "extra"),
+    ],
+)
+def test_bad_input_gets_a_clear_4xx(client: TestClient, payload: dict[str, Any], status: int, needle: str) -> None:
+    r = client.post("/profile", json=payload)
+    assert r.status_code == status
+    assert needle in r.text
+
+
+def test_oversized_body_and_broken_json(client: TestClient) -> None:
+    big = {"user_id": "x", "features": {"clicked_tags": ["a" * 500] * 4000}}
+    r = client.post("/profile", json=big)
+    assert r.status_code == 413 and "larger than" in r.json()["detail"]
+    r = client.post("/profile", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    r = client.post("/profile", content=b"user_id=x", headers={"content-type": "text/plain"})
+    assert r.status_code == 422
+
+
+def test_get_unknown_user_is_404_with_detail(client: TestClient) -> None:
+    r = client.get("/profile/nobody-here")
+    assert r.status_code == 404 and "POST /profile computes one" in r.json()["detail"]
+    assert client.get("/profile/x", params={"k": 0}).status_code == 422
+
+
+def test_batch_endpoint_and_its_limit(bundles: dict[str, Path], redis_server: RedisServer) -> None:
+    with TestClient(create_app(settings_for(bundles["a"], redis_server, max_batch_users=3))) as c:
+        users = [{"user_id": f"b{i}", "features": USER, "k": 2} for i in range(3)]
+        r = c.post("/profiles", json={"users": users})
+        assert r.status_code == 200 and [p["user_id"] for p in r.json()["profiles"]] == ["b0", "b1", "b2"]
+        assert c.get("/profile/b2").json()["cached"] is True
+        r = c.post("/profiles", json={"users": [*users, {"user_id": "b3"}]})
+        assert r.status_code == 422 and "at most 3 users" in r.json()["detail"]
+
+
+def test_cache_expiry(bundles: dict[str, Path], redis_server: RedisServer) -> None:
+    with TestClient(create_app(settings_for(bundles["a"], redis_server, cache_ttl_s=1))) as c:
+        post(c, "short-lived")
+        assert c.get("/profile/short-lived").status_code == 200
+        time.sleep(1.3)
+        assert c.get("/profile/short-lived").status_code == 404
+
+
+def test_embedded_cache_without_redis(bundles: dict[str, Path]) -> None:
+    with TestClient(create_app(settings_for(bundles["a"], None))) as c:
+        post(c, "mem")
+        assert c.get("/profile/mem").json()["cached"] is True
+        assert c.get("/readyz").json()["cache"] == {"kind": "memory", "reachable": True}
+
+
+def test_health_ready_and_metrics(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "alive"}
+    ready = client.get("/readyz").json()
+    assert ready["status"] == "ready" and ready["cache"] == {"kind": "redis", "reachable": True}
+    post(client, "m1")
+    client.get("/profile/m1")
+    client.get("/profile/none")
+    text = client.get("/metrics").text
+    for needle in ('utpm_request_seconds_count{route="/profile",status="2xx"}', 'utpm_stage_seconds_count{stage="model"}',
+                   'utpm_stage_seconds_count{stage="index"}', 'utpm_stage_seconds_count{stage="parse"}',
+                   "utpm_batch_size_count", 'utpm_cache_requests_total{result="hit"}',
+                   'utpm_cache_requests_total{result="miss"}', 'utpm_errors_total{kind="not_cached"}'):
+        assert needle in text, needle
+    assert client.get("/docs").status_code == 200
+    assert "/profile/{user_id}" in client.get("/openapi.json").json()["paths"]
+
+
+def test_redis_outage_post_still_answers_get_is_503_then_recovers(client: TestClient,
+                                                                   redis_server: RedisServer) -> None:
+    post(client, "before")
+    redis_server.stop()
+    try:
+        r = post(client, "during")
+        assert r.status_code == 200 and r.json()["tags"]
+        g = client.get("/profile/before")
+        assert g.status_code == 503 and "cache is unavailable" in g.json()["detail"]
+        assert client.get("/readyz").json()["status"] == "degraded"
+        assert 'utpm_cache_writes_total{result="skipped"} 1.0' in client.get("/metrics").text
+    finally:
+        redis_server.start()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if post(client, "after").status_code == 200 and client.get("/profile/after").status_code == 200:
+            break
+        time.sleep(0.1)
+    assert client.get("/profile/after").json()["cached"] is True
+    assert client.get("/readyz").json()["status"] == "ready"
+
+
+def test_admin_reload_guards(bundles: dict[str, Path], redis_server: RedisServer) -> None:
+    with TestClient(create_app(settings_for(bundles["a"], redis_server, admin_api_key=None))) as c:
+        r = c.post("/admin/reload", json={"bundle": "b"})
+        assert r.status_code == 404 and "disabled" in r.json()["detail"]
+    with TestClient(create_app(settings_for(bundles["a"], redis_server))) as c:
+        assert c.post("/admin/reload", json={"bundle": "b"}).status_code == 401
+        assert c.post("/admin/reload", json={"bundle": "b"}, headers={"x-api-key": "wrong"}).status_code == 401
+        r = c.post("/admin/reload", json={"bundle": "/etc"}, headers={"x-api-key": API_KEY})
+        assert r.status_code == 422 and "outside the bundle root" in r.json()["detail"]
+        r = c.post("/admin/reload", json={"bundle": "b_raw"}, headers={"x-api-key": API_KEY})  # no index built
+        assert r.status_code == 422 and "current bundle keeps serving" in r.json()["detail"]
+        assert str(bundles["root"]) not in r.text
+
+
+def test_reload_changes_version_and_never_serves_old_profiles_as_new(bundles: dict[str, Path],
+                                                                      redis_server: RedisServer) -> None:
+    with TestClient(create_app(settings_for(bundles["a"], redis_server))) as c:
+        v1 = post(c, "carol").json()["model_version"]
+        r = c.post("/admin/reload", json={"bundle": "b"}, headers={"x-api-key": API_KEY})
+        assert r.status_code == 200, r.text
+        v2 = r.json()["model_version"]
+        assert r.json()["previous_version"] == v1 and v2 != v1
+        assert c.get("/profile/carol").status_code == 404  # cached under v1 only
+        assert post(c, "carol").json()["model_version"] == v2
+        assert c.get("/profile/carol").json()["model_version"] == v2
+        assert c.get("/readyz").json()["model_version"] == v2
+
+
+class LiveServer:
+    def __init__(self, settings: Settings) -> None:
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port,
+                                                    log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def test_hot_reload_under_concurrent_requests_fails_nothing(bundles: dict[str, Path],
+                                                            redis_server: RedisServer) -> None:
+    with LiveServer(settings_for(bundles["a"], redis_server)) as url:
+        stop = threading.Event()
+        statuses: list[int] = []
+        versions: set[str] = set()
+
+        def hammer(n: int) -> None:
+            with httpx.Client(base_url=url, timeout=10) as h:
+                i = 0
+                while not stop.is_set():
+                    r = post(h, f"load-{n}-{i}", k=5)
+                    statuses.append(r.status_code)
+                    if r.status_code == 200:
+                        versions.add(r.json()["model_version"])
+                    i += 1
+
+        with ThreadPoolExecutor(6) as pool:
+            for n in range(6):
+                pool.submit(hammer, n)
+            time.sleep(0.5)
+            with httpx.Client(base_url=url, timeout=30) as admin:
+                for target in ("b", "a", "b"):
+                    r = admin.post("/admin/reload", json={"bundle": target}, headers={"x-api-key": API_KEY})
+                    assert r.status_code == 200, r.text
+                    time.sleep(0.3)
+            stop.set()
+    assert len(statuses) > 20
+    assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+    assert len(versions) == 2
