@@ -21,8 +21,9 @@ prepare_app = typer.Typer(help="Write a data set in the generic format (docs/dat
 app.add_typer(prepare_app, name="prepare")
 index_app = typer.Typer(help="Build the FAISS tag index of a bundle.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
-bench_app = typer.Typer(help="Benchmarks that print JSON (speed targets live here, not in tests).",
-                        no_args_is_help=True)
+bench_app = typer.Typer(
+    help="Benchmarks that print JSON (speed targets live here, not in tests).", no_args_is_help=True
+)
 app.add_typer(bench_app, name="bench")
 
 
@@ -168,18 +169,25 @@ def train_cmd(
         )
     except ValueError as e:
         fail(str(e))
-    split = _load_split(data, seed)
+    from utpm.data.loading import load_dataset
+    from utpm.data.protocol import split_protocol
+
+    try:
+        dataset = load_dataset(data)
+        split = split_protocol(dataset, seed=seed)
+    except DataError as e:
+        fail(str(e))
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn())
     with Progress(*columns) as bar:
         task = bar.add_task(f"train {model}/{config.loss}", total=epochs, info="")
 
         def progress(epoch: int, total: int, point: dict[str, float]) -> None:
-            k = config.early_stop_k
-            info = f"loss {point['loss']:.4f} val Prec@{k} {point[f'val_prec@{k}']:.4f}"
+            ks = "/".join(str(k) for k in config.early_stop_ks)
+            info = f"loss {point['loss']:.4f} val mean Prec@{ks} {point['val_score']:.4f}"
             bar.update(task, completed=epoch, info=info)
 
         try:
-            result = train(split, config, out=out, progress=progress)
+            result = train(split, config, data=dataset, out=out, progress=progress)
         except ValueError as e:
             fail(str(e))
     test = ", ".join(f"Prec@{k} {v:.4f}" for k, v in result.test.items())
@@ -306,8 +314,9 @@ def serve_cmd(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory (exported and indexed).")],
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
-    redis_url: Annotated[str | None, typer.Option(help="Redis URL (overrides UTPM_REDIS_URL); default: "
-                                                  "the embedded in-process cache.")] = None,
+    redis_url: Annotated[
+        str | None, typer.Option(help="Redis URL (overrides UTPM_REDIS_URL); default: the embedded in-process cache.")
+    ] = None,
 ) -> None:
     """Serve profiles over HTTP (settings: UTPM_* environment variables, see service/config.py)."""
     import uvicorn
@@ -332,28 +341,70 @@ REPO_DATA = Path(__file__).resolve().parent.parent / "data" / "movielens-small"
 
 @app.command("demo")
 def demo_cmd(
-    out: Annotated[Path, typer.Option(help="Where the demo writes its data, runs and bundle.")] = Path(
-        "artifacts/demo"
-    ),
+    out: Annotated[Path, typer.Option(help="Where the demo writes its data, run and bundle.")] = Path("artifacts/demo"),
     src: Annotated[Path, typer.Option(help="MovieLens directory (the vendored ml-latest-small).")] = REPO_DATA,
+    port: Annotated[int, typer.Option(help="Port to serve on.")] = 8000,
+    serve: Annotated[bool, typer.Option(help="Serve the bundle at the end (Ctrl-C stops).")] = True,
 ) -> None:
-    """The whole pipeline on the vendored MovieLens data, as far as the project goes."""
+    """The whole pipeline on the vendored MovieLens data: prepare, train, export, index, serve."""
+    import json
+
     from utpm.data.loading import load_dataset
     from utpm.data.movielens import prepare_movielens
     from utpm.data.protocol import split_protocol
+    from utpm.models.presets import get_preset
+    from utpm.training.trainer import TrainConfig, train
 
-    data_dir = out / "data"
+    data_dir, run_dir, bundle_dir = out / "data", out / "run", out / "bundle"
     try:
         report = prepare_movielens(src, data_dir)
-        split = split_protocol(load_dataset(data_dir))
+        dataset = load_dataset(data_dir)
     except DataError as e:
         fail(str(e))
-    typer.echo(f"[1/1] prepare: {report.summary()}")
-    info = split.protocol_info()
-    typer.echo(
-        f"demo: {info['train_users']} train and {info['test_users']} test users under the paper's "
-        f"protocol; data in {data_dir}"
+    typer.echo(f"[1/5] prepare: {report.summary()}")
+    split = split_protocol(dataset, seed=0)
+    result = train(
+        split,
+        TrainConfig(model="utpm", loss="joint", preset=get_preset("movielens"), seed=0),
+        data=dataset,
+        out=run_dir,
     )
+    test = ", ".join(f"Prec@{k} {v:.3f}" for k, v in result.test.items())
+    typer.echo(f"[2/5] train: utpm (joint loss), best epoch {result.best_epoch}; test {test}; run in {run_dir}")
+    try:
+        from index.build import build_index
+        from model_export.onnx_export import export_bundle
+    except ImportError as e:
+        fail(f"export needs the serve extras ({e}); install with pip install -e '.[train,serve]'")
+    manifest = export_bundle(run_dir, bundle_dir, data=data_dir, overwrite=True)
+    parity = manifest.parity
+    typer.echo(
+        f"[3/5] export: bundle {manifest.bundle_version} in {bundle_dir}; parity with PyTorch: max |du| "
+        f"{parity['max_abs_diff_u']:.1e}, same top-{parity['top_k']} for {parity['top_k_agreement']:.1%} of users"
+    )
+    infos = build_index(bundle_dir, kind="auto")
+    typer.echo(
+        f"[4/5] index: {infos.factory} over {infos.ntotal} tags, recall@50 {infos.recall.get('recall@50', 1.0):.3f}"
+    )
+    example = {
+        "user_id": "demo-user",
+        "k": 5,
+        "explain": False,
+        "features": {
+            "clicked_tags": ["sci-fi", "atmospheric", "dark comedy"],
+            "clicked_categories": ["Sci-Fi", "Thriller"],
+        },
+    }
+    curl = (
+        f"curl -s -X POST http://127.0.0.1:{port}/profile -H 'content-type: application/json' "
+        f"-d '{json.dumps(example)}'"
+    )
+    typer.echo(
+        f"[5/5] serve: http://127.0.0.1:{port} (docs at /docs, embedded cache). Try:\n  {curl}\n"
+        f"  curl -s http://127.0.0.1:{port}/profile/demo-user"
+    )
+    if serve:
+        serve_cmd(bundle_dir, host="127.0.0.1", port=port, redis_url=None)
 
 
 if __name__ == "__main__":
