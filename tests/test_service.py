@@ -203,17 +203,24 @@ def test_health_ready_and_metrics(client: TestClient) -> None:
     client.get("/profile/m1")
     client.get("/profile/none")
     text = client.get("/metrics").text
-    for needle in ('utpm_request_seconds_count{route="/profile",status="2xx"}', 'utpm_stage_seconds_count{stage="model"}',
-                   'utpm_stage_seconds_count{stage="index"}', 'utpm_stage_seconds_count{stage="parse"}',
-                   "utpm_batch_size_count", 'utpm_cache_requests_total{result="hit"}',
-                   'utpm_cache_requests_total{result="miss"}', 'utpm_errors_total{kind="not_cached"}'):
+    for needle in (
+        'utpm_request_seconds_count{route="/profile",status="2xx"}',
+        'utpm_stage_seconds_count{stage="model"}',
+        'utpm_stage_seconds_count{stage="index"}',
+        'utpm_stage_seconds_count{stage="parse"}',
+        "utpm_batch_size_count",
+        'utpm_cache_requests_total{result="hit"}',
+        'utpm_cache_requests_total{result="miss"}',
+        'utpm_errors_total{kind="not_cached"}',
+    ):
         assert needle in text, needle
     assert client.get("/docs").status_code == 200
     assert "/profile/{user_id}" in client.get("/openapi.json").json()["paths"]
 
 
-def test_redis_outage_post_still_answers_get_is_503_then_recovers(client: TestClient,
-                                                                   redis_server: RedisServer) -> None:
+def test_redis_outage_post_still_answers_get_is_503_then_recovers(
+    client: TestClient, redis_server: RedisServer
+) -> None:
     post(client, "before")
     redis_server.stop()
     try:
@@ -248,8 +255,9 @@ def test_admin_reload_guards(bundles: dict[str, Path], redis_server: RedisServer
         assert str(bundles["root"]) not in r.text
 
 
-def test_reload_changes_version_and_never_serves_old_profiles_as_new(bundles: dict[str, Path],
-                                                                      redis_server: RedisServer) -> None:
+def test_reload_changes_version_and_never_serves_old_profiles_as_new(
+    bundles: dict[str, Path], redis_server: RedisServer
+) -> None:
     with TestClient(create_app(settings_for(bundles["a"], redis_server))) as c:
         v1 = post(c, "carol").json()["model_version"]
         r = c.post("/admin/reload", json={"bundle": "b"}, headers={"x-api-key": API_KEY})
@@ -265,8 +273,9 @@ def test_reload_changes_version_and_never_serves_old_profiles_as_new(bundles: di
 class LiveServer:
     def __init__(self, settings: Settings) -> None:
         self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port,
-                                                    log_level="warning"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port, log_level="warning")
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> str:
@@ -283,8 +292,9 @@ class LiveServer:
         self.thread.join(timeout=10)
 
 
-def test_hot_reload_under_concurrent_requests_fails_nothing(bundles: dict[str, Path],
-                                                            redis_server: RedisServer) -> None:
+def test_hot_reload_under_concurrent_requests_fails_nothing(
+    bundles: dict[str, Path], redis_server: RedisServer
+) -> None:
     with LiveServer(settings_for(bundles["a"], redis_server)) as url:
         stop = threading.Event()
         statuses: list[int] = []

@@ -1,0 +1,354 @@
+"""Reliability and security: slow/absent Redis, Redis Cluster, TLS + password, overload shedding,
+bad input (schemathesis over the OpenAPI schema, hypothesis over the feature mapping)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import schemathesis
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis.checks import not_a_server_error
+
+from service.main import create_app
+from tests.conftest import RedisServer, free_port
+from tests.netutil import DelayProxy
+from tests.test_service import USER, LiveServer, bundles, post, settings_for  # noqa: F401  (fixture re-export)
+
+
+def test_slow_redis_never_stalls_a_request_beyond_the_timeout(
+    bundles: dict[str, Path], redis_server: RedisServer
+) -> None:
+    proxy = DelayProxy(redis_server.port, delay_s=0.0)
+    url = f"redis://127.0.0.1:{proxy.port}/0"
+    try:
+        with TestClient(create_app(settings_for(bundles["a"], None, redis_url=url, redis_timeout_ms=100))) as c:
+            assert post(c, "fast").status_code == 200
+            assert c.get("/profile/fast").status_code == 200
+            proxy.delay_s = 2.0  # every Redis reply now takes 2 s
+            t0 = time.monotonic()
+            r = post(c, "slow")
+            post_s = time.monotonic() - t0
+            t0 = time.monotonic()
+            g = c.get("/profile/fast")
+            get_s = time.monotonic() - t0
+            assert r.status_code == 200 and r.json()["tags"]
+            assert g.status_code == 503
+            # bounded by the 100 ms Redis timeout (plus model time), far below the 2 s Redis delay
+            assert post_s < 1.0 and get_s < 1.0, (post_s, get_s)
+            assert 'utpm_cache_writes_total{result="skipped"} 1.0' in c.get("/metrics").text
+            proxy.delay_s = 0.0
+            deadline = time.monotonic() + 5
+            while post(c, "back").status_code != 200 or c.get("/profile/back").status_code != 200:
+                assert time.monotonic() < deadline, "cache did not recover within 5 s"
+                time.sleep(0.1)
+    finally:
+        proxy.close()
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
+    """Three redis-server nodes in cluster mode, slots spread by redis-cli --cluster create."""
+    ports = [free_port() for _ in range(3)]
+    procs = []
+    for p in ports:
+        d = tmp_path_factory.mktemp(f"node{p}")
+        procs.append(
+            subprocess.Popen(
+                [
+                    "redis-server",
+                    "--port",
+                    str(p),
+                    "--bind",
+                    "127.0.0.1",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    str(d / "nodes.conf"),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(d),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    try:
+        for p in ports:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    if redis.Redis(host="127.0.0.1", port=p).ping():
+                        break
+                except (redis.ConnectionError, redis.TimeoutError):
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *[f"127.0.0.1:{p}" for p in ports],
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        deadline = time.monotonic() + 10
+        while redis.Redis(host="127.0.0.1", port=ports[0]).cluster("info").get("cluster_state") != "ok":
+            assert time.monotonic() < deadline, "cluster did not become ready"
+            time.sleep(0.1)
+        yield ports
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=5)
+
+
+def test_cache_on_a_three_node_redis_cluster(bundles: dict[str, Path], redis_cluster: list[int]) -> None:
+    url = f"redis+cluster://127.0.0.1:{redis_cluster[0]}"
+    with TestClient(create_app(settings_for(bundles["a"], None, redis_url=url))) as c:
+        assert c.get("/readyz").json()["cache"] == {"kind": "redis-cluster", "reachable": True}
+        for i in range(30):
+            assert post(c, f"cluster-user-{i}", k=3).status_code == 200
+        for i in range(30):
+            r = c.get(f"/profile/cluster-user-{i}")
+            assert r.status_code == 200 and r.json()["cached"] is True
+    sizes = [redis.Redis(host="127.0.0.1", port=p).dbsize() for p in redis_cluster]
+    assert sum(sizes) == 30 and all(s > 0 for s in sizes), sizes  # keys spread across slots and nodes
+
+
+@pytest.fixture(scope="module")
+def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str, Path]]:
+    """redis-server with a password and TLS only (no plain port); yields (port, password, CA file)."""
+    d = tmp_path_factory.mktemp("tls")
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(d / "key.pem"),
+            "-out",
+            str(d / "cert.pem"),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    port, password = free_port(), "pa55-w0rd-secret"
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            "0",
+            "--tls-port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--tls-cert-file",
+            str(d / "cert.pem"),
+            "--tls-key-file",
+            str(d / "key.pem"),
+            "--tls-ca-cert-file",
+            str(d / "cert.pem"),
+            "--tls-auth-clients",
+            "no",
+            "--requirepass",
+            password,
+            "--save",
+            "",
+            "--dir",
+            str(d),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        client = redis.Redis(host="127.0.0.1", port=port, password=password, ssl=True, ssl_ca_certs=str(d / "cert.pem"))
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except (redis.ConnectionError, redis.TimeoutError):
+                assert time.monotonic() < deadline, "TLS redis did not start"
+                time.sleep(0.05)
+        yield port, password, d / "cert.pem"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=5)
+
+
+def test_tls_and_password_work_and_the_secret_never_reaches_logs(
+    bundles: dict[str, Path], tls_redis: tuple[int, str, Path], capfd: pytest.CaptureFixture[str]
+) -> None:
+    port, password, ca = tls_redis
+    url = f"rediss://:{password}@127.0.0.1:{port}/0?ssl_ca_certs={ca}"
+    with TestClient(create_app(settings_for(bundles["a"], None, redis_url=url, log_level="DEBUG"))) as c:
+        assert post(c, "tls-user").status_code == 200
+        assert c.get("/profile/tls-user").json()["cached"] is True
+        assert password not in c.get("/readyz").text
+    wrong = url.replace(password, "not-the-password")
+    with TestClient(create_app(settings_for(bundles["a"], None, redis_url=wrong))) as c:
+        assert post(c, "tls-user-2").status_code == 200  # the model still answers
+        assert c.get("/profile/tls-user").status_code == 503
+    out, err = capfd.readouterr()
+    assert "serving bundle" in err  # the start-up line was logged...
+    assert password not in out + err  # ...without the password
+    logging.getLogger("utpm").handlers.clear()
+
+
+def test_overload_is_shed_early_with_retry_after(bundles: dict[str, Path]) -> None:
+    s = settings_for(bundles["a"], None, max_pending=4, batch_max_size=2, batch_max_wait_ms=20.0, batch_workers=1)
+    with LiveServer(s) as url, httpx.Client(base_url=url, timeout=10) as probe:
+        assert post(probe, "warm").status_code == 200
+
+        def one(i: int) -> httpx.Response:
+            with httpx.Client(base_url=url, timeout=10) as h:
+                return post(h, f"burst-{i}", k=5)
+
+        with ThreadPoolExecutor(32) as pool:
+            responses = list(pool.map(one, range(96)))
+        codes = [r.status_code for r in responses]
+        assert set(codes) <= {200, 503}, codes
+        shed = [r for r in responses if r.status_code == 503]
+        assert shed, "nothing was shed at 8x the queue bound"
+        assert all(r.headers.get("retry-after") == "1" and "overloaded" in r.json()["detail"] for r in shed)
+        assert post(probe, "after-burst").status_code == 200  # nothing crashed
+        assert 'utpm_errors_total{kind="overloaded"}' in probe.get("/metrics").text
+
+
+@pytest.fixture(scope="module")
+def live_url(bundles: dict[str, Path]) -> Iterator[str]:
+    with LiveServer(settings_for(bundles["a"], None, admin_api_key="k")) as url:
+        yield url
+
+
+def test_openapi_fuzzing_finds_no_server_error(live_url: str) -> None:
+    """schemathesis generates requests for every operation of the service's own OpenAPI schema."""
+    api = schemathesis.openapi.from_url(f"{live_url}/openapi.json")
+    operations = [result.ok() for result in api.get_all_operations()]
+    assert len(operations) >= 6
+
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+        def call(case: Any) -> None:
+            response = case.call()
+            case.validate_response(response, checks=[not_a_server_error])
+
+        call()
+
+
+json_leaf = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=20)
+)
+json_value = st.recursive(
+    json_leaf,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=12,
+)
+feature_values = st.one_of(
+    st.text(max_size=30),
+    st.lists(st.text(alphabet=st.characters(codec="utf-8"), max_size=30), max_size=60),
+    st.lists(st.sampled_from(["sci-fi", "", "sci-fi", " ", "atmospheric"]), max_size=30),  # empties, duplicates
+    json_value,
+)
+
+
+@pytest.fixture(scope="module")
+def mem_client(bundles: dict[str, Path]) -> Iterator[TestClient]:
+    with TestClient(create_app(settings_for(bundles["a"], None))) as c:
+        yield c
+
+
+@given(
+    features=st.dictionaries(
+        st.sampled_from(["clicked_tags", "clicked_categories", "unclicked_tags", "other"]), feature_values, max_size=4
+    ),
+    k=st.integers(min_value=-5, max_value=2000),
+)
+@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+def test_feature_mapping_never_fails_with_a_server_error(
+    mem_client: TestClient, features: dict[str, Any], k: int
+) -> None:
+    # json.dumps writes NaN/Infinity as bare literals, as a sloppy client would
+    raw = json.dumps({"user_id": "fuzz", "features": features, "k": k}, allow_nan=True)
+    r = mem_client.post("/profile", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code in (200, 422), r.text
+    if r.status_code == 200:
+        body = r.json()
+        real_tags = mem_client.get("/readyz").json()["tags"] - 2  # ids 0, 1 are padding and OOV
+        assert len(body["tags"]) == min(k, real_tags) and body["user_id"] == "fuzz"
+        for name, unknown in body["unknown"].items():
+            assert name in features and all(isinstance(v, str) for v in unknown)
+
+
+def test_hostile_bodies_get_clear_4xx(mem_client: TestClient) -> None:
+    raw = ('{"user_id": "d", "features": {"clicked_tags": ' + "[" * 5000 + '"x"' + "]" * 5000 + "}}").encode()
+    r = mem_client.post("/profile", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code in (400, 413, 422) and "detail" in r.json(), r.text
+    r = mem_client.post("/profile", content=b"\xff\xfe garbage", headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    r = mem_client.post("/profile", content=b'{"user_id": "x"}', headers={"content-type": "application/xml"})
+    assert r.status_code == 422
+    r = mem_client.post("/profile", json={"user_id": "x", "k": 10**30})
+    assert r.status_code == 422
+    r = mem_client.post("/profile", json={"user_id": "x" * 300})
+    assert r.status_code == 422
+    for r in (
+        mem_client.get("/nope"),
+        mem_client.post("/profile", content=b"[", headers={"content-type": "application/json"}),
+    ):
+        assert "Traceback" not in r.text and "/work" not in r.text and "site-packages" not in r.text
+
+
+def test_cors_is_off_unless_configured(bundles: dict[str, Path]) -> None:
+    headers = {"origin": "https://evil.example", "access-control-request-method": "POST"}
+    with TestClient(create_app(settings_for(bundles["a"], None))) as c:
+        assert "access-control-allow-origin" not in c.options("/profile", headers=headers).headers
+    with TestClient(create_app(settings_for(bundles["a"], None, cors_origins=["https://app.example"]))) as c:
+        ok = c.options("/profile", headers={**headers, "origin": "https://app.example"})
+        assert ok.headers.get("access-control-allow-origin") == "https://app.example"
+
+
+def test_the_docker_image_runs_as_a_non_root_user() -> None:
+    dockerfile = (Path(__file__).resolve().parent.parent / "Dockerfile").read_text()
+    final_stage = dockerfile.rsplit("FROM ", 1)[1]
+    users = [line.split()[1] for line in final_stage.splitlines() if line.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0"), users
+    assert "HEALTHCHECK" in final_stage and "/healthz" in final_stage
+    install = dockerfile.split("pip install", 1)[1].split("&&", 1)[0]
+    assert "[serve]" in install and "train" not in install and "torch" not in install
+
+
+_ = shutil  # used by later tests of bundle corruption
