@@ -39,9 +39,21 @@ class RedisServer:
         if exe is None:
             pytest.fail("redis-server is not installed; `make test` installs it (apt-get install redis-server)")
         self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -111,3 +123,31 @@ def tiny_bundle(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     out = tmp_path_factory.mktemp("bundles") / "tiny"
     export_bundle(tiny_run, out)
     return out
+
+
+# --- service fixtures ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def bundles(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory, movielens_dir: Path) -> dict[str, Path]:
+    """Two servable (indexed) bundles under one root: `a` (the tiny bundle) and `b` (another seed);
+    `b_raw` is `b` before its index was built (a bundle the service must refuse)."""
+    import shutil
+
+    from index.build import build_index
+    from model_export.onnx_export import export_bundle
+    from utpm.data.loading import load_dataset
+    from utpm.data.protocol import split_protocol
+    from utpm.models.presets import get_preset
+    from utpm.training.trainer import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("served")
+    shutil.copytree(tiny_bundle, root / "a")
+    build_index(root / "a", kind="flat")
+    run_b = tmp_path_factory.mktemp("run_b")
+    split = split_protocol(load_dataset(movielens_dir), seed=1)
+    train(split, TrainConfig(model="utpm", loss="joint", preset=get_preset("tiny"), epochs=1, seed=1), out=run_b)
+    export_bundle(run_b, root / "b_raw")
+    shutil.copytree(root / "b_raw", root / "b")
+    build_index(root / "b", kind="flat")
+    return {"a": root / "a", "b": root / "b", "root": root}

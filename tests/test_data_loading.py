@@ -117,7 +117,7 @@ def test_malformed_csv_row_is_one_clear_error(tmp_path: Path) -> None:
 
 def test_no_events_file(tmp_path: Path) -> None:
     (tmp_path / "items.csv").write_text(ITEMS)
-    with pytest.raises(DataError, match="no events.csv or events.parquet"):
+    with pytest.raises(DataError, match=r"no events\.csv or events\.parquet"):
         load_dataset(tmp_path)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from schemathesis.checks import not_a_server_error
 from service.main import create_app
 from tests.conftest import RedisServer, free_port
 from tests.netutil import DelayProxy
-from tests.test_service import USER, LiveServer, bundles, post, settings_for  # noqa: F401  (fixture re-export)
+from tests.serving import LiveServer, post, settings_for
 
 
 def test_slow_redis_never_stalls_a_request_beyond_the_timeout(
@@ -349,6 +348,3 @@ def test_the_docker_image_runs_as_a_non_root_user() -> None:
     assert "HEALTHCHECK" in final_stage and "/healthz" in final_stage
     install = dockerfile.split("pip install", 1)[1].split("&&", 1)[0]
     assert "[serve]" in install and "train" not in install and "torch" not in install
-
-
-_ = shutil  # used by later tests of bundle corruption

@@ -6,7 +6,6 @@ the app in a real uvicorn server and fires concurrent HTTP requests at it.
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -16,60 +15,17 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
-from index.build import build_index
-from service.config import Settings
 from service.main import create_app
-from tests.conftest import RedisServer, free_port
-
-API_KEY = "test-admin-key"
-
-
-def _indexed_copy(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    build_index(dst, kind="flat")
-    return dst
-
-
-@pytest.fixture(scope="module")
-def bundles(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory, movielens_dir: Path) -> dict[str, Path]:
-    """Two servable bundles under one root: `a` (the tiny bundle) and `b` (another seed)."""
-    from model_export.onnx_export import export_bundle
-    from utpm.data.loading import load_dataset
-    from utpm.data.protocol import split_protocol
-    from utpm.models.presets import get_preset
-    from utpm.training.trainer import TrainConfig, train
-
-    root = tmp_path_factory.mktemp("served")
-    a = _indexed_copy(tiny_bundle, root / "a")
-    run_b = tmp_path_factory.mktemp("run_b")
-    split = split_protocol(load_dataset(movielens_dir), seed=1)
-    train(split, TrainConfig(model="utpm", loss="joint", preset=get_preset("tiny"), epochs=1, seed=1), out=run_b)
-    export_bundle(run_b, root / "b_raw")
-    b = _indexed_copy(root / "b_raw", root / "b")
-    return {"a": a, "b": b, "root": root}
-
-
-def settings_for(bundle: Path, redis: RedisServer | None, **kw: Any) -> Settings:
-    base: dict[str, Any] = {"bundle": bundle, "admin_api_key": API_KEY, "batch_max_wait_ms": 1.0}
-    if redis is not None:
-        base["redis_url"] = redis.url
-    return Settings(**{**base, **kw})
+from tests.conftest import RedisServer
+from tests.serving import API_KEY, USER, LiveServer, post, settings_for
 
 
 @pytest.fixture()
 def client(bundles: dict[str, Path], redis_server: RedisServer) -> Iterator[TestClient]:
     with TestClient(create_app(settings_for(bundles["a"], redis_server))) as c:
         yield c
-
-
-USER = {"clicked_tags": ["sci-fi", "dark comedy", "atmospheric"], "clicked_categories": ["Drama", "Comedy"]}
-
-
-def post(client: TestClient | httpx.Client, user_id: str, **kw: Any) -> httpx.Response:
-    return client.post("/profile", json={"user_id": user_id, "features": USER, **kw})
 
 
 def test_post_profile_returns_ranked_tags_and_caches_them(client: TestClient) -> None:
@@ -268,28 +224,6 @@ def test_reload_changes_version_and_never_serves_old_profiles_as_new(
         assert post(c, "carol").json()["model_version"] == v2
         assert c.get("/profile/carol").json()["model_version"] == v2
         assert c.get("/readyz").json()["model_version"] == v2
-
-
-class LiveServer:
-    def __init__(self, settings: Settings) -> None:
-        self.port = free_port()
-        self.server = uvicorn.Server(
-            uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port, log_level="warning")
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not start")
-            time.sleep(0.05)
-        return f"http://127.0.0.1:{self.port}"
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 def test_hot_reload_under_concurrent_requests_fails_nothing(

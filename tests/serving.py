@@ -1,0 +1,54 @@
+"""Helpers shared by the service, reliability and load-test tests: settings, requests, a live server."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from fastapi.testclient import TestClient
+
+from service.config import Settings
+from service.main import create_app
+from tests.conftest import RedisServer, free_port
+
+API_KEY = "test-admin-key"
+USER = {"clicked_tags": ["sci-fi", "dark comedy", "atmospheric"], "clicked_categories": ["Drama", "Comedy"]}
+
+
+def settings_for(bundle: Path, redis: RedisServer | None, **kw: Any) -> Settings:
+    base: dict[str, Any] = {"bundle": bundle, "admin_api_key": API_KEY, "batch_max_wait_ms": 1.0}
+    if redis is not None:
+        base["redis_url"] = redis.url
+    return Settings(**{**base, **kw})
+
+
+def post(client: TestClient | httpx.Client, user_id: str, **kw: Any) -> httpx.Response:
+    return client.post("/profile", json={"user_id": user_id, "features": USER, **kw})
+
+
+class LiveServer:
+    """The app in a real uvicorn server on a free port, in a thread: `with LiveServer(s) as url:`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.port = free_port()
+        self.server = uvicorn.Server(
+            uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port, log_level="warning")
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
