@@ -31,6 +31,7 @@ def _register_serving_commands() -> None:
     """Export/index/serve commands live beside their code; they need the `serve` (and `train`) extras."""
     try:
         from index.cli import bench_index_cmd, index_build_cmd
+        from loadtest.cli import bench_serve_cmd
         from model_export.cli import bench_model_cmd, export_cmd
     except ImportError as e:  # e.g. a train-only install without faiss/onnxruntime
         logging.getLogger(__name__).debug("serving commands unavailable: %s", e)
@@ -39,6 +40,7 @@ def _register_serving_commands() -> None:
     bench_app.command("model")(bench_model_cmd)
     index_app.command("build")(index_build_cmd)
     bench_app.command("index")(bench_index_cmd)
+    bench_app.command("serve")(bench_serve_cmd)
 
 
 _register_serving_commands()
@@ -128,7 +130,7 @@ def inspect_cmd(data: Annotated[Path, typer.Argument(help="A data set in the gen
     typer.echo(f"validated {data} in {time.perf_counter() - t0:.1f}s")
 
 
-def _load_split(data: Path, seed: int):  # type: ignore[no-untyped-def]
+def _load_split(data: Path, seed: int):
     from utpm.data.loading import load_dataset
     from utpm.data.protocol import split_protocol
 

@@ -105,6 +105,7 @@ class ProtocolSplit:
     seed: int
     history_fraction: float
     test_fraction: float
+    max_history: int
     dropped_users: int = 0
     stats: dict[str, int] = field(default_factory=dict)
     source: str = ""
@@ -252,6 +253,7 @@ def split_protocol(
         seed=seed,
         history_fraction=history_fraction,
         test_fraction=test_fraction,
+        max_history=max_history,
         dropped_users=dropped,
         stats={"history_events": int(hist.sum()), "label_events": int(lab.sum())},
         source=data.source,

@@ -89,7 +89,7 @@ def _dataset(path: str) -> Dataset:
     if _CACHE.get("path") != path:
         _CACHE.clear()
         _CACHE.update(path=path, data=load_dataset(path), truth=_load_truth(Path(path)))
-    return _CACHE["data"]  # type: ignore[no-any-return]
+    return _CACHE["data"]
 
 
 def _load_truth(path: Path) -> dict[str, set[str]] | None:
@@ -99,7 +99,7 @@ def _load_truth(path: Path) -> dict[str, set[str]] | None:
     import pandas as pd
 
     t = pd.read_csv(f, dtype=str)
-    return {u: set(g) for u, g in t.groupby("user_id")["tag"]}
+    return {str(u): set(g) for u, g in t.groupby("user_id")["tag"]}
 
 
 def recovery_at_k(ranked: Sequence[Sequence[str]], truth: Sequence[set[str]], k: int) -> float:
@@ -126,10 +126,10 @@ def run_job(data_path: str, job: Job, ks: Sequence[int]) -> dict[str, Any]:
         seed=job.seed,
         epochs=job.epochs,
         eval_ks=tuple(ks),
-        early_stop_k=max(ks),
+        early_stop_ks=tuple(ks),
     )
     t0 = time.perf_counter()
-    result = train(split, config)
+    result = train(split, config, data=data)
     out: dict[str, Any] = {
         "model": job.model,
         "loss": job.loss,

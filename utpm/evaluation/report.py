@@ -247,8 +247,9 @@ def attention_example(data_path: str, preset: str, seed: int = 0) -> list[dict[s
     from utpm.training.samples import encode_rows
     from utpm.training.trainer import TrainConfig, train
 
-    split = split_protocol(load_dataset(data_path), seed=seed)
-    result = train(split, TrainConfig(model="utpm", loss="joint", preset=get_preset(preset), seed=seed))
+    data = load_dataset(data_path)
+    split = split_protocol(data, seed=seed)
+    result = train(split, TrainConfig(model="utpm", loss="joint", preset=get_preset(preset), seed=seed), data=data)
     rows = split.indices(test=True)
     ids, masks = encode_rows(split, result.encoder, rows)
     fullest = int(sum(m.sum(axis=1) for m in masks).argmax())

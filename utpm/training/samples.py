@@ -152,6 +152,19 @@ class SampleSet:
     def __len__(self) -> int:
         return len(self.sample_start)
 
+    def extend(self, other: SampleSet) -> None:
+        """Append another set's samples (same encoder, tag vocabulary, items, K and N)."""
+        if other.item_tag_ids.shape != self.item_tag_ids.shape or (other.K, other.N) != (self.K, self.N):
+            raise ValueError("sample sets over different items or sizes cannot be merged")
+        n_users, n_events = len(self.ids[0]), len(self.user)
+        self.ids = [np.concatenate([a, b]) for a, b in zip(self.ids, other.ids, strict=True)]
+        self.masks = [np.concatenate([a, b]) for a, b in zip(self.masks, other.masks, strict=True)]
+        self.user = np.concatenate([self.user, other.user + n_users])
+        self.items = np.concatenate([self.items, other.items])
+        self.values = np.concatenate([self.values, other.values])
+        self.sample_start = np.concatenate([self.sample_start, other.sample_start + n_events])
+        self.sample_end = np.concatenate([self.sample_end, other.sample_end + n_events])
+
     def batches(self, batch_size: int, rng: np.random.Generator | None = None) -> Iterator[Batch]:
         order = rng.permutation(len(self)) if rng is not None else np.arange(len(self))
         for lo in range(0, len(order), batch_size):
