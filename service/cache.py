@@ -57,7 +57,8 @@ class MemoryProfileCache:
             del self._data[key]
             return None
         self._data.move_to_end(key)
-        return orjson.loads(raw)  # type: ignore[no-any-return]
+        value: dict[str, object] = orjson.loads(raw)
+        return value
 
     async def set(self, key: str, value: dict[str, object], ttl_s: int) -> None:
         self._data[key] = (time.monotonic() + ttl_s, orjson.dumps(value))
@@ -110,7 +111,10 @@ class RedisProfileCache:
             raw = await self.client.get(key)  # type: ignore[attr-defined]
         except (RedisError, OSError, TimeoutError) as e:
             raise CacheUnavailable(type(e).__name__) from None
-        return None if raw is None else orjson.loads(raw)  # type: ignore[no-any-return]
+        if raw is None:
+            return None
+        value: dict[str, object] = orjson.loads(raw)
+        return value
 
     async def set(self, key: str, value: dict[str, object], ttl_s: int) -> None:
         from redis.exceptions import RedisError

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,11 +148,11 @@ class ProfileEngine:
         return out
 
     # -- lifecycle ----------------------------------------------------------------------------
-    def start(self, on_batch: object = None) -> None:
+    def start(self, on_batch: Callable[[int], None] | None = None) -> None:
         s = self.settings
         self.batcher = MicroBatcher(
             self.compute, s.batch_max_size, s.batch_max_wait_ms, s.max_pending, s.batch_workers, on_batch=on_batch
-        )  # type: ignore[arg-type]
+        )
         self.batcher.start()
         self._idle = asyncio.Event()
         self._idle.set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -19,11 +20,12 @@ class ServiceState:
     engine: ProfileEngine
     cache: ProfileCache
     metrics: Metrics
-    retiring: set[object] = field(default_factory=set)
+    retiring: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 def get_state(request: Request) -> ServiceState:
-    return request.app.state.service  # type: ignore[no-any-return]
+    state: ServiceState = request.app.state.service
+    return state
 
 
 State = Annotated[ServiceState, Depends(get_state)]

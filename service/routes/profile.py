@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 
@@ -13,7 +13,7 @@ from service.schemas import ErrorResponse, ProfileRequest, ProfileResponse, Prof
 from service.state import State
 
 router = APIRouter(tags=["profiles"])
-ERRORS = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorResponse, "description": "Body too large."},
     422: {"model": ErrorResponse, "description": "Invalid input (unknown field, bad type, k out of range)."},
     503: {"model": ErrorResponse, "description": "Overloaded (Retry-After) or cache unavailable."},
