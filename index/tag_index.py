@@ -1,0 +1,177 @@
+"""TagIndex: top-k tags for user embeddings by inner product, with a query-time block list.
+
+Exclusion works by over-fetching and filtering: search k + |excluded| results, drop the excluded
+ids, keep the first k. Chosen over faiss `SearchParameters(sel=IDSelectorNot(...))` because it
+behaves the same on every index type (flat, IVF, HNSW) and on GPU indexes, which do not all accept
+selectors, and it keeps the flat index's batched BLAS path. Its cost grows with the block list
+(the search fetches that many more results), which suits the short per-user lists a profile
+service sees; padding (0) and OOV (1) are always excluded. When an approximate index finds fewer
+than k admissible results (a very long block list, or too few IVF cells probed), the rows are
+padded with id -1 and score -inf.
+
+Thread safety: CPU faiss indexes support concurrent searches as long as nobody changes their
+parameters, and the search parameter (nprobe / efSearch) is set once at load; GPU indexes do not,
+so searches on a GPU index take a lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from index.errors import IndexMismatchError, TagIndexError
+from index.gpu import to_device
+from index.infos import INDEX_FILE, IndexInfos
+from model_export.bundle import Bundle, load_bundle
+from model_export.errors import BundleError
+from model_export.manifest import METRIC, RESERVED_TAG_IDS
+
+Exclude = Iterable[int] | Sequence[Iterable[int]] | None
+
+
+def _per_row_exclusions(exclude: Exclude, batch: int) -> list[np.ndarray]:
+    """Normalise a block list: one iterable of ids for every row, or one iterable per row."""
+    if exclude is None:
+        return [np.zeros(0, dtype=np.int64)] * batch
+    items = list(exclude)
+    per_row = bool(items) and all(not isinstance(x, int | np.integer) for x in items)
+    if per_row:
+        if len(items) != batch:
+            raise ValueError(f"per-query exclusions: got {len(items)} lists for {batch} queries")
+        return [np.unique(np.asarray(list(x), dtype=np.int64)) for x in items]  # type: ignore[call-overload]
+    shared = np.unique(np.asarray(items, dtype=np.int64))
+    return [shared] * batch
+
+
+def apply_search_params(index: faiss.Index, params: dict[str, int], on_gpu: bool = False) -> None:
+    """Set nprobe / efSearch through faiss' ParameterSpace (the GPU flavour on a GPU index)."""
+    space = faiss.GpuParameterSpace() if on_gpu else faiss.ParameterSpace()
+    for name, value in params.items():
+        space.set_index_parameter(index, name, int(value))
+
+
+class TagIndex:
+    """Inner-product search over a bundle's tag embeddings (row i = tag id i).
+
+    `search(u (B, U) float32, k)` -> (scores (B, k) float32, ids (B, k) int64), best first; ids
+    below `n_reserved` (padding, OOV) and any caller-excluded id are never returned.
+    """
+
+    def __init__(
+        self,
+        index: faiss.Index,
+        *,
+        n_reserved: int = len(RESERVED_TAG_IDS),
+        infos: IndexInfos | None = None,
+        on_gpu: bool = False,
+    ) -> None:
+        if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+            raise IndexMismatchError(
+                f"index metric is faiss metric {index.metric_type}, not inner product "
+                f"({faiss.METRIC_INNER_PRODUCT}): user-tag scores are u . t"
+            )
+        self.index = index
+        self.n_reserved = n_reserved
+        self.infos = infos
+        self.on_gpu = on_gpu
+        self._lock: contextlib.AbstractContextManager[object] = threading.Lock() if on_gpu else contextlib.nullcontext()
+
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    @classmethod
+    def exact(cls, embeddings: np.ndarray, n_reserved: int = len(RESERVED_TAG_IDS)) -> TagIndex:
+        """An exact (flat) index over `embeddings` (n, U), kept on the CPU: the yardstick of recall."""
+        x = np.ascontiguousarray(embeddings, dtype=np.float32)
+        flat = faiss.IndexFlatIP(x.shape[1])
+        flat.add(x)
+        return cls(flat, n_reserved=n_reserved)
+
+    @classmethod
+    def load(cls, bundle: Bundle | str | Path, *, use_gpu: bool | None = None) -> TagIndex:
+        """Open the index built into a bundle directory, refusing one built for anything else.
+
+        IndexMismatchError when the index's bundle version, dimension, metric or size differ from
+        the bundle's; TagIndexError when the files are missing or unreadable.
+        """
+        if not isinstance(bundle, Bundle):
+            try:
+                bundle = load_bundle(bundle)
+            except BundleError as e:
+                raise TagIndexError(str(e)) from None
+        infos = IndexInfos.read(bundle.path)
+        rebuild = f"rebuild it with `utpm index build {bundle.path}`"
+        if infos.bundle_version != bundle.version:
+            raise IndexMismatchError(
+                f"the index in {bundle.path} was built for bundle {infos.bundle_version}, "
+                f"this bundle is {bundle.version}; {rebuild}"
+            )
+        if infos.metric != METRIC:
+            raise IndexMismatchError(f"the index metric is {infos.metric!r}, the bundle's is {METRIC!r}; {rebuild}")
+        if infos.dim != bundle.dim:
+            raise IndexMismatchError(f"the index has dimension {infos.dim}, the bundle {bundle.dim}; {rebuild}")
+        path = bundle.path / INDEX_FILE
+        if not path.is_file():
+            raise TagIndexError(f"{path} is missing; {rebuild}")
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as e:
+            raise TagIndexError(f"{path}: cannot read: {str(e).splitlines()[0]}") from None
+        if index.d != bundle.dim:
+            raise IndexMismatchError(f"{path} has dimension {index.d}, the bundle {bundle.dim}; {rebuild}")
+        if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+            raise IndexMismatchError(f"{path} does not use inner product (faiss metric {index.metric_type}); {rebuild}")
+        if index.ntotal != bundle.manifest.tag_count:
+            raise IndexMismatchError(
+                f"{path} holds {index.ntotal} vectors, the bundle {bundle.manifest.tag_count} tags; {rebuild}"
+            )
+        index, on_gpu = to_device(index, use_gpu)
+        apply_search_params(index, infos.params, on_gpu)
+        return cls(index, n_reserved=len(bundle.reserved_tag_ids), infos=infos, on_gpu=on_gpu)
+
+    def search(self, user_embeddings: np.ndarray, k: int, exclude: Exclude = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k tags of each user by u . t.
+
+        user_embeddings: (B, U) float32. exclude: tag ids never to return, either one iterable
+        applied to every query or a sequence of B iterables (one per query); ids 0 and 1 are always
+        excluded. Returns scores (B, k) float32 and ids (B, k) int64, best first, padded with
+        (-inf, -1) when fewer than k admissible tags were found.
+        """
+        x = np.ascontiguousarray(user_embeddings, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"user_embeddings must be (B, {self.dim}), got {x.shape}")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        b = x.shape[0]
+        rows = _per_row_exclusions(exclude, b)
+        # Only ids that can be returned need room in the over-fetch.
+        in_range = [r[(r >= self.n_reserved) & (r < self.ntotal)] for r in rows]
+        fetch = min(self.ntotal, k + self.n_reserved + max((len(r) for r in in_range), default=0))
+        scores = np.full((b, k), -np.inf, dtype=np.float32)
+        ids = np.full((b, k), -1, dtype=np.int64)
+        if b == 0 or fetch == 0:
+            return scores, ids
+        with self._lock:
+            d, i = self.index.search(x, fetch)  # (B, fetch) each
+        keep = (i >= self.n_reserved) & np.isfinite(d)
+        if any(len(r) for r in in_range):
+            for row, r in enumerate(in_range):
+                if len(r):
+                    keep[row] &= ~np.isin(i[row], r)
+        # Position of each kept result among its row's kept results; the first k survive.
+        pos = np.cumsum(keep, axis=1) - 1
+        take = keep & (pos < k)
+        rr, cc = np.nonzero(take)
+        scores[rr, pos[rr, cc]] = d[rr, cc]
+        ids[rr, pos[rr, cc]] = i[rr, cc]
+        return scores, ids

@@ -1,0 +1,260 @@
+"""Parity between two implementations of the user tower (torch-free): the cases and the verdict.
+
+A runner maps an `EncodedBatch` to the tower's outputs in ONNX order ([u, attn_<field>...,
+attn_merge]). Export compares PyTorch (reference) with ONNX Runtime (candidate); the fp16 and int8
+variants are compared with the float32 ONNX model the same way.
+
+Two measures, both over every user of every case:
+- the max absolute difference of u (and, reported beside it, of the attention weights);
+- top-k agreement: the share of users whose top-k tags (u . t over the tag embeddings, padding and
+  OOV excluded) are the same set. A set, not a sequence: two tags whose scores differ by less than
+  float32 rounding may swap places without changing the profile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from utpm.features.encoding import EncodedBatch, FeatureEncoder, RawFeatures
+from utpm.features.spec import FieldKind
+
+Runner = Callable[[EncodedBatch], list[np.ndarray]]
+
+PARITY_ATOL = 1e-4
+TOP_K = 50
+MIN_AGREEMENT = 0.99
+CHUNK = 256  # users per runner call: the batch size the service batches up to
+
+
+@dataclass
+class ParityCase:
+    """A named set of users, encoded through the FeatureEncoder exactly as serving will."""
+
+    name: str
+    batch: EncodedBatch
+    description: str = ""
+
+
+def top_k_ids(u: np.ndarray, tag_embeddings: np.ndarray, k: int, reserved: int = 2) -> np.ndarray:
+    """u (B, U), tag_embeddings (T, U) -> (B, min(k, T - reserved)) tag ids by descending u . t.
+
+    Ids below `reserved` (padding 0, OOV 1) are never returned. Exact: what an index is judged by.
+    """
+    scores = np.asarray(u, dtype=np.float32) @ np.asarray(tag_embeddings[reserved:], dtype=np.float32).T  # (B, T-r)
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]  # (B, k), unordered
+    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1) + reserved  # (B, k)
+
+
+def same_sets(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a, b (B, k) ids -> (B,) bool, True where row a[i] and row b[i] hold the same set."""
+    return np.all(np.sort(a, axis=1) == np.sort(b, axis=1), axis=1)
+
+
+def synthetic_users(encoder: FeatureEncoder, n: int, rng: np.random.Generator) -> list[dict[str, list[str]]]:
+    """n users of known values, each multi field with 0..2*H_f values (so some overflow H_f).
+
+    Used when the run's data is not at hand: they exercise the same graph, though not the
+    distribution of real users.
+    """
+    users: list[dict[str, list[str]]] = []
+    for _ in range(n):
+        user: dict[str, list[str]] = {}
+        for spec in encoder.specs:
+            known = encoder.vocabs[spec.name].tokens[2:]
+            if not known:
+                continue
+            hi = 2 * spec.max_len if spec.kind is FieldKind.MULTI else 1
+            length = int(rng.integers(0, hi + 1))
+            if length:
+                user[spec.name] = [known[int(j)] for j in rng.integers(0, len(known), length)]
+        users.append(user)
+    return users
+
+
+def parity_cases(encoder: FeatureEncoder, heldout: Sequence[RawFeatures], rng: np.random.Generator) -> list[ParityCase]:
+    """The covered cases over held-out users' raw features (at least 1 user).
+
+    heldout (every held-out user, in chunks of CHUNK), batch_1, batch_256 (held-out users cycled
+    to 256), empty_field (each user loses one field, fields in turn), all_empty, all_oov (every
+    value unknown to the vocabularies), longer_than_max (3 * H_f known values per multi field,
+    3 values per single field: the encoder keeps the most recent).
+    """
+    if not heldout:
+        raise ValueError("parity needs at least one held-out user")
+    names = encoder.field_names
+    users = [dict(u) for u in heldout]
+    cycled = [users[i % len(users)] for i in range(CHUNK)]
+    empty_field = []
+    for j in range(min(64, max(len(users), len(names)))):
+        u = dict(users[j % len(users)])
+        u.pop(names[j % len(names)], None)
+        empty_field.append(u)
+    oov = [
+        {n: [f"\x00unseen-{n}-{i}-{v}" for v in range(encoder.spec(n).max_len + 2)] for n in names} for i in range(8)
+    ]
+    longer: list[dict[str, list[str]]] = []
+    for _ in range(16):
+        user = {}
+        for spec in encoder.specs:
+            known = encoder.vocabs[spec.name].tokens[2:]
+            if known:
+                count = 3 * spec.max_len if spec.kind is FieldKind.MULTI else 3
+                user[spec.name] = [known[int(j)] for j in rng.integers(0, len(known), count)]
+        longer.append(user)
+    return [
+        ParityCase("heldout", encoder.encode(users), f"{len(users)} held-out users"),
+        ParityCase("batch_1", encoder.encode(users[:1]), "one user"),
+        ParityCase("batch_256", encoder.encode(cycled), "256 held-out users (cycled if fewer)"),
+        ParityCase("empty_field", encoder.encode(empty_field), "each user misses one field"),
+        ParityCase("all_empty", encoder.encode([{} for _ in range(8)]), "every field empty"),
+        ParityCase("all_oov", encoder.encode(oov), "every value out of vocabulary"),
+        ParityCase("longer_than_max", encoder.encode(longer), "3 x max length values per field"),
+    ]
+
+
+def slice_batch(batch: EncodedBatch, lo: int, hi: int) -> EncodedBatch:
+    return EncodedBatch(
+        ids={k: v[lo:hi] for k, v in batch.ids.items()},
+        mask={k: v[lo:hi] for k, v in batch.mask.items()},
+    )
+
+
+def run_chunked(runner: Runner, batch: EncodedBatch, chunk: int = CHUNK) -> list[np.ndarray]:
+    """Run `runner` over `batch` in chunks of at most `chunk` users; outputs concatenated on axis 0."""
+    parts = [runner(slice_batch(batch, lo, lo + chunk)) for lo in range(0, batch.size, chunk)]
+    return [np.concatenate([p[i] for p in parts], axis=0) for i in range(len(parts[0]))]
+
+
+@dataclass
+class CaseResult:
+    name: str
+    users: int
+    max_abs_diff_u: float
+    max_abs_diff_attention: float
+    agreeing_users: int
+
+    @property
+    def top_k_agreement(self) -> float:
+        return self.agreeing_users / self.users if self.users else 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "users": self.users,
+            "max_abs_diff_u": self.max_abs_diff_u,
+            "max_abs_diff_attention": self.max_abs_diff_attention,
+            "top_k_agreement": self.top_k_agreement,
+        }
+
+
+@dataclass
+class ParityReport:
+    """The verdict over all cases; `passed` iff max |du| <= atol and agreement >= min_agreement."""
+
+    cases: list[CaseResult]
+    atol: float
+    top_k: int
+    min_agreement: float
+    outputs: dict[str, list[np.ndarray]] = field(default_factory=dict, repr=False)
+
+    @property
+    def max_abs_diff_u(self) -> float:
+        return max(c.max_abs_diff_u for c in self.cases)
+
+    @property
+    def max_abs_diff_attention(self) -> float:
+        return max(c.max_abs_diff_attention for c in self.cases)
+
+    @property
+    def top_k_agreement(self) -> float:
+        users = sum(c.users for c in self.cases)
+        return sum(c.agreeing_users for c in self.cases) / users if users else 1.0
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_diff_u <= self.atol and self.top_k_agreement >= self.min_agreement
+
+    def failure(self) -> str | None:
+        """One sentence naming the worst case, or None when parity holds."""
+        if self.passed:
+            return None
+        worst = max(self.cases, key=lambda c: (c.max_abs_diff_u, -c.top_k_agreement))
+        disagree = min(self.cases, key=lambda c: c.top_k_agreement)
+        return (
+            f"max |u_torch - u_onnx| = {self.max_abs_diff_u:.3g} (limit {self.atol:g}, worst case {worst.name!r}); "
+            f"same top-{self.top_k} tags for {self.top_k_agreement:.2%} of users (need {self.min_agreement:.0%}; "
+            f"lowest case {disagree.name!r} at {disagree.top_k_agreement:.2%})"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "atol": self.atol,
+            "top_k": self.top_k,
+            "min_agreement": self.min_agreement,
+            "max_abs_diff_u": self.max_abs_diff_u,
+            "max_abs_diff_attention": self.max_abs_diff_attention,
+            "top_k_agreement": self.top_k_agreement,
+            "cases": {c.name: c.to_dict() for c in self.cases},
+        }
+
+
+def compare_case(
+    name: str,
+    reference: Sequence[np.ndarray],
+    candidate: Sequence[np.ndarray],
+    tag_embeddings: np.ndarray,
+    top_k: int,
+) -> CaseResult:
+    """Compare two output lists ([u, attention...]) of the same users."""
+    u_ref, u_cand = np.asarray(reference[0], np.float32), np.asarray(candidate[0], np.float32)
+    if u_ref.shape != u_cand.shape:
+        raise ValueError(f"case {name!r}: u shapes differ: {u_ref.shape} vs {u_cand.shape}")
+    du = float(np.max(np.abs(u_ref - u_cand))) if u_ref.size else 0.0
+    if not np.isfinite(u_cand).all():
+        du = float("inf")
+    da = 0.0
+    for a, b in zip(reference[1:], candidate[1:], strict=True):
+        if a.size:
+            da = max(da, float(np.max(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)))))
+    agree = same_sets(top_k_ids(u_ref, tag_embeddings, top_k), top_k_ids(u_cand, tag_embeddings, top_k))
+    return CaseResult(name, len(u_ref), du, da, int(agree.sum()))
+
+
+def check_parity(
+    cases: Sequence[ParityCase],
+    reference: Runner,
+    candidate: Runner,
+    tag_embeddings: np.ndarray,
+    *,
+    atol: float = PARITY_ATOL,
+    top_k: int = TOP_K,
+    min_agreement: float = MIN_AGREEMENT,
+) -> ParityReport:
+    """Run both implementations on every case and compare. Does not raise: see `ParityReport.passed`.
+
+    The candidate's outputs are kept in `report.outputs[case]` (the held-out users' u is saved).
+    """
+    results: list[CaseResult] = []
+    outputs: dict[str, list[np.ndarray]] = {}
+    for case in cases:
+        ref = run_chunked(reference, case.batch)
+        cand = run_chunked(candidate, case.batch)
+        results.append(compare_case(case.name, ref, cand, tag_embeddings, top_k))
+        outputs[case.name] = cand
+    return ParityReport(results, atol, top_k, min_agreement, outputs)
+
+
+def describe_variant(report: ParityReport) -> Mapping[str, Any]:
+    """What the manifest records for an fp16 / int8 variant measured against float32 ONNX."""
+    return {
+        f"top{report.top_k}_agreement": report.top_k_agreement,
+        "max_abs_diff_u": report.max_abs_diff_u,
+        "max_abs_diff_attention": report.max_abs_diff_attention,
+        "users": sum(c.users for c in report.cases),
+    }
