@@ -39,6 +39,9 @@ EMBEDDINGS_FILE = "tag_embeddings.npy"
 TAGS_FILE = "tags.json"
 ENCODER_DIR = "encoder"
 HELDOUT_FILE = "heldout_users.npy"
+# A few held-out users' encoded inputs and PyTorch's u for them: lets a loader re-check parity.
+REFERENCE_FILE = "parity_reference.npz"
+REFERENCE_USERS = 32
 RESERVED_TAG_IDS = (0, 1)  # padding, out-of-vocabulary: never a profile's tag
 
 USER_EMBEDDING_OUTPUT = "user_embedding"

@@ -39,6 +39,8 @@ from model_export.manifest import (
     HELDOUT_FILE,
     METRIC,
     ONNX_FILE,
+    REFERENCE_FILE,
+    REFERENCE_USERS,
     TAGS_FILE,
     FieldInfo,
     Manifest,
@@ -59,6 +61,7 @@ from model_export.parity import (
     check_parity,
     describe_variant,
     parity_cases,
+    slice_batch,
     synthetic_users,
 )
 from model_export.session import SessionConfig, build_session, check_signature
@@ -256,6 +259,16 @@ def _swap_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def write_reference(path: Path, model: UserModel, batch: EncodedBatch, n: int = REFERENCE_USERS) -> None:
+    """Save the first `n` users' inputs and PyTorch's u for them (`model_export.bundle.verify_onnx`)."""
+    sub = slice_batch(batch, 0, min(n, batch.size))
+    u = torch_runner(model)(sub)[0]
+    arrays: dict[str, Any] = {"u": np.asarray(u, np.float32)}
+    arrays.update({f"ids__{f}": sub.ids[f] for f in model.field_names})
+    arrays.update({f"mask__{f}": sub.mask[f] for f in model.field_names})
+    np.savez(path, **arrays)
+
+
 def export_bundle(
     run_dir: str | Path,
     out: str | Path,
@@ -325,6 +338,7 @@ def export_bundle(
             model, tmp / ONNX_FILE, cases, tag_embeddings, atol=atol, top_k=top_k, min_agreement=min_agreement
         )
         np.save(tmp / HELDOUT_FILE, report.outputs["heldout"][0].astype(np.float32))
+        write_reference(tmp / REFERENCE_FILE, model, next(c for c in cases if c.name == "heldout").batch)
 
         variant_infos: dict[str, dict[str, Any]] = {}
         for v in variants:

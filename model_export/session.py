@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from model_export.bundle import Bundle
 from model_export.errors import BundleError
-from model_export.manifest import Manifest
+from model_export.manifest import REFERENCE_FILE, Manifest, ids_input, mask_input
 
 log = logging.getLogger(__name__)
 
@@ -154,3 +155,27 @@ def check_signature(session: ort.InferenceSession, manifest: Manifest) -> None:
     u_shape = session.get_outputs()[0].shape
     if u_shape[-1] != manifest.user_dim:
         raise BundleError(f"ONNX user_embedding has dimension {u_shape[-1]}, manifest says {manifest.user_dim}")
+
+
+def verify_reference(session: ort.InferenceSession, bundle: Bundle, atol: float = 1e-4) -> float | None:
+    """Re-check parity at load: the session must reproduce the u that PyTorch computed at export for
+    the held-out users stored in the bundle (`parity_reference.npz`). Returns the max |du|, None for
+    a bundle exported without a reference; BundleError when parity does not hold."""
+    path = bundle.path / REFERENCE_FILE
+    if REFERENCE_FILE not in bundle.manifest.files:
+        log.warning("bundle %s has no %s: ONNX parity is not re-checked", bundle.version, REFERENCE_FILE)
+        return None
+    with np.load(path) as ref:
+        feed = {}
+        for name in bundle.manifest.field_names:
+            feed[ids_input(name)] = ref[f"ids__{name}"].astype(np.int64)
+            feed[mask_input(name)] = ref[f"mask__{name}"].astype(np.float32)
+        expected = ref["u"]
+    got = session.run(["user_embedding"], feed)[0]
+    diff = float(np.max(np.abs(got - expected))) if expected.size else 0.0
+    if not np.isfinite(got).all() or diff > atol:
+        raise BundleError(
+            f"{bundle.onnx_path.name} does not reproduce the PyTorch model it was exported from: "
+            f"max |du| {diff:.2e} > {atol:g} on {len(expected)} held-out users"
+        )
+    return diff

@@ -1,7 +1,11 @@
 """Micro-batching: gather concurrent requests into one model run, off the event loop.
 
-A request waits at most `max_wait_ms` for company: the first user of a batch starts a clock and
-the batch runs when it is full or the clock runs out, whichever is first. Batches run in a thread
+A batch starts when a worker is free: the collector takes a worker first and then gathers,
+so every request that queued while all workers were busy rides in the next batch (under load,
+batches form by themselves, without any waiting). A request then waits at most `max_wait_ms`
+for company, and only when company is expected that soon: the collector keeps a moving average
+of the gap between arrivals, and when that gap is longer than `max_wait_ms` (one client at a
+time, light load) the batch runs at once instead of idling for nobody. Batches run in a thread
 pool (ONNX Runtime and FAISS release the GIL), at most `workers` at a time. The queue is bounded:
 past `max_pending` users waiting, `submit` raises `Overloaded` at once instead of queueing
 without bound, so accepted requests keep a bounded latency.
@@ -44,6 +48,8 @@ class MicroBatcher(Generic[In, Out]):
         self._slots = asyncio.Semaphore(workers)
         self._task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
+        self._last_arrival = 0.0
+        self._gap = 1.0  # moving average of the time between arrivals (s), capped at 1 s per gap
 
     @property
     def pending(self) -> int:
@@ -58,6 +64,9 @@ class MicroBatcher(Generic[In, Out]):
         if self._pending + len(items) > self.max_pending:
             raise Overloaded(f"{self._pending} users already queued (limit {self.max_pending})")
         loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._gap = 0.8 * self._gap + 0.2 * min(now - self._last_arrival, 1.0)
+        self._last_arrival = now
         futures = []
         self._pending += len(items)
         try:
@@ -74,24 +83,40 @@ class MicroBatcher(Generic[In, Out]):
         while True:
             first = await self._queue.get()
             batch = [first]
-            deadline = loop.time() + self.max_wait
-            while len(batch) < self.max_batch_size:
-                try:
-                    batch.append(self._queue.get_nowait())
-                    continue
-                except asyncio.QueueEmpty:
-                    pass
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-                except TimeoutError:
-                    break
-            await self._slots.acquire()
+            slot = False
+            try:
+                # A worker first, then company: what queued while every worker was busy joins now.
+                await self._slots.acquire()
+                slot = True
+                self._take_queued(batch)
+                if len(batch) < self.max_batch_size and self._gap < self.max_wait:
+                    deadline = loop.time() + self.max_wait
+                    while len(batch) < self.max_batch_size:
+                        remaining = deadline - loop.time()
+                        if remaining <= 0:
+                            break
+                        try:
+                            batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                        except TimeoutError:
+                            break
+                        self._take_queued(batch)
+            except asyncio.CancelledError:  # closing: `close` runs what was taken, nobody is left hanging
+                for item in batch:
+                    self._queue.put_nowait(item)
+                if slot:
+                    self._slots.release()
+                raise
             task = loop.create_task(self._run(batch))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
+
+    def _take_queued(self, batch: list[tuple[In, asyncio.Future[Out]]]) -> None:
+        """Move what is queued right now into `batch`, up to the batch size."""
+        while len(batch) < self.max_batch_size:
+            try:
+                batch.append(self._queue.get_nowait())
+            except asyncio.QueueEmpty:
+                return
 
     async def _run(self, batch: list[tuple[In, asyncio.Future[Out]]]) -> None:
         try:

@@ -20,7 +20,7 @@ from index.tag_index import TagIndex
 from model_export.bundle import Bundle, load_bundle
 from model_export.inputs import TowerOutputs
 from model_export.manifest import ids_input, mask_input
-from model_export.session import SessionConfig, build_session, check_signature
+from model_export.session import SessionConfig, build_session, check_signature, verify_reference
 from service.batching import MicroBatcher
 from service.config import Settings
 from service.errors import InvalidInput, UnknownFields
@@ -40,16 +40,17 @@ class EncodedUser:
 
 
 @dataclass
+class BatchTimings:
+    model_s: float = 0.0
+    index_s: float = 0.0
+
+
+@dataclass
 class ComputedProfile:
     tag_ids: np.ndarray  # (k,) int64, best first
     scores: np.ndarray  # (k,) float32
     attention: dict[str, np.ndarray] | None = None  # field -> (heads, H_f); "__merge__" -> (heads, M)
-
-
-@dataclass
-class BatchTimings:
-    model_s: float = 0.0
-    index_s: float = 0.0
+    timings: BatchTimings | None = None  # of the batch this user was computed in
 
 
 @dataclass
@@ -69,6 +70,7 @@ class ProfileEngine:
         bundle = load_bundle(path)
         session = build_session(bundle.onnx_path, SessionConfig(intra_op_threads=settings.ort_intra_threads or None))
         check_signature(session, bundle.manifest)
+        verify_reference(session, bundle)
         if settings.faiss_threads:
             import faiss
 
@@ -135,7 +137,7 @@ class ProfileEngine:
         k = max(u.k for u in users)
         scores, ids = self.index.search(outputs[0], k)
         t2 = time.perf_counter()
-        self.last_timings = BatchTimings(model_s=t1 - t0, index_s=t2 - t1)
+        timings = self.last_timings = BatchTimings(model_s=t1 - t0, index_s=t2 - t1)
         tower = TowerOutputs.from_list(outputs, self.field_names) if want_attention else None
         out = []
         for row, user in enumerate(users):
@@ -144,7 +146,7 @@ class ProfileEngine:
             if user.explain and tower is not None:
                 attention = {f: a[row] for f, a in tower.field_attention.items()}
                 attention["__merge__"] = tower.merge_attention[row]
-            out.append(ComputedProfile(ids[row, : user.k][keep], scores[row, : user.k][keep], attention))
+            out.append(ComputedProfile(ids[row, : user.k][keep], scores[row, : user.k][keep], attention, timings))
         return out
 
     # -- lifecycle ----------------------------------------------------------------------------

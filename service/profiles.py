@@ -48,14 +48,16 @@ async def compute_profiles(state: ServiceState, requests: Sequence[ProfileReques
         assert engine.batcher is not None
         computed = await engine.batcher.submit_many(encoded)
         t2 = time.perf_counter()
-        timings = engine.last_timings
+        # The batch's own timings: `engine.last_timings` may already be another batch's.
+        timings = computed[0].timings or engine.last_timings
         metrics.stage_seconds.labels("model").observe(timings.model_s)
         metrics.stage_seconds.labels("index").observe(timings.index_s)
         metrics.stage_seconds.labels("queue").observe(max(0.0, t2 - t1 - timings.model_s - timings.index_s))
         responses, writes = [], []
+        tokens = engine.bundle.tags.tokens  # id -> tag name, indexed directly (no call per tag)
         for req, user, prof in zip(requests, encoded, computed, strict=True):
             k = settings.default_k if req.k is None else req.k
-            names = [engine.tag_name(int(i)) for i in prof.tag_ids]
+            names = [tokens[i] for i in prof.tag_ids.tolist()]
             scores = prof.scores.tolist()
             tags = [{"tag": t, "score": s} for t, s in zip(names[:k], scores[:k], strict=True)]
             body: dict[str, Any] = {

@@ -348,3 +348,80 @@ def test_the_docker_image_runs_as_a_non_root_user() -> None:
     assert "HEALTHCHECK" in final_stage and "/healthz" in final_stage
     install = dockerfile.split("pip install", 1)[1].split("&&", 1)[0]
     assert "[serve]" in install and "train" not in install and "torch" not in install
+
+
+def _rehash(bundle: Path) -> None:
+    """Make a tampered bundle self-consistent again (hashes, version), then index it, so that only the
+    tampering itself can be what the service refuses."""
+    from index.build import build_index
+    from model_export.manifest import Manifest, content_version, hash_files
+
+    m = Manifest.read(bundle)
+    m.files = hash_files(bundle, m.files)
+    m.bundle_version = content_version(m.files)
+    m.write(bundle)
+    build_index(bundle, kind="flat")
+
+
+def _tamper_hash(b: Path) -> None:
+    (b / "tags.json").write_text((b / "tags.json").read_text() + " ")
+
+
+def _tamper_dimension(b: Path) -> None:
+    import numpy as np
+
+    e = np.load(b / "tag_embeddings.npy")
+    np.save(b / "tag_embeddings.npy", np.concatenate([e, e[:, :1]], axis=1))
+    from model_export.manifest import Manifest, content_version, hash_files
+
+    m = Manifest.read(b)
+    m.files = hash_files(b, m.files)
+    m.bundle_version = content_version(m.files)
+    m.write(b)
+
+
+def _tamper_metric(b: Path) -> None:
+    import faiss
+    import numpy as np
+
+    e = np.ascontiguousarray(np.load(b / "tag_embeddings.npy"), dtype=np.float32)
+    l2 = faiss.IndexFlatL2(e.shape[1])
+    l2.add(e)
+    faiss.write_index(l2, str(b / "index.faiss"))
+
+
+def _tamper_onnx(b: Path) -> None:
+    from tests.test_export import _perturb
+
+    _perturb(b / "model.onnx", b / "model.onnx")
+    _rehash(b)
+
+
+@pytest.mark.parametrize(
+    ("tamper", "needle"),
+    [
+        (_tamper_hash, "does not match the manifest"),
+        (_tamper_dimension, "dimension"),
+        (_tamper_metric, "inner product"),
+        (_tamper_onnx, "does not reproduce the PyTorch model"),
+    ],
+    ids=["manifest-hash", "dimension", "metric", "onnx-parity"],
+)
+def test_corrupt_or_mismatched_bundles_are_refused_and_the_old_one_keeps_serving(
+    bundles: dict[str, Path], tamper: Any, needle: str
+) -> None:
+    import shutil
+
+    bad = bundles["root"] / f"bad-{tamper.__name__}"
+    if bad.exists():
+        shutil.rmtree(bad)
+    shutil.copytree(bundles["a"], bad)
+    tamper(bad)
+    with TestClient(create_app(settings_for(bundles["a"], None))) as c:
+        before = post(c, "steady").json()
+        r = c.post("/admin/reload", json={"bundle": bad.name}, headers={"x-api-key": "test-admin-key"})
+        assert r.status_code == 422, r.text
+        assert "current bundle keeps serving" in r.json()["detail"]
+        assert needle.lower() in r.json()["detail"].lower(), r.json()["detail"]
+        after = post(c, "steady").json()
+        assert after["model_version"] == before["model_version"] and after["tags"] == before["tags"]
