@@ -87,6 +87,9 @@ PRESETS: dict[str, Preset] = {
         Preset("movielens", E=16, H=10, T=8, F=8, C=4, U=16, K=10, N=3),
         Preset("industrial", E=128, H=100, T=32, F=32, C=10, U=128, K=30, N=5),
         Preset("tiny", E=4, H=5, T=4, F=4, C=2, U=4, K=3, N=3),
+        # The MovieLens sizes with N = 5: the synthetic generator's items carry up to 5 tags (as the
+        # paper's industrial articles do) and the tag that explains a click may be any of them.
+        Preset("synthetic", E=16, H=10, T=8, F=8, C=4, U=16, K=10, N=5),
     )
 }
 
