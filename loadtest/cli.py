@@ -1,0 +1,118 @@
+"""Typer command `utpm bench serve`; `utpm/cli.py` registers it:
+
+    bench_app.command("serve")(bench_serve_cmd)
+
+Locust imports this file too when pointed at the loadtest/ directory: it defines no users, and its
+heavy imports stay inside the command.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+
+def _fail(message: str) -> NoReturn:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _levels(text: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        _fail(f"--users must be comma-separated integers, got {text!r}")
+    if not levels or min(levels) < 1:
+        _fail(f"--users needs at least one level >= 1, got {text!r}")
+    return levels
+
+
+def _settings(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            _fail(f"--set takes KEY=VALUE (a service setting, e.g. batch_max_wait_ms=2), got {pair!r}")
+        out[key.strip().lower()] = value.strip()
+    return out
+
+
+def bench_serve_cmd(
+    tags: Annotated[int, typer.Option(help="Synthetic tags of the benchmark bundle (built once, then reused).")] = (
+        1_000_000
+    ),
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON here.")] = None,
+    users: Annotated[str, typer.Option("--users", help="Concurrency levels of the POST runs.")] = "1,16,64",
+    compare_users: Annotated[int, typer.Option(help="Users of the GET, mix, ceiling and peer runs.")] = 16,
+    duration: Annotated[float, typer.Option(help="Seconds per load run.")] = 30.0,
+    k: Annotated[int, typer.Option(help="Tags per profile requested.")] = 50,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes of the service.")] = 1,
+    wrk_rate: Annotated[
+        float | None, typer.Option(help="Fixed rate of the wrk run (default: half the POST req/s at --compare-users).")
+    ] = None,
+    settings: Annotated[
+        list[str] | None, typer.Option("--set", help="Service setting KEY=VALUE (UTPM_KEY), repeatable.")
+    ] = None,
+    bundle: Annotated[Path | None, typer.Option(help="Serve this indexed bundle instead of the benchmark's.")] = None,
+    run: Annotated[
+        Path | None, typer.Option(help="Training run the naive peer serves (default: the bundle's).")
+    ] = None,
+    payloads: Annotated[Path | None, typer.Option(help="JSON-lines request bodies (default: held-out users).")] = None,
+    peers: Annotated[bool, typer.Option(help="Also measure the ceiling and the naive peer.")] = True,
+    profile: Annotated[bool, typer.Option(help="Also profile the event loop with cProfile.")] = True,
+    root: Annotated[Path, typer.Option(help="Where the benchmark bundle and the run's logs go.")] = Path(
+        "artifacts/bench"
+    ),
+    docs: Annotated[Path, typer.Option(help="Append the dated section to this file.")] = Path("docs/performance.md"),
+    write_docs: Annotated[bool, typer.Option("--docs-update/--no-docs-update", help="Update --docs.")] = True,
+) -> None:
+    """The service under load (locust + wrk) beside an empty FastAPI ceiling and a naive peer: JSON + docs."""
+    from loadtest._bench import METHODOLOGY, BenchConfig, render_markdown, run_bench
+    from loadtest._bench import write_docs as write_section
+
+    if tags < 1000:
+        _fail(f"--tags must be at least 1000, got {tags}")
+    cfg = BenchConfig(
+        tags=tags,
+        root=root,
+        bundle=bundle,
+        run=run,
+        payloads=payloads,
+        levels=_levels(users),
+        compare_users=compare_users,
+        duration_s=duration,
+        k=k,
+        wrk_rate=wrk_rate,
+        peers=peers,
+        profile=profile,
+        workers=workers,
+        service_settings=_settings(settings or []),
+        command="utpm " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+    )
+    t0 = time.perf_counter()
+    try:
+        report = run_bench(cfg, progress=lambda m: typer.echo(f"  [{time.perf_counter() - t0:5.0f}s] {m}", err=True))
+    except (RuntimeError, OSError, ValueError) as e:
+        _fail(str(e))
+    wrote = []
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2))
+        wrote.append(str(json_out))
+    markdown = render_markdown(report, json_out)
+    if write_docs:
+        write_section(docs, markdown, METHODOLOGY)
+        wrote.append(str(docs))
+    typer.echo(markdown)
+    s = report["summary"]
+    met = sum(1 for t in s["targets"].values() if t["met"])
+    typer.echo(
+        f"benchmarked the service in {time.perf_counter() - t0:.0f}s: {met}/{len(s['targets'])} targets met, "
+        f"{s['failed_requests']} failed requests; wrote {', '.join(wrote) or 'stdout only'}"
+    )

@@ -1,0 +1,149 @@
+"""The load tests themselves: response checks, payloads, and a few-second smoke run of `utpm bench serve`.
+
+The smoke run is the benchmark's own code path (real redis-server, uvicorn subprocesses, locust
+pointed at the loadtest/ directory, wrk, the ceiling and the naive peer) on the tiny bundle, for a
+second per run: it asserts that no request failed and that the report and the docs section are
+well formed, never a speed.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loadtest._bench import SECTION_TITLE, BenchConfig, render_markdown, run_bench, write_docs
+from loadtest._checks import profile_problem
+from loadtest._payloads import PayloadSource
+
+
+def _body(**kw: Any) -> dict[str, Any]:
+    body = {
+        "user_id": "u1",
+        "model_version": "abc",
+        "tags": [{"tag": "a", "score": 0.9}, {"tag": "b", "score": 0.5}, {"tag": "c", "score": 0.5}],
+        "unknown": {},
+        "all_unknown": False,
+        "cached": False,
+    }
+    return {**body, **kw}
+
+
+def test_a_right_answer_passes() -> None:
+    assert profile_problem(_body(), user_id="u1", k=3, cached=False) is None
+    assert profile_problem(_body(cached=True), user_id="u1", k=3, cached=True) is None
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        (_body(user_id="u2"), "user_id"),
+        (_body(model_version=""), "model_version"),
+        (_body(cached=True), "cached"),
+        (_body(tags=[{"tag": "a", "score": 0.9}]), "1 tags, expected 3"),
+        (_body(tags=[{"tag": "a", "score": 0.1}, {"tag": "b", "score": 0.5}, {"tag": "c", "score": 0.2}]), "sorted"),
+        (_body(tags=[{"tag": "a", "score": 0.9}, {"tag": "a", "score": 0.5}, {"tag": "c", "score": 0.2}]), "twice"),
+        (_body(tags=[{"tag": "a"}, {"tag": "b", "score": 0.5}, {"tag": "c", "score": 0.2}]), "malformed"),
+        ([], "not an object"),
+    ],
+)
+def test_a_wrong_answer_is_a_failure(body: Any, needle: str) -> None:
+    problem = profile_problem(body, user_id="u1", k=3, cached=False)
+    assert problem is not None and needle in problem
+
+
+def test_payloads_follow_the_bundle_vocabularies(tiny_bundle: Path, tmp_path: Path) -> None:
+    fields = {f["name"]: f for f in json.loads((tiny_bundle / "encoder" / "fields.json").read_text())}
+    vocab = {
+        name: set(json.loads((tiny_bundle / "encoder" / f"vocab_{name}.json").read_text())["tokens"][2:])
+        for name in fields
+    }
+    source = PayloadSource.from_bundle(tiny_bundle)
+    rng = random.Random(0)
+    for _ in range(50):
+        features = source.features(rng)
+        assert set(features) <= set(fields)
+        for name, values in features.items():
+            values = [values] if isinstance(values, str) else values
+            assert 1 <= len(values) <= fields[name]["max_len"]
+            assert set(values) <= vocab[name]
+    lines = tmp_path / "bodies.jsonl"
+    lines.write_text('{"features": {"clicked_tags": ["x"]}}\n\n{"features": {"clicked_tags": ["y"]}}\n')
+    replayed = PayloadSource.from_jsonl(lines)
+    assert {replayed.features(rng)["clicked_tags"][0] for _ in range(40)} == {"x", "y"}  # type: ignore[index]
+    lines.write_text('{"user_id": "no features"}\n')
+    with pytest.raises(ValueError, match="features"):
+        PayloadSource.from_jsonl(lines)
+
+
+def test_docs_section_is_inserted_without_touching_other_sections(tmp_path: Path) -> None:
+    docs = tmp_path / "performance.md"
+    docs.write_text("# Performance\n\n## Model\n\nmodel text\n")
+    write_docs(docs, "### Run 1\n\nfigures 1\n", "How it is measured.")
+    docs.write_text(docs.read_text() + "\n## Index\n\nindex text\n")
+    write_docs(docs, "### Run 2\n\nfigures 2\n", "How it is measured.")
+    text = docs.read_text()
+    assert text.count(SECTION_TITLE) == 1 and text.count("How it is measured.") == 1
+    assert text.index("## Model") < text.index("### Run 1") < text.index("### Run 2") < text.index("## Index")
+    assert "model text" in text and "index text" in text
+
+
+@pytest.fixture(scope="module")
+def smoke_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from index.build import build_index
+
+    out = tmp_path_factory.mktemp("loadtest") / "bundle"
+    shutil.copytree(tiny_bundle, out)
+    build_index(out, kind="flat")
+    return out
+
+
+def test_smoke_load_run(smoke_bundle: Path, tiny_run: Path, tmp_path: Path) -> None:
+    """Every scenario and every server, about a second each: nothing fails, the report is complete."""
+    cfg = BenchConfig(
+        bundle=smoke_bundle,
+        run=tiny_run,
+        levels=(2,),
+        compare_users=2,
+        duration_s=1.0,
+        warmup_s=0.0,
+        k=5,
+        read_users=3,
+        wrk_rate=50,
+        wrk_connections=2,
+        wrk_threads=1,
+        profile=False,
+        out_dir=tmp_path / "out",
+        command="pytest smoke",
+    )
+    report = run_bench(cfg)
+    runs = report["runs"]
+    assert set(runs) == {
+        "utpm/post/2",
+        "utpm/get/2",
+        "utpm/mix/2",
+        "utpm/wrk",
+        "ceiling/post/2",
+        "ceiling/get/2",
+        "naive/post/2",
+    }
+    for key, r in runs.items():
+        assert r["failures"] == 0, (key, r)
+        assert r["requests"] > 0, key
+        if r["tool"] == "locust":
+            assert r["rps"] > 0 and r["p50_ms"] is not None and r["p99_ms"] >= r["p50_ms"], (key, r)
+        assert r["loadgen_cores"] >= 0 and r["service_cores"] >= 0
+    metrics = runs["utpm/post/2"]["service_metrics"]
+    assert set(metrics["stages"]) == {"parse", "queue", "model", "index", "cache"}
+    assert metrics["batches"]["count"] > 0 and metrics["batches"]["mean_size"] >= 1
+    summary = report["summary"]
+    assert summary["failed_requests"] == 0
+    assert set(summary["targets"]) == {"post_vs_ceiling", "post_vs_naive", "post_p99_ms", "get_vs_ceiling"}
+    assert all(t["value"] is not None for t in summary["targets"].values())
+    json.dumps(report)  # JSON-able as written by --json
+    markdown = render_markdown(report)
+    assert markdown.startswith("### Run of ") and "| utpm | post | 2 |" in markdown and "pytest smoke" in markdown
