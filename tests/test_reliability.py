@@ -57,10 +57,27 @@ def test_slow_redis_never_stalls_a_request_beyond_the_timeout(
         proxy.close()
 
 
+def cluster_port() -> int:
+    """A free port whose cluster-bus port (port + 10000) is free too and below 65536."""
+    import socket
+
+    for _ in range(200):
+        p = free_port()
+        if p + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p + 10000))
+            except OSError:
+                continue
+        return p
+    raise RuntimeError("no free port pair for a cluster node")
+
+
 @pytest.fixture(scope="module")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int]]:
     """Three redis-server nodes in cluster mode, slots spread by redis-cli --cluster create."""
-    ports = [free_port() for _ in range(3)]
+    ports = [cluster_port() for _ in range(3)]
     procs = []
     for p in ports:
         d = tmp_path_factory.mktemp(f"node{p}")
