@@ -1,0 +1,76 @@
+"""Prec@K (the paper's Eq. 5) on hand-computed cases, the yardsticks, and the experiment's verdicts."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from utpm.data.loading import Dataset
+from utpm.data.protocol import split_protocol
+from utpm.evaluation.experiment import paired_gap, verdict
+from utpm.evaluation.metrics import precision_at_k, unique_top, user_precision
+from utpm.evaluation.yardsticks import yardstick_rankings
+
+
+def test_user_precision_divides_by_min_k_and_c() -> None:
+    # C has 2 tags: at K = 3 the denominator is min(3, 2) = 2, so 2 hits give 1.0, not 2/3
+    assert user_precision(["a", "x", "b"], {"a", "b"}, 3) == 1.0
+    assert user_precision(["a", "x", "y"], {"a", "b"}, 3) == 0.5
+    # C larger than K: the denominator is K
+    assert user_precision(["a", "x"], {"a", "b", "c", "d"}, 2) == 0.5
+    assert user_precision(["q"], {"a"}, 1) == 0.0
+
+
+def test_duplicate_predictions_count_once_and_p_is_the_top_k_unique() -> None:
+    assert unique_top(["a", "a", "b", "a", "c"], 2) == ["a", "b"]
+    # ["a", "a", "b"]: P@2 = {a, b} (unique), so both hits count at K = 2
+    assert user_precision(["a", "a", "b"], {"a", "b"}, 2) == 1.0
+
+
+def test_mean_skips_users_with_empty_c_and_counts_them() -> None:
+    r = precision_at_k([["a"], ["b"], ["c"]], [{"a"}, set(), {"z"}], 1)
+    assert r.value == 0.5 and r.users == 2 and r.skipped_users == 1
+    with pytest.raises(ValueError, match="undefined"):
+        user_precision(["a"], set(), 1)
+
+
+def _data() -> Dataset:
+    items = pd.DataFrame(
+        {"item_id": ["p", "q", "r"], "tags": [["pop"], ["pop", "niche"], ["rare"]], "categories": [["c"], ["c"], ["c"]]}
+    )
+    rows = []
+    for u in range(10):
+        # history (first 8): 5 x r ('rare') for even users, 5 x q for odd ones, then 3 x p; labels: p, q
+        seq = (["r"] * 5 if u % 2 == 0 else ["q"] * 5) + ["p", "p", "p", "p", "q"]
+        rows += [(str(u), it, t, 1) for t, it in enumerate(seq)]
+    ev = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "label"]).astype(
+        {"timestamp": np.int64, "label": np.int8}
+    )
+    return Dataset(items=items, events=ev, users=None)
+
+
+def test_yardsticks_rank_by_training_popularity_and_own_history() -> None:
+    split = split_protocol(_data(), seed=0, test_fraction=0.5)
+    train, test = split.indices(test=False), split.indices(test=True)
+    pop = yardstick_rankings("mostpop", split, train, test, max_tags=3, limit=3)
+    assert all(r[0] == "pop" for r in pop)  # 'pop' is on every label item
+    hist = yardstick_rankings("histfreq", split, train, test, max_tags=3, limit=3)
+    for i, ranked in zip(test, hist, strict=True):
+        own_first = "rare" if int(split.user_ids[i]) % 2 == 0 else "pop"
+        assert ranked[0] == own_first
+    with pytest.raises(ValueError, match="unknown yardstick"):
+        yardstick_rankings("oracle", split, train, test, max_tags=3)
+
+
+def test_paired_gap_and_verdict() -> None:
+    runs = [
+        {"model": m, "loss": "joint", "seed": s, "prec@1": v}
+        for m, vals in (("a", [0.1, 0.2, 0.3]), ("b", [0.2, 0.3, 0.4]))
+        for s, v in enumerate(vals)
+    ]
+    mean, std, n = paired_gap(runs, ("a", "joint"), ("b", "joint"), "prec@1")
+    assert n == 3 and math.isclose(mean, 0.1) and std < 1e-9
+    assert verdict(mean, std) == "holds" and verdict(-0.1, 0.01) == "reversed" and verdict(0.01, 0.02) == "tie"
