@@ -151,17 +151,21 @@ class RawHttp:
 
     async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
         async with self._slots:
-            if self._idle:
-                reader, writer = self._idle.pop()
-            else:
-                reader, writer = await asyncio.open_connection(self.host, self.port)
+            head = (
+                f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            ).encode() + body
+            reused = bool(self._idle)
+            reader, writer = self._idle.pop() if reused else await asyncio.open_connection(self.host, self.port)
             try:
-                head = (
-                    f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
-                    f"Content-Length: {len(body)}\r\n\r\n"
-                )
-                writer.write(head.encode() + body)
-                status = int((await reader.readline()).split()[1])
+                writer.write(head)
+                line = await reader.readline()
+                if not line and reused:  # the server closed an idle keep-alive connection: reconnect once
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(self.host, self.port)
+                    writer.write(head)
+                    line = await reader.readline()
+                status = int(line.split()[1])
                 length, close = 0, False
                 while (line := await reader.readline()) not in (b"\r\n", b""):
                     name, _, value = line.partition(b":")
@@ -204,7 +208,8 @@ async def open_loop(
     rng = random.Random(0)
     posted: list[str] = []
     host, port = url.split("//", 1)[1].split(":")
-    client = RawHttp(host, int(port))
+    # more connections than the service's queue bound, so that its shedding, not ours, limits the load
+    client = RawHttp(host, int(port), max_connections=2000)
     start = time.perf_counter()
 
     async def one(n: int, kind: str) -> None:
@@ -222,7 +227,7 @@ async def open_loop(
                 problem = profile_problem(orjson.loads(raw), user_id=user, k=k, cached=kind == "get")
                 if kind == "post":
                     posted.append(user)
-        except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError):
+        except (OSError, TimeoutError, ValueError, IndexError, asyncio.IncompleteReadError):
             status, problem = 0, "transport error"
         result.outcomes.append(Outcome(t, kind, status, (time.perf_counter() - start - t) * 1000, problem))
 
