@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= artifacts/demo
 
-.PHONY: demo test lint typecheck install redis clean
+.PHONY: demo test lint typecheck install system-deps clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -21,15 +21,22 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-# Tests of caching talk to a real redis-server; install Debian's package when we can.
-redis:
-	@if command -v redis-server >/dev/null 2>&1; then exit 0; fi; \
+# Tests talk to a real redis-server (and redis-cli for the cluster test), generate a TLS
+# certificate with openssl, and the smoke load run cross-checks with wrk: Debian packages,
+# installed when missing and we can (root + apt-get).
+SYSTEM_TOOLS := redis-server:redis-server redis-cli:redis-tools wrk:wrk openssl:openssl
+system-deps:
+	@missing=""; for pair in $(SYSTEM_TOOLS); do \
+		cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+		command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing redis-server (Debian package)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	else \
-		echo "error: redis-server is missing. Install it first, e.g. 'sudo apt-get install redis-server'" \
-		     "(Debian/Ubuntu) or 'brew install redis' (macOS), then run make test again." >&2; exit 1; \
+		echo "error: missing$$missing. Install them first, e.g. 'sudo apt-get install$$missing'" \
+		     "(Debian/Ubuntu; on macOS 'brew install redis wrk openssl'), then run make test again." >&2; exit 1; \
 	fi
 
 lint: $(STAMP)
@@ -39,7 +46,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: $(STAMP) redis lint typecheck
+test: $(STAMP) system-deps lint typecheck
 	$(BIN)/pytest -q
 
 demo: $(STAMP)
