@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     max_pending: int = Field(
         512, ge=1, description="Users queued for the model before new work is shed with 503 + Retry-After."
     )
+    max_inflight: int = Field(
+        256,
+        ge=1,
+        description="Requests handled at once before new ones are shed "
+        "with 503 + Retry-After without being parsed (protects the event loop).",
+    )
     retry_after_s: int = Field(1, ge=1)
     # inference
     ort_intra_threads: int = Field(1, ge=0, description="ONNX Runtime intra-op threads per run (0: ORT default).")

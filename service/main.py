@@ -16,7 +16,7 @@ from service.engine import ProfileEngine
 from service.errors import install_error_handlers
 from service.logs import configure_logging
 from service.metrics import Metrics
-from service.middleware import BodyLimit, RequestContext
+from service.middleware import BodyLimit, LoadShedder, RequestContext
 from service.responses import JSONResponse
 from service.routes import admin, health, profile
 from service.state import ServiceState
@@ -74,4 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContext, metrics=metrics)
+    # outermost: shed before anything else spends time on a request the loop cannot afford
+    app.add_middleware(
+        LoadShedder, max_inflight=settings.max_inflight, retry_after_s=settings.retry_after_s, metrics=metrics
+    )
     return app

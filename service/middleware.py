@@ -78,6 +78,52 @@ class BodyLimit:
                 await _reply(send, 413, f"request body larger than {self.max_bytes} bytes")
 
 
+class LoadShedder:
+    """Answer 503 + Retry-After at once when `max_inflight` requests are already being handled.
+
+    The bounded model queue (`MicroBatcher.max_pending`) protects the model; this protects the event
+    loop, which under overload is itself the bottleneck: a request refused here costs no body
+    parsing, validation or JSON encoding. Health, readiness and metrics are never shed.
+    """
+
+    EXEMPT = ("/healthz", "/readyz", "/metrics")
+
+    def __init__(self, app: ASGIApp, max_inflight: int, retry_after_s: int, metrics: Metrics) -> None:
+        self.app = app
+        self.max_inflight = max_inflight
+        self.retry_after = str(retry_after_s).encode()
+        self.metrics = metrics
+        self.inflight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.EXEMPT:
+            await self.app(scope, receive, send)
+            return
+        if self.inflight >= self.max_inflight:
+            self.metrics.errors.labels("overloaded").inc()
+            body = orjson.dumps(
+                {"detail": f"the service is overloaded ({self.inflight} requests in flight); retry later"}
+            )
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 503,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                        (b"retry-after", self.retry_after),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        self.inflight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.inflight -= 1
+
+
 def route_label(scope: Scope) -> str:
     route: Any = scope.get("route")
     if route is not None and hasattr(route, "path"):

@@ -262,6 +262,22 @@ def test_overload_is_shed_early_with_retry_after(bundles: dict[str, Path]) -> No
         assert 'utpm_errors_total{kind="overloaded"}' in probe.get("/metrics").text
 
 
+def test_requests_beyond_the_inflight_bound_are_shed_before_parsing(bundles: dict[str, Path]) -> None:
+    s = settings_for(bundles["a"], None, max_inflight=3, batch_max_wait_ms=30.0, batch_max_size=2, batch_workers=1)
+    with LiveServer(s) as url, httpx.Client(base_url=url, timeout=10) as probe:
+
+        def one(i: int) -> httpx.Response:
+            with httpx.Client(base_url=url, timeout=10) as h:
+                return post(h, f"flood-{i}", k=5)
+
+        with ThreadPoolExecutor(24) as pool:
+            responses = list(pool.map(one, range(72)))
+        shed = [r for r in responses if r.status_code == 503]
+        assert {r.status_code for r in responses} <= {200, 503} and shed
+        assert all("requests in flight" in r.json()["detail"] and r.headers["retry-after"] == "1" for r in shed)
+        assert probe.get("/healthz").status_code == 200 and post(probe, "calm").status_code == 200
+
+
 @pytest.fixture(scope="module")
 def live_url(bundles: dict[str, Path]) -> Iterator[str]:
     with LiveServer(settings_for(bundles["a"], None, admin_api_key="k")) as url:
