@@ -47,6 +47,22 @@ def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGINT, timeout: floa
             proc.wait()
 
 
+def wait_for_redis(port: int, timeout_s: float = 10.0) -> bool:
+    """True once a redis-server on 127.0.0.1:`port` answers PING, False after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return True
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def redis_server() -> Iterator[str]:
     """A private redis-server on a free port, no persistence; yields its URL."""
@@ -61,18 +77,8 @@ def redis_server() -> Iterator[str]:
             stderr=subprocess.DEVNULL,
         )
         try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
-                        s.sendall(b"PING\r\n")
-                        if s.recv(16).startswith(b"+PONG"):
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not answer on port {port} within 10 s")
-                time.sleep(0.05)
+            if not wait_for_redis(port):
+                raise RuntimeError(f"redis-server did not answer on port {port} within 10 s")
             yield f"redis://127.0.0.1:{port}/0"
         finally:
             _stop(proc, signal.SIGTERM)

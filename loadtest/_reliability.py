@@ -19,7 +19,6 @@ import json
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -36,7 +35,7 @@ import psutil
 
 from loadtest._checks import profile_problem
 from loadtest._payloads import PayloadSource
-from loadtest._procs import Server, free_port, machine_info
+from loadtest._procs import Server, free_port, machine_info, wait_for_redis
 
 SCENARIOS = ("redis-outage", "overload", "reload", "soak")
 API_KEY = "reliability-admin-key"
@@ -76,15 +75,8 @@ class RedisProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.05)
+        if wait_for_redis(self.port):
+            return
         raise RuntimeError("redis-server did not start")
 
     def kill(self) -> None:

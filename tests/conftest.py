@@ -5,12 +5,13 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from loadtest._procs import wait_for_redis
 
 REPO = Path(__file__).resolve().parent.parent
 MOVIELENS_SMALL = REPO / "data" / "movielens-small"
@@ -55,15 +56,8 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.05)
+        if wait_for_redis(self.port):
+            return
         self.stop()
         pytest.fail(f"redis-server did not answer on port {self.port} within 10 s")
 
