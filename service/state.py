@@ -23,7 +23,8 @@ class ServiceState:
     retiring: set[asyncio.Task[None]] = field(default_factory=set)
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
+    # async on purpose: FastAPI runs a sync dependency in a worker thread, on every request
     state: ServiceState = request.app.state.service
     return state
 
