@@ -63,22 +63,33 @@ def wait_for_redis(port: int, timeout_s: float = 10.0) -> bool:
         time.sleep(0.05)
 
 
-@contextlib.contextmanager
-def redis_server() -> Iterator[str]:
-    """A private redis-server on a free port, no persistence; yields its URL."""
+def start_redis(port: int, workdir: str | Path) -> subprocess.Popen[bytes]:
+    """A private redis-server on 127.0.0.1:`port` (no persistence), answering PING when this returns.
+
+    RuntimeError (with what to install, or that it did not answer) otherwise. The one place the
+    tests, the benchmark and the reliability scenarios start Redis.
+    """
     exe = shutil.which("redis-server")
     if exe is None:
         raise RuntimeError("redis-server is not installed (Debian: apt-get install redis-server)")
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    if not wait_for_redis(port):
+        _stop(proc, signal.SIGTERM)
+        raise RuntimeError(f"redis-server did not answer on port {port} within 10 s")
+    return proc
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    """A private redis-server on a free port, no persistence; yields its URL."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="utpm-bench-redis-") as workdir:
-        proc = subprocess.Popen(
-            [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc = start_redis(port, workdir)
         try:
-            if not wait_for_redis(port):
-                raise RuntimeError(f"redis-server did not answer on port {port} within 10 s")
             yield f"redis://127.0.0.1:{port}/0"
         finally:
             _stop(proc, signal.SIGTERM)

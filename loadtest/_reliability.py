@@ -35,7 +35,7 @@ import psutil
 
 from loadtest._checks import profile_problem
 from loadtest._payloads import PayloadSource
-from loadtest._procs import Server, free_port, machine_info, wait_for_redis
+from loadtest._procs import Server, free_port, machine_info, start_redis
 
 SCENARIOS = ("redis-outage", "overload", "reload", "soak")
 API_KEY = "reliability-admin-key"
@@ -55,29 +55,7 @@ class RedisProcess:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            raise RuntimeError("redis-server is not installed (Debian: apt-get install redis-server)")
-        self.proc = subprocess.Popen(
-            [
-                exe,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.dir,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        if wait_for_redis(self.port):
-            return
-        raise RuntimeError("redis-server did not start")
+        self.proc = start_redis(self.port, self.dir)
 
     def kill(self) -> None:
         if self.proc is not None:

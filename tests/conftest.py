@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest._procs import wait_for_redis
+from loadtest._procs import start_redis
 
 REPO = Path(__file__).resolve().parent.parent
 MOVIELENS_SMALL = REPO / "data" / "movielens-small"
@@ -36,30 +36,10 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        exe = shutil.which("redis-server")
-        if exe is None:
-            pytest.fail("redis-server is not installed; `make test` installs it (apt-get install redis-server)")
-        self.proc = subprocess.Popen(
-            [
-                exe,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        if wait_for_redis(self.port):
-            return
-        self.stop()
-        pytest.fail(f"redis-server did not answer on port {self.port} within 10 s")
+        try:
+            self.proc = start_redis(self.port, self.workdir)
+        except RuntimeError as e:
+            pytest.fail(f"{e}; `make test` installs it")
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -126,7 +106,6 @@ def tiny_bundle(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 def bundles(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory, movielens_dir: Path) -> dict[str, Path]:
     """Two servable (indexed) bundles under one root: `a` (the tiny bundle) and `b` (another seed);
     `b_raw` is `b` before its index was built (a bundle the service must refuse)."""
-    import shutil
 
     from index.build import build_index
     from model_export.onnx_export import export_bundle
