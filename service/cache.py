@@ -1,21 +1,26 @@
 """Profile caches behind one small interface (after fastapi-cache's backends).
 
 `RedisProfileCache` is what production uses (redis-py asyncio; single node or cluster); the
-`MemoryProfileCache` is the embedded default when no Redis URL is configured. Keys carry the
-model version, so a profile computed by one bundle is never served as another's.
+`MemoryProfileCache` is the embedded default when no Redis URL is configured. Values are opaque
+bytes (`service.profile_record`'s format); keys carry that format and the model version, so a
+profile computed by one bundle is never served as another's.
 
 Failures: a cache that cannot be reached raises `CacheUnavailable`; callers decide (POST skips the
-write and counts it, GET answers 503). Every Redis command has a timeout, so a slow Redis stalls
+write and counts it, GET answers 503). Reads and writes of one event-loop turn go to Redis
+together (`Coalescer`). Every Redis command has a timeout, so a slow Redis stalls
 nothing longer than that; redis-py reconnects on the next command once Redis is back.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from typing import Generic, Protocol, TypeVar
 
-import orjson
+In = TypeVar("In")
+Out = TypeVar("Out")
 
 
 class CacheUnavailable(Exception):
@@ -23,16 +28,16 @@ class CacheUnavailable(Exception):
 
 
 def profile_key(model_version: str, user_id: str) -> str:
-    # The hash tag {user_id} keeps nothing together on purpose: keys spread across cluster slots.
-    return f"utpm:profile:{model_version}:{user_id}"
+    # No hash tag on purpose: keys spread across cluster slots. "p1": the record format.
+    return f"utpm:profile:p1:{model_version}:{user_id}"
 
 
 class ProfileCache(Protocol):
     kind: str
 
-    async def get(self, key: str) -> dict[str, object] | None: ...
+    async def get(self, key: str) -> bytes | None: ...
 
-    async def set(self, key: str, value: dict[str, object], ttl_s: int) -> None: ...
+    async def set(self, key: str, value: bytes, ttl_s: int) -> None: ...
 
     async def ping(self) -> bool: ...
 
@@ -40,7 +45,7 @@ class ProfileCache(Protocol):
 
 
 class MemoryProfileCache:
-    """In-process TTL cache with LRU eviction at `max_entries`; values stored as JSON bytes."""
+    """In-process TTL cache with LRU eviction at `max_entries`."""
 
     kind = "memory"
 
@@ -48,20 +53,19 @@ class MemoryProfileCache:
         self.max_entries = max_entries
         self._data: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
 
-    async def get(self, key: str) -> dict[str, object] | None:
+    async def get(self, key: str) -> bytes | None:
         hit = self._data.get(key)
         if hit is None:
             return None
-        expires, raw = hit
+        expires, value = hit
         if expires <= time.monotonic():
             del self._data[key]
             return None
         self._data.move_to_end(key)
-        value: dict[str, object] = orjson.loads(raw)
         return value
 
-    async def set(self, key: str, value: dict[str, object], ttl_s: int) -> None:
-        self._data[key] = (time.monotonic() + ttl_s, orjson.dumps(value))
+    async def set(self, key: str, value: bytes, ttl_s: int) -> None:
+        self._data[key] = (time.monotonic() + ttl_s, value)
         self._data.move_to_end(key)
         while len(self._data) > self.max_entries:
             self._data.popitem(last=False)
@@ -73,6 +77,71 @@ class MemoryProfileCache:
         self._data.clear()
 
 
+class Coalescer(Generic[In, Out]):
+    """Calls made in the same event-loop turn share one Redis round trip (MGET, or a pipeline).
+
+    `submit(item)` queues the item and, for the first of a turn, schedules a flush with
+    `call_soon`: it runs after every request already runnable in this turn has queued its own, so
+    the flush sends them all as one command. redis-py spends about 50 us of event-loop time per
+    command; under load a turn holds several requests, and they share that. `run(items)` returns
+    one result (or exception) per item; a Redis error fails the whole turn's calls with
+    `CacheUnavailable`, as it would have failed each of them.
+    """
+
+    def __init__(
+        self,
+        run: Callable[[list[In]], Awaitable[list[Out | BaseException]]],
+        on_flush: Callable[[int], object] | None = None,
+    ) -> None:
+        self._run = run
+        self._on_flush = on_flush
+        self._items: list[In] = []
+        self._futures: list[asyncio.Future[Out]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(self, item: In) -> Out:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Out] = loop.create_future()
+        if not self._items:
+            loop.call_soon(self._flush)
+        self._items.append(item)
+        self._futures.append(future)
+        return await future
+
+    def _flush(self) -> None:
+        items, futures = self._items, self._futures
+        self._items, self._futures = [], []
+        if self._on_flush is not None:
+            self._on_flush(len(items))
+        task = asyncio.get_running_loop().create_task(self._send(items, futures))
+        self._tasks.add(task)  # held until done: the loop keeps only weak references to tasks
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, items: list[In], futures: list[asyncio.Future[Out]]) -> None:
+        from redis.exceptions import RedisError
+
+        try:
+            results = await self._run(items)
+        except (RedisError, OSError, TimeoutError) as e:
+            error = CacheUnavailable(type(e).__name__)
+            for future in futures:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        except BaseException as e:  # a bug or cancellation: the callers must not hang
+            for future in futures:
+                if not future.done():
+                    future.set_exception(CacheUnavailable(f"cache call failed: {type(e).__name__}"))
+            raise
+        for future, result in zip(futures, results, strict=True):
+            if future.done():  # the caller went away (cancelled)
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(CacheUnavailable(type(result).__name__))
+            else:
+                future.set_result(result)
+
+
 class RedisProfileCache:
     """Redis (or Redis Cluster) through redis-py's asyncio client.
 
@@ -82,7 +151,7 @@ class RedisProfileCache:
 
     kind = "redis"
 
-    def __init__(self, url: str, timeout_ms: int = 50) -> None:
+    def __init__(self, url: str, timeout_ms: int = 50, on_read_batch: Callable[[int], object] | None = None) -> None:
         timeout = timeout_ms / 1000
         if "+cluster://" in url:
             from redis.asyncio.cluster import RedisCluster
@@ -103,26 +172,28 @@ class RedisProfileCache:
                 retry_on_timeout=False,
                 health_check_interval=0,
             )
+        self._reads: Coalescer[str, bytes | None] = Coalescer(self._mget, on_read_batch)
+        self._writes: Coalescer[tuple[str, bytes, int], None] = Coalescer(self._mset)
 
-    async def get(self, key: str) -> dict[str, object] | None:
-        from redis.exceptions import RedisError
+    async def get(self, key: str) -> bytes | None:
+        return await self._reads.submit(key)
 
-        try:
-            raw = await self.client.get(key)  # type: ignore[attr-defined]
-        except (RedisError, OSError, TimeoutError) as e:
-            raise CacheUnavailable(type(e).__name__) from None
-        if raw is None:
-            return None
-        value: dict[str, object] = orjson.loads(raw)
-        return value
+    async def set(self, key: str, value: bytes, ttl_s: int) -> None:
+        await self._writes.submit((key, value, ttl_s))
 
-    async def set(self, key: str, value: dict[str, object], ttl_s: int) -> None:
-        from redis.exceptions import RedisError
+    async def _mget(self, keys: list[str]) -> list[bytes | BaseException | None]:
+        if self.kind == "redis-cluster":  # keys of one batch live in many slots
+            values: list[bytes | None] = await self.client.mget_nonatomic(keys)  # type: ignore[attr-defined]
+        else:
+            values = await self.client.mget(keys)  # type: ignore[attr-defined]
+        return list(values)
 
-        try:
-            await self.client.set(key, orjson.dumps(value), ex=ttl_s)  # type: ignore[attr-defined]
-        except (RedisError, OSError, TimeoutError) as e:
-            raise CacheUnavailable(type(e).__name__) from None
+    async def _mset(self, items: list[tuple[str, bytes, int]]) -> list[BaseException | None]:
+        async with self.client.pipeline(transaction=False) as pipe:  # type: ignore[attr-defined]
+            for key, value, ttl_s in items:
+                pipe.set(key, value, ex=ttl_s)
+            results = await pipe.execute(raise_on_error=False)
+        return [r if isinstance(r, BaseException) else None for r in results]
 
     async def ping(self) -> bool:
         from redis.exceptions import RedisError
@@ -137,9 +208,12 @@ class RedisProfileCache:
         await close()
 
 
-def make_cache(redis_url: str | None, timeout_ms: int, max_entries: int) -> ProfileCache:
+def make_cache(
+    redis_url: str | None, timeout_ms: int, max_entries: int, on_read_batch: Callable[[int], object] | None = None
+) -> ProfileCache:
+    """Redis when a URL is given (`on_read_batch(n)`: n reads shared a round trip), else in-process."""
     if redis_url:
-        return RedisProfileCache(redis_url, timeout_ms)
+        return RedisProfileCache(redis_url, timeout_ms, on_read_batch)
     return MemoryProfileCache(max_entries)
 
 

@@ -16,7 +16,7 @@ from service.engine import ProfileEngine
 from service.errors import install_error_handlers
 from service.logs import configure_logging
 from service.metrics import Metrics
-from service.middleware import BodyLimit, LoadShedder, RequestContext
+from service.middleware import Gateway
 from service.responses import JSONResponse
 from service.routes import admin, health, profile
 from service.state import ServiceState
@@ -35,7 +35,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = await asyncio.to_thread(ProfileEngine.load, settings.bundle, settings)
         engine.start(on_batch=metrics.batch_size.observe)
         url = settings.redis_url.get_secret_value() if settings.redis_url else None
-        cache = make_cache(url, settings.redis_timeout_ms, settings.memory_cache_max_entries)
+        cache = make_cache(
+            url, settings.redis_timeout_ms, settings.memory_cache_max_entries, metrics.cache_read_batch.observe
+        )
         app.state.service = ServiceState(settings=settings, engine=engine, cache=cache, metrics=metrics)
         metrics.bundle_info.labels(engine.version, engine.model_name).set(1)
         log.info(
@@ -72,10 +74,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["GET", "POST"],
             allow_headers=["content-type", "x-request-id"],
         )
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestContext, metrics=metrics)
     # outermost: shed before anything else spends time on a request the loop cannot afford
     app.add_middleware(
-        LoadShedder, max_inflight=settings.max_inflight, retry_after_s=settings.retry_after_s, metrics=metrics
+        Gateway,
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+        max_inflight=settings.max_inflight,
+        retry_after_s=settings.retry_after_s,
     )
     return app

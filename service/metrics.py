@@ -27,6 +27,12 @@ class Metrics:
             registry=r,
         )
         self.batch_size = Histogram("utpm_batch_size", "Users per model run.", buckets=BATCH_BUCKETS, registry=r)
+        self.cache_read_batch = Histogram(
+            "utpm_cache_read_batch_size",
+            "Cache reads sent to Redis in one round trip (reads of one event-loop turn share it).",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
         self.cache_requests = Counter(
             "utpm_cache_requests_total", "Cache reads by result (hit, miss, error).", ["result"], registry=r
         )

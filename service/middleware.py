@@ -1,17 +1,21 @@
-"""Pure ASGI middleware (cheaper than BaseHTTPMiddleware on the hot path).
+"""The service's one pure-ASGI middleware, `Gateway`, in front of FastAPI.
 
-- `BodyLimit`: 413 for bodies over the limit, by Content-Length or while streaming.
-- `RequestContext`: a request id (taken from X-Request-ID or made), echoed in the response, put
-  on every log line; per-route latency metrics.
+What every request passes through, in order: load shedding (503 + Retry-After when too many are
+in flight, before anything is parsed), a request id (X-Request-ID honoured or made, echoed, on
+every log line), the body limit (413 by Content-Length or while streaming), and the per-route
+latency metric. One layer rather than one per concern: each ASGI layer is another coroutine and
+another wrapped `send` per request, about 4 us each on a cache hit of about 90 us.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
-import uuid
 from typing import Any
 
 import orjson
+from prometheus_client.metrics import MetricWrapperBase
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.logs import request_id_var
@@ -22,106 +26,20 @@ class _TooLarge(Exception):
     pass
 
 
-async def _reply(send: Send, status: int, detail: str) -> None:
+async def _reply(send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
     body = orjson.dumps({"detail": detail})
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})
-
-
-class BodyLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                try:
-                    too_big = int(value) > self.max_bytes
-                except ValueError:
-                    await _reply(send, 400, "invalid Content-Length header")
-                    return
-                if too_big:
-                    await _reply(send, 413, f"request body larger than {self.max_bytes} bytes")
-                    return
-        seen = 0
-        started = False
-
-        async def limited_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _TooLarge
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await _reply(send, 413, f"request body larger than {self.max_bytes} bytes")
-
-
-class LoadShedder:
-    """Answer 503 + Retry-After at once when `max_inflight` requests are already being handled.
-
-    The bounded model queue (`MicroBatcher.max_pending`) protects the model; this protects the event
-    loop, which under overload is itself the bottleneck: a request refused here costs no body
-    parsing, validation or JSON encoding. Health, readiness and metrics are never shed.
-    """
-
-    EXEMPT = ("/healthz", "/readyz", "/metrics")
-
-    def __init__(self, app: ASGIApp, max_inflight: int, retry_after_s: int, metrics: Metrics) -> None:
-        self.app = app
-        self.max_inflight = max_inflight
-        self.retry_after = str(retry_after_s).encode()
-        self.metrics = metrics
-        self.inflight = 0
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.EXEMPT:
-            await self.app(scope, receive, send)
-            return
-        if self.inflight >= self.max_inflight:
-            self.metrics.errors.labels("overloaded").inc()
-            body = orjson.dumps(
-                {"detail": f"the service is overloaded ({self.inflight} requests in flight); retry later"}
-            )
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 503,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                        (b"retry-after", self.retry_after),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
-            return
-        self.inflight += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.inflight -= 1
 
 
 def route_label(scope: Scope) -> str:
@@ -131,37 +49,104 @@ def route_label(scope: Scope) -> str:
     return "unmatched"
 
 
-class RequestContext:
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+class Gateway:
+    """Load shedding, request ids, the body limit and request latency, as one ASGI layer.
+
+    Shedding: the bounded model queue (`MicroBatcher.max_pending`) protects the model; this
+    protects the event loop, which under overload is itself the bottleneck, so a request refused
+    here costs no parsing, validation or JSON. Health, readiness and metrics are never shed.
+    """
+
+    NOT_SHED = ("/healthz", "/readyz", "/metrics")
+
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, max_body_bytes: int, max_inflight: int, retry_after_s: int
+    ) -> None:
         self.app = app
         self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+        self.max_inflight = max_inflight
+        self.retry_after = str(retry_after_s).encode()
+        self.inflight = 0
+        # Made request ids: a random per-process prefix and a counter (unique, and cheaper than uuid4).
+        self._id_prefix = os.urandom(6).hex()
+        self._id_counter = itertools.count(1)
+        self._latency: dict[tuple[str, int], MetricWrapperBase] = {}  # labelled children, looked up once
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        shed = scope["path"] not in self.NOT_SHED
+        if shed and self.inflight >= self.max_inflight:
+            self.metrics.errors.labels("overloaded").inc()
+            await _reply(
+                send,
+                503,
+                f"the service is overloaded ({self.inflight} requests in flight); retry later",
+                [(b"retry-after", self.retry_after)],
+            )
+            return
         rid = ""
+        length = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 rid = value.decode("latin-1")[:64]
-                break
-        rid = rid or uuid.uuid4().hex
+            elif name == b"content-length":
+                length = value
+        if length is not None:
+            try:
+                too_big = int(length) > self.max_body_bytes
+            except ValueError:
+                await _reply(send, 400, "invalid Content-Length header")
+                return
+            if too_big:
+                await _reply(send, 413, f"request body larger than {self.max_body_bytes} bytes")
+                return
+        rid = rid or f"{self._id_prefix}{next(self._id_counter):08x}"
+        rid_header = (b"x-request-id", rid.encode("latin-1"))
         token = request_id_var.set(rid)
         scope.setdefault("state", {})["request_id"] = rid
         status = 500
+        started = False
+        seen = 0
         t0 = time.perf_counter()
 
+        async def limited_receive() -> Message:
+            # Bodies without a Content-Length (chunked) are counted as they stream.
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body_bytes:
+                    raise _TooLarge
+            return message
+
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
+                started = True
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+                message["headers"] = [*message.get("headers", []), rid_header]
             await send(message)
 
+        if shed:
+            self.inflight += 1
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive if length is not None else limited_receive, send_with_id)
+        except _TooLarge:
+            if not started:
+                status = 413
+                await _reply(send, 413, f"request body larger than {self.max_body_bytes} bytes", [rid_header])
         finally:
-            self.metrics.request_seconds.labels(route_label(scope), f"{status // 100}xx").observe(
-                time.perf_counter() - t0
-            )
+            if shed:
+                self.inflight -= 1
+            self._observe(scope, status, time.perf_counter() - t0)
             request_id_var.reset(token)
+
+    def _observe(self, scope: Scope, status: int, seconds: float) -> None:
+        key = (route_label(scope), status // 100)
+        child = self._latency.get(key)
+        if child is None:
+            child = self._latency[key] = self.metrics.request_seconds.labels(key[0], f"{key[1]}xx")
+        child.observe(seconds)  # type: ignore[attr-defined]

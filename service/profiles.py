@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
+
 from service.cache import CacheUnavailable, profile_key
 from service.engine import ComputedProfile, EncodedUser, ProfileEngine
 from service.errors import InvalidInput, NotCached
+from service.profile_record import CorruptRecord, cached_response, render
 from service.schemas import ProfileRequest
 from service.state import ServiceState
+
+log = logging.getLogger("utpm.service")
 
 
 def _explanation(
@@ -31,8 +37,8 @@ def _explanation(
     return {"heads": int(merge.shape[0]), "fields": fields, "tag_scores": tags}
 
 
-async def compute_profiles(state: ServiceState, requests: Sequence[ProfileRequest]) -> list[dict[str, Any]]:
-    """Encode, batch through the model and the index, cache, and shape the responses."""
+async def compute_profiles(state: ServiceState, requests: Sequence[ProfileRequest]) -> list[bytes]:
+    """Encode, batch through the model and the index, cache; the JSON responses, one per request."""
     settings, metrics = state.settings, state.metrics
     engine = state.engine  # one bundle for the whole request, even if a reload happens meanwhile
     async with engine.lease():
@@ -58,33 +64,21 @@ async def compute_profiles(state: ServiceState, requests: Sequence[ProfileReques
         for req, user, prof in zip(requests, encoded, computed, strict=True):
             k = settings.default_k if req.k is None else req.k
             names = [tokens[i] for i in prof.tag_ids.tolist()]
-            scores = prof.scores.tolist()
-            tags = [{"tag": t, "score": s} for t, s in zip(names[:k], scores[:k], strict=True)]
-            body: dict[str, Any] = {
-                "user_id": req.user_id,
-                "model_version": engine.version,
-                "tags": tags,
-                "unknown": user.unknown,
-                "all_unknown": user.all_unknown,
-                "cached": False,
-            }
+            # Rendered once: the response is a slice of it, the cache keeps it whole.
+            rendered = render(req.user_id, engine.version, names, prof.scores.tolist(), user.unknown, user.all_unknown)
             if req.explain:
-                body["explanation"] = _explanation(engine, user, prof, tags)
-            responses.append(body)
-            stored = {
-                "user_id": req.user_id,
-                "model_version": engine.version,
-                "tags": [[t, s] for t, s in zip(names[: settings.cache_tags], scores, strict=False)],
-                "unknown": user.unknown,
-                "all_unknown": user.all_unknown,
-            }
-            writes.append(_write(state, profile_key(engine.version, req.user_id), stored))
+                body = orjson.loads(rendered.response(k, cached=False))
+                body["explanation"] = _explanation(engine, user, prof, body["tags"])
+                responses.append(orjson.dumps(body))
+            else:
+                responses.append(rendered.response(k, cached=False))
+            writes.append(_write(state, profile_key(engine.version, req.user_id), rendered.record()))
         await asyncio.gather(*writes)
         metrics.stage_seconds.labels("cache").observe(time.perf_counter() - t2)
     return responses
 
 
-async def _write(state: ServiceState, key: str, value: dict[str, Any]) -> None:
+async def _write(state: ServiceState, key: str, value: bytes) -> None:
     try:
         await state.cache.set(key, value, state.settings.cache_ttl_s)
         state.metrics.cache_writes.labels("ok").inc()
@@ -92,8 +86,8 @@ async def _write(state: ServiceState, key: str, value: dict[str, Any]) -> None:
         state.metrics.cache_writes.labels("skipped").inc()  # the caller still gets the profile
 
 
-async def read_profile(state: ServiceState, user_id: str, k: int | None) -> dict[str, Any]:
-    """The cached profile of `user_id` under the bundle being served; NotCached -> 404."""
+async def read_profile(state: ServiceState, user_id: str, k: int | None) -> bytes:
+    """The cached profile of `user_id` (JSON, `k` tags) under the bundle being served; NotCached -> 404."""
     settings, engine = state.settings, state.engine
     k = settings.default_k if k is None else k
     if not 1 <= k <= settings.max_k:
@@ -112,14 +106,12 @@ async def read_profile(state: ServiceState, user_id: str, k: int | None) -> dict
             f"no cached profile for user {user_id!r} under model {engine.version} (never computed, "
             "expired, or computed by another model version); POST /profile computes one"
         )
+    try:
+        body = cached_response(stored, k)
+    except CorruptRecord:
+        # Not ours (another writer under our key prefix): a miss, and recomputing overwrites it.
+        state.metrics.cache_requests.labels("miss").inc()
+        log.warning("unreadable cached profile for user %r; treated as a miss", user_id)
+        raise NotCached(f"no readable cached profile for user {user_id!r}; POST /profile computes one") from None
     state.metrics.cache_requests.labels("hit").inc()
-    tags = stored["tags"]
-    assert isinstance(tags, list)
-    return {
-        "user_id": user_id,
-        "model_version": engine.version,
-        "tags": [{"tag": t, "score": s} for t, s in tags[:k]],
-        "unknown": stored.get("unknown", {}),
-        "all_unknown": stored.get("all_unknown", False),
-        "cached": True,
-    }
+    return body

@@ -13,3 +13,9 @@ class JSONResponse(Response):
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
+
+
+class RenderedJSON(Response):
+    """A body that is JSON already (a rendered profile): sent as is."""
+
+    media_type = "application/json"

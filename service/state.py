@@ -23,10 +23,14 @@ class ServiceState:
     retiring: set[asyncio.Task[None]] = field(default_factory=set)
 
 
-async def get_state(request: Request) -> ServiceState:
-    # async on purpose: FastAPI runs a sync dependency in a worker thread, on every request
+def service_state(request: Request) -> ServiceState:
     state: ServiceState = request.app.state.service
     return state
+
+
+async def get_state(request: Request) -> ServiceState:
+    # async on purpose: FastAPI runs a sync dependency in a worker thread, on every request
+    return service_state(request)
 
 
 State = Annotated[ServiceState, Depends(get_state)]

@@ -126,6 +126,25 @@ def test_get_unknown_user_is_404_with_detail(client: TestClient) -> None:
     assert client.get("/profile/x", params={"k": 0}).status_code == 422
 
 
+def test_request_ids_are_echoed_or_made(client: TestClient) -> None:
+    r = client.get("/healthz", headers={"X-Request-ID": "trace-42"})
+    assert r.headers["x-request-id"] == "trace-42"
+    made = {client.get("/profile/nobody").headers["x-request-id"] for _ in range(3)}
+    assert len(made) == 3 and all(len(m) >= 16 for m in made)
+
+
+def test_a_cached_value_not_written_by_the_service_is_a_miss(client: TestClient, redis_server: RedisServer) -> None:
+    import redis
+
+    from service.cache import profile_key
+
+    version = post(client, "tampered").json()["model_version"]
+    redis.Redis(port=redis_server.port).set(profile_key(version, "tampered"), b'{"not": "a record"}')
+    r = client.get("/profile/tampered")
+    assert r.status_code == 404 and "no readable cached profile" in r.json()["detail"]
+    assert post(client, "tampered").status_code == 200 and client.get("/profile/tampered").status_code == 200
+
+
 def test_batch_endpoint_and_its_limit(bundles: dict[str, Path], redis_server: RedisServer) -> None:
     with TestClient(create_app(settings_for(bundles["a"], redis_server, max_batch_users=3))) as c:
         users = [{"user_id": f"b{i}", "features": USER, "k": 2} for i in range(3)]

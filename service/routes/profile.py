@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 
 from service.errors import InvalidInput
 from service.profiles import compute_profiles, read_profile
-from service.responses import JSONResponse
+from service.responses import RenderedJSON
 from service.schemas import ErrorResponse, ProfileRequest, ProfileResponse, ProfilesRequest, ProfilesResponse
-from service.state import State
+from service.state import service_state
 
+# The hot routes take the state from the request rather than through `Depends`: solving that
+# dependency cost about 9 us of a cache hit's 90 us of event-loop time (measured in-process).
 router = APIRouter(tags=["profiles"])
 ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorResponse, "description": "Body too large."},
@@ -21,19 +23,20 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 @router.post("/profile", response_model=ProfileResponse, responses=ERRORS)
-async def post_profile(body: ProfileRequest, state: State) -> JSONResponse:
+async def post_profile(body: ProfileRequest, request: Request) -> RenderedJSON:
     """Compute a user's top-K interest tags from their features, cache it, and return it."""
-    (profile,) = await compute_profiles(state, [body])
-    return JSONResponse(profile)
+    (profile,) = await compute_profiles(service_state(request), [body])
+    return RenderedJSON(profile)
 
 
 @router.post("/profiles", response_model=ProfilesResponse, responses=ERRORS)
-async def post_profiles(body: ProfilesRequest, state: State) -> JSONResponse:
+async def post_profiles(body: ProfilesRequest, request: Request) -> RenderedJSON:
     """Profiles for several users in one call (at most `max_batch_users`)."""
+    state = service_state(request)
     limit = state.settings.max_batch_users
     if len(body.users) > limit:
         raise InvalidInput(f"at most {limit} users per call, got {len(body.users)}")
-    return JSONResponse({"profiles": await compute_profiles(state, body.users)})
+    return RenderedJSON(b'{"profiles":[' + b",".join(await compute_profiles(state, body.users)) + b"]}")
 
 
 @router.get(
@@ -42,9 +45,9 @@ async def post_profiles(body: ProfilesRequest, state: State) -> JSONResponse:
     responses={404: {"model": ErrorResponse, "description": "Not cached, or expired."}, **ERRORS},
 )
 async def get_profile(
-    state: State,
+    request: Request,
     user_id: Annotated[str, Path(min_length=1, max_length=256)],
     k: Annotated[int | None, Query(ge=1, description="Number of tags (at most what was cached).")] = None,
-) -> JSONResponse:
+) -> RenderedJSON:
     """The cached profile of a user, as last computed by the bundle now being served."""
-    return JSONResponse(await read_profile(state, user_id, k))
+    return RenderedJSON(await read_profile(service_state(request), user_id, k))

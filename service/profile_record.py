@@ -1,0 +1,108 @@
+"""The cached profile: the GET response rendered once, with where each tag ends.
+
+A cache hit is the hot path of the recall layers, so what the cache holds is the JSON body of
+`GET /profile/{user}` itself, for the `cache_tags` best tags, preceded by a small index of byte
+offsets. Answering with k tags is then two slices of that body (the first k tags, and the closing
+fields) instead of parsing a record, building k dicts and encoding them again.
+
+Layout (little-endian): b"P1", n (uint16), the end of each tag's object in the body (n x uint32),
+the end of the tag list's last object (uint32), then the body:
+
+    {"user_id":...,"model_version":...,"tags":[{"tag":...,"score":...},...],
+     "unknown":{...},"all_unknown":false,"cached":true}
+
+The boundaries are found in orjson's output by the byte pattern between two tag objects; JSON
+escapes every quote inside a string, so `},{"tag":"` can occur only between two objects.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+MAGIC = b"P1"
+_BETWEEN = b'},{"tag":"'
+_CACHED_TRUE = b'"cached":true}'
+_CACHED_FALSE = b'"cached":false}'
+
+
+class CorruptRecord(ValueError):
+    """A cached value that is not a profile record of this format."""
+
+
+@dataclass(frozen=True)
+class RenderedProfile:
+    body: bytes  # the whole GET response, every tag, "cached": true
+    ends: list[int]  # ends[i]: index just past tag i's object in `body`
+    list_end: int  # index of the "]" closing the tag list
+
+    def response(self, k: int, cached: bool) -> bytes:
+        """The JSON response with the first `k` tags (all of them when fewer were kept)."""
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        body = self.body
+        if k < len(self.ends):
+            body = body[: self.ends[k - 1]] + body[self.list_end :]
+        if not cached:
+            body = body[: -len(_CACHED_TRUE)] + _CACHED_FALSE
+        return body
+
+    def record(self) -> bytes:
+        """What the cache stores."""
+        n = len(self.ends)
+        return struct.pack(f"<2sH{n + 1}I", MAGIC, n, *self.ends, self.list_end) + self.body
+
+
+def render(
+    user_id: str,
+    model_version: str,
+    names: Sequence[str],
+    scores: Sequence[float],
+    unknown: dict[str, Any],
+    all_unknown: bool,
+) -> RenderedProfile:
+    """Render a profile once; `names` and `scores` are the kept tags, best first."""
+    body = orjson.dumps(
+        {
+            "user_id": user_id,
+            "model_version": model_version,
+            "tags": [{"tag": t, "score": s} for t, s in zip(names, scores, strict=True)],
+            "unknown": unknown,
+            "all_unknown": all_unknown,
+            "cached": True,
+        }
+    )
+    ends: list[int] = []
+    if names:
+        pos = body.find(_BETWEEN)
+        while pos != -1:
+            ends.append(pos + 1)
+            pos = body.find(_BETWEEN, pos + 1)
+        list_end = body.index(b'}],"unknown":', ends[-1] if ends else 0) + 1
+        ends.append(list_end)
+    else:
+        list_end = body.index(b'[],"unknown":') + 1
+    if len(ends) != len(names):  # a renderer that did not write what this module expects
+        raise CorruptRecord(f"found {len(ends)} tag boundaries for {len(names)} tags")
+    return RenderedProfile(body, ends, list_end)
+
+
+def cached_response(record: bytes, k: int) -> bytes:
+    """The GET response with `k` tags from a stored record, without parsing the JSON."""
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    if record[:2] != MAGIC or len(record) < 8:
+        raise CorruptRecord("not a profile record")
+    (n,) = struct.unpack_from("<H", record, 2)
+    start = 4 + 4 * (n + 1)
+    if len(record) < start:
+        raise CorruptRecord("truncated profile record")
+    if k >= n:
+        return record[start:]
+    (end_k,) = struct.unpack_from("<I", record, 4 + 4 * (k - 1))
+    (list_end,) = struct.unpack_from("<I", record, 4 + 4 * n)
+    return record[start : start + end_k] + record[start + list_end :]

@@ -1,0 +1,73 @@
+"""The profile cache on its own: the record format, and Redis round trips shared by one loop turn."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+import redis
+
+from service.cache import CacheUnavailable, RedisProfileCache
+from service.profile_record import CorruptRecord, cached_response, render
+from tests.conftest import RedisServer, free_port
+
+NAMES = ["sci-fi", 'quote " and },{"tag":"x', "über", "noir", "a\\b"]
+SCORES = [0.9, 0.5, 0.25, -0.125, -1.0]
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 5])
+def test_record_answers_any_k_like_the_full_json(n: int) -> None:
+    unknown = {"genres": ["??"]}
+    rendered = render('user "1"', "v1", NAMES[:n], SCORES[:n], unknown, False)
+    record = rendered.record()
+    for k in range(1, 8):
+        want = [{"tag": t, "score": s} for t, s in zip(NAMES[: min(k, n)], SCORES, strict=False)]
+        for body, cached in ((rendered.response(k, cached=False), False), (cached_response(record, k), True)):
+            parsed = orjson.loads(body)
+            assert parsed == {
+                "user_id": 'user "1"',
+                "model_version": "v1",
+                "tags": want,
+                "unknown": unknown,
+                "all_unknown": False,
+                "cached": cached,
+            }
+
+
+def test_record_refuses_what_it_did_not_write() -> None:
+    for junk in (b"", b"{}", b'{"user_id": "x", "tags": []}', b"P1\xff\xff"):
+        with pytest.raises(CorruptRecord):
+            cached_response(junk, 3)
+
+
+def test_reads_of_one_turn_share_one_round_trip(redis_server: RedisServer) -> None:
+    batches: list[int] = []
+
+    async def scenario() -> None:
+        cache = RedisProfileCache(redis_server.url, timeout_ms=1000, on_read_batch=batches.append)
+        try:
+            await asyncio.gather(*(cache.set(f"t:share:{i}", f"v{i}".encode(), 60) for i in range(20)))
+            values = await asyncio.gather(*(cache.get(f"t:share:{i}") for i in range(25)))
+            assert values == [f"v{i}".encode() for i in range(20)] + [None] * 5
+        finally:
+            await cache.close()
+
+    asyncio.run(scenario())
+    assert batches == [25]  # 25 concurrent reads, one MGET
+    direct = redis.Redis(port=redis_server.port)
+    assert direct.get("t:share:7") == b"v7" and 0 < direct.ttl("t:share:7") <= 60
+
+
+def test_unreachable_redis_fails_every_caller_of_the_turn() -> None:
+    async def scenario() -> None:
+        cache = RedisProfileCache(f"redis://127.0.0.1:{free_port()}/0", timeout_ms=200)
+        try:
+            results = await asyncio.gather(*(cache.get(f"k{i}") for i in range(5)), return_exceptions=True)
+            assert all(isinstance(r, CacheUnavailable) for r in results), results
+            with pytest.raises(CacheUnavailable):
+                await cache.set("k", b"v", 10)
+        finally:
+            await cache.close()
+
+    asyncio.run(scenario())
