@@ -36,7 +36,10 @@ class Settings(BaseSettings):
     max_batch_users: int = Field(256, ge=1, description="Users per POST /profiles call.")
     max_values_per_field: int = Field(10_000, ge=1, description="Longer lists are refused (422) before parsing.")
     # micro-batching and overload
-    batch_max_size: int = Field(64, ge=1, description="Users per ONNX Runtime run / FAISS search.")
+    # 8: the industrial tower is compute-bound from about 8 users per run (0.7 ms/user; 0.5 at 64),
+    # so larger batches add latency, and with 2 workers they leave one idle (measured: POST at 16
+    # users on the 1M-tag bundle +20-35% at 8 vs 64, docs/performance.md).
+    batch_max_size: int = Field(8, ge=1, description="Users per ONNX Runtime run / FAISS search.")
     batch_max_wait_ms: float = Field(2.0, ge=0, description="Longest a request waits for company.")
     batch_workers: int = Field(2, ge=1, description="Batches computed at once (threads).")
     max_pending: int = Field(

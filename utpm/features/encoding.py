@@ -37,17 +37,11 @@ def recent_unique(ids: Sequence[int], max_len: int) -> list[int]:
 
     Lists are ordered oldest -> newest, so the tail is the most recent. The result keeps that order.
     """
-    seen: set[int] = set()
-    out: list[int] = []
-    for i in reversed(ids):
-        if i in seen:
-            continue
-        seen.add(i)
-        out.append(i)
-        if len(out) == max_len:
-            break
-    out.reverse()
-    return out
+    # dict.fromkeys over the reversed list keeps each id's first (= most recent) occurrence, in C.
+    newest_first = list(dict.fromkeys(reversed(ids)))
+    del newest_first[max_len:]
+    newest_first.reverse()
+    return newest_first
 
 
 class FeatureEncoder:
@@ -84,6 +78,8 @@ class FeatureEncoder:
         ids = {s.name: np.zeros((b, s.max_len), dtype=np.int64) for s in self.specs}
         mask = {s.name: np.zeros((b, s.max_len), dtype=np.float32) for s in self.specs}
         unknown: list[dict[str, list[str]]] = []
+        oov = Vocabulary.OOV
+        lookups = {s.name: self.vocabs[s.name].lookup for s in self.specs}
         for row, feats in enumerate(users):
             extra = set(feats) - valid
             if extra:
@@ -93,10 +89,10 @@ class FeatureEncoder:
                 values = feats.get(s.name) or ()
                 if isinstance(values, str):
                     values = (values,)
-                vocab = self.vocabs[s.name]
-                value_ids = [vocab.id(v) for v in values]
-                misses = [v for v, i in zip(values, value_ids, strict=True) if i == Vocabulary.OOV]
-                if misses:
+                get = lookups[s.name].get  # one C call per value: the hot loop of serving
+                value_ids = [get(v, oov) for v in values]
+                if oov in value_ids:
+                    misses = [v for v, i in zip(values, value_ids, strict=True) if i == oov]
                     unk[s.name] = list(dict.fromkeys(misses))
                 kept = recent_unique(value_ids, s.max_len)
                 ids[s.name][row, : len(kept)] = kept

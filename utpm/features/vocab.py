@@ -36,6 +36,8 @@ class Vocabulary:
         self._index: dict[str, int] = {t: i for i, t in enumerate(tokens)}
         if len(self._index) != len(tokens):
             raise ValueError("a vocabulary's tokens must be unique")
+        # What `id` computes, as a plain dict for `lookup.get(v, OOV)`: the padding token is no value.
+        self.lookup: dict[str, int] = {**self._index, PAD_TOKEN: self.OOV}
 
     @classmethod
     def build(cls, values: Iterable[str], min_count: int = 1) -> Vocabulary:
