@@ -9,7 +9,8 @@ One run, in this order, one server at a time (on 2 cores anything else running w
    reads (CachedReadUser) and a 1:4 mix (MixedUser); every run scrapes /metrics before and after,
    so each row carries its own per-stage times and batch sizes;
 3. wrk at a fixed rate (`wrk_fixed_rate.lua`) on `POST /profile`, to cross-check tail latency
-   with a second, open-ish-loop load generator;
+   with a second, open-ish-loop load generator; then the cached reads again on a second service
+   with its near cache off (`UTPM_NEAR_CACHE_TTL_MS=0`: every hit is a Redis round trip);
 4. the service again under cProfile (event-loop thread) for a shorter compute run: where the
    Python time goes;
 5. the ceiling (`_ceiling.py`) on POST and GET, and the naive peer (`_naive_peer.py`) on POST, at
@@ -336,6 +337,15 @@ def stage_breakdown(before: Mapping[str, float], after: Mapping[str, float]) -> 
                 "mean_ms": round(1000 * total / delta(key), 3),
             }
     out["server_latency"] = served
+    hits = delta("utpm_cache_requests_total{result=hit}")
+    if hits > 0:
+        out["cache_hits"] = {
+            "count": int(hits),
+            "near_cache_share": round(delta("utpm_near_cache_hits_total{}") / hits, 3),
+        }
+    trips = delta("utpm_cache_read_batch_size_count{}")
+    if trips > 0:
+        out["redis_reads_per_round_trip"] = round(delta("utpm_cache_read_batch_size_sum{}") / trips, 2)
     return out
 
 
@@ -510,6 +520,23 @@ def run_bench(cfg: BenchConfig, progress: Say | None = None) -> dict[str, Any]:
                 srv,
                 lambda: run_wrk(srv, rate, cfg.wrk_connections, cfg.wrk_threads, d, bodies, out_dir / "wrk.log"),
             )
+        # The same GET run with the near cache off: every hit is a Redis round trip.
+        say(f"service, near cache off: GET /profile (cache hits from Redis), {c} users, {d:g}s")
+        with Server(
+            "utpm-redis-only",
+            "service.main:create_app",
+            {**env, "UTPM_NEAR_CACHE_TTL_MS": "0"},
+            cfg.workers,
+            out_dir / "utpm_redis_only.log",
+            ready_path="/readyz",
+        ) as srv:
+            _warm_up(srv, cfg, source_args, out_dir / "redis_only_warmup")
+            runs[f"utpm-near-cache-off/get/{c}"] = _with_metrics(
+                srv,
+                lambda: run_locust(
+                    srv, "CachedReadUser", c, d, out_dir / "utpm_get_redis_only", source_args, cfg.k, cfg.read_users
+                ),
+            )
         if cfg.profile:
             prof = out_dir / "service.prof"
             say(f"service under cProfile: POST /profile, {c} users, {cfg.profile_s:g}s")
@@ -580,6 +607,9 @@ def summarize(report: Mapping[str, Any], c: int) -> dict[str, Any]:
         "post_vs_ceiling": _ratio(post.get("rps"), ceiling_post.get("rps")),
         "post_vs_naive": _ratio(post.get("rps"), naive.get("rps")),
         "get_vs_ceiling": _ratio(get.get("rps"), ceiling_get.get("rps")),
+        "get_near_cache_off_vs_ceiling": _ratio(
+            runs.get(f"utpm-near-cache-off/get/{c}", {}).get("rps"), ceiling_get.get("rps")
+        ),
     }
 
     def check(value: float | None, bound: float, at_least: bool) -> dict[str, Any]:
@@ -594,6 +624,17 @@ def summarize(report: Mapping[str, Any], c: int) -> dict[str, Any]:
     }
     failed = sum(int(r.get("failures", 0)) for r in runs.values())
     return {"compare_users": c, "ratios": ratios, "targets": targets, "failed_requests": failed}
+
+
+def _ratio_lines(s: Mapping[str, Any]) -> list[str]:
+    off = s["ratios"].get("get_near_cache_off_vs_ceiling")
+    if off is None:
+        return []
+    return [
+        f"GET /profile hits with the near cache off (every hit a Redis round trip) vs the ceiling: "
+        f"{_fmt(off, 3)} (for reference; the target row above is the service as configured by default).",
+        "",
+    ]
 
 
 # -- the report -------------------------------------------------------------------------------------
@@ -649,7 +690,7 @@ def render_markdown(report: Mapping[str, Any], json_path: Path | None = None) ->
     for key, t in s["targets"].items():
         met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
         lines.append(f"| {labels[key]} | {_fmt(t['value'], 3)} | {t['target']} | {met} |")
-    lines += ["", f"Failed requests over all runs: {s['failed_requests']}.", ""]
+    lines += ["", *_ratio_lines(s), f"Failed requests over all runs: {s['failed_requests']}.", ""]
     lines += _stage_lines(runs, c)
     prof = report.get("profile")
     if prof and "by_group_share_of_busy" in prof:
@@ -675,8 +716,9 @@ def _stage_lines(runs: Mapping[str, Any], c: int) -> list[str]:
         "(`utpm_request_seconds` of the run's main route: GET for the get run, POST for the others; the get "
         "run's stages are those of the POSTs that profiled its users first, and its cache stage is the reads):",
         "",
-        "| run | " + " | ".join(STAGES) + " | batch size | server total |",
-        "|---|" + "---:|" * (len(STAGES) + 2),
+        "| run | " + " | ".join(STAGES) + " | batch size | server total | near-cache share of hits "
+        "| reads per Redis round trip |",
+        "|---|" + "---:|" * (len(STAGES) + 4),
     ]
     for key, sm in rows:
         stages = sm.get("stages", {})
@@ -684,7 +726,9 @@ def _stage_lines(runs: Mapping[str, Any], c: int) -> list[str]:
         total = sm.get("server_latency", {}).get(route, {}).get("mean_ms")
         batch = sm.get("batches", {}).get("mean_size")
         cells = " | ".join(_fmt(stages.get(st, {}).get("mean_ms"), 2) for st in STAGES)
-        out.append(f"| {key} | {cells} | {_fmt(batch, 1)} | {_fmt(total, 2)} |")
+        near = sm.get("cache_hits", {}).get("near_cache_share")
+        trip = sm.get("redis_reads_per_round_trip")
+        out.append(f"| {key} | {cells} | {_fmt(batch, 1)} | {_fmt(total, 2)} | {_fmt(near, 2)} | {_fmt(trip, 1)} |")
     out.append("")
     return out
 

@@ -208,13 +208,80 @@ class RedisProfileCache:
         await close()
 
 
+class NearCache:
+    """A small in-process layer in front of Redis for profiles read again within `ttl_s`.
+
+    One recommendation request fans out to several recall channels, and each asks for the same
+    user's profile within milliseconds; a feed refresh asks again. Those repeats are answered
+    from process memory instead of another Redis round trip (which costs more event-loop time than
+    the rest of a cache hit). What it trades: a profile recomputed by *another* replica can be
+    served up to `ttl_s` late, and during a Redis outage a profile read in the last `ttl_s` is
+    still served. This replica's own writes update it at once; misses are not kept (a user
+    profiled elsewhere is visible as soon as Redis has it); keys carry the model version, so a
+    reload never serves the old model's profiles. LRU-bounded at `max_entries`.
+    """
+
+    def __init__(
+        self, remote: ProfileCache, ttl_s: float, max_entries: int, on_hit: Callable[[], object] | None = None
+    ) -> None:
+        self.remote = remote
+        self.kind = remote.kind
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._on_hit = on_hit
+        self._data: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+
+    async def get(self, key: str) -> bytes | None:
+        hit = self._data.get(key)
+        if hit is not None:
+            if hit[0] > time.monotonic():
+                if self._on_hit is not None:
+                    self._on_hit()
+                return hit[1]
+            del self._data[key]
+        value = await self.remote.get(key)
+        if value is not None:
+            self._keep(key, value, self.ttl_s)
+        return value
+
+    async def set(self, key: str, value: bytes, ttl_s: int) -> None:
+        self._keep(key, value, min(self.ttl_s, ttl_s))
+        await self.remote.set(key, value, ttl_s)
+
+    def _keep(self, key: str, value: bytes, ttl_s: float) -> None:
+        self._data[key] = (time.monotonic() + ttl_s, value)
+        self._data.move_to_end(key)
+        if len(self._data) > self.max_entries:
+            self._data.popitem(last=False)
+
+    async def ping(self) -> bool:
+        return await self.remote.ping()
+
+    async def close(self) -> None:
+        self._data.clear()
+        await self.remote.close()
+
+
 def make_cache(
-    redis_url: str | None, timeout_ms: int, max_entries: int, on_read_batch: Callable[[int], object] | None = None
+    redis_url: str | None,
+    timeout_ms: int,
+    max_entries: int,
+    near_ttl_ms: int = 0,
+    near_max_entries: int = 10_000,
+    on_read_batch: Callable[[int], object] | None = None,
+    on_near_hit: Callable[[], object] | None = None,
 ) -> ProfileCache:
-    """Redis when a URL is given (`on_read_batch(n)`: n reads shared a round trip), else in-process."""
-    if redis_url:
-        return RedisProfileCache(redis_url, timeout_ms, on_read_batch)
-    return MemoryProfileCache(max_entries)
+    """Redis when a URL is given (behind a `NearCache` when `near_ttl_ms` > 0), else in-process.
+
+    `on_read_batch(n)`: n reads shared one Redis round trip; `on_near_hit()`: a read the near
+    cache answered.
+    """
+    if not redis_url:
+        return MemoryProfileCache(max_entries)
+    redis = RedisProfileCache(redis_url, timeout_ms, on_read_batch)
+    if near_ttl_ms <= 0:
+        return redis
+    return NearCache(redis, near_ttl_ms / 1000, near_max_entries, on_near_hit)
 
 
 def redact_url(url: str) -> str:

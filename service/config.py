@@ -29,6 +29,13 @@ class Settings(BaseSettings):
     cache_ttl_s: int = Field(3600, ge=1, description="How long a computed profile stays readable.")
     cache_tags: int = Field(100, ge=1, le=1000, description="Tags stored per cached profile (at least the k asked).")
     memory_cache_max_entries: int = Field(100_000, ge=1)
+    near_cache_ttl_ms: int = Field(
+        1000,
+        ge=0,
+        description="With Redis: profiles read or written in the last this-many ms are answered from process "
+        "memory (a profile recomputed by another replica can be this late); 0 turns the near cache off.",
+    )
+    near_cache_max_entries: int = Field(10_000, ge=1, description="Near-cache size (LRU); about 5 KB per profile.")
     # request limits
     default_k: int = Field(50, ge=1, le=1000)
     max_k: int = Field(1000, ge=1, le=10_000)

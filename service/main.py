@@ -36,7 +36,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine.start(on_batch=metrics.batch_size.observe)
         url = settings.redis_url.get_secret_value() if settings.redis_url else None
         cache = make_cache(
-            url, settings.redis_timeout_ms, settings.memory_cache_max_entries, metrics.cache_read_batch.observe
+            url,
+            settings.redis_timeout_ms,
+            settings.memory_cache_max_entries,
+            near_ttl_ms=settings.near_cache_ttl_ms,
+            near_max_entries=settings.near_cache_max_entries,
+            on_read_batch=metrics.cache_read_batch.observe,
+            on_near_hit=metrics.near_cache_hits.inc,
         )
         app.state.service = ServiceState(settings=settings, engine=engine, cache=cache, metrics=metrics)
         metrics.bundle_info.labels(engine.version, engine.model_name).set(1)

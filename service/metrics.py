@@ -33,6 +33,11 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=r,
         )
+        self.near_cache_hits = Counter(
+            "utpm_near_cache_hits_total",
+            "Cache hits answered by the in-process near cache (no Redis call).",
+            registry=r,
+        )
         self.cache_requests = Counter(
             "utpm_cache_requests_total", "Cache reads by result (hit, miss, error).", ["result"], registry=r
         )
@@ -43,3 +48,7 @@ class Metrics:
         self.pending = Gauge("utpm_pending_users", "Users queued for the model.", registry=r)
         self.reloads = Counter("utpm_reloads_total", "Bundle reloads by result.", ["result"], registry=r)
         self.bundle_info = Gauge("utpm_bundle_info", "The bundle being served.", ["version", "model"], registry=r)
+        # The labelled children the hot paths use, looked up once (`labels()` takes a lock per call).
+        self.stage = {s: self.stage_seconds.labels(s) for s in ("parse", "queue", "model", "index", "cache")}
+        self.cache_result = {x: self.cache_requests.labels(x) for x in ("hit", "miss", "error")}
+        self.cache_write = {x: self.cache_writes.labels(x) for x in ("ok", "skipped")}

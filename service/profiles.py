@@ -50,15 +50,15 @@ async def compute_profiles(state: ServiceState, requests: Sequence[ProfileReques
                 raise InvalidInput(f"k must be between 1 and {settings.max_k}, got {k}")
             encoded.append(engine.encode(r.features, max(k, settings.cache_tags), r.explain))
         t1 = time.perf_counter()
-        metrics.stage_seconds.labels("parse").observe(t1 - t0)
+        metrics.stage["parse"].observe(t1 - t0)
         assert engine.batcher is not None
         computed = await engine.batcher.submit_many(encoded)
         t2 = time.perf_counter()
         # The batch's own timings: `engine.last_timings` may already be another batch's.
         timings = computed[0].timings or engine.last_timings
-        metrics.stage_seconds.labels("model").observe(timings.model_s)
-        metrics.stage_seconds.labels("index").observe(timings.index_s)
-        metrics.stage_seconds.labels("queue").observe(max(0.0, t2 - t1 - timings.model_s - timings.index_s))
+        metrics.stage["model"].observe(timings.model_s)
+        metrics.stage["index"].observe(timings.index_s)
+        metrics.stage["queue"].observe(max(0.0, t2 - t1 - timings.model_s - timings.index_s))
         responses, writes = [], []
         tokens = engine.bundle.tags.tokens  # id -> tag name, indexed directly (no call per tag)
         for req, user, prof in zip(requests, encoded, computed, strict=True):
@@ -74,16 +74,16 @@ async def compute_profiles(state: ServiceState, requests: Sequence[ProfileReques
                 responses.append(rendered.response(k, cached=False))
             writes.append(_write(state, profile_key(engine.version, req.user_id), rendered.record()))
         await asyncio.gather(*writes)
-        metrics.stage_seconds.labels("cache").observe(time.perf_counter() - t2)
+        metrics.stage["cache"].observe(time.perf_counter() - t2)
     return responses
 
 
 async def _write(state: ServiceState, key: str, value: bytes) -> None:
     try:
         await state.cache.set(key, value, state.settings.cache_ttl_s)
-        state.metrics.cache_writes.labels("ok").inc()
+        state.metrics.cache_write["ok"].inc()
     except CacheUnavailable:
-        state.metrics.cache_writes.labels("skipped").inc()  # the caller still gets the profile
+        state.metrics.cache_write["skipped"].inc()  # the caller still gets the profile
 
 
 async def read_profile(state: ServiceState, user_id: str, k: int | None) -> bytes:
@@ -96,12 +96,12 @@ async def read_profile(state: ServiceState, user_id: str, k: int | None) -> byte
     try:
         stored = await state.cache.get(profile_key(engine.version, user_id))
     except CacheUnavailable:
-        state.metrics.cache_requests.labels("error").inc()
+        state.metrics.cache_result["error"].inc()
         raise
     finally:
-        state.metrics.stage_seconds.labels("cache").observe(time.perf_counter() - t0)
+        state.metrics.stage["cache"].observe(time.perf_counter() - t0)
     if stored is None:
-        state.metrics.cache_requests.labels("miss").inc()
+        state.metrics.cache_result["miss"].inc()
         raise NotCached(
             f"no cached profile for user {user_id!r} under model {engine.version} (never computed, "
             "expired, or computed by another model version); POST /profile computes one"
@@ -110,8 +110,8 @@ async def read_profile(state: ServiceState, user_id: str, k: int | None) -> byte
         body = cached_response(stored, k)
     except CorruptRecord:
         # Not ours (another writer under our key prefix): a miss, and recomputing overwrites it.
-        state.metrics.cache_requests.labels("miss").inc()
+        state.metrics.cache_result["miss"].inc()
         log.warning("unreadable cached profile for user %r; treated as a miss", user_id)
         raise NotCached(f"no readable cached profile for user {user_id!r}; POST /profile computes one") from None
-    state.metrics.cache_requests.labels("hit").inc()
+    state.metrics.cache_result["hit"].inc()
     return body

@@ -127,6 +127,7 @@ def test_smoke_load_run(smoke_bundle: Path, tiny_run: Path, tmp_path: Path) -> N
         "utpm/get/2",
         "utpm/mix/2",
         "utpm/wrk",
+        "utpm-near-cache-off/get/2",
         "ceiling/post/2",
         "ceiling/get/2",
         "naive/post/2",
@@ -140,8 +141,13 @@ def test_smoke_load_run(smoke_bundle: Path, tiny_run: Path, tmp_path: Path) -> N
     metrics = runs["utpm/post/2"]["service_metrics"]
     assert set(metrics["stages"]) == {"parse", "queue", "model", "index", "cache"}
     assert metrics["batches"]["count"] > 0 and metrics["batches"]["mean_size"] >= 1
+    hits = runs["utpm/get/2"]["service_metrics"]["cache_hits"]
+    assert hits["count"] > 0 and hits["near_cache_share"] > 0.5  # each user re-reads what it profiled
+    redis_only = runs["utpm-near-cache-off/get/2"]["service_metrics"]
+    assert redis_only["cache_hits"]["near_cache_share"] == 0 and redis_only["redis_reads_per_round_trip"] >= 1
     summary = report["summary"]
     assert summary["failed_requests"] == 0
+    assert summary["ratios"]["get_near_cache_off_vs_ceiling"] is not None
     assert set(summary["targets"]) == {"post_vs_ceiling", "post_vs_naive", "post_p99_ms", "get_vs_ceiling"}
     assert all(t["value"] is not None for t in summary["targets"].values())
     json.dumps(report)  # JSON-able as written by --json

@@ -33,7 +33,8 @@ def test_slow_redis_never_stalls_a_request_beyond_the_timeout(
     proxy = DelayProxy(redis_server.port, delay_s=0.0)
     url = f"redis://127.0.0.1:{proxy.port}/0"
     try:
-        with TestClient(create_app(settings_for(bundles["a"], None, redis_url=url, redis_timeout_ms=100))) as c:
+        s = settings_for(bundles["a"], None, redis_url=url, redis_timeout_ms=100, near_cache_ttl_ms=0)
+        with TestClient(create_app(s)) as c:
             assert post(c, "fast").status_code == 200
             assert c.get("/profile/fast").status_code == 200
             proxy.delay_s = 2.0  # every Redis reply now takes 2 s

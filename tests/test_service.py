@@ -133,16 +133,53 @@ def test_request_ids_are_echoed_or_made(client: TestClient) -> None:
     assert len(made) == 3 and all(len(m) >= 16 for m in made)
 
 
-def test_a_cached_value_not_written_by_the_service_is_a_miss(client: TestClient, redis_server: RedisServer) -> None:
+@pytest.fixture()
+def redis_only(bundles: dict[str, Path], redis_server: RedisServer) -> Iterator[TestClient]:
+    """The service with its near cache off: every GET goes to Redis."""
+    with TestClient(create_app(settings_for(bundles["a"], redis_server, near_cache_ttl_ms=0))) as c:
+        yield c
+
+
+def test_a_cached_value_not_written_by_the_service_is_a_miss(redis_only: TestClient, redis_server: RedisServer) -> None:
     import redis
 
     from service.cache import profile_key
 
-    version = post(client, "tampered").json()["model_version"]
+    version = post(redis_only, "tampered").json()["model_version"]
     redis.Redis(port=redis_server.port).set(profile_key(version, "tampered"), b'{"not": "a record"}')
-    r = client.get("/profile/tampered")
+    r = redis_only.get("/profile/tampered")
     assert r.status_code == 404 and "no readable cached profile" in r.json()["detail"]
-    assert post(client, "tampered").status_code == 200 and client.get("/profile/tampered").status_code == 200
+    assert post(redis_only, "tampered").status_code == 200 and redis_only.get("/profile/tampered").status_code == 200
+
+
+def test_near_cache_answers_repeats_and_goes_stale_for_at_most_its_ttl(
+    bundles: dict[str, Path], redis_server: RedisServer
+) -> None:
+    import redis
+
+    from service.cache import profile_key
+
+    with TestClient(create_app(settings_for(bundles["a"], redis_server, near_cache_ttl_ms=500))) as c:
+        first = post(c, "near", k=3).json()
+        direct = redis.Redis(port=redis_server.port)
+        key = profile_key(first["model_version"], "near")
+        # Another replica recomputes the profile: this one keeps answering its own copy for <= 500 ms.
+        other = post(c, "near-other", k=3)
+        direct.set(key, direct.get(profile_key(first["model_version"], "near-other")))
+        assert c.get("/profile/near").json()["user_id"] == "near"
+        metrics = c.get("/metrics").text
+        assert "utpm_near_cache_hits_total 1.0" in metrics and other.status_code == 200
+        time.sleep(0.6)
+        assert c.get("/profile/near").json()["user_id"] == "near-other"  # now from Redis
+        # Redis gone: what was read in the last 500 ms is still answered, then 503.
+        redis_server.stop()
+        try:
+            assert c.get("/profile/near").status_code == 200
+            time.sleep(0.6)
+            g = c.get("/profile/near")
+            assert g.status_code == 503 and "cache is unavailable" in g.json()["detail"]
+        finally:
+            redis_server.start()
 
 
 def test_batch_endpoint_and_its_limit(bundles: dict[str, Path], redis_server: RedisServer) -> None:
@@ -194,8 +231,9 @@ def test_health_ready_and_metrics(client: TestClient) -> None:
 
 
 def test_redis_outage_post_still_answers_get_is_503_then_recovers(
-    client: TestClient, redis_server: RedisServer
+    redis_only: TestClient, redis_server: RedisServer
 ) -> None:
+    client = redis_only
     post(client, "before")
     redis_server.stop()
     try:
