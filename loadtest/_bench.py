@@ -343,6 +343,9 @@ def stage_breakdown(before: Mapping[str, float], after: Mapping[str, float]) -> 
             "count": int(hits),
             "near_cache_share": round(delta("utpm_near_cache_hits_total{}") / hits, 3),
         }
+    gc_n = sum(delta(f"utpm_gc_pause_seconds_count{{generation={g}}}") for g in range(3))
+    gc_s = sum(delta(f"utpm_gc_pause_seconds_sum{{generation={g}}}") for g in range(3))
+    out["gc_pauses"] = {"count": int(gc_n), "total_ms": round(1000 * gc_s, 1)}
     trips = delta("utpm_cache_read_batch_size_count{}")
     if trips > 0:
         out["redis_reads_per_round_trip"] = round(delta("utpm_cache_read_batch_size_sum{}") / trips, 2)
@@ -717,8 +720,8 @@ def _stage_lines(runs: Mapping[str, Any], c: int) -> list[str]:
         "run's stages are those of the POSTs that profiled its users first, and its cache stage is the reads):",
         "",
         "| run | " + " | ".join(STAGES) + " | batch size | server total | near-cache share of hits "
-        "| reads per Redis round trip |",
-        "|---|" + "---:|" * (len(STAGES) + 4),
+        "| reads per Redis round trip | GC pauses: count (total ms) |",
+        "|---|" + "---:|" * (len(STAGES) + 5),
     ]
     for key, sm in rows:
         stages = sm.get("stages", {})

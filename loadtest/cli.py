@@ -1,6 +1,7 @@
-"""Typer command `utpm bench serve`; `utpm/cli.py` registers it:
+"""Typer commands `utpm bench serve` and `utpm bench tune`; `utpm/cli.py` registers them:
 
     bench_app.command("serve")(bench_serve_cmd)
+    bench_app.command("tune")(bench_tune_cmd)
 
 Locust imports this file too when pointed at the loadtest/ directory: it defines no users, and its
 heavy imports stay inside the command.
@@ -115,4 +116,58 @@ def bench_serve_cmd(
     typer.echo(
         f"benchmarked the service in {time.perf_counter() - t0:.0f}s: {met}/{len(s['targets'])} targets met, "
         f"{s['failed_requests']} failed requests; wrote {', '.join(wrote) or 'stdout only'}"
+    )
+
+
+def bench_tune_cmd(
+    variant: Annotated[
+        list[str],
+        typer.Option(
+            "--variant",
+            help='Service settings of one variant, "KEY=VALUE[,KEY=VALUE...]" (UTPM_KEY; workers=N for uvicorn '
+            'workers; "" for the defaults); repeat for each variant.',
+        ),
+    ],
+    tags: Annotated[int, typer.Option(help="Synthetic tags of the benchmark bundle (built once, then reused).")] = (
+        1_000_000
+    ),
+    bundle: Annotated[Path | None, typer.Option(help="Serve this indexed bundle instead of the benchmark's.")] = None,
+    connections: Annotated[int, typer.Option(help="wrk connections (closed loop).")] = 16,
+    duration: Annotated[float, typer.Option(help="Seconds per run.")] = 10.0,
+    rounds: Annotated[int, typer.Option(help="Times each variant runs, in alternation with the others.")] = 2,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON here.")] = None,
+    root: Annotated[Path, typer.Option(help="Where the benchmark bundle and the logs go.")] = Path("artifacts/bench"),
+) -> None:
+    """Service settings side by side: POST /profile under wrk, variants alternated (A B A B)."""
+    from loadtest._tune import TuneConfig, parse_variant, render_tune, run_tune
+
+    if connections < 1 or duration <= 0 or rounds < 1:
+        _fail("--connections and --rounds must be at least 1 and --duration positive")
+    try:
+        variants = [parse_variant(v) for v in variant]
+    except ValueError as e:
+        _fail(str(e))
+    cfg = TuneConfig(
+        variants=variants,
+        tags=tags,
+        root=root,
+        bundle=bundle,
+        connections=connections,
+        duration_s=duration,
+        rounds=rounds,
+        command="utpm " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+    )
+    t0 = time.perf_counter()
+    try:
+        report = run_tune(cfg, progress=lambda m: typer.echo(f"  [{time.perf_counter() - t0:5.0f}s] {m}", err=True))
+    except (RuntimeError, OSError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(render_tune(report))
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2))
+    best = max(report["summary"].items(), key=lambda kv: kv[1]["median_rps"])
+    typer.echo(
+        f"tuned {len(variants)} variant(s) x {rounds} round(s) in {time.perf_counter() - t0:.0f}s; highest median "
+        f"req/s: {best[0]} ({best[1]['median_rps']:,.0f}); wrote {json_out or 'stdout only'}"
     )

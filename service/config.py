@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     retry_after_s: int = Field(1, ge=1)
     # inference
     ort_intra_threads: int = Field(1, ge=0, description="ONNX Runtime intra-op threads per run (0: ORT default).")
+    gc_freeze: bool = Field(
+        True, description="Move a loaded bundle's objects out of the cyclic GC's sight (no full-collection stalls)."
+    )
     faiss_threads: int = Field(1, ge=0, description="FAISS OpenMP threads (0: library default).")
     # access
     admin_api_key: SecretStr | None = Field(None, description="Key for /admin/*; unset: admin endpoints are off.")

@@ -78,12 +78,14 @@ class ProfileEngine:
             faiss.omp_set_num_threads(settings.faiss_threads)
         index = TagIndex.load(bundle)
         engine = cls(bundle=bundle, session=session, index=index, settings=settings)
-        # A bundle is millions of long-lived objects (vocabularies, tag names). Left to the cyclic
-        # GC, every full collection walks them all: a 50-65 ms stall of the event loop about once a
-        # second under load with 1M tags (measured), which was the p99. Frozen, they are out of the
-        # collector's sight; reference counting still frees them when a reload drops the bundle.
-        gc.collect()
-        gc.freeze()
+        if settings.gc_freeze:
+            # A bundle is millions of long-lived objects (vocabularies, tag names). Left to the
+            # cyclic GC, every full collection walks them all: a 50-65 ms stall of the event loop
+            # about once a second under load with 1M tags (measured), which was the p99. Frozen,
+            # they are out of the collector's sight; reference counting still frees them when a
+            # reload drops the bundle.
+            gc.collect()
+            gc.freeze()
         return engine
 
     # -- identity -----------------------------------------------------------------------------

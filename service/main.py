@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             on_near_hit=metrics.near_cache_hits.inc,
         )
         app.state.service = ServiceState(settings=settings, engine=engine, cache=cache, metrics=metrics)
+        metrics.watch_gc()
         metrics.bundle_info.labels(engine.version, engine.model_name).set(1)
         log.info(
             "serving bundle %s (%s, %d tags) with cache %s",
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await asyncio.gather(*state.retiring, return_exceptions=True)
             await state.engine.retire()
             await cache.close()
+            metrics.unwatch_gc()
 
     app = FastAPI(
         title="utpm profile service",

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+import time
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -48,7 +52,33 @@ class Metrics:
         self.pending = Gauge("utpm_pending_users", "Users queued for the model.", registry=r)
         self.reloads = Counter("utpm_reloads_total", "Bundle reloads by result.", ["result"], registry=r)
         self.bundle_info = Gauge("utpm_bundle_info", "The bundle being served.", ["version", "model"], registry=r)
+        self.gc_pause = Histogram(
+            "utpm_gc_pause_seconds",
+            "Cyclic garbage-collector pauses by generation (the event loop stands still meanwhile).",
+            ["generation"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         # The labelled children the hot paths use, looked up once (`labels()` takes a lock per call).
         self.stage = {s: self.stage_seconds.labels(s) for s in ("parse", "queue", "model", "index", "cache")}
         self.cache_result = {x: self.cache_requests.labels(x) for x in ("hit", "miss", "error")}
         self.cache_write = {x: self.cache_writes.labels(x) for x in ("ok", "skipped")}
+
+    def watch_gc(self) -> None:
+        """Time every collection of the cyclic GC into `utpm_gc_pause_seconds` (until `unwatch_gc`)."""
+        children = [self.gc_pause.labels(str(g)) for g in range(3)]
+        started = [0.0]
+
+        def callback(phase: str, info: dict[str, Any]) -> None:
+            if phase == "start":
+                started[0] = time.perf_counter()
+            else:
+                children[info["generation"]].observe(time.perf_counter() - started[0])
+
+        self._gc_callback = callback
+        gc.callbacks.append(callback)
+
+    def unwatch_gc(self) -> None:
+        callback = getattr(self, "_gc_callback", None)
+        if callback is not None and callback in gc.callbacks:
+            gc.callbacks.remove(callback)

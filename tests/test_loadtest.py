@@ -153,3 +153,20 @@ def test_smoke_load_run(smoke_bundle: Path, tiny_run: Path, tmp_path: Path) -> N
     json.dumps(report)  # JSON-able as written by --json
     markdown = render_markdown(report)
     assert markdown.startswith("### Run of ") and "| utpm | post | 2 |" in markdown and "pytest smoke" in markdown
+
+
+def test_tune_alternates_variants_and_reports_medians(smoke_bundle: Path, tmp_path: Path) -> None:
+    from loadtest._tune import TuneConfig, parse_variant, render_tune, run_tune
+
+    variants = [parse_variant(""), parse_variant("batch_max_size=2,gc_freeze=false")]
+    report = run_tune(
+        TuneConfig(variants=variants, bundle=smoke_bundle, connections=2, duration_s=1.0, rounds=2, k=5, out_dir=tmp_path)
+    )
+    assert [r["variant"] for r in report["runs"]] == ["defaults", "batch_max_size=2,gc_freeze=false"] * 2
+    for r in report["runs"]:
+        assert r["failures"] == 0 and r["requests"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0, r
+        assert "gc_pauses" in r["service_metrics"]
+    assert set(report["summary"]) == {"defaults", "batch_max_size=2,gc_freeze=false"}
+    assert "| variant | median req/s |" in render_tune(report)
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_variant("batch_max_size")
