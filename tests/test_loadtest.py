@@ -160,7 +160,9 @@ def test_tune_alternates_variants_and_reports_medians(smoke_bundle: Path, tmp_pa
 
     variants = [parse_variant(""), parse_variant("batch_max_size=2,gc_freeze=false")]
     report = run_tune(
-        TuneConfig(variants=variants, bundle=smoke_bundle, connections=2, duration_s=1.0, rounds=2, k=5, out_dir=tmp_path)
+        TuneConfig(
+            variants=variants, bundle=smoke_bundle, connections=2, duration_s=1.0, rounds=2, k=5, out_dir=tmp_path
+        )
     )
     assert [r["variant"] for r in report["runs"]] == ["defaults", "batch_max_size=2,gc_freeze=false"] * 2
     for r in report["runs"]:
