@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import pstats
 import random
 import re
@@ -239,9 +240,18 @@ def write_wrk_bodies(source: PayloadSource, path: Path, k: int, n: int = 1000) -
 
 
 def run_wrk(
-    server: Server, rate: float, connections: int, threads: int, duration_s: float, bodies: Path, log_path: Path
+    server: Server,
+    rate: float | None,
+    connections: int,
+    threads: int,
+    duration_s: float,
+    bodies: Path,
+    log_path: Path,
 ) -> dict[str, Any]:
-    """wrk at a fixed rate on POST /profile (see wrk_fixed_rate.lua for how, and its limits)."""
+    """wrk at a fixed rate on POST /profile (see wrk_fixed_rate.lua for how, and its limits).
+
+    `rate=None`: a closed loop instead, every connection sending as soon as its answer is in.
+    """
     exe = shutil.which("wrk")
     if exe is None:
         return {"tool": "wrk", "skipped": "wrk is not installed (Debian: apt-get install wrk)"}
@@ -257,12 +267,13 @@ def run_wrk(
         str(WRK_SCRIPT),
         server.url + "/profile",
         "--",
-        f"{rate:g}",
+        f"{rate or 1:g}",
         str(threads),
         str(bodies),
     ]
+    env = {**os.environ, "UTPM_WRK_CLOSED_LOOP": "1" if rate is None else "0"}
     window = _CpuWindow(server)
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     cpu = window.close()
     log_path.write_text(proc.stdout + proc.stderr)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("WRK_JSON ")), None)

@@ -23,8 +23,6 @@ from loadtest._bundle import DEFAULT_ROOT, Recipe, prepare_bench_bundle
 from loadtest._payloads import PayloadSource
 from loadtest._procs import Server, machine_info, redis_server
 
-CLOSED_LOOP_RATE = 1e9  # wrk_fixed_rate.lua never waits at this rate: every connection sends at once
-
 
 @dataclass
 class TuneConfig:
@@ -88,10 +86,10 @@ def run_tune(cfg: TuneConfig, progress: Callable[[str], None] | None = None) -> 
                 log = out_dir / f"service_{rnd}_{i}.log"
                 with Server(f"tune-{i}", "service.main:create_app", env, workers, log, ready_path="/readyz") as srv:
                     warm = out_dir / f"warmup_{rnd}_{i}.log"
-                    run_wrk(srv, CLOSED_LOOP_RATE, cfg.connections, 1, min(3.0, cfg.duration_s), bodies, warm)
+                    run_wrk(srv, None, cfg.connections, 1, min(5.0, cfg.duration_s), bodies, warm)
                     before = scrape_metrics(srv.url)
                     wrk_log = out_dir / f"wrk_{rnd}_{i}.log"
-                    result = run_wrk(srv, CLOSED_LOOP_RATE, cfg.connections, 1, cfg.duration_s, bodies, wrk_log)
+                    result = run_wrk(srv, None, cfg.connections, 1, cfg.duration_s, bodies, wrk_log)
                     # with several workers /metrics is one worker's: GC pauses are then a sample
                     metrics = stage_breakdown(before, scrape_metrics(srv.url))
                 runs.append({"round": rnd, "variant": name, **result, "service_metrics": metrics})

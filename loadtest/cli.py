@@ -1,7 +1,8 @@
-"""Typer commands `utpm bench serve` and `utpm bench tune`; `utpm/cli.py` registers them:
+"""Typer commands `utpm bench serve`, `tune` and `loop`; `utpm/cli.py` registers them:
 
     bench_app.command("serve")(bench_serve_cmd)
     bench_app.command("tune")(bench_tune_cmd)
+    bench_app.command("loop")(bench_loop_cmd)
 
 Locust imports this file too when pointed at the loadtest/ directory: it defines no users, and its
 heavy imports stay inside the command.
@@ -170,4 +171,31 @@ def bench_tune_cmd(
     typer.echo(
         f"tuned {len(variants)} variant(s) x {rounds} round(s) in {time.perf_counter() - t0:.0f}s; highest median "
         f"req/s: {best[0]} ({best[1]['median_rps']:,.0f}); wrote {json_out or 'stdout only'}"
+    )
+
+
+def bench_loop_cmd(
+    bundle: Annotated[Path, typer.Argument(help="An indexed bundle (e.g. artifacts/demo/bundle).")],
+    requests: Annotated[int, typer.Option(help="GET hits per timed round.")] = 20_000,
+    concurrency: Annotated[int, typer.Option(help="Coroutines sending at once.")] = 16,
+    rounds: Annotated[int, typer.Option(help="Timed rounds (the median is reported).")] = 3,
+) -> None:
+    """Event-loop CPU per GET /profile hit, in process (no HTTP): service variants vs the ceiling; JSON."""
+    from loadtest._loop import run_loop_bench
+
+    if not (bundle / "manifest.json").is_file():
+        _fail(f"{bundle} is not a bundle (no manifest.json); `utpm demo --no-serve` builds artifacts/demo/bundle")
+    if requests < concurrency or rounds < 1:
+        _fail("--requests must be at least --concurrency, and --rounds at least 1")
+    t0 = time.perf_counter()
+    try:
+        report = run_loop_bench(bundle, requests, concurrency, rounds)
+    except (RuntimeError, OSError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(json.dumps(report, indent=2))
+    ceiling = report["ceiling (empty FastAPI endpoint)"]["loop_us_per_request"]
+    redis = report["service, Redis (near cache off)"]["loop_us_per_request"]
+    typer.echo(
+        f"measured the loop per GET hit in {time.perf_counter() - t0:.0f}s: service via Redis {redis:g} us, "
+        f"ceiling {ceiling:g} us (stdout only)"
     )

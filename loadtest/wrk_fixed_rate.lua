@@ -89,3 +89,10 @@ function done(summary, latency, requests)
   )
   io.write("WRK_JSON " .. out .. "\n")
 end
+
+-- UTPM_WRK_CLOSED_LOOP=1: no pacing at all (each connection sends as soon as its answer is in).
+-- wrk decides when it loads the script whether a `delay` hook exists; even one that returns 0
+-- routes every request through a timer, which measurably slowed a closed loop (`utpm bench tune`).
+if os.getenv("UTPM_WRK_CLOSED_LOOP") == "1" then
+  delay = nil
+end

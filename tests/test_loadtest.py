@@ -172,3 +172,13 @@ def test_tune_alternates_variants_and_reports_medians(smoke_bundle: Path, tmp_pa
     assert "| variant | median req/s |" in render_tune(report)
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_variant("batch_max_size")
+
+
+def test_loop_bench_measures_every_variant(smoke_bundle: Path) -> None:
+    from loadtest._loop import run_loop_bench
+
+    report = run_loop_bench(smoke_bundle, requests=64, concurrency=4, rounds=1, users=4)
+    variants = [k for k in report if k.startswith(("service", "ceiling"))]
+    assert len(variants) == 4
+    for name in variants:
+        assert report[name]["loop_us_per_request"] > 0 and report[name]["requests_per_s"] > 0, name

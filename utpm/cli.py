@@ -31,7 +31,7 @@ def _register_serving_commands() -> None:
     """Export/index/serve commands live beside their code; they need the `serve` (and `train`) extras."""
     try:
         from index.cli import bench_index_cmd, index_build_cmd
-        from loadtest.cli import bench_serve_cmd, bench_tune_cmd
+        from loadtest.cli import bench_loop_cmd, bench_serve_cmd, bench_tune_cmd
         from model_export.cli import bench_model_cmd, export_cmd
     except ImportError as e:  # e.g. a train-only install without faiss/onnxruntime
         logging.getLogger(__name__).debug("serving commands unavailable: %s", e)
@@ -42,6 +42,7 @@ def _register_serving_commands() -> None:
     bench_app.command("index")(bench_index_cmd)
     bench_app.command("serve")(bench_serve_cmd)
     bench_app.command("tune")(bench_tune_cmd)
+    bench_app.command("loop")(bench_loop_cmd)
 
 
 _register_serving_commands()

@@ -1,0 +1,122 @@
+"""`utpm bench loop`: event-loop CPU per cache hit, in process, without HTTP.
+
+The app is called as an ASGI callable on one uvloop, by `concurrency` coroutines at once, and
+`time.thread_time()` of the loop's thread is divided by the requests served: what one
+`GET /profile/{user}` hit costs the event loop in the app itself (routing, validation, the
+middleware, the cache, the response), with the HTTP server and the load generator out of the
+picture. The same for the ceiling app (`_ceiling.py`) gives the framework's own share. Cheap and
+steady enough to compare two commits of the hot path; `utpm bench serve` is the end-to-end figure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from loadtest._procs import redis_server
+
+ASGIApp = Callable[..., Any]
+
+
+async def call(app: ASGIApp, method: str, path: str, query: bytes = b"", body: bytes = b"") -> tuple[int, bytes]:
+    """One request through the ASGI app: (status, body)."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query,
+        "root_path": "",
+        "headers": [
+            (b"host", b"bench"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 2),
+        "state": {},
+    }
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.Event().wait()  # the client never disconnects
+        raise AssertionError("unreachable")
+
+    status, chunks = 0, []
+
+    async def send(message: Mapping[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        else:
+            chunks.append(message.get("body", b""))
+
+    await app(scope, receive, send)
+    return status, b"".join(chunks)
+
+
+async def _measure(app: Any, users: int, requests: int, concurrency: int, rounds: int) -> dict[str, float]:
+    async with app.router.lifespan_context(app):
+        for i in range(users):
+            status, text = await call(app, "POST", "/profile", body=orjson.dumps({"user_id": f"u{i}", "features": {}}))
+            if status != 200:
+                raise RuntimeError(f"POST /profile answered {status}: {text[:200]!r}")
+
+        async def reader(worker: int, n: int) -> None:
+            for j in range(n):
+                status, text = await call(app, "GET", f"/profile/u{(worker + j) % users}", b"k=50")
+                if status != 200:
+                    raise RuntimeError(f"GET /profile answered {status}: {text[:200]!r}")
+
+        per = max(1, requests // concurrency)
+        await asyncio.gather(*(reader(w, max(1, per // 4)) for w in range(concurrency)))  # warm-up
+        cpu, rate = [], []
+        for _ in range(rounds):
+            c0, t0 = time.thread_time(), time.perf_counter()
+            await asyncio.gather(*(reader(w, per) for w in range(concurrency)))
+            c1, t1 = time.thread_time(), time.perf_counter()
+            cpu.append(1e6 * (c1 - c0) / (per * concurrency))
+            rate.append(per * concurrency / (t1 - t0))
+    return {"loop_us_per_request": round(statistics.median(cpu), 1), "requests_per_s": round(statistics.median(rate))}
+
+
+def run_loop_bench(
+    bundle: Path, requests: int = 20_000, concurrency: int = 16, rounds: int = 3, users: int = 16
+) -> dict[str, Any]:
+    """Loop CPU per GET hit: the service with Redis, with Redis behind the near cache, in memory; the ceiling."""
+    import uvloop
+
+    from service.config import Settings
+    from service.main import create_app
+
+    results: dict[str, Any] = {}
+    with redis_server() as url:
+        variants = {
+            "service, Redis (near cache off)": {"redis_url": url, "near_cache_ttl_ms": 0},
+            "service, Redis + near cache (default)": {"redis_url": url},
+            "service, in-process cache (no Redis)": {"redis_url": None},
+        }
+        for name, kw in variants.items():
+            app = create_app(Settings(bundle=bundle, log_level="WARNING", **kw))  # type: ignore[arg-type]
+            results[name] = uvloop.run(_measure(app, users, requests, concurrency, rounds))
+    os.environ["UTPM_BUNDLE"] = str(bundle)
+    from loadtest._ceiling import create_app as create_ceiling
+
+    results["ceiling (empty FastAPI endpoint)"] = uvloop.run(
+        _measure(create_ceiling(), users, requests, concurrency, rounds)
+    )
+    return {"bundle": str(bundle), "requests": requests, "concurrency": concurrency, "rounds": rounds, **results}
