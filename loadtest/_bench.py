@@ -742,7 +742,11 @@ def _stage_lines(runs: Mapping[str, Any], c: int) -> list[str]:
         cells = " | ".join(_fmt(stages.get(st, {}).get("mean_ms"), 2) for st in STAGES)
         near = sm.get("cache_hits", {}).get("near_cache_share")
         trip = sm.get("redis_reads_per_round_trip")
-        out.append(f"| {key} | {cells} | {_fmt(batch, 1)} | {_fmt(total, 2)} | {_fmt(near, 2)} | {_fmt(trip, 1)} |")
+        gcp = sm.get("gc_pauses")
+        gc_cell = f"{gcp['count']} ({gcp['total_ms']:g})" if gcp else "-"
+        out.append(
+            f"| {key} | {cells} | {_fmt(batch, 1)} | {_fmt(total, 2)} | {_fmt(near, 2)} | {_fmt(trip, 1)} | {gc_cell} |"
+        )
     out.append("")
     return out
 

@@ -92,7 +92,7 @@ def run_tune(cfg: TuneConfig, progress: Callable[[str], None] | None = None) -> 
                     result = run_wrk(srv, None, cfg.connections, 1, cfg.duration_s, bodies, wrk_log)
                     # with several workers /metrics is one worker's: GC pauses are then a sample
                     metrics = stage_breakdown(before, scrape_metrics(srv.url))
-                runs.append({"round": rnd, "variant": name, **result, "service_metrics": metrics})
+                runs.append({"round": rnd, "variant": name, "workers": workers, **result, "service_metrics": metrics})
     summary = {}
     for variant in cfg.variants:
         name = variant_name(variant)
@@ -129,10 +129,12 @@ def render_tune(report: Mapping[str, Any]) -> str:
     ]
     for r in report["runs"]:
         gcp = r["service_metrics"].get("gc_pauses", {})
+        # With several workers, two scrapes of /metrics may come from different processes.
+        gc_cell = f"{gcp.get('count', 0)} ({gcp.get('total_ms', 0):g} ms)" if r.get("workers", 1) == 1 else "n/a"
         lines.append(
             f"| {r['round'] + 1} | {r['variant']} | {r['achieved_rate']:,.0f} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} "
             f"| {r['p99_ms']:.1f} | {r['failures']} | {r['service_cores']:.2f} | {r['loadgen_cores']:.2f} "
-            f"| {gcp.get('count', 0)} ({gcp.get('total_ms', 0):g} ms) |"
+            f"| {gc_cell} |"
         )
     lines += ["", "| variant | median req/s | median p50 ms | median p99 ms | failed |", "|---|---:|---:|---:|---:|"]
     for name, s in report["summary"].items():

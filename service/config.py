@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     retry_after_s: int = Field(1, ge=1)
     # inference
     ort_intra_threads: int = Field(1, ge=0, description="ONNX Runtime intra-op threads per run (0: ORT default).")
+    gc_young_threshold: int = Field(
+        10_000,
+        ge=0,
+        description="Allocations between young-generation GC collections (Python's default: 700; 0 keeps it).",
+    )
     gc_freeze: bool = Field(
         True, description="Move a loaded bundle's objects out of the cyclic GC's sight (no full-collection stalls)."
     )
