@@ -14,6 +14,7 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -23,6 +24,16 @@ import typer
 def _fail(message: str) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
+
+
+def _command_line() -> str:
+    """This command as typed, for the report."""
+    return "utpm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _progress(t0: float) -> Callable[[str], None]:
+    """Progress lines on stderr, with the seconds since `t0`."""
+    return lambda message: typer.echo(f"  [{time.perf_counter() - t0:5.0f}s] {message}", err=True)
 
 
 def _levels(text: str) -> tuple[int, ...]:
@@ -95,11 +106,11 @@ def bench_serve_cmd(
         profile=profile,
         workers=workers,
         service_settings=_settings(settings or []),
-        command="utpm " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        command=_command_line(),
     )
     t0 = time.perf_counter()
     try:
-        report = run_bench(cfg, progress=lambda m: typer.echo(f"  [{time.perf_counter() - t0:5.0f}s] {m}", err=True))
+        report = run_bench(cfg, progress=_progress(t0))
     except (RuntimeError, OSError, ValueError) as e:
         _fail(str(e))
     wrote = []
@@ -156,11 +167,11 @@ def bench_tune_cmd(
         connections=connections,
         duration_s=duration,
         rounds=rounds,
-        command="utpm " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        command=_command_line(),
     )
     t0 = time.perf_counter()
     try:
-        report = run_tune(cfg, progress=lambda m: typer.echo(f"  [{time.perf_counter() - t0:5.0f}s] {m}", err=True))
+        report = run_tune(cfg, progress=_progress(t0))
     except (RuntimeError, OSError, ValueError) as e:
         _fail(str(e))
     typer.echo(render_tune(report))

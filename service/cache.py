@@ -44,16 +44,14 @@ class ProfileCache(Protocol):
     async def close(self) -> None: ...
 
 
-class MemoryProfileCache:
-    """In-process TTL cache with LRU eviction at `max_entries`."""
+class TtlLru:
+    """Bytes by key, each with its own expiry, evicting the least recently used past `max_entries`."""
 
-    kind = "memory"
-
-    def __init__(self, max_entries: int = 100_000) -> None:
+    def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
         self._data: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
 
-    async def get(self, key: str) -> bytes | None:
+    def get(self, key: str) -> bytes | None:
         hit = self._data.get(key)
         if hit is None:
             return None
@@ -64,17 +62,47 @@ class MemoryProfileCache:
         self._data.move_to_end(key)
         return value
 
-    async def set(self, key: str, value: bytes, ttl_s: int) -> None:
-        self._data[key] = (time.monotonic() + ttl_s, value)
+    def put(self, key: str, value: bytes, ttl_s: float) -> None:
+        now = time.monotonic()
+        self._data[key] = (now + ttl_s, value)
         self._data.move_to_end(key)
         while len(self._data) > self.max_entries:
             self._data.popitem(last=False)
+        # Expired entries leave from the least recently used end, up to two per put (more than
+        # arrive): without this a 1 s near cache held `max_entries` dead profiles (a 10-minute soak
+        # grew 48 MB before the LRU bound stopped it).
+        for _ in range(2):
+            oldest = next(iter(self._data.values()), None)
+            if oldest is None or oldest[0] > now:
+                break
+            self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def clear(self) -> None:
+        self._data.clear()
+
+
+class MemoryProfileCache:
+    """The embedded cache: in-process, TTL per entry, LRU eviction at `max_entries`."""
+
+    kind = "memory"
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self._store = TtlLru(max_entries)
+
+    async def get(self, key: str) -> bytes | None:
+        return self._store.get(key)
+
+    async def set(self, key: str, value: bytes, ttl_s: int) -> None:
+        self._store.put(key, value, ttl_s)
 
     async def ping(self) -> bool:
         return True
 
     async def close(self) -> None:
-        self._data.clear()
+        self._store.clear()
 
 
 class Coalescer(Generic[In, Out]):
@@ -227,38 +255,29 @@ class NearCache:
         self.remote = remote
         self.kind = remote.kind
         self.ttl_s = ttl_s
-        self.max_entries = max_entries
         self._on_hit = on_hit
-        self._data: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._store = TtlLru(max_entries)
 
     async def get(self, key: str) -> bytes | None:
-        hit = self._data.get(key)
-        if hit is not None:
-            if hit[0] > time.monotonic():
-                if self._on_hit is not None:
-                    self._on_hit()
-                return hit[1]
-            del self._data[key]
+        value = self._store.get(key)
+        if value is not None:
+            if self._on_hit is not None:
+                self._on_hit()
+            return value
         value = await self.remote.get(key)
         if value is not None:
-            self._keep(key, value, self.ttl_s)
+            self._store.put(key, value, self.ttl_s)
         return value
 
     async def set(self, key: str, value: bytes, ttl_s: int) -> None:
-        self._keep(key, value, min(self.ttl_s, ttl_s))
+        self._store.put(key, value, min(self.ttl_s, ttl_s))
         await self.remote.set(key, value, ttl_s)
-
-    def _keep(self, key: str, value: bytes, ttl_s: float) -> None:
-        self._data[key] = (time.monotonic() + ttl_s, value)
-        self._data.move_to_end(key)
-        if len(self._data) > self.max_entries:
-            self._data.popitem(last=False)
 
     async def ping(self) -> bool:
         return await self.remote.ping()
 
     async def close(self) -> None:
-        self._data.clear()
+        self._store.clear()
         await self.remote.close()
 
 

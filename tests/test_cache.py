@@ -71,3 +71,27 @@ def test_unreachable_redis_fails_every_caller_of_the_turn() -> None:
             await cache.close()
 
     asyncio.run(scenario())
+
+
+def test_ttl_lru_expires_and_evicts_the_least_recently_used() -> None:
+    import time
+
+    from service.cache import TtlLru
+
+    store = TtlLru(max_entries=2)
+    store.put("a", b"1", 60)
+    store.put("b", b"2", 60)
+    assert store.get("a") == b"1"  # a is now the most recently used
+    store.put("c", b"3", 60)
+    assert store.get("b") is None and store.get("a") == b"1" and store.get("c") == b"3"
+    store.put("short", b"4", 0.05)
+    time.sleep(0.08)
+    assert store.get("short") is None
+    # expired entries do not wait for the LRU bound: each put sweeps some from the old end
+    many = TtlLru(max_entries=1000)
+    for i in range(100):
+        many.put(f"k{i}", b"x", 0.01)
+    time.sleep(0.02)
+    for i in range(60):
+        many.put(f"new{i}", b"y", 60)
+    assert len(many) == 60
