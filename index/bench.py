@@ -77,15 +77,20 @@ def _hnswlib_peer(
     h.init_index(max_elements=len(x), M=HNSW_M, ef_construction=HNSW_EF_CONSTRUCTION, random_seed=0)
     h.add_items(x, np.arange(len(x)), num_threads=threads)
     build_s = time.perf_counter() - t0
-    sweep = []
-    ef = k
-    reached = False
-    while ef <= HNSW_EF_MAX_FACTOR * k:
+    sweep: list[dict[str, float]] = []
+
+    def reaches_target(ef: int) -> bool:
+        """Recall@k on the tuning queries at this ef (recorded in `sweep`): at least `target`?"""
         h.set_ef(ef)
         labels, qps = _timed_search(lambda q: h.knn_query(q, k=k, num_threads=threads)[0], tune_q, 0.0)
         r = recall_at_k(tune_exact, labels.astype(np.int64), k)
         sweep.append({"ef": ef, f"recall@{k}": round(r, 5), "qps": round(qps, 1)})
-        if r >= target:
+        return r >= target
+
+    ef = k
+    reached = False
+    while ef <= HNSW_EF_MAX_FACTOR * k:
+        if reaches_target(ef):
             reached = True
             break
         ef *= 2
@@ -94,11 +99,7 @@ def _hnswlib_peer(
         lo, hi = ef // 2, ef
         for step in (0.25, 0.5, 0.75):
             trial = int(lo + step * (hi - lo))
-            h.set_ef(trial)
-            labels, qps = _timed_search(lambda q: h.knn_query(q, k=k, num_threads=threads)[0], tune_q, 0.0)
-            r = recall_at_k(tune_exact, labels.astype(np.int64), k)
-            sweep.append({"ef": trial, f"recall@{k}": round(r, 5), "qps": round(qps, 1)})
-            if r >= target:
+            if reaches_target(trial):
                 ef = trial
                 break
     h.set_ef(ef)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from index.errors import TagIndexError
+from model_export.manifest import read_json_object
 
 INDEX_FILE = "index.faiss"
 INFOS_FILE = "index_infos.json"
@@ -64,10 +65,4 @@ class IndexInfos:
         path = directory / INFOS_FILE
         if not path.is_file():
             raise TagIndexError(f"{directory} has no {INFOS_FILE}; build one with `utpm index build {directory}`")
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise TagIndexError(f"{path}: not valid JSON ({e})") from None
-        if not isinstance(d, dict):
-            raise TagIndexError(f"{path}: expected a JSON object")
-        return cls.from_dict(d)
+        return cls.from_dict(read_json_object(path, TagIndexError))

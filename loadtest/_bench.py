@@ -354,9 +354,16 @@ def stage_breakdown(before: Mapping[str, float], after: Mapping[str, float]) -> 
             "count": int(hits),
             "near_cache_share": round(delta("utpm_near_cache_hits_total{}") / hits, 3),
         }
-    gc_n = sum(delta(f"utpm_gc_pause_seconds_count{{generation={g}}}") for g in range(3))
-    gc_s = sum(delta(f"utpm_gc_pause_seconds_sum{{generation={g}}}") for g in range(3))
-    out["gc_pauses"] = {"count": int(gc_n), "total_ms": round(1000 * gc_s, 1)}
+    by_generation = {}
+    for g in range(3):
+        n = delta(f"utpm_gc_pause_seconds_count{{generation={g}}}")
+        total = delta(f"utpm_gc_pause_seconds_sum{{generation={g}}}")
+        by_generation[str(g)] = {"count": int(n), "mean_ms": round(1000 * total / n, 2) if n else None}
+    out["gc_pauses"] = {
+        "count": sum(v["count"] for v in by_generation.values()),
+        "total_ms": round(1000 * sum(delta(f"utpm_gc_pause_seconds_sum{{generation={g}}}") for g in range(3)), 1),
+        "by_generation": by_generation,
+    }
     trips = delta("utpm_cache_read_batch_size_count{}")
     if trips > 0:
         out["redis_reads_per_round_trip"] = round(delta("utpm_cache_read_batch_size_sum{}") / trips, 2)

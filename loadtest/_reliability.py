@@ -67,6 +67,13 @@ class RedisProcess:
         self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    def __enter__(self) -> RedisProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 @dataclass
 class Outcome:
@@ -279,82 +286,72 @@ def scenario_redis_outage(
     bundle: Path, workdir: Path, say: Say, rate: float = 60, duration_s: float = 30
 ) -> dict[str, Any]:
     source = PayloadSource.from_bundle(bundle)
-    redis = RedisProcess()
-    redis.start()
-    try:
-        with service(bundle, redis.url, workdir) as srv:
-            kill_at, back_at = duration_s / 3, 2 * duration_s / 3
-            events: dict[str, float] = {}
+    with RedisProcess() as redis, service(bundle, redis.url, workdir) as srv:
+        kill_at, back_at = duration_s / 3, 2 * duration_s / 3
+        events: dict[str, float] = {}
 
-            def tick(t: float) -> None:
-                if "killed" not in events and t >= kill_at:
-                    redis.kill()
-                    events["killed"] = t
-                    say(f"  t={t:.0f}s redis-server killed")
-                if "restarted" not in events and t >= back_at:
-                    redis.start()
-                    events["restarted"] = t
-                    say(f"  t={t:.0f}s redis-server restarted")
+        def tick(t: float) -> None:
+            if "killed" not in events and t >= kill_at:
+                redis.kill()
+                events["killed"] = t
+                say(f"  t={t:.0f}s redis-server killed")
+            if "restarted" not in events and t >= back_at:
+                redis.start()
+                events["restarted"] = t
+                say(f"  t={t:.0f}s redis-server restarted")
 
-            result = asyncio.run(open_loop(srv.url, source, rate, duration_s, get_share=0.5, on_tick=tick))
-            # recovery: from the restart to the first GET the cache answers again (200, or 404 for a
-            # profile the restarted, empty redis-server no longer holds) and to the first cache hit
-            gets_after = [o for o in result.outcomes if o.kind == "get" and o.t >= events["restarted"]]
-            answered = next((o.t for o in gets_after if o.status in (200, 404)), float("nan"))
-            hit = next((o.t for o in gets_after if o.status == 200), float("nan"))
-            return {
-                "scenario": "redis-outage",
-                "rate_rps": rate,
-                "duration_s": duration_s,
-                "events_s": events,
-                "post": result.summary("post"),
-                "get": result.summary("get"),
-                "post_during_outage": result.summary("post", events["killed"], events["restarted"]),
-                "get_during_outage": result.summary("get", events["killed"], events["restarted"]),
-                "recovery_s": round(answered - events["restarted"], 2),
-                "first_hit_after_restart_s": round(hit - events["restarted"], 2),
-                "note": "the restarted redis-server has no persistence: profiles cached before the kill are gone "
-                "(GET answers 404 for them, as it should) until they are computed again",
-                "late_starts": result.late_starts,
-            }
-    finally:
-        redis.close()
+        result = asyncio.run(open_loop(srv.url, source, rate, duration_s, get_share=0.5, on_tick=tick))
+        # recovery: from the restart to the first GET the cache answers again (200, or 404 for a
+        # profile the restarted, empty redis-server no longer holds) and to the first cache hit
+        gets_after = [o for o in result.outcomes if o.kind == "get" and o.t >= events["restarted"]]
+        answered = next((o.t for o in gets_after if o.status in (200, 404)), float("nan"))
+        hit = next((o.t for o in gets_after if o.status == 200), float("nan"))
+        return {
+            "scenario": "redis-outage",
+            "rate_rps": rate,
+            "duration_s": duration_s,
+            "events_s": events,
+            "post": result.summary("post"),
+            "get": result.summary("get"),
+            "post_during_outage": result.summary("post", events["killed"], events["restarted"]),
+            "get_during_outage": result.summary("get", events["killed"], events["restarted"]),
+            "recovery_s": round(answered - events["restarted"], 2),
+            "first_hit_after_restart_s": round(hit - events["restarted"], 2),
+            "note": "the restarted redis-server has no persistence: profiles cached before the kill are gone "
+            "(GET answers 404 for them, as it should) until they are computed again",
+            "late_starts": result.late_starts,
+        }
 
 
 def scenario_overload(bundle: Path, workdir: Path, say: Say, duration_s: float = 20) -> dict[str, Any]:
     source = PayloadSource.from_bundle(bundle)
-    redis = RedisProcess()
-    redis.start()
-    try:
-        with service(bundle, redis.url, workdir) as srv:
-            capacity = asyncio.run(closed_loop_rate(srv.url, source))
-            say(f"  sustainable rate (16 closed-loop users): {capacity:.0f} req/s")
-            rss_before = rss_mb(srv)
-            rate = 3 * capacity
-            peak = [rss_before]
+    with RedisProcess() as redis, service(bundle, redis.url, workdir) as srv:
+        capacity = asyncio.run(closed_loop_rate(srv.url, source))
+        say(f"  sustainable rate (16 closed-loop users): {capacity:.0f} req/s")
+        rss_before = rss_mb(srv)
+        rate = 3 * capacity
+        peak = [rss_before]
 
-            def tick(_t: float) -> None:
-                peak.append(rss_mb(srv))
+        def tick(_t: float) -> None:
+            peak.append(rss_mb(srv))
 
-            result = asyncio.run(open_loop(srv.url, source, rate, duration_s, on_tick=tick, timeout_s=10))
-            alive = srv.proc is not None and srv.proc.poll() is None
-            after = httpx.get(srv.url + "/healthz", timeout=5).status_code if alive else 0
-            shed = [o for o in result.outcomes if o.status in (429, 503)]
-            return {
-                "scenario": "overload",
-                "sustainable_rps": round(capacity, 1),
-                "offered_rps": round(rate, 1),
-                "duration_s": duration_s,
-                "post": result.summary("post"),
-                "accepted_rps": round(sum(1 for o in result.outcomes if o.status == 200) / duration_s, 1),
-                "shed": len(shed),
-                "rss_mb_before": round(rss_before, 1),
-                "rss_mb_peak": round(max(peak), 1),
-                "alive_after": alive and after == 200,
-                "late_starts": result.late_starts,
-            }
-    finally:
-        redis.close()
+        result = asyncio.run(open_loop(srv.url, source, rate, duration_s, on_tick=tick, timeout_s=10))
+        alive = srv.proc is not None and srv.proc.poll() is None
+        after = httpx.get(srv.url + "/healthz", timeout=5).status_code if alive else 0
+        shed = [o for o in result.outcomes if o.status in (429, 503)]
+        return {
+            "scenario": "overload",
+            "sustainable_rps": round(capacity, 1),
+            "offered_rps": round(rate, 1),
+            "duration_s": duration_s,
+            "post": result.summary("post"),
+            "accepted_rps": round(sum(1 for o in result.outcomes if o.status == 200) / duration_s, 1),
+            "shed": len(shed),
+            "rss_mb_before": round(rss_before, 1),
+            "rss_mb_peak": round(max(peak), 1),
+            "alive_after": alive and after == 200,
+            "late_starts": result.late_starts,
+        }
 
 
 def _second_bundle(bundle: Path, workdir: Path, say: Say) -> Path:
@@ -388,73 +385,63 @@ def _second_bundle(bundle: Path, workdir: Path, say: Say) -> Path:
 def scenario_reload(bundle: Path, workdir: Path, say: Say, rate: float = 60, duration_s: float = 30) -> dict[str, Any]:
     source = PayloadSource.from_bundle(bundle)
     other = _second_bundle(bundle, workdir, say)
-    redis = RedisProcess()
-    redis.start()
-    try:
-        with service(bundle, redis.url, workdir) as srv:
-            reloads: list[dict[str, Any]] = []
-            targets = [other.name, bundle.name]
+    with RedisProcess() as redis, service(bundle, redis.url, workdir) as srv:
+        reloads: list[dict[str, Any]] = []
+        targets = [other.name, bundle.name]
 
-            def tick(t: float) -> None:
-                if int(t) % 2 == 0:
-                    r = httpx.post(
-                        srv.url + "/admin/reload",
-                        json={"bundle": targets[len(reloads) % 2]},
-                        headers={"x-api-key": API_KEY},
-                        timeout=60,
-                    )
-                    reloads.append({"t": round(t, 1), "status": r.status_code})
+        def tick(t: float) -> None:
+            if int(t) % 2 == 0:
+                r = httpx.post(
+                    srv.url + "/admin/reload",
+                    json={"bundle": targets[len(reloads) % 2]},
+                    headers={"x-api-key": API_KEY},
+                    timeout=60,
+                )
+                reloads.append({"t": round(t, 1), "status": r.status_code})
 
-            result = asyncio.run(open_loop(srv.url, source, rate, duration_s, get_share=0.3, on_tick=tick))
-            return {
-                "scenario": "reload",
-                "rate_rps": rate,
-                "duration_s": duration_s,
-                "reloads": len(reloads),
-                "reload_statuses": sorted({r["status"] for r in reloads}),
-                "post": result.summary("post"),
-                "get": result.summary("get"),
-                "late_starts": result.late_starts,
-            }
-    finally:
-        redis.close()
+        result = asyncio.run(open_loop(srv.url, source, rate, duration_s, get_share=0.3, on_tick=tick))
+        return {
+            "scenario": "reload",
+            "rate_rps": rate,
+            "duration_s": duration_s,
+            "reloads": len(reloads),
+            "reload_statuses": sorted({r["status"] for r in reloads}),
+            "post": result.summary("post"),
+            "get": result.summary("get"),
+            "late_starts": result.late_starts,
+        }
 
 
 def scenario_soak(
     bundle: Path, workdir: Path, say: Say, rate: float = 40, duration_s: float = 600, warmup_s: float = 60
 ) -> dict[str, Any]:
     source = PayloadSource.from_bundle(bundle)
-    redis = RedisProcess()
-    redis.start()
-    try:
-        with service(bundle, redis.url, workdir) as srv:
-            samples: list[tuple[float, float]] = []
+    with RedisProcess() as redis, service(bundle, redis.url, workdir) as srv:
+        samples: list[tuple[float, float]] = []
 
-            def tick(t: float) -> None:
-                if int(t) % 10 == 0:
-                    samples.append((round(t, 1), round(rss_mb(srv), 1)))
-                if int(t) % 60 == 0:
-                    say(f"  t={t:.0f}s rss {samples[-1][1] if samples else 0:.0f} MB")
+        def tick(t: float) -> None:
+            if int(t) % 10 == 0:
+                samples.append((round(t, 1), round(rss_mb(srv), 1)))
+            if int(t) % 60 == 0:
+                say(f"  t={t:.0f}s rss {samples[-1][1] if samples else 0:.0f} MB")
 
-            result = asyncio.run(open_loop(srv.url, source, rate, duration_s, get_share=0.5, on_tick=tick))
-            after_warmup = [m for t, m in samples if t >= warmup_s]
-            growth = (after_warmup[-1] - after_warmup[0]) / after_warmup[0] * 100 if len(after_warmup) > 1 else None
-            minutes = [result.summary("post", m * 60, (m + 1) * 60) for m in range(int(duration_s // 60))]
-            return {
-                "scenario": "soak",
-                "rate_rps": rate,
-                "duration_s": duration_s,
-                "warmup_s": warmup_s,
-                "rss_mb": samples,
-                "rss_growth_after_warmup_pct": None if growth is None else round(growth, 2),
-                "post": result.summary("post"),
-                "get": result.summary("get"),
-                "post_p50_ms_by_minute": [m["p50_ms"] for m in minutes],
-                "post_p99_ms_by_minute": [m["p99_ms"] for m in minutes],
-                "late_starts": result.late_starts,
-            }
-    finally:
-        redis.close()
+        result = asyncio.run(open_loop(srv.url, source, rate, duration_s, get_share=0.5, on_tick=tick))
+        after_warmup = [m for t, m in samples if t >= warmup_s]
+        growth = (after_warmup[-1] - after_warmup[0]) / after_warmup[0] * 100 if len(after_warmup) > 1 else None
+        minutes = [result.summary("post", m * 60, (m + 1) * 60) for m in range(int(duration_s // 60))]
+        return {
+            "scenario": "soak",
+            "rate_rps": rate,
+            "duration_s": duration_s,
+            "warmup_s": warmup_s,
+            "rss_mb": samples,
+            "rss_growth_after_warmup_pct": None if growth is None else round(growth, 2),
+            "post": result.summary("post"),
+            "get": result.summary("get"),
+            "post_p50_ms_by_minute": [m["p50_ms"] for m in minutes],
+            "post_p99_ms_by_minute": [m["p99_ms"] for m in minutes],
+            "late_starts": result.late_starts,
+        }
 
 
 def run_scenario(name: str, bundle: Path, say: Say, **kw: Any) -> dict[str, Any]:

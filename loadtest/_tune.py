@@ -130,7 +130,10 @@ def render_tune(report: Mapping[str, Any]) -> str:
     for r in report["runs"]:
         gcp = r["service_metrics"].get("gc_pauses", {})
         # With several workers, two scrapes of /metrics may come from different processes.
+        full = gcp.get("by_generation", {}).get("2", {})
         gc_cell = f"{gcp.get('count', 0)} ({gcp.get('total_ms', 0):g} ms)" if r.get("workers", 1) == 1 else "n/a"
+        if r.get("workers", 1) == 1 and full.get("count"):
+            gc_cell += f"; {full['count']} full, {full['mean_ms']:g} ms each"
         lines.append(
             f"| {r['round'] + 1} | {r['variant']} | {r['achieved_rate']:,.0f} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} "
             f"| {r['p99_ms']:.1f} | {r['failures']} | {r['service_cores']:.2f} | {r['loadgen_cores']:.2f} "

@@ -110,6 +110,17 @@ class FieldInfo:
         }
 
 
+def read_json_object(path: Path, error: type[Exception]) -> dict[str, Any]:
+    """The JSON object in `path`, or `error` naming the file and what is wrong with it."""
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise error(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise error(f"{path}: expected a JSON object")
+    return d
+
+
 @dataclass
 class Manifest:
     """The parsed manifest. `dims`: user (U), heads, fields (M). `files`: {relative path: SHA-256}."""
@@ -218,10 +229,4 @@ class Manifest:
         path = directory / MANIFEST_FILE
         if not path.is_file():
             raise BundleError(f"{directory} is not a bundle: no {MANIFEST_FILE}")
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise BundleError(f"{path}: not valid JSON ({e})") from None
-        if not isinstance(d, dict):
-            raise BundleError(f"{path}: expected a JSON object")
-        return cls.from_dict(d)
+        return cls.from_dict(read_json_object(path, BundleError))

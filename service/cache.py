@@ -110,10 +110,9 @@ class Coalescer(Generic[In, Out]):
 
     `submit(item)` queues the item and, for the first of a turn, schedules a flush with
     `call_soon`: it runs after every request already runnable in this turn has queued its own, so
-    the flush sends them all as one command. redis-py spends about 50 us of event-loop time per
-    command; under load a turn holds several requests, and they share that. `run(items)` returns
-    one result (or exception) per item; a Redis error fails the whole turn's calls with
-    `CacheUnavailable`, as it would have failed each of them.
+    the flush sends them all as one command. redis-py's cost on the event loop is mostly per
+    command; under load a turn holds several requests, and they share it. `run(items)` returns one
+    result (or `CacheUnavailable`) per item, or raises `CacheUnavailable` for all of them.
     """
 
     def __init__(
@@ -146,26 +145,21 @@ class Coalescer(Generic[In, Out]):
         task.add_done_callback(self._tasks.discard)
 
     async def _send(self, items: list[In], futures: list[asyncio.Future[Out]]) -> None:
-        from redis.exceptions import RedisError
-
         try:
             results = await self._run(items)
-        except (RedisError, OSError, TimeoutError) as e:
-            error = CacheUnavailable(type(e).__name__)
+        except BaseException as e:  # the whole turn fails; a bug or a cancellation must not leave callers hanging
+            error = e if isinstance(e, CacheUnavailable) else CacheUnavailable(f"cache call failed: {type(e).__name__}")
             for future in futures:
                 if not future.done():
                     future.set_exception(error)
+            if error is not e:
+                raise
             return
-        except BaseException as e:  # a bug or cancellation: the callers must not hang
-            for future in futures:
-                if not future.done():
-                    future.set_exception(CacheUnavailable(f"cache call failed: {type(e).__name__}"))
-            raise
         for future, result in zip(futures, results, strict=True):
             if future.done():  # the caller went away (cancelled)
                 continue
             if isinstance(result, BaseException):
-                future.set_exception(CacheUnavailable(type(result).__name__))
+                future.set_exception(result)
             else:
                 future.set_result(result)
 
@@ -210,18 +204,28 @@ class RedisProfileCache:
         await self._writes.submit((key, value, ttl_s))
 
     async def _mget(self, keys: list[str]) -> list[bytes | BaseException | None]:
-        if self.kind == "redis-cluster":  # keys of one batch live in many slots
-            values: list[bytes | None] = await self.client.mget_nonatomic(keys)  # type: ignore[attr-defined]
-        else:
-            values = await self.client.mget(keys)  # type: ignore[attr-defined]
+        from redis.exceptions import RedisError
+
+        try:
+            if self.kind == "redis-cluster":  # keys of one batch live in many slots
+                values: list[bytes | None] = await self.client.mget_nonatomic(keys)  # type: ignore[attr-defined]
+            else:
+                values = await self.client.mget(keys)  # type: ignore[attr-defined]
+        except (RedisError, OSError, TimeoutError) as e:
+            raise CacheUnavailable(type(e).__name__) from None
         return list(values)
 
     async def _mset(self, items: list[tuple[str, bytes, int]]) -> list[BaseException | None]:
-        async with self.client.pipeline(transaction=False) as pipe:  # type: ignore[attr-defined]
-            for key, value, ttl_s in items:
-                pipe.set(key, value, ex=ttl_s)
-            results = await pipe.execute(raise_on_error=False)
-        return [r if isinstance(r, BaseException) else None for r in results]
+        from redis.exceptions import RedisError
+
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:  # type: ignore[attr-defined]
+                for key, value, ttl_s in items:
+                    pipe.set(key, value, ex=ttl_s)
+                results = await pipe.execute(raise_on_error=False)
+        except (RedisError, OSError, TimeoutError) as e:
+            raise CacheUnavailable(type(e).__name__) from None
+        return [CacheUnavailable(type(r).__name__) if isinstance(r, BaseException) else None for r in results]
 
     async def ping(self) -> bool:
         from redis.exceptions import RedisError

@@ -35,7 +35,7 @@ class Settings(BaseSettings):
         description="With Redis: profiles read or written in the last this-many ms are answered from process "
         "memory (a profile recomputed by another replica can be this late); 0 turns the near cache off.",
     )
-    near_cache_max_entries: int = Field(10_000, ge=1, description="Near-cache size (LRU); about 5 KB per profile.")
+    near_cache_max_entries: int = Field(10_000, ge=1, description="Near-cache size (LRU), in profiles.")
     # request limits
     default_k: int = Field(50, ge=1, le=1000)
     max_k: int = Field(1000, ge=1, le=10_000)
@@ -43,9 +43,9 @@ class Settings(BaseSettings):
     max_batch_users: int = Field(256, ge=1, description="Users per POST /profiles call.")
     max_values_per_field: int = Field(10_000, ge=1, description="Longer lists are refused (422) before parsing.")
     # micro-batching and overload
-    # 8: the industrial tower is compute-bound from about 8 users per run (0.7 ms/user; 0.5 at 64),
-    # so larger batches add latency, and with 2 workers they leave one idle (measured: POST at 16
-    # users on the 1M-tag bundle +20-35% at 8 vs 64, docs/performance.md).
+    # 8: the industrial tower's cost per user falls from 2.6 ms alone to 0.78 ms in a batch of 8
+    # (0.44 at 64); larger batches add waiting, and with 2 workers they leave one idle. POST at
+    # 16 connections on the 1M-tag bundle: +31% at 8 vs 64 (`utpm bench tune`, docs/performance.md).
     batch_max_size: int = Field(8, ge=1, description="Users per ONNX Runtime run / FAISS search.")
     batch_max_wait_ms: float = Field(2.0, ge=0, description="Longest a request waits for company.")
     batch_workers: int = Field(2, ge=1, description="Batches computed at once (threads).")

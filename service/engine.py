@@ -80,10 +80,10 @@ class ProfileEngine:
         engine = cls(bundle=bundle, session=session, index=index, settings=settings)
         if settings.gc_freeze:
             # A bundle is millions of long-lived objects (vocabularies, tag names). Left to the
-            # cyclic GC, every full collection walks them all: a 50-65 ms stall of the event loop
-            # about once a second under load with 1M tags (measured), which was the p99. Frozen,
-            # they are out of the collector's sight; reference counting still frees them when a
-            # reload drops the bundle.
+            # cyclic GC, every full collection walks them all: with 1M tags, 66 ms stalls of the
+            # event loop about every 1.3 s under load, 5 ms when frozen (`utpm bench tune`, in
+            # docs/performance.md), which was the p99. Reference counting still frees them when
+            # a reload drops the bundle.
             gc.collect()
             gc.freeze()
         return engine

@@ -35,8 +35,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.gc_young_threshold:
             # Each young collection walks every live young object, and under load those are the
-            # in-flight requests' whatever the threshold: at Python's 700 it ran every ~10 cache hits
-            # (5% of the loop in `utpm bench serve`); 10,000 makes it rare (`utpm bench tune`).
+            # in-flight requests' whatever the threshold: at Python's 700 it ran every ~11 cache
+            # hits, 4.7% of the wall time of a GET run of `utpm bench serve` (07:21 UTC run in
+            # docs/performance.md); at 10,000 the later runs show none.
             gc.set_threshold(settings.gc_young_threshold, *gc.get_threshold()[1:])
         engine = await asyncio.to_thread(ProfileEngine.load, settings.bundle, settings)
         engine.start(on_batch=metrics.batch_size.observe)
