@@ -18,7 +18,7 @@ PY=${PY:-.venv/bin/python}
 OUT=${OUT:-artifacts/gpu_check}
 TAGS=${TAGS:-100000}
 mkdir -p "$OUT"
-UTPM=("$PY" -m utpm.cli)
+UTPM=("$PY" -m utpm_cli.main)
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >"$OUT/nvidia_smi.txt"
 

@@ -195,7 +195,7 @@ def test_bench_index_json_shape_quick() -> None:
 
 
 def _cli() -> typer.Typer:
-    from index.cli import bench_index_cmd, index_build_cmd
+    from utpm_cli.index import bench_index_cmd, index_build_cmd
 
     app = typer.Typer()
     index_app = typer.Typer()

@@ -252,7 +252,7 @@ def test_bench_model_reports_both_engines(tiny_bundle: Path) -> None:
 
 
 def _cli() -> typer.Typer:
-    from model_export.cli import bench_model_cmd, export_cmd
+    from utpm_cli.export import bench_model_cmd, export_cmd
 
     app = typer.Typer()
     app.command("export")(export_cmd)

@@ -137,7 +137,7 @@ def test_parquet_loads_like_csv(tmp_path: Path) -> None:
 def test_cli_reports_bad_file_without_traceback(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from utpm.cli import app
+    from utpm_cli.main import app
 
     write(tmp_path, events="user_id,item_id,label\nu1,i1,1\n")
     result = CliRunner().invoke(app, ["inspect", str(tmp_path)])

@@ -1,7 +1,4 @@
-"""Typer commands for export and the model benchmark; `utpm/cli.py` registers them:
-
-    app.command("export")(export_cmd)
-    bench_app.command("model")(bench_model_cmd)
+"""Typer commands for export and the model benchmark (registered in `utpm_cli/main.py`).
 
 Domain errors become one `error: ...` line and exit status 2, never a traceback.
 """

@@ -1,7 +1,4 @@
-"""Typer commands for the tag index; `utpm/cli.py` registers them:
-
-    index_app.command("build")(index_build_cmd)
-    bench_app.command("index")(bench_index_cmd)
+"""Typer commands for the tag index (registered in `utpm_cli/main.py`).
 
 Domain errors become one `error: ...` line and exit status 2, never a traceback.
 """

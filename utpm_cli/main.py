@@ -11,6 +11,9 @@ from typing import Annotated
 import typer
 
 from utpm.data.errors import DataError
+from utpm_cli.bench import bench_loop_cmd, bench_serve_cmd, bench_tune_cmd
+from utpm_cli.export import bench_model_cmd, export_cmd
+from utpm_cli.index import bench_index_cmd, index_build_cmd
 
 app = typer.Typer(
     help="UTPM user-tag profiles: prepare data, train, evaluate, export, index, serve.",
@@ -27,25 +30,13 @@ bench_app = typer.Typer(
 app.add_typer(bench_app, name="bench")
 
 
-def _register_serving_commands() -> None:
-    """Export/index/serve commands live beside their code; they need the `serve` (and `train`) extras."""
-    try:
-        from index.cli import bench_index_cmd, index_build_cmd
-        from loadtest.cli import bench_loop_cmd, bench_serve_cmd, bench_tune_cmd
-        from model_export.cli import bench_model_cmd, export_cmd
-    except ImportError as e:  # e.g. a train-only install without faiss/onnxruntime
-        logging.getLogger(__name__).debug("serving commands unavailable: %s", e)
-        return
-    app.command("export")(export_cmd)
-    bench_app.command("model")(bench_model_cmd)
-    index_app.command("build")(index_build_cmd)
-    bench_app.command("index")(bench_index_cmd)
-    bench_app.command("serve")(bench_serve_cmd)
-    bench_app.command("tune")(bench_tune_cmd)
-    bench_app.command("loop")(bench_loop_cmd)
-
-
-_register_serving_commands()
+app.command("export")(export_cmd)
+bench_app.command("model")(bench_model_cmd)
+index_app.command("build")(index_build_cmd)
+bench_app.command("index")(bench_index_cmd)
+bench_app.command("serve")(bench_serve_cmd)
+bench_app.command("tune")(bench_tune_cmd)
+bench_app.command("loop")(bench_loop_cmd)
 
 
 def fail(message: str) -> None:

@@ -1,12 +1,4 @@
-"""Typer commands `utpm bench serve`, `tune` and `loop`; `utpm/cli.py` registers them:
-
-    bench_app.command("serve")(bench_serve_cmd)
-    bench_app.command("tune")(bench_tune_cmd)
-    bench_app.command("loop")(bench_loop_cmd)
-
-Locust imports this file too when pointed at the loadtest/ directory: it defines no users, and its
-heavy imports stay inside the command.
-"""
+"""Typer commands `utpm bench serve`, `tune` and `loop` (registered in `utpm_cli/main.py`)."""
 
 from __future__ import annotations
 
