@@ -375,7 +375,7 @@ def test_cors_is_off_unless_configured(bundles: dict[str, Path]) -> None:
 
 
 def test_the_docker_image_runs_as_a_non_root_user() -> None:
-    dockerfile = (Path(__file__).resolve().parent.parent / "Dockerfile").read_text()
+    dockerfile = (Path(__file__).resolve().parents[2] / "Dockerfile").read_text()
     final_stage = dockerfile.rsplit("FROM ", 1)[1]
     users = [line.split()[1] for line in final_stage.splitlines() if line.startswith("USER ")]
     assert users and users[-1] not in ("root", "0"), users
