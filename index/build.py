@@ -113,10 +113,14 @@ def build_index(
     target_recall: float = DEFAULT_TARGET_RECALL,
     use_gpu: bool | None = None,
     seed: int = 0,
+    queries: np.ndarray | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> IndexInfos:
     """Build the tag index of `bundle` ("auto" | "flat" | "ivf" | "hnsw"), write it into the bundle
-    directory with `index_infos.json`, and return the infos (recall@10/@50 against exact search)."""
+    directory with `index_infos.json`, and return the infos (recall@10/@50 against exact search).
+
+    `queries` (Q, U) replaces the default tuning and evaluation queries (the bundle's held-out
+    users): e.g. users shaped like a converged model's when the bundle's tower is under-trained."""
     say = progress or (lambda _msg: None)
     if not 0.0 < target_recall <= 1.0:
         raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")
@@ -142,7 +146,11 @@ def build_index(
     build_seconds = time.perf_counter() - t0
 
     say("measuring recall against exact search")
-    queries, query_info = evaluation_queries(bundle, rng)
+    if queries is None:
+        queries, query_info = evaluation_queries(bundle, rng)
+    else:
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        query_info = {"count": len(queries), "sources": {"given": len(queries)}}
     _, exact_ids = TagIndex.exact(x, n_reserved).search(queries, k)
     if plan.search_param is not None:
         tune_rows, eval_rows = np.arange(0, len(queries), 2), np.arange(1, len(queries), 2)

@@ -8,10 +8,12 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from loadtest._procs import start_redis
+from pipeline import BuiltBundle, DataSource, build_bundle
 
 REPO = Path(__file__).resolve().parent.parent
 MOVIELENS_SMALL = REPO / "data" / "movielens-small"
@@ -74,29 +76,30 @@ def movielens_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # --- model_export / index fixtures (ONNX bundle + FAISS index issue) ---------------------------
 
 
-@pytest.fixture(scope="session")
-def tiny_run(movielens_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A UTPM run at the tiny preset, 2 epochs on the vendored MovieLens (a few seconds). Read-only."""
-    from utpm.data.loading import load_dataset
-    from utpm.data.protocol import split_protocol
+def tiny_config(epochs: int, seed: int = 0) -> Any:
+    """The tiny preset's training config (trains in seconds on the vendored MovieLens)."""
     from utpm.models.presets import get_preset
-    from utpm.training.trainer import TrainConfig, train
+    from utpm.training.trainer import TrainConfig
 
-    out = tmp_path_factory.mktemp("tiny_run")
-    split = split_protocol(load_dataset(movielens_dir))
-    train(split, TrainConfig(model="utpm", loss="joint", preset=get_preset("tiny"), epochs=2), out=out)
-    return out
+    return TrainConfig(model="utpm", loss="joint", preset=get_preset("tiny"), epochs=epochs, seed=seed)
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny run exported as a bundle (parity checked on its MovieLens test users). Read-only:
-    tests that change a bundle copy it first."""
-    from model_export.onnx_export import export_bundle
+def tiny_built(movielens_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> BuiltBundle:
+    """The pipeline on the vendored MovieLens at the tiny preset, 2 epochs, exported (parity checked
+    on its test users) but not indexed. Read-only: tests that change it copy it first."""
+    out = tmp_path_factory.mktemp("tiny")
+    return build_bundle(out, DataSource("generic", movielens_dir), tiny_config(epochs=2), index_kind=None)
 
-    out = tmp_path_factory.mktemp("bundles") / "tiny"
-    export_bundle(tiny_run, out)
-    return out
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_built: BuiltBundle) -> Path:
+    return tiny_built.run
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_built: BuiltBundle) -> Path:
+    return tiny_built.bundle
 
 
 # --- service fixtures ----------------------------------------------------------------------------
@@ -106,21 +109,18 @@ def tiny_bundle(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 def bundles(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory, movielens_dir: Path) -> dict[str, Path]:
     """Two servable (indexed) bundles under one root: `a` (the tiny bundle) and `b` (another seed);
     `b_raw` is `b` before its index was built (a bundle the service must refuse)."""
-
     from index.build import build_index
-    from model_export.onnx_export import export_bundle
-    from utpm.data.loading import load_dataset
-    from utpm.data.protocol import split_protocol
-    from utpm.models.presets import get_preset
-    from utpm.training.trainer import TrainConfig, train
 
     root = tmp_path_factory.mktemp("served")
     shutil.copytree(tiny_bundle, root / "a")
     build_index(root / "a", kind="flat")
-    run_b = tmp_path_factory.mktemp("run_b")
-    split = split_protocol(load_dataset(movielens_dir), seed=1)
-    train(split, TrainConfig(model="utpm", loss="joint", preset=get_preset("tiny"), epochs=1, seed=1), out=run_b)
-    export_bundle(run_b, root / "b_raw")
-    shutil.copytree(root / "b_raw", root / "b")
+    other = build_bundle(
+        tmp_path_factory.mktemp("b"),
+        DataSource("generic", movielens_dir),
+        tiny_config(epochs=1, seed=1),
+        index_kind=None,
+    )
+    shutil.copytree(other.bundle, root / "b_raw")
+    shutil.copytree(other.bundle, root / "b")
     build_index(root / "b", kind="flat")
     return {"a": root / "a", "b": root / "b", "root": root}

@@ -374,43 +374,25 @@ def demo_cmd(
     """The whole pipeline on the vendored MovieLens data: prepare, train, export, index, serve."""
     import json
 
-    from utpm.data.loading import load_dataset
-    from utpm.data.movielens import prepare_movielens
-    from utpm.data.protocol import split_protocol
+    from pipeline import DataSource, build_bundle
     from utpm.models.presets import get_preset
-    from utpm.training.trainer import TrainConfig, train
+    from utpm.training.trainer import TrainConfig
 
-    data_dir, run_dir, bundle_dir = out / "data", out / "run", out / "bundle"
+    config = TrainConfig(model="utpm", loss="joint", preset=get_preset("movielens"), seed=0)
     try:
-        report = prepare_movielens(src, data_dir)
-        dataset = load_dataset(data_dir)
+        built = build_bundle(out, DataSource("movielens", src), config, progress=lambda m: typer.echo(f"  {m}"))
     except DataError as e:
         fail(str(e))
-    typer.echo(f"[1/5] prepare: {report.summary()}")
-    split = split_protocol(dataset, seed=0)
-    result = train(
-        split,
-        TrainConfig(model="utpm", loss="joint", preset=get_preset("movielens"), seed=0),
-        data=dataset,
-        out=run_dir,
-    )
-    test = ", ".join(f"Prec@{k} {v:.3f}" for k, v in result.test.items())
-    typer.echo(f"[2/5] train: utpm (joint loss), best epoch {result.best_epoch}; test {test}; run in {run_dir}")
-    try:
-        from index.build import build_index
-        from model_export.onnx_export import export_bundle
-    except ImportError as e:
-        fail(f"export needs the serve extras ({e}); install with pip install -e '.[train,serve]'")
-    manifest = export_bundle(run_dir, bundle_dir, data=data_dir, overwrite=True)
-    parity = manifest.parity
+    train, export, index = built.stages["train"], built.stages["export"], built.stages["index"]
+    test = ", ".join(f"{k} {v:.3f}" for k, v in train["test"].items())
+    typer.echo(f"[1/4] prepare: {built.stages['prepare']['summary']}")
+    typer.echo(f"[2/4] train: {config.model}, best epoch {train['best_epoch']}; test {test}; run in {built.run}")
     typer.echo(
-        f"[3/5] export: bundle {manifest.bundle_version} in {bundle_dir}; parity with PyTorch: max |du| "
-        f"{parity['max_abs_diff_u']:.1e}, same top-{parity['top_k']} for {parity['top_k_agreement']:.1%} of users"
+        f"[3/4] export + index: bundle {export['bundle_version']} in {built.bundle} (parity: same top-"
+        f"{export['parity']['top_k']} for {export['parity']['top_k_agreement']:.1%} of users); {index['factory']}, "
+        f"recall@50 {index['recall'].get('recall@50', 1.0):.3f}"
     )
-    infos = build_index(bundle_dir, kind="auto")
-    typer.echo(
-        f"[4/5] index: {infos.factory} over {infos.ntotal} tags, recall@50 {infos.recall.get('recall@50', 1.0):.3f}"
-    )
+    bundle_dir = built.bundle
     example = {
         "user_id": "demo-user",
         "k": 5,
@@ -425,7 +407,7 @@ def demo_cmd(
         f"-d '{json.dumps(example)}'"
     )
     typer.echo(
-        f"[5/5] serve: http://127.0.0.1:{port} (docs at /docs, embedded cache). Try:\n  {curl}\n"
+        f"[4/4] serve: http://127.0.0.1:{port} (docs at /docs, embedded cache). Try:\n  {curl}\n"
         f"  curl -s http://127.0.0.1:{port}/profile/demo-user"
     )
     if serve:

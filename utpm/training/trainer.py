@@ -49,6 +49,7 @@ from utpm.models.registry import build_model
 from utpm.models.user_model import UserModel
 from utpm.training.run import save_run
 from utpm.training.samples import SampleSet, build_encoder, build_tag_vocab, encode_rows
+from utpm.training.warm_start import apply_tag_vectors
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +79,23 @@ class TrainConfig:
     augment_cuts: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
     eval_ks: tuple[int, ...] = (1, 2, 3)
     threads: int = 0  # 0: torch's default
+    # A training budget: gradient steps on a seeded sample of this many training users (0: all);
+    # the vocabularies still come from every training user, so every tag stays servable.
+    max_train_users: int = 0
+    # Warm start of the tag tables from an .npz of (tokens, vectors), optionally frozen
+    # (`utpm.training.warm_start`; the serving benchmark's bundle uses it).
+    tag_vectors: str = ""
+    freeze_tag_vectors: bool = False
 
     def __post_init__(self) -> None:
         if self.loss not in LOSS_NAMES:
             raise ValueError(f"unknown loss {self.loss!r}; valid: {LOSS_NAMES}")
         if not self.early_stop_ks or min(self.early_stop_ks) < 1 or self.epochs < 1 or self.batch_size < 1:
             raise ValueError("early_stop_ks must be non-empty and >= 1; epochs and batch_size must be >= 1")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if not 0.0 <= self.val_fraction < 1.0:  # 0: no validation, the last epoch is kept
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.max_train_users < 0:
+            raise ValueError(f"max_train_users must be >= 0, got {self.max_train_users}")
         if any(not 0.0 < c < 1.0 for c in self.augment_cuts):
             raise ValueError(f"augment_cuts must lie in (0, 1), got {self.augment_cuts}")
 
@@ -211,16 +221,24 @@ def train(
     train_all = split.indices(test=False)
     test_rows = split.indices(test=True)
     perm = rng.permutation(train_all)
-    n_val = max(1, round(len(perm) * config.val_fraction))
+    n_val = max(1, round(len(perm) * config.val_fraction)) if config.val_fraction > 0 else 0
     val_rows, train_rows = np.sort(perm[:n_val]), np.sort(perm[n_val:])
     p = config.preset
     encoder = build_encoder(split, train_rows, p.H, config.min_count)
     tags = build_tag_vocab(split, train_rows, p.N)
-    samples = training_samples(split, config, train_rows, encoder, tags, data)
+    if 0 < config.max_train_users < len(train_rows):
+        step_rows = np.sort(rng.choice(train_rows, config.max_train_users, replace=False))
+    else:
+        step_rows = train_rows
+    samples = training_samples(split, config, step_rows, encoder, tags, data)
     if len(samples) == 0:
         raise ValueError("no training samples: the training users' label items have no known tags")
     model = build_model(config.model, encoder.specs, len(tags), p, seed=config.seed)
-    optim = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if config.tag_vectors:
+        warmed = apply_tag_vectors(model, encoder, tags, config.tag_vectors, config.freeze_tag_vectors)
+        log.info("tag tables started from %s: %s", config.tag_vectors, warmed)
+    trainable = [q for q in model.parameters() if q.requires_grad]
+    optim = torch.optim.Adam(trainable, lr=config.lr, weight_decay=config.weight_decay)
     torch.manual_seed(config.seed)
 
     val_ks = tuple(sorted(set(config.eval_ks) | set(config.early_stop_ks)))
@@ -247,8 +265,11 @@ def train(
             losses.append(float(loss.detach()))
             seen += len(b.labels)
         train_seconds += time.perf_counter() - t0
-        val, _ = evaluate_rows(model, split, encoder, tags, val_rows, val_ks)
-        score = float(np.mean([val[k] for k in config.early_stop_ks]))
+        if len(val_rows):
+            val, _ = evaluate_rows(model, split, encoder, tags, val_rows, val_ks)
+            score = float(np.mean([val[k] for k in config.early_stop_ks]))
+        else:  # no validation users: every epoch is the best so far, the last one is kept
+            val, score = {}, float(epoch)
         point = {
             "epoch": epoch,
             "loss": float(np.mean(losses)),
@@ -269,8 +290,11 @@ def train(
     assert best_state is not None
     model.load_state_dict(best_state)
     model.eval()
-    val, _ = evaluate_rows(model, split, encoder, tags, val_rows, config.eval_ks)
-    test, skipped = evaluate_rows(model, split, encoder, tags, test_rows, config.eval_ks) if len(test_rows) else ({}, 0)
+    for q in model.parameters():
+        q.requires_grad_(True)  # frozen only while training; export traces a plain model
+    ks = config.eval_ks  # () skips evaluation, e.g. for a budgeted run over a million tags
+    val, _ = evaluate_rows(model, split, encoder, tags, val_rows, ks) if len(val_rows) and ks else ({}, 0)
+    test, skipped = evaluate_rows(model, split, encoder, tags, test_rows, ks) if len(test_rows) and ks else ({}, 0)
     result = TrainResult(
         model=model,
         encoder=encoder,
