@@ -39,6 +39,3 @@ class TowerOutputs:
         if len(outputs) != len(field_names) + 2:
             raise ValueError(f"expected {len(field_names) + 2} outputs, got {len(outputs)}")
         return cls(outputs[0], dict(zip(field_names, outputs[1:-1], strict=True)), outputs[-1])
-
-    def as_list(self) -> list[np.ndarray]:
-        return [self.user_embedding, *self.field_attention.values(), self.merge_attention]

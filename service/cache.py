@@ -7,8 +7,9 @@ profile computed by one bundle is never served as another's.
 
 Failures: a cache that cannot be reached raises `CacheUnavailable`; callers decide (POST skips the
 write and counts it, GET answers 503). Reads and writes of one event-loop turn go to Redis
-together (`Coalescer`). Every Redis command has a timeout, so a slow Redis stalls
-nothing longer than that; redis-py reconnects on the next command once Redis is back.
+together (`Coalescer`). Every Redis command has a timeout, so a slow Redis stalls nothing longer
+than that, and a circuit breaker (`service.breaker`) stops calling a Redis that keeps failing;
+redis-py reconnects on the next command once Redis is back.
 """
 
 from __future__ import annotations
@@ -19,12 +20,23 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Generic, Protocol, TypeVar
 
+from service.breaker import CircuitBreaker
+
 In = TypeVar("In")
 Out = TypeVar("Out")
 
+# The embedded cache's bound: ~0.4 GB at 100 tags a profile, enough for a demo or one small replica.
+MEMORY_CACHE_MAX_ENTRIES = 100_000
+# The near cache's bound: it holds about (reads/s x its TTL) profiles; 10k covers 10k GET/s at 1 s.
+NEAR_CACHE_MAX_ENTRIES = 10_000
+
 
 class CacheUnavailable(Exception):
-    """The cache could not be reached or did not answer in time."""
+    """The cache could not be reached or did not answer in time (`retry_after_s`: when to try again)."""
+
+    def __init__(self, message: str, retry_after_s: int = 0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 def profile_key(model_version: str, user_id: str) -> str:
@@ -37,7 +49,7 @@ class ProfileCache(Protocol):
 
     async def get(self, key: str) -> bytes | None: ...
 
-    async def set(self, key: str, value: bytes, ttl_s: int) -> None: ...
+    async def set(self, key: str, value: bytes, ttl_ms: int) -> None: ...
 
     async def ping(self) -> bool: ...
 
@@ -68,9 +80,8 @@ class TtlLru:
         self._data.move_to_end(key)
         while len(self._data) > self.max_entries:
             self._data.popitem(last=False)
-        # Expired entries leave from the least recently used end, up to two per put (more than
-        # arrive): without this a 1 s near cache held `max_entries` dead profiles (a 10-minute soak
-        # grew 48 MB before the LRU bound stopped it).
+        # Expired entries leave from the least recently used end, two per put (more than arrive),
+        # so a short-TTL cache holds live profiles, not `max_entries` dead ones.
         for _ in range(2):
             oldest = next(iter(self._data.values()), None)
             if oldest is None or oldest[0] > now:
@@ -89,14 +100,14 @@ class MemoryProfileCache:
 
     kind = "memory"
 
-    def __init__(self, max_entries: int = 100_000) -> None:
+    def __init__(self, max_entries: int = MEMORY_CACHE_MAX_ENTRIES) -> None:
         self._store = TtlLru(max_entries)
 
     async def get(self, key: str) -> bytes | None:
         return self._store.get(key)
 
-    async def set(self, key: str, value: bytes, ttl_s: int) -> None:
-        self._store.put(key, value, ttl_s)
+    async def set(self, key: str, value: bytes, ttl_ms: int) -> None:
+        self._store.put(key, value, ttl_ms / 1000)
 
     async def ping(self) -> bool:
         return True
@@ -173,7 +184,14 @@ class RedisProfileCache:
 
     kind = "redis"
 
-    def __init__(self, url: str, timeout_ms: int = 50, on_read_batch: Callable[[int], object] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout_ms: int = 200,
+        on_read_batch: Callable[[int], object] | None = None,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
+        self.breaker = breaker or CircuitBreaker()
         timeout = timeout_ms / 1000
         if "+cluster://" in url:
             from redis.asyncio.cluster import RedisCluster
@@ -198,10 +216,21 @@ class RedisProfileCache:
         self._writes: Coalescer[tuple[str, bytes, int], None] = Coalescer(self._mset)
 
     async def get(self, key: str) -> bytes | None:
+        if not self.breaker.allow():  # fail fast: not even queued for the next round trip
+            raise self._open_error()
         return await self._reads.submit(key)
 
-    async def set(self, key: str, value: bytes, ttl_s: int) -> None:
-        await self._writes.submit((key, value, ttl_s))
+    async def set(self, key: str, value: bytes, ttl_ms: int) -> None:
+        if not self.breaker.allow():
+            raise self._open_error()
+        await self._writes.submit((key, value, ttl_ms))
+
+    def _open_error(self) -> CacheUnavailable:
+        return CacheUnavailable("circuit breaker open", self.breaker.retry_after_s())
+
+    def _failed(self, e: BaseException) -> CacheUnavailable:
+        self.breaker.failure()
+        return CacheUnavailable(type(e).__name__, self.breaker.retry_after_s() if self.breaker.state == "open" else 0)
 
     async def _mget(self, keys: list[str]) -> list[bytes | BaseException | None]:
         from redis.exceptions import RedisError
@@ -212,7 +241,8 @@ class RedisProfileCache:
             else:
                 values = await self.client.mget(keys)  # type: ignore[attr-defined]
         except (RedisError, OSError, TimeoutError) as e:
-            raise CacheUnavailable(type(e).__name__) from None
+            raise self._failed(e) from None
+        self.breaker.success()
         return list(values)
 
     async def _mset(self, items: list[tuple[str, bytes, int]]) -> list[BaseException | None]:
@@ -220,20 +250,26 @@ class RedisProfileCache:
 
         try:
             async with self.client.pipeline(transaction=False) as pipe:  # type: ignore[attr-defined]
-                for key, value, ttl_s in items:
-                    pipe.set(key, value, ex=ttl_s)
+                for key, value, ttl_ms in items:
+                    pipe.set(key, value, px=ttl_ms)
                 results = await pipe.execute(raise_on_error=False)
         except (RedisError, OSError, TimeoutError) as e:
-            raise CacheUnavailable(type(e).__name__) from None
+            raise self._failed(e) from None
+        self.breaker.success()
         return [CacheUnavailable(type(r).__name__) if isinstance(r, BaseException) else None for r in results]
 
     async def ping(self) -> bool:
         from redis.exceptions import RedisError
 
-        try:
-            return bool(await self.client.ping())  # type: ignore[attr-defined]
-        except (RedisError, OSError, TimeoutError):
+        if not self.breaker.allow():  # open: known down, and readiness must answer at once
             return False
+        try:
+            ok = bool(await self.client.ping())  # type: ignore[attr-defined]
+        except (RedisError, OSError, TimeoutError) as e:
+            self._failed(e)
+            return False
+        self.breaker.success()
+        return ok
 
     async def close(self) -> None:
         close = getattr(self.client, "aclose", None) or self.client.close  # type: ignore[attr-defined]
@@ -254,11 +290,15 @@ class NearCache:
     """
 
     def __init__(
-        self, remote: ProfileCache, ttl_s: float, max_entries: int, on_hit: Callable[[], object] | None = None
+        self,
+        remote: ProfileCache,
+        ttl_ms: int,
+        max_entries: int = NEAR_CACHE_MAX_ENTRIES,
+        on_hit: Callable[[], object] | None = None,
     ) -> None:
         self.remote = remote
         self.kind = remote.kind
-        self.ttl_s = ttl_s
+        self.ttl_s = ttl_ms / 1000
         self._on_hit = on_hit
         self._store = TtlLru(max_entries)
 
@@ -273,9 +313,9 @@ class NearCache:
             self._store.put(key, value, self.ttl_s)
         return value
 
-    async def set(self, key: str, value: bytes, ttl_s: int) -> None:
-        self._store.put(key, value, min(self.ttl_s, ttl_s))
-        await self.remote.set(key, value, ttl_s)
+    async def set(self, key: str, value: bytes, ttl_ms: int) -> None:
+        self._store.put(key, value, min(self.ttl_s, ttl_ms / 1000))
+        await self.remote.set(key, value, ttl_ms)
 
     async def ping(self) -> bool:
         return await self.remote.ping()
@@ -288,23 +328,28 @@ class NearCache:
 def make_cache(
     redis_url: str | None,
     timeout_ms: int,
-    max_entries: int,
     near_ttl_ms: int = 0,
-    near_max_entries: int = 10_000,
     on_read_batch: Callable[[int], object] | None = None,
     on_near_hit: Callable[[], object] | None = None,
+    on_breaker_state: Callable[[str], object] | None = None,
 ) -> ProfileCache:
     """Redis when a URL is given (behind a `NearCache` when `near_ttl_ms` > 0), else in-process.
 
     `on_read_batch(n)`: n reads shared one Redis round trip; `on_near_hit()`: a read the near
-    cache answered.
+    cache answered; `on_breaker_state(state)`: the Redis circuit breaker changed state.
     """
     if not redis_url:
-        return MemoryProfileCache(max_entries)
-    redis = RedisProfileCache(redis_url, timeout_ms, on_read_batch)
+        return MemoryProfileCache()
+    redis = RedisProfileCache(redis_url, timeout_ms, on_read_batch, CircuitBreaker(on_state=on_breaker_state))
     if near_ttl_ms <= 0:
         return redis
-    return NearCache(redis, near_ttl_ms / 1000, near_max_entries, on_near_hit)
+    return NearCache(redis, near_ttl_ms, on_hit=on_near_hit)
+
+
+def breaker_of(cache: ProfileCache) -> CircuitBreaker | None:
+    """The Redis circuit breaker behind `cache` (None for the embedded cache)."""
+    breaker = getattr(getattr(cache, "remote", cache), "breaker", None)
+    return breaker if isinstance(breaker, CircuitBreaker) else None
 
 
 def redact_url(url: str) -> str:

@@ -1,84 +1,156 @@
 """Service settings: environment variables with the `UTPM_` prefix, validated at start-up.
 
-This is the only place that reads the environment.
+This is the only module of the service that reads the environment. Naming rules (docs/serving.md,
+"Settings"): a group prefix where there is a group (`redis_`, `cache_`, `batch_`, `auth_`), a
+limit is `max_<what it counts>`, durations end in `_ms`, sizes in `_bytes`. Everything else the
+service needs is a module constant next to the code it tunes, with the reason beside it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+ROLES = ("read", "write", "admin")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+# Settings that were renamed or became constants (docs/serving.md keeps the table): set, they
+# stop the start-up rather than being silently ignored.
+RETIRED: dict[str, str] = {
+    "UTPM_BATCH_MAX_SIZE": "renamed UTPM_BATCH_MAX_USERS",
+    "UTPM_MAX_PENDING": "renamed UTPM_MAX_PENDING_USERS",
+    "UTPM_MAX_INFLIGHT": "renamed UTPM_MAX_INFLIGHT_REQUESTS",
+    "UTPM_CACHE_TTL_S": "replaced by UTPM_CACHE_TTL_MS (milliseconds)",
+    "UTPM_ADMIN_API_KEY": "replaced by UTPM_AUTH_KEYS (admin:<sha256 of the key>)",
+    "UTPM_MAX_BATCH_USERS": "now a constant (service.routes.profile.MAX_USERS_PER_CALL = 256)",
+    "UTPM_DEFAULT_K": "now a constant (service.profiles.DEFAULT_K = 50)",
+    "UTPM_MAX_K": "now a constant (service.profiles.MAX_K = 1000)",
+    "UTPM_MAX_BODY_BYTES": "now a constant (service.middleware.MAX_BODY_BYTES = 1 MiB)",
+    "UTPM_MAX_VALUES_PER_FIELD": "now a constant (service.engine.MAX_VALUES_PER_FIELD = 10,000)",
+    "UTPM_RETRY_AFTER_S": "now a constant (service.errors.RETRY_AFTER_S = 1)",
+    "UTPM_MEMORY_CACHE_MAX_ENTRIES": "now a constant (service.cache.MEMORY_CACHE_MAX_ENTRIES = 100,000)",
+    "UTPM_NEAR_CACHE_MAX_ENTRIES": "now a constant (service.cache.NEAR_CACHE_MAX_ENTRIES = 10,000)",
+    "UTPM_ORT_INTRA_THREADS": "now a constant (service.engine.ORT_INTRA_THREADS = 1)",
+    "UTPM_FAISS_THREADS": "now a constant (service.engine.FAISS_THREADS = 1)",
+    "UTPM_GC_YOUNG_THRESHOLD": "now a constant (service.main.GC_YOUNG_THRESHOLD = 10,000)",
+    "UTPM_GC_FREEZE": "now a constant (the bundle is always frozen out of the GC's sight)",
+}
+
+
+def hash_key(key: str) -> str:
+    """The SHA-256 hex digest UTPM_AUTH_KEYS holds for an API key (`python -m service.auth KEY`)."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def parse_auth_keys(spec: str) -> dict[str, str]:
+    """`role:digest` entries (comma, space or newline separated; `@path` reads them from a file,
+    `#` starts a comment) -> {digest: role}. Error messages never repeat an entry: it might be a key."""
+    text = spec
+    if spec.strip().startswith("@"):
+        path = Path(spec.strip()[1:])
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise ValueError(f"UTPM_AUTH_KEYS: cannot read key file {path}: {e.strerror}") from None
+    keys: dict[str, str] = {}
+    entries = [e for line in text.splitlines() for e in re.split(r"[,\s]+", line.split("#", 1)[0]) if e]
+    for n, entry in enumerate(entries, 1):
+        role, _, digest = entry.partition(":")
+        if role not in ROLES:
+            raise ValueError(f"UTPM_AUTH_KEYS entry {n}: the role must be one of {list(ROLES)} (role:sha256-hex)")
+        if not _DIGEST.fullmatch(digest):
+            raise ValueError(
+                f"UTPM_AUTH_KEYS entry {n} ({role}): expected the key's SHA-256 as 64 lowercase hex digits, "
+                "never the key itself (`python -m service.auth KEY` prints it)"
+            )
+        keys[digest] = role
+    return keys
+
 
 class Settings(BaseSettings):
-    """Every knob of the profile service. Defaults suit `make demo` on a laptop."""
+    """Every public knob of the profile service. Defaults suit `make demo` on a laptop."""
 
-    model_config = SettingsConfigDict(env_prefix="UTPM_", extra="ignore")
+    # hide_input_in_errors: a validation error must not print the Redis URL's password or the keys
+    model_config = SettingsConfigDict(env_prefix="UTPM_", extra="ignore", hide_input_in_errors=True)
 
+    # -- server ----------------------------------------------------------------------------------
     bundle: Path = Field(description="Bundle directory (from `utpm export` + `utpm index build`).")
-    # cache
+    bundle_root: Path | None = Field(
+        None,
+        description="/admin/reload only loads bundles under this directory "
+        "(default: the parent of the start-up bundle).",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="auto: the GPU when one is usable, else the CPU; cuda: refuse to start without the CUDA "
+        "execution provider and a GPU index; cpu: never touch a GPU.",
+    )
+    log_level: str = Field("INFO")
+    cors_origins: list[str] = Field(default_factory=list, description="CORS is off unless origins are listed.")
+    otlp_endpoint: str | None = Field(
+        None,
+        description="OTLP/HTTP traces endpoint (e.g. http://otel-collector:4318/v1/traces); unset: no tracing, "
+        "and the OpenTelemetry packages are not even imported.",
+    )
+    # -- auth ------------------------------------------------------------------------------------
+    auth_keys: SecretStr | None = Field(
+        None,
+        description="API keys as role:sha256-hex entries (roles read, write, admin), or @/path/to/file with one "
+        "per line. Writes need a write key once one is configured, reads a read (or write) key once one is; "
+        "without an admin key /admin/* is off.",
+    )
+    auth_open_compute: bool = Field(
+        False,
+        description='POST with "store": false (computes, writes nothing) is allowed to whoever may read, '
+        "without a write key.",
+    )
+    # -- cache -----------------------------------------------------------------------------------
     redis_url: SecretStr | None = Field(
         None, description="redis://, rediss:// (TLS) or redis+cluster://; unset: the embedded in-process TTL cache."
     )
-    # 200 ms, not tighter: the timeout runs on the event loop's clock, and at 3.5k GET/s a busy loop
-    # alone pushed a few replies past 50 ms (30 spurious 503s in `utpm bench serve`, 06:10 UTC run).
+    # 200 ms, not tighter: the timeout runs on the event loop's clock, and a busy loop alone
+    # pushes replies past 50 ms (docs/performance.md, "Redis timeout").
     redis_timeout_ms: int = Field(
         200, ge=1, description="Per-command Redis timeout: a slow Redis never stalls a request longer than this."
     )
-    cache_ttl_s: int = Field(3600, ge=1, description="How long a computed profile stays readable.")
+    cache_ttl_ms: int = Field(3_600_000, ge=1000, description="How long a computed profile stays readable.")
     cache_tags: int = Field(100, ge=1, le=1000, description="Tags stored per cached profile (at least the k asked).")
-    memory_cache_max_entries: int = Field(100_000, ge=1)
     near_cache_ttl_ms: int = Field(
         1000,
         ge=0,
         description="With Redis: profiles read or written in the last this-many ms are answered from process "
         "memory (a profile recomputed by another replica can be this late); 0 turns the near cache off.",
     )
-    near_cache_max_entries: int = Field(10_000, ge=1, description="Near-cache size (LRU), in profiles.")
-    # request limits
-    default_k: int = Field(50, ge=1, le=1000)
-    max_k: int = Field(1000, ge=1, le=10_000)
-    max_body_bytes: int = Field(1 << 20, ge=1024, description="Larger request bodies get 413.")
-    max_batch_users: int = Field(256, ge=1, description="Users per POST /profiles call.")
-    max_values_per_field: int = Field(10_000, ge=1, description="Longer lists are refused (422) before parsing.")
-    # micro-batching and overload
-    # 8: the industrial tower's cost per user falls from 2.6 ms alone to 0.78 ms in a batch of 8
-    # (0.44 at 64); larger batches add waiting, and with 2 workers they leave one idle. POST at
-    # 16 connections on the 1M-tag bundle: +31% at 8 vs 64 (`utpm bench tune`, docs/performance.md).
-    batch_max_size: int = Field(8, ge=1, description="Users per ONNX Runtime run / FAISS search.")
+    # -- batching and overload -------------------------------------------------------------------
+    # 8: per-user cost falls steeply up to a batch of 8 and little beyond, while waiting grows
+    # (docs/performance.md, "What each setting bought").
+    batch_max_users: int = Field(8, ge=1, description="Users per ONNX Runtime run / FAISS search.")
     batch_max_wait_ms: float = Field(2.0, ge=0, description="Longest a request waits for company.")
     batch_workers: int = Field(2, ge=1, description="Batches computed at once (threads).")
-    max_pending: int = Field(
+    max_pending_users: int = Field(
         512, ge=1, description="Users queued for the model before new work is shed with 503 + Retry-After."
     )
-    max_inflight: int = Field(
+    max_inflight_requests: int = Field(
         256,
         ge=1,
         description="Requests handled at once before new ones are shed "
         "with 503 + Retry-After without being parsed (protects the event loop).",
     )
-    retry_after_s: int = Field(1, ge=1)
-    # inference
-    ort_intra_threads: int = Field(1, ge=0, description="ONNX Runtime intra-op threads per run (0: ORT default).")
-    gc_young_threshold: int = Field(
-        10_000,
-        ge=0,
-        description="Allocations between young-generation GC collections (Python's default: 700; 0 keeps it).",
-    )
-    gc_freeze: bool = Field(
-        True, description="Move a loaded bundle's objects out of the cyclic GC's sight (no full-collection stalls)."
-    )
-    faiss_threads: int = Field(1, ge=0, description="FAISS OpenMP threads (0: library default).")
-    # access
-    admin_api_key: SecretStr | None = Field(None, description="Key for /admin/*; unset: admin endpoints are off.")
-    bundle_root: Path | None = Field(
-        None,
-        description="/admin/reload only loads bundles under this directory "
-        "(default: the parent of the start-up bundle).",
-    )
-    cors_origins: list[str] = Field(default_factory=list, description="CORS is off unless origins are listed.")
-    log_level: str = Field("INFO")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_retired(cls, data: object) -> object:
+        given = {f"UTPM_{k}".upper() for k in data} if isinstance(data, dict) else set()
+        set_now = sorted(name for name in RETIRED if name in os.environ or name in given)
+        if set_now:
+            raise ValueError("; ".join(f"{name} is no longer read: {RETIRED[name]}" for name in set_now))
+        return data
 
     @field_validator("log_level")
     @classmethod
@@ -88,12 +160,18 @@ class Settings(BaseSettings):
             raise ValueError(f"log_level must be DEBUG, INFO, WARNING or ERROR, not {v!r}")
         return v
 
-    @model_validator(mode="after")
-    def _consistent(self) -> Settings:
-        if self.default_k > self.max_k:
-            raise ValueError(f"default_k ({self.default_k}) exceeds max_k ({self.max_k})")
-        return self
+    @field_validator("auth_keys")
+    @classmethod
+    def _keys(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            parse_auth_keys(v.get_secret_value())  # fail at start-up, not on the first request
+        return v
 
     @property
     def reload_root(self) -> Path:
         return (self.bundle_root or self.bundle.resolve().parent).resolve()
+
+    @property
+    def key_roles(self) -> dict[str, str]:
+        """{sha256 digest: role} of the configured API keys."""
+        return parse_auth_keys(self.auth_keys.get_secret_value()) if self.auth_keys is not None else {}

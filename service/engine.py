@@ -12,7 +12,7 @@ import contextlib
 import gc
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +21,22 @@ from index.tag_index import TagIndex
 from model_export.bundle import Bundle, load_bundle
 from model_export.inputs import TowerOutputs
 from model_export.manifest import ids_input, mask_input
-from model_export.session import SessionConfig, build_session, check_signature, verify_reference
+from model_export.session import CUDA, SessionConfig, build_session, check_signature, verify_reference
 from service.batching import MicroBatcher
 from service.config import Settings
 from service.errors import InvalidInput, UnknownFields
 from utpm.features.vocab import Vocabulary
+
+# One thread per ONNX Runtime run and per FAISS search: `batch_workers` batches already run in
+# parallel, and more threads per run only contend for the same cores (docs/performance.md).
+ORT_INTRA_THREADS = 1
+FAISS_THREADS = 1
+# Longer lists are refused (422) before encoding: no field keeps more than its max length anyway.
+MAX_VALUES_PER_FIELD = 10_000
+
+
+class DeviceUnavailable(ValueError):
+    """UTPM_DEVICE=cuda, but the model or the index would run on the CPU."""
 
 
 @dataclass
@@ -50,8 +61,8 @@ class BatchTimings:
 class ComputedProfile:
     tag_ids: np.ndarray  # (k,) int64, best first
     scores: np.ndarray  # (k,) float32
+    timings: BatchTimings  # of the batch this user was computed in
     attention: dict[str, np.ndarray] | None = None  # field -> (heads, H_f); "__merge__" -> (heads, M)
-    timings: BatchTimings | None = None  # of the batch this user was computed in
 
 
 @dataclass
@@ -61,31 +72,33 @@ class ProfileEngine:
     index: TagIndex
     settings: Settings
     batcher: MicroBatcher[EncodedUser, ComputedProfile] | None = None
-    last_timings: BatchTimings = field(default_factory=BatchTimings)
     _leases: int = 0
     _idle: asyncio.Event | None = None
 
     @classmethod
     def load(cls, path: str | Path, settings: Settings) -> ProfileEngine:
-        """Open and check a bundle (manifest, hashes, ONNX signature, index version/dim/metric)."""
+        """Open and check a bundle (manifest, hashes, ONNX signature, index version/dim/metric), on
+        the device `settings.device` asks for; DeviceUnavailable when `cuda` cannot be honoured."""
+        import faiss
+
         bundle = load_bundle(path)
-        session = build_session(bundle.onnx_path, SessionConfig(intra_op_threads=settings.ort_intra_threads or None))
+        config = SessionConfig(intra_op_threads=ORT_INTRA_THREADS, prefer_gpu=settings.device != "cpu")
+        session = build_session(bundle.onnx_path, config)
         check_signature(session, bundle.manifest)
         verify_reference(session, bundle)
-        if settings.faiss_threads:
-            import faiss
-
-            faiss.omp_set_num_threads(settings.faiss_threads)
-        index = TagIndex.load(bundle)
+        faiss.omp_set_num_threads(FAISS_THREADS)
+        index = TagIndex.load(bundle, use_gpu={"auto": None, "cpu": False, "cuda": True}[settings.device])
         engine = cls(bundle=bundle, session=session, index=index, settings=settings)
-        if settings.gc_freeze:
-            # A bundle is millions of long-lived objects (vocabularies, tag names). Left to the
-            # cyclic GC, every full collection walks them all: with 1M tags, 66 ms stalls of the
-            # event loop about every 1.3 s under load, 5 ms when frozen (`utpm bench tune`, in
-            # docs/performance.md), which was the p99. Reference counting still frees them when
-            # a reload drops the bundle.
-            gc.collect()
-            gc.freeze()
+        if settings.device == "cuda" and (engine.execution_provider != CUDA or not index.on_gpu):
+            raise DeviceUnavailable(
+                f"UTPM_DEVICE=cuda, but the model runs on {engine.execution_provider} and the index on the "
+                f"{engine.index_device}: install onnxruntime-gpu and faiss-gpu and give the process a GPU, "
+                "or set UTPM_DEVICE=auto to accept the CPU"
+            )
+        # A bundle is millions of long-lived objects (vocabularies, tag names): frozen, full GC
+        # collections no longer walk them and stall the loop (docs/performance.md, "GC").
+        gc.collect()
+        gc.freeze()
         return engine
 
     # -- identity -----------------------------------------------------------------------------
@@ -101,6 +114,15 @@ class ProfileEngine:
     def field_names(self) -> list[str]:
         return self.bundle.encoder.field_names
 
+    @property
+    def execution_provider(self) -> str:
+        """The ONNX Runtime provider the session really runs on (CUDA may have fallen back)."""
+        return str(self.session.get_providers()[0])  # type: ignore[attr-defined]
+
+    @property
+    def index_device(self) -> str:
+        return "gpu" if self.index.on_gpu else "cpu"
+
     # -- request side (event loop) ------------------------------------------------------------
     def encode(self, features: Mapping[str, Sequence[str] | str], k: int, explain: bool) -> EncodedUser:
         """Map one request's raw strings to ids exactly as training did.
@@ -112,7 +134,7 @@ class ProfileEngine:
         extra = [f for f in features if f not in encoder.vocabs]
         if extra:
             raise UnknownFields(f"unknown field(s) {sorted(extra)}; valid fields: {self.field_names}")
-        limit = self.settings.max_values_per_field
+        limit = MAX_VALUES_PER_FIELD
         for name, values in features.items():
             if not isinstance(values, str) and len(values) > limit:
                 raise InvalidInput(f"field {name!r} has {len(values)} values; at most {limit} are accepted")
@@ -126,9 +148,6 @@ class ProfileEngine:
             unknown=batch.unknown[0],
             all_unknown=not known,
         )
-
-    def tag_name(self, tag_id: int) -> str:
-        return self.bundle.tags.token(tag_id)
 
     def value_name(self, field_name: str, value_id: int) -> str:
         return self.bundle.encoder.vocabs[field_name].token(value_id)
@@ -147,7 +166,7 @@ class ProfileEngine:
         k = max(u.k for u in users)
         scores, ids = self.index.search(outputs[0], k)
         t2 = time.perf_counter()
-        timings = self.last_timings = BatchTimings(model_s=t1 - t0, index_s=t2 - t1)
+        timings = BatchTimings(model_s=t1 - t0, index_s=t2 - t1)
         tower = TowerOutputs.from_list(outputs, self.field_names) if want_attention else None
         out = []
         for row, user in enumerate(users):
@@ -156,14 +175,19 @@ class ProfileEngine:
             if user.explain and tower is not None:
                 attention = {f: a[row] for f, a in tower.field_attention.items()}
                 attention["__merge__"] = tower.merge_attention[row]
-            out.append(ComputedProfile(ids[row, : user.k][keep], scores[row, : user.k][keep], attention, timings))
+            out.append(ComputedProfile(ids[row, : user.k][keep], scores[row, : user.k][keep], timings, attention))
         return out
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self, on_batch: Callable[[int], None] | None = None) -> None:
         s = self.settings
         self.batcher = MicroBatcher(
-            self.compute, s.batch_max_size, s.batch_max_wait_ms, s.max_pending, s.batch_workers, on_batch=on_batch
+            self.compute,
+            s.batch_max_users,
+            s.batch_max_wait_ms,
+            s.max_pending_users,
+            s.batch_workers,
+            on_batch=on_batch,
         )
         self.batcher.start()
         self._idle = asyncio.Event()

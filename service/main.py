@@ -7,22 +7,31 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from service.auth import Auth
 from service.cache import make_cache, redact_url
 from service.config import Settings
 from service.engine import ProfileEngine
-from service.errors import install_error_handlers
+from service.errors import PROBLEM_MEDIA_TYPE, install_error_handlers
 from service.logs import configure_logging
 from service.metrics import Metrics
 from service.middleware import Gateway
 from service.responses import JSONResponse
 from service.routes import admin, health, profile
+from service.schemas import Problem
 from service.state import ServiceState
+from service.tracing import make_tracing
 
 log = logging.getLogger("utpm.service")
+
+# Young-generation GC every 10,000 allocations instead of Python's 700: under load each young
+# collection walks the in-flight requests' objects, and at 700 that ran every few cache hits
+# (docs/performance.md, "GC").
+GC_YOUNG_THRESHOLD = 10_000
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -30,37 +39,47 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()  # type: ignore[call-arg]
     configure_logging(settings.log_level)
     metrics = Metrics()
+    auth = Auth(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if settings.gc_young_threshold:
-            # Each young collection walks every live young object, and under load those are the
-            # in-flight requests' whatever the threshold: at Python's 700 it ran every ~11 cache
-            # hits, 4.7% of the wall time of a GET run of `utpm bench serve` (07:21 UTC run in
-            # docs/performance.md); at 10,000 the later runs show none.
-            gc.set_threshold(settings.gc_young_threshold, *gc.get_threshold()[1:])
-        engine = await asyncio.to_thread(ProfileEngine.load, settings.bundle, settings)
+        gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+        try:
+            engine = await asyncio.to_thread(ProfileEngine.load, settings.bundle, settings)
+        except Exception as e:
+            log.error("not starting: %s", e)
+            raise
         engine.start(on_batch=metrics.batch_size.observe)
         url = settings.redis_url.get_secret_value() if settings.redis_url else None
         cache = make_cache(
             url,
             settings.redis_timeout_ms,
-            settings.memory_cache_max_entries,
             near_ttl_ms=settings.near_cache_ttl_ms,
-            near_max_entries=settings.near_cache_max_entries,
             on_read_batch=metrics.cache_read_batch.observe,
             on_near_hit=metrics.near_cache_hits.inc,
+            on_breaker_state=metrics.on_breaker_state,
         )
-        app.state.service = ServiceState(settings=settings, engine=engine, cache=cache, metrics=metrics)
+        tracing = make_tracing(settings.otlp_endpoint)
+        app.state.service = ServiceState(
+            settings=settings, engine=engine, cache=cache, metrics=metrics, auth=auth, tracing=tracing
+        )
         metrics.watch_gc()
         metrics.bundle_info.labels(engine.version, engine.model_name).set(1)
         log.info(
-            "serving bundle %s (%s, %d tags) with cache %s",
+            "serving bundle %s (%s, %d tags): model on %s, index on the %s (UTPM_DEVICE=%s); cache %s; "
+            "auth reads %s, writes %s, admin %s; tracing %s",
             engine.version,
             engine.model_name,
             engine.index.ntotal,
+            engine.execution_provider,
+            engine.index_device,
+            settings.device,
             redact_url(url) if url else "memory",
+            *(auth.describe()[k] for k in ("reads", "writes", "admin")),
+            "on" if tracing is not None else "off",
         )
+        if auth.writes_open:
+            log.warning("writes are open: any caller can overwrite any user's profile; configure UTPM_AUTH_KEYS")
         try:
             yield
         finally:
@@ -69,16 +88,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await state.engine.retire()
             await cache.close()
             metrics.unwatch_gc()
+            if tracing is not None:
+                tracing.shutdown()
 
     app = FastAPI(
         title="utpm profile service",
         version="1",
         default_response_class=JSONResponse,
         lifespan=lifespan,
-        description="User-tag profiles (UTPM) for recall layers.",
+        description="User-tag profiles (UTPM) for recall layers. Every error is RFC 9457 problem details "
+        "(application/problem+json).",
     )
     app.state.metrics = metrics
-    install_error_handlers(app, settings.retry_after_s)
+    install_error_handlers(app)
     app.include_router(profile.router)
     app.include_router(health.router)
     app.include_router(admin.router)
@@ -87,14 +109,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["content-type", "x-request-id"],
+            allow_headers=["content-type", "x-request-id", "x-api-key", "authorization"],
         )
     # outermost: shed before anything else spends time on a request the loop cannot afford
-    app.add_middleware(
-        Gateway,
-        metrics=metrics,
-        max_body_bytes=settings.max_body_bytes,
-        max_inflight=settings.max_inflight,
-        retry_after_s=settings.retry_after_s,
-    )
+    app.add_middleware(Gateway, metrics=metrics, max_inflight=settings.max_inflight_requests)
+    app.openapi = lambda: problem_openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def problem_openapi(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI schema with every 4xx/5xx response documented as application/problem+json."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components["Problem"] = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+    problem = {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            responses = operation.get("responses", {})
+            for code, response in responses.items():
+                if code[:1] in ("4", "5"):
+                    response["content"] = problem
+            if "422" in responses:
+                responses["422"]["description"] = responses["422"].get("description") or "Invalid input."
+    app.openapi_schema = schema
+    return schema

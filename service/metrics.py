@@ -6,7 +6,7 @@ import gc
 import time
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, ProcessCollector
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -16,6 +16,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total, open fds
         self.request_seconds = Histogram(
             "utpm_request_seconds",
             "Request latency by route and status class.",
@@ -59,10 +60,26 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.breaker_state = Enum(
+            "utpm_redis_breaker_state",
+            "The Redis circuit breaker: closed (calls go through), open (fail fast), half_open (one probe).",
+            states=["closed", "open", "half_open"],
+            registry=r,
+        )
+        self.breaker_transitions = Counter(
+            "utpm_redis_breaker_transitions_total",
+            "Circuit breaker state changes, by new state.",
+            ["state"],
+            registry=r,
+        )
         # The labelled children the hot paths use, looked up once (`labels()` takes a lock per call).
         self.stage = {s: self.stage_seconds.labels(s) for s in ("parse", "queue", "model", "index", "cache")}
         self.cache_result = {x: self.cache_requests.labels(x) for x in ("hit", "miss", "error")}
         self.cache_write = {x: self.cache_writes.labels(x) for x in ("ok", "skipped")}
+
+    def on_breaker_state(self, state: str) -> None:
+        self.breaker_state.state(state)
+        self.breaker_transitions.labels(state).inc()
 
     def watch_gc(self) -> None:
         """Time every collection of the cyclic GC into `utpm_gc_pause_seconds` (until `unwatch_gc`)."""

@@ -14,27 +14,33 @@ import os
 import time
 from typing import Any
 
-import orjson
 from prometheus_client.metrics import MetricWrapperBase
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.errors import PROBLEM_MEDIA_TYPE, RETRY_AFTER_S, problem_body
 from service.logs import request_id_var
 from service.metrics import Metrics
+
+# 1 MiB: ten times the largest legitimate profile request (a few fields of a few hundred values).
+MAX_BODY_BYTES = 1 << 20
 
 
 class _TooLarge(Exception):
     pass
 
 
-async def _reply(send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    body = orjson.dumps({"detail": detail})
+async def _reply(
+    send: Send, status: int, kind: str, detail: str, rid: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    body = problem_body(kind, status, detail, rid)
     await send(
         {
             "type": "http.response.start",
             "status": status,
             "headers": [
-                (b"content-type", b"application/json"),
+                (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
                 (b"content-length", str(len(body)).encode()),
+                (b"x-request-id", rid.encode("latin-1")),
                 *(headers or []),
             ],
         }
@@ -59,14 +65,12 @@ class Gateway:
 
     NOT_SHED = ("/healthz", "/readyz", "/metrics")
 
-    def __init__(
-        self, app: ASGIApp, metrics: Metrics, max_body_bytes: int, max_inflight: int, retry_after_s: int
-    ) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_inflight: int, max_body_bytes: int = MAX_BODY_BYTES) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.max_inflight = max_inflight
-        self.retry_after = str(retry_after_s).encode()
+        self.retry_after = str(RETRY_AFTER_S).encode()
         self.inflight = 0
         # Made request ids: a random per-process prefix and a counter (unique, and cheaper than uuid4).
         self._id_prefix = os.urandom(6).hex()
@@ -77,16 +81,6 @@ class Gateway:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        shed = scope["path"] not in self.NOT_SHED
-        if shed and self.inflight >= self.max_inflight:
-            self.metrics.errors.labels("overloaded").inc()
-            await _reply(
-                send,
-                503,
-                f"the service is overloaded ({self.inflight} requests in flight); retry later",
-                [(b"retry-after", self.retry_after)],
-            )
-            return
         rid = ""
         length = None
         for name, value in scope["headers"]:
@@ -94,16 +88,32 @@ class Gateway:
                 rid = value.decode("latin-1")[:64]
             elif name == b"content-length":
                 length = value
+        rid = rid or f"{self._id_prefix}{next(self._id_counter):08x}"
+        shed = scope["path"] not in self.NOT_SHED
+        if shed and self.inflight >= self.max_inflight:
+            self.metrics.errors.labels("overloaded").inc()
+            await _reply(
+                send,
+                503,
+                "overloaded",
+                f"the service is overloaded ({self.inflight} requests in flight); retry later",
+                rid,
+                [(b"retry-after", self.retry_after)],
+            )
+            return
         if length is not None:
             try:
                 too_big = int(length) > self.max_body_bytes
             except ValueError:
-                await _reply(send, 400, "invalid Content-Length header")
+                self.metrics.errors.labels("bad_request").inc()
+                await _reply(send, 400, "bad_request", "invalid Content-Length header", rid)
                 return
             if too_big:
-                await _reply(send, 413, f"request body larger than {self.max_body_bytes} bytes")
+                self.metrics.errors.labels("payload_too_large").inc()
+                await _reply(
+                    send, 413, "payload_too_large", f"request body larger than {self.max_body_bytes} bytes", rid
+                )
                 return
-        rid = rid or f"{self._id_prefix}{next(self._id_counter):08x}"
         rid_header = (b"x-request-id", rid.encode("latin-1"))
         token = request_id_var.set(rid)
         scope.setdefault("state", {})["request_id"] = rid
@@ -137,7 +147,10 @@ class Gateway:
         except _TooLarge:
             if not started:
                 status = 413
-                await _reply(send, 413, f"request body larger than {self.max_body_bytes} bytes", [rid_header])
+                self.metrics.errors.labels("payload_too_large").inc()
+                await _reply(
+                    send, 413, "payload_too_large", f"request body larger than {self.max_body_bytes} bytes", rid
+                )
         finally:
             if shed:
                 self.inflight -= 1

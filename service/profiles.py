@@ -19,6 +19,10 @@ from service.state import ServiceState
 
 log = logging.getLogger("utpm.service")
 
+# The API's k: 50 tags by default, at most 1000 (a recall layer takes tens to hundreds).
+DEFAULT_K = 50
+MAX_K = 1000
+
 
 def _explanation(
     engine: ProfileEngine, user: EncodedUser, computed: ComputedProfile, tags: list[dict[str, Any]]
@@ -38,31 +42,32 @@ def _explanation(
 
 
 async def compute_profiles(state: ServiceState, requests: Sequence[ProfileRequest]) -> list[bytes]:
-    """Encode, batch through the model and the index, cache; the JSON responses, one per request."""
+    """Encode, batch through the model and the index, cache (unless `store` is false); the JSON
+    responses, one per request."""
     settings, metrics = state.settings, state.metrics
     engine = state.engine  # one bundle for the whole request, even if a reload happens meanwhile
     async with engine.lease():
         t0 = time.perf_counter()
         encoded = []
         for r in requests:
-            k = settings.default_k if r.k is None else r.k
-            if k > settings.max_k:
-                raise InvalidInput(f"k must be between 1 and {settings.max_k}, got {k}")
+            k = DEFAULT_K if r.k is None else r.k
+            if k > MAX_K:
+                raise InvalidInput(f"k must be between 1 and {MAX_K}, got {k}")
             encoded.append(engine.encode(r.features, max(k, settings.cache_tags), r.explain))
         t1 = time.perf_counter()
         metrics.stage["parse"].observe(t1 - t0)
         assert engine.batcher is not None
         computed = await engine.batcher.submit_many(encoded)
         t2 = time.perf_counter()
-        # The batch's own timings: `engine.last_timings` may already be another batch's.
-        timings = computed[0].timings or engine.last_timings
+        timings = computed[0].timings  # the batch's own, measured in its worker thread
+        queue_s = max(0.0, t2 - t1 - timings.model_s - timings.index_s)
         metrics.stage["model"].observe(timings.model_s)
         metrics.stage["index"].observe(timings.index_s)
-        metrics.stage["queue"].observe(max(0.0, t2 - t1 - timings.model_s - timings.index_s))
+        metrics.stage["queue"].observe(queue_s)
         responses, writes = [], []
         tokens = engine.bundle.tags.tokens  # id -> tag name, indexed directly (no call per tag)
         for req, user, prof in zip(requests, encoded, computed, strict=True):
-            k = settings.default_k if req.k is None else req.k
+            k = DEFAULT_K if req.k is None else req.k
             names = [tokens[i] for i in prof.tag_ids.tolist()]
             # Rendered once: the response is a slice of it, the cache keeps it whole.
             rendered = render(req.user_id, engine.version, names, prof.scores.tolist(), user.unknown, user.all_unknown)
@@ -72,15 +77,27 @@ async def compute_profiles(state: ServiceState, requests: Sequence[ProfileReques
                 responses.append(orjson.dumps(body))
             else:
                 responses.append(rendered.response(k, cached=False))
-            writes.append(_write(state, profile_key(engine.version, req.user_id), rendered.record()))
+            if req.store:
+                writes.append(_write(state, profile_key(engine.version, req.user_id), rendered.record()))
         await asyncio.gather(*writes)
-        metrics.stage["cache"].observe(time.perf_counter() - t2)
+        t3 = time.perf_counter()
+        metrics.stage["cache"].observe(t3 - t2)
+    if state.tracing is not None:
+        t_model = t1 + queue_s
+        stages = [
+            ("decode", t0, t1),
+            ("queue", t1, t_model),
+            ("model", t_model, t_model + timings.model_s),
+            ("index", t_model + timings.model_s, t2),
+            ("cache", t2, t3),
+        ]
+        state.tracing.record("utpm.compute", stages, users=len(requests), model_version=engine.version)
     return responses
 
 
 async def _write(state: ServiceState, key: str, value: bytes) -> None:
     try:
-        await state.cache.set(key, value, state.settings.cache_ttl_s)
+        await state.cache.set(key, value, state.settings.cache_ttl_ms)
         state.metrics.cache_write["ok"].inc()
     except CacheUnavailable:
         state.metrics.cache_write["skipped"].inc()  # the caller still gets the profile
@@ -88,10 +105,10 @@ async def _write(state: ServiceState, key: str, value: bytes) -> None:
 
 async def read_profile(state: ServiceState, user_id: str, k: int | None) -> bytes:
     """The cached profile of `user_id` (JSON, `k` tags) under the bundle being served; NotCached -> 404."""
-    settings, engine = state.settings, state.engine
-    k = settings.default_k if k is None else k
-    if not 1 <= k <= settings.max_k:
-        raise InvalidInput(f"k must be between 1 and {settings.max_k}, got {k}")
+    engine = state.engine
+    k = DEFAULT_K if k is None else k
+    if not 1 <= k <= MAX_K:
+        raise InvalidInput(f"k must be between 1 and {MAX_K}, got {k}")
     t0 = time.perf_counter()
     try:
         stored = await state.cache.get(profile_key(engine.version, user_id))
@@ -99,7 +116,10 @@ async def read_profile(state: ServiceState, user_id: str, k: int | None) -> byte
         state.metrics.cache_result["error"].inc()
         raise
     finally:
-        state.metrics.stage["cache"].observe(time.perf_counter() - t0)
+        t1 = time.perf_counter()
+        state.metrics.stage["cache"].observe(t1 - t0)
+        if state.tracing is not None:
+            state.tracing.record("utpm.read", [("cache", t0, t1)], model_version=engine.version)
     if stored is None:
         state.metrics.cache_result["miss"].inc()
         raise NotCached(

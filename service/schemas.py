@@ -21,6 +21,11 @@ class ProfileRequest(BaseModel):
     )
     k: int | None = Field(None, ge=1, description="Number of tags (default from settings, at most max_k).")
     explain: bool = Field(False, description="Also return attention weights and each tag's score.")
+    store: bool = Field(
+        True,
+        description="Write the profile to the cache (needs a write key once write keys are configured); false "
+        "computes and answers without writing anything.",
+    )
 
 
 class ProfilesRequest(BaseModel):
@@ -70,8 +75,17 @@ class ProfilesResponse(BaseModel):
     profiles: list[ProfileResponse]
 
 
-class ErrorResponse(BaseModel):
-    detail: str | list[dict[str, object]]
+class Problem(BaseModel):
+    """RFC 9457 problem details: the body of every 4xx/5xx (media type application/problem+json)."""
+
+    type: str = Field(description="Stable URN per kind of error, e.g. urn:utpm:problem:not_cached.")
+    title: str = Field(description="Short summary of the kind of error.")
+    status: int = Field(description="The HTTP status code.")
+    detail: str = Field(description="What went wrong with this request, for a person.")
+    request_id: str = Field(description="The request's id (X-Request-ID), also on every log line it caused.")
+    errors: list[dict[str, object]] | None = Field(
+        None, description="Schema violations (urn:utpm:problem:validation only): loc, msg, type each."
+    )
 
 
 class ReloadRequest(BaseModel):

@@ -8,10 +8,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from service.auth import Auth
 from service.cache import ProfileCache
 from service.config import Settings
 from service.engine import ProfileEngine
 from service.metrics import Metrics
+from service.tracing import Tracing
 
 
 @dataclass
@@ -20,6 +22,8 @@ class ServiceState:
     engine: ProfileEngine
     cache: ProfileCache
     metrics: Metrics
+    auth: Auth
+    tracing: Tracing | None = None
     retiring: set[asyncio.Task[None]] = field(default_factory=set)
 
 

@@ -11,16 +11,17 @@ import httpx
 import uvicorn
 from fastapi.testclient import TestClient
 
-from service.config import Settings
+from service.config import Settings, hash_key
 from service.main import create_app
 from tests.conftest import RedisServer, free_port
 
 API_KEY = "test-admin-key"
+ADMIN_KEYS = f"admin:{hash_key(API_KEY)}"  # UTPM_AUTH_KEYS holds digests, never keys
 USER = {"clicked_tags": ["sci-fi", "dark comedy", "atmospheric"], "clicked_categories": ["Drama", "Comedy"]}
 
 
 def settings_for(bundle: Path, redis: RedisServer | None, **kw: Any) -> Settings:
-    base: dict[str, Any] = {"bundle": bundle, "admin_api_key": API_KEY, "batch_max_wait_ms": 1.0}
+    base: dict[str, Any] = {"bundle": bundle, "auth_keys": ADMIN_KEYS, "batch_max_wait_ms": 1.0}
     if redis is not None:
         base["redis_url"] = redis.url
     return Settings(**{**base, **kw})

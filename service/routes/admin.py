@@ -1,35 +1,24 @@
-"""POST /admin/reload: swap the bundle atomically. Needs the configured API key; off without one."""
+"""POST /admin/reload: swap the bundle atomically. Needs an admin key; off without one configured."""
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from pathlib import Path
-from typing import Annotated
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Request
 
 from index.errors import TagIndexError
 from model_export.errors import BundleError
 from service.engine import ProfileEngine
-from service.errors import AdminDisabled, ReloadRefused, Unauthorized
+from service.errors import ReloadRefused
 from service.responses import JSONResponse
-from service.schemas import ErrorResponse, ReloadRequest, ReloadResponse
+from service.schemas import ReloadRequest, ReloadResponse
 from service.state import ServiceState, State
 
 router = APIRouter(tags=["admin"])
 log = logging.getLogger("utpm.service")
 _reload_lock = asyncio.Lock()
-
-
-def check_api_key(state: ServiceState, given: str | None) -> None:
-    """Constant-time comparison; admin endpoints do not exist without a configured key."""
-    key = state.settings.admin_api_key
-    if key is None:
-        raise AdminDisabled("admin endpoints are disabled: no admin API key is configured (UTPM_ADMIN_API_KEY)")
-    if given is None or not hmac.compare_digest(given.encode(), key.get_secret_value().encode()):
-        raise Unauthorized("missing or wrong X-API-Key header")
 
 
 def resolve_bundle(state: ServiceState, requested: str) -> Path:
@@ -45,13 +34,16 @@ def resolve_bundle(state: ServiceState, requested: str) -> Path:
 @router.post(
     "/admin/reload",
     response_model=ReloadResponse,
-    responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    responses={
+        401: {"description": "Admin key missing or unknown."},
+        403: {"description": "The API key is not an admin key."},
+        404: {"description": "Admin endpoints are off (no admin key configured)."},
+        422: {"description": "Bundle refused (outside the bundle root, or failed its checks)."},
+    },
 )
-async def reload_bundle(
-    body: ReloadRequest, state: State, x_api_key: Annotated[str | None, Header()] = None
-) -> JSONResponse:
+async def reload_bundle(body: ReloadRequest, state: State, request: Request) -> JSONResponse:
     """Load and check a new bundle, then swap it in: requests in flight finish on the old one."""
-    check_api_key(state, x_api_key)
+    state.auth.check(request, "admin")
     path = resolve_bundle(state, body.bundle)
     async with _reload_lock:
         try:

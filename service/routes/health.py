@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from service.cache import breaker_of
 from service.responses import JSONResponse
 from service.state import State
 
@@ -19,22 +21,33 @@ async def healthz() -> JSONResponse:
     return JSONResponse({"status": "alive"})
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "No bundle loaded or the index is empty."}})
 async def readyz(state: State) -> JSONResponse:
-    """Bundle loaded and index ready; the cache's reachability is reported (a down cache = degraded)."""
+    """Bundle loaded and index ready; where the model and the index run; the cache's reachability
+    (a down cache = degraded) and its circuit breaker; the auth policy in force."""
     engine = state.engine
     try:
         cache_ok = await asyncio.wait_for(state.cache.ping(), timeout=max(0.05, state.settings.redis_timeout_ms / 500))
     except TimeoutError:
         cache_ok = False
     ready = engine.batcher is not None and engine.index.ntotal > 0
+    cache: dict[str, Any] = {"kind": state.cache.kind, "reachable": cache_ok}
+    breaker = breaker_of(state.cache)
+    if breaker is not None:
+        cache["breaker"] = breaker.state
     body = {
         "status": ("ready" if cache_ok else "degraded") if ready else "not_ready",
         "model_version": engine.version,
         "model": engine.model_name,
         "tags": engine.index.ntotal,
         "index": engine.index.infos.factory if engine.index.infos is not None else "flat",
-        "cache": {"kind": state.cache.kind, "reachable": cache_ok},
+        "device": {
+            "requested": state.settings.device,
+            "execution_provider": engine.execution_provider,
+            "index": engine.index_device,
+        },
+        "cache": cache,
+        "auth": state.auth.describe(),
     }
     return JSONResponse(body, status_code=200 if ready else 503)
 

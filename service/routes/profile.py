@@ -9,40 +9,54 @@ from fastapi import APIRouter, Path, Query, Request
 from service.errors import InvalidInput
 from service.profiles import compute_profiles, read_profile
 from service.responses import RenderedJSON
-from service.schemas import ErrorResponse, ProfileRequest, ProfileResponse, ProfilesRequest, ProfilesResponse
+from service.schemas import ProfileRequest, ProfileResponse, ProfilesRequest, ProfilesResponse
 from service.state import service_state
 
 # The hot routes take the state from the request rather than through `Depends`: FastAPI solves
 # a dependency on every request, and a cache hit is short enough for that to show.
 router = APIRouter(tags=["profiles"])
+
+# Users per POST /profiles: half the default model queue, so one call cannot fill it alone.
+MAX_USERS_PER_CALL = 256
+
+# Error responses per route (bodies: application/problem+json, see service/errors.py); the
+# OpenAPI schema gets the Problem schema for each from `service.main.problem_openapi`.
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "API key missing or unknown (only when keys are configured)."},
+    403: {"description": "The API key's role does not allow this."},
+}
 ERRORS: dict[int | str, dict[str, Any]] = {
-    413: {"model": ErrorResponse, "description": "Body too large."},
-    422: {"model": ErrorResponse, "description": "Invalid input (unknown field, bad type, k out of range)."},
-    503: {"model": ErrorResponse, "description": "Overloaded (Retry-After) or cache unavailable."},
+    **AUTH_ERRORS,
+    413: {"description": "Body too large."},
+    422: {"description": "Invalid input (unknown field, bad type, k out of range)."},
+    500: {"description": "Internal error (the body names only the request id)."},
+    503: {"description": "Overloaded (Retry-After) or cache unavailable (Retry-After)."},
 }
 
 
 @router.post("/profile", response_model=ProfileResponse, responses=ERRORS)
 async def post_profile(body: ProfileRequest, request: Request) -> RenderedJSON:
-    """Compute a user's top-K interest tags from their features, cache it, and return it."""
-    (profile,) = await compute_profiles(service_state(request), [body])
+    """Compute a user's top-K interest tags from their features, cache it (unless `store` is false), return it."""
+    state = service_state(request)
+    state.auth.check(request, "write" if body.store else "compute")
+    (profile,) = await compute_profiles(state, [body])
     return RenderedJSON(profile)
 
 
 @router.post("/profiles", response_model=ProfilesResponse, responses=ERRORS)
 async def post_profiles(body: ProfilesRequest, request: Request) -> RenderedJSON:
-    """Profiles for several users in one call (at most `max_batch_users`)."""
+    """Profiles for several users in one call (at most 256)."""
     state = service_state(request)
-    limit = state.settings.max_batch_users
-    if len(body.users) > limit:
-        raise InvalidInput(f"at most {limit} users per call, got {len(body.users)}")
+    state.auth.check(request, "write" if any(u.store for u in body.users) else "compute")
+    if len(body.users) > MAX_USERS_PER_CALL:
+        raise InvalidInput(f"at most {MAX_USERS_PER_CALL} users per call, got {len(body.users)}")
     return RenderedJSON(b'{"profiles":[' + b",".join(await compute_profiles(state, body.users)) + b"]}")
 
 
 @router.get(
     "/profile/{user_id}",
     response_model=ProfileResponse,
-    responses={404: {"model": ErrorResponse, "description": "Not cached, or expired."}, **ERRORS},
+    responses={404: {"description": "Not cached, or expired."}, **ERRORS},
 )
 async def get_profile(
     request: Request,
@@ -50,4 +64,7 @@ async def get_profile(
     k: Annotated[int | None, Query(ge=1, description="Number of tags (at most what was cached).")] = None,
 ) -> RenderedJSON:
     """The cached profile of a user, as last computed by the bundle now being served."""
-    return RenderedJSON(await read_profile(service_state(request), user_id, k))
+    state = service_state(request)
+    if not state.auth.reads_open:
+        state.auth.check(request, "read")
+    return RenderedJSON(await read_profile(state, user_id, k))

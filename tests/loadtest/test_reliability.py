@@ -144,7 +144,7 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[int
 def test_cache_on_a_three_node_redis_cluster(bundles: dict[str, Path], redis_cluster: list[int]) -> None:
     url = f"redis+cluster://127.0.0.1:{redis_cluster[0]}"
     with TestClient(create_app(settings_for(bundles["a"], None, redis_url=url))) as c:
-        assert c.get("/readyz").json()["cache"] == {"kind": "redis-cluster", "reachable": True}
+        assert c.get("/readyz").json()["cache"] == {"kind": "redis-cluster", "reachable": True, "breaker": "closed"}
         for i in range(30):
             assert post(c, f"cluster-user-{i}", k=3).status_code == 200
         for i in range(30):
@@ -244,7 +244,9 @@ def test_tls_and_password_work_and_the_secret_never_reaches_logs(
 
 
 def test_overload_is_shed_early_with_retry_after(bundles: dict[str, Path]) -> None:
-    s = settings_for(bundles["a"], None, max_pending=4, batch_max_size=2, batch_max_wait_ms=20.0, batch_workers=1)
+    s = settings_for(
+        bundles["a"], None, max_pending_users=4, batch_max_users=2, batch_max_wait_ms=20.0, batch_workers=1
+    )
     with LiveServer(s) as url, httpx.Client(base_url=url, timeout=10) as probe:
         assert post(probe, "warm").status_code == 200
 
@@ -264,7 +266,9 @@ def test_overload_is_shed_early_with_retry_after(bundles: dict[str, Path]) -> No
 
 
 def test_requests_beyond_the_inflight_bound_are_shed_before_parsing(bundles: dict[str, Path]) -> None:
-    s = settings_for(bundles["a"], None, max_inflight=3, batch_max_wait_ms=30.0, batch_max_size=2, batch_workers=1)
+    s = settings_for(
+        bundles["a"], None, max_inflight_requests=3, batch_max_wait_ms=30.0, batch_max_users=2, batch_workers=1
+    )
     with LiveServer(s) as url, httpx.Client(base_url=url, timeout=10) as probe:
 
         def one(i: int) -> httpx.Response:
@@ -281,7 +285,7 @@ def test_requests_beyond_the_inflight_bound_are_shed_before_parsing(bundles: dic
 
 @pytest.fixture(scope="module")
 def live_url(bundles: dict[str, Path]) -> Iterator[str]:
-    with LiveServer(settings_for(bundles["a"], None, admin_api_key="k")) as url:
+    with LiveServer(settings_for(bundles["a"], None)) as url:
         yield url
 
 

@@ -47,7 +47,7 @@ def test_reads_of_one_turn_share_one_round_trip(redis_server: RedisServer) -> No
     async def scenario() -> None:
         cache = RedisProfileCache(redis_server.url, timeout_ms=1000, on_read_batch=batches.append)
         try:
-            await asyncio.gather(*(cache.set(f"t:share:{i}", f"v{i}".encode(), 60) for i in range(20)))
+            await asyncio.gather(*(cache.set(f"t:share:{i}", f"v{i}".encode(), 60_000) for i in range(20)))
             values = await asyncio.gather(*(cache.get(f"t:share:{i}") for i in range(25)))
             assert values == [f"v{i}".encode() for i in range(20)] + [None] * 5
         finally:
@@ -66,7 +66,7 @@ def test_unreachable_redis_fails_every_caller_of_the_turn() -> None:
             results = await asyncio.gather(*(cache.get(f"k{i}") for i in range(5)), return_exceptions=True)
             assert all(isinstance(r, CacheUnavailable) for r in results), results
             with pytest.raises(CacheUnavailable):
-                await cache.set("k", b"v", 10)
+                await cache.set("k", b"v", 10_000)
         finally:
             await cache.close()
 

@@ -182,18 +182,20 @@ def test_near_cache_answers_repeats_and_goes_stale_for_at_most_its_ttl(
             redis_server.start()
 
 
-def test_batch_endpoint_and_its_limit(bundles: dict[str, Path], redis_server: RedisServer) -> None:
-    with TestClient(create_app(settings_for(bundles["a"], redis_server, max_batch_users=3))) as c:
-        users = [{"user_id": f"b{i}", "features": USER, "k": 2} for i in range(3)]
-        r = c.post("/profiles", json={"users": users})
-        assert r.status_code == 200 and [p["user_id"] for p in r.json()["profiles"]] == ["b0", "b1", "b2"]
-        assert c.get("/profile/b2").json()["cached"] is True
-        r = c.post("/profiles", json={"users": [*users, {"user_id": "b3"}]})
-        assert r.status_code == 422 and "at most 3 users" in r.json()["detail"]
+def test_batch_endpoint_and_its_limit(client: TestClient) -> None:
+    from service.routes.profile import MAX_USERS_PER_CALL
+
+    users = [{"user_id": f"b{i}", "features": USER, "k": 2} for i in range(3)]
+    r = client.post("/profiles", json={"users": users})
+    assert r.status_code == 200 and [p["user_id"] for p in r.json()["profiles"]] == ["b0", "b1", "b2"]
+    assert client.get("/profile/b2").json()["cached"] is True
+    many = [{"user_id": f"m{i}"} for i in range(MAX_USERS_PER_CALL + 1)]
+    r = client.post("/profiles", json={"users": many})
+    assert r.status_code == 422 and f"at most {MAX_USERS_PER_CALL} users" in r.json()["detail"]
 
 
 def test_cache_expiry(bundles: dict[str, Path], redis_server: RedisServer) -> None:
-    with TestClient(create_app(settings_for(bundles["a"], redis_server, cache_ttl_s=1))) as c:
+    with TestClient(create_app(settings_for(bundles["a"], redis_server, cache_ttl_ms=1000))) as c:
         post(c, "short-lived")
         assert c.get("/profile/short-lived").status_code == 200
         time.sleep(1.3)
@@ -204,13 +206,14 @@ def test_embedded_cache_without_redis(bundles: dict[str, Path]) -> None:
     with TestClient(create_app(settings_for(bundles["a"], None))) as c:
         post(c, "mem")
         assert c.get("/profile/mem").json()["cached"] is True
-        assert c.get("/readyz").json()["cache"] == {"kind": "memory", "reachable": True}
+        assert c.get("/readyz").json()["cache"] == {"kind": "memory", "reachable": True}  # no breaker: no Redis
 
 
 def test_health_ready_and_metrics(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "alive"}
     ready = client.get("/readyz").json()
-    assert ready["status"] == "ready" and ready["cache"] == {"kind": "redis", "reachable": True}
+    assert ready["status"] == "ready" and ready["cache"] == {"kind": "redis", "reachable": True, "breaker": "closed"}
+    assert ready["device"] == {"requested": "auto", "execution_provider": "CPUExecutionProvider", "index": "cpu"}
     post(client, "m1")
     client.get("/profile/m1")
     client.get("/profile/none")
@@ -255,7 +258,7 @@ def test_redis_outage_post_still_answers_get_is_503_then_recovers(
 
 
 def test_admin_reload_guards(bundles: dict[str, Path], redis_server: RedisServer) -> None:
-    with TestClient(create_app(settings_for(bundles["a"], redis_server, admin_api_key=None))) as c:
+    with TestClient(create_app(settings_for(bundles["a"], redis_server, auth_keys=None))) as c:
         r = c.post("/admin/reload", json={"bundle": "b"})
         assert r.status_code == 404 and "disabled" in r.json()["detail"]
     with TestClient(create_app(settings_for(bundles["a"], redis_server))) as c:
