@@ -16,7 +16,7 @@ $(BIN)/python:
 # would pull a multi-GB CUDA build. The pyproject range admits 2.13.0, so nothing more is fetched.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[train,serve,dev]'
+	$(BIN)/pip install --quiet -e '.[train,serve,dev,batch]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -40,8 +40,8 @@ class CacheUnavailable(Exception):
 
 
 def profile_key(model_version: str, user_id: str) -> str:
-    # No hash tag on purpose: keys spread across cluster slots. "p1": the record format.
-    return f"utpm:profile:p1:{model_version}:{user_id}"
+    # No hash tag on purpose: keys spread across cluster slots. "p2": the record format.
+    return f"utpm:profile:p2:{model_version}:{user_id}"
 
 
 class ProfileCache(Protocol):

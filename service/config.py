@@ -127,6 +127,15 @@ class Settings(BaseSettings):
         description="With Redis: profiles read or written in the last this-many ms are answered from process "
         "memory (a profile recomputed by another replica can be this late); 0 turns the near cache off.",
     )
+    cache_stale_fallback: bool = Field(
+        True,
+        description="When the served model has no profile for a user, GET answers the most recently served other "
+        'model version\'s, marked "stale": true with its own model_version (no 404 storm on a rollout); '
+        "false: 404.",
+    )
+    max_lookup_users: int = Field(
+        1000, ge=1, le=10_000, description="Users per POST /profiles/lookup (one Redis round trip for all of them)."
+    )
     # -- batching and overload -------------------------------------------------------------------
     # 8: per-user cost falls steeply up to a batch of 8 and little beyond, while waiting grows
     # (docs/performance.md, "What each setting bought").

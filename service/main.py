@@ -21,8 +21,9 @@ from service.logs import configure_logging
 from service.metrics import Metrics
 from service.middleware import Gateway
 from service.responses import JSONResponse
-from service.routes import admin, health, profile
+from service.routes import admin, health, lookup, profile
 from service.schemas import Problem
+from service.stale import StaleFallback
 from service.state import ServiceState
 from service.tracing import make_tracing
 
@@ -61,8 +62,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         tracing = make_tracing(settings.otlp_endpoint)
         app.state.service = ServiceState(
-            settings=settings, engine=engine, cache=cache, metrics=metrics, auth=auth, tracing=tracing
+            settings=settings,
+            engine=engine,
+            cache=cache,
+            metrics=metrics,
+            auth=auth,
+            tracing=tracing,
+            fallback=StaleFallback(cache),
         )
+        await app.state.service.fallback.refresh(engine.version)  # registers the served version
         metrics.watch_gc()
         metrics.bundle_info.labels(engine.version, engine.model_name).set(1)
         log.info(
@@ -102,6 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     install_error_handlers(app)
     app.include_router(profile.router)
+    app.include_router(lookup.router)
     app.include_router(health.router)
     app.include_router(admin.router)
     if settings.cors_origins:

@@ -5,11 +5,15 @@ A cache hit is the hot path of the recall layers, so what the cache holds is the
 offsets. Answering with k tags is then two slices of that body (the first k tags, and the closing
 fields) instead of parsing a record, building k dicts and encoding them again.
 
-Layout (little-endian): b"P1", n (uint16), the end of each tag's object in the body (n x uint32),
+Layout (little-endian): b"P2", n (uint16), the end of each tag's object in the body (n x uint32),
 the end of the tag list's last object (uint32), then the body:
 
     {"user_id":...,"model_version":...,"tags":[{"tag":...,"score":...},...],
-     "unknown":{...},"all_unknown":false,"cached":true}
+     "unknown":{...},"all_unknown":false,"computed_at":"2026-11-30T19:00:00.000Z",
+     "expires_at":"...","stale":false,"cached":true}
+
+`stale` is true only when GET answers from another (older) model version's record because the
+served one has none yet (`stale_response`); the record itself always says false.
 
 The boundaries are found in orjson's output by the byte pattern between two tag objects; JSON
 escapes every quote inside a string, so `},{"tag":"` can occur only between two objects.
@@ -18,16 +22,25 @@ escapes every quote inside a string, so `},{"tag":"` can occur only between two 
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-MAGIC = b"P1"
+MAGIC = b"P2"
 _BETWEEN = b'},{"tag":"'
 _CACHED_TRUE = b'"cached":true}'
 _CACHED_FALSE = b'"cached":false}'
+_FRESH_TAIL = b'"stale":false,"cached":true}'
+_STALE_TAIL = b'"stale":true,"cached":true}'
+
+
+def iso_ms(epoch_ms: int) -> str:
+    """UTC ISO 8601 with milliseconds, e.g. 2026-11-30T19:00:00.000Z (fixed width, sorts as text)."""
+    seconds, ms = divmod(epoch_ms, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{ms:03d}Z"
 
 
 class CorruptRecord(ValueError):
@@ -64,8 +77,11 @@ def render(
     scores: Sequence[float],
     unknown: dict[str, Any],
     all_unknown: bool,
+    *,
+    computed_at_ms: int,
+    expires_at_ms: int,
 ) -> RenderedProfile:
-    """Render a profile once; `names` and `scores` are the kept tags, best first."""
+    """Render a profile once; `names` and `scores` are the kept tags, best first; times in epoch ms."""
     body = orjson.dumps(
         {
             "user_id": user_id,
@@ -73,6 +89,9 @@ def render(
             "tags": [{"tag": t, "score": s} for t, s in zip(names, scores, strict=True)],
             "unknown": unknown,
             "all_unknown": all_unknown,
+            "computed_at": iso_ms(computed_at_ms),
+            "expires_at": iso_ms(expires_at_ms),
+            "stale": False,
             "cached": True,
         }
     )
@@ -106,3 +125,11 @@ def cached_response(record: bytes, k: int) -> bytes:
     (end_k,) = struct.unpack_from("<I", record, 4 + 4 * (k - 1))
     (list_end,) = struct.unpack_from("<I", record, 4 + 4 * n)
     return record[start : start + end_k] + record[start + list_end :]
+
+
+def stale_response(record: bytes, k: int) -> bytes:
+    """`cached_response`, marked `"stale": true`: another model version's profile served in its place."""
+    body = cached_response(record, k)
+    if not body.endswith(_FRESH_TAIL):
+        raise CorruptRecord("profile record without the freshness fields")
+    return body[: -len(_FRESH_TAIL)] + _STALE_TAIL

@@ -15,6 +15,7 @@ from service.engine import ComputedProfile, EncodedUser, ProfileEngine
 from service.errors import InvalidInput, NotCached
 from service.profile_record import CorruptRecord, cached_response, render
 from service.schemas import ProfileRequest
+from service.stale import read_stale
 from service.state import ServiceState
 
 log = logging.getLogger("utpm.service")
@@ -66,11 +67,21 @@ async def compute_profiles(state: ServiceState, requests: Sequence[ProfileReques
         metrics.stage["queue"].observe(queue_s)
         responses, writes = [], []
         tokens = engine.bundle.tags.tokens  # id -> tag name, indexed directly (no call per tag)
+        now_ms = time.time_ns() // 1_000_000
         for req, user, prof in zip(requests, encoded, computed, strict=True):
             k = DEFAULT_K if req.k is None else req.k
             names = [tokens[i] for i in prof.tag_ids.tolist()]
             # Rendered once: the response is a slice of it, the cache keeps it whole.
-            rendered = render(req.user_id, engine.version, names, prof.scores.tolist(), user.unknown, user.all_unknown)
+            rendered = render(
+                req.user_id,
+                engine.version,
+                names,
+                prof.scores.tolist(),
+                user.unknown,
+                user.all_unknown,
+                computed_at_ms=now_ms,
+                expires_at_ms=now_ms + settings.cache_ttl_ms,
+            )
             if req.explain:
                 body = orjson.loads(rendered.response(k, cached=False))
                 body["explanation"] = _explanation(engine, user, prof, body["tags"])
@@ -120,6 +131,11 @@ async def read_profile(state: ServiceState, user_id: str, k: int | None) -> byte
         state.metrics.stage["cache"].observe(t1 - t0)
         if state.tracing is not None:
             state.tracing.record("utpm.read", [("cache", t0, t1)], model_version=engine.version)
+    if stored is None and state.settings.cache_stale_fallback and state.fallback is not None:
+        body = await read_stale(state.cache, state.fallback, engine.version, user_id, k)
+        if body is not None:
+            state.metrics.cache_requests.labels("stale").inc()
+            return body
     if stored is None:
         state.metrics.cache_result["miss"].inc()
         raise NotCached(

@@ -67,6 +67,12 @@ class ProfileResponse(BaseModel):
     all_unknown: bool = Field(
         description="True when no feature value was known: the profile rests on the model's prior alone."
     )
+    computed_at: str = Field(description="When the profile was computed (UTC, ISO 8601 with ms).")
+    expires_at: str = Field(description="When the cache drops it (UTC, ISO 8601 with ms).")
+    stale: bool = Field(
+        description="True when the served model has no profile for this user yet and this is the most recent "
+        "older model version's (its own model_version says which); false otherwise."
+    )
     cached: bool
     explanation: Explanation | None = None
 

@@ -13,6 +13,7 @@ from service.cache import ProfileCache
 from service.config import Settings
 from service.engine import ProfileEngine
 from service.metrics import Metrics
+from service.stale import StaleFallback
 from service.tracing import Tracing
 
 
@@ -24,6 +25,7 @@ class ServiceState:
     metrics: Metrics
     auth: Auth
     tracing: Tracing | None = None
+    fallback: StaleFallback | None = None  # set in the lifespan: the stale-fallback versions (service.stale)
     retiring: set[asyncio.Task[None]] = field(default_factory=set)
 
 

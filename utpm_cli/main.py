@@ -14,6 +14,7 @@ from utpm.data.errors import DataError
 from utpm_cli.bench import bench_loop_cmd, bench_serve_cmd, bench_tune_cmd
 from utpm_cli.export import bench_model_cmd, export_cmd
 from utpm_cli.index import bench_index_cmd, index_build_cmd
+from utpm_cli.profile import profile_app
 
 app = typer.Typer(
     help="UTPM user-tag profiles: prepare data, train, evaluate, export, index, serve.",
@@ -28,6 +29,7 @@ bench_app = typer.Typer(
     help="Benchmarks that print JSON (speed targets live here, not in tests).", no_args_is_help=True
 )
 app.add_typer(bench_app, name="bench")
+app.add_typer(profile_app, name="profile")
 
 
 app.command("export")(export_cmd)

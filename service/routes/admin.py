@@ -58,6 +58,8 @@ async def reload_bundle(body: ReloadRequest, state: State, request: Request) -> 
         new.start(on_batch=state.metrics.batch_size.observe)
         old = state.engine
         state.engine = new  # the swap: new requests see the new engine from here on
+        if state.fallback is not None:  # misses under the new version fall back to the old one's profiles
+            await state.fallback.refresh(new.version, previous=old.version)
         task = asyncio.get_running_loop().create_task(old.retire())
         state.retiring.add(task)
         task.add_done_callback(state.retiring.discard)

@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from service.cache import CacheUnavailable, RedisProfileCache
-from service.profile_record import CorruptRecord, cached_response, render
+from service.profile_record import CorruptRecord, cached_response, render, stale_response
 from tests.conftest import RedisServer, free_port
 
 NAMES = ["sci-fi", 'quote " and },{"tag":"x', "über", "noir", "a\\b"]
@@ -19,7 +19,16 @@ SCORES = [0.9, 0.5, 0.25, -0.125, -1.0]
 @pytest.mark.parametrize("n", [0, 1, 2, 5])
 def test_record_answers_any_k_like_the_full_json(n: int) -> None:
     unknown = {"genres": ["??"]}
-    rendered = render('user "1"', "v1", NAMES[:n], SCORES[:n], unknown, False)
+    rendered = render(
+        'user "1"',
+        "v1",
+        NAMES[:n],
+        SCORES[:n],
+        unknown,
+        False,
+        computed_at_ms=1_764_529_200_123,
+        expires_at_ms=1_764_532_800_123,
+    )
     record = rendered.record()
     for k in range(1, 8):
         want = [{"tag": t, "score": s} for t, s in zip(NAMES[: min(k, n)], SCORES, strict=False)]
@@ -31,8 +40,12 @@ def test_record_answers_any_k_like_the_full_json(n: int) -> None:
                 "tags": want,
                 "unknown": unknown,
                 "all_unknown": False,
+                "computed_at": "2025-11-30T19:00:00.123Z",
+                "expires_at": "2025-11-30T20:00:00.123Z",
+                "stale": False,
                 "cached": cached,
             }
+        assert orjson.loads(stale_response(record, k))["stale"] is True
 
 
 def test_record_refuses_what_it_did_not_write() -> None:

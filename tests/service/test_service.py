@@ -280,7 +280,8 @@ def test_reload_changes_version_and_never_serves_old_profiles_as_new(
         assert r.status_code == 200, r.text
         v2 = r.json()["model_version"]
         assert r.json()["previous_version"] == v1 and v2 != v1
-        assert c.get("/profile/carol").status_code == 404  # cached under v1 only
+        stale = c.get("/profile/carol").json()  # cached under v1 only: answered as v1's, marked stale
+        assert stale["stale"] is True and stale["model_version"] == v1
         assert post(c, "carol").json()["model_version"] == v2
         assert c.get("/profile/carol").json()["model_version"] == v2
         assert c.get("/readyz").json()["model_version"] == v2

@@ -1,0 +1,95 @@
+"""The checkpoint next to the job's outputs: which chunks are written, so `--resume` skips them.
+
+`checkpoint.jsonl` starts with the job's identity (input fingerprint, bundle version, k, times,
+chunk size, Redis target); then one line per chunk, appended and fsynced only after the chunk's
+records are in Redis and its rejects are in the rejects file. A job killed part-way has therefore
+written, beyond its checkpoint, at most the chunks that were in flight: a resumed run writes those
+users once more (identical records) and every other user not at all. A torn last line (killed
+mid-write) is ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from batch.job import BatchError
+
+CHECKPOINT_FILE = "checkpoint.jsonl"
+
+
+@dataclass
+class Progress:
+    """What a previous run finished: chunk index -> its line, and the rejects file's length then."""
+
+    identity: dict[str, Any]
+    done: dict[int, dict[str, Any]] = field(default_factory=dict)
+    rejects_bytes: int = 0
+
+    @property
+    def rows_done(self) -> int:
+        return sum(int(c["rows"]) for c in self.done.values())
+
+
+def _read(path: Path) -> Progress | None:
+    if not path.is_file():
+        return None
+    lines = path.read_bytes().split(b"\n")
+    try:
+        head = json.loads(lines[0])
+    except (json.JSONDecodeError, IndexError):
+        return None
+    progress = Progress(identity=head.get("job", {}))
+    for line in lines[1:]:
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # the torn last line of a killed run
+        progress.done[int(entry["chunk"])] = entry
+        progress.rejects_bytes = max(progress.rejects_bytes, int(entry["rejects_bytes"]))
+    return progress
+
+
+class Checkpoint:
+    def __init__(self, out: Path) -> None:
+        self.path = out / CHECKPOINT_FILE
+        self._file: Any = None
+
+    def previous(self) -> Progress | None:
+        return _read(self.path)
+
+    def open(self, identity: dict[str, Any], resume: bool) -> Progress:
+        """Start (a fresh checkpoint) or resume (the previous one, which must be of the same job)."""
+        before = self.previous() if resume else None
+        if before is not None:
+            differ = sorted(
+                k for k in set(identity) | set(before.identity) if identity.get(k) != before.identity.get(k)
+            )
+            if differ:
+                details = "; ".join(f"{k}: was {before.identity.get(k)!r}, now {identity.get(k)!r}" for k in differ)
+                raise BatchError(
+                    f"--resume: {self.path} belongs to another job ({details}); run without --resume to start over"
+                )
+            self._file = self.path.open("ab")
+            return before
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("wb")
+        self._append({"job": identity})
+        return Progress(identity=identity)
+
+    def record(self, chunk: int, rows: int, written: int, rejected: int, rejects_bytes: int) -> None:
+        line = {"chunk": chunk, "rows": rows, "written": written, "rejected": rejected, "rejects_bytes": rejects_bytes}
+        self._append(line)
+
+    def _append(self, obj: dict[str, Any]) -> None:
+        self._file.write(json.dumps(obj, sort_keys=True).encode() + b"\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

@@ -1,0 +1,106 @@
+"""Stale fallback: on a miss, the most recently served other model version's profile.
+
+Cache keys carry the model version, so without this a rollout turns every GET into a 404 until
+each user is recomputed under the new version. A small registry (a Redis sorted set, or process
+memory with the embedded cache) records each version's last "start of serving" (the service, at
+start-up and on reload) or first write (`utpm profile batch`, which may warm a version before a
+reload). On a miss, GET reads the same user under the `STALE_VERSIONS` most recently served other
+versions, newest first, and answers the first it finds marked `"stale": true` with its own
+`model_version`. `UTPM_CACHE_STALE_FALLBACK=false` turns the reads off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from service.cache import ProfileCache, profile_key
+from service.profile_record import CorruptRecord, stale_response
+
+log = logging.getLogger("utpm.service")
+
+# Key of the registry: version -> epoch ms it last started being served (or was first written).
+REGISTRY_KEY = "utpm:versions:p2"
+# Other versions a miss falls back to: the previous one is the rollout case; two cover a quick second rollout.
+STALE_VERSIONS = 2
+# Registry entries kept: far more versions than a cache TTL keeps profiles of.
+REGISTRY_MAX_ENTRIES = 32
+# A registry read that failed (Redis down at start-up) is retried on a later miss, at most this often.
+RETRY_S = 10.0
+
+
+def redis_client_of(cache: ProfileCache) -> object | None:
+    """The redis-py asyncio client behind `cache` (through a near cache); None for the embedded cache."""
+    return getattr(getattr(cache, "remote", cache), "client", None)
+
+
+class StaleFallback:
+    """The other versions a miss of the served version falls back to, newest first."""
+
+    def __init__(self, cache: ProfileCache) -> None:
+        self.cache = cache
+        self._client = redis_client_of(cache)
+        self._memory: dict[str, int] = {}  # the registry when there is no Redis
+        self.versions: list[str] = []
+        self._loaded = False
+        self._last_try = 0.0
+
+    async def refresh(self, current: str, previous: str | None = None) -> None:
+        """Record `current` as served from now on and reload the fallback list; `previous`: the
+        version it replaces in this process, first in the list even if the registry is unreachable."""
+        from redis.exceptions import RedisError
+
+        self._last_try = time.monotonic()
+        head = [previous] if previous and previous != current else []
+        now_ms = time.time_ns() // 1_000_000
+        if self._client is None:
+            self._memory[current] = now_ms
+            ranked = sorted(self._memory, key=self._memory.__getitem__, reverse=True)
+            self._loaded = True
+        else:
+            client = self._client
+            try:
+                await client.zadd(REGISTRY_KEY, {current: now_ms})  # type: ignore[attr-defined]
+                await client.zremrangebyrank(REGISTRY_KEY, 0, -REGISTRY_MAX_ENTRIES - 1)  # type: ignore[attr-defined]
+                raw = await client.zrevrange(REGISTRY_KEY, 0, STALE_VERSIONS + 1)  # type: ignore[attr-defined]
+            except (RedisError, OSError, TimeoutError) as e:
+                log.warning("model version registry unreachable (%s); stale fallback limited to %s", e, head)
+                self._loaded = False
+                self.versions = head
+                return
+            ranked = [v.decode() if isinstance(v, bytes) else str(v) for v in raw]
+            self._loaded = True
+        others = [v for v in dict.fromkeys([*head, *ranked]) if v != current]
+        self.versions = others[:STALE_VERSIONS]
+
+    async def versions_for(self, current: str) -> list[str]:
+        if not self._loaded and time.monotonic() - self._last_try >= RETRY_S:
+            await self.refresh(current, self.versions[0] if self.versions else None)
+        return self.versions
+
+
+def decode_stale(record: bytes | None, k: int) -> bytes | None:
+    """The stale response of another version's record, or None when it is absent or unreadable."""
+    if record is None:
+        return None
+    try:
+        return stale_response(record, k)
+    except CorruptRecord:
+        return None
+
+
+async def read_stale(cache: ProfileCache, fallback: StaleFallback, current: str, user_id: str, k: int) -> bytes | None:
+    """The user's profile under the newest other version that has one, marked stale; None if none does.
+
+    The reads for every fallback version share one round trip (they are issued in one loop turn).
+    """
+    versions = await fallback.versions_for(current)
+    if not versions:
+        return None
+    records = await asyncio.gather(*(cache.get(profile_key(v, user_id)) for v in versions))
+    for record in records:
+        body = decode_stale(record, k)
+        if body is not None:
+            return body
+    return None
