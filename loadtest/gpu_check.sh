@@ -10,7 +10,7 @@
 # 2. `utpm bench model --preset industrial` (ONNX Runtime on CUDA against PyTorch);
 # 3. `utpm bench index` at 1M x 128 (the index on the GPU; `auto` picks exact search there);
 # 4. a short load run, `utpm bench serve` on a $TAGS-tag bundle (built once, ~2-3 minutes at 100k),
-#    10 s per level, docs/performance.md left alone.
+#    10 s per level (benchmark commands never edit the docs; `utpm bench report` does).
 # It changes the Python environment it runs in (step 1): use a throwaway one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,7 +43,7 @@ echo "[1/3] utpm bench model on CUDA" >&2
 echo "[2/3] utpm bench index on the GPU" >&2
 "${UTPM[@]}" bench index --tags 1000000 --json >"$OUT/index.json"
 echo "[3/3] utpm bench serve, short run on $TAGS tags" >&2
-"${UTPM[@]}" bench serve --tags "$TAGS" --users 1,16,64 --duration 10 --no-docs-update \
+"${UTPM[@]}" bench serve --tags "$TAGS" --users 1,16,64 --duration 10 \
   --json "$OUT/serve.json" >"$OUT/serve.md"
 
 "$PY" - "$OUT" <<'EOF'

@@ -3,64 +3,32 @@
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from loadtest._procs import start_redis
+from loadtest.procs import Redis
+from loadtest.procs import free_port as free_port  # re-exported: one free_port for every test
 from pipeline import BuiltBundle, DataSource, build_bundle
 
 REPO = Path(__file__).resolve().parent.parent
 MOVIELENS_SMALL = REPO / "data" / "movielens-small"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class RedisServer:
-    """A redis-server process this test session owns; `stop()`/`start()` simulate an outage."""
-
-    port: int
-    workdir: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        try:
-            self.proc = start_redis(self.port, self.workdir)
-        except RuntimeError as e:
-            pytest.fail(f"{e}; `make test` installs it")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-            self.proc = None
+RedisServer = Redis  # the type of the `redis_server` fixture
 
 
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(port=free_port(), workdir=tmp_path_factory.mktemp("redis"))
-    server.start()
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
+    server = Redis(workdir=tmp_path_factory.mktemp("redis"))
     try:
-        yield server
-    finally:
-        server.stop()
+        server.start()
+    except RuntimeError as e:
+        pytest.fail(f"{e}; `make test` installs it")
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""Typer commands `utpm bench serve`, `tune` and `loop` (registered in `utpm_cli/main.py`)."""
+"""Typer commands `utpm bench serve`, `tune`, `loop`, `reliability` and `report` (registered in
+`utpm_cli/main.py`). The load commands write JSON artifacts; only `report` writes the docs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -38,6 +39,11 @@ def _levels(text: str) -> tuple[int, ...]:
     return levels
 
 
+def _write(report: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2))
+
+
 def _settings(pairs: list[str]) -> dict[str, str]:
     out = {}
     for pair in pairs:
@@ -52,17 +58,24 @@ def bench_serve_cmd(
     tags: Annotated[int, typer.Option(help="Synthetic tags of the benchmark bundle (built once, then reused).")] = (
         1_000_000
     ),
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON here.")] = None,
+    json_out: Annotated[Path, typer.Option("--json", help="Write the report as JSON here.")] = Path(
+        "artifacts/bench/serve.json"
+    ),
     users: Annotated[str, typer.Option("--users", help="Concurrency levels of the POST runs.")] = "1,16,64",
     compare_users: Annotated[int, typer.Option(help="Users of the GET, mix, ceiling and peer runs.")] = 16,
     duration: Annotated[float, typer.Option(help="Seconds per load run.")] = 30.0,
     k: Annotated[int, typer.Option(help="Tags per profile requested.")] = 50,
     workers: Annotated[int, typer.Option(help="uvicorn worker processes of the service.")] = 1,
-    wrk_rate: Annotated[
-        float | None, typer.Option(help="Fixed rate of the wrk run (default: half the POST req/s at --compare-users).")
+    open_rate: Annotated[
+        float | None,
+        typer.Option(
+            "--open-rate",
+            "--wrk-rate",
+            help="Rate of the open-loop run (default: half the POST req/s at --compare-users).",
+        ),
     ] = None,
     settings: Annotated[
-        list[str] | None, typer.Option("--set", help="Service setting KEY=VALUE (UTPM_KEY), repeatable.")
+        list[str] | None, typer.Option("--set", help="Service setting KEY=VALUE (a Settings field), repeatable.")
     ] = None,
     bundle: Annotated[Path | None, typer.Option(help="Serve this indexed bundle instead of the benchmark's.")] = None,
     run: Annotated[
@@ -74,12 +87,10 @@ def bench_serve_cmd(
     root: Annotated[Path, typer.Option(help="Where the benchmark bundle and the run's logs go.")] = Path(
         "artifacts/bench"
     ),
-    docs: Annotated[Path, typer.Option(help="Append the dated section to this file.")] = Path("docs/performance.md"),
-    write_docs: Annotated[bool, typer.Option("--docs-update/--no-docs-update", help="Update --docs.")] = True,
 ) -> None:
-    """The service under load (locust + wrk) beside an empty FastAPI ceiling and a naive peer: JSON + docs."""
-    from loadtest._bench import METHODOLOGY, BenchConfig, render_markdown, run_bench
-    from loadtest._bench import write_docs as write_section
+    """The service under load (locust + wrk) beside an empty FastAPI ceiling and a naive peer: a JSON report."""
+    from loadtest.report import render_serve
+    from loadtest.serve import BenchConfig, run_bench
 
     if tags < 1000:
         _fail(f"--tags must be at least 1000, got {tags}")
@@ -93,7 +104,7 @@ def bench_serve_cmd(
         compare_users=compare_users,
         duration_s=duration,
         k=k,
-        wrk_rate=wrk_rate,
+        open_rate=open_rate,
         peers=peers,
         profile=profile,
         workers=workers,
@@ -105,21 +116,13 @@ def bench_serve_cmd(
         report = run_bench(cfg, progress=_progress(t0))
     except (RuntimeError, OSError, ValueError) as e:
         _fail(str(e))
-    wrote = []
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report, indent=2))
-        wrote.append(str(json_out))
-    markdown = render_markdown(report, json_out)
-    if write_docs:
-        write_section(docs, markdown, METHODOLOGY)
-        wrote.append(str(docs))
-    typer.echo(markdown)
+    _write(report, json_out)
+    typer.echo(render_serve(report))
     s = report["summary"]
     met = sum(1 for t in s["targets"].values() if t["met"])
     typer.echo(
         f"benchmarked the service in {time.perf_counter() - t0:.0f}s: {met}/{len(s['targets'])} targets met, "
-        f"{s['failed_requests']} failed requests; wrote {', '.join(wrote) or 'stdout only'}"
+        f"{s['failed_requests']} failed requests; wrote {json_out} (`utpm bench report` puts it in the docs)"
     )
 
 
@@ -139,11 +142,14 @@ def bench_tune_cmd(
     connections: Annotated[int, typer.Option(help="wrk connections (closed loop).")] = 16,
     duration: Annotated[float, typer.Option(help="Seconds per run.")] = 10.0,
     rounds: Annotated[int, typer.Option(help="Times each variant runs, in alternation with the others.")] = 2,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON here.")] = None,
+    json_out: Annotated[Path, typer.Option("--json", help="Write the report as JSON here.")] = Path(
+        "artifacts/bench/tune.json"
+    ),
     root: Annotated[Path, typer.Option(help="Where the benchmark bundle and the logs go.")] = Path("artifacts/bench"),
 ) -> None:
     """Service settings side by side: POST /profile under wrk, variants alternated (A B A B)."""
-    from loadtest._tune import TuneConfig, parse_variant, render_tune, run_tune
+    from loadtest.report import render_tune
+    from loadtest.tune import TuneConfig, parse_variant, run_tune
 
     if connections < 1 or duration <= 0 or rounds < 1:
         _fail("--connections and --rounds must be at least 1 and --duration positive")
@@ -166,14 +172,12 @@ def bench_tune_cmd(
         report = run_tune(cfg, progress=_progress(t0))
     except (RuntimeError, OSError, ValueError) as e:
         _fail(str(e))
+    _write(report, json_out)
     typer.echo(render_tune(report))
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report, indent=2))
     best = max(report["summary"].items(), key=lambda kv: kv[1]["median_rps"])
     typer.echo(
         f"tuned {len(variants)} variant(s) x {rounds} round(s) in {time.perf_counter() - t0:.0f}s; highest median "
-        f"req/s: {best[0]} ({best[1]['median_rps']:,.0f}); wrote {json_out or 'stdout only'}"
+        f"req/s: {best[0]} ({best[1]['median_rps']:,.0f}); wrote {json_out}"
     )
 
 
@@ -184,7 +188,7 @@ def bench_loop_cmd(
     rounds: Annotated[int, typer.Option(help="Timed rounds (the median is reported).")] = 3,
 ) -> None:
     """Event-loop CPU per GET /profile hit, in process (no HTTP): service variants vs the ceiling; JSON."""
-    from loadtest._loop import run_loop_bench
+    from loadtest.loop import run_loop_bench
 
     if not (bundle / "manifest.json").is_file():
         _fail(f"{bundle} is not a bundle (no manifest.json); `utpm demo --no-serve` builds artifacts/demo/bundle")
@@ -202,3 +206,45 @@ def bench_loop_cmd(
         f"measured the loop per GET hit in {time.perf_counter() - t0:.0f}s: service via Redis {redis:g} us, "
         f"ceiling {ceiling:g} us (stdout only)"
     )
+
+
+def bench_reliability_cmd(
+    scenario: Annotated[str, typer.Argument(help="redis-outage, overload, reload or soak.")],
+    bundle: Annotated[Path, typer.Option(help="An indexed bundle (make demo builds one).")] = Path(
+        "artifacts/demo/bundle"
+    ),
+    json_out: Annotated[
+        Path | None,
+        typer.Option("--json", help="Write the result here (default: artifacts/reliability/SCENARIO.json)."),
+    ] = None,
+    rate: Annotated[
+        float, typer.Option(help="Requests/s (0: the scenario's default; overload: 3x sustainable).")
+    ] = 0.0,
+    duration: Annotated[float, typer.Option(help="Seconds (0: the scenario's default; soak: 600).")] = 0.0,
+) -> None:
+    """Fault, overload, hot-reload and soak scenarios against a live service (docs/reliability.md): JSON."""
+    from loadtest.reliability import SCENARIOS, run_scenario
+
+    if scenario not in SCENARIOS:
+        _fail(f"unknown scenario {scenario!r}; valid: {', '.join(SCENARIOS)}")
+    kw = {k: v for k, v in (("rate", rate), ("duration_s", duration)) if v}
+    try:
+        result = run_scenario(scenario, bundle, _progress(time.perf_counter()), _command_line(), **kw)
+    except (FileNotFoundError, RuntimeError, ValueError) as e:
+        _fail(str(e))
+    path = json_out or Path("artifacts/reliability") / f"{scenario}.json"
+    _write(result, path)
+    typer.echo(json.dumps({k: v for k, v in result.items() if k not in ("machine", "rss_mb")}, indent=1))
+    post = result.get("post", {})
+    typer.echo(f"{scenario}: {post.get('requests', 0)} POSTs {post.get('by_status', {})}; wrote {path}")
+
+
+def bench_report_cmd(
+    docs: Annotated[list[Path] | None, typer.Argument(help="Docs to regenerate.")] = None,
+) -> None:
+    """Regenerate the measured blocks of docs/performance.md and docs/reliability.md from their JSON artifacts."""
+    from loadtest.report import regenerate
+
+    for doc in docs or [Path("docs/performance.md"), Path("docs/reliability.md")]:
+        for artifact, what in regenerate(doc):
+            typer.echo(f"{doc}: {artifact}: {what}")

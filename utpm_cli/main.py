@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from utpm.data.errors import DataError
-from utpm_cli.bench import bench_loop_cmd, bench_serve_cmd, bench_tune_cmd
+from utpm_cli.bench import bench_loop_cmd, bench_reliability_cmd, bench_report_cmd, bench_serve_cmd, bench_tune_cmd
 from utpm_cli.export import bench_model_cmd, export_cmd
 from utpm_cli.index import bench_index_cmd, index_build_cmd
 from utpm_cli.profile import profile_app
@@ -39,6 +39,8 @@ bench_app.command("index")(bench_index_cmd)
 bench_app.command("serve")(bench_serve_cmd)
 bench_app.command("tune")(bench_tune_cmd)
 bench_app.command("loop")(bench_loop_cmd)
+bench_app.command("reliability")(bench_reliability_cmd)
+bench_app.command("report")(bench_report_cmd)
 
 
 def fail(message: str) -> None:
@@ -331,36 +333,6 @@ def serve_cmd(
         fail(f"invalid settings: {e}")
     typer.echo(f"serving {bundle} on http://{host}:{port} (docs at /docs)")
     uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False)
-
-
-@bench_app.command("reliability")
-def bench_reliability(
-    scenario: Annotated[str, typer.Argument(help="redis-outage, overload, reload or soak.")],
-    bundle: Annotated[Path, typer.Option(help="An indexed bundle (make demo builds one).")] = Path(
-        "artifacts/demo/bundle"
-    ),
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the result JSON here.")] = None,
-    rate: Annotated[float, typer.Option(help="Requests/s (0: the scenario's default).")] = 0.0,
-    duration: Annotated[float, typer.Option(help="Seconds (0: the scenario's default; soak: 600).")] = 0.0,
-    docs: Annotated[bool, typer.Option(help="Update docs/reliability.md with the figures.")] = True,
-) -> None:
-    """Fault, overload, hot-reload and soak scenarios against a live service (docs/reliability.md)."""
-    import json
-
-    from loadtest._reliability import SCENARIOS, bench_reliability_cmd
-
-    if scenario not in SCENARIOS:
-        fail(f"unknown scenario {scenario!r}; valid: {', '.join(SCENARIOS)}")
-    try:
-        result = bench_reliability_cmd(scenario, bundle, json_out, rate, duration, docs)
-    except (FileNotFoundError, RuntimeError) as e:
-        fail(str(e))
-    post = result.get("post", {})
-    typer.echo(json.dumps({k: v for k, v in result.items() if k not in ("machine", "rss_mb")}, indent=1))
-    wrote = [str(p) for p in (json_out,) if p] + (["docs/reliability.md"] if docs else [])
-    typer.echo(
-        f"{scenario}: {post.get('requests', 0)} POSTs {post.get('by_status', {})}; wrote {', '.join(wrote) or 'stdout'}"
-    )
 
 
 REPO_DATA = Path(__file__).resolve().parent.parent / "data" / "movielens-small"

@@ -1,9 +1,9 @@
-"""The load tests themselves: response checks, payloads, and a few-second smoke run of `utpm bench serve`.
+"""The load tests themselves: response checks, payloads, percentiles, the docs' generated blocks, and
+few-second smoke runs of `utpm bench serve`, `tune`, `loop` and `reliability`.
 
-The smoke run is the benchmark's own code path (real redis-server, uvicorn subprocesses, locust
-pointed at the loadtest/ directory, wrk, the ceiling and the naive peer) on the tiny bundle, for a
-second per run: it asserts that no request failed and that the report and the docs section are
-well formed, never a speed.
+The smoke runs are the benchmarks' own code paths (real redis-server, uvicorn subprocesses, locust,
+wrk, the ceiling and the naive peer) on the tiny bundle, for a second or so per run: they assert
+that no request failed and that the reports are well formed, never a speed.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ from typing import Any
 
 import pytest
 
-from loadtest._bench import SECTION_TITLE, BenchConfig, render_markdown, run_bench, write_docs
-from loadtest._checks import profile_problem
-from loadtest._payloads import PayloadSource
+from loadtest.checks import profile_problem
+from loadtest.measure import histogram_percentiles, percentiles
+from loadtest.payloads import PayloadSource
+from loadtest.report import regenerate, render
+from loadtest.serve import BenchConfig, run_bench
 
 
 def _body(**kw: Any) -> dict[str, Any]:
@@ -80,16 +82,25 @@ def test_payloads_follow_the_bundle_vocabularies(tiny_bundle: Path, tmp_path: Pa
         PayloadSource.from_jsonl(lines)
 
 
-def test_docs_section_is_inserted_without_touching_other_sections(tmp_path: Path) -> None:
-    docs = tmp_path / "performance.md"
-    docs.write_text("# Performance\n\n## Model\n\nmodel text\n")
-    write_docs(docs, "### Run 1\n\nfigures 1\n", "How it is measured.")
-    docs.write_text(docs.read_text() + "\n## Index\n\nindex text\n")
-    write_docs(docs, "### Run 2\n\nfigures 2\n", "How it is measured.")
-    text = docs.read_text()
-    assert text.count(SECTION_TITLE) == 1 and text.count("How it is measured.") == 1
-    assert text.index("## Model") < text.index("### Run 1") < text.index("### Run 2") < text.index("## Index")
-    assert "model text" in text and "index text" in text
+def test_one_percentile_definition_for_samples_and_histograms() -> None:
+    assert percentiles(range(1, 101)) == {"p50_ms": 50.5, "p90_ms": 90.1, "p95_ms": 95.05, "p99_ms": 99.01}
+    assert histogram_percentiles({"1": 2, "3": 2}) == percentiles([1, 1, 3, 3])
+    assert percentiles([])["p99_ms"] is None
+
+
+def test_report_regenerates_only_blocks_whose_artifact_exists(tmp_path: Path) -> None:
+    result = {"kind": "reliability", "scenario": "reload", "started_at": "2026-01-01T00:00:00+00:00",
+              "machine": {"cpu": "cpu", "cores": 2}, "command": "utpm bench reliability reload", "wall_s": 1.0,
+              "reloads": 3}  # fmt: skip
+    (tmp_path / "a.json").write_text(json.dumps(result))
+    doc = tmp_path / "doc.md"
+    old = "<!-- report: b.json -->\nquoted run\n<!-- /report -->"
+    doc.write_text(f"# Doc\n\nmethod\n\n<!-- report: a.json -->\nstale\n<!-- /report -->\n\n{old}\n")
+    assert regenerate(doc, tmp_path) == [("a.json", "regenerated"), ("b.json", "kept (artifact missing)")]
+    text = doc.read_text()
+    assert "stale" not in text and '"reloads": 3' in text and "utpm bench reliability reload" in text
+    assert old in text and text.startswith("# Doc\n\nmethod\n")
+    assert regenerate(doc, tmp_path) and doc.read_text() == text  # idempotent
 
 
 @pytest.fixture(scope="module")
@@ -113,10 +124,9 @@ def test_smoke_load_run(smoke_bundle: Path, tiny_run: Path, tmp_path: Path) -> N
         warmup_s=0.0,
         k=5,
         read_users=3,
-        wrk_rate=50,
-        wrk_connections=2,
-        wrk_threads=1,
-        profile=False,
+        open_rate=20,
+        profile=True,
+        profile_s=1.0,
         out_dir=tmp_path / "out",
         command="pytest smoke",
     )
@@ -126,8 +136,10 @@ def test_smoke_load_run(smoke_bundle: Path, tiny_run: Path, tmp_path: Path) -> N
         "utpm/post/2",
         "utpm/get/2",
         "utpm/mix/2",
-        "utpm/wrk",
+        "utpm/open",
+        "utpm/wrk/2",
         "utpm-near-cache-off/get/2",
+        "utpm-profiled/post/2",
         "ceiling/post/2",
         "ceiling/get/2",
         "naive/post/2",
@@ -135,8 +147,7 @@ def test_smoke_load_run(smoke_bundle: Path, tiny_run: Path, tmp_path: Path) -> N
     for key, r in runs.items():
         assert r["failures"] == 0, (key, r)
         assert r["requests"] > 0, key
-        if r["tool"] == "locust":
-            assert r["rps"] > 0 and r["p50_ms"] is not None and r["p99_ms"] >= r["p50_ms"], (key, r)
+        assert r["rps"] > 0 and r["p50_ms"] is not None and r["p99_ms"] >= r["p50_ms"], (key, r)
         assert r["loadgen_cores"] >= 0 and r["service_cores"] >= 0
     metrics = runs["utpm/post/2"]["service_metrics"]
     assert set(metrics["stages"]) == {"parse", "queue", "model", "index", "cache"}
@@ -150,35 +161,50 @@ def test_smoke_load_run(smoke_bundle: Path, tiny_run: Path, tmp_path: Path) -> N
     assert summary["ratios"]["get_near_cache_off_vs_ceiling"] is not None
     assert set(summary["targets"]) == {"post_vs_ceiling", "post_vs_naive", "post_p99_ms", "get_vs_ceiling"}
     assert all(t["value"] is not None for t in summary["targets"].values())
-    json.dumps(report)  # JSON-able as written by --json
-    markdown = render_markdown(report)
-    assert markdown.startswith("### Run of ") and "| utpm | post | 2 |" in markdown and "pytest smoke" in markdown
+    assert runs["utpm/open"]["target_rate"] == 20 and runs["utpm/open"]["by_status"] == {
+        "200": runs["utpm/open"]["requests"]
+    }
+    assert report["profile"]["by_group_share_of_busy"]
+    markdown = render(json.loads(json.dumps(report)))  # as `utpm bench report` reads it back
+    assert "| utpm/post/2 | 2 |" in markdown and "pytest smoke" in markdown and "open loop @ 20/s" in markdown
 
 
 def test_tune_alternates_variants_and_reports_medians(smoke_bundle: Path, tmp_path: Path) -> None:
-    from loadtest._tune import TuneConfig, parse_variant, render_tune, run_tune
+    from loadtest.tune import TuneConfig, parse_variant, run_tune
 
-    variants = [parse_variant(""), parse_variant("batch_max_size=2,gc_freeze=false")]
+    variants = [parse_variant(""), parse_variant("batch_max_users=2,workers=1")]
     report = run_tune(
         TuneConfig(
             variants=variants, bundle=smoke_bundle, connections=2, duration_s=1.0, rounds=2, k=5, out_dir=tmp_path
         )
     )
-    assert [r["variant"] for r in report["runs"]] == ["defaults", "batch_max_size=2,gc_freeze=false"] * 2
+    assert [r["variant"] for r in report["runs"]] == ["defaults", "batch_max_users=2,workers=1"] * 2
     for r in report["runs"]:
         assert r["failures"] == 0 and r["requests"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0, r
         assert "gc_pauses" in r["service_metrics"]
-    assert set(report["summary"]) == {"defaults", "batch_max_size=2,gc_freeze=false"}
-    assert "| variant | median req/s |" in render_tune(report)
+    assert set(report["summary"]) == {"defaults", "batch_max_users=2,workers=1"}
+    assert "| variant | median req/s |" in render(report)
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_variant("batch_max_size")
 
 
 def test_loop_bench_measures_every_variant(smoke_bundle: Path) -> None:
-    from loadtest._loop import run_loop_bench
+    from loadtest.loop import run_loop_bench
 
     report = run_loop_bench(smoke_bundle, requests=64, concurrency=4, rounds=1, users=4)
     variants = [k for k in report if k.startswith(("service", "ceiling"))]
     assert len(variants) == 4
     for name in variants:
         assert report[name]["loop_us_per_request"] > 0 and report[name]["requests_per_s"] > 0, name
+
+
+def test_reliability_scenario_injects_its_fault_under_open_loop_load(smoke_bundle: Path) -> None:
+    """The redis-outage scenario at a low rate for 6 s: POST never fails, GET is 503 while Redis is down."""
+    from loadtest.reliability import run_scenario
+
+    r = run_scenario("redis-outage", smoke_bundle, lambda _m: None, rate=20, duration_s=6)
+    assert r["events_s"]["killed"] < r["events_s"]["restarted"]
+    assert r["post"]["by_status"] == {"200": r["post"]["requests"]} and r["post"]["requests"] > 40
+    assert r["post"]["wrong_answers"] == 0 and r["get"]["wrong_answers"] == 0
+    assert "503" in r["get_during_outage"]["by_status"] and r["recovery_s"] < 2
+    assert r["post"]["p99_ms"] >= r["post"]["p50_ms"] > 0

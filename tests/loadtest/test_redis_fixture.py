@@ -4,7 +4,7 @@ import time
 
 import redis
 
-from tests.conftest import RedisServer
+from loadtest.procs import Redis as RedisServer
 
 
 def test_redis_fixture_is_a_real_server_with_ttl_and_restart(redis_server: RedisServer) -> None:

@@ -4,7 +4,7 @@ The app is called as an ASGI callable on one uvloop, by `concurrency` coroutines
 `time.thread_time()` of the loop's thread is divided by the requests served: what one
 `GET /profile/{user}` hit costs the event loop in the app itself (routing, validation, the
 middleware, the cache, the response), with the HTTP server and the load generator out of the
-picture. The same for the ceiling app (`_ceiling.py`) gives the framework's own share. Cheap and
+picture. The same for the ceiling app (`ceiling.py`) gives the framework's own share. Cheap and
 steady enough to compare two commits of the hot path; `utpm bench serve` is the end-to-end figure.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from loadtest._procs import redis_server
+from loadtest.procs import Redis
 
 ASGIApp = Callable[..., Any]
 
@@ -104,7 +104,8 @@ def run_loop_bench(
     from service.main import create_app
 
     results: dict[str, Any] = {}
-    with redis_server() as url:
+    with Redis() as redis:
+        url = redis.url
         variants = {
             "service, Redis (near cache off)": {"redis_url": url, "near_cache_ttl_ms": 0},
             "service, Redis + near cache (default)": {"redis_url": url},
@@ -114,7 +115,7 @@ def run_loop_bench(
             app = create_app(Settings(bundle=bundle, log_level="WARNING", **kw))  # type: ignore[arg-type]
             results[name] = uvloop.run(_measure(app, users, requests, concurrency, rounds))
     os.environ["UTPM_BUNDLE"] = str(bundle)
-    from loadtest._ceiling import create_app as create_ceiling
+    from loadtest.ceiling import create_app as create_ceiling
 
     results["ceiling (empty FastAPI endpoint)"] = uvloop.run(
         _measure(create_ceiling(), users, requests, concurrency, rounds)

@@ -1,0 +1,155 @@
+"""The benchmark's bundle: synthetic data with about a million tags, UTPM at the industrial preset.
+
+Built once by `pipeline.build_bundle` under `artifacts/bench/tags<N>/` and reused while
+`bench_bundle.json` there records the same recipe; `payloads.jsonl` beside it holds the raw features
+of held-out test users (realistic request bodies). Why the recipe trains on a budget from frozen,
+structured tag vectors, and why the index is tuned on structured queries: docs/pipeline.md,
+"The benchmark bundle". The serving cost (ONNX graph, index, payloads) is that of a real 1M-tag
+industrial model; the ranking quality is not, and is not measured.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import multiprocessing
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RECIPE_VERSION = 4
+DEFAULT_ROOT = Path("artifacts/bench")
+PAYLOAD_USERS = 2000
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides the benchmark bundle; a cached bundle is reused only for the same recipe."""
+
+    tags: int = 1_000_000
+    users: int = 200_000
+    events_per_user: int = 100
+    preset: str = "industrial"
+    model: str = "utpm"
+    train_users: int = 8192
+    batch_size: int = 1024
+    negatives_per_positive: int = 2
+    test_fraction: float = 0.01
+    parity_users: int = 512
+    index: str = "auto"
+    seed: int = 0
+    version: int = RECIPE_VERSION
+
+    @classmethod
+    def for_tags(cls, tags: int) -> Recipe:
+        """0.2 users per tag (at least 2,000): with fewer, many tags never occur in a label item."""
+        return cls(tags=tags, users=max(2_000, tags // 5))
+
+
+@dataclass
+class BenchBundle:
+    root: Path
+    bundle: Path
+    run: Path
+    payloads: Path
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare_bench_bundle(recipe: Recipe, root: Path = DEFAULT_ROOT, progress: Say | None = None) -> BenchBundle:
+    """Reuse or build the bundle of `recipe` under `root/tags<N>` with the one pipeline."""
+    from pipeline import DataSource, build_bundle
+    from utpm.models.presets import get_preset
+    from utpm.training.trainer import TrainConfig
+
+    say = progress or (lambda _msg: None)
+    base = root / f"tags{recipe.tags}"
+    meta_path = base / "bench_bundle.json"
+    out = BenchBundle(base, base / "bundle", base / "run", base / "payloads.jsonl")
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("recipe") == asdict(recipe) and (out.bundle / "index_infos.json").is_file():
+            say(f"reusing the benchmark bundle in {out.bundle} (built {meta.get('built_at', '?')})")
+            out.info = meta
+            return out
+    preset = get_preset(recipe.preset)
+    synthetic = {"n_tags": recipe.tags, "n_users": recipe.users, "events_per_user": recipe.events_per_user}
+    source = DataSource("synthetic", synthetic={**synthetic, "seed": recipe.seed}, tag_vector_dim=preset.U)
+    config = TrainConfig(
+        model=recipe.model,
+        loss="joint",
+        preset=preset,
+        seed=recipe.seed,
+        epochs=1,
+        batch_size=recipe.batch_size,
+        negatives_per_positive=recipe.negatives_per_positive,
+        val_fraction=0.0,
+        augment_cuts=(),
+        eval_ks=(),
+        max_train_users=recipe.train_users,
+        tag_vectors=str(base / "data" / f"tag_vectors_{preset.U}.npz"),
+        freeze_tag_vectors=True,
+    )
+    queries = functools.partial(structured_queries_for, data_dir=base / "data", seed=recipe.seed)
+    built = build_bundle(
+        base,
+        source,
+        config,
+        index_kind=recipe.index,
+        index_queries=queries,
+        parity_users=recipe.parity_users,
+        test_fraction=recipe.test_fraction,
+        isolate=True,
+        progress=say,
+    )
+    say(f"writing {PAYLOAD_USERS} request bodies of held-out users to {out.payloads}")
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool.submit(write_payloads, built.data, recipe.seed, recipe.test_fraction, out.payloads).result()
+    info = {"recipe": asdict(recipe), "stages": built.stages, "built_at": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    meta_path.write_text(json.dumps(info, indent=2))
+    out.info = info
+    return out
+
+
+def structured_queries_for(bundle: Path, data_dir: Path, seed: int, n: int = 1000) -> np.ndarray:
+    """(n, U) queries shaped like a converged model's users over the bundle's own tag vectors.
+
+    The budgeted tower has not left the popularity prior (its users are nearly one vector), so
+    tuning nprobe on them would measure under-training; `index.structured.structured_queries`
+    models users who like 1-3 categories and 3-8 tags in them, as `utpm bench index` does.
+    """
+    from index.structured import StructuredTags, structured_queries
+    from model_export.bundle import load_bundle
+    from utpm.data.tag_geometry import tag_categories
+
+    b = load_bundle(bundle, verify_hashes=False)
+    x = np.ascontiguousarray(b.embeddings, dtype=np.float32)
+    _, cats = tag_categories(data_dir, b.tags.tokens[2:])
+    order = np.argsort(cats, kind="stable")  # structured_queries wants each category's tags contiguous
+    size = np.bincount(cats)
+    grouped = StructuredTags(
+        vectors=x[2:][order],
+        category=cats[order],
+        category_start=np.r_[0, np.cumsum(size)[:-1]],
+        category_size=size,
+        category_weights=size / size.sum(),  # the generator sizes categories by their popularity
+    )
+    return structured_queries(grouped, n, np.random.default_rng([seed, 11]))
+
+
+def write_payloads(data_dir: Path, seed: int, test_fraction: float, path: Path) -> None:
+    """Request bodies from held-out test users' raw features, one JSON object per line."""
+    from utpm.data.loading import load_dataset
+    from utpm.data.protocol import split_protocol
+
+    split = split_protocol(load_dataset(data_dir), seed=seed, test_fraction=test_fraction)
+    rows = split.indices(test=True)[:PAYLOAD_USERS]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for i in rows:
+            f.write(json.dumps({"features": split.features(int(i))}) + "\n")

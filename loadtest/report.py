@@ -1,0 +1,170 @@
+"""`utpm bench report`: the generated blocks of docs/performance.md and docs/reliability.md, rendered
+from the JSON artifacts the benchmark commands write. The only code that writes those docs.
+
+A generated block names its artifact and is replaced whole:
+
+    <!-- report: artifacts/bench/serve.json -->
+    ...
+    <!-- /report -->
+
+A block whose artifact is missing on this machine is left as it is (and said so): the docs keep
+quoting the run they name until someone re-runs its command and regenerates.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+BLOCK = re.compile(r"<!-- report: (?P<path>\S+) -->\n.*?<!-- /report -->", re.S)
+STAGES = ("parse", "queue", "model", "index", "cache")
+
+
+def _fmt(v: Any, digits: int = 1) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.{digits}f}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def _when(report: Mapping[str, Any]) -> str:
+    m = report["machine"]
+    when = report["started_at"].replace("T", " ").replace("+00:00", " UTC")
+    return f"{when}; {m['cpu']}, {m['cores']} cores, load average {m.get('load_average_1m', '?')} at the start"
+
+
+def render_serve(r: Mapping[str, Any]) -> str:
+    b, cfg, s = r["bundle"], r["config"], r["summary"]
+    lines = [
+        f"`{r['command'] or 'utpm bench serve'}` ({_when(r)}). Bundle {b['version']}: {b['model']} "
+        f"({b['preset']}), {b['servable_tags']:,} tags x {b['dim']}, index `{b['index']['factory']}` "
+        f"{b['index']['params'] or ''}; requests: {r['payloads']}; k = {cfg['k']}; {cfg['duration_s']:g} s per run; "
+        f"{cfg['workers']} worker(s); settings {cfg['service_settings'] or 'defaults'}.",
+        "",
+        "| run | users | req/s | p50 ms | p95 ms | p99 ms | failed | load gen cores | server cores | other cores |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, x in r["runs"].items():
+        users = x.get("users") or x.get("connections") or "-"
+        if "target_rate" in x:
+            users = f"open loop @ {x['target_rate']:g}/s"
+        cells = [x.get("rps"), x.get("p50_ms"), x.get("p95_ms"), x.get("p99_ms"), x.get("failures")]
+        cores = [_fmt(x.get(c), 2) for c in ("loadgen_cores", "service_cores", "other_cores")]
+        lines.append(f"| {key} | {users} | " + " | ".join(map(_fmt, cells)) + " | " + " | ".join(cores) + " |")
+    lines += [
+        "",
+        f"Targets at {s['compare_users']} users:",
+        "",
+        "| target | measured | wanted | met |",
+        "|---|---:|---:|---|",
+    ]
+    for name, t in s["targets"].items():
+        met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
+        lines.append(f"| {name} | {_fmt(t['value'], 3)} | {t['target']} | {met} |")
+    off = s["ratios"].get("get_near_cache_off_vs_ceiling")
+    lines += [
+        "",
+        f"GET hits with the near cache off vs the ceiling: {_fmt(off, 3)}. Failed requests: {s['failed_requests']}.",
+        "",
+    ]
+    lines += _stage_lines(r["runs"])
+    prof = r.get("profile")
+    if prof and "by_group_share_of_busy" in prof:
+        lines += [
+            f"Event-loop thread under cProfile ({prof['busy_seconds']} s busy of {prof['profiled_seconds']} s):",
+            "",
+        ]
+        lines += ["| where | share of busy time |", "|---|---:|"]
+        lines += [f"| {g} | {v:.0%} |" for g, v in prof["by_group_share_of_busy"].items() if v >= 0.01]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _stage_lines(runs: Mapping[str, Any]) -> list[str]:
+    rows = [(k, x["service_metrics"]) for k, x in runs.items() if "service_metrics" in x]
+    if not rows:
+        return []
+    out = [
+        "Service-side mean ms per request by stage (`utpm_stage_seconds`; model and index are the batch's), "
+        "mean batch size, server total (`utpm_request_seconds` of the run's route), near-cache share of hits, "
+        "reads per Redis round trip, GC pauses:",
+        "",
+        "| run | " + " | ".join(STAGES) + " | batch | server total | near cache | reads/trip | GC pauses (ms) |",
+        "|---|" + "---:|" * (len(STAGES) + 5),
+    ]
+    for key, sm in rows:
+        route = "/profile/{user_id} 2xx" if "/get" in key else "/profile 2xx"
+        total = sm.get("server_latency", {}).get(route, {}).get("mean_ms")
+        stages = " | ".join(_fmt(sm.get("stages", {}).get(st, {}).get("mean_ms"), 2) for st in STAGES)
+        gc = sm.get("gc_pauses") or {}
+        cells = [
+            _fmt(sm.get("batches", {}).get("mean_size")),
+            _fmt(total, 2),
+            _fmt(sm.get("cache_hits", {}).get("near_cache_share"), 2),
+            _fmt(sm.get("redis_reads_per_round_trip")),
+            f"{gc.get('count', 0)} ({gc.get('total_ms', 0):g})",
+        ]
+        out.append(f"| {key} | {stages} | " + " | ".join(cells) + " |")
+    return [*out, ""]
+
+
+def render_tune(r: Mapping[str, Any]) -> str:
+    lines = [
+        f"`{r['command'] or 'utpm bench tune'}` ({_when(r)}; {r['connections']} wrk connections, closed loop, "
+        f"{r['duration_s']:g} s per run, {r['rounds']} rounds in alternation):",
+        "",
+        "| round | variant | req/s | p50 ms | p90 ms | p99 ms | failed | server cores | wrk cores | GC pauses |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for x in r["runs"]:
+        gcp = x["service_metrics"].get("gc_pauses", {})
+        full = gcp.get("by_generation", {}).get("2", {})
+        gc = f"{gcp.get('count', 0)} ({gcp.get('total_ms', 0):g} ms)" if x.get("workers", 1) == 1 else "n/a"
+        if x.get("workers", 1) == 1 and full.get("count"):  # with several workers two scrapes may differ in process
+            gc += f"; {full['count']} full, {full['mean_ms']:g} ms each"
+        cells = [x["rps"], x["p50_ms"], x["p90_ms"], x["p99_ms"], x["failures"], x["service_cores"], x["loadgen_cores"]]
+        lines.append(f"| {x['round'] + 1} | {x['variant']} | " + " | ".join(map(_fmt, cells)) + f" | {gc} |")
+    lines += ["", "| variant | median req/s | median p50 ms | median p99 ms | failed |", "|---|---:|---:|---:|---:|"]
+    for name, s in r["summary"].items():
+        cells = [s["median_rps"], s["median_p50_ms"], s["median_p99_ms"], s["failures"]]
+        lines.append(f"| {name} | " + " | ".join(map(_fmt, cells)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render_reliability(r: Mapping[str, Any]) -> str:
+    shown = {k: v for k, v in r.items() if k not in ("kind", "machine", "rss_mb", "command", "started_at")}
+    return (
+        f"`{r['command'] or 'utpm bench reliability ' + r['scenario']}` ({_when(r)}; wall {r['wall_s']} s):\n\n"
+        f"```json\n{json.dumps(shown, indent=1)}\n```\n"
+    )
+
+
+RENDERERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
+    "serve": render_serve,
+    "tune": render_tune,
+    "reliability": render_reliability,
+}
+
+
+def render(report: Mapping[str, Any]) -> str:
+    return RENDERERS[report["kind"]](report)
+
+
+def regenerate(doc: Path, root: Path = Path()) -> list[tuple[str, str]]:
+    """Re-render every block of `doc` whose artifact exists (paths relative to `root`); what happened to each."""
+    done: list[tuple[str, str]] = []
+
+    def block(m: re.Match[str]) -> str:
+        path = root / m["path"]
+        if not path.is_file():
+            done.append((m["path"], "kept (artifact missing)"))
+            return m[0]
+        done.append((m["path"], "regenerated"))
+        return f"<!-- report: {m['path']} -->\n{render(json.loads(path.read_text()))}<!-- /report -->"
+
+    text = BLOCK.sub(block, doc.read_text())
+    doc.write_text(text)
+    return done
