@@ -152,6 +152,14 @@ class Settings(BaseSettings):
         "with 503 + Retry-After without being parsed (protects the event loop).",
     )
 
+    # -- A/B (service.ab; the admin API changes both at run time) ------------------------------
+    ab_challenger_bundle: Path | None = Field(
+        None, description="A second bundle served to a share of users (the challenger); unset: no experiment."
+    )
+    ab_challenger_share: float = Field(
+        0.5, ge=0.0, le=1.0, description="Share of users (by a stable hash of the user id) the challenger serves."
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _no_retired(cls, data: object) -> object:

@@ -12,16 +12,19 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from service.ab import Experiment
 from service.auth import Auth
 from service.cache import make_cache, redact_url
 from service.config import Settings
 from service.engine import ProfileEngine
 from service.errors import PROBLEM_MEDIA_TYPE, install_error_handlers
+from service.feedback import Feedback
 from service.logs import configure_logging
 from service.metrics import Metrics
 from service.middleware import Gateway
 from service.responses import JSONResponse
-from service.routes import admin, health, lookup, profile
+from service.routes import admin, experiment, feedback, health, lookup, profile
+from service.routes.explorer import install_explorer
 from service.schemas import Problem
 from service.stale import StaleFallback
 from service.state import ServiceState
@@ -71,6 +74,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             fallback=StaleFallback(cache),
         )
         await app.state.service.fallback.refresh(engine.version)  # registers the served version
+        app.state.service.feedback = Feedback(cache, metrics.registry)
+        if settings.ab_challenger_bundle is not None:
+            challenger = await asyncio.to_thread(ProfileEngine.load, settings.ab_challenger_bundle, settings)
+            if challenger.version == engine.version:
+                raise ValueError(f"UTPM_AB_CHALLENGER_BUNDLE is the champion's version {engine.version}")
+            challenger.start(on_batch=metrics.batch_size.observe)
+            app.state.service.experiment = Experiment(challenger, settings.ab_challenger_share)
+            log.info("A/B: challenger %s at share %.3f", challenger.version, settings.ab_challenger_share)
+        app.state.service.feedback.show_arms(app.state.service.experiment.describe(engine))
         metrics.watch_gc()
         metrics.bundle_info.labels(engine.version, engine.model_name).set(1)
         log.info(
@@ -94,6 +106,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state: ServiceState = app.state.service
             await asyncio.gather(*state.retiring, return_exceptions=True)
             await state.engine.retire()
+            if state.experiment.challenger is not None:
+                await state.experiment.challenger.retire()
             await cache.close()
             metrics.unwatch_gc()
             if tracing is not None:
@@ -113,6 +127,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(lookup.router)
     app.include_router(health.router)
     app.include_router(admin.router)
+    app.include_router(experiment.router)
+    app.include_router(feedback.router)
+    install_explorer(app)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -42,11 +42,13 @@ def _explanation(
     return {"heads": int(merge.shape[0]), "fields": fields, "tag_scores": tags}
 
 
-async def compute_profiles(state: ServiceState, requests: Sequence[ProfileRequest]) -> list[bytes]:
+async def compute_profiles(
+    state: ServiceState, requests: Sequence[ProfileRequest], engine: ProfileEngine | None = None
+) -> list[bytes]:
     """Encode, batch through the model and the index, cache (unless `store` is false); the JSON
-    responses, one per request."""
+    responses, one per request. `engine`: an A/B arm's (service.ab); default the champion."""
     settings, metrics = state.settings, state.metrics
-    engine = state.engine  # one bundle for the whole request, even if a reload happens meanwhile
+    engine = engine or state.engine  # one bundle for the whole request, even if a reload happens meanwhile
     async with engine.lease():
         t0 = time.perf_counter()
         encoded = []
@@ -114,9 +116,11 @@ async def _write(state: ServiceState, key: str, value: bytes) -> None:
         state.metrics.cache_write["skipped"].inc()  # the caller still gets the profile
 
 
-async def read_profile(state: ServiceState, user_id: str, k: int | None) -> bytes:
-    """The cached profile of `user_id` (JSON, `k` tags) under the bundle being served; NotCached -> 404."""
-    engine = state.engine
+async def read_profile(state: ServiceState, user_id: str, k: int | None, engine: ProfileEngine | None = None) -> bytes:
+    """The cached profile of `user_id` (JSON, `k` tags) under the bundle being served; NotCached -> 404.
+    `engine`: an A/B arm's (service.ab), whose misses never fall back to another version's profile."""
+    champion = engine is None
+    engine = engine or state.engine
     k = DEFAULT_K if k is None else k
     if not 1 <= k <= MAX_K:
         raise InvalidInput(f"k must be between 1 and {MAX_K}, got {k}")
@@ -131,7 +135,7 @@ async def read_profile(state: ServiceState, user_id: str, k: int | None) -> byte
         state.metrics.stage["cache"].observe(t1 - t0)
         if state.tracing is not None:
             state.tracing.record("utpm.read", [("cache", t0, t1)], model_version=engine.version)
-    if stored is None and state.settings.cache_stale_fallback and state.fallback is not None:
+    if stored is None and champion and state.settings.cache_stale_fallback and state.fallback is not None:
         body = await read_stale(state.cache, state.fallback, engine.version, user_id, k)
         if body is not None:
             state.metrics.cache_requests.labels("stale").inc()

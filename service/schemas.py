@@ -57,6 +57,10 @@ class Explanation(BaseModel):
 
 
 class ProfileResponse(BaseModel):
+    arm: str | None = Field(
+        None,
+        description="The A/B arm that served it: champion, or challenger (service.ab); profile routes always name it.",
+    )
     user_id: str
     model_version: str
     tags: list[TagScore]

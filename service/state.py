@@ -8,10 +8,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from service.ab import Experiment
 from service.auth import Auth
 from service.cache import ProfileCache
 from service.config import Settings
 from service.engine import ProfileEngine
+from service.feedback import Feedback
 from service.metrics import Metrics
 from service.stale import StaleFallback
 from service.tracing import Tracing
@@ -27,6 +29,8 @@ class ServiceState:
     tracing: Tracing | None = None
     fallback: StaleFallback | None = None  # set in the lifespan: the stale-fallback versions (service.stale)
     retiring: set[asyncio.Task[None]] = field(default_factory=set)
+    experiment: Experiment = field(default_factory=Experiment)  # the A/B challenger, if any (service.ab)
+    feedback: Feedback | None = None  # set in the lifespan: QC/DCTR aggregates (service.feedback)
 
 
 def service_state(request: Request) -> ServiceState:

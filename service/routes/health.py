@@ -55,6 +55,8 @@ async def readyz(state: State) -> JSONResponse:
 @router.get("/metrics", include_in_schema=False)
 async def metrics(state: State) -> Response:
     """Prometheus text format."""
+    if state.feedback is not None:  # today's QC/DCTR per arm, read from the shared aggregates
+        await state.feedback.refresh_metrics(state.experiment.arm_versions(state.engine))
     batcher = state.engine.batcher
     state.metrics.pending.set(batcher.pending if batcher is not None else 0)
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

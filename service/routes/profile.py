@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 
+from service.ab import PIN_HEADER, label
+from service.engine import ProfileEngine
 from service.errors import InvalidInput
 from service.profiles import compute_profiles, read_profile
 from service.responses import RenderedJSON
@@ -39,8 +42,9 @@ async def post_profile(body: ProfileRequest, request: Request) -> RenderedJSON:
     """Compute a user's top-K interest tags from their features, cache it (unless `store` is false), return it."""
     state = service_state(request)
     state.auth.check(request, "write" if body.store else "compute")
-    (profile,) = await compute_profiles(state, [body])
-    return RenderedJSON(profile)
+    engine, arm = state.experiment.pick(state.engine, body.user_id, request.headers.get(PIN_HEADER))
+    (profile,) = await compute_profiles(state, [body], engine)
+    return RenderedJSON(label(profile, arm))
 
 
 @router.post("/profiles", response_model=ProfilesResponse, responses=ERRORS)
@@ -50,7 +54,20 @@ async def post_profiles(body: ProfilesRequest, request: Request) -> RenderedJSON
     state.auth.check(request, "write" if any(u.store for u in body.users) else "compute")
     if len(body.users) > MAX_USERS_PER_CALL:
         raise InvalidInput(f"at most {MAX_USERS_PER_CALL} users per call, got {len(body.users)}")
-    return RenderedJSON(b'{"profiles":[' + b",".join(await compute_profiles(state, body.users)) + b"]}")
+    # Users of one call may fall in both A/B arms: one model run per arm, answered in the call's order.
+    pin = request.headers.get(PIN_HEADER)
+    arms: dict[str, tuple[ProfileEngine, list[int]]] = {}
+    for i, user in enumerate(body.users):
+        engine, arm = state.experiment.pick(state.engine, user.user_id, pin)
+        arms.setdefault(arm, (engine, []))[1].append(i)
+    computed = await asyncio.gather(
+        *(compute_profiles(state, [body.users[i] for i in rows], engine) for engine, rows in arms.values())
+    )
+    out = [b""] * len(body.users)
+    for name, (_, rows), profiles in zip(arms, arms.values(), computed, strict=True):
+        for i, profile in zip(rows, profiles, strict=True):
+            out[i] = label(profile, name)
+    return RenderedJSON(b'{"profiles":[' + b",".join(out) + b"]}")
 
 
 @router.get(
@@ -67,4 +84,8 @@ async def get_profile(
     state = service_state(request)
     if not state.auth.reads_open:
         state.auth.check(request, "read")
-    return RenderedJSON(await read_profile(state, user_id, k))
+    pin = request.headers.get(PIN_HEADER)
+    engine, arm = state.experiment.pick(state.engine, user_id, pin)
+    # The champion's own read keeps the stale fallback; a challenger's or pinned read never does.
+    body = await read_profile(state, user_id, k, engine if arm == "challenger" or pin is not None else None)
+    return RenderedJSON(label(body, arm))

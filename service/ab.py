@@ -1,0 +1,102 @@
+"""A/B by model version: a challenger bundle next to the champion, users split by a stable hash.
+
+The champion is `ServiceState.engine` (what a service without an experiment serves); the
+challenger, when one is loaded, is `Experiment.challenger`. A user belongs to the challenger arm
+when the hash of (challenger version, user id) falls below the configured share: stable for a
+user as long as that challenger is served, the same on every replica, and reshuffled for the next
+challenger so one experiment's users are not the next one's. Cache keys carry the model version,
+so the arms' profiles never mix. Responses name the arm (`"arm"` in the body, first key).
+
+A caller may pin a served version with the `X-UTPM-Model-Version` header (debugging, the profile
+explorer's side-by-side view); a pinned response names the arm of the version it was served by.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Literal
+
+from service.engine import ProfileEngine
+from service.errors import InvalidInput
+
+Arm = Literal["champion", "challenger"]
+PIN_HEADER = "x-utpm-model-version"
+_HASH_SCALE = float(1 << 64)
+# Precomputed body prefixes: labelling a response is one concatenation.
+_ARM_PREFIX: dict[str, bytes] = {arm: b'{"arm":"' + arm.encode() + b'",' for arm in ("champion", "challenger")}
+
+
+def bucket(salt: str, user_id: str) -> float:
+    """A uniform number in [0, 1) from (salt, user id): the first 8 bytes of BLAKE2b."""
+    digest = hashlib.blake2b(f"{salt}\x00{user_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / _HASH_SCALE
+
+
+def assign(salt: str, user_id: str, share: float) -> Arm:
+    """The arm of `user_id` when a share `share` of users goes to the challenger identified by `salt`."""
+    return "challenger" if bucket(salt, user_id) < share else "champion"
+
+
+def label(body: bytes, arm: str) -> bytes:
+    """A JSON object response with `"arm"` added as its first key."""
+    return _ARM_PREFIX[arm] + body[1:]
+
+
+@dataclass
+class Experiment:
+    """The challenger (if any) and the share of users it serves; changed only by the admin routes."""
+
+    challenger: ProfileEngine | None = None
+    share: float = 0.0
+
+    def arm_of(self, user_id: str) -> Arm:
+        challenger = self.challenger
+        if challenger is None:
+            return "champion"
+        return assign(challenger.version, user_id, self.share)
+
+    def pick(self, champion: ProfileEngine, user_id: str, pin: str | None) -> tuple[ProfileEngine, Arm]:
+        """The engine that serves `user_id` and its arm; `pin`, when given, must be a served version."""
+        challenger = self.challenger
+        if pin is not None:
+            if pin == champion.version:
+                return champion, "champion"
+            if challenger is not None and pin == challenger.version:
+                return challenger, "challenger"
+            raise InvalidInput(f"{PIN_HEADER}: model version {pin!r} is not served; served: {self.versions(champion)}")
+        if challenger is None:
+            return champion, "champion"
+        if assign(challenger.version, user_id, self.share) == "challenger":
+            return challenger, "challenger"
+        return champion, "champion"
+
+    def versions(self, champion: ProfileEngine) -> list[str]:
+        return [champion.version] + ([self.challenger.version] if self.challenger is not None else [])
+
+    def arm_versions(self, champion: ProfileEngine) -> dict[str, str]:
+        """{arm: model version} of the arms served now."""
+        arms = {"champion": champion.version}
+        if self.challenger is not None:
+            arms["challenger"] = self.challenger.version
+        return arms
+
+    def arm_of_version(self, champion: ProfileEngine, version: str) -> Arm | None:
+        if version == champion.version:
+            return "champion"
+        if self.challenger is not None and version == self.challenger.version:
+            return "challenger"
+        return None
+
+    def describe(self, champion: ProfileEngine) -> dict[str, object]:
+        def arm(engine: ProfileEngine) -> dict[str, object]:
+            return {"model_version": engine.version, "model": engine.model_name, "fields": engine.field_names}
+
+        challenger = self.challenger
+        return {
+            "champion": arm(champion),
+            "challenger": arm(challenger) if challenger is not None else None,
+            "challenger_share": self.share if challenger is not None else 0.0,
+            "assignment": "blake2b(challenger version, user id) < share",
+            "pin_header": "X-UTPM-Model-Version",
+        }

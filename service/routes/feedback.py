@@ -1,0 +1,115 @@
+"""POST /feedback (impressions and clicks, batched) and GET /feedback/summary (QC/DCTR per arm, with CIs)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.errors import InvalidInput
+from service.profiles import DEFAULT_K, MAX_K
+from service.responses import JSONResponse
+from service.routes.profile import ERRORS
+from service.schemas import FeatureValue, UserId
+from service.state import ServiceState, service_state
+
+router = APIRouter(tags=["feedback"])
+
+# One call carries a page of a recall layer's log, not a day of it: bounded like POST /profiles.
+MAX_EVENTS_PER_CALL = 1000
+MAX_ITEMS_PER_EVENT = 1000
+MAX_TAGS_PER_ITEM = 200
+MAX_SUMMARY_DAYS = 90
+
+
+class Impression(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tags: list[FeatureValue] = Field(min_length=1, max_length=MAX_TAGS_PER_ITEM, description="The browsed item's tags.")
+    clicked: bool = Field(False, description="Whether the user clicked the item.")
+
+
+class FeedbackEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: UserId
+    items: list[Impression] = Field(min_length=1, max_length=MAX_ITEMS_PER_EVENT, description="Browsed items.")
+    model_version: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="The model_version of the profile the user was served (default: the user's arm's now).",
+    )
+    k: int | None = Field(
+        None, ge=1, le=MAX_K, description="Tags of the served profile the recall layer used (default 50)."
+    )
+    day: dt.date | None = Field(None, description="The UTC day the impressions happened (default today).")
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[FeedbackEvent] = Field(min_length=1, max_length=MAX_EVENTS_PER_CALL)
+
+
+class FeedbackResponse(BaseModel):
+    received: int
+    counted: int = Field(description="Events restricted to a served profile and added to the aggregates.")
+    no_profile: int = Field(description="Events not counted: no cached profile of the user under that version.")
+    no_profile_users: list[str] = Field(description="Their user ids (the first 100).")
+
+
+def accepted_versions(state: ServiceState) -> list[str]:
+    """The served versions, then the recently served ones (late feedback after a promote or reload)."""
+    recent = state.fallback.versions if state.fallback is not None else []
+    return list(dict.fromkeys([*state.experiment.versions(state.engine), *recent]))
+
+
+@router.post("/feedback", response_model=FeedbackResponse, responses=ERRORS)
+async def post_feedback(body: FeedbackRequest, request: Request) -> JSONResponse:
+    """Impressions and clicks of users' browsed items; aggregated into QC/DCTR per model version and day."""
+    state = service_state(request)
+    state.auth.check(request, "write")
+    assert state.feedback is not None
+    accepted = accepted_versions(state)
+    today = dt.datetime.now(dt.UTC).date()
+    events = []
+    for n, event in enumerate(body.events):
+        version = event.model_version or state.experiment.pick(state.engine, event.user_id, None)[0].version
+        if version not in accepted:
+            raise InvalidInput(
+                f"events.{n}.model_version: {version!r} is neither served nor recently served; accepted: {accepted}"
+            )
+        day = event.day or today
+        if day > today + dt.timedelta(days=1):
+            raise InvalidInput(f"events.{n}.day: {day} is in the future")
+        items = [(item.tags, item.clicked) for item in event.items]
+        events.append((day.isoformat(), version, event.user_id, event.k or DEFAULT_K, items))
+    return JSONResponse(await state.feedback.record(events))
+
+
+@router.get("/feedback/summary", responses=ERRORS)
+async def feedback_summary(
+    request: Request,
+    days: Annotated[
+        int, Query(ge=1, le=MAX_SUMMARY_DAYS, description="The last this-many UTC days, today included.")
+    ] = 1,
+    champion: Annotated[str | None, Query(max_length=128, description="Version to report as the champion.")] = None,
+    challenger: Annotated[str | None, Query(max_length=128, description="Version to report as the challenger.")] = None,
+) -> JSONResponse:
+    """QC per user-day and DCTR per arm (and day), the counts behind them, and challenger - champion with a 95% CI."""
+    state = service_state(request)
+    if not state.auth.reads_open:
+        state.auth.check(request, "read")
+    assert state.feedback is not None
+    arms = {"champion": champion or state.engine.version}
+    current = state.experiment.challenger
+    if challenger or current is not None:
+        arms["challenger"] = challenger or current.version  # type: ignore[union-attr]
+    if arms.get("challenger") == arms["champion"]:
+        raise InvalidInput("champion and challenger must be different versions")
+    today = dt.datetime.now(dt.UTC).date()
+    day_list = [(today - dt.timedelta(days=d)).isoformat() for d in range(days - 1, -1, -1)]
+    return JSONResponse(await state.feedback.summary(arms, day_list))

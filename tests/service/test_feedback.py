@@ -1,0 +1,197 @@
+"""Click feedback -> the paper's QC and DCTR per arm (service.feedback, service.online_metrics).
+
+The fixture is small enough to compute by hand: two champion users and two challenger users, each
+with a 5-tag profile p0..p4 served by their arm, impressions partly outside the profile, and one
+user's impressions split over two calls (the distinct counts must not double count).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from service.ab import assign
+from service.config import hash_key
+from service.main import create_app
+from service.online_metrics import Totals, difference, user_day
+from tests.conftest import RedisServer
+from tests.serving import ADMIN_KEYS, USER, assert_problem, settings_for
+
+WRITE_KEY = "test-write-key"
+KEYS = f"{ADMIN_KEYS},write:{hash_key(WRITE_KEY)}"
+WRITE = {"X-API-Key": WRITE_KEY}
+OUT = "zz-not-in-any-profile"
+
+
+def test_user_day_and_totals_by_hand() -> None:
+    ud, outside = user_day(["a", "b", "c"], [(["a", "x"], True), (["b", "a"], False), (["y"], True)])
+    assert (ud.clicked, ud.browsed, outside) == ({"a"}, {"a", "b"}, 2)
+    t = Totals()
+    t.add_user_day((0, 0), (1, 2))
+    t.add_user_day((1, 2), (2, 3))  # the same user-day grows: still one user-day
+    t.add_user_day((0, 0), (0, 1))
+    assert (t.users, t.sum_c, t.sum_b, t.sum_cc, t.sum_bb, t.sum_cb) == (2, 2, 4, 4, 10, 6)
+    assert t.qc == 1.0 and t.dctr == 0.5
+
+
+def pick_users(challenger: str) -> dict[str, list[str]]:
+    """Two users of each arm at share 0.5 (found by the same hash the service uses)."""
+    arms: dict[str, list[str]] = {"champion": [], "challenger": []}
+    i = 0
+    while min(len(v) for v in arms.values()) < 2:
+        user = f"fb-{i}"
+        arm = assign(challenger, user, 0.5)
+        if len(arms[arm]) < 2:
+            arms[arm].append(user)
+        i += 1
+    return arms
+
+
+def impressions(p: list[str]) -> dict[str, list[list[dict[str, Any]]]]:
+    """Per user slot, the calls' impressions; expected (clicked, browsed) distinct in-profile tags in comments."""
+    return {
+        # champion 1: browsed {p0,p1,p2}, clicked {p0,p1}; then p2 clicked in a second call -> (3, 3)
+        "c1": [
+            [
+                {"tags": [p[0], p[1]], "clicked": True},
+                {"tags": [p[1], p[2]]},
+                {"tags": [OUT], "clicked": True},
+            ],
+            [{"tags": [p[2], OUT], "clicked": True}, {"tags": [p[0]], "clicked": True}],
+        ],
+        # champion 2: nothing clicked in the profile -> (0, 2)
+        "c2": [[{"tags": [p[0]]}, {"tags": [p[3]]}, {"tags": [OUT], "clicked": True}]],
+        # challenger 1: -> (1, 2)
+        "x1": [[{"tags": [p[0]], "clicked": True}, {"tags": [p[1]]}]],
+        # challenger 2: -> (1, 1)
+        "x2": [[{"tags": [p[4]], "clicked": True}, {"tags": [p[4]], "clicked": True}]],
+    }
+
+
+@pytest.fixture()
+def feedback_redis(redis_server: RedisServer) -> str:
+    url = redis_server.url.rsplit("/", 1)[0] + "/7"  # a database of its own: aggregates start empty
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+def run_fixture(clients: list[TestClient]) -> dict[str, Any]:
+    """Profiles for the four users, their feedback (calls spread over `clients`), and the summary."""
+    c = clients[0]
+    challenger = c.get("/experiment").json()["challenger"]["model_version"]
+    users = pick_users(challenger)
+    slots = {"c1": users["champion"][0], "c2": users["champion"][1], "x1": users["challenger"][0]}
+    slots["x2"] = users["challenger"][1]
+    calls: list[list[dict[str, Any]]] = [[], []]
+    for slot, user in slots.items():
+        served = c.post("/profile", json={"user_id": user, "features": USER, "k": 5}, headers=WRITE).json()
+        tags = [t["tag"] for t in served["tags"]]
+        for n, items in enumerate(impressions(tags)[slot]):
+            calls[n].append({"user_id": user, "model_version": served["model_version"], "k": 5, "items": items})
+    for n, events in enumerate(calls):
+        r = clients[n % len(clients)].post("/feedback", json={"events": events}, headers=WRITE)
+        assert r.status_code == 200, r.text
+        assert r.json()["counted"] == len(events)
+    return c.get("/feedback/summary").json()
+
+
+def check_hand_computed(summary: dict[str, Any]) -> None:
+    champ, chall = summary["arms"]["champion"]["totals"], summary["arms"]["challenger"]["totals"]
+    # champion: user-days (3 clicked, 3 browsed) and (0, 2); challenger: (1, 2) and (1, 1)
+    assert (champ["users"], champ["sum_c"], champ["sum_b"], champ["events"], champ["items"]) == (2, 3, 5, 3, 8)
+    assert (champ["clicked_items"], champ["outside_tags"], chall["clicked_items"], chall["outside_tags"]) == (
+        5,
+        3,
+        3,
+        0,
+    )
+    assert (chall["users"], chall["sum_c"], chall["sum_b"], chall["events"], chall["items"]) == (2, 2, 3, 2, 4)
+    assert champ["qc"] == 1.5 and champ["dctr"] == pytest.approx(3 / 5)
+    assert chall["qc"] == 1.0 and chall["dctr"] == pytest.approx(2 / 3)
+    diff = summary["difference"]
+    assert diff["qc"]["diff"] == pytest.approx(-0.5) and diff["dctr"]["diff"] == pytest.approx(2 / 3 - 3 / 5)
+    # QC variances of the means: champion ((3-1.5)^2 + (0-1.5)^2) / 1 / 2 = 2.25, challenger 0
+    half = 1.959963984540054 * math.sqrt(2.25)
+    assert diff["qc"]["ci95"] == pytest.approx([-0.5 - half, -0.5 + half])
+    lo, hi = diff["dctr"]["ci95"]
+    assert lo < diff["dctr"]["diff"] < hi
+
+
+def ab_settings(bundles: dict[str, Path], url: str | None, **kw: Any) -> Any:
+    return settings_for(
+        bundles["a"],
+        None,
+        redis_url=url,
+        auth_keys=KEYS,
+        ab_challenger_bundle=bundles["b"],
+        ab_challenger_share=0.5,
+        **kw,
+    )
+
+
+@pytest.fixture()
+def two_replicas(bundles: dict[str, Path], feedback_redis: str) -> Iterator[list[TestClient]]:
+    with (
+        TestClient(create_app(ab_settings(bundles, feedback_redis))) as one,
+        TestClient(create_app(ab_settings(bundles, feedback_redis))) as two,
+    ):
+        yield [one, two]
+
+
+def test_feedback_from_two_replicas_matches_the_hand_computed_qc_and_dctr(
+    two_replicas: list[TestClient], bundles: dict[str, Path], feedback_redis: str
+) -> None:
+    summary = run_fixture(two_replicas)
+    assert summary["store"] == "redis"
+    check_hand_computed(summary)
+    metrics = two_replicas[1].get("/metrics").text
+    champion = summary["arms"]["champion"]["model_version"]
+    assert f'utpm_feedback_qc{{arm="champion",model_version="{champion}"}} 1.5' in metrics
+    assert 'utpm_feedback_events_total{result="counted"}' in metrics
+    # a restarted replica sees the same aggregates (they live in Redis)
+    with TestClient(create_app(ab_settings(bundles, feedback_redis))) as fresh:
+        check_hand_computed(fresh.get("/feedback/summary").json())
+
+
+def test_bad_feedback_is_refused_and_not_counted(two_replicas: list[TestClient]) -> None:
+    c = two_replicas[0]
+    before = c.get("/feedback/summary").json()
+    good = {"user_id": "u", "items": [{"tags": ["a"], "clicked": True}]}
+    assert_problem(c.post("/feedback", json={"events": [good]}), 401, "unauthorized")
+    bad_bodies = [
+        {"events": []},
+        {"events": [good, {"user_id": "u", "items": []}]},
+        {"events": [{**good, "items": [{"tags": "a"}]}]},
+        {"events": [{**good, "colour": "red"}]},
+        {"events": [{**good, "day": "yesterday"}]},
+        {"events": [{**good, "k": 0}]},
+    ]
+    for body in bad_bodies:
+        assert_problem(c.post("/feedback", json=body, headers=WRITE), 422, "validation")
+    r = c.post("/feedback", json={"events": [good, {**good, "model_version": "not-served"}]}, headers=WRITE)
+    assert "not-served" in assert_problem(r, 422, "invalid_input")["detail"]
+    r = c.post("/feedback", json={"events": [{**good, "day": "2999-01-01"}]}, headers=WRITE)
+    assert "future" in assert_problem(r, 422, "invalid_input")["detail"]
+    assert c.get("/feedback/summary").json() == before
+    # well-formed, but no profile was served to this user: received, not counted
+    r = c.post("/feedback", json={"events": [{**good, "user_id": "never-profiled"}]}, headers=WRITE)
+    assert r.json() == {"received": 1, "counted": 0, "no_profile": 1, "no_profile_users": ["never-profiled"]}
+
+
+def test_embedded_mode_keeps_the_same_aggregates_in_process(bundles: dict[str, Path]) -> None:
+    with TestClient(create_app(ab_settings(bundles, None))) as c:
+        summary = run_fixture([c])
+    assert summary["store"] == "memory"
+    check_hand_computed(summary)
+
+
+def test_difference_needs_two_user_days_per_arm_for_an_interval() -> None:
+    one = Totals(users=1, sum_c=1, sum_b=2, sum_cc=1, sum_bb=4, sum_cb=2)
+    d = difference(one, one)
+    assert d["qc"]["diff"] == 0 and d["qc"]["ci95"] is None
