@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from service.batching import MicroBatcher
 from service.config import Settings
 from service.errors import InvalidInput, UnknownFields
 from utpm.features.vocab import Vocabulary
+
+log = logging.getLogger("utpm.service")
 
 # One thread per ONNX Runtime run and per FAISS search: `batch_workers` batches already run in
 # parallel, and more threads per run only contend for the same cores (docs/performance.md).
@@ -95,6 +98,9 @@ class ProfileEngine:
                 f"{engine.index_device}: install onnxruntime-gpu and faiss-gpu and give the process a GPU, "
                 "or set UTPM_DEVICE=auto to accept the CPU"
             )
+        fallback = engine.gpu_fallback()
+        if fallback:
+            log.warning("GPU build installed but running on the CPU: %s", fallback)
         # A bundle is millions of long-lived objects (vocabularies, tag names): frozen, full GC
         # collections no longer walk them and stall the loop (docs/performance.md, "GC").
         gc.collect()
@@ -122,6 +128,21 @@ class ProfileEngine:
     @property
     def index_device(self) -> str:
         return "gpu" if self.index.on_gpu else "cpu"
+
+    def gpu_fallback(self) -> str | None:
+        """What runs on the CPU although a GPU build of its library is installed (the GPU image
+        without a usable GPU), or None."""
+        import faiss
+        import onnxruntime as ort
+
+        if self.settings.device == "cpu":
+            return None
+        fell = []
+        if CUDA in ort.get_available_providers() and self.execution_provider != CUDA:
+            fell.append(f"onnxruntime-gpu runs on {self.execution_provider}")
+        if hasattr(faiss, "StandardGpuResources") and not self.index.on_gpu:
+            fell.append("the faiss-gpu index is on the CPU")
+        return "; ".join(fell) or None
 
     # -- request side (event loop) ------------------------------------------------------------
     def encode(self, features: Mapping[str, Sequence[str] | str], k: int, explain: bool) -> EncodedUser:

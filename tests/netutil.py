@@ -9,11 +9,16 @@ import time
 
 
 class DelayProxy:
-    """Forwards 127.0.0.1:`port` -> 127.0.0.1:`target`, sleeping `delay_s` before each reply chunk."""
+    """Forwards 127.0.0.1:`port` -> 127.0.0.1:`target`, sleeping `delay_s` before each reply chunk.
+
+    `blackhole = True` makes it a black hole: connections stay open (and new ones are accepted) but
+    nothing is forwarded either way, like a peer whose packets are dropped; False forwards again.
+    """
 
     def __init__(self, target: int, delay_s: float = 0.0) -> None:
         self.target = target
         self.delay_s = delay_s
+        self.blackhole = False
         self.listener = socket.socket()
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.listener.bind(("127.0.0.1", 0))
@@ -42,6 +47,8 @@ class DelayProxy:
                 data = src.recv(65536)
                 if not data:
                     break
+                if self.blackhole:
+                    continue
                 time.sleep(self.delay_s if delay is None else delay)
                 dst.sendall(data)
         for s in (src, dst):

@@ -27,8 +27,23 @@ def settings_for(bundle: Path, redis: RedisServer | None, **kw: Any) -> Settings
     return Settings(**{**base, **kw})
 
 
-def post(client: TestClient | httpx.Client, user_id: str, **kw: Any) -> httpx.Response:
-    return client.post("/profile", json={"user_id": user_id, "features": USER, **kw})
+def post(
+    client: TestClient | httpx.Client, user_id: str, headers: dict[str, str] | None = None, **kw: Any
+) -> httpx.Response:
+    return client.post("/profile", json={"user_id": user_id, "features": USER, **kw}, headers=headers)
+
+
+def assert_problem(r: httpx.Response, status: int, kind: str | None = None) -> dict[str, Any]:
+    """`r` is an RFC 9457 problem of `status` (and of type `kind`, when given); its body."""
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json", r.headers["content-type"]
+    body: dict[str, Any] = r.json()
+    assert body["status"] == status and body["title"] and body["detail"], body
+    assert body["type"].startswith("urn:utpm:problem:"), body
+    if kind is not None:
+        assert body["type"] == f"urn:utpm:problem:{kind}", body
+    assert body["request_id"] == r.headers["x-request-id"], body
+    return body
 
 
 class LiveServer:

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 
 from service.main import create_app
 from tests.conftest import RedisServer
-from tests.serving import API_KEY, USER, LiveServer, post, settings_for
+from tests.serving import API_KEY, USER, LiveServer, assert_problem, post, settings_for
 
 
 @pytest.fixture()
@@ -106,24 +106,28 @@ def test_lists_longer_than_max_len_keep_the_most_recent_values(client: TestClien
 )
 def test_bad_input_gets_a_clear_4xx(client: TestClient, payload: dict[str, Any], status: int, needle: str) -> None:
     r = client.post("/profile", json=payload)
-    assert r.status_code == status
-    assert needle in r.text
+    assert needle in assert_problem(r, status)["detail"]
 
 
 def test_oversized_body_and_broken_json(client: TestClient) -> None:
     big = {"user_id": "x", "features": {"clicked_tags": ["a" * 500] * 4000}}
     r = client.post("/profile", json=big)
-    assert r.status_code == 413 and "larger than" in r.json()["detail"]
+    assert "larger than" in assert_problem(r, 413, "payload_too_large")["detail"]
     r = client.post("/profile", content=b"{not json", headers={"content-type": "application/json"})
-    assert r.status_code == 422
+    assert "JSON" in assert_problem(r, 422, "validation")["detail"]
     r = client.post("/profile", content=b"user_id=x", headers={"content-type": "text/plain"})
-    assert r.status_code == 422
+    assert_problem(r, 422, "validation")
+    r = client.post("/profile", content=b"{}", headers={"content-type": "application/json", "content-length": "x"})
+    assert_problem(r, 400, "bad_request")
+    assert_problem(client.get("/no/such/route"), 404, "not_found")
+    assert_problem(client.delete("/profile/x"), 405, "method_not_allowed")
 
 
 def test_get_unknown_user_is_404_with_detail(client: TestClient) -> None:
     r = client.get("/profile/nobody-here")
-    assert r.status_code == 404 and "POST /profile computes one" in r.json()["detail"]
-    assert client.get("/profile/x", params={"k": 0}).status_code == 422
+    assert "POST /profile computes one" in assert_problem(r, 404, "not_cached")["detail"]
+    assert "k" in assert_problem(client.get("/profile/x", params={"k": 0}), 422, "validation")["detail"]
+    assert_problem(client.get("/profile/x", params={"k": 1001}), 422, "invalid_input")
 
 
 def test_request_ids_are_echoed_or_made(client: TestClient) -> None:
