@@ -14,6 +14,7 @@ from utpm.data.errors import DataError
 from utpm_cli.bench import bench_loop_cmd, bench_reliability_cmd, bench_report_cmd, bench_serve_cmd, bench_tune_cmd
 from utpm_cli.export import bench_model_cmd, export_cmd
 from utpm_cli.index import bench_index_cmd, index_build_cmd
+from utpm_cli.model import evaluate_run, parse_variants, prepare_amazon_cmd, train_default
 from utpm_cli.profile import profile_app
 
 app = typer.Typer(
@@ -41,6 +42,7 @@ bench_app.command("tune")(bench_tune_cmd)
 bench_app.command("loop")(bench_loop_cmd)
 bench_app.command("reliability")(bench_reliability_cmd)
 bench_app.command("report")(bench_report_cmd)
+prepare_app.command("amazon-beauty")(prepare_amazon_cmd)
 
 
 def fail(message: str) -> None:
@@ -141,16 +143,32 @@ def _load_split(data: Path, seed: int):
 def train_cmd(
     data: Annotated[Path, typer.Argument(help="A data set in the generic format.")],
     out: Annotated[Path, typer.Option("--out", help="Run directory to write.")],
-    model: Annotated[str, typer.Option(help="Model name (utpm, youtube, af1, af2, af2-cf, ...).")] = "utpm",
-    loss: Annotated[str, typer.Option(help="joint or separate; default: the model's (joint for utpm).")] = "",
+    model: Annotated[
+        str, typer.Option(help="Model name: utpm-hist (the default model), or the paper's utpm, youtube, af2-cf, ...")
+    ] = "utpm-hist",
+    loss: Annotated[
+        str, typer.Option(help="utpm-hist: softmax, sampled or joint; the paper's models: joint or separate.")
+    ] = "",
     preset: Annotated[str, typer.Option(help="Preset: movielens, industrial, tiny.")] = "movielens",
     seed: Annotated[int, typer.Option(help="Seed of the user split, the initial weights and the sampling.")] = 0,
     epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping on validation Prec@K).")] = 40,
     batch_size: Annotated[int, typer.Option(help="Samples per batch.")] = 64,
-    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 3e-3,
+    lr: Annotated[float, typer.Option(help="Adam learning rate (default 1e-3 for utpm-hist, 3e-3 otherwise).")] = 0.0,
+    dim: Annotated[int, typer.Option(help="utpm-hist: E = U.")] = 64,
+    max_values: Annotated[int, typer.Option(help="utpm-hist: H, values kept per field (most frequent).")] = 100,
+    counts: Annotated[bool, typer.Option(help="utpm-hist: log1p(count) in the attention logits.")] = True,
+    history: Annotated[bool, typer.Option(help="utpm-hist: the history path g(phi).")] = True,
+    tie: Annotated[bool, typer.Option(help="utpm-hist: output table tied to the tag input embedding.")] = False,
 ) -> None:
     """Train a model under the paper's protocol; writes a run directory (docs in utpm/training/run.py)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if model in ("utpm-hist", "default"):
+        return train_default(
+            data, out, loss=loss, preset=preset, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr or 1e-3,
+            dim=dim, max_values=max_values, counts=counts, history=history, tie=tie,
+        )  # fmt: skip
+    lr = lr or 3e-3
 
     from utpm.models.presets import get_preset
     from utpm.models.registry import default_loss
@@ -203,41 +221,42 @@ def evaluate_cmd(
     k: Annotated[str, typer.Option("--k", help="Comma-separated K values.")] = "1,2,3",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Prec@K (the paper's Eq. 5) of a trained run on its test users."""
+    """Prec@K (the paper's Eq. 5) and personalisation of the top-10 lists of a trained run on its test users."""
     import json
-
-    from utpm.training.run import load_run
-    from utpm.training.trainer import evaluate_rows
 
     try:
         ks = [int(x) for x in k.split(",") if x.strip()]
-        loaded = load_run(run)
-    except (ValueError, FileNotFoundError) as e:
+    except ValueError as e:
         fail(str(e))
-    split = _load_split(data, int(loaded.config["protocol"]["seed"]))
-    values, skipped = evaluate_rows(loaded.model, split, loaded.encoder, loaded.tags, split.indices(test=True), ks)
-    result = {
-        "run": str(run),
-        "model": loaded.config["model"],
-        "loss": loaded.config["loss"],
-        "test_users": int(split.is_test.sum()),
-        "skipped_users_empty_C": skipped,
-        **{f"prec@{kk}": v for kk, v in values.items()},
-    }
+    result = evaluate_run(run, data, ks)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
-        typer.echo(" ".join(f"Prec@{kk} {v:.4f}" for kk, v in values.items()) + f" ({result['test_users']} test users)")
+        p = result["personalisation"]
+        typer.echo(
+            " ".join(f"Prec@{kk} {result[f'prec@{kk}']:.4f}" for kk in ks)
+            + f" ({result['test_users']} test users); top-10 mean pairwise Jaccard {p['jaccard']:.3f}, "
+            f"{p['distinct_tags']:.0f} distinct tags, #1 tag shared by {p['top1_share']:.0%}"
+        )
 
 
 @app.command("experiment")
 def experiment_cmd(
     data: Annotated[Path, typer.Argument(help="A data set in the generic format.")],
     models: Annotated[
-        str, typer.Option(help="Comma-separated model names; 'paper' = the paper's ladder + utpm.")
+        str,
+        typer.Option(help="Comma-separated model names; 'paper' = the paper's ladder + utpm; 'default' = utpm-hist."),
     ] = "paper",
-    loss: Annotated[str, typer.Option(help="joint, separate, both, or default (each model's own).")] = "both",
+    loss: Annotated[
+        str, typer.Option(help="joint, separate, both, default (each model's own), or softmax/sampled (utpm-hist).")
+    ] = "both",
     seeds: Annotated[int, typer.Option(help="Number of seeds (0..N-1).")] = 5,
+    folds: Annotated[int, typer.Option(help="k-fold over users instead of seeded 80/20 draws (0: off).")] = 0,
+    repeats: Annotated[int, typer.Option(help="Repetitions of the k-fold (each a fresh user permutation).")] = 1,
+    variant: Annotated[
+        list[str] | None,
+        typer.Option(help="Extra utpm-hist run, e.g. 'counts=false' or 'loss=joint,dim=16' (repeatable)."),
+    ] = None,
     k: Annotated[str, typer.Option("--k", help="Comma-separated K values.")] = "1,2,3",
     preset: Annotated[str, typer.Option(help="Preset name.")] = "movielens",
     epochs: Annotated[int, typer.Option(help="Maximum epochs per run.")] = 40,
@@ -255,17 +274,18 @@ def experiment_cmd(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from utpm.evaluation.experiment import PAPER_MODELS, run_experiment
+    from utpm.evaluation.experiment import DEFAULT_MODEL, PAPER_MODELS, run_experiment
     from utpm.evaluation.report import attention_example, plot_hparams, plot_models, render
     from utpm.models.registry import MODEL_NAMES
 
     names = [*PAPER_MODELS] if models == "paper" else [m.strip() for m in models.split(",") if m.strip()]
-    bad = [m for m in names if m not in MODEL_NAMES]
+    names = [DEFAULT_MODEL if m == "default" else m for m in names]
+    bad = [m for m in names if m not in (*MODEL_NAMES, DEFAULT_MODEL)]
     if bad:
-        fail(f"unknown model(s) {bad}; valid: {', '.join(MODEL_NAMES)}")
+        fail(f"unknown model(s) {bad}; valid: default ({DEFAULT_MODEL}), {', '.join(MODEL_NAMES)}")
     losses = {"both": ["separate", "joint"]}.get(loss, [loss])
-    if any(lo not in ("joint", "separate", "default") for lo in losses):
-        fail(f"--loss must be joint, separate, both or default, not {loss!r}")
+    if any(lo not in ("joint", "separate", "default", "softmax", "sampled") for lo in losses):
+        fail(f"--loss must be joint, separate, both, default, softmax or sampled, not {loss!r}")
     ks = [int(x) for x in k.split(",") if x.strip()]
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
         task = bar.add_task("experiment", total=None)
@@ -275,18 +295,21 @@ def experiment_cmd(
 
         try:
             result = run_experiment(
-                data, names, losses, seeds, ks, preset, hparams, hparam_seeds or None, epochs, workers or None, progress
-            )
+                data, names, losses, seeds, ks, preset, hparams, hparam_seeds or None, epochs, workers or None,
+                progress, folds=folds, repeats=repeats, variants=parse_variants(variant or []),
+            )  # fmt: skip
         except DataError as e:
             fail(str(e))
     payload = {
         "dataset": result.dataset,
         "protocol": result.protocol,
-        "results": result.summary(ks),
-        "runs": result.runs,
+        "results": result.intervals(ks),
+        "personalisation": result.personalisation(),
+        # per-user scores feed the intervals above; they are left out of the file
+        "runs": [{k: v for k, v in r.items() if k != "per_user"} for r in result.runs],
     }
     if any("recovery@1" in r for r in result.runs):
-        payload["recovery"] = result.summary(ks, "recovery")
+        payload["recovery"] = result.intervals(ks, "recovery")
     wrote = []
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)

@@ -109,6 +109,9 @@ class ProtocolSplit:
     dropped_users: int = 0
     stats: dict[str, int] = field(default_factory=dict)
     source: str = ""
+    # Every multi-valued item column (tags, categories, ...) as a Ragged over items; the history
+    # model counts values per user from these.
+    item_columns: dict[str, Ragged] = field(default_factory=dict)
 
     @property
     def n_users(self) -> int:
@@ -257,4 +260,17 @@ def split_protocol(
         dropped_users=dropped,
         stats={"history_events": int(hist.sum()), "label_events": int(lab.sum())},
         source=data.source,
+        item_columns=item_lists,
     )
+
+
+def train_val_rows(split: ProtocolSplit, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, validation rows) exactly as the trainers draw them from the split's training users.
+
+    The first draw of `default_rng(seed)` permutes the training users and the first
+    round(n * val_fraction) (at least 1) are validation users; the yardsticks use this too, so models
+    and yardsticks see the same training rows.
+    """
+    perm = np.random.default_rng(seed).permutation(split.indices(test=False))
+    n_val = max(1, round(len(perm) * val_fraction)) if val_fraction > 0 else 0
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])

@@ -20,13 +20,20 @@ from typing import Any
 import numpy as np
 
 from utpm.data.loading import Dataset, load_dataset
-from utpm.data.protocol import split_protocol
-from utpm.evaluation.metrics import precision_at_k
-from utpm.evaluation.yardsticks import YARDSTICKS, yardstick_rankings
+from utpm.data.protocol import ProtocolSplit, split_protocol, train_val_rows
+from utpm.evaluation.metrics import precision_at_k, user_precision
+from utpm.evaluation.personalisation import bootstrap_mean_ci, personalisation
+from utpm.evaluation.yardsticks import YARDSTICKS, tune_blend, yardstick_rankings
 
 # The paper's ablation ladder (Tables 2, 3) and UTPM; `utpm` is af2-cf with the joint loss.
 PAPER_MODELS = ("youtube", "af1-unshared", "af1", "af2", "af2-cf", "af2-afm", "af2-nfm", "af2-dcn", "af2-autoint")
 # `utpm` is af2-cf trained with the joint loss: with --loss both, af2-cf/joint is UTPM.
+# The project's default model (utpm.models.history): `--models default` names it.
+DEFAULT_MODEL = "utpm-hist"
+# Top-k lists compared by the personalisation metrics.
+PERSONAL_K = 10
+# Share of training users held out for early stopping and for tuning the blend yardstick.
+VAL_FRACTION = 0.2
 HPARAM_GRID: dict[str, tuple[Any, ...]] = {
     "E": (8, 16, 32, 64),
     "heads": (1, 2, 3, 4),
@@ -37,17 +44,63 @@ HPARAM_GRID: dict[str, tuple[Any, ...]] = {
 
 @dataclass(frozen=True)
 class Job:
+    """One training run. With `folds` > 0 it is fold `seed % folds` of repetition `seed // folds`."""
+
     model: str
     loss: str
     seed: int
     preset: str
     overrides: tuple[tuple[str, Any], ...] = ()
     epochs: int = 40
+    folds: int = 0
 
     @property
     def label(self) -> str:
         extra = ",".join(f"{k}={v}" for k, v in self.overrides)
         return f"{self.model}/{self.loss}/seed{self.seed}" + (f"[{extra}]" if extra else "")
+
+
+def make_split(data: Dataset, seed: int, folds: int = 0) -> ProtocolSplit:
+    """The split of run `seed`: the protocol's seeded 80/20 user draw, or with `folds` > 0 k-fold over users.
+
+    k-fold: repetition r = seed // folds permutes the users with `default_rng(r)` and fold f = seed % folds
+    is the test set, so within one repetition every user is a test user exactly once.
+    """
+    if folds <= 0:
+        return split_protocol(data, seed=seed)
+    rep, fold = divmod(seed, folds)
+    split = split_protocol(data, seed=rep)
+    fold_of = np.empty(split.n_users, np.int64)
+    fold_of[np.random.default_rng(rep).permutation(split.n_users)] = np.arange(split.n_users) % folds
+    split.is_test = fold_of == fold
+    split.seed = seed
+    return split
+
+
+def _score_rankings(
+    out: dict[str, Any],
+    split: ProtocolSplit,
+    rows: np.ndarray,
+    ranked: list[list[str]],
+    ks: Sequence[int],
+    max_tags: int,
+) -> None:
+    """Prec@k, per-user scores (for the paired bootstrap; not written to JSON), personalisation, recovery."""
+    clicked = [split.clicked_tags(int(i), max_tags) for i in rows]
+    has = [j for j, c in enumerate(clicked) if c]
+    out.update({f"prec@{k}": precision_at_k(ranked, clicked, k).value for k in ks})
+    out["per_user"] = {
+        "users": [str(split.user_ids[rows[j]]) for j in has],
+        **{f"prec@{k}": [user_precision(ranked[j], clicked[j], k) for j in has] for k in ks},
+    }
+    out["personalisation"] = personalisation(ranked, PERSONAL_K, seed=int(split.seed))
+    truth = _CACHE.get("truth")
+    if truth is not None:
+        planted = [truth.get(str(split.user_ids[i]), set()) for i in rows]
+        out.update({f"recovery@{k}": recovery_at_k(ranked, planted, k) for k in ks})
+        hasr = [j for j, c in enumerate(planted) if c]
+        out["per_user"]["recovery_users"] = [str(split.user_ids[rows[j]]) for j in hasr]
+        out["per_user"].update({f"recovery@{k}": [user_precision(ranked[j], planted[j], k) for j in hasr] for k in ks})
 
 
 @dataclass
@@ -78,8 +131,69 @@ class ExperimentResult:
                 }
                 if variant:
                     row["variant"] = variant
+                row["yardstick"] = model in YARDSTICKS
                 rows.append(row)
         return rows
+
+    def _per_user(self, model: str, loss: str, variant: str, key: str) -> dict[tuple[int, str], float]:
+        users_key = "recovery_users" if key.startswith("recovery") else "users"
+        out: dict[tuple[int, str], float] = {}
+        for r in self.runs:
+            if (r["model"], r["loss"], r.get("variant", "")) != (model, loss, variant) or "per_user" not in r:
+                continue
+            pu = r["per_user"]
+            out.update({(r["seed"], u): v for u, v in zip(pu.get(users_key, []), pu.get(key, []), strict=True)})
+        return out
+
+    def intervals(self, ks: Sequence[int], metric: str = "prec", n_boot: int = 2000) -> list[dict[str, Any]]:
+        """`summary` plus 95% bootstrap intervals: of each mean, and of every model's paired gap to each yardstick.
+
+        Users are resampled with replacement; a user's value is the mean over the runs in which they
+        were a test user (with k-fold, once per repetition), and a gap pairs the model's and the
+        yardstick's score of the same user in the same run.
+        """
+        rows = self.summary(ks, metric)
+        for row in rows:
+            key = f"{metric}@{row['k']}"
+            mine = self._per_user(row["model"], row["loss"], row.get("variant", ""), key)
+            if not mine:
+                continue
+            row["ci95"] = list(bootstrap_mean_ci(_by_user(mine), n_boot))
+            row["users"] = len({u for _, u in mine})
+            if row["yardstick"]:
+                continue
+            row["vs"] = {}
+            for y in YARDSTICKS:
+                theirs = self._per_user(y, "-", "", key)
+                pairs = {k: v - theirs[k] for k, v in mine.items() if k in theirs}
+                if not pairs:
+                    continue
+                gaps = _by_user(pairs)
+                lo, hi = bootstrap_mean_ci(gaps, n_boot)
+                row["vs"][y] = {"gap": float(np.mean(gaps)), "ci95": [lo, hi]}
+        return rows
+
+    def personalisation(self) -> list[dict[str, Any]]:
+        """Mean personalisation metrics over runs per (model, loss, variant)."""
+        groups: dict[tuple[str, str, str], list[dict[str, float]]] = {}
+        for r in self.runs:
+            if "personalisation" in r:
+                groups.setdefault((r["model"], r["loss"], r.get("variant", "")), []).append(r["personalisation"])
+        out = []
+        for (model, loss, variant), ps in groups.items():
+            row: dict[str, Any] = {"model": model, "loss": loss, "yardstick": model in YARDSTICKS, "k": PERSONAL_K}
+            if variant:
+                row["variant"] = variant
+            row.update({k: float(np.mean([p[k] for p in ps])) for k in ("jaccard", "distinct_tags", "top1_share")})
+            out.append(row)
+        return out
+
+
+def _by_user(values: dict[tuple[int, str], float]) -> list[float]:
+    per: dict[str, list[float]] = {}
+    for (_, u), v in values.items():
+        per.setdefault(u, []).append(v)
+    return [float(np.mean(v)) for v in per.values()]
 
 
 _CACHE: dict[str, Any] = {}
@@ -117,19 +231,51 @@ def run_job(data_path: str, job: Job, ks: Sequence[int]) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     data = _dataset(data_path)
-    split = split_protocol(data, seed=job.seed)
-    preset = get_preset(job.preset).replace(**dict(job.overrides))
-    config = TrainConfig(
-        model=job.model,
-        loss=job.loss,
-        preset=preset,
-        seed=job.seed,
-        epochs=job.epochs,
-        eval_ks=tuple(ks),
-        early_stop_ks=tuple(ks),
-    )
+    split = make_split(data, job.seed, job.folds)
+    rows = split.indices(test=True)
+    top = max(PERSONAL_K, *ks)
     t0 = time.perf_counter()
-    result = train(split, config, data=data)
+    if job.model.startswith(DEFAULT_MODEL):
+        from utpm.models.history import HistoryOptions
+        from utpm.training.history import HistoryTrainConfig, encode_users, history_preset, rank_history, train_history
+
+        over = dict(job.overrides)
+        sizes = {k: over.pop(k) for k in ("dim", "max_values") if k in over}
+        opts = HistoryOptions(**{k: over.pop(k) for k in list(over) if k in HistoryOptions.__dataclass_fields__})
+        hconfig = HistoryTrainConfig(
+            loss=job.loss,
+            preset=history_preset(job.preset, **sizes),
+            seed=job.seed,
+            epochs=job.epochs,
+            eval_ks=tuple(ks),
+            early_stop_ks=tuple(ks),
+            val_fraction=VAL_FRACTION,
+            history=opts,
+            **over,
+        )
+        result = train_history(split, hconfig)
+        assert result.history_encoder is not None
+        seqs = result.history_encoder
+        from utpm.training.history import UserSequences
+
+        batch = encode_users(UserSequences(split, hconfig.preset.N), seqs, rows)
+        ranked = rank_history(result.model, batch, result.tags, top)  # type: ignore[arg-type]
+        max_tags = hconfig.preset.N
+    else:
+        preset = get_preset(job.preset).replace(**dict(job.overrides))
+        config = TrainConfig(
+            model=job.model,
+            loss=job.loss,
+            preset=preset,
+            seed=job.seed,
+            epochs=job.epochs,
+            eval_ks=tuple(ks),
+            early_stop_ks=tuple(ks),
+        )
+        result = train(split, config, data=data)
+        ids, masks = encode_rows(split, result.encoder, rows)
+        ranked = rank_tags(result.model, ids, masks, result.tags, top)
+        max_tags = preset.N
     out: dict[str, Any] = {
         "model": job.model,
         "loss": job.loss,
@@ -137,39 +283,33 @@ def run_job(data_path: str, job: Job, ks: Sequence[int]) -> dict[str, Any]:
         "best_epoch": result.best_epoch,
         "seconds": time.perf_counter() - t0,
         "samples_per_s": result.samples_per_s,
-        **{f"prec@{k}": v for k, v in result.test.items()},
+        "yardstick": False,
     }
     if job.overrides:
         out["variant"] = ",".join(f"{k}={v}" for k, v in job.overrides)
-    truth = _CACHE.get("truth")
-    if truth is not None:
-        rows = split.indices(test=True)
-        ids, masks = encode_rows(split, result.encoder, rows)
-        ranked = rank_tags(result.model, ids, masks, result.tags, max(ks))
-        planted = [truth.get(str(split.user_ids[i]), set()) for i in rows]
-        out.update({f"recovery@{k}": recovery_at_k(ranked, planted, k) for k in ks})
+    _score_rankings(out, split, rows, ranked, ks, max_tags)
     return out
 
 
-def yardstick_runs(data_path: str, seeds: Sequence[int], ks: Sequence[int], max_tags: int) -> list[dict[str, Any]]:
+def yardstick_runs(
+    data_path: str, seeds: Sequence[int], ks: Sequence[int], max_tags: int, folds: int = 0
+) -> list[dict[str, Any]]:
+    """mostpop, histfreq and the tuned blend on each run's split, from the models' training rows."""
     data = _dataset(data_path)
-    truth = _CACHE.get("truth")
     runs = []
     for seed in seeds:
-        split = split_protocol(data, seed=seed)
-        train_rows, test_rows = split.indices(test=False), split.indices(test=True)
-        clicked = [split.clicked_tags(int(i), max_tags) for i in test_rows]
+        split = make_split(data, seed, folds)
+        train_rows, val_rows = train_val_rows(split, VAL_FRACTION, seed)
+        test_rows = split.indices(test=True)
+        blend = tune_blend(split, train_rows, val_rows, max_tags, ks)
         for name in YARDSTICKS:
-            ranked = yardstick_rankings(name, split, train_rows, test_rows, max_tags, limit=max(ks))
-            run: dict[str, Any] = {
-                "model": name,
-                "loss": "-",
-                "seed": seed,
-                **{f"prec@{k}": precision_at_k(ranked, clicked, k).value for k in ks},
-            }
-            if truth is not None:
-                planted = [truth.get(str(split.user_ids[i]), set()) for i in test_rows]
-                run.update({f"recovery@{k}": recovery_at_k(ranked, planted, k) for k in ks})
+            ranked = yardstick_rankings(
+                name, split, train_rows, test_rows, max_tags, limit=max(PERSONAL_K, *ks), blend=blend
+            )
+            run: dict[str, Any] = {"model": name, "loss": "-", "seed": seed, "yardstick": True}
+            if name == "blend":
+                run["blend_a"], run["blend_c"] = blend
+            _score_rankings(run, split, test_rows, ranked, ks, max_tags)
             runs.append(run)
     return runs
 
@@ -186,29 +326,45 @@ def run_experiment(
     epochs: int = 40,
     workers: int | None = None,
     progress: Callable[[int, int, str], None] | None = None,
+    folds: int = 0,
+    repeats: int = 1,
+    variants: Sequence[tuple[tuple[str, Any], ...]] = (),
 ) -> ExperimentResult:
-    """Run every (model, loss, seed) job and the yardsticks; optionally the hyper-parameter study."""
+    """Run every (model, loss, seed) job and the three yardsticks; optionally the hyper-parameter study.
+
+    `folds` > 0: k-fold over users, `repeats` times (runs 0 .. folds * repeats - 1), instead of
+    `seeds` 80/20 draws. `variants`: extra `utpm-hist` runs with these overrides (ablations).
+    """
     from utpm.models.presets import get_preset
     from utpm.models.registry import default_loss
 
     path = str(data_path)
-    seed_list = list(range(seeds))
+    seed_list = list(range(folds * repeats)) if folds > 0 else list(range(seeds))
     jobs: list[Job] = []
     for m in models:
         for loss in losses:
-            chosen = default_loss(m) if loss == "default" else loss
-            jobs.extend(Job(m, chosen, s, preset, epochs=epochs) for s in seed_list)
+            if m.startswith(DEFAULT_MODEL):
+                chosen = "softmax" if loss in ("default", "separate") else loss
+            else:
+                chosen = default_loss(m) if loss == "default" else loss
+            jobs.extend(Job(m, chosen, s, preset, epochs=epochs, folds=folds) for s in seed_list)
+    for over in variants:
+        ov = dict(over)
+        loss = str(ov.pop("loss", "softmax"))
+        jobs.extend(Job(DEFAULT_MODEL, loss, s, preset, tuple(ov.items()), epochs, folds) for s in seed_list)
     if hparams:
         for key, values in HPARAM_GRID.items():
             for v in values:
-                jobs.extend(Job("utpm", "joint", s, preset, ((key, v),), epochs) for s in range(hparam_seeds or seeds))
+                jobs.extend(
+                    Job("utpm", "joint", s, preset, ((key, v),), epochs, folds) for s in range(hparam_seeds or seeds)
+                )
     jobs = list(dict.fromkeys(jobs))
     split0 = split_protocol(_dataset(path), seed=0)
-    result = ExperimentResult(
-        dataset=path,
-        protocol={**split0.protocol_info(), "seeds": seed_list, "preset": get_preset(preset).to_dict(), "ks": list(ks)},
-    )
-    result.runs.extend(yardstick_runs(path, seed_list, ks, get_preset(preset).N))
+    protocol = {**split0.protocol_info(), "seeds": seed_list, "preset": get_preset(preset).to_dict(), "ks": list(ks)}
+    if folds > 0:
+        protocol.update(folds=folds, repeats=repeats)
+    result = ExperimentResult(dataset=path, protocol=protocol)
+    result.runs.extend(yardstick_runs(path, seed_list, ks, get_preset(preset).N, folds))
     workers = workers or min(2, os.cpu_count() or 1)
     done = 0
     with ProcessPoolExecutor(max_workers=workers) as pool:

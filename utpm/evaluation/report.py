@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from utpm.evaluation.experiment import HPARAM_GRID, ExperimentResult, paired_gap, verdict
+from utpm.evaluation.yardsticks import YARDSTICKS
 
 TABLES: dict[str, tuple[str, ...]] = {
     "Table 2: attention fusion": ("youtube", "af1-unshared", "af1", "af2"),
@@ -78,7 +79,7 @@ def render(
         all_entries = [
             (m, lo)
             for m in dict.fromkeys(r["model"] for r in result.runs if "variant" not in r)
-            for lo in (["-"] if m in ("mostpop", "histfreq") else losses)
+            for lo in (["-"] if m in YARDSTICKS else sorted({r["loss"] for r in result.runs if r["model"] == m}))
         ]
         lines += [f"### All models and yardsticks ({metric})", "", *_table(result, all_entries, ks, metric), ""]
         best = _best(result, ks, metric)
@@ -101,6 +102,8 @@ def render(
                     "",
                 ]
         lines += _claims(result, ks, metric, losses)
+        lines += _gaps(result, ks, metric)
+    lines += _personal(result)
     if plot:
         lines += [f"![Prec@K by model]({plot})", ""]
     if attention:
@@ -148,6 +151,56 @@ def _claims(result: ExperimentResult, ks: Sequence[int], metric: str, losses: Se
             cells.append(f"{mean:+.4f} ± {std:.4f} ({verdict(mean, std)})")
         if cells:
             lines.append(f"| {source} | {better[0]}/{better[1]} > {worse[0]}/{worse[1]} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _gaps(result: ExperimentResult, ks: Sequence[int], metric: str) -> list[str]:
+    """Every model against every yardstick: mean paired gap and its 95% bootstrap interval over users."""
+    rows = [r for r in result.intervals(ks, metric) if r.get("vs")]
+    if not rows:
+        return []
+    lines = [
+        f"### Gaps to the yardsticks with paired bootstrap 95% intervals ({metric})",
+        "",
+        "Per user: the model's score minus the yardstick's on the same run (mean over the runs in which "
+        "the user was tested); intervals from 2,000 resamples of the users. *above 0*: the whole interval "
+        "is above zero.",
+        "",
+        "| model | loss | yardstick | " + " | ".join(f"gap@{k} [95% interval]" for k in ks) + " |",
+        "|" + "---|" * (len(ks) + 3),
+    ]
+    by = {(r["model"], r["loss"], r.get("variant", ""), r["k"]): r for r in rows}
+    for model, loss, variant in dict.fromkeys((r["model"], r["loss"], r.get("variant", "")) for r in rows):
+        name = model + (f" [{variant}]" if variant else "")
+        for y in YARDSTICKS:
+            cells = []
+            for k in ks:
+                g = by.get((model, loss, variant, k), {}).get("vs", {}).get(y)
+                if g is None:
+                    cells.append("–")
+                    continue
+                lo, hi = g["ci95"]
+                mark = " above 0" if lo > 0 else (" below 0" if hi < 0 else "")
+                cells.append(f"{g['gap']:+.4f} [{lo:+.4f}, {hi:+.4f}]{mark}")
+            lines.append(f"| {name} | {loss} | {y} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _personal(result: ExperimentResult) -> list[str]:
+    rows = result.personalisation()
+    if not rows:
+        return []
+    lines = [
+        "### How personal the profiles are (top-10 lists of the test users, mean over runs)",
+        "",
+        "| model | loss | mean pairwise Jaccard | distinct tags served | share of users with the most common #1 tag |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        name = r["model"] + (f" [{r['variant']}]" if r.get("variant") else "")
+        lines.append(
+            f"| {name} | {r['loss']} | {r['jaccard']:.3f} | {r['distinct_tags']:.0f} | {r['top1_share']:.2f} |"
+        )
     return [*lines, ""]
 
 

@@ -1,32 +1,58 @@
-"""Two honest non-neural yardsticks the paper omits.
+"""Three honest non-neural yardsticks the paper omits.
 
 - `mostpop`: tags ranked by how often they occur among training labels (tags of training users'
   label-1 items). Everyone gets the same list.
 - `histfreq`: the user's own history tags (of label-1 history items) ranked by frequency, ties by
   popularity, back-filled by `mostpop`.
+- `blend`: log1p(popularity) + a * log1p(history count) + c * log1p(distinct history items with the
+  tag), with a and c chosen on the validation users (`tune_blend`): the bar a model that claims to
+  learn the user must clear.
 
+Every yardstick is given the same training rows as the models (`utpm.data.protocol.train_val_rows`).
 A model that does not beat these is not learning the user.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
+from collections.abc import Sequence
 
 import numpy as np
 
 from utpm.data.protocol import ProtocolSplit
+from utpm.evaluation.metrics import precision_at_k
 
-YARDSTICKS = ("mostpop", "histfreq")
+YARDSTICKS = ("mostpop", "histfreq", "blend")
+BLEND_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
 
-def popularity(split: ProtocolSplit, train_rows: np.ndarray, max_tags: int | None) -> list[str]:
-    """Tags ranked by frequency among the training users' label-1 items (ties alphabetical)."""
+def popularity_counts(split: ProtocolSplit, train_rows: np.ndarray, max_tags: int | None) -> Counter[str]:
     counts: Counter[str] = Counter()
     for i in train_rows:
         for tags, y in split.label_items(int(i), max_tags):
             if y == 1:
                 counts.update(tags)
+    return counts
+
+
+def popularity(split: ProtocolSplit, train_rows: np.ndarray, max_tags: int | None) -> list[str]:
+    """Tags ranked by frequency among the training users' label-1 items (ties alphabetical)."""
+    counts = popularity_counts(split, train_rows, max_tags)
     return [t for t, _ in sorted(counts.items(), key=lambda tc: (-tc[1], tc[0]))]
+
+
+def history_counts(split: ProtocolSplit, user: int, max_tags: int | None) -> dict[str, tuple[int, int]]:
+    """tag -> (occurrences, distinct items) over the user's label-1 history items (first `max_tags` tags)."""
+    counts: Counter[str] = Counter()
+    items: dict[str, set[int]] = {}
+    lo, hi = split.history.offsets[user], split.history.offsets[user + 1]
+    for item, y in zip(split.history.codes[lo:hi], split.history_values[lo:hi], strict=True):
+        if y == 1:
+            for t in split.item_tags.row(int(item))[:max_tags]:
+                counts[t] += 1
+                items.setdefault(t, set()).add(int(item))
+    return {t: (c, len(items[t])) for t, c in counts.items()}
 
 
 def history_frequency(
@@ -34,14 +60,47 @@ def history_frequency(
 ) -> list[str]:
     """User's label-1 history tags by frequency (ties by popularity), then popular tags."""
     rank = {t: r for r, t in enumerate(popular)}
-    counts: Counter[str] = Counter()
-    lo, hi = split.history.offsets[user], split.history.offsets[user + 1]
-    for item, y in zip(split.history.codes[lo:hi], split.history_values[lo:hi], strict=True):
-        if y == 1:
-            counts.update(split.item_tags.row(int(item))[:max_tags])
+    counts = {t: c for t, (c, _) in history_counts(split, user, max_tags).items()}
     own = sorted(counts, key=lambda t: (-counts[t], rank.get(t, len(rank)), t))
     seen = set(own)
     return own + [t for t in popular[: limit + len(own)] if t not in seen]
+
+
+def blend_ranking(
+    hist: dict[str, tuple[int, int]], pop: Counter[str], popular: list[str], a: float, c: float, limit: int
+) -> list[str]:
+    """Ranked tags by log1p(pop) + a log1p(count) + c log1p(distinct), over history and popular tags."""
+    cand = set(hist) | set(popular[:limit])
+    zero = (0, 0)
+
+    def score(t: str) -> float:
+        n, d = hist.get(t, zero)
+        return math.log1p(pop.get(t, 0)) + a * math.log1p(n) + c * math.log1p(d)
+
+    return sorted(cand, key=lambda t: (-score(t), t))[:limit]
+
+
+def tune_blend(
+    split: ProtocolSplit,
+    train_rows: np.ndarray,
+    val_rows: np.ndarray,
+    max_tags: int | None,
+    ks: Sequence[int] = (1, 2, 3),
+    grid: Sequence[float] = BLEND_GRID,
+) -> tuple[float, float]:
+    """(a, c) with the best mean validation Prec@k over `ks` (ties: the smaller a, then c)."""
+    pop = popularity_counts(split, train_rows, max_tags)
+    popular = popularity(split, train_rows, max_tags)
+    hists = [history_counts(split, int(i), max_tags) for i in val_rows]
+    clicked = [split.clicked_tags(int(i), max_tags) for i in val_rows]
+    best, best_ac = -1.0, (0.0, 0.0)
+    for a in grid:
+        for c in grid:
+            ranked = [blend_ranking(h, pop, popular, a, c, max(ks)) for h in hists]
+            score = float(np.mean([precision_at_k(ranked, clicked, k).value for k in ks]))
+            if score > best + 1e-12:
+                best, best_ac = score, (a, c)
+    return best_ac
 
 
 def yardstick_rankings(
@@ -51,11 +110,24 @@ def yardstick_rankings(
     test_rows: np.ndarray,
     max_tags: int | None,
     limit: int = 50,
+    val_rows: np.ndarray | None = None,
+    blend: tuple[float, float] | None = None,
 ) -> list[list[str]]:
-    """Ranked tags for each test user under yardstick `name`, items cut to their first `max_tags` tags."""
+    """Ranked tags for each test user under yardstick `name`, items cut to their first `max_tags` tags.
+
+    `blend` needs `blend=(a, c)` or `val_rows` to tune them on.
+    """
     popular = popularity(split, train_rows, max_tags)
     if name == "mostpop":
         return [popular[:limit]] * len(test_rows)
     if name == "histfreq":
         return [history_frequency(split, int(i), popular, limit, max_tags)[:limit] for i in test_rows]
+    if name == "blend":
+        if blend is None:
+            if val_rows is None:
+                raise ValueError("the blend yardstick needs validation rows to tune a and c on, or blend=(a, c)")
+            blend = tune_blend(split, train_rows, val_rows, max_tags)
+        pop = popularity_counts(split, train_rows, max_tags)
+        a, c = blend
+        return [blend_ranking(history_counts(split, int(i), max_tags), pop, popular, a, c, limit) for i in test_rows]
     raise ValueError(f"unknown yardstick {name!r}; valid: {YARDSTICKS}")

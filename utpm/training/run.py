@@ -19,6 +19,7 @@ import torch
 
 from utpm.features.encoding import FeatureEncoder
 from utpm.features.vocab import Vocabulary
+from utpm.models.history import HISTORY_MODEL, HistoryModel, HistoryOptions, build_history_model
 from utpm.models.presets import Preset
 from utpm.models.registry import build_model
 from utpm.models.user_model import UserModel
@@ -28,7 +29,7 @@ from utpm.models.user_model import UserModel
 class Run:
     path: Path
     config: dict[str, Any]
-    model: UserModel
+    model: Any  # UserModel, or HistoryModel for utpm-hist
     encoder: FeatureEncoder
     tags: Vocabulary
 
@@ -37,7 +38,9 @@ class Run:
         return Preset.from_dict(self.config["preset"])
 
 
-def save_run(path: Path, config: dict[str, Any], model: UserModel, encoder: FeatureEncoder, tags: Vocabulary) -> None:
+def save_run(
+    path: Path, config: dict[str, Any], model: torch.nn.Module, encoder: FeatureEncoder, tags: Vocabulary
+) -> None:
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(json.dumps(config, indent=2, default=str))
     torch.save(model.state_dict(), path / "model.pt")
@@ -53,7 +56,12 @@ def load_run(path: str | Path) -> Run:
     config = json.loads((p / "config.json").read_text())
     encoder = FeatureEncoder.load(p / "encoder")
     tags = Vocabulary.load(p / "tags.json")
-    model = build_model(config["model"], encoder.specs, len(tags), Preset.from_dict(config["preset"]), seed=0)
+    preset = Preset.from_dict(config["preset"])
+    if config["model"] == HISTORY_MODEL:
+        options = HistoryOptions.from_dict(config.get("history", {}))
+        model: UserModel | HistoryModel = build_history_model(encoder.specs, len(tags), preset, options, seed=0)
+    else:
+        model = build_model(config["model"], encoder.specs, len(tags), preset, seed=0)
     model.load_state_dict(torch.load(p / "model.pt", weights_only=True))
     model.eval()
     return Run(p, config, model, encoder, tags)

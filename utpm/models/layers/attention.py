@@ -63,13 +63,19 @@ class AttentionUnit(nn.Module):
         keys = self.act(values @ self.weight + self.bias)  # (B, heads, L, key_dim)
         return (keys @ query.unsqueeze(-1)).squeeze(-1)  # (B, heads, L)
 
-    def forward(self, values: Tensor, mask: Tensor, query: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, values: Tensor, mask: Tensor, query: Tensor, logit_bias: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """values (B, 1 or heads, L, E): one set shared by the heads (within a field) or one per head
-        (across fields); mask (B, L); query (heads, key_dim).
+        (across fields); mask (B, L); query (heads, key_dim); logit_bias (B, 1 or heads, L) is added
+        to the scores (the history model's log1p(count) term), None for the paper's Eq. 1.
 
         Returns pooled (B, heads, E) and weights (B, heads, L).
         """
-        weights = masked_softmax(self.scores(values, query), mask.unsqueeze(1))  # (B, heads, L)
+        scores = self.scores(values, query)
+        if logit_bias is not None:
+            scores = scores + logit_bias
+        weights = masked_softmax(scores, mask.unsqueeze(1))  # (B, heads, L)
         pooled = (weights.unsqueeze(-2) @ values).squeeze(-2)  # (B, heads, E)
         return pooled, weights
 
@@ -127,14 +133,17 @@ class AttentionFusion(nn.Module):
             raise RuntimeError("attention fusion has no query")
         return self.queries[unit]
 
-    def forward(self, embedded: Sequence[Tensor], masks: Sequence[Tensor]) -> FusionOutput:
-        """embedded[f]: (B, H_f, E), masks[f]: (B, H_f)."""
+    def forward(
+        self, embedded: Sequence[Tensor], masks: Sequence[Tensor], logit_bias: Sequence[Tensor] | None = None
+    ) -> FusionOutput:
+        """embedded[f]: (B, H_f, E), masks[f]: (B, H_f); logit_bias[f] (B, 1 or heads, H_f) optional."""
         if len(embedded) != self.n_fields or len(masks) != self.n_fields:
             raise ValueError(f"expected {self.n_fields} fields, got {len(embedded)} embeddings, {len(masks)} masks")
         pooled: list[Tensor] = []
         field_weights: list[Tensor] = []
         for f, unit in enumerate(self.field_units):
-            p, w = unit(embedded[f].unsqueeze(1), masks[f], self.unit_query(f))  # (B, n, E), (B, n, H_f)
+            bias = logit_bias[f] if logit_bias is not None else None
+            p, w = unit(embedded[f].unsqueeze(1), masks[f], self.unit_query(f), bias)  # (B, n, E), (B, n, H_f)
             pooled.append(p)
             field_weights.append(w)
         per_head = torch.stack(pooled, dim=2)  # (B, n, M, E)

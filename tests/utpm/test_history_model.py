@@ -1,0 +1,141 @@
+"""The default model utpm-hist: count-aware features, history path, shared vocabulary, losses, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.utpm.test_training import synthetic_dataset
+from utpm.data.protocol import split_protocol, train_val_rows
+from utpm.features.history import PHI_NAMES, FieldStats, HistoryEncoder, parse_field, stats_from_sequence
+from utpm.models.history import HistoryOptions, build_history_model
+from utpm.models.presets import get_preset
+from utpm.training.history import (
+    HistoryTrainConfig,
+    UserSequences,
+    build_history_vocabularies,
+    encode_users,
+    history_preset,
+    rank_history,
+    train_history,
+)
+from utpm.training.run import load_run
+
+TINY_HIST = history_preset(get_preset("tiny"), dim=8, max_values=6)
+
+
+def _encoder(split, rows, max_history_tags: int = 10) -> tuple[HistoryEncoder, UserSequences]:
+    seqs = UserSequences(split, TINY_HIST.N)
+    enc, tags = build_history_vocabularies(split, seqs, rows, TINY_HIST.H, 1)
+    return HistoryEncoder(enc, tags, max_history_tags), seqs
+
+
+def test_sequence_stats_count_distinct_items_and_weigh_recent_occurrences_more() -> None:
+    st = stats_from_sequence(["a", "b", "a", "c", "a"], items=[1, 2, 1, 3, 4])
+    assert st.values == ["b", "c", "a"]  # order of last occurrence, most recent last
+    assert st.count == [1.0, 1.0, 3.0] and st.distinct == [1.0, 1.0, 2.0]
+    assert st.recency[1] > st.recency[0]  # c is more recent than b
+
+
+def test_request_fields_accept_repeats_and_value_count_objects() -> None:
+    assert parse_field("f", ["x", "y", "x"]).count == [1.0, 2.0]
+    st = parse_field("f", {"x": 3, "y": 0, "z": 1e30})
+    assert st.values == ["x", "z"] and st.count[1] == 1e6  # zero dropped, huge clamped
+    assert parse_field("f", "x").values == ["x"] and len(parse_field("f", None)) == 0
+
+
+@pytest.mark.parametrize(
+    "bad", [{"x": -1}, {"x": "3"}, {"x": float("nan")}, {"x": float("inf")}, {"x": True}, [1, 2], 5]
+)
+def test_bad_counts_and_values_are_clear_value_errors(bad: object) -> None:
+    with pytest.raises(ValueError, match="field 'f'"):
+        parse_field("f", bad)
+
+
+def test_fields_keep_the_most_frequent_values_ties_by_recency_and_phi_is_per_history_tag() -> None:
+    data = synthetic_dataset(n_users=8, events=20, only_positive=True)
+    split = split_protocol(data, seed=0)
+    henc, _ = _encoder(split, split.indices(test=False))
+    known = [t for t in henc.tags.tokens[2:5]]
+    user = {"clicked_tags": stats_from_sequence([known[0], known[1], known[1], known[2], "never-seen"])}
+    b = henc.encode([user])
+    tag_field = [s.name for s in henc.specs].index("clicked_tags")
+    ids = b.ids[tag_field][0]
+    assert henc.tags.token(int(ids[0])) == known[1] and b.counts[tag_field][0, 0] == 2.0
+    # ties by recency: the unknown value (the OOV bucket) is the most recent, then known[2], then known[0]
+    assert [henc.tags.token(int(i)) for i in ids[1:4]] == ["<oov>", known[2], known[0]]
+    assert b.unknown[0] == {"clicked_tags": ["never-seen"]}
+    assert b.hist_mask[0].sum() == 3 and b.hist_feats.shape[-1] == len(PHI_NAMES)
+    j = list(b.hist_ids[0]).index(henc.tags.lookup[known[1]])
+    assert b.hist_feats[0, j, 0] == pytest.approx(math.log1p(2.0))
+
+
+def test_unknown_values_only_and_empty_users_encode_to_empty_histories() -> None:
+    data = synthetic_dataset(n_users=8, events=20, only_positive=True)
+    split = split_protocol(data, seed=0)
+    henc, _ = _encoder(split, split.indices(test=False))
+    b = henc.encode([{}, {"clicked_tags": FieldStats(["zz"], [1.0], [1.0], [1.0])}])
+    assert b.hist_mask.sum() == 0 and all(m.sum() <= 1 for m in b.masks)
+    with pytest.raises(KeyError, match="unknown field"):
+        henc.parse({"nope": ["a"]})
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        HistoryOptions(),
+        HistoryOptions(counts=False),
+        HistoryOptions(history=False),
+        HistoryOptions(tie=True),
+        HistoryOptions(tower=False),
+    ],
+)
+def test_every_ablation_scores_all_tags_and_ignores_padded_history_slots(options: HistoryOptions) -> None:
+    data = synthetic_dataset(n_users=8, events=20)
+    split = split_protocol(data, seed=0)
+    henc, seqs = _encoder(split, split.indices(test=False))
+    model = build_history_model(henc.specs, len(henc.tags), TINY_HIST, options, seed=0).eval()
+    b = encode_users(seqs, henc, np.arange(4))
+    t = [torch.from_numpy(x) for x in (b.hist_ids, b.hist_feats, b.hist_mask)]
+    args = (
+        [torch.from_numpy(x) for x in b.ids],
+        [torch.from_numpy(x) for x in b.masks],
+        [torch.from_numpy(x) for x in b.counts],
+    )
+    s = model.scores(*args, *t)
+    assert s.shape == (4, len(henc.tags)) and torch.isfinite(s).all()
+    junk = t[1].clone()
+    junk[t[2] == 0] = 99.0  # padded history slots hold garbage
+    assert torch.allclose(model.scores(*args, t[0], junk, t[2]), s)
+    cand = torch.arange(2, len(henc.tags))
+    u = model.user_vector(*args)[0]
+    assert torch.allclose(model.candidate_scores(u, cand, *t), s[:, 2:], atol=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["softmax", "sampled", "joint"])
+def test_all_positive_log_trains_with_each_loss_and_the_run_reads_back(loss: str, tmp_path: Path) -> None:
+    data = synthetic_dataset(n_users=16, events=20, only_positive=True)
+    split = split_protocol(data, seed=0)
+    config = HistoryTrainConfig(preset=TINY_HIST, epochs=2, loss=loss, sampled_negatives=5, augment_cuts=(0.5,))
+    result = train_history(split, config, out=tmp_path / "run")
+    assert all(np.isfinite(p["loss"]) for p in result.curve[1:]) and result.curve[0]["epoch"] == 0 and result.test
+    run = load_run(tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model"] == "utpm-hist"
+    seqs = UserSequences(split, TINY_HIST.N)
+    assert result.history_encoder is not None
+    batch = encode_users(seqs, result.history_encoder, split.indices(test=True))
+    assert rank_history(run.model, batch, run.tags, 3) == rank_history(result.model, batch, result.tags, 3)
+
+
+def test_yardsticks_use_the_trainers_training_rows() -> None:
+    data = synthetic_dataset(n_users=20, events=20)
+    split = split_protocol(data, seed=3)
+    tr, va = train_val_rows(split, 0.2, 3)
+    perm = np.random.default_rng(3).permutation(split.indices(test=False))
+    assert set(va) == set(perm[: round(len(perm) * 0.2)]) and not set(tr) & set(va)
+    assert not (set(tr) | set(va)) & set(split.indices(test=True))

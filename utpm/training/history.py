@@ -1,0 +1,490 @@
+"""Training and scoring of the history model (`utpm-hist`), called by `utpm.training.trainer.train`.
+
+Examples: every training user at the protocol's cut and at `TrainConfig.augment_cuts` (duplicate cut
+points of short histories counted once); the features of an example are built from its events by
+the same `HistoryEncoder` the service uses, batch by batch, so memory stays that of the events.
+
+Losses (`TrainConfig.loss`):
+- `softmax`: listwise; a softmax over all tags, the target spread evenly over the tags of the
+  user's label-1 items in the label period (the set C that Prec@K scores);
+- `sampled`: the same over the batch's positives and history tags plus `sampled_negatives` tags
+  drawn from Q (label-tag frequency^0.75); sampled-only tags get the logQ correction
+  -log(S Q_t), for vocabularies too large for a full softmax;
+- `joint`: the paper's Eq. 4 (one BCE per label item on the sum of its tags' final scores) against
+  uniform pseudo-item negatives, as the paper-faithful trainer does.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from utpm.data.protocol import ProtocolSplit
+from utpm.evaluation.metrics import precision_at_k
+from utpm.evaluation.yardsticks import popularity_counts, tune_blend
+from utpm.features.encoding import FeatureEncoder
+from utpm.features.history import (
+    TAG_FIELD,
+    UNCLICKED_FIELD,
+    FieldStats,
+    HistoryBatch,
+    HistoryEncoder,
+    stats_from_sequence,
+)
+from utpm.features.spec import FieldKind, FieldSpec
+from utpm.features.vocab import Vocabulary
+from utpm.models.history import HISTORY_MODEL, HistoryModel, HistoryOptions, build_history_model
+from utpm.models.presets import Preset, get_preset
+from utpm.training.samples import build_encoder
+from utpm.training.trainer import TrainConfig, TrainResult, save_training
+
+log = logging.getLogger(__name__)
+
+HISTORY_LOSSES = ("softmax", "sampled", "joint")
+# Above this many tags the full softmax is replaced by the sampled one (`loss="softmax"` only).
+FULL_SOFTMAX_MAX_TAGS = 50_000
+_NEG = -1e9
+
+
+def history_preset(base: Preset | str = "movielens", dim: int = 64, max_values: int = 100) -> Preset:
+    """The default model's sizes: `base`'s K and N (they describe the data), E = U = dim, H = max_values.
+
+    dim 64 and H 100 were chosen on validation users (docs/results.md); T = F = 16 widens the
+    attention space with E.
+    """
+    p = get_preset(base) if isinstance(base, str) else base
+    return p.replace(name=f"{p.name}-hist", E=dim, U=dim, H=max_values, T=16, F=16, hidden=None)
+
+
+@dataclass
+class HistoryTrainConfig(TrainConfig):
+    """`TrainConfig` for `utpm-hist`: its parts (`history`), its losses and the sampled-softmax size."""
+
+    model: str = HISTORY_MODEL
+    loss: str = "softmax"
+    preset: Preset = field(default_factory=history_preset)
+    lr: float = 1e-3
+    history: HistoryOptions = field(default_factory=HistoryOptions)
+    sampled_negatives: int = 2000
+    # Start from the blend yardstick tuned on the validation users (`HistoryModel.start_at`).
+    start_at_blend: bool = True
+
+    def __post_init__(self) -> None:
+        if self.loss not in HISTORY_LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r} for {HISTORY_MODEL}; valid: {HISTORY_LOSSES}")
+        if self.sampled_negatives < 1:
+            raise ValueError(f"sampled_negatives must be >= 1, got {self.sampled_negatives}")
+        # the parent checks everything else but knows only the paper's losses
+        loss, self.loss = self.loss, "joint"
+        try:
+            super().__post_init__()
+        finally:
+            self.loss = loss
+
+
+@dataclass
+class HistoryTrainResult(TrainResult):
+    history_encoder: HistoryEncoder | None = None
+
+
+class UserSequences:
+    """Every kept user's events (history then label period) with each item's field values."""
+
+    def __init__(self, split: ProtocolSplit, n_tags_per_item: int) -> None:
+        self.split = split
+        self.N = n_tags_per_item
+        cols = split.item_columns or {"tags": split.item_tags}
+        self.item_values: dict[str, list[list[str]]] = {}
+        for col, ragged in cols.items():
+            rows = [ragged.row(j) for j in range(len(ragged))]
+            self.item_values[col] = [r[:n_tags_per_item] for r in rows] if col == "tags" else rows
+        h, lab = split.history, split.labels
+        self.items: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
+        self.n_hist: np.ndarray = h.lengths().copy()
+        for i in range(split.n_users):
+            self.items.append(np.concatenate([h.row_codes(i), lab.row_codes(i)]))
+            lo, hi = h.offsets[i], h.offsets[i + 1]
+            llo, lhi = lab.offsets[i], lab.offsets[i + 1]
+            self.labels.append(np.concatenate([split.history_values[lo:hi], split.label_values[llo:lhi]]))
+        self.single = {name: r for name, r in split.fields.items() if split.field_kinds[name] is FieldKind.SINGLE}
+
+    def stats(self, i: int, n_hist: int | None = None) -> dict[str, FieldStats]:
+        """User i's field stats from their first `n_hist` events (default: the protocol's history)."""
+        n = int(self.n_hist[i]) if n_hist is None else n_hist
+        items, labels = self.items[i][:n], self.labels[i][:n]
+        out: dict[str, FieldStats] = {}
+        clicked = items[labels == 1]
+        for col, values in self.item_values.items():
+            seq: list[str] = []
+            src: list[int] = []
+            for it in clicked.tolist():
+                vs = values[it]
+                seq.extend(vs)
+                src.extend([it] * len(vs))
+            if seq:
+                out[f"clicked_{col}"] = stats_from_sequence(seq, src)
+        unclicked = items[labels == 0]
+        if len(unclicked):
+            seq = [t for it in unclicked.tolist() for t in self.item_values["tags"][it]]
+            if seq:
+                out[UNCLICKED_FIELD] = stats_from_sequence(seq)
+        for name, r in self.single.items():
+            vals = r.row(i)
+            if vals:
+                out[name] = FieldStats([vals[0]], [1.0], [1.0], [1.0])
+        return out
+
+    def label_tags(self, i: int, n_hist: int | None = None) -> set[str]:
+        """Tags (first N) of the label-1 items after the first `n_hist` events: C of Eq. 5."""
+        n = int(self.n_hist[i]) if n_hist is None else n_hist
+        items, labels = self.items[i][n:], self.labels[i][n:]
+        tags = self.item_values["tags"]
+        return {t for it in items[labels == 1].tolist() for t in tags[it]}
+
+    def label_items(self, i: int, n_hist: int) -> tuple[list[list[str]], list[int]]:
+        items, labels = self.items[i][n_hist:], self.labels[i][n_hist:]
+        tags = self.item_values["tags"]
+        return [tags[it] for it in items.tolist()], labels.tolist()
+
+
+def build_history_vocabularies(
+    split: ProtocolSplit, seqs: UserSequences, train_rows: np.ndarray, max_values: int, min_count: int
+) -> tuple[FeatureEncoder, Vocabulary]:
+    """One tag vocabulary (every tag of the training users' events, first N per item) shared by the
+    tag input fields and the output; the other fields' vocabularies as for the paper's models."""
+    tag_seq: list[str] = []
+    tags_of = seqs.item_values["tags"]
+    for i in train_rows.tolist():
+        for it in seqs.items[i].tolist():
+            tag_seq.extend(tags_of[it])
+    tags = Vocabulary.build(tag_seq, 1)
+    base = build_encoder(split, train_rows, max_values, min_count)
+    specs: list[FieldSpec] = []
+    vocabs: dict[str, Vocabulary] = {}
+    for s in base.specs:
+        if s.name in (TAG_FIELD, UNCLICKED_FIELD):
+            specs.append(FieldSpec(s.name, s.kind, len(tags), s.max_len))
+            vocabs[s.name] = tags
+        else:
+            specs.append(s)
+            vocabs[s.name] = base.vocabs[s.name]
+    return FeatureEncoder(specs, vocabs), tags
+
+
+def _tensors(
+    b: HistoryBatch,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+    return (
+        [torch.from_numpy(x) for x in b.ids],
+        [torch.from_numpy(x) for x in b.masks],
+        [torch.from_numpy(x) for x in b.counts],
+        torch.from_numpy(b.hist_ids),
+        torch.from_numpy(b.hist_feats),
+        torch.from_numpy(b.hist_mask),
+    )
+
+
+def rank_history(
+    model: HistoryModel, batch: HistoryBatch, tags: Vocabulary, k: int, chunk: int = 512
+) -> list[list[str]]:
+    """Top-k tags by the final score for each user of `batch` (padding and OOV excluded)."""
+    out: list[list[str]] = []
+    k = min(k, len(tags) - 2)
+    model.eval()
+    ids, masks, counts, hid, hf, hm = _tensors(batch)
+    with torch.no_grad():
+        for lo in range(0, batch.size, chunk):
+            sl = slice(lo, lo + chunk)
+            s = model.scores(
+                [x[sl] for x in ids], [x[sl] for x in masks], [x[sl] for x in counts], hid[sl], hf[sl], hm[sl]
+            )
+            s[:, : Vocabulary.OOV + 1] = -torch.inf
+            top = s.topk(k, dim=1).indices.numpy()
+            out.extend([[tags.token(int(t)) for t in row] for row in top])
+    return out
+
+
+def encode_users(seqs: UserSequences, henc: HistoryEncoder, rows: Sequence[int]) -> HistoryBatch:
+    """The history model's input for users `rows` at the protocol's cut."""
+    return henc.encode([seqs.stats(int(i)) for i in rows])
+
+
+def _examples(seqs: UserSequences, rows: np.ndarray, cuts: Sequence[float]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for i in rows.tolist():
+        n = len(seqs.items[i])
+        points = {int(seqs.n_hist[i])} | {math.floor(n * c) for c in cuts}
+        for h in sorted(points):
+            if 1 <= h < n and (seqs.labels[i][h:] == 1).any():
+                out.append((i, h))
+    return out
+
+
+def _multi_hot(label_sets: Sequence[set[str]], tags: Vocabulary) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, tag ids) of every known label tag, for a sparse target."""
+    r: list[int] = []
+    c: list[int] = []
+    lookup = tags.lookup
+    for b, s in enumerate(label_sets):
+        for t in s:
+            j = lookup.get(t, Vocabulary.OOV)
+            if j > Vocabulary.OOV:
+                r.append(b)
+                c.append(j)
+    return np.asarray(r, np.int64), np.asarray(c, np.int64)
+
+
+def _softmax_loss(scores: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, b: int) -> torch.Tensor:
+    scores = scores.clone()
+    scores[:, : Vocabulary.OOV + 1] = _NEG
+    logp = F.log_softmax(scores, dim=1)
+    y = torch.zeros_like(scores)
+    y[rows, cols] = 1.0
+    n = y.sum(1)
+    has = n > 0
+    per_user = -(y * logp).sum(1)[has] / n[has]
+    return per_user.mean() if bool(has.any()) else scores.sum() * 0.0
+
+
+def train_history(
+    split: ProtocolSplit,
+    config: HistoryTrainConfig,
+    out: Any = None,
+    progress: Callable[[int, int, dict[str, float]], None] | None = None,
+) -> HistoryTrainResult:
+    """Train `utpm-hist` on the protocol's training users; the same user split as `trainer.train`."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    rng = np.random.default_rng(config.seed)
+    train_all = split.indices(test=False)
+    test_rows = split.indices(test=True)
+    perm = rng.permutation(train_all)
+    n_val = max(1, round(len(perm) * config.val_fraction))
+    val_rows, train_rows = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    p = config.preset
+    options: HistoryOptions = config.history
+    seqs = UserSequences(split, p.N)
+    encoder, tags = build_history_vocabularies(split, seqs, train_rows, p.H, config.min_count)
+    henc = HistoryEncoder(encoder, tags, options.max_history_tags)
+    cuts = (*config.augment_cuts, split.history_fraction)
+    examples = _examples(seqs, train_rows, cuts)
+    if not examples:
+        raise ValueError("no training examples: no training user has a label-1 item after a history")
+    n_tags = len(tags)
+    loss_name = config.loss
+    if loss_name == "softmax" and n_tags > FULL_SOFTMAX_MAX_TAGS:
+        loss_name = "sampled"
+    model = build_history_model(encoder.specs, n_tags, p, options, seed=config.seed)
+    # Start at the blend yardstick tuned on the validation users: b_t = log1p(popularity among the
+    # training users' label items), the history path's linear part a, c (docs/results.md).
+    pop = np.zeros(n_tags, np.float64)
+    for t, c in popularity_counts(split, train_rows, p.N).items():
+        pop[tags.lookup.get(t, 0)] += c
+    pop[: Vocabulary.OOV + 1] = 0.0
+    a, c = (
+        tune_blend(split, train_rows, val_rows, p.N, tuple(config.early_stop_ks))
+        if config.start_at_blend
+        else (0.0, 0.0)
+    )
+    model.start_at(torch.from_numpy(np.log1p(pop).astype(np.float32)), {"log1p_count": a, "log1p_distinct_items": c})
+    q = (pop + 1.0) ** 0.75
+    q[: Vocabulary.OOV + 1] = 0.0
+    q = q / q.sum() if q.sum() > 0 else q
+    # The losses see scale * s(u, t) (+ offset for the BCE of `joint`): ranking ignores both, but a
+    # start at the blend has an arbitrary scale (a = 16 gives logits ~50), which a softmax punishes.
+    log_scale = torch.nn.Parameter(torch.zeros(()))
+    offset = torch.nn.Parameter(torch.zeros(()))
+    optim = torch.optim.Adam([*model.parameters(), log_scale, offset], lr=config.lr, weight_decay=config.weight_decay)
+    torch.manual_seed(config.seed)
+    order_rng = np.random.default_rng(config.seed + 1)
+
+    def batch_loss(chunk: Sequence[tuple[int, int]]) -> torch.Tensor:
+        batch = henc.encode([seqs.stats(i, h) for i, h in chunk])
+        ids, masks, counts, hid, hf, hm = _tensors(batch)
+        label_sets = [seqs.label_tags(i, h) for i, h in chunk]
+        rows, cols = (torch.from_numpy(a) for a in _multi_hot(label_sets, tags))
+        u = model.user_vector(ids, masks, counts)[0]
+        scale = log_scale.exp()
+        if loss_name == "softmax":
+            s = model.model_scores(u).scatter_add(1, hid, model.history_scores(hf, hm))
+            return _softmax_loss(s * scale, rows, cols, len(chunk))
+        if loss_name == "sampled":
+            return _sampled_loss(model, u, rows, cols, hid, hf, hm, q, config.sampled_negatives, order_rng, scale)
+        return _joint_loss(
+            model, u, chunk, seqs, tags, hid, hf, hm, p.K, config.negatives_per_positive, order_rng, scale, offset
+        )
+
+    # the starting scale: the best of a coarse grid on a few training batches
+    probe = [examples[j] for j in order_rng.permutation(len(examples))[: 4 * config.batch_size]]
+    with torch.no_grad():
+        grid = [float(x) for x in np.log(2.0 ** np.arange(-6, 3))]
+        probe_losses = []
+        for g in grid:
+            log_scale.fill_(g)
+            probe_losses.append(
+                np.mean(
+                    [
+                        float(batch_loss(probe[j : j + config.batch_size]))
+                        for j in range(0, len(probe), config.batch_size)
+                    ]
+                )
+            )
+        log_scale.fill_(grid[int(np.argmin(probe_losses))])
+
+    val_batch = encode_users(seqs, henc, val_rows)
+    val_clicked = [split.clicked_tags(int(i), p.N) for i in val_rows]
+    val_ks = tuple(sorted(set(config.eval_ks) | set(config.early_stop_ks)))
+
+    def evaluate(batch: HistoryBatch, clicked: list[set[str]], ks: Sequence[int]) -> tuple[dict[int, float], int]:
+        ranked = rank_history(model, batch, tags, max(ks))
+        res = {k: precision_at_k(ranked, clicked, k) for k in ks}
+        return {k: r.value for k, r in res.items()}, res[ks[0]].skipped_users
+
+    best_score, best_epoch, best_state, bad_epochs = -1.0, 0, None, 0
+    curve: list[dict[str, float]] = []
+    seen, train_seconds = 0, 0.0
+    # epoch 0, the starting point, is a candidate too: training must beat it on validation to count
+    val0, _ = evaluate(val_batch, val_clicked, val_ks)
+    best_score = float(np.mean([val0[k] for k in config.early_stop_ks]))
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    curve.append({"epoch": 0, **{f"val_prec@{k}": v for k, v in val0.items()}, "val_score": best_score})
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        t0 = time.perf_counter()
+        losses = []
+        order = order_rng.permutation(len(examples))
+        for lo in range(0, len(order), config.batch_size):
+            chunk = [examples[j] for j in order[lo : lo + config.batch_size]]
+            loss = batch_loss(chunk)
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            losses.append(float(loss.detach()))
+            seen += len(chunk)
+        train_seconds += time.perf_counter() - t0
+        val, _ = evaluate(val_batch, val_clicked, val_ks)
+        score = float(np.mean([val[k] for k in config.early_stop_ks]))
+        point = {
+            "epoch": epoch,
+            "loss": float(np.mean(losses)),
+            "seconds": time.perf_counter() - t0,
+            **{f"val_prec@{k}": v for k, v in val.items()},
+            "val_score": score,
+        }
+        curve.append(point)
+        if progress is not None:
+            progress(epoch, config.epochs, point)
+        if score > best_score:
+            best_score, best_epoch, bad_epochs = score, epoch, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            bad_epochs += 1
+            if bad_epochs >= config.patience:
+                break
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    model.eval()
+    val, _ = evaluate(val_batch, val_clicked, config.eval_ks)
+    if len(test_rows):
+        test_batch = encode_users(seqs, henc, test_rows)
+        test, skipped = evaluate(test_batch, [split.clicked_tags(int(i), p.N) for i in test_rows], config.eval_ks)
+    else:
+        test, skipped = {}, 0
+    result = HistoryTrainResult(
+        model=model,  # type: ignore[arg-type]
+        encoder=encoder,
+        tags=tags,
+        best_epoch=best_epoch,
+        val=val,
+        test=test,
+        curve=curve,
+        samples_per_s=seen / train_seconds if train_seconds else 0.0,
+        train_users=len(train_rows),
+        val_users=len(val_rows),
+        test_users=len(test_rows),
+        skipped_test_users=skipped,
+        history_encoder=henc,
+    )
+    if out is not None:
+        save_training(out, split, config, result)
+    return result
+
+
+def _sampled_loss(
+    model: HistoryModel,
+    u: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    hid: torch.Tensor,
+    hf: torch.Tensor,
+    hm: torch.Tensor,
+    q: np.ndarray,
+    n_samples: int,
+    rng: np.random.Generator,
+    scale: torch.Tensor,
+) -> torch.Tensor:
+    sampled = rng.choice(len(q), size=n_samples, p=q)
+    forced = np.unique(np.concatenate([cols.numpy(), hid[hm > 0].numpy()]))
+    only_sampled = np.setdiff1d(np.unique(sampled), forced)
+    cand = np.concatenate([forced, only_sampled])
+    cand = cand[cand > Vocabulary.OOV]
+    correction = np.zeros(len(cand), np.float32)
+    n_forced = int((forced > Vocabulary.OOV).sum())
+    correction[n_forced:] = np.log(n_samples * q[cand[n_forced:]]).astype(np.float32)
+    c = torch.from_numpy(cand)
+    s = model.candidate_scores(u, c, hid, hf, hm) * scale - torch.from_numpy(correction)
+    pos = torch.full((model.n_tags,), -1, dtype=torch.long)
+    pos[c] = torch.arange(len(cand))
+    return _softmax_loss(torch.cat([torch.full((len(u), 2), _NEG), s], 1), rows, pos[cols] + 2, len(u))
+
+
+def _joint_loss(
+    model: HistoryModel,
+    u: torch.Tensor,
+    chunk: Sequence[tuple[int, int]],
+    seqs: UserSequences,
+    tags: Vocabulary,
+    hid: torch.Tensor,
+    hf: torch.Tensor,
+    hm: torch.Tensor,
+    K: int,
+    r: int,
+    rng: np.random.Generator,
+    scale: torch.Tensor,
+    offset: torch.Tensor,
+) -> torch.Tensor:
+    b, n = len(chunk), seqs.N
+    item_tags = np.zeros((b, K * (1 + r), n), np.int64)
+    labels = np.zeros((b, K * (1 + r)), np.float32)
+    mask = np.zeros((b, K * (1 + r)), np.float32)
+    for j, (i, h) in enumerate(chunk):
+        items, ys = seqs.label_items(i, h)
+        items, ys = items[:K], ys[:K]
+        for k, (ts, y) in enumerate(zip(items, ys, strict=True)):
+            ids = [tags.lookup.get(t, 0) for t in ts]
+            ids = [x if x > Vocabulary.OOV else 0 for x in ids]
+            if not any(ids):
+                continue
+            item_tags[j, k, : len(ids)] = ids
+            labels[j, k], mask[j, k] = y, 1.0
+            if y == 1 and len(tags) > 2:
+                for m in range(r):
+                    slot = K + k * r + m
+                    nz = sum(1 for x in ids if x)
+                    item_tags[j, slot, :nz] = rng.integers(2, len(tags), size=nz)
+                    mask[j, slot] = 1.0
+    s = model.model_scores(u).scatter_add(1, hid, model.history_scores(hf, hm))
+    it = torch.from_numpy(item_tags)
+    logits = (s.gather(1, it.flatten(1)).view(it.shape) * (it > 0)).sum(-1) * scale + offset
+    m = torch.from_numpy(mask)
+    terms = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(labels), reduction="none")
+    return (terms * m).sum() / m.sum().clamp_min(1.0)

@@ -1,0 +1,152 @@
+"""Commands for the default model (utpm-hist) and the Amazon adapter; `main.py` registers them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from utpm.data.errors import DataError
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def prepare_amazon_cmd(
+    src: Annotated[
+        Path, typer.Argument(help="Directory with Beauty.txt and Beauty_item2attributes.json (S3-Rec layout).")
+    ],
+    out: Annotated[Path, typer.Argument(help="Output directory (items.csv, events.csv).")],
+) -> None:
+    """Convert the Amazon Beauty sequences (all positives, attributes as tags) to the generic format."""
+    from utpm.data.amazon import prepare_amazon
+    from utpm.data.loading import load_dataset
+
+    try:
+        report = prepare_amazon(src, out)
+        load_dataset(out)  # proves the output is valid in the generic format
+    except DataError as e:
+        _fail(str(e))
+    typer.echo(report.summary())
+
+
+def train_default(
+    data: Path,
+    out: Path,
+    *,
+    loss: str,
+    preset: str,
+    seed: int,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    dim: int = 64,
+    max_values: int = 100,
+    counts: bool = True,
+    history: bool = True,
+    tie: bool = False,
+) -> None:
+    """`utpm train` for the default model: the history model with its parts switchable for ablations."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from utpm.data.loading import load_dataset
+    from utpm.data.protocol import split_protocol
+    from utpm.models.history import HistoryOptions
+    from utpm.training.history import HistoryTrainConfig, history_preset, train_history
+
+    try:
+        config = HistoryTrainConfig(
+            loss=loss or "softmax",
+            preset=history_preset(preset, dim=dim, max_values=max_values),
+            seed=seed,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            history=HistoryOptions(counts=counts, history=history, tie=tie),
+        )
+        dataset = load_dataset(data)
+        split = split_protocol(dataset, seed=seed)
+    except (ValueError, DataError) as e:
+        _fail(str(e))
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn())
+    with Progress(*columns) as bar:
+        task = bar.add_task(f"train {config.model}/{config.loss}", total=epochs, info="")
+
+        def progress(epoch: int, total: int, point: dict[str, float]) -> None:
+            bar.update(task, completed=epoch, info=f"loss {point['loss']:.4f} val {point['val_score']:.4f}")
+
+        try:
+            result = train_history(split, config, out=out, progress=progress)
+        except ValueError as e:
+            _fail(str(e))
+    test = ", ".join(f"Prec@{k} {v:.4f}" for k, v in result.test.items())
+    typer.echo(
+        f"trained {config.model}/{config.loss} (best epoch {result.best_epoch}, {result.samples_per_s:,.0f} "
+        f"users/s); test {test}; wrote {out}"
+    )
+
+
+def evaluate_run(run: Path, data: Path, ks: list[int]) -> dict[str, Any]:
+    """Prec@K and personalisation of a run directory (any model) on its test users."""
+    from utpm.data.loading import load_dataset
+    from utpm.data.protocol import split_protocol
+    from utpm.evaluation.metrics import precision_at_k
+    from utpm.evaluation.personalisation import personalisation
+    from utpm.models.history import HISTORY_MODEL
+    from utpm.training.run import load_run
+
+    try:
+        loaded = load_run(run)
+        split = split_protocol(load_dataset(data), seed=int(loaded.config["protocol"]["seed"]))
+    except (ValueError, FileNotFoundError, DataError) as e:
+        _fail(str(e))
+    rows = split.indices(test=True)
+    n = loaded.preset.N
+    top = max(10, *ks)
+    if loaded.config["model"] == HISTORY_MODEL:
+        from utpm.features.history import HistoryEncoder
+        from utpm.training.history import UserSequences, encode_users, rank_history
+
+        henc = HistoryEncoder(loaded.encoder, loaded.tags, int(loaded.config["history"]["max_history_tags"]))
+        ranked = rank_history(loaded.model, encode_users(UserSequences(split, n), henc, rows), loaded.tags, top)
+    else:
+        from utpm.training.samples import encode_rows
+        from utpm.training.trainer import rank_tags
+
+        ids, masks = encode_rows(split, loaded.encoder, rows)
+        ranked = rank_tags(loaded.model, ids, masks, loaded.tags, top)
+    clicked = [split.clicked_tags(int(i), n) for i in rows]
+    results = {k: precision_at_k(ranked, clicked, k) for k in ks}
+    return {
+        "run": str(run),
+        "model": loaded.config["model"],
+        "loss": loaded.config["loss"],
+        "test_users": len(rows),
+        "skipped_users_empty_C": results[ks[0]].skipped_users,
+        **{f"prec@{k}": r.value for k, r in results.items()},
+        "personalisation": personalisation(ranked, 10),
+    }
+
+
+def parse_variants(specs: list[str]) -> list[tuple[tuple[str, Any], ...]]:
+    """'counts=false,loss=joint' -> (('counts', False), ('loss', 'joint')); one variant per --variant."""
+    out = []
+    for spec in specs:
+        pairs: list[tuple[str, Any]] = []
+        for part in spec.split(","):
+            if not part.strip():
+                continue
+            if "=" not in part:
+                _fail(f"--variant {spec!r}: expected key=value[,key=value]")
+            k, v = (x.strip() for x in part.split("=", 1))
+            value: Any = v
+            if v.lower() in ("true", "false"):
+                value = v.lower() == "true"
+            elif v.lstrip("-").isdigit():
+                value = int(v)
+            pairs.append((k, value))
+        out.append(tuple(pairs))
+    return out
