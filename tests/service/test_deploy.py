@@ -121,3 +121,17 @@ def test_grafana_dashboard_plots_only_metrics_the_service_exports(metrics_text: 
     assert len(names) >= 12
     for name in names:
         assert name in metrics_text, name
+
+
+def test_serving_docs_document_every_setting_and_every_retired_one() -> None:
+    docs = (REPO / "docs" / "serving.md").read_text()
+    table = docs.split("## Settings", 1)[1].split("\n## ", 1)[0]
+    for name in sorted(SETTINGS):
+        assert f"`{name}`" in table, f"{name} is not documented in docs/serving.md, Settings"
+    for name in RETIRED:
+        assert f"`{name}`" in table, f"{name} is missing from the old -> new table"
+    problems = docs.split("## Errors", 1)[1].split("\n## ", 1)[0]
+    from service.errors import TITLES
+
+    for kind in TITLES:
+        assert f"urn:utpm:problem:{kind}" in problems, kind
