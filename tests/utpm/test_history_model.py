@@ -139,3 +139,70 @@ def test_yardsticks_use_the_trainers_training_rows() -> None:
     perm = np.random.default_rng(3).permutation(split.indices(test=False))
     assert set(va) == set(perm[: round(len(perm) * 0.2)]) and not set(tr) & set(va)
     assert not (set(tr) | set(va)) & set(split.indices(test=True))
+
+
+def _write(data, out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    items = data.items.assign(tags=data.items["tags"].map("|".join), categories=data.items["categories"].map("|".join))
+    items.to_csv(out / "items.csv", index=False)
+    data.events.to_csv(out / "events.csv", index=False)
+    return out
+
+
+def test_k_fold_tests_every_user_once_per_repetition() -> None:
+    from utpm.evaluation.experiment import make_split
+
+    data = synthetic_dataset(n_users=15, events=10)
+    seen: list[str] = []
+    for fold in range(3):
+        split = make_split(data, 3 + fold, folds=3)  # repetition 1
+        seen += [str(u) for u in split.user_ids[split.is_test]]
+    assert sorted(seen) == sorted(str(u) for u in make_split(data, 0, folds=3).user_ids)
+
+
+def test_experiment_reports_three_yardsticks_intervals_and_personalisation(tmp_path: Path) -> None:
+    from utpm.evaluation.experiment import run_experiment
+
+    path = _write(synthetic_dataset(n_users=20, events=12, only_positive=True), tmp_path / "data")
+    result = run_experiment(
+        path, ["utpm-hist"], ["default"], 1, (1, 2), "tiny", epochs=1, workers=1, folds=2, repeats=1,
+        variants=[(("dim", 8), ("max_values", 5), ("history", False))],
+    )  # fmt: skip
+    rows = result.intervals((1, 2), n_boot=200)
+    assert {r["model"] for r in rows if r["yardstick"]} == {"mostpop", "histfreq", "blend"}
+    model_rows = [r for r in rows if not r["yardstick"]]
+    assert {r.get("variant", "") for r in model_rows} == {"", "dim=8,max_values=5,history=False"}
+    for r in rows:
+        assert {"model", "loss", "k", "mean", "std", "n_seeds", "yardstick", "ci95"} <= set(r)
+        assert r["n_seeds"] == 2 and r["ci95"][0] <= r["mean"] <= r["ci95"][1]
+    assert all(set(r["vs"]) == {"mostpop", "histfreq", "blend"} for r in model_rows)
+    personal = result.personalisation()
+    assert all(0.0 <= p["jaccard"] <= 1.0 and p["distinct_tags"] >= 1 for p in personal)
+
+
+def test_personalisation_of_identical_and_disjoint_lists() -> None:
+    from utpm.evaluation.personalisation import personalisation
+
+    same = personalisation([["a", "b"]] * 4, k=2)
+    assert same["jaccard"] == 1.0 and same["top1_share"] == 1.0 and same["distinct_tags"] == 2
+    apart = personalisation([["a", "b"], ["c", "d"]], k=2)
+    assert apart["jaccard"] == 0.0 and apart["top1_share"] == 0.5
+
+
+def test_amazon_adapter_writes_an_all_positive_data_set(tmp_path: Path) -> None:
+    from utpm.data.amazon import prepare_amazon
+    from utpm.data.errors import DataError
+    from utpm.data.loading import load_dataset
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "Beauty.txt").write_text("1 1 2 3\n2 2 3 4 1\n")
+    (src / "Beauty_item2attributes.json").write_text(json.dumps({"1": [5, 6], "2": [6], "3": [7], "4": []}))
+    report = prepare_amazon(src, tmp_path / "out")
+    data = load_dataset(tmp_path / "out")
+    assert report.events == 7 and (data.events["label"] == 1).all() and report.tags == 3
+    assert data.items.set_index("item_id").loc["1", "tags"] == ["a5", "a6"]
+    assert list(data.events[data.events.user_id == "2"].sort_values("timestamp").item_id) == ["2", "3", "4", "1"]
+    (src / "Beauty.txt").write_text("7\n")
+    with pytest.raises(DataError, match="at least one item"):
+        prepare_amazon(src, tmp_path / "out2")
