@@ -6,7 +6,7 @@ descending scores, the bundle's version, `unknown`, `all_unknown`, `cached`); `G
 answers like a cache hit. Same server (uvicorn), same JSON encoder (orjson), no middleware, no
 work: its requests/s is what this machine's HTTP stack can do, the ceiling any service on it has.
 
-    UTPM_BUNDLE=artifacts/demo/bundle uvicorn --factory loadtest._ceiling:create_app
+    UTPM_BUNDLE=artifacts/demo/bundle uvicorn --factory loadtest.ceiling:create_app
 """
 
 from __future__ import annotations

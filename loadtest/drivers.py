@@ -134,16 +134,7 @@ def run_open_loop(
     # the generator, limits the load.
     users = users or min(2000, max(4, math.ceil(rate / 2)))
     out = Path(f"{prefix}.jsonl")
-    opts = [
-        "--rate",
-        f"{rate:g}",
-        "--run-seconds",
-        f"{seconds:g}",
-        "--get-share",
-        f"{get_share:g}",
-        "--outcomes",
-        str(out),
-    ]
+    opts = [*f"--rate {rate:g} --run-seconds {seconds:g} --get-share {get_share:g}".split(), "--outcomes", str(out)]
     cmd = _locust(server, "OpenLoopUser", users, START_TIMEOUT_S + seconds + 15, prefix, [*extra, *opts])
     start_file, start_at, tick = Path(f"{out}.start"), None, 1.0
     with Path(f"{prefix}.log").open("wb") as log:

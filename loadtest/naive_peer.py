@@ -5,7 +5,7 @@ tag embeddings (a (T, U) @ (U,) product and an argpartition); one request at a t
 runs inside the `async def` endpoint, so the event loop serves requests one after another); no
 batching, no index, no cache. Same request body and response shape as the service's POST.
 
-    UTPM_NAIVE_RUN=artifacts/bench/tags1000000/run uvicorn --factory loadtest._naive_peer:create_app
+    UTPM_NAIVE_RUN=artifacts/bench/tags1000000/run uvicorn --factory loadtest.naive_peer:create_app
 """
 
 from __future__ import annotations
