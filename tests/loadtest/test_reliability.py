@@ -262,22 +262,31 @@ def test_feature_mapping_never_fails_with_a_server_error(
 
 
 def test_hostile_bodies_get_clear_4xx(mem_client: TestClient) -> None:
+    seen = []
     raw = ('{"user_id": "d", "features": {"clicked_tags": ' + "[" * 5000 + '"x"' + "]" * 5000 + "}}").encode()
     r = mem_client.post("/profile", content=raw, headers={"content-type": "application/json"})
     assert r.status_code in (400, 413, 422) and "detail" in r.json(), r.text
+    seen.append(r)
     r = mem_client.post("/profile", content=b"\xff\xfe garbage", headers={"content-type": "application/json"})
     assert r.status_code == 422
+    seen.append(r)
     r = mem_client.post("/profile", content=b'{"user_id": "x"}', headers={"content-type": "application/xml"})
     assert r.status_code == 422
+    seen.append(r)
     r = mem_client.post("/profile", json={"user_id": "x", "k": 10**30})
     assert r.status_code == 422
+    seen.append(r)
     r = mem_client.post("/profile", json={"user_id": "x" * 300})
     assert r.status_code == 422
-    for r in (
+    seen.append(r)
+    seen += [
         mem_client.get("/nope"),
         mem_client.post("/profile", content=b"[", headers={"content-type": "application/json"}),
-    ):
+    ]
+    for r in seen:
         assert "Traceback" not in r.text and "/work" not in r.text and "site-packages" not in r.text
+        assert r.headers["content-type"] == "application/problem+json", r.text  # RFC 9457 on every path
+        assert r.json()["type"].startswith("urn:utpm:problem:") and r.json()["status"] == r.status_code
 
 
 def test_cors_is_off_unless_configured(bundles: dict[str, Path]) -> None:
