@@ -166,6 +166,7 @@ def outcome_summary(rows: Sequence[dict[str, Any]], seconds: float | None = None
         "requests": len(rows),
         "by_status": dict(sorted(by_status.items())),
         "wrong_answers": sum(1 for r in rows if r["status"] == 200 and r["problem"] is not None),
+        "stale_answers": sum(1 for r in rows if r.get("stale")),
         "late_starts": sum(1 for r in rows if r["late_ms"] > 50),  # sent >50 ms after due: counted from due
         **percentiles(ok),
     }

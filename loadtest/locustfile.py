@@ -243,11 +243,11 @@ class OpenLoopUser(ProfileUser):
             body = self.source.body(self.rng, user_id, _Config.k)
             ctx = self.client.post("/profile", json=body, name=COMPUTE_NAME, catch_response=True)
         with ctx as resp:
-            status, problem = int(resp.status_code or 0), None
+            status, problem, stale = int(resp.status_code or 0), None, False
             try:
-                problem = (
-                    profile_problem(resp.json(), user_id=user_id, k=_Config.k, cached=get) if status == 200 else None
-                )
+                answer = resp.json() if status == 200 else None
+                problem = profile_problem(answer, user_id=user_id, k=_Config.k, cached=get) if answer else None
+                stale = bool(answer and answer.get("stale"))  # another model version's profile, marked as such
             except ValueError:
                 problem = "response is not JSON"
             if status == 0:
@@ -264,6 +264,7 @@ class OpenLoopUser(ProfileUser):
                 "latency_ms": round(1000 * (done - self.due), 3),
                 "late_ms": round(1000 * (sent - self.due), 3),
                 "problem": problem,
+                "stale": stale,
             }
         )
 
