@@ -23,8 +23,9 @@ install: $(STAMP)
 
 # Tests talk to a real redis-server (and redis-cli for the cluster test), generate a TLS
 # certificate with openssl, and the smoke load run cross-checks with wrk: Debian packages,
-# installed when missing and we can (root + apt-get).
-SYSTEM_TOOLS := redis-server:redis-server redis-cli:redis-tools wrk:wrk openssl:openssl
+# installed when missing and we can (root + apt-get). The explorer's browser test drives Debian's
+# chromium through Playwright (its own browser download is not used).
+SYSTEM_TOOLS := redis-server:redis-server redis-cli:redis-tools wrk:wrk openssl:openssl chromium:chromium
 system-deps:
 	@missing=""; for pair in $(SYSTEM_TOOLS); do \
 		cmd=$${pair%%:*}; pkg=$${pair##*:}; \

@@ -39,6 +39,7 @@ TITLES: dict[str, str] = {
     "forbidden": "API key not allowed here",
     "admin_disabled": "Admin endpoints are disabled",
     "reload_refused": "Bundle refused",
+    "no_challenger": "No challenger loaded",
     "payload_too_large": "Request body too large",
     "overloaded": "Service overloaded",
     "cache_unavailable": "Profile cache unavailable",

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from utpm.data.errors import DataError
+from utpm_cli.ab import bench_ab_cmd, simulate_cmd
 from utpm_cli.bench import bench_loop_cmd, bench_reliability_cmd, bench_report_cmd, bench_serve_cmd, bench_tune_cmd
 from utpm_cli.export import bench_model_cmd, export_cmd
 from utpm_cli.index import bench_index_cmd, index_build_cmd
@@ -34,6 +35,8 @@ app.add_typer(profile_app, name="profile")
 
 
 app.command("export")(export_cmd)
+app.command("simulate")(simulate_cmd)
+bench_app.command("ab")(bench_ab_cmd)
 bench_app.command("model")(bench_model_cmd)
 index_app.command("build")(index_build_cmd)
 bench_app.command("index")(bench_index_cmd)

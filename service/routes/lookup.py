@@ -14,6 +14,7 @@ import orjson
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.ab import label
 from service.cache import profile_key
 from service.errors import InvalidInput
 from service.profile_record import CorruptRecord, cached_response
@@ -68,23 +69,32 @@ async def lookup_profiles(body: LookupRequest, request: Request) -> RenderedJSON
         stale_versions = await state.fallback.versions_for(current)
     versions = [current, *stale_versions]
     users = list(dict.fromkeys(body.user_ids))
+    # A/B (service.ab): a challenger-arm user is read under the challenger's version only, as on GET.
+    plans = []
+    for user in users:
+        engine, arm = state.experiment.pick(state.engine, user, None)
+        plans.append((arm, versions if arm == "champion" else [engine.version]))
     # Issued in one loop turn, the reads share one MGET (service.cache.Coalescer).
-    records = await asyncio.gather(*(state.cache.get(profile_key(v, u)) for u in users for v in versions))
+    records = await asyncio.gather(
+        *(state.cache.get(profile_key(v, u)) for u, (_, vs) in zip(users, plans, strict=True) for v in vs)
+    )
     answers: dict[str, bytes] = {}
     counts = {"hit": 0, "stale": 0, "miss": 0}
-    for i, user in enumerate(users):
-        row = records[i * len(versions) : (i + 1) * len(versions)]
+    start = 0
+    for user, (arm, vs) in zip(users, plans, strict=True):
+        row = records[start : start + len(vs)]
+        start += len(vs)
         answer = None
         if row[0] is not None:
             try:
-                answer = b'"status":"found","profile":' + cached_response(row[0], k)
+                answer = b'"status":"found","profile":' + label(cached_response(row[0], k), arm)
                 counts["hit"] += 1
             except CorruptRecord:  # not ours: a miss, as on GET
                 answer = None
         if answer is None:
             stale = next((b for b in (decode_stale(r, k) for r in row[1:]) if b is not None), None)
             if stale is not None:
-                answer = b'"status":"stale","profile":' + stale
+                answer = b'"status":"stale","profile":' + label(stale, arm)
                 counts["stale"] += 1
             else:
                 answer = b'"status":"missing","profile":null'

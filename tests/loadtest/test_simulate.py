@@ -1,0 +1,30 @@
+"""`utpm simulate` end to end: the held-out MovieLens events replayed against a live two-arm service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from loadtest.simulate import load_held_out, markdown, simulate
+from tests.serving import LiveServer, settings_for
+
+
+def test_simulator_replays_held_out_events_into_qc_and_dctr_per_arm(
+    bundles: dict[str, Path], movielens_dir: Path
+) -> None:
+    settings = settings_for(bundles["a"], None, ab_challenger_bundle=bundles["b"], ab_challenger_share=0.5)
+    with LiveServer(settings) as url:
+        result = simulate(url, movielens_dir, seed=0, k=10)
+    held_out = load_held_out(movielens_dir, 0, 3)
+    assert result["test_users"] == len(held_out) > 50
+    arms = result["arms"]
+    assert arms["champion"]["users"] + arms["challenger"]["users"] == len(held_out)
+    assert min(a["users"] for a in arms.values()) > 10  # the 0.5 split gave both arms users
+    events = sum(len(range(0, len(items), 500)) for _, _, items in held_out)
+    assert result["feedback_events"] == {"counted": events, "no_profile": 0}
+    for arm in ("champion", "challenger"):
+        ab = result["ab"]["arms"][arm]["totals"]
+        assert 0 < ab["users"] <= arms[arm]["users"] and 0 <= ab["dctr"] <= 1 and ab["qc"] > 0
+        paired = result["paired"][arm]
+        assert 0 <= paired["dctr"] <= 1 and 0 < paired["prec@1"] <= 1
+    assert result["ab"]["difference"]["qc"]["ci95"] is not None
+    assert "| champion |" in markdown(result)

@@ -1,0 +1,75 @@
+"""A/B commands: `utpm simulate` (the feedback loop replayed, loadtest/simulate.py) and `utpm bench ab`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from utpm.data.errors import DataError
+
+
+def simulate_cmd(
+    url: Annotated[
+        str, typer.Argument(help="Base URL of a running service with a challenger, e.g. http://127.0.0.1:8000.")
+    ],
+    data: Annotated[Path, typer.Argument(help="The data set (generic format) the bundles were trained on.")],
+    seed: Annotated[int, typer.Option(help="Seed of the protocol's user split: the bundles' training seed.")] = 0,
+    k: Annotated[int, typer.Option(help="Tags per served profile (what QC/DCTR restrict to).")] = 10,
+    item_tags: Annotated[int, typer.Option(help="Tags per item, as the model saw them (the preset's N).")] = 3,
+    prefix: Annotated[
+        str, typer.Option(help="Prefix of the simulated user ids (a new one: a new A/B split).")
+    ] = "sim:",
+    api_key: Annotated[
+        str | None, typer.Option(envvar="UTPM_API_KEY", help="Key with the write role, if needed.")
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures here as JSON.")] = None,
+) -> None:
+    """Replay the held-out events as impressions and clicks; print QC/DCTR per arm (A/B and paired) and Prec@K."""
+    import httpx
+
+    from loadtest.simulate import markdown, simulate
+
+    try:
+        result = simulate(url, data, seed=seed, k=k, item_tags=item_tags, prefix=prefix, api_key=api_key)
+    except (DataError, ValueError, RuntimeError, httpx.HTTPError) as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=1) + "\n")
+    typer.echo(markdown(result))
+
+
+def bench_ab_cmd(
+    champion: Annotated[Path, typer.Argument(help="An indexed bundle (the champion).")],
+    challenger: Annotated[Path, typer.Argument(help="Another indexed bundle (the challenger).")],
+    requests: Annotated[int, typer.Option(help="GET requests per variant, over all rounds.")] = 20_000,
+    rounds: Annotated[int, typer.Option(help="Alternated rounds per variant.")] = 5,
+    docs: Annotated[
+        Path | None, typer.Option(help="Rewrite the figures' block in this file (docs/serving.md).")
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures here as JSON.")] = None,
+) -> None:
+    """Event-loop CPU per cached GET: the handler before A/B, with no challenger, with a challenger at 0.5."""
+    import sys
+
+    from loadtest.ab_bench import run_ab_bench, write_docs
+
+    for bundle in (champion, challenger):
+        if not (bundle / "manifest.json").exists():
+            typer.secho(f"error: {bundle} is not a bundle (no manifest.json)", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2)
+    result = run_ab_bench(champion, challenger, requests=requests, rounds=rounds)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=1) + "\n")
+    if docs is not None:
+        try:
+            write_docs(docs, result, "utpm " + " ".join(sys.argv[1:]))
+        except (OSError, ValueError) as e:
+            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+    typer.echo(json.dumps(result, indent=1))
