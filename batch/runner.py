@@ -28,9 +28,11 @@ def bundle_version(bundle: Path) -> str:
     """The bundle's version from its manifest (the workers verify the whole bundle when they load it)."""
     from model_export.manifest import MANIFEST_FILE, Manifest, read_json_object
 
+    if not (bundle / MANIFEST_FILE).is_file():
+        raise BatchError(f"{bundle}: not a bundle (no {MANIFEST_FILE}; `utpm export` writes one)")
     try:
         return Manifest.from_dict(read_json_object(bundle / MANIFEST_FILE, BundleError)).bundle_version
-    except (BundleError, KeyError, TypeError, ValueError) as e:
+    except (BundleError, OSError, KeyError, TypeError, ValueError) as e:
         raise BatchError(f"{bundle}: not a bundle ({e})") from None
 
 
