@@ -227,7 +227,7 @@ def run_job(data_path: str, job: Job, ks: Sequence[int]) -> dict[str, Any]:
 
     from utpm.models.presets import get_preset
     from utpm.training.samples import encode_rows
-    from utpm.training.trainer import TrainConfig, rank_tags, train
+    from utpm.training.trainer import TrainConfig, TrainResult, rank_tags, train
 
     torch.set_num_threads(1)
     data = _dataset(data_path)
@@ -253,13 +253,13 @@ def run_job(data_path: str, job: Job, ks: Sequence[int]) -> dict[str, Any]:
             history=opts,
             **over,
         )
-        result = train_history(split, hconfig)
-        assert result.history_encoder is not None
-        seqs = result.history_encoder
+        hresult = train_history(split, hconfig)
+        assert hresult.history_encoder is not None
         from utpm.training.history import UserSequences
 
-        batch = encode_users(UserSequences(split, hconfig.preset.N), seqs, rows)
-        ranked = rank_history(result.model, batch, result.tags, top)  # type: ignore[arg-type]
+        batch = encode_users(UserSequences(split, hconfig.preset.N), hresult.history_encoder, rows)
+        ranked = rank_history(hresult.model, batch, hresult.tags, top)  # type: ignore[arg-type]
+        result: TrainResult = hresult
         max_tags = hconfig.preset.N
     else:
         preset = get_preset(job.preset).replace(**dict(job.overrides))

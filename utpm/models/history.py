@@ -60,10 +60,11 @@ class HistoryPath(nn.Module):
     def __init__(self, n_features: int, hidden: int) -> None:
         super().__init__()
         self.linear = nn.Linear(n_features, 1, bias=False)
-        self.mlp = nn.Sequential(nn.Linear(n_features, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        out = nn.Linear(hidden, 1)
+        self.mlp = nn.Sequential(nn.Linear(n_features, hidden), nn.ReLU(), out)
         nn.init.zeros_(self.linear.weight)
-        nn.init.zeros_(self.mlp[2].weight)
-        nn.init.zeros_(self.mlp[2].bias)
+        nn.init.zeros_(out.weight)
+        nn.init.zeros_(out.bias)
 
     def forward(self, phi: Tensor) -> Tensor:
         """phi (..., P) -> (..., 1)."""
@@ -119,7 +120,7 @@ class HistoryModel(nn.Module):
         if self.count_weight is not None:
             w = self.count_weight.view(1, -1, 1)
             bias = [w * torch.log1p(c.clamp_min(0.0)).unsqueeze(1) for c in counts]  # (B, heads, H_f)
-        fused = base.fusion(embedded, list(masks), bias)  # type: ignore[call-arg]
+        fused = base.fusion(embedded, list(masks), bias)
         z = base.cross(fused.x, fused.fields, fused.field_mask)
         return base.tower(z), fused.field_weights, fused.merge_weights
 

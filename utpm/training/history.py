@@ -76,6 +76,10 @@ class HistoryTrainConfig(TrainConfig):
     sampled_negatives: int = 2000
     # Start from the blend yardstick tuned on the validation users (`HistoryModel.start_at`).
     start_at_blend: bool = True
+    # A training budget: each epoch draws at most this many (user, cut) examples (0: all of them),
+    # so that a long log costs epochs of bounded length.
+    max_examples_per_epoch: int = 20_000
+    patience: int = 3
 
     def __post_init__(self) -> None:
         if self.loss not in HISTORY_LOSSES:
@@ -213,7 +217,7 @@ def rank_history(
     return out
 
 
-def encode_users(seqs: UserSequences, henc: HistoryEncoder, rows: Sequence[int]) -> HistoryBatch:
+def encode_users(seqs: UserSequences, henc: HistoryEncoder, rows: Sequence[int] | np.ndarray) -> HistoryBatch:
     """The history model's input for users `rows` at the protocol's cut."""
     return henc.encode([seqs.stats(int(i)) for i in rows])
 
@@ -287,8 +291,8 @@ def train_history(
     # Start at the blend yardstick tuned on the validation users: b_t = log1p(popularity among the
     # training users' label items), the history path's linear part a, c (docs/results.md).
     pop = np.zeros(n_tags, np.float64)
-    for t, c in popularity_counts(split, train_rows, p.N).items():
-        pop[tags.lookup.get(t, 0)] += c
+    for t, n in popularity_counts(split, train_rows, p.N).items():
+        pop[tags.lookup.get(t, 0)] += n
     pop[: Vocabulary.OOV + 1] = 0.0
     a, c = (
         tune_blend(split, train_rows, val_rows, p.N, tuple(config.early_stop_ks))
@@ -362,6 +366,8 @@ def train_history(
         t0 = time.perf_counter()
         losses = []
         order = order_rng.permutation(len(examples))
+        if config.max_examples_per_epoch:
+            order = order[: config.max_examples_per_epoch]
         for lo in range(0, len(order), config.batch_size):
             chunk = [examples[j] for j in order[lo : lo + config.batch_size]]
             loss = batch_loss(chunk)
@@ -485,6 +491,6 @@ def _joint_loss(
     s = model.model_scores(u).scatter_add(1, hid, model.history_scores(hf, hm))
     it = torch.from_numpy(item_tags)
     logits = (s.gather(1, it.flatten(1)).view(it.shape) * (it > 0)).sum(-1) * scale + offset
-    m = torch.from_numpy(mask)
+    real = torch.from_numpy(mask)
     terms = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(labels), reduction="none")
-    return (terms * m).sum() / m.sum().clamp_min(1.0)
+    return (terms * real).sum() / real.sum().clamp_min(1.0)
