@@ -9,6 +9,8 @@ import sys
 import orjson
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+# The caller's W3C `traceparent` header, when it sent one: tracing joins the caller's trace.
+traceparent_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("traceparent", default=None)
 
 
 class JsonFormatter(logging.Formatter):

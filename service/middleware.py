@@ -18,7 +18,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import PROBLEM_MEDIA_TYPE, RETRY_AFTER_S, problem_body
-from service.logs import request_id_var
+from service.logs import request_id_var, traceparent_var
 from service.metrics import Metrics
 
 # 1 MiB: ten times the largest legitimate profile request (a few fields of a few hundred values).
@@ -83,11 +83,14 @@ class Gateway:
             return
         rid = ""
         length = None
+        traceparent = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 rid = value.decode("latin-1")[:64]
             elif name == b"content-length":
                 length = value
+            elif name == b"traceparent":
+                traceparent = value.decode("latin-1")[:64]
         rid = rid or f"{self._id_prefix}{next(self._id_counter):08x}"
         shed = scope["path"] not in self.NOT_SHED
         if shed and self.inflight >= self.max_inflight:
@@ -116,6 +119,7 @@ class Gateway:
                 return
         rid_header = (b"x-request-id", rid.encode("latin-1"))
         token = request_id_var.set(rid)
+        tp_token = traceparent_var.set(traceparent) if traceparent is not None else None
         scope.setdefault("state", {})["request_id"] = rid
         status = 500
         started = False
@@ -156,6 +160,8 @@ class Gateway:
                 self.inflight -= 1
             self._observe(scope, status, time.perf_counter() - t0)
             request_id_var.reset(token)
+            if tp_token is not None:
+                traceparent_var.reset(tp_token)
 
     def _observe(self, scope: Scope, status: int, seconds: float) -> None:
         key = (route_label(scope), status // 100)

@@ -4,7 +4,8 @@ Off by default, and then free: nothing of OpenTelemetry is imported and the rout
 with one `is None` test. On, each profile request becomes one span with a child per stage
 (decode, queue, model, index, cache), exported over OTLP/HTTP in batches off the event loop.
 Stages are recorded after the fact from the timestamps the request already takes for the metrics,
-because model and index run for a whole batch in a worker thread.
+because model and index run for a whole batch in a worker thread. A request carrying a W3C
+`traceparent` header gets its spans in the caller's trace.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from typing import Any
+
+from service.logs import traceparent_var
 
 
 class Tracing:
@@ -39,8 +42,12 @@ class Tracing:
         """One span `name` over `stages` [(stage, start, end) in perf_counter seconds], a child for each."""
         if not stages:
             return
-        parent = self.tracer.start_span(name, start_time=self._ns(stages[0][1]), attributes=attributes)
         from opentelemetry import trace
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        caller = traceparent_var.get()
+        joined = TraceContextTextMapPropagator().extract({"traceparent": caller}) if caller else None
+        parent = self.tracer.start_span(name, context=joined, start_time=self._ns(stages[0][1]), attributes=attributes)
 
         context = trace.set_span_in_context(parent)
         for stage, start, end in stages:

@@ -240,10 +240,12 @@ def test_stage_spans_reach_a_configured_otlp_endpoint(bundles: dict[str, Path]) 
     try:
         endpoint = f"http://127.0.0.1:{server.server_port}/v1/traces"
         with TestClient(create_app(settings_for(bundles["a"], None, otlp_endpoint=endpoint))) as c:
-            assert post(c, "traced").status_code == 200
+            caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"  # W3C traceparent
+            assert post(c, "traced", headers={"traceparent": caller}).status_code == 200
             assert c.get("/profile/traced").status_code == 200
         payload = b"".join(received)  # the lifespan's end flushed the batch
         for name in (b"utpm.compute", b"utpm.decode", b"utpm.queue", b"utpm.model", b"utpm.index", b"utpm.read"):
             assert name in payload, name
+        assert bytes.fromhex("4bf92f3577b34da6a3ce929d0e0e4736") in payload  # joined the caller's trace
     finally:
         server.shutdown()
