@@ -72,6 +72,14 @@ def render(
         "(each seed redraws the user split and the initial weights).",
         "",
     ]
+    if p.get("folds"):
+        lines += [
+            f"Users are split by {p['folds']}-fold cross-validation, repeated {p.get('repeats', 1)} times (a seed is "
+            "one fold of one repetition; every user is a test user once per repetition). Models and yardsticks "
+            "see the same training rows; 20% of the training users are validation users (early stopping, the "
+            "blend's a and c).",
+            "",
+        ]
     losses = _losses(result)
     for metric in metric_names:
         if metric == "recovery":
@@ -85,7 +93,8 @@ def render(
         best = _best(result, ks, metric)
         if best:
             lines += [best, ""]
-        if metric == "prec":
+        present = {r["model"] for r in result.runs}
+        if metric == "prec" and present & {m for ms in TABLES.values() for m in ms}:
             for title, models in TABLES.items():
                 for loss in losses:
                     lines += [
@@ -101,7 +110,8 @@ def render(
                     *_table(result, [("af2-cf", "separate"), ("af2-cf", "joint")], ks, metric),
                     "",
                 ]
-        lines += _claims(result, ks, metric, losses)
+        if present & {m for ms in TABLES.values() for m in ms}:
+            lines += _claims(result, ks, metric, losses)
         lines += _gaps(result, ks, metric)
     lines += _personal(result)
     if plot:
