@@ -65,7 +65,8 @@ class Summary:
         return (
             f"wrote {self.written:,} profiles of model {self.model_version}, rejected {self.rejected:,} rows "
             f"({self.rejects_path}), skipped {self.skipped:,} rows already done, in {self.seconds:.1f}s "
-            f"({self.users_per_s:,.0f} users/s, {self.engine} x{self.workers}); expires {self.expires_at}"
+            f"({self.startup_seconds:.1f}s of it starting {self.engine} x{self.workers}; "
+            f"{self.users_per_s:,.0f} users/s); expires {self.expires_at}"
         )
 
     def to_dict(self) -> dict[str, Any]:

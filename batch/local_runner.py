@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 
 from batch.engine import ChunkResult, ChunkWorker
 from batch.job import BatchError, BatchJob
@@ -46,7 +47,11 @@ def run_local(job: BatchJob, chunks: Sequence[Chunk], workers: int) -> Iterator[
             while inflight:
                 done, inflight = wait(inflight, return_when=FIRST_COMPLETED)
                 for future in done:
-                    yield future.result()
+                    try:
+                        result = future.result()
+                    except BrokenProcessPool:
+                        raise BatchError("a worker process died (out of memory, or killed)") from None
+                    yield result
                     nxt = next(todo, None)
                     if nxt is not None:
                         inflight.add(pool.submit(_run, nxt))

@@ -17,11 +17,14 @@ from typing import Any
 import numpy as np
 
 from batch.engine import ChunkResult, ChunkWorker
-from batch.job import BatchJob
+from batch.job import BatchError, BatchJob
 from batch.sources import Chunk
+from batch.writer import WriteFailed
 
 # The local Ray's object store: it carries chunk descriptors and per-chunk summaries only.
 OBJECT_STORE_BYTES = 128 * 1024 * 1024
+# Blocks of chunk descriptors: enough to spread over any actor pool, few enough for Ray Data's bookkeeping.
+MAX_BLOCKS = 10_000
 
 
 class RayChunkWorker:
@@ -68,12 +71,15 @@ def run_ray(job: BatchJob, chunks: Sequence[Chunk], workers: int, address: str |
     owned = start_ray(workers, address)
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False  # the command line draws its own
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # its notes would break the progress bar
         items = [
             {"index": c.index, "first_row": c.first_row, "rows": c.rows, "start": c.start, "stop": c.stop}
             for c in chunks
         ]
-        results = ray.data.from_items(items).map_batches(
+        # one block per chunk (up to a bound): the actor pool hands out blocks, so a single block would
+        # keep every actor but one idle
+        blocks = max(1, min(len(items), MAX_BLOCKS))
+        results = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
             RayChunkWorker,
             fn_constructor_kwargs={"job": job},
             batch_size=1,
@@ -81,15 +87,21 @@ def run_ray(job: BatchJob, chunks: Sequence[Chunk], workers: int, address: str |
             num_cpus=1,
             batch_format="numpy",
         )
-        for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
-            for i in range(len(batch["index"])):
-                yield ChunkResult(
-                    int(batch["index"][i]),
-                    int(batch["rows"][i]),
-                    int(batch["written"][i]),
-                    json.loads(str(batch["rejects"][i])),
-                    float(batch["seconds"][i]),
-                )
+        try:
+            for batch in results.iter_batches(batch_size=None, batch_format="numpy"):
+                for i in range(len(batch["index"])):
+                    yield ChunkResult(
+                        int(batch["index"][i]),
+                        int(batch["rows"][i]),
+                        int(batch["written"][i]),
+                        json.loads(str(batch["rejects"][i])),
+                        float(batch["seconds"][i]),
+                    )
+        except (WriteFailed, BatchError):
+            raise
+        except Exception as e:  # Ray wraps an actor's exception; name its root cause, not Ray's frames
+            cause = e.__cause__ or e
+            raise BatchError(f"a Ray worker failed: {type(cause).__name__}: {cause}") from None
     finally:
         if owned:
             ray.shutdown()

@@ -119,7 +119,7 @@ def run_batch(
                 results.append(result)
                 if progress is not None:
                     progress(done_rows, total)
-    except WriteFailed as e:
+    except (WriteFailed, BatchError) as e:
         raise BatchError(f"{e}; the chunks written so far are checkpointed: rerun with --resume") from None
     finally:
         checkpoint.close()

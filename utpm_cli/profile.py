@@ -143,7 +143,11 @@ def profile_bench_cmd(
     if redis_url is None:
         from loadtest.procs import Redis
 
-        redis = Redis(workdir=out).start()
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            redis = Redis(workdir=out.resolve()).start()
+        except RuntimeError as e:
+            _fail(str(e))
         redis_url = redis.url
     try:
         result = bench_batch(bundle, source, redis_url, out, users, plan, k, say=lambda m: typer.echo(m, err=True))

@@ -30,9 +30,11 @@ def db_url(server: RedisServer, db: int) -> str:
 def contents(server: RedisServer, db: int) -> dict[bytes, tuple[bytes, int]]:
     """Every profile key of database `db`: (value, absolute expiry in ms)."""
     client = redis.Redis(port=server.port, db=db)
-    out = {}
+    out: dict[bytes, tuple[bytes, int]] = {}
     for key in client.scan_iter(match="utpm:profile:*", count=1000):
-        out[key] = (client.get(key), int(client.execute_command("PEXPIRETIME", key)))
+        value = client.get(key)
+        assert isinstance(key, bytes) and isinstance(value, bytes)
+        out[key] = (value, int(client.execute_command("PEXPIRETIME", key)))
     client.close()
     return out
 
