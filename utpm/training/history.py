@@ -78,7 +78,7 @@ class HistoryTrainConfig(TrainConfig):
     start_at_blend: bool = True
     # A training budget: each epoch draws at most this many (user, cut) examples (0: all of them),
     # so that a long log costs epochs of bounded length.
-    max_examples_per_epoch: int = 20_000
+    max_examples_per_epoch: int = 10_000
     patience: int = 3
 
     def __post_init__(self) -> None:
