@@ -35,8 +35,12 @@ RUN mkdir /bundle && if [ -f /tmp/bundle-src/manifest.json ]; then cp -r /tmp/bu
 
 # -- GPU: CUDA 12 + cuDNN runtime, onnxruntime-gpu and faiss-gpu from requirements/serve-gpu.lock --
 FROM nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04 AS serve-gpu
+# Python 3.11 (the lock's) from the deadsnakes PPA: Ubuntu 22.04's own python3.11 is a release candidate.
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        python3.11 python3.11-venv ca-certificates \
+        software-properties-common gpg-agent ca-certificates \
+    && add-apt-repository -y ppa:deadsnakes/ppa && apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3.11 python3.11-venv \
+    && apt-get purge -y --auto-remove software-properties-common gpg-agent \
     && rm -rf /var/lib/apt/lists/* \
     && python3.11 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
