@@ -31,7 +31,7 @@ class DataSource:
 
     kind: Literal["movielens", "synthetic", "generic"]
     path: Path | None = None
-    synthetic: dict[str, int] = field(default_factory=dict)  # generate_synthetic's n_tags, n_users, ...
+    synthetic: dict[str, Any] = field(default_factory=dict)  # generate_synthetic's n_tags, n_users, ...
     # Also write tag vectors of this size clustered like learned ones (utpm.data.tag_geometry).
     tag_vector_dim: int = 0
 
@@ -149,7 +149,7 @@ def _train(data: Path, run: Path, config: Any, test_fraction: float, say: Say = 
     from utpm.data.protocol import split_protocol
     from utpm.training.trainer import train
 
-    dataset = load_dataset(data)
+    dataset: Any = load_dataset(data)
     split = split_protocol(dataset, seed=config.seed, test_fraction=test_fraction)
     if not config.augment_cuts:  # the extra cuts need the frames; without them the split suffices
         del dataset

@@ -39,10 +39,11 @@ def apply_tag_vectors(
     if vectors.shape[1] != table.shape[1]:
         raise ValueError(f"{path}: vectors have {vectors.shape[1]} dimensions, the tag table {table.shape[1]}")
     touched = []
-    targets: list[tuple[str, torch.nn.Parameter, list[str]]] = [("tag_embedding", table, tags.tokens)]
+    targets: list[tuple[str, torch.Tensor, list[str]]] = [("tag_embedding", table, tags.tokens)]
     for spec, emb in zip(encoder.specs, model.embedding.tables, strict=True):
-        if spec.name.endswith("_tags") and emb.weight.shape[1] == vectors.shape[1]:
-            targets.append((f"embedding:{spec.name}", emb.weight, encoder.vocabs[spec.name].tokens))
+        weight = emb.weight
+        if spec.name.endswith("_tags") and isinstance(weight, torch.Tensor) and weight.shape[1] == vectors.shape[1]:
+            targets.append((f"embedding:{spec.name}", weight, encoder.vocabs[spec.name].tokens))
     for name, weight, vocab in targets:
         ids = [i for i, t in enumerate(vocab) if i > Vocabulary.OOV and t in row_of]
         if not ids:
