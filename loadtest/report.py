@@ -39,11 +39,12 @@ def _when(report: Mapping[str, Any]) -> str:
 
 def render_serve(r: Mapping[str, Any]) -> str:
     b, cfg, s = r["bundle"], r["config"], r["summary"]
+    index = f"`{b['index']['factory']}` {b['index']['params'] or ''}".rstrip()
     lines = [
         f"`{r['command'] or 'utpm bench serve'}` ({_when(r)}). Bundle {b['version']}: {b['model']} "
-        f"({b['preset']}), {b['servable_tags']:,} tags x {b['dim']}, index `{b['index']['factory']}` "
-        f"{b['index']['params'] or ''}; requests: {r['payloads']}; k = {cfg['k']}; {cfg['duration_s']:g} s per run; "
-        f"{cfg['workers']} worker(s); settings {cfg['service_settings'] or 'defaults'}.",
+        f"({b['preset']}), {b['servable_tags']:,} tags x {b['dim']}, index {index}; requests: {r['payloads']}; "
+        f"k = {cfg['k']}; {cfg['duration_s']:g} s per run; {cfg['workers']} worker(s); "
+        f"settings {cfg['service_settings'] or 'defaults'}.",
         "",
         "| run | users | req/s | p50 ms | p95 ms | p99 ms | failed | load gen cores | server cores | other cores |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
