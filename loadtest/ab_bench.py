@@ -15,6 +15,7 @@ requests), the median over rounds. `--docs FILE` rewrites the block between the 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import statistics
 import time
@@ -22,29 +23,36 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
+from fastapi import Path as PathParam
+from fastapi import Request
 
 from loadtest.loop import call
 from loadtest.procs import Redis
+from service.profiles import read_profile
+from service.responses import RenderedJSON
+from service.state import service_state
 
 MARK_BEGIN = "<!-- utpm bench ab: begin -->"
 MARK_END = "<!-- utpm bench ab: end -->"
 
 
-async def _measure(app: Any, challenger: Path, users: int, per: int, concurrency: int, rounds: int) -> dict[str, float]:
-    from fastapi import Path as PathParam
-    from fastapi import Request
+async def before(request: Request, user_id: Annotated[str, PathParam(min_length=1, max_length=256)]) -> RenderedJSON:
+    """`GET /profile/{user_id}` as it was before A/B (no arm, no label), for the side-by-side only."""
+    state = service_state(request)
+    if not state.auth.reads_open:
+        state.auth.check(request, "read")
+    return RenderedJSON(await read_profile(state, user_id, None))
 
-    from service.profiles import read_profile
-    from service.responses import RenderedJSON
-    from service.state import service_state
 
-    async def before(request: Request, user_id: Annotated[str, PathParam(min_length=1, max_length=256)]) -> Any:
-        state = service_state(request)
-        if not state.auth.reads_open:
-            state.auth.check(request, "read")
-        return RenderedJSON(await read_profile(state, user_id, None))
-
+async def _measure(
+    app: Any, challenger: Path, users: int, per: int, concurrency: int, rounds: int
+) -> dict[str, list[float]]:
     app.add_api_route("/bench/before/{user_id}", before, methods=["GET"])
+    # routing tries routes in order: put it next to GET /profile/{user_id} so both cost the same to find
+    routes = app.router.routes
+    added = routes.pop()
+    at = next(i for i, r in enumerate(routes) if getattr(r, "path", "") == "/profile/{user_id}")
+    routes.insert(at + 1, added)
     cpu: dict[str, list[float]] = {"before": [], "no challenger": [], "challenger at 0.5": []}
     async with app.router.lifespan_context(app):
         for i in range(users):
@@ -84,7 +92,7 @@ async def _measure(app: Any, challenger: Path, users: int, per: int, concurrency
             cpu["challenger at 0.5"].append(await one("/profile/"))
         state.experiment = Experiment()
         await engine.retire()
-    return {name: round(statistics.median(values), 1) for name, values in cpu.items()}
+    return {name: [round(v, 1) for v in values] for name, values in cpu.items()}
 
 
 def run_ab_bench(
@@ -100,28 +108,31 @@ def run_ab_bench(
     with Redis() as redis:
         settings = Settings(bundle=champion, bundle_root=challenger.parent, redis_url=redis.url, log_level="WARNING")  # type: ignore[call-arg,arg-type]
         app = create_app(settings)
-        results = uvloop.run(_measure(app, challenger, users, per, concurrency, rounds))
+        rounds_us = uvloop.run(_measure(app, challenger, users, per, concurrency, rounds))
     return {
         "champion": str(champion),
         "challenger": str(challenger),
         "requests_per_round": per * concurrency,
         "rounds": rounds,
-        "loop_us_per_get_hit": results,
+        "loop_us_per_get_hit": {name: round(statistics.median(v), 1) for name, v in rounds_us.items()},
+        "rounds_us": rounds_us,
+        "load_average": round(os.getloadavg()[0], 1),
     }
 
 
 def write_docs(path: Path, result: dict[str, Any], command: str) -> None:
     """Replace the block between the markers in `path` with the figures."""
-    r = result["loop_us_per_get_hit"]
+    r, spread = result["loop_us_per_get_hit"], result["rounds_us"]
     block = "\n".join(
         [
             MARK_BEGIN,
-            "| GET /profile/{user} cache hit, event-loop CPU per request (median of rounds) | us |",
-            "|---|---|",
-            *(f"| {name} | {us} |" for name, us in r.items()),
+            "| GET /profile/{user} cache hit | event-loop CPU per request, median of rounds (us) | rounds, min - max |",
+            "|---|---|---|",
+            *(f"| {name} | {us} | {min(spread[name])} - {max(spread[name])} |" for name, us in r.items()),
             "",
-            f"`{command}` ({result['rounds']} rounds of {result['requests_per_round']:,} requests each, "
-            "alternated; Redis, near cache on).",
+            f"`{command}` ({result['rounds']} rounds of {result['requests_per_round']:,} requests per variant, "
+            f"alternated; Redis with the near cache, as deployed; load average {result['load_average']} "
+            "from other jobs on the 2 cores during the run).",
             MARK_END,
         ]
     )

@@ -14,14 +14,16 @@ explorer's side-by-side view); a pinned response names the arm of the version it
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from service.engine import ProfileEngine
 from service.errors import InvalidInput
 
 Arm = Literal["champion", "challenger"]
 PIN_HEADER = "x-utpm-model-version"
+_PIN_BYTES = PIN_HEADER.encode()
 _HASH_SCALE = float(1 << 64)
 # Precomputed body prefixes: labelling a response is one concatenation.
 _ARM_PREFIX: dict[str, bytes] = {arm: b'{"arm":"' + arm.encode() + b'",' for arm in ("champion", "challenger")}
@@ -39,8 +41,17 @@ def assign(salt: str, user_id: str, share: float) -> Arm:
 
 
 def label(body: bytes, arm: str) -> bytes:
-    """A JSON object response with `"arm"` added as its first key."""
-    return _ARM_PREFIX[arm] + body[1:]
+    """A JSON object response with `"arm"` added as its first key (one copy of the body)."""
+    return b"".join((_ARM_PREFIX[arm], memoryview(body)[1:]))
+
+
+def pinned(scope: Mapping[str, Any]) -> str | None:
+    """The version pinned by the request's header, if any; read from the ASGI scope's raw headers
+    (lower-case names), because Starlette's `headers.get` raises and catches a KeyError on a miss."""
+    for name, value in scope["headers"]:
+        if name == _PIN_BYTES:
+            return str(value.decode("latin-1"))
+    return None
 
 
 @dataclass

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 
-from service.ab import PIN_HEADER, label
+from service.ab import label, pinned
 from service.engine import ProfileEngine
 from service.errors import InvalidInput
 from service.profiles import compute_profiles, read_profile
@@ -42,7 +42,7 @@ async def post_profile(body: ProfileRequest, request: Request) -> RenderedJSON:
     """Compute a user's top-K interest tags from their features, cache it (unless `store` is false), return it."""
     state = service_state(request)
     state.auth.check(request, "write" if body.store else "compute")
-    engine, arm = state.experiment.pick(state.engine, body.user_id, request.headers.get(PIN_HEADER))
+    engine, arm = state.experiment.pick(state.engine, body.user_id, pinned(request.scope))
     (profile,) = await compute_profiles(state, [body], engine)
     return RenderedJSON(label(profile, arm))
 
@@ -55,7 +55,7 @@ async def post_profiles(body: ProfilesRequest, request: Request) -> RenderedJSON
     if len(body.users) > MAX_USERS_PER_CALL:
         raise InvalidInput(f"at most {MAX_USERS_PER_CALL} users per call, got {len(body.users)}")
     # Users of one call may fall in both A/B arms: one model run per arm, answered in the call's order.
-    pin = request.headers.get(PIN_HEADER)
+    pin = pinned(request.scope)
     arms: dict[str, tuple[ProfileEngine, list[int]]] = {}
     for i, user in enumerate(body.users):
         engine, arm = state.experiment.pick(state.engine, user.user_id, pin)
@@ -84,7 +84,7 @@ async def get_profile(
     state = service_state(request)
     if not state.auth.reads_open:
         state.auth.check(request, "read")
-    pin = request.headers.get(PIN_HEADER)
+    pin = pinned(request.scope)
     engine, arm = state.experiment.pick(state.engine, user_id, pin)
     # The champion's own read keeps the stale fallback; a challenger's or pinned read never does.
     body = await read_profile(state, user_id, k, engine if arm == "challenger" or pin is not None else None)
