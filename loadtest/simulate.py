@@ -166,6 +166,6 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"challenger − champion, A/B (split users): QC {ci(d['qc'])}, DCTR {ci(d['dctr'])}; "
         f"paired (every test user on both arms; the interval treats the arms as independent, so it is conservative): "
-        f"QC {ci(p['qc'])}, DCTR {ci(p['dctr'])} (95% CI, {d['method']}).",
+        f"QC {ci(p['qc'])}, DCTR {ci(p['dctr'])} ({d['method']}).",
     ]
     return "\n".join(lines)
