@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -41,35 +42,38 @@ def bench_personal_cmd(
     except DataError as e:
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
-    engine = ProfileEngine.load(bundle, Settings(bundle=bundle, device="cpu"))
-    fields = [f for f in ("clicked_tags", "clicked_categories") if f in engine.field_names and f in split.fields]
+    engine = ProfileEngine.load(bundle, Settings.model_validate({"bundle": str(bundle), "device": "cpu"}))
+    fields: list[str] = [
+        f for f in ("clicked_tags", "clicked_categories") if f in engine.field_names and f in split.fields
+    ]
     rows = np.random.default_rng(seed).permutation(split.n_users)
     served: list[list[str]] = []
     own: list[list[str]] = []
     for i in rows:
-        feats = {f: split.fields[f].row(int(i))[-values:] for f in fields}
+        feats: dict[str, Sequence[str] | str] = {f: split.fields[f].row(int(i))[-values:] for f in fields}
         if not feats.get("clicked_tags"):
             continue
         profile = engine.compute([engine.encode(feats, k, False)])[0]
         served.append([engine.bundle.tags.token(int(t)) for t in profile.tag_ids])
-        counts = Counter(feats["clicked_tags"])
+        counts = Counter(split.fields["clicked_tags"].row(int(i))[-values:])
         own.append([t for t, _ in counts.most_common(k)])
         if len(served) == users:
             break
+    mine, theirs = personalisation(served, k), personalisation(own, k)
     result = {
         "bundle": str(bundle),
         "model": engine.model_name,
         "users": len(served),
         "k": k,
-        "served": personalisation(served, k),
-        "own_clicked_tags": personalisation(own, k),
+        "served": mine,
+        "own_clicked_tags": theirs,
     }
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2))
-    s = result["served"]
+    s = mine
     typer.echo(
         f"{engine.model_name}: {len(served)} users, top-{k} mean pairwise Jaccard {s['jaccard']:.3f}, "
         f"{s['distinct_tags']:.0f} distinct tags, #1 tag shared by {s['top1_share']:.0%} "
-        f"(the same users' own clicked tags sent: {result['own_clicked_tags']['jaccard']:.3f})"
+        f"(the same users' own clicked tags sent: {theirs['jaccard']:.3f})"
     )
