@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -141,14 +142,25 @@ def test_promoting_a_challenger_under_load_fails_no_request(
         threads = [threading.Thread(target=load, args=(url, w)) for w in range(4)]
         for t in threads:
             t.start()
+
+        def traffic_goes_on() -> None:  # every swap happens among requests in flight
+            seen = sum(statuses.values())
+            while sum(statuses.values()) < seen + 40:
+                time.sleep(0.01)
+
         with httpx.Client(base_url=url, headers=ADMIN, timeout=60) as admin:
             for bundle in ("b", "a", "b"):  # load, promote; three champions in a row under load
+                traffic_goes_on()
                 assert admin.post("/admin/challenger", json={"bundle": bundle, "share": 0.5}).status_code == 200
+                traffic_goes_on()
                 assert admin.post("/admin/challenger/promote").status_code == 200
+            traffic_goes_on()
             assert admin.post("/admin/challenger", json={"bundle": "a", "share": 0.5}).status_code == 200
+            traffic_goes_on()
             assert admin.delete("/admin/challenger").status_code == 200
+            traffic_goes_on()
         stop.set()
         for t in threads:
             t.join()
     assert set(statuses) == {200}, statuses
-    assert statuses[200] > 50 and len(versions) == 2
+    assert statuses[200] >= 320 and len(versions) == 2
