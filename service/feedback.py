@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from service.cache import CacheUnavailable, ProfileCache, profile_key
+from service.cache import CacheUnavailable, ProfileCache, breaker_of, profile_key
 from service.online_metrics import Totals, UserDay, difference, user_day
 from service.profile_record import CorruptRecord, cached_response
 
@@ -296,6 +296,9 @@ class Feedback:
 
     async def refresh_metrics(self, arms: dict[str, str]) -> None:
         """Today's per-arm figures into the gauges (on a scrape); a store that cannot answer leaves them."""
+        breaker = breaker_of(self.cache)
+        if breaker is not None and breaker.state != "closed":  # Redis known down: the scrape answers at once
+            return
         day = today()
         try:
             shown = {arm: (v, await self.store.totals(day, v)) for arm, v in arms.items()}

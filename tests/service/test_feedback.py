@@ -195,3 +195,22 @@ def test_difference_needs_two_user_days_per_arm_for_an_interval() -> None:
     one = Totals(users=1, sum_c=1, sum_b=2, sum_cc=1, sum_bb=4, sum_cb=2)
     d = difference(one, one)
     assert d["qc"]["diff"] == 0 and d["qc"]["ci95"] is None
+
+
+def test_feedback_while_redis_is_down_is_a_503_and_the_service_recovers(
+    bundles: dict[str, Path], tmp_path: Path
+) -> None:
+    from loadtest.procs import Redis
+
+    with (
+        Redis(workdir=tmp_path) as redis,
+        TestClient(create_app(ab_settings(bundles, redis.url, near_cache_ttl_ms=0))) as c,
+    ):
+        served = c.post("/profile", json={"user_id": "down", "features": USER, "k": 5}, headers=WRITE).json()
+        event = {"user_id": "down", "k": 5, "items": [{"tags": [served["tags"][0]["tag"]], "clicked": True}]}
+        redis.stop()
+        assert_problem(c.post("/feedback", json={"events": [event]}, headers=WRITE), 503, "cache_unavailable")
+        assert c.get("/metrics").status_code == 200  # the gauges keep their last values
+        redis.start()  # an empty Redis (no persistence): the profile is gone, the event is received, not counted
+        r = c.post("/feedback", json={"events": [event]}, headers=WRITE)
+        assert r.status_code == 200 and r.json()["no_profile"] == 1, r.text
