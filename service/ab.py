@@ -61,12 +61,6 @@ class Experiment:
     challenger: ProfileEngine | None = None
     share: float = 0.0
 
-    def arm_of(self, user_id: str) -> Arm:
-        challenger = self.challenger
-        if challenger is None:
-            return "champion"
-        return assign(challenger.version, user_id, self.share)
-
     def pick(self, champion: ProfileEngine, user_id: str, pin: str | None) -> tuple[ProfileEngine, Arm]:
         """The engine that serves `user_id` and its arm; `pin`, when given, must be a served version."""
         challenger = self.challenger
@@ -82,9 +76,6 @@ class Experiment:
             return challenger, "challenger"
         return champion, "champion"
 
-    def versions(self, champion: ProfileEngine) -> list[str]:
-        return [champion.version] + ([self.challenger.version] if self.challenger is not None else [])
-
     def arm_versions(self, champion: ProfileEngine) -> dict[str, str]:
         """{arm: model version} of the arms served now."""
         arms = {"champion": champion.version}
@@ -92,12 +83,8 @@ class Experiment:
             arms["challenger"] = self.challenger.version
         return arms
 
-    def arm_of_version(self, champion: ProfileEngine, version: str) -> Arm | None:
-        if version == champion.version:
-            return "champion"
-        if self.challenger is not None and version == self.challenger.version:
-            return "challenger"
-        return None
+    def versions(self, champion: ProfileEngine) -> list[str]:
+        return list(self.arm_versions(champion).values())
 
     def describe(self, champion: ProfileEngine) -> dict[str, object]:
         def arm(engine: ProfileEngine) -> dict[str, object]:

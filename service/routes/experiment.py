@@ -56,14 +56,9 @@ class NoChallenger(InvalidInput):
     status, kind = 409, "no_challenger"
 
 
-def load_engine(state: ServiceState, path: Path) -> ProfileEngine:
-    """Open and check a bundle as /admin/reload does (not started)."""
-    return ProfileEngine.load(path, state.settings)
-
-
 async def open_challenger(state: ServiceState, path: Path, shown: str) -> ProfileEngine:
     try:
-        engine = await asyncio.to_thread(load_engine, state, path)
+        engine = await asyncio.to_thread(ProfileEngine.load, path, state.settings)
     except (BundleError, TagIndexError, OSError, ValueError) as e:
         message = str(e).replace(str(state.settings.reload_root), "<bundle-root>")
         raise ReloadRefused(f"challenger {shown!r} refused; serving goes on unchanged: {message}") from None
