@@ -23,6 +23,7 @@ from schemathesis.checks import not_a_server_error
 
 from loadtest.procs import Redis, free_port
 from service.main import create_app
+from tests.bundles import perturb_onnx
 from tests.netutil import DelayProxy
 from tests.serving import LiveServer, post, settings_for
 
@@ -339,9 +340,7 @@ def _tamper_metric(b: Path) -> None:
 
 
 def _tamper_onnx(b: Path) -> None:
-    from tests.model_export.test_export import _perturb
-
-    _perturb(b / "model.onnx", b / "model.onnx")
+    perturb_onnx(b / "model.onnx", b / "model.onnx")
     _rehash(b)
 
 

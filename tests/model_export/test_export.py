@@ -19,6 +19,7 @@ from model_export.inputs import TowerOutputs, onnx_feed
 from model_export.manifest import MANIFEST_FILE, METRIC, content_version
 from model_export.parity import parity_cases, same_sets, synthetic_users, top_k_ids
 from model_export.session import CPU, CUDA, SessionConfig, build_session, check_signature, select_providers
+from tests.bundles import perturb_onnx
 
 
 def _test_users(movielens_dir: Path, n: int) -> list[dict[str, list[str]]]:
@@ -27,19 +28,6 @@ def _test_users(movielens_dir: Path, n: int) -> list[dict[str, list[str]]]:
 
     split = split_protocol(load_dataset(movielens_dir))
     return [split.features(int(i)) for i in split.indices(test=True)[:n]]
-
-
-def _perturb(src: Path, dst: Path, delta: float = 0.5) -> None:
-    """Copy an ONNX model, adding `delta` to every value of its largest float initializer."""
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(src))
-    floats = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT]
-    target = max(floats, key=lambda t: int(np.prod(t.dims)))
-    values = numpy_helper.to_array(target) + np.float32(delta)
-    target.CopyFrom(numpy_helper.from_array(values.astype(np.float32), target.name))
-    onnx.save(model, str(dst))
 
 
 def test_round_trip_gives_the_pytorch_profile(tiny_run: Path, tiny_bundle: Path, movielens_dir: Path) -> None:
@@ -124,7 +112,7 @@ def test_a_perturbed_graph_fails_the_parity_check(tiny_run: Path, tiny_bundle: P
     run = load_run(tiny_run)
     bundle = load_bundle(tiny_bundle)
     broken = tmp_path / "broken.onnx"
-    _perturb(bundle.onnx_path, broken)
+    perturb_onnx(bundle.onnx_path, broken)
     rng = np.random.default_rng(0)
     cases = parity_cases(bundle.encoder, synthetic_users(bundle.encoder, 32, rng), rng)
     verify_parity(run.model, bundle.onnx_path, cases, np.asarray(bundle.embeddings))  # the real one passes
@@ -141,7 +129,7 @@ def test_export_writes_nothing_when_parity_fails(
 
     def broken_export(model, path, opset=17):  # type: ignore[no-untyped-def]
         real_export(model, path, opset)
-        _perturb(path, path)
+        perturb_onnx(path, path)
 
     monkeypatch.setattr(onnx_export, "export_onnx", broken_export)
     out = tmp_path / "bundle"
