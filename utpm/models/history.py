@@ -100,15 +100,15 @@ class HistoryModel(nn.Module):
         self.g = HistoryPath(len(PHI_NAMES), options.g_hidden) if options.history else None
 
     def start_at(self, tag_bias: Tensor, weights: dict[str, float]) -> None:
-        """Start from a hand-made scorer: b_t = tag_bias, the history path's linear part = `weights`
-        (by `PHI_NAMES`), and tag embeddings near zero, so u . o_t starts as a small correction."""
+        """Start exactly at a hand-made scorer: b_t = tag_bias, the history path's linear part =
+        `weights` (by `PHI_NAMES`), tag embeddings zero (u . o_t = 0; their gradient u is not)."""
         with torch.no_grad():
             self.tag_bias.copy_(tag_bias)
             if self.g is not None:
                 for name, w in weights.items():
                     self.g.linear.weight[0, PHI_NAMES.index(name)] = w
             if not self.options.tie:
-                self.base.tag_embedding.weight.mul_(0.1)
+                self.base.tag_embedding.weight.zero_()
 
     def user_vector(
         self, ids: Sequence[Tensor], masks: Sequence[Tensor], counts: Sequence[Tensor]
