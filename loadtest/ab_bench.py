@@ -10,14 +10,13 @@ alternated round by round (A B A B ...), so that machine noise hits both alike:
   (alternated with `before` again).
 
 The figure is the event loop's CPU time per request (`time.thread_time()` of the loop's thread /
-requests), the median over rounds. `--docs FILE` rewrites the block between the markers below.
+requests), the median over rounds. `utpm bench report` renders the JSON into docs/serving.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import re
 import statistics
 import time
 from pathlib import Path
@@ -35,8 +34,6 @@ from service.routes import profile as profile_routes
 from service.state import service_state
 
 BEFORE_PATH = "/bench/before/{user_id}"
-MARK_BEGIN = "<!-- utpm bench ab: begin -->"
-MARK_END = "<!-- utpm bench ab: end -->"
 
 
 async def before(
@@ -115,6 +112,7 @@ def run_ab_bench(
         app = create_app(settings)
         rounds_us = uvloop.run(_measure(app, challenger, users, per, concurrency, rounds))
     return {
+        "kind": "ab",
         "champion": str(champion),
         "challenger": str(challenger),
         "requests_per_round": per * concurrency,
@@ -123,26 +121,3 @@ def run_ab_bench(
         "rounds_us": rounds_us,
         "load_average": round(os.getloadavg()[0], 1),
     }
-
-
-def write_docs(path: Path, result: dict[str, Any], command: str) -> None:
-    """Replace the block between the markers in `path` with the figures."""
-    r, spread = result["loop_us_per_get_hit"], result["rounds_us"]
-    block = "\n".join(
-        [
-            MARK_BEGIN,
-            "| GET /profile/{user} cache hit | event-loop CPU per request, median of rounds (us) | rounds, min - max |",
-            "|---|---|---|",
-            *(f"| {name} | {us} | {min(spread[name])} - {max(spread[name])} |" for name, us in r.items()),
-            "",
-            f"`{command}` ({result['rounds']} rounds of {result['requests_per_round']:,} requests per variant, "
-            f"alternated; Redis with the near cache, as deployed; load average {result['load_average']} "
-            "from other jobs on the 2 cores during the run).",
-            MARK_END,
-        ]
-    )
-    text = path.read_text()
-    pattern = re.compile(re.escape(MARK_BEGIN) + ".*?" + re.escape(MARK_END), re.S)
-    if not pattern.search(text):
-        raise ValueError(f"{path} has no {MARK_BEGIN} ... {MARK_END} block to rewrite")
-    path.write_text(pattern.sub(lambda _: block, text))

@@ -1,4 +1,4 @@
-"""`utpm bench report`: the generated blocks of docs/performance.md and docs/reliability.md, rendered
+"""`utpm bench report`: the generated blocks of docs/performance.md, docs/reliability.md and docs/serving.md, rendered
 from the JSON artifacts the benchmark commands write. The only code that writes those docs.
 
 A generated block names its artifact and is replaced whole:
@@ -143,10 +143,27 @@ def render_reliability(r: Mapping[str, Any]) -> str:
     )
 
 
+def render_ab(r: Mapping[str, Any]) -> str:
+    us, spread = r["loop_us_per_get_hit"], r["rounds_us"]
+    return "\n".join(
+        [
+            "| GET /profile/{user} cache hit | event-loop CPU per request, median of rounds (us) | rounds, min - max |",
+            "|---|---|---|",
+            *(f"| {name} | {v} | {min(spread[name])} - {max(spread[name])} |" for name, v in us.items()),
+            "",
+            f"`{r.get('command') or 'utpm bench ab'}` ({r['rounds']} rounds of {r['requests_per_round']:,} requests "
+            "per variant, alternated; Redis with the near cache, as deployed; load average "
+            f"{r['load_average']} from other jobs on the 2 cores during the run).",
+            "",
+        ]
+    )
+
+
 RENDERERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "serve": render_serve,
     "tune": render_tune,
     "reliability": render_reliability,
+    "ab": render_ab,
 }
 
 

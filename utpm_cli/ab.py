@@ -48,28 +48,22 @@ def bench_ab_cmd(
     challenger: Annotated[Path, typer.Argument(help="Another indexed bundle (the challenger).")],
     requests: Annotated[int, typer.Option(help="GET requests per variant, over all rounds.")] = 20_000,
     rounds: Annotated[int, typer.Option(help="Alternated rounds per variant.")] = 5,
-    docs: Annotated[
-        Path | None, typer.Option(help="Rewrite the figures' block in this file (docs/serving.md).")
-    ] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures here as JSON.")] = None,
+    json_out: Annotated[
+        Path, typer.Option("--json", help="Write the figures here as JSON (`utpm bench report` renders them).")
+    ] = Path("artifacts/ab/bench-ab.json"),
 ) -> None:
     """Event-loop CPU per cached GET: the handler before A/B, with no challenger, with a challenger at 0.5."""
     import sys
 
-    from loadtest.ab_bench import run_ab_bench, write_docs
+    from loadtest.ab_bench import run_ab_bench
 
     for bundle in (champion, challenger):
         if not (bundle / "manifest.json").exists():
             typer.secho(f"error: {bundle} is not a bundle (no manifest.json)", fg=typer.colors.RED, err=True)
             raise typer.Exit(2)
     result = run_ab_bench(champion, challenger, requests=requests, rounds=rounds)
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result, indent=1) + "\n")
-    if docs is not None:
-        try:
-            write_docs(docs, result, "utpm " + " ".join(sys.argv[1:]))
-        except (OSError, ValueError) as e:
-            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(2) from None
-    typer.echo(json.dumps(result, indent=1))
+    result["command"] = "utpm " + " ".join(sys.argv[1:])
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(result, indent=1) + "\n")
+    typer.echo(json.dumps(result["loop_us_per_get_hit"], indent=1))
+    typer.echo(f"measured A/B routing per cached GET in {result['rounds']} rounds; wrote {json_out}")

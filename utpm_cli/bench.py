@@ -242,9 +242,9 @@ def bench_reliability_cmd(
 def bench_report_cmd(
     docs: Annotated[list[Path] | None, typer.Argument(help="Docs to regenerate.")] = None,
 ) -> None:
-    """Regenerate the measured blocks of docs/performance.md and docs/reliability.md from their JSON artifacts."""
+    """Regenerate the measured blocks of docs/performance.md, reliability.md and serving.md from their JSON."""
     from loadtest.report import regenerate
 
-    for doc in docs or [Path("docs/performance.md"), Path("docs/reliability.md")]:
+    for doc in docs or [Path("docs/performance.md"), Path("docs/reliability.md"), Path("docs/serving.md")]:
         for artifact, what in regenerate(doc):
             typer.echo(f"{doc}: {artifact}: {what}")
