@@ -116,9 +116,11 @@ def profile_batch_cmd(
 @profile_app.command("bench")
 def profile_bench_cmd(
     source: Annotated[
-        Path, typer.Argument(help="A data set in the generic format, or a JSONL of {user_id, features}.")
-    ],
-    bundle: Annotated[Path, typer.Option(help="Bundle to profile with (e.g. artifacts/bench/tags1000000/bundle).")],
+        Path | None, typer.Argument(help="A data set in the generic format, or a JSONL of {user_id, features}.")
+    ] = None,
+    bundle: Annotated[
+        Path | None, typer.Option(help="Bundle to profile with (e.g. artifacts/bench/tags1000000/bundle).")
+    ] = None,
     out: Annotated[Path, typer.Option(help="Work directory (staged features, job directories).")] = Path(
         "artifacts/bench/batch"
     ),
@@ -129,9 +131,25 @@ def profile_bench_cmd(
         str | None, typer.Option(help="A Redis to measure in (FLUSHDB between runs!); default: a private redis-server.")
     ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the result JSON here.")] = None,
+    sizing_from: Annotated[
+        Path | None, typer.Option(help="Measure nothing: re-derive the 100M sizing of this earlier result JSON.")
+    ] = None,
 ) -> None:
     """users/s per engine, Redis memory per profile, and the sizing for 100M users derived from them."""
-    from batch.bench import bench_batch
+    from batch.bench import bench_batch, sizing_of
+
+    if sizing_from is not None:
+        try:
+            earlier = json.loads(sizing_from.read_text())
+        except (OSError, ValueError) as e:
+            _fail(f"{sizing_from}: not a result of utpm profile bench ({e})")
+        earlier["sizing_100m"] = sizing_of(earlier)
+        typer.echo(json.dumps(earlier["sizing_100m"], indent=2))
+        if json_out is not None:
+            json_out.write_text(json.dumps(earlier, indent=2) + "\n")
+        return
+    if source is None or bundle is None:
+        _fail("SOURCE and --bundle are required (or --sizing-from JSON)")
     from batch.job import BatchError
     from batch.sources import SourceError
 
