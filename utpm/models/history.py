@@ -43,7 +43,9 @@ class HistoryOptions:
     tower: bool = True
     cross: CrossKind = "cf"
     g_hidden: int = 32
-    max_history_tags: int = 100
+    # history tags scored per user (most frequent first): above every history of the data sets here,
+    # so that no history tag loses its history part
+    max_history_tags: int = 1000
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
