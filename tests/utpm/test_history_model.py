@@ -206,3 +206,16 @@ def test_amazon_adapter_writes_an_all_positive_data_set(tmp_path: Path) -> None:
     (src / "Beauty.txt").write_text("7\n")
     with pytest.raises(DataError, match="at least one item"):
         prepare_amazon(src, tmp_path / "out2")
+
+
+def test_the_paper_experiment_still_runs_with_seeds_and_renders(tmp_path: Path) -> None:
+    from utpm.evaluation.experiment import run_experiment
+    from utpm.evaluation.report import render
+
+    path = _write(synthetic_dataset(n_users=20, events=12), tmp_path / "data")
+    result = run_experiment(path, ["af2-cf"], ["joint"], 2, (1, 2), "tiny", epochs=1, workers=1)
+    rows = result.intervals((1, 2), n_boot=100)
+    assert {r["model"] for r in rows} == {"af2-cf", "mostpop", "histfreq", "blend"}
+    assert all(r["n_seeds"] == 2 for r in rows)
+    text = render(result, (1, 2), None, None, None, "utpm experiment")
+    assert "Table 3: cross features (joint loss)" in text and "| af2-cf | joint | blend |" in text
