@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.utpm.test_training import synthetic_dataset
+from tests.datasets import synthetic_dataset
 from utpm.data.protocol import split_protocol, train_val_rows
 from utpm.features.history import PHI_NAMES, FieldStats, HistoryEncoder, parse_field, stats_from_sequence
 from utpm.models.history import HistoryOptions, build_history_model
