@@ -43,6 +43,7 @@ from utpm.features.spec import FieldKind, FieldSpec
 from utpm.features.vocab import Vocabulary
 from utpm.models.history import HISTORY_MODEL, HistoryModel, HistoryOptions, build_history_model
 from utpm.models.presets import Preset, get_preset
+from utpm.training.early_stopping import EarlyStopping, epoch_point
 from utpm.training.samples import build_encoder
 from utpm.training.trainer import TrainConfig, TrainResult, save_training
 
@@ -353,14 +354,12 @@ def train_history(
         res = {k: precision_at_k(ranked, clicked, k) for k in ks}
         return {k: r.value for k, r in res.items()}, res[ks[0]].skipped_users
 
-    best_score, best_epoch, best_state, bad_epochs = -1.0, 0, None, 0
-    curve: list[dict[str, float]] = []
+    stopper = EarlyStopping(config.patience)
     seen, train_seconds = 0, 0.0
     # epoch 0, the starting point, is a candidate too: training must beat it on validation to count
     val0, _ = evaluate(val_batch, val_clicked, val_ks)
-    best_score = float(np.mean([val0[k] for k in config.early_stop_ks]))
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    curve.append({"epoch": 0, **{f"val_prec@{k}": v for k, v in val0.items()}, "val_score": best_score})
+    score0 = float(np.mean([val0[k] for k in config.early_stop_ks]))
+    stopper.start(model, score0, {"epoch": 0, **{f"val_prec@{k}": v for k, v in val0.items()}, "val_score": score0})
     for epoch in range(1, config.epochs + 1):
         model.train()
         t0 = time.perf_counter()
@@ -379,26 +378,10 @@ def train_history(
         train_seconds += time.perf_counter() - t0
         val, _ = evaluate(val_batch, val_clicked, val_ks)
         score = float(np.mean([val[k] for k in config.early_stop_ks]))
-        point = {
-            "epoch": epoch,
-            "loss": float(np.mean(losses)),
-            "seconds": time.perf_counter() - t0,
-            **{f"val_prec@{k}": v for k, v in val.items()},
-            "val_score": score,
-        }
-        curve.append(point)
-        if progress is not None:
-            progress(epoch, config.epochs, point)
-        if score > best_score:
-            best_score, best_epoch, bad_epochs = score, epoch, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            bad_epochs += 1
-            if bad_epochs >= config.patience:
-                break
-    assert best_state is not None
-    model.load_state_dict(best_state)
-    model.eval()
+        point = epoch_point(epoch, losses, time.perf_counter() - t0, val, score)
+        if stopper.update(model, epoch, score, point, progress, config.epochs):
+            break
+    stopper.restore(model)
     val, _ = evaluate(val_batch, val_clicked, config.eval_ks)
     if len(test_rows):
         test_batch = encode_users(seqs, henc, test_rows)
@@ -409,10 +392,10 @@ def train_history(
         model=model,  # type: ignore[arg-type]
         encoder=encoder,
         tags=tags,
-        best_epoch=best_epoch,
+        best_epoch=stopper.best_epoch,
         val=val,
         test=test,
-        curve=curve,
+        curve=stopper.curve,
         samples_per_s=seen / train_seconds if train_seconds else 0.0,
         train_users=len(train_rows),
         val_users=len(val_rows),

@@ -28,6 +28,7 @@ from utpm.models.losses import LOSS_NAMES, joint_loss, separate_loss
 from utpm.models.presets import Preset
 from utpm.models.registry import build_model
 from utpm.models.user_model import UserModel
+from utpm.training.early_stopping import EarlyStopping, epoch_point
 from utpm.training.run import save_run
 from utpm.training.samples import SampleSet, build_encoder, build_tag_vocab, encode_rows
 from utpm.training.warm_start import apply_tag_vectors
@@ -223,8 +224,7 @@ def train(
     torch.manual_seed(config.seed)
 
     val_ks = tuple(sorted(set(config.eval_ks) | set(config.early_stop_ks)))
-    best_score, best_epoch, best_state, bad_epochs = -1.0, 0, None, 0
-    curve: list[dict[str, float]] = []
+    stopper = EarlyStopping(config.patience)
     seen, train_seconds = 0, 0.0
     for epoch in range(1, config.epochs + 1):
         model.train()
@@ -251,26 +251,10 @@ def train(
             score = float(np.mean([val[k] for k in config.early_stop_ks]))
         else:  # no validation users: every epoch is the best so far, the last one is kept
             val, score = {}, float(epoch)
-        point = {
-            "epoch": epoch,
-            "loss": float(np.mean(losses)),
-            "seconds": time.perf_counter() - t0,
-            **{f"val_prec@{k}": v for k, v in val.items()},
-            "val_score": score,
-        }
-        curve.append(point)
-        if progress is not None:
-            progress(epoch, config.epochs, point)
-        if score > best_score:
-            best_score, best_epoch, bad_epochs = score, epoch, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            bad_epochs += 1
-            if bad_epochs >= config.patience:
-                break
-    assert best_state is not None
-    model.load_state_dict(best_state)
-    model.eval()
+        point = epoch_point(epoch, losses, time.perf_counter() - t0, val, score)
+        if stopper.update(model, epoch, score, point, progress, config.epochs):
+            break
+    stopper.restore(model)
     for q in model.parameters():
         q.requires_grad_(True)  # frozen only while training; export traces a plain model
     ks = config.eval_ks  # () skips evaluation, e.g. for a budgeted run over a million tags
@@ -280,10 +264,10 @@ def train(
         model=model,
         encoder=encoder,
         tags=tags,
-        best_epoch=best_epoch,
+        best_epoch=stopper.best_epoch,
         val=val,
         test=test,
-        curve=curve,
+        curve=stopper.curve,
         samples_per_s=seen / train_seconds if train_seconds else 0.0,
         train_users=len(train_rows),
         val_users=len(val_rows),
