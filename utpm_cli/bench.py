@@ -9,14 +9,11 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
-
-def _fail(message: str) -> NoReturn:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+from utpm_cli.errors import fail
 
 
 def _command_line() -> str:
@@ -33,9 +30,9 @@ def _levels(text: str) -> tuple[int, ...]:
     try:
         levels = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
-        _fail(f"--users must be comma-separated integers, got {text!r}")
+        fail(f"--users must be comma-separated integers, got {text!r}")
     if not levels or min(levels) < 1:
-        _fail(f"--users needs at least one level >= 1, got {text!r}")
+        fail(f"--users needs at least one level >= 1, got {text!r}")
     return levels
 
 
@@ -49,7 +46,7 @@ def _settings(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            _fail(f"--set takes KEY=VALUE (a service setting, e.g. batch_max_wait_ms=2), got {pair!r}")
+            fail(f"--set takes KEY=VALUE (a service setting, e.g. batch_max_wait_ms=2), got {pair!r}")
         out[key.strip().lower()] = value.strip()
     return out
 
@@ -93,7 +90,7 @@ def bench_serve_cmd(
     from loadtest.serve import BenchConfig, run_bench
 
     if tags < 1000:
-        _fail(f"--tags must be at least 1000, got {tags}")
+        fail(f"--tags must be at least 1000, got {tags}")
     cfg = BenchConfig(
         tags=tags,
         root=root,
@@ -115,7 +112,7 @@ def bench_serve_cmd(
     try:
         report = run_bench(cfg, progress=_progress(t0))
     except (RuntimeError, OSError, ValueError) as e:
-        _fail(str(e))
+        fail(str(e))
     _write(report, json_out)
     typer.echo(render_serve(report))
     s = report["summary"]
@@ -152,11 +149,11 @@ def bench_tune_cmd(
     from loadtest.tune import TuneConfig, parse_variant, run_tune
 
     if connections < 1 or duration <= 0 or rounds < 1:
-        _fail("--connections and --rounds must be at least 1 and --duration positive")
+        fail("--connections and --rounds must be at least 1 and --duration positive")
     try:
         variants = [parse_variant(v) for v in variant]
     except ValueError as e:
-        _fail(str(e))
+        fail(str(e))
     cfg = TuneConfig(
         variants=variants,
         tags=tags,
@@ -171,7 +168,7 @@ def bench_tune_cmd(
     try:
         report = run_tune(cfg, progress=_progress(t0))
     except (RuntimeError, OSError, ValueError) as e:
-        _fail(str(e))
+        fail(str(e))
     _write(report, json_out)
     typer.echo(render_tune(report))
     best = max(report["summary"].items(), key=lambda kv: kv[1]["median_rps"])
@@ -191,14 +188,14 @@ def bench_loop_cmd(
     from loadtest.loop import run_loop_bench
 
     if not (bundle / "manifest.json").is_file():
-        _fail(f"{bundle} is not a bundle (no manifest.json); `utpm demo --no-serve` builds artifacts/demo/bundle")
+        fail(f"{bundle} is not a bundle (no manifest.json); `utpm demo --no-serve` builds artifacts/demo/bundle")
     if requests < concurrency or rounds < 1:
-        _fail("--requests must be at least --concurrency, and --rounds at least 1")
+        fail("--requests must be at least --concurrency, and --rounds at least 1")
     t0 = time.perf_counter()
     try:
         report = run_loop_bench(bundle, requests, concurrency, rounds)
     except (RuntimeError, OSError, ValueError) as e:
-        _fail(str(e))
+        fail(str(e))
     typer.echo(json.dumps(report, indent=2))
     ceiling = report["ceiling (empty FastAPI endpoint)"]["loop_us_per_request"]
     redis = report["service, Redis (near cache off)"]["loop_us_per_request"]
@@ -226,12 +223,12 @@ def bench_reliability_cmd(
     from loadtest.reliability import SCENARIOS, run_scenario
 
     if scenario not in SCENARIOS:
-        _fail(f"unknown scenario {scenario!r}; valid: {', '.join(SCENARIOS)}")
+        fail(f"unknown scenario {scenario!r}; valid: {', '.join(SCENARIOS)}")
     kw = {k: v for k, v in (("rate", rate), ("duration_s", duration)) if v}
     try:
         result = run_scenario(scenario, bundle, _progress(time.perf_counter()), _command_line(), **kw)
     except (FileNotFoundError, RuntimeError, ValueError) as e:
-        _fail(str(e))
+        fail(str(e))
     path = json_out or Path("artifacts/reliability") / f"{scenario}.json"
     _write(result, path)
     typer.echo(json.dumps({k: v for k, v in result.items() if k not in ("machine", "rss_mb")}, indent=1))

@@ -8,16 +8,12 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
 from model_export.errors import BundleError, ExportError
-
-
-def _fail(message: str) -> NoReturn:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+from utpm_cli.errors import fail
 
 
 def _dir_size(path: Path) -> int:
@@ -53,7 +49,7 @@ def export_cmd(
     try:
         from model_export.onnx_export import export_bundle
     except ImportError as e:
-        _fail(f"export needs the `train` extra (torch, onnx): {e}")
+        fail(f"export needs the `train` extra (torch, onnx): {e}")
     variants = [v for v, wanted in (("fp16", fp16), ("int8", int8)) if wanted]
     t0 = time.perf_counter()
     try:
@@ -69,7 +65,7 @@ def export_cmd(
             progress=lambda msg: typer.echo(f"  {msg}", err=True),
         )
     except (ExportError, BundleError, DataError) as e:
-        _fail(str(e))
+        fail(str(e))
     parity = manifest.parity
     extra = "".join(f"; {v} top-50 agreement {info['top50_agreement']:.1%}" for v, info in manifest.variants.items())
     typer.echo(
@@ -108,12 +104,12 @@ def bench_model_cmd(
     from model_export.bench import DEFAULT_BATCHES, bench_bundle, bench_preset
 
     if (bundle is None) == (preset is None):
-        _fail("give either a BUNDLE or --preset NAME")
+        fail("give either a BUNDLE or --preset NAME")
     if iters < 1:
-        _fail(f"--iters must be >= 1, got {iters}")
+        fail(f"--iters must be >= 1, got {iters}")
     batches = tuple(batch) if batch else DEFAULT_BATCHES
     if min(batches) < 1:
-        _fail(f"batch sizes must be >= 1, got {list(batches)}")
+        fail(f"batch sizes must be >= 1, got {list(batches)}")
     t0 = time.perf_counter()
     try:
         if bundle is not None:
@@ -122,9 +118,9 @@ def bench_model_cmd(
             assert preset is not None
             report = bench_preset(preset, batches=batches, iters=iters, threads=threads)
     except (BundleError, ExportError, ValueError, FileNotFoundError) as e:
-        _fail(str(e))
+        fail(str(e))
     except ImportError as e:
-        _fail(f"the PyTorch side needs the `train` extra: {e}")
+        fail(f"the PyTorch side needs the `train` extra: {e}")
     if json_out:
         typer.echo(json.dumps(report, indent=2))
     else:

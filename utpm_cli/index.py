@@ -8,17 +8,13 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 
 from index.errors import TagIndexError
 from model_export.errors import BundleError
-
-
-def _fail(message: str) -> NoReturn:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+from utpm_cli.errors import fail
 
 
 def index_build_cmd(
@@ -34,13 +30,13 @@ def index_build_cmd(
     from index.factory import KINDS
 
     if kind not in KINDS:
-        _fail(f"unknown --kind {kind!r}; valid: {', '.join(KINDS)}")
+        fail(f"unknown --kind {kind!r}; valid: {', '.join(KINDS)}")
     try:
         infos = build_index(
             bundle, kind, target_recall=target_recall, seed=seed, progress=lambda m: typer.echo(f"  {m}", err=True)
         )
     except (TagIndexError, BundleError, ValueError) as e:
-        _fail(str(e))
+        fail(str(e))
     params = ", ".join(f"{k}={v}" for k, v in infos.params.items()) or "exact"
     recalls = ", ".join(f"{k} {v:.3f}" for k, v in infos.recall.items())
     warn = "" if infos.target_met in (None, True) else f" (target recall {infos.target_recall} NOT reached)"
@@ -84,7 +80,7 @@ def bench_index_cmd(
             progress=lambda m: typer.echo(f"  {m}", err=True),
         )
     except (TagIndexError, ValueError) as e:
-        _fail(str(e))
+        fail(str(e))
     if json_out:
         typer.echo(json.dumps(report, indent=2))
     else:

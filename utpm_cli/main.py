@@ -13,6 +13,7 @@ import typer
 from utpm.data.errors import DataError
 from utpm_cli.ab import bench_ab_cmd, simulate_cmd
 from utpm_cli.bench import bench_loop_cmd, bench_reliability_cmd, bench_report_cmd, bench_serve_cmd, bench_tune_cmd
+from utpm_cli.errors import fail
 from utpm_cli.export import bench_model_cmd, export_cmd
 from utpm_cli.index import bench_index_cmd, index_build_cmd
 from utpm_cli.model import evaluate_run, parse_variants, prepare_amazon_cmd, train_default
@@ -48,12 +49,6 @@ bench_app.command("reliability")(bench_reliability_cmd)
 bench_app.command("report")(bench_report_cmd)
 prepare_app.command("amazon-beauty")(prepare_amazon_cmd)
 bench_app.command("personal")(bench_personal_cmd)
-
-
-def fail(message: str) -> None:
-    """Print one clear error line and exit 2: never a traceback for bad input."""
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 @app.callback()

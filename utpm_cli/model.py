@@ -8,11 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from utpm.data.errors import DataError
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+from utpm_cli.errors import fail
 
 
 def prepare_amazon_cmd(
@@ -29,7 +25,7 @@ def prepare_amazon_cmd(
         report = prepare_amazon(src, out)
         load_dataset(out)  # proves the output is valid in the generic format
     except DataError as e:
-        _fail(str(e))
+        fail(str(e))
     typer.echo(report.summary())
 
 
@@ -70,7 +66,7 @@ def train_default(
         dataset = load_dataset(data)
         split = split_protocol(dataset, seed=seed)
     except (ValueError, DataError) as e:
-        _fail(str(e))
+        fail(str(e))
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn())
     with Progress(*columns) as bar:
         task = bar.add_task(f"train {config.model}/{config.loss}", total=epochs, info="")
@@ -81,7 +77,7 @@ def train_default(
         try:
             result = train_history(split, config, out=out, progress=progress)
         except ValueError as e:
-            _fail(str(e))
+            fail(str(e))
     test = ", ".join(f"Prec@{k} {v:.4f}" for k, v in result.test.items())
     typer.echo(
         f"trained {config.model}/{config.loss} (best epoch {result.best_epoch}, {result.samples_per_s:,.0f} "
@@ -102,7 +98,7 @@ def evaluate_run(run: Path, data: Path, ks: list[int]) -> dict[str, Any]:
         loaded = load_run(run)
         split = split_protocol(load_dataset(data), seed=int(loaded.config["protocol"]["seed"]))
     except (ValueError, FileNotFoundError, DataError) as e:
-        _fail(str(e))
+        fail(str(e))
     rows = split.indices(test=True)
     n = loaded.preset.N
     top = max(10, *ks)
@@ -140,7 +136,7 @@ def parse_variants(specs: list[str]) -> list[tuple[tuple[str, Any], ...]]:
             if not part.strip():
                 continue
             if "=" not in part:
-                _fail(f"--variant {spec!r}: expected key=value[,key=value]")
+                fail(f"--variant {spec!r}: expected key=value[,key=value]")
             k, v = (x.strip() for x in part.split("=", 1))
             value: Any = v
             if v.lower() in ("true", "false"):

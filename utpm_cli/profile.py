@@ -5,18 +5,15 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
+
+from utpm_cli.errors import fail
 
 profile_app = typer.Typer(
     help="Profiles for a whole population, computed in bulk into Redis (docs/batch.md).", no_args_is_help=True
 )
-
-
-def _fail(message: str) -> NoReturn:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 def _parse_as_of(value: str) -> int:
@@ -28,7 +25,7 @@ def _parse_as_of(value: str) -> int:
     try:
         t = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        _fail(f"--as-of {value!r}: expected an ISO 8601 time such as 2026-11-30T00:00:00Z, or epoch milliseconds")
+        fail(f"--as-of {value!r}: expected an ISO 8601 time such as 2026-11-30T00:00:00Z, or epoch milliseconds")
     if t.tzinfo is None:
         t = t.replace(tzinfo=UTC)
     return int(t.timestamp() * 1000)
@@ -65,9 +62,9 @@ def profile_batch_cmd(
     from batch.sources import SourceError, open_source
 
     if fmt not in ("auto", "jsonl", "parquet", "dataset"):
-        _fail(f"--format must be auto, jsonl, parquet or dataset, not {fmt!r}")
+        fail(f"--format must be auto, jsonl, parquet or dataset, not {fmt!r}")
     if engine not in ("local", "ray"):
-        _fail(f"--engine must be local or ray, not {engine!r}")
+        fail(f"--engine must be local or ray, not {engine!r}")
     try:
         src = open_source(source, fmt, out, say=lambda m: typer.echo(m, err=True))  # type: ignore[arg-type]
         job = BatchJob(
@@ -107,9 +104,9 @@ def profile_batch_cmd(
                 progress=progress,
             )
     except (BatchError, SourceError) as e:
-        _fail(str(e))
+        fail(str(e))
     except KeyboardInterrupt:
-        _fail(f"interrupted; the chunks written so far are checkpointed in {out}: rerun with --resume")
+        fail(f"interrupted; the chunks written so far are checkpointed in {out}: rerun with --resume")
     typer.echo(summary.line())
 
 
@@ -142,21 +139,21 @@ def profile_bench_cmd(
         try:
             earlier = json.loads(sizing_from.read_text())
         except (OSError, ValueError) as e:
-            _fail(f"{sizing_from}: not a result of utpm profile bench ({e})")
+            fail(f"{sizing_from}: not a result of utpm profile bench ({e})")
         earlier["sizing_100m"] = sizing_of(earlier)
         typer.echo(json.dumps(earlier["sizing_100m"], indent=2))
         if json_out is not None:
             json_out.write_text(json.dumps(earlier, indent=2) + "\n")
         return
     if source is None or bundle is None:
-        _fail("SOURCE and --bundle are required (or --sizing-from JSON)")
+        fail("SOURCE and --bundle are required (or --sizing-from JSON)")
     from batch.job import BatchError
     from batch.sources import SourceError
 
     try:
         plan = [(e, int(n)) for e, n in (r.split(":") for r in runs.split(",") if r.strip())]
     except ValueError:
-        _fail(f"--runs {runs!r}: expected ENGINE:WORKERS,... such as local:1,local:2,ray:2")
+        fail(f"--runs {runs!r}: expected ENGINE:WORKERS,... such as local:1,local:2,ray:2")
     redis = None
     if redis_url is None:
         from loadtest.procs import Redis
@@ -165,12 +162,12 @@ def profile_bench_cmd(
         try:
             redis = Redis(workdir=out.resolve()).start()
         except RuntimeError as e:
-            _fail(str(e))
+            fail(str(e))
         redis_url = redis.url
     try:
         result = bench_batch(bundle, source, redis_url, out, users, plan, k, say=lambda m: typer.echo(m, err=True))
     except (BatchError, SourceError) as e:
-        _fail(str(e))
+        fail(str(e))
     finally:
         if redis is not None:
             redis.stop()
