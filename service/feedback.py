@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from service.breaker import CircuitBreaker
 from service.cache import CacheUnavailable, ProfileCache, breaker_of, profile_key
 from service.online_metrics import Totals, UserDay, difference, user_day
 from service.profile_record import CorruptRecord, cached_response
@@ -126,15 +127,29 @@ class MemoryFeedbackStore:
 
 
 class RedisFeedbackStore:
+    """Shares the profile cache's client and circuit breaker: an open breaker fails these calls at
+    once, and their failures and successes count toward it like the profile reads and writes."""
+
     kind = "redis"
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, breaker: CircuitBreaker | None = None) -> None:
         self.client = client
+        self.breaker = breaker or CircuitBreaker()
         self._script = client.register_script(_ADD_SCRIPT)
+
+    def _check(self) -> None:
+        if not self.breaker.allow():  # Redis known down: no socket touched, no timeout waited
+            raise CacheUnavailable("feedback store: circuit breaker open", self.breaker.retry_after_s())
+
+    def _failed(self, e: BaseException) -> CacheUnavailable:
+        self.breaker.failure()
+        retry = self.breaker.retry_after_s() if self.breaker.state == "open" else 0
+        return CacheUnavailable(f"feedback store: {type(e).__name__}", retry)
 
     async def add(self, counted: Sequence[Counted], no_profile: dict[tuple[str, str], int]) -> None:
         from redis.exceptions import RedisError
 
+        self._check()
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 for c in counted:
@@ -150,22 +165,25 @@ class RedisFeedbackStore:
                     pipe.expire(f"{_hash_tag(day, version)}:totals", TOTALS_TTL_S)
                 await pipe.execute()
         except (RedisError, OSError, TimeoutError) as e:
-            raise CacheUnavailable(f"feedback store: {type(e).__name__}") from None
+            raise self._failed(e) from None
+        self.breaker.success()
 
     async def totals(self, day: str, version: str) -> Totals:
         from redis.exceptions import RedisError
 
+        self._check()
         try:
             raw = await self.client.hgetall(f"{_hash_tag(day, version)}:totals")
         except (RedisError, OSError, TimeoutError) as e:
-            raise CacheUnavailable(f"feedback store: {type(e).__name__}") from None
+            raise self._failed(e) from None
+        self.breaker.success()
         return Totals.from_mapping({k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()})
 
 
 def make_store(cache: ProfileCache) -> FeedbackStore:
     """Redis when the profile cache is Redis (the same client), else process memory."""
     client = getattr(getattr(cache, "remote", cache), "client", None)
-    return RedisFeedbackStore(client) if client is not None else MemoryFeedbackStore()
+    return RedisFeedbackStore(client, breaker_of(cache)) if client is not None else MemoryFeedbackStore()
 
 
 def today() -> str:

@@ -50,6 +50,8 @@ async def _reply(
 
 def route_label(scope: Scope) -> str:
     route: Any = scope.get("route")
+    if route is not None and hasattr(route, "path_format"):  # "/profile/{user_id}", without ":path"
+        return str(route.path_format)
     if route is not None and hasattr(route, "path"):
         return str(route.path)
     return "unmatched"

@@ -70,8 +70,9 @@ async def post_profiles(body: ProfilesRequest, request: Request) -> RenderedJSON
     return RenderedJSON(b'{"profiles":[' + b",".join(out) + b"]}")
 
 
+# `:path`: a user id may hold `/` (`team/alice`, sent as `/profile/team/alice` or `team%2Falice`).
 @router.get(
-    "/profile/{user_id}",
+    "/profile/{user_id:path}",
     response_model=ProfileResponse,
     responses={404: {"description": "Not cached, or expired."}, **ERRORS},
 )

@@ -8,6 +8,7 @@ user's impressions split over two calls (the distinct counts must not double cou
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -214,3 +215,33 @@ def test_feedback_while_redis_is_down_is_a_503_and_the_service_recovers(
         redis.start()  # an empty Redis (no persistence): the profile is gone, the event is received, not counted
         r = c.post("/feedback", json={"events": [event]}, headers=WRITE)
         assert r.status_code == 200 and r.json()["no_profile"] == 1, r.text
+
+
+def test_feedback_writes_count_toward_and_obey_the_circuit_breaker(bundles: dict[str, Path], tmp_path: Path) -> None:
+    """The near cache answers the profile reads, so only the feedback store touches Redis: its failures
+    must open the breaker, an open breaker must refuse it without a round trip, a probe closes it."""
+    from loadtest.procs import Redis
+    from service.breaker import BREAKER_BACKOFF_S, BREAKER_FAILURES
+    from service.cache import breaker_of
+
+    with (
+        Redis(workdir=tmp_path) as redis_proc,
+        TestClient(create_app(ab_settings(bundles, redis_proc.url, near_cache_ttl_ms=600_000))) as c,
+    ):
+        breaker = breaker_of(c.app.state.service.cache)  # type: ignore[attr-defined]
+        assert breaker is not None
+        served = c.post("/profile", json={"user_id": "brk", "features": USER, "k": 5}, headers=WRITE).json()
+        event = {"user_id": "brk", "k": 5, "items": [{"tags": [served["tags"][0]["tag"]], "clicked": True}]}
+        redis_proc.stop()
+        for _ in range(BREAKER_FAILURES):
+            assert_problem(c.post("/feedback", json={"events": [event]}, headers=WRITE), 503, "cache_unavailable")
+        assert breaker.state == "open"
+        redis_proc.start()  # back, but the breaker is still open: refused at once, nothing written
+        refused = c.post("/feedback", json={"events": [event]}, headers=WRITE)
+        assert "circuit breaker open" in assert_problem(refused, 503, "cache_unavailable")["detail"]
+        assert int(refused.headers["retry-after"]) >= 1
+        assert redis.Redis.from_url(redis_proc.url).dbsize() == 0
+        time.sleep(BREAKER_BACKOFF_S * 1.5)  # past the backoff: this call is the probe, and it succeeds
+        r = c.post("/feedback", json={"events": [event]}, headers=WRITE)
+        assert r.status_code == 200 and r.json()["counted"] == 1, r.text
+        assert breaker.state == "closed"

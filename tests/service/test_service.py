@@ -44,6 +44,21 @@ def test_post_profile_returns_ranked_tags_and_caches_them(client: TestClient) ->
     assert cached["tags"] == body["tags"][:5]
 
 
+def test_user_ids_with_slashes_are_read_back_through_redis(client: TestClient) -> None:
+    """A user id holding `/` is one path parameter, sent raw or percent-encoded (real Redis behind)."""
+    for user in ("team/alice", "a/b/c", "/leading", "trailing/"):
+        posted = post(client, user, k=5)
+        assert posted.status_code == 200, posted.text
+        for path in (f"/profile/{user}", "/profile/" + user.replace("/", "%2F")):
+            g = client.get(path, params={"k": 5})
+            assert g.status_code == 200, (path, g.text)
+            assert g.json()["user_id"] == user and g.json()["cached"] is True
+            assert g.json()["tags"] == posted.json()["tags"]
+    assert_problem(client.get("/profile/team/nobody"), 404, "not_cached")
+    metrics = client.get("/metrics").text
+    assert 'route="/profile/{user_id}"' in metrics and "user_id:path" not in metrics
+
+
 def test_profile_matches_pytorch_ranking(client: TestClient, tiny_run: Path) -> None:
     """What the service returns is what the trained PyTorch model ranks (round trip through ONNX + FAISS)."""
     import numpy as np
