@@ -23,7 +23,7 @@ import numpy as np
 from index.build import TRAIN_POINTS_PER_LIST, make_index, tune
 from index.evaluation import recall_at_k
 from index.factory import plan_index
-from index.gpu import gpu_count
+from index.gpu import gpu_count, to_device
 from index.structured import StructuredSpec, structured_queries, structured_tags
 from index.tag_index import TagIndex, apply_search_params
 from model_export.session import available_cpus
@@ -56,6 +56,20 @@ def _exact(x: np.ndarray, eval_q: np.ndarray, tune_q: np.ndarray, k: int) -> tup
     exact = TagIndex.exact(x, n_reserved=0)  # synthetic rows have no padding / OOV rows
     eval_ids, qps = _timed_search(lambda q: exact.search(q, k)[1], eval_q)
     return eval_ids, exact.search(tune_q, k)[1], qps
+
+
+def _exact_on_gpu(x: np.ndarray, eval_q: np.ndarray, eval_exact: np.ndarray, k: int) -> dict[str, float] | None:
+    """Exact search on the GPU (when the faiss build has one): q/s, and its agreement with the CPU."""
+    if gpu_count() == 0:
+        return None
+    flat, on_gpu = to_device(faiss.IndexFlatIP(x.shape[1]))
+    if not on_gpu:
+        return None
+    flat.add(x)
+    gpu = TagIndex(flat, n_reserved=0, on_gpu=True)
+    ids, qps = _timed_search(lambda q: gpu.search(q, k)[1], eval_q)
+    # Ties and float summation order can swap equal scores: recall, not equality, is the check.
+    return {"qps": round(qps, 1), f"recall@{k}_vs_cpu_exact": round(recall_at_k(eval_exact, ids, k), 5)}
 
 
 def _hnswlib_peer(
@@ -158,6 +172,7 @@ def bench_index(
     say("exact search (IndexFlatIP)")
     eval_exact, tune_exact, exact_qps = _exact(x, eval_q, tune_q, k)
     exact_mb = x.nbytes / 1e6
+    exact_gpu = _exact_on_gpu(x, eval_q, eval_exact, k)
 
     plan = plan_index(kind, n_tags, gpu_count())
     if plan.kind == "flat":
@@ -185,6 +200,7 @@ def bench_index(
         "data": spec.describe(n_tags),
         "exact_qps": round(exact_qps, 1),
         "exact_mb": round(exact_mb, 1),
+        "exact_gpu": exact_gpu,  # None without a GPU; then exact_qps is the CPU's
         "ann_factory": plan.factory,
         "ann_params": params,
         "ann_qps": round(ann_qps, 1),

@@ -99,6 +99,9 @@ def bench_tower(
     threads = threads or available_cpus()
     load_before = _load_average()
     session = build_session(onnx_path, SessionConfig(intra_op_threads=threads, prefer_gpu=True))
+    # Like for like: when ONNX Runtime runs on CUDA, so does PyTorch (inputs copied in, results out).
+    device = "cuda" if "CUDAExecutionProvider" in session.get_providers() and torch.cuda.is_available() else "cpu"
+    model.to(device)
     names = encoder.field_names
     rng = np.random.default_rng(seed)
     previous_threads = torch.get_num_threads()
@@ -115,13 +118,13 @@ def bench_tower(
             def run_ort(feed: dict[str, np.ndarray] = feed) -> object:
                 return session.run(None, feed)
 
-            def run_torch(ids: list[Any] = ids, masks: list[Any] = masks) -> object:
+            def run_torch(ids: list[Any] = ids, masks: list[Any] = masks) -> Any:
                 with torch.inference_mode():
-                    return model.forward_with_attention(ids, masks)
+                    u, *_ = model.forward_with_attention([t.to(device) for t in ids], [m.to(device) for m in masks])
+                    return u.cpu()
 
             u_ort = np.asarray(session.run(None, feed)[0])
-            with torch.inference_mode():
-                u_torch = model.forward_with_attention(ids, masks)[0].numpy()
+            u_torch = run_torch().numpy()
             t_ort, t_torch = interleaved(run_ort, run_torch, iters, warmup)
             lo, lt = Latency.of(t_ort), Latency.of(t_torch)
             results.append(
@@ -143,6 +146,7 @@ def bench_tower(
         "fields": [{"name": s.name, "kind": s.kind.value, "max_len": s.max_len} for s in encoder.specs],
         "threads": threads,
         "providers": session.get_providers(),
+        "torch_device": device,
         "onnxruntime_version": ort.__version__,
         "torch_version": torch.__version__,
         "inputs": "synthetic users drawn from the vocabularies, 0..2H values per multi-valued field",
