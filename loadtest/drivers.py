@@ -182,12 +182,25 @@ def write_bodies(source: PayloadSource, path: Path, k: int, n: int = 1000) -> Pa
     return path
 
 
-def run_wrk(server: Server, connections: int, seconds: float, bodies: Path, log_path: Path) -> dict[str, Any]:
-    """wrk, one thread, `connections` closed-loop connections on POST /profile (wrk_post.lua)."""
+def write_read_paths(path: Path, users: Sequence[str], k: int) -> Path:
+    """GET paths of cached profiles, one per line, for wrk (wrk_get.lua)."""
+    from urllib.parse import quote
+
+    path.write_text("".join(f"/profile/{quote(u, safe='')}?k={k}\n" for u in users))
+    return path
+
+
+def run_wrk(
+    server: Server, connections: int, seconds: float, bodies: Path, log_path: Path, method: str = "POST"
+) -> dict[str, Any]:
+    """wrk, one thread, `connections` closed-loop connections: POST /profile with the bodies of a
+    JSON-lines file (wrk_post.lua), or GET the paths of a file (`method="GET"`, wrk_get.lua)."""
     exe = shutil.which("wrk")
     if exe is None:
         return {"tool": "wrk", "skipped": "wrk is not installed (Debian: apt-get install wrk)"}
-    script = HERE / "wrk_post.lua"
+    script, url = (HERE / "wrk_post.lua", server.base_url + "/profile")
+    if method == "GET":
+        script, url = HERE / "wrk_get.lua", server.base_url
     cmd = [
         exe,
         "-t1",
@@ -197,7 +210,7 @@ def run_wrk(server: Server, connections: int, seconds: float, bodies: Path, log_
         "5s",
         "-s",
         str(script),
-        server.base_url + "/profile",
+        url,
         "--",
         str(bodies),
     ]
@@ -212,6 +225,7 @@ def run_wrk(server: Server, connections: int, seconds: float, bodies: Path, log_
     hist = {us / 1000: count for us, count in raw["latency_us"]}
     return {
         "tool": "wrk",
+        "method": method,
         "connections": connections,
         "duration_s": seconds,
         "requests": raw["requests"],

@@ -72,6 +72,30 @@ def render_serve(r: Mapping[str, Any]) -> str:
         f"GET hits with the near cache off vs the ceiling: {_fmt(off, 3)}. Failed requests: {s['failed_requests']}.",
         "",
     ]
+    roof = r.get("roofline")
+    if roof:
+        ts, best, ra = roof["thread_settings"], roof["best"], s["ratios"]
+        lines += [
+            f"Engine roofline of the same run (`utpm bench roofline`, {roof['seconds_per_row']:g} s per row, "
+            f"{ts['batch_workers']} threads, no HTTP): best {best['users_per_s']:,.1f} users/s at batch "
+            f"{best['batch']} ({best['cpu_ms_per_user']:.3f} ms CPU per user). POST at {s['compare_users']} users "
+            f"(locust) is {_fmt(ra.get('post_vs_roofline'), 3)} of it, "
+            f"{_fmt(ra.get('post_vs_roofline_at_formed_batch'), 3)} of the roofline at the batch size the service "
+            f"formed; wrk POST {_fmt(ra.get('wrk_post_vs_roofline'), 3)}.",
+            "",
+            "| batch | users/s (1 thread) | users/s (" + str(ts["batch_workers"]) + " threads) | CPU ms per user |",
+            "|---:|---:|---:|---:|",
+        ]
+        by: dict[int, dict[int, Any]] = {}
+        for x in roof["rows"]:
+            by.setdefault(x["batch"], {})[x["threads"]] = x
+        for b, row in by.items():
+            one, par = row.get(1, {}), row.get(ts["batch_workers"], {})
+            lines.append(
+                f"| {b} | {_fmt(one.get('users_per_s'))} | {_fmt(par.get('users_per_s'))} | "
+                f"{_fmt(par.get('cpu_ms_per_user'), 3)} |"
+            )
+        lines.append("")
     lines += _stage_lines(r["runs"])
     prof = r.get("profile")
     if prof and "by_group_share_of_busy" in prof:
@@ -159,11 +183,81 @@ def render_ab(r: Mapping[str, Any]) -> str:
     )
 
 
+def render_roofline(r: Mapping[str, Any]) -> str:
+    lines = [
+        f"`{r['command'] or 'utpm bench roofline'}` ({_when(r)}, {r.get('load_average_1m_end', '?')} at the end). "
+        f"Bundle {r['bundle']}; requests: {r['payloads']}; k = {r['k']}.",
+        "",
+    ]
+    e = r.get("engine")
+    if e:
+        ts = e["thread_settings"]
+        lines += [
+            f"Engine ({e['model']}, {e['tags']:,} tags; model on {e['execution_provider']}, index on the "
+            f"{e['index_device']}; ONNX Runtime {ts['ort_intra_threads']} intra-op thread, FAISS "
+            f"{ts['faiss_threads']} OpenMP thread per batch thread; {e['seconds_per_row']:g} s per row): "
+            "encode + model + index + render per user, no HTTP.",
+            "",
+            "| batch | threads | users/s | CPU ms per user | cores used "
+            "| encode ms | model ms | index ms | render ms |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for x in e["rows"]:
+            pu = x["per_user"]
+            cells = [x["users_per_s"], x["cpu_ms_per_user"], x["cores_used"]]
+            stages = [pu["encode_ms"], pu["model_ms"], pu["index_ms"], pu["render_ms"]]
+            lines.append(
+                f"| {x['batch']} | {x['threads']} | {_fmt(cells[0])} | {_fmt(cells[1], 3)} | {_fmt(cells[2], 2)} | "
+                + " | ".join(_fmt(v, 3) for v in stages)
+                + " |"
+            )
+        best = e["best"]
+        lines += [
+            "",
+            f"Best: {best['users_per_s']:,.1f} users/s at batch {best['batch']} on {ts['batch_workers']} threads "
+            f"({best['cpu_ms_per_user']:.3f} ms CPU per user).",
+            "",
+        ]
+        ab = e["faiss_openmp_ab"]
+        lines += [
+            f"A/B, batch {ab['batch']} on {ab['threads']} threads, alternated:",
+            "",
+            "| batch threads' FAISS OpenMP | median users/s | median CPU ms per user "
+            "| median index ms per user | rounds (users/s) |",
+            "|---|---:|---:|---:|---|",
+        ]
+        for name, a in ab["arms"].items():
+            rounds = ", ".join(f"{v:,.0f}" for v in a["rounds"])
+            lines.append(
+                f"| {name} | {_fmt(a['median_users_per_s'])} | {_fmt(a['median_cpu_ms_per_user'], 3)} | "
+                f"{_fmt(a['median_index_ms_per_user'], 3)} | {rounds} |"
+            )
+        lines.append("")
+    a = r.get("raw_asgi")
+    if a:
+        lines += [
+            f"Raw ASGI ceiling (`loadtest/raw_asgi.py`, wrk {a['connections']} connections, {a['duration_s']:g} s):",
+            "",
+            "| route | req/s | p50 ms | p99 ms | failed | server cores | wrk cores |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for route in ("post", "get"):
+            x = a[route]
+            lines.append(
+                f"| {route.upper()} /profile | {_fmt(x.get('rps'))} | {_fmt(x.get('p50_ms'), 2)} | "
+                f"{_fmt(x.get('p99_ms'), 2)} | {x.get('failures', '-')} | {_fmt(x.get('service_cores'), 2)} | "
+                f"{_fmt(x.get('loadgen_cores'), 2)} |"
+            )
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
 RENDERERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "serve": render_serve,
     "tune": render_tune,
     "reliability": render_reliability,
     "ab": render_ab,
+    "roofline": render_roofline,
 }
 
 

@@ -8,7 +8,11 @@ its runs and writes one JSON report. The servers:
 - `utpm-near-cache-off`: the same with `near_cache_ttl_ms=0` (every cache hit a Redis round trip);
 - `utpm-profiled`: the same under cProfile (the event-loop thread): where the Python time goes;
 - `ceiling` (`ceiling.py`): validates the same request and answers a body of the same shape without
-  computing; `naive` (`naive_peer.py`): PyTorch eager and a numpy brute-force top-K, no batching.
+  computing; `naive` (`naive_peer.py`): PyTorch eager and a numpy brute-force top-K, no batching;
+- `raw-asgi` (`raw_asgi.py`): no framework, orjson, under wrk: what HTTP allows (issue 16).
+
+Before the servers, the engine's roofline (`roofline.py`: the service's engine without HTTP, in a
+subprocess) is measured, so the report gives the service as a fraction of both in one run.
 
 Every run of the service scrapes /metrics before and after (per-stage times, batch sizes, GC
 pauses); CPU is accounted per run (`measure.CpuWindow`). docs/performance.md, "Method", says why.
@@ -17,6 +21,7 @@ pauses); CPU is accounted per run (`measure.CpuWindow`). docs/performance.md, "M
 from __future__ import annotations
 
 import itertools
+import json
 import pstats
 import re
 from collections.abc import Callable, Mapping
@@ -28,21 +33,35 @@ from typing import Any
 import httpx
 
 from loadtest.bundle import DEFAULT_ROOT, Recipe, prepare_bench_bundle
-from loadtest.drivers import locust_args, outcome_summary, run_locust, run_open_loop, run_wrk, write_bodies
+from loadtest.drivers import (
+    locust_args,
+    outcome_summary,
+    run_locust,
+    run_open_loop,
+    run_wrk,
+    write_bodies,
+    write_read_paths,
+)
 from loadtest.measure import CpuWindow, machine_info
 from loadtest.payloads import PayloadSource
 from loadtest.procs import Redis, Server
+from loadtest.roofline import RooflineConfig, engine_in_subprocess, roofline_at
 
 HERE = Path(__file__).resolve().parent
 STAGES = ("parse", "queue", "model", "index", "cache")
 Say = Callable[[str], None]
 
-# The issue's targets, at `compare_users` concurrent users.
+# The issues' targets, at `compare_users` concurrent users. The roofline and raw-ASGI ones (issue 16)
+# are judged on the bundle they name: POST vs the engine's roofline on the 1M-tag benchmark bundle,
+# POST and GET hits vs the raw ASGI ceiling on a tiny bundle (where HTTP, not the model, is the cost).
 TARGETS = {
     "post_vs_ceiling": (0.60, True),
     "post_vs_naive": (5.0, True),
     "post_p99_ms": (50.0, False),
     "get_vs_ceiling": (0.85, True),
+    "post_vs_roofline": (0.70, True),
+    "post_vs_raw_asgi": (0.15, True),
+    "get_vs_raw_asgi": (0.50, True),
 }
 
 
@@ -74,6 +93,8 @@ class BenchConfig:
     read_users: int = 10
     open_rate: float | None = None  # None: half the service's POST throughput at compare_users
     peers: bool = True
+    roofline: bool = True  # the engine's roofline (a subprocess, first) and the raw ASGI ceiling under wrk
+    roofline_s: float = 3.0  # seconds per engine row
     profile: bool = True
     profile_s: float = 15.0
     workers: int = 1
@@ -100,14 +121,21 @@ def plan(cfg: BenchConfig, naive: bool) -> list[Run]:
         Run(f"utpm/mix/{c}", "utpm", "MixedUser", c, d),
         Run("utpm/open", "utpm", "open", c, d),
         Run(f"utpm/wrk/{c}", "utpm", "wrk", c, d),
-        Run(f"utpm-near-cache-off/get/{c}", "utpm-near-cache-off", "CachedReadUser", c, d),
     ]
+    if cfg.roofline:
+        runs.append(Run(f"utpm/wrk-get/{c}", "utpm", "wrk-get", c, d))
+    runs.append(Run(f"utpm-near-cache-off/get/{c}", "utpm-near-cache-off", "CachedReadUser", c, d))
     if cfg.profile:
         runs.append(Run(f"utpm-profiled/post/{c}", "utpm-profiled", "ComputeUser", c, cfg.profile_s))
     if cfg.peers:
         runs += [
             Run(f"ceiling/post/{c}", "ceiling", "ComputeUser", c, d),
             Run(f"ceiling/get/{c}", "ceiling", "CachedReadUser", c, d),
+        ]
+    if cfg.roofline:
+        runs += [
+            Run(f"raw-asgi/wrk/{c}", "raw-asgi", "wrk", c, d),
+            Run(f"raw-asgi/wrk-get/{c}", "raw-asgi", "wrk-get", c, d),
         ]
     if cfg.peers and naive:
         runs.append(Run(f"naive/post/{c}", "naive", "ComputeUser", c, d))
@@ -278,6 +306,7 @@ def run_bench(cfg: BenchConfig, progress: Say | None = None) -> dict[str, Any]:
     source = PayloadSource.open(bundle, payloads)
     extra = locust_args(["--payloads", str(payloads)] if payloads else ["--bundle", str(bundle)], cfg.k, cfg.read_users)
     bodies = write_bodies(source, out_dir / "wrk_bodies.jsonl", cfg.k)
+    reads = write_read_paths(out_dir / "wrk_paths.txt", [f"wrk-read-{i}" for i in range(cfg.read_users)], cfg.k)
     runs: dict[str, Any] = {}
     report: dict[str, Any] = {
         "kind": "serve",
@@ -297,6 +326,10 @@ def run_bench(cfg: BenchConfig, progress: Say | None = None) -> dict[str, Any]:
         },
         "runs": runs,
     }
+    if cfg.roofline:
+        say("engine roofline (a subprocess: encode + model + index + render, no HTTP)")
+        rcfg = RooflineConfig(bundle, payloads, cfg.k, seconds=cfg.roofline_s, asgi=False)
+        report["roofline"] = engine_in_subprocess(rcfg, out_dir / "roofline.json", out_dir / "roofline.log")
     c = cfg.compare_users
     with Redis() as redis:
         env = {"bundle": bundle, "redis_url": redis.url, "log_level": "WARNING", **cfg.service_settings}
@@ -316,6 +349,7 @@ def run_bench(cfg: BenchConfig, progress: Say | None = None) -> dict[str, Any]:
                 "workers": 1,
             },
             "ceiling": {"factory": "loadtest.ceiling:create_app", "env": {"UTPM_BUNDLE": str(bundle)}},
+            "raw-asgi": {"factory": "loadtest.raw_asgi:create_app", "env": {"UTPM_BUNDLE": str(bundle)}},
             "naive": {
                 "factory": "loadtest.naive_peer:create_app",
                 "env": {"UTPM_NAIVE_RUN": str(run_dir)},
@@ -331,22 +365,34 @@ def run_bench(cfg: BenchConfig, progress: Say | None = None) -> dict[str, Any]:
                 for r in group:
                     say(f"  {r.key}: {r.load}, {r.users} users, {r.seconds:g}s")
                     before = scrape_metrics(srv.base_url) if r.server.startswith("utpm") else None
-                    runs[r.key] = _one(r, srv, cfg, extra, runs, bodies, out_dir)
+                    runs[r.key] = _one(r, srv, cfg, extra, runs, (bodies, reads), out_dir)
                     if before is not None:
                         runs[r.key]["service_metrics"] = stage_breakdown(before, scrape_metrics(srv.base_url))
         report["profile"] = summarize_profile(prof) if prof.is_file() else None
-    report["summary"] = summarize(runs, c)
+    report["summary"] = summarize(runs, c, report.get("roofline"))
     report["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     report["artifacts"] = str(out_dir)
     return report
 
 
 def _one(
-    r: Run, srv: Server, cfg: BenchConfig, extra: list[str], runs: Mapping[str, Any], bodies: Path, out: Path
+    r: Run,
+    srv: Server,
+    cfg: BenchConfig,
+    extra: list[str],
+    runs: Mapping[str, Any],
+    wrk_files: tuple[Path, Path],
+    out: Path,
 ) -> dict[str, Any]:
     prefix = out / r.key.replace("/", "_")
+    bodies, reads = wrk_files
     if r.load == "wrk":
         return run_wrk(srv, r.users, r.seconds, bodies, Path(f"{prefix}.log"))
+    if r.load == "wrk-get":  # cache hits: the read users' profiles are computed first
+        first = [json.loads(line) for line in bodies.read_text().splitlines()[: cfg.read_users]]
+        for i, body in enumerate(first):
+            httpx.post(srv.base_url + "/profile", json={**body, "user_id": f"wrk-read-{i}"}, timeout=30)
+        return run_wrk(srv, r.users, r.seconds, reads, Path(f"{prefix}.log"), method="GET")
     if r.load != "open":
         return run_locust(srv, r.load, r.users, r.seconds, prefix, extra)
     rate = cfg.open_rate or max(1.0, round((runs.get(f"utpm/post/{cfg.compare_users}", {}).get("rps") or 100) / 2))
@@ -357,8 +403,9 @@ def _one(
     return {"tool": "locust open loop", "target_rate": rate, **s, "failures": failures, **window.close()}
 
 
-def summarize(runs: Mapping[str, Any], c: int) -> dict[str, Any]:
-    """Ratios against the ceiling and the naive peer, and each target met or not."""
+def summarize(runs: Mapping[str, Any], c: int, roofline: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Ratios against the ceilings (FastAPI, raw ASGI, the engine's roofline) and the naive peer, and
+    each target met or not."""
 
     def rps(key: str) -> float | None:
         return runs.get(key, {}).get("rps")
@@ -371,8 +418,20 @@ def summarize(runs: Mapping[str, Any], c: int) -> dict[str, Any]:
         "post_vs_naive": ratio(rps(f"utpm/post/{c}"), rps(f"naive/post/{c}")),
         "get_vs_ceiling": ratio(rps(f"utpm/get/{c}"), rps(f"ceiling/get/{c}")),
         "get_near_cache_off_vs_ceiling": ratio(rps(f"utpm-near-cache-off/get/{c}"), rps(f"ceiling/get/{c}")),
+        "post_vs_raw_asgi": ratio(rps(f"utpm/wrk/{c}"), rps(f"raw-asgi/wrk/{c}")),
+        "get_vs_raw_asgi": ratio(rps(f"utpm/wrk-get/{c}"), rps(f"raw-asgi/wrk-get/{c}")),
     }
+    if roofline is not None:
+        best = roofline["best"]["users_per_s"]
+        batch = runs.get(f"utpm/post/{c}", {}).get("service_metrics", {}).get("batches", {}).get("mean_size")
+        ratios["post_vs_roofline"] = ratio(rps(f"utpm/post/{c}"), best)
+        # the roofline at the batch size the service formed (what its batching gave away is the difference)
+        ratios["post_vs_roofline_at_formed_batch"] = ratio(
+            rps(f"utpm/post/{c}"), roofline_at(roofline, batch) if batch else None
+        )
+        ratios["wrk_post_vs_roofline"] = ratio(rps(f"utpm/wrk/{c}"), best)
     values = {**ratios, "post_p99_ms": runs.get(f"utpm/post/{c}", {}).get("p99_ms")}
+    values.setdefault("post_vs_roofline", None)
     targets = {}
     for name, (bound, at_least) in TARGETS.items():
         v = values[name]

@@ -36,6 +36,7 @@ class MicroBatcher(Generic[In, Out]):
         max_pending: int,
         workers: int = 1,
         on_batch: Callable[[int], None] | None = None,
+        thread_init: Callable[[], object] | None = None,
     ) -> None:
         self.run_batch = run_batch
         self.max_batch_size = max_batch_size
@@ -44,7 +45,9 @@ class MicroBatcher(Generic[In, Out]):
         self.on_batch = on_batch
         self._queue: asyncio.Queue[tuple[In, asyncio.Future[Out]]] = asyncio.Queue()
         self._pending = 0
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="utpm-batch")
+        self._executor = ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="utpm-batch", initializer=thread_init
+        )
         self._slots = asyncio.Semaphore(workers)
         self._task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()

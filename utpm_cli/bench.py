@@ -80,6 +80,9 @@ def bench_serve_cmd(
     ] = None,
     payloads: Annotated[Path | None, typer.Option(help="JSON-lines request bodies (default: held-out users).")] = None,
     peers: Annotated[bool, typer.Option(help="Also measure the ceiling and the naive peer.")] = True,
+    roofline: Annotated[
+        bool, typer.Option(help="Also measure the engine's roofline and the raw ASGI ceiling (utpm bench roofline).")
+    ] = True,
     profile: Annotated[bool, typer.Option(help="Also profile the event loop with cProfile.")] = True,
     root: Annotated[Path, typer.Option(help="Where the benchmark bundle and the run's logs go.")] = Path(
         "artifacts/bench"
@@ -103,6 +106,7 @@ def bench_serve_cmd(
         k=k,
         open_rate=open_rate,
         peers=peers,
+        roofline=roofline,
         profile=profile,
         workers=workers,
         service_settings=_settings(settings or []),
@@ -121,6 +125,51 @@ def bench_serve_cmd(
         f"benchmarked the service in {time.perf_counter() - t0:.0f}s: {met}/{len(s['targets'])} targets met, "
         f"{s['failed_requests']} failed requests; wrote {json_out} (`utpm bench report` puts it in the docs)"
     )
+
+
+def bench_roofline_cmd(
+    bundle: Annotated[Path, typer.Argument(help="An indexed bundle (e.g. artifacts/bench/tags1000000/bundle).")],
+    payloads: Annotated[
+        Path | None, typer.Option(help="JSON-lines request bodies (default: drawn from the bundle's vocabularies).")
+    ] = None,
+    batch: Annotated[str, typer.Option(help="Batch sizes of the engine runs.")] = "1,2,4,8,16,32,64",
+    seconds: Annotated[float, typer.Option(help="Seconds per engine run (batch size x thread count).")] = 3.0,
+    k: Annotated[int, typer.Option(help="Tags per profile requested.")] = 50,
+    asgi: Annotated[bool, typer.Option(help="Also measure the raw ASGI ceiling under wrk.")] = True,
+    connections: Annotated[int, typer.Option(help="wrk connections for the raw ASGI ceiling.")] = 16,
+    duration: Annotated[float, typer.Option(help="Seconds per wrk run.")] = 10.0,
+    json_out: Annotated[Path, typer.Option("--json", help="Write the report as JSON here.")] = Path(
+        "artifacts/bench/roofline.json"
+    ),
+) -> None:
+    """The engine alone (encode + model + index + render, no HTTP) per batch size, and a raw ASGI ceiling: JSON."""
+    from loadtest.report import render_roofline
+    from loadtest.roofline import RooflineConfig, run_roofline
+
+    if not (bundle / "manifest.json").is_file():
+        fail(f"{bundle} is not a bundle (no manifest.json)")
+    sizes = _levels(batch)
+    if seconds <= 0 or duration <= 0 or connections < 1:
+        fail("--seconds and --duration must be positive and --connections at least 1")
+    cfg = RooflineConfig(
+        bundle=bundle,
+        payloads=payloads,
+        k=k,
+        batch_sizes=sizes,
+        seconds=seconds,
+        asgi=asgi,
+        connections=connections,
+        duration_s=duration,
+        command=_command_line(),
+    )
+    t0 = time.perf_counter()
+    try:
+        report = run_roofline(cfg, progress=_progress(t0))
+    except (RuntimeError, OSError, ValueError) as e:
+        fail(str(e))
+    _write(report, json_out)
+    typer.echo(render_roofline(report))
+    typer.echo(f"measured the roofline in {time.perf_counter() - t0:.0f}s; wrote {json_out}")
 
 
 def bench_tune_cmd(

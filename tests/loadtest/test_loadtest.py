@@ -127,6 +127,7 @@ def test_smoke_load_run(smoke_bundle: Path, tiny_run: Path, tmp_path: Path) -> N
         open_rate=20,
         profile=True,
         profile_s=1.0,
+        roofline_s=0.2,
         out_dir=tmp_path / "out",
         command="pytest smoke",
     )
@@ -138,7 +139,10 @@ def test_smoke_load_run(smoke_bundle: Path, tiny_run: Path, tmp_path: Path) -> N
         "utpm/mix/2",
         "utpm/open",
         "utpm/wrk/2",
+        "utpm/wrk-get/2",
         "utpm-near-cache-off/get/2",
+        "raw-asgi/wrk/2",
+        "raw-asgi/wrk-get/2",
         "utpm-profiled/post/2",
         "ceiling/post/2",
         "ceiling/get/2",
@@ -159,14 +163,54 @@ def test_smoke_load_run(smoke_bundle: Path, tiny_run: Path, tmp_path: Path) -> N
     summary = report["summary"]
     assert summary["failed_requests"] == 0
     assert summary["ratios"]["get_near_cache_off_vs_ceiling"] is not None
-    assert set(summary["targets"]) == {"post_vs_ceiling", "post_vs_naive", "post_p99_ms", "get_vs_ceiling"}
+    assert set(summary["targets"]) == {
+        "post_vs_ceiling",
+        "post_vs_naive",
+        "post_p99_ms",
+        "get_vs_ceiling",
+        "post_vs_roofline",
+        "post_vs_raw_asgi",
+        "get_vs_raw_asgi",
+    }
     assert all(t["value"] is not None for t in summary["targets"].values())
+    assert summary["ratios"]["post_vs_roofline_at_formed_batch"] is not None
+    assert report["roofline"]["best"]["users_per_s"] > 0
+    wrk_hits = runs["utpm/wrk-get/2"]["service_metrics"]["cache_hits"]
+    assert wrk_hits["count"] >= runs["utpm/wrk-get/2"]["requests"]  # every wrk GET was a hit
     assert runs["utpm/open"]["target_rate"] == 20 and runs["utpm/open"]["by_status"] == {
         "200": runs["utpm/open"]["requests"]
     }
     assert report["profile"]["by_group_share_of_busy"]
     markdown = render(json.loads(json.dumps(report)))  # as `utpm bench report` reads it back
     assert "| utpm/post/2 | 2 |" in markdown and "pytest smoke" in markdown and "open loop @ 20/s" in markdown
+    assert "Engine roofline of the same run" in markdown
+
+
+def test_roofline_measures_the_engine_per_batch_size_and_the_raw_asgi_ceiling(
+    smoke_bundle: Path, tmp_path: Path
+) -> None:
+    from loadtest.roofline import RooflineConfig, roofline_at, run_roofline
+
+    cfg = RooflineConfig(
+        smoke_bundle, k=5, batch_sizes=(1, 4), seconds=0.2, ab_rounds=2, duration_s=1.0, out_dir=tmp_path, read_users=3
+    )
+    report = run_roofline(cfg)
+    engine = report["engine"]
+    workers = engine["thread_settings"]["batch_workers"]
+    assert {(r["batch"], r["threads"]) for r in engine["rows"]} == {(b, t) for b in (1, 4) for t in {1, workers}}
+    for r in engine["rows"]:
+        assert r["users"] > 0 and r["users_per_s"] > 0 and r["cpu_ms_per_user"] > 0, r
+        assert all(v >= 0 for v in r["per_user"].values()) and r["per_user"]["model_ms"] > 0
+    assert engine["best"]["users_per_s"] == max(r["users_per_s"] for r in engine["rows"] if r["threads"] == workers)
+    assert len(engine["faiss_openmp_ab"]["arms"]) == 2
+    assert all(len(a["rounds"]) == 2 for a in engine["faiss_openmp_ab"]["arms"].values())
+    rows = {r["batch"]: r["users_per_s"] for r in engine["rows"] if r["threads"] == workers}
+    assert roofline_at(engine, 2.5) == pytest.approx((rows[1] + rows[4]) / 2)
+    for route in ("post", "get"):
+        x = report["raw_asgi"][route]
+        assert x["failures"] == 0 and x["requests"] > 0 and x["rps"] > 0, (route, x)
+    markdown = render(json.loads(json.dumps(report)))
+    assert "| 4 | " + str(workers) + " |" in markdown and "Raw ASGI ceiling" in markdown
 
 
 def test_tune_alternates_variants_and_reports_medians(smoke_bundle: Path, tmp_path: Path) -> None:

@@ -337,3 +337,25 @@ def test_hot_reload_under_concurrent_requests_fails_nothing(
     assert len(statuses) > 20
     assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
     assert len(versions) == 2
+
+
+def test_batch_threads_search_with_the_configured_faiss_threads() -> None:
+    """OpenMP's thread count is per thread: the batch threads must get FAISS_THREADS themselves."""
+    import asyncio
+
+    import faiss
+
+    from service.batching import MicroBatcher
+    from service.engine import FAISS_THREADS, init_batch_thread
+
+    async def threads_seen(init: Any) -> int:
+        batcher: MicroBatcher[int, int] = MicroBatcher(
+            lambda xs: [faiss.omp_get_max_threads() for _ in xs], 4, 0.0, 16, 2, thread_init=init
+        )
+        batcher.start()
+        try:
+            return (await batcher.submit_many([1]))[0]
+        finally:
+            await batcher.close()
+
+    assert asyncio.run(threads_seen(init_batch_thread)) == FAISS_THREADS
