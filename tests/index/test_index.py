@@ -219,3 +219,22 @@ def test_cli_index_build_and_errors(bundle_copy: Path, tmp_path: Path) -> None:
     assert res.exit_code == 2 and "unknown --kind" in res.output
     res = runner.invoke(app, ["bench", "index", "--tags", "10", "--json"])
     assert res.exit_code == 2 and "error:" in res.output
+
+
+def test_gpu_probe_reports_a_child_that_aborts_and_passes_one_that_ends() -> None:
+    """A faiss GPU build without kernels for the device aborts its process; the probe survives it."""
+    from index.gpu import probe
+
+    assert probe("import faiss") is None
+    why = probe("import os, sys\nprint('no kernel image is available', file=sys.stderr)\nos.abort()")
+    assert why is not None and "no kernel image" in why and "exit status" in why
+
+
+def test_faiss_cpu_reports_no_usable_gpu_and_indexes_stay_on_the_cpu() -> None:
+    import faiss
+
+    from index.gpu import gpu_count, to_device
+
+    assert gpu_count() == 0
+    index, on_gpu = to_device(faiss.IndexFlatIP(4))
+    assert on_gpu is False and isinstance(index, faiss.IndexFlatIP)
