@@ -11,8 +11,11 @@
 # 1. `utpm bench model --preset industrial`: ONNX Runtime's CUDA provider against PyTorch on CUDA;
 # 2. `utpm bench index --tags 1000000 --kind ivf`: exact search on the CPU and on the GPU, and IVF
 #    tuned to recall@50 >= 0.95 on the GPU, over 1M x 128 structured tags;
+#    `python -m loadtest.gpu_exact`: the same exact search with PyTorch on the GPU (a reference for
+#    when the faiss build has no kernels for the GPU, as faiss-gpu-cu12 1.14.1 on an H200);
 # 3. the benchmark bundle at $TAGS tags (trained on $TRAIN_USERS users: what a request costs does
-#    not depend on how long the model trained), then `utpm bench serve` on it at 16 and 64 users.
+#    not depend on how long the model trained), then `utpm bench serve` on it at 16 and 64 users,
+#    with ONNX Runtime on the GPU and then on the CPU cores.
 # Benchmark commands never edit the docs: `utpm bench report` renders gpu_check.json into them.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +26,7 @@ INDEX_TAGS=${INDEX_TAGS:-1000000}
 TRAIN_USERS=${TRAIN_USERS:-1024}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-5}
 ROOT=${ROOT:-artifacts/bench-gpu}
-STEPS=" ${STEPS:-model index bundle serve} "  # a subset reruns only those
+STEPS=" ${STEPS:-model index exact-torch bundle serve serve-cpu} "  # a subset reruns only those
 mkdir -p "$OUT" "$ROOT"
 UTPM=("$PY" -m utpm_cli.main)
 export PYTHONUNBUFFERED=1
@@ -72,6 +75,7 @@ step() {  # step NAME TIMEOUT_S STDOUT_FILE COMMAND...: stderr appended to $OUT/
 
 step model 90 "$OUT/model.json" "${UTPM[@]}" bench model --preset industrial --iters 200 --json
 step index 150 "$OUT/index.json" "${UTPM[@]}" bench index --tags "$INDEX_TAGS" --dim 128 --queries 2000 --kind ivf --no-peers --json
+step exact-torch 60 "$OUT/exact-torch.json" "$PY" -m loadtest.gpu_exact
 step bundle 180 "$OUT/bundle.json" "$PY" -c "
 import dataclasses, json, sys
 from pathlib import Path
@@ -80,8 +84,12 @@ recipe = dataclasses.replace(Recipe.for_tags($TAGS), train_users=$TRAIN_USERS)
 b = prepare_bench_bundle(recipe, Path('$ROOT'), progress=lambda m: print(m, file=sys.stderr, flush=True))
 print(json.dumps(b.info))
 "
-step serve 240 "$OUT/serve.md" "${UTPM[@]}" bench serve --bundle "$ROOT/tags$TAGS/bundle" --payloads "$ROOT/tags$TAGS/payloads.jsonl" \
+step serve 240 /dev/null "${UTPM[@]}" bench serve --bundle "$ROOT/tags$TAGS/bundle" --payloads "$ROOT/tags$TAGS/payloads.jsonl" \
   --root "$ROOT" --users 16,64 --duration "$SECONDS_PER_RUN" --no-peers --no-profile --json "$OUT/serve.json"
+# The same runs with ONNX Runtime on the CPU cores: what the GPU adds to the service, on one machine.
+step serve-cpu 240 /dev/null "${UTPM[@]}" bench serve --bundle "$ROOT/tags$TAGS/bundle" \
+  --payloads "$ROOT/tags$TAGS/payloads.jsonl" --root "$ROOT" --users 16,64 --duration "$SECONDS_PER_RUN" \
+  --no-peers --no-profile --set device=cpu --json "$OUT/serve-cpu.json"
 
 "$PY" - "$OUT" "${STATUS[@]}" <<'EOF'
 import json
@@ -104,7 +112,9 @@ report = {
     "model": read("model"),
     "index": read("index"),
     "bundle": read("bundle"),
+    "exact_torch": read("exact-torch"),
     "serve": read("serve"),
+    "serve_cpu": read("serve-cpu"),
 }
 (out / "gpu_check.json").write_text(json.dumps(report, indent=2))
 ok = [k for k, v in report["exit_codes"].items() if v == 0]
