@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from loadtest.gpu_report import render_gpu_check
+
 BLOCK = re.compile(r"<!-- report: (?P<path>\S+) -->\n.*?<!-- /report -->", re.S)
 STAGES = ("parse", "queue", "model", "index", "cache")
 
@@ -258,6 +260,7 @@ RENDERERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "reliability": render_reliability,
     "ab": render_ab,
     "roofline": render_roofline,
+    "gpu_check": render_gpu_check,
 }
 
 
