@@ -106,6 +106,62 @@ def evaluation_queries(bundle: Bundle, rng: np.random.Generator) -> tuple[np.nda
     return queries, {"count": len(queries), "sources": source}
 
 
+def two_stage_search(
+    bundle: Bundle, index: TagIndex, u: np.ndarray, hist_ids: np.ndarray, hist_g: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The service's search for users u (B, U) with history tags (B, Hh) and their g (0 = padding):
+    the index's top-k over the other tags by u . o_t + b_t, united with the history tags scored
+    exactly (u . o_t + b_t + g), top-k of the union -> (ids, scores) (B, k), -1 / -inf padded."""
+    from model_export.scorer import merge_two_stage, scores_at
+
+    table, bias = bundle.embeddings, np.asarray(bundle.tag_bias)
+    exclude = [row[row > 1] for row in hist_ids]
+    cand_scores, cand_ids = index.search(bundle.index_queries(u), k, exclude=exclude)
+    hist_scores = scores_at(u, table, bias, hist_ids, hist_g, hist_ids)
+    ids = np.full((len(u), k), -1, np.int64)
+    scores = np.full((len(u), k), -np.inf, np.float32)
+    for b in range(len(u)):
+        i, s = merge_two_stage(cand_ids[b], cand_scores[b], hist_ids[b], hist_scores[b], k)
+        ids[b, : len(i)], scores[b, : len(s)] = i, s
+    return ids, scores
+
+
+def two_stage_recall(bundle: Bundle, index: TagIndex, k: int) -> dict[str, Any] | None:
+    """Recall@10 and @k of `two_stage_search` against exact final scores over every tag, on the
+    held-out users the export saved with their history (heldout_history.npz); None without them."""
+    from model_export.manifest import HELDOUT_HISTORY_FILE
+    from model_export.scorer import exact_top_k, scores_at
+
+    path = bundle.path / HELDOUT_HISTORY_FILE
+    if bundle.heldout_users is None or bundle.tag_bias is None or not path.is_file():
+        return None
+    u = np.asarray(bundle.heldout_users, np.float32)
+    with np.load(path) as f:
+        hist_ids, hist_g = f["hist_ids"], f["hist_g"]
+    table, bias = bundle.embeddings, np.asarray(bundle.tag_bias)
+    _, exact_scores = exact_top_k(u, table, bias, hist_ids, hist_g, k)
+    t0 = time.perf_counter()
+    got, _ = two_stage_search(bundle, index, u, hist_ids, hist_g, k)
+    seconds = time.perf_counter() - t0
+    got_scores = scores_at(u, table, bias, hist_ids, hist_g, got)  # exact final scores of what was returned
+
+    def recall(n: int) -> float:
+        # a returned tag counts when its exact score reaches the exact n-th best: tags tied at the cut
+        # (many, when the model is near its popularity start) are all right answers
+        kth = exact_scores[:, n - 1 : n] - 1e-5 * np.maximum(1.0, np.abs(exact_scores[:, n - 1 : n]))
+        return float(np.mean(np.minimum((got_scores[:, :n] >= kth).sum(1), n) / n)) if len(u) else 1.0
+
+    return {
+        f"recall@{min(K_SMALL, k)}": round(recall(min(K_SMALL, k)), 5),
+        f"recall@{k}": round(recall(k), 5),
+        "recall_definition": "share of the returned top-k whose exact final score reaches the exact k-th best",
+        "users": len(u),
+        "history_tags_mean": round(float((hist_ids > 1).sum(1).mean()), 2) if len(u) else 0.0,
+        "users_per_s": round(len(u) / seconds, 1) if seconds > 0 else None,
+        "against": "exact u . o_t + b_t + g(phi) over every tag",
+    }
+
+
 def build_index(
     bundle: Bundle | str | Path,
     kind: str = "auto",
@@ -132,7 +188,7 @@ def build_index(
     if bundle.metric != METRIC:  # load_bundle refuses this already; the index depends on it
         raise TagIndexError(f"bundle metric {bundle.metric!r} is not {METRIC!r}")
     rng = np.random.default_rng(seed)
-    x = np.ascontiguousarray(bundle.embeddings, dtype=np.float32)  # (T, U), read into memory once
+    x = bundle.index_table()  # (T, U) or, bias folded in, (T, U + 1); read into memory once
     n_tags = len(x)
     plan = plan_index(kind, n_tags, gpu_count() if use_gpu is not False else 0)
     n_reserved = len(bundle.reserved_tag_ids)
@@ -151,6 +207,8 @@ def build_index(
     else:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         query_info = {"count": len(queries), "sources": {"given": len(queries)}}
+    if queries.shape[1] == bundle.dim:
+        queries = bundle.index_queries(queries)  # [u, 1] . [o_t, b_t] when the bias is folded in
     _, exact_ids = TagIndex.exact(x, n_reserved).search(queries, k)
     if plan.search_param is not None:
         tune_rows, eval_rows = np.arange(0, len(queries), 2), np.arange(1, len(queries), 2)
@@ -161,6 +219,10 @@ def build_index(
     params, met, table = tune(index, plan, on_gpu, n_tags, queries[tune_rows], exact_ids[tune_rows], k, target_recall)
     apply_search_params(index, params, on_gpu)
     result = measure(TagIndex(index, on_gpu=on_gpu), queries[eval_rows], exact_ids[eval_rows], k)
+    two_stage = None
+    if bundle.has_history:
+        say("measuring the two-stage search (ANN + history tags) against exact final scores")
+        two_stage = two_stage_recall(bundle, TagIndex(index, on_gpu=on_gpu), k)
 
     cpu_index = to_cpu(index, on_gpu)
     # Infos go first so that a crash in between leaves no infos rather than stale ones.
@@ -170,7 +232,7 @@ def build_index(
     os.replace(tmp, bundle.path / INDEX_FILE)
     infos = IndexInfos(
         bundle_version=bundle.version,
-        dim=bundle.dim,
+        dim=bundle.index_dim,
         metric=METRIC,
         kind=plan.kind,
         factory=plan.factory,
@@ -185,6 +247,7 @@ def build_index(
         search_qps=round(result["qps"], 1),
         tuning=table,
         gpu=on_gpu,
+        two_stage=two_stage,
         faiss_version=faiss.__version__,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )

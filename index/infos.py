@@ -23,7 +23,8 @@ INFOS_FILE = "index_infos.json"
 class IndexInfos:
     """bundle_version, dim, metric: the bundle the index was built from (checked at load).
     factory: the faiss factory string; params: the tuned search parameter ({"nprobe": 16}, {} for
-    flat); recall: {"recall@10": .., "recall@50": ..} against exact search on `queries`."""
+    flat); recall: {"recall@10": .., "recall@50": ..} against exact search on `queries`; a utpm-hist
+    bundle's index holds [o_t, b_t] (dim U + 1) and `two_stage` the served search's recall."""
 
     bundle_version: str
     dim: int
@@ -41,6 +42,9 @@ class IndexInfos:
     search_qps: float | None = None
     tuning: list[dict[str, float]] = field(default_factory=list)
     gpu: bool = False
+    # utpm-hist bundles: recall@10/@50 of the served two-stage search (ANN candidates over [o_t, b_t]
+    # plus the history tags scored exactly) against exact final scores over every tag
+    two_stage: dict[str, Any] | None = None
     faiss_version: str = ""
     created_at: str = ""
 

@@ -118,8 +118,8 @@ class TagIndex:
             )
         if infos.metric != METRIC:
             raise IndexMismatchError(f"the index metric is {infos.metric!r}, the bundle's is {METRIC!r}; {rebuild}")
-        if infos.dim != bundle.dim:
-            raise IndexMismatchError(f"the index has dimension {infos.dim}, the bundle {bundle.dim}; {rebuild}")
+        if infos.dim != bundle.index_dim:
+            raise IndexMismatchError(f"the index has dimension {infos.dim}, the bundle {bundle.index_dim}; {rebuild}")
         path = bundle.path / INDEX_FILE
         if not path.is_file():
             raise TagIndexError(f"{path} is missing; {rebuild}")
@@ -127,8 +127,8 @@ class TagIndex:
             index = faiss.read_index(str(path))
         except RuntimeError as e:
             raise TagIndexError(f"{path}: cannot read: {str(e).splitlines()[0]}") from None
-        if index.d != bundle.dim:
-            raise IndexMismatchError(f"{path} has dimension {index.d}, the bundle {bundle.dim}; {rebuild}")
+        if index.d != bundle.index_dim:
+            raise IndexMismatchError(f"{path} has dimension {index.d}, the bundle {bundle.index_dim}; {rebuild}")
         if index.metric_type != faiss.METRIC_INNER_PRODUCT:
             raise IndexMismatchError(f"{path} does not use inner product (faiss metric {index.metric_type}); {rebuild}")
         if index.ntotal != bundle.manifest.tag_count:

@@ -39,7 +39,8 @@ def create_app(run_dir: str | Path | None = None) -> FastAPI:
     @app.post("/profile")
     async def post_profile(body: ProfileRequest) -> JSONResponse:
         k = body.k or 50
-        batch = encoder.encode([body.features])
+        # {value: count} objects give their values (the paper's model takes no counts)
+        batch = encoder.encode([{f: list(v) if isinstance(v, dict) else v for f, v in body.features.items()}])
         with torch.no_grad():
             u = model(
                 [torch.from_numpy(batch.ids[f]) for f in encoder.field_names],

@@ -16,8 +16,10 @@ import numpy as np
 
 from model_export.errors import BundleError
 from model_export.manifest import (
+    BIAS_FILE,
     EMBEDDINGS_FILE,
     ENCODER_DIR,
+    HISTORY_ARRAYS_FILE,
     METRIC,
     ONNX_FILE,
     RESERVED_TAG_IDS,
@@ -27,6 +29,7 @@ from model_export.manifest import (
     file_sha256,
 )
 from utpm.features.encoding import FeatureEncoder
+from utpm.features.history import HistoryEncoder
 from utpm.features.vocab import Vocabulary
 
 
@@ -44,6 +47,38 @@ class Bundle:
     tags: Vocabulary
     embeddings: np.ndarray
     heldout_users: np.ndarray | None
+    # utpm-hist: b_t (n_tags,) float32, memory-mapped; None for the paper's models (no bias)
+    tag_bias: np.ndarray | None = None
+
+    @property
+    def has_history(self) -> bool:
+        """True for the default model's bundle: scores are u . o_t + b_t + g(phi) (two-stage search)."""
+        return self.manifest.scorer is not None
+
+    @property
+    def index_dim(self) -> int:
+        """Dimension of the vectors the tag index holds: U, or U + 1 with the bias folded in ([o_t, b_t])."""
+        return self.dim + (1 if self.tag_bias is not None else 0)
+
+    def index_table(self) -> np.ndarray:
+        """(n_tags, index_dim) float32 in memory: o_t, or [o_t, b_t] so that [u, 1] . [o_t, b_t] = u . o_t + b_t."""
+        x = np.asarray(self.embeddings, dtype=np.float32)
+        if self.tag_bias is None:
+            return np.ascontiguousarray(x)
+        return np.ascontiguousarray(np.hstack([x, np.asarray(self.tag_bias, np.float32)[:, None]]))
+
+    def index_queries(self, u: np.ndarray) -> np.ndarray:
+        """User vectors (B, U) as index queries: [u, 1] when the bias is folded in."""
+        u = np.asarray(u, dtype=np.float32)
+        if self.tag_bias is None:
+            return np.ascontiguousarray(u)
+        return np.ascontiguousarray(np.hstack([u, np.ones((len(u), 1), np.float32)]))
+
+    def history_encoder(self) -> HistoryEncoder:
+        """The features of the history path, as training computed them (utpm-hist bundles only)."""
+        if self.manifest.scorer is None:
+            raise BundleError(f"bundle {self.path} is not a utpm-hist bundle: it has no history path")
+        return load_history_encoder(self.path, self.encoder, self.tags, self.manifest.scorer)
 
     @property
     def version(self) -> str:
@@ -74,6 +109,22 @@ class Bundle:
         if info is None:
             raise BundleError(f"bundle {self.path} has no {variant!r} variant; it has {sorted(self.manifest.variants)}")
         return self.path / str(info["file"])
+
+
+def load_history_encoder(
+    root: Path, encoder: FeatureEncoder, tags: Vocabulary, scorer: dict[str, object]
+) -> HistoryEncoder:
+    """HistoryEncoder of a run or bundle directory: the vocabularies, the settings in `scorer`, and
+    whatever per-tag arrays it exported (`HistoryEncoder.to_arrays` -> history_encoder.npz, read back by
+    `HistoryEncoder.from_arrays(encoder, tags, max_history_tags, arrays)`), so new features need no
+    serving change."""
+    max_tags = int(scorer.get("max_history_tags", 1000))  # type: ignore[call-overload]
+    arrays_file = root / HISTORY_ARRAYS_FILE
+    if arrays_file.is_file() and hasattr(HistoryEncoder, "from_arrays"):
+        with np.load(arrays_file, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+        return HistoryEncoder.from_arrays(encoder, tags, max_tags, arrays)  # type: ignore[attr-defined,unused-ignore]
+    return HistoryEncoder(encoder, tags, max_tags)
 
 
 def _verify_files(root: Path, manifest: Manifest, verify_hashes: bool) -> None:
@@ -147,4 +198,15 @@ def load_bundle(path: str | Path, *, verify_hashes: bool = True) -> Bundle:
                 f"{root}: held-out user embeddings are {heldout.dtype} {heldout.shape}, "
                 f"expected float32 (n, {manifest.user_dim})"
             )
-    return Bundle(root, manifest, encoder, tags, embeddings, heldout)
+    bias = None
+    if manifest.scorer is not None:
+        bias_file = str(manifest.scorer.get("bias_file", BIAS_FILE))
+        try:
+            bias = np.load(root / bias_file, mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise BundleError(f"{root / bias_file}: cannot read: {e}") from None
+        if bias.dtype != np.float32 or bias.shape != (manifest.tag_count,):
+            raise BundleError(
+                f"{root / bias_file}: {bias.dtype} {bias.shape}, expected float32 ({manifest.tag_count},)"
+            )
+    return Bundle(root, manifest, encoder, tags, embeddings, heldout, bias)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model_export.manifest import ids_input, mask_input
+from model_export.manifest import HIST_FEATS_INPUT, HIST_MASK_INPUT, counts_input, ids_input, mask_input
 from utpm.features.encoding import EncodedBatch
 
 
@@ -39,3 +39,24 @@ class TowerOutputs:
         if len(outputs) != len(field_names) + 2:
             raise ValueError(f"expected {len(field_names) + 2} outputs, got {len(outputs)}")
         return cls(outputs[0], dict(zip(field_names, outputs[1:-1], strict=True)), outputs[-1])
+
+
+def history_feed(
+    input_names: Sequence[str],
+    field_names: Sequence[str],
+    ids: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    counts: Sequence[np.ndarray],
+    hist_feats: np.ndarray,
+    hist_mask: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """The feed of the default model's scorer graph (utpm-hist): per field ids, mask, counts (fields in
+    model order), then `hist_feats` (B, Hh, P) and `hist_mask` (B, Hh). Only the graph's own inputs
+    are fed: an input the model does not use (counts when switched off) is not in the graph."""
+    arrays: dict[str, np.ndarray] = {HIST_FEATS_INPUT: hist_feats, HIST_MASK_INPUT: hist_mask}
+    for f, name in enumerate(field_names):
+        arrays[ids_input(name)] = ids[f]
+        arrays[mask_input(name)] = masks[f]
+        arrays[counts_input(name)] = counts[f]
+    dtypes = {n: (np.int64 if n.endswith("_ids") else np.float32) for n in arrays}
+    return {n: np.ascontiguousarray(arrays[n], dtype=dtypes[n]) for n in input_names}

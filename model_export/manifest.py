@@ -11,6 +11,12 @@ A bundle directory:
     tags.json              the tag vocabulary (id -> tag string)
     encoder/               fields.json + one vocab_<field>.json per input field (raw string -> id)
     heldout_users.npy      (n, U) float32 user embeddings of held-out users, for index recall checks
+A bundle of the default model (utpm-hist, `scorer` in the manifest) also holds:
+    tag_bias.npy           (n_tags,) float32 b_t; tag_embeddings.npy is then the output table o_t
+    heldout_history.npz    the held-out users' history tags and g(phi), for the two-stage recall check
+    history_encoder.npz    optional: per-tag arrays the history features need (HistoryEncoder.to_arrays)
+and its model.onnx is the whole scorer: inputs `<field>_ids`, `<field>_mask`, `<field>_counts`,
+`hist_feats` (B, Hh, P), `hist_mask` (B, Hh); outputs as above plus `history_scores` (B, Hh) = g(phi).
 
 The version is derived from the bytes of every listed file, so two bundles with the same version
 hold the same model, vocabularies and embeddings, and anything built from one (an index, a cache)
@@ -45,6 +51,12 @@ REFERENCE_USERS = 32
 RESERVED_TAG_IDS = (0, 1)  # padding, out-of-vocabulary: never a profile's tag
 
 USER_EMBEDDING_OUTPUT = "user_embedding"
+HISTORY_SCORES_OUTPUT = "history_scores"
+HIST_FEATS_INPUT = "hist_feats"
+HIST_MASK_INPUT = "hist_mask"
+BIAS_FILE = "tag_bias.npy"
+HELDOUT_HISTORY_FILE = "heldout_history.npz"
+HISTORY_ARRAYS_FILE = "history_encoder.npz"
 MERGE_ATTENTION_OUTPUT = "attn_merge"
 
 
@@ -56,6 +68,11 @@ def ids_input(field_name: str) -> str:
 def mask_input(field_name: str) -> str:
     """ONNX input name of a field's mask, (B, H_f) float32."""
     return f"{field_name}_mask"
+
+
+def counts_input(field_name: str) -> str:
+    """ONNX input name of a field's value counts (utpm-hist), (B, H_f) float32."""
+    return f"{field_name}_counts"
 
 
 def attention_output(field_name: str) -> str:
@@ -138,6 +155,9 @@ class Manifest:
     files: dict[str, str]
     heldout_users: dict[str, Any] | None = None
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # utpm-hist only: {"kind", "inputs", "outputs", "max_history_tags", "phi_names", files...}; None for
+    # the paper's models (a bundle without it is scored by u . t alone)
+    scorer: dict[str, Any] | None = None
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -147,11 +167,15 @@ class Manifest:
 
     @property
     def input_names(self) -> list[str]:
-        """ONNX inputs in order: ids then mask of each field, fields in model order."""
+        """ONNX inputs in order: ids then mask of each field, fields in model order (utpm-hist: as recorded)."""
+        if self.scorer is not None:
+            return [str(n) for n in self.scorer["inputs"]]
         return [n for f in self.fields for n in (ids_input(f.name), mask_input(f.name))]
 
     @property
     def output_names(self) -> list[str]:
+        if self.scorer is not None:
+            return [str(n) for n in self.scorer["outputs"]]
         return [USER_EMBEDDING_OUTPUT, *(attention_output(f.name) for f in self.fields), MERGE_ATTENTION_OUTPUT]
 
     def to_dict(self) -> dict[str, Any]:
@@ -175,6 +199,7 @@ class Manifest:
             "parity": self.parity,
             "variants": self.variants,
             "files": self.files,
+            **({"scorer": self.scorer} if self.scorer is not None else {}),
         }
 
     @classmethod
@@ -217,6 +242,7 @@ class Manifest:
                 files={str(k): str(v) for k, v in files.items()},
                 heldout_users=dict(d["heldout_users"]) if d.get("heldout_users") else None,
                 variants={str(k): dict(v) for k, v in (d.get("variants") or {}).items()},
+                scorer=dict(d["scorer"]) if d.get("scorer") else None,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise BundleError(f"manifest is malformed: {type(e).__name__}: {e}") from None

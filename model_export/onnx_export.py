@@ -68,6 +68,7 @@ from model_export.session import SessionConfig, build_session, check_signature
 from model_export.variants import VARIANTS, make_variant
 from utpm.features.encoding import EncodedBatch, FeatureEncoder, RawFeatures
 from utpm.features.spec import FieldSpec
+from utpm.models.history import HISTORY_MODEL
 from utpm.models.user_model import UserModel
 
 log = logging.getLogger(__name__)
@@ -308,6 +309,25 @@ def export_bundle(
         run = load_run(run_path)
     except (FileNotFoundError, KeyError, ValueError, RuntimeError) as e:
         raise ExportError(f"cannot load run {run_path}: {e}") from None
+    if run.config.get("model") == HISTORY_MODEL:  # the default model: the whole scorer, gated on final scores
+        if variants:
+            raise ExportError("fp16/int8 variants are not built for utpm-hist bundles yet")
+        from model_export.history_export import export_history_bundle
+
+        return export_history_bundle(
+            run,
+            out,
+            data=Path(data) if data is not None else None,
+            synthetic_inputs=synthetic_inputs,
+            opset=opset,
+            parity_users=parity_users,
+            atol=atol,
+            top_k=top_k,
+            min_agreement=min_agreement,
+            overwrite=overwrite,
+            seed=seed,
+            say=say,
+        )
     model, encoder = run.model, run.encoder
     rng = np.random.default_rng(seed)
 

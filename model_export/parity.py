@@ -20,11 +20,14 @@ from typing import Any
 import numpy as np
 
 from utpm.features.encoding import EncodedBatch, FeatureEncoder, RawFeatures
+from utpm.features.history import HistoryBatch, HistoryEncoder
 from utpm.features.spec import FieldKind
 
 Runner = Callable[[EncodedBatch], list[np.ndarray]]
 
 PARITY_ATOL = 1e-4
+# final scores add b_t and g(phi) (up to tens) to u . o_t: float32 rounding grows with them
+SCORE_ATOL = 1e-3
 TOP_K = 50
 MIN_AGREEMENT = 0.99
 CHUNK = 256  # users per runner call: the batch size the service batches up to
@@ -108,14 +111,177 @@ def parity_cases(encoder: FeatureEncoder, heldout: Sequence[RawFeatures], rng: n
                 user[spec.name] = [known[int(j)] for j in rng.integers(0, len(known), count)]
         longer.append(user)
     return [
-        ParityCase("heldout", encoder.encode(users), f"{len(users)} held-out users"),
-        ParityCase("batch_1", encoder.encode(users[:1]), "one user"),
-        ParityCase("batch_256", encoder.encode(cycled), "256 held-out users (cycled if fewer)"),
-        ParityCase("empty_field", encoder.encode(empty_field), "each user misses one field"),
-        ParityCase("all_empty", encoder.encode([{} for _ in range(8)]), "every field empty"),
-        ParityCase("all_oov", encoder.encode(oov), "every value out of vocabulary"),
-        ParityCase("longer_than_max", encoder.encode(longer), "3 x max length values per field"),
+        ParityCase(name, encoder.encode(raw), description)
+        for name, raw, description in raw_cases(users, cycled, empty_field, oov, longer)
     ]
+
+
+def raw_cases(
+    users: list[Any], cycled: list[Any], empty_field: list[Any], oov: list[Any], longer: list[Any]
+) -> list[tuple[str, list[Any], str]]:
+    return [
+        ("heldout", users, f"{len(users)} held-out users"),
+        ("batch_1", users[:1], "one user"),
+        ("batch_256", cycled, "256 held-out users (cycled if fewer)"),
+        ("empty_field", empty_field, "each user misses one field"),
+        ("all_empty", [{} for _ in range(8)], "every field empty"),
+        ("all_oov", oov, "every value out of vocabulary"),
+        ("longer_than_max", longer, "3 x max length values per field"),
+    ]
+
+
+@dataclass
+class HistoryCase:
+    """A named set of users encoded by the HistoryEncoder exactly as serving will (utpm-hist)."""
+
+    name: str
+    batch: HistoryBatch
+    description: str = ""
+
+
+def history_parity_cases(
+    henc: HistoryEncoder, heldout: Sequence[RawFeatures], rng: np.random.Generator
+) -> list[HistoryCase]:
+    """`parity_cases`' users through the history encoder (requests parsed with `parse_field`), plus
+    `counts`: held-out users whose multi fields come as {value: count} objects, counts 1..50 and one
+    huge (clamped)."""
+    encoder = henc.encoder
+    if not heldout:
+        raise ValueError("parity needs at least one held-out user")
+    users = [dict(u) for u in heldout]
+    names = encoder.field_names
+    cycled = [users[i % len(users)] for i in range(CHUNK)]
+    empty_field = []
+    for j in range(min(64, max(len(users), len(names)))):
+        u = dict(users[j % len(users)])
+        u.pop(names[j % len(names)], None)
+        empty_field.append(u)
+    oov = [
+        {n: [f"\x00unseen-{n}-{i}-{v}" for v in range(encoder.spec(n).max_len + 2)] for n in names} for i in range(8)
+    ]
+    longer: list[dict[str, Any]] = []
+    for _ in range(16):
+        user: dict[str, Any] = {}
+        for spec in encoder.specs:
+            known = encoder.vocabs[spec.name].tokens[2:]
+            if known:
+                count = 3 * spec.max_len if spec.kind is FieldKind.MULTI else 3
+                user[spec.name] = [known[int(j)] for j in rng.integers(0, len(known), count)]
+        longer.append(user)
+    counted: list[dict[str, Any]] = []
+    for j, u in enumerate(users[:64]):
+        c: dict[str, Any] = {}
+        for name, values in u.items():
+            if encoder.spec(name).kind is FieldKind.MULTI and isinstance(values, list):
+                c[name] = {v: float(rng.integers(1, 51)) for v in values}
+                if values and j == 0:
+                    c[name][values[-1]] = 1e12
+            else:
+                c[name] = values
+        counted.append(c)
+    raw = [*raw_cases(users, cycled, empty_field, oov, longer), ("counts", counted, "{value: count} objects")]
+    return [HistoryCase(name, henc.encode([henc.parse(x) for x in r]), d) for name, r, d in raw]
+
+
+def slice_history(b: HistoryBatch, lo: int, hi: int) -> HistoryBatch:
+    """Users lo..hi, their history columns cut to the longest history among them (at least 1)."""
+    hh = max(1, int(b.hist_mask[lo:hi].sum(1).max(initial=0)))
+    return HistoryBatch(
+        [x[lo:hi] for x in b.ids],
+        [x[lo:hi] for x in b.masks],
+        [x[lo:hi] for x in b.counts],
+        b.hist_ids[lo:hi, :hh],
+        b.hist_feats[lo:hi, :hh],
+        b.hist_mask[lo:hi, :hh],
+    )
+
+
+HistoryRunner = Callable[[HistoryBatch], list[np.ndarray]]
+
+
+def compare_history_case(
+    case: HistoryCase,
+    reference: Sequence[np.ndarray],
+    candidate: Sequence[np.ndarray],
+    table: np.ndarray,
+    bias: np.ndarray,
+    top_k: int,
+) -> CaseResult:
+    """reference: [u, attention..., g, top ids, top scores] (PyTorch's own final scores);
+    candidate: [u, attention..., g] (ONNX), whose final scores are computed as the service does."""
+    from model_export.scorer import exact_top_k, scores_at
+
+    u_ref, u_cand = np.asarray(reference[0], np.float32), np.asarray(candidate[0], np.float32)
+    du = float(np.max(np.abs(u_ref - u_cand))) if u_ref.size else 0.0
+    if not np.isfinite(u_cand).all():
+        du = float("inf")
+    n_att = len(candidate) - 2
+    da = 0.0
+    for a, b in zip(reference[1 : 1 + n_att], candidate[1 : 1 + n_att], strict=True):
+        if a.size:
+            da = max(da, float(np.max(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)))))
+    mask = case.batch.hist_mask
+    g_ref = np.asarray(reference[1 + n_att], np.float32) * mask
+    g_cand = np.asarray(candidate[1 + n_att], np.float32) * mask
+    dg = float(np.max(np.abs(g_ref - g_cand))) if g_ref.size else 0.0
+    if not np.isfinite(g_cand).all():
+        dg = float("inf")
+    hist_ids = case.batch.hist_ids
+    ref_ids, ref_scores = np.asarray(reference[-2]), np.asarray(reference[-1], np.float32)
+    cand_ids, cand_scores = exact_top_k(u_cand, table, bias, hist_ids, g_cand, top_k)
+    # Same set, or the same scores down the list: tags tied in score (a popularity start has many)
+    # may be cut at the k-th place in either order without changing the profile's quality.
+    tied = np.all(np.abs(cand_scores - ref_scores) <= SCORE_ATOL, axis=1)
+    agree = same_sets(ref_ids, cand_ids) | tied
+    got = scores_at(u_cand, table, bias, hist_ids, g_cand, ref_ids)
+    ds = float(np.max(np.abs(got - ref_scores))) if ref_scores.size else 0.0
+    if not np.isfinite(ds):
+        ds = float("inf")
+    return CaseResult(case.name, len(u_ref), du, da, int(agree.sum()), dg, ds)
+
+
+def check_history_parity(
+    cases: Sequence[HistoryCase],
+    reference: HistoryRunner,
+    candidate: HistoryRunner,
+    table: np.ndarray,
+    bias: np.ndarray,
+    *,
+    atol: float = PARITY_ATOL,
+    score_atol: float = SCORE_ATOL,
+    top_k: int = TOP_K,
+    min_agreement: float = MIN_AGREEMENT,
+    chunk: int = CHUNK,
+) -> ParityReport:
+    """`check_parity` for the whole scorer: u, g(phi), and final scores and top-k against PyTorch's."""
+    results: list[CaseResult] = []
+    outputs: dict[str, list[np.ndarray]] = {}
+    for case in cases:
+        for lo in range(0, case.batch.size, chunk):
+            sub = HistoryCase(case.name, slice_history(case.batch, lo, lo + chunk))
+            ref, cand = reference(sub.batch), candidate(sub.batch)
+            r = compare_history_case(sub, ref, cand, table, bias, top_k)
+            results.append(r)
+            if case.name == "heldout":  # kept for the bundle's held-out users (index recall checks)
+                outputs.setdefault("heldout", []).append(cand[0])
+                outputs.setdefault("heldout_g", []).append(cand[-1] * sub.batch.hist_mask)
+                outputs.setdefault("heldout_hist_ids", []).append(sub.batch.hist_ids)
+    merged: dict[str, CaseResult] = {}
+    for r in results:
+        m = merged.get(r.name)
+        if m is None:
+            merged[r.name] = r
+            continue
+        merged[r.name] = CaseResult(
+            r.name,
+            m.users + r.users,
+            max(m.max_abs_diff_u, r.max_abs_diff_u),
+            max(m.max_abs_diff_attention, r.max_abs_diff_attention),
+            m.agreeing_users + r.agreeing_users,
+            max(m.max_abs_diff_history, r.max_abs_diff_history),
+            max(m.max_abs_diff_score, r.max_abs_diff_score),
+        )
+    return ParityReport(list(merged.values()), atol, top_k, min_agreement, outputs, score_atol)
 
 
 def slice_batch(batch: EncodedBatch, lo: int, hi: int) -> EncodedBatch:
@@ -138,6 +304,9 @@ class CaseResult:
     max_abs_diff_u: float
     max_abs_diff_attention: float
     agreeing_users: int
+    # utpm-hist: g(phi) of the history tags, and the final scores of the reference's top-k tags
+    max_abs_diff_history: float = 0.0
+    max_abs_diff_score: float = 0.0
 
     @property
     def top_k_agreement(self) -> float:
@@ -149,6 +318,8 @@ class CaseResult:
             "max_abs_diff_u": self.max_abs_diff_u,
             "max_abs_diff_attention": self.max_abs_diff_attention,
             "top_k_agreement": self.top_k_agreement,
+            "max_abs_diff_history": self.max_abs_diff_history,
+            "max_abs_diff_score": self.max_abs_diff_score,
         }
 
 
@@ -161,10 +332,19 @@ class ParityReport:
     top_k: int
     min_agreement: float
     outputs: dict[str, list[np.ndarray]] = field(default_factory=dict, repr=False)
+    score_atol: float = SCORE_ATOL
 
     @property
     def max_abs_diff_u(self) -> float:
         return max(c.max_abs_diff_u for c in self.cases)
+
+    @property
+    def max_abs_diff_history(self) -> float:
+        return max(c.max_abs_diff_history for c in self.cases)
+
+    @property
+    def max_abs_diff_score(self) -> float:
+        return max(c.max_abs_diff_score for c in self.cases)
 
     @property
     def max_abs_diff_attention(self) -> float:
@@ -177,7 +357,12 @@ class ParityReport:
 
     @property
     def passed(self) -> bool:
-        return self.max_abs_diff_u <= self.atol and self.top_k_agreement >= self.min_agreement
+        return (
+            self.max_abs_diff_u <= self.atol
+            and self.max_abs_diff_history <= self.atol
+            and self.max_abs_diff_score <= self.score_atol
+            and self.top_k_agreement >= self.min_agreement
+        )
 
     def failure(self) -> str | None:
         """One sentence naming the worst case, or None when parity holds."""
@@ -187,6 +372,8 @@ class ParityReport:
         disagree = min(self.cases, key=lambda c: c.top_k_agreement)
         return (
             f"max |u_torch - u_onnx| = {self.max_abs_diff_u:.3g} (limit {self.atol:g}, worst case {worst.name!r}); "
+            f"max |g| diff {self.max_abs_diff_history:.3g} (limit {self.atol:g}); max final-score diff "
+            f"{self.max_abs_diff_score:.3g} (limit {self.score_atol:g}); "
             f"same top-{self.top_k} tags for {self.top_k_agreement:.2%} of users (need {self.min_agreement:.0%}; "
             f"lowest case {disagree.name!r} at {disagree.top_k_agreement:.2%})"
         )
@@ -200,6 +387,9 @@ class ParityReport:
             "max_abs_diff_u": self.max_abs_diff_u,
             "max_abs_diff_attention": self.max_abs_diff_attention,
             "top_k_agreement": self.top_k_agreement,
+            "max_abs_diff_history": self.max_abs_diff_history,
+            "max_abs_diff_score": self.max_abs_diff_score,
+            "score_atol": self.score_atol,
             "cases": {c.name: c.to_dict() for c in self.cases},
         }
 

@@ -150,6 +150,8 @@ def check_signature(session: ort.InferenceSession, manifest: Manifest) -> None:
     lengths = {f.name: f.max_len for f in manifest.fields}
     for inp in session.get_inputs():
         name = inp.name.rsplit("_", 1)[0]
+        if name not in lengths:  # utpm-hist's history inputs: their length is dynamic
+            continue
         if inp.shape[-1] != lengths[name]:
             raise BundleError(f"ONNX input {inp.name} has length {inp.shape[-1]}, manifest max_len {lengths[name]}")
     u_shape = session.get_outputs()[0].shape
@@ -167,11 +169,20 @@ def verify_reference(session: ort.InferenceSession, bundle: Bundle, atol: float 
         return None
     with np.load(path) as ref:
         feed = {}
-        for name in bundle.manifest.field_names:
-            feed[ids_input(name)] = ref[f"ids__{name}"].astype(np.int64)
-            feed[mask_input(name)] = ref[f"mask__{name}"].astype(np.float32)
+        if bundle.manifest.scorer is not None:  # utpm-hist: the whole feed was saved, and g beside u
+            feed = {k.removeprefix("feed__"): ref[k] for k in ref.files if k.startswith("feed__")}
+        else:
+            for name in bundle.manifest.field_names:
+                feed[ids_input(name)] = ref[f"ids__{name}"].astype(np.int64)
+                feed[mask_input(name)] = ref[f"mask__{name}"].astype(np.float32)
         expected = ref["u"]
-    got = session.run(["user_embedding"], feed)[0]
+        expected_g = ref["g"] if "g" in ref.files else None
+    if expected_g is not None:
+        got, got_g = session.run(["user_embedding", "history_scores"], feed)
+        got = np.concatenate([got.ravel(), (got_g * feed["hist_mask"]).ravel()])
+        expected = np.concatenate([expected.ravel(), (expected_g * feed["hist_mask"]).ravel()])
+    else:
+        got = session.run(["user_embedding"], feed)[0]
     diff = float(np.max(np.abs(got - expected))) if expected.size else 0.0
     if not np.isfinite(got).all() or diff > atol:
         raise BundleError(

@@ -1,7 +1,7 @@
 """`build_bundle`: a data source to an indexed, servable bundle, in four stages.
 
     out/data    the data set in the generic format (prepared from the source, or the source itself)
-    out/run     the training run (`utpm.training`)
+    out/run     the training run (`utpm.training`; without a config, the default model utpm-hist)
     out/bundle  the exported bundle (`model_export`) with its FAISS index (`index`)
 
 `isolate=True` runs each stage in a fresh process: at a million tags the split of 20M events and
@@ -50,7 +50,7 @@ class BuiltBundle:
 def build_bundle(
     out: Path,
     source: DataSource,
-    config: Any,  # utpm.training.TrainConfig (imported lazily: torch is loaded only to train)
+    config: Any = None,  # utpm.training.TrainConfig (imported lazily: torch is loaded only to train)
     *,
     index_kind: str | None = "auto",
     index_queries: QueryFn | None = None,
@@ -67,6 +67,10 @@ def build_bundle(
     protocol's share of test users.
     """
     say = progress or (lambda _m: None)
+    if config is None:  # the default model, utpm-hist
+        from utpm.training.history import HistoryTrainConfig
+
+        config = HistoryTrainConfig()
     out = Path(out)
     built = BuiltBundle(data=out / "data", run=out / "run", bundle=out / "bundle")
     if source.kind == "generic":
@@ -176,7 +180,11 @@ def _export(run: Path, bundle: Path, data: Path, parity_users: int, say: Say = _
     return {
         "bundle_version": manifest.bundle_version,
         "tags": manifest.tag_count - 2,  # rows 0 and 1 are padding and OOV
-        "parity": {k: manifest.parity.get(k) for k in ("max_abs_diff_u", "top_k", "top_k_agreement")},
+        "model": manifest.model.get("name"),
+        "parity": {
+            k: manifest.parity.get(k)
+            for k in ("max_abs_diff_u", "max_abs_diff_history", "max_abs_diff_score", "top_k", "top_k_agreement")
+        },
     }
 
 
@@ -186,4 +194,4 @@ def _index(bundle: Path, kind: str | None, seed: int, queries: QueryFn | None, s
     infos = build_index(
         bundle, kind=kind or "auto", seed=seed, queries=queries(bundle) if queries else None, progress=say
     )
-    return {"factory": infos.factory, "params": infos.params, "recall": infos.recall}
+    return {"factory": infos.factory, "params": infos.params, "recall": infos.recall, "two_stage": infos.two_stage}

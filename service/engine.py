@@ -20,12 +20,21 @@ import numpy as np
 
 from index.tag_index import TagIndex
 from model_export.bundle import Bundle, load_bundle
-from model_export.inputs import TowerOutputs
-from model_export.manifest import ids_input, mask_input
+from model_export.inputs import TowerOutputs, history_feed
+from model_export.manifest import (
+    HISTORY_SCORES_OUTPUT,
+    MERGE_ATTENTION_OUTPUT,
+    USER_EMBEDDING_OUTPUT,
+    attention_output,
+    ids_input,
+    mask_input,
+)
+from model_export.scorer import merge_two_stage
 from model_export.session import CUDA, SessionConfig, build_session, check_signature, verify_reference
 from service.batching import MicroBatcher
 from service.config import Settings
 from service.errors import InvalidInput, UnknownFields
+from utpm.features.history import FieldStats, HistoryEncoder, parse_field
 from utpm.features.vocab import Vocabulary
 
 log = logging.getLogger("utpm.service")
@@ -52,7 +61,10 @@ class DeviceUnavailable(ValueError):
 
 @dataclass
 class EncodedUser:
-    """One user's model input: per field a (H_f,) id row and mask row, plus what the caller asked."""
+    """One user's model input: per field a (H_f,) id row and mask row, plus what the caller asked.
+
+    utpm-hist bundles add per field the values' counts, and the user's history tags (n,) with their
+    features phi (n, P) (`HistoryEncoder`)."""
 
     ids: dict[str, np.ndarray]
     mask: dict[str, np.ndarray]
@@ -60,6 +72,9 @@ class EncodedUser:
     explain: bool
     unknown: dict[str, list[str]]
     all_unknown: bool
+    counts: dict[str, np.ndarray] | None = None
+    hist_ids: np.ndarray | None = None
+    hist_feats: np.ndarray | None = None
 
 
 @dataclass
@@ -74,6 +89,9 @@ class ComputedProfile:
     scores: np.ndarray  # (k,) float32
     timings: BatchTimings  # of the batch this user was computed in
     attention: dict[str, np.ndarray] | None = None  # field -> (heads, H_f); "__merge__" -> (heads, M)
+    # explain on a utpm-hist bundle: each returned tag's u . o_t + b_t and g(phi) (0 off history)
+    model_part: np.ndarray | None = None
+    history_part: np.ndarray | None = None
 
 
 @dataclass
@@ -83,6 +101,7 @@ class ProfileEngine:
     index: TagIndex
     settings: Settings
     batcher: MicroBatcher[EncodedUser, ComputedProfile] | None = None
+    history: HistoryEncoder | None = None  # utpm-hist bundles: the request -> history features
     _leases: int = 0
     _idle: asyncio.Event | None = None
 
@@ -99,7 +118,8 @@ class ProfileEngine:
         verify_reference(session, bundle)
         faiss.omp_set_num_threads(FAISS_THREADS)
         index = TagIndex.load(bundle, use_gpu={"auto": None, "cpu": False, "cuda": True}[settings.device])
-        engine = cls(bundle=bundle, session=session, index=index, settings=settings)
+        history = bundle.history_encoder() if bundle.has_history else None
+        engine = cls(bundle=bundle, session=session, index=index, settings=settings, history=history)
         if settings.device == "cuda" and (engine.execution_provider != CUDA or not index.on_gpu):
             raise DeviceUnavailable(
                 f"UTPM_DEVICE=cuda, but the model runs on {engine.execution_provider} and the index on the "
@@ -153,11 +173,15 @@ class ProfileEngine:
         return "; ".join(fell) or None
 
     # -- request side (event loop) ------------------------------------------------------------
-    def encode(self, features: Mapping[str, Sequence[str] | str], k: int, explain: bool) -> EncodedUser:
+    def encode(
+        self, features: Mapping[str, Sequence[str] | str | Mapping[str, float]], k: int, explain: bool
+    ) -> EncodedUser:
         """Map one request's raw strings to ids exactly as training did.
 
-        Unknown field names -> UnknownFields (422) listing the valid ones. Values not in a field's
-        vocabulary take the OOV bucket and are reported back.
+        A field is a value, a list of values (repeats count) or an object {value: count}. Unknown
+        field names -> UnknownFields (422) listing the valid ones; a count that is not a finite number
+        >= 0 -> InvalidInput (422); a count of 0 drops its value. Values not in a field's vocabulary
+        take the OOV bucket and are reported back.
         """
         encoder = self.bundle.encoder
         extra = [f for f in features if f not in encoder.vocabs]
@@ -167,7 +191,20 @@ class ProfileEngine:
         for name, values in features.items():
             if not isinstance(values, str) and len(values) > limit:
                 raise InvalidInput(f"field {name!r} has {len(values)} values; at most {limit} are accepted")
-        batch = encoder.encode([features])
+        # the paper's models take no counts: only {value: count} objects are parsed, to their values
+        # (count > 0, in order); lists go to the encoder as before
+        parse = features if self.history is not None else {n: v for n, v in features.items() if isinstance(v, Mapping)}
+        try:
+            stats = {name: parse_field(name, raw) for name, raw in parse.items()}
+        except ValueError as e:
+            raise InvalidInput(str(e)) from None
+        if self.history is not None:
+            return self._encode_history(stats, k, explain)
+        plain: dict[str, Sequence[str] | str] = {
+            n: (list(stats[n].values) if n in stats else v)  # type: ignore[misc]
+            for n, v in features.items()
+        }
+        batch = encoder.encode([plain])
         known = any(bool((batch.ids[f][0] > Vocabulary.OOV).any()) for f in self.field_names)
         return EncodedUser(
             ids={f: batch.ids[f][0] for f in self.field_names},
@@ -178,12 +215,32 @@ class ProfileEngine:
             all_unknown=not known,
         )
 
+    def _encode_history(self, stats: Mapping[str, FieldStats], k: int, explain: bool) -> EncodedUser:
+        assert self.history is not None
+        b = self.history.encode([stats])
+        n = int(b.hist_mask[0].sum())  # kept history tags come first
+        names = self.field_names
+        known = any(bool((b.ids[f][0] > Vocabulary.OOV).any()) for f in range(len(names)))
+        return EncodedUser(
+            ids={f: b.ids[j][0] for j, f in enumerate(names)},
+            mask={f: b.masks[j][0] for j, f in enumerate(names)},
+            k=k,
+            explain=explain,
+            unknown=b.unknown[0],
+            all_unknown=not known,
+            counts={f: b.counts[j][0] for j, f in enumerate(names)},
+            hist_ids=b.hist_ids[0, :n],
+            hist_feats=b.hist_feats[0, :n],
+        )
+
     def value_name(self, field_name: str, value_id: int) -> str:
         return self.bundle.encoder.vocabs[field_name].token(value_id)
 
     # -- batch side (worker threads) ----------------------------------------------------------
     def compute(self, users: Sequence[EncodedUser]) -> list[ComputedProfile]:
         """One ONNX Runtime run and one FAISS search for a batch of users."""
+        if self.history is not None:
+            return self._compute_history(users)
         t0 = time.perf_counter()
         feed: dict[str, np.ndarray] = {}
         for f in self.field_names:
@@ -206,6 +263,78 @@ class ProfileEngine:
                 attention["__merge__"] = tower.merge_attention[row]
             out.append(ComputedProfile(ids[row, : user.k][keep], scores[row, : user.k][keep], timings, attention))
         return out
+
+    def _compute_history(self, users: Sequence[EncodedUser]) -> list[ComputedProfile]:
+        """utpm-hist: one ONNX run gives u and g(phi) of each user's history tags; the two-stage
+        search takes the index's top-k over the other tags by [u, 1] . [o_t, b_t] and the history
+        tags scored exactly (u . o_t + b_t + g), and keeps the top-k of the union."""
+        t0 = time.perf_counter()
+        names = self.field_names
+        n = max(1, max(len(u.hist_ids) for u in users if u.hist_ids is not None))
+        b = len(users)
+        hist_ids = np.zeros((b, n), np.int64)
+        width = next(u.hist_feats.shape[1] for u in users if u.hist_feats is not None)  # P, as the encoder made it
+        hist_feats = np.zeros((b, n, width), np.float32)
+        hist_mask = np.zeros((b, n), np.float32)
+        for row, u in enumerate(users):
+            m = len(u.hist_ids) if u.hist_ids is not None else 0
+            if m and u.hist_ids is not None and u.hist_feats is not None:
+                hist_ids[row, :m], hist_feats[row, :m], hist_mask[row, :m] = u.hist_ids, u.hist_feats, 1.0
+        feed = history_feed(
+            self._input_names,
+            names,
+            [np.stack([u.ids[f] for u in users]) for f in names],
+            [np.stack([u.mask[f] for u in users]) for f in names],
+            [np.stack([u.counts[f] for u in users]) for f in names],  # type: ignore[index]
+            hist_feats,
+            hist_mask,
+        )
+        want_attention = any(u.explain for u in users)
+        outputs = self.session.run(None if want_attention else [USER_EMBEDDING_OUTPUT, HISTORY_SCORES_OUTPUT], feed)  # type: ignore[attr-defined]
+        named = dict(
+            zip(
+                self._output_names if want_attention else [USER_EMBEDDING_OUTPUT, HISTORY_SCORES_OUTPUT],
+                outputs,
+                strict=True,
+            )
+        )
+        u_vec, g = named[USER_EMBEDDING_OUTPUT], named[HISTORY_SCORES_OUTPUT] * hist_mask
+        t1 = time.perf_counter()
+        k = max(u.k for u in users)
+        table, bias = self.bundle.embeddings, self.bundle.tag_bias
+        assert bias is not None
+        exclude = [u.hist_ids if u.hist_ids is not None else () for u in users]
+        cand_scores, cand_ids = self.index.search(self.bundle.index_queries(u_vec), k, exclude=exclude)
+        # history tags scored exactly: u . o_h + b_h from the table, plus g
+        hist_model = np.einsum("bu,bhu->bh", u_vec, np.asarray(table[hist_ids])) + np.asarray(bias[hist_ids])
+        t2 = time.perf_counter()
+        out = []
+        for row, user in enumerate(users):
+            m = len(user.hist_ids) if user.hist_ids is not None else 0
+            ids, scores = merge_two_stage(
+                cand_ids[row], cand_scores[row], hist_ids[row, :m], hist_model[row, :m] + g[row, :m], user.k
+            )
+            attention = model_part = history_part = None
+            if user.explain:
+                attention = {f: named[attention_output(f)][row] for f in names}
+                attention["__merge__"] = named[MERGE_ATTENTION_OUTPUT][row]
+                g_of = dict(zip(hist_ids[row, :m].tolist(), g[row, :m].tolist(), strict=True))
+                history_part = np.array([g_of.get(int(t), 0.0) for t in ids], np.float32)
+                model_part = (scores - history_part).astype(np.float32)
+            out.append(
+                ComputedProfile(
+                    ids, scores.astype(np.float32), BatchTimings(t1 - t0, t2 - t1), attention, model_part, history_part
+                )
+            )
+        return out
+
+    @property
+    def _input_names(self) -> list[str]:
+        return self.bundle.manifest.input_names
+
+    @property
+    def _output_names(self) -> list[str]:
+        return self.bundle.manifest.output_names
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self, on_batch: Callable[[int], None] | None = None) -> None:

@@ -39,6 +39,12 @@ def _explanation(
             if m > 0
         ]
         fields.append({"field": name, "merge_weights": [float(w) for w in merge[:, f]], "values": values})
+    if computed.model_part is not None and computed.history_part is not None:  # utpm-hist: score = model + history
+        n = len(tags)
+        tags = [
+            {**t, "model": float(m), "history": float(h)}
+            for t, m, h in zip(tags, computed.model_part[:n].tolist(), computed.history_part[:n].tolist(), strict=True)
+        ]
     return {"heads": int(merge.shape[0]), "fields": fields, "tag_scores": tags}
 
 

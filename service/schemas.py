@@ -8,16 +8,20 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 UserId = Annotated[str, StringConstraints(min_length=1, max_length=256, strip_whitespace=True)]
 FeatureValue = Annotated[str, StringConstraints(max_length=512)]
+# strict: "3" or true is not a count (422); finiteness and sign are checked by parse_field (422)
+Count = Annotated[float, Field(strict=True)]
 
 
 class ProfileRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     user_id: UserId = Field(description="The user the profile is for (cache key).")
-    features: dict[str, list[FeatureValue] | FeatureValue] = Field(
+    features: dict[str, list[FeatureValue] | FeatureValue | dict[FeatureValue, Count]] = Field(
         default_factory=dict,
-        description="Raw feature values per field, oldest first; a single value may be given bare. "
-        "Lists longer than a field's max length keep the most recent (last) values.",
+        description="Raw feature values per field, oldest first; a single value may be given bare. A value "
+        "may repeat (each occurrence counts once), or a field may be an object {value: count} (keys oldest "
+        "first; counts finite numbers >= 0, 0 drops the value, counts above 1e6 count as 1e6). The paper's "
+        "models keep the most recent distinct values; the default model keeps the most frequent.",
     )
     k: int | None = Field(None, ge=1, description="Number of tags (default from settings, at most max_k).")
     explain: bool = Field(False, description="Also return attention weights and each tag's score.")
@@ -50,10 +54,19 @@ class FieldExplanation(BaseModel):
     values: list[FeatureWeight]
 
 
+class TagScoreParts(TagScore):
+    model: float | None = Field(
+        None, description="utpm-hist: the model part u . o_t + b_t of the score (null for the paper's models)."
+    )
+    history: float | None = Field(
+        None, description="utpm-hist: the history part g(phi) (0 for a tag not in the user's history)."
+    )
+
+
 class Explanation(BaseModel):
     heads: int
     fields: list[FieldExplanation]
-    tag_scores: list[TagScore]
+    tag_scores: list[TagScoreParts]
 
 
 class ProfileResponse(BaseModel):

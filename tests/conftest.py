@@ -70,6 +70,29 @@ def tiny_bundle(tiny_built: BuiltBundle) -> Path:
     return tiny_built.bundle
 
 
+def hist_config(epochs: int = 1, seed: int = 0) -> Any:
+    """The default model (utpm-hist) at small sizes, asked for through a plain TrainConfig as a caller
+    of `pipeline.build_bundle` would: `trainer.train` dispatches it to the history trainer."""
+    from utpm.training.history import history_preset
+    from utpm.training.trainer import TrainConfig
+
+    preset = history_preset("tiny", dim=16, max_values=20)
+    return TrainConfig(model="utpm-hist", loss="softmax", preset=preset, epochs=epochs, seed=seed, augment_cuts=())
+
+
+@pytest.fixture(scope="session")
+def hist_built(movielens_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> BuiltBundle:
+    """The default model through the pipeline on the vendored MovieLens, exported and indexed (flat).
+    Read-only: tests that change it copy it first."""
+    out = tmp_path_factory.mktemp("hist")
+    return build_bundle(out, DataSource("generic", movielens_dir), hist_config(), index_kind="flat")
+
+
+@pytest.fixture(scope="session")
+def hist_bundle(hist_built: BuiltBundle) -> Path:
+    return hist_built.bundle
+
+
 # --- service fixtures ----------------------------------------------------------------------------
 
 

@@ -369,44 +369,82 @@ def serve_cmd(
 REPO_DATA = Path(__file__).resolve().parent.parent / "data" / "movielens-small"
 
 
+# Two users with little in common: the default model's profiles must tell them apart (issue 12).
+DEMO_USERS: dict[str, dict[str, object]] = {
+    "family-animation": {
+        "clicked_tags": {"disney": 4, "animation": 3, "pixar": 2, "family": 1},
+        "clicked_categories": ["Animation", "Children", "Comedy"],
+    },
+    "dark-sci-fi": {
+        "clicked_tags": ["sci-fi", "atmospheric", "dark comedy", "sci-fi", "dystopia"],
+        "clicked_categories": ["Sci-Fi", "Thriller"],
+    },
+}
+
+
+def demo_profiles(bundle: Path, k: int = 5) -> dict[str, list[tuple[str, float]]]:
+    """Each `DEMO_USERS` user's top-k tags, computed by the service's engine in process."""
+    from service.config import Settings
+    from service.engine import ProfileEngine
+
+    engine = ProfileEngine.load(bundle, Settings.model_validate({"bundle": str(bundle), "device": "cpu"}))
+    out = {}
+    for name, features in DEMO_USERS.items():
+        feats = {f: v for f, v in features.items() if f in engine.field_names}
+        p = engine.compute([engine.encode(feats, k, False)])[0]  # type: ignore[arg-type]
+        out[name] = [(engine.bundle.tags.token(int(t)), float(s)) for t, s in zip(p.tag_ids, p.scores, strict=True)]
+    return out
+
+
 @app.command("demo")
 def demo_cmd(
     out: Annotated[Path, typer.Option(help="Where the demo writes its data, run and bundle.")] = Path("artifacts/demo"),
     src: Annotated[Path, typer.Option(help="MovieLens directory (the vendored ml-latest-small).")] = REPO_DATA,
     port: Annotated[int, typer.Option(help="Port to serve on.")] = 8000,
     serve: Annotated[bool, typer.Option(help="Serve the bundle at the end (Ctrl-C stops).")] = True,
+    model: Annotated[str, typer.Option(help="utpm-hist (the default model) or the paper's utpm.")] = "utpm-hist",
 ) -> None:
     """The whole pipeline on the vendored MovieLens data: prepare, train, export, index, serve."""
     import json
 
     from pipeline import DataSource, build_bundle
+    from utpm.models.history import HISTORY_MODEL
     from utpm.models.presets import get_preset
     from utpm.training.trainer import TrainConfig
 
-    config = TrainConfig(model="utpm", loss="joint", preset=get_preset("movielens"), seed=0)
+    if model in (HISTORY_MODEL, "default"):
+        from utpm.training.history import HistoryTrainConfig
+
+        config: TrainConfig = HistoryTrainConfig(seed=0)
+    else:
+        try:
+            config = TrainConfig(model=model, loss="joint", preset=get_preset("movielens"), seed=0)
+        except ValueError as e:
+            fail(str(e))
     try:
         built = build_bundle(out, DataSource("movielens", src), config, progress=lambda m: typer.echo(f"  {m}"))
-    except DataError as e:
+    except (DataError, ValueError) as e:
         fail(str(e))
     train, export, index = built.stages["train"], built.stages["export"], built.stages["index"]
     test = ", ".join(f"{k} {v:.3f}" for k, v in train["test"].items())
     typer.echo(f"[1/4] prepare: {built.stages['prepare']['summary']}")
     typer.echo(f"[2/4] train: {config.model}, best epoch {train['best_epoch']}; test {test}; run in {built.run}")
+    two_stage = index.get("two_stage") or {}
+    searched = f"two-stage recall@50 {two_stage['recall@50']:.3f}" if "recall@50" in two_stage else ""
     typer.echo(
         f"[3/4] export + index: bundle {export['bundle_version']} in {built.bundle} (parity: same top-"
         f"{export['parity']['top_k']} for {export['parity']['top_k_agreement']:.1%} of users); {index['factory']}, "
-        f"recall@50 {index['recall'].get('recall@50', 1.0):.3f}"
+        f"recall@50 {index['recall'].get('recall@50', 1.0):.3f} {searched}"
     )
     bundle_dir = built.bundle
-    example = {
-        "user_id": "demo-user",
-        "k": 5,
-        "explain": False,
-        "features": {
-            "clicked_tags": ["sci-fi", "atmospheric", "dark comedy"],
-            "clicked_categories": ["Sci-Fi", "Thriller"],
-        },
-    }
+    profiles = demo_profiles(bundle_dir)
+    tops = []
+    for name, tags in profiles.items():
+        typer.echo(f"  {name} {json.dumps(DEMO_USERS[name])}\n    -> " + ", ".join(f"{t} ({s:.2f})" for t, s in tags))
+        tops.append({t for t, _ in tags})
+    shared = len(tops[0] & tops[1]) / max(1, len(tops[0] | tops[1]))
+    typer.echo(f"  the two profiles share {shared:.0%} of their tags (Jaccard)")
+    example = {"user_id": "demo-user", "k": 5, "explain": False, "features": DEMO_USERS["dark-sci-fi"]}
     curl = (
         f"curl -s -X POST http://127.0.0.1:{port}/profile -H 'content-type: application/json' "
         f"-d '{json.dumps(example)}'"

@@ -12,7 +12,14 @@ import torch
 
 from tests.datasets import synthetic_dataset
 from utpm.data.protocol import split_protocol, train_val_rows
-from utpm.features.history import PHI_NAMES, FieldStats, HistoryEncoder, parse_field, stats_from_sequence
+from utpm.features.history import (
+    PHI_NAMES,
+    FieldStats,
+    HistoryEncoder,
+    TagStats,
+    parse_field,
+    stats_from_sequence,
+)
 from utpm.models.history import HistoryOptions, build_history_model
 from utpm.models.presets import get_preset
 from utpm.training.history import (
@@ -20,6 +27,7 @@ from utpm.training.history import (
     UserSequences,
     build_history_vocabularies,
     encode_users,
+    fit_tag_stats,
     history_preset,
     rank_history,
     train_history,
@@ -117,7 +125,7 @@ def test_every_ablation_scores_all_tags_and_ignores_padded_history_slots(options
     assert torch.allclose(model.candidate_scores(u, cand, *t), s[:, 2:], atol=1e-5)
 
 
-@pytest.mark.parametrize("loss", ["softmax", "sampled", "joint"])
+@pytest.mark.parametrize("loss", ["softmax", "sampled", "joint", "bce"])
 def test_all_positive_log_trains_with_each_loss_and_the_run_reads_back(loss: str, tmp_path: Path) -> None:
     data = synthetic_dataset(n_users=16, events=20, only_positive=True)
     split = split_protocol(data, seed=0)
@@ -219,3 +227,66 @@ def test_the_paper_experiment_still_runs_with_seeds_and_renders(tmp_path: Path) 
     assert all(r["n_seeds"] == 2 for r in rows)
     text = render(result, (1, 2), None, None, None, "utpm experiment")
     assert "Table 3: cross features (joint loss)" in text and "| af2-cf | joint | blend |" in text
+
+
+def _fitted_encoder() -> tuple[HistoryEncoder, UserSequences, np.ndarray]:
+    data = synthetic_dataset(n_users=24, events=30)
+    split = split_protocol(data, seed=0)
+    rows = split.indices(test=False)
+    henc, seqs = _encoder(split, rows)
+    stats = fit_tag_stats(seqs, rows, henc.tags, HistoryOptions(neighbours=3))
+    return HistoryEncoder(henc.encoder, henc.tags, 10, stats, extra_candidates=5), seqs, rows
+
+
+def test_tag_stats_keep_the_top_m_positive_lifts_and_the_repeat_propensity() -> None:
+    # ids 2..5; users with 2 in their history go on to 3, never to 4; 5 repeats itself
+    hist = [np.array([2]), np.array([2]), np.array([2, 5]), np.array([5]), np.array([4])]
+    labels = [np.array([3]), np.array([3, 5]), np.array([3, 5]), np.array([5]), np.array([4])]
+    st = TagStats.fit(hist, labels, n_tags=6, neighbours=1, shrinkage=1.0)
+    row = slice(st.indptr[2], st.indptr[3])
+    assert st.indices[row].tolist() == [3] and st.lift[row][0] > 0  # top 1 only, 2 -> 3
+    assert st.repeat[5] > 0 > st.repeat[2] and st.repeat[3] == 0.0  # 3 never in a history
+    assert st.popular[0] in (3, 5) and set(st.popular.tolist()) == {3, 4, 5}
+    ids, score = st.transition(np.array([2, 5]), np.array([0.5, 0.5]))
+    assert 3 in ids.tolist() and 2 not in ids.tolist() and score[ids.tolist().index(3)] > 0
+
+
+def test_transition_features_are_the_same_from_a_list_and_from_value_counts() -> None:
+    henc, _, _ = _fitted_encoder()
+    assert henc.stats is not None
+    known = henc.tags.tokens[2:6]
+    as_list = henc.encode([{"clicked_tags": parse_field("clicked_tags", [known[0], known[1], known[0], known[2]])}])
+    as_dict = henc.encode([{"clicked_tags": parse_field("clicked_tags", {known[1]: 1, known[0]: 2, known[2]: 1})}])
+    k = PHI_NAMES.index("transition")
+    for b in (as_list, as_dict):
+        assert b.hist_ids.shape[1] == henc.width
+    order = [np.argsort(b.hist_ids[0][b.hist_mask[0] > 0]) for b in (as_list, as_dict)]
+    ids = [b.hist_ids[0][b.hist_mask[0] > 0][o] for b, o in zip((as_list, as_dict), order, strict=True)]
+    assert ids[0].tolist() == ids[1].tolist() and len(ids[0]) > 3  # history plus proposed tags
+    for name in ("transition", "repeat_propensity", "log_label_rate", "log1p_history_length", "log1p_count"):
+        j = PHI_NAMES.index(name)
+        a, b = (x.hist_feats[0][x.hist_mask[0] > 0][o, j] for x, o in zip((as_list, as_dict), order, strict=True))
+        assert np.allclose(a, b), name
+    assert np.abs(as_list.hist_feats[0, :, k]).sum() > 0
+
+
+def test_history_encoder_arrays_round_trip_and_encode_the_same() -> None:
+    henc, seqs, rows = _fitted_encoder()
+    arrays = henc.to_arrays()
+    assert arrays and all(isinstance(v, np.ndarray) for v in arrays.values())
+    back = HistoryEncoder.from_arrays(henc.encoder, henc.tags, henc.max_history_tags, arrays)
+    a, b = encode_users(seqs, henc, rows[:6]), encode_users(seqs, back, rows[:6])
+    assert np.array_equal(a.hist_ids, b.hist_ids) and np.array_equal(a.hist_feats, b.hist_feats)
+    plain = HistoryEncoder.from_arrays(henc.encoder, henc.tags, 10, {})
+    assert plain.stats is None and plain.to_arrays() == {} and plain.width == 10
+
+
+def test_augmented_label_windows_have_the_protocols_proportions() -> None:
+    data = synthetic_dataset(n_users=8, events=40)
+    split = split_protocol(data, seed=0)
+    seqs = UserSequences(split, TINY_HIST.N, label_ratio=0.25)
+    i = 0
+    n = len(seqs.items[i])
+    assert seqs.label_end(i, int(seqs.n_hist[i])) == n  # the protocol's cut: the rest of the log
+    assert seqs.label_end(i, 8) == 10 and seqs.label_end(i, 1) == 2
+    assert UserSequences(split, TINY_HIST.N).label_end(i, 8) == n

@@ -7,8 +7,13 @@ where a field is either a list (values may repeat: each occurrence counts once) 
 {value: count} (`parse_field`). `HistoryEncoder` then turns them into the history model's input:
 
 - per field the H kept values (most frequent first, ties by recency), their ids and counts;
-- per user the history tags (clicked or unclicked tags known to the tag vocabulary) and for each a
-  feature vector phi (`PHI_NAMES`) scored by the model's history path.
+- per user the candidate tags scored by the model's history path, each with a feature vector phi
+  (`PHI_NAMES`): the history tags (clicked or unclicked tags known to the tag vocabulary) and, when
+  the encoder has `TagStats`, the tags its transitions propose from them and the most popular tags.
+
+`TagStats` (optional) holds per-tag arrays learnt from training users: the top-M tag->tag
+transition lifts (CSR), a repeat propensity and a label rate per tag. They travel in a bundle as
+`HistoryEncoder.to_arrays()` / `HistoryEncoder.from_arrays(...)`.
 
 Torch-free: numpy only, so the service can use it.
 """
@@ -39,7 +44,14 @@ PHI_NAMES = (
     "log1p_unclicked_count",
     "in_most_recent_H",
     "share_of_history",
+    # from `TagStats` (0 without it): learnt from training users, so a user's tags also get what
+    # other users with the same history tags went on to click
+    "transition",
+    "repeat_propensity",
+    "log_label_rate",
+    "log1p_history_length",
 )
+N_BASE_PHI = 6
 
 
 @dataclass
@@ -137,16 +149,173 @@ class HistoryBatch:
         return len(self.hist_ids)
 
 
-class HistoryEncoder:
-    """Field vocabularies (the tag fields share the tag vocabulary) plus the history-tag settings."""
+@dataclass
+class TagStats:
+    """Per-tag statistics from training users (tag ids of the tag vocabulary), numpy only.
 
-    def __init__(self, encoder: FeatureEncoder, tags: Vocabulary, max_history_tags: int) -> None:
+    From each training user's history tags H (at the protocol's cut) and label tags C:
+    - `lift` of h -> t: log(P(t in C | h in H) / P(t in C)), P(t in C | h in H) shrunk toward
+      P(t in C) with `shrinkage` pseudo-users; for each h only its top `neighbours` positive lifts,
+      t != h, as CSR (`indptr` (n_tags + 1,), `indices`, `lift`), so 1M tags stay small;
+    - `repeat` of t: log(r_t / r), r_t the share of users with t in H who have t in C again (shrunk
+      toward r, that share over all tags);
+    - `label_rate` of t: log((users with t in C + 0.5) / (users + 1)), a popularity that does not
+      depend on the number of users;
+    - `popular`: the `n_popular` tags most often in C, best first (candidates for every user).
+    """
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    lift: np.ndarray
+    repeat: np.ndarray
+    label_rate: np.ndarray
+    popular: np.ndarray
+
+    PREFIX = "tagstats_"
+
+    @property
+    def n_tags(self) -> int:
+        return len(self.repeat)
+
+    @classmethod
+    def fit(
+        cls,
+        histories: Sequence[np.ndarray],
+        labels: Sequence[np.ndarray],
+        n_tags: int,
+        neighbours: int = 50,
+        shrinkage: float = 10.0,
+        n_popular: int = 50,
+    ) -> TagStats:
+        """`histories[u]`, `labels[u]`: user u's distinct history / label tag ids (ids <= OOV ignored)."""
+        hs = [np.unique(h[h > Vocabulary.OOV]).astype(np.int64) for h in histories]
+        ls = [np.unique(c[c > Vocabulary.OOV]).astype(np.int64) for c in labels]
+        keep = [j for j, c in enumerate(ls) if len(c)]
+        n_users = len(keep)
+        n_c = np.bincount(np.concatenate([ls[j] for j in keep] or [np.zeros(0, np.int64)]), minlength=n_tags)
+        n_h = np.bincount(np.concatenate([hs[j] for j in keep] or [np.zeros(0, np.int64)]), minlength=n_tags)
+        pairs = [(hs[j][:, None] * n_tags + ls[j][None, :]).ravel() for j in keep if len(hs[j])]
+        codes, n_ht = np.unique(np.concatenate(pairs or [np.zeros(0, np.int64)]), return_counts=True)
+        h, t = codes // n_tags, codes % n_tags
+        p = (n_c + 1.0) / (n_users + 2.0)
+        self_pair = h == t
+        r_all = n_ht[self_pair].sum() / max(1.0, float(n_h.sum()))
+        repeat = np.zeros(n_tags, np.float64)
+        if r_all > 0:
+            rt = (np.zeros(n_tags) + shrinkage * r_all) / (n_h + shrinkage)
+            rt[h[self_pair]] = (n_ht[self_pair] + shrinkage * r_all) / (n_h[h[self_pair]] + shrinkage)
+            repeat = np.where(n_h > 0, np.log(rt / r_all), 0.0)
+        h, t, n_ht = h[~self_pair], t[~self_pair], n_ht[~self_pair]
+        lift = np.log((n_ht + shrinkage * p[t]) / (n_h[h] + shrinkage) / p[t])
+        pos = lift > 0
+        h, t, lift = h[pos], t[pos], lift[pos]
+        order = np.lexsort((-lift, h))
+        h, t, lift = h[order], t[order], lift[order]
+        start = np.searchsorted(h, h, side="left")
+        top = (np.arange(len(h)) - start) < neighbours
+        h, t, lift = h[top], t[top], lift[top]
+        indptr = np.zeros(n_tags + 1, np.int64)
+        np.cumsum(np.bincount(h, minlength=n_tags), out=indptr[1:])
+        rate = np.log((n_c + 0.5) / (n_users + 1.0))
+        rate[: Vocabulary.OOV + 1] = np.log(0.5 / (n_users + 1.0))
+        ranked = np.argsort(-n_c, kind="stable")
+        ranked = ranked[(ranked > Vocabulary.OOV) & (n_c[ranked] > 0)][:n_popular]
+        return cls(
+            indptr=indptr,
+            indices=t.astype(np.int32),
+            lift=lift.astype(np.float32),
+            repeat=repeat.astype(np.float32),
+            label_rate=rate.astype(np.float32),
+            popular=ranked.astype(np.int32),
+        )
+
+    def transition(self, hist: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(tag ids, sum_h weights[h] * lift(h, t)) over the neighbours t of history tag ids `hist`."""
+        hist = np.asarray(hist, np.int64)
+        lo, hi = self.indptr[hist], self.indptr[hist + 1]
+        n = hi - lo
+        if not n.sum():
+            return np.zeros(0, np.int64), np.zeros(0, np.float64)
+        # positions lo[j] .. hi[j]-1 of every history tag j, flattened
+        idx = np.repeat(lo - np.concatenate([[0], np.cumsum(n)[:-1]]), n) + np.arange(int(n.sum()))
+        w = np.repeat(np.asarray(weights, np.float64), n) * self.lift[idx]
+        ids, inv = np.unique(self.indices[idx], return_inverse=True)
+        return ids.astype(np.int64), np.bincount(inv, weights=w)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {
+            self.PREFIX + k: v
+            for k, v in (
+                ("indptr", self.indptr),
+                ("indices", self.indices),
+                ("lift", self.lift),
+                ("repeat", self.repeat),
+                ("label_rate", self.label_rate),
+                ("popular", self.popular),
+            )
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> TagStats | None:
+        """The inverse of `to_arrays`; None when `arrays` holds no tag statistics."""
+        if cls.PREFIX + "indptr" not in arrays:
+            return None
+        return cls(
+            indptr=np.asarray(arrays[cls.PREFIX + "indptr"], np.int64),
+            indices=np.asarray(arrays[cls.PREFIX + "indices"], np.int32),
+            lift=np.asarray(arrays[cls.PREFIX + "lift"], np.float32),
+            repeat=np.asarray(arrays[cls.PREFIX + "repeat"], np.float32),
+            label_rate=np.asarray(arrays[cls.PREFIX + "label_rate"], np.float32),
+            popular=np.asarray(arrays[cls.PREFIX + "popular"], np.int32),
+        )
+
+
+class HistoryEncoder:
+    """Field vocabularies (the tag fields share the tag vocabulary), the candidate-tag settings and,
+    optionally, `TagStats`.
+
+    Candidates per user (at most `width` = max_history_tags + extra_candidates): the history tags
+    (most frequent first, at most `max_history_tags`), then, with `stats`, the tags with the highest
+    transition score from them and the most popular tags, up to `extra_candidates` more.
+    """
+
+    def __init__(
+        self,
+        encoder: FeatureEncoder,
+        tags: Vocabulary,
+        max_history_tags: int,
+        stats: TagStats | None = None,
+        extra_candidates: int = 100,
+    ) -> None:
         self.encoder = encoder
         self.tags = tags
         self.max_history_tags = max_history_tags
+        self.stats = stats
+        self.extra_candidates = extra_candidates if stats is not None else 0
+        if stats is not None and stats.n_tags != len(tags):
+            raise ValueError(f"tag statistics over {stats.n_tags} tags for a vocabulary of {len(tags)}")
         for name in (TAG_FIELD, UNCLICKED_FIELD):
             if name in encoder.vocabs and encoder.vocabs[name] is not tags and encoder.vocabs[name] != tags:
                 raise ValueError(f"field {name!r} must use the tag vocabulary (one vocabulary for input and output)")
+
+    @property
+    def width(self) -> int:
+        """Candidate slots per user (Hh of `HistoryBatch`)."""
+        return self.max_history_tags + self.extra_candidates
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Per-tag arrays serving needs besides the vocabularies (empty without `TagStats`)."""
+        if self.stats is None:
+            return {}
+        return {**self.stats.to_arrays(), "extra_candidates": np.asarray(self.extra_candidates, np.int64)}
+
+    @classmethod
+    def from_arrays(
+        cls, encoder: FeatureEncoder, tags: Vocabulary, max_history_tags: int, arrays: Mapping[str, np.ndarray]
+    ) -> HistoryEncoder:
+        stats = TagStats.from_arrays(arrays)
+        extra = int(arrays["extra_candidates"]) if "extra_candidates" in arrays else 100
+        return cls(encoder, tags, max_history_tags, stats, extra)
 
     @property
     def specs(self):
@@ -166,7 +335,7 @@ class HistoryEncoder:
         ids = [np.zeros((b, s.max_len), np.int64) for s in specs]
         masks = [np.zeros((b, s.max_len), np.float32) for s in specs]
         counts = [np.zeros((b, s.max_len), np.float32) for s in specs]
-        hh = self.max_history_tags
+        hh = self.width
         hist_ids = np.zeros((b, hh), np.int64)
         hist_feats = np.zeros((b, hh, len(PHI_NAMES)), np.float32)
         hist_mask = np.zeros((b, hh), np.float32)
@@ -234,10 +403,40 @@ class HistoryEncoder:
             t = lookup.get(v, Vocabulary.OOV)
             if t <= Vocabulary.OOV:
                 continue
-            phi = per_tag.setdefault(t, [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+            phi = per_tag.setdefault(t, [0.0] * (N_BASE_PHI + 1))
             phi[3] = math.log1p(unclicked.count[p])
         kept = sorted(per_tag.items(), key=lambda kv: (-kv[1][6], -kv[1][2], -kv[1][3]))[: self.max_history_tags]
+        n_kept = len(kept)
+        ids = np.zeros(n_kept + self.extra_candidates, np.int64)
+        feats = np.zeros((len(ids), len(PHI_NAMES)), np.float32)
         for j, (t, phi) in enumerate(kept):
-            hist_ids[row, j] = t
-            hist_feats[row, j] = phi[:6]
-            hist_mask[row, j] = 1.0
+            ids[j] = t
+            feats[j, :N_BASE_PHI] = phi[:N_BASE_PHI]
+        m = n_kept
+        st = self.stats
+        if st is not None:
+            hist = ids[:n_kept]
+            share = feats[:n_kept, N_BASE_PHI - 1].astype(np.float64)
+            # clicked tags propose by their share of the clicks (unclicked-only ones propose nothing)
+            nb, score = st.transition(hist, share)
+            new = ~np.isin(nb, hist)
+            order = np.argsort(-score[new], kind="stable")[: self.extra_candidates]
+            extra = nb[new][order]
+            pop = st.popular[~np.isin(st.popular, np.concatenate([hist, extra]))]
+            extra = np.concatenate([extra, pop[: self.extra_candidates - len(extra)]]).astype(np.int64)
+            m = n_kept + len(extra)
+            ids[n_kept:m] = extra
+            trans = np.zeros(m, np.float64)
+            if len(nb):
+                # nb is sorted (np.unique): look every candidate up in it
+                at = np.minimum(np.searchsorted(nb, ids[:m]), len(nb) - 1)
+                hit = nb[at] == ids[:m]
+                trans[hit] = score[at[hit]]
+            k = N_BASE_PHI
+            feats[:m, k] = trans
+            feats[:n_kept, k + 1] = st.repeat[hist]
+            feats[:m, k + 2] = st.label_rate[ids[:m]]
+            feats[:m, k + 3] = math.log1p(sum(clicked.count))
+        hist_ids[row, :m] = ids[:m]
+        hist_feats[row, :m] = feats[:m]
+        hist_mask[row, :m] = 1.0

@@ -46,6 +46,12 @@ class HistoryOptions:
     # history tags scored per user (most frequent first): above every history of the data sets here,
     # so that no history tag loses its history part
     max_history_tags: int = 1000
+    # tag->tag transitions, repeat propensity and label rate learnt from training users as features
+    # of g (`utpm.features.history.TagStats`), and the candidates they propose beyond the history
+    transitions: bool = True
+    neighbours: int = 50
+    extra_candidates: int = 100
+    shrinkage: float = 10.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -37,6 +37,7 @@ from utpm.features.history import (
     FieldStats,
     HistoryBatch,
     HistoryEncoder,
+    TagStats,
     stats_from_sequence,
 )
 from utpm.features.spec import FieldKind, FieldSpec
@@ -49,7 +50,7 @@ from utpm.training.trainer import TrainConfig, TrainResult, save_training
 
 log = logging.getLogger(__name__)
 
-HISTORY_LOSSES = ("softmax", "sampled", "joint")
+HISTORY_LOSSES = ("softmax", "sampled", "joint", "bce")
 # Above this many tags the full softmax is replaced by the sampled one (`loss="softmax"` only).
 FULL_SOFTMAX_MAX_TAGS = 50_000
 _NEG = -1e9
@@ -81,6 +82,14 @@ class HistoryTrainConfig(TrainConfig):
     # so that a long log costs epochs of bounded length.
     max_examples_per_epoch: int = 10_000
     patience: int = 3
+    # False: the start (b_t and the history path's linear part) stays fixed and training learns a
+    # residual on it (the MLP of g, the tower), so it can only move away where validation says so
+    train_base: bool = False
+    # training examples at the augment cuts get a label window of the protocol's proportions
+    # (`UserSequences.label_end`) instead of the rest of the log
+    matched_windows: bool = True
+    # the softmax loss scores a training user's example with b_t from the other users' labels only
+    leave_own_labels_out: bool = True
 
     def __post_init__(self) -> None:
         if self.loss not in HISTORY_LOSSES:
@@ -95,6 +104,18 @@ class HistoryTrainConfig(TrainConfig):
             self.loss = loss
 
 
+def as_history_config(config: TrainConfig) -> HistoryTrainConfig:
+    """`config` as a `HistoryTrainConfig`: a plain `TrainConfig` naming utpm-hist keeps its shared
+    settings (budget, seed, warm start); a paper preset gets the default model's sizes; a paper loss
+    becomes the softmax."""
+    if isinstance(config, HistoryTrainConfig):
+        return config
+    shared = {k: getattr(config, k) for k in TrainConfig.__dataclass_fields__ if k not in ("model", "loss", "preset")}
+    preset = config.preset if config.preset.name.endswith("-hist") else history_preset(config.preset)
+    loss = config.loss if config.loss in HISTORY_LOSSES else "softmax"
+    return HistoryTrainConfig(**shared, loss=loss, preset=preset)
+
+
 @dataclass
 class HistoryTrainResult(TrainResult):
     history_encoder: HistoryEncoder | None = None
@@ -103,9 +124,10 @@ class HistoryTrainResult(TrainResult):
 class UserSequences:
     """Every kept user's events (history then label period) with each item's field values."""
 
-    def __init__(self, split: ProtocolSplit, n_tags_per_item: int) -> None:
+    def __init__(self, split: ProtocolSplit, n_tags_per_item: int, label_ratio: float | None = None) -> None:
         self.split = split
         self.N = n_tags_per_item
+        self.label_ratio = label_ratio
         cols = split.item_columns or {"tags": split.item_tags}
         self.item_values: dict[str, list[list[str]]] = {}
         for col, ragged in cols.items():
@@ -148,15 +170,26 @@ class UserSequences:
                 out[name] = FieldStats([vals[0]], [1.0], [1.0], [1.0])
         return out
 
+    def label_end(self, i: int, n_hist: int) -> int:
+        """End of the label window after the first `n_hist` events: the rest of the log at the
+        protocol's cut; at another cut, with `label_ratio`, as many events as the protocol's label
+        period has per history event (0.25 for an 80/20 cut), so that C has the size Eq. 5 meets."""
+        n = len(self.items[i])
+        if self.label_ratio is None or n_hist == int(self.n_hist[i]):
+            return n
+        return min(n, n_hist + max(1, math.ceil(n_hist * self.label_ratio)))
+
     def label_tags(self, i: int, n_hist: int | None = None) -> set[str]:
-        """Tags (first N) of the label-1 items after the first `n_hist` events: C of Eq. 5."""
+        """Tags (first N) of the label-1 items in the label window after the first `n_hist` events: C of Eq. 5."""
         n = int(self.n_hist[i]) if n_hist is None else n_hist
-        items, labels = self.items[i][n:], self.labels[i][n:]
+        end = self.label_end(i, n)
+        items, labels = self.items[i][n:end], self.labels[i][n:end]
         tags = self.item_values["tags"]
         return {t for it in items[labels == 1].tolist() for t in tags[it]}
 
     def label_items(self, i: int, n_hist: int) -> tuple[list[list[str]], list[int]]:
-        items, labels = self.items[i][n_hist:], self.labels[i][n_hist:]
+        end = self.label_end(i, n_hist)
+        items, labels = self.items[i][n_hist:end], self.labels[i][n_hist:end]
         tags = self.item_values["tags"]
         return [tags[it] for it in items.tolist()], labels.tolist()
 
@@ -183,6 +216,36 @@ def build_history_vocabularies(
             specs.append(s)
             vocabs[s.name] = base.vocabs[s.name]
     return FeatureEncoder(specs, vocabs), tags
+
+
+def fit_tag_stats(seqs: UserSequences, rows: np.ndarray, tags: Vocabulary, options: HistoryOptions) -> TagStats:
+    """`TagStats` from users `rows` at the protocol's cut: their clicked history tags -> label tags."""
+    lookup = tags.lookup
+    hist: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    for i in rows.tolist():
+        st = seqs.stats(i).get(TAG_FIELD)
+        if st is not None:
+            top = sorted(range(len(st)), key=lambda j: -st.count[j])[: options.max_history_tags]
+            hist.append(np.asarray([lookup.get(st.values[j], 0) for j in top], np.int64))
+        else:
+            hist.append(np.zeros(0, np.int64))
+        labels.append(np.asarray([lookup.get(t, 0) for t in seqs.label_tags(i)], np.int64))
+    return TagStats.fit(hist, labels, len(tags), options.neighbours, options.shrinkage)
+
+
+def _concat(batches: Sequence[HistoryBatch]) -> HistoryBatch:
+    if len(batches) == 1:
+        return batches[0]
+    return HistoryBatch(
+        [np.concatenate(x) for x in zip(*(b.ids for b in batches), strict=True)],
+        [np.concatenate(x) for x in zip(*(b.masks for b in batches), strict=True)],
+        [np.concatenate(x) for x in zip(*(b.counts for b in batches), strict=True)],
+        np.concatenate([b.hist_ids for b in batches]),
+        np.concatenate([b.hist_feats for b in batches]),
+        np.concatenate([b.hist_mask for b in batches]),
+        [u for b in batches for u in b.unknown],
+    )
 
 
 def _tensors(
@@ -229,7 +292,7 @@ def _examples(seqs: UserSequences, rows: np.ndarray, cuts: Sequence[float]) -> l
         n = len(seqs.items[i])
         points = {int(seqs.n_hist[i])} | {math.floor(n * c) for c in cuts}
         for h in sorted(points):
-            if 1 <= h < n and (seqs.labels[i][h:] == 1).any():
+            if 1 <= h < n and (seqs.labels[i][h : seqs.label_end(i, h)] == 1).any():
                 out.append((i, h))
     return out
 
@@ -273,15 +336,46 @@ def train_history(
     train_all = split.indices(test=False)
     test_rows = split.indices(test=True)
     perm = rng.permutation(train_all)
-    n_val = max(1, round(len(perm) * config.val_fraction))
+    n_val = max(1, round(len(perm) * config.val_fraction)) if config.val_fraction > 0 else 0
     val_rows, train_rows = np.sort(perm[:n_val]), np.sort(perm[n_val:])
     p = config.preset
     options: HistoryOptions = config.history
-    seqs = UserSequences(split, p.N)
+    ratio = (1.0 - split.history_fraction) / split.history_fraction if config.matched_windows else None
+    seqs = UserSequences(split, p.N, ratio)
     encoder, tags = build_history_vocabularies(split, seqs, train_rows, p.H, config.min_count)
-    henc = HistoryEncoder(encoder, tags, options.max_history_tags)
+    # Tag statistics for validation, test and serving come from all training users; a training
+    # user's own examples get those of the other half of the training users (cross-fitting), so
+    # that their features are as out-of-sample as a new user's.
+    half = np.zeros(split.n_users, np.int64)
+    if options.transitions:
+        henc = HistoryEncoder(
+            encoder,
+            tags,
+            options.max_history_tags,
+            fit_tag_stats(seqs, train_rows, tags, options),
+            options.extra_candidates,
+        )
+        halves = np.array_split(rng.permutation(train_rows), 2)
+        half[halves[1]] = 1
+        train_encs = [
+            HistoryEncoder(
+                encoder,
+                tags,
+                options.max_history_tags,
+                fit_tag_stats(seqs, halves[1 - k], tags, options),
+                options.extra_candidates,
+            )
+            for k in (0, 1)
+        ]
+    else:
+        henc = HistoryEncoder(encoder, tags, options.max_history_tags)
+        train_encs = [henc, henc]
     cuts = (*config.augment_cuts, split.history_fraction)
-    examples = _examples(seqs, train_rows, cuts)
+    # a training budget (TrainConfig.max_train_users): the vocabularies still come from every training user
+    step_rows = train_rows
+    if 0 < config.max_train_users < len(train_rows):
+        step_rows = np.sort(rng.choice(train_rows, config.max_train_users, replace=False))
+    examples = _examples(seqs, step_rows, cuts)
     if not examples:
         raise ValueError("no training examples: no training user has a label-1 item after a history")
     n_tags = len(tags)
@@ -295,12 +389,31 @@ def train_history(
     for t, n in popularity_counts(split, train_rows, p.N).items():
         pop[tags.lookup.get(t, 0)] += n
     pop[: Vocabulary.OOV + 1] = 0.0
+    # b_t of a training user's own example leaves that user's labels out of the popularity (else
+    # the base looks better on training users than on new ones and the residual learns that)
+    own_pop: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for i in train_rows.tolist():
+        own = popularity_counts(split, np.asarray([i]), p.N)
+        ids_ = np.asarray([tags.lookup.get(t, 0) for t in own], np.int64)
+        n_own = np.asarray(list(own.values()), np.float64)
+        ok = ids_ > Vocabulary.OOV
+        ids_, n_own = ids_[ok], n_own[ok]
+        own_pop[i] = (ids_, (np.log1p(np.maximum(pop[ids_] - n_own, 0.0)) - np.log1p(pop[ids_])).astype(np.float32))
     a, c = (
         tune_blend(split, train_rows, val_rows, p.N, tuple(config.early_stop_ks))
-        if config.start_at_blend
+        if config.start_at_blend and len(val_rows)
         else (0.0, 0.0)
     )
     model.start_at(torch.from_numpy(np.log1p(pop).astype(np.float32)), {"log1p_count": a, "log1p_distinct_items": c})
+    if config.tag_vectors:  # the serving benchmark's warm start (utpm.training.warm_start)
+        from utpm.training.warm_start import apply_tag_vectors
+
+        warmed = apply_tag_vectors(model.base, encoder, tags, config.tag_vectors, config.freeze_tag_vectors)
+        log.info("tag tables started from %s: %s", config.tag_vectors, warmed)
+    if not config.train_base:
+        model.tag_bias.requires_grad_(False)
+        if model.g is not None:
+            model.g.linear.weight.requires_grad_(False)
     q = (pop + 1.0) ** 0.75
     q[: Vocabulary.OOV + 1] = 0.0
     q = q / q.sum() if q.sum() > 0 else q
@@ -308,19 +421,31 @@ def train_history(
     # start at the blend has an arbitrary scale (a = 16 gives logits ~50), which a softmax punishes.
     log_scale = torch.nn.Parameter(torch.zeros(()))
     offset = torch.nn.Parameter(torch.zeros(()))
-    optim = torch.optim.Adam([*model.parameters(), log_scale, offset], lr=config.lr, weight_decay=config.weight_decay)
+    trainable = [x for x in model.parameters() if x.requires_grad]
+    optim = torch.optim.Adam([*trainable, log_scale, offset], lr=config.lr, weight_decay=config.weight_decay)
     torch.manual_seed(config.seed)
     order_rng = np.random.default_rng(config.seed + 1)
 
     def batch_loss(chunk: Sequence[tuple[int, int]]) -> torch.Tensor:
-        batch = henc.encode([seqs.stats(i, h) for i, h in chunk])
+        parts = [[ex for ex in chunk if half[ex[0]] == k] for k in (0, 1)]
+        chunk = parts[0] + parts[1]
+        batch = _concat(
+            [train_encs[k].encode([seqs.stats(i, h) for i, h in part]) for k, part in enumerate(parts) if part]
+        )
         ids, masks, counts, hid, hf, hm = _tensors(batch)
         label_sets = [seqs.label_tags(i, h) for i, h in chunk]
         rows, cols = (torch.from_numpy(a) for a in _multi_hot(label_sets, tags))
         u = model.user_vector(ids, masks, counts)[0]
         scale = log_scale.exp()
-        if loss_name == "softmax":
+        if loss_name in ("softmax", "bce"):
             s = model.model_scores(u).scatter_add(1, hid, model.history_scores(hf, hm))
+            if config.leave_own_labels_out:
+                r_ = np.concatenate([np.full(len(own_pop[i][0]), b) for b, (i, _) in enumerate(chunk)])
+                c_ = np.concatenate([own_pop[i][0] for i, _ in chunk])
+                v_ = np.concatenate([own_pop[i][1] for i, _ in chunk])
+                s = s.index_put((torch.from_numpy(r_), torch.from_numpy(c_)), torch.from_numpy(v_), accumulate=True)
+            if loss_name == "bce":
+                return _bce_loss(s * scale + offset, rows, cols)
             return _softmax_loss(s * scale, rows, cols, len(chunk))
         if loss_name == "sampled":
             return _sampled_loss(model, u, rows, cols, hid, hf, hm, q, config.sampled_negatives, order_rng, scale)
@@ -331,10 +456,11 @@ def train_history(
     # the starting scale: the best of a coarse grid on a few training batches
     probe = [examples[j] for j in order_rng.permutation(len(examples))[: 4 * config.batch_size]]
     with torch.no_grad():
-        grid = [float(x) for x in np.log(2.0 ** np.arange(-6, 3))]
+        grid = [(float(x), float(o)) for x in np.log(2.0 ** np.arange(-6, 3)) for o in _offset_grid(loss_name)]
         probe_losses = []
-        for g in grid:
+        for g, o in grid:
             log_scale.fill_(g)
+            offset.fill_(o)
             probe_losses.append(
                 np.mean(
                     [
@@ -343,13 +469,17 @@ def train_history(
                     ]
                 )
             )
-        log_scale.fill_(grid[int(np.argmin(probe_losses))])
+        g, o = grid[int(np.argmin(probe_losses))]
+        log_scale.fill_(g)
+        offset.fill_(o)
 
     val_batch = encode_users(seqs, henc, val_rows)
     val_clicked = [split.clicked_tags(int(i), p.N) for i in val_rows]
     val_ks = tuple(sorted(set(config.eval_ks) | set(config.early_stop_ks)))
 
     def evaluate(batch: HistoryBatch, clicked: list[set[str]], ks: Sequence[int]) -> tuple[dict[int, float], int]:
+        if not ks or not batch.size:  # no validation users, or eval_ks=() (a budgeted run over 1M tags)
+            return {}, 0
         ranked = rank_history(model, batch, tags, max(ks))
         res = {k: precision_at_k(ranked, clicked, k) for k in ks}
         return {k: r.value for k, r in res.items()}, res[ks[0]].skipped_users
@@ -358,7 +488,7 @@ def train_history(
     seen, train_seconds = 0, 0.0
     # epoch 0, the starting point, is a candidate too: training must beat it on validation to count
     val0, _ = evaluate(val_batch, val_clicked, val_ks)
-    score0 = float(np.mean([val0[k] for k in config.early_stop_ks]))
+    score0 = float(np.mean([val0[k] for k in config.early_stop_ks])) if val0 else 0.0
     stopper.start(model, score0, {"epoch": 0, **{f"val_prec@{k}": v for k, v in val0.items()}, "val_score": score0})
     for epoch in range(1, config.epochs + 1):
         model.train()
@@ -377,7 +507,8 @@ def train_history(
             seen += len(chunk)
         train_seconds += time.perf_counter() - t0
         val, _ = evaluate(val_batch, val_clicked, val_ks)
-        score = float(np.mean([val[k] for k in config.early_stop_ks]))
+        # without validation every epoch is the best so far: the last one is kept
+        score = float(np.mean([val[k] for k in config.early_stop_ks])) if val else float(epoch)
         point = epoch_point(epoch, losses, time.perf_counter() - t0, val, score)
         if stopper.update(model, epoch, score, point, progress, config.epochs):
             break
@@ -406,6 +537,20 @@ def train_history(
     if out is not None:
         save_training(out, split, config, result)
     return result
+
+
+def _offset_grid(loss: str) -> tuple[float, ...]:
+    """Starting offsets tried for the losses with an offset (a label tag is rare among all tags)."""
+    return (-12.0, -10.0, -8.0, -6.0, -4.0, -2.0, 0.0) if loss == "bce" else (0.0,)
+
+
+def _bce_loss(logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Pointwise: one BCE per (user, tag) on "t is in C", summed over tags, mean over users; its
+    optimum ranks tags by P(t in C | user), which is what Prec@K rewards."""
+    y = torch.zeros_like(logits)
+    y[rows, cols] = 1.0
+    terms = F.binary_cross_entropy_with_logits(logits, y, reduction="none")[:, Vocabulary.OOV + 1 :]
+    return terms.sum(1).mean()
 
 
 def _sampled_loss(

@@ -24,6 +24,7 @@ from utpm.data.protocol import ProtocolSplit, split_protocol
 from utpm.evaluation.metrics import precision_at_k
 from utpm.features.encoding import FeatureEncoder
 from utpm.features.vocab import Vocabulary
+from utpm.models.history import HISTORY_MODEL
 from utpm.models.losses import LOSS_NAMES, joint_loss, separate_loss
 from utpm.models.presets import Preset
 from utpm.models.registry import build_model
@@ -34,6 +35,10 @@ from utpm.training.samples import SampleSet, build_encoder, build_tag_vocab, enc
 from utpm.training.warm_start import apply_tag_vectors
 
 log = logging.getLogger(__name__)
+
+HISTORY_ARRAYS_FILE = "history_encoder.npz"
+# utpm.training.history.HISTORY_LOSSES (that module imports this one): a TrainConfig may name utpm-hist
+HISTORY_LOSSES = ("softmax", "sampled", "joint")
 
 
 @dataclass
@@ -70,8 +75,9 @@ class TrainConfig:
     freeze_tag_vectors: bool = False
 
     def __post_init__(self) -> None:
-        if self.loss not in LOSS_NAMES:
-            raise ValueError(f"unknown loss {self.loss!r}; valid: {LOSS_NAMES}")
+        valid = HISTORY_LOSSES if self.model == HISTORY_MODEL else LOSS_NAMES
+        if self.loss not in valid:
+            raise ValueError(f"unknown loss {self.loss!r} for {self.model}; valid: {valid}")
         if not self.early_stop_ks or min(self.early_stop_ks) < 1 or self.epochs < 1 or self.batch_size < 1:
             raise ValueError("early_stop_ks must be non-empty and >= 1; epochs and batch_size must be >= 1")
         if not 0.0 <= self.val_fraction < 1.0:  # 0: no validation, the last epoch is kept
@@ -196,7 +202,12 @@ def train(
     """Train `config.model` on the protocol's training users; save a run directory to `out` if given.
 
     `data` is the data set `split` was made from; it is needed for `config.augment_cuts`.
+    `config.model == "utpm-hist"` (the default model) trains through `utpm.training.history`.
     """
+    if config.model == HISTORY_MODEL:
+        from utpm.training.history import as_history_config, train_history
+
+        return train_history(split, as_history_config(config), out=out, progress=progress)
     if config.threads:
         torch.set_num_threads(config.threads)
     rng = np.random.default_rng(config.seed)
@@ -298,3 +309,8 @@ def save_training(out: Path, split: ProtocolSplit, config: TrainConfig, result: 
         },
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    # Per-tag data the history features need at serving (HistoryEncoder.to_arrays), if it has any.
+    henc = getattr(result, "history_encoder", None)
+    arrays = henc.to_arrays() if henc is not None and hasattr(henc, "to_arrays") else {}
+    if arrays:
+        np.savez(out / HISTORY_ARRAYS_FILE, **arrays)

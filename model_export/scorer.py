@@ -1,0 +1,90 @@
+"""The default model's final scores outside PyTorch (torch-free): s(u, t) = u . o_t + b_t + g(phi_ut).
+
+The ONNX graph gives u and g (the history path's score of each of the user's history tags); the
+rest is arithmetic over the bundle's tag table and bias, written once here and used by the parity
+gate (exact, every tag), the index's recall check and the service (two-stage: ANN candidates plus
+the history tags). Padding and OOV (ids 0, 1) are never returned.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+RESERVED = 2
+# users per dense (B, n_tags) block: 64 x 1M tags x 4 bytes = 256 MB
+DENSE_BLOCK_CELLS = 64_000_000
+
+
+def dense_scores(
+    u: np.ndarray, table: np.ndarray, bias: np.ndarray, hist_ids: np.ndarray, hist_g: np.ndarray
+) -> np.ndarray:
+    """Final scores of every tag (B, n_tags) float32; hist_ids (B, Hh) with g (B, Hh), 0 where padded."""
+    s = np.asarray(u, np.float32) @ np.asarray(table, np.float32).T + np.asarray(bias, np.float32)
+    rows = np.repeat(np.arange(len(s)), hist_ids.shape[1])
+    np.add.at(s, (rows, hist_ids.reshape(-1)), np.asarray(hist_g, np.float32).reshape(-1))
+    return s
+
+
+def _top(s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    s = s.copy()
+    s[:, :RESERVED] = -np.inf
+    k = min(k, s.shape[1] - RESERVED)
+    part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(s, part, axis=1), axis=1, kind="stable")
+    ids = np.take_along_axis(part, order, axis=1)
+    return ids.astype(np.int64), np.take_along_axis(s, ids, axis=1)
+
+
+def exact_top_k(
+    u: np.ndarray, table: np.ndarray, bias: np.ndarray, hist_ids: np.ndarray, hist_g: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by the final score over every tag -> (ids (B, k) int64, scores (B, k)), best first."""
+    step = max(1, DENSE_BLOCK_CELLS // max(1, len(table)))
+    parts = [
+        _top(dense_scores(u[lo : lo + step], table, bias, hist_ids[lo : lo + step], hist_g[lo : lo + step]), k)
+        for lo in range(0, len(u), step)
+    ]
+    if not parts:
+        return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def scores_at(
+    u: np.ndarray,
+    table: np.ndarray,
+    bias: np.ndarray,
+    hist_ids: np.ndarray,
+    hist_g: np.ndarray,
+    ids: np.ndarray,
+) -> np.ndarray:
+    """Final scores of the given tags (B, C) for each user; ids (B, C) (-1: padding, scored -inf)."""
+    safe = np.clip(ids, 0, None)
+    s = (
+        np.einsum("bu,bcu->bc", np.asarray(u, np.float32), np.asarray(table, np.float32)[safe])
+        + np.asarray(bias, np.float32)[safe]
+    )
+    g = np.asarray(hist_g, np.float32)
+    for b in range(len(ids)):
+        pos = {int(t): j for j, t in enumerate(hist_ids[b].tolist()) if t > 0}
+        for c, t in enumerate(ids[b].tolist()):
+            j = pos.get(int(t))
+            if j is not None:
+                s[b, c] += g[b, j]
+    return np.where(ids >= RESERVED, s, -np.inf).astype(np.float32)
+
+
+def merge_two_stage(
+    cand_ids: np.ndarray,
+    cand_scores: np.ndarray,
+    hist_ids: np.ndarray,
+    hist_scores: np.ndarray,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One user: ANN candidates (ids, final scores; none of them a history tag, -1 padding) united
+    with the history tags scored exactly -> top-k (ids, scores), best first."""
+    keep = cand_ids >= RESERVED
+    hk = hist_ids >= RESERVED
+    ids = np.concatenate([cand_ids[keep], hist_ids[hk]])
+    scores = np.concatenate([cand_scores[keep], hist_scores[hk]]).astype(np.float32)
+    order = np.argsort(-scores, kind="stable")[:k]
+    return ids[order], scores[order]

@@ -1,0 +1,109 @@
+"""The default model's bundle: the whole scorer in ONNX, gated on final scores and top-k against PyTorch."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model_export.bundle import load_bundle
+from model_export.history_export import onnx_history_runner, torch_history_runner
+from model_export.parity import check_history_parity, history_parity_cases
+from model_export.session import SessionConfig, build_session, verify_reference
+from pipeline import BuiltBundle
+from tests.bundles import perturb_onnx
+from utpm.data.loading import load_dataset
+from utpm.data.protocol import split_protocol
+from utpm.training.run import load_run
+
+
+def test_the_pipeline_trains_and_exports_the_default_model(hist_built: BuiltBundle) -> None:
+    manifest = json.loads((hist_built.bundle / "manifest.json").read_text())
+    assert manifest["model"]["name"] == "utpm-hist"
+    scorer = manifest["scorer"]
+    assert "hist_feats" in scorer["inputs"] and "history_scores" in scorer["outputs"]
+    assert any(n.endswith("_counts") for n in scorer["inputs"])  # counts enter the tower
+    parity = manifest["parity"]
+    assert parity["passed"] and parity["top_k_agreement"] >= 0.99
+    assert parity["max_abs_diff_score"] <= parity["score_atol"]
+    assert {"heldout", "counts", "all_oov", "all_empty"} <= set(parity["cases"])
+    b = load_bundle(hist_built.bundle)
+    assert b.has_history and b.tag_bias is not None and b.index_dim == b.dim + 1
+
+
+def test_served_scores_equal_pytorch_final_scores(hist_built: BuiltBundle, movielens_dir: Path) -> None:
+    """The engine (ONNX + flat index + history tags) returns PyTorch's own top-10 and scores."""
+    from service.config import Settings
+    from service.engine import ProfileEngine
+
+    run = load_run(hist_built.run)
+    engine = ProfileEngine.load(hist_built.bundle, Settings.model_validate({"bundle": str(hist_built.bundle)}))
+    henc = engine.history
+    assert henc is not None
+    split = split_protocol(load_dataset(movielens_dir), seed=0)
+    users = [split.features(int(i)) for i in split.indices(test=True)[:40]]
+    batch = henc.encode([henc.parse(u) for u in users])
+    with torch.no_grad():
+        s = run.model.scores(
+            [torch.from_numpy(x) for x in batch.ids],
+            [torch.from_numpy(x) for x in batch.masks],
+            [torch.from_numpy(x) for x in batch.counts],
+            torch.from_numpy(batch.hist_ids),
+            torch.from_numpy(batch.hist_feats),
+            torch.from_numpy(batch.hist_mask),
+        )
+        s[:, :2] = -torch.inf
+    computed = engine.compute([engine.encode(u, 10, False) for u in users])
+    for row, prof in enumerate(computed):
+        ref = s[row].numpy()
+        kth = np.sort(ref)[-10]
+        # every served tag is a true top-10 tag (ties at the cut allowed) and its score is PyTorch's
+        assert (ref[prof.tag_ids] >= kth - 1e-4).all(), row
+        np.testing.assert_allclose(prof.scores, ref[prof.tag_ids], atol=1e-3)
+
+
+def test_the_gate_refuses_a_scorer_that_differs(hist_built: BuiltBundle, tmp_path: Path) -> None:
+    run = load_run(hist_built.run)
+    b = load_bundle(hist_built.bundle)
+    henc = b.history_encoder()
+    users = [{"clicked_tags": ["sci-fi", "atmospheric"], "clicked_categories": ["Drama"]}] * 4
+    cases = history_parity_cases(henc, users, np.random.default_rng(0))
+    bad = tmp_path / "bad.onnx"
+    perturb_onnx(b.onnx_path, bad)
+    session = build_session(bad, SessionConfig(prefer_gpu=False, warmup=False))
+    table, bias = np.asarray(b.embeddings), np.asarray(b.tag_bias)
+    report = check_history_parity(
+        cases, torch_history_runner(run.model, 50), onnx_history_runner(session, b.encoder.field_names), table, bias
+    )
+    assert not report.passed and report.failure() is not None
+    good = build_session(b.onnx_path, SessionConfig(prefer_gpu=False, warmup=False))
+    ok = check_history_parity(
+        cases, torch_history_runner(run.model, 50), onnx_history_runner(good, b.encoder.field_names), table, bias
+    )
+    assert ok.passed, ok.failure()
+
+
+def test_the_load_time_reference_check_covers_the_history_path(hist_built: BuiltBundle, tmp_path: Path) -> None:
+    b = load_bundle(hist_built.bundle)
+    assert verify_reference(build_session(b.onnx_path), b) is not None
+    copy = tmp_path / "bundle"
+    shutil.copytree(hist_built.bundle, copy)
+    perturb_onnx(b.onnx_path, copy / "model.onnx")
+    from model_export.errors import BundleError
+
+    damaged = load_bundle(copy, verify_hashes=False)
+    with pytest.raises(BundleError, match="does not reproduce"):
+        verify_reference(build_session(damaged.onnx_path), damaged)
+
+
+def test_the_index_reports_the_two_stage_recall(hist_built: BuiltBundle) -> None:
+    infos = json.loads((hist_built.bundle / "index_infos.json").read_text())
+    assert infos["dim"] == load_bundle(hist_built.bundle).dim + 1  # [o_t, b_t]
+    two = infos["two_stage"]
+    assert two["users"] > 0 and two["history_tags_mean"] > 0
+    assert two["recall@10"] == 1.0 and two["recall@50"] == 1.0  # exact (flat) candidates: nothing lost
+    assert hist_built.stages["index"]["two_stage"] == two

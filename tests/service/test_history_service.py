@@ -1,0 +1,132 @@
+"""The service on the default model's bundle: counts in requests, bad input, explain's score parts,
+and profiles that differ between users. Real redis-server, ONNX Runtime and FAISS."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.main import create_app
+from tests.conftest import RedisServer
+from tests.serving import assert_problem, settings_for
+
+ANIMATION = {"clicked_tags": {"disney": 4, "animation": 3, "pixar": 2}, "clicked_categories": ["Animation"]}
+SCI_FI = {"clicked_tags": ["sci-fi", "atmospheric", "sci-fi", "dystopia"], "clicked_categories": ["Sci-Fi"]}
+
+
+@pytest.fixture()
+def client(hist_bundle: Path, redis_server: RedisServer) -> Iterator[TestClient]:
+    with TestClient(create_app(settings_for(hist_bundle, redis_server))) as c:
+        yield c
+
+
+def profile(client: TestClient, features: object, **kw: object) -> dict[str, object]:
+    r = client.post("/profile", json={"user_id": "u", "features": features, "k": 10, **kw})
+    assert r.status_code == 200, r.text
+    body: dict[str, object] = r.json()
+    return body
+
+
+def tags(body: dict[str, object]) -> list[str]:
+    return [t["tag"] for t in body["tags"]]  # type: ignore[attr-defined,index]
+
+
+def test_contrasting_users_get_different_profiles_led_by_their_own_tags(client: TestClient) -> None:
+    # a one-epoch fixture model stays near its popularity start: the history path is what separates them
+    a, b = tags(profile(client, ANIMATION)), tags(profile(client, SCI_FI))
+    assert set(a[:3]) != set(b[:3])
+    assert {"disney", "animation", "pixar"} & set(a[:3])
+    assert {"sci-fi", "atmospheric", "dystopia"} & set(b[:3])
+
+
+def test_counts_as_an_object_or_as_repeats_mean_the_same(client: TestClient) -> None:
+    as_object = profile(client, {"clicked_tags": {"sci-fi": 3, "atmospheric": 1}}, explain=True)
+    as_repeats = profile(client, {"clicked_tags": ["atmospheric", "sci-fi", "sci-fi", "sci-fi"]}, explain=True)
+    for body in (as_object, as_repeats):
+        history = {p["tag"]: p["history"] for p in body["explanation"]["tag_scores"]}  # type: ignore[index]
+        assert history["sci-fi"] > 0.0 and history["sci-fi"] > history.get("atmospheric", 0.0)
+    more = profile(client, {"clicked_tags": {"atmospheric": 1, "sci-fi": 30}})
+    # a larger count raises the tag's score through the history path
+    first = {t["tag"]: t["score"] for t in as_object["tags"]}  # type: ignore[attr-defined]
+    second = {t["tag"]: t["score"] for t in more["tags"]}  # type: ignore[attr-defined]
+    assert second["sci-fi"] > first["sci-fi"]
+
+
+def test_the_old_list_form_still_works(client: TestClient) -> None:
+    body = profile(client, {"clicked_tags": ["sci-fi", "dark comedy"], "clicked_categories": "Comedy"})
+    assert len(tags(body)) == 10 and body["all_unknown"] is False
+
+
+def test_explain_splits_each_score_into_model_and_history_parts(client: TestClient) -> None:
+    body = profile(client, SCI_FI, explain=True)
+    expl = body["explanation"]
+    assert isinstance(expl, dict)
+    parts = expl["tag_scores"]
+    assert [p["tag"] for p in parts] == tags(body)
+    for p in parts:
+        assert p["model"] + p["history"] == pytest.approx(p["score"], abs=1e-4)
+    own = [p for p in parts if p["tag"] in SCI_FI["clicked_tags"]]
+    assert own and all(p["history"] != 0.0 for p in own)
+    field_names = [f["field"] for f in expl["fields"]]
+    assert "clicked_tags" in field_names
+
+
+@pytest.mark.parametrize(
+    ("features", "why"),
+    [
+        ({"clicked_tags": {"sci-fi": -1}}, "finite number >= 0"),
+        ({"clicked_tags": {"sci-fi": "3"}}, None),  # a string is not a count
+        ({"clicked_tags": {"sci-fi": True}}, None),  # nor is a boolean
+        ({"clicked_tags": {"sci-fi": [1]}}, None),
+        ({"clicked_tags": {"sci-fi": None}}, None),
+    ],
+)
+def test_bad_counts_are_a_clear_422(client: TestClient, features: object, why: str | None) -> None:
+    r = client.post("/profile", json={"user_id": "u", "features": features})
+    body = assert_problem(r, 422)
+    if why is not None:
+        assert why in body["detail"] and "sci-fi" in body["detail"]
+
+
+@pytest.mark.parametrize("raw", [b"Infinity", b"NaN", b"-Infinity"])
+def test_non_finite_counts_are_a_clear_422(client: TestClient, raw: bytes) -> None:
+    body = b'{"user_id": "u", "features": {"clicked_tags": {"sci-fi": ' + raw + b"}}}"
+    r = client.post("/profile", content=body, headers={"content-type": "application/json"})
+    assert_problem(r, 422)
+
+
+def test_zero_and_huge_counts_give_a_profile_from_the_known_parts(client: TestClient) -> None:
+    zero = profile(client, {"clicked_tags": {"sci-fi": 0, "animation": 2}}, explain=True)
+    parts = {p["tag"]: p["history"] for p in zero["explanation"]["tag_scores"]}  # type: ignore[index]
+    assert parts.get("sci-fi", 0.0) == 0.0  # a zero count drops the value
+    huge = profile(client, {"clicked_tags": {"sci-fi": 1e300, "animation": 1}})
+    assert "sci-fi" in tags(huge)  # clamped to 1e6, not an error
+
+
+def test_empty_and_unknown_histories_get_the_prior(client: TestClient) -> None:
+    empty = profile(client, {})
+    assert empty["all_unknown"] is True and len(tags(empty)) == 10
+    for features in ({"clicked_tags": []}, {"clicked_tags": {}}):
+        assert tags(profile(client, features)) == tags(empty)
+    unknown = profile(client, {"clicked_tags": {"no-such-tag": 5}, "clicked_categories": ["Nope"]})
+    assert unknown["all_unknown"] is True and unknown["unknown"] == {
+        "clicked_tags": ["no-such-tag"],
+        "clicked_categories": ["Nope"],
+    }
+    assert tags(unknown) == tags(empty)
+    partly = profile(client, {"clicked_tags": {"no-such-tag": 5, "pixar": 1}}, k=1000)
+    prior = tags(profile(client, {}, k=1000))
+    assert partly["all_unknown"] is False and partly["unknown"] == {"clicked_tags": ["no-such-tag"]}
+    assert tags(partly).index("pixar") < prior.index("pixar")  # the known part moved its own tag up
+
+
+def test_a_paper_bundle_accepts_counts_too(bundles: dict[str, Path], redis_server: RedisServer) -> None:
+    with TestClient(create_app(settings_for(bundles["a"], redis_server))) as c:
+        as_object = c.post("/profile", json={"user_id": "p", "features": {"clicked_tags": {"sci-fi": 2, "drama": 1}}})
+        as_list = c.post("/profile", json={"user_id": "p", "features": {"clicked_tags": ["sci-fi", "drama"]}})
+        assert as_object.status_code == as_list.status_code == 200, as_object.text
+        assert as_object.json()["tags"] == as_list.json()["tags"]
+        assert_problem(c.post("/profile", json={"user_id": "p", "features": {"clicked_tags": {"x": -2}}}), 422)
