@@ -82,7 +82,8 @@ def render_gpu_check(r: Mapping[str, Any]) -> str:
     lines = [
         f"Machine: {env.get('gpu', '?')}, {env.get('cpus', '?')} CPU cores; onnxruntime {env.get('onnxruntime')} "
         f"(providers {', '.join(env.get('onnxruntime_providers', []))}), faiss {env.get('faiss')} "
-        f"({env.get('faiss_gpus', 0)} GPUs reported). `{r.get('command', 'bash loadtest/gpu_check.sh')}`.",
+        f"({env.get('faiss_gpus', 0)} GPUs reported). `{r.get('command', 'bash loadtest/gpu_check.sh')}`"
+        + (f" ({r['when']})." if r.get("when") else "."),
         "",
     ]
     if r.get("model"):
