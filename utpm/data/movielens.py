@@ -55,8 +55,11 @@ def _item_tags(tags: pd.DataFrame) -> pd.Series:
     return counts.groupby("movieId")["tag"].agg(LIST_SEP.join)
 
 
-def prepare_movielens(src: str | Path, out: str | Path) -> MovieLensReport:
-    """Read `ratings.csv`, `tags.csv`, `movies.csv` from `src`; write `items.csv`, `events.csv` to `out`."""
+def prepare_movielens(src: str | Path, out: str | Path, all_positive: bool = False) -> MovieLensReport:
+    """Read `ratings.csv`, `tags.csv`, `movies.csv` from `src`; write `items.csv`, `events.csv` to `out`.
+
+    `all_positive`: every rating is a click (label 1), a log without label-0 rows, to check a model
+    on that kind of data too."""
     src, out = Path(src), Path(out)
     paths = {name: src / f"{name}.csv" for name in ("ratings", "tags", "movies")}
     for p in paths.values():
@@ -74,6 +77,8 @@ def prepare_movielens(src: str | Path, out: str | Path) -> MovieLensReport:
         line = int(ratings.loc[rating.isna(), "_line"].iloc[0])
         raise DataError(paths["ratings"], "a rating that is not a number", line)
     label = np.where(rating >= POSITIVE_MIN_RATING, 1, np.where(rating <= NEGATIVE_MAX_RATING, 0, -1))
+    if all_positive:
+        label = np.ones(len(rating), np.int64)
     events = pd.DataFrame(
         {
             "user_id": ratings["userId"],

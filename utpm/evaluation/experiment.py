@@ -344,7 +344,9 @@ def run_experiment(
     for m in models:
         for loss in losses:
             if m.startswith(DEFAULT_MODEL):
-                chosen = "softmax" if loss in ("default", "separate") else loss
+                from utpm.training.history import DEFAULT_HISTORY_LOSS
+
+                chosen = DEFAULT_HISTORY_LOSS if loss in ("default", "separate") else loss
             else:
                 chosen = default_loss(m) if loss == "default" else loss
             jobs.extend(Job(m, chosen, s, preset, epochs=epochs, folds=folds) for s in seed_list)

@@ -1,12 +1,22 @@
 """Training and scoring of the history model (`utpm-hist`), called by `utpm.training.trainer.train`.
 
 Examples: every training user at the protocol's cut and at `TrainConfig.augment_cuts` (duplicate cut
-points of short histories counted once); the features of an example are built from its events by
-the same `HistoryEncoder` the service uses, batch by batch, so memory stays that of the events.
+points of short histories counted once); at an augmented cut the label window has the protocol's
+proportions (`UserSequences.label_end`), so that C is as large as the one Prec@K meets. The features
+of an example are built from its events by the same `HistoryEncoder` the service uses, batch by
+batch, so memory stays that of the events. Its `TagStats` come from the other half of the training
+users (cross-fitting) and its b_t leaves its own labels out, so that a training user looks like a
+new one.
+
+Training starts at the blend tuned on the validation users and, by default, keeps that base fixed:
+it learns a residual (the tower u . o_t, the MLP of g over phi), kept only if an epoch beats the
+start on the validation users.
 
 Losses (`TrainConfig.loss`):
-- `softmax`: listwise; a softmax over all tags, the target spread evenly over the tags of the
-  user's label-1 items in the label period (the set C that Prec@K scores);
+- `bce` (default): pointwise, one BCE per (user, tag) on "t is in C" (the tags of the user's label-1
+  items in the label period); its optimum ranks by P(t in C | user), what Prec@K rewards. Above
+  `FULL_SOFTMAX_MAX_TAGS` tags it is replaced by `sampled`;
+- `softmax`: listwise; a softmax over all tags, the target spread evenly over C;
 - `sampled`: the same over the batch's positives and history tags plus `sampled_negatives` tags
   drawn from Q (label-tag frequency^0.75); sampled-only tags get the logQ correction
   -log(S Q_t), for vocabularies too large for a full softmax;
@@ -51,6 +61,8 @@ from utpm.training.trainer import TrainConfig, TrainResult, save_training
 log = logging.getLogger(__name__)
 
 HISTORY_LOSSES = ("softmax", "sampled", "joint", "bce")
+# chosen on validation users (docs/results.md): Prec@K rewards ranking by P(t in C | user)
+DEFAULT_HISTORY_LOSS = "bce"
 # Above this many tags the full softmax is replaced by the sampled one (`loss="softmax"` only).
 FULL_SOFTMAX_MAX_TAGS = 50_000
 _NEG = -1e9
@@ -71,7 +83,7 @@ class HistoryTrainConfig(TrainConfig):
     """`TrainConfig` for `utpm-hist`: its parts (`history`), its losses and the sampled-softmax size."""
 
     model: str = HISTORY_MODEL
-    loss: str = "softmax"
+    loss: str = DEFAULT_HISTORY_LOSS
     preset: Preset = field(default_factory=history_preset)
     lr: float = 1e-3
     history: HistoryOptions = field(default_factory=HistoryOptions)
@@ -112,7 +124,7 @@ def as_history_config(config: TrainConfig) -> HistoryTrainConfig:
         return config
     shared = {k: getattr(config, k) for k in TrainConfig.__dataclass_fields__ if k not in ("model", "loss", "preset")}
     preset = config.preset if config.preset.name.endswith("-hist") else history_preset(config.preset)
-    loss = config.loss if config.loss in HISTORY_LOSSES else "softmax"
+    loss = config.loss if config.loss in HISTORY_LOSSES else DEFAULT_HISTORY_LOSS
     return HistoryTrainConfig(**shared, loss=loss, preset=preset)
 
 
@@ -380,7 +392,7 @@ def train_history(
         raise ValueError("no training examples: no training user has a label-1 item after a history")
     n_tags = len(tags)
     loss_name = config.loss
-    if loss_name == "softmax" and n_tags > FULL_SOFTMAX_MAX_TAGS:
+    if loss_name in ("softmax", "bce") and n_tags > FULL_SOFTMAX_MAX_TAGS:
         loss_name = "sampled"
     model = build_history_model(encoder.specs, n_tags, p, options, seed=config.seed)
     # Start at the blend yardstick tuned on the validation users: b_t = log1p(popularity among the
