@@ -102,17 +102,27 @@ def run_loop_bench(
 
     from service.config import Settings
     from service.main import create_app
+    from service.routes.profile import GetProfileRoute
 
     results: dict[str, Any] = {}
     with Redis() as redis:
         url = redis.url
-        variants = {
+        variants: dict[str, dict[str, Any]] = {
             "service, Redis (near cache off)": {"redis_url": url, "near_cache_ttl_ms": 0},
             "service, Redis + near cache (default)": {"redis_url": url},
+            # the A/B of the Starlette route for GET hits: the same app answering through FastAPI's APIRoute
+            "service, Redis + near cache, GET through FastAPI's APIRoute (before)": {
+                "redis_url": url,
+                "apiroute": True,
+            },
             "service, in-process cache (no Redis)": {"redis_url": None},
         }
-        for name, kw in variants.items():
-            app = create_app(Settings(bundle=bundle, log_level="WARNING", **kw))  # type: ignore[arg-type]
+        for name, given in variants.items():
+            kw = dict(given)
+            apiroute = kw.pop("apiroute", False)
+            app = create_app(Settings(bundle=bundle, log_level="WARNING", **kw))
+            if apiroute:
+                app.router.routes = [r for r in app.router.routes if not isinstance(r, GetProfileRoute)]
             results[name] = uvloop.run(_measure(app, users, requests, concurrency, rounds))
     os.environ["UTPM_BUNDLE"] = str(bundle)
     from loadtest.ceiling import create_app as create_ceiling
@@ -120,4 +130,12 @@ def run_loop_bench(
     results["ceiling (empty FastAPI endpoint)"] = uvloop.run(
         _measure(create_ceiling(), users, requests, concurrency, rounds)
     )
-    return {"bundle": str(bundle), "requests": requests, "concurrency": concurrency, "rounds": rounds, **results}
+    return {
+        "kind": "loop",
+        "bundle": str(bundle),
+        "requests": requests,
+        "concurrency": concurrency,
+        "rounds": rounds,
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        **results,
+    }

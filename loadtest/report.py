@@ -254,12 +254,30 @@ def render_roofline(r: Mapping[str, Any]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def render_loop(r: Mapping[str, Any]) -> str:
+    lines = [
+        "| GET /profile/{user} cache hit, in process | event-loop CPU per request (us, median of rounds) | "
+        "requests/s |",
+        "|---|---:|---:|",
+    ]
+    for name, v in r.items():
+        if isinstance(v, Mapping) and "loop_us_per_request" in v:
+            lines.append(f"| {name} | {_fmt(v['loop_us_per_request'])} | {_fmt(v['requests_per_s'])} |")
+    lines += [
+        "",
+        f"`{r.get('command') or 'utpm bench loop'}` ({r['rounds']} rounds of {r['requests']:,} requests, "
+        f"{r['concurrency']} at once; load average {r.get('load_average_1m', '?')} at the end).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 RENDERERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "serve": render_serve,
     "tune": render_tune,
     "reliability": render_reliability,
     "ab": render_ab,
     "roofline": render_roofline,
+    "loop": render_loop,
     "gpu_check": render_gpu_check,
 }
 

@@ -124,6 +124,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     install_error_handlers(app)
     app.include_router(profile.router)
+    # First of all routes: it answers every GET /profile/{user_id} (the APIRoute only documents it).
+    app.router.routes.insert(0, profile.GetProfileRoute())
     app.include_router(lookup.router)
     app.include_router(health.router)
     app.include_router(admin.router)

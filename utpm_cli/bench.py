@@ -232,6 +232,7 @@ def bench_loop_cmd(
     requests: Annotated[int, typer.Option(help="GET hits per timed round.")] = 20_000,
     concurrency: Annotated[int, typer.Option(help="Coroutines sending at once.")] = 16,
     rounds: Annotated[int, typer.Option(help="Timed rounds (the median is reported).")] = 3,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON here.")] = None,
 ) -> None:
     """Event-loop CPU per GET /profile hit, in process (no HTTP): service variants vs the ceiling; JSON."""
     from loadtest.loop import run_loop_bench
@@ -245,12 +246,15 @@ def bench_loop_cmd(
         report = run_loop_bench(bundle, requests, concurrency, rounds)
     except (RuntimeError, OSError, ValueError) as e:
         fail(str(e))
+    report["command"] = _command_line()
     typer.echo(json.dumps(report, indent=2))
+    if json_out is not None:
+        _write(report, json_out)
     ceiling = report["ceiling (empty FastAPI endpoint)"]["loop_us_per_request"]
     redis = report["service, Redis (near cache off)"]["loop_us_per_request"]
     typer.echo(
         f"measured the loop per GET hit in {time.perf_counter() - t0:.0f}s: service via Redis {redis:g} us, "
-        f"ceiling {ceiling:g} us (stdout only)"
+        f"ceiling {ceiling:g} us" + (f"; wrote {json_out}" if json_out else " (stdout only)")
     )
 
 

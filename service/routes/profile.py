@@ -6,6 +6,10 @@ import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.datastructures import QueryParams
+from starlette.routing import Match, Route
+from starlette.types import Receive, Scope, Send
 
 from service.ab import label, pinned
 from service.engine import ProfileEngine
@@ -21,6 +25,7 @@ router = APIRouter(tags=["profiles"])
 
 # Users per POST /profiles: half the default model queue, so one call cannot fill it alone.
 MAX_USERS_PER_CALL = 256
+USER_ID_MAX = 256  # as service.schemas.UserId
 
 # Error responses per route (bodies: application/problem+json, see service/errors.py); the
 # OpenAPI schema gets the Problem schema for each from `service.main.problem_openapi`.
@@ -70,18 +75,7 @@ async def post_profiles(body: ProfilesRequest, request: Request) -> RenderedJSON
     return RenderedJSON(b'{"profiles":[' + b",".join(out) + b"]}")
 
 
-# `:path`: a user id may hold `/` (`team/alice`, sent as `/profile/team/alice` or `team%2Falice`).
-@router.get(
-    "/profile/{user_id:path}",
-    response_model=ProfileResponse,
-    responses={404: {"description": "Not cached, or expired."}, **ERRORS},
-)
-async def get_profile(
-    request: Request,
-    user_id: Annotated[str, Path(min_length=1, max_length=256)],
-    k: Annotated[int | None, Query(ge=1, description="Number of tags (at most what was cached).")] = None,
-) -> RenderedJSON:
-    """The cached profile of a user, as last computed by the bundle now being served."""
+async def _read(request: Request, user_id: str, k: int | None) -> bytes:
     state = service_state(request)
     if not state.auth.reads_open:
         state.auth.check(request, "read")
@@ -89,4 +83,88 @@ async def get_profile(
     engine, arm = state.experiment.pick(state.engine, user_id, pin)
     # The champion's own read keeps the stale fallback; a challenger's or pinned read never does.
     body = await read_profile(state, user_id, k, engine if arm == "challenger" or pin is not None else None)
-    return RenderedJSON(label(body, arm))
+    return label(body, arm)
+
+
+# Documents GET /profile/{user_id} (OpenAPI); requests are answered by `GetProfileRoute` below, which
+# is matched first. `:path`: a user id may hold `/` (`team/alice`, sent raw or as `team%2Falice`).
+@router.get(
+    "/profile/{user_id:path}",
+    response_model=ProfileResponse,
+    responses={404: {"description": "Not cached, or expired."}, **ERRORS},
+)
+async def get_profile(
+    request: Request,
+    user_id: Annotated[str, Path(min_length=1, max_length=USER_ID_MAX)],
+    k: Annotated[int | None, Query(ge=1, description="Number of tags (at most what was cached).")] = None,
+) -> RenderedJSON:
+    """The cached profile of a user, as last computed by the bundle now being served."""
+    return RenderedJSON(await _read(request, user_id, k))
+
+
+def _invalid(loc: tuple[str, str], kind: str, msg: str, given: str, **ctx: int) -> RequestValidationError:
+    """The 422 FastAPI's own validation of `loc` would raise."""
+    error: dict[str, Any] = {"type": kind, "loc": loc, "msg": msg, "input": given}
+    return RequestValidationError([{**error, "ctx": ctx} if ctx else error])
+
+
+def _query_k(query: bytes) -> int | None:
+    """`k` of a query string, checked as `Query(ge=1)` would; the plain `k=50` without parsing a query."""
+    if not query:
+        return None
+    if query.startswith(b"k=") and query[2:].isdigit():
+        raw = query[2:].decode()
+    else:
+        found = QueryParams(query.decode("latin-1")).get("k")
+        if found is None:
+            return None
+        raw = found
+    try:
+        k = int(raw)
+    except ValueError:
+        msg = "Input should be a valid integer, unable to parse string as an integer"
+        raise _invalid(("query", "k"), "int_parsing", msg, raw) from None
+    if k < 1:
+        raise _invalid(("query", "k"), "greater_than_equal", "Input should be greater than or equal to 1", raw, ge=1)
+    return k
+
+
+class GetProfileRoute(Route):
+    """GET /profile/{user_id} as a plain ASGI handler: no dependency solving, no parameter models, no
+    Response object; a cache hit is short enough for those to be a visible share of it (docs/performance.md,
+    "GET hits"). Same checks and the same 422s as the documented route; errors raise into the app's
+    handlers as from any route. It still tells the middleware which route it is (the latency label)."""
+
+    def __init__(self) -> None:
+        super().__init__("/profile/{user_id:path}", self._endpoint, methods=["GET"], include_in_schema=False)
+
+    @staticmethod
+    def _params(scope: Scope) -> tuple[str, int | None]:
+        user_id = scope["path_params"]["user_id"]
+        if not user_id:
+            msg = "String should have at least 1 character"
+            raise _invalid(("path", "user_id"), "string_too_short", msg, "", min_length=1)
+        if len(user_id) > USER_ID_MAX:
+            msg = f"String should have at most {USER_ID_MAX} characters"
+            raise _invalid(("path", "user_id"), "string_too_long", msg, user_id, max_length=USER_ID_MAX)
+        return user_id, _query_k(scope["query_string"])
+
+    @classmethod
+    async def _endpoint(cls, request: Request) -> RenderedJSON:
+        """HEAD (through Starlette's Route, which sends no body)."""
+        return RenderedJSON(await _read(request, *cls._params(request.scope)))
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        if match is not Match.NONE:
+            child["route"] = self
+        return match, child
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] != "GET":  # HEAD through the endpoint, 405 for the rest: Starlette's own handling
+            await super().handle(scope, receive, send)
+            return
+        body = await _read(Request(scope, receive), *self._params(scope))
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

@@ -59,6 +59,21 @@ def test_user_ids_with_slashes_are_read_back_through_redis(client: TestClient) -
     assert 'route="/profile/{user_id}"' in metrics and "user_id:path" not in metrics
 
 
+def test_get_checks_its_parameters_as_the_documented_route_does(client: TestClient) -> None:
+    """GET /profile/{user_id} is answered by a plain ASGI route: the same 422s, other query keys ignored."""
+    assert post(client, "params", k=5).status_code == 200
+    assert len(client.get("/profile/params?k=3&other=x").json()["tags"]) == 3
+    assert len(client.get("/profile/params?other=x&k=%32").json()["tags"]) == 2
+    assert len(client.get("/profile/params").json()["tags"]) == 50  # the default k (100 are cached)
+    for query, kind in (("k=abc", "int_parsing"), ("k=0", "greater_than_equal"), ("k=-1", "greater_than_equal")):
+        body = assert_problem(client.get(f"/profile/params?{query}"), 422, "validation")
+        assert body["errors"][0]["loc"] == ["query", "k"] and body["errors"][0]["type"] == kind, body
+    too_long = assert_problem(client.get("/profile/" + "u" * 257), 422, "validation")
+    assert too_long["errors"][0]["loc"] == ["path", "user_id"]
+    assert client.head("/profile/params").status_code == 200
+    assert "/profile/{user_id}" in client.get("/openapi.json").json()["paths"]
+
+
 def test_profile_matches_pytorch_ranking(client: TestClient, tiny_run: Path) -> None:
     """What the service returns is what the trained PyTorch model ranks (round trip through ONNX + FAISS)."""
     import numpy as np
