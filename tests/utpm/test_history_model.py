@@ -290,3 +290,13 @@ def test_augmented_label_windows_have_the_protocols_proportions() -> None:
     assert seqs.label_end(i, int(seqs.n_hist[i])) == n  # the protocol's cut: the rest of the log
     assert seqs.label_end(i, 8) == 10 and seqs.label_end(i, 1) == 2
     assert UserSequences(split, TINY_HIST.N).label_end(i, 8) == n
+
+
+def test_movielens_all_positive_variant_keeps_every_rating_as_a_click(tmp_path: Path) -> None:
+    from utpm.data.movielens import prepare_movielens
+
+    src = Path(__file__).resolve().parents[2] / "data" / "movielens-small"
+    paper = prepare_movielens(src, tmp_path / "paper")
+    allpos = prepare_movielens(src, tmp_path / "allpos", all_positive=True)
+    assert allpos.negatives == 0 and allpos.dropped_ratings == 0
+    assert allpos.positives == paper.positives + paper.negatives + paper.dropped_ratings
