@@ -1,4 +1,6 @@
-"""The benchmark's bundle: synthetic data with about a million tags, UTPM at the industrial preset.
+"""The benchmark's bundle: synthetic data with about a million tags, UTPM (or the default model
+utpm-hist, `Recipe.for_tags(n, model="utpm-hist")`, `python -m loadtest.bundle --model utpm-hist`) at
+the industrial preset.
 
 Built once by `pipeline.build_bundle` under `artifacts/bench/tags<N>/` and reused while
 `bench_bundle.json` there records the same recipe; `payloads.jsonl` beside it holds the raw features
@@ -23,6 +25,8 @@ from typing import Any
 import numpy as np
 
 RECIPE_VERSION = 4
+PAPER_MODEL = "utpm"
+MODELS = (PAPER_MODEL, "utpm-hist")
 DEFAULT_ROOT = Path("artifacts/bench")
 PAYLOAD_USERS = 2000
 Say = Callable[[str], None]
@@ -47,9 +51,57 @@ class Recipe:
     version: int = RECIPE_VERSION
 
     @classmethod
-    def for_tags(cls, tags: int) -> Recipe:
-        """0.2 users per tag (at least 2,000): with fewer, many tags never occur in a label item."""
-        return cls(tags=tags, users=max(2_000, tags // 5))
+    def for_tags(cls, tags: int, model: str = "utpm") -> Recipe:
+        """0.2 users per tag (at least 2,000): with fewer, many tags never occur in a label item.
+        `model`: the paper's utpm, or the default model utpm-hist (same data, its own directory)."""
+        if model not in MODELS:
+            raise ValueError(f"unknown benchmark model {model!r}; valid: {', '.join(MODELS)}")
+        return cls(tags=tags, users=max(2_000, tags // 5), model=model)
+
+    def directory(self, root: Path) -> Path:
+        """root/tags<N> for the paper model (the directory earlier benchmarks used), root/tags<N>-utpm-hist
+        for the default model; both read the data of root/tags<N>/data."""
+        return root / (f"tags{self.tags}" if self.model == PAPER_MODEL else f"tags{self.tags}-{self.model}")
+
+    def train_config(self, tag_vectors: Path) -> Any:
+        """The training budget: one epoch over `train_users` sampled users, tag vectors frozen at
+        structured ones, no validation (epochs of a 1M-tag evaluation would cost more than training)."""
+        from utpm.models.presets import get_preset
+
+        preset = get_preset(self.preset)
+        budget: dict[str, Any] = {
+            "seed": self.seed,
+            "epochs": 1,
+            "batch_size": self.batch_size,
+            "val_fraction": 0.0,
+            "augment_cuts": (),
+            "eval_ks": (),
+            "max_train_users": self.train_users,
+            "tag_vectors": str(tag_vectors),
+            "freeze_tag_vectors": True,
+        }
+        if self.model == PAPER_MODEL:
+            from utpm.training.trainer import TrainConfig
+
+            return TrainConfig(
+                model=self.model,
+                loss="joint",
+                preset=preset,
+                negatives_per_positive=self.negatives_per_positive,
+                **budget,
+            )
+        from utpm.training.history import HistoryTrainConfig, history_preset
+
+        # the sampled softmax (logQ-corrected) over the batch's tags plus `sampled_negatives` drawn ones:
+        # a full softmax over 1M tags per batch is out of budget; U = the paper preset's, so the same
+        # structured tag vectors start (and freeze) the output table
+        return HistoryTrainConfig(
+            loss="sampled",
+            preset=history_preset(preset, dim=preset.U, max_values=preset.H),
+            sampled_negatives=2000,
+            max_examples_per_epoch=self.train_users,
+            **budget,
+        )
 
 
 @dataclass
@@ -63,12 +115,12 @@ class BenchBundle:
 
 def prepare_bench_bundle(recipe: Recipe, root: Path = DEFAULT_ROOT, progress: Say | None = None) -> BenchBundle:
     """Reuse or build the bundle of `recipe` under `root/tags<N>` with the one pipeline."""
-    from pipeline import DataSource, build_bundle
+    from pipeline import DataSource, build_bundle, prepare_data
     from utpm.models.presets import get_preset
-    from utpm.training.trainer import TrainConfig
 
     say = progress or (lambda _msg: None)
-    base = root / f"tags{recipe.tags}"
+    base = recipe.directory(root)
+    data_dir = root / f"tags{recipe.tags}" / "data"  # shared by the paper and the default model's bundles
     meta_path = base / "bench_bundle.json"
     out = BenchBundle(base, base / "bundle", base / "run", base / "payloads.jsonl")
     if meta_path.is_file():
@@ -80,22 +132,12 @@ def prepare_bench_bundle(recipe: Recipe, root: Path = DEFAULT_ROOT, progress: Sa
     preset = get_preset(recipe.preset)
     synthetic = {"n_tags": recipe.tags, "n_users": recipe.users, "events_per_user": recipe.events_per_user}
     source = DataSource("synthetic", synthetic={**synthetic, "seed": recipe.seed}, tag_vector_dim=preset.U)
-    config = TrainConfig(
-        model=recipe.model,
-        loss="joint",
-        preset=preset,
-        seed=recipe.seed,
-        epochs=1,
-        batch_size=recipe.batch_size,
-        negatives_per_positive=recipe.negatives_per_positive,
-        val_fraction=0.0,
-        augment_cuts=(),
-        eval_ks=(),
-        max_train_users=recipe.train_users,
-        tag_vectors=str(base / "data" / f"tag_vectors_{preset.U}.npz"),
-        freeze_tag_vectors=True,
-    )
-    queries = functools.partial(structured_queries_for, data_dir=base / "data", seed=recipe.seed)
+    config = recipe.train_config(data_dir / f"tag_vectors_{preset.U}.npz")
+    if base / "data" != data_dir:  # the default model's bundle: the paper bundle's data, made once
+        say(f"data: {data_dir}")
+        prepare_data(source, data_dir, progress=say)
+        source = DataSource("generic", data_dir)
+    queries = functools.partial(structured_queries_for, data_dir=data_dir, seed=recipe.seed)
     built = build_bundle(
         base,
         source,
@@ -153,3 +195,20 @@ def write_payloads(data_dir: Path, seed: int, test_fraction: float, path: Path) 
     with path.open("w") as f:
         for i in rows:
             f.write(json.dumps({"features": split.features(int(i))}) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Build (or reuse) a benchmark bundle: `python -m loadtest.bundle --tags 1000000 --model utpm-hist`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--tags", type=int, default=1_000_000)
+    parser.add_argument("--model", choices=MODELS, default=PAPER_MODEL)
+    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT)
+    args = parser.parse_args(argv)
+    built = prepare_bench_bundle(Recipe.for_tags(args.tags, args.model), args.root, progress=print)
+    print(json.dumps({"bundle": str(built.bundle), "payloads": str(built.payloads), **built.info}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -5,6 +5,6 @@ the demo (`utpm demo`), the test fixtures, the reliability scenarios and the ser
 Nothing else chains these stages, so a change to training or indexing reaches all of them.
 """
 
-from pipeline.build import BuiltBundle, DataSource, build_bundle
+from pipeline.build import BuiltBundle, DataSource, build_bundle, prepare_data
 
-__all__ = ["BuiltBundle", "DataSource", "build_bundle"]
+__all__ = ["BuiltBundle", "DataSource", "build_bundle", "prepare_data"]

@@ -114,6 +114,12 @@ def _stderr(message: str) -> None:
     sys.stderr.write(f"  {message}\n")
 
 
+def prepare_data(source: DataSource, data: Path, progress: Say | None = None) -> dict[str, Any]:
+    """Only the first stage: the data set of `source` in the generic format at `data` (reused when
+    it is the same synthetic recipe), e.g. shared by two bundles of different models."""
+    return _prepare(source, Path(data), say=progress or _stderr)
+
+
 def _prepare(source: DataSource, data: Path, say: Say = _stderr) -> dict[str, Any]:
     from utpm.data.loading import load_dataset
 

@@ -103,10 +103,11 @@ def evaluate_run(run: Path, data: Path, ks: list[int]) -> dict[str, Any]:
     n = loaded.preset.N
     top = max(10, *ks)
     if loaded.config["model"] == HISTORY_MODEL:
-        from utpm.features.history import HistoryEncoder
+        from model_export.bundle import load_history_encoder
         from utpm.training.history import UserSequences, encode_users, rank_history
 
-        henc = HistoryEncoder(loaded.encoder, loaded.tags, int(loaded.config["history"]["max_history_tags"]))
+        # with the per-tag arrays training saved (history_encoder.npz), as export and serving read them
+        henc = load_history_encoder(Path(run), loaded.encoder, loaded.tags, dict(loaded.config["history"]))
         ranked = rank_history(loaded.model, encode_users(UserSequences(split, n), henc, rows), loaded.tags, top)
     else:
         from utpm.training.samples import encode_rows

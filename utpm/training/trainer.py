@@ -37,8 +37,6 @@ from utpm.training.warm_start import apply_tag_vectors
 log = logging.getLogger(__name__)
 
 HISTORY_ARRAYS_FILE = "history_encoder.npz"
-# utpm.training.history.HISTORY_LOSSES (that module imports this one): a TrainConfig may name utpm-hist
-HISTORY_LOSSES = ("softmax", "sampled", "joint")
 
 
 @dataclass
@@ -75,9 +73,9 @@ class TrainConfig:
     freeze_tag_vectors: bool = False
 
     def __post_init__(self) -> None:
-        valid = HISTORY_LOSSES if self.model == HISTORY_MODEL else LOSS_NAMES
-        if self.loss not in valid:
-            raise ValueError(f"unknown loss {self.loss!r} for {self.model}; valid: {valid}")
+        # utpm-hist's losses are checked by HistoryTrainConfig (`as_history_config` in train)
+        if self.model != HISTORY_MODEL and self.loss not in LOSS_NAMES:
+            raise ValueError(f"unknown loss {self.loss!r}; valid: {LOSS_NAMES}")
         if not self.early_stop_ks or min(self.early_stop_ks) < 1 or self.epochs < 1 or self.batch_size < 1:
             raise ValueError("early_stop_ks must be non-empty and >= 1; epochs and batch_size must be >= 1")
         if not 0.0 <= self.val_fraction < 1.0:  # 0: no validation, the last epoch is kept

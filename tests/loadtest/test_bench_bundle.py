@@ -1,0 +1,38 @@
+"""The benchmark bundle's recipe builds the default model too (a small size of the 1M-tag recipe)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from loadtest.bundle import Recipe, prepare_bench_bundle
+
+
+def test_the_default_models_benchmark_bundle_builds_and_serves(tmp_path: Path) -> None:
+    from service.config import Settings
+    from service.engine import ProfileEngine
+
+    recipe = dataclasses.replace(
+        Recipe.for_tags(1000, model="utpm-hist"),
+        users=300,
+        events_per_user=20,
+        train_users=100,
+        batch_size=64,
+        test_fraction=0.05,
+        parity_users=32,
+    )
+    built = prepare_bench_bundle(recipe, tmp_path)
+    assert built.root == tmp_path / "tags1000-utpm-hist" and (tmp_path / "tags1000" / "data").is_dir()
+    manifest = json.loads((built.bundle / "manifest.json").read_text())
+    assert manifest["model"]["name"] == "utpm-hist" and manifest["parity"]["passed"]
+    assert manifest["dims"]["user"] == 128  # the paper preset's U: the structured tag vectors fit
+    infos = json.loads((built.bundle / "index_infos.json").read_text())
+    assert infos["two_stage"]["users"] > 0 and 0.0 < infos["two_stage"]["recall@50"] <= 1.0
+    payload = json.loads(built.payloads.read_text().splitlines()[0])
+    engine = ProfileEngine.load(built.bundle, Settings.model_validate({"bundle": str(built.bundle)}))
+    profile = engine.compute([engine.encode(payload["features"], 10, False)])[0]
+    assert len(profile.tag_ids) == 10
+    # a second call reuses it (same recipe), a paper recipe gets its own directory over the same data
+    assert prepare_bench_bundle(recipe, tmp_path).info == built.info
+    assert Recipe.for_tags(1000).directory(tmp_path) == tmp_path / "tags1000"
