@@ -107,3 +107,39 @@ def test_the_index_reports_the_two_stage_recall(hist_built: BuiltBundle) -> None
     assert two["users"] > 0 and two["history_tags_mean"] > 0
     assert two["recall@10"] == 1.0 and two["recall@50"] == 1.0  # exact (flat) candidates: nothing lost
     assert hist_built.stages["index"]["two_stage"] == two
+
+
+def test_explain_parts_match_pytorch(hist_built: BuiltBundle) -> None:
+    """The service's model/history split of each returned score is PyTorch's (`explain.score_parts`)."""
+    from service.config import Settings
+    from service.engine import ProfileEngine
+    from utpm.models.explain import score_parts
+
+    run = load_run(hist_built.run)
+    engine = ProfileEngine.load(hist_built.bundle, Settings.model_validate({"bundle": str(hist_built.bundle)}))
+    henc = engine.history
+    assert henc is not None
+    users = [
+        {"clicked_tags": {"sci-fi": 5, "dystopia": 2, "atmospheric": 1}, "clicked_categories": ["Sci-Fi"]},
+        {"clicked_tags": ["disney", "pixar", "disney", "animation"]},
+    ]
+    b = henc.encode([henc.parse(u) for u in users])
+    ref = score_parts(
+        run.model,
+        [torch.from_numpy(x) for x in b.ids],
+        [torch.from_numpy(x) for x in b.masks],
+        [torch.from_numpy(x) for x in b.counts],
+        torch.from_numpy(b.hist_ids),
+        torch.from_numpy(b.hist_feats),
+        torch.from_numpy(b.hist_mask),
+        k=5,
+    )
+    np.testing.assert_allclose((ref.model + ref.history).numpy(), ref.scores.numpy(), atol=1e-5)
+    assert (ref.history.numpy() != 0).any()  # the users' own tags carry a history part
+    for row, prof in enumerate(engine.compute([engine.encode(u, 5, True) for u in users])):
+        assert prof.model_part is not None and prof.history_part is not None
+        parts = zip(ref.model[row].tolist(), ref.history[row].tolist(), strict=True)
+        want = dict(zip(ref.tag_ids[row].tolist(), parts, strict=True))
+        for t, m, h in zip(prof.tag_ids.tolist(), prof.model_part.tolist(), prof.history_part.tolist(), strict=True):
+            if t in want:  # ties at the cut may swap a tag in or out
+                assert m == pytest.approx(want[t][0], abs=1e-3) and h == pytest.approx(want[t][1], abs=1e-4)

@@ -2,7 +2,9 @@
 
 `explain` runs the model once and keeps its attention weights: per field, the weight of every value
 for every head, and per head, the weight of every field at the merge level. Mean-pooling models
-(youtube) report their uniform pooling weights, so every model answers the same way.
+(youtube) report their uniform pooling weights, so every model answers the same way. For the
+default model, `score_parts` also splits each top tag's score into the model part and the history
+part.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import torch
 from torch import Tensor
 
 from utpm.features.encoding import FeatureEncoder
+from utpm.features.vocab import Vocabulary
+from utpm.models.history import HistoryModel
 from utpm.models.user_model import UserModel
 
 
@@ -75,3 +79,37 @@ def feature_weights(explanation: Explanation, encoder: FeatureEncoder, user: int
                 }
             )
     return rows
+
+
+@dataclass
+class ScoreParts:
+    """For B users of the default model (utpm-hist), the top-k tags by the final score and what
+    each score is made of: model = u . o_t + b_t, history = g(phi_ut) (0 off the scored history
+    tags); model + history = score. The service's explain answers the same from ONNX
+    (service.engine), this is the PyTorch side."""
+
+    tag_ids: Tensor  # (B, k)
+    scores: Tensor  # (B, k)
+    model: Tensor  # (B, k)
+    history: Tensor  # (B, k)
+
+
+@torch.no_grad()
+def score_parts(
+    model: HistoryModel,
+    ids: list[Tensor],
+    masks: list[Tensor],
+    counts: list[Tensor],
+    hist_ids: Tensor,
+    hist_feats: Tensor,
+    hist_mask: Tensor,
+    k: int,
+) -> ScoreParts:
+    """Top-k tags (padding and OOV excluded) of each user with their model and history parts."""
+    u = model.user_vector(ids, masks, counts)[0]
+    model_part = model.model_scores(u)
+    history = torch.zeros_like(model_part).scatter_add(1, hist_ids, model.history_scores(hist_feats, hist_mask))
+    final = model_part + history
+    final[:, : Vocabulary.OOV + 1] = -torch.inf
+    top = final.topk(min(k, model.n_tags - Vocabulary.OOV - 1), dim=1)
+    return ScoreParts(top.indices, top.values, model_part.gather(1, top.indices), history.gather(1, top.indices))
