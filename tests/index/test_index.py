@@ -238,3 +238,29 @@ def test_faiss_cpu_reports_no_usable_gpu_and_indexes_stay_on_the_cpu() -> None:
     assert gpu_count() == 0
     index, on_gpu = to_device(faiss.IndexFlatIP(4))
     assert on_gpu is False and isinstance(index, faiss.IndexFlatIP)
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_an_approximate_index_of_the_default_model_reports_its_two_stage_recall(
+    hist_bundle: Path, tmp_path: Path, kind: str
+) -> None:
+    """[o_t, b_t] in the index; the served search (ANN + history tags scored exactly) is measured
+    against exact final scores, and with the ANN's exact scores its returned scores are exact."""
+    from index.build import two_stage_search
+    from model_export.scorer import exact_top_k, scores_at
+
+    dst = tmp_path / "bundle"
+    shutil.copytree(hist_bundle, dst)
+    infos = build_index(dst, kind=kind)
+    b = load_bundle(dst)
+    assert infos.dim == b.dim + 1 and infos.two_stage is not None
+    assert 0.5 <= infos.two_stage["recall@10"] <= 1.0 and 0.5 <= infos.two_stage["recall@50"] <= 1.0
+    index = TagIndex.load(b)
+    with np.load(dst / "heldout_history.npz") as f:
+        hist_ids, hist_g = f["hist_ids"][:20], f["hist_g"][:20]
+    u = np.asarray(b.heldout_users[:20])  # type: ignore[index]
+    ids, scores = two_stage_search(b, index, u, hist_ids, hist_g, 10)
+    exact = scores_at(u, b.embeddings, np.asarray(b.tag_bias), hist_ids, hist_g, ids)
+    np.testing.assert_allclose(scores, exact, rtol=1e-5, atol=1e-4)
+    _, best = exact_top_k(u, b.embeddings, np.asarray(b.tag_bias), hist_ids, hist_g, 10)
+    assert (scores <= best[:, :1] + 1e-4).all()  # nothing scores above the exact best
