@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -94,10 +95,59 @@ async def _measure(app: Any, users: int, requests: int, concurrency: int, rounds
     return {"loop_us_per_request": round(statistics.median(cpu), 1), "requests_per_s": round(statistics.median(rate))}
 
 
+async def _post_ab(bundle: Path, url: str, requests: int, concurrency: int, rounds: int) -> dict[str, Any]:
+    """Loop CPU per POST /profile (the bundle's engine computing in its threads; the loop thread's CPU
+    only): the plain ASGI route vs FastAPI's APIRoute, both in one app, alternated round by round."""
+    from loadtest.payloads import PayloadSource
+    from service.config import Settings
+    from service.main import create_app
+    from service.routes.profile import PostProfileRoute
+
+    source = PayloadSource.open(bundle, None)
+    rng = random.Random(0)
+    bodies = [orjson.dumps(source.body(rng, f"loop-post-{i}", 50)) for i in range(256)]
+    app = create_app(Settings(bundle=bundle, redis_url=url, log_level="WARNING"))  # type: ignore[call-arg,arg-type]
+    fast = list(app.router.routes)
+    before = [r for r in fast if not isinstance(r, PostProfileRoute)]
+    per = max(1, requests // concurrency)
+    arms = {
+        "POST /profile, plain ASGI route (default)": fast,
+        "POST /profile through FastAPI's APIRoute (before)": before,
+    }
+    cpu: dict[str, list[float]] = {name: [] for name in arms}
+    rate: dict[str, list[float]] = {name: [] for name in arms}
+
+    async def sender(worker: int, n: int) -> None:
+        for j in range(n):
+            status, text = await call(app, "POST", "/profile", body=bodies[(worker * 17 + j) % len(bodies)])
+            if status != 200:
+                raise RuntimeError(f"POST /profile answered {status}: {text[:200]!r}")
+
+    async with app.router.lifespan_context(app):
+        await asyncio.gather(*(sender(w, max(1, per // 4)) for w in range(concurrency)))  # warm-up
+        for rnd in range(rounds):
+            for name in arms if rnd % 2 == 0 else reversed(list(arms)):
+                app.router.routes = arms[name]
+                c0, t0 = time.thread_time(), time.perf_counter()
+                await asyncio.gather(*(sender(w, per) for w in range(concurrency)))
+                c1, t1 = time.thread_time(), time.perf_counter()
+                cpu[name].append(1e6 * (c1 - c0) / (per * concurrency))
+                rate[name].append(per * concurrency / (t1 - t0))
+    return {
+        name: {
+            "loop_us_per_request": round(statistics.median(cpu[name]), 1),
+            "requests_per_s": round(statistics.median(rate[name])),
+            "rounds_us": [round(v, 1) for v in cpu[name]],
+        }
+        for name in arms
+    }
+
+
 def run_loop_bench(
     bundle: Path, requests: int = 20_000, concurrency: int = 16, rounds: int = 3, users: int = 16
 ) -> dict[str, Any]:
-    """Loop CPU per GET hit: the service with Redis, with Redis behind the near cache, in memory; the ceiling."""
+    """Loop CPU per GET hit: the service with Redis, with Redis behind the near cache, in memory; the ceiling;
+    and per POST, the plain route vs FastAPI's (`post`)."""
     import uvloop
 
     from service.config import Settings
@@ -124,6 +174,7 @@ def run_loop_bench(
             if apiroute:
                 app.router.routes = [r for r in app.router.routes if not isinstance(r, GetProfileRoute)]
             results[name] = uvloop.run(_measure(app, users, requests, concurrency, rounds))
+        results["post"] = uvloop.run(_post_ab(bundle, url, max(64, requests // 20), concurrency, rounds))
     os.environ["UTPM_BUNDLE"] = str(bundle)
     from loadtest.ceiling import create_app as create_ceiling
 

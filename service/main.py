@@ -124,8 +124,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     install_error_handlers(app)
     app.include_router(profile.router)
-    # First of all routes: it answers every GET /profile/{user_id} (the APIRoute only documents it).
-    app.router.routes.insert(0, profile.GetProfileRoute())
+    # First of all routes: they answer every GET /profile/{user_id} and POST /profile (the APIRoutes
+    # only document them).
+    app.router.routes[:0] = [profile.GetProfileRoute(), profile.PostProfileRoute()]
     app.include_router(lookup.router)
     app.include_router(health.router)
     app.include_router(admin.router)
