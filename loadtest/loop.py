@@ -95,15 +95,19 @@ async def _measure(app: Any, users: int, requests: int, concurrency: int, rounds
     return {"loop_us_per_request": round(statistics.median(cpu), 1), "requests_per_s": round(statistics.median(rate))}
 
 
-async def _post_ab(bundle: Path, url: str, requests: int, concurrency: int, rounds: int) -> dict[str, Any]:
-    """Loop CPU per POST /profile (the bundle's engine computing in its threads; the loop thread's CPU
-    only): the plain ASGI route vs FastAPI's APIRoute, both in one app, alternated round by round."""
+async def _post_ab(
+    bundle: Path, url: str, requests: int, concurrency: int, rounds: int, payloads: Path | None = None
+) -> dict[str, Any]:
+    """Loop CPU, requests/s and mean batch size per POST /profile from `concurrency` senders (the
+    bundle's engine computing in its threads; CPU of the loop thread only), three arms alternated
+    round by round in one app: the default, POST through FastAPI's APIRoute (before the plain
+    route), and the batcher's policy before a second batch had to start full."""
     from loadtest.payloads import PayloadSource
     from service.config import Settings
     from service.main import create_app
     from service.routes.profile import PostProfileRoute
 
-    source = PayloadSource.open(bundle, None)
+    source = PayloadSource.open(bundle, payloads)
     rng = random.Random(0)
     bodies = [orjson.dumps(source.body(rng, f"loop-post-{i}", 50)) for i in range(256)]
     app = create_app(Settings(bundle=bundle, redis_url=url, log_level="WARNING"))  # type: ignore[call-arg,arg-type]
@@ -111,11 +115,14 @@ async def _post_ab(bundle: Path, url: str, requests: int, concurrency: int, roun
     before = [r for r in fast if not isinstance(r, PostProfileRoute)]
     per = max(1, requests // concurrency)
     arms = {
-        "POST /profile, plain ASGI route (default)": fast,
-        "POST /profile through FastAPI's APIRoute (before)": before,
+        "POST /profile (default: plain ASGI route, full second batch)": (fast, True),
+        "POST /profile through FastAPI's APIRoute (before)": (before, True),
+        "POST /profile, batching before (a second batch starts at once)": (fast, False),
     }
     cpu: dict[str, list[float]] = {name: [] for name in arms}
     rate: dict[str, list[float]] = {name: [] for name in arms}
+    batch: dict[str, list[float]] = {name: [] for name in arms}
+    sizes: list[int] = []
 
     async def sender(worker: int, n: int) -> None:
         for j in range(n):
@@ -124,22 +131,54 @@ async def _post_ab(bundle: Path, url: str, requests: int, concurrency: int, roun
                 raise RuntimeError(f"POST /profile answered {status}: {text[:200]!r}")
 
     async with app.router.lifespan_context(app):
+        batcher = app.state.service.engine.batcher
+        record = batcher.on_batch
+
+        def on_batch(n: int) -> None:
+            sizes.append(n)
+            if record is not None:
+                record(n)
+
+        batcher.on_batch = on_batch
         await asyncio.gather(*(sender(w, max(1, per // 4)) for w in range(concurrency)))  # warm-up
         for rnd in range(rounds):
             for name in arms if rnd % 2 == 0 else reversed(list(arms)):
-                app.router.routes = arms[name]
+                app.router.routes, batcher.full_second_batch = arms[name]
+                sizes.clear()
                 c0, t0 = time.thread_time(), time.perf_counter()
                 await asyncio.gather(*(sender(w, per) for w in range(concurrency)))
                 c1, t1 = time.thread_time(), time.perf_counter()
                 cpu[name].append(1e6 * (c1 - c0) / (per * concurrency))
                 rate[name].append(per * concurrency / (t1 - t0))
+                batch[name].append(sum(sizes) / max(1, len(sizes)))
     return {
         name: {
             "loop_us_per_request": round(statistics.median(cpu[name]), 1),
-            "requests_per_s": round(statistics.median(rate[name])),
+            "requests_per_s": round(statistics.median(rate[name]), 1),
+            "mean_batch": round(statistics.median(batch[name]), 2),
             "rounds_us": [round(v, 1) for v in cpu[name]],
+            "rounds_rps": [round(v, 1) for v in rate[name]],
         }
         for name in arms
+    }
+
+
+def run_post_ab(
+    bundle: Path, requests: int = 2000, concurrency: int = 16, rounds: int = 3, payloads: Path | None = None
+) -> dict[str, Any]:
+    """Only the POST A/B (`utpm bench loop --post-only`: one load of a large bundle)."""
+    import uvloop
+
+    with Redis() as redis:
+        post = uvloop.run(_post_ab(bundle, redis.url, requests, concurrency, rounds, payloads))
+    return {
+        "kind": "loop",
+        "bundle": str(bundle),
+        "requests": requests,
+        "concurrency": concurrency,
+        "rounds": rounds,
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "post": post,
     }
 
 

@@ -256,12 +256,14 @@ def render_roofline(r: Mapping[str, Any]) -> str:
 
 def render_loop(r: Mapping[str, Any]) -> str:
     lines = [
-        "| request, in process (GET: a cache hit) | event-loop CPU per request (us, median of rounds) | requests/s |",
-        "|---|---:|---:|",
+        "| request, in process (GET: a cache hit) | event-loop CPU per request (us, median of rounds) "
+        "| requests/s | mean batch |",
+        "|---|---:|---:|---:|",
     ]
     for name, v in [*r.items(), *r.get("post", {}).items()]:
         if isinstance(v, Mapping) and "loop_us_per_request" in v:
-            lines.append(f"| {name} | {_fmt(v['loop_us_per_request'])} | {_fmt(v['requests_per_s'])} |")
+            cells = [_fmt(v["loop_us_per_request"]), _fmt(v["requests_per_s"]), _fmt(v.get("mean_batch"), 2)]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [
         "",
         f"`{r.get('command') or 'utpm bench loop'}` ({r['rounds']} rounds of {r['requests']:,} requests, "

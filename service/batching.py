@@ -9,6 +9,13 @@ time, light load) the batch runs at once instead of idling for nobody. Batches r
 pool (ONNX Runtime and FAISS release the GIL), at most `workers` at a time. The queue is bounded:
 past `max_pending` users waiting, `submit` raises `Overloaded` at once instead of queueing
 without bound, so accepted requests keep a bounded latency.
+
+With several workers, a batch that would start while another is running starts only once it is
+full (`max_batch_size`) or the running batch has finished: two half batches on two cores cost
+more per user than one full batch, and while one batch runs its core is busy anyway. So at low
+concurrency one batch at a time runs small batches, and as concurrency grows the batches grow to
+full size before a second worker joins (16 concurrent users gave mean batches of 4.5 with 8 allowed
+before; docs/performance.md, "Batching").
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ class MicroBatcher(Generic[In, Out]):
         workers: int = 1,
         on_batch: Callable[[int], None] | None = None,
         thread_init: Callable[[], object] | None = None,
+        full_second_batch: bool = True,
     ) -> None:
         self.run_batch = run_batch
         self.max_batch_size = max_batch_size
@@ -51,6 +59,9 @@ class MicroBatcher(Generic[In, Out]):
         self._slots = asyncio.Semaphore(workers)
         self._task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
+        self.full_second_batch = full_second_batch  # False: the behaviour before (for the A/B only)
+        self._running = 0  # batches computing now
+        self._wake = asyncio.Event()  # set when users are queued or a batch finishes
         self._last_arrival = 0.0
         self._gap = 1.0  # moving average of the time between arrivals (s), capped at 1 s per gap
 
@@ -77,6 +88,7 @@ class MicroBatcher(Generic[In, Out]):
                 fut: asyncio.Future[Out] = loop.create_future()
                 futures.append(fut)
                 self._queue.put_nowait((item, fut))
+            self._wake.set()
             return list(await asyncio.gather(*futures))
         finally:
             self._pending -= len(items)
@@ -92,6 +104,11 @@ class MicroBatcher(Generic[In, Out]):
                 await self._slots.acquire()
                 slot = True
                 self._take_queued(batch)
+                # Another batch is running: this one starts full, or once that one has finished.
+                while self.full_second_batch and self._running and len(batch) < self.max_batch_size:
+                    self._wake.clear()
+                    await self._wake.wait()
+                    self._take_queued(batch)
                 if len(batch) < self.max_batch_size and self._gap < self.max_wait:
                     deadline = loop.time() + self.max_wait
                     while len(batch) < self.max_batch_size:
@@ -109,6 +126,7 @@ class MicroBatcher(Generic[In, Out]):
                 if slot:
                     self._slots.release()
                 raise
+            self._running += 1
             task = loop.create_task(self._run(batch))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
@@ -140,6 +158,8 @@ class MicroBatcher(Generic[In, Out]):
                 if not f.done():
                     f.set_result(r)
         finally:
+            self._running -= 1
+            self._wake.set()
             self._slots.release()
 
     async def close(self) -> None:
@@ -155,6 +175,7 @@ class MicroBatcher(Generic[In, Out]):
             leftovers.append(self._queue.get_nowait())
         for lo in range(0, len(leftovers), self.max_batch_size):
             await self._slots.acquire()
+            self._running += 1
             await self._run(leftovers[lo : lo + self.max_batch_size])
         if self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)

@@ -142,6 +142,11 @@ class Settings(BaseSettings):
     batch_max_users: int = Field(8, ge=1, description="Users per ONNX Runtime run / FAISS search.")
     batch_max_wait_ms: float = Field(2.0, ge=0, description="Longest a request waits for company.")
     batch_workers: int = Field(2, ge=1, description="Batches computed at once (threads).")
+    batch_second_full: bool = Field(
+        True,
+        description="A batch that would start while another runs waits until it is full or that one has "
+        "finished (false: it starts at once, half full).",
+    )
     max_pending_users: int = Field(
         512, ge=1, description="Users queued for the model before new work is shed with 503 + Retry-After."
     )

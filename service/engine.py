@@ -347,6 +347,7 @@ class ProfileEngine:
             s.batch_workers,
             on_batch=on_batch,
             thread_init=init_batch_thread,
+            full_second_batch=s.batch_second_full,
         )
         self.batcher.start()
         self._idle = asyncio.Event()

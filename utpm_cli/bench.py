@@ -233,9 +233,13 @@ def bench_loop_cmd(
     concurrency: Annotated[int, typer.Option(help="Coroutines sending at once.")] = 16,
     rounds: Annotated[int, typer.Option(help="Timed rounds (the median is reported).")] = 3,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON here.")] = None,
+    post_only: Annotated[
+        bool, typer.Option(help="Only the POST A/B (route, batching): --requests POSTs per round per arm.")
+    ] = False,
+    payloads: Annotated[Path | None, typer.Option(help="JSON-lines request bodies for the POSTs.")] = None,
 ) -> None:
-    """Event-loop CPU per GET /profile hit, in process (no HTTP): service variants vs the ceiling; JSON."""
-    from loadtest.loop import run_loop_bench
+    """Event-loop CPU per GET /profile hit and per POST, in process (no HTTP): variants A/B, the ceiling; JSON."""
+    from loadtest.loop import run_loop_bench, run_post_ab
 
     if not (bundle / "manifest.json").is_file():
         fail(f"{bundle} is not a bundle (no manifest.json); `utpm demo --no-serve` builds artifacts/demo/bundle")
@@ -243,13 +247,19 @@ def bench_loop_cmd(
         fail("--requests must be at least --concurrency, and --rounds at least 1")
     t0 = time.perf_counter()
     try:
-        report = run_loop_bench(bundle, requests, concurrency, rounds)
+        if post_only:
+            report = run_post_ab(bundle, requests, concurrency, rounds, payloads)
+        else:
+            report = run_loop_bench(bundle, requests, concurrency, rounds)
     except (RuntimeError, OSError, ValueError) as e:
         fail(str(e))
     report["command"] = _command_line()
     typer.echo(json.dumps(report, indent=2))
     if json_out is not None:
         _write(report, json_out)
+    if post_only:
+        typer.echo(f"measured the POST A/B in {time.perf_counter() - t0:.0f}s")
+        return
     ceiling = report["ceiling (empty FastAPI endpoint)"]["loop_us_per_request"]
     redis = report["service, Redis (near cache off)"]["loop_us_per_request"]
     typer.echo(
