@@ -176,6 +176,15 @@ class GetProfileRoute(Route):
         await send({"type": "http.response.body", "body": body})
 
 
+def _json_body(scope: Scope) -> bool:
+    """No Content-Type, application/json or application/*+json (FastAPI's rule for parsing a body)."""
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            media = value.split(b";", 1)[0].strip().lower()
+            return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
+    return True
+
+
 class PostProfileRoute(Route):
     """POST /profile as a plain ASGI handler: the body validated straight from its JSON bytes by pydantic
     (`model_validate_json`) instead of FastAPI's json.loads, dependency solving and Response object: per
@@ -199,6 +208,9 @@ class PostProfileRoute(Route):
         if scope["method"] != "POST":  # 405: Starlette's own handling
             await super().handle(scope, receive, send)
             return
+        if not _json_body(scope):  # as FastAPI: a body that does not say it is JSON is not parsed
+            msg = "Input should be a valid dictionary or object to extract fields from"
+            raise RequestValidationError([{"type": "model_attributes_type", "loc": ("body",), "msg": msg}])
         chunks, more = [], True
         while more:
             message = await receive()
