@@ -264,3 +264,13 @@ def test_an_approximate_index_of_the_default_model_reports_its_two_stage_recall(
     np.testing.assert_allclose(scores, exact, rtol=1e-5, atol=1e-4)
     _, best = exact_top_k(u, b.embeddings, np.asarray(b.tag_bias), hist_ids, hist_g, 10)
     assert (scores <= best[:, :1] + 1e-4).all()  # nothing scores above the exact best
+
+
+def test_cli_index_build_reports_the_two_stage_recall_of_a_default_model_bundle(
+    hist_bundle: Path, tmp_path: Path
+) -> None:
+    dst = tmp_path / "bundle"
+    shutil.copytree(hist_bundle, dst)
+    res = CliRunner().invoke(_cli(), ["index", "build", str(dst), "--kind", "flat"])
+    assert res.exit_code == 0, res.output
+    assert "two-stage search vs exact final scores" in res.output and "recall@50 1.000" in res.output
