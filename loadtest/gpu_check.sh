@@ -13,7 +13,7 @@
 #    tuned to recall@50 >= 0.95 on the GPU, over 1M x 128 structured tags;
 #    `python -m loadtest.gpu_exact`: the same exact search with PyTorch on the GPU (a reference for
 #    when the faiss build has no kernels for the GPU, as faiss-gpu-cu12 1.14.1 on an H200);
-# 3. the benchmark bundle at $TAGS tags (trained on $TRAIN_USERS users: what a request costs does
+# 3. the benchmark bundle of $MODEL at $TAGS tags (trained on $TRAIN_USERS users: what a request costs does
 #    not depend on how long the model trained), then `utpm bench serve` on it at 16 and 64 users,
 #    with ONNX Runtime on the GPU and then on the CPU cores.
 # Benchmark commands never edit the docs: `utpm bench report` renders gpu_check.json into them.
@@ -24,6 +24,7 @@ OUT=${OUT:-artifacts/gpu_check}
 TAGS=${TAGS:-100000}
 INDEX_TAGS=${INDEX_TAGS:-1000000}
 TRAIN_USERS=${TRAIN_USERS:-1024}
+MODEL=${MODEL:-utpm-hist}  # the benchmark bundle's model: utpm-hist (the default) or utpm (the paper's)
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-5}
 ROOT=${ROOT:-artifacts/bench-gpu}
 STEPS=" ${STEPS:-model index exact-torch bundle serve serve-cpu} "  # a subset reruns only those
@@ -80,16 +81,19 @@ step bundle 180 "$OUT/bundle.json" "$PY" -c "
 import dataclasses, json, sys
 from pathlib import Path
 from loadtest.bundle import Recipe, prepare_bench_bundle
-recipe = dataclasses.replace(Recipe.for_tags($TAGS), train_users=$TRAIN_USERS)
+Path('$ROOT/built.txt').unlink(missing_ok=True)
+recipe = dataclasses.replace(Recipe.for_tags($TAGS, model='$MODEL'), train_users=$TRAIN_USERS)
 b = prepare_bench_bundle(recipe, Path('$ROOT'), progress=lambda m: print(m, file=sys.stderr, flush=True))
+Path('$ROOT/built.txt').write_text(f'{b.bundle} {b.payloads}')
 print(json.dumps(b.info))
 "
-step serve 240 /dev/null "${UTPM[@]}" bench serve --bundle "$ROOT/tags$TAGS/bundle" --payloads "$ROOT/tags$TAGS/payloads.jsonl" \
+read -r BUNDLE PAYLOADS <"$ROOT/built.txt" 2>/dev/null || BUNDLE=none PAYLOADS=none
+step serve 240 /dev/null "${UTPM[@]}" bench serve --bundle "$BUNDLE" --payloads "$PAYLOADS" \
   --root "$ROOT" --users 16,64 --duration "$SECONDS_PER_RUN" --no-peers --no-profile --json "$OUT/serve.json"
 # The same runs with ONNX Runtime on the CPU cores: what the GPU adds to the service, on one machine.
-step serve-cpu 240 /dev/null "${UTPM[@]}" bench serve --bundle "$ROOT/tags$TAGS/bundle" \
-  --payloads "$ROOT/tags$TAGS/payloads.jsonl" --root "$ROOT" --users 16,64 --duration "$SECONDS_PER_RUN" \
-  --no-peers --no-profile --set device=cpu --json "$OUT/serve-cpu.json"
+step serve-cpu 240 /dev/null "${UTPM[@]}" bench serve --bundle "$BUNDLE" --payloads "$PAYLOADS" \
+  --root "$ROOT" --users 16,64 --duration "$SECONDS_PER_RUN" --no-peers --no-profile --set device=cpu \
+  --json "$OUT/serve-cpu.json"
 
 "$PY" - "$OUT" "${STATUS[@]}" <<'EOF'
 import json
