@@ -84,7 +84,7 @@ from loadtest.bundle import Recipe, prepare_bench_bundle
 Path('$ROOT/built.txt').unlink(missing_ok=True)
 recipe = dataclasses.replace(Recipe.for_tags($TAGS, model='$MODEL'), train_users=$TRAIN_USERS)
 b = prepare_bench_bundle(recipe, Path('$ROOT'), progress=lambda m: print(m, file=sys.stderr, flush=True))
-Path('$ROOT/built.txt').write_text(f'{b.bundle} {b.payloads}')
+Path('$ROOT/built.txt').write_text(f'{b.bundle} {b.payloads}\\n')
 print(json.dumps(b.info))
 "
 read -r BUNDLE PAYLOADS <"$ROOT/built.txt" 2>/dev/null || BUNDLE=none PAYLOADS=none
