@@ -143,3 +143,13 @@ def test_explain_parts_match_pytorch(hist_built: BuiltBundle) -> None:
         for t, m, h in zip(prof.tag_ids.tolist(), prof.model_part.tolist(), prof.history_part.tolist(), strict=True):
             if t in want:  # ties at the cut may swap a tag in or out
                 assert m == pytest.approx(want[t][0], abs=1e-3) and h == pytest.approx(want[t][1], abs=1e-4)
+
+
+def test_paper_bundles_keep_their_format(tiny_bundle: Path) -> None:
+    """A paper-model bundle has no scorer, no bias and its plain u . t index dimension: old bundles load as before."""
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    assert "scorer" not in manifest and not (tiny_bundle / "tag_bias.npy").exists()
+    b = load_bundle(tiny_bundle)
+    assert not b.has_history and b.tag_bias is None and b.index_dim == b.dim
+    u = np.ones((2, b.dim), np.float32)
+    assert b.index_queries(u).shape == (2, b.dim) and b.index_table().shape == (b.manifest.tag_count, b.dim)
