@@ -118,8 +118,8 @@ class HistoryTrainConfig(TrainConfig):
 
 def as_history_config(config: TrainConfig) -> HistoryTrainConfig:
     """`config` as a `HistoryTrainConfig`: a plain `TrainConfig` naming utpm-hist keeps its shared
-    settings (budget, seed, warm start); a paper preset gets the default model's sizes; a paper loss
-    becomes the softmax."""
+    settings (budget, seed, warm start); a paper preset gets the default model's sizes; a loss it does
+    not know becomes `DEFAULT_HISTORY_LOSS`."""
     if isinstance(config, HistoryTrainConfig):
         return config
     shared = {k: getattr(config, k) for k in TrainConfig.__dataclass_fields__ if k not in ("model", "loss", "preset")}
