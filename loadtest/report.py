@@ -123,7 +123,7 @@ def _stage_lines(runs: Mapping[str, Any]) -> list[str]:
         "|---|" + "---:|" * (len(STAGES) + 5),
     ]
     for key, sm in rows:
-        route = "/profile/{user_id} 2xx" if "/get" in key else "/profile 2xx"
+        route = "/profile/{user_id} 2xx" if "get" in key.split("/")[1] else "/profile 2xx"
         total = sm.get("server_latency", {}).get(route, {}).get("mean_ms")
         stages = " | ".join(_fmt(sm.get("stages", {}).get(st, {}).get("mean_ms"), 2) for st in STAGES)
         gc = sm.get("gc_pauses") or {}
