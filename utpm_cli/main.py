@@ -155,7 +155,7 @@ def train_cmd(
         str, typer.Option(help="Model name: utpm-hist (the default model), or the paper's utpm, youtube, af2-cf, ...")
     ] = "utpm-hist",
     loss: Annotated[
-        str, typer.Option(help="utpm-hist: softmax, sampled or joint; the paper's models: joint or separate.")
+        str, typer.Option(help="utpm-hist: bce (default), softmax, sampled, joint; the paper's: joint, separate.")
     ] = "",
     preset: Annotated[str, typer.Option(help="Preset: movielens, industrial, tiny.")] = "movielens",
     seed: Annotated[int, typer.Option(help="Seed of the user split, the initial weights and the sampling.")] = 0,
@@ -256,7 +256,7 @@ def experiment_cmd(
         typer.Option(help="Comma-separated model names; 'paper' = the paper's ladder + utpm; 'default' = utpm-hist."),
     ] = "paper",
     loss: Annotated[
-        str, typer.Option(help="joint, separate, both, default (each model's own), or softmax/sampled (utpm-hist).")
+        str, typer.Option(help="joint, separate, both, default (each model's own), or bce/softmax/sampled (utpm-hist).")
     ] = "both",
     seeds: Annotated[int, typer.Option(help="Number of seeds (0..N-1).")] = 5,
     folds: Annotated[int, typer.Option(help="k-fold over users instead of seeded 80/20 draws (0: off).")] = 0,
@@ -292,8 +292,8 @@ def experiment_cmd(
     if bad:
         fail(f"unknown model(s) {bad}; valid: default ({DEFAULT_MODEL}), {', '.join(MODEL_NAMES)}")
     losses = {"both": ["separate", "joint"]}.get(loss, [loss])
-    if any(lo not in ("joint", "separate", "default", "softmax", "sampled") for lo in losses):
-        fail(f"--loss must be joint, separate, both, default, softmax or sampled, not {loss!r}")
+    if any(lo not in ("joint", "separate", "default", "bce", "softmax", "sampled") for lo in losses):
+        fail(f"--loss must be joint, separate, both, default, bce, softmax or sampled, not {loss!r}")
     ks = [int(x) for x in k.split(",") if x.strip()]
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
         task = bar.add_task("experiment", total=None)

@@ -51,11 +51,11 @@ def train_default(
     from utpm.data.loading import load_dataset
     from utpm.data.protocol import split_protocol
     from utpm.models.history import HistoryOptions
-    from utpm.training.history import HistoryTrainConfig, history_preset, train_history
+    from utpm.training.history import DEFAULT_HISTORY_LOSS, HistoryTrainConfig, history_preset, train_history
 
     try:
         config = HistoryTrainConfig(
-            loss=loss or "softmax",
+            loss=loss or DEFAULT_HISTORY_LOSS,
             preset=history_preset(preset, dim=dim, max_values=max_values),
             seed=seed,
             epochs=epochs,

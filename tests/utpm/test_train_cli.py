@@ -1,0 +1,26 @@
+"""`utpm train DATA --out RUN` without --model or --loss trains the default model with its default loss."""
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from utpm.training.history import DEFAULT_HISTORY_LOSS
+from utpm_cli.main import app
+
+
+def test_train_without_options_trains_the_default_model_with_its_default_loss(
+    movielens_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", str(movielens_dir), "--out", str(out), "--epochs", "1", "--dim", "8"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"] == "utpm-hist"
+    assert config["loss"] == DEFAULT_HISTORY_LOSS == "bce"
+
+
+def test_train_refuses_an_unknown_loss_by_name(movielens_dir: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["train", str(movielens_dir), "--out", str(tmp_path / "r"), "--loss", "hinge"])
+    assert result.exit_code != 0
+    assert "hinge" in result.output
