@@ -303,6 +303,9 @@ def run_bench(cfg: BenchConfig, progress: Say | None = None) -> dict[str, Any]:
     facts = _bundle_facts(bundle)
     if run_dir is None and facts["run"] and Path(str(facts["run"])).is_dir():
         run_dir = Path(str(facts["run"]))
+    if facts["model"] != "utpm":
+        run_dir = None  # the naive peer implements the paper model's tower only
+        say(f"no naive peer for a {facts['model']} bundle (it serves the paper model only)")
     source = PayloadSource.open(bundle, payloads)
     extra = locust_args(["--payloads", str(payloads)] if payloads else ["--bundle", str(bundle)], cfg.k, cfg.read_users)
     bodies = write_bodies(source, out_dir / "wrk_bodies.jsonl", cfg.k)
