@@ -15,7 +15,6 @@ import shutil
 import uuid
 import warnings
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ import onnxruntime as ort
 import torch
 from torch import Tensor, nn
 
-from model_export.bundle import load_bundle, load_history_encoder
+from model_export.bundle import load_history_encoder
 from model_export.errors import ParityError
 from model_export.inputs import history_feed
 from model_export.manifest import (
@@ -38,18 +37,14 @@ from model_export.manifest import (
     HIST_MASK_INPUT,
     HISTORY_ARRAYS_FILE,
     HISTORY_SCORES_OUTPUT,
-    METRIC,
     ONNX_FILE,
     REFERENCE_FILE,
     REFERENCE_USERS,
     TAGS_FILE,
     USER_EMBEDDING_OUTPUT,
-    FieldInfo,
     Manifest,
     attention_output,
-    content_version,
     counts_input,
-    hash_files,
     ids_input,
     mask_input,
 )
@@ -61,10 +56,11 @@ from model_export.parity import (
     history_parity_cases,
     slice_history,
 )
-from model_export.session import SessionConfig, build_session, check_signature
+from model_export.session import SessionConfig, build_session
 from utpm.features.history import PHI_NAMES, HistoryBatch
 from utpm.features.vocab import Vocabulary
 from utpm.models.history import HistoryModel
+from utpm.training.history import batch_tensors
 
 PARITY_SESSION = SessionConfig(prefer_gpu=False, warmup=False)
 SCORER_KIND = "utpm-hist"
@@ -141,22 +137,11 @@ def export_scorer_onnx(model: HistoryModel, path: Path, opset: int, width: int) 
     return [i.name for i in graph.input], [o.name for o in graph.output]
 
 
-def _tensors(b: HistoryBatch) -> tuple[list[Tensor], list[Tensor], list[Tensor], Tensor, Tensor, Tensor]:
-    return (
-        [torch.from_numpy(x) for x in b.ids],
-        [torch.from_numpy(x) for x in b.masks],
-        [torch.from_numpy(x) for x in b.counts],
-        torch.from_numpy(b.hist_ids),
-        torch.from_numpy(b.hist_feats),
-        torch.from_numpy(b.hist_mask),
-    )
-
-
 def torch_history_runner(model: HistoryModel, top_k: int) -> HistoryRunner:
     """PyTorch eager: [u, attention..., g, top-k ids, top-k final scores] from `HistoryModel.scores`."""
 
     def run(b: HistoryBatch) -> list[np.ndarray]:
-        ids, masks, counts, hid, hf, hm = _tensors(b)
+        ids, masks, counts, hid, hf, hm = batch_tensors(b)
         with torch.inference_mode():
             u, fw, mw = model.user_vector(ids, masks, counts)
             g = model.history_scores(hf, hm)
@@ -216,7 +201,7 @@ def export_history_bundle(
 ) -> Manifest:
     """The utpm-hist half of `onnx_export.export_bundle` (same guarantees: nothing is put in place
     unless parity holds)."""
-    from model_export.onnx_export import _swap_into_place, heldout_users
+    from model_export.onnx_export import finish_bundle, heldout_users
 
     model: HistoryModel = run.model
     encoder, tags, run_path = run.encoder, run.tags, Path(run.path)
@@ -280,43 +265,26 @@ def export_history_bundle(
         heldout = next(c for c in cases if c.name == "heldout")
         write_history_reference(tmp / REFERENCE_FILE, model, heldout, names_in, encoder.field_names)
 
-        files = [p.relative_to(tmp).as_posix() for p in sorted(tmp.rglob("*")) if p.is_file()]
-        hashes = hash_files(tmp, files)
-        manifest = Manifest(
-            bundle_version=content_version(hashes),
-            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            model={
-                "name": model.name,
-                "preset_name": run.preset.name,
-                "preset": run.preset.to_dict(),
-                "loss": run.config.get("loss"),
-                "run": str(run_path.resolve()),
-            },
+        manifest = finish_bundle(
+            tmp,
+            out,
+            overwrite,
+            run=run,
+            run_path=run_path,
+            model_name=model.name,
             user_dim=model.preset.U,
             heads=model.base.heads,
-            fields=[
-                FieldInfo(s.name, s.kind.value, s.max_len, s.vocab_size, f"{ENCODER_DIR}/vocab_{s.name}.json")
-                for s in encoder.specs
-            ],
+            encoder=encoder,
             tag_count=len(tags),
-            metric=METRIC,
-            onnx={
-                "file": ONNX_FILE,
-                "opset": opset,
-                "exporter": "torch.onnx (TorchScript, dynamo=False)",
-                "torch": torch.__version__,
-                "dynamic_axes": ["batch", "history"],
-                "inputs": names_in,
-                "outputs": names_out,
-            },
-            parity={"inputs": source, **report.to_dict()},
-            files=hashes,
-            heldout_users={"file": HELDOUT_FILE, "count": len(users), "source": source},
+            opset=opset,
+            dynamic_axes=["batch", "history"],
+            inputs=names_in,
+            outputs=names_out,
+            parity=report,
+            users=len(users),
+            source=source,
             scorer=scorer,
         )
-        manifest.write(tmp)
-        check_signature(build_session(tmp / ONNX_FILE, PARITY_SESSION), load_bundle(tmp).manifest)
-        _swap_into_place(tmp, out, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -334,7 +302,7 @@ def write_history_reference(
     """The first `n` users' graph feed (`feed__<input>`) and PyTorch's u and g for them, re-checked at load."""
     b = slice_history(case.batch, 0, min(n, case.batch.size))
     feed = history_feed(input_names, field_names, b.ids, b.masks, b.counts, b.hist_feats, b.hist_mask)
-    ids, masks, counts, _, hf, hm = _tensors(b)
+    ids, masks, counts, _, hf, hm = batch_tensors(b)
     with torch.inference_mode():
         u = model.user_vector(ids, masks, counts)[0].numpy()
         g = model.history_scores(hf, hm).numpy()

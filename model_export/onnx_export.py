@@ -260,6 +260,70 @@ def _swap_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def finish_bundle(
+    tmp: Path,
+    out: Path,
+    overwrite: bool,
+    *,
+    run: Any,
+    run_path: Path,
+    model_name: str,
+    user_dim: int,
+    heads: int,
+    encoder: FeatureEncoder,
+    tag_count: int,
+    opset: int,
+    dynamic_axes: list[str],
+    inputs: list[str],
+    outputs: list[str],
+    parity: Any,
+    users: int,
+    source: str,
+    **extra: Any,
+) -> Manifest:
+    """Hash the files written to `tmp`, write its manifest, open it the way the service does, then
+    put it in place of `out`. `extra`: the model kind's own manifest fields (variants, scorer)."""
+    files = [p.relative_to(tmp).as_posix() for p in sorted(tmp.rglob("*")) if p.is_file()]
+    hashes = hash_files(tmp, files)
+    manifest = Manifest(
+        bundle_version=content_version(hashes),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        model={
+            "name": model_name,
+            "preset_name": run.preset.name,
+            "preset": run.preset.to_dict(),
+            "loss": run.config.get("loss"),
+            "run": str(run_path.resolve()),
+        },
+        user_dim=user_dim,
+        heads=heads,
+        fields=[
+            FieldInfo(s.name, s.kind.value, s.max_len, s.vocab_size, f"{ENCODER_DIR}/vocab_{s.name}.json")
+            for s in encoder.specs
+        ],
+        tag_count=tag_count,
+        metric=METRIC,
+        onnx={
+            "file": ONNX_FILE,
+            "opset": opset,
+            "exporter": "torch.onnx (TorchScript, dynamo=False)",
+            "torch": torch.__version__,
+            "dynamic_axes": dynamic_axes,
+            "inputs": inputs,
+            "outputs": outputs,
+        },
+        parity={"inputs": source, **parity.to_dict()},
+        files=hashes,
+        heldout_users={"file": HELDOUT_FILE, "count": users, "source": source},
+        **extra,
+    )
+    manifest.write(tmp)
+    # The bundle must open the way the service opens it, before it is put in place.
+    check_signature(build_session(tmp / ONNX_FILE, PARITY_SESSION), load_bundle(tmp).manifest)
+    _swap_into_place(tmp, out, overwrite)
+    return manifest
+
+
 def write_reference(path: Path, model: UserModel, batch: EncodedBatch, n: int = REFERENCE_USERS) -> None:
     """Save the first `n` users' inputs and PyTorch's u for them (`model_export.bundle.verify_onnx`)."""
     sub = slice_batch(batch, 0, min(n, batch.size))
@@ -365,44 +429,26 @@ def export_bundle(
             say(f"building the {v} variant and measuring its top-{top_k} agreement")
             variant_infos[v] = _variant_info(v, tmp, model.field_names, cases, tag_embeddings, top_k)
 
-        files = [p.relative_to(tmp).as_posix() for p in sorted(tmp.rglob("*")) if p.is_file()]
-        hashes = hash_files(tmp, files)
-        manifest = Manifest(
-            bundle_version=content_version(hashes),
-            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            model={
-                "name": model.name,
-                "preset_name": run.preset.name,
-                "preset": run.preset.to_dict(),
-                "loss": run.config.get("loss"),
-                "run": str(run_path.resolve()),
-            },
+        manifest = finish_bundle(
+            tmp,
+            out,
+            overwrite,
+            run=run,
+            run_path=run_path,
+            model_name=model.name,
             user_dim=model.preset.U,
             heads=model.heads,
-            fields=[
-                FieldInfo(s.name, s.kind.value, s.max_len, s.vocab_size, f"{ENCODER_DIR}/vocab_{s.name}.json")
-                for s in encoder.specs
-            ],
+            encoder=encoder,
             tag_count=len(run.tags),
-            metric=METRIC,
-            onnx={
-                "file": ONNX_FILE,
-                "opset": opset,
-                "exporter": "torch.onnx (TorchScript, dynamo=False)",
-                "torch": torch.__version__,
-                "dynamic_axes": ["batch"],
-                "inputs": input_names(model.specs),
-                "outputs": output_names(model.specs),
-            },
-            parity={"inputs": source, **report.to_dict()},
-            files=hashes,
-            heldout_users={"file": HELDOUT_FILE, "count": len(users), "source": source},
+            opset=opset,
+            dynamic_axes=["batch"],
+            inputs=input_names(model.specs),
+            outputs=output_names(model.specs),
+            parity=report,
+            users=len(users),
+            source=source,
             variants=variant_infos,
         )
-        manifest.write(tmp)
-        # The bundle must open the way the service opens it, before it is put in place.
-        check_signature(build_session(tmp / ONNX_FILE, PARITY_SESSION), load_bundle(tmp).manifest)
-        _swap_into_place(tmp, out, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

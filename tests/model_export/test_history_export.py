@@ -18,6 +18,7 @@ from pipeline import BuiltBundle
 from tests.bundles import perturb_onnx
 from utpm.data.loading import load_dataset
 from utpm.data.protocol import split_protocol
+from utpm.training.history import batch_tensors
 from utpm.training.run import load_run
 
 
@@ -48,14 +49,7 @@ def test_served_scores_equal_pytorch_final_scores(hist_built: BuiltBundle, movie
     users = [split.features(int(i)) for i in split.indices(test=True)[:40]]
     batch = henc.encode([henc.parse(u) for u in users])
     with torch.no_grad():
-        s = run.model.scores(
-            [torch.from_numpy(x) for x in batch.ids],
-            [torch.from_numpy(x) for x in batch.masks],
-            [torch.from_numpy(x) for x in batch.counts],
-            torch.from_numpy(batch.hist_ids),
-            torch.from_numpy(batch.hist_feats),
-            torch.from_numpy(batch.hist_mask),
-        )
+        s = run.model.scores(*batch_tensors(batch))
         s[:, :2] = -torch.inf
     computed = engine.compute([engine.encode(u, 10, False) for u in users])
     for row, prof in enumerate(computed):
@@ -124,16 +118,7 @@ def test_explain_parts_match_pytorch(hist_built: BuiltBundle) -> None:
         {"clicked_tags": ["disney", "pixar", "disney", "animation"]},
     ]
     b = henc.encode([henc.parse(u) for u in users])
-    ref = score_parts(
-        run.model,
-        [torch.from_numpy(x) for x in b.ids],
-        [torch.from_numpy(x) for x in b.masks],
-        [torch.from_numpy(x) for x in b.counts],
-        torch.from_numpy(b.hist_ids),
-        torch.from_numpy(b.hist_feats),
-        torch.from_numpy(b.hist_mask),
-        k=5,
-    )
+    ref = score_parts(run.model, *batch_tensors(b), k=5)
     np.testing.assert_allclose((ref.model + ref.history).numpy(), ref.scores.numpy(), atol=1e-5)
     assert (ref.history.numpy() != 0).any()  # the users' own tags carry a history part
     for row, prof in enumerate(engine.compute([engine.encode(u, 5, True) for u in users])):

@@ -260,9 +260,10 @@ def _concat(batches: Sequence[HistoryBatch]) -> HistoryBatch:
     )
 
 
-def _tensors(
+def batch_tensors(
     b: HistoryBatch,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, masks, counts per field, hist_ids, hist_feats, hist_mask) of an encoded batch, as tensors."""
     return (
         [torch.from_numpy(x) for x in b.ids],
         [torch.from_numpy(x) for x in b.masks],
@@ -280,7 +281,7 @@ def rank_history(
     out: list[list[str]] = []
     k = min(k, len(tags) - 2)
     model.eval()
-    ids, masks, counts, hid, hf, hm = _tensors(batch)
+    ids, masks, counts, hid, hf, hm = batch_tensors(batch)
     with torch.no_grad():
         for lo in range(0, batch.size, chunk):
             sl = slice(lo, lo + chunk)
@@ -444,7 +445,7 @@ def train_history(
         batch = _concat(
             [train_encs[k].encode([seqs.stats(i, h) for i, h in part]) for k, part in enumerate(parts) if part]
         )
-        ids, masks, counts, hid, hf, hm = _tensors(batch)
+        ids, masks, counts, hid, hf, hm = batch_tensors(batch)
         label_sets = [seqs.label_tags(i, h) for i, h in chunk]
         rows, cols = (torch.from_numpy(a) for a in _multi_hot(label_sets, tags))
         u = model.user_vector(ids, masks, counts)[0]
