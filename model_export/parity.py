@@ -88,6 +88,16 @@ def parity_cases(encoder: FeatureEncoder, heldout: Sequence[RawFeatures], rng: n
     value unknown to the vocabularies), longer_than_max (3 * H_f known values per multi field,
     3 values per single field: the encoder keeps the most recent).
     """
+    return [
+        ParityCase(name, encoder.encode(raw), description)
+        for name, raw, description in raw_cases(encoder, heldout, rng)
+    ]
+
+
+def raw_cases(
+    encoder: FeatureEncoder, heldout: Sequence[RawFeatures], rng: np.random.Generator
+) -> list[tuple[str, list[Any], str]]:
+    """(name, raw users, description) of every case `parity_cases` documents."""
     if not heldout:
         raise ValueError("parity needs at least one held-out user")
     names = encoder.field_names
@@ -110,15 +120,6 @@ def parity_cases(encoder: FeatureEncoder, heldout: Sequence[RawFeatures], rng: n
                 count = 3 * spec.max_len if spec.kind is FieldKind.MULTI else 3
                 user[spec.name] = [known[int(j)] for j in rng.integers(0, len(known), count)]
         longer.append(user)
-    return [
-        ParityCase(name, encoder.encode(raw), description)
-        for name, raw, description in raw_cases(users, cycled, empty_field, oov, longer)
-    ]
-
-
-def raw_cases(
-    users: list[Any], cycled: list[Any], empty_field: list[Any], oov: list[Any], longer: list[Any]
-) -> list[tuple[str, list[Any], str]]:
     return [
         ("heldout", users, f"{len(users)} held-out users"),
         ("batch_1", users[:1], "one user"),
@@ -146,28 +147,8 @@ def history_parity_cases(
     `counts`: held-out users whose multi fields come as {value: count} objects, counts 1..50 and one
     huge (clamped)."""
     encoder = henc.encoder
-    if not heldout:
-        raise ValueError("parity needs at least one held-out user")
-    users = [dict(u) for u in heldout]
-    names = encoder.field_names
-    cycled = [users[i % len(users)] for i in range(CHUNK)]
-    empty_field = []
-    for j in range(min(64, max(len(users), len(names)))):
-        u = dict(users[j % len(users)])
-        u.pop(names[j % len(names)], None)
-        empty_field.append(u)
-    oov = [
-        {n: [f"\x00unseen-{n}-{i}-{v}" for v in range(encoder.spec(n).max_len + 2)] for n in names} for i in range(8)
-    ]
-    longer: list[dict[str, Any]] = []
-    for _ in range(16):
-        user: dict[str, Any] = {}
-        for spec in encoder.specs:
-            known = encoder.vocabs[spec.name].tokens[2:]
-            if known:
-                count = 3 * spec.max_len if spec.kind is FieldKind.MULTI else 3
-                user[spec.name] = [known[int(j)] for j in rng.integers(0, len(known), count)]
-        longer.append(user)
+    raw = raw_cases(encoder, heldout, rng)
+    users = raw[0][1]
     counted: list[dict[str, Any]] = []
     for j, u in enumerate(users[:64]):
         c: dict[str, Any] = {}
@@ -179,7 +160,7 @@ def history_parity_cases(
             else:
                 c[name] = values
         counted.append(c)
-    raw = [*raw_cases(users, cycled, empty_field, oov, longer), ("counts", counted, "{value: count} objects")]
+    raw.append(("counts", counted, "{value: count} objects"))
     return [HistoryCase(name, henc.encode([henc.parse(x) for x in r]), d) for name, r, d in raw]
 
 
