@@ -74,10 +74,15 @@ class StaleFallback:
         others = [v for v in dict.fromkeys([*head, *ranked]) if v != current]
         self.versions = others[:STALE_VERSIONS]
 
+    def swapping(self, current: str, previous: str) -> None:
+        """Put `previous` first before `current` is swapped in: a miss in the moment between the swap
+        and `refresh` (which awaits Redis) must fall back to the version being replaced."""
+        self.versions = [previous, *(v for v in self.versions if v not in (current, previous))][:STALE_VERSIONS]
+
     async def versions_for(self, current: str) -> list[str]:
         if not self._loaded and time.monotonic() - self._last_try >= RETRY_S:
             await self.refresh(current, self.versions[0] if self.versions else None)
-        return self.versions
+        return [v for v in self.versions if v != current]
 
 
 def decode_stale(record: bytes | None, k: int) -> bytes | None:

@@ -57,6 +57,8 @@ async def reload_bundle(body: ReloadRequest, state: State, request: Request) -> 
             ) from None
         new.start(on_batch=state.metrics.batch_size.observe)
         old = state.engine
+        if state.fallback is not None:
+            state.fallback.swapping(new.version, old.version)
         state.engine = new  # the swap: new requests see the new engine from here on
         if state.fallback is not None:  # misses under the new version fall back to the old one's profiles
             await state.fallback.refresh(new.version, previous=old.version)

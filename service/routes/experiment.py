@@ -126,6 +126,8 @@ async def promote(state: State, request: Request) -> JSONResponse:
         if challenger is None:
             raise NoChallenger("no challenger is loaded; nothing to promote")
         old = state.engine
+        if state.fallback is not None:
+            state.fallback.swapping(challenger.version, old.version)
         state.engine, state.experiment = challenger, Experiment()  # the swap, in one step
         if state.fallback is not None:  # misses under the new champion fall back to the old one's profiles
             await state.fallback.refresh(challenger.version, previous=old.version)

@@ -8,7 +8,7 @@ import orjson
 import pytest
 import redis
 
-from service.cache import CacheUnavailable, RedisProfileCache
+from service.cache import CacheUnavailable, RedisProfileCache, profile_key
 from service.profile_record import CorruptRecord, cached_response, render, stale_response
 from tests.conftest import RedisServer, free_port
 
@@ -108,3 +108,27 @@ def test_ttl_lru_expires_and_evicts_the_least_recently_used() -> None:
     for i in range(60):
         many.put(f"new{i}", b"y", 60)
     assert len(many) == 60
+
+
+def test_a_miss_during_a_swap_falls_back_to_the_version_being_replaced(redis_server: RedisServer) -> None:
+    """Between the engine swap and the registry refresh (which awaits Redis), the fallback list must
+    already name the old version: alternating reloads A -> B -> A once answered such a GET with 404."""
+    from service.stale import StaleFallback, read_stale
+
+    async def go() -> tuple[list[str], bytes | None]:
+        cache = RedisProfileCache(redis_server.url)
+        try:
+            fallback = StaleFallback(cache)
+            await fallback.refresh("A")
+            await fallback.refresh("B", previous="A")  # serving B; its misses fall back to A
+            record = render("u", "B", ["x", "y"], [2.0, 1.0], {}, False, computed_at_ms=0, expires_at_ms=1).record()
+            await cache.set(profile_key("B", "u"), record, 60_000)
+            fallback.swapping("A", "B")  # the reload back to A, before its refresh has run
+            body = await read_stale(cache, fallback, "A", "u", 2)
+            return await fallback.versions_for("A"), body
+        finally:
+            await cache.close()
+
+    versions, body = asyncio.run(go())
+    assert versions == ["B"]
+    assert body is not None and orjson.loads(body)["model_version"] == "B" and orjson.loads(body)["stale"] is True
