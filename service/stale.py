@@ -43,6 +43,7 @@ class StaleFallback:
         self._client = redis_client_of(cache)
         self._memory: dict[str, int] = {}  # the registry when there is no Redis
         self.versions: list[str] = []
+        self.serving: str | None = None  # the version swapped in last: a read begun before the swap tries it
         self._loaded = False
         self._last_try = 0.0
 
@@ -52,6 +53,7 @@ class StaleFallback:
         from redis.exceptions import RedisError
 
         self._last_try = time.monotonic()
+        self.serving = current
         head = [previous] if previous and previous != current else []
         now_ms = time.time_ns() // 1_000_000
         if self._client is None:
@@ -77,12 +79,15 @@ class StaleFallback:
     def swapping(self, current: str, previous: str) -> None:
         """Put `previous` first before `current` is swapped in: a miss in the moment between the swap
         and `refresh` (which awaits Redis) must fall back to the version being replaced."""
+        self.serving = current
         self.versions = [previous, *(v for v in self.versions if v not in (current, previous))][:STALE_VERSIONS]
 
     async def versions_for(self, current: str) -> list[str]:
+        """Versions to read on a miss under `current`, newest first. `current` is the version the
+        read began under; if a swap came since, the version now served is tried first."""
         if not self._loaded and time.monotonic() - self._last_try >= RETRY_S:
-            await self.refresh(current, self.versions[0] if self.versions else None)
-        return [v for v in self.versions if v != current]
+            await self.refresh(self.serving or current, self.versions[0] if self.versions else None)
+        return [v for v in dict.fromkeys([self.serving, *self.versions]) if v is not None and v != current]
 
 
 def decode_stale(record: bytes | None, k: int) -> bytes | None:

@@ -124,11 +124,17 @@ def test_a_miss_during_a_swap_falls_back_to_the_version_being_replaced(redis_ser
             record = render("u", "B", ["x", "y"], [2.0, 1.0], {}, False, computed_at_ms=0, expires_at_ms=1).record()
             await cache.set(profile_key("B", "u"), record, 60_000)
             fallback.swapping("A", "B")  # the reload back to A, before its refresh has run
-            body = await read_stale(cache, fallback, "A", "u", 2)
-            return await fallback.versions_for("A"), body
+            during_swap = await read_stale(cache, fallback, "A", "u", 2)
+            await fallback.refresh("A", previous="B")
+            # a read that began under B (its miss awaited) while the swap to A came: B's own record
+            # is gone from the list of others, A is served now and is tried first
+            await cache.set(profile_key("A", "v"), record, 60_000)
+            begun_before = await read_stale(cache, fallback, "B", "v", 2)
+            return await fallback.versions_for("A"), await fallback.versions_for("B"), during_swap, begun_before
         finally:
             await cache.close()
 
-    versions, body = asyncio.run(go())
-    assert versions == ["B"]
-    assert body is not None and orjson.loads(body)["model_version"] == "B" and orjson.loads(body)["stale"] is True
+    for_a, for_b, during_swap, begun_before = asyncio.run(go())
+    assert for_a == ["B"] and for_b == ["A"]
+    for body in (during_swap, begun_before):
+        assert body is not None and orjson.loads(body)["stale"] is True
