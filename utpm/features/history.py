@@ -53,6 +53,10 @@ PHI_NAMES = (
     "log1p_history_length",
 )
 N_BASE_PHI = 6
+# TagStats.fit holds the distinct (history tag, label tag) pairs plus one chunk of raw pairs at once;
+# past MAX_FIT_PAIRS raw pairs (8 bytes each) it learns from a seeded sample of the users.
+PAIR_CHUNK = 20_000_000
+MAX_FIT_PAIRS = 400_000_000
 
 
 @dataclass
@@ -158,6 +162,23 @@ class HistoryBatch:
         return len(self.hist_ids)
 
 
+def _count_pairs(users: Sequence[tuple[np.ndarray, np.ndarray]], n_tags: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct codes h * n_tags + t over every user's (history, label) pairs, with their user counts;
+    counted a chunk of users at a time so that memory follows the distinct pairs, not all of them."""
+    codes, counts = np.zeros(0, np.int64), np.zeros(0, np.int64)
+    chunk: list[np.ndarray] = []
+    held = 0
+    for j, (h, c) in enumerate(users):
+        chunk.append((h[:, None] * n_tags + c[None, :]).ravel())
+        held += len(chunk[-1])
+        if held >= PAIR_CHUNK or j == len(users) - 1:
+            codes, inverse = np.unique(np.concatenate([codes, *chunk]), return_inverse=True)
+            counts = np.bincount(inverse, weights=np.concatenate([counts, np.ones(held, np.int64)]))
+            counts = counts.astype(np.int64)
+            chunk, held = [], 0
+    return codes, counts
+
+
 @dataclass
 class TagStats:
     """Per-tag statistics from training users (tag ids of the tag vocabulary), numpy only.
@@ -195,16 +216,23 @@ class TagStats:
         neighbours: int = 50,
         shrinkage: float = 10.0,
         n_popular: int = 50,
+        max_pairs: int = MAX_FIT_PAIRS,
     ) -> TagStats:
-        """`histories[u]`, `labels[u]`: user u's distinct history / label tag ids (ids <= OOV ignored)."""
+        """`histories[u]`, `labels[u]`: user u's distinct history / label tag ids (ids <= OOV ignored).
+        Beyond `max_pairs` history x label tag pairs in all, a seeded sample of the users is used."""
         hs = [np.unique(h[h > Vocabulary.OOV]).astype(np.int64) for h in histories]
         ls = [np.unique(c[c > Vocabulary.OOV]).astype(np.int64) for c in labels]
         keep = [j for j, c in enumerate(ls) if len(c)]
+        n_pairs = np.asarray([len(hs[j]) * len(ls[j]) for j in keep], np.int64)
+        if n_pairs.sum() > max_pairs:
+            # a seeded sample of users, all statistics from it: every pair must be held while counted
+            order = np.random.default_rng(0).permutation(len(keep))
+            fits = order[: int(np.searchsorted(np.cumsum(n_pairs[order]), max_pairs, side="right"))]
+            keep = [keep[j] for j in np.sort(fits)]
         n_users = len(keep)
         n_c = np.bincount(np.concatenate([ls[j] for j in keep] or [np.zeros(0, np.int64)]), minlength=n_tags)
         n_h = np.bincount(np.concatenate([hs[j] for j in keep] or [np.zeros(0, np.int64)]), minlength=n_tags)
-        pairs = [(hs[j][:, None] * n_tags + ls[j][None, :]).ravel() for j in keep if len(hs[j])]
-        codes, n_ht = np.unique(np.concatenate(pairs or [np.zeros(0, np.int64)]), return_counts=True)
+        codes, n_ht = _count_pairs([(hs[j], ls[j]) for j in keep if len(hs[j])], n_tags)
         h, t = codes // n_tags, codes % n_tags
         p = (n_c + 1.0) / (n_users + 2.0)
         self_pair = h == t
