@@ -261,7 +261,9 @@ def run_job(data_path: str, job: Job, ks: Sequence[int]) -> dict[str, Any]:
         ranked = rank_history(hresult.model, batch, hresult.tags, top)  # type: ignore[arg-type]
         result: TrainResult = hresult
         max_tags = hconfig.preset.N
+        start = hresult.start
     else:
+        start = {}
         preset = get_preset(job.preset).replace(**dict(job.overrides))
         config = TrainConfig(
             model=job.model,
@@ -285,6 +287,8 @@ def run_job(data_path: str, job: Job, ks: Sequence[int]) -> dict[str, Any]:
         "samples_per_s": result.samples_per_s,
         "yardstick": False,
     }
+    if start:
+        out["start"] = start
     if job.overrides:
         out["variant"] = ",".join(f"{k}={v}" for k, v in job.overrides)
     _score_rankings(out, split, rows, ranked, ks, max_tags)

@@ -56,6 +56,7 @@ from utpm.models.history import HISTORY_MODEL, HistoryModel, HistoryOptions, bui
 from utpm.models.presets import Preset, get_preset
 from utpm.training.early_stopping import EarlyStopping, epoch_point
 from utpm.training.samples import build_encoder
+from utpm.training.start import StartProblem, TunedStart, tune_start
 from utpm.training.trainer import TrainConfig, TrainResult, save_training
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,8 @@ DEFAULT_HISTORY_LOSS = "bce"
 # Above this many tags the full softmax is replaced by the sampled one (`loss="softmax"` only).
 FULL_SOFTMAX_MAX_TAGS = 50_000
 _NEG = -1e9
+STARTS = ("tuned", "blend")
+DEFAULT_START = "tuned"
 
 
 def history_preset(base: Preset | str = "movielens", dim: int = 64, max_values: int = 100) -> Preset:
@@ -90,6 +93,12 @@ class HistoryTrainConfig(TrainConfig):
     sampled_negatives: int = 2000
     # Start from the blend yardstick tuned on the validation users (`HistoryModel.start_at`).
     start_at_blend: bool = True
+    # "tuned": from the blend, a linear start over b_t and every phi feature tuned on Prec@K of the
+    # training examples (`utpm.training.start`), kept if it scores at least the blend's on the
+    # validation users; "blend": the blend's a, c only
+    start: str = DEFAULT_START
+    # training examples (user, cut) the tuned start is chosen on (a seeded draw; 0: all of them)
+    start_examples: int = 10_000
     # A training budget: each epoch draws at most this many (user, cut) examples (0: all of them),
     # so that a long log costs epochs of bounded length.
     max_examples_per_epoch: int = 10_000
@@ -106,6 +115,8 @@ class HistoryTrainConfig(TrainConfig):
     def __post_init__(self) -> None:
         if self.loss not in HISTORY_LOSSES:
             raise ValueError(f"unknown loss {self.loss!r} for {HISTORY_MODEL}; valid: {HISTORY_LOSSES}")
+        if self.start not in STARTS:
+            raise ValueError(f"unknown start {self.start!r}; valid: {STARTS}")
         if self.sampled_negatives < 1:
             raise ValueError(f"sampled_negatives must be >= 1, got {self.sampled_negatives}")
         # the parent checks everything else but knows only the paper's losses
@@ -131,6 +142,9 @@ def as_history_config(config: TrainConfig) -> HistoryTrainConfig:
 @dataclass
 class HistoryTrainResult(TrainResult):
     history_encoder: HistoryEncoder | None = None
+    # the starting point: which one ("tuned" or "blend"), b_t's weight, the history path's linear
+    # weights, the validation score of the blend start and of the tuned one
+    start: dict[str, Any] = field(default_factory=dict)
 
 
 class UserSequences:
@@ -417,7 +431,57 @@ def train_history(
         if config.start_at_blend and len(val_rows)
         else (0.0, 0.0)
     )
-    model.start_at(torch.from_numpy(np.log1p(pop).astype(np.float32)), {"log1p_count": a, "log1p_distinct_items": c})
+    bias0 = np.log1p(pop).astype(np.float32)
+    blend_weights = {"log1p_count": a, "log1p_distinct_items": c}
+    model.start_at(torch.from_numpy(bias0), blend_weights)
+    val_batch = encode_users(seqs, henc, val_rows)
+    val_clicked = [split.clicked_tags(int(i), p.N) for i in val_rows]
+    val_ks = tuple(sorted(set(config.eval_ks) | set(config.early_stop_ks)))
+
+    def evaluate(batch: HistoryBatch, clicked: list[set[str]], ks: Sequence[int]) -> tuple[dict[int, float], int]:
+        if not ks or not batch.size:  # no validation users, or eval_ks=() (a budgeted run over 1M tags)
+            return {}, 0
+        ranked = rank_history(model, batch, tags, max(ks))
+        res = {k: precision_at_k(ranked, clicked, k) for k in ks}
+        return {k: r.value for k, r in res.items()}, res[ks[0]].skipped_users
+
+    def val_score() -> float:
+        v, _ = evaluate(val_batch, val_clicked, config.early_stop_ks)
+        return float(np.mean([v[k] for k in config.early_stop_ks])) if v else 0.0
+
+    w_bias = 1.0
+    start_info: dict[str, Any] = {"kind": "blend", "w_bias": 1.0, "weights": dict(blend_weights)}
+    if config.start == "tuned" and config.start_at_blend and len(val_rows) and model.g is not None:
+        # a linear start over b_t and every phi, tuned on the training examples (their features as
+        # the residual's training sees them), kept if it does at least as well as the blend on the
+        # validation users, scored by the model itself
+        t0 = time.perf_counter()
+        tuned = _tune_linear_start(
+            seqs, tags, examples, half, train_encs, own_pop, bias0, blend_weights, config, config.seed + 2
+        )
+        blend_val = val_score()
+        model.start_at(torch.from_numpy(tuned.w_bias * bias0), tuned.weights)
+        tuned_val = val_score()
+        start_info = {
+            "kind": "tuned" if tuned_val >= blend_val else "blend",
+            "w_bias": tuned.w_bias,
+            "weights": tuned.weights,
+            "tuning_examples": tuned.users,
+            "tuning_score": tuned.score,
+            "tuning_score_blend": tuned.start_score,
+            "val_score": tuned_val,
+            "val_score_blend": blend_val,
+            "seconds": time.perf_counter() - t0,
+        }
+        if tuned_val >= blend_val:
+            w_bias = tuned.w_bias
+        else:
+            model.start_at(torch.from_numpy(bias0), {n: 0.0 for n in tuned.weights} | blend_weights)
+            start_info.update(w_bias=1.0, weights=dict(blend_weights))
+        log.info("start: %s", start_info)
+    if w_bias != 1.0:
+        # b_t is w_bias * log1p(popularity): a training user's own-labels-out b_t scales with it
+        own_pop = {i: (ids_, (w_bias * d).astype(np.float32)) for i, (ids_, d) in own_pop.items()}
     if config.tag_vectors:  # the serving benchmark's warm start (utpm.training.warm_start)
         from utpm.training.warm_start import apply_tag_vectors
 
@@ -486,17 +550,6 @@ def train_history(
         log_scale.fill_(g)
         offset.fill_(o)
 
-    val_batch = encode_users(seqs, henc, val_rows)
-    val_clicked = [split.clicked_tags(int(i), p.N) for i in val_rows]
-    val_ks = tuple(sorted(set(config.eval_ks) | set(config.early_stop_ks)))
-
-    def evaluate(batch: HistoryBatch, clicked: list[set[str]], ks: Sequence[int]) -> tuple[dict[int, float], int]:
-        if not ks or not batch.size:  # no validation users, or eval_ks=() (a budgeted run over 1M tags)
-            return {}, 0
-        ranked = rank_history(model, batch, tags, max(ks))
-        res = {k: precision_at_k(ranked, clicked, k) for k in ks}
-        return {k: r.value for k, r in res.items()}, res[ks[0]].skipped_users
-
     stopper = EarlyStopping(config.patience)
     seen, train_seconds = 0, 0.0
     # epoch 0, the starting point, is a candidate too: training must beat it on validation to count
@@ -546,10 +599,40 @@ def train_history(
         test_users=len(test_rows),
         skipped_test_users=skipped,
         history_encoder=henc,
+        start=start_info,
     )
     if out is not None:
         save_training(out, split, config, result)
     return result
+
+
+def _tune_linear_start(
+    seqs: UserSequences,
+    tags: Vocabulary,
+    examples: Sequence[tuple[int, int]],
+    half: np.ndarray,
+    train_encs: Sequence[HistoryEncoder],
+    own_pop: dict[int, tuple[np.ndarray, np.ndarray]],
+    bias: np.ndarray,
+    blend_weights: dict[str, float],
+    config: HistoryTrainConfig,
+    seed: int,
+) -> TunedStart:
+    """`tune_start` on (a seeded draw of) the training examples, each encoded as the residual's
+    training encodes it (tag statistics of the other half of the training users, b_t without the
+    user's own labels), from the blend's weights."""
+    n = config.start_examples
+    chosen = list(examples)
+    if 0 < n < len(chosen):
+        pick = np.sort(np.random.default_rng(seed).permutation(len(chosen))[:n])
+        chosen = [chosen[j] for j in pick.tolist()]
+    parts = [[ex for ex in chosen if half[ex[0]] == k] for k in (0, 1)]
+    ordered = parts[0] + parts[1]
+    batch = _concat([train_encs[k].encode([seqs.stats(i, h) for i, h in part]) for k, part in enumerate(parts) if part])
+    problem = StartProblem.build(
+        batch, bias, [seqs.label_tags(i, h) for i, h in ordered], tags, [own_pop[i] for i, _ in ordered]
+    )
+    return tune_start(problem, blend_weights, tuple(config.early_stop_ks))
 
 
 def _offset_grid(loss: str) -> tuple[float, ...]:

@@ -1,0 +1,115 @@
+"""The default model's tuned linear start (`utpm.training.start`) and its use in `train_history`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.datasets import synthetic_dataset
+from utpm.data.protocol import split_protocol
+from utpm.evaluation.metrics import precision_at_k
+from utpm.features.history import PHI_NAMES, HistoryBatch, HistoryEncoder
+from utpm.features.vocab import Vocabulary
+from utpm.models.history import HistoryOptions, build_history_model
+from utpm.models.presets import get_preset
+from utpm.training.history import (
+    HistoryTrainConfig,
+    UserSequences,
+    build_history_vocabularies,
+    encode_users,
+    fit_tag_stats,
+    history_preset,
+    rank_history,
+    train_history,
+)
+from utpm.training.start import StartProblem, tune_start
+
+TINY_HIST = history_preset(get_preset("tiny"), dim=8, max_values=6)
+TRANSITION = PHI_NAMES.index("transition")
+
+
+def _planted_problem(seed: int = 0, users: int = 60) -> tuple[StartProblem, Vocabulary]:
+    """Users whose label tag is the candidate with the highest transition score, while the blend's
+    counts point elsewhere: a start that weighs the transition feature wins."""
+    rng = np.random.default_rng(seed)
+    tags = Vocabulary.build([f"t{j:02d}" for j in range(30)])
+    n_tags, m = len(tags), 8
+    hist_ids = np.zeros((users, m), np.int64)
+    feats = np.zeros((users, m, len(PHI_NAMES)), np.float32)
+    clicked = []
+    for b in range(users):
+        cand = rng.choice(np.arange(2, n_tags), m, replace=False)
+        hist_ids[b] = cand
+        feats[b, :, 0] = np.log1p(rng.integers(1, 5, m))
+        feats[b, :, 1] = feats[b, :, 0]
+        feats[b, :, TRANSITION] = rng.random(m)
+        clicked.append({tags.token(int(cand[np.argmax(feats[b, :, TRANSITION])]))})
+    batch = HistoryBatch([], [], [], hist_ids, feats, np.ones((users, m), np.float32))
+    bias = np.log1p(rng.integers(0, 20, n_tags)).astype(np.float32)
+    return StartProblem.build(batch, bias, clicked, tags), tags
+
+
+def test_tuned_start_never_scores_below_its_start_is_deterministic_and_finds_the_useful_feature() -> None:
+    problem, _ = _planted_problem()
+    start = {"log1p_count": 1.0, "log1p_distinct_items": 1.0}
+    tuned = tune_start(problem, start)
+    again = tune_start(problem, start)
+    assert tuned == again  # deterministic
+    assert tuned.score >= tuned.start_score
+    w0 = np.zeros(len(PHI_NAMES))
+    w0[:2] = 1.0
+    assert problem.score(1.0, w0, (1, 2, 3)) == pytest.approx(tuned.start_score)
+    assert problem.score(tuned.w_bias, tuned.vector(), (1, 2, 3)) == pytest.approx(tuned.score)
+    assert tuned.weights["transition"] > 0 and tuned.score > tuned.start_score + 0.2
+    assert tuned.users == 60
+
+
+def test_ties_go_to_the_smaller_weight() -> None:
+    problem, _ = _planted_problem()
+    # a feature that is 0 everywhere changes nothing: it stays at 0 whatever the grid
+    tuned = tune_start(problem, {"log1p_count": 1.0}, features=("in_most_recent_H",), tune_bias=False)
+    assert tuned.weights["in_most_recent_H"] == 0.0 and tuned.score == tuned.start_score
+
+
+def test_the_problem_scores_what_the_model_computes_at_that_start() -> None:
+    """StartProblem's Prec@K equals the model's own ranking (rank_history) started at the same weights."""
+    data = synthetic_dataset(n_users=24, events=20)
+    split = split_protocol(data, seed=0)
+    rows = split.indices(test=False)
+    seqs = UserSequences(split, TINY_HIST.N)
+    enc, tags = build_history_vocabularies(split, seqs, rows, TINY_HIST.H, 1)
+    options = HistoryOptions()
+    henc = HistoryEncoder(enc, tags, 10, fit_tag_stats(seqs, rows, tags, options), 5)
+    batch = encode_users(seqs, henc, rows)
+    clicked = [split.clicked_tags(int(i), TINY_HIST.N) for i in rows]
+    bias = np.log1p(np.arange(len(tags), dtype=np.float32))
+    problem = StartProblem.build(batch, bias, clicked, tags)
+    model = build_history_model(henc.specs, len(tags), TINY_HIST, options, seed=0)
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        w_bias = float(rng.choice([0.5, 1.0, 2.0]))
+        weights = {n: float(rng.choice([-1.0, 0.0, 0.5, 2.0])) for n in PHI_NAMES}
+        model.start_at(torch.from_numpy(w_bias * bias), weights)
+        ranked = rank_history(model, batch, tags, 3)
+        expected = {k: precision_at_k(ranked, clicked, k).value for k in (1, 2, 3)}
+        got = problem.precision(w_bias, np.asarray([weights[n] for n in PHI_NAMES]), (1, 2, 3))
+        assert got == pytest.approx(expected, abs=1e-6)
+
+
+def test_train_history_keeps_the_tuned_start_only_if_it_does_as_well_as_the_blend_on_validation() -> None:
+    data = synthetic_dataset(n_users=40, events=24)
+    split = split_protocol(data, seed=0)
+    config = HistoryTrainConfig(preset=TINY_HIST, epochs=1, augment_cuts=(0.5,))
+    first = train_history(split, config)
+    second = train_history(split, config)
+    st = first.start
+    assert st == {**second.start, "seconds": st["seconds"]}  # deterministic (but for the time taken)
+    assert st["kind"] in ("tuned", "blend") and st["tuning_examples"] > 0
+    assert first.curve[0]["val_score"] == pytest.approx(max(st["val_score"], st["val_score_blend"]))
+    assert first.curve[0]["val_score"] >= st["val_score_blend"]
+    blend = train_history(split, HistoryTrainConfig(preset=TINY_HIST, epochs=1, augment_cuts=(0.5,), start="blend"))
+    assert blend.start["kind"] == "blend" and set(blend.start["weights"]) == {"log1p_count", "log1p_distinct_items"}
+    assert blend.curve[0]["val_score"] == pytest.approx(st["val_score_blend"])
+    with pytest.raises(ValueError, match="unknown start"):
+        HistoryTrainConfig(preset=TINY_HIST, start="nope")
