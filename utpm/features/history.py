@@ -20,10 +20,11 @@ Torch-free: numpy only, so the service can use it.
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import chain, repeat
 
 import numpy as np
 
@@ -268,25 +269,40 @@ class TagStats:
 
     def transition(self, hist: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(tag ids, sum_h weights[h] * lift(h, t)) over the neighbours t of history tag ids `hist`."""
+        _, tags, score = self.transitions(np.zeros(len(hist), np.int64), hist, weights)
+        return tags, score
+
+    def transitions(
+        self, rows: np.ndarray, hist: np.ndarray, weights: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`transition` of many users at once: history tag `hist[j]` of user `rows[j]` (rows sorted),
+        weight `weights[j]` -> (user, tag id, score) sorted by user then tag id."""
         hist = np.asarray(hist, np.int64)
         lo, hi = self.indptr[hist], self.indptr[hist + 1]
         n = hi - lo
-        if not n.sum():
-            return np.zeros(0, np.int64), np.zeros(0, np.float64)
+        total = int(n.sum())
+        if not total:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64)
         # positions lo[j] .. hi[j]-1 of every history tag j, flattened
-        idx = np.repeat(lo - np.concatenate([[0], np.cumsum(n)[:-1]]), n) + np.arange(int(n.sum()))
+        idx = np.repeat(lo - np.concatenate([[0], np.cumsum(n)[:-1]]), n) + np.arange(total)
         w = np.repeat(np.asarray(weights, np.float64), n) * self.lift[idx]
-        # = np.unique(self.indices[idx], return_inverse=True) and a bincount, faster: one plain sort of
-        # (tag id, position) keys orders the terms by tag and, within a tag, by position, so each tag's
-        # terms are summed in the same order (to the same bits)
-        total = len(idx)
+        code = np.repeat(np.asarray(rows, np.int64), n) * self.n_tags + self.indices[idx]
+        # = np.unique(code, return_inverse=True) and a bincount, faster: one plain sort of (code, position)
+        # keys orders the terms by user and tag and, within a tag, by position, so each user's tag's terms
+        # are summed in the same order (to the same bits) whatever the batch
         shift = total.bit_length()
-        key = np.sort((self.indices[idx].astype(np.int64) << shift) | np.arange(total))
-        t = key >> shift
+        if ((int(rows[-1]) + 1) * self.n_tags).bit_length() + shift < 63:
+            key = np.sort((code << shift) | np.arange(total))
+            code, at = key >> shift, key & ((1 << shift) - 1)
+        else:
+            at = np.argsort(code, kind="stable")
+            code = code[at]
         first = np.empty(total, bool)
         first[0] = True
-        np.not_equal(t[1:], t[:-1], out=first[1:])
-        return t[first], np.bincount(np.cumsum(first) - 1, weights=w[key & ((1 << shift) - 1)])
+        np.not_equal(code[1:], code[:-1], out=first[1:])
+        code = code[first]
+        score = np.bincount(np.cumsum(first) - 1, weights=w[at])
+        return code // self.n_tags, code % self.n_tags, score
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {
@@ -376,235 +392,254 @@ class HistoryEncoder:
         return {name: parse_field(name, raw) for name, raw in features.items()}
 
     def encode(self, users: Sequence[Mapping[str, FieldStats]]) -> HistoryBatch:
+        """The model input of a batch of users: every field of every user in one pass (numpy)."""
         b = len(users)
         specs = self.encoder.specs
-        ids = [np.zeros((b, s.max_len), np.int64) for s in specs]
-        masks = [np.zeros((b, s.max_len), np.float32) for s in specs]
-        counts = [np.zeros((b, s.max_len), np.float32) for s in specs]
-        hh = self.width
-        hist_ids = np.zeros((b, hh), np.int64)
-        hist_feats = np.zeros((b, hh, len(PHI_NAMES)), np.float32)
-        hist_mask = np.zeros((b, hh), np.float32)
-        unknown: list[dict[str, list[str]]] = []
+        nf = len(specs)
         oov = Vocabulary.OOV
-        tag_lookup = self.tags.lookup
-        # per field: (index, spec, lookup.get, whether its ids are the tag ids _history_tags needs)
-        fields = [
-            (f, s, self.encoder.vocabs[s.name].lookup.get, s.name in (TAG_FIELD, UNCLICKED_FIELD))
-            for f, s in enumerate(specs)
-        ]
-        for row, user in enumerate(users):
-            unk: dict[str, list[str]] = {}
-            # tag ids of the tag fields, reused by _history_tags (the tag fields share the tag vocabulary)
-            tag_ids: dict[str, list[int]] = {}
-            for f, s, get, is_tag in fields:
-                st = user.get(s.name)
-                if st is None or not len(st):
-                    continue
-                vid = list(map(get, st.values, repeat(oov)))
-                if is_tag:
-                    tag_ids[s.name] = vid
-                if oov in vid:
-                    unk[s.name] = [v for v, i in zip(st.values, vid, strict=True) if i == oov]
-                if s.kind is FieldKind.SINGLE:
-                    ids[f][row, 0], masks[f][row, 0], counts[f][row, 0] = vid[-1], 1.0, 1.0
-                    continue
-                n = len(vid)
-                if n == 1:
-                    ids[f][row, 0], masks[f][row, 0], counts[f][row, 0] = vid[0], 1.0, st.count[0]
-                    continue
-                if min(st.count) == max(st.count):
-                    # all tied (a list without repeats): the most recent first
-                    k = min(n, s.max_len)
-                    ids[f][row, :k] = vid[::-1][:k]
-                    masks[f][row, :k] = 1.0
-                    counts[f][row, :k] = st.count[::-1][:k]
-                    continue
-                # most frequent first, ties by recency (later position = more recent): a stable sort
-                # of the reversed positions by decreasing count
-                c = np.asarray(st.count, np.float64)[::-1]
-                order = (n - 1 - np.argsort(-c, kind="stable"))[: s.max_len]
-                k = len(order)
-                ids[f][row, :k] = np.asarray(vid, np.int64)[order]
-                masks[f][row, :k] = 1.0
-                counts[f][row, :k] = c[::-1][order]
-            self._history_tags(user, row, hist_ids, hist_feats, hist_mask, tag_lookup, tag_ids)
-            unknown.append(unk)
+        # every field of every user, flattened field by field, then user by user: row f * b + user
+        col = _Column([u.get(s.name) for s in specs for u in users])
+        gets = [self.encoder.vocabs[s.name].lookup.get for s in specs for _ in users]
+        vid = col.ids(gets)
+        unknown: list[dict[str, list[str]]] = [{} for _ in range(b)]
+        miss = np.flatnonzero(vid == oov)
+        if len(miss):
+            values = col.values
+            for r, p in zip(col.row[miss].tolist(), miss.tolist(), strict=True):
+                unknown[r % b].setdefault(specs[r // b].name, []).append(values[p])
+        # per user and field the most frequent values first, ties by recency (the later position first);
+        # a single field keeps its most recent value, counted 1
+        single = np.asarray([s.kind is FieldKind.SINGLE for s in specs] or [False])[col.row // b]
+        cnt = np.where(single, 1.0, col.array("count"))
+        order = np.lexsort((-col.pos, np.where(single, 0.0, -cnt), col.row))
+        rank = np.arange(col.total) - col.start[col.row[order]]
+        keep = rank < np.asarray([s.max_len for s in specs] or [1])[col.row[order] // b]
+        order, rank = order[keep], rank[keep]
+        f, row = np.divmod(col.row[order], b)
+        width = max((s.max_len for s in specs), default=1)
+        all_ids = np.zeros((nf, b, width), np.int64)
+        all_masks = np.zeros((nf, b, width), np.float32)
+        all_counts = np.zeros((nf, b, width), np.float32)
+        all_ids[f, row, rank] = vid[order]
+        all_masks[f, row, rank] = 1.0
+        all_counts[f, row, rank] = cnt[order]
+        ids = [np.ascontiguousarray(all_ids[j, :, : s.max_len]) for j, s in enumerate(specs)]
+        masks = [np.ascontiguousarray(all_masks[j, :, : s.max_len]) for j, s in enumerate(specs)]
+        counts = [np.ascontiguousarray(all_counts[j, :, : s.max_len]) for j, s in enumerate(specs)]
+        # the tag fields' ids, reused for the history tags (the tag fields share the tag vocabulary)
+        tag_ids = {
+            s.name: vid[col.start[j * b] : col.start[j * b] + col.lens[j * b : (j + 1) * b].sum()]
+            for j, s in enumerate(specs)
+            if s.name in (TAG_FIELD, UNCLICKED_FIELD)
+        }
+        hist_ids = np.zeros((b, self.width), np.int64)
+        hist_feats = np.zeros((b, self.width, len(PHI_NAMES)), np.float32)
+        hist_mask = np.zeros((b, self.width), np.float32)
+        self._history_tags(users, tag_ids, hist_ids, hist_feats, hist_mask)
         return HistoryBatch(ids, masks, counts, hist_ids, hist_feats, hist_mask, unknown)
 
     def _history_tags(
         self,
-        user: Mapping[str, FieldStats],
-        row: int,
+        users: Sequence[Mapping[str, FieldStats]],
+        tag_ids: Mapping[str, np.ndarray],
         hist_ids: np.ndarray,
         hist_feats: np.ndarray,
         hist_mask: np.ndarray,
-        lookup: Mapping[str, int],
-        tag_ids: Mapping[str, list[int]] | None = None,
     ) -> None:
-        clicked = user.get(TAG_FIELD) or FieldStats()
-        unclicked = user.get(UNCLICKED_FIELD) or FieldStats()
-        try:
-            recent_h = self.encoder.spec(TAG_FIELD).max_len
-        except KeyError:
-            recent_h = len(clicked)
-        oov = Vocabulary.OOV
-        get = lookup.get
-        known = tag_ids or {}
-        cid = known.get(TAG_FIELD)
-        if cid is None:
-            cid = list(map(get, clicked.values, repeat(oov)))
-        uid = known.get(UNCLICKED_FIELD)
-        if uid is None:
-            uid = list(map(get, unclicked.values, repeat(oov)))
-        n = len(clicked)
-        total_count = sum(clicked.count)
-        total = total_count or 1.0
-        # clicked tags known to the vocabulary, in order (positions p), then the unclicked-only ones
-        cp = [p for p, t in enumerate(cid) if t > oov]
-        ct = [cid[p] for p in cp]
-        up = [p for p, t in enumerate(uid) if t > oov]
-        ut = [uid[p] for p in up]
-        if len(set(ct)) != len(ct) or len(set(ut)) != len(ut):
-            # a tag id twice in a field (values that share an id): the per-tag dict's rules, element by element
-            self._history_tags_dict(clicked, unclicked, row, hist_ids, hist_feats, hist_mask, lookup, recent_h)
-            return
-        row_of = {t: j for j, t in enumerate(ct)}
-        n_c = len(ct)
-        unclicked_log = [0.0] * n_c
-        only_ids: list[int] = []
-        only_log: list[float] = []
-        for p, t in zip(up, ut, strict=True):
-            j = row_of.get(t)
-            lg = math.log1p(unclicked.count[p])
-            if j is None:
-                only_ids.append(t)
-                only_log.append(lg)
-            else:
-                unclicked_log[j] = lg
-        n_all = n_c + len(only_ids)
-        cnt = [clicked.count[p] for p in cp]
-        base = np.zeros((n_all, N_BASE_PHI), np.float64)
-        if n_c:
-            base[:n_c, 0] = list(map(math.log1p, cnt))
-            base[:n_c, 1] = list(map(math.log1p, [clicked.distinct[p] for p in cp]))
-            base[:n_c, 2] = list(map(math.log1p, [clicked.recency[p] for p in cp]))
-            base[:n_c, 3] = unclicked_log
-            base[:n_c, 4] = np.asarray(cp, np.int64) > n - 1 - recent_h
-            base[:n_c, 5] = [c / total for c in cnt]
-        base[n_c:, 3] = only_log
-        key = np.zeros(n_all, np.float64)
-        key[:n_c] = cnt
-        # most frequent first, ties by recency-weighted count, then by unclicked count (stable)
-        order = np.lexsort((-base[:, 3], -base[:, 2], -key))[: self.max_history_tags]
-        n_kept = len(order)
-        hist = np.asarray(ct + only_ids, np.int64)[order]
-        feats = hist_feats[row]
-        feats[:n_kept, :N_BASE_PHI] = base[order]
-        m = n_kept
-        st = self.stats
-        if st is not None:
-            share = feats[:n_kept, N_BASE_PHI - 1].astype(np.float64)
-            # clicked tags propose by their share of the clicks (unclicked-only ones propose nothing)
-            nb, score = st.transition(hist, share)
-            new = np.ones(len(nb), bool)
-            trans = np.zeros(n_kept + self.extra_candidates, np.float64)
-            if len(nb) and n_kept:
-                # nb is sorted: the history tags found in it keep their score and propose nothing new
-                at = np.minimum(np.searchsorted(nb, hist), len(nb) - 1)
-                hit = nb[at] == hist
-                new[at[hit]] = False
-                trans[:n_kept][hit] = score[at[hit]]
-            top = _top(score[new], self.extra_candidates)
-            extra = nb[new][top]
-            trans[n_kept : n_kept + len(top)] = score[new][top]
-            need = self.extra_candidates - len(extra)
-            if need > 0:
-                # the popular tags (not in nb: every new tag of nb is in extra already)
-                taken = set(hist.tolist())
-                taken.update(extra.tolist())
-                pop = [t for t in st.popular.tolist() if t not in taken][:need]
-                extra = np.concatenate([extra, np.asarray(pop, np.int64)])
-            m = n_kept + len(extra)
-            cand = np.concatenate([hist, extra]).astype(np.int64)
-            k = N_BASE_PHI
-            feats[:m, k] = trans[:m]
-            feats[:n_kept, k + 1] = st.repeat[hist]
-            feats[:m, k + 2] = st.label_rate[cand]
-            feats[:m, k + 3] = math.log1p(total_count)
-            hist_ids[row, :m] = cand
-        else:
-            hist_ids[row, :m] = hist
-        hist_mask[row, :m] = 1.0
+        """Every user's candidate tags and their phi, for the whole batch at once.
 
-    def _history_tags_dict(
-        self,
-        clicked: FieldStats,
-        unclicked: FieldStats,
-        row: int,
-        hist_ids: np.ndarray,
-        hist_feats: np.ndarray,
-        hist_mask: np.ndarray,
-        lookup: Mapping[str, int],
-        recent_h: int,
-    ) -> None:
-        """`_history_tags` with a per-tag dict, for fields in which two values share a tag id."""
-        per_tag: dict[int, list[float]] = {}
-        n = len(clicked)
-        total = sum(clicked.count) or 1.0
-        for p, v in enumerate(clicked.values):
-            t = lookup.get(v, Vocabulary.OOV)
-            if t <= Vocabulary.OOV:
-                continue
-            c = clicked.count[p]
-            per_tag[t] = [
-                math.log1p(c),
-                math.log1p(clicked.distinct[p]),
-                math.log1p(clicked.recency[p]),
-                0.0,
-                1.0 if n - 1 - p < recent_h else 0.0,
-                c / total,
-                c,  # sort key, dropped below
-            ]
-        for p, v in enumerate(unclicked.values):
-            t = lookup.get(v, Vocabulary.OOV)
-            if t <= Vocabulary.OOV:
-                continue
-            phi = per_tag.setdefault(t, [0.0] * (N_BASE_PHI + 1))
-            phi[3] = math.log1p(unclicked.count[p])
-        kept = sorted(per_tag.items(), key=lambda kv: (-kv[1][6], -kv[1][2], -kv[1][3]))[: self.max_history_tags]
-        n_kept = len(kept)
-        ids = np.zeros(n_kept + self.extra_candidates, np.int64)
-        feats = np.zeros((len(ids), len(PHI_NAMES)), np.float32)
-        for j, (t, phi) in enumerate(kept):
-            ids[j] = t
-            feats[j, :N_BASE_PHI] = phi[:N_BASE_PHI]
-        m = n_kept
+        Per user, as a dict from tag id to phi filled value by value would give them (the rules also
+        hold when two values of a field share a tag id): a clicked tag takes the phi of its last
+        occurrence and keeps the place of its first; an unclicked tag sets the unclicked count of
+        the clicked tag it matches (its last occurrence), or else comes after the clicked tags, in
+        the order of its first occurrence. The kept history tags (most frequent first, ties by
+        recency-weighted count, then by unclicked count, then by that place) come first; with
+        `TagStats` the new tags their transitions propose (best first, ties by tag id) and the
+        popular tags fill the `extra_candidates` slots after them."""
+        b = len(users)
+        n_tags = len(self.tags)
+        lookup = self.tags.lookup
+
+        def column(name: str) -> tuple[_Column, np.ndarray]:
+            col = _Column([u.get(name) for u in users])
+            return col, tag_ids[name] if name in tag_ids else col.ids([lookup.get] * b)
+
+        clicked, cid = column(TAG_FIELD)
+        unclicked, uid = column(UNCLICKED_FIELD)
+        try:
+            recent_h = np.full(b, self.encoder.spec(TAG_FIELD).max_len, np.int64)
+        except KeyError:
+            recent_h = clicked.lens
+        # per user sum(count) in Python, as before (the same float sums)
+        totals = [sum(st.count) if st is not None else 0 for st in clicked.stats]
+        # clicked tags known to the vocabulary, one entry per (user, tag)
+        c_code, c_first, c_last = _entries(clicked, cid, n_tags)
+        c_row, c_tag = c_code // n_tags, c_code % n_tags
+        u_code, u_first, u_last = _entries(unclicked, uid, n_tags)
+        u_log = _log1p(unclicked.array("count")[u_last])
+        at = np.minimum(np.searchsorted(c_code, u_code), max(len(c_code) - 1, 0))
+        both = c_code[at] == u_code if len(c_code) else np.zeros(len(u_code), bool)
+        only = ~both
+        n_c, n_only = len(c_code), int(only.sum())
+        row = np.concatenate([c_row, u_code[only] // n_tags])
+        tag = np.concatenate([c_tag, u_code[only] % n_tags])
+        base = np.zeros((n_c + n_only, N_BASE_PHI), np.float64)
+        key = np.zeros(n_c + n_only, np.float64)
+        if n_c:
+            cnt = clicked.array("count")[c_last]
+            base[:n_c, 0] = _log1p(cnt)
+            base[:n_c, 1] = _log1p(clicked.array("distinct")[c_last])
+            base[:n_c, 2] = _log1p(clicked.array("recency")[c_last])
+            base[at[both], 3] = u_log[both]
+            base[:n_c, 4] = clicked.pos[c_last] > clicked.lens[c_row] - 1 - recent_h[c_row]
+            base[:n_c, 5] = cnt / np.asarray([t or 1.0 for t in totals], np.float64)[c_row]
+            key[:n_c] = cnt
+        base[n_c:, 3] = u_log[only]
+        # the place in the per-user dict: clicked tags by first occurrence, then unclicked-only ones
+        place = np.concatenate([clicked.pos[c_first], unclicked.pos[u_first[only]] + 1 + clicked.lens[row[n_c:]]])
+        order = np.lexsort((place, -base[:, 3], -base[:, 2], -key, row))
+        rank = _rank_in_row(row[order], np.bincount(row, minlength=b))
+        keep = rank < self.max_history_tags
+        order, slot = order[keep], rank[keep]
+        h_row, hist = row[order], tag[order]
+        hist_feats[h_row, slot, :N_BASE_PHI] = base[order]
+        hist_ids[h_row, slot] = hist
+        hist_mask[h_row, slot] = 1.0
         st = self.stats
-        if st is not None:
-            hist = ids[:n_kept]
-            share = feats[:n_kept, N_BASE_PHI - 1].astype(np.float64)
-            nb, score = st.transition(hist, share)
-            new = ~np.isin(nb, hist)
-            order = np.argsort(-score[new], kind="stable")[: self.extra_candidates]
-            extra = nb[new][order]
-            pop = st.popular[~np.isin(st.popular, np.concatenate([hist, extra]))]
-            extra = np.concatenate([extra, pop[: self.extra_candidates - len(extra)]]).astype(np.int64)
-            m = n_kept + len(extra)
-            ids[n_kept:m] = extra
-            trans = np.zeros(m, np.float64)
-            if len(nb):
-                at = np.minimum(np.searchsorted(nb, ids[:m]), len(nb) - 1)
-                hit = nb[at] == ids[:m]
-                trans[hit] = score[at[hit]]
-            k = N_BASE_PHI
-            feats[:m, k] = trans
-            feats[:n_kept, k + 1] = st.repeat[hist]
-            feats[:m, k + 2] = st.label_rate[ids[:m]]
-            feats[:m, k + 3] = math.log1p(sum(clicked.count))
-        hist_ids[row, :m] = ids[:m]
-        hist_feats[row, :m] = feats[:m]
-        hist_mask[row, :m] = 1.0
+        if st is None:
+            return
+        # clicked tags propose by their share of the clicks (unclicked-only ones propose nothing)
+        share = hist_feats[h_row, slot, N_BASE_PHI - 1].astype(np.float64)
+        h_code = h_row * n_tags + hist
+        # A tag of share 0 (unclicked only) adds +0.0 terms: without them the other tags' sums are the same
+        # bits. Its neighbours still are proposed tags (of score 0), which matters only to a user with fewer
+        # than extra_candidates new tags of positive score: for those users, all their history tags.
+        weighted = share != 0
+        t_row, t_tag, score = st.transitions(h_row[weighted], hist[weighted], share[weighted])
+        t_code = t_row * n_tags + t_tag
+        at, hit = _find(t_code, h_code)
+        unweighted = np.bincount(h_row[~weighted], minlength=b) > 0
+        if unweighted.any():
+            new = np.ones(len(t_code), bool)
+            new[at[hit]] = False
+            full = unweighted & (np.bincount(t_row[new & (score > 0)], minlength=b) < self.extra_candidates)
+            if full.any():
+                again = full[h_row]
+                f_row, f_tag, f_score = st.transitions(h_row[again], hist[again], share[again])
+                keep = ~full[t_row]
+                t_row, t_tag = np.concatenate([t_row[keep], f_row]), np.concatenate([t_tag[keep], f_tag])
+                score = np.concatenate([score[keep], f_score])
+                order = np.argsort(t_row * n_tags + t_tag, kind="stable")
+                t_row, t_tag, score = t_row[order], t_tag[order], score[order]
+                t_code = t_row * n_tags + t_tag
+                at, hit = _find(t_code, h_code)
+        k = N_BASE_PHI
+        # the history tags found among them keep their score and propose nothing new
+        new = np.ones(len(t_code), bool)
+        new[at[hit]] = False
+        hist_feats[h_row[hit], slot[hit], k] = score[at[hit]]
+        hist_feats[h_row, slot, k + 1] = st.repeat[hist]
+        # per user the best new tags, ties by tag id: a partition per user (a sort of all of them costs more)
+        e_row, e_tag, e_score = t_row[new], t_tag[new], score[new]
+        bounds = np.searchsorted(e_row, np.arange(b + 1)).tolist()
+        order = np.concatenate(
+            [lo + _top(e_score[lo:hi], self.extra_candidates) for lo, hi in itertools.pairwise(bounds) if hi > lo]
+            or [np.zeros(0, np.int64)]
+        )
+        e_row, e_tag, e_score = e_row[order], e_tag[order], e_score[order]
+        n_kept = np.bincount(h_row, minlength=b)
+        n_extra = np.bincount(e_row, minlength=b)
+        e_slot = n_kept[e_row] + _rank_in_row(e_row, n_extra)
+        hist_feats[e_row, e_slot, k] = e_score
+        slots = [(h_row, slot, hist), (e_row, e_slot, e_tag)]
+        need = self.extra_candidates - n_extra
+        rows = np.flatnonzero(need > 0)
+        if len(rows) and len(st.popular):
+            # then the popular tags the user has neither in history nor among those proposed
+            popular = st.popular.astype(np.int64)
+            taken = np.sort(np.concatenate([h_code, e_row * n_tags + e_tag]))
+            grid = rows[:, None] * n_tags + popular[None, :]
+            at = np.minimum(np.searchsorted(taken, grid), max(len(taken) - 1, 0))
+            free = taken[at] != grid if len(taken) else np.ones(grid.shape, bool)
+            nth = np.cumsum(free, axis=1)
+            pick = free & (nth <= need[rows][:, None])
+            r, j = np.nonzero(pick)
+            p_row = rows[r]
+            slots.append((p_row, n_kept[p_row] + n_extra[p_row] + nth[r, j] - 1, popular[j]))
+        log_total = _log1p(np.asarray(totals, np.float64))
+        for s_row, s_slot, s_tag in slots[1:]:
+            hist_ids[s_row, s_slot] = s_tag
+            hist_mask[s_row, s_slot] = 1.0
+        for s_row, s_slot, s_tag in slots:
+            hist_feats[s_row, s_slot, k + 2] = st.label_rate[s_tag]
+            hist_feats[s_row, s_slot, k + 3] = log_total[s_row]
+
+
+class _Column:
+    """Field values of many rows (users, or users and fields), flattened row by row, each row's in order."""
+
+    def __init__(self, stats: list[FieldStats | None]) -> None:
+        self.stats = stats
+        self.lens = np.asarray([len(st) if st is not None else 0 for st in stats], np.int64)
+        self.start = np.zeros(len(stats), np.int64)
+        np.cumsum(self.lens[:-1], out=self.start[1:])
+        self.total = int(self.start[-1] + self.lens[-1]) if len(stats) else 0
+        self.row = np.repeat(np.arange(len(stats)), self.lens)
+        self.pos = np.arange(self.total) - self.start[self.row]
+        self._arrays: dict[str, np.ndarray] = {}
+
+    @property
+    def values(self) -> list[str]:
+        return list(chain.from_iterable(st.values for st in self.stats if st is not None))
+
+    def ids(self, gets: Sequence[Callable[[str, int], int]]) -> np.ndarray:
+        """The values' ids, row r's by `gets[r]` (a vocabulary's `lookup.get`); OOV when not found."""
+        oov = repeat(Vocabulary.OOV)
+        per_row = (map(get, st.values, oov) for get, st in zip(gets, self.stats, strict=True) if st is not None)
+        return np.fromiter(chain.from_iterable(per_row), np.int64, self.total)
+
+    def array(self, attr: str) -> np.ndarray:
+        """`count`, `distinct` or `recency` of every value, float64."""
+        if attr not in self._arrays:
+            per_row = (getattr(st, attr) for st in self.stats if st is not None)
+            self._arrays[attr] = np.fromiter(chain.from_iterable(per_row), np.float64, self.total)
+        return self._arrays[attr]
+
+
+def _entries(col: _Column, vid: np.ndarray, n_tags: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One entry per (user, tag id) of the values known to the vocabulary, sorted by user * n_tags + tag:
+    (that code, the value index of its first occurrence, of its last occurrence)."""
+    known = np.flatnonzero(vid > Vocabulary.OOV)
+    code = col.row[known] * n_tags + vid[known]
+    order = np.argsort(code, kind="stable")  # by code, then by position
+    code = code[order]
+    n = len(code)
+    first = np.ones(n, bool)
+    last = np.ones(n, bool)
+    if n:
+        np.not_equal(code[1:], code[:-1], out=first[1:])
+        last[:-1] = first[1:]
+    return code[first], known[order[first]], known[order[last]]
+
+
+def _find(sorted_codes: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(where each of `codes` is in `sorted_codes`, whether it is there)."""
+    if not len(sorted_codes):
+        return np.zeros(len(codes), np.int64), np.zeros(len(codes), bool)
+    at = np.minimum(np.searchsorted(sorted_codes, codes), len(sorted_codes) - 1)
+    return at, sorted_codes[at] == codes
+
+
+def _rank_in_row(rows: np.ndarray, per_row: np.ndarray) -> np.ndarray:
+    """The rank of each element among those of its row: `rows` sorted, `per_row` their bincount."""
+    start = np.zeros(len(per_row), np.int64)
+    np.cumsum(per_row[:-1], out=start[1:])
+    return np.arange(len(rows)) - start[rows]
+
+
+def _log1p(x: np.ndarray) -> np.ndarray:
+    """math.log1p of each element (the values training and serving always used, to the bit)."""
+    return np.fromiter(map(math.log1p, x.tolist()), np.float64, len(x))
 
 
 def _top(score: np.ndarray, k: int) -> np.ndarray:

@@ -1,0 +1,214 @@
+"""HistoryEncoder.encode (the whole batch at once) gives, bit for bit, what the old per-user encoder gave.
+
+The oracle is `reference_history` (the encoder as of commit 900f092, user by user, with its per-tag-dict
+fallback). Random and fuzzed users: repeated values and tag ids, tied and zero counts, unknown and
+reserved tokens, missing, empty and over-long fields, several values in a single field; encoders with
+and without tag statistics, with few and with many candidate slots, without the unclicked field, without
+the clicked field; every batch split.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+
+from tests.utpm.features.reference_history import reference_encode, reference_transition
+from utpm.features.encoding import FeatureEncoder
+from utpm.features.history import (
+    TAG_FIELD,
+    UNCLICKED_FIELD,
+    FieldStats,
+    HistoryBatch,
+    HistoryEncoder,
+    TagStats,
+    parse_field,
+    stats_from_sequence,
+)
+from utpm.features.spec import FieldKind, FieldSpec
+from utpm.features.vocab import OOV_TOKEN, PAD_TOKEN, Vocabulary
+
+N_TAGS = 60  # small, so that users share tags and transitions collide
+
+
+def _vocab(prefix: str, n: int) -> Vocabulary:
+    return Vocabulary([PAD_TOKEN, OOV_TOKEN] + [f"{prefix}{i}" for i in range(n)])
+
+
+def _tag_stats(rng: np.random.Generator, n_tags: int, ties: bool) -> TagStats:
+    """Random CSR transitions (t != h), with lifts from a few values when `ties` (equal scores)."""
+    indptr = [0]
+    indices: list[int] = []
+    lift: list[float] = []
+    for h in range(n_tags):
+        deg = 0 if h < 2 else int(rng.integers(0, 12))
+        nb = [t for t in rng.choice(np.arange(2, n_tags), size=min(deg, n_tags - 2), replace=False) if t != h]
+        indices += nb
+        lift += list(rng.choice([0.25, 0.5, 1.0], len(nb)) if ties else rng.uniform(0.01, 2.0, len(nb)))
+        indptr.append(len(indices))
+    return TagStats(
+        indptr=np.asarray(indptr, np.int64),
+        indices=np.asarray(indices, np.int32),
+        lift=np.asarray(lift, np.float32),
+        repeat=rng.normal(size=n_tags).astype(np.float32),
+        label_rate=rng.normal(size=n_tags).astype(np.float32),
+        popular=rng.choice(np.arange(2, n_tags), size=15, replace=False).astype(np.int32),
+    )
+
+
+def _encoder(
+    stats: TagStats | None,
+    max_history_tags: int,
+    extra: int,
+    fields: tuple[str, ...] = (TAG_FIELD, UNCLICKED_FIELD, "clicked_categories", "gender"),
+    h: int = 8,
+) -> HistoryEncoder:
+    tags = _vocab("t", N_TAGS - 2)
+    vocabs = {TAG_FIELD: tags, UNCLICKED_FIELD: tags, "clicked_categories": _vocab("c", 7), "gender": _vocab("g", 2)}
+    specs = [
+        FieldSpec(n, FieldKind.SINGLE if n == "gender" else FieldKind.MULTI, len(vocabs[n]), 1 if n == "gender" else h)
+        for n in fields
+    ]
+    return HistoryEncoder(FeatureEncoder(specs, {n: vocabs[n] for n in fields}), tags, max_history_tags, stats, extra)
+
+
+def _values(rnd: random.Random, field: str, n: int) -> list[str]:
+    pool = {TAG_FIELD: "t", UNCLICKED_FIELD: "t", "clicked_categories": "c", "gender": "g"}[field]
+    size = {"t": N_TAGS - 2, "c": 7, "g": 2}[pool]
+    out = []
+    for _ in range(n):
+        r = rnd.random()
+        if r < 0.08:
+            out.append(f"never-seen-{rnd.randrange(5)}")
+        elif r < 0.1:
+            out.append(rnd.choice([PAD_TOKEN, OOV_TOKEN]))
+        else:
+            out.append(f"{pool}{rnd.randrange(size)}")
+    return out
+
+
+def _field(rnd: random.Random, field: str) -> FieldStats | None:
+    """One field of a random user, built as a request, as training or by hand (repeated values allowed)."""
+    n = rnd.choice([0, 1, 2, 3, 5, 9, 14, 30])
+    kind = rnd.randrange(6)
+    values = _values(rnd, field, n)
+    if kind == 0:
+        return None
+    if kind == 1:
+        return parse_field(field, values)
+    if kind == 2:
+        raw = {v: rnd.choice([0, 0.5, 1, 1, 2, 3, 7.25, 1e30]) for v in values}
+        return parse_field(field, raw)
+    if kind == 3:
+        return stats_from_sequence(values, [rnd.randrange(4) for _ in values])
+    # by hand: values may repeat (two values, one tag id), counts tie or are 0
+    pick = [0.0, 1.0, 1.0, 2.0, 3.0, 0.5]
+    return FieldStats(
+        values=values,
+        count=[rnd.choice(pick) for _ in values],
+        distinct=[rnd.choice(pick) for _ in values],
+        recency=[rnd.choice([0.0, 0.25, 0.5, 1.0, rnd.random()]) for _ in values],
+    )
+
+
+def _users(seed: int, n: int) -> list[dict[str, FieldStats]]:
+    rnd = random.Random(seed)
+    users = []
+    for _ in range(n):
+        user = {}
+        for name in (TAG_FIELD, UNCLICKED_FIELD, "clicked_categories", "gender"):
+            st = _field(rnd, name)
+            if st is not None:
+                user[name] = st
+        users.append(user)
+    return users
+
+
+def _same(a: HistoryBatch, b: HistoryBatch) -> None:
+    """Equal to the bit (float arrays compared as integers: -0.0 is not 0.0)."""
+
+    def bits(x: np.ndarray) -> np.ndarray:
+        return x.view(np.int32) if x.dtype == np.float32 else x
+
+    for name in ("ids", "masks", "counts"):
+        for x, y in zip(getattr(a, name), getattr(b, name), strict=True):
+            assert x.dtype == y.dtype and np.array_equal(bits(x), bits(y)), name
+    for name in ("hist_ids", "hist_feats", "hist_mask"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.dtype == y.dtype and x.shape == y.shape and np.array_equal(bits(x), bits(y)), name
+    assert a.unknown == b.unknown
+    assert [list(u) for u in a.unknown] == [list(u) for u in b.unknown]  # the fields' order too
+
+
+ENCODERS = {
+    "stats, ties": dict(stats="ties", max_history_tags=12, extra=6),
+    "stats, many slots": dict(stats="plain", max_history_tags=40, extra=30),
+    "stats, one history tag": dict(stats="plain", max_history_tags=1, extra=3),
+    "stats, no extra": dict(stats="ties", max_history_tags=5, extra=0),
+    "no stats": dict(stats=None, max_history_tags=7, extra=0),
+    "no unclicked field": dict(stats="plain", max_history_tags=9, extra=5, fields=(TAG_FIELD, "gender")),
+    "no clicked field": dict(stats="ties", max_history_tags=9, extra=5, fields=(UNCLICKED_FIELD, "gender")),
+    "long fields": dict(stats="plain", max_history_tags=1000, extra=100, h=100),
+}
+
+
+@pytest.mark.parametrize("name", list(ENCODERS))
+def test_batch_encode_is_bit_identical_to_the_per_user_encoder(name: str) -> None:
+    cfg = dict(ENCODERS[name])
+    rng = np.random.default_rng(len(name))
+    kind = cfg.pop("stats")
+    stats = None if kind is None else _tag_stats(rng, N_TAGS, ties=kind == "ties")
+    henc = _encoder(stats, int(cfg.pop("max_history_tags")), int(cfg.pop("extra")), **cfg)  # type: ignore[arg-type]
+    users = _users(len(name), 240)
+    expected = [reference_encode(henc, [u]) for u in users]
+    for size in (1, 3, 8, 64, len(users)):
+        for lo in range(0, len(users), size):
+            got = henc.encode(users[lo : lo + size])
+            for j, one in enumerate(expected[lo : lo + size]):
+                row = HistoryBatch(
+                    [x[j : j + 1] for x in got.ids],
+                    [x[j : j + 1] for x in got.masks],
+                    [x[j : j + 1] for x in got.counts],
+                    got.hist_ids[j : j + 1],
+                    got.hist_feats[j : j + 1],
+                    got.hist_mask[j : j + 1],
+                    got.unknown[j : j + 1],
+                )
+                _same(row, one)
+
+
+def test_a_user_with_only_unclicked_tags_or_nothing_known_gets_the_old_candidates() -> None:
+    """The share-0 shortcut: a user whose clicked tags propose fewer new tags than there are slots gets
+    the unclicked tags' neighbours (score 0) as the old encoder did; a user with nothing gets the popular tags."""
+    stats = _tag_stats(np.random.default_rng(3), N_TAGS, ties=True)
+    henc = _encoder(stats, 20, 40)
+    users = [
+        {UNCLICKED_FIELD: parse_field(UNCLICKED_FIELD, ["t3", "t4", "t5"])},
+        {TAG_FIELD: parse_field(TAG_FIELD, ["t9"]), UNCLICKED_FIELD: parse_field(UNCLICKED_FIELD, ["t3", "t4"])},
+        {TAG_FIELD: parse_field(TAG_FIELD, ["never-seen"])},
+        {},
+    ]
+    _same(henc.encode(users), reference_encode(henc, users))
+
+
+def test_transitions_of_many_users_are_each_users_transition() -> None:
+    rng = np.random.default_rng(0)
+    st = _tag_stats(rng, N_TAGS, ties=False)
+    rows = np.sort(rng.integers(0, 9, 80))
+    hist = rng.integers(2, N_TAGS, 80)
+    weights = rng.choice([0.0, 0.1, 0.5, 1 / 3], 80)
+    t_row, t_tag, score = st.transitions(rows, hist, weights)
+    # the packed-key sort and the fallback for codes too wide to pack give the same
+    far = rows.astype(np.int64) << 40
+    f_row, f_tag, f_score = st.transitions(far, hist, weights)
+    assert np.array_equal(f_row >> 40, t_row) and np.array_equal(f_tag, t_tag)
+    assert np.array_equal(f_score.view(np.int64), score.view(np.int64))
+    for r in np.unique(rows):
+        at = rows == r
+        tags, s = st.transition(hist[at], weights[at])
+        old_tags, old_s = reference_transition(st, hist[at], weights[at])
+        assert np.array_equal(tags, old_tags) and np.array_equal(s.view(np.int64), old_s.view(np.int64))
+        assert np.array_equal(t_tag[t_row == r], tags) and np.array_equal(score[t_row == r], s)
+    assert not math.isnan(float(score.sum()))
