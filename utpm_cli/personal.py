@@ -5,13 +5,18 @@ of `--users` users of a data set, each sent as the service would receive it: the
 recent distinct clicked tags and categories (at most `--values` each) from the first 80% of their
 events. Reported: mean pairwise Jaccard of the top-k lists, distinct tags served, the share of users
 whose #1 tag is the most common #1, next to the same users' own clicked-tag frequencies.
+
+`--counts` sends the same most recent distinct values with their counts instead (the API's
+{value: count} form): how often each value occurs among the user's clicked history items (all of an
+item's tags, as the field holds them), in recency order. It is a second measurement
+next to the default one, not a replacement: a request with counts says more about the user.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +24,7 @@ import numpy as np
 import typer
 
 from utpm.data.errors import DataError
+from utpm.data.protocol import ProtocolSplit
 
 
 def bench_personal_cmd(
@@ -28,6 +34,9 @@ def bench_personal_cmd(
     k: Annotated[int, typer.Option(help="Tags per profile.")] = 10,
     values: Annotated[int, typer.Option(help="Most recent distinct values sent per field.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed of the protocol split and of the draw of users.")] = 0,
+    counts: Annotated[
+        bool, typer.Option("--counts", help="Send each value with its count among the clicked history items.")
+    ] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the result JSON here.")] = None,
 ) -> None:
     """Profiles of many users from a served bundle: are they different from one another?"""
@@ -50,13 +59,17 @@ def bench_personal_cmd(
     served: list[list[str]] = []
     own: list[list[str]] = []
     for i in rows:
-        feats: dict[str, Sequence[str] | str] = {f: split.fields[f].row(int(i))[-values:] for f in fields}
+        recent = {f: split.fields[f].row(int(i))[-values:] for f in fields}
+        feats: dict[str, Sequence[str] | Mapping[str, float]] = dict(recent)
+        if counts:
+            counted = clicked_counts(split, int(i))
+            feats = {f: {v: counted.get(f, {}).get(v, 1.0) for v in vs} for f, vs in recent.items()}
         if not feats.get("clicked_tags"):
             continue
         profile = engine.compute([engine.encode(feats, k, False)])[0]
         served.append([engine.bundle.tags.token(int(t)) for t in profile.tag_ids])
-        counts = Counter(split.fields["clicked_tags"].row(int(i))[-values:])
-        own.append([t for t, _ in counts.most_common(k)])
+        freq = Counter(split.fields["clicked_tags"].row(int(i))[-values:])
+        own.append([t for t, _ in freq.most_common(k)])
         if len(served) == users:
             break
     mine, theirs = personalisation(served, k), personalisation(own, k)
@@ -65,6 +78,8 @@ def bench_personal_cmd(
         "model": engine.model_name,
         "users": len(served),
         "k": k,
+        "values": values,
+        "counts": counts,
         "served": mine,
         "own_clicked_tags": theirs,
     }
@@ -72,8 +87,26 @@ def bench_personal_cmd(
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2))
     s = mine
+    sent = f"{values} most recent distinct values per field" + (" with their counts" if counts else "")
     typer.echo(
-        f"{engine.model_name}: {len(served)} users, top-{k} mean pairwise Jaccard {s['jaccard']:.3f}, "
+        f"{engine.model_name} ({sent}): {len(served)} users, top-{k} mean pairwise Jaccard {s['jaccard']:.3f}, "
         f"{s['distinct_tags']:.0f} distinct tags, #1 tag shared by {s['top1_share']:.0%} "
         f"(the same users' own clicked tags sent: {theirs['jaccard']:.3f})"
     )
+
+
+def clicked_counts(split: ProtocolSplit, user: int) -> dict[str, dict[str, float]]:
+    """Per clicked_<column> field: value -> occurrences among the user's label-1 history items, in the
+    order of last occurrence (oldest first, as the API reads it)."""
+    out: dict[str, dict[str, float]] = {}
+    lo, hi = split.history.offsets[user], split.history.offsets[user + 1]
+    columns = split.item_columns or {"tags": split.item_tags}
+    for item, y in zip(split.history.codes[lo:hi], split.history_values[lo:hi], strict=True):
+        if y != 1:
+            continue
+        for col, ragged in columns.items():
+            vals = ragged.row(int(item))
+            d = out.setdefault(f"clicked_{col}", {})
+            for v in vals:
+                d[v] = d.pop(v, 0.0) + 1.0  # re-inserting moves v to the end: the order of last occurrences
+    return out
