@@ -350,18 +350,38 @@ def _softmax_loss(scores: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, 
     return per_user.mean() if bool(has.any()) else scores.sum() * 0.0
 
 
-def train_history(
-    split: ProtocolSplit,
-    config: HistoryTrainConfig,
-    out: Any = None,
-    progress: Callable[[int, int, dict[str, float]], None] | None = None,
-) -> HistoryTrainResult:
-    """Train `utpm-hist` on the protocol's training users; the same user split as `trainer.train`."""
-    if config.threads:
-        torch.set_num_threads(config.threads)
+@dataclass
+class HistorySetup:
+    """What training the history model starts from, before any model exists (`prepare_history`):
+    the user split, the vocabularies and encoders, the training examples, b_t and the blend's a, c."""
+
+    val_rows: np.ndarray
+    train_rows: np.ndarray
+    seqs: UserSequences
+    encoder: FeatureEncoder
+    tags: Vocabulary
+    # the encoder of validation, test and serving (`TagStats` of all training users)
+    henc: HistoryEncoder
+    # a training user in half k is encoded by train_encs[k] (`TagStats` of the other half)
+    train_encs: list[HistoryEncoder]
+    half: np.ndarray
+    examples: list[tuple[int, int]]
+    # label-tag popularity among the training users; b_t = log1p(pop)
+    pop: np.ndarray
+    # per training user: (tag ids, change of log1p(pop) when the user's own labels are left out)
+    own_pop: dict[int, tuple[np.ndarray, np.ndarray]]
+    blend: tuple[float, float]
+
+    @property
+    def bias(self) -> np.ndarray:
+        return np.log1p(self.pop).astype(np.float32)
+
+
+def prepare_history(split: ProtocolSplit, config: HistoryTrainConfig) -> HistorySetup:
+    """The user split (the same as `trainer.train`'s), vocabularies, tag statistics, training examples,
+    popularity and the blend's a, c tuned on the validation users, as `train_history` uses them."""
     rng = np.random.default_rng(config.seed)
     train_all = split.indices(test=False)
-    test_rows = split.indices(test=True)
     perm = rng.permutation(train_all)
     n_val = max(1, round(len(perm) * config.val_fraction)) if config.val_fraction > 0 else 0
     val_rows, train_rows = np.sort(perm[:n_val]), np.sort(perm[n_val:])
@@ -406,10 +426,6 @@ def train_history(
     if not examples:
         raise ValueError("no training examples: no training user has a label-1 item after a history")
     n_tags = len(tags)
-    loss_name = config.loss
-    if loss_name in ("softmax", "bce") and n_tags > FULL_SOFTMAX_MAX_TAGS:
-        loss_name = "sampled"
-    model = build_history_model(encoder.specs, n_tags, p, options, seed=config.seed)
     # Start at the blend yardstick tuned on the validation users: b_t = log1p(popularity among the
     # training users' label items), the history path's linear part a, c (docs/results.md).
     pop = np.zeros(n_tags, np.float64)
@@ -431,8 +447,33 @@ def train_history(
         if config.start_at_blend and len(val_rows)
         else (0.0, 0.0)
     )
-    bias0 = np.log1p(pop).astype(np.float32)
-    blend_weights = {"log1p_count": a, "log1p_distinct_items": c}
+    return HistorySetup(
+        val_rows, train_rows, seqs, encoder, tags, henc, list(train_encs), half, examples, pop, own_pop, (a, c)
+    )
+
+
+def train_history(
+    split: ProtocolSplit,
+    config: HistoryTrainConfig,
+    out: Any = None,
+    progress: Callable[[int, int, dict[str, float]], None] | None = None,
+) -> HistoryTrainResult:
+    """Train `utpm-hist` on the protocol's training users; the same user split as `trainer.train`."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    st = prepare_history(split, config)
+    seqs, tags, encoder, henc, train_encs = st.seqs, st.tags, st.encoder, st.henc, st.train_encs
+    val_rows, train_rows, test_rows = st.val_rows, st.train_rows, split.indices(test=True)
+    examples, half, own_pop = st.examples, st.half, st.own_pop
+    p = config.preset
+    options: HistoryOptions = config.history
+    n_tags = len(tags)
+    loss_name = config.loss
+    if loss_name in ("softmax", "bce") and n_tags > FULL_SOFTMAX_MAX_TAGS:
+        loss_name = "sampled"
+    model = build_history_model(encoder.specs, n_tags, p, options, seed=config.seed)
+    blend_weights = {"log1p_count": st.blend[0], "log1p_distinct_items": st.blend[1]}
+    bias0 = st.bias
     model.start_at(torch.from_numpy(bias0), blend_weights)
     val_batch = encode_users(seqs, henc, val_rows)
     val_clicked = [split.clicked_tags(int(i), p.N) for i in val_rows]
@@ -456,16 +497,20 @@ def train_history(
         # the residual's training sees them), kept if it does at least as well as the blend on the
         # validation users, scored by the model itself
         t0 = time.perf_counter()
-        tuned = _tune_linear_start(
-            seqs, tags, examples, half, train_encs, own_pop, bias0, blend_weights, config, config.seed + 2
-        )
+        tuned = tune_linear_start(st, config)
         blend_val = val_score()
         model.start_at(torch.from_numpy(tuned.w_bias * bias0), tuned.weights)
         tuned_val = val_score()
+        keep = tuned_val >= blend_val
+        if keep:
+            w_bias = tuned.w_bias
+        else:
+            model.start_at(torch.from_numpy(bias0), {n: 0.0 for n in tuned.weights} | blend_weights)
         start_info = {
-            "kind": "tuned" if tuned_val >= blend_val else "blend",
-            "w_bias": tuned.w_bias,
-            "weights": tuned.weights,
+            "kind": "tuned" if keep else "blend",
+            "w_bias": w_bias,
+            "weights": tuned.weights if keep else dict(blend_weights),
+            "tuned": {"w_bias": tuned.w_bias, "weights": tuned.weights},
             "tuning_examples": tuned.users,
             "tuning_score": tuned.score,
             "tuning_score_blend": tuned.start_score,
@@ -473,11 +518,6 @@ def train_history(
             "val_score_blend": blend_val,
             "seconds": time.perf_counter() - t0,
         }
-        if tuned_val >= blend_val:
-            w_bias = tuned.w_bias
-        else:
-            model.start_at(torch.from_numpy(bias0), {n: 0.0 for n in tuned.weights} | blend_weights)
-            start_info.update(w_bias=1.0, weights=dict(blend_weights))
         log.info("start: %s", start_info)
     if w_bias != 1.0:
         # b_t is w_bias * log1p(popularity): a training user's own-labels-out b_t scales with it
@@ -491,7 +531,7 @@ def train_history(
         model.tag_bias.requires_grad_(False)
         if model.g is not None:
             model.g.linear.weight.requires_grad_(False)
-    q = (pop + 1.0) ** 0.75
+    q = (st.pop + 1.0) ** 0.75
     q[: Vocabulary.OOV + 1] = 0.0
     q = q / q.sum() if q.sum() > 0 else q
     # The losses see scale * s(u, t) (+ offset for the BCE of `joint`): ranking ignores both, but a
@@ -606,33 +646,25 @@ def train_history(
     return result
 
 
-def _tune_linear_start(
-    seqs: UserSequences,
-    tags: Vocabulary,
-    examples: Sequence[tuple[int, int]],
-    half: np.ndarray,
-    train_encs: Sequence[HistoryEncoder],
-    own_pop: dict[int, tuple[np.ndarray, np.ndarray]],
-    bias: np.ndarray,
-    blend_weights: dict[str, float],
-    config: HistoryTrainConfig,
-    seed: int,
-) -> TunedStart:
-    """`tune_start` on (a seeded draw of) the training examples, each encoded as the residual's
-    training encodes it (tag statistics of the other half of the training users, b_t without the
-    user's own labels), from the blend's weights."""
+def tune_linear_start(st: HistorySetup, config: HistoryTrainConfig) -> TunedStart:
+    """`tune_start` from the blend's a, c on (a seeded draw of `config.start_examples`) training
+    examples, each encoded as the residual's training encodes it (tag statistics of the other half of
+    the training users, b_t without the user's own labels)."""
     n = config.start_examples
-    chosen = list(examples)
+    chosen = list(st.examples)
     if 0 < n < len(chosen):
-        pick = np.sort(np.random.default_rng(seed).permutation(len(chosen))[:n])
+        pick = np.sort(np.random.default_rng(config.seed + 2).permutation(len(chosen))[:n])
         chosen = [chosen[j] for j in pick.tolist()]
-    parts = [[ex for ex in chosen if half[ex[0]] == k] for k in (0, 1)]
+    parts = [[ex for ex in chosen if st.half[ex[0]] == k] for k in (0, 1)]
     ordered = parts[0] + parts[1]
-    batch = _concat([train_encs[k].encode([seqs.stats(i, h) for i, h in part]) for k, part in enumerate(parts) if part])
-    problem = StartProblem.build(
-        batch, bias, [seqs.label_tags(i, h) for i, h in ordered], tags, [own_pop[i] for i, _ in ordered]
+    batch = _concat(
+        [st.train_encs[k].encode([st.seqs.stats(i, h) for i, h in part]) for k, part in enumerate(parts) if part]
     )
-    return tune_start(problem, blend_weights, tuple(config.early_stop_ks))
+    problem = StartProblem.build(
+        batch, st.bias, [st.seqs.label_tags(i, h) for i, h in ordered], st.tags, [st.own_pop[i] for i, _ in ordered]
+    )
+    blend = {"log1p_count": st.blend[0], "log1p_distinct_items": st.blend[1]}
+    return tune_start(problem, blend, tuple(config.early_stop_ks))
 
 
 def _offset_grid(loss: str) -> tuple[float, ...]:
