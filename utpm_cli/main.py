@@ -23,7 +23,7 @@ from utpm_cli.bench import (
 from utpm_cli.errors import fail
 from utpm_cli.export import bench_model_cmd, export_cmd
 from utpm_cli.index import bench_index_cmd, index_build_cmd
-from utpm_cli.model import evaluate_run, parse_variants, prepare_amazon_cmd, train_default
+from utpm_cli.model import bench_start_cmd, evaluate_run, parse_variants, prepare_amazon_cmd, train_default
 from utpm_cli.personal import bench_personal_cmd
 from utpm_cli.profile import profile_app
 
@@ -57,6 +57,7 @@ bench_app.command("reliability")(bench_reliability_cmd)
 bench_app.command("report")(bench_report_cmd)
 prepare_app.command("amazon-beauty")(prepare_amazon_cmd)
 bench_app.command("personal")(bench_personal_cmd)
+bench_app.command("start")(bench_start_cmd)
 
 
 @app.callback()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import typer
 
 from utpm.data.errors import DataError
@@ -147,3 +148,34 @@ def parse_variants(specs: list[str]) -> list[tuple[tuple[str, Any], ...]]:
             pairs.append((k, value))
         out.append(tuple(pairs))
     return out
+
+
+def bench_start_cmd(
+    data: Annotated[Path, typer.Argument(help="A data set in the generic format (truth.csv adds the oracle).")],
+    preset: Annotated[str, typer.Option(help="Preset of the data (N, K), as in `utpm experiment`.")] = "movielens",
+    folds: Annotated[int, typer.Option(help="Folds of the k-fold split, as in `utpm experiment --folds`.")] = 5,
+    fold: Annotated[list[int] | None, typer.Option(help="Fold seeds to check (repeatable; default all).")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the rows and the mean here.")] = None,
+) -> None:
+    """The default model's starting points on each fold's validation users (no test user is read)."""
+    import json
+
+    from utpm.evaluation.experiment import _load_truth
+    from utpm.evaluation.start_check import KS, check_start, summarise
+
+    try:
+        rows = check_start(data, preset, folds, fold if fold else list(range(folds)), _load_truth(data))
+    except (DataError, ValueError) as e:
+        fail(str(e))
+    mean = summarise(rows)
+    for r in rows:
+        line = "  ".join(f"{n} {'/'.join(f'{r[n][k]:.3f}' for k in KS)}" for n in mean)
+        typer.echo(f"fold {r['fold']} ({r['val_users']} validation users): {line}")
+        typer.echo(f"  tuned: w_b {r['tuned']['w_bias']}, {r['tuned']['weights']}")
+    total = sum(r["val_users"] for r in rows)
+    typer.echo(f"mean over {total} validation users (Prec@1/2/3):")
+    for n, v in mean.items():
+        typer.echo(f"  {n:12s} {' / '.join(f'{v[k]:.3f}' for k in KS)}  (mean {np.mean(list(v.values())):.4f})")
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps({"data": str(data), "folds": folds, "rows": rows, "mean": mean}, indent=2))

@@ -113,3 +113,28 @@ def test_train_history_keeps_the_tuned_start_only_if_it_does_as_well_as_the_blen
     assert blend.curve[0]["val_score"] == pytest.approx(st["val_score_blend"])
     with pytest.raises(ValueError, match="unknown start"):
         HistoryTrainConfig(preset=TINY_HIST, start="nope")
+
+
+def test_bench_start_scores_every_starting_point_on_validation_users_and_the_oracle_knows_the_truth(
+    tmp_path,
+) -> None:
+    from utpm.evaluation.start_check import check_start, summarise
+
+    data = synthetic_dataset(n_users=30, events=24)
+    out = tmp_path / "data"
+    out.mkdir()
+    items = data.items.assign(tags=data.items["tags"].map("|".join), categories=data.items["categories"].map("|".join))
+    items.to_csv(out / "items.csv", index=False)
+    data.events.to_csv(out / "events.csv", index=False)
+    # a "truth" that is each user's own label tags: the oracle can only gain
+    from utpm.data.loading import load_dataset
+    from utpm.evaluation.experiment import make_split
+
+    split = make_split(load_dataset(out), 0, 3)
+    truth = {str(split.user_ids[i]): split.clicked_tags(i, TINY_HIST.N) for i in range(split.n_users)}
+    rows = check_start(out, "tiny", 3, [0], truth)
+    assert len(rows) == 1 and rows[0]["val_users"] > 0
+    for name in ("blend", "tuned_start", "half-blend", "half-tuned", "oracle"):
+        assert all(0.0 <= rows[0][name][k] <= 1.0 for k in (1, 2, 3))
+    assert rows[0]["oracle"][1] >= rows[0]["blend"][1]
+    assert set(summarise(rows)) == {"blend", "tuned_start", "half-blend", "half-tuned", "oracle"}
