@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -97,11 +99,12 @@ def test_the_problem_scores_what_the_model_computes_at_that_start() -> None:
         assert got == pytest.approx(expected, abs=1e-6)
 
 
-def test_train_history_keeps_the_tuned_start_only_if_it_does_as_well_as_the_blend_on_validation() -> None:
+def test_train_history_keeps_the_tuned_start_only_if_it_does_as_well_as_the_blend_on_validation(tmp_path) -> None:
     data = synthetic_dataset(n_users=40, events=24)
     split = split_protocol(data, seed=0)
     config = HistoryTrainConfig(preset=TINY_HIST, epochs=1, augment_cuts=(0.5,))
-    first = train_history(split, config)
+    first = train_history(split, config, out=tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["start"] == first.start
     second = train_history(split, config)
     st = first.start
     assert st == {**second.start, "seconds": st["seconds"]}  # deterministic (but for the time taken)

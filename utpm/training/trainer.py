@@ -306,6 +306,9 @@ def save_training(out: Path, split: ProtocolSplit, config: TrainConfig, result: 
             "test_skipped_empty_C": result.skipped_test_users,
         },
     }
+    start = getattr(result, "start", None)  # the default model's starting point (HistoryTrainResult)
+    if start:
+        metrics["start"] = start
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     # Per-tag data the history features need at serving (HistoryEncoder.to_arrays), if it has any.
     henc = getattr(result, "history_encoder", None)
