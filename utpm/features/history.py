@@ -284,7 +284,7 @@ class TagStats:
         if not total:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64)
         # positions lo[j] .. hi[j]-1 of every history tag j, flattened
-        idx = np.repeat(lo - np.concatenate([[0], np.cumsum(n)[:-1]]), n) + np.arange(total)
+        idx = np.repeat(lo - (np.cumsum(n) - n), n) + np.arange(total)
         w = np.repeat(np.asarray(weights, np.float64), n) * self.lift[idx]
         code = np.repeat(np.asarray(rows, np.int64), n) * self.n_tags + self.indices[idx]
         # = np.unique(code, return_inverse=True) and a bincount, faster: one plain sort of (code, position)
@@ -428,7 +428,7 @@ class HistoryEncoder:
         counts = [np.ascontiguousarray(all_counts[j, :, : s.max_len]) for j, s in enumerate(specs)]
         # the tag fields' ids, reused for the history tags (the tag fields share the tag vocabulary)
         tag_ids = {
-            s.name: vid[col.start[j * b] : col.start[j * b] + col.lens[j * b : (j + 1) * b].sum()]
+            s.name: vid[col.bounds[j * b] : col.bounds[(j + 1) * b]]
             for j, s in enumerate(specs)
             if s.name in (TAG_FIELD, UNCLICKED_FIELD)
         }
@@ -487,9 +487,8 @@ class HistoryEncoder:
         key = np.zeros(n_c + n_only, np.float64)
         if n_c:
             cnt = clicked.array("count")[c_last]
-            base[:n_c, 0] = _log1p(cnt)
-            base[:n_c, 1] = _log1p(clicked.array("distinct")[c_last])
-            base[:n_c, 2] = _log1p(clicked.array("recency")[c_last])
+            raw = np.concatenate([cnt, clicked.array("distinct")[c_last], clicked.array("recency")[c_last]])
+            base[:n_c, :3] = _log1p(raw).reshape(3, n_c).T
             base[at[both], 3] = u_log[both]
             base[:n_c, 4] = clicked.pos[c_last] > clicked.lens[c_row] - 1 - recent_h[c_row]
             base[:n_c, 5] = cnt / np.asarray([t or 1.0 for t in totals], np.float64)[c_row]
@@ -580,10 +579,11 @@ class _Column:
 
     def __init__(self, stats: list[FieldStats | None]) -> None:
         self.stats = stats
-        self.lens = np.asarray([len(st) if st is not None else 0 for st in stats], np.int64)
-        self.start = np.zeros(len(stats), np.int64)
-        np.cumsum(self.lens[:-1], out=self.start[1:])
-        self.total = int(self.start[-1] + self.lens[-1]) if len(stats) else 0
+        lens = [len(st) if st is not None else 0 for st in stats]
+        self.bounds = list(itertools.accumulate(lens, initial=0))  # row r's values: bounds[r] .. bounds[r + 1]
+        self.lens = np.asarray(lens, np.int64)
+        self.start = np.asarray(self.bounds[:-1], np.int64)
+        self.total = self.bounds[-1]
         self.row = np.repeat(np.arange(len(stats)), self.lens)
         self.pos = np.arange(self.total) - self.start[self.row]
         self._arrays: dict[str, np.ndarray] = {}

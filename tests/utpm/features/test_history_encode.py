@@ -191,6 +191,7 @@ def test_a_user_with_only_unclicked_tags_or_nothing_known_gets_the_old_candidate
         {},
     ]
     _same(henc.encode(users), reference_encode(henc, users))
+    _same(henc.encode([]), reference_encode(henc, []))  # no users (an empty validation split)
 
 
 def test_transitions_of_many_users_are_each_users_transition() -> None:
