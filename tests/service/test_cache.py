@@ -12,6 +12,8 @@ from service.cache import CacheUnavailable, RedisProfileCache, profile_key
 from service.profile_record import CorruptRecord, cached_response, render, stale_response
 from tests.conftest import RedisServer, free_port
 
+SWAP_DB = 8
+
 NAMES = ["sci-fi", 'quote " and },{"tag":"x', "über", "noir", "a\\b"]
 SCORES = [0.9, 0.5, 0.25, -0.125, -1.0]
 
@@ -115,8 +117,11 @@ def test_a_miss_during_a_swap_falls_back_to_the_version_being_replaced(redis_ser
     already name the old version: alternating reloads A -> B -> A once answered such a GET with 404."""
     from service.stale import StaleFallback, read_stale
 
-    async def go() -> tuple[list[str], bytes | None]:
-        cache = RedisProfileCache(redis_server.url)
+    # a database of its own: other tests' versions in the shared server's registry would join the lists
+    redis.Redis(port=redis_server.port, db=SWAP_DB).flushdb()
+
+    async def go() -> tuple[list[str], list[str], bytes | None, bytes | None]:
+        cache = RedisProfileCache(f"redis://127.0.0.1:{redis_server.port}/{SWAP_DB}")
         try:
             fallback = StaleFallback(cache)
             await fallback.refresh("A")
