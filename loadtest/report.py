@@ -22,7 +22,7 @@ from typing import Any
 from loadtest.gpu_report import render_gpu_check
 
 BLOCK = re.compile(r"<!-- report: (?P<path>\S+) -->\n.*?<!-- /report -->", re.S)
-STAGES = ("parse", "queue", "model", "index", "cache")
+STAGES = ("parse", "queue", "encode", "model", "index", "cache")
 
 
 def _fmt(v: Any, digits: int = 1) -> str:

@@ -48,7 +48,7 @@ from loadtest.procs import Redis, Server
 from loadtest.roofline import RooflineConfig, engine_in_subprocess, roofline_at
 
 HERE = Path(__file__).resolve().parent
-STAGES = ("parse", "queue", "model", "index", "cache")
+STAGES = ("parse", "queue", "encode", "model", "index", "cache")
 Say = Callable[[str], None]
 
 # The issues' targets, at `compare_users` concurrent users. The roofline and raw-ASGI ones (issue 16)

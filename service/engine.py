@@ -34,7 +34,7 @@ from model_export.session import CUDA, SessionConfig, build_session, check_signa
 from service.batching import MicroBatcher
 from service.config import Settings
 from service.errors import InvalidInput, UnknownFields
-from utpm.features.history import FieldStats, HistoryEncoder, parse_field
+from utpm.features.history import FieldStats, HistoryBatch, HistoryEncoder, parse_field
 from utpm.features.vocab import Vocabulary
 
 log = logging.getLogger("utpm.service")
@@ -64,7 +64,9 @@ class EncodedUser:
     """One user's model input: per field a (H_f,) id row and mask row, plus what the caller asked.
 
     utpm-hist bundles add per field the values' counts, and the user's history tags (n,) with their
-    features phi (n, P) (`HistoryEncoder`)."""
+    features phi (n, P) (`HistoryEncoder`). Their requests leave the event loop parsed (`stats`) and
+    are encoded a batch at a time in the batch thread (`compute` fills ids, mask, counts, the history
+    tags, `unknown` and `all_unknown`: read them after `compute`)."""
 
     ids: dict[str, np.ndarray]
     mask: dict[str, np.ndarray]
@@ -75,12 +77,14 @@ class EncodedUser:
     counts: dict[str, np.ndarray] | None = None
     hist_ids: np.ndarray | None = None
     hist_feats: np.ndarray | None = None
+    stats: Mapping[str, FieldStats] | None = None  # utpm-hist: the parsed request, until `compute` encodes it
 
 
 @dataclass
 class BatchTimings:
     model_s: float = 0.0
     index_s: float = 0.0
+    encode_s: float = 0.0  # utpm-hist: the batch's encoding, in the batch thread
 
 
 @dataclass
@@ -216,22 +220,25 @@ class ProfileEngine:
         )
 
     def _encode_history(self, stats: Mapping[str, FieldStats], k: int, explain: bool) -> EncodedUser:
+        # encoded with the rest of its batch, in the batch thread (`_encode_batch`)
+        return EncodedUser(ids={}, mask={}, k=k, explain=explain, unknown={}, all_unknown=False, stats=stats)
+
+    def _encode_batch(self, users: Sequence[EncodedUser]) -> HistoryBatch:
+        """utpm-hist: the batch's users through `HistoryEncoder.encode` at once; each user gets its rows."""
         assert self.history is not None
-        b = self.history.encode([stats])
-        n = int(b.hist_mask[0].sum())  # kept history tags come first
+        b = self.history.encode([u.stats or {} for u in users])
         names = self.field_names
-        known = any(bool((b.ids[f][0] > Vocabulary.OOV).any()) for f in range(len(names)))
-        return EncodedUser(
-            ids={f: b.ids[j][0] for j, f in enumerate(names)},
-            mask={f: b.masks[j][0] for j, f in enumerate(names)},
-            k=k,
-            explain=explain,
-            unknown=b.unknown[0],
-            all_unknown=not known,
-            counts={f: b.counts[j][0] for j, f in enumerate(names)},
-            hist_ids=b.hist_ids[0, :n],
-            hist_feats=b.hist_feats[0, :n],
-        )
+        n_hist = b.hist_mask.sum(axis=1).astype(np.int64).tolist()  # kept history tags come first
+        known = np.zeros(len(users), bool)
+        for j in range(len(names)):
+            known |= (b.ids[j] > Vocabulary.OOV).any(axis=1)
+        for row, (u, n) in enumerate(zip(users, n_hist, strict=True)):
+            u.ids = {f: b.ids[j][row] for j, f in enumerate(names)}
+            u.mask = {f: b.masks[j][row] for j, f in enumerate(names)}
+            u.counts = {f: b.counts[j][row] for j, f in enumerate(names)}
+            u.hist_ids, u.hist_feats = b.hist_ids[row, :n], b.hist_feats[row, :n]
+            u.unknown, u.all_unknown = b.unknown[row], not bool(known[row])
+        return b
 
     def value_name(self, field_name: str, value_id: int) -> str:
         return self.bundle.encoder.vocabs[field_name].token(value_id)
@@ -265,30 +272,19 @@ class ProfileEngine:
         return out
 
     def _compute_history(self, users: Sequence[EncodedUser]) -> list[ComputedProfile]:
-        """utpm-hist: one ONNX run gives u and g(phi) of each user's history tags; the two-stage
-        search takes the index's top-k over the other tags by [u, 1] . [o_t, b_t] and the history
-        tags scored exactly (u . o_t + b_t + g), and keeps the top-k of the union."""
+        """utpm-hist: the batch encoded at once, one ONNX run gives u and g(phi) of each user's history
+        tags; the two-stage search takes the index's top-k over the other tags by [u, 1] . [o_t, b_t] and
+        the history tags scored exactly (u . o_t + b_t + g), and keeps the top-k of the union."""
+        t_enc = time.perf_counter()
+        encoded = self._encode_batch(users)
         t0 = time.perf_counter()
         names = self.field_names
         n = max(1, max(len(u.hist_ids) for u in users if u.hist_ids is not None))
-        b = len(users)
-        hist_ids = np.zeros((b, n), np.int64)
-        width = next(u.hist_feats.shape[1] for u in users if u.hist_feats is not None)  # P, as the encoder made it
-        hist_feats = np.zeros((b, n, width), np.float32)
-        hist_mask = np.zeros((b, n), np.float32)
-        for row, u in enumerate(users):
-            m = len(u.hist_ids) if u.hist_ids is not None else 0
-            if m and u.hist_ids is not None and u.hist_feats is not None:
-                hist_ids[row, :m], hist_feats[row, :m], hist_mask[row, :m] = u.hist_ids, u.hist_feats, 1.0
-        feed = history_feed(
-            self._input_names,
-            names,
-            [np.stack([u.ids[f] for u in users]) for f in names],
-            [np.stack([u.mask[f] for u in users]) for f in names],
-            [np.stack([u.counts[f] for u in users]) for f in names],  # type: ignore[index]
-            hist_feats,
-            hist_mask,
-        )
+        # the kept history tags come first in each row, zeros after: the batch's widest, as the model takes it
+        hist_ids = encoded.hist_ids[:, :n]
+        hist_feats = np.ascontiguousarray(encoded.hist_feats[:, :n])
+        hist_mask = np.ascontiguousarray(encoded.hist_mask[:, :n])
+        feed = history_feed(self._input_names, names, encoded.ids, encoded.masks, encoded.counts, hist_feats, hist_mask)
         want_attention = any(u.explain for u in users)
         outputs = self.session.run(None if want_attention else [USER_EMBEDDING_OUTPUT, HISTORY_SCORES_OUTPUT], feed)  # type: ignore[attr-defined]
         named = dict(
@@ -323,7 +319,12 @@ class ProfileEngine:
                 model_part = (scores - history_part).astype(np.float32)
             out.append(
                 ComputedProfile(
-                    ids, scores.astype(np.float32), BatchTimings(t1 - t0, t2 - t1), attention, model_part, history_part
+                    ids,
+                    scores.astype(np.float32),
+                    BatchTimings(t1 - t0, t2 - t1, t0 - t_enc),
+                    attention,
+                    model_part,
+                    history_part,
                 )
             )
         return out

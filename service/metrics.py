@@ -26,7 +26,7 @@ class Metrics:
         )
         self.stage_seconds = Histogram(
             "utpm_stage_seconds",
-            "Time per stage: parse, queue, model, index, cache.",
+            "Time per stage: parse, queue, encode (utpm-hist: the batch's, in its thread), model, index, cache.",
             ["stage"],
             buckets=LATENCY_BUCKETS,
             registry=r,
@@ -73,7 +73,7 @@ class Metrics:
             registry=r,
         )
         # The labelled children the hot paths use, looked up once (`labels()` takes a lock per call).
-        self.stage = {s: self.stage_seconds.labels(s) for s in ("parse", "queue", "model", "index", "cache")}
+        self.stage = {s: self.stage_seconds.labels(s) for s in ("parse", "queue", "encode", "model", "index", "cache")}
         self.cache_result = {x: self.cache_requests.labels(x) for x in ("hit", "miss", "error")}
         self.cache_write = {x: self.cache_writes.labels(x) for x in ("ok", "skipped")}
 

@@ -69,7 +69,9 @@ async def compute_profiles(
         computed = await engine.batcher.submit_many(encoded)
         t2 = time.perf_counter()
         timings = computed[0].timings  # the batch's own, measured in its worker thread
-        queue_s = max(0.0, t2 - t1 - timings.model_s - timings.index_s)
+        queue_s = max(0.0, t2 - t1 - timings.encode_s - timings.model_s - timings.index_s)
+        if timings.encode_s:
+            metrics.stage["encode"].observe(timings.encode_s)
         metrics.stage["model"].observe(timings.model_s)
         metrics.stage["index"].observe(timings.index_s)
         metrics.stage["queue"].observe(queue_s)
@@ -102,10 +104,12 @@ async def compute_profiles(
         t3 = time.perf_counter()
         metrics.stage["cache"].observe(t3 - t2)
     if state.tracing is not None:
-        t_model = t1 + queue_s
+        t_encode = t1 + queue_s
+        t_model = t_encode + timings.encode_s
         stages = [
             ("decode", t0, t1),
-            ("queue", t1, t_model),
+            ("queue", t1, t_encode),
+            *([("encode", t_encode, t_model)] if timings.encode_s else []),
             ("model", t_model, t_model + timings.model_s),
             ("index", t_model + timings.model_s, t2),
             ("cache", t2, t3),
