@@ -185,6 +185,38 @@ def render_ab(r: Mapping[str, Any]) -> str:
     )
 
 
+COMMIT_FIGURES = {
+    "post_rps": "POST req/s (locust)",
+    "post_p99_ms": "POST p99 ms",
+    "wrk_post_rps": "POST req/s (wrk)",
+    "wrk_get_rps": "cached GET req/s (wrk)",
+    "roofline_users_per_s": "roofline users/s",
+    "cpu_ms_per_user": "roofline CPU ms per user",
+    "post_vs_roofline": "POST / roofline",
+    "post_vs_raw_asgi": "POST / raw ASGI",
+}
+
+
+def render_commits(r: Mapping[str, Any]) -> str:
+    shown = [n for n in COMMIT_FIGURES if any(run.get(n) is not None for run in r["runs"])]
+    c = r["commits"]
+    lines = [
+        f"`{r['command'] or 'utpm bench commits'}` ({_when(r)}): `{r['measured']}` at {c['before']} (before) and "
+        f"{c['after']} (after), {r['rounds']} round(s) in alternation.",
+        "",
+        "| round | commit | " + " | ".join(COMMIT_FIGURES[n] for n in shown) + " |",
+        "|---:|---|" + "---:|" * len(shown),
+    ]
+    for run in r["runs"]:
+        cells = " | ".join(_fmt(run.get(n), 3 if n.startswith(("post_vs", "cpu")) else 1) for n in shown)
+        lines.append(f"| {run['round']} | {run['arm']} ({run['commit']}) | {cells} |")
+    for arm in ("before", "after"):
+        med = r["medians"][arm]
+        cells = " | ".join(_fmt(med.get(n), 3 if n.startswith(("post_vs", "cpu")) else 1) for n in shown)
+        lines.append(f"| median | {arm} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
 def render_roofline(r: Mapping[str, Any]) -> str:
     lines = [
         f"`{r['command'] or 'utpm bench roofline'}` ({_when(r)}, {r.get('load_average_1m_end', '?')} at the end). "
@@ -278,6 +310,7 @@ RENDERERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "reliability": render_reliability,
     "ab": render_ab,
     "roofline": render_roofline,
+    "commits": render_commits,
     "loop": render_loop,
     "gpu_check": render_gpu_check,
 }

@@ -1,4 +1,4 @@
-"""Typer commands `utpm bench serve`, `tune`, `loop`, `reliability` and `report` (registered in
+"""Typer commands `utpm bench serve`, `tune`, `loop`, `reliability`, `commits` and `report` (registered in
 `utpm_cli/main.py`). The load commands write JSON artifacts; only `report` writes the docs."""
 
 from __future__ import annotations
@@ -297,6 +297,41 @@ def bench_reliability_cmd(
     typer.echo(json.dumps({k: v for k, v in result.items() if k not in ("machine", "rss_mb")}, indent=1))
     post = result.get("post", {})
     typer.echo(f"{scenario}: {post.get('requests', 0)} POSTs {post.get('by_status', {})}; wrote {path}")
+
+
+def bench_commits_cmd(
+    before: Annotated[str, typer.Argument(help="The git ref measured first in each round.")],
+    after: Annotated[
+        str, typer.Argument(help="The git ref measured second; WORKTREE for the uncommitted working tree.")
+    ],
+    command: Annotated[list[str], typer.Argument(help="After --: the `utpm ...` command, writing to {json}.")],
+    rounds: Annotated[int, typer.Option(help="Times each commit runs, in alternation with the other.")] = 2,
+    out: Annotated[Path, typer.Option(help="Each run's JSON report and log go here.")] = Path(
+        "artifacts/bench/commits"
+    ),
+    json_out: Annotated[Path, typer.Option("--json", help="Write the comparison as JSON here.")] = Path(
+        "artifacts/bench/commits.json"
+    ),
+) -> None:
+    """One benchmark command at two commits, alternated in one run (for a change no setting switches)."""
+    from loadtest.commits import CommitsConfig, run_commits
+    from loadtest.report import render_commits
+
+    cfg = CommitsConfig(
+        before=before, after=after, command=tuple(command), out=out, rounds=rounds, command_line=_command_line()
+    )
+    t0 = time.perf_counter()
+    try:
+        report = run_commits(cfg, progress=_progress(t0))
+    except (RuntimeError, OSError, ValueError) as e:
+        fail(str(e))
+    _write(report, json_out)
+    typer.echo(render_commits(report))
+    c = report["commits"]
+    typer.echo(
+        f"compared {c['before']} and {c['after']} over {rounds} round(s) in {time.perf_counter() - t0:.0f}s; "
+        f"wrote {json_out} and the runs' reports under {out}"
+    )
 
 
 def bench_report_cmd(

@@ -13,6 +13,7 @@ import typer
 from utpm.data.errors import DataError
 from utpm_cli.ab import bench_ab_cmd, simulate_cmd
 from utpm_cli.bench import (
+    bench_commits_cmd,
     bench_loop_cmd,
     bench_reliability_cmd,
     bench_report_cmd,
@@ -54,6 +55,7 @@ bench_app.command("tune")(bench_tune_cmd)
 bench_app.command("roofline")(bench_roofline_cmd)
 bench_app.command("loop")(bench_loop_cmd)
 bench_app.command("reliability")(bench_reliability_cmd)
+bench_app.command("commits")(bench_commits_cmd)
 bench_app.command("report")(bench_report_cmd)
 prepare_app.command("amazon-beauty")(prepare_amazon_cmd)
 bench_app.command("personal")(bench_personal_cmd)
