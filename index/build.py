@@ -30,6 +30,7 @@ from index.gpu import gpu_count, to_cpu, to_device
 from index.infos import INDEX_FILE, INFOS_FILE, IndexInfos
 from index.structured import queries_near
 from index.tag_index import TagIndex, apply_search_params
+from index.two_stage import TwoStageResult, TwoStageSearch
 from model_export.bundle import Bundle, load_bundle
 from model_export.errors import BundleError
 from model_export.manifest import METRIC
@@ -108,22 +109,13 @@ def evaluation_queries(bundle: Bundle, rng: np.random.Generator) -> tuple[np.nda
 
 def two_stage_search(
     bundle: Bundle, index: TagIndex, u: np.ndarray, hist_ids: np.ndarray, hist_g: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The service's search for users u (B, U) with history tags (B, Hh) and their g (0 = padding):
-    the index's top-k over the other tags by u . o_t + b_t, united with the history tags scored
-    exactly (u . o_t + b_t + g), top-k of the union -> (ids, scores) (B, k), -1 / -inf padded."""
-    from model_export.scorer import merge_two_stage, scores_at
+) -> TwoStageResult:
+    """The service's search (`index.two_stage.TwoStageSearch`) for users u (B, U) with history tags
+    (B, Hh) and their g (0 = padding) -> ids, scores (B, k), -1 / -inf padded, and who needed the index."""
+    from model_export.scorer import scores_at
 
-    table, bias = bundle.embeddings, np.asarray(bundle.tag_bias)
-    exclude = [row[row > 1] for row in hist_ids]
-    cand_scores, cand_ids = index.search(bundle.index_queries(u), k, exclude=exclude)
-    hist_scores = scores_at(u, table, bias, hist_ids, hist_g, hist_ids)
-    ids = np.full((len(u), k), -1, np.int64)
-    scores = np.full((len(u), k), -np.inf, np.float32)
-    for b in range(len(u)):
-        i, s = merge_two_stage(cand_ids[b], cand_scores[b], hist_ids[b], hist_scores[b], k)
-        ids[b, : len(i)], scores[b, : len(s)] = i, s
-    return ids, scores
+    hist_scores = scores_at(u, bundle.embeddings, np.asarray(bundle.tag_bias), hist_ids, hist_g, hist_ids)
+    return TwoStageSearch(bundle, index).search(u, hist_ids, hist_scores, k)
 
 
 def two_stage_recall(bundle: Bundle, index: TagIndex, k: int) -> dict[str, Any] | None:
@@ -141,8 +133,9 @@ def two_stage_recall(bundle: Bundle, index: TagIndex, k: int) -> dict[str, Any] 
     table, bias = bundle.embeddings, np.asarray(bundle.tag_bias)
     _, exact_scores = exact_top_k(u, table, bias, hist_ids, hist_g, k)
     t0 = time.perf_counter()
-    got, _ = two_stage_search(bundle, index, u, hist_ids, hist_g, k)
+    found = two_stage_search(bundle, index, u, hist_ids, hist_g, k)
     seconds = time.perf_counter() - t0
+    got = found.ids
     got_scores = scores_at(u, table, bias, hist_ids, hist_g, got)  # exact final scores of what was returned
 
     def recall(n: int) -> float:
@@ -156,6 +149,8 @@ def two_stage_recall(bundle: Bundle, index: TagIndex, k: int) -> dict[str, Any] 
         f"recall@{k}": round(recall(k), 5),
         "recall_definition": "share of the returned top-k whose exact final score reaches the exact k-th best",
         "users": len(u),
+        # the rest were settled by the popular tags' bound without searching the index
+        "index_searched_share": round(float(found.searched.mean()), 5) if len(u) else 0.0,
         "history_tags_mean": round(float((hist_ids > 1).sum(1).mean()), 2) if len(u) else 0.0,
         "users_per_s": round(len(u) / seconds, 1) if seconds > 0 else None,
         "against": "exact u . o_t + b_t + g(phi) over every tag",

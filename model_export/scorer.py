@@ -3,7 +3,7 @@
 The ONNX graph gives u and g (the history path's score of each of the user's history tags); the
 rest is arithmetic over the bundle's tag table and bias, written once here and used by the parity
 gate (exact, every tag), the index's recall check and the service (two-stage: ANN candidates plus
-the history tags). Padding and OOV (ids 0, 1) are never returned.
+the history tags, `index.two_stage`). Padding and OOV (ids 0, 1) are never returned.
 """
 
 from __future__ import annotations
@@ -71,20 +71,3 @@ def scores_at(
             if j is not None:
                 s[b, c] += g[b, j]
     return np.where(ids >= RESERVED, s, -np.inf).astype(np.float32)
-
-
-def merge_two_stage(
-    cand_ids: np.ndarray,
-    cand_scores: np.ndarray,
-    hist_ids: np.ndarray,
-    hist_scores: np.ndarray,
-    k: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """One user: ANN candidates (ids, final scores; none of them a history tag, -1 padding) united
-    with the history tags scored exactly -> top-k (ids, scores), best first."""
-    keep = cand_ids >= RESERVED
-    hk = hist_ids >= RESERVED
-    ids = np.concatenate([cand_ids[keep], hist_ids[hk]])
-    scores = np.concatenate([cand_scores[keep], hist_scores[hk]]).astype(np.float32)
-    order = np.argsort(-scores, kind="stable")[:k]
-    return ids[order], scores[order]

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from index.tag_index import TagIndex
+from index.two_stage import TwoStageSearch
 from model_export.bundle import Bundle, load_bundle
 from model_export.inputs import TowerOutputs, history_feed
 from model_export.manifest import (
@@ -29,7 +30,6 @@ from model_export.manifest import (
     ids_input,
     mask_input,
 )
-from model_export.scorer import merge_two_stage
 from model_export.session import CUDA, SessionConfig, build_session, check_signature, verify_reference
 from service.batching import MicroBatcher
 from service.config import Settings
@@ -106,6 +106,7 @@ class ProfileEngine:
     settings: Settings
     batcher: MicroBatcher[EncodedUser, ComputedProfile] | None = None
     history: HistoryEncoder | None = None  # utpm-hist bundles: the request -> history features
+    two_stage: TwoStageSearch | None = None  # utpm-hist bundles: top-k of the final score
     _leases: int = 0
     _idle: asyncio.Event | None = None
 
@@ -123,7 +124,10 @@ class ProfileEngine:
         faiss.omp_set_num_threads(FAISS_THREADS)
         index = TagIndex.load(bundle, use_gpu={"auto": None, "cpu": False, "cuda": True}[settings.device])
         history = bundle.history_encoder() if bundle.has_history else None
-        engine = cls(bundle=bundle, session=session, index=index, settings=settings, history=history)
+        two_stage = TwoStageSearch(bundle, index) if bundle.has_history else None
+        engine = cls(
+            bundle=bundle, session=session, index=index, settings=settings, history=history, two_stage=two_stage
+        )
         if settings.device == "cuda" and (engine.execution_provider != CUDA or not index.on_gpu):
             raise DeviceUnavailable(
                 f"UTPM_DEVICE=cuda, but the model runs on {engine.execution_provider} and the index on the "
@@ -298,18 +302,16 @@ class ProfileEngine:
         t1 = time.perf_counter()
         k = max(u.k for u in users)
         table, bias = self.bundle.embeddings, self.bundle.tag_bias
-        assert bias is not None
-        exclude = [u.hist_ids if u.hist_ids is not None else () for u in users]
-        cand_scores, cand_ids = self.index.search(self.bundle.index_queries(u_vec), k, exclude=exclude)
+        assert bias is not None and self.two_stage is not None
         # history tags scored exactly: u . o_h + b_h from the table, plus g
         hist_model = np.einsum("bu,bhu->bh", u_vec, np.asarray(table[hist_ids])) + np.asarray(bias[hist_ids])
+        found = self.two_stage.search(u_vec, hist_ids, hist_model + g, k)
         t2 = time.perf_counter()
         out = []
         for row, user in enumerate(users):
             m = len(user.hist_ids) if user.hist_ids is not None else 0
-            ids, scores = merge_two_stage(
-                cand_ids[row], cand_scores[row], hist_ids[row, :m], hist_model[row, :m] + g[row, :m], user.k
-            )
+            got = found.ids[row, : user.k] >= 0
+            ids, scores = found.ids[row, : user.k][got], found.scores[row, : user.k][got]
             attention = model_part = history_part = None
             if user.explain:
                 attention = {f: named[attention_output(f)][row] for f in names}

@@ -259,11 +259,13 @@ def test_an_approximate_index_of_the_default_model_reports_its_two_stage_recall(
     with np.load(dst / "heldout_history.npz") as f:
         hist_ids, hist_g = f["hist_ids"][:20], f["hist_g"][:20]
     u = np.asarray(b.heldout_users[:20])  # type: ignore[index]
-    ids, scores = two_stage_search(b, index, u, hist_ids, hist_g, 10)
+    found = two_stage_search(b, index, u, hist_ids, hist_g, 10)
+    ids, scores = found.ids, found.scores
     exact = scores_at(u, b.embeddings, np.asarray(b.tag_bias), hist_ids, hist_g, ids)
     np.testing.assert_allclose(scores, exact, rtol=1e-5, atol=1e-4)
     _, best = exact_top_k(u, b.embeddings, np.asarray(b.tag_bias), hist_ids, hist_g, 10)
     assert (scores <= best[:, :1] + 1e-4).all()  # nothing scores above the exact best
+    assert 0.0 <= infos.two_stage["index_searched_share"] <= 1.0
 
 
 def test_cli_index_build_reports_the_two_stage_recall_of_a_default_model_bundle(
