@@ -38,7 +38,7 @@ class IndexInfos:
     recall: dict[str, float]
     queries: dict[str, Any]
     target_recall: float | None = None
-    target_met: bool | None = None
+    target_met: bool | None = None  # on the tuning queries (even rows); `recall` is measured on the others
     search_qps: float | None = None
     tuning: list[dict[str, float]] = field(default_factory=list)
     gpu: bool = False
