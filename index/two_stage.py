@@ -20,7 +20,8 @@ from index.tag_index import TagIndex
 from model_export.bundle import Bundle
 from model_export.scorer import RESERVED
 
-POPULAR_CANDIDATES = 1024  # M: about 0.13 MFLOP per user at U = 128, a few per cent of a model run
+POPULAR_CANDIDATES = 1024  # M: M dot products per user, small next to the model run
+NORM_CHUNK = 65_536  # rows of the tag table per step of the norm scan (no full-table temporaries)
 
 
 @dataclass
@@ -44,7 +45,7 @@ class TwoStageSearch:
         rest = order[popular:]
         # the best score a tag outside the candidates can reach, less |u|: its bias at most, plus |o_t|
         self.outside_bias = float(bias[rest[0]]) if len(rest) else -np.inf
-        self.max_norm = float(np.linalg.norm(table[rest], axis=1).max()) if len(rest) else 0.0
+        self.max_norm = _max_norm_outside(table, order[:popular]) if len(rest) else 0.0
 
     def search(self, u: np.ndarray, hist_ids: np.ndarray, hist_scores: np.ndarray, k: int) -> TwoStageResult:
         """u (B, U); hist_ids (B, Hh) the history tags (ids < 2: padding) with their final scores
@@ -82,3 +83,14 @@ class TwoStageSearch:
             top = np.argsort(-cs, kind="stable")[:k]
             ids[row, : len(top)], scores[row, : len(top)] = cand[top], cs[top]
         return TwoStageResult(ids, scores, searched)
+
+
+def _max_norm_outside(table: np.ndarray, inside: np.ndarray) -> float:
+    """max |o_t| over the tags neither reserved nor in `inside`, a chunk of rows at a time."""
+    sq = np.empty(len(table), np.float32)
+    for lo in range(0, len(table), NORM_CHUNK):
+        chunk = table[lo : lo + NORM_CHUNK]
+        sq[lo : lo + len(chunk)] = np.einsum("ij,ij->i", chunk, chunk)
+    sq[:RESERVED] = 0.0
+    sq[inside] = 0.0
+    return float(np.sqrt(sq.max()))
