@@ -41,6 +41,20 @@ def _write(report: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(report, indent=2))
 
 
+def _measure(
+    run: Callable[..., dict[str, Any]], cfg: Any, json_out: Path, render: Callable[[Any], str]
+) -> tuple[dict[str, Any], float]:
+    """Run a benchmark with progress lines on stderr, write its JSON, print its report -> (report, seconds)."""
+    t0 = time.perf_counter()
+    try:
+        report = run(cfg, progress=_progress(t0))
+    except (RuntimeError, OSError, ValueError) as e:
+        fail(str(e))
+    _write(report, json_out)
+    typer.echo(render(report))
+    return report, time.perf_counter() - t0
+
+
 def _settings(pairs: list[str]) -> dict[str, str]:
     out = {}
     for pair in pairs:
@@ -112,17 +126,11 @@ def bench_serve_cmd(
         service_settings=_settings(settings or []),
         command=_command_line(),
     )
-    t0 = time.perf_counter()
-    try:
-        report = run_bench(cfg, progress=_progress(t0))
-    except (RuntimeError, OSError, ValueError) as e:
-        fail(str(e))
-    _write(report, json_out)
-    typer.echo(render_serve(report))
+    report, seconds = _measure(run_bench, cfg, json_out, render_serve)
     s = report["summary"]
     met = sum(1 for t in s["targets"].values() if t["met"])
     typer.echo(
-        f"benchmarked the service in {time.perf_counter() - t0:.0f}s: {met}/{len(s['targets'])} targets met, "
+        f"benchmarked the service in {seconds:.0f}s: {met}/{len(s['targets'])} targets met, "
         f"{s['failed_requests']} failed requests; wrote {json_out} (`utpm bench report` puts it in the docs)"
     )
 
@@ -162,14 +170,8 @@ def bench_roofline_cmd(
         duration_s=duration,
         command=_command_line(),
     )
-    t0 = time.perf_counter()
-    try:
-        report = run_roofline(cfg, progress=_progress(t0))
-    except (RuntimeError, OSError, ValueError) as e:
-        fail(str(e))
-    _write(report, json_out)
-    typer.echo(render_roofline(report))
-    typer.echo(f"measured the roofline in {time.perf_counter() - t0:.0f}s; wrote {json_out}")
+    _, seconds = _measure(run_roofline, cfg, json_out, render_roofline)
+    typer.echo(f"measured the roofline in {seconds:.0f}s; wrote {json_out}")
 
 
 def bench_tune_cmd(
@@ -213,16 +215,10 @@ def bench_tune_cmd(
         rounds=rounds,
         command=_command_line(),
     )
-    t0 = time.perf_counter()
-    try:
-        report = run_tune(cfg, progress=_progress(t0))
-    except (RuntimeError, OSError, ValueError) as e:
-        fail(str(e))
-    _write(report, json_out)
-    typer.echo(render_tune(report))
+    report, seconds = _measure(run_tune, cfg, json_out, render_tune)
     best = max(report["summary"].items(), key=lambda kv: kv[1]["median_rps"])
     typer.echo(
-        f"tuned {len(variants)} variant(s) x {rounds} round(s) in {time.perf_counter() - t0:.0f}s; highest median "
+        f"tuned {len(variants)} variant(s) x {rounds} round(s) in {seconds:.0f}s; highest median "
         f"req/s: {best[0]} ({best[1]['median_rps']:,.0f}); wrote {json_out}"
     )
 
@@ -320,16 +316,10 @@ def bench_commits_cmd(
     cfg = CommitsConfig(
         before=before, after=after, command=tuple(command), out=out, rounds=rounds, command_line=_command_line()
     )
-    t0 = time.perf_counter()
-    try:
-        report = run_commits(cfg, progress=_progress(t0))
-    except (RuntimeError, OSError, ValueError) as e:
-        fail(str(e))
-    _write(report, json_out)
-    typer.echo(render_commits(report))
+    report, seconds = _measure(run_commits, cfg, json_out, render_commits)
     c = report["commits"]
     typer.echo(
-        f"compared {c['before']} and {c['after']} over {rounds} round(s) in {time.perf_counter() - t0:.0f}s; "
+        f"compared {c['before']} and {c['after']} over {rounds} round(s) in {seconds:.0f}s; "
         f"wrote {json_out} and the runs' reports under {out}"
     )
 

@@ -52,15 +52,15 @@ def repo(tmp_path: Path) -> Path:
     return repo
 
 
+ROOFLINE = ("utpm", "bench", "roofline", "--json", "{json}")
+
+
+def _config(repo: Path, tmp_path: Path, before: str, after: str, rounds: int) -> CommitsConfig:
+    return CommitsConfig(before=before, after=after, command=ROOFLINE, out=tmp_path / "out", rounds=rounds, repo=repo)
+
+
 def test_each_commit_runs_its_own_code_in_alternation(repo: Path, tmp_path: Path) -> None:
-    cfg = CommitsConfig(
-        before="HEAD~1",
-        after="HEAD",
-        command=("utpm", "bench", "roofline", "--json", "{json}"),
-        out=tmp_path / "out",
-        rounds=2,
-        repo=repo,
-    )
+    cfg = _config(repo, tmp_path, "HEAD~1", "HEAD", rounds=2)
     report = run_commits(cfg)
     assert [(r["round"], r["arm"], r["roofline_users_per_s"]) for r in report["runs"]] == [
         (1, "before", 100.0),
@@ -78,14 +78,7 @@ def test_each_commit_runs_its_own_code_in_alternation(repo: Path, tmp_path: Path
 
 def test_the_working_tree_is_the_after_arm(repo: Path, tmp_path: Path) -> None:
     (repo / "VALUE").write_text("300")  # uncommitted
-    cfg = CommitsConfig(
-        before="HEAD",
-        after=WORKING_TREE,
-        command=("utpm", "bench", "roofline", "--json", "{json}"),
-        out=tmp_path / "out",
-        rounds=1,
-        repo=repo,
-    )
+    cfg = _config(repo, tmp_path, "HEAD", WORKING_TREE, rounds=1)
     report = run_commits(cfg)
     assert [r["roofline_users_per_s"] for r in report["runs"]] == [200.0, 300.0]
     assert report["commits"]["after"].endswith("+changes")
@@ -106,13 +99,6 @@ def test_a_command_it_cannot_compare_is_refused_before_any_checkout(
 
 def test_a_failing_run_names_its_log(repo: Path, tmp_path: Path) -> None:
     (repo / "VALUE").write_text("not a number")
-    cfg = CommitsConfig(
-        before="HEAD",
-        after=WORKING_TREE,
-        command=("utpm", "bench", "roofline", "--json", "{json}"),
-        out=tmp_path / "out",
-        rounds=1,
-        repo=repo,
-    )
+    cfg = _config(repo, tmp_path, "HEAD", WORKING_TREE, rounds=1)
     with pytest.raises(RuntimeError, match=re.escape("after-1.log")):
         run_commits(cfg)
