@@ -42,6 +42,9 @@ class TwoStageSearch:
         self.popular = np.ascontiguousarray(order[:popular]).astype(np.int64)
         self.popular_table = np.ascontiguousarray(table[self.popular].T)  # (U, M): one matmul per batch
         self.popular_bias = bias[self.popular]
+        # tag id -> its column among the popular tags (-1: not one): batch lookups instead of isin per user
+        self.popular_slot = np.full(len(table), -1, np.int32)
+        self.popular_slot[self.popular] = np.arange(len(self.popular), dtype=np.int32)
         rest = order[popular:]
         # the best score a tag outside the candidates can reach, less |u|: its bias at most, plus |o_t|
         self.outside_bias = float(bias[rest[0]]) if len(rest) else -np.inf
@@ -53,35 +56,39 @@ class TwoStageSearch:
         u = np.asarray(u, np.float32)
         b = len(u)
         pop_scores = u @ self.popular_table + self.popular_bias  # (B, M)
-        in_hist = np.zeros(pop_scores.shape, bool)
-        for row in range(b):
-            in_hist[row] = np.isin(self.popular, hist_ids[row])
-        pop_scores[in_hist] = -np.inf  # scored with their g among the history tags
         hist_ok = hist_ids >= RESERVED
+        slot = np.where(hist_ok, self.popular_slot[np.where(hist_ok, hist_ids, 0)], -1)
+        dup_row, dup_col = np.nonzero(slot >= 0)
+        pop_scores[dup_row, slot[dup_row, dup_col]] = -np.inf  # scored with their g among the history tags
         hist_s = np.where(hist_ok, hist_scores, -np.inf).astype(np.float32)
         both = np.concatenate([pop_scores, hist_s], axis=1)
         kk = min(k, both.shape[1])
         kth = -np.partition(-both, kk - 1, axis=1)[:, kk - 1] if kk else np.full(b, -np.inf, np.float32)
         bound = self.outside_bias + np.linalg.norm(u, axis=1) * self.max_norm
         searched = ~((kth >= bound) & np.isfinite(kth) & (kk == k))
-        ann_ids: dict[int, np.ndarray] = {}
-        ann_scores: dict[int, np.ndarray] = {}
         rows = np.flatnonzero(searched)
+        ann_ids = np.full((b, k if len(rows) else 0), -1, np.int64)
+        ann_s = np.full(ann_ids.shape, -np.inf, np.float32)
         if len(rows):
             exclude = [hist_ids[r][hist_ok[r]] for r in rows]
             s, i = self.index.search(self.bundle.index_queries(u[rows]), k, exclude=exclude)
-            for j, r in enumerate(rows.tolist()):
-                fresh = (i[j] >= RESERVED) & ~np.isin(i[j], self.popular)  # the popular ones are scored already
-                ann_ids[r], ann_scores[r] = i[j][fresh], s[j][fresh]
-        ids = np.full((b, k), -1, np.int64)
-        scores = np.full((b, k), -np.inf, np.float32)
-        empty_i, empty_s = np.zeros(0, np.int64), np.zeros(0, np.float32)
-        for row in range(b):
-            keep = ~in_hist[row]
-            cand = np.concatenate([self.popular[keep], hist_ids[row][hist_ok[row]], ann_ids.get(row, empty_i)])
-            cs = np.concatenate([pop_scores[row][keep], hist_s[row][hist_ok[row]], ann_scores.get(row, empty_s)])
-            top = np.argsort(-cs, kind="stable")[:k]
-            ids[row, : len(top)], scores[row, : len(top)] = cand[top], cs[top]
+            # the popular ones are scored already
+            fresh = (i >= RESERVED) & (self.popular_slot[np.where(i >= RESERVED, i, 0)] < 0)
+            ann_ids[rows] = np.where(fresh, i, -1)
+            ann_s[rows] = np.where(fresh, s, -np.inf)
+        # one stable sort of every row's candidates (popular, history, index: ties in that order);
+        # excluded ones are -inf and come last, as padding
+        cand = np.concatenate(
+            [np.broadcast_to(self.popular, pop_scores.shape), np.where(hist_ok, hist_ids, -1), ann_ids], 1
+        )
+        cs = np.concatenate([pop_scores, hist_s, ann_s], axis=1)
+        top = np.argsort(-cs, axis=1, kind="stable")[:, :k]
+        scores = np.take_along_axis(cs, top, axis=1).astype(np.float32)
+        ids = np.where(np.isfinite(scores), np.take_along_axis(cand, top, axis=1), -1)
+        if ids.shape[1] < k:
+            pad = k - ids.shape[1]
+            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
         return TwoStageResult(ids, scores, searched)
 
 

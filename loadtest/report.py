@@ -229,7 +229,8 @@ def render_roofline(r: Mapping[str, Any]) -> str:
         lines += [
             f"Engine ({e['model']}, {e['tags']:,} tags; model on {e['execution_provider']}, index on the "
             f"{e['index_device']}; ONNX Runtime {ts['ort_intra_threads']} intra-op thread, FAISS "
-            f"{ts['faiss_threads']} OpenMP thread per batch thread; {e['seconds_per_row']:g} s per row): "
+            f"{ts['faiss_threads']} OpenMP thread per batch thread, BLAS {ts.get('blas_threads', '?')} thread; "
+            f"{e['seconds_per_row']:g} s per row): "
             "encode + model + index + render per user, no HTTP.",
             "",
             "| batch | threads | users/s | CPU ms per user | cores used "

@@ -146,7 +146,7 @@ class EngineBench:
 
 def measure_engine(cfg: RooflineConfig, say: Say) -> dict[str, Any]:
     """The engine's roofline per batch size, one thread and `batch_workers` threads, and the OpenMP A/B."""
-    from service.engine import FAISS_THREADS, ORT_INTRA_THREADS, init_batch_thread
+    from service.engine import BLAS_THREADS, FAISS_THREADS, ORT_INTRA_THREADS, init_batch_thread
 
     say(f"engine: loading {cfg.bundle}")
     t0 = time.perf_counter()
@@ -194,6 +194,7 @@ def measure_engine(cfg: RooflineConfig, say: Say) -> dict[str, Any]:
             "batch_workers": workers,
             "ort_intra_threads": ORT_INTRA_THREADS,
             "faiss_threads": FAISS_THREADS,
+            "blas_threads": BLAS_THREADS,
             "batch_max_users": bench.settings.batch_max_users,
         },
         "seconds_per_row": cfg.seconds,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from index.tag_index import TagIndex
 from index.two_stage import TwoStageSearch
@@ -43,6 +44,9 @@ log = logging.getLogger("utpm.service")
 # parallel, and more threads per run only contend for the same cores (docs/performance.md).
 ORT_INTRA_THREADS = 1
 FAISS_THREADS = 1
+# numpy's and FAISS's OpenBLAS (the two-stage search's matmuls): with more threads their idle workers
+# spin on the cores the batch threads need (docs/performance.md, "BLAS threads").
+BLAS_THREADS = 1
 # Longer lists are refused (422) before encoding: no field keeps more than its max length anyway.
 MAX_VALUES_PER_FIELD = 10_000
 
@@ -122,6 +126,7 @@ class ProfileEngine:
         check_signature(session, bundle.manifest)
         verify_reference(session, bundle)
         faiss.omp_set_num_threads(FAISS_THREADS)
+        threadpool_limits(BLAS_THREADS, user_api="blas")  # process-wide, as OpenBLAS's setting is
         index = TagIndex.load(bundle, use_gpu={"auto": None, "cpu": False, "cuda": True}[settings.device])
         history = bundle.history_encoder() if bundle.has_history else None
         two_stage = TwoStageSearch(bundle, index) if bundle.has_history else None

@@ -374,3 +374,16 @@ def test_batch_threads_search_with_the_configured_faiss_threads() -> None:
             await batcher.close()
 
     assert asyncio.run(threads_seen(init_batch_thread)) == FAISS_THREADS
+
+
+def test_a_loaded_engine_leaves_blas_one_thread(hist_bundle: Path) -> None:
+    """Idle OpenBLAS workers spin: the engine's matmuls run on the calling batch thread only."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from service.config import Settings
+    from service.engine import BLAS_THREADS, ProfileEngine
+
+    with threadpool_limits(2, user_api="blas"):
+        ProfileEngine.load(hist_bundle, Settings.model_validate({"bundle": str(hist_bundle)}))
+        blas = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+        assert blas and set(blas) == {BLAS_THREADS}
