@@ -112,10 +112,7 @@ def two_stage_search(
 ) -> TwoStageResult:
     """The service's search (`index.two_stage.TwoStageSearch`) for users u (B, U) with history tags
     (B, Hh) and their g (0 = padding) -> ids, scores (B, k), -1 / -inf padded, and who needed the index."""
-    from model_export.scorer import scores_at
-
-    hist_scores = scores_at(u, bundle.embeddings, np.asarray(bundle.tag_bias), hist_ids, hist_g, hist_ids)
-    return TwoStageSearch(bundle, index).search(u, hist_ids, hist_scores, k)
+    return TwoStageSearch(bundle, index).search(u, hist_ids, hist_g, k)
 
 
 def two_stage_recall(bundle: Bundle, index: TagIndex, k: int) -> dict[str, Any] | None:

@@ -18,7 +18,7 @@ import numpy as np
 
 from index.tag_index import TagIndex
 from model_export.bundle import Bundle
-from model_export.scorer import RESERVED
+from model_export.scorer import RESERVED, history_scores
 
 POPULAR_CANDIDATES = 1024  # M: M dot products per user, small next to the model run
 NORM_CHUNK = 65_536  # rows of the tag table per step of the norm scan (no full-table temporaries)
@@ -36,8 +36,8 @@ class TwoStageSearch:
         if bundle.tag_bias is None:
             raise ValueError(f"bundle {bundle.path} has no tag bias: the two-stage search is for utpm-hist bundles")
         self.bundle, self.index = bundle, index
-        table = np.asarray(bundle.embeddings, np.float32)
-        bias = np.asarray(bundle.tag_bias, np.float32)
+        self.table = table = np.asarray(bundle.embeddings, np.float32)
+        self.bias = bias = np.asarray(bundle.tag_bias, np.float32)
         order = RESERVED + np.argsort(-bias[RESERVED:], kind="stable")
         self.popular = np.ascontiguousarray(order[:popular]).astype(np.int64)
         self.popular_table = np.ascontiguousarray(table[self.popular].T)  # (U, M): one matmul per batch
@@ -50,9 +50,9 @@ class TwoStageSearch:
         self.outside_bias = float(bias[rest[0]]) if len(rest) else -np.inf
         self.max_norm = _max_norm_outside(table, order[:popular]) if len(rest) else 0.0
 
-    def search(self, u: np.ndarray, hist_ids: np.ndarray, hist_scores: np.ndarray, k: int) -> TwoStageResult:
-        """u (B, U); hist_ids (B, Hh) the history tags (ids < 2: padding) with their final scores
-        (B, Hh) u . o_t + b_t + g -> the top-k of the final score over every tag."""
+    def search(self, u: np.ndarray, hist_ids: np.ndarray, hist_g: np.ndarray, k: int) -> TwoStageResult:
+        """u (B, U); hist_ids (B, Hh) the history tags (ids < 2: padding) with g (B, Hh), the history
+        path's part of their score -> the top-k of the final score u . o_t + b_t (+ g) over every tag."""
         u = np.asarray(u, np.float32)
         b = len(u)
         pop_scores = u @ self.popular_table + self.popular_bias  # (B, M)
@@ -60,8 +60,7 @@ class TwoStageSearch:
         slot = np.where(hist_ok, self.popular_slot[np.where(hist_ok, hist_ids, 0)], -1)
         dup_row, dup_col = np.nonzero(slot >= 0)
         pop_scores[dup_row, slot[dup_row, dup_col]] = -np.inf  # scored with their g among the history tags
-        hist_s = np.where(hist_ok, hist_scores, -np.inf).astype(np.float32)
-        both = np.concatenate([pop_scores, hist_s], axis=1)
+        both = np.concatenate([pop_scores, history_scores(u, self.table, self.bias, hist_ids, hist_g)], axis=1)
         kk = min(k, both.shape[1])
         kth = -np.partition(-both, kk - 1, axis=1)[:, kk - 1] if kk else np.full(b, -np.inf, np.float32)
         bound = self.outside_bias + np.linalg.norm(u, axis=1) * self.max_norm
@@ -81,7 +80,7 @@ class TwoStageSearch:
         cand = np.concatenate(
             [np.broadcast_to(self.popular, pop_scores.shape), np.where(hist_ok, hist_ids, -1), ann_ids], 1
         )
-        cs = np.concatenate([pop_scores, hist_s, ann_s], axis=1)
+        cs = np.concatenate([both, ann_s], axis=1)
         top = np.argsort(-cs, axis=1, kind="stable")[:, :k]
         scores = np.take_along_axis(cs, top, axis=1).astype(np.float32)
         ids = np.where(np.isfinite(scores), np.take_along_axis(cand, top, axis=1), -1)

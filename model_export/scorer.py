@@ -49,6 +49,19 @@ def exact_top_k(
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
+def history_scores(
+    u: np.ndarray, table: np.ndarray, bias: np.ndarray, hist_ids: np.ndarray, hist_g: np.ndarray
+) -> np.ndarray:
+    """Final scores of each user's own history tags (B, Hh): u . o_h + b_h + g, -inf at padding.
+    `scores_at(..., ids=hist_ids)` without its per-tag loop (a user's history tags are distinct)."""
+    s = (
+        np.einsum("bu,bhu->bh", np.asarray(u, np.float32), np.asarray(table[hist_ids], np.float32))
+        + np.asarray(bias[hist_ids], np.float32)
+        + np.asarray(hist_g, np.float32)
+    )
+    return np.where(hist_ids >= RESERVED, s, -np.inf).astype(np.float32)
+
+
 def scores_at(
     u: np.ndarray,
     table: np.ndarray,

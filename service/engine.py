@@ -306,11 +306,8 @@ class ProfileEngine:
         u_vec, g = named[USER_EMBEDDING_OUTPUT], named[HISTORY_SCORES_OUTPUT] * hist_mask
         t1 = time.perf_counter()
         k = max(u.k for u in users)
-        table, bias = self.bundle.embeddings, self.bundle.tag_bias
-        assert bias is not None and self.two_stage is not None
-        # history tags scored exactly: u . o_h + b_h from the table, plus g
-        hist_model = np.einsum("bu,bhu->bh", u_vec, np.asarray(table[hist_ids])) + np.asarray(bias[hist_ids])
-        found = self.two_stage.search(u_vec, hist_ids, hist_model + g, k)
+        assert self.two_stage is not None
+        found = self.two_stage.search(u_vec, hist_ids, g, k)
         t2 = time.perf_counter()
         out = []
         for row, user in enumerate(users):

@@ -17,16 +17,14 @@ def _heldout(bundle_path):  # type: ignore[no-untyped-def]
     with np.load(bundle_path / "heldout_history.npz") as f:
         hist_ids, hist_g = f["hist_ids"], f["hist_g"]
     u = np.asarray(b.heldout_users, np.float32)  # type: ignore[arg-type]
-    table, bias = b.embeddings, np.asarray(b.tag_bias)
-    hist_scores = scores_at(u, table, bias, hist_ids, hist_g, hist_ids)
-    return b, u, hist_ids, hist_g, hist_scores
+    return b, u, hist_ids, hist_g
 
 
 @pytest.mark.parametrize("popular", [1, 5, 40, 100_000])
 def test_the_search_returns_the_exact_top_k_whoever_it_settles(hist_bundle, popular: int) -> None:  # type: ignore[no-untyped-def]
-    b, u, hist_ids, hist_g, hist_scores = _heldout(hist_bundle)
+    b, u, hist_ids, hist_g = _heldout(hist_bundle)
     search = TwoStageSearch(b, TagIndex.load(b), popular=popular)
-    found = search.search(u, hist_ids, hist_scores, 10)
+    found = search.search(u, hist_ids, hist_g, 10)
     _, best = exact_top_k(u, b.embeddings, np.asarray(b.tag_bias), hist_ids, hist_g, 10)
     got = scores_at(u, b.embeddings, np.asarray(b.tag_bias), hist_ids, hist_g, found.ids)
     np.testing.assert_allclose(found.scores, got, rtol=1e-5, atol=1e-4)  # the scores returned are the final ones
@@ -41,14 +39,14 @@ def test_the_bound_settles_users_once_enough_popular_tags_are_candidates(hist_bu
     bias of the first tag outside the candidates: past the 10th most popular tag's ties most users are
     settled without the index (not all: a popular history tag with a negative g scores below its
     bias); with one popular tag and fewer candidates than k, users are sent to it."""
-    b, u, hist_ids, _, hist_scores = _heldout(hist_bundle)
+    b, u, hist_ids, hist_g = _heldout(hist_bundle)
     bias = np.asarray(b.tag_bias)
     order = 2 + np.argsort(-bias[2:], kind="stable")
     m = next(i for i in range(10, len(order)) if bias[order[i]] < bias[order[9]] - 1e-3)
     assert m < len(order) // 2
-    settled = TwoStageSearch(b, TagIndex.load(b), popular=m).search(u, hist_ids, hist_scores, 10)
+    settled = TwoStageSearch(b, TagIndex.load(b), popular=m).search(u, hist_ids, hist_g, 10)
     assert settled.searched.mean() < 0.5
     k = max(10, int((hist_ids >= 2).sum(1).min()) + 2)  # more candidates than some user has
-    searched = TwoStageSearch(b, TagIndex.load(b), popular=1).search(u, hist_ids, hist_scores, k)
+    searched = TwoStageSearch(b, TagIndex.load(b), popular=1).search(u, hist_ids, hist_g, k)
     assert searched.searched.any()
     np.testing.assert_allclose(settled.scores, searched.scores[:, :10], rtol=1e-5, atol=1e-4)  # the same top-10
