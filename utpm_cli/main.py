@@ -302,7 +302,9 @@ def experiment_cmd(
         task = bar.add_task("experiment", total=None)
 
         def progress(done: int, total: int, label: str) -> None:
-            bar.update(task, completed=done, total=total, description=f"done {label}")
+            bar.update(task, completed=done, total=total, description=label)
+            if not bar.console.is_terminal:  # a log file gets one line per update instead of a live bar
+                typer.echo(f"  [{done}/{total} jobs] {label}", err=True)
 
         try:
             result = run_experiment(

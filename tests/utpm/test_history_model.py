@@ -221,7 +221,17 @@ def test_the_paper_experiment_still_runs_with_seeds_and_renders(tmp_path: Path) 
     from utpm.evaluation.report import render
 
     path = _write(synthetic_dataset(n_users=20, events=12), tmp_path / "data")
-    result = run_experiment(path, ["af2-cf"], ["joint"], 2, (1, 2), "tiny", epochs=1, workers=1)
+    seen: list[tuple[int, int, str]] = []
+    result = run_experiment(
+        path, ["af2-cf"], ["joint"], 2, (1, 2), "tiny", epochs=1, workers=1,
+        progress=lambda done, total, label: seen.append((done, total, label)),
+    )  # fmt: skip
+    # every job reports its start and each epoch from its worker process, then its end
+    for seed in (0, 1):
+        mine = [label for _, _, label in seen if label.startswith(f"af2-cf/joint/seed{seed}:")]
+        assert mine[0].endswith(": started") and mine[-1].endswith(": done")
+        assert any(": epoch 1/1, validation score " in label for label in mine)
+    assert seen[-1][:2] == (2, 2)
     rows = result.intervals((1, 2), n_boot=100)
     assert {r["model"] for r in rows} == {"af2-cf", "mostpop", "histfreq", "blend"}
     assert all(r["n_seeds"] == 2 for r in rows)

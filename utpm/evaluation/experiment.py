@@ -9,10 +9,12 @@ process with two threads).
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
+import queue
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -221,8 +223,9 @@ def recovery_at_k(ranked: Sequence[Sequence[str]], truth: Sequence[set[str]], k:
     return precision_at_k(ranked, truth, k).value
 
 
-def run_job(data_path: str, job: Job, ks: Sequence[int]) -> dict[str, Any]:
-    """Train and score one job (runs in a worker process)."""
+def run_job(data_path: str, job: Job, ks: Sequence[int], updates: Any = None) -> dict[str, Any]:
+    """Train and score one job (runs in a worker process); `updates` (a queue shared with the parent)
+    gets (job label, epoch, epochs, validation score) when the job starts (epoch 0) and after each epoch."""
     import torch
 
     from utpm.models.presets import get_preset
@@ -230,6 +233,12 @@ def run_job(data_path: str, job: Job, ks: Sequence[int]) -> dict[str, Any]:
     from utpm.training.trainer import TrainConfig, TrainResult, rank_tags, train
 
     torch.set_num_threads(1)
+
+    def epoch_done(epoch: int, total: int, point: dict[str, float]) -> None:
+        if updates is not None:
+            updates.put((job.label, epoch, total, point.get("val_score")))
+
+    epoch_done(0, job.epochs, {})
     data = _dataset(data_path)
     split = make_split(data, job.seed, job.folds)
     rows = split.indices(test=True)
@@ -253,7 +262,7 @@ def run_job(data_path: str, job: Job, ks: Sequence[int]) -> dict[str, Any]:
             history=opts,
             **over,
         )
-        hresult = train_history(split, hconfig)
+        hresult = train_history(split, hconfig, progress=epoch_done)
         assert hresult.history_encoder is not None
         from utpm.training.history import UserSequences
 
@@ -274,7 +283,7 @@ def run_job(data_path: str, job: Job, ks: Sequence[int]) -> dict[str, Any]:
             eval_ks=tuple(ks),
             early_stop_ks=tuple(ks),
         )
-        result = train(split, config, data=data)
+        result = train(split, config, data=data, progress=epoch_done)
         ids, masks = encode_rows(split, result.encoder, rows)
         ranked = rank_tags(result.model, ids, masks, result.tags, top)
         max_tags = preset.N
@@ -373,13 +382,27 @@ def run_experiment(
     result.runs.extend(yardstick_runs(path, seed_list, ks, get_preset(preset).N, folds))
     workers = workers or min(2, os.cpu_count() or 1)
     done = 0
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(run_job, path, job, tuple(ks)): job for job in jobs}
-        for fut in as_completed(futures):
-            result.runs.append(fut.result())
-            done += 1
-            if progress is not None:
-                progress(done, len(jobs), futures[fut].label)
+    # a fold can train for many minutes: its workers report every epoch through this queue
+    with multiprocessing.Manager() as manager, ProcessPoolExecutor(max_workers=workers) as pool:
+        updates = manager.Queue()
+        futures = {pool.submit(run_job, path, job, tuple(ks), updates): job for job in jobs}
+        pending = set(futures)
+        while pending:
+            finished, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+            while True:
+                try:
+                    label, epoch, total, val = updates.get_nowait()
+                except queue.Empty:
+                    break
+                if progress is not None:
+                    score = "" if val is None else f", validation score {val:.4f}"
+                    what = f"epoch {epoch}/{total}{score}" if epoch else "started"
+                    progress(done, len(jobs), f"{label}: {what}")
+            for fut in finished:
+                result.runs.append(fut.result())
+                done += 1
+                if progress is not None:
+                    progress(done, len(jobs), f"{futures[fut].label}: done")
     return result
 
 
