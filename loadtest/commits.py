@@ -5,7 +5,7 @@ is checked out in a git worktree of its own whose `artifacts` links to the repos
 command's relative paths (bundles, payloads) are the same for both, and the command runs there with
 this interpreter (`utpm ...` becomes `python -m utpm_cli.main ...`): the worktree's code is the one
 imported, the installed packages are shared. `{json}` in the command is replaced by the path of each
-run's JSON report; the key figures of each report (`serve`, `roofline`) are gathered side by side.
+run's JSON report; the key figures of each report (`serve`, `roofline`, `loop`) are gathered side by side.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from loadtest.loop import DEFAULT_GET, DEFAULT_POST
 from loadtest.measure import machine_info
 
 Say = Callable[[str], None]
@@ -48,8 +49,16 @@ def figures(report: Mapping[str, Any]) -> dict[str, float | None]:
     if kind == "roofline":
         best = (report.get("engine") or {}).get("best") or {}
         return {"roofline_users_per_s": best.get("users_per_s"), "cpu_ms_per_user": best.get("cpu_ms_per_user")}
+    if kind == "loop":  # the event loop's CPU per request of the default arm of each part measured
+        post = (report.get("post") or {}).get(DEFAULT_POST) or {}
+        get = report.get(DEFAULT_GET) or {}
+        return {
+            "post_loop_us": post.get("loop_us_per_request"),
+            "post_loop_rps": post.get("requests_per_s"),
+            "get_loop_us": get.get("loop_us_per_request"),
+        }
     if kind != "serve":
-        raise ValueError(f"no figures for a {kind!r} report (serve and roofline ones are compared)")
+        raise ValueError(f"no figures for a {kind!r} report (serve, roofline and loop ones are compared)")
     users = report["summary"]["compare_users"]
     runs = report["runs"]
 

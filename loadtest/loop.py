@@ -24,6 +24,9 @@ import orjson
 from loadtest.procs import Redis
 
 ASGIApp = Callable[..., Any]
+# the arms that measure the service as it ships (the others are its "before" arms and variants)
+DEFAULT_GET = "service, Redis + near cache (default)"
+DEFAULT_POST = "POST /profile (default: plain ASGI route, full second batch)"
 
 
 async def call(app: ASGIApp, method: str, path: str, query: bytes = b"", body: bytes = b"") -> tuple[int, bytes]:
@@ -115,7 +118,7 @@ async def _post_ab(
     before = [r for r in fast if not isinstance(r, PostProfileRoute)]
     per = max(1, requests // concurrency)
     arms = {
-        "POST /profile (default: plain ASGI route, full second batch)": (fast, True),
+        DEFAULT_POST: (fast, True),
         "POST /profile through FastAPI's APIRoute (before)": (before, True),
         "POST /profile, batching before (a second batch starts at once)": (fast, False),
     }
@@ -198,7 +201,7 @@ def run_loop_bench(
         url = redis.url
         variants: dict[str, dict[str, Any]] = {
             "service, Redis (near cache off)": {"redis_url": url, "near_cache_ttl_ms": 0},
-            "service, Redis + near cache (default)": {"redis_url": url},
+            DEFAULT_GET: {"redis_url": url},
             # the A/B of the Starlette route for GET hits: the same app answering through FastAPI's APIRoute
             "service, Redis + near cache, GET through FastAPI's APIRoute (before)": {
                 "redis_url": url,

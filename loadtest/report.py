@@ -194,6 +194,9 @@ COMMIT_FIGURES = {
     "cpu_ms_per_user": "roofline CPU ms per user",
     "post_vs_roofline": "POST / roofline",
     "post_vs_raw_asgi": "POST / raw ASGI",
+    "post_loop_us": "POST loop us per request",
+    "post_loop_rps": "POST req/s (in process)",
+    "get_loop_us": "cached GET loop us per request",
 }
 
 

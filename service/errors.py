@@ -167,4 +167,5 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> ProblemResponse:
         rid = getattr(request.state, "request_id", "-")
         log.exception("unexpected error", extra={"request_id": rid})
-        return _respond(request, "internal", 500, f"internal error (request id {rid})")
+        # answered by the outermost layer, outside the Gateway that adds this header to every other answer
+        return _respond(request, "internal", 500, f"internal error (request id {rid})", {"X-Request-ID": rid})

@@ -25,6 +25,7 @@ from service.middleware import Gateway
 from service.responses import JSONResponse
 from service.routes import admin, experiment, feedback, health, lookup, profile
 from service.routes.explorer import install_explorer
+from service.routes.hot import HotRoutes
 from service.schemas import Problem
 from service.stale import StaleFallback
 from service.state import ServiceState
@@ -133,6 +134,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(experiment.router)
     app.include_router(feedback.router)
     install_explorer(app)
+    # innermost of the app's middleware (inside CORS): the two hot routes without the router's layers
+    app.add_middleware(HotRoutes, router=app.router, handlers=app.exception_handlers)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

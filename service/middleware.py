@@ -1,4 +1,5 @@
-"""The service's one pure-ASGI middleware, `Gateway`, in front of FastAPI.
+"""The service's outer pure-ASGI middleware, `Gateway`, in front of FastAPI (the inner one,
+`service.routes.hot.HotRoutes`, only takes the two hot routes past the router).
 
 What every request passes through, in order: load shedding (503 + Retry-After when too many are
 in flight, before anything is parsed), a request id (X-Request-ID honoured or made, echoed, on

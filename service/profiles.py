@@ -80,7 +80,7 @@ async def compute_profiles(
         now_ms = time.time_ns() // 1_000_000
         for req, user, prof in zip(requests, encoded, computed, strict=True):
             k = DEFAULT_K if req.k is None else req.k
-            names = [tokens[i] for i in prof.tag_ids.tolist()]
+            names = list(map(tokens.__getitem__, prof.tag_ids.tolist()))
             # Rendered once: the response is a slice of it, the cache keeps it whole.
             rendered = render(
                 req.user_id,

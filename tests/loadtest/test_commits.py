@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.commits import WORKING_TREE, CommitsConfig, run_commits
+from loadtest.commits import WORKING_TREE, CommitsConfig, figures, run_commits
+from loadtest.loop import DEFAULT_GET, DEFAULT_POST
 from loadtest.report import render_commits
 
 # A stand-in for utpm_cli.main: writes a roofline report whose figure is the commit's VALUE file,
@@ -102,3 +103,11 @@ def test_a_failing_run_names_its_log(repo: Path, tmp_path: Path) -> None:
     cfg = _config(repo, tmp_path, "HEAD", WORKING_TREE, rounds=1)
     with pytest.raises(RuntimeError, match=re.escape("after-1.log")):
         run_commits(cfg)
+
+
+def test_a_loop_report_is_compared_by_the_default_arms() -> None:
+    post = {DEFAULT_POST: {"loop_us_per_request": 700.0, "requests_per_s": 1000.0}, "before": {}}
+    report = {"kind": "loop", "post": post, DEFAULT_GET: {"loop_us_per_request": 90.0}, "other": {}}
+    assert figures(report) == {"post_loop_us": 700.0, "post_loop_rps": 1000.0, "get_loop_us": 90.0}
+    # `--post-only` writes no GET arms
+    assert figures({"kind": "loop", "post": post})["get_loop_us"] is None

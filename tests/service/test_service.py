@@ -167,6 +167,44 @@ def test_request_ids_are_echoed_or_made(client: TestClient) -> None:
     assert len(made) == 3 and all(len(m) >= 16 for m in made)
 
 
+def test_the_hot_routes_skip_the_router_and_keep_its_error_answers(
+    bundles: dict[str, Path], redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """POST /profile and GET /profile/{user_id} are answered by `HotRoutes` (the router's exception
+    layer never sees them) with the same problem answers, an unexpected error included."""
+    from starlette.middleware.exceptions import ExceptionMiddleware
+
+    from service.engine import ProfileEngine
+
+    routed: list[str] = []
+    through = ExceptionMiddleware.__call__
+
+    async def counting(self: ExceptionMiddleware, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            routed.append(f"{scope['method']} {scope['path']}")
+        await through(self, scope, receive, send)
+
+    monkeypatch.setattr(ExceptionMiddleware, "__call__", counting)
+    with TestClient(create_app(settings_for(bundles["a"], redis_server)), raise_server_exceptions=False) as c:
+        assert post(c, "hot", k=3).status_code == 200
+        assert c.get("/profile/hot", params={"k": 2}).status_code == 200
+        assert_problem(c.get("/profile/nobody"), 404, "not_cached")
+        assert "k" in assert_problem(c.post("/profile", json={"user_id": "x", "k": 0}), 422, "validation")["detail"]
+        assert routed == []
+        # HEAD, other methods and other routes still go through the router
+        assert c.head("/profile/hot").status_code == 200
+        assert_problem(c.delete("/profile/x"), 405, "method_not_allowed")
+        assert c.get("/healthz").status_code == 200
+        assert routed == ["HEAD /profile/hot", "DELETE /profile/x", "GET /healthz"]
+
+        def broken(*args: Any, **kwargs: Any) -> None:
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(ProfileEngine, "encode", broken)
+        body = assert_problem(post(c, "hot", k=3), 500, "internal")
+        assert "a bug" not in body["detail"] and body["request_id"] in body["detail"]
+
+
 @pytest.fixture()
 def redis_only(bundles: dict[str, Path], redis_server: RedisServer) -> Iterator[TestClient]:
     """The service with its near cache off: every GET goes to Redis."""
