@@ -1,7 +1,8 @@
 """`utpm bench report`: the generated blocks of docs/performance.md, docs/reliability.md and docs/serving.md, rendered
 from the JSON artifacts the benchmark commands write. The only code that writes those docs.
 
-A generated block names its artifact and is replaced whole:
+A generated block names its artifact (or several `utpm bench serve` ones, comma-separated, for a
+side-by-side table with a row each) and is replaced whole:
 
     <!-- report: artifacts/bench/serve.json -->
     ...
@@ -324,17 +325,46 @@ def render(report: Mapping[str, Any]) -> str:
     return RENDERERS[report["kind"]](report)
 
 
+def render_side_by_side(reports: list[Mapping[str, Any]]) -> str:
+    """Several `utpm bench serve` runs, one row each (a block naming several artifacts, comma-separated)."""
+    lines = [
+        "| run (UTC) | bundle | POST req/s (locust) | POST p99 ms | POST req/s (wrk) | roofline users/s "
+        "| roofline CPU ms per user | POST / roofline |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in reports:
+        if r.get("kind") != "serve":
+            raise ValueError(f"a side-by-side block takes serve reports, not {r.get('kind')!r}")
+        users = r["summary"]["compare_users"]
+        post = r["runs"].get(f"utpm/post/{users}") or {}
+        wrk = r["runs"].get(f"utpm/wrk/{users}") or {}
+        best = (r.get("roofline") or {}).get("best") or {}
+        cells = [
+            _fmt(post.get("rps")),
+            _fmt(post.get("p99_ms")),
+            _fmt(wrk.get("rps")),
+            _fmt(best.get("users_per_s")),
+            _fmt(best.get("cpu_ms_per_user"), 2),
+            _fmt(r["summary"]["ratios"].get("post_vs_roofline"), 3),
+        ]
+        when = r["started_at"][11:16]
+        lines.append(f"| {when} | {r['bundle']['model']} ({r['bundle']['path']}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def regenerate(doc: Path, root: Path = Path()) -> list[tuple[str, str]]:
     """Re-render every block of `doc` whose artifact exists (paths relative to `root`); what happened to each."""
     done: list[tuple[str, str]] = []
 
     def block(m: re.Match[str]) -> str:
-        path = root / m["path"]
-        if not path.is_file():
+        paths = [root / p for p in m["path"].split(",")]
+        if not all(p.is_file() for p in paths):
             done.append((m["path"], "kept (artifact missing)"))
             return m[0]
         done.append((m["path"], "regenerated"))
-        return f"<!-- report: {m['path']} -->\n{render(json.loads(path.read_text()))}<!-- /report -->"
+        reports = [json.loads(p.read_text()) for p in paths]
+        text = render(reports[0]) if len(reports) == 1 else render_side_by_side(reports)
+        return f"<!-- report: {m['path']} -->\n{text}<!-- /report -->"
 
     text = BLOCK.sub(block, doc.read_text())
     doc.write_text(text)
