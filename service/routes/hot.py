@@ -10,7 +10,8 @@ other request, and HEAD or any other method on these paths, takes the usual way.
 It serves the plain routes the router holds (`GetProfileRoute`, `PostProfileRoute`), looked up again
 whenever the router's route list is replaced: an app whose routes leave one out (the loop
 benchmark's "before" arms) answers that path through the router. Paths are compared as they
-arrive, so under a root path every request takes the usual way (slower, not wrong).
+arrive (`scope["path"]`); where a root path makes them differ, requests take the usual way (slower,
+not wrong), and the route's own match decides the rest.
 """
 
 from __future__ import annotations
