@@ -44,7 +44,8 @@ class CommitsConfig:
 
 
 def figures(report: Mapping[str, Any]) -> dict[str, float | None]:
-    """The figures a run is compared by: POST and cached GET throughput, POST p99, the roofline."""
+    """The figures a run is compared by: POST and cached GET throughput, POST p99, the roofline (a serve
+    report's own, or a roofline report), the event loop's CPU per request (a loop report)."""
     kind = report.get("kind")
     if kind == "roofline":
         best = (report.get("engine") or {}).get("best") or {}
@@ -67,13 +68,14 @@ def figures(report: Mapping[str, Any]) -> dict[str, float | None]:
         return None if run is None else run["rps"]
 
     post = runs.get(f"utpm/post/{users}") or {}
-    roof = report.get("roofline") or {}
+    best = (report.get("roofline") or {}).get("best") or {}
     return {
         "post_rps": post.get("rps"),
         "post_p99_ms": post.get("p99_ms"),
         "wrk_post_rps": rps(f"utpm/wrk/{users}"),
         "wrk_get_rps": rps(f"utpm/wrk-get/{users}"),
-        "roofline_users_per_s": (roof.get("best") or {}).get("users_per_s"),
+        "roofline_users_per_s": best.get("users_per_s"),
+        "cpu_ms_per_user": best.get("cpu_ms_per_user"),
         "post_vs_roofline": report["summary"]["ratios"].get("post_vs_roofline"),
         "post_vs_raw_asgi": report["summary"]["ratios"].get("post_vs_raw_asgi"),
     }

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from loadtest.commits import figures
 from loadtest.gpu_report import render_gpu_check
 
 BLOCK = re.compile(r"<!-- report: (?P<path>\S+) -->\n.*?<!-- /report -->", re.S)
@@ -325,30 +326,29 @@ def render(report: Mapping[str, Any]) -> str:
     return RENDERERS[report["kind"]](report)
 
 
+# the columns of a side-by-side block: `loadtest.commits.figures` of each serve report, and their digits
+SIDE_BY_SIDE = (
+    ("post_rps", 1),
+    ("post_p99_ms", 1),
+    ("wrk_post_rps", 1),
+    ("roofline_users_per_s", 1),
+    ("cpu_ms_per_user", 2),
+    ("post_vs_roofline", 3),
+)
+
+
 def render_side_by_side(reports: list[Mapping[str, Any]]) -> str:
     """Several `utpm bench serve` runs, one row each (a block naming several artifacts, comma-separated)."""
     lines = [
-        "| run (UTC) | bundle | POST req/s (locust) | POST p99 ms | POST req/s (wrk) | roofline users/s "
-        "| roofline CPU ms per user | POST / roofline |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| run (UTC) | bundle | " + " | ".join(COMMIT_FIGURES[n] for n, _ in SIDE_BY_SIDE) + " |",
+        "|---|---|" + "---:|" * len(SIDE_BY_SIDE),
     ]
     for r in reports:
         if r.get("kind") != "serve":
             raise ValueError(f"a side-by-side block takes serve reports, not {r.get('kind')!r}")
-        users = r["summary"]["compare_users"]
-        post = r["runs"].get(f"utpm/post/{users}") or {}
-        wrk = r["runs"].get(f"utpm/wrk/{users}") or {}
-        best = (r.get("roofline") or {}).get("best") or {}
-        cells = [
-            _fmt(post.get("rps")),
-            _fmt(post.get("p99_ms")),
-            _fmt(wrk.get("rps")),
-            _fmt(best.get("users_per_s")),
-            _fmt(best.get("cpu_ms_per_user"), 2),
-            _fmt(r["summary"]["ratios"].get("post_vs_roofline"), 3),
-        ]
-        when = r["started_at"][11:16]
-        lines.append(f"| {when} | {r['bundle']['model']} ({r['bundle']['path']}) | " + " | ".join(cells) + " |")
+        f = figures(r)
+        cells = " | ".join(_fmt(f[n], digits) for n, digits in SIDE_BY_SIDE)
+        lines.append(f"| {r['started_at'][11:16]} | {r['bundle']['model']} ({r['bundle']['path']}) | {cells} |")
     return "\n".join(lines) + "\n"
 
 
