@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -32,6 +34,9 @@ from service.state import ServiceState
 from service.tracing import make_tracing
 
 log = logging.getLogger("utpm.service")
+
+# The global OpenTelemetry providers that stand for "none configured yet" (FastAPI's own test).
+_UNSET_PROVIDERS = {"ProxyTracerProvider", "_ProxyMeterProvider", "ProxyLoggerProvider"}
 
 # Young-generation GC every 10,000 allocations instead of Python's 700: under load each young
 # collection walks the in-flight requests' objects, and at 700 that ran every few cache hits
@@ -115,6 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 tracing.shutdown()
 
     app = FastAPI(
+        **_fastapi_telemetry(),
         title="utpm profile service",
         version="1",
         default_response_class=JSONResponse,
@@ -171,3 +177,22 @@ def problem_openapi(app: FastAPI) -> dict[str, Any]:
                 responses["422"]["description"] = responses["422"].get("description") or "Invalid input."
     app.openapi_schema = schema
     return schema
+
+
+def _fastapi_telemetry() -> dict[str, Any]:
+    """FastAPI's native OpenTelemetry (0.165 on) asks on every request whether a global provider is
+    set; ask once here instead. Kept on when one is set now (e.g. by `opentelemetry-instrument`) or
+    FASTAPI_OTEL_AUTO_CONFIGURE asks FastAPI to set them; off otherwise (the service's own spans
+    are `service.tracing`'s and need none of it)."""
+    if "telemetry" not in inspect.signature(FastAPI).parameters:
+        return {}
+    if os.getenv("FASTAPI_OTEL_AUTO_CONFIGURE", "").lower() == "true":
+        return {}
+    try:
+        from opentelemetry import _logs, metrics, trace
+    except ImportError:  # FastAPI's telemetry cannot run without it either
+        return {}
+    providers = (trace.get_tracer_provider(), metrics.get_meter_provider(), _logs.get_logger_provider())
+    if any(type(p).__name__ not in _UNSET_PROVIDERS for p in providers):
+        return {}
+    return {"telemetry": {"tracing": False, "metrics": False, "logs": False}}

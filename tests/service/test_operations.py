@@ -4,6 +4,7 @@ under a black-holed Redis, device reporting, retired settings and optional traci
 from __future__ import annotations
 
 import http.server
+import os
 import subprocess
 import sys
 import threading
@@ -220,6 +221,26 @@ def test_tracing_is_off_and_its_sdk_not_imported_by_default() -> None:
         "assert not any(m.startswith(('opentelemetry.sdk', 'opentelemetry.exporter')) for m in sys.modules)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_fastapis_own_telemetry_is_off_unless_the_process_configures_opentelemetry() -> None:
+    pytest.importorskip("opentelemetry.sdk")
+    # a fresh process each: a global provider can be set only once
+    off = (
+        "import inspect, fastapi; from service.main import _fastapi_telemetry as t; "
+        "off = {'telemetry': {'tracing': False, 'metrics': False, 'logs': False}}; "
+        "assert t() == (off if 'telemetry' in inspect.signature(fastapi.FastAPI).parameters else {}), t()"
+    )
+    on_provider = (
+        "from opentelemetry import trace; from opentelemetry.sdk.trace import TracerProvider; "
+        "trace.set_tracer_provider(TracerProvider()); "
+        "from service.main import _fastapi_telemetry as t; assert t() == {}, t()"
+    )
+    on_env = "from service.main import _fastapi_telemetry as t; assert t() == {}, t()"
+    env = {k: v for k, v in os.environ.items() if k != "FASTAPI_OTEL_AUTO_CONFIGURE"}
+    subprocess.run([sys.executable, "-c", off], check=True, env=env)
+    subprocess.run([sys.executable, "-c", on_provider], check=True, env=env)
+    subprocess.run([sys.executable, "-c", on_env], check=True, env={**env, "FASTAPI_OTEL_AUTO_CONFIGURE": "true"})
 
 
 def test_stage_spans_reach_a_configured_otlp_endpoint(bundles: dict[str, Path]) -> None:
