@@ -74,6 +74,56 @@ def test_reads_of_one_turn_share_one_round_trip(redis_server: RedisServer) -> No
     assert direct.get("t:share:7") == b"v7" and 0 < direct.ttl("t:share:7") <= 60
 
 
+def _calls(client: redis.Redis, command: str) -> int:
+    """Times Redis was sent `command`: run, failed or refused."""
+    stats = client.info("commandstats").get(f"cmdstat_{command}", {})
+    return sum(int(stats.get(k, 0)) for k in ("calls", "rejected_calls"))
+
+
+def test_writes_of_one_turn_are_one_script_call_each_key_with_its_ttl(redis_server: RedisServer) -> None:
+    direct = redis.Redis(port=redis_server.port)
+    direct.script_flush()
+
+    async def scenario() -> None:
+        cache = RedisProfileCache(redis_server.url, timeout_ms=1000)
+        try:
+            await cache.set("t:script:warm", b"w", 60_000)  # loads the script (NOSCRIPT, then SCRIPT LOAD)
+            before = _calls(direct, "evalsha")
+            ttls = [60_000 if i % 2 else 5_000 for i in range(12)]
+            await asyncio.gather(*(cache.set(f"t:script:{i}", f"v{i}".encode(), t) for i, t in enumerate(ttls)))
+            assert _calls(direct, "evalsha") - before == 1
+        finally:
+            await cache.close()
+
+    asyncio.run(scenario())
+    assert [direct.get(f"t:script:{i}") for i in range(12)] == [f"v{i}".encode() for i in range(12)]
+    assert 5_000 < direct.pttl("t:script:1") <= 60_000 and 0 < direct.pttl("t:script:0") <= 5_000
+
+
+def test_a_redis_that_refuses_scripts_gets_pipelined_writes(redis_server: RedisServer) -> None:
+    direct = redis.Redis(port=redis_server.port)
+    direct.acl_setuser("noscripts", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-@scripting"])
+    url = f"redis://noscripts:pw@127.0.0.1:{redis_server.port}/0"
+
+    async def scenario() -> None:
+        cache = RedisProfileCache(url, timeout_ms=1000)
+        try:
+            await asyncio.gather(*(cache.set(f"t:noscript:{i}", b"v", 60_000) for i in range(3)))  # refused, then piped
+            tried = _calls(direct, "evalsha")
+            assert tried > 0
+            await cache.set("t:noscript:later", b"v", 60_000)
+            assert _calls(direct, "evalsha") == tried  # straight to SET: the script is not tried again
+            assert cache.breaker.state == "closed"
+        finally:
+            await cache.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        direct.acl_deluser("noscripts")
+    assert all(direct.get(k) == b"v" for k in ["t:noscript:0", "t:noscript:1", "t:noscript:2", "t:noscript:later"])
+
+
 def test_unreachable_redis_fails_every_caller_of_the_turn() -> None:
     async def scenario() -> None:
         cache = RedisProfileCache(f"redis://127.0.0.1:{free_port()}/0", timeout_ms=200)
