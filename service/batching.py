@@ -89,6 +89,8 @@ class MicroBatcher(Generic[In, Out]):
                 futures.append(fut)
                 self._queue.put_nowait((item, fut))
             self._wake.set()
+            if len(futures) == 1:  # one user per request is the usual case: no gather around one future
+                return [await futures[0]]
             return list(await asyncio.gather(*futures))
         finally:
             self._pending -= len(items)

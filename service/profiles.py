@@ -100,7 +100,10 @@ async def compute_profiles(
                 responses.append(rendered.response(k, cached=False))
             if req.store:
                 writes.append(_write(state, profile_key(engine.version, req.user_id), rendered.record()))
-        await asyncio.gather(*writes)
+        if len(writes) == 1:  # the usual request: awaited in place, no Task for gather to wrap it in
+            await writes[0]
+        elif writes:
+            await asyncio.gather(*writes)
         t3 = time.perf_counter()
         metrics.stage["cache"].observe(t3 - t2)
     if state.tracing is not None:
