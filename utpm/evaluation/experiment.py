@@ -8,6 +8,7 @@ process with two threads).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing
 import os
@@ -382,22 +383,23 @@ def run_experiment(
     result.runs.extend(yardstick_runs(path, seed_list, ks, get_preset(preset).N, folds))
     workers = workers or min(2, os.cpu_count() or 1)
     done = 0
-    # a fold can train for many minutes: its workers report every epoch through this queue
-    with multiprocessing.Manager() as manager, ProcessPoolExecutor(max_workers=workers) as pool:
-        updates = manager.Queue()
+    # a fold can train for many minutes: its workers report every epoch through this queue (a
+    # manager process, started only when someone listens)
+    listening = multiprocessing.Manager() if progress is not None else contextlib.nullcontext()
+    with listening as manager, ProcessPoolExecutor(max_workers=workers) as pool:
+        updates = manager.Queue() if manager is not None else None
         futures = {pool.submit(run_job, path, job, tuple(ks), updates): job for job in jobs}
         pending = set(futures)
         while pending:
             finished, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
-            while True:
+            while updates is not None and progress is not None:
                 try:
                     label, epoch, total, val = updates.get_nowait()
                 except queue.Empty:
                     break
-                if progress is not None:
-                    score = "" if val is None else f", validation score {val:.4f}"
-                    what = f"epoch {epoch}/{total}{score}" if epoch else "started"
-                    progress(done, len(jobs), f"{label}: {what}")
+                score = "" if val is None else f", validation score {val:.4f}"
+                what = f"epoch {epoch}/{total}{score}" if epoch else "started"
+                progress(done, len(jobs), f"{label}: {what}")
             for fut in finished:
                 result.runs.append(fut.result())
                 done += 1
