@@ -1,11 +1,12 @@
 """Optional OpenTelemetry traces of a request's stages (UTPM_OTLP_ENDPOINT; the `otel` extra).
 
-Off by default, and then free: nothing of OpenTelemetry is imported and the routes skip tracing
-with one `is None` test. On, each profile request becomes one span with a child per stage
-(decode, queue, model, index, cache), exported over OTLP/HTTP in batches off the event loop.
-Stages are recorded after the fact from the timestamps the request already takes for the metrics,
-because model and index run for a whole batch in a worker thread. A request carrying a W3C
-`traceparent` header gets its spans in the caller's trace.
+Off by default, and then free: the OpenTelemetry SDK and exporter are not imported (FastAPI
+imports the API itself) and the routes skip tracing with one `is None` test. On, each profile
+request becomes one span with a child per stage (decode, queue, model, index, cache), exported
+over OTLP/HTTP in batches off the event loop. Stages are recorded after the fact from the
+timestamps the request already takes for the metrics, because model and index run for a whole
+batch in a worker thread. A request carrying a W3C `traceparent` header gets its spans in the
+caller's trace.
 """
 
 from __future__ import annotations
