@@ -265,15 +265,19 @@ class RedisProfileCache:
         from redis.exceptions import RedisError, ResponseError
 
         try:
-            if self._set_all is not None:
+            if self._set_all is not None:  # one command for the whole flush: a pipeline costs the loop per SET
+                keys, values, ttls = zip(*items, strict=True)
                 try:
-                    return await self._script_set(items)
+                    await self._set_all(keys=list(keys), args=[*values, *ttls])
                 except ResponseError as e:
                     if not _scripts_refused(e):
                         self.breaker.success()  # Redis answered; it refused these writes (e.g. OOM)
                         return [CacheUnavailable(f"ResponseError: {e}")] * len(items)
                     log.warning("Redis refuses scripts (%s); profiles are written with pipelined SETs", e)
                     self._set_all = None
+                else:
+                    self.breaker.success()
+                    return [None] * len(items)
             async with self.client.pipeline(transaction=False) as pipe:  # type: ignore[attr-defined]
                 for key, value, ttl_ms in items:
                     pipe.set(key, value, px=ttl_ms)
@@ -282,13 +286,6 @@ class RedisProfileCache:
             raise self._failed(e) from None
         self.breaker.success()
         return [CacheUnavailable(type(r).__name__) if isinstance(r, BaseException) else None for r in results]
-
-    async def _script_set(self, items: list[tuple[str, bytes, int]]) -> list[BaseException | None]:
-        # One command for the whole flush: the event loop's cost of a pipeline grows with each SET in it.
-        keys = [key for key, _, _ in items]
-        await self._set_all(keys=keys, args=[value for _, value, _ in items] + [ttl for _, _, ttl in items])
-        self.breaker.success()
-        return [None] * len(items)
 
     async def ping(self) -> bool:
         from redis.exceptions import RedisError
