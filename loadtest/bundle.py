@@ -113,8 +113,12 @@ class BenchBundle:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def prepare_bench_bundle(recipe: Recipe, root: Path = DEFAULT_ROOT, progress: Say | None = None) -> BenchBundle:
-    """Reuse or build the bundle of `recipe` under `root/tags<N>` with the one pipeline."""
+def prepare_bench_bundle(
+    recipe: Recipe, root: Path = DEFAULT_ROOT, progress: Say | None = None, reexport: bool = False
+) -> BenchBundle:
+    """Reuse or build the bundle of `recipe` under `root/tags<N>` with the one pipeline. `reexport`:
+    keep the data and the trained run of the same recipe, redo the export and the index (after a
+    change to the export or to the model's graph, so that a benchmark serves what the code exports)."""
     from pipeline import DataSource, build_bundle, prepare_data
     from utpm.models.presets import get_preset
 
@@ -123,12 +127,14 @@ def prepare_bench_bundle(recipe: Recipe, root: Path = DEFAULT_ROOT, progress: Sa
     data_dir = root / f"tags{recipe.tags}" / "data"  # shared by the paper and the default model's bundles
     meta_path = base / "bench_bundle.json"
     out = BenchBundle(base, base / "bundle", base / "run", base / "payloads.jsonl")
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("recipe") == asdict(recipe) and (out.bundle / "index_infos.json").is_file():
-            say(f"reusing the benchmark bundle in {out.bundle} (built {meta.get('built_at', '?')})")
-            out.info = meta
-            return out
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    same = meta.get("recipe") == asdict(recipe)
+    if same and not reexport and (out.bundle / "index_infos.json").is_file():
+        say(f"reusing the benchmark bundle in {out.bundle} (built {meta.get('built_at', '?')})")
+        out.info = meta
+        return out
+    if reexport and not (same and (out.run / "model.pt").is_file()):
+        raise FileNotFoundError(f"no trained run of this recipe in {out.run} to re-export; build it first")
     preset = get_preset(recipe.preset)
     synthetic = {"n_tags": recipe.tags, "n_users": recipe.users, "events_per_user": recipe.events_per_user}
     source = DataSource("synthetic", synthetic={**synthetic, "seed": recipe.seed}, tag_vector_dim=preset.U)
@@ -148,11 +154,16 @@ def prepare_bench_bundle(recipe: Recipe, root: Path = DEFAULT_ROOT, progress: Sa
         test_fraction=recipe.test_fraction,
         isolate=True,
         progress=say,
+        first_stage="export" if reexport else "prepare",
     )
-    say(f"writing {PAYLOAD_USERS} request bodies of held-out users to {out.payloads}")
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pool.submit(write_payloads, built.data, recipe.seed, recipe.test_fraction, out.payloads).result()
-    info = {"recipe": asdict(recipe), "stages": built.stages, "built_at": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    if not (reexport and out.payloads.is_file()):  # the same data as before when re-exported
+        say(f"writing {PAYLOAD_USERS} request bodies of held-out users to {out.payloads}")
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            pool.submit(write_payloads, built.data, recipe.seed, recipe.test_fraction, out.payloads).result()
+    now = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    info = {"recipe": asdict(recipe), "stages": {**meta.get("stages", {}), **built.stages}, "built_at": now}
+    if reexport:
+        info["built_at"], info["reexported_at"] = meta.get("built_at", "?"), now
     meta_path.write_text(json.dumps(info, indent=2))
     out.info = info
     return out
@@ -205,8 +216,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tags", type=int, default=1_000_000)
     parser.add_argument("--model", choices=MODELS, default=PAPER_MODEL)
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT)
+    parser.add_argument(
+        "--reexport", action="store_true", help="keep the data and the trained run; redo the export and the index"
+    )
     args = parser.parse_args(argv)
-    built = prepare_bench_bundle(Recipe.for_tags(args.tags, args.model), args.root, progress=print)
+    built = prepare_bench_bundle(Recipe.for_tags(args.tags, args.model), args.root, print, args.reexport)
     print(json.dumps({"bundle": str(built.bundle), "payloads": str(built.payloads), **built.info}, indent=2))
 
 

@@ -58,13 +58,15 @@ def build_bundle(
     test_fraction: float = 0.2,
     isolate: bool = False,
     progress: Say | None = None,
+    first_stage: str = "prepare",
 ) -> BuiltBundle:
     """Prepare, train, export and index into `out`; returns the paths and each stage's report.
 
-    `index_kind=None` stops after the export. `index_queries(bundle_dir)` may supply the queries
-    the index is tuned and measured on (the default is the bundle's held-out users); with `isolate`
-    it must pickle (a module-level function or a functools.partial of one). `test_fraction` is the
-    protocol's share of test users.
+    `index_kind=None` stops after the export. `index_queries(bundle_dir)` may supply the queries the
+    index is tuned and measured on (the default is the bundle's held-out users); with `isolate` it
+    must pickle (a module-level function or a functools.partial of one). `test_fraction` is the
+    protocol's share of test users. `first_stage` skips the stages before it, whose outputs must be
+    there: "export" re-exports and re-indexes a trained run (after a change to the export).
     """
     say = progress or (lambda _m: None)
     if config is None:  # the default model, utpm-hist
@@ -85,6 +87,12 @@ def build_bundle(
     ]
     if index_kind is None:  # an exported bundle that is not servable yet
         stages.pop()
+    names = [name for name, _, _ in stages]
+    if first_stage not in names:
+        raise ValueError(f"unknown first stage {first_stage!r}; valid: {', '.join(names)}")
+    stages = stages[names.index(first_stage) :]
+    if first_stage in ("export", "index") and not (built.run / "model.pt").is_file():
+        raise FileNotFoundError(f"no trained run in {built.run} to start at the {first_stage} stage from")
     for name, fn, args in stages:
         t0 = time.perf_counter()
         say(f"{name}: {_what(name, source, config, built)}")

@@ -6,6 +6,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+import pytest
+
 from loadtest.bundle import Recipe, prepare_bench_bundle
 
 
@@ -36,3 +38,13 @@ def test_the_default_models_benchmark_bundle_builds_and_serves(tmp_path: Path) -
     # a second call reuses it (same recipe), a paper recipe gets its own directory over the same data
     assert prepare_bench_bundle(recipe, tmp_path).info == built.info
     assert Recipe.for_tags(1000).directory(tmp_path) == tmp_path / "tags1000"
+    # re-exported: the same run (not retrained) exported and indexed again, the payloads kept
+    trained = (built.run / "model.pt").stat().st_mtime_ns
+    again = prepare_bench_bundle(recipe, tmp_path, reexport=True)
+    assert (built.run / "model.pt").stat().st_mtime_ns == trained
+    assert again.info["stages"]["train"] == built.info["stages"]["train"] and "reexported_at" in again.info
+    version = json.loads((again.bundle / "manifest.json").read_text())["bundle_version"]
+    assert json.loads((again.bundle / "index_infos.json").read_text())["bundle_version"] == version
+    assert again.payloads.read_text() == built.payloads.read_text()
+    with pytest.raises(FileNotFoundError, match="no trained run"):
+        prepare_bench_bundle(dataclasses.replace(recipe, seed=1), tmp_path, reexport=True)

@@ -58,6 +58,20 @@ def test_round_trip_gives_the_pytorch_profile(tiny_run: Path, tiny_bundle: Path,
     assert out.merge_attention.shape == (len(users), bundle.manifest.heads, len(names))
 
 
+def test_the_cross_layers_pairs_are_gathered_as_rows(tiny_bundle: Path) -> None:
+    """CF's two gathers take rows of x transposed (B contiguous values per pair), not columns of x (one
+    value per pair and user): ONNX Runtime's Gather is far slower on the latter (docs/performance.md)."""
+    import onnx
+
+    graph = onnx.load(str(load_bundle(tiny_bundle).onnx_path), load_external_data=False).graph
+    made_by = {out: node for node in graph.node for out in node.output}
+    gathers = [n for n in graph.node if n.op_type == "Gather" and n.name.startswith("/cross/")]
+    assert len(gathers) == 2
+    for node in gathers:
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        assert axis == 0 and made_by[node.input[0]].op_type == "Transpose"
+
+
 def test_manifest_describes_the_bundle(tiny_bundle: Path) -> None:
     bundle = load_bundle(tiny_bundle)
     m = bundle.manifest

@@ -45,7 +45,9 @@ class CrossFeature(nn.Module):
 
     c_ij = (v_i . v_j) x_i x_j for every pair i < j of dimensions of x, v_i in R^C learned. All
     D(D-1)/2 values are kept (not summed as in FM). The pairs come from torch.triu_indices, built
-    once; the forward is two gathers and a product, no Python loop over pairs.
+    once; the forward is two gathers and a product, no Python loop over pairs. The gathers take rows
+    of x transposed, (D, B): each index then copies B contiguous values, where gathering columns of
+    (B, D) copies one value per index and user (ONNX Runtime's Gather; docs/performance.md).
     """
 
     def __init__(self, dim: int, hidden_dim: int) -> None:
@@ -66,7 +68,8 @@ class CrossFeature(nn.Module):
         rows: Tensor = self.rows  # type: ignore[assignment]
         cols: Tensor = self.cols  # type: ignore[assignment]
         corr = (self.v[rows] * self.v[cols]).sum(dim=-1)  # (P,) v_i . v_j
-        return corr * x[:, rows] * x[:, cols]  # (B, P)
+        xt = x.t()  # (D, B)
+        return (corr.unsqueeze(-1) * xt[rows] * xt[cols]).t()  # (B, P), the same products as corr * x_i * x_j
 
     def forward(self, x: Tensor, fields: Tensor, field_mask: Tensor) -> Tensor:
         return torch.cat([linear_part(x), self.cross(x)], dim=-1)  # (B, D + P)
