@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import shutil
 import uuid
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -57,6 +56,7 @@ from model_export.parity import (
     slice_history,
 )
 from model_export.session import SessionConfig, build_session
+from model_export.trace import trace_onnx
 from utpm.features.history import PHI_NAMES, HistoryBatch
 from utpm.features.vocab import Vocabulary
 from utpm.models.history import HistoryModel
@@ -114,25 +114,7 @@ def export_scorer_onnx(model: HistoryModel, path: Path, opset: int, width: int) 
     axes: dict[str, dict[int, str]] = {n: {0: "batch"} for n in names_in + names_out}
     for n in (HIST_FEATS_INPUT, HIST_MASK_INPUT, HISTORY_SCORES_OUTPUT):
         axes[n] = {0: "batch", 1: "history"}
-    was_training = model.training
-    model.eval()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            torch.onnx.export(
-                _ScorerForExport(model),
-                tuple(example),
-                str(path),
-                input_names=names_in,
-                output_names=names_out,
-                dynamic_axes=axes,
-                opset_version=opset,
-                do_constant_folding=True,
-                dynamo=False,
-            )
-    finally:
-        model.train(was_training)
+    trace_onnx(model, _ScorerForExport(model), example, path, names_in, names_out, axes, opset)
     graph = onnx.load(str(path), load_external_data=False).graph
     return [i.name for i in graph.input], [o.name for o in graph.output]
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import shutil
 import uuid
-import warnings
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,6 +64,7 @@ from model_export.parity import (
     synthetic_users,
 )
 from model_export.session import SessionConfig, build_session, check_signature
+from model_export.trace import trace_onnx
 from model_export.variants import VARIANTS, make_variant
 from utpm.features.encoding import EncodedBatch, FeatureEncoder, RawFeatures
 from utpm.features.spec import FieldSpec
@@ -110,27 +110,8 @@ def export_onnx(model: UserModel, path: Path, opset: int = DEFAULT_OPSET) -> Non
         # Values are irrelevant to a trace without data-dependent branches; OOV ids, all real.
         example += [torch.ones(2, s.max_len, dtype=torch.int64), torch.ones(2, s.max_len, dtype=torch.float32)]
     names_in, names_out = input_names(specs), output_names(specs)
-    was_training = model.training
-    model.eval()
-    try:
-        with warnings.catch_warnings():
-            # The legacy-exporter deprecation notice and the tracer's note on the shape check in
-            # AttentionUnit.scores (a constant for a given model) are expected and harmless.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            torch.onnx.export(
-                _TowerForExport(model),
-                tuple(example),
-                str(path),
-                input_names=names_in,
-                output_names=names_out,
-                dynamic_axes={n: {0: "batch"} for n in names_in + names_out},
-                opset_version=opset,
-                do_constant_folding=True,
-                dynamo=False,
-            )
-    finally:
-        model.train(was_training)
+    axes = {n: {0: "batch"} for n in names_in + names_out}
+    trace_onnx(model, _TowerForExport(model), example, path, names_in, names_out, axes, opset)
 
 
 def torch_runner(model: UserModel) -> Runner:
