@@ -337,15 +337,42 @@ SIDE_BY_SIDE = (
 )
 
 
+def _roofline_row(r: Mapping[str, Any], batch: int, threads: int) -> Mapping[str, Any]:
+    return next((x for x in r["engine"]["rows"] if x["batch"] == batch and x["threads"] == threads), {})
+
+
+def render_roofline_side_by_side(reports: list[Mapping[str, Any]]) -> str:
+    """Several `utpm bench roofline` runs, one row each: the batch sizes every run measured, and the best."""
+    batches = sorted(set.intersection(*({x["batch"] for x in r["engine"]["rows"]} for r in reports)))
+    lines = [
+        "| run (UTC) | bundle | "
+        + " | ".join(f"model ms per user, batch {b}, 1 thread | users/s, batch {b}, 2 threads" for b in batches)
+        + " | best users/s | CPU ms per user (best) |",
+        "|---|---|" + "---:|" * (2 * len(batches) + 2),
+    ]
+    for r in reports:
+        cells = []
+        for b in batches:
+            one, two = _roofline_row(r, b, 1), _roofline_row(r, b, 2)
+            cells += [_fmt(one.get("per_user", {}).get("model_ms"), 3), _fmt(two.get("users_per_s"))]
+        best = r["engine"]["best"]
+        cells += [_fmt(best["users_per_s"]), _fmt(best["cpu_ms_per_user"], 3)]
+        lines.append(f"| {r['started_at'][11:16]} | {r['bundle']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def render_side_by_side(reports: list[Mapping[str, Any]]) -> str:
-    """Several `utpm bench serve` runs, one row each (a block naming several artifacts, comma-separated)."""
+    """Several `utpm bench serve` (or `roofline`) runs, one row each (a block naming several artifacts,
+    comma-separated)."""
+    if all(r.get("kind") == "roofline" for r in reports):
+        return render_roofline_side_by_side(reports)
     lines = [
         "| run (UTC) | bundle | " + " | ".join(COMMIT_FIGURES[n] for n, _ in SIDE_BY_SIDE) + " |",
         "|---|---|" + "---:|" * len(SIDE_BY_SIDE),
     ]
     for r in reports:
         if r.get("kind") != "serve":
-            raise ValueError(f"a side-by-side block takes serve reports, not {r.get('kind')!r}")
+            raise ValueError(f"a side-by-side block takes serve (or only roofline) reports, not {r.get('kind')!r}")
         f = figures(r)
         cells = " | ".join(_fmt(f[n], digits) for n, digits in SIDE_BY_SIDE)
         lines.append(f"| {r['started_at'][11:16]} | {r['bundle']['model']} ({r['bundle']['path']}) | {cells} |")

@@ -126,6 +126,31 @@ def test_a_block_of_several_serve_reports_is_a_side_by_side_table(tmp_path: Path
     assert regenerate(doc, tmp_path) == [("p.json,d.json", "kept (artifact missing)")] and doc.read_text() == text
 
 
+def test_a_block_of_several_roofline_reports_is_a_side_by_side_table(tmp_path: Path) -> None:
+    def roofline(bundle: str, model_ms: float, minute: int) -> dict[str, Any]:
+        rows = [
+            {"batch": b, "threads": t, "users_per_s": 100.0 * b * t, "per_user": {"model_ms": model_ms / b}}
+            for b in (8, 16)
+            for t in (1, 2)
+        ]
+        return {"kind": "roofline", "started_at": f"2026-01-01T05:{minute:02d}:00+00:00", "bundle": bundle,
+                "engine": {"rows": rows, "best": {"users_per_s": 3200.0, "cpu_ms_per_user": 0.625}}}  # fmt: skip
+
+    (tmp_path / "a.json").write_text(json.dumps(roofline("before/bundle", 16.0, 1)))
+    (tmp_path / "b.json").write_text(json.dumps(roofline("after/bundle", 8.0, 3)))
+    doc = tmp_path / "doc.md"
+    doc.write_text("<!-- report: a.json,b.json -->\nby hand\n<!-- /report -->\n")
+    assert regenerate(doc, tmp_path) == [("a.json,b.json", "regenerated")]
+    rows = [line for line in doc.read_text().splitlines() if line.startswith("| 05:")]
+    assert rows == [
+        "| 05:01 | before/bundle | 2.000 | 1,600.0 | 1.000 | 3,200.0 | 3,200.0 | 0.625 |",
+        "| 05:03 | after/bundle | 1.000 | 1,600.0 | 0.500 | 3,200.0 | 3,200.0 | 0.625 |",
+    ]
+    (tmp_path / "b.json").write_text(json.dumps({"kind": "serve"}))  # a mix of kinds is refused
+    with pytest.raises(ValueError, match="serve \\(or only roofline\\) reports"):
+        regenerate(doc, tmp_path)
+
+
 @pytest.fixture(scope="module")
 def smoke_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from index.build import build_index
