@@ -135,11 +135,21 @@ def _query_k(query: bytes) -> int | None:
     return k
 
 
-class GetProfileRoute(Route):
+class _HotRoute(Route):
+    """A plain ASGI route that still tells the middleware which route it is (the latency label)."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        if match is not Match.NONE:
+            child["route"] = self
+        return match, child
+
+
+class GetProfileRoute(_HotRoute):
     """GET /profile/{user_id} as a plain ASGI handler: no dependency solving, no parameter models, no
     Response object; a cache hit is short enough for those to be a visible share of it (docs/performance.md,
     "GET hits"). Same checks and the same 422s as the documented route; errors raise into the app's
-    handlers as from any route. It still tells the middleware which route it is (the latency label)."""
+    handlers as from any route."""
 
     def __init__(self) -> None:
         super().__init__("/profile/{user_id:path}", self._endpoint, methods=["GET"], include_in_schema=False)
@@ -160,12 +170,6 @@ class GetProfileRoute(Route):
         """HEAD (through Starlette's Route, which sends no body)."""
         return RenderedJSON(await _read(request, *cls._params(request.scope)))
 
-    def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        match, child = super().matches(scope)
-        if match is not Match.NONE:
-            child["route"] = self
-        return match, child
-
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] != "GET":  # HEAD through the endpoint, 405 for the rest: Starlette's own handling
             await super().handle(scope, receive, send)
@@ -185,7 +189,7 @@ def _json_body(scope: Scope) -> bool:
     return True
 
 
-class PostProfileRoute(Route):
+class PostProfileRoute(_HotRoute):
     """POST /profile as a plain ASGI handler: the body validated straight from its JSON bytes by pydantic
     (`model_validate_json`) instead of FastAPI's json.loads, dependency solving and Response object: per
     request, that is event-loop time a POST no longer spends (docs/performance.md, "POST"). Validation
@@ -197,12 +201,6 @@ class PostProfileRoute(Route):
     @staticmethod
     async def _unused(request: Request) -> None:  # pragma: no cover - `handle` answers every POST
         raise AssertionError("unreachable")
-
-    def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        match, child = super().matches(scope)
-        if match is not Match.NONE:
-            child["route"] = self
-        return match, child
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] != "POST":  # 405: Starlette's own handling
