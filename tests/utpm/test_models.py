@@ -331,3 +331,29 @@ def test_hyper_parameter_variants_build(activation: str) -> None:
     preset = TINY.replace(E=3, heads=3, C=2, activation=activation)
     u, field_w, _ = build("utpm", preset=preset).forward_with_attention(*make_inputs())
     assert u.shape == (B, preset.U) and field_w[0].shape == (B, 3, 5) and torch.isfinite(u).all()
+
+
+def test_the_cross_layers_row_gathers_give_the_column_gathers_values_and_gradients_bit_for_bit() -> None:
+    """CrossFeature gathers rows of x transposed (fast in ONNX Runtime); what it computes, and what training
+    gets back, must be what the plain column gathers give, to the bit, so that runs reproduce."""
+    from utpm.models.layers.cross import CrossFeature
+
+    torch.manual_seed(0)
+    layer = CrossFeature(32, 4)
+    x0, w = torch.randn(64, 32), torch.randn(layer.n_pairs, 3)
+    rows, cols = layer.rows, layer.cols
+
+    def run(plain: bool) -> list[torch.Tensor]:
+        layer.zero_grad()
+        x = x0.clone().requires_grad_(True)
+        if plain:
+            corr = (layer.v[rows] * layer.v[cols]).sum(dim=-1)
+            c = corr * x[:, rows] * x[:, cols]
+        else:
+            c = layer.cross(x)
+        (c @ w).square().sum().backward()
+        assert x.grad is not None and layer.v.grad is not None
+        return [c.detach(), x.grad, layer.v.grad.clone()]
+
+    for got, want in zip(run(plain=False), run(plain=True), strict=True):
+        assert torch.equal(got, want)

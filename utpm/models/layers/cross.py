@@ -69,7 +69,9 @@ class CrossFeature(nn.Module):
         cols: Tensor = self.cols  # type: ignore[assignment]
         corr = (self.v[rows] * self.v[cols]).sum(dim=-1)  # (P,) v_i . v_j
         xt = x.t()  # (D, B)
-        return (corr.unsqueeze(-1) * xt[rows] * xt[cols]).t()  # (B, P), the same products as corr * x_i * x_j
+        # transposed back to (B, P) before the products: the same operations in the same layout as
+        # corr * x[:, rows] * x[:, cols], so that the values and the gradients are the same, bit for bit
+        return corr * xt[rows].t().contiguous() * xt[cols].t().contiguous()  # (B, P)
 
     def forward(self, x: Tensor, fields: Tensor, field_mask: Tensor) -> Tensor:
         return torch.cat([linear_part(x), self.cross(x)], dim=-1)  # (B, D + P)
