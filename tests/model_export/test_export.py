@@ -67,9 +67,11 @@ def test_the_cross_layers_pairs_are_gathered_as_rows(tiny_bundle: Path) -> None:
     made_by = {out: node for node in graph.node for out in node.output}
     gathers = [n for n in graph.node if n.op_type == "Gather" and n.name.startswith("/cross/")]
     assert len(gathers) == 2
+    used_by = {inp: node for node in graph.node for inp in node.input}
     for node in gathers:
         axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
         assert axis == 0 and made_by[node.input[0]].op_type == "Transpose"
+        assert used_by[node.output[0]].op_type == "Mul"  # the products in the gathered layout, no transpose between
 
 
 def test_manifest_describes_the_bundle(tiny_bundle: Path) -> None:

@@ -69,8 +69,11 @@ class CrossFeature(nn.Module):
         cols: Tensor = self.cols  # type: ignore[assignment]
         corr = (self.v[rows] * self.v[cols]).sum(dim=-1)  # (P,) v_i . v_j
         xt = x.t()  # (D, B)
-        # transposed back to (B, P) before the products: the same operations in the same layout as
-        # corr * x[:, rows] * x[:, cols], so that the values and the gradients are the same, bit for bit
+        if torch.onnx.is_in_onnx_export():
+            # the products in the gathered (P, B) layout: no transposes of (P, B) in the graph
+            return (corr.unsqueeze(-1) * xt[rows] * xt[cols]).t()
+        # in eager (training): transposed back to (B, P) first, the layout of corr * x[:, rows] * x[:, cols],
+        # so that the gradients are the same bit for bit too (the values are, in either layout)
         return corr * xt[rows].t().contiguous() * xt[cols].t().contiguous()  # (B, P)
 
     def forward(self, x: Tensor, fields: Tensor, field_mask: Tensor) -> Tensor:
