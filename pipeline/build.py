@@ -11,6 +11,8 @@ the export each peak at several GB, and in one process the peaks would add up.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -21,6 +23,8 @@ from typing import Any, Literal
 import numpy as np
 
 Say = Callable[[str], None]
+# How often an isolated stage checks that the build that started it still runs.
+PARENT_CHECK_S = 0.5
 QueryFn = Callable[[Path], np.ndarray]
 
 
@@ -111,9 +115,20 @@ def _what(stage: str, source: DataSource, config: Any, built: BuiltBundle) -> st
 
 
 def _run_isolated(fn: Callable[..., dict[str, Any]], args: tuple[Any, ...]) -> dict[str, Any]:
-    """`fn(*args)` in a fresh spawned process; its progress goes to that process's stderr."""
+    """`fn(*args)` in a fresh spawned process; its progress goes to that process's stderr. The process
+    ends if this one does: a killed build must not leave a stage writing into its output."""
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(fn, *args).result()
+        return pool.submit(_while_parent_lives, os.getpid(), fn, *args).result()
+
+
+def _while_parent_lives(parent: int, fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(1)  # the parent is gone (re-parented to init): nobody wants this stage's output
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    return fn(*args)
 
 
 def _stderr(message: str) -> None:
