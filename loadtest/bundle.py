@@ -133,7 +133,7 @@ def prepare_bench_bundle(
         say(f"reusing the benchmark bundle in {out.bundle} (built {meta.get('built_at', '?')})")
         out.info = meta
         return out
-    if reexport and not (same and (out.run / "model.pt").is_file()):
+    if reexport and not same:  # build_bundle checks that the run is there
         raise FileNotFoundError(f"no trained run of this recipe in {out.run} to re-export; build it first")
     preset = get_preset(recipe.preset)
     synthetic = {"n_tags": recipe.tags, "n_users": recipe.users, "events_per_user": recipe.events_per_user}
