@@ -60,6 +60,7 @@ from model_export.trace import trace_onnx
 from utpm.features.history import PHI_NAMES, HistoryBatch
 from utpm.features.vocab import Vocabulary
 from utpm.models.history import HistoryModel
+from utpm.ranking import top_k as ranked_top_k
 from utpm.training.history import batch_tensors
 
 PARITY_SESSION = SessionConfig(prefer_gpu=False, warmup=False)
@@ -135,9 +136,9 @@ def torch_history_runner(model: HistoryModel, top_k: int) -> HistoryRunner:
                     [x[sl] for x in ids], [x[sl] for x in masks], [x[sl] for x in counts], hid[sl], hf[sl], hm[sl]
                 )
                 s[:, : Vocabulary.OOV + 1] = -torch.inf
-                top = s.topk(min(top_k, model.n_tags - 2), dim=1)
-                top_ids.append(top.indices.numpy())
-                top_scores.append(top.values.numpy())
+                ids_k = ranked_top_k(s.numpy(), min(top_k, model.n_tags - 2))
+                top_ids.append(ids_k)
+                top_scores.append(np.take_along_axis(s.numpy(), ids_k, axis=1))
         return [
             u.numpy(),
             *(w.numpy() for w in fw),

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from utpm.ranking import top_k
+
 RESERVED = 2
 # users per dense (B, n_tags) block: 64 x 1M tags x 4 bytes = 256 MB
 DENSE_BLOCK_CELLS = 64_000_000
@@ -28,11 +30,8 @@ def dense_scores(
 def _top(s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     s = s.copy()
     s[:, :RESERVED] = -np.inf
-    k = min(k, s.shape[1] - RESERVED)
-    part = np.argpartition(-s, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(s, part, axis=1), axis=1, kind="stable")
-    ids = np.take_along_axis(part, order, axis=1)
-    return ids.astype(np.int64), np.take_along_axis(s, ids, axis=1)
+    ids = top_k(s, min(k, s.shape[1] - RESERVED))
+    return ids, np.take_along_axis(s, ids, axis=1)
 
 
 def exact_top_k(

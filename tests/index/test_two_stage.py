@@ -50,3 +50,16 @@ def test_the_bound_settles_users_once_enough_popular_tags_are_candidates(hist_bu
     searched = TwoStageSearch(b, TagIndex.load(b), popular=1).search(u, hist_ids, hist_g, k)
     assert searched.searched.any()
     np.testing.assert_allclose(settled.scores, searched.scores[:, :10], rtol=1e-5, atol=1e-4)  # the same top-10
+
+
+@pytest.mark.parametrize("popular", [40, 100_000])
+def test_settled_users_get_the_exact_ids_with_ties_by_the_lower_id(hist_bundle, popular: int) -> None:  # type: ignore[no-untyped-def]
+    """The test bundle's model kept its start (tag vectors zero), so many tags tie on b_t + g: the
+    search and the exact scan both order them by the lower id (utpm.ranking), to the same list."""
+    b, u, hist_ids, hist_g = _heldout(hist_bundle)
+    found = TwoStageSearch(b, TagIndex.load(b), popular=popular).search(u, hist_ids, hist_g, 10)
+    ids, scores = exact_top_k(u, b.embeddings, np.asarray(b.tag_bias), hist_ids, hist_g, 10)
+    assert (scores[:, :-1] == scores[:, 1:]).any()  # ties inside the top-10: the rule is exercised
+    settled = ~found.searched
+    assert settled.any()
+    np.testing.assert_array_equal(found.ids[settled], ids[settled])

@@ -12,7 +12,7 @@ from utpm.data.loading import Dataset
 from utpm.data.protocol import split_protocol
 from utpm.evaluation.experiment import paired_gap, verdict
 from utpm.evaluation.metrics import precision_at_k, unique_top, user_precision
-from utpm.evaluation.yardsticks import yardstick_rankings
+from utpm.evaluation.yardsticks import tag_order, yardstick_rankings
 
 
 def test_user_precision_divides_by_min_k_and_c() -> None:
@@ -63,6 +63,25 @@ def test_yardsticks_rank_by_training_popularity_and_own_history() -> None:
         assert ranked[0] == own_first
     with pytest.raises(ValueError, match="unknown yardstick"):
         yardstick_rankings("oracle", split, train, test, max_tags=3)
+
+
+def test_yardsticks_break_ties_by_the_models_tag_ids() -> None:
+    """`tag_order` is the order of the default model's tag ids (`build_history_vocabularies`: frequency
+    among the training users' events, then name), so a yardstick and a model ranking equal scores pick
+    the same tag. Here 'a' and 'z' are equally popular labels, but 'z' is in more events."""
+    from utpm.training.history import UserSequences, build_history_vocabularies
+
+    items = pd.DataFrame({"item_id": ["x", "y", "w"], "tags": [["a"], ["z"], ["z"]], "categories": [["c"]] * 3})
+    rows = [(str(u), it, t, 1) for u in range(10) for t, it in enumerate(["w", "w", "w", "w", "x", "y"])]
+    ev = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "label"]).astype(
+        {"timestamp": np.int64, "label": np.int8}
+    )
+    split = split_protocol(Dataset(items=items, events=ev, users=None), seed=0, test_fraction=0.5)
+    train, test = split.indices(test=False), split.indices(test=True)
+    _, tags = build_history_vocabularies(split, UserSequences(split, 3), train, 10, 1)
+    order = tag_order(split, train, 3)
+    assert sorted(order, key=order.__getitem__) == tags.tokens[2:] == ["z", "a"]
+    assert yardstick_rankings("mostpop", split, train, test, max_tags=3, limit=2)[0] == ["z", "a"]
 
 
 def test_paired_gap_and_verdict() -> None:

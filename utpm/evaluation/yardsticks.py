@@ -8,15 +8,17 @@
   tag), with a and c chosen on the validation users (`tune_blend`): the bar a model that claims to
   learn the user must clear.
 
-Every yardstick is given the same training rows as the models (`utpm.data.protocol.train_val_rows`).
-A model that does not beat these is not learning the user.
+Every yardstick is given the same training rows as the models (`utpm.data.protocol.train_val_rows`)
+and breaks ties as the models do (`utpm.ranking`): by the tag's frequency among the training users'
+events, then its name (`tag_order`, the order of the models' tag ids). A model that does not beat
+these is not learning the user.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -25,6 +27,24 @@ from utpm.evaluation.metrics import precision_at_k
 
 YARDSTICKS = ("mostpop", "histfreq", "blend")
 BLEND_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+def tag_order(split: ProtocolSplit, train_rows: np.ndarray, max_tags: int | None) -> dict[str, int]:
+    """tag -> its place by descending frequency among the training users' events (history and label
+    period, label 0 or 1, first `max_tags` tags of each item), ties by name: the order of the default
+    model's tag ids (`build_history_vocabularies`), so that yardsticks and models break ties alike."""
+    counts: Counter[str] = Counter()
+    for ragged in (split.history, split.labels):
+        for i in train_rows.tolist():
+            for item in ragged.row_codes(int(i)).tolist():
+                counts.update(split.item_tags.row(int(item))[:max_tags])
+    return {t: r for r, (t, _) in enumerate(sorted(counts.items(), key=lambda tc: (-tc[1], tc[0])))}
+
+
+def _tie_key(order: dict[str, int]) -> Callable[[str], tuple[int, str]]:
+    """Sort key of a tag among equal scores: its place in `order` (unknown tags after), then its name."""
+    unknown = len(order)
+    return lambda t: (order.get(t, unknown), t)
 
 
 def popularity_counts(split: ProtocolSplit, train_rows: np.ndarray, max_tags: int | None) -> Counter[str]:
@@ -36,10 +56,13 @@ def popularity_counts(split: ProtocolSplit, train_rows: np.ndarray, max_tags: in
     return counts
 
 
-def popularity(split: ProtocolSplit, train_rows: np.ndarray, max_tags: int | None) -> list[str]:
-    """Tags ranked by frequency among the training users' label-1 items (ties alphabetical)."""
+def popularity(
+    split: ProtocolSplit, train_rows: np.ndarray, max_tags: int | None, order: dict[str, int] | None = None
+) -> list[str]:
+    """Tags ranked by frequency among the training users' label-1 items (ties by `tag_order`)."""
     counts = popularity_counts(split, train_rows, max_tags)
-    return [t for t, _ in sorted(counts.items(), key=lambda tc: (-tc[1], tc[0]))]
+    tie = _tie_key(tag_order(split, train_rows, max_tags) if order is None else order)
+    return sorted(counts, key=lambda t: (-counts[t], tie(t)))
 
 
 def history_counts(split: ProtocolSplit, user: int, max_tags: int | None) -> dict[str, tuple[int, int]]:
@@ -56,28 +79,37 @@ def history_counts(split: ProtocolSplit, user: int, max_tags: int | None) -> dic
 
 
 def history_frequency(
-    split: ProtocolSplit, user: int, popular: list[str], limit: int, max_tags: int | None
+    split: ProtocolSplit, user: int, popular: list[str], limit: int, max_tags: int | None, order: dict[str, int]
 ) -> list[str]:
-    """User's label-1 history tags by frequency (ties by popularity), then popular tags."""
+    """User's label-1 history tags by frequency (ties by popularity, then `tag_order`), then popular tags."""
     rank = {t: r for r, t in enumerate(popular)}
+    tie = _tie_key(order)
     counts = {t: c for t, (c, _) in history_counts(split, user, max_tags).items()}
-    own = sorted(counts, key=lambda t: (-counts[t], rank.get(t, len(rank)), t))
+    own = sorted(counts, key=lambda t: (-counts[t], rank.get(t, len(rank)), tie(t)))
     seen = set(own)
     return own + [t for t in popular[: limit + len(own)] if t not in seen]
 
 
 def blend_ranking(
-    hist: dict[str, tuple[int, int]], pop: Counter[str], popular: list[str], a: float, c: float, limit: int
+    hist: dict[str, tuple[int, int]],
+    pop: Counter[str],
+    popular: list[str],
+    a: float,
+    c: float,
+    limit: int,
+    order: dict[str, int],
 ) -> list[str]:
-    """Ranked tags by log1p(pop) + a log1p(count) + c log1p(distinct), over history and popular tags."""
+    """Ranked tags by log1p(pop) + a log1p(count) + c log1p(distinct), over history and popular tags
+    (ties by `tag_order`)."""
     cand = set(hist) | set(popular[:limit])
     zero = (0, 0)
+    tie = _tie_key(order)
 
     def score(t: str) -> float:
         n, d = hist.get(t, zero)
         return math.log1p(pop.get(t, 0)) + a * math.log1p(n) + c * math.log1p(d)
 
-    return sorted(cand, key=lambda t: (-score(t), t))[:limit]
+    return sorted(cand, key=lambda t: (-score(t), tie(t)))[:limit]
 
 
 def tune_blend(
@@ -90,13 +122,14 @@ def tune_blend(
 ) -> tuple[float, float]:
     """(a, c) with the best mean validation Prec@k over `ks` (ties: the smaller a, then c)."""
     pop = popularity_counts(split, train_rows, max_tags)
-    popular = popularity(split, train_rows, max_tags)
+    order = tag_order(split, train_rows, max_tags)
+    popular = popularity(split, train_rows, max_tags, order)
     hists = [history_counts(split, int(i), max_tags) for i in val_rows]
     clicked = [split.clicked_tags(int(i), max_tags) for i in val_rows]
     best, best_ac = -1.0, (0.0, 0.0)
     for a in grid:
         for c in grid:
-            ranked = [blend_ranking(h, pop, popular, a, c, max(ks)) for h in hists]
+            ranked = [blend_ranking(h, pop, popular, a, c, max(ks), order) for h in hists]
             score = float(np.mean([precision_at_k(ranked, clicked, k).value for k in ks]))
             if score > best + 1e-12:
                 best, best_ac = score, (a, c)
@@ -117,11 +150,12 @@ def yardstick_rankings(
 
     `blend` needs `blend=(a, c)` or `val_rows` to tune them on.
     """
-    popular = popularity(split, train_rows, max_tags)
+    order = tag_order(split, train_rows, max_tags)
+    popular = popularity(split, train_rows, max_tags, order)
     if name == "mostpop":
         return [popular[:limit]] * len(test_rows)
     if name == "histfreq":
-        return [history_frequency(split, int(i), popular, limit, max_tags)[:limit] for i in test_rows]
+        return [history_frequency(split, int(i), popular, limit, max_tags, order)[:limit] for i in test_rows]
     if name == "blend":
         if blend is None:
             if val_rows is None:
@@ -129,5 +163,7 @@ def yardstick_rankings(
             blend = tune_blend(split, train_rows, val_rows, max_tags)
         pop = popularity_counts(split, train_rows, max_tags)
         a, c = blend
-        return [blend_ranking(history_counts(split, int(i), max_tags), pop, popular, a, c, limit) for i in test_rows]
+        return [
+            blend_ranking(history_counts(split, int(i), max_tags), pop, popular, a, c, limit, order) for i in test_rows
+        ]
     raise ValueError(f"unknown yardstick {name!r}; valid: {YARDSTICKS}")

@@ -19,6 +19,7 @@ from utpm.features.encoding import FeatureEncoder
 from utpm.features.vocab import Vocabulary
 from utpm.models.history import HistoryModel
 from utpm.models.user_model import UserModel
+from utpm.ranking import top_k
 
 
 @dataclass
@@ -111,5 +112,5 @@ def score_parts(
     history = torch.zeros_like(model_part).scatter_add(1, hist_ids, model.history_scores(hist_feats, hist_mask))
     final = model_part + history
     final[:, : Vocabulary.OOV + 1] = -torch.inf
-    top = final.topk(min(k, model.n_tags - Vocabulary.OOV - 1), dim=1)
-    return ScoreParts(top.indices, top.values, model_part.gather(1, top.indices), history.gather(1, top.indices))
+    top = torch.from_numpy(top_k(final.detach().numpy(), min(k, model.n_tags - Vocabulary.OOV - 1)))
+    return ScoreParts(top, final.gather(1, top), model_part.gather(1, top), history.gather(1, top))

@@ -54,6 +54,7 @@ from utpm.features.spec import FieldKind, FieldSpec
 from utpm.features.vocab import Vocabulary
 from utpm.models.history import HISTORY_MODEL, HistoryModel, HistoryOptions, build_history_model
 from utpm.models.presets import Preset, get_preset
+from utpm.ranking import top_k
 from utpm.training.early_stopping import EarlyStopping, epoch_point
 from utpm.training.samples import build_encoder
 from utpm.training.start import StartProblem, TunedStart, tune_start
@@ -303,7 +304,7 @@ def rank_history(
                 [x[sl] for x in ids], [x[sl] for x in masks], [x[sl] for x in counts], hid[sl], hf[sl], hm[sl]
             )
             s[:, : Vocabulary.OOV + 1] = -torch.inf
-            top = s.topk(k, dim=1).indices.numpy()
+            top = top_k(s.numpy(), k)
             out.extend([[tags.token(int(t)) for t in row] for row in top])
     return out
 

@@ -25,6 +25,7 @@ import torch
 
 from utpm.features.history import PHI_NAMES, HistoryBatch
 from utpm.features.vocab import Vocabulary
+from utpm.ranking import top_k
 
 # Weights tried for each phi feature, and for b_t (positive: the popularity order of the tags outside
 # the user's candidates must stay that of b_t, as in the model).
@@ -115,7 +116,7 @@ class StartProblem:
                 h = (self.hist_feats[lo:hi] @ wt) * self.hist_mask[lo:hi]
                 s = s.scatter_add(1, self.hist_ids[lo:hi], h)
                 s[:, : Vocabulary.OOV + 1] = -torch.inf
-                out.append(s.topk(k, dim=1).indices)
+                out.append(torch.from_numpy(top_k(s.numpy(), k)))
         return torch.cat(out) if out else torch.zeros((0, k), dtype=torch.long)
 
     def precision(self, w_bias: float, w: np.ndarray, ks: Sequence[int]) -> dict[int, float]:

@@ -1,0 +1,36 @@
+"""The one tie rule of the default model's rankings (`utpm.ranking`): equal scores by the lower id."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from utpm.ranking import order_candidates, top_k
+
+
+def _by_rule(row: np.ndarray, k: int) -> list[int]:
+    return sorted(range(len(row)), key=lambda j: (-row[j], j))[:k]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_top_k_orders_equal_scores_by_the_lower_column_even_at_the_kth_place(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 4, size=(50, 40)).astype(np.float32)  # many ties, also at the k-th place
+    scores[:, :2] = -np.inf  # as the reserved ids are
+    for k in (1, 3, 10, 38):
+        got = top_k(scores, k)
+        assert got.shape == (50, k) and got.dtype == np.int64
+        assert got.tolist() == [_by_rule(row, k) for row in scores]
+
+
+def test_top_k_of_more_than_there_is_and_of_nothing() -> None:
+    s = np.asarray([[1.0, 2.0, 2.0]], np.float32)
+    assert top_k(s, 5).tolist() == [[1, 2, 0]]
+    assert top_k(s, 0).shape == (1, 0)
+    assert top_k(np.zeros((0, 3), np.float32), 2).shape == (0, 2)
+
+
+def test_candidates_from_several_sources_are_ordered_by_score_then_id() -> None:
+    scores = np.asarray([[1.0, 3.0, 1.0, -np.inf, 3.0]], np.float32)
+    ids = np.asarray([[9, 7, 4, -1, 5]])
+    assert ids[0, order_candidates(scores, ids)[0]].tolist() == [5, 7, 4, 9, -1]
