@@ -31,6 +31,7 @@ def test_the_default_models_benchmark_bundle_builds_and_serves(tmp_path: Path) -
     assert manifest["dims"]["user"] == 128  # the paper preset's U: the structured tag vectors fit
     infos = json.loads((built.bundle / "index_infos.json").read_text())
     assert infos["two_stage"]["users"] > 0 and 0.0 < infos["two_stage"]["recall@50"] <= 1.0
+    assert "heldout_users" in infos["queries"]["sources"]  # its own users, not the paper model's structured queries
     payload = json.loads(built.payloads.read_text().splitlines()[0])
     engine = ProfileEngine.load(built.bundle, Settings.model_validate({"bundle": str(built.bundle)}))
     profile = engine.compute([engine.encode(payload["features"], 10, False)])[0]
