@@ -19,7 +19,7 @@ import numpy as np
 from index.tag_index import TagIndex
 from model_export.bundle import Bundle
 from model_export.scorer import RESERVED, history_scores
-from utpm.ranking import order_candidates
+from utpm.ranking import top_k
 
 POPULAR_CANDIDATES = 1024  # M: M dot products per user, small next to the model run
 NORM_CHUNK = 65_536  # rows of the tag table per step of the norm scan (no full-table temporaries)
@@ -76,13 +76,13 @@ class TwoStageSearch:
             fresh = (i >= RESERVED) & (self.popular_slot[np.where(i >= RESERVED, i, 0)] < 0)
             ann_ids[rows] = np.where(fresh, i, -1)
             ann_s[rows] = np.where(fresh, s, -np.inf)
-        # one sort of every row's candidates (popular, history, index), ties by the lower tag id as in
+        # the top-k of every row's candidates (popular, history, index), ties by the lower tag id as in
         # every ranking (utpm.ranking); excluded ones are -inf and come last, as padding
         cand = np.concatenate(
             [np.broadcast_to(self.popular, pop_scores.shape), np.where(hist_ok, hist_ids, -1), ann_ids], 1
         )
         cs = np.concatenate([both, ann_s], axis=1)
-        top = order_candidates(cs, cand)[:, :k]
+        top = top_k(cs, k, ids=cand)
         scores = np.take_along_axis(cs, top, axis=1).astype(np.float32)
         ids = np.where(np.isfinite(scores), np.take_along_axis(cand, top, axis=1), -1)
         if ids.shape[1] < k:

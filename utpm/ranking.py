@@ -14,33 +14,24 @@ from __future__ import annotations
 import numpy as np
 
 
-def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """scores (B, n) -> (B, min(k, n)) column ids, best first, equal scores by the lower column.
+def top_k(scores: np.ndarray, k: int, ids: np.ndarray | None = None) -> np.ndarray:
+    """scores (B, m) -> (B, min(k, m)) column positions, best first, equal scores by the lower id.
 
-    Exact at the k-th place too: of the columns tied with the k-th best score, the lowest ones are
-    kept. Scores must not be NaN.
+    `ids` (B, m) are the tag ids of the columns (candidates gathered from several sources); without
+    them a column's position is its id. Exact at the k-th place too: of the columns tied with the
+    k-th best score, those of the lowest ids are kept. Only the k best and their ties are sorted.
+    Scores must not be NaN.
     """
     scores = np.asarray(scores)
-    b, n = scores.shape
-    k = max(0, min(k, n))
+    b, m = scores.shape
+    k = max(0, min(k, m))
     if k == 0 or b == 0:
         return np.zeros((b, k), np.int64)
     kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]  # (B, 1): the k-th best score
-    above_r, above_c = np.nonzero(scores > kth)
-    tie_r, tie_c = np.nonzero(scores == kth)  # row-major: each row's tied columns in ascending order
-    per_row = np.bincount(tie_r, minlength=b)
+    rows, cols = np.nonzero(scores >= kth)
+    tie = cols if ids is None else np.asarray(ids)[rows, cols]
+    order = np.lexsort((tie, -scores[rows, cols], rows))
+    rows, cols = rows[order], cols[order]
     start = np.zeros(b, np.int64)
-    np.cumsum(per_row[:-1], out=start[1:])
-    need = k - np.bincount(above_r, minlength=b)
-    keep = (np.arange(len(tie_r)) - start[tie_r]) < need[tie_r]
-    rows = np.concatenate([above_r, tie_r[keep]])
-    cols = np.concatenate([above_c, tie_c[keep]])
-    cols = cols[np.lexsort((cols, rows))].reshape(b, k)  # each row's k columns in ascending order
-    order = np.argsort(-np.take_along_axis(scores, cols, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(cols, order, axis=1).astype(np.int64)
-
-
-def order_candidates(scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """scores, ids (B, m) of each row's candidates -> (B, m) positions, best score first, equal
-    scores by the lower id (the rule of `top_k` for candidates gathered from several sources)."""
-    return np.lexsort((ids, -np.asarray(scores)), axis=1)
+    np.cumsum(np.bincount(rows, minlength=b)[:-1], out=start[1:])
+    return cols[(np.arange(len(rows)) - start[rows]) < k].reshape(b, k).astype(np.int64)

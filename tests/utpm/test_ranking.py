@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from utpm.ranking import order_candidates, top_k
+from utpm.ranking import top_k
 
 
 def _by_rule(row: np.ndarray, k: int) -> list[int]:
@@ -31,6 +31,7 @@ def test_top_k_of_more_than_there_is_and_of_nothing() -> None:
 
 
 def test_candidates_from_several_sources_are_ordered_by_score_then_id() -> None:
-    scores = np.asarray([[1.0, 3.0, 1.0, -np.inf, 3.0]], np.float32)
-    ids = np.asarray([[9, 7, 4, -1, 5]])
-    assert ids[0, order_candidates(scores, ids)[0]].tolist() == [5, 7, 4, 9, -1]
+    scores = np.asarray([[1.0, 3.0, 1.0, -np.inf, 3.0], [0.0, 0.0, 0.0, 0.0, 0.0]], np.float32)
+    ids = np.asarray([[9, 7, 4, -1, 5], [8, 6, 7, 3, 9]])
+    assert top_k(scores, 5, ids=ids).tolist() == [[4, 1, 2, 0, 3], [3, 1, 2, 0, 4]]
+    assert top_k(scores, 2, ids=ids).tolist() == [[4, 1], [3, 1]]
