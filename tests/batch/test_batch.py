@@ -100,7 +100,9 @@ def _set_counter(port: int, db: int, stop_word: str) -> tuple[threading.Thread, 
     ready = threading.Event()
 
     def watch() -> None:
-        client = redis.Redis(port=port)
+        # no read timeout (redis-py's default is 5 s): on a loaded machine the resumed job can take
+        # longer than that to send its first SET, and a timed-out MONITOR would stop counting
+        client = redis.Redis(port=port, socket_timeout=None)
         with client.monitor() as m:
             ready.set()
             for event in m.listen():
