@@ -22,6 +22,7 @@ import numpy as np
 from utpm.features.encoding import EncodedBatch, FeatureEncoder, RawFeatures
 from utpm.features.history import HistoryBatch, HistoryEncoder
 from utpm.features.spec import FieldKind
+from utpm.ranking import top_k as ranked_top_k
 
 Runner = Callable[[EncodedBatch], list[np.ndarray]]
 
@@ -48,10 +49,7 @@ def top_k_ids(u: np.ndarray, tag_embeddings: np.ndarray, k: int, reserved: int =
     Ids below `reserved` (padding 0, OOV 1) are never returned. Exact: what an index is judged by.
     """
     scores = np.asarray(u, dtype=np.float32) @ np.asarray(tag_embeddings[reserved:], dtype=np.float32).T  # (B, T-r)
-    k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]  # (B, k), unordered
-    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1) + reserved  # (B, k)
+    return ranked_top_k(scores, k) + reserved  # (B, k), equal scores by the lower id
 
 
 def same_sets(a: np.ndarray, b: np.ndarray) -> np.ndarray:

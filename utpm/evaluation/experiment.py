@@ -26,7 +26,7 @@ from utpm.data.loading import Dataset, load_dataset
 from utpm.data.protocol import ProtocolSplit, split_protocol, train_val_rows
 from utpm.evaluation.metrics import precision_at_k, user_precision
 from utpm.evaluation.personalisation import bootstrap_mean_ci, personalisation
-from utpm.evaluation.yardsticks import YARDSTICKS, tune_blend, yardstick_rankings
+from utpm.evaluation.yardsticks import YARDSTICKS, tag_order, tune_blend, yardstick_rankings
 
 # The paper's ablation ladder (Tables 2, 3) and UTPM; `utpm` is af2-cf with the joint loss.
 PAPER_MODELS = ("youtube", "af1-unshared", "af1", "af2", "af2-cf", "af2-afm", "af2-nfm", "af2-dcn", "af2-autoint")
@@ -315,10 +315,11 @@ def yardstick_runs(
         split = make_split(data, seed, folds)
         train_rows, val_rows = train_val_rows(split, VAL_FRACTION, seed)
         test_rows = split.indices(test=True)
-        blend = tune_blend(split, train_rows, val_rows, max_tags, ks)
+        order = tag_order(split, train_rows, max_tags)  # one read of the training events per split
+        blend = tune_blend(split, train_rows, val_rows, max_tags, ks, order=order)
         for name in YARDSTICKS:
             ranked = yardstick_rankings(
-                name, split, train_rows, test_rows, max_tags, limit=max(PERSONAL_K, *ks), blend=blend
+                name, split, train_rows, test_rows, max_tags, limit=max(PERSONAL_K, *ks), blend=blend, order=order
             )
             run: dict[str, Any] = {"model": name, "loss": "-", "seed": seed, "yardstick": True}
             if name == "blend":

@@ -56,12 +56,10 @@ def popularity_counts(split: ProtocolSplit, train_rows: np.ndarray, max_tags: in
     return counts
 
 
-def popularity(
-    split: ProtocolSplit, train_rows: np.ndarray, max_tags: int | None, order: dict[str, int] | None = None
-) -> list[str]:
+def popularity(split: ProtocolSplit, train_rows: np.ndarray, max_tags: int | None, order: dict[str, int]) -> list[str]:
     """Tags ranked by frequency among the training users' label-1 items (ties by `tag_order`)."""
     counts = popularity_counts(split, train_rows, max_tags)
-    tie = _tie_key(tag_order(split, train_rows, max_tags) if order is None else order)
+    tie = _tie_key(order)
     return sorted(counts, key=lambda t: (-counts[t], tie(t)))
 
 
@@ -119,10 +117,12 @@ def tune_blend(
     max_tags: int | None,
     ks: Sequence[int] = (1, 2, 3),
     grid: Sequence[float] = BLEND_GRID,
+    order: dict[str, int] | None = None,
 ) -> tuple[float, float]:
-    """(a, c) with the best mean validation Prec@k over `ks` (ties: the smaller a, then c)."""
+    """(a, c) with the best mean validation Prec@k over `ks` (ties: the smaller a, then c); `order`:
+    the split's `tag_order`, when the caller has it already."""
     pop = popularity_counts(split, train_rows, max_tags)
-    order = tag_order(split, train_rows, max_tags)
+    order = tag_order(split, train_rows, max_tags) if order is None else order
     popular = popularity(split, train_rows, max_tags, order)
     hists = [history_counts(split, int(i), max_tags) for i in val_rows]
     clicked = [split.clicked_tags(int(i), max_tags) for i in val_rows]
@@ -145,12 +145,14 @@ def yardstick_rankings(
     limit: int = 50,
     val_rows: np.ndarray | None = None,
     blend: tuple[float, float] | None = None,
+    order: dict[str, int] | None = None,
 ) -> list[list[str]]:
     """Ranked tags for each test user under yardstick `name`, items cut to their first `max_tags` tags.
 
-    `blend` needs `blend=(a, c)` or `val_rows` to tune them on.
+    `blend` needs `blend=(a, c)` or `val_rows` to tune them on. `order`: the split's `tag_order`, when
+    the caller has it already (it reads every training event).
     """
-    order = tag_order(split, train_rows, max_tags)
+    order = tag_order(split, train_rows, max_tags) if order is None else order
     popular = popularity(split, train_rows, max_tags, order)
     if name == "mostpop":
         return [popular[:limit]] * len(test_rows)
@@ -160,7 +162,7 @@ def yardstick_rankings(
         if blend is None:
             if val_rows is None:
                 raise ValueError("the blend yardstick needs validation rows to tune a and c on, or blend=(a, c)")
-            blend = tune_blend(split, train_rows, val_rows, max_tags)
+            blend = tune_blend(split, train_rows, val_rows, max_tags, order=order)
         pop = popularity_counts(split, train_rows, max_tags)
         a, c = blend
         return [
