@@ -12,7 +12,7 @@ from utpm.data.loading import Dataset
 from utpm.data.protocol import split_protocol
 from utpm.evaluation.experiment import paired_gap, verdict
 from utpm.evaluation.metrics import precision_at_k, unique_top, user_precision
-from utpm.evaluation.yardsticks import tag_order, yardstick_rankings
+from utpm.evaluation.yardsticks import PLANTED, tag_order, yardstick_rankings
 
 
 def test_user_precision_divides_by_min_k_and_c() -> None:
@@ -63,6 +63,20 @@ def test_yardsticks_rank_by_training_popularity_and_own_history() -> None:
         assert ranked[0] == own_first
     with pytest.raises(ValueError, match="unknown yardstick"):
         yardstick_rankings("oracle", split, train, test, max_tags=3)
+
+
+def test_planted_first_is_the_blend_with_the_planted_interests_moved_first() -> None:
+    split = split_protocol(_data(), seed=0, test_fraction=0.5)
+    train, test = split.indices(test=False), split.indices(test=True)
+    blend = yardstick_rankings("blend", split, train, test, max_tags=3, limit=4, blend=(1.0, 0.0))
+    # 'niche' is in no history of the even users and below 'pop' for the odd ones
+    planted = [{"niche"} for _ in test]
+    ranked = yardstick_rankings(PLANTED, split, train, test, max_tags=3, limit=4, blend=(1.0, 0.0), planted=planted)
+    for b, r in zip(blend, ranked, strict=True):
+        assert r[0] == "niche" and r[1:] == [t for t in b if t != "niche"][:3]
+    assert any(b[0] != "niche" for b in blend)  # the reference changed something
+    with pytest.raises(ValueError, match="planted interests"):
+        yardstick_rankings(PLANTED, split, train, test, max_tags=3, blend=(1.0, 0.0))
 
 
 def test_yardsticks_break_ties_by_the_models_tag_ids() -> None:

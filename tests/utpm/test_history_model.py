@@ -188,6 +188,32 @@ def test_experiment_reports_three_yardsticks_intervals_and_personalisation(tmp_p
     assert all(0.0 <= p["jaccard"] <= 1.0 and p["distinct_tags"] >= 1 for p in personal)
 
 
+def test_with_planted_interests_the_experiment_adds_the_planted_first_reference(tmp_path: Path) -> None:
+    """truth.csv (synthetic data) adds `planted-first`, a reference row: flagged as no model, ranked
+    with the planted interests first (so its recovery@1 is 1), and left out of the "highest mean" line."""
+    from utpm.evaluation.experiment import ExperimentResult, yardstick_runs
+    from utpm.evaluation.report import _best, _gaps
+
+    data = synthetic_dataset(n_users=20, events=12)
+    path = _write(data, tmp_path / "data")
+    tags = sorted({t for ts in data.items["tags"] for t in ts})
+    users = sorted(data.events["user_id"].unique())
+    (path / "truth.csv").write_text("user_id,tag\n" + "".join(f"{u},{tags[-1]}\n" for u in users))
+    runs = yardstick_runs(str(path), [0, 1], (1, 2), max_tags=3, folds=2)
+    planted = [r for r in runs if r["model"] == "planted-first"]
+    assert len(planted) == 2 and all(r["yardstick"] and r["recovery@1"] == 1.0 for r in planted)
+    assert {r["model"] for r in runs} == {"mostpop", "histfreq", "blend", "planted-first"}
+    result = ExperimentResult(dataset=str(path), protocol={}, runs=runs)
+    assert all(r["yardstick"] for r in result.summary((1, 2)))
+    assert "planted-first" not in _best(result, (1, 2), "prec")
+    # a model row that is the blend: its gap to the reference is the blend's headroom
+    result.runs += [{**r, "model": "m", "loss": "x", "yardstick": False} for r in runs if r["model"] == "blend"]
+    rows = [r for r in result.intervals((1, 2), n_boot=50) if not r["yardstick"]]
+    assert all(set(r["vs"]) == {"mostpop", "histfreq", "blend", "planted-first"} for r in rows)
+    assert all(r["vs"]["blend"]["gap"] == 0.0 for r in rows)
+    assert "| m | x | planted-first |" in "\n".join(_gaps(result, (1, 2), "prec"))
+
+
 def test_personalisation_of_identical_and_disjoint_lists() -> None:
     from utpm.evaluation.personalisation import personalisation
 

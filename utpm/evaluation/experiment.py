@@ -26,7 +26,7 @@ from utpm.data.loading import Dataset, load_dataset
 from utpm.data.protocol import ProtocolSplit, split_protocol, train_val_rows
 from utpm.evaluation.metrics import precision_at_k, user_precision
 from utpm.evaluation.personalisation import bootstrap_mean_ci, personalisation
-from utpm.evaluation.yardsticks import YARDSTICKS, tag_order, tune_blend, yardstick_rankings
+from utpm.evaluation.yardsticks import PLANTED, REFERENCES, YARDSTICKS, tag_order, tune_blend, yardstick_rankings
 
 # The paper's ablation ladder (Tables 2, 3) and UTPM; `utpm` is af2-cf with the joint loss.
 PAPER_MODELS = ("youtube", "af1-unshared", "af1", "af2", "af2-cf", "af2-afm", "af2-nfm", "af2-dcn", "af2-autoint")
@@ -134,7 +134,7 @@ class ExperimentResult:
                 }
                 if variant:
                     row["variant"] = variant
-                row["yardstick"] = model in YARDSTICKS
+                row["yardstick"] = model in REFERENCES
                 rows.append(row)
         return rows
 
@@ -166,7 +166,7 @@ class ExperimentResult:
             if row["yardstick"]:
                 continue
             row["vs"] = {}
-            for y in YARDSTICKS:
+            for y in REFERENCES:
                 theirs = self._per_user(y, "-", "", key)
                 pairs = {k: v - theirs[k] for k, v in mine.items() if k in theirs}
                 if not pairs:
@@ -184,7 +184,7 @@ class ExperimentResult:
                 groups.setdefault((r["model"], r["loss"], r.get("variant", "")), []).append(r["personalisation"])
         out = []
         for (model, loss, variant), ps in groups.items():
-            row: dict[str, Any] = {"model": model, "loss": loss, "yardstick": model in YARDSTICKS, "k": PERSONAL_K}
+            row: dict[str, Any] = {"model": model, "loss": loss, "yardstick": model in REFERENCES, "k": PERSONAL_K}
             if variant:
                 row["variant"] = variant
             row.update({k: float(np.mean([p[k] for p in ps])) for k in ("jaccard", "distinct_tags", "top1_share")})
@@ -308,8 +308,10 @@ def run_job(data_path: str, job: Job, ks: Sequence[int], updates: Any = None) ->
 def yardstick_runs(
     data_path: str, seeds: Sequence[int], ks: Sequence[int], max_tags: int, folds: int = 0
 ) -> list[dict[str, Any]]:
-    """mostpop, histfreq and the tuned blend on each run's split, from the models' training rows."""
+    """mostpop, histfreq and the tuned blend on each run's split, from the models' training rows; with
+    planted interests (truth.csv) also the `planted-first` reference."""
     data = _dataset(data_path)
+    truth = _CACHE.get("truth")
     runs = []
     for seed in seeds:
         split = make_split(data, seed, folds)
@@ -317,12 +319,21 @@ def yardstick_runs(
         test_rows = split.indices(test=True)
         order = tag_order(split, train_rows, max_tags)  # one read of the training events per split
         blend = tune_blend(split, train_rows, val_rows, max_tags, ks, order=order)
-        for name in YARDSTICKS:
+        planted = None if truth is None else [truth.get(str(split.user_ids[i]), set()) for i in test_rows]
+        for name in YARDSTICKS if planted is None else REFERENCES:
             ranked = yardstick_rankings(
-                name, split, train_rows, test_rows, max_tags, limit=max(PERSONAL_K, *ks), blend=blend, order=order
+                name,
+                split,
+                train_rows,
+                test_rows,
+                max_tags,
+                limit=max(PERSONAL_K, *ks),
+                blend=blend,
+                order=order,
+                planted=planted,
             )
             run: dict[str, Any] = {"model": name, "loss": "-", "seed": seed, "yardstick": True}
-            if name == "blend":
+            if name in ("blend", PLANTED):
                 run["blend_a"], run["blend_c"] = blend
             _score_rankings(run, split, test_rows, ranked, ks, max_tags)
             runs.append(run)

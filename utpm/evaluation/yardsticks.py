@@ -8,6 +8,11 @@
   tag), with a and c chosen on the validation users (`tune_blend`): the bar a model that claims to
   learn the user must clear.
 
+And one reference that is not a yardstick, only where the data has planted interests (synthetic
+data, `truth.csv`): `planted-first`, the blend's ranking with the test user's planted interests moved
+to the front (in the blend's order). It reads the truth of the users it ranks, so no model is asked
+to beat it: it says what knowing every user's interests exactly would add to the blend.
+
 Every yardstick is given the same training rows as the models (`utpm.data.protocol.train_val_rows`)
 and breaks ties as the models do (`utpm.ranking`): by the tag's frequency among the training users'
 events, then its name (`tag_order`, the order of the models' tag ids). A model that does not beat
@@ -26,6 +31,9 @@ from utpm.data.protocol import ProtocolSplit
 from utpm.evaluation.metrics import precision_at_k
 
 YARDSTICKS = ("mostpop", "histfreq", "blend")
+PLANTED = "planted-first"
+# every row of an experiment that is not a model
+REFERENCES = (*YARDSTICKS, PLANTED)
 BLEND_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
 
@@ -96,10 +104,11 @@ def blend_ranking(
     c: float,
     limit: int,
     order: dict[str, int],
+    first: frozenset[str] | set[str] = frozenset(),
 ) -> list[str]:
     """Ranked tags by log1p(pop) + a log1p(count) + c log1p(distinct), over history and popular tags
-    (ties by `tag_order`)."""
-    cand = set(hist) | set(popular[:limit])
+    (ties by `tag_order`); the tags in `first` (candidates too) before all others, in the same order."""
+    cand = set(hist) | set(popular[:limit]) | set(first)
     zero = (0, 0)
     tie = _tie_key(order)
 
@@ -107,7 +116,7 @@ def blend_ranking(
         n, d = hist.get(t, zero)
         return math.log1p(pop.get(t, 0)) + a * math.log1p(n) + c * math.log1p(d)
 
-    return sorted(cand, key=lambda t: (-score(t), tie(t)))[:limit]
+    return sorted(cand, key=lambda t: (t not in first, -score(t), tie(t)))[:limit]
 
 
 def tune_blend(
@@ -146,11 +155,14 @@ def yardstick_rankings(
     val_rows: np.ndarray | None = None,
     blend: tuple[float, float] | None = None,
     order: dict[str, int] | None = None,
+    planted: Sequence[set[str]] | None = None,
 ) -> list[list[str]]:
-    """Ranked tags for each test user under yardstick `name`, items cut to their first `max_tags` tags.
+    """Ranked tags for each test user under yardstick `name` (or the `planted-first` reference), items
+    cut to their first `max_tags` tags.
 
-    `blend` needs `blend=(a, c)` or `val_rows` to tune them on. `order`: the split's `tag_order`, when
-    the caller has it already (it reads every training event).
+    `blend` and `planted-first` need `blend=(a, c)` or `val_rows` to tune them on; `planted-first` also
+    `planted`, each test user's planted interests. `order`: the split's `tag_order`, when the caller has
+    it already (it reads every training event).
     """
     order = tag_order(split, train_rows, max_tags) if order is None else order
     popular = popularity(split, train_rows, max_tags, order)
@@ -158,14 +170,19 @@ def yardstick_rankings(
         return [popular[:limit]] * len(test_rows)
     if name == "histfreq":
         return [history_frequency(split, int(i), popular, limit, max_tags, order)[:limit] for i in test_rows]
-    if name == "blend":
+    if name in ("blend", PLANTED):
+        if name == PLANTED and (planted is None or len(planted) != len(test_rows)):
+            raise ValueError(f"{PLANTED!r} needs the planted interests of every test user")
         if blend is None:
             if val_rows is None:
                 raise ValueError("the blend yardstick needs validation rows to tune a and c on, or blend=(a, c)")
             blend = tune_blend(split, train_rows, val_rows, max_tags, order=order)
         pop = popularity_counts(split, train_rows, max_tags)
         a, c = blend
+        none: set[str] = set()
+        firsts = planted if name == PLANTED and planted is not None else [none] * len(test_rows)
         return [
-            blend_ranking(history_counts(split, int(i), max_tags), pop, popular, a, c, limit, order) for i in test_rows
+            blend_ranking(history_counts(split, int(i), max_tags), pop, popular, a, c, limit, order, first)
+            for i, first in zip(test_rows, firsts, strict=True)
         ]
-    raise ValueError(f"unknown yardstick {name!r}; valid: {YARDSTICKS}")
+    raise ValueError(f"unknown yardstick {name!r}; valid: {REFERENCES}")
