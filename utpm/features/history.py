@@ -20,8 +20,10 @@ Torch-free: numpy only, so the service can use it.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, repeat
@@ -58,6 +60,8 @@ N_BASE_PHI = 6
 # past MAX_FIT_PAIRS raw pairs (8 bytes each) it learns from a seeded sample of the users.
 PAIR_CHUNK = 20_000_000
 MAX_FIT_PAIRS = 400_000_000
+# TagStats.transitions sums a batch's terms in one dense (user, tag) array up to this size, else by sorting
+DENSE_CODES = 1 << 18
 
 
 @dataclass
@@ -73,32 +77,43 @@ class FieldStats:
         return len(self.values)
 
 
+@functools.lru_cache(maxsize=256)
+def _cached_weights(n: int) -> tuple[float, ...]:
+    return tuple(math.exp(-RECENCY_DECAY * (n - 1 - p) / n) for p in range(n))
+
+
+def recency_weights(n: int) -> Sequence[float]:
+    """exp(-RECENCY_DECAY * age) of the positions 0 .. n-1 of a history of n (the most recent last);
+    cached for request-sized n, as the encoding holds the GIL on the service's hot path."""
+    if n <= 1024:
+        return _cached_weights(n)
+    return [math.exp(-RECENCY_DECAY * (n - 1 - p) / n) for p in range(n)]
+
+
 def stats_from_sequence(seq: Sequence[str], items: Sequence[object] | None = None) -> FieldStats:
     """Occurrences in time order (oldest first); `items[i]` is the item occurrence i came from, if known."""
     n = len(seq)
+    weights = recency_weights(n)
     if items is None and len(set(seq)) == n:
         # no repeats (the common request): each value once, in order, with the same weights as below
-        return FieldStats(
-            values=list(seq),
-            count=[1.0] * n,
-            distinct=[1.0] * n,
-            recency=[0.0 + math.exp(-RECENCY_DECAY * (n - 1 - p) / n) for p in range(n)],
-        )
-    count: dict[str, float] = {}
+        return FieldStats(values=list(seq), count=[1.0] * n, distinct=[1.0] * n, recency=list(weights))
+    # each value's weights summed in time order (the same float sums in training and serving)
     recency: dict[str, float] = {}
-    item_sets: dict[str, set[object]] = {}
-    for p, v in enumerate(seq):
-        count[v] = count.get(v, 0.0) + 1.0
-        recency[v] = recency.get(v, 0.0) + math.exp(-RECENCY_DECAY * (n - 1 - p) / n)
-        if items is not None:
-            item_sets.setdefault(v, set()).add(items[p])
-        # re-inserting moves v to the end: dict order becomes the order of last occurrences
-        count[v] = count.pop(v)
-    values = list(count)
+    for v, w in zip(seq, weights, strict=True):
+        recency[v] = recency.get(v, 0.0) + w
+    counts = Counter(seq)
+    values = list(dict.fromkeys(reversed(seq)))[::-1]  # in the order of their last occurrence
+    if items is None:
+        distinct = [float(counts[v]) for v in values]
+    else:
+        item_sets: dict[str, set[object]] = {}
+        for v, item in zip(seq, items, strict=True):
+            item_sets.setdefault(v, set()).add(item)
+        distinct = [float(len(item_sets[v])) for v in values]
     return FieldStats(
         values=values,
-        count=[count[v] for v in values],
-        distinct=[float(len(item_sets[v])) if items is not None else count[v] for v in values],
+        count=[float(counts[v]) for v in values],
+        distinct=distinct,
         recency=[recency[v] for v in values],
     )
 
@@ -126,12 +141,12 @@ def parse_field(field_name: str, raw: object) -> FieldStats:
     if isinstance(raw, Mapping):
         pairs = [(str(k), _as_count(field_name, str(k), c)) for k, c in raw.items()]
         pairs = [(k, c) for k, c in pairs if c > 0]
-        n = len(pairs)
+        weights = recency_weights(len(pairs))
         return FieldStats(
             values=[k for k, _ in pairs],
             count=[c for _, c in pairs],
             distinct=[c for _, c in pairs],
-            recency=[c * math.exp(-RECENCY_DECAY * (n - 1 - p) / n) for p, (_, c) in enumerate(pairs)],
+            recency=[c * w for (_, c), w in zip(pairs, weights, strict=True)],
         )
     if isinstance(raw, list | tuple):
         bad = [v for v in raw if not isinstance(v, str)]
@@ -287,6 +302,12 @@ class TagStats:
         idx = np.repeat(lo - (np.cumsum(n) - n), n) + np.arange(total)
         w = np.repeat(np.asarray(weights, np.float64), n) * self.lift[idx]
         code = np.repeat(np.asarray(rows, np.int64), n) * self.n_tags + self.indices[idx]
+        size = (int(rows[-1]) + 1) * self.n_tags
+        if size <= DENSE_CODES:
+            # few tags: one slot per (user, tag); bincount adds each slot's terms in position order, as below
+            score = np.bincount(code, w, size)
+            found = np.flatnonzero(np.bincount(code, minlength=size))
+            return found // self.n_tags, found % self.n_tags, score[found]
         # = np.unique(code, return_inverse=True) and a bincount, faster: one plain sort of (code, position)
         # keys orders the terms by user and tag and, within a tag, by position, so each user's tag's terms
         # are summed in the same order (to the same bits) whatever the batch
