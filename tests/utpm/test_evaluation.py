@@ -12,7 +12,7 @@ from utpm.data.loading import Dataset
 from utpm.data.protocol import split_protocol
 from utpm.evaluation.experiment import paired_gap, verdict
 from utpm.evaluation.metrics import precision_at_k, unique_top, user_precision
-from utpm.evaluation.yardsticks import PLANTED, tag_order, yardstick_rankings
+from utpm.evaluation.yardsticks import PLANTED, PLANTED_SEEN, tag_order, yardstick_rankings
 
 
 def test_user_precision_divides_by_min_k_and_c() -> None:
@@ -75,6 +75,12 @@ def test_planted_first_is_the_blend_with_the_planted_interests_moved_first() -> 
     for b, r in zip(blend, ranked, strict=True):
         assert r[0] == "niche" and r[1:] == [t for t in b if t != "niche"][:3]
     assert any(b[0] != "niche" for b in blend)  # the reference changed something
+    # planted-seen-first moves only the planted tags among the user's history tags: 'niche' is in the
+    # odd users' histories (item q), not in the even users'
+    seen = yardstick_rankings(PLANTED_SEEN, split, train, test, max_tags=3, limit=4, blend=(1.0, 0.0), planted=planted)
+    for i, b, r, p in zip(test, blend, seen, ranked, strict=True):
+        assert r == (p if int(split.user_ids[i]) % 2 else b)
+    assert {int(split.user_ids[i]) % 2 for i in test} == {0, 1}
     with pytest.raises(ValueError, match="planted interests"):
         yardstick_rankings(PLANTED, split, train, test, max_tags=3, blend=(1.0, 0.0))
 

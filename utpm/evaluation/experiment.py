@@ -26,7 +26,7 @@ from utpm.data.loading import Dataset, load_dataset
 from utpm.data.protocol import ProtocolSplit, split_protocol, train_val_rows
 from utpm.evaluation.metrics import precision_at_k, user_precision
 from utpm.evaluation.personalisation import bootstrap_mean_ci, personalisation
-from utpm.evaluation.yardsticks import PLANTED, REFERENCES, YARDSTICKS, tag_order, tune_blend, yardstick_rankings
+from utpm.evaluation.yardsticks import ORACLES, REFERENCES, YARDSTICKS, tag_order, tune_blend, yardstick_rankings
 
 # The paper's ablation ladder (Tables 2, 3) and UTPM; `utpm` is af2-cf with the joint loss.
 PAPER_MODELS = ("youtube", "af1-unshared", "af1", "af2", "af2-cf", "af2-afm", "af2-nfm", "af2-dcn", "af2-autoint")
@@ -309,7 +309,7 @@ def yardstick_runs(
     data_path: str, seeds: Sequence[int], ks: Sequence[int], max_tags: int, folds: int = 0
 ) -> list[dict[str, Any]]:
     """mostpop, histfreq and the tuned blend on each run's split, from the models' training rows; with
-    planted interests (truth.csv) also the `planted-first` reference."""
+    planted interests (truth.csv) also the `planted-first` and `planted-seen-first` references."""
     data = _dataset(data_path)
     truth = _CACHE.get("truth")
     runs = []
@@ -333,7 +333,7 @@ def yardstick_runs(
                 planted=planted,
             )
             run: dict[str, Any] = {"model": name, "loss": "-", "seed": seed, "yardstick": True}
-            if name in ("blend", PLANTED):
+            if name in ("blend", *ORACLES):
                 run["blend_a"], run["blend_c"] = blend
             _score_rankings(run, split, test_rows, ranked, ks, max_tags)
             runs.append(run)

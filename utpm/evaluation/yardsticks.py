@@ -8,10 +8,12 @@
   tag), with a and c chosen on the validation users (`tune_blend`): the bar a model that claims to
   learn the user must clear.
 
-And one reference that is not a yardstick, only where the data has planted interests (synthetic
+And two references that are not yardsticks, only where the data has planted interests (synthetic
 data, `truth.csv`): `planted-first`, the blend's ranking with the test user's planted interests moved
-to the front (in the blend's order). It reads the truth of the users it ranks, so no model is asked
-to beat it: it says what knowing every user's interests exactly would add to the blend.
+to the front (in the blend's order), and `planted-seen-first`, the same with only the planted
+interests among the user's history tags moved. They read the truth of the users they rank, so no
+model is asked to beat them: they say what knowing every user's interests exactly would add to the
+blend, and how much of that a better ranking of the tags the history already shows could reach.
 
 Every yardstick is given the same training rows as the models (`utpm.data.protocol.train_val_rows`)
 and breaks ties as the models do (`utpm.ranking`): by the tag's frequency among the training users'
@@ -32,8 +34,10 @@ from utpm.evaluation.metrics import precision_at_k
 
 YARDSTICKS = ("mostpop", "histfreq", "blend")
 PLANTED = "planted-first"
+PLANTED_SEEN = "planted-seen-first"
+ORACLES = (PLANTED, PLANTED_SEEN)  # read the test users' planted interests
 # every row of an experiment that is not a model
-REFERENCES = (*YARDSTICKS, PLANTED)
+REFERENCES = (*YARDSTICKS, *ORACLES)
 BLEND_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
 
@@ -157,10 +161,10 @@ def yardstick_rankings(
     order: dict[str, int] | None = None,
     planted: Sequence[set[str]] | None = None,
 ) -> list[list[str]]:
-    """Ranked tags for each test user under yardstick `name` (or the `planted-first` reference), items
-    cut to their first `max_tags` tags.
+    """Ranked tags for each test user under yardstick `name` (or an `ORACLES` reference), items cut to
+    their first `max_tags` tags.
 
-    `blend` and `planted-first` need `blend=(a, c)` or `val_rows` to tune them on; `planted-first` also
+    `blend` and the references need `blend=(a, c)` or `val_rows` to tune them on; the references also
     `planted`, each test user's planted interests. `order`: the split's `tag_order`, when the caller has
     it already (it reads every training event).
     """
@@ -170,9 +174,9 @@ def yardstick_rankings(
         return [popular[:limit]] * len(test_rows)
     if name == "histfreq":
         return [history_frequency(split, int(i), popular, limit, max_tags, order)[:limit] for i in test_rows]
-    if name in ("blend", PLANTED):
-        if name == PLANTED and (planted is None or len(planted) != len(test_rows)):
-            raise ValueError(f"{PLANTED!r} needs the planted interests of every test user")
+    if name in ("blend", *ORACLES):
+        if name in ORACLES and (planted is None or len(planted) != len(test_rows)):
+            raise ValueError(f"{name!r} needs the planted interests of every test user")
         if blend is None:
             if val_rows is None:
                 raise ValueError("the blend yardstick needs validation rows to tune a and c on, or blend=(a, c)")
@@ -180,9 +184,11 @@ def yardstick_rankings(
         pop = popularity_counts(split, train_rows, max_tags)
         a, c = blend
         none: set[str] = set()
-        firsts = planted if name == PLANTED and planted is not None else [none] * len(test_rows)
-        return [
-            blend_ranking(history_counts(split, int(i), max_tags), pop, popular, a, c, limit, order, first)
-            for i, first in zip(test_rows, firsts, strict=True)
-        ]
+        firsts = planted if name in ORACLES and planted is not None else [none] * len(test_rows)
+        out = []
+        for i, first in zip(test_rows, firsts, strict=True):
+            hist = history_counts(split, int(i), max_tags)
+            seen = first & hist.keys() if name == PLANTED_SEEN else first
+            out.append(blend_ranking(hist, pop, popular, a, c, limit, order, seen))
+        return out
     raise ValueError(f"unknown yardstick {name!r}; valid: {REFERENCES}")
