@@ -188,9 +188,10 @@ def test_experiment_reports_three_yardsticks_intervals_and_personalisation(tmp_p
     assert all(0.0 <= p["jaccard"] <= 1.0 and p["distinct_tags"] >= 1 for p in personal)
 
 
-def test_with_planted_interests_the_experiment_adds_the_planted_first_reference(tmp_path: Path) -> None:
-    """truth.csv (synthetic data) adds `planted-first`, a reference row: flagged as no model, ranked
-    with the planted interests first (so its recovery@1 is 1), and left out of the "highest mean" line."""
+def test_with_planted_interests_the_experiment_adds_the_planted_references(tmp_path: Path) -> None:
+    """truth.csv (synthetic data) adds `planted-first` and `planted-seen-first`, reference rows: flagged
+    as no model, `planted-first` ranked with the planted interests first (so its recovery@1 is 1), both
+    left out of the "highest mean" line and shown in the gaps."""
     from utpm.evaluation.experiment import ExperimentResult, yardstick_runs
     from utpm.evaluation.report import _best, _gaps
 

@@ -170,6 +170,7 @@ def _gaps(result: ExperimentResult, ks: Sequence[int], metric: str) -> list[str]
     rows = [r for r in result.intervals(ks, metric) if r.get("vs")]
     if not rows:
         return []
+    shown = [*YARDSTICKS, *(o for o in ORACLES if any(o in r["vs"] for r in rows))]
     lines = [
         f"### Gaps to the yardsticks with paired bootstrap 95% intervals ({metric})",
         "",
@@ -181,7 +182,7 @@ def _gaps(result: ExperimentResult, ks: Sequence[int], metric: str) -> list[str]
             "(the blend with them moved first; the second only those among the user's history tags), so a gap "
             "to the first says what knowing each user's interests exactly would add, to the second how much of "
             "that a better ranking of the tags the history shows could reach."
-            if any(PLANTED in r["vs"] for r in rows)
+            if PLANTED in shown
             else ""
         ),
         "",
@@ -191,7 +192,7 @@ def _gaps(result: ExperimentResult, ks: Sequence[int], metric: str) -> list[str]
     by = {(r["model"], r["loss"], r.get("variant", ""), r["k"]): r for r in rows}
     for model, loss, variant in dict.fromkeys((r["model"], r["loss"], r.get("variant", "")) for r in rows):
         name = model + (f" [{variant}]" if variant else "")
-        for y in [*YARDSTICKS, *(o for o in ORACLES if any(o in r["vs"] for r in rows))]:
+        for y in shown:
             cells = []
             for k in ks:
                 g = by.get((model, loss, variant, k), {}).get("vs", {}).get(y)

@@ -77,17 +77,17 @@ class FieldStats:
         return len(self.values)
 
 
-@functools.lru_cache(maxsize=256)
-def _cached_weights(n: int) -> tuple[float, ...]:
+def _weights(n: int) -> tuple[float, ...]:
     return tuple(math.exp(-RECENCY_DECAY * (n - 1 - p) / n) for p in range(n))
+
+
+_cached_weights = functools.lru_cache(maxsize=256)(_weights)
 
 
 def recency_weights(n: int) -> Sequence[float]:
     """exp(-RECENCY_DECAY * age) of the positions 0 .. n-1 of a history of n (the most recent last);
     cached for request-sized n, as the encoding holds the GIL on the service's hot path."""
-    if n <= 1024:
-        return _cached_weights(n)
-    return [math.exp(-RECENCY_DECAY * (n - 1 - p) / n) for p in range(n)]
+    return _cached_weights(n) if n <= 1024 else _weights(n)
 
 
 def stats_from_sequence(seq: Sequence[str], items: Sequence[object] | None = None) -> FieldStats:
