@@ -3,7 +3,7 @@ history tags), without scoring every tag.
 
 Candidates scored exactly: the user's history tags (with g) and the `popular` tags, the M with the
 highest b_t (b_t does not depend on the user, so they are chosen once per bundle). A tag outside both
-scores at most `b_(M+1) + |u| * max_t |o_t|`; when the k-th best candidate already reaches that bound
+scores at most `b_(M+1) + |u| * max_t |o_t|`; when the k-th best candidate is already above that bound
 the candidates' top-k is the exact top-k and the index is not searched. Otherwise the index's top-k
 over [u, 1] . [o_t, b_t] (history tags excluded) joins the candidates. With a prior that dominates u . o_t
 (a model near its popularity start) nearly every user is settled exactly without the index, whose IVF
@@ -23,6 +23,8 @@ from utpm.ranking import top_k
 
 POPULAR_CANDIDATES = 1024  # M: M dot products per user, small next to the model run
 NORM_CHUNK = 65_536  # rows of the tag table per step of the norm scan (no full-table temporaries)
+# relative slack on the bound: float32 dot products of the sizes served round well inside it
+BOUND_SLACK = 1e-5
 
 
 @dataclass
@@ -64,8 +66,13 @@ class TwoStageSearch:
         both = np.concatenate([pop_scores, history_scores(u, self.table, self.bias, hist_ids, hist_g)], axis=1)
         kk = min(k, both.shape[1])
         kth = -np.partition(-both, kk - 1, axis=1)[:, kk - 1] if kk else np.full(b, -np.inf, np.float32)
-        bound = self.outside_bias + np.linalg.norm(u, axis=1) * self.max_norm
-        searched = ~((kth >= bound) & np.isfinite(kth) & (kk == k))
+        reach = np.linalg.norm(u, axis=1) * self.max_norm
+        bound = self.outside_bias + reach
+        if np.isfinite(self.outside_bias):
+            # strictly above, with float32's rounding of u . o_t as slack: an outside tag that ties the k-th
+            # (and may win the tie by a lower id) or rounds up past its bound sends the user to the index
+            bound = bound + BOUND_SLACK * (abs(self.outside_bias) + reach)
+        searched = ~((kth > bound) & np.isfinite(kth) & (kk == k))
         rows = np.flatnonzero(searched)
         ann_ids = np.full((b, k if len(rows) else 0), -1, np.int64)
         ann_s = np.full(ann_ids.shape, -np.inf, np.float32)

@@ -63,3 +63,27 @@ def test_settled_users_get_the_exact_ids_with_ties_by_the_lower_id(hist_bundle, 
     settled = ~found.searched
     assert settled.any()
     np.testing.assert_array_equal(found.ids[settled], ids[settled])
+
+
+def test_a_tag_outside_the_candidates_that_ties_the_kth_sends_the_user_to_the_index(hist_bundle) -> None:  # type: ignore[no-untyped-def]
+    """With u = 0 every score is b_t (+ g): a history tag scored exactly at the bias of the first tag
+    outside the popular ones ties that tag, which has the lower id and so belongs in the top-k. The
+    bound must not settle such a user: it goes to the index, and the result is the exact top-k."""
+    b = load_bundle(hist_bundle)
+    bias = np.asarray(b.tag_bias, np.float32)
+    order = 2 + np.argsort(-bias[2:], kind="stable")
+    m = 5
+    first_out = int(order[m])
+    target = bias[first_out]
+    # a later tag whose g puts its final score exactly on the first outside tag's bias (float32)
+    h = next(
+        int(t) for t in order[m + 1 :] if t > first_out and np.float32(bias[t]) + np.float32(target - bias[t]) == target
+    )
+    u = np.zeros((1, b.embeddings.shape[1]), np.float32)
+    hist_ids = np.asarray([[h]], np.int64)
+    hist_g = np.asarray([[target - bias[h]]], np.float32)
+    found = TwoStageSearch(b, TagIndex.load(b), popular=m).search(u, hist_ids, hist_g, m + 1)
+    ids, _ = exact_top_k(u, b.embeddings, bias, hist_ids, hist_g, m + 1)
+    assert first_out in ids[0].tolist() and h not in ids[0].tolist()  # the tie goes to the lower id
+    assert found.searched[0]
+    np.testing.assert_array_equal(found.ids, ids)
