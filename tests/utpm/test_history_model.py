@@ -186,6 +186,16 @@ def test_experiment_reports_three_yardsticks_intervals_and_personalisation(tmp_p
     assert all(set(r["vs"]) == {"mostpop", "histfreq", "blend"} for r in model_rows)
     personal = result.personalisation()
     assert all(0.0 <= p["jaccard"] <= 1.0 and p["distinct_tags"] >= 1 for p in personal)
+    # every trained run records its validation users' Prec@K, which the report shows per variant
+    trained = [r for r in result.runs if not r["yardstick"]]
+    assert all(0.0 <= r[f"val_prec@{k}"] <= 1.0 for r in trained for k in (1, 2))
+    val = result.summary((1, 2), "val_prec")
+    assert {r.get("variant", "") for r in val} == {"", "dim=8,max_values=5,history=False"}
+    assert all(r["n_seeds"] == 2 and not r["yardstick"] for r in val)
+    from utpm.evaluation.report import _validation
+
+    table = "\n".join(_validation(result, (1, 2)))
+    assert "utpm-hist [dim=8,max_values=5,history=False]" in table and "validation users" in table
 
 
 def test_with_planted_interests_the_experiment_adds_the_planted_references(tmp_path: Path) -> None:

@@ -299,6 +299,8 @@ def run_job(data_path: str, job: Job, ks: Sequence[int], updates: Any = None) ->
     }
     if start:
         out["start"] = start
+    # the validation users' Prec@K at the kept epoch: what a variant (an ablation) is decided on
+    out.update({f"val_prec@{k}": float(v) for k, v in result.val.items()})
     if job.overrides:
         out["variant"] = ",".join(f"{k}={v}" for k, v in job.overrides)
     _score_rankings(out, split, rows, ranked, ks, max_tags)

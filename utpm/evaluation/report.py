@@ -113,6 +113,7 @@ def render(
         if present & {m for ms in TABLES.values() for m in ms}:
             lines += _claims(result, ks, metric, losses)
         lines += _gaps(result, ks, metric)
+    lines += _validation(result, ks)
     lines += _personal(result)
     if plot:
         lines += [f"![Prec@K by model]({plot})", ""]
@@ -203,6 +204,25 @@ def _gaps(result: ExperimentResult, ks: Sequence[int], metric: str) -> list[str]
                 mark = " above 0" if lo > 0 else (" below 0" if hi < 0 else "")
                 cells.append(f"{g['gap']:+.4f} [{lo:+.4f}, {hi:+.4f}]{mark}")
             lines.append(f"| {name} | {loss} | {y} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _validation(result: ExperimentResult, ks: Sequence[int]) -> list[str]:
+    """The validation users' Prec@K of each trained model and variant (the runs that record it)."""
+    rows = result.summary(ks, "val_prec")
+    if not rows:
+        return []
+    lines = [
+        "### On the validation users (what a default or a variant is decided on; mean ± std over runs)",
+        "",
+        "| model | loss | " + " | ".join(f"Prec@{k}" for k in ks) + " |",
+        "|" + "---|" * (len(ks) + 2),
+    ]
+    by = {(r["model"], r["loss"], r.get("variant", ""), r["k"]): r for r in rows}
+    for model, loss, variant in dict.fromkeys((r["model"], r["loss"], r.get("variant", "")) for r in rows):
+        cells = [f"{r['mean']:.4f} ± {r['std']:.4f}" if (r := by.get((model, loss, variant, k))) else "–" for k in ks]
+        name = model + (f" [{variant}]" if variant else "")
+        lines.append(f"| {name} | {loss} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
 
