@@ -170,6 +170,9 @@ def train_cmd(
     counts: Annotated[bool, typer.Option(help="utpm-hist: log1p(count) in the attention logits.")] = True,
     history: Annotated[bool, typer.Option(help="utpm-hist: the history path g(phi).")] = True,
     tie: Annotated[bool, typer.Option(help="utpm-hist: output table tied to the tag input embedding.")] = False,
+    cross: Annotated[
+        str, typer.Option(help="utpm-hist: the tower's cross layer: cf (the paper's), none, afm, nfm, dcn, autoint.")
+    ] = "cf",
 ) -> None:
     """Train a model under the paper's protocol; writes a run directory (docs in utpm/training/run.py)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -177,7 +180,7 @@ def train_cmd(
     if model in ("utpm-hist", "default"):
         return train_default(
             data, out, loss=loss, preset=preset, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr or 1e-3,
-            dim=dim, max_values=max_values, counts=counts, history=history, tie=tie,
+            dim=dim, max_values=max_values, counts=counts, history=history, tie=tie, cross=cross,
         )  # fmt: skip
     lr = lr or 3e-3
 

@@ -45,6 +45,7 @@ def train_default(
     counts: bool = True,
     history: bool = True,
     tie: bool = False,
+    cross: str = "cf",
 ) -> None:
     """`utpm train` for the default model: the history model with its parts switchable for ablations."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -62,7 +63,7 @@ def train_default(
             epochs=epochs,
             batch_size=batch_size,
             lr=lr,
-            history=HistoryOptions(counts=counts, history=history, tie=tie),
+            history=HistoryOptions(counts=counts, history=history, tie=tie, cross=cross),  # type: ignore[arg-type]
         )
         dataset = load_dataset(data)
         split = split_protocol(dataset, seed=seed)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -56,7 +56,7 @@ def _build_cross(kind: CrossKind, dim: int, n_fields: int, field_dim: int, heads
         return DCNCross(dim, layers=2)
     if kind == "autoint":
         return AutoIntCross(dim, n_fields, field_dim, head_dim=preset.T, heads=heads, layers=2)
-    raise ValueError(f"unknown cross layer {kind!r}")
+    raise ValueError(f"unknown cross layer {kind!r}; valid: {', '.join(get_args(CrossKind))}")
 
 
 class UserModel(nn.Module):
