@@ -23,6 +23,7 @@ from utpm.features.history import (
 from utpm.models.history import HistoryOptions, build_history_model
 from utpm.models.presets import get_preset
 from utpm.training.history import (
+    DEFAULT_HISTORY_LOSS,
     HistoryTrainConfig,
     UserSequences,
     build_history_vocabularies,
@@ -180,6 +181,7 @@ def test_experiment_reports_three_yardsticks_intervals_and_personalisation(tmp_p
     assert {r["model"] for r in rows if r["yardstick"]} == {"mostpop", "histfreq", "blend"}
     model_rows = [r for r in rows if not r["yardstick"]]
     assert {r.get("variant", "") for r in model_rows} == {"", "dim=8,max_values=5,history=False"}
+    assert {r["loss"] for r in model_rows} == {DEFAULT_HISTORY_LOSS}  # a variant changes only what it names
     for r in rows:
         assert {"model", "loss", "k", "mean", "std", "n_seeds", "yardstick", "ci95"} <= set(r)
         assert r["n_seeds"] == 2 and r["ci95"][0] <= r["mean"] <= r["ci95"][1]

@@ -365,6 +365,7 @@ def run_experiment(
     """
     from utpm.models.presets import get_preset
     from utpm.models.registry import default_loss
+    from utpm.training.history import DEFAULT_HISTORY_LOSS
 
     path = str(data_path)
     seed_list = list(range(folds * repeats)) if folds > 0 else list(range(seeds))
@@ -372,15 +373,13 @@ def run_experiment(
     for m in models:
         for loss in losses:
             if m.startswith(DEFAULT_MODEL):
-                from utpm.training.history import DEFAULT_HISTORY_LOSS
-
                 chosen = DEFAULT_HISTORY_LOSS if loss in ("default", "separate") else loss
             else:
                 chosen = default_loss(m) if loss == "default" else loss
             jobs.extend(Job(m, chosen, s, preset, epochs=epochs, folds=folds) for s in seed_list)
     for over in variants:
         ov = dict(over)
-        loss = str(ov.pop("loss", "softmax"))
+        loss = str(ov.pop("loss", DEFAULT_HISTORY_LOSS))
         jobs.extend(Job(DEFAULT_MODEL, loss, s, preset, tuple(ov.items()), epochs, folds) for s in seed_list)
     if hparams:
         for key, values in HPARAM_GRID.items():
