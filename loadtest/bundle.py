@@ -19,9 +19,9 @@ import multiprocessing
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 
@@ -50,19 +50,37 @@ class Recipe:
     index: str = "auto"
     seed: int = 0
     version: int = RECIPE_VERSION
+    # utpm-hist's cross layer (`HistoryOptions.cross`): "cf", the paper's, or an ablation such as "none"
+    cross: str = "cf"
 
     @classmethod
-    def for_tags(cls, tags: int, model: str = "utpm") -> Recipe:
+    def for_tags(cls, tags: int, model: str = "utpm", cross: str = "cf") -> Recipe:
         """0.2 users per tag (at least 2,000): with fewer, many tags never occur in a label item.
-        `model`: the paper's utpm, or the default model utpm-hist (same data, its own directory)."""
+        `model`: the paper's utpm, or the default model utpm-hist (same data, its own directory);
+        `cross`: utpm-hist's cross layer."""
         if model not in MODELS:
             raise ValueError(f"unknown benchmark model {model!r}; valid: {', '.join(MODELS)}")
-        return cls(tags=tags, users=max(2_000, tags // 5), model=model)
+        if cross != "cf" and model == PAPER_MODEL:
+            raise ValueError(f"the cross layer is an option of utpm-hist; the paper's {PAPER_MODEL} keeps cf")
+        from utpm.models.user_model import CrossKind
+
+        if cross not in get_args(CrossKind):
+            raise ValueError(f"unknown cross layer {cross!r}; valid: {', '.join(get_args(CrossKind))}")
+        return cls(tags=tags, users=max(2_000, tags // 5), model=model, cross=cross)
 
     def directory(self, root: Path) -> Path:
         """root/tags<N> for the paper model (the directory earlier benchmarks used), root/tags<N>-utpm-hist
-        for the default model; both read the data of root/tags<N>/data."""
-        return root / (f"tags{self.tags}" if self.model == PAPER_MODEL else f"tags{self.tags}-{self.model}")
+        for the default model (-cross-<kind> added for another cross layer); all read root/tags<N>/data."""
+        if self.model == PAPER_MODEL:
+            return root / f"tags{self.tags}"
+        return root / (f"tags{self.tags}-{self.model}" + (f"-cross-{self.cross}" if self.cross != "cf" else ""))
+
+    def same_as(self, stored: dict[str, Any] | None) -> bool:
+        """Whether a bundle built from the `stored` recipe is this one's; a field added since takes its default."""
+        if stored is None:
+            return False
+        defaults = {f.name: f.default for f in fields(self)}
+        return {**defaults, **stored} == asdict(self)
 
     def train_config(self, tag_vectors: Path) -> Any:
         """The training budget: one epoch over `train_users` sampled users, tag vectors frozen at
@@ -91,6 +109,7 @@ class Recipe:
                 negatives_per_positive=self.negatives_per_positive,
                 **budget,
             )
+        from utpm.models.history import HistoryOptions
         from utpm.training.history import HistoryTrainConfig, history_preset
 
         # the sampled softmax (logQ-corrected) over the batch's tags plus `sampled_negatives` drawn ones:
@@ -101,6 +120,7 @@ class Recipe:
             preset=history_preset(preset, dim=preset.U, max_values=preset.H),
             sampled_negatives=2000,
             max_examples_per_epoch=self.train_users,
+            history=HistoryOptions(cross=self.cross),  # type: ignore[arg-type]
             **budget,
         )
 
@@ -129,7 +149,7 @@ def prepare_bench_bundle(
     meta_path = base / "bench_bundle.json"
     out = BenchBundle(base, base / "bundle", base / "run", base / "payloads.jsonl")
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    same = meta.get("recipe") == asdict(recipe)
+    same = recipe.same_as(meta.get("recipe"))
     if same and not reexport and (out.bundle / "index_infos.json").is_file():
         say(f"reusing the benchmark bundle in {out.bundle} (built {meta.get('built_at', '?')})")
         out.info = meta
@@ -222,12 +242,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--tags", type=int, default=1_000_000)
     parser.add_argument("--model", choices=MODELS, default=PAPER_MODEL)
+    parser.add_argument("--cross", default="cf", help="utpm-hist's cross layer: cf (the paper's) or e.g. none")
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT)
     parser.add_argument(
         "--reexport", action="store_true", help="keep the data and the trained run; redo the export and the index"
     )
     args = parser.parse_args(argv)
-    built = prepare_bench_bundle(Recipe.for_tags(args.tags, args.model), args.root, print, args.reexport)
+    built = prepare_bench_bundle(Recipe.for_tags(args.tags, args.model, args.cross), args.root, print, args.reexport)
     print(json.dumps({"bundle": str(built.bundle), "payloads": str(built.payloads), **built.info}, indent=2))
 
 

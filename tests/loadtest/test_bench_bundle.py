@@ -49,3 +49,18 @@ def test_the_default_models_benchmark_bundle_builds_and_serves(tmp_path: Path) -
     assert again.payloads.read_text() == built.payloads.read_text()
     with pytest.raises(FileNotFoundError, match="no trained run"):
         prepare_bench_bundle(dataclasses.replace(recipe, seed=1), tmp_path, reexport=True)
+
+
+def test_the_recipe_takes_the_default_models_cross_layer_in_its_own_directory(tmp_path: Path) -> None:
+    """An ablation of utpm-hist's cross layer is built beside the default one, over the same data;
+    a bundle built before the option existed (its stored recipe lacks it) is still the cf one."""
+    cf, none = Recipe.for_tags(1000, "utpm-hist"), Recipe.for_tags(1000, "utpm-hist", cross="none")
+    assert none.directory(tmp_path) == tmp_path / "tags1000-utpm-hist-cross-none"
+    assert cf.directory(tmp_path) == tmp_path / "tags1000-utpm-hist"
+    assert none.train_config(tmp_path / "v.npz").history.cross == "none"
+    stored = {k: v for k, v in dataclasses.asdict(cf).items() if k != "cross"}
+    assert cf.same_as(stored) and not none.same_as(stored) and not cf.same_as(None)
+    with pytest.raises(ValueError, match="option of utpm-hist"):
+        Recipe.for_tags(1000, "utpm", cross="none")
+    with pytest.raises(ValueError, match="unknown cross layer 'cartesian'; valid: none, cf"):
+        Recipe.for_tags(1000, "utpm-hist", cross="cartesian")
