@@ -222,7 +222,8 @@ def _validation(result: ExperimentResult, ks: Sequence[int]) -> list[str]:
     ]
     by = {(r["model"], r["loss"], r.get("variant", ""), r["k"]): r for r in rows}
     for model, loss, variant in dict.fromkeys((r["model"], r["loss"], r.get("variant", "")) for r in rows):
-        cells = [f"{r['mean']:.4f} ± {r['std']:.4f}" if (r := by.get((model, loss, variant, k))) else "–" for k in ks]
+        found = [by.get((model, loss, variant, k)) for k in ks]
+        cells = [f"{f['mean']:.4f} ± {f['std']:.4f}" if f else "–" for f in found]
         name = model + (f" [{variant}]" if variant else "")
         lines.append(f"| {name} | {loss} | " + " | ".join(cells) + " |")
     pairs = _variant_differences(result, ks)
