@@ -23,7 +23,8 @@ from utpm.ranking import top_k
 
 POPULAR_CANDIDATES = 1024  # M: M dot products per user, small next to the model run
 NORM_CHUNK = 65_536  # rows of the tag table per step of the norm scan (no full-table temporaries)
-# relative slack on the bound: float32 dot products of the sizes served round well inside it
+# relative slack on the bound: a float32 dot product of length U errs by at most about U * 2^-24 of
+# |u| |o_t|, under 1e-5 up to U = 167 (the bundles here have U = 64 and 128)
 BOUND_SLACK = 1e-5
 
 

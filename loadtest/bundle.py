@@ -21,7 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import numpy as np
 
@@ -62,10 +62,9 @@ class Recipe:
             raise ValueError(f"unknown benchmark model {model!r}; valid: {', '.join(MODELS)}")
         if cross != "cf" and model == PAPER_MODEL:
             raise ValueError(f"the cross layer is an option of utpm-hist; the paper's {PAPER_MODEL} keeps cf")
-        from utpm.models.user_model import CrossKind
+        from utpm.models.user_model import check_cross
 
-        if cross not in get_args(CrossKind):
-            raise ValueError(f"unknown cross layer {cross!r}; valid: {', '.join(get_args(CrossKind))}")
+        check_cross(cross)  # before the data and the training it would fail after
         return cls(tags=tags, users=max(2_000, tags // 5), model=model, cross=cross)
 
     def directory(self, root: Path) -> Path:

@@ -194,14 +194,15 @@ def test_experiment_reports_three_yardsticks_intervals_and_personalisation(tmp_p
     val = result.summary((1, 2), "val_prec")
     assert {r.get("variant", "") for r in val} == {"", "dim=8,max_values=5,history=False"}
     assert all(r["n_seeds"] == 2 and not r["yardstick"] for r in val)
-    from utpm.evaluation.report import _validation, _variant_differences
+    from utpm.evaluation.report import _validation
 
     table = "\n".join(_validation(result, (1, 2)))
     assert "utpm-hist [dim=8,max_values=5,history=False]" in table and "validation users" in table
     # and each variant paired with the default run of the same fold
-    pairs = _variant_differences(result, (1, 2))
+    pairs = result.variant_differences((1, 2))
     assert list(pairs) == ["dim=8,max_values=5,history=False"]
-    assert all(cell.endswith("of 2)") for cell in pairs["dim=8,max_values=5,history=False"])
+    assert all(d["runs"] == 2 for d in pairs["dim=8,max_values=5,history=False"].values())
+    assert table.count("of 2)") == 2  # one cell per K in the report's paired table
 
 
 def test_with_planted_interests_the_experiment_adds_the_planted_references(tmp_path: Path) -> None:

@@ -138,6 +138,30 @@ class ExperimentResult:
                 rows.append(row)
         return rows
 
+    def variant_differences(
+        self, ks: Sequence[int], metric: str = "val_prec"
+    ) -> dict[str, dict[int, dict[str, float]]]:
+        """Per variant of the default model, `metric@k` minus the default run's of the same seed (the same
+        fold, so the same validation users): {variant: {k: mean, std over runs, wins, ties, runs}}."""
+        trained = [r for r in self.runs if not r.get("yardstick") and r["model"] == DEFAULT_MODEL]
+        base = {r["seed"]: r for r in trained if not r.get("variant")}
+        out: dict[str, dict[int, dict[str, float]]] = {}
+        for variant in dict.fromkeys(r["variant"] for r in trained if r.get("variant")):
+            runs = [r for r in trained if r.get("variant") == variant and r["seed"] in base]
+            out[variant] = {}
+            for k in ks:
+                key = f"{metric}@{k}"
+                diff = np.asarray([r[key] - base[r["seed"]][key] for r in runs if key in r and key in base[r["seed"]]])
+                if len(diff):
+                    out[variant][k] = {
+                        "mean": float(diff.mean()),
+                        "std": float(diff.std(ddof=1)) if len(diff) > 1 else 0.0,
+                        "wins": int((diff > 0).sum()),
+                        "ties": int((diff == 0).sum()),
+                        "runs": len(diff),
+                    }
+        return out
+
     def _per_user(self, model: str, loss: str, variant: str, key: str) -> dict[tuple[int, str], float]:
         users_key = "recovery_users" if key.startswith("recovery") else "users"
         out: dict[tuple[int, str], float] = {}

@@ -7,9 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from utpm.evaluation.experiment import DEFAULT_MODEL, HPARAM_GRID, ExperimentResult, paired_gap, verdict
+from utpm.evaluation.experiment import HPARAM_GRID, ExperimentResult, paired_gap, verdict
 from utpm.evaluation.yardsticks import ORACLES, PLANTED, PLANTED_SEEN, REFERENCES, YARDSTICKS
 
 TABLES: dict[str, tuple[str, ...]] = {
@@ -226,7 +224,7 @@ def _validation(result: ExperimentResult, ks: Sequence[int]) -> list[str]:
         cells = [f"{f['mean']:.4f} ± {f['std']:.4f}" if f else "–" for f in found]
         name = model + (f" [{variant}]" if variant else "")
         lines.append(f"| {name} | {loss} | " + " | ".join(cells) + " |")
-    pairs = _variant_differences(result, ks)
+    pairs = result.variant_differences(ks)
     if pairs:
         lines += [
             "",
@@ -237,30 +235,14 @@ def _validation(result: ExperimentResult, ks: Sequence[int]) -> list[str]:
             "| variant | " + " | ".join(f"Prec@{k}" for k in ks) + " |",
             "|" + "---|" * (len(ks) + 1),
         ]
-        for variant, cells in pairs.items():
+        for variant, by_k in pairs.items():
+            found = [by_k.get(k) for k in ks]
+            cells = [
+                f"{d['mean']:+.4f} ± {d['std']:.4f} ({d['wins']} / {d['ties']} of {d['runs']})" if d else "–"
+                for d in found
+            ]
             lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     return [*lines, ""]
-
-
-def _variant_differences(result: ExperimentResult, ks: Sequence[int]) -> dict[str, list[str]]:
-    """Per variant of utpm-hist, its validation Prec@K minus the default run's of the same seed."""
-    trained = [r for r in result.runs if not r.get("yardstick") and r["model"] == DEFAULT_MODEL]
-    base = {r["seed"]: r for r in trained if not r.get("variant")}
-    out: dict[str, list[str]] = {}
-    for variant in dict.fromkeys(r["variant"] for r in trained if r.get("variant")):
-        runs = [r for r in trained if r.get("variant") == variant and r["seed"] in base]
-        cells = []
-        for k in ks:
-            key = f"val_prec@{k}"
-            diff = np.asarray([r[key] - base[r["seed"]][key] for r in runs if key in r and key in base[r["seed"]]])
-            if not len(diff):
-                cells.append("–")
-                continue
-            std = float(diff.std(ddof=1)) if len(diff) > 1 else 0.0
-            wins, ties = int((diff > 0).sum()), int((diff == 0).sum())
-            cells.append(f"{diff.mean():+.4f} ± {std:.4f} ({wins} / {ties} of {len(diff)})")
-        out[variant] = cells
-    return out
 
 
 def _personal(result: ExperimentResult) -> list[str]:

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from utpm.features.history import PHI_NAMES, TAG_FIELD
 from utpm.features.spec import FieldSpec
 from utpm.models.presets import Preset
-from utpm.models.user_model import Architecture, CrossKind, UserModel
+from utpm.models.user_model import Architecture, CrossKind, UserModel, check_cross
 
 HISTORY_MODEL = "utpm-hist"
 
@@ -52,6 +52,9 @@ class HistoryOptions:
     neighbours: int = 50
     extra_candidates: int = 100
     shrinkage: float = 10.0
+
+    def __post_init__(self) -> None:
+        check_cross(self.cross)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

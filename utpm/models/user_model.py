@@ -43,7 +43,14 @@ class Architecture:
     cross: CrossKind = "cf"
 
 
+def check_cross(kind: str) -> None:
+    """ValueError naming the valid cross layers unless `kind` is one."""
+    if kind not in get_args(CrossKind):
+        raise ValueError(f"unknown cross layer {kind!r}; valid: {', '.join(get_args(CrossKind))}")
+
+
 def _build_cross(kind: CrossKind, dim: int, n_fields: int, field_dim: int, heads: int, preset: Preset) -> nn.Module:
+    check_cross(kind)
     if kind == "none":
         return NoCross(dim)
     if kind == "cf":
@@ -54,9 +61,7 @@ def _build_cross(kind: CrossKind, dim: int, n_fields: int, field_dim: int, heads
         return NFMCross(dim, preset.C)
     if kind == "dcn":
         return DCNCross(dim, layers=2)
-    if kind == "autoint":
-        return AutoIntCross(dim, n_fields, field_dim, head_dim=preset.T, heads=heads, layers=2)
-    raise ValueError(f"unknown cross layer {kind!r}; valid: {', '.join(get_args(CrossKind))}")
+    return AutoIntCross(dim, n_fields, field_dim, head_dim=preset.T, heads=heads, layers=2)
 
 
 class UserModel(nn.Module):
