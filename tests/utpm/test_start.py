@@ -15,6 +15,7 @@ from utpm.features.history import PHI_NAMES, HistoryBatch, HistoryEncoder
 from utpm.features.vocab import Vocabulary
 from utpm.models.history import HistoryOptions, build_history_model
 from utpm.models.presets import get_preset
+from utpm.ranking import top_k
 from utpm.training.history import (
     HistoryTrainConfig,
     UserSequences,
@@ -72,6 +73,41 @@ def test_ties_go_to_the_smaller_weight() -> None:
     # a feature that is 0 everywhere changes nothing: it stays at 0 whatever the grid
     tuned = tune_start(problem, {"log1p_count": 1.0}, features=("in_most_recent_H",), tune_bias=False)
     assert tuned.weights["in_most_recent_H"] == 0.0 and tuned.score == tuned.start_score
+
+
+def test_top_over_own_tags_and_the_best_others_ranks_as_scoring_every_tag() -> None:
+    """`top` scores each user's own tags (candidates, changed b_t) and the k best others only; with
+    ties in b_t and in the scores, changes of b_t on candidates and elsewhere, padding, and every sign
+    of w_bias, it returns what scoring every tag returns (values exact in float32, so no rounding)."""
+    rng = np.random.default_rng(3)
+    users, m, k = 50, 6, 3
+    tags = Vocabulary.build([f"t{j:02d}" for j in range(38)])
+    n_tags = len(tags)
+    hist_ids = np.zeros((users, m), np.int64)
+    mask = np.zeros((users, m), np.float32)
+    deltas = []
+    for b in range(users):
+        n = int(rng.integers(0, m + 1))
+        hist_ids[b, :n] = rng.choice(np.arange(2, n_tags), n, replace=False)
+        mask[b, :n] = 1.0
+        changed = rng.choice(np.arange(2, n_tags), 3, replace=False)
+        deltas.append((changed, rng.choice([-1.0, 0.5, 2.0], 3).astype(np.float32)))
+    feats = rng.integers(0, 3, (users, m, len(PHI_NAMES))).astype(np.float32)
+    bias = rng.integers(0, 4, n_tags).astype(np.float32)
+    clicked = [{tags.token(int(rng.integers(2, n_tags)))} for _ in range(users)]
+    batch = HistoryBatch([], [], [], hist_ids, feats, mask)
+    problem = StartProblem.build(batch, bias, clicked, tags, deltas)
+    for w_bias in (2.0, 1.0, 0.0, -1.0):
+        for _ in range(3):
+            w = rng.choice([-1.0, 0.0, 0.5, 2.0], len(PHI_NAMES))
+            every = np.tile(bias, (users, 1))
+            for b, (ids, vals) in enumerate(deltas):
+                every[b, ids] += vals
+            every *= np.float32(w_bias)
+            h = (feats @ w.astype(np.float32)) * mask
+            np.add.at(every, (np.repeat(np.arange(users), m), hist_ids.ravel()), h.ravel())
+            every[:, : Vocabulary.OOV + 1] = -np.inf
+            assert torch.equal(problem.top(w_bias, w, k), torch.from_numpy(top_k(every, k)))
 
 
 def test_the_problem_scores_what_the_model_computes_at_that_start() -> None:

@@ -12,13 +12,14 @@ c on log1p(distinct items)), takes a coordinate's new value only when it scores 
 the smaller |w|), and is deterministic. `utpm.training.history.train_history` tunes it on the
 training examples and keeps it if it does at least as well as the blend on the validation users.
 
-Torch is used for the batched scoring only (top-K of dense scores), no gradients.
+Torch is used for the batched scoring only, no gradients. A score is computed only for the tags that can
+reach a user's top K: its own (candidates, changed b_t) and the K best of the rest (`StartProblem.top`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -51,6 +52,10 @@ class StartProblem:
     hist_mask: torch.Tensor  # (B, m)
     target_keys: torch.Tensor  # sorted row * n_tags + tag id of every (user, label tag in C)
     n_clicked: torch.Tensor  # (B,) |C|
+    _own_tags: _OwnTags | None = field(default=None, init=False, repr=False, compare=False)
+    _columns_cache: tuple[tuple[float, int], np.ndarray, torch.Tensor] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     CHUNK = 2048
 
@@ -100,24 +105,62 @@ class StartProblem:
 
     def top(self, w_bias: float, w: np.ndarray, k: int) -> torch.Tensor:
         """(B, k) tag ids of the best k tags of s = w_bias * b_t + w . phi (padding and OOV excluded),
-        with the model's arithmetic: b_t for all tags, plus the history part scattered on the candidates."""
-        n_tags = len(self.bias)
-        k = min(k, n_tags - Vocabulary.OOV - 1)
+        equal scores by the lower id, with the model's arithmetic: b_t (with the user's changes) times
+        w_bias, plus the history part on the candidates.
+
+        Scored on each user's own tags only (its candidates and changed b_t) and the k best of the
+        others, whose order is that of w_bias * b_t alone (`_columns`): the same top k as scoring
+        every tag, over a few hundred columns instead of the whole vocabulary."""
+        k = min(k, len(self.bias) - Vocabulary.OOV - 1)
         wt = torch.from_numpy(np.asarray(w, np.float32))
+        cols, fixed = self._columns(float(w_bias), k)
+        m = self.hist_ids.shape[1]
         out = []
         with torch.no_grad():
             for lo in range(0, self.users, self.CHUNK):
                 hi = min(lo + self.CHUNK, self.users)
-                base = self.bias.expand(hi - lo, n_tags).clone()
-                sel = (self.delta_rows >= lo) & (self.delta_rows < hi)
-                if bool(sel.any()):
-                    base.index_put_((self.delta_rows[sel] - lo, self.delta_cols[sel]), self.delta_vals[sel], True)
-                s = base * float(w_bias)
-                h = (self.hist_feats[lo:hi] @ wt) * self.hist_mask[lo:hi]
-                s = s.scatter_add(1, self.hist_ids[lo:hi], h)
-                s[:, : Vocabulary.OOV + 1] = -torch.inf
-                out.append(torch.from_numpy(top_k(s.numpy(), k)))
+                s = fixed[lo:hi].clone()
+                s[:, k : k + m] += (self.hist_feats[lo:hi] @ wt) * self.hist_mask[lo:hi]
+                pos = top_k(s.numpy(), k, cols[lo:hi])
+                out.append(torch.from_numpy(np.take_along_axis(cols[lo:hi], pos, 1)))
         return torch.cat(out) if out else torch.zeros((0, k), dtype=torch.long)
+
+    def _columns(self, w_bias: float, k: int) -> tuple[np.ndarray, torch.Tensor]:
+        """(B, k + m + d) tag ids and the part of their scores that does not depend on w: per user the
+        k best tags that are not its own (w_bias * b_t, -inf where a user has fewer), its candidates
+        ((b_t + change) * w_bias, w . phi added by `top`) and its other changed tags. The k best of the
+        others are among the first k + (the most own tags of a user) tags of w_bias * b_t then the
+        lower id, one order for every user. Cached for the last (w_bias, k): tuning varies w at a
+        fixed w_bias."""
+        if self._columns_cache is None or self._columns_cache[0] != (w_bias, k):
+            n_tags, own = len(self.bias), self._own()
+            with torch.no_grad():
+                sb = self.bias * w_bias
+                sb[: Vocabulary.OOV + 1] = -torch.inf
+                first = top_k(sb.numpy()[None], k + own.most)[0]
+                grid = np.arange(self.users, dtype=np.int64)[:, None] * n_tags + first[None, :]
+                at = np.minimum(np.searchsorted(own.keys, grid), max(len(own.keys) - 1, 0))
+                free = own.keys[at] != grid if len(own.keys) else np.ones(grid.shape, bool)
+                nth = np.cumsum(free, axis=1)
+                r, j = np.nonzero(free & (nth <= k))
+                out_ids = torch.zeros((self.users, k), dtype=torch.long)
+                out_scores = torch.full((self.users, k), -torch.inf)
+                out_ids[r, nth[r, j] - 1] = torch.from_numpy(first[j])
+                out_scores[r, nth[r, j] - 1] = sb[first[j]]
+                ids = self.hist_ids
+                hist = (self.bias[ids] + own.hist_delta) * w_bias
+                hist[ids <= Vocabulary.OOV] = -torch.inf
+                changed = (self.bias[own.delta_ids] + own.delta_vals) * w_bias
+                changed[own.delta_ids <= Vocabulary.OOV] = -torch.inf
+                fixed = torch.cat([out_scores, hist, changed], 1)
+                cols = torch.cat([out_ids, ids, own.delta_ids], 1).numpy()
+            self._columns_cache = ((w_bias, k), cols, fixed)
+        return self._columns_cache[1], self._columns_cache[2]
+
+    def _own(self) -> _OwnTags:
+        if self._own_tags is None:
+            self._own_tags = _OwnTags.of(self)
+        return self._own_tags
 
     def precision(self, w_bias: float, w: np.ndarray, ks: Sequence[int]) -> dict[int, float]:
         """Mean Prec@k (Eq. 5) of s = w_bias * b_t + w . phi over the users, for each k of `ks`."""
@@ -135,6 +178,53 @@ class StartProblem:
     def score(self, w_bias: float, w: np.ndarray, ks: Sequence[int]) -> float:
         """The tuning objective: mean of Prec@k over `ks` (as the early stopping's validation score)."""
         return float(np.mean(list(self.precision(w_bias, w, ks).values())))
+
+
+@dataclass
+class _OwnTags:
+    """Each user's own tags, the only ones whose score is not w_bias * b_t: its candidates and the
+    tags whose b_t it changes (at most one change per user and tag)."""
+
+    keys: np.ndarray  # sorted row * n_tags + tag id of every own tag
+    most: int  # the most own tags of one user
+    hist_delta: torch.Tensor  # (B, m) the user's change of b_t at each candidate (0 where none)
+    delta_ids: torch.Tensor  # (B, d) the changed tags that are not candidates (0: none)
+    delta_vals: torch.Tensor  # (B, d) their changes
+
+    @classmethod
+    def of(cls, p: StartProblem) -> _OwnTags:
+        n_tags, b = len(p.bias), p.users
+        ids = p.hist_ids.numpy()
+        h_keys = np.arange(b, dtype=np.int64)[:, None] * n_tags + ids
+        known = ids > Vocabulary.OOV
+        d_keys = p.delta_rows.numpy() * n_tags + p.delta_cols.numpy()
+        order = np.argsort(d_keys, kind="stable")
+        d_keys, d_vals = d_keys[order], p.delta_vals.numpy()[order]
+        if len(np.unique(d_keys)) != len(d_keys):
+            raise ValueError("a user changes the b_t of one tag more than once")
+        at = np.minimum(np.searchsorted(d_keys, h_keys), max(len(d_keys) - 1, 0))
+        hit = known & (d_keys[at] == h_keys) if len(d_keys) else np.zeros(ids.shape, bool)
+        hist_delta = np.where(hit, d_vals[at] if len(d_keys) else 0.0, 0.0).astype(np.float32)
+        rest = ~np.isin(d_keys, h_keys[known])
+        r_keys, r_vals = d_keys[rest], d_vals[rest]
+        r_row = r_keys // n_tags
+        per_row = np.bincount(r_row, minlength=b)
+        start = np.zeros(b, np.int64)
+        np.cumsum(per_row[:-1], out=start[1:])
+        slot = np.arange(len(r_keys)) - start[r_row]
+        width = max(1, int(per_row.max()) if b else 1)
+        delta_ids = np.zeros((b, width), np.int64)
+        delta_vals = np.zeros((b, width), np.float32)
+        delta_ids[r_row, slot] = r_keys % n_tags
+        delta_vals[r_row, slot] = r_vals
+        keys = np.union1d(h_keys[known], d_keys)
+        return cls(
+            keys=keys,
+            most=int(np.bincount(keys // n_tags, minlength=b).max()) if len(keys) else 0,
+            hist_delta=torch.from_numpy(hist_delta),
+            delta_ids=torch.from_numpy(delta_ids),
+            delta_vals=torch.from_numpy(delta_vals),
+        )
 
 
 @dataclass
