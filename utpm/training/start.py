@@ -167,8 +167,11 @@ class StartProblem:
         if not self.users:
             return {k: 0.0 for k in ks}
         top = self.top(w_bias, w, max(ks))
-        rows = torch.arange(self.users).unsqueeze(1)
-        hits = torch.isin(rows * len(self.bias) + top, self.target_keys).float().cumsum(1)
+        codes = (np.arange(self.users, dtype=np.int64)[:, None] * len(self.bias) + top.numpy()).ravel()
+        keys = self.target_keys.numpy()  # sorted: a binary search instead of torch.isin's sort
+        at = np.minimum(np.searchsorted(keys, codes), max(len(keys) - 1, 0))
+        hit = keys[at] == codes if len(keys) else np.zeros(len(codes), bool)
+        hits = torch.from_numpy(hit.reshape(top.shape)).float().cumsum(1)
         out = {}
         for k in ks:
             kk = min(k, hits.shape[1])
