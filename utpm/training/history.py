@@ -261,6 +261,17 @@ def fit_tag_stats(seqs: UserSequences, rows: np.ndarray, tags: Vocabulary, optio
     return TagStats.fit(hist, labels, len(tags), options.neighbours, options.shrinkage)
 
 
+@dataclass
+class _EncodedChunk:
+    """A training batch ready for the loss: its examples (by half of the training users, the order of
+    the rows), the model input and the label targets (rows, tag ids)."""
+
+    examples: list[tuple[int, int]]
+    inputs: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]
+    rows: torch.Tensor
+    cols: torch.Tensor
+
+
 def _concat(batches: Sequence[HistoryBatch]) -> HistoryBatch:
     if len(batches) == 1:
         return batches[0]
@@ -544,15 +555,19 @@ def train_history(
     torch.manual_seed(config.seed)
     order_rng = np.random.default_rng(config.seed + 1)
 
-    def batch_loss(chunk: Sequence[tuple[int, int]]) -> torch.Tensor:
+    def encode_chunk(chunk: Sequence[tuple[int, int]]) -> _EncodedChunk:
         parts = [[ex for ex in chunk if half[ex[0]] == k] for k in (0, 1)]
         chunk = parts[0] + parts[1]
         batch = _concat(
             [train_encs[k].encode([seqs.stats(i, h) for i, h in part]) for k, part in enumerate(parts) if part]
         )
-        ids, masks, counts, hid, hf, hm = batch_tensors(batch)
         label_sets = [seqs.label_tags(i, h) for i, h in chunk]
         rows, cols = (torch.from_numpy(a) for a in _multi_hot(label_sets, tags))
+        return _EncodedChunk(chunk, batch_tensors(batch), rows, cols)
+
+    def batch_loss(encoded: _EncodedChunk) -> torch.Tensor:
+        chunk, rows, cols = encoded.examples, encoded.rows, encoded.cols
+        ids, masks, counts, hid, hf, hm = encoded.inputs
         u = model.user_vector(ids, masks, counts)[0]
         scale = log_scale.exp()
         if loss_name in ("softmax", "bce"):
@@ -573,20 +588,15 @@ def train_history(
 
     # the starting scale: the best of a coarse grid on a few training batches
     probe = [examples[j] for j in order_rng.permutation(len(examples))[: 4 * config.batch_size]]
+    # encoded once for the whole grid (the losses' own random draws stay in the same order)
+    probe_batches = [encode_chunk(probe[j : j + config.batch_size]) for j in range(0, len(probe), config.batch_size)]
     with torch.no_grad():
         grid = [(float(x), float(o)) for x in np.log(2.0 ** np.arange(-6, 3)) for o in _offset_grid(loss_name)]
         probe_losses = []
         for g, o in grid:
             log_scale.fill_(g)
             offset.fill_(o)
-            probe_losses.append(
-                np.mean(
-                    [
-                        float(batch_loss(probe[j : j + config.batch_size]))
-                        for j in range(0, len(probe), config.batch_size)
-                    ]
-                )
-            )
+            probe_losses.append(np.mean([float(batch_loss(e)) for e in probe_batches]))
         g, o = grid[int(np.argmin(probe_losses))]
         log_scale.fill_(g)
         offset.fill_(o)
@@ -606,7 +616,7 @@ def train_history(
             order = order[: config.max_examples_per_epoch]
         for lo in range(0, len(order), config.batch_size):
             chunk = [examples[j] for j in order[lo : lo + config.batch_size]]
-            loss = batch_loss(chunk)
+            loss = batch_loss(encode_chunk(chunk))
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()
