@@ -31,6 +31,7 @@ from itertools import chain, repeat
 import numpy as np
 
 from utpm.features.encoding import FeatureEncoder
+from utpm.features.sorted_keys import find_sorted, rank_in_row
 from utpm.features.spec import FieldKind
 from utpm.features.vocab import Vocabulary
 
@@ -498,8 +499,7 @@ class HistoryEncoder:
         c_row, c_tag = c_code // n_tags, c_code % n_tags
         u_code, u_first, u_last = _entries(unclicked, uid, n_tags)
         u_log = _log1p(unclicked.array("count")[u_last])
-        at = np.minimum(np.searchsorted(c_code, u_code), max(len(c_code) - 1, 0))
-        both = c_code[at] == u_code if len(c_code) else np.zeros(len(u_code), bool)
+        at, both = find_sorted(c_code, u_code)
         only = ~both
         n_c, n_only = len(c_code), int(only.sum())
         row = np.concatenate([c_row, u_code[only] // n_tags])
@@ -518,7 +518,7 @@ class HistoryEncoder:
         # the place in the per-user dict: clicked tags by first occurrence, then unclicked-only ones
         place = np.concatenate([clicked.pos[c_first], unclicked.pos[u_first[only]] + 1 + clicked.lens[row[n_c:]]])
         order = np.lexsort((place, -base[:, 3], -base[:, 2], -key, row))
-        rank = _rank_in_row(row[order], np.bincount(row, minlength=b))
+        rank = rank_in_row(row[order], np.bincount(row, minlength=b))
         keep = rank < self.max_history_tags
         order, slot = order[keep], rank[keep]
         h_row, hist = row[order], tag[order]
@@ -537,7 +537,7 @@ class HistoryEncoder:
         weighted = share != 0
         t_row, t_tag, score = st.transitions(h_row[weighted], hist[weighted], share[weighted])
         t_code = t_row * n_tags + t_tag
-        at, hit = _find(t_code, h_code)
+        at, hit = find_sorted(t_code, h_code)
         unweighted = np.bincount(h_row[~weighted], minlength=b) > 0
         if unweighted.any():
             new = np.ones(len(t_code), bool)
@@ -552,7 +552,7 @@ class HistoryEncoder:
                 order = np.argsort(t_row * n_tags + t_tag, kind="stable")
                 t_row, t_tag, score = t_row[order], t_tag[order], score[order]
                 t_code = t_row * n_tags + t_tag
-                at, hit = _find(t_code, h_code)
+                at, hit = find_sorted(t_code, h_code)
         k = N_BASE_PHI
         # the history tags found among them keep their score and propose nothing new
         new = np.ones(len(t_code), bool)
@@ -569,7 +569,7 @@ class HistoryEncoder:
         e_row, e_tag, e_score = e_row[order], e_tag[order], e_score[order]
         n_kept = np.bincount(h_row, minlength=b)
         n_extra = np.bincount(e_row, minlength=b)
-        e_slot = n_kept[e_row] + _rank_in_row(e_row, n_extra)
+        e_slot = n_kept[e_row] + rank_in_row(e_row, n_extra)
         hist_feats[e_row, e_slot, k] = e_score
         slots = [(h_row, slot, hist), (e_row, e_slot, e_tag)]
         need = self.extra_candidates - n_extra
@@ -579,8 +579,7 @@ class HistoryEncoder:
             popular = st.popular.astype(np.int64)
             taken = np.sort(np.concatenate([h_code, e_row * n_tags + e_tag]))
             grid = rows[:, None] * n_tags + popular[None, :]
-            at = np.minimum(np.searchsorted(taken, grid), max(len(taken) - 1, 0))
-            free = taken[at] != grid if len(taken) else np.ones(grid.shape, bool)
+            free = ~find_sorted(taken, grid)[1]
             nth = np.cumsum(free, axis=1)
             pick = free & (nth <= need[rows][:, None])
             r, j = np.nonzero(pick)
@@ -641,21 +640,6 @@ def _entries(col: _Column, vid: np.ndarray, n_tags: int) -> tuple[np.ndarray, np
         np.not_equal(code[1:], code[:-1], out=first[1:])
         last[:-1] = first[1:]
     return code[first], known[order[first]], known[order[last]]
-
-
-def _find(sorted_codes: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(where each of `codes` is in `sorted_codes`, whether it is there)."""
-    if not len(sorted_codes):
-        return np.zeros(len(codes), np.int64), np.zeros(len(codes), bool)
-    at = np.minimum(np.searchsorted(sorted_codes, codes), len(sorted_codes) - 1)
-    return at, sorted_codes[at] == codes
-
-
-def _rank_in_row(rows: np.ndarray, per_row: np.ndarray) -> np.ndarray:
-    """The rank of each element among those of its row: `rows` sorted, `per_row` their bincount."""
-    start = np.zeros(len(per_row), np.int64)
-    np.cumsum(per_row[:-1], out=start[1:])
-    return np.arange(len(rows)) - start[rows]
 
 
 def _log1p(x: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from utpm.features.history import PHI_NAMES, HistoryBatch
+from utpm.features.sorted_keys import find_sorted, rank_in_row
 from utpm.features.vocab import Vocabulary
 from utpm.ranking import top_k
 
@@ -139,7 +140,7 @@ class StartProblem:
                 sb[: Vocabulary.OOV + 1] = -torch.inf
                 first = top_k(sb.numpy()[None], k + own.most)[0]
                 grid = np.arange(self.users, dtype=np.int64)[:, None] * n_tags + first[None, :]
-                free = ~_find(own.keys, grid)[1]
+                free = ~find_sorted(own.keys, grid)[1]
                 nth = np.cumsum(free, axis=1)
                 r, j = np.nonzero(free & (nth <= k))
                 out_ids = torch.zeros((self.users, k), dtype=torch.long)
@@ -167,7 +168,7 @@ class StartProblem:
             return {k: 0.0 for k in ks}
         top = self.top(w_bias, w, max(ks))
         codes = (np.arange(self.users, dtype=np.int64)[:, None] * len(self.bias) + top.numpy()).ravel()
-        hit = _find(self.target_keys.numpy(), codes)[1]  # sorted keys: a binary search, not torch.isin's sort
+        hit = find_sorted(self.target_keys.numpy(), codes)[1]  # sorted keys: a binary search, not torch.isin's sort
         hits = torch.from_numpy(hit.reshape(top.shape)).float().cumsum(1)
         out = {}
         for k in ks:
@@ -178,14 +179,6 @@ class StartProblem:
     def score(self, w_bias: float, w: np.ndarray, ks: Sequence[int]) -> float:
         """The tuning objective: mean of Prec@k over `ks` (as the early stopping's validation score)."""
         return float(np.mean(list(self.precision(w_bias, w, ks).values())))
-
-
-def _find(sorted_keys: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(where each of `codes` is or would be in `sorted_keys`, clipped to it; whether it is there)."""
-    if not len(sorted_keys):
-        return np.zeros(codes.shape, np.int64), np.zeros(codes.shape, bool)
-    at = np.minimum(np.searchsorted(sorted_keys, codes), len(sorted_keys) - 1)
-    return at, sorted_keys[at] == codes
 
 
 @dataclass
@@ -210,15 +203,13 @@ class _OwnTags:
         d_keys, d_vals = d_keys[order], p.delta_vals.numpy()[order]
         if len(np.unique(d_keys)) != len(d_keys):
             raise ValueError("a user changes the b_t of one tag more than once")
-        at, hit = _find(d_keys, h_keys)
+        at, hit = find_sorted(d_keys, h_keys)
         hist_delta = np.where(known & hit, d_vals[at] if len(d_keys) else 0.0, 0.0).astype(np.float32)
         rest = ~np.isin(d_keys, h_keys[known])
         r_keys, r_vals = d_keys[rest], d_vals[rest]
         r_row = r_keys // n_tags
         per_row = np.bincount(r_row, minlength=b)
-        start = np.zeros(b, np.int64)
-        np.cumsum(per_row[:-1], out=start[1:])
-        slot = np.arange(len(r_keys)) - start[r_row]
+        slot = rank_in_row(r_row, per_row)
         width = max(1, int(per_row.max()) if b else 1)
         delta_ids = np.zeros((b, width), np.int64)
         delta_vals = np.zeros((b, width), np.float32)
