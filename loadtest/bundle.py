@@ -50,20 +50,24 @@ class Recipe:
     index: str = "auto"
     seed: int = 0
     version: int = RECIPE_VERSION
-    # utpm-hist's cross layer (`HistoryOptions.cross`): "cf", the paper's, or an ablation such as "none"
+    # the tower's cross layer: the paper model's is cf; utpm-hist's (`HistoryOptions.cross`) defaults to none
     cross: str = "cf"
 
     @classmethod
-    def for_tags(cls, tags: int, model: str = "utpm", cross: str = "cf") -> Recipe:
+    def for_tags(cls, tags: int, model: str = "utpm", cross: str | None = None) -> Recipe:
         """0.2 users per tag (at least 2,000): with fewer, many tags never occur in a label item.
         `model`: the paper's utpm, or the default model utpm-hist (same data, its own directory);
-        `cross`: utpm-hist's cross layer."""
+        `cross`: utpm-hist's cross layer (its default when None)."""
         if model not in MODELS:
             raise ValueError(f"unknown benchmark model {model!r}; valid: {', '.join(MODELS)}")
-        if cross != "cf" and model == PAPER_MODEL:
-            raise ValueError(f"the cross layer is an option of utpm-hist; the paper's {PAPER_MODEL} keeps cf")
+        if model == PAPER_MODEL:
+            if cross not in (None, "cf"):
+                raise ValueError(f"the cross layer is an option of utpm-hist; the paper's {PAPER_MODEL} keeps cf")
+            cross = "cf"
+        from utpm.models.history import HistoryOptions
         from utpm.models.user_model import check_cross
 
+        cross = cross or HistoryOptions.cross
         check_cross(cross)  # before the data and the training it would fail after
         return cls(tags=tags, users=max(2_000, tags // 5), model=model, cross=cross)
 
@@ -72,12 +76,16 @@ class Recipe:
         for the default model (-cross-<kind> added for another cross layer); all read root/tags<N>/data."""
         if self.model == PAPER_MODEL:
             return root / f"tags{self.tags}"
-        return root / (f"tags{self.tags}-{self.model}" + (f"-cross-{self.cross}" if self.cross != "cf" else ""))
+        from utpm.models.history import HistoryOptions
+
+        suffix = f"-cross-{self.cross}" if self.cross != HistoryOptions.cross else ""
+        return root / f"tags{self.tags}-{self.model}{suffix}"
 
     def same_as(self, stored: dict[str, Any] | None) -> bool:
         """Whether a bundle built from the `stored` recipe is this one's; a field added since takes its default."""
         if stored is None:
             return False
+        # a recipe stored before `cross` was a field had the cf layer, the dataclass default
         defaults = {f.name: f.default for f in fields(self)}
         return {**defaults, **stored} == asdict(self)
 
@@ -241,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--tags", type=int, default=1_000_000)
     parser.add_argument("--model", choices=MODELS, default=PAPER_MODEL)
-    parser.add_argument("--cross", default="cf", help="utpm-hist's cross layer: cf (the paper's) or e.g. none")
+    parser.add_argument("--cross", default=None, help="utpm-hist's cross layer: none (default) or e.g. cf")
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT)
     parser.add_argument(
         "--reexport", action="store_true", help="keep the data and the trained run; redo the export and the index"

@@ -171,8 +171,8 @@ def train_cmd(
     history: Annotated[bool, typer.Option(help="utpm-hist: the history path g(phi).")] = True,
     tie: Annotated[bool, typer.Option(help="utpm-hist: output table tied to the tag input embedding.")] = False,
     cross: Annotated[
-        str, typer.Option(help="utpm-hist: the tower's cross layer: cf (the paper's), none, afm, nfm, dcn, autoint.")
-    ] = "cf",
+        str, typer.Option(help="utpm-hist: the tower's cross layer: none, cf (the paper's), afm, nfm, dcn, autoint.")
+    ] = "none",
 ) -> None:
     """Train a model under the paper's protocol; writes a run directory (docs in utpm/training/run.py)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn

@@ -45,7 +45,7 @@ def train_default(
     counts: bool = True,
     history: bool = True,
     tie: bool = False,
-    cross: str = "cf",
+    cross: str = "none",
 ) -> None:
     """`utpm train` for the default model: the history model with its parts switchable for ablations."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn

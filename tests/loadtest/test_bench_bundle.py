@@ -52,11 +52,13 @@ def test_the_default_models_benchmark_bundle_builds_and_serves(tmp_path: Path) -
 
 
 def test_the_recipe_takes_the_default_models_cross_layer_in_its_own_directory(tmp_path: Path) -> None:
-    """An ablation of utpm-hist's cross layer is built beside the default one, over the same data;
-    a bundle built before the option existed (its stored recipe lacks it) is still the cf one."""
-    cf, none = Recipe.for_tags(1000, "utpm-hist"), Recipe.for_tags(1000, "utpm-hist", cross="none")
-    assert none.directory(tmp_path) == tmp_path / "tags1000-utpm-hist-cross-none"
-    assert cf.directory(tmp_path) == tmp_path / "tags1000-utpm-hist"
+    """An ablation of utpm-hist's cross layer is built beside the default one (none), over the same data;
+    a bundle built before the option existed (its stored recipe lacks it) is the cf one."""
+    none, cf = Recipe.for_tags(1000, "utpm-hist"), Recipe.for_tags(1000, "utpm-hist", cross="cf")
+    assert none.cross == "none" and Recipe.for_tags(1000).cross == "cf"  # the paper model keeps its layer
+    assert cf.directory(tmp_path) == tmp_path / "tags1000-utpm-hist-cross-cf"
+    assert none.directory(tmp_path) == tmp_path / "tags1000-utpm-hist"
+    assert cf.train_config(tmp_path / "v.npz").history.cross == "cf"
     assert none.train_config(tmp_path / "v.npz").history.cross == "none"
     stored = {k: v for k, v in dataclasses.asdict(cf).items() if k != "cross"}
     assert cf.same_as(stored) and not none.same_as(stored) and not cf.same_as(None)

@@ -94,6 +94,12 @@ def test_unknown_values_only_and_empty_users_encode_to_empty_histories() -> None
         henc.parse({"nope": ["a"]})
 
 
+def test_options_saved_before_the_cross_layer_was_one_read_as_the_papers_layer() -> None:
+    assert HistoryOptions().cross == "none"
+    assert HistoryOptions.from_dict({"counts": True}).cross == "cf"
+    assert HistoryOptions.from_dict(HistoryOptions().to_dict()) == HistoryOptions()
+
+
 @pytest.mark.parametrize(
     "options",
     [
@@ -102,6 +108,7 @@ def test_unknown_values_only_and_empty_users_encode_to_empty_histories() -> None
         HistoryOptions(history=False),
         HistoryOptions(tie=True),
         HistoryOptions(tower=False),
+        HistoryOptions(cross="cf"),
     ],
 )
 def test_every_ablation_scores_all_tags_and_ignores_padded_history_slots(options: HistoryOptions) -> None:

@@ -30,10 +30,11 @@ def test_train_takes_the_cross_layer_of_the_default_model_and_refuses_an_unknown
     movielens_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
-    args = ["train", str(movielens_dir), "--out", str(out), "--epochs", "1", "--dim", "8", "--cross", "none"]
+    args = ["train", str(movielens_dir), "--out", str(out), "--epochs", "1", "--dim", "8", "--cross", "cf"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert json.loads((out / "config.json").read_text())["history"]["cross"] == "none"
+    # the paper's layer, an option of the default model (whose default is none)
+    assert json.loads((out / "config.json").read_text())["history"]["cross"] == "cf"
     bad = CliRunner().invoke(app, [*args[:3], str(tmp_path / "r"), "--cross", "cartesian"])
     assert bad.exit_code != 0
     assert "cartesian" in bad.output and "valid" in bad.output

@@ -2,7 +2,7 @@
 
 The paper's model scores a tag by u . t only, from a 16-dimensional user vector pooled over the 10
 most recent distinct values of each field; nothing lets it say "more of what this user clicked".
-This model keeps UTPM's user tower (attention fusion, cross features, two FC layers) and adds:
+This model keeps UTPM's user tower (attention fusion, two FC layers; the cross layer optional, off) and adds:
 
 1. counts: a field carries (value, count) pairs, the H most frequent values; `counts=True` adds
    w_h * log1p(count) to the attention logit of Eq. 1 (one learned w per head, starting at 1);
@@ -41,7 +41,9 @@ class HistoryOptions:
     tie: bool = False
     # False drops u . o_t (an ablation: tag bias plus history path only)
     tower: bool = True
-    cross: CrossKind = "cf"
+    # no crossed values: they were most of the weights and the cost and gained nothing on validation
+    # (docs/results.md, "An ablation: the tower's cross layer")
+    cross: CrossKind = "none"
     g_hidden: int = 32
     # history tags scored per user (most frequent first): above every history of the data sets here,
     # so that no history tag loses its history part
@@ -61,6 +63,8 @@ class HistoryOptions:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> HistoryOptions:
+        # options saved before `cross` was one had the paper's layer
+        d = {"cross": "cf", **d}
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
