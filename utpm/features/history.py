@@ -642,9 +642,23 @@ def _entries(col: _Column, vid: np.ndarray, n_tags: int) -> tuple[np.ndarray, np
     return code[first], known[order[first]], known[order[last]]
 
 
+# log1p of the whole numbers below this, computed once by math.log1p: most counts are among them
+_TABLE_SIZE = 4096
+_LOG1P_TABLE = np.fromiter(map(math.log1p, range(_TABLE_SIZE)), np.float64, _TABLE_SIZE)
+
+
 def _log1p(x: np.ndarray) -> np.ndarray:
-    """math.log1p of each element (the values training and serving always used, to the bit)."""
-    return np.fromiter(map(math.log1p, x.tolist()), np.float64, len(x))
+    """math.log1p of each element (the values training and serving always used, to the bit): the small
+    whole numbers from a table of them, the rest one by one."""
+    whole = x.astype(np.int64)
+    small = (whole == x) & (whole >= 0) & (whole < _TABLE_SIZE) & ~np.signbit(x)
+    if small.all():
+        return _LOG1P_TABLE[whole]
+    out = np.empty(len(x), np.float64)
+    out[small] = _LOG1P_TABLE[whole[small]]
+    rest = ~small
+    out[rest] = np.fromiter(map(math.log1p, x[rest].tolist()), np.float64, int(rest.sum()))
+    return out
 
 
 def _top(score: np.ndarray, k: int) -> np.ndarray:
