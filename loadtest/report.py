@@ -334,6 +334,7 @@ SIDE_BY_SIDE = (
     ("roofline_users_per_s", 1),
     ("cpu_ms_per_user", 2),
     ("post_vs_roofline", 3),
+    ("post_vs_raw_asgi", 3),
 )
 
 
@@ -375,7 +376,9 @@ def render_side_by_side(reports: list[Mapping[str, Any]]) -> str:
             raise ValueError(f"a side-by-side block takes serve (or only roofline) reports, not {r.get('kind')!r}")
         f = figures(r)
         cells = " | ".join(_fmt(f[n], digits) for n, digits in SIDE_BY_SIDE)
-        lines.append(f"| {r['started_at'][11:16]} | {r['bundle']['model']} ({r['bundle']['path']}) | {cells} |")
+        workers = (r.get("config") or {}).get("workers", 1)
+        label = f"{r['bundle']['model']} ({r['bundle']['path']})" + (f", {workers} workers" if workers != 1 else "")
+        lines.append(f"| {r['started_at'][11:16]} | {label} | {cells} |")
     return "\n".join(lines) + "\n"
 
 

@@ -104,22 +104,22 @@ def test_report_regenerates_only_blocks_whose_artifact_exists(tmp_path: Path) ->
 
 
 def test_a_block_of_several_serve_reports_is_a_side_by_side_table(tmp_path: Path) -> None:
-    def serve(model: str, post: float, minute: int) -> dict[str, Any]:
+    def serve(model: str, post: float, minute: int, workers: int = 1) -> dict[str, Any]:
         return {"kind": "serve", "started_at": f"2026-01-01T04:{minute:02d}:00+00:00",
-                "bundle": {"model": model, "path": f"b/{model}"},
+                "bundle": {"model": model, "path": f"b/{model}"}, "config": {"workers": workers},
                 "summary": {"compare_users": 16, "ratios": {"post_vs_roofline": post / 1000}},
                 "runs": {"utpm/post/16": {"rps": post, "p99_ms": 60.0}, "utpm/wrk/16": {"rps": post + 50}},
                 "roofline": {"best": {"users_per_s": 1000.0, "cpu_ms_per_user": 1.84}}}  # fmt: skip
 
     (tmp_path / "p.json").write_text(json.dumps(serve("utpm", 367.6, 31)))
-    (tmp_path / "d.json").write_text(json.dumps(serve("utpm-hist", 316.8, 36)))
+    (tmp_path / "d.json").write_text(json.dumps(serve("utpm-hist", 316.8, 36, workers=2)))
     doc = tmp_path / "doc.md"
     doc.write_text("<!-- report: p.json,d.json -->\nby hand\n<!-- /report -->\n")
     assert regenerate(doc, tmp_path) == [("p.json,d.json", "regenerated")]
     rows = [line for line in doc.read_text().splitlines() if line.startswith("| 04:")]
     assert rows == [
-        "| 04:31 | utpm (b/utpm) | 367.6 | 60.0 | 417.6 | 1,000.0 | 1.84 | 0.368 |",
-        "| 04:36 | utpm-hist (b/utpm-hist) | 316.8 | 60.0 | 366.8 | 1,000.0 | 1.84 | 0.317 |",
+        "| 04:31 | utpm (b/utpm) | 367.6 | 60.0 | 417.6 | 1,000.0 | 1.84 | 0.368 | - |",
+        "| 04:36 | utpm-hist (b/utpm-hist), 2 workers | 316.8 | 60.0 | 366.8 | 1,000.0 | 1.84 | 0.317 | - |",
     ]
     (tmp_path / "d.json").unlink()  # one artifact missing: the quoted table stays
     text = doc.read_text()
