@@ -650,8 +650,8 @@ _LOG1P_TABLE = np.fromiter(map(math.log1p, range(_TABLE_SIZE)), np.float64, _TAB
 def _log1p(x: np.ndarray) -> np.ndarray:
     """math.log1p of each element (the values training and serving always used, to the bit): the small
     whole numbers from a table of them, the rest one by one."""
-    whole = x.astype(np.int64)
-    small = (whole == x) & (whole >= 0) & (whole < _TABLE_SIZE) & ~np.signbit(x)
+    whole = np.where((x >= 0) & (x < _TABLE_SIZE), x, -1.0).astype(np.int64)  # no cast of a huge value
+    small = (whole == x) & ~np.signbit(x)
     if small.all():
         return _LOG1P_TABLE[whole]
     out = np.empty(len(x), np.float64)

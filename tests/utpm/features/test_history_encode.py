@@ -228,7 +228,7 @@ def test_transitions_of_many_users_are_each_users_transition(monkeypatch: pytest
 def test_log1p_of_whole_numbers_from_the_table_and_of_the_rest_is_math_log1p_to_the_bit() -> None:
     rng = np.random.default_rng(0)
     whole = np.arange(0, 5000, dtype=np.float64)  # across the table's end
-    rest = np.concatenate([rng.random(300) * 50, [-0.0, 0.5, 4095.0, 4096.0, 1e6, 2.0**40, 1e-300]])
+    rest = np.concatenate([rng.random(300) * 50, [-0.0, 0.5, 4095.0, 4096.0, 1e6, 2.0**40, 1e300, 1e-300]])
     for x in (whole, rest, np.concatenate([whole[:100], rest]), np.zeros(0)):
         got = history._log1p(x)
         want = np.array([math.log1p(v) for v in x.tolist()], np.float64)
