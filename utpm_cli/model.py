@@ -40,12 +40,12 @@ def train_default(
     epochs: int,
     batch_size: int,
     lr: float,
-    dim: int = 64,
-    max_values: int = 100,
-    counts: bool = True,
-    history: bool = True,
-    tie: bool = False,
-    cross: str = "none",
+    dim: int,
+    max_values: int,
+    counts: bool,
+    history: bool,
+    tie: bool,
+    cross: str,
 ) -> None:
     """`utpm train` for the default model: the history model with its parts switchable for ablations."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn

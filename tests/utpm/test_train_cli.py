@@ -38,3 +38,16 @@ def test_train_takes_the_cross_layer_of_the_default_model_and_refuses_an_unknown
     bad = CliRunner().invoke(app, [*args[:3], str(tmp_path / "r"), "--cross", "cartesian"])
     assert bad.exit_code != 0
     assert "cartesian" in bad.output and "valid" in bad.output
+
+
+def test_train_options_default_to_the_default_models_options() -> None:
+    """`utpm train`'s switches of the default model name its defaults once more (typer shows them in
+    --help): they must be `HistoryOptions`' own."""
+    import inspect
+
+    from utpm.models.history import HistoryOptions
+    from utpm_cli.main import train_cmd
+
+    params = inspect.signature(train_cmd).parameters
+    for name in ("counts", "history", "tie", "cross"):
+        assert params[name].default == getattr(HistoryOptions(), name), name
