@@ -10,15 +10,22 @@ whose #1 tag is the most common #1, next to the same users' own clicked-tag freq
 {value: count} form): how often each value occurs among the user's clicked history items (all of an
 item's tags, as the field holds them), in recency order. It is a second measurement
 next to the default one, not a replacement: a request with counts says more about the user.
+
+Quality of the same requests: the split's test users (held out from the bundle's training when it
+was trained on DATA with the same `--seed`, as `utpm demo` does) are sent the same way, and the
+served lists' Prec@1/2/3 (C: the first N tags of the label-1 items, N the bundle's) are set beside the
+experiments' yardsticks (mostpop, histfreq and the tuned blend, which read the users' whole
+histories), with paired bootstrap 95% intervals: is what a request of this shape gets better than
+popularity?
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import typer
@@ -37,6 +44,12 @@ def bench_personal_cmd(
     counts: Annotated[
         bool, typer.Option("--counts", help="Send each value with its count among the clicked history items.")
     ] = False,
+    quality: Annotated[
+        bool, typer.Option(help="Also Prec@K of the test users' served lists beside the yardsticks.")
+    ] = True,
+    tags_per_item: Annotated[
+        int | None, typer.Option(help="N of C (tags per label item); default: the bundle's preset.")
+    ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the result JSON here.")] = None,
 ) -> None:
     """Profiles of many users from a served bundle: are they different from one another?"""
@@ -55,19 +68,25 @@ def bench_personal_cmd(
     fields: list[str] = [
         f for f in ("clicked_tags", "clicked_categories") if f in engine.field_names and f in split.fields
     ]
+    n_tags = tags_per_item if tags_per_item is not None else engine.bundle.manifest.model.get("preset", {}).get("N")
+    if quality and n_tags is None:
+        typer.secho(
+            "error: the bundle records no tags per item (N): pass --tags-per-item", fg=typer.colors.RED, err=True
+        )
+        raise typer.Exit(2)
+
+    def serve(i: int, limit: int) -> list[str]:
+        feats = request_features(split, i, fields, values, counts)
+        profile = engine.compute([engine.encode(feats, limit, False)])[0]
+        return [engine.bundle.tags.token(int(t)) for t in profile.tag_ids]
+
     rows = np.random.default_rng(seed).permutation(split.n_users)
     served: list[list[str]] = []
     own: list[list[str]] = []
     for i in rows:
-        recent = {f: split.fields[f].row(int(i))[-values:] for f in fields}
-        feats: dict[str, Sequence[str] | Mapping[str, float]] = dict(recent)
-        if counts:
-            counted = clicked_counts(split, int(i))
-            feats = {f: {v: counted.get(f, {}).get(v, 1.0) for v in vs} for f, vs in recent.items()}
-        if not feats.get("clicked_tags"):
+        if not split.fields["clicked_tags"].row(int(i)):
             continue
-        profile = engine.compute([engine.encode(feats, k, False)])[0]
-        served.append([engine.bundle.tags.token(int(t)) for t in profile.tag_ids])
+        served.append(serve(int(i), k))
         freq = Counter(split.fields["clicked_tags"].row(int(i))[-values:])
         own.append([t for t, _ in freq.most_common(k)])
         if len(served) == users:
@@ -83,6 +102,8 @@ def bench_personal_cmd(
         "served": mine,
         "own_clicked_tags": theirs,
     }
+    if quality:
+        result["quality"] = served_quality(serve, split, data, int(n_tags), seed)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2))
@@ -93,6 +114,11 @@ def bench_personal_cmd(
         f"{s['distinct_tags']:.0f} distinct tags, #1 tag shared by {s['top1_share']:.0%} "
         f"(the same users' own clicked tags sent: {theirs['jaccard']:.3f})"
     )
+    if quality:
+        for line in quality_lines(result["quality"]):
+            typer.echo(line)
+    if json_out is not None:
+        typer.echo(f"wrote {json_out}")
 
 
 def clicked_counts(split: ProtocolSplit, user: int) -> dict[str, dict[str, float]]:
@@ -110,3 +136,54 @@ def clicked_counts(split: ProtocolSplit, user: int) -> dict[str, dict[str, float
             for v in vals:
                 d[v] = d.pop(v, 0.0) + 1.0  # re-inserting moves v to the end: the order of last occurrences
     return out
+
+
+def request_features(
+    split: ProtocolSplit, user: int, fields: Sequence[str], values: int, counts: bool
+) -> dict[str, Sequence[str] | Mapping[str, float]]:
+    """User `user`'s request as the measurement sends it: the `values` most recent distinct values of
+    each field, with `counts` as {value: count} (`clicked_counts`)."""
+    recent = {f: split.fields[f].row(user)[-values:] for f in fields}
+    if not counts:
+        return dict(recent)
+    counted = clicked_counts(split, user)
+    return {f: {v: counted.get(f, {}).get(v, 1.0) for v in vs} for f, vs in recent.items()}
+
+
+SERVED = "served"
+QUALITY_KS = (1, 2, 3)
+
+
+def served_quality(
+    serve: Callable[[int, int], list[str]], split: ProtocolSplit, data: Path, n_tags: int, seed: int
+) -> dict[str, Any]:
+    """Prec@K of the served lists of the split's test users and of the experiments' yardsticks on the
+    same users, with 95% intervals of each mean and of served minus each yardstick (paired by user)."""
+    from utpm.evaluation.experiment import PERSONAL_K, ExperimentResult, score_rankings, yardstick_runs
+
+    test_rows = split.indices(test=True)
+    ranked = [serve(int(i), max(PERSONAL_K, *QUALITY_KS)) for i in test_rows]
+    run: dict[str, Any] = {"model": SERVED, "loss": "-", "seed": seed}
+    score_rankings(run, split, test_rows, ranked, QUALITY_KS, n_tags)
+    result = ExperimentResult(str(data), {}, [run, *yardstick_runs(str(data), [seed], QUALITY_KS, n_tags)])
+    rows = [{k: v for k, v in r.items() if k not in ("loss", "std", "n_seeds")} for r in result.intervals(QUALITY_KS)]
+    users = next((r["users"] for r in rows if r["model"] == SERVED), 0)
+    return {"users": users, "tags_per_item": n_tags, "rows": rows}
+
+
+def quality_lines(quality: Mapping[str, Any]) -> list[str]:
+    """The quality table as text: Prec@1/2/3 per list, then served minus each yardstick with its interval."""
+    by: dict[str, dict[int, Mapping[str, Any]]] = {}
+    for r in quality["rows"]:
+        by.setdefault(r["model"], {})[r["k"]] = r
+    ks = QUALITY_KS
+    n, per_item = quality["users"], quality["tags_per_item"]
+    lines = [f"Prec@{'/'.join(map(str, ks))} of {n} test users (C: first {per_item} tags per item):"]
+    for model, rows in by.items():
+        lines.append(f"  {model:<9} " + " / ".join(f"{rows[k]['mean']:.3f}" for k in ks))
+    served = by.get(SERVED, {})
+    for y in dict.fromkeys(y for r in served.values() for y in r.get("vs", {})):
+        gaps = [served[k]["vs"][y] for k in ks]
+        text = " / ".join(f"{g['gap']:+.3f} [{g['ci95'][0]:+.3f}, {g['ci95'][1]:+.3f}]" for g in gaps)
+        lines.append(f"  served - {y}: {text}")
+    return lines

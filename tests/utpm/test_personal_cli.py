@@ -1,10 +1,20 @@
-"""`utpm bench personal --counts`: the counts it sends."""
+"""`utpm bench personal`: the counts `--counts` sends, and the quality of served lists beside the yardsticks."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
 from tests.datasets import synthetic_dataset
-from utpm.data.protocol import split_protocol
-from utpm_cli.personal import clicked_counts
+from utpm.data.loading import load_dataset
+from utpm.data.protocol import split_protocol, train_val_rows
+from utpm.evaluation.experiment import VAL_FRACTION
+from utpm.evaluation.yardsticks import YARDSTICKS, popularity, tag_order
+from utpm_cli.main import app
+from utpm_cli.personal import QUALITY_KS, SERVED, clicked_counts, quality_lines, served_quality
 
 
 def test_clicked_counts_are_occurrences_among_clicked_history_items_in_the_fields_recency_order() -> None:
@@ -20,3 +30,45 @@ def test_clicked_counts_are_occurrences_among_clicked_history_items_in_the_field
             for t in split.item_tags.row(int(item))
         ]
         assert counted == {t: float(tags.count(t)) for t in set(tags)}
+
+
+def test_served_quality_pairs_each_test_user_with_the_experiments_yardsticks(movielens_dir: Path) -> None:
+    split = split_protocol(load_dataset(movielens_dir), seed=0)
+    train_rows, _ = train_val_rows(split, VAL_FRACTION, 0)
+    popular = popularity(split, train_rows, 3, tag_order(split, train_rows, 3))
+    test_rows = split.indices(test=True).tolist()
+
+    def oracle(i: int, limit: int) -> list[str]:  # C first: Prec@K is 1 for every user
+        return sorted(split.clicked_tags(i, 3)) + popular[:limit]
+
+    quality = served_quality(oracle, split, movielens_dir, 3, seed=0)
+    rows = {(r["model"], r["k"]): r for r in quality["rows"]}
+    assert quality["users"] == sum(1 for i in test_rows if split.clicked_tags(i, 3))
+    assert {m for m, _ in rows} == {SERVED, *YARDSTICKS}
+    for k in QUALITY_KS:
+        assert rows[(SERVED, k)]["mean"] == 1.0
+        assert rows[(SERVED, k)]["vs"]["mostpop"]["gap"] == pytest.approx(1.0 - rows[("mostpop", k)]["mean"])
+
+    quality = served_quality(lambda i, limit: popular[:limit], split, movielens_dir, 3, seed=0)
+    served = {r["k"]: r for r in quality["rows"] if r["model"] == SERVED}
+    assert all(served[k]["vs"]["mostpop"] == {"gap": 0.0, "ci95": [0.0, 0.0]} for k in QUALITY_KS)
+    assert all(served[k]["vs"]["blend"]["gap"] != 0.0 for k in QUALITY_KS)
+    assert any("served - blend" in line for line in quality_lines(quality))
+
+
+def test_bench_personal_reports_jaccard_and_the_served_lists_quality(
+    hist_bundle: Path, movielens_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "personal.json"
+    res = CliRunner().invoke(
+        app, ["bench", "personal", str(hist_bundle), str(movielens_dir), "--users", "20", "--json", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    result = json.loads(out.read_text())
+    assert result["users"] == 20 and 0.0 <= result["served"]["jaccard"] <= 1.0
+    quality = result["quality"]
+    assert quality["tags_per_item"] == 3  # the bundle's preset N
+    split = split_protocol(load_dataset(movielens_dir), seed=0)
+    assert quality["users"] == sum(1 for i in split.indices(test=True).tolist() if split.clicked_tags(i, 3))
+    assert {r["model"] for r in quality["rows"]} == {SERVED, *YARDSTICKS}
+    assert "served - mostpop:" in res.output and f"wrote {out}" in res.output

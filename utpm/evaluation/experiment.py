@@ -80,7 +80,7 @@ def make_split(data: Dataset, seed: int, folds: int = 0) -> ProtocolSplit:
     return split
 
 
-def _score_rankings(
+def score_rankings(
     out: dict[str, Any],
     split: ProtocolSplit,
     rows: np.ndarray,
@@ -327,7 +327,7 @@ def run_job(data_path: str, job: Job, ks: Sequence[int], updates: Any = None) ->
     out.update({f"val_prec@{k}": float(v) for k, v in result.val.items()})
     if job.overrides:
         out["variant"] = ",".join(f"{k}={v}" for k, v in job.overrides)
-    _score_rankings(out, split, rows, ranked, ks, max_tags)
+    score_rankings(out, split, rows, ranked, ks, max_tags)
     return out
 
 
@@ -361,7 +361,7 @@ def yardstick_runs(
             run: dict[str, Any] = {"model": name, "loss": "-", "seed": seed, "yardstick": True}
             if name in ("blend", *ORACLES):
                 run["blend_a"], run["blend_c"] = blend
-            _score_rankings(run, split, test_rows, ranked, ks, max_tags)
+            score_rankings(run, split, test_rows, ranked, ks, max_tags)
             runs.append(run)
     return runs
 
