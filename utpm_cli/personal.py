@@ -92,7 +92,7 @@ def bench_personal_cmd(
         if len(served) == users:
             break
     mine, theirs = personalisation(served, k), personalisation(own, k)
-    result = {
+    result: dict[str, Any] = {
         "bundle": str(bundle),
         "model": engine.model_name,
         "users": len(served),
