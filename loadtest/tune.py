@@ -31,6 +31,7 @@ class TuneConfig:
     tags: int = 1_000_000
     root: Path = DEFAULT_ROOT
     bundle: Path | None = None
+    payloads: Path | None = None  # request bodies (default: the benchmark bundle's, or drawn from `bundle`)
     connections: int = 16
     duration_s: float = 10.0
     rounds: int = 2
@@ -61,10 +62,11 @@ def run_tune(cfg: TuneConfig, progress: Callable[[str], None] | None = None) -> 
     started = datetime.now(UTC)
     out_dir = cfg.out_dir or cfg.root / f"tune-{started:%Y%m%d-%H%M%S}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    bundle, payloads = cfg.bundle, None
+    bundle, payloads = cfg.bundle, cfg.payloads
     if bundle is None:
         built = prepare_bench_bundle(Recipe.for_tags(cfg.tags), cfg.root, progress=say)
-        bundle, payloads = built.bundle, (built.payloads if built.payloads.is_file() else None)
+        bundle = built.bundle
+        payloads = payloads or (built.payloads if built.payloads.is_file() else None)
     bodies = write_bodies(PayloadSource.open(bundle, payloads), out_dir / "bodies.jsonl", cfg.k)
     plan = [(rnd, i, v) for rnd in range(cfg.rounds) for i, v in enumerate(cfg.variants)]
     runs: list[dict[str, Any]] = []

@@ -187,6 +187,9 @@ def bench_tune_cmd(
         1_000_000
     ),
     bundle: Annotated[Path | None, typer.Option(help="Serve this indexed bundle instead of the benchmark's.")] = None,
+    payloads: Annotated[
+        Path | None, typer.Option(help="JSON-lines request bodies (default: the benchmark's, or drawn for --bundle).")
+    ] = None,
     connections: Annotated[int, typer.Option(help="wrk connections (closed loop).")] = 16,
     duration: Annotated[float, typer.Option(help="Seconds per run.")] = 10.0,
     rounds: Annotated[int, typer.Option(help="Times each variant runs, in alternation with the others.")] = 2,
@@ -210,6 +213,7 @@ def bench_tune_cmd(
         tags=tags,
         root=root,
         bundle=bundle,
+        payloads=payloads,
         connections=connections,
         duration_s=duration,
         rounds=rounds,
