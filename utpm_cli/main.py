@@ -173,6 +173,9 @@ def train_cmd(
     cross: Annotated[
         str, typer.Option(help="utpm-hist: the tower's cross layer: none, cf (the paper's), afm, nfm, dcn, autoint.")
     ] = "none",
+    short_requests: Annotated[
+        float, typer.Option(help="utpm-hist: share of training examples sent as a short request (1-20 recent values).")
+    ] = 0.0,
 ) -> None:
     """Train a model under the paper's protocol; writes a run directory (docs in utpm/training/run.py)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -181,6 +184,7 @@ def train_cmd(
         return train_default(
             data, out, loss=loss, preset=preset, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr or 1e-3,
             dim=dim, max_values=max_values, counts=counts, history=history, tie=tie, cross=cross,
+            short_requests=short_requests,
         )  # fmt: skip
     lr = lr or 3e-3
 

@@ -46,6 +46,7 @@ def train_default(
     history: bool,
     tie: bool,
     cross: str,
+    short_requests: float,
 ) -> None:
     """`utpm train` for the default model: the history model with its parts switchable for ablations."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -64,6 +65,7 @@ def train_default(
             batch_size=batch_size,
             lr=lr,
             history=HistoryOptions(counts=counts, history=history, tie=tie, cross=cross),  # type: ignore[arg-type]
+            short_requests=short_requests,
         )
         dataset = load_dataset(data)
         split = split_protocol(dataset, seed=seed)

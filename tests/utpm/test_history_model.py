@@ -14,6 +14,7 @@ from tests.datasets import synthetic_dataset
 from utpm.data.protocol import split_protocol, train_val_rows
 from utpm.features.history import (
     PHI_NAMES,
+    UNCLICKED_FIELD,
     FieldStats,
     HistoryEncoder,
     TagStats,
@@ -31,6 +32,7 @@ from utpm.training.history import (
     fit_tag_stats,
     history_preset,
     rank_history,
+    short_request,
     train_history,
 )
 from utpm.training.run import load_run
@@ -146,6 +148,34 @@ def test_all_positive_log_trains_with_each_loss_and_the_run_reads_back(loss: str
     assert result.history_encoder is not None
     batch = encode_users(seqs, result.history_encoder, split.indices(test=True))
     assert rank_history(run.model, batch, run.tags, 3) == rank_history(result.model, batch, result.tags, 3)
+
+
+def test_a_short_training_request_is_what_the_service_parses_from_the_same_list() -> None:
+    split = split_protocol(synthetic_dataset(n_users=12, events=30), seed=0)
+    seqs = UserSequences(split, TINY_HIST.N)
+    for i in range(split.n_users):
+        stats = seqs.stats(i)
+        short = short_request(stats, 3)
+        assert UNCLICKED_FIELD not in short and UNCLICKED_FIELD in stats
+        for name, st in stats.items():
+            if name.startswith("clicked_"):
+                assert short[name] == parse_field(name, st.values[-3:]) and len(short[name]) == min(3, len(st))
+    with pytest.raises(ValueError, match="short_requests"):
+        HistoryTrainConfig(preset=TINY_HIST, short_requests=1.5)
+
+
+def test_training_with_short_requests_changes_what_the_residual_learns_from_and_reads_back(tmp_path: Path) -> None:
+    split = split_protocol(synthetic_dataset(n_users=16, events=20), seed=0)
+    runs = {}
+    for share in (0.0, 1.0):
+        config = HistoryTrainConfig(
+            preset=TINY_HIST, epochs=2, augment_cuts=(0.5,), short_requests=share, start="blend"
+        )
+        runs[share] = train_history(split, config, out=tmp_path / f"run{share}")
+    assert json.loads((tmp_path / "run1.0" / "config.json").read_text())["short_requests"] == 1.0
+    # the same examples in the same order and the residual starting at zero: once it has learnt (epoch 2),
+    # only the short requests' features can make the losses differ
+    assert runs[0.0].curve[2]["loss"] != runs[1.0].curve[2]["loss"]
 
 
 def test_yardsticks_use_the_trainers_training_rows() -> None:

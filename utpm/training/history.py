@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +70,8 @@ FULL_SOFTMAX_MAX_TAGS = 50_000
 _NEG = -1e9
 STARTS = ("tuned", "blend")
 DEFAULT_START = "tuned"
+# `short_requests`: the most values per clicked field a short training request keeps
+SHORT_REQUEST_MAX = 20
 
 
 def history_preset(base: Preset | str = "movielens", dim: int = 64, max_values: int = 100) -> Preset:
@@ -112,6 +114,10 @@ class HistoryTrainConfig(TrainConfig):
     matched_windows: bool = True
     # the softmax loss scores a training user's example with b_t from the other users' labels only
     leave_own_labels_out: bool = True
+    # Share of the residual's training examples sent as a short request instead of the whole history:
+    # each clicked field's 1..SHORT_REQUEST_MAX most recent values, once each, no unclicked field (what a
+    # client that sends "the last few tags" gives the service); drawn anew for every batch
+    short_requests: float = 0.0
 
     def __post_init__(self) -> None:
         if self.loss not in HISTORY_LOSSES:
@@ -120,6 +126,8 @@ class HistoryTrainConfig(TrainConfig):
             raise ValueError(f"unknown start {self.start!r}; valid: {STARTS}")
         if self.sampled_negatives < 1:
             raise ValueError(f"sampled_negatives must be >= 1, got {self.sampled_negatives}")
+        if not 0.0 <= self.short_requests <= 1.0:
+            raise ValueError(f"short_requests must be in [0, 1], got {self.short_requests}")
         # the parent checks everything else but knows only the paper's losses
         loss, self.loss = self.loss, "joint"
         try:
@@ -323,6 +331,17 @@ def rank_history(
 def encode_users(seqs: UserSequences, henc: HistoryEncoder, rows: Sequence[int] | np.ndarray) -> HistoryBatch:
     """The history model's input for users `rows` at the protocol's cut."""
     return henc.encode([seqs.stats(int(i)) for i in rows])
+
+
+def short_request(stats: Mapping[str, FieldStats], n: int) -> dict[str, FieldStats]:
+    """A user's features as a short request would carry them: each clicked field's `n` most recent
+    values sent once each (as the service parses such a list), no unclicked field, the rest as is."""
+    out: dict[str, FieldStats] = {}
+    for name, st in stats.items():
+        if name == UNCLICKED_FIELD:
+            continue
+        out[name] = stats_from_sequence(st.values[-n:]) if name.startswith("clicked_") else st
+    return out
 
 
 def _examples(seqs: UserSequences, rows: np.ndarray, cuts: Sequence[float]) -> list[tuple[int, int]]:
@@ -555,12 +574,17 @@ def train_history(
     torch.manual_seed(config.seed)
     order_rng = np.random.default_rng(config.seed + 1)
 
+    short_rng = np.random.default_rng(config.seed + 3)
+
     def encode_chunk(chunk: Sequence[tuple[int, int]]) -> _EncodedChunk:
         parts = [[ex for ex in chunk if half[ex[0]] == k] for k in (0, 1)]
         chunk = parts[0] + parts[1]
-        batch = _concat(
-            [train_encs[k].encode([seqs.stats(i, h) for i, h in part]) for k, part in enumerate(parts) if part]
-        )
+        stats = [seqs.stats(i, h) for i, h in chunk]
+        if config.short_requests:
+            for j in np.flatnonzero(short_rng.random(len(stats)) < config.short_requests).tolist():
+                stats[j] = short_request(stats[j], int(short_rng.integers(1, SHORT_REQUEST_MAX + 1)))
+        bounds = [0, len(parts[0]), len(chunk)]
+        batch = _concat([train_encs[k].encode(stats[bounds[k] : bounds[k + 1]]) for k in (0, 1) if parts[k]])
         label_sets = [seqs.label_tags(i, h) for i, h in chunk]
         rows, cols = (torch.from_numpy(a) for a in _multi_hot(label_sets, tags))
         return _EncodedChunk(chunk, batch_tensors(batch), rows, cols)
