@@ -32,6 +32,10 @@ import typer
 
 from utpm.data.errors import DataError
 from utpm.data.protocol import ProtocolSplit
+from utpm_cli.errors import fail
+
+SERVED = "served"  # the served lists' row among the yardsticks'
+QUALITY_KS = (1, 2, 3)
 
 
 def bench_personal_cmd(
@@ -70,10 +74,7 @@ def bench_personal_cmd(
     ]
     n_tags = tags_per_item if tags_per_item is not None else engine.bundle.manifest.model.get("preset", {}).get("N")
     if quality and n_tags is None:
-        typer.secho(
-            "error: the bundle records no tags per item (N): pass --tags-per-item", fg=typer.colors.RED, err=True
-        )
-        raise typer.Exit(2)
+        fail("the bundle records no tags per item (N): pass --tags-per-item")
 
     def serve(i: int, limit: int) -> list[str]:
         feats = request_features(split, i, fields, values, counts)
@@ -148,10 +149,6 @@ def request_features(
         return dict(recent)
     counted = clicked_counts(split, user)
     return {f: {v: counted.get(f, {}).get(v, 1.0) for v in vs} for f, vs in recent.items()}
-
-
-SERVED = "served"
-QUALITY_KS = (1, 2, 3)
 
 
 def served_quality(

@@ -42,12 +42,14 @@ def test_train_takes_the_cross_layer_of_the_default_model_and_refuses_an_unknown
 
 def test_train_options_default_to_the_default_models_options() -> None:
     """`utpm train`'s switches of the default model name its defaults once more (typer shows them in
-    --help): they must be `HistoryOptions`' own."""
+    --help): they must be `HistoryOptions`' (and `HistoryTrainConfig`'s) own."""
     import inspect
 
     from utpm.models.history import HistoryOptions
+    from utpm.training.history import HistoryTrainConfig
     from utpm_cli.main import train_cmd
 
     params = inspect.signature(train_cmd).parameters
     for name in ("counts", "history", "tie", "cross"):
         assert params[name].default == getattr(HistoryOptions(), name), name
+    assert params["short_requests"].default == HistoryTrainConfig().short_requests
