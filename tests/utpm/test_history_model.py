@@ -164,8 +164,10 @@ def test_a_short_training_request_is_what_the_service_parses_from_the_same_list(
         HistoryTrainConfig(preset=TINY_HIST, short_requests=1.5)
 
 
-def test_training_with_short_requests_changes_what_the_residual_learns_from_and_reads_back(tmp_path: Path) -> None:
-    split = split_protocol(synthetic_dataset(n_users=16, events=20), seed=0)
+def test_training_with_short_requests_changes_what_the_residual_learns_from_and_how_epochs_are_chosen(
+    tmp_path: Path,
+) -> None:
+    split = split_protocol(synthetic_dataset(n_users=40, events=40, seed=1), seed=0)
     runs = {}
     for share in (0.0, 1.0):
         config = HistoryTrainConfig(
@@ -176,6 +178,11 @@ def test_training_with_short_requests_changes_what_the_residual_learns_from_and_
     # the same examples in the same order and the residual starting at zero: once it has learnt (epoch 2),
     # only the short requests' features can make the losses differ
     assert runs[0.0].curve[2]["loss"] != runs[1.0].curve[2]["loss"]
+    # the stopping score: the validation users' mean Prec@1-3, averaged with their short requests' when
+    # trained on them (the same start, epoch 0, scores lower sent as 10 values once each)
+    full = [runs[0.0].curve[0][f"val_prec@{k}"] for k in (1, 2, 3)]
+    assert runs[0.0].curve[0]["val_score"] == pytest.approx(np.mean(full))
+    assert runs[1.0].curve[0]["val_score"] < np.mean(full)
 
 
 def test_yardsticks_use_the_trainers_training_rows() -> None:

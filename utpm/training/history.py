@@ -70,8 +70,10 @@ FULL_SOFTMAX_MAX_TAGS = 50_000
 _NEG = -1e9
 STARTS = ("tuned", "blend")
 DEFAULT_START = "tuned"
-# `short_requests`: the most values per clicked field a short training request keeps
+# `short_requests`: the most values per clicked field a short training request keeps, and the values
+# per clicked field of the validation users' short requests
 SHORT_REQUEST_MAX = 20
+VAL_SHORT_REQUEST = 10
 
 
 def history_preset(base: Preset | str = "movielens", dim: int = 64, max_values: int = 100) -> Preset:
@@ -116,7 +118,8 @@ class HistoryTrainConfig(TrainConfig):
     leave_own_labels_out: bool = True
     # Share of the residual's training examples sent as a short request instead of the whole history:
     # each clicked field's 1..SHORT_REQUEST_MAX most recent values, once each, no unclicked field (what a
-    # client that sends "the last few tags" gives the service); drawn anew for every batch
+    # client that sends "the last few tags" gives the service); drawn anew for every batch. Above 0 the
+    # start and the epoch are chosen on the validation users sent both ways.
     short_requests: float = 0.0
 
     def __post_init__(self) -> None:
@@ -517,9 +520,26 @@ def train_history(
         res = {k: precision_at_k(ranked, clicked, k) for k in ks}
         return {k: r.value for k, r in res.items()}, res[ks[0]].skipped_users
 
+    # trained on short requests too: validation also sends its users as short requests, so that the
+    # start and the epoch are chosen for what they do to both shapes
+    val_short = (
+        henc.encode([short_request(seqs.stats(int(i)), VAL_SHORT_REQUEST) for i in val_rows])
+        if config.short_requests
+        else None
+    )
+
+    def stop_score(full: dict[int, float]) -> float:
+        """Mean validation Prec@K over `early_stop_ks`, averaged with the short requests' when trained on them."""
+        if not full:
+            return 0.0
+        score = float(np.mean([full[k] for k in config.early_stop_ks]))
+        if val_short is not None:
+            short, _ = evaluate(val_short, val_clicked, config.early_stop_ks)
+            score = (score + float(np.mean([short[k] for k in config.early_stop_ks]))) / 2
+        return score
+
     def val_score() -> float:
-        v, _ = evaluate(val_batch, val_clicked, config.early_stop_ks)
-        return float(np.mean([v[k] for k in config.early_stop_ks])) if v else 0.0
+        return stop_score(evaluate(val_batch, val_clicked, config.early_stop_ks)[0])
 
     w_bias = 1.0
     start_info: dict[str, Any] = {"kind": "blend", "w_bias": 1.0, "weights": dict(blend_weights)}
@@ -629,7 +649,7 @@ def train_history(
     seen, train_seconds = 0, 0.0
     # epoch 0, the starting point, is a candidate too: training must beat it on validation to count
     val0, _ = evaluate(val_batch, val_clicked, val_ks)
-    score0 = float(np.mean([val0[k] for k in config.early_stop_ks])) if val0 else 0.0
+    score0 = stop_score(val0)
     stopper.start(model, score0, {"epoch": 0, **{f"val_prec@{k}": v for k, v in val0.items()}, "val_score": score0})
     for epoch in range(1, config.epochs + 1):
         model.train()
@@ -649,7 +669,7 @@ def train_history(
         train_seconds += time.perf_counter() - t0
         val, _ = evaluate(val_batch, val_clicked, val_ks)
         # without validation every epoch is the best so far: the last one is kept
-        score = float(np.mean([val[k] for k in config.early_stop_ks])) if val else float(epoch)
+        score = stop_score(val) if val else float(epoch)
         point = epoch_point(epoch, losses, time.perf_counter() - t0, val, score)
         if stopper.update(model, epoch, score, point, progress, config.epochs):
             break
