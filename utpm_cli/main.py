@@ -160,7 +160,7 @@ def train_cmd(
     loss: Annotated[
         str, typer.Option(help="utpm-hist: bce (default), softmax, sampled, joint; the paper's: joint, separate.")
     ] = "",
-    preset: Annotated[str, typer.Option(help="Preset: movielens, industrial, tiny.")] = "movielens",
+    preset: Annotated[str, typer.Option(help="Preset: movielens, synthetic (N = 5), industrial, tiny.")] = "movielens",
     seed: Annotated[int, typer.Option(help="Seed of the user split, the initial weights and the sampling.")] = 0,
     epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping on validation Prec@K).")] = 40,
     batch_size: Annotated[int, typer.Option(help="Samples per batch.")] = 64,
