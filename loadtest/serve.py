@@ -32,7 +32,7 @@ from typing import Any
 
 import httpx
 
-from loadtest.bundle import DEFAULT_ROOT, Recipe, prepare_bench_bundle
+from loadtest.bundle import DEFAULT_MODEL, DEFAULT_ROOT, Recipe, prepare_bench_bundle
 from loadtest.drivers import (
     locust_args,
     outcome_summary,
@@ -81,6 +81,7 @@ class BenchConfig:
     """What `run_bench` measures; the defaults are the documented benchmark."""
 
     tags: int = 1_000_000
+    model: str = DEFAULT_MODEL  # the benchmark bundle's model (`loadtest.bundle.MODELS`)
     root: Path = DEFAULT_ROOT
     bundle: Path | None = None  # serve this (indexed) bundle instead of building the benchmark's
     run: Path | None = None  # training run the naive peer serves (default: the benchmark's / the bundle's)
@@ -297,7 +298,7 @@ def run_bench(cfg: BenchConfig, progress: Say | None = None) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     bundle, run_dir, payloads, bundle_build = cfg.bundle, cfg.run, cfg.payloads, None
     if bundle is None:
-        built = prepare_bench_bundle(Recipe.for_tags(cfg.tags), cfg.root, progress=say)
+        built = prepare_bench_bundle(Recipe.for_tags(cfg.tags, cfg.model), cfg.root, progress=say)
         bundle, run_dir, bundle_build = built.bundle, run_dir or built.run, built.info
         payloads = payloads or (built.payloads if built.payloads.is_file() else None)
     facts = _bundle_facts(bundle)

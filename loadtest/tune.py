@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from loadtest.bundle import DEFAULT_ROOT, Recipe, prepare_bench_bundle
+from loadtest.bundle import DEFAULT_MODEL, DEFAULT_ROOT, Recipe, prepare_bench_bundle
 from loadtest.drivers import run_wrk, write_bodies
 from loadtest.measure import machine_info
 from loadtest.payloads import PayloadSource
@@ -29,6 +29,7 @@ from loadtest.serve import scrape_metrics, settings_env, stage_breakdown
 class TuneConfig:
     variants: Sequence[Mapping[str, str]]  # {"batch_max_users": "8", "workers": "2", ...}
     tags: int = 1_000_000
+    model: str = DEFAULT_MODEL  # the benchmark bundle's model (`loadtest.bundle.MODELS`)
     root: Path = DEFAULT_ROOT
     bundle: Path | None = None
     payloads: Path | None = None  # request bodies (default: the benchmark bundle's, or drawn from `bundle`)
@@ -64,7 +65,7 @@ def run_tune(cfg: TuneConfig, progress: Callable[[str], None] | None = None) -> 
     out_dir.mkdir(parents=True, exist_ok=True)
     bundle, payloads = cfg.bundle, cfg.payloads
     if bundle is None:
-        built = prepare_bench_bundle(Recipe.for_tags(cfg.tags), cfg.root, progress=say)
+        built = prepare_bench_bundle(Recipe.for_tags(cfg.tags, cfg.model), cfg.root, progress=say)
         bundle = built.bundle
         payloads = payloads or (built.payloads if built.payloads.is_file() else None)
     bodies = write_bodies(PayloadSource.open(bundle, payloads), out_dir / "bodies.jsonl", cfg.k)

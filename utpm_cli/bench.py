@@ -69,6 +69,9 @@ def bench_serve_cmd(
     tags: Annotated[int, typer.Option(help="Synthetic tags of the benchmark bundle (built once, then reused).")] = (
         1_000_000
     ),
+    model: Annotated[
+        str, typer.Option(help="The benchmark bundle's model: utpm-hist (the default model) or utpm (the paper's).")
+    ] = "utpm-hist",
     json_out: Annotated[Path, typer.Option("--json", help="Write the report as JSON here.")] = Path(
         "artifacts/bench/serve.json"
     ),
@@ -108,8 +111,10 @@ def bench_serve_cmd(
 
     if tags < 1000:
         fail(f"--tags must be at least 1000, got {tags}")
+    _check_model(model)
     cfg = BenchConfig(
         tags=tags,
+        model=model,
         root=root,
         bundle=bundle,
         run=run,
@@ -186,6 +191,9 @@ def bench_tune_cmd(
     tags: Annotated[int, typer.Option(help="Synthetic tags of the benchmark bundle (built once, then reused).")] = (
         1_000_000
     ),
+    model: Annotated[
+        str, typer.Option(help="The benchmark bundle's model: utpm-hist (the default model) or utpm (the paper's).")
+    ] = "utpm-hist",
     bundle: Annotated[Path | None, typer.Option(help="Serve this indexed bundle instead of the benchmark's.")] = None,
     payloads: Annotated[
         Path | None, typer.Option(help="JSON-lines request bodies (default: the benchmark's, or drawn for --bundle).")
@@ -202,6 +210,7 @@ def bench_tune_cmd(
     from loadtest.report import render_tune
     from loadtest.tune import TuneConfig, parse_variant, run_tune
 
+    _check_model(model)
     if connections < 1 or duration <= 0 or rounds < 1:
         fail("--connections and --rounds must be at least 1 and --duration positive")
     try:
@@ -211,6 +220,7 @@ def bench_tune_cmd(
     cfg = TuneConfig(
         variants=variants,
         tags=tags,
+        model=model,
         root=root,
         bundle=bundle,
         payloads=payloads,
@@ -337,3 +347,10 @@ def bench_report_cmd(
     for doc in docs or [Path("docs/performance.md"), Path("docs/reliability.md"), Path("docs/serving.md")]:
         for artifact, what in regenerate(doc):
             typer.echo(f"{doc}: {artifact}: {what}")
+
+
+def _check_model(model: str) -> None:
+    from loadtest.bundle import MODELS
+
+    if model not in MODELS:
+        fail(f"unknown benchmark model {model!r}; valid: {', '.join(MODELS)}")

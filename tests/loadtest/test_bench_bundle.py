@@ -38,7 +38,7 @@ def test_the_default_models_benchmark_bundle_builds_and_serves(tmp_path: Path) -
     assert len(profile.tag_ids) == 10
     # a second call reuses it (same recipe), a paper recipe gets its own directory over the same data
     assert prepare_bench_bundle(recipe, tmp_path).info == built.info
-    assert Recipe.for_tags(1000).directory(tmp_path) == tmp_path / "tags1000"
+    assert Recipe.for_tags(1000, "utpm").directory(tmp_path) == tmp_path / "tags1000"
     # re-exported: the same run (not retrained) exported and indexed again, the payloads kept
     trained = (built.run / "model.pt").stat().st_mtime_ns
     again = prepare_bench_bundle(recipe, tmp_path, reexport=True)
@@ -55,7 +55,7 @@ def test_the_recipe_takes_the_default_models_cross_layer_in_its_own_directory(tm
     """An ablation of utpm-hist's cross layer is built beside the default one (none), over the same data;
     a bundle built before the option existed (its stored recipe lacks it) is the cf one."""
     none, cf = Recipe.for_tags(1000, "utpm-hist"), Recipe.for_tags(1000, "utpm-hist", cross="cf")
-    assert none.cross == "none" and Recipe.for_tags(1000).cross == "cf"  # the paper model keeps its layer
+    assert none.cross == "none" and Recipe.for_tags(1000, "utpm").cross == "cf"  # the paper model keeps its layer
     assert cf.directory(tmp_path) == tmp_path / "tags1000-utpm-hist-cross-cf"
     assert none.directory(tmp_path) == tmp_path / "tags1000-utpm-hist"
     assert cf.train_config(tmp_path / "v.npz").history.cross == "cf"
@@ -66,3 +66,27 @@ def test_the_recipe_takes_the_default_models_cross_layer_in_its_own_directory(tm
         Recipe.for_tags(1000, "utpm", cross="none")
     with pytest.raises(ValueError, match="unknown cross layer 'cartesian'; valid: none, cf"):
         Recipe.for_tags(1000, "utpm-hist", cross="cartesian")
+
+
+def test_the_benchmarks_build_the_default_model_unless_told_otherwise() -> None:
+    """`Recipe.for_tags`, `python -m loadtest.bundle` and `utpm bench serve` / `tune --tags` name the
+    default model; the CLI's defaults (shown in --help) are checked against the recipe's."""
+    import inspect
+
+    from loadtest.bundle import DEFAULT_MODEL
+    from utpm.evaluation.experiment import DEFAULT_MODEL as PROJECT_DEFAULT
+    from utpm_cli.bench import bench_serve_cmd, bench_tune_cmd
+
+    assert DEFAULT_MODEL == PROJECT_DEFAULT and Recipe.for_tags(1000).model == DEFAULT_MODEL
+    for cmd in (bench_serve_cmd, bench_tune_cmd):
+        assert inspect.signature(cmd).parameters["model"].default == DEFAULT_MODEL, cmd.__name__
+
+
+def test_an_unknown_benchmark_model_is_refused_before_anything_runs() -> None:
+    from typer.testing import CliRunner
+
+    from utpm_cli.main import app
+
+    for command in (["bench", "serve"], ["bench", "tune", "--variant", ""]):
+        res = CliRunner().invoke(app, [*command, "--model", "utpm-xl"])
+        assert res.exit_code == 2 and "unknown benchmark model 'utpm-xl'; valid: utpm-hist, utpm" in res.output
