@@ -2,7 +2,8 @@
 the paper's UTPM, `Recipe.for_tags(n, model="utpm")`, `python -m loadtest.bundle --model utpm`) at the
 industrial preset.
 
-Built once by `pipeline.build_bundle` under `artifacts/bench/tags<N>/` and reused while
+Built once by `pipeline.build_bundle` under `artifacts/bench/tags<N>-utpm-hist/` (the paper model's
+under `artifacts/bench/tags<N>/`) and reused while
 `bench_bundle.json` there records the same recipe; `payloads.jsonl` beside it holds the raw features
 of held-out test users (realistic request bodies). Why the recipe trains on a budget from frozen,
 structured tag vectors, and why the paper model's index is tuned on structured queries (the default

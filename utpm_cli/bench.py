@@ -15,6 +15,11 @@ import typer
 
 from utpm_cli.errors import fail
 
+# `--model` of the commands that build the benchmark bundle themselves (`loadtest.bundle.MODELS`)
+BenchModel = Annotated[
+    str, typer.Option(help="The benchmark bundle's model: utpm-hist (the default model) or utpm (the paper's).")
+]
+
 
 def _command_line() -> str:
     """This command as typed, for the report."""
@@ -69,9 +74,7 @@ def bench_serve_cmd(
     tags: Annotated[int, typer.Option(help="Synthetic tags of the benchmark bundle (built once, then reused).")] = (
         1_000_000
     ),
-    model: Annotated[
-        str, typer.Option(help="The benchmark bundle's model: utpm-hist (the default model) or utpm (the paper's).")
-    ] = "utpm-hist",
+    model: BenchModel = "utpm-hist",
     json_out: Annotated[Path, typer.Option("--json", help="Write the report as JSON here.")] = Path(
         "artifacts/bench/serve.json"
     ),
@@ -191,9 +194,7 @@ def bench_tune_cmd(
     tags: Annotated[int, typer.Option(help="Synthetic tags of the benchmark bundle (built once, then reused).")] = (
         1_000_000
     ),
-    model: Annotated[
-        str, typer.Option(help="The benchmark bundle's model: utpm-hist (the default model) or utpm (the paper's).")
-    ] = "utpm-hist",
+    model: BenchModel = "utpm-hist",
     bundle: Annotated[Path | None, typer.Option(help="Serve this indexed bundle instead of the benchmark's.")] = None,
     payloads: Annotated[
         Path | None, typer.Option(help="JSON-lines request bodies (default: the benchmark's, or drawn for --bundle).")
