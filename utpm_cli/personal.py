@@ -35,6 +35,7 @@ from utpm.data.protocol import ProtocolSplit
 from utpm_cli.errors import fail
 
 SERVED = "served"  # the served lists' row among the yardsticks'
+AGAINST = "against"  # --against: the other bundle's lists for the same requests
 QUALITY_KS = (1, 2, 3)
 
 
@@ -54,6 +55,10 @@ def bench_personal_cmd(
     tags_per_item: Annotated[
         int | None, typer.Option(help="N of C (tags per label item); default: the bundle's preset.")
     ] = None,
+    against: Annotated[
+        Path | None,
+        typer.Option(help="Another bundle sent the same test users' requests: its Prec@K and the paired gap."),
+    ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the result JSON here.")] = None,
 ) -> None:
     """Profiles of many users from a served bundle: are they different from one another?"""
@@ -68,18 +73,23 @@ def bench_personal_cmd(
     except DataError as e:
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
-    engine = ProfileEngine.load(bundle, Settings.model_validate({"bundle": str(bundle), "device": "cpu"}))
-    fields: list[str] = [
-        f for f in ("clicked_tags", "clicked_categories") if f in engine.field_names and f in split.fields
-    ]
-    n_tags = tags_per_item if tags_per_item is not None else engine.bundle.manifest.model.get("preset", {}).get("N")
+
+    def load(path: Path) -> tuple[Callable[[int, int], list[str]], str, int | None]:
+        """A bundle's serve function (test user, k -> tags), its model name and its preset's N."""
+        engine = ProfileEngine.load(path, Settings.model_validate({"bundle": str(path), "device": "cpu"}))
+        fields = [f for f in ("clicked_tags", "clicked_categories") if f in engine.field_names and f in split.fields]
+
+        def serve(i: int, limit: int) -> list[str]:
+            feats = request_features(split, i, fields, values, counts)
+            profile = engine.compute([engine.encode(feats, limit, False)])[0]
+            return [engine.bundle.tags.token(int(t)) for t in profile.tag_ids]
+
+        return serve, engine.model_name, engine.bundle.manifest.model.get("preset", {}).get("N")
+
+    serve, model_name, preset_n = load(bundle)
+    n_tags = tags_per_item if tags_per_item is not None else preset_n
     if quality and n_tags is None:
         fail("the bundle records no tags per item (N): pass --tags-per-item")
-
-    def serve(i: int, limit: int) -> list[str]:
-        feats = request_features(split, i, fields, values, counts)
-        profile = engine.compute([engine.encode(feats, limit, False)])[0]
-        return [engine.bundle.tags.token(int(t)) for t in profile.tag_ids]
 
     rows = np.random.default_rng(seed).permutation(split.n_users)
     served: list[list[str]] = []
@@ -95,7 +105,7 @@ def bench_personal_cmd(
     mine, theirs = personalisation(served, k), personalisation(own, k)
     result: dict[str, Any] = {
         "bundle": str(bundle),
-        "model": engine.model_name,
+        "model": model_name,
         "users": len(served),
         "k": k,
         "values": values,
@@ -103,19 +113,22 @@ def bench_personal_cmd(
         "served": mine,
         "own_clicked_tags": theirs,
     }
-    if quality:
-        result["quality"] = served_quality(serve, split, data, int(n_tags), seed)
+    if quality and n_tags is not None:
+        other = load(against) if against is not None else None
+        result["quality"] = served_quality(serve, split, data, n_tags, seed, other[0] if other else None)
+        if other is not None:
+            result["quality"]["against"] = {"bundle": str(against), "model": other[1]}
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2))
     s = mine
     sent = f"{values} most recent distinct values per field" + (" with their counts" if counts else "")
     typer.echo(
-        f"{engine.model_name} ({sent}): {len(served)} users, top-{k} mean pairwise Jaccard {s['jaccard']:.3f}, "
+        f"{model_name} ({sent}): {len(served)} users, top-{k} mean pairwise Jaccard {s['jaccard']:.3f}, "
         f"{s['distinct_tags']:.0f} distinct tags, #1 tag shared by {s['top1_share']:.0%} "
         f"(the same users' own clicked tags sent: {theirs['jaccard']:.3f})"
     )
-    if quality:
+    if "quality" in result:
         for line in quality_lines(result["quality"]):
             typer.echo(line)
     if json_out is not None:
@@ -152,20 +165,37 @@ def request_features(
 
 
 def served_quality(
-    serve: Callable[[int, int], list[str]], split: ProtocolSplit, data: Path, n_tags: int, seed: int
+    serve: Callable[[int, int], list[str]],
+    split: ProtocolSplit,
+    data: Path,
+    n_tags: int,
+    seed: int,
+    against: Callable[[int, int], list[str]] | None = None,
 ) -> dict[str, Any]:
     """Prec@K of the served lists of the split's test users and of the experiments' yardsticks on the
-    same users, with 95% intervals of each mean and of served minus each yardstick (paired by user)."""
+    same users, with 95% intervals of each mean and of served minus each yardstick (paired by user);
+    with `against`, another bundle's lists for the same requests and served minus them (`vs_against`)."""
     from utpm.evaluation.experiment import PERSONAL_K, ExperimentResult, score_rankings, yardstick_runs
+    from utpm.evaluation.personalisation import bootstrap_mean_ci
 
     test_rows = split.indices(test=True)
-    ranked = [serve(int(i), max(PERSONAL_K, *QUALITY_KS)) for i in test_rows]
-    run: dict[str, Any] = {"model": SERVED, "loss": "-", "seed": seed}
-    score_rankings(run, split, test_rows, ranked, QUALITY_KS, n_tags)
-    result = ExperimentResult(str(data), {}, [run, *yardstick_runs(str(data), [seed], QUALITY_KS, n_tags)])
+    runs: dict[str, dict[str, Any]] = {}
+    for name, fn in ((SERVED, serve), (AGAINST, against)):
+        if fn is not None:
+            ranked = [fn(int(i), max(PERSONAL_K, *QUALITY_KS)) for i in test_rows]
+            runs[name] = {"model": name, "loss": "-", "seed": seed}
+            score_rankings(runs[name], split, test_rows, ranked, QUALITY_KS, n_tags)
+    result = ExperimentResult(str(data), {}, [*runs.values(), *yardstick_runs(str(data), [seed], QUALITY_KS, n_tags)])
     rows = [{k: v for k, v in r.items() if k not in ("loss", "std", "n_seeds")} for r in result.intervals(QUALITY_KS)]
     users = next((r["users"] for r in rows if r["model"] == SERVED), 0)
-    return {"users": users, "tags_per_item": n_tags, "rows": rows}
+    out: dict[str, Any] = {"users": users, "tags_per_item": n_tags, "rows": rows}
+    if AGAINST in runs:
+        mine, theirs = runs[SERVED]["per_user"], runs[AGAINST]["per_user"]
+        out["vs_against"] = {}
+        for k in QUALITY_KS:
+            gaps = np.asarray(mine[f"prec@{k}"]) - np.asarray(theirs[f"prec@{k}"])  # the same users, in order
+            out["vs_against"][str(k)] = {"gap": float(gaps.mean()), "ci95": list(bootstrap_mean_ci(gaps))}
+    return out
 
 
 def quality_lines(quality: Mapping[str, Any]) -> list[str]:
@@ -183,4 +213,8 @@ def quality_lines(quality: Mapping[str, Any]) -> list[str]:
         gaps = [served[k]["vs"][y] for k in ks]
         text = " / ".join(f"{g['gap']:+.3f} [{g['ci95'][0]:+.3f}, {g['ci95'][1]:+.3f}]" for g in gaps)
         lines.append(f"  served - {y}: {text}")
+    if "vs_against" in quality:
+        gaps = [quality["vs_against"][str(k)] for k in ks]
+        text = " / ".join(f"{g['gap']:+.3f} [{g['ci95'][0]:+.3f}, {g['ci95'][1]:+.3f}]" for g in gaps)
+        lines.append(f"  served - against: {text}")
     return lines

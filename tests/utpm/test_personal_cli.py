@@ -14,7 +14,7 @@ from utpm.data.protocol import split_protocol, train_val_rows
 from utpm.evaluation.experiment import VAL_FRACTION
 from utpm.evaluation.yardsticks import YARDSTICKS, popularity, tag_order
 from utpm_cli.main import app
-from utpm_cli.personal import QUALITY_KS, SERVED, clicked_counts, quality_lines, served_quality
+from utpm_cli.personal import AGAINST, QUALITY_KS, SERVED, clicked_counts, quality_lines, served_quality
 
 
 def test_clicked_counts_are_occurrences_among_clicked_history_items_in_the_fields_recency_order() -> None:
@@ -49,20 +49,28 @@ def test_served_quality_pairs_each_test_user_with_the_experiments_yardsticks(mov
         assert rows[(SERVED, k)]["mean"] == 1.0
         assert rows[(SERVED, k)]["vs"]["mostpop"]["gap"] == pytest.approx(1.0 - rows[("mostpop", k)]["mean"])
 
-    quality = served_quality(lambda i, limit: popular[:limit], split, movielens_dir, 3, seed=0)
+    def pop(i: int, limit: int) -> list[str]:
+        return popular[:limit]
+
+    quality = served_quality(pop, split, movielens_dir, 3, seed=0, against=oracle)
     served = {r["k"]: r for r in quality["rows"] if r["model"] == SERVED}
     assert all(served[k]["vs"]["mostpop"] == {"gap": 0.0, "ci95": [0.0, 0.0]} for k in QUALITY_KS)
+    # another bundle's lists for the same users, paired: popularity minus the oracle
+    against = {r["k"]: r for r in quality["rows"] if r["model"] == AGAINST}
+    for k in QUALITY_KS:
+        gap = quality["vs_against"][str(k)]
+        assert gap["gap"] == pytest.approx(served[k]["mean"] - 1.0) and against[k]["mean"] == 1.0
+        assert gap["ci95"][0] <= gap["gap"] <= gap["ci95"][1] < 0
     assert all(served[k]["vs"]["blend"]["gap"] != 0.0 for k in QUALITY_KS)
     assert any("served - blend" in line for line in quality_lines(quality))
 
 
-def test_bench_personal_reports_jaccard_and_the_served_lists_quality(
+def test_bench_personal_reports_jaccard_the_served_lists_quality_and_a_paired_gap_to_another_bundle(
     hist_bundle: Path, movielens_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "personal.json"
-    res = CliRunner().invoke(
-        app, ["bench", "personal", str(hist_bundle), str(movielens_dir), "--users", "20", "--json", str(out)]
-    )
+    args = [str(hist_bundle), str(movielens_dir), "--users", "20", "--against", str(hist_bundle), "--json", str(out)]
+    res = CliRunner().invoke(app, ["bench", "personal", *args])
     assert res.exit_code == 0, res.output
     result = json.loads(out.read_text())
     assert result["users"] == 20 and 0.0 <= result["served"]["jaccard"] <= 1.0
@@ -70,5 +78,8 @@ def test_bench_personal_reports_jaccard_and_the_served_lists_quality(
     assert quality["tags_per_item"] == 3  # the bundle's preset N
     split = split_protocol(load_dataset(movielens_dir), seed=0)
     assert quality["users"] == sum(1 for i in split.indices(test=True).tolist() if split.clicked_tags(i, 3))
-    assert {r["model"] for r in quality["rows"]} == {SERVED, *YARDSTICKS}
-    assert "served - mostpop:" in res.output and f"wrote {out}" in res.output
+    assert {r["model"] for r in quality["rows"]} == {SERVED, AGAINST, *YARDSTICKS}
+    # the same bundle against itself: the same lists for every user, so every paired gap is exactly 0
+    assert quality["against"]["model"] == "utpm-hist"
+    assert all(g == {"gap": 0.0, "ci95": [0.0, 0.0]} for g in quality["vs_against"].values())
+    assert "served - mostpop:" in res.output and "served - against:" in res.output and f"wrote {out}" in res.output
