@@ -71,8 +71,7 @@ def bench_personal_cmd(
     try:
         split = split_protocol(load_dataset(data), seed=seed)
     except DataError as e:
-        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+        fail(str(e))
 
     def load(path: Path) -> tuple[Callable[[int, int], list[str]], str, int | None]:
         """A bundle's serve function (test user, k -> tags), its model name and its preset's N."""
@@ -175,7 +174,7 @@ def served_quality(
     """Prec@K of the served lists of the split's test users and of the experiments' yardsticks on the
     same users, with 95% intervals of each mean and of served minus each yardstick (paired by user);
     with `against`, another bundle's lists for the same requests and served minus them (`vs_against`)."""
-    from utpm.evaluation.experiment import PERSONAL_K, ExperimentResult, score_rankings, yardstick_runs
+    from utpm.evaluation.experiment import PERSONAL_K, ExperimentResult, score_rankings, split_yardstick_runs
     from utpm.evaluation.personalisation import bootstrap_mean_ci
 
     test_rows = split.indices(test=True)
@@ -185,7 +184,9 @@ def served_quality(
             ranked = [fn(int(i), max(PERSONAL_K, *QUALITY_KS)) for i in test_rows]
             runs[name] = {"model": name, "loss": "-", "seed": seed}
             score_rankings(runs[name], split, test_rows, ranked, QUALITY_KS, n_tags)
-    result = ExperimentResult(str(data), {}, [*runs.values(), *yardstick_runs(str(data), [seed], QUALITY_KS, n_tags)])
+    # the yardsticks on this split: the data set is not read and split a second time
+    yardsticks = split_yardstick_runs(split, seed, QUALITY_KS, n_tags)
+    result = ExperimentResult(str(data), {}, [*runs.values(), *yardsticks])
     rows = [{k: v for k, v in r.items() if k not in ("loss", "std", "n_seeds")} for r in result.intervals(QUALITY_KS)]
     users = next((r["users"] for r in rows if r["model"] == SERVED), 0)
     out: dict[str, Any] = {"users": users, "tags_per_item": n_tags, "rows": rows}

@@ -87,8 +87,10 @@ def score_rankings(
     ranked: list[list[str]],
     ks: Sequence[int],
     max_tags: int,
+    truth: dict[str, set[str]] | None = None,
 ) -> None:
-    """Prec@k, per-user scores (for the paired bootstrap; not written to JSON), personalisation, recovery."""
+    """Prec@k, per-user scores (for the paired bootstrap; not written to JSON), personalisation, and with
+    `truth` (user -> planted interests) recovery."""
     clicked = [split.clicked_tags(int(i), max_tags) for i in rows]
     has = [j for j, c in enumerate(clicked) if c]
     out.update({f"prec@{k}": precision_at_k(ranked, clicked, k).value for k in ks})
@@ -97,7 +99,6 @@ def score_rankings(
         **{f"prec@{k}": [user_precision(ranked[j], clicked[j], k) for j in has] for k in ks},
     }
     out["personalisation"] = personalisation(ranked, PERSONAL_K, seed=int(split.seed))
-    truth = _CACHE.get("truth")
     if truth is not None:
         planted = [truth.get(str(split.user_ids[i]), set()) for i in rows]
         out.update({f"recovery@{k}": recovery_at_k(ranked, planted, k) for k in ks})
@@ -327,7 +328,7 @@ def run_job(data_path: str, job: Job, ks: Sequence[int], updates: Any = None) ->
     out.update({f"val_prec@{k}": float(v) for k, v in result.val.items()})
     if job.overrides:
         out["variant"] = ",".join(f"{k}={v}" for k, v in job.overrides)
-    score_rankings(out, split, rows, ranked, ks, max_tags)
+    score_rankings(out, split, rows, ranked, ks, max_tags, _CACHE.get("truth"))
     return out
 
 
@@ -338,31 +339,38 @@ def yardstick_runs(
     planted interests (truth.csv) also the `planted-first` and `planted-seen-first` references."""
     data = _dataset(data_path)
     truth = _CACHE.get("truth")
+    return [
+        run for seed in seeds for run in split_yardstick_runs(make_split(data, seed, folds), seed, ks, max_tags, truth)
+    ]
+
+
+def split_yardstick_runs(
+    split: ProtocolSplit, seed: int, ks: Sequence[int], max_tags: int, truth: dict[str, set[str]] | None = None
+) -> list[dict[str, Any]]:
+    """`yardstick_runs` of one split already made (run `seed`: its training and validation rows)."""
+    train_rows, val_rows = train_val_rows(split, VAL_FRACTION, seed)
+    test_rows = split.indices(test=True)
+    order = tag_order(split, train_rows, max_tags)  # one read of the training events per split
+    blend = tune_blend(split, train_rows, val_rows, max_tags, ks, order=order)
+    planted = None if truth is None else [truth.get(str(split.user_ids[i]), set()) for i in test_rows]
     runs = []
-    for seed in seeds:
-        split = make_split(data, seed, folds)
-        train_rows, val_rows = train_val_rows(split, VAL_FRACTION, seed)
-        test_rows = split.indices(test=True)
-        order = tag_order(split, train_rows, max_tags)  # one read of the training events per split
-        blend = tune_blend(split, train_rows, val_rows, max_tags, ks, order=order)
-        planted = None if truth is None else [truth.get(str(split.user_ids[i]), set()) for i in test_rows]
-        for name in YARDSTICKS if planted is None else REFERENCES:
-            ranked = yardstick_rankings(
-                name,
-                split,
-                train_rows,
-                test_rows,
-                max_tags,
-                limit=max(PERSONAL_K, *ks),
-                blend=blend,
-                order=order,
-                planted=planted,
-            )
-            run: dict[str, Any] = {"model": name, "loss": "-", "seed": seed, "yardstick": True}
-            if name in ("blend", *ORACLES):
-                run["blend_a"], run["blend_c"] = blend
-            score_rankings(run, split, test_rows, ranked, ks, max_tags)
-            runs.append(run)
+    for name in YARDSTICKS if planted is None else REFERENCES:
+        ranked = yardstick_rankings(
+            name,
+            split,
+            train_rows,
+            test_rows,
+            max_tags,
+            limit=max(PERSONAL_K, *ks),
+            blend=blend,
+            order=order,
+            planted=planted,
+        )
+        run: dict[str, Any] = {"model": name, "loss": "-", "seed": seed, "yardstick": True}
+        if name in ("blend", *ORACLES):
+            run["blend_a"], run["blend_c"] = blend
+        score_rankings(run, split, test_rows, ranked, ks, max_tags, truth)
+        runs.append(run)
     return runs
 
 
