@@ -47,13 +47,16 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/app \
     PYTHONUNBUFFERED=1 \
     UTPM_BUNDLE=/bundle \
-    UTPM_DEVICE=auto
+    UTPM_DEVICE=auto \
+    NUMBA_CACHE_DIR=/app/.numba
 COPY requirements/serve-gpu.lock /tmp/serve-gpu.lock
 RUN pip install --no-cache-dir --require-hashes -r /tmp/serve-gpu.lock && rm /tmp/serve-gpu.lock
 COPY --from=code /app /app
 COPY --from=code /bundle /bundle
 RUN python -c "import service.main, sys; assert 'torch' not in sys.modules" \
-    && useradd --system --uid 10001 --home /nonexistent --shell /usr/sbin/nologin utpm && chown -R utpm /bundle
+    && python -c "from utpm.features.history import compile_kernel; compile_kernel()" \
+    && useradd --system --uid 10001 --home /nonexistent --shell /usr/sbin/nologin utpm \
+    && chown -R utpm /bundle /app/.numba
 USER utpm
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
@@ -66,12 +69,15 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/app \
     PYTHONUNBUFFERED=1 \
     UTPM_BUNDLE=/bundle \
-    UTPM_DEVICE=cpu
+    UTPM_DEVICE=cpu \
+    NUMBA_CACHE_DIR=/app/.numba
 COPY --from=deps /opt/venv /opt/venv
 COPY --from=code /app /app
 COPY --from=code /bundle /bundle
 RUN python -c "import service.main, sys; assert 'torch' not in sys.modules and 'pandas' not in sys.modules" \
-    && useradd --system --uid 10001 --home /nonexistent --shell /usr/sbin/nologin utpm && chown -R utpm /bundle
+    && python -c "from utpm.features.history import compile_kernel; compile_kernel()" \
+    && useradd --system --uid 10001 --home /nonexistent --shell /usr/sbin/nologin utpm \
+    && chown -R utpm /bundle /app/.numba
 USER utpm
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \

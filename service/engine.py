@@ -129,6 +129,8 @@ class ProfileEngine:
         threadpool_limits(BLAS_THREADS, user_api="blas")  # process-wide, as OpenBLAS's setting is
         index = TagIndex.load(bundle, use_gpu={"auto": None, "cpu": False, "cuda": True}[settings.device])
         history = bundle.history_encoder() if bundle.has_history else None
+        if history is not None:
+            history.encode([{}])  # compiles its kernel (or loads numba's cache) before the first request
         two_stage = TwoStageSearch(bundle, index) if bundle.has_history else None
         engine = cls(
             bundle=bundle, session=session, index=index, settings=settings, history=history, two_stage=two_stage

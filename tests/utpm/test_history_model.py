@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.datasets import synthetic_dataset
+from tests.utpm.features.reference_history import reference_transition
 from utpm.data.protocol import split_protocol, train_val_rows
 from utpm.features.history import (
     PHI_NAMES,
@@ -346,7 +347,7 @@ def test_tag_stats_keep_the_top_m_positive_lifts_and_the_repeat_propensity() -> 
     assert st.indices[row].tolist() == [3] and st.lift[row][0] > 0  # top 1 only, 2 -> 3
     assert st.repeat[5] > 0 > st.repeat[2] and st.repeat[3] == 0.0  # 3 never in a history
     assert st.popular[0] in (3, 5) and set(st.popular.tolist()) == {3, 4, 5}
-    ids, score = st.transition(np.array([2, 5]), np.array([0.5, 0.5]))
+    ids, score = reference_transition(st, np.array([2, 5]), np.array([0.5, 0.5]))
     assert 3 in ids.tolist() and 2 not in ids.tolist() and score[ids.tolist().index(3)] > 0
 
 

@@ -30,8 +30,8 @@ from itertools import chain, repeat
 
 import numpy as np
 
+from utpm.features import history_kernel
 from utpm.features.encoding import FeatureEncoder
-from utpm.features.sorted_keys import find_sorted, rank_in_row
 from utpm.features.spec import FieldKind
 from utpm.features.vocab import Vocabulary
 
@@ -61,8 +61,6 @@ N_BASE_PHI = 6
 # past MAX_FIT_PAIRS raw pairs (8 bytes each) it learns from a seeded sample of the users.
 PAIR_CHUNK = 20_000_000
 MAX_FIT_PAIRS = 400_000_000
-# TagStats.transitions sums a batch's terms in one dense (user, tag) array up to this size, else by sorting
-DENSE_CODES = 1 << 18
 
 
 @dataclass
@@ -283,49 +281,6 @@ class TagStats:
             popular=ranked.astype(np.int32),
         )
 
-    def transition(self, hist: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(tag ids, sum_h weights[h] * lift(h, t)) over the neighbours t of history tag ids `hist`."""
-        _, tags, score = self.transitions(np.zeros(len(hist), np.int64), hist, weights)
-        return tags, score
-
-    def transitions(
-        self, rows: np.ndarray, hist: np.ndarray, weights: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """`transition` of many users at once: history tag `hist[j]` of user `rows[j]` (rows sorted),
-        weight `weights[j]` -> (user, tag id, score) sorted by user then tag id."""
-        hist = np.asarray(hist, np.int64)
-        lo, hi = self.indptr[hist], self.indptr[hist + 1]
-        n = hi - lo
-        total = int(n.sum())
-        if not total:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64)
-        # positions lo[j] .. hi[j]-1 of every history tag j, flattened
-        idx = np.repeat(lo - (np.cumsum(n) - n), n) + np.arange(total)
-        w = np.repeat(np.asarray(weights, np.float64), n) * self.lift[idx]
-        code = np.repeat(np.asarray(rows, np.int64), n) * self.n_tags + self.indices[idx]
-        size = (int(rows[-1]) + 1) * self.n_tags
-        if size <= DENSE_CODES:
-            # few tags: one slot per (user, tag); bincount adds each slot's terms in position order, as below
-            score = np.bincount(code, w, size)
-            found = np.flatnonzero(np.bincount(code, minlength=size))
-            return found // self.n_tags, found % self.n_tags, score[found]
-        # = np.unique(code, return_inverse=True) and a bincount, faster: one plain sort of (code, position)
-        # keys orders the terms by user and tag and, within a tag, by position, so each user's tag's terms
-        # are summed in the same order (to the same bits) whatever the batch
-        shift = total.bit_length()
-        if ((int(rows[-1]) + 1) * self.n_tags).bit_length() + shift < 63:
-            key = np.sort((code << shift) | np.arange(total))
-            code, at = key >> shift, key & ((1 << shift) - 1)
-        else:
-            at = np.argsort(code, kind="stable")
-            code = code[at]
-        first = np.empty(total, bool)
-        first[0] = True
-        np.not_equal(code[1:], code[:-1], out=first[1:])
-        code = code[first]
-        score = np.bincount(np.cumsum(first) - 1, weights=w[at])
-        return code // self.n_tags, code % self.n_tags, score
-
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {
             self.PREFIX + k: v
@@ -354,6 +309,17 @@ class TagStats:
         )
 
 
+# the kernel's TagStats arguments when there are none (the dtypes of real ones: one compiled version)
+_NO_STATS = TagStats(
+    indptr=np.zeros(1, np.int64),
+    indices=np.zeros(0, np.int32),
+    lift=np.zeros(0, np.float32),
+    repeat=np.zeros(0, np.float32),
+    label_rate=np.zeros(0, np.float32),
+    popular=np.zeros(0, np.int32),
+)
+
+
 class HistoryEncoder:
     """Field vocabularies (the tag fields share the tag vocabulary), the candidate-tag settings and,
     optionally, `TagStats`.
@@ -376,6 +342,7 @@ class HistoryEncoder:
         self.max_history_tags = max_history_tags
         self.stats = stats
         self.extra_candidates = extra_candidates if stats is not None else 0
+        self._scratch = history_kernel.Scratch()
         if stats is not None and stats.n_tags != len(tags):
             raise ValueError(f"tag statistics over {stats.n_tags} tags for a vocabulary of {len(tags)}")
         for name in (TAG_FIELD, UNCLICKED_FIELD):
@@ -468,7 +435,7 @@ class HistoryEncoder:
         hist_feats: np.ndarray,
         hist_mask: np.ndarray,
     ) -> None:
-        """Every user's candidate tags and their phi, for the whole batch at once.
+        """Every user's candidate tags and their phi (`history_kernel.candidates`, which holds the rules).
 
         Per user, as a dict from tag id to phi filled value by value would give them (the rules also
         hold when two values of a field share a tag id): a clicked tag takes the phi of its last
@@ -479,7 +446,6 @@ class HistoryEncoder:
         `TagStats` the new tags their transitions propose (best first, ties by tag id) and the
         popular tags fill the `extra_candidates` slots after them."""
         b = len(users)
-        n_tags = len(self.tags)
         lookup = self.tags.lookup
 
         def column(name: str) -> tuple[_Column, np.ndarray]:
@@ -493,105 +459,35 @@ class HistoryEncoder:
         except KeyError:
             recent_h = clicked.lens
         # per user sum(count) in Python, as before (the same float sums)
-        totals = [sum(st.count) if st is not None else 0 for st in clicked.stats]
-        # clicked tags known to the vocabulary, one entry per (user, tag)
-        c_code, c_first, c_last = _entries(clicked, cid, n_tags)
-        c_row, c_tag = c_code // n_tags, c_code % n_tags
-        u_code, u_first, u_last = _entries(unclicked, uid, n_tags)
-        u_log = _log1p(unclicked.array("count")[u_last])
-        at, both = find_sorted(c_code, u_code)
-        only = ~both
-        n_c, n_only = len(c_code), int(only.sum())
-        row = np.concatenate([c_row, u_code[only] // n_tags])
-        tag = np.concatenate([c_tag, u_code[only] % n_tags])
-        base = np.zeros((n_c + n_only, N_BASE_PHI), np.float64)
-        key = np.zeros(n_c + n_only, np.float64)
-        if n_c:
-            cnt = clicked.array("count")[c_last]
-            raw = np.concatenate([cnt, clicked.array("distinct")[c_last], clicked.array("recency")[c_last]])
-            base[:n_c, :3] = _log1p(raw).reshape(3, n_c).T
-            base[at[both], 3] = u_log[both]
-            base[:n_c, 4] = clicked.pos[c_last] > clicked.lens[c_row] - 1 - recent_h[c_row]
-            base[:n_c, 5] = cnt / np.asarray([t or 1.0 for t in totals], np.float64)[c_row]
-            key[:n_c] = cnt
-        base[n_c:, 3] = u_log[only]
-        # the place in the per-user dict: clicked tags by first occurrence, then unclicked-only ones
-        place = np.concatenate([clicked.pos[c_first], unclicked.pos[u_first[only]] + 1 + clicked.lens[row[n_c:]]])
-        order = np.lexsort((place, -base[:, 3], -base[:, 2], -key, row))
-        rank = rank_in_row(row[order], np.bincount(row, minlength=b))
-        keep = rank < self.max_history_tags
-        order, slot = order[keep], rank[keep]
-        h_row, hist = row[order], tag[order]
-        hist_feats[h_row, slot, :N_BASE_PHI] = base[order]
-        hist_ids[h_row, slot] = hist
-        hist_mask[h_row, slot] = 1.0
-        st = self.stats
-        if st is None:
-            return
-        # clicked tags propose by their share of the clicks (unclicked-only ones propose nothing)
-        share = hist_feats[h_row, slot, N_BASE_PHI - 1].astype(np.float64)
-        h_code = h_row * n_tags + hist
-        # A tag of share 0 (unclicked only) adds +0.0 terms: without them the other tags' sums are the same
-        # bits. Its neighbours still are proposed tags (of score 0), which matters only to a user with fewer
-        # than extra_candidates new tags of positive score: for those users, all their history tags.
-        weighted = share != 0
-        t_row, t_tag, score = st.transitions(h_row[weighted], hist[weighted], share[weighted])
-        t_code = t_row * n_tags + t_tag
-        at, hit = find_sorted(t_code, h_code)
-        unweighted = np.bincount(h_row[~weighted], minlength=b) > 0
-        if unweighted.any():
-            new = np.ones(len(t_code), bool)
-            new[at[hit]] = False
-            full = unweighted & (np.bincount(t_row[new & (score > 0)], minlength=b) < self.extra_candidates)
-            if full.any():
-                again = full[h_row]
-                f_row, f_tag, f_score = st.transitions(h_row[again], hist[again], share[again])
-                keep = ~full[t_row]
-                t_row, t_tag = np.concatenate([t_row[keep], f_row]), np.concatenate([t_tag[keep], f_tag])
-                score = np.concatenate([score[keep], f_score])
-                order = np.argsort(t_row * n_tags + t_tag, kind="stable")
-                t_row, t_tag, score = t_row[order], t_tag[order], score[order]
-                t_code = t_row * n_tags + t_tag
-                at, hit = find_sorted(t_code, h_code)
-        k = N_BASE_PHI
-        # the history tags found among them keep their score and propose nothing new
-        new = np.ones(len(t_code), bool)
-        new[at[hit]] = False
-        hist_feats[h_row[hit], slot[hit], k] = score[at[hit]]
-        hist_feats[h_row, slot, k + 1] = st.repeat[hist]
-        # per user the best new tags, ties by tag id: a partition per user (a sort of all of them costs more)
-        e_row, e_tag, e_score = t_row[new], t_tag[new], score[new]
-        bounds = np.searchsorted(e_row, np.arange(b + 1)).tolist()
-        order = np.concatenate(
-            [lo + _top(e_score[lo:hi], self.extra_candidates) for lo, hi in itertools.pairwise(bounds) if hi > lo]
-            or [np.zeros(0, np.int64)]
+        totals = np.asarray([sum(st.count) if st is not None else 0.0 for st in clicked.stats], np.float64)
+        c_count = clicked.array("count")
+        c_log = _log1p(np.concatenate([c_count, clicked.array("distinct"), clicked.array("recency")])).reshape(3, -1)
+        st = self.stats or _NO_STATS
+        history_kernel.candidates(
+            np.asarray(clicked.bounds, np.int64),
+            cid,
+            c_count,
+            c_log,
+            np.asarray(unclicked.bounds, np.int64),
+            uid,
+            _log1p(unclicked.array("count")),
+            recent_h,
+            totals,
+            _log1p(totals),
+            self.max_history_tags,
+            self.extra_candidates,
+            self.stats is not None,
+            st.indptr,
+            st.indices,
+            st.lift,
+            st.repeat,
+            st.label_rate,
+            st.popular,
+            self._scratch.mark(len(self.tags)),
+            hist_ids,
+            hist_feats,
+            hist_mask,
         )
-        e_row, e_tag, e_score = e_row[order], e_tag[order], e_score[order]
-        n_kept = np.bincount(h_row, minlength=b)
-        n_extra = np.bincount(e_row, minlength=b)
-        e_slot = n_kept[e_row] + rank_in_row(e_row, n_extra)
-        hist_feats[e_row, e_slot, k] = e_score
-        slots = [(h_row, slot, hist), (e_row, e_slot, e_tag)]
-        need = self.extra_candidates - n_extra
-        rows = np.flatnonzero(need > 0)
-        if len(rows) and len(st.popular):
-            # then the popular tags the user has neither in history nor among those proposed
-            popular = st.popular.astype(np.int64)
-            taken = np.sort(np.concatenate([h_code, e_row * n_tags + e_tag]))
-            grid = rows[:, None] * n_tags + popular[None, :]
-            free = ~find_sorted(taken, grid)[1]
-            nth = np.cumsum(free, axis=1)
-            pick = free & (nth <= need[rows][:, None])
-            r, j = np.nonzero(pick)
-            p_row = rows[r]
-            slots.append((p_row, n_kept[p_row] + n_extra[p_row] + nth[r, j] - 1, popular[j]))
-        log_total = _log1p(np.asarray(totals, np.float64))
-        for s_row, s_slot, s_tag in slots[1:]:
-            hist_ids[s_row, s_slot] = s_tag
-            hist_mask[s_row, s_slot] = 1.0
-        for s_row, s_slot, s_tag in slots:
-            hist_feats[s_row, s_slot, k + 2] = st.label_rate[s_tag]
-            hist_feats[s_row, s_slot, k + 3] = log_total[s_row]
 
 
 class _Column:
@@ -626,22 +522,6 @@ class _Column:
         return self._arrays[attr]
 
 
-def _entries(col: _Column, vid: np.ndarray, n_tags: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One entry per (user, tag id) of the values known to the vocabulary, sorted by user * n_tags + tag:
-    (that code, the value index of its first occurrence, of its last occurrence)."""
-    known = np.flatnonzero(vid > Vocabulary.OOV)
-    code = col.row[known] * n_tags + vid[known]
-    order = np.argsort(code, kind="stable")  # by code, then by position
-    code = code[order]
-    n = len(code)
-    first = np.ones(n, bool)
-    last = np.ones(n, bool)
-    if n:
-        np.not_equal(code[1:], code[:-1], out=first[1:])
-        last[:-1] = first[1:]
-    return code[first], known[order[first]], known[order[last]]
-
-
 # log1p of the whole numbers below this, computed once by math.log1p: most counts are among them
 _TABLE_SIZE = 4096
 _LOG1P_TABLE = np.fromiter(map(math.log1p, range(_TABLE_SIZE)), np.float64, _TABLE_SIZE)
@@ -661,10 +541,7 @@ def _log1p(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _top(score: np.ndarray, k: int) -> np.ndarray:
-    """np.argsort(-score, kind="stable")[:k] (ties in index order), sorting only the k best and their ties."""
-    neg = -score
-    if len(neg) <= k or k <= 0:
-        return np.argsort(neg, kind="stable")[: max(k, 0)]
-    sel = np.flatnonzero(neg <= np.partition(neg, k - 1)[k - 1])
-    return sel[np.argsort(neg[sel], kind="stable")][:k]
+def compile_kernel() -> None:
+    """Compile the encoder's kernel now, or load it from numba's cache (a serving image does this at
+    build time, so that its processes start without compiling)."""
+    HistoryEncoder(FeatureEncoder([], {}), Vocabulary.build([]), 1).encode([{}])

@@ -15,7 +15,7 @@ import random
 import numpy as np
 import pytest
 
-from tests.utpm.features.reference_history import reference_encode, reference_transition
+from tests.utpm.features.reference_history import reference_encode
 from utpm.features import history
 from utpm.features.encoding import FeatureEncoder
 from utpm.features.history import (
@@ -155,13 +155,8 @@ ENCODERS = {
 }
 
 
-@pytest.mark.parametrize("dense", [True, False], ids=["dense transitions", "sorted transitions"])
 @pytest.mark.parametrize("name", list(ENCODERS))
-def test_batch_encode_is_bit_identical_to_the_per_user_encoder(
-    name: str, dense: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    if not dense:
-        monkeypatch.setattr(history, "DENSE_CODES", 0)
+def test_batch_encode_is_bit_identical_to_the_per_user_encoder(name: str) -> None:
     cfg = dict(ENCODERS[name])
     rng = np.random.default_rng(len(name))
     kind = cfg.pop("stats")
@@ -198,31 +193,6 @@ def test_a_user_with_only_unclicked_tags_or_nothing_known_gets_the_old_candidate
     ]
     _same(henc.encode(users), reference_encode(henc, users))
     _same(henc.encode([]), reference_encode(henc, []))  # no users (an empty validation split)
-
-
-def test_transitions_of_many_users_are_each_users_transition(monkeypatch: pytest.MonkeyPatch) -> None:
-    rng = np.random.default_rng(0)
-    st = _tag_stats(rng, N_TAGS, ties=False)
-    rows = np.sort(rng.integers(0, 9, 80))
-    hist = rng.integers(2, N_TAGS, 80)
-    weights = rng.choice([0.0, 0.1, 0.5, 1 / 3], 80)
-    t_row, t_tag, score = st.transitions(rows, hist, weights)
-    # the dense sums (few tags), the packed-key sort and the fallback for codes too wide to pack give the same
-    far = rows.astype(np.int64) << 40
-    f_row, f_tag, f_score = st.transitions(far, hist, weights)
-    assert np.array_equal(f_row >> 40, t_row) and np.array_equal(f_tag, t_tag)
-    assert np.array_equal(f_score.view(np.int64), score.view(np.int64))
-    monkeypatch.setattr(history, "DENSE_CODES", 0)
-    s_row, s_tag, s_score = st.transitions(rows, hist, weights)
-    assert np.array_equal(s_row, t_row) and np.array_equal(s_tag, t_tag)
-    assert np.array_equal(s_score.view(np.int64), score.view(np.int64))
-    for r in np.unique(rows):
-        at = rows == r
-        tags, s = st.transition(hist[at], weights[at])
-        old_tags, old_s = reference_transition(st, hist[at], weights[at])
-        assert np.array_equal(tags, old_tags) and np.array_equal(s.view(np.int64), old_s.view(np.int64))
-        assert np.array_equal(t_tag[t_row == r], tags) and np.array_equal(score[t_row == r], s)
-    assert not math.isnan(float(score.sum()))
 
 
 def test_log1p_of_whole_numbers_from_the_table_and_of_the_rest_is_math_log1p_to_the_bit() -> None:
