@@ -64,6 +64,15 @@ def _slot(keys, t):  # pragma: no cover - compiled
 
 
 @_compiled
+def _table(n):  # pragma: no cover - compiled
+    """An empty open-addressing table for `n` insertions: (keys, sums, the slots in insertion order)."""
+    size = 16
+    while size < 2 * n:
+        size *= 2
+    return np.full(size, -1, np.int32), np.zeros(size, np.float64), np.empty(n, np.int64)
+
+
+@_compiled
 def candidates(
     c_bounds,
     c_ids,
@@ -169,15 +178,10 @@ def candidates(
         # that stays in cache
         n_terms = 0
         for s in range(kept):
-            h = hist_ids[u, s]
-            n_terms += indptr[h + 1] - indptr[h]
-        size = 16
-        while size < 2 * n_terms:
-            size *= 2
-        keys = np.full(size, -1, np.int64)
-        sums = np.zeros(size, np.float64)
-        chosen = np.zeros(size, np.bool_)
-        used = np.empty(n_terms, np.int64)
+            if hist_feats[u, s, SHARE] != 0:
+                h = hist_ids[u, s]
+                n_terms += indptr[h + 1] - indptr[h]
+        keys, sums, used = _table(n_terms)
         n_used = 0
         unweighted = False
         for s in range(kept):
@@ -202,6 +206,15 @@ def candidates(
                     positive += 1
             if positive < extra_candidates:
                 for s in range(kept):
+                    if hist_feats[u, s, SHARE] == 0:
+                        h = hist_ids[u, s]
+                        n_terms += indptr[h + 1] - indptr[h]
+                old_keys, old_sums, old_used = keys, sums, used
+                keys, sums, used = _table(n_terms)
+                for j in range(n_used):
+                    i = _slot(keys, old_keys[old_used[j]])
+                    keys[i], sums[i], used[j] = old_keys[old_used[j]], old_sums[old_used[j]], i
+                for s in range(kept):
                     if hist_feats[u, s, SHARE] != 0:
                         continue
                     h = hist_ids[u, s]
@@ -211,6 +224,7 @@ def candidates(
                             keys[i] = indices[idx]
                             used[n_used] = i
                             n_used += 1
+        chosen = np.zeros(len(keys), np.bool_)
         n_new = 0
         new_at = np.empty(n_used, np.int64)
         new_tag = np.empty(n_used, np.int64)
