@@ -15,7 +15,7 @@ where a field is either a list (values may repeat: each occurrence counts once) 
 transition lifts (CSR), a repeat propensity and a label rate per tag. They travel in a bundle as
 `HistoryEncoder.to_arrays()` / `HistoryEncoder.from_arrays(...)`.
 
-Torch-free: numpy only, so the service can use it.
+Torch-free (numpy, and numba for `history_kernel`), so the service can use it.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ _cached_weights = functools.lru_cache(maxsize=256)(_weights)
 
 def recency_weights(n: int) -> Sequence[float]:
     """exp(-RECENCY_DECAY * age) of the positions 0 .. n-1 of a history of n (the most recent last);
-    cached for request-sized n, as the encoding holds the GIL on the service's hot path."""
+    cached for request-sized n, as this part of the encoding holds the GIL on the service's hot path."""
     return _cached_weights(n) if n <= 1024 else _weights(n)
 
 
