@@ -3,9 +3,9 @@
 `HistoryEncoder.encode` looks every value up in its vocabulary in Python (dicts of strings) and
 hands the ids, counts and their log1p to `candidates`, which fills the candidate slots of a batch
 without the interpreter: it releases the GIL, so that the service's event loop runs on the other
-core while a batch thread encodes. It gives the bits of the numpy batch encoder it replaced (which
-is kept as the oracle of tests/utpm/features/reference_history.py's tests): the same float64 sums
-in the same order, the same float32 roundings, the same orders and ties.
+core while a batch thread encodes. It gives the bits of the numpy batch encoder it replaced: the
+same float64 sums in the same order, the same float32 roundings, the same orders and ties (tested
+against the per-user reference encoder, tests/utpm/features/reference_history.py).
 
 The first call of a process compiles, or loads what numba cached (`_compiled`).
 """
@@ -45,7 +45,7 @@ class Scratch(threading.local):
 
 
 @_compiled
-def _lex_order(place, k3, k2, k1):  # pragma: no cover - compiled
+def _lex_order(place, k3, k2, k1):
     """Indices sorted by (-k1, -k2, -k3, place), `place` distinct: stable passes, least key first."""
     order = np.argsort(place, kind="mergesort")
     for key in (k3, k2, k1):
@@ -54,7 +54,7 @@ def _lex_order(place, k3, k2, k1):  # pragma: no cover - compiled
 
 
 @_compiled
-def _slot(keys, t):  # pragma: no cover - compiled
+def _slot(keys, t):
     """Where tag id `t` is or goes in the open-addressing table `keys` (a power of two; -1 = free)."""
     mask = len(keys) - 1
     i = (t * 0x9E3779B1) & mask
@@ -64,7 +64,7 @@ def _slot(keys, t):  # pragma: no cover - compiled
 
 
 @_compiled
-def _table(n):  # pragma: no cover - compiled
+def _table(n):
     """An empty open-addressing table for `n` insertions: (keys, sums, the slots in insertion order)."""
     size = 16
     while size < 2 * n:
@@ -97,7 +97,7 @@ def candidates(
     hist_ids,
     hist_feats,
     hist_mask,
-):  # pragma: no cover - compiled
+):
     """Fill hist_ids / hist_feats / hist_mask (B, width[, P]) of every user of the batch.
 
     Clicked values of user u: c_bounds[u] .. c_bounds[u + 1] of c_ids (tag ids, OOV if unknown),
