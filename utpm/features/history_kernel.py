@@ -73,6 +73,19 @@ def _table(n):
 
 
 @_compiled
+def _propose(keys, sums, used, n_used, h, w, indptr, indices, lift):
+    """Add history tag h's terms w * lift(h, t) to its neighbours t in the table; the new count of slots used."""
+    for idx in range(indptr[h], indptr[h + 1]):
+        i = _slot(keys, indices[idx])
+        if keys[i] < 0:
+            keys[i] = indices[idx]
+            used[n_used] = i
+            n_used += 1
+        sums[i] += w * np.float64(lift[idx])
+    return n_used
+
+
+@_compiled
 def candidates(
     c_bounds,
     c_ids,
@@ -188,17 +201,10 @@ def candidates(
             w = np.float64(hist_feats[u, s, SHARE])
             if w == 0:
                 unweighted = True
-                continue
-            h = hist_ids[u, s]
-            for idx in range(indptr[h], indptr[h + 1]):
-                i = _slot(keys, indices[idx])
-                if keys[i] < 0:
-                    keys[i] = indices[idx]
-                    used[n_used] = i
-                    n_used += 1
-                sums[i] += w * np.float64(lift[idx])
+            else:
+                n_used = _propose(keys, sums, used, n_used, hist_ids[u, s], w, indptr, indices, lift)
         if unweighted:
-            # a tag of share 0 (unclicked only) would add +0.0 terms: the sums stay the same bits, but its
+            # a tag of share 0 (unclicked only) adds +0.0 terms: the sums stay the same bits, but its
             # neighbours become new tags of score 0, which a user with too few positive ones needs
             positive = 0
             for j in range(n_used):
@@ -215,15 +221,8 @@ def candidates(
                     i = _slot(keys, old_keys[old_used[j]])
                     keys[i], sums[i], used[j] = old_keys[old_used[j]], old_sums[old_used[j]], i
                 for s in range(kept):
-                    if hist_feats[u, s, SHARE] != 0:
-                        continue
-                    h = hist_ids[u, s]
-                    for idx in range(indptr[h], indptr[h + 1]):
-                        i = _slot(keys, indices[idx])
-                        if keys[i] < 0:
-                            keys[i] = indices[idx]
-                            used[n_used] = i
-                            n_used += 1
+                    if hist_feats[u, s, SHARE] == 0:
+                        n_used = _propose(keys, sums, used, n_used, hist_ids[u, s], 0.0, indptr, indices, lift)
         chosen = np.zeros(len(keys), np.bool_)
         n_new = 0
         new_at = np.empty(n_used, np.int64)
