@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 
+import numba
 import numpy as np
 import pytest
 
@@ -203,3 +204,17 @@ def test_log1p_of_whole_numbers_from_the_table_and_of_the_rest_is_math_log1p_to_
         got = history._log1p(x)
         want = np.array([math.log1p(v) for v in x.tolist()], np.float64)
         assert got.dtype == np.float64 and got.tobytes() == want.tobytes()
+
+
+def test_the_kernel_runs_without_the_gil_and_compiles_where_numba_cannot_cache() -> None:
+    """nogil is the kernel's point (the service's event loop runs meanwhile); a function numba cannot
+    cache (here: no source file, as on a read-only install) is compiled uncached instead of failing."""
+    from utpm.features import history_kernel
+
+    assert history_kernel.candidates.targetoptions["nogil"] is True
+    scope: dict[str, object] = {}
+    exec("def twice(x):\n    return 2 * x\n", scope)
+    with pytest.raises(RuntimeError, match="cannot cache"):
+        numba.njit(cache=True)(scope["twice"])
+    twice = history_kernel._compiled(scope["twice"])
+    assert twice(21) == 42 and twice.targetoptions["nogil"] is True
