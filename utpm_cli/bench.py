@@ -342,10 +342,12 @@ def bench_commits_cmd(
 def bench_report_cmd(
     docs: Annotated[list[Path] | None, typer.Argument(help="Docs to regenerate.")] = None,
 ) -> None:
-    """Regenerate the measured blocks of docs/performance.md, reliability.md and serving.md from their JSON."""
+    """Regenerate the measured blocks of docs/performance.md, performance-history.md, reliability.md and
+    serving.md from their JSON."""
     from loadtest.report import regenerate
 
-    for doc in docs or [Path("docs/performance.md"), Path("docs/reliability.md"), Path("docs/serving.md")]:
+    defaults = ["performance.md", "performance-history.md", "reliability.md", "serving.md"]
+    for doc in docs or [Path("docs") / name for name in defaults]:
         for artifact, what in regenerate(doc):
             typer.echo(f"{doc}: {artifact}: {what}")
 
