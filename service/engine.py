@@ -35,7 +35,7 @@ from model_export.session import CUDA, SessionConfig, build_session, check_signa
 from service.batching import MicroBatcher
 from service.config import Settings
 from service.errors import InvalidInput, UnknownFields
-from utpm.features.history import FieldStats, HistoryBatch, HistoryEncoder, parse_field
+from utpm.features.history import FieldStats, HistoryBatch, HistoryEncoder, compile_kernel, parse_field
 from utpm.features.vocab import Vocabulary
 
 log = logging.getLogger("utpm.service")
@@ -130,7 +130,7 @@ class ProfileEngine:
         index = TagIndex.load(bundle, use_gpu={"auto": None, "cpu": False, "cuda": True}[settings.device])
         history = bundle.history_encoder() if bundle.has_history else None
         if history is not None:
-            history.encode([{}])  # compiles its kernel (or loads numba's cache) before the first request
+            compile_kernel()  # before the first request, not in it
         two_stage = TwoStageSearch(bundle, index) if bundle.has_history else None
         engine = cls(
             bundle=bundle, session=session, index=index, settings=settings, history=history, two_stage=two_stage

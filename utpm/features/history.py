@@ -464,29 +464,15 @@ class HistoryEncoder:
         c_log = _log1p(np.concatenate([c_count, clicked.array("distinct"), clicked.array("recency")])).reshape(3, -1)
         st = self.stats or _NO_STATS
         history_kernel.candidates(
-            np.asarray(clicked.bounds, np.int64),
-            cid,
-            c_count,
-            c_log,
-            np.asarray(unclicked.bounds, np.int64),
-            uid,
-            _log1p(unclicked.array("count")),
-            recent_h,
-            totals,
-            _log1p(totals),
+            (np.asarray(clicked.bounds, np.int64), cid, c_count, c_log),
+            (np.asarray(unclicked.bounds, np.int64), uid, _log1p(unclicked.array("count"))),
+            (recent_h, totals, _log1p(totals)),
             self.max_history_tags,
             self.extra_candidates,
             self.stats is not None,
-            st.indptr,
-            st.indices,
-            st.lift,
-            st.repeat,
-            st.label_rate,
-            st.popular,
+            (st.indptr, st.indices, st.lift, st.repeat, st.label_rate, st.popular),
             self._scratch.mark(len(self.tags)),
-            hist_ids,
-            hist_feats,
-            hist_mask,
+            (hist_ids, hist_feats, hist_mask),
         )
 
 

@@ -86,25 +86,13 @@ def _propose(keys, sums, used, n_used, h, w, indptr, indices, lift):
 
 
 @_compiled
-def _kept_history(
-    u,
-    c_bounds,
-    c_ids,
-    c_count,
-    c_log,
-    u_bounds,
-    u_ids,
-    u_log,
-    recent_h,
-    totals,
-    max_history_tags,
-    mark,
-    hist_ids,
-    hist_feats,
-    hist_mask,
-):
+def _kept_history(u, clicked, unclicked, users, max_history_tags, mark, out):
     """User u's kept history tags into its first slots with their base phi; `mark` holds each kept tag's
     slot afterwards (and -1 for the rest). Returns how many were kept."""
+    c_bounds, c_ids, c_count, c_log = clicked
+    u_bounds, u_ids, u_log = unclicked
+    recent_h, totals, _ = users
+    hist_ids, hist_feats, hist_mask = out
     cs, ce = c_bounds[u], c_bounds[u + 1]
     us, ue = u_bounds[u], u_bounds[u + 1]
     clen = ce - cs
@@ -170,24 +158,11 @@ def _kept_history(
 
 
 @_compiled
-def _new_and_popular(
-    u,
-    kept,
-    extra_candidates,
-    indptr,
-    indices,
-    lift,
-    repeat,
-    label_rate,
-    popular,
-    log_total,
-    mark,
-    hist_ids,
-    hist_feats,
-    hist_mask,
-):
+def _new_and_popular(u, kept, extra_candidates, stats, log_total, mark, out):
     """User u's transition scores, the best new tags and the popular fill after its `kept` history tags
     (`mark`: the kept tags' slots), and the per-tag phi of every slot."""
+    indptr, indices, lift, repeat, label_rate, popular = stats
+    hist_ids, hist_feats, hist_mask = out
     # transitions from the kept clicked tags, weighted by their share as stored (float32); terms summed
     # per tag in slot order, then neighbour order, in an open-addressing table of the user's own tags
     # that stays in cache
@@ -277,74 +252,19 @@ def _new_and_popular(
 
 
 @_compiled
-def candidates(
-    c_bounds,
-    c_ids,
-    c_count,
-    c_log,
-    u_bounds,
-    u_ids,
-    u_log,
-    recent_h,
-    totals,
-    log_total,
-    max_history_tags,
-    extra_candidates,
-    has_stats,
-    indptr,
-    indices,
-    lift,
-    repeat,
-    label_rate,
-    popular,
-    mark,
-    hist_ids,
-    hist_feats,
-    hist_mask,
-):
-    """Fill hist_ids / hist_feats / hist_mask (B, width[, P]) of every user of the batch.
+def candidates(clicked, unclicked, users, max_history_tags, extra_candidates, has_stats, stats, mark, out):
+    """Fill `out` = (hist_ids, hist_feats, hist_mask), (B, width[, P]), for every user of the batch.
 
-    Clicked values of user u: c_bounds[u] .. c_bounds[u + 1] of c_ids (tag ids, OOV if unknown),
-    c_count (raw counts) and c_log (3, n): log1p of count, distinct items, recency-weighted count;
-    unclicked ones likewise with u_log = log1p(count). `recent_h`, `totals` (sum of the user's clicked
-    counts), `log_total` = log1p(totals) per user. TagStats arrays are read only when `has_stats`.
-    mark: `Scratch.mark`, left clear.
+    `clicked` = (c_bounds, c_ids, c_count, c_log): user u's clicked values are c_bounds[u] ..
+    c_bounds[u + 1] of c_ids (tag ids, OOV if unknown), c_count (raw counts) and c_log (3, n): log1p
+    of count, distinct items, recency-weighted count; `unclicked` = (u_bounds, u_ids, u_log), u_log =
+    log1p(count). `users` = (recent_h, totals, log_total) per user: totals the sum of the clicked
+    counts, log_total its log1p. `stats` = TagStats' (indptr, indices, lift, repeat, label_rate,
+    popular), read only when `has_stats`. `mark`: `Scratch.mark`, left clear.
     """
-    b = len(c_bounds) - 1
-    for u in range(b):
-        kept = _kept_history(
-            u,
-            c_bounds,
-            c_ids,
-            c_count,
-            c_log,
-            u_bounds,
-            u_ids,
-            u_log,
-            recent_h,
-            totals,
-            max_history_tags,
-            mark,
-            hist_ids,
-            hist_feats,
-            hist_mask,
-        )
+    for u in range(len(clicked[0]) - 1):
+        kept = _kept_history(u, clicked, unclicked, users, max_history_tags, mark, out)
         if has_stats:
-            _new_and_popular(
-                u,
-                kept,
-                extra_candidates,
-                indptr,
-                indices,
-                lift,
-                repeat,
-                label_rate,
-                popular,
-                log_total,
-                mark,
-                hist_ids,
-                hist_feats,
-                hist_mask,
-            )
+            _new_and_popular(u, kept, extra_candidates, stats, users[2], mark, out)
         for s in range(kept):
-            mark[hist_ids[u, s]] = -1
+            mark[out[0][u, s]] = -1

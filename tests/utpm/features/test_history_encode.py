@@ -218,3 +218,19 @@ def test_the_kernel_runs_without_the_gil_and_compiles_where_numba_cannot_cache()
         numba.njit(cache=True)(scope["twice"])
     twice = history_kernel._compiled(scope["twice"])
     assert twice(21) == 42 and twice.targetoptions["nogil"] is True
+
+
+@pytest.mark.parametrize("name", ["stats, ties", "no stats", "no clicked field"])
+def test_compile_kernel_compiles_what_a_real_encoder_calls(name: str) -> None:
+    """The images compile the kernel at build with `compile_kernel` and the engine at load: a real
+    encoder's batch must then find its compiled version, not compile another for other argument types."""
+    from utpm.features import history_kernel
+
+    cfg = dict(ENCODERS[name])
+    kind = cfg.pop("stats")
+    stats = None if kind is None else _tag_stats(np.random.default_rng(0), N_TAGS, ties=kind == "ties")
+    henc = _encoder(stats, int(cfg.pop("max_history_tags")), int(cfg.pop("extra")), **cfg)  # type: ignore[arg-type]
+    history.compile_kernel()
+    compiled = len(history_kernel.candidates.signatures)
+    henc.encode(_users(1, 9))
+    assert len(history_kernel.candidates.signatures) == compiled == 1
