@@ -23,10 +23,10 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, repeat
+from operator import itemgetter
 
 import numpy as np
 
@@ -81,6 +81,7 @@ def _weights(n: int) -> tuple[float, ...]:
 
 
 _cached_weights = functools.lru_cache(maxsize=256)(_weights)
+_cached_weight_array = functools.lru_cache(maxsize=256)(lambda n: np.asarray(_weights(n), np.float64))
 
 
 def recency_weights(n: int) -> Sequence[float]:
@@ -89,32 +90,33 @@ def recency_weights(n: int) -> Sequence[float]:
     return _cached_weights(n) if n <= 1024 else _weights(n)
 
 
+def _weight_array(n: int) -> np.ndarray:
+    """`recency_weights(n)` as float64, cached like it."""
+    return _cached_weight_array(n) if n <= 1024 else np.asarray(_weights(n), np.float64)
+
+
 def stats_from_sequence(seq: Sequence[str], items: Sequence[object] | None = None) -> FieldStats:
     """Occurrences in time order (oldest first); `items[i]` is the item occurrence i came from, if known."""
     n = len(seq)
-    weights = recency_weights(n)
     if items is None and len(set(seq)) == n:
         # no repeats (the common request): each value once, in order, with the same weights as below
-        return FieldStats(values=list(seq), count=[1.0] * n, distinct=[1.0] * n, recency=list(weights))
-    # each value's weights summed in time order (the same float sums in training and serving)
-    recency: dict[str, float] = {}
-    for v, w in zip(seq, weights, strict=True):
-        recency[v] = recency.get(v, 0.0) + w
-    counts = Counter(seq)
-    values = list(dict.fromkeys(reversed(seq)))[::-1]  # in the order of their last occurrence
+        return FieldStats(values=list(seq), count=[1.0] * n, distinct=[1.0] * n, recency=list(recency_weights(n)))
+    # Per-occurrence work in C (dicts, map, bincount), none in bytecode: this runs on the service's
+    # event loop for every request. Values in the order of their last occurrence.
+    last = dict(zip(seq, range(n), strict=True))
+    values = sorted(last, key=last.__getitem__)
+    m = len(values)
+    code = np.fromiter(map(dict(zip(values, range(m), strict=True)).__getitem__, seq), np.intp, n)
+    count = np.bincount(code, minlength=m).astype(np.float64).tolist()
+    # bincount adds each value's weights one by one in time order: the same float sums as a Python loop
+    recency = np.bincount(code, weights=_weight_array(n), minlength=m).tolist()
     if items is None:
-        distinct = [float(counts[v]) for v in values]
+        distinct = list(count)
     else:
-        item_sets: dict[str, set[object]] = {}
-        for v, item in zip(seq, items, strict=True):
-            item_sets.setdefault(v, set()).add(item)
-        distinct = [float(len(item_sets[v])) for v in values]
-    return FieldStats(
-        values=values,
-        count=[float(counts[v]) for v in values],
-        distinct=distinct,
-        recency=[recency[v] for v in values],
-    )
+        pairs = set(zip(code.tolist(), items, strict=True))  # distinct (value, item)
+        per_pair = np.fromiter(map(itemgetter(0), pairs), np.intp, len(pairs))
+        distinct = np.bincount(per_pair, minlength=m).astype(np.float64).tolist()
+    return FieldStats(values=values, count=count, distinct=distinct, recency=recency)
 
 
 def _as_count(field_name: str, value: str, raw: object) -> float:
@@ -148,9 +150,9 @@ def parse_field(field_name: str, raw: object) -> FieldStats:
             recency=[c * w for (_, c), w in zip(pairs, weights, strict=True)],
         )
     if isinstance(raw, list | tuple):
-        bad = [v for v in raw if not isinstance(v, str)]
-        if bad:
-            raise ValueError(f"field {field_name!r}: values must be strings, got {bad[0]!r}")
+        if not all(map(isinstance, raw, repeat(str))):  # checked in C; the message names the first bad one
+            bad = next(v for v in raw if not isinstance(v, str))
+            raise ValueError(f"field {field_name!r}: values must be strings, got {bad!r}")
         return stats_from_sequence(list(raw))
     raise ValueError(f"field {field_name!r}: expected a list of values or an object {{value: count}}")
 

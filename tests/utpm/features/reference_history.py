@@ -1,7 +1,8 @@
 """The history encoder as it was before the batch encoder (commit 900f092), kept as the oracle of
 tests/utpm/features/test_history_encode.py: `reference_encode(henc, users)` is the old
 `HistoryEncoder.encode` user by user (with its per-tag-dict fallback for fields in which two values share a
-tag id), `reference_transition` the old `TagStats.transition`. Test code only; do not import elsewhere."""
+tag id), `reference_transition` the old `TagStats.transition`, `reference_stats_from_sequence` the
+`stats_from_sequence` of commit d518b6f (a Python loop per occurrence). Test code only; do not import elsewhere."""
 
 # ruff: noqa
 # mypy: ignore-errors
@@ -9,12 +10,21 @@ tag id), `reference_transition` the old `TagStats.transition`. Test code only; d
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from itertools import repeat
 
 import numpy as np
 
-from utpm.features.history import N_BASE_PHI, PHI_NAMES, TAG_FIELD, UNCLICKED_FIELD, FieldStats, HistoryBatch
+from utpm.features.history import (
+    N_BASE_PHI,
+    PHI_NAMES,
+    TAG_FIELD,
+    UNCLICKED_FIELD,
+    FieldStats,
+    HistoryBatch,
+    recency_weights,
+)
 from utpm.features.spec import FieldKind
 from utpm.features.vocab import Vocabulary
 
@@ -296,3 +306,28 @@ def _top(score: np.ndarray, k: int) -> np.ndarray:
         return np.argsort(neg, kind="stable")[: max(k, 0)]
     sel = np.flatnonzero(neg <= np.partition(neg, k - 1)[k - 1])
     return sel[np.argsort(neg[sel], kind="stable")][:k]
+
+
+def reference_stats_from_sequence(seq, items=None):
+    n = len(seq)
+    weights = recency_weights(n)
+    if items is None and len(set(seq)) == n:
+        return FieldStats(values=list(seq), count=[1.0] * n, distinct=[1.0] * n, recency=list(weights))
+    recency = {}
+    for v, w in zip(seq, weights, strict=True):
+        recency[v] = recency.get(v, 0.0) + w
+    counts = Counter(seq)
+    values = list(dict.fromkeys(reversed(seq)))[::-1]
+    if items is None:
+        distinct = [float(counts[v]) for v in values]
+    else:
+        item_sets = {}
+        for v, item in zip(seq, items, strict=True):
+            item_sets.setdefault(v, set()).add(item)
+        distinct = [float(len(item_sets[v])) for v in values]
+    return FieldStats(
+        values=values,
+        count=[float(counts[v]) for v in values],
+        distinct=distinct,
+        recency=[recency[v] for v in values],
+    )

@@ -16,7 +16,7 @@ import numba
 import numpy as np
 import pytest
 
-from tests.utpm.features.reference_history import reference_encode
+from tests.utpm.features.reference_history import reference_encode, reference_stats_from_sequence
 from utpm.features import history
 from utpm.features.encoding import FeatureEncoder
 from utpm.features.history import (
@@ -194,6 +194,18 @@ def test_a_user_with_only_unclicked_tags_or_nothing_known_gets_the_old_candidate
     ]
     _same(henc.encode(users), reference_encode(henc, users))
     _same(henc.encode([]), reference_encode(henc, []))  # no users (an empty validation split)
+
+
+def test_stats_from_sequence_is_bit_identical_to_the_per_occurrence_loop() -> None:
+    """Values, counts, distinct items and recency sums to the bit, with and without item ids, from
+    the empty list to histories longer than the weights' cache (1,024)."""
+    rnd = random.Random(3)
+    for trial in range(400):
+        n = rnd.choice([0, 1, 2, 5, 30, 200, 1500]) if trial % 10 else rnd.randrange(0, 12)
+        pool = [f"v{i}" for i in range(rnd.choice([1, 3, 20, 5000]))]
+        seq = [rnd.choice(pool) for _ in range(n)]
+        items = [rnd.randrange(1 + n // 3) for _ in seq] if trial % 2 else None
+        assert stats_from_sequence(seq, items) == reference_stats_from_sequence(seq, items), (n, len(pool), items)
 
 
 def test_log1p_of_whole_numbers_from_the_table_and_of_the_rest_is_math_log1p_to_the_bit() -> None:
