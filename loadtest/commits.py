@@ -45,11 +45,16 @@ class CommitsConfig:
 
 def figures(report: Mapping[str, Any]) -> dict[str, float | None]:
     """The figures a run is compared by: POST and cached GET throughput, POST p99, the roofline (a serve
-    report's own, or a roofline report), the event loop's CPU per request (a loop report)."""
+    report's own, or a roofline report), the event loop's CPU per request (a loop report), and the CPU
+    probe's median while the POST run (or the roofline's best row) ran: how fast the machine was."""
     kind = report.get("kind")
     if kind == "roofline":
         best = (report.get("engine") or {}).get("best") or {}
-        return {"roofline_users_per_s": best.get("users_per_s"), "cpu_ms_per_user": best.get("cpu_ms_per_user")}
+        return {
+            "roofline_users_per_s": best.get("users_per_s"),
+            "cpu_ms_per_user": best.get("cpu_ms_per_user"),
+            "cpu_probe_ms": (best.get("cpu_probe") or {}).get("median_ms"),
+        }
     if kind == "loop":  # the event loop's CPU per request of the default arm of each part measured
         post = (report.get("post") or {}).get(DEFAULT_POST) or {}
         get = report.get(DEFAULT_GET) or {}
@@ -78,6 +83,7 @@ def figures(report: Mapping[str, Any]) -> dict[str, float | None]:
         "cpu_ms_per_user": best.get("cpu_ms_per_user"),
         "post_vs_roofline": report["summary"]["ratios"].get("post_vs_roofline"),
         "post_vs_raw_asgi": report["summary"]["ratios"].get("post_vs_raw_asgi"),
+        "cpu_probe_ms": (post.get("cpu_probe") or {}).get("median_ms"),
     }
 
 

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import psutil
 
+from loadtest.speed import SpeedSampler
+
 QUANTILES = (50, 90, 95, 99)
 
 
@@ -47,22 +49,27 @@ def _children_cpu() -> float:
 
 class CpuWindow:
     """Cores used over one run by the load generator (this process' waited-for children), the
-    server (`server_cpu`) and the whole machine; the rest is other people's work on it."""
+    server (`server_cpu`) and the whole machine; the rest is other people's work on it. And how fast
+    the cores ran meanwhile (`speed.SpeedSampler`: the CPU probe's median and spread)."""
 
     def __init__(self, server_cpu: Callable[[], float]) -> None:
         self.server_cpu = server_cpu
+        self.speed = SpeedSampler().start()
         self.start = (_children_cpu(), server_cpu(), _machine_busy(), time.monotonic())
 
-    def close(self) -> dict[str, float]:
+    def close(self) -> dict[str, Any]:
         gen0, srv0, busy0, t0 = self.start
         wall = max(time.monotonic() - t0, 1e-9)
         gen, srv = (_children_cpu() - gen0) / wall, (self.server_cpu() - srv0) / wall
         machine = (_machine_busy() - busy0) / wall
+        # the sampler is waited for after the children's CPU was read: its ~1% is not the load generator's
+        probe = self.speed.stop()
         return {
             "loadgen_cores": round(gen, 2),
             "service_cores": round(srv, 2),
             "machine_busy_cores": round(machine, 2),
             "other_cores": round(max(0.0, machine - gen - srv), 2),
+            "cpu_probe": probe,
         }
 
 

@@ -50,8 +50,9 @@ def render_serve(r: Mapping[str, Any]) -> str:
         f"k = {cfg['k']}; {cfg['duration_s']:g} s per run; {cfg['workers']} worker(s); "
         f"settings {cfg['service_settings'] or 'defaults'}.",
         "",
-        "| run | users | req/s | p50 ms | p95 ms | p99 ms | failed | load gen cores | server cores | other cores |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| run | users | req/s | p50 ms | p95 ms | p99 ms | failed | load gen cores | server cores | other cores "
+        "| CPU probe ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for key, x in r["runs"].items():
         users = x.get("users") or x.get("connections") or "-"
@@ -59,6 +60,7 @@ def render_serve(r: Mapping[str, Any]) -> str:
             users = f"open loop @ {x['target_rate']:g}/s"
         cells = [x.get("rps"), x.get("p50_ms"), x.get("p95_ms"), x.get("p99_ms"), x.get("failures")]
         cores = [_fmt(x.get(c), 2) for c in ("loadgen_cores", "service_cores", "other_cores")]
+        cores.append(_probe(x))
         lines.append(f"| {key} | {users} | " + " | ".join(map(_fmt, cells)) + " | " + " | ".join(cores) + " |")
     lines += [
         "",
@@ -85,10 +87,11 @@ def render_serve(r: Mapping[str, Any]) -> str:
             f"{best['batch']} ({best['cpu_ms_per_user']:.3f} ms CPU per user). POST at {s['compare_users']} users "
             f"(locust) is {_fmt(ra.get('post_vs_roofline'), 3)} of it, "
             f"{_fmt(ra.get('post_vs_roofline_at_formed_batch'), 3)} of the roofline at the batch size the service "
-            f"formed; wrk POST {_fmt(ra.get('wrk_post_vs_roofline'), 3)}.",
+            f"formed; wrk POST {_fmt(ra.get('wrk_post_vs_roofline'), 3)}.{_speed_note(ra)}",
             "",
-            "| batch | users/s (1 thread) | users/s (" + str(ts["batch_workers"]) + " threads) | CPU ms per user |",
-            "|---:|---:|---:|---:|",
+            "| batch | users/s (1 thread) | users/s (" + str(ts["batch_workers"]) + " threads) | CPU ms per user "
+            "| CPU probe ms |",
+            "|---:|---:|---:|---:|---:|",
         ]
         by: dict[int, dict[int, Any]] = {}
         for x in roof["rows"]:
@@ -97,7 +100,7 @@ def render_serve(r: Mapping[str, Any]) -> str:
             one, par = row.get(1, {}), row.get(ts["batch_workers"], {})
             lines.append(
                 f"| {b} | {_fmt(one.get('users_per_s'))} | {_fmt(par.get('users_per_s'))} | "
-                f"{_fmt(par.get('cpu_ms_per_user'), 3)} |"
+                f"{_fmt(par.get('cpu_ms_per_user'), 3)} | {_probe(par)} |"
             )
         lines.append("")
     lines += _stage_lines(r["runs"])
@@ -110,6 +113,26 @@ def render_serve(r: Mapping[str, Any]) -> str:
         lines += ["| where | share of busy time |", "|---|---:|"]
         lines += [f"| {g} | {v:.0%} |" for g, v in prof["by_group_share_of_busy"].items() if v >= 0.01]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _probe(x: Mapping[str, Any]) -> str:
+    """The CPU probe's median (p10-p90) while a run or row ran (`loadtest.speed`); "-" before it existed."""
+    p = x.get("cpu_probe") or {}
+    if p.get("median_ms") is None:
+        return "-"
+    return f"{p['median_ms']:.2f} ({p['p10_ms']:.2f}-{p['p90_ms']:.2f})"
+
+
+def _speed_note(ratios: Mapping[str, Any]) -> str:
+    """Says how much faster or slower the cores ran during the POST run than during the roofline's best row."""
+    change = ratios.get("cpu_probe_post_over_roofline")
+    if change is None:
+        return ""
+    how = "slower" if change > 1 else "faster"
+    return (
+        f" The CPU probe took {change:.2f}x as long during the POST run as during the roofline's best row "
+        f"(the cores ran {abs(change - 1):.0%} {how}), which the ratio carries."
+    )
 
 
 def _stage_lines(runs: Mapping[str, Any]) -> list[str]:
@@ -199,6 +222,7 @@ COMMIT_FIGURES = {
     "post_loop_us": "POST loop us per request",
     "post_loop_rps": "POST req/s (in process)",
     "get_loop_us": "cached GET loop us per request",
+    "cpu_probe_ms": "CPU probe ms",
 }
 
 
@@ -310,6 +334,24 @@ def render_loop(r: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_speed(r: Mapping[str, Any]) -> str:
+    lines = [
+        f"`{r.get('command') or 'utpm bench speed'}` ({_when(r)}): the CPU probe ({r['probe_loops']:,} additions "
+        f"in a Python loop, CPU time) every {r['interval_s']:g} s for {r['seconds']:g} s, on each CPU in turn.",
+        "",
+        "| CPU | probes | median ms | p10 ms | p90 ms |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for cpu, x in [*r["per_cpu"].items(), ("all", r["all"])]:
+        cells = [x["samples"], x["median_ms"], x["p10_ms"], x["p90_ms"]]
+        lines.append(f"| {cpu} | {cells[0]} | " + " | ".join(_fmt(v, 3) for v in cells[1:]) + " |")
+    lines += [
+        "",
+        f"Median over the fastest probe: {_fmt(r['median_over_fastest'], 2)} (1.00 on cores that run at one speed).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 RENDERERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "serve": render_serve,
     "tune": render_tune,
@@ -319,6 +361,7 @@ RENDERERS: dict[str, Callable[[Mapping[str, Any]], str]] = {
     "commits": render_commits,
     "loop": render_loop,
     "gpu_check": render_gpu_check,
+    "speed": render_speed,
 }
 
 
@@ -335,6 +378,7 @@ SIDE_BY_SIDE = (
     ("cpu_ms_per_user", 2),
     ("post_vs_roofline", 3),
     ("post_vs_raw_asgi", 3),
+    ("cpu_probe_ms", 2),
 )
 
 

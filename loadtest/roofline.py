@@ -35,6 +35,7 @@ from typing import Any
 
 from loadtest.measure import machine_info
 from loadtest.payloads import PayloadSource
+from loadtest.speed import SpeedSampler
 
 Say = Callable[[str], None]
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
@@ -124,10 +125,11 @@ class EngineBench:
             list(pool.map(lambda _: None, range(threads)))  # threads started (and initialised) first
             warm = time.perf_counter() + min(0.5, seconds / 4)
             list(pool.map(lambda i: self._loop(batch, warm, i * 97), range(threads)))
-            c0, t0 = time.process_time(), time.perf_counter()
-            deadline = t0 + seconds
-            parts = list(pool.map(lambda i: self._loop(batch, deadline, i * 97), range(threads)))
-            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            with SpeedSampler() as speed:
+                c0, t0 = time.process_time(), time.perf_counter()
+                deadline = t0 + seconds
+                parts = list(pool.map(lambda i: self._loop(batch, deadline, i * 97), range(threads)))
+                wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         users = sum(p["users"] for p in parts)
         per_user = {
             f"{stage[:-2]}_ms": round(1000 * sum(p[stage] for p in parts) / users, 4)
@@ -141,6 +143,7 @@ class EngineBench:
             "cpu_ms_per_user": round(1000 * cpu / users, 4),
             "cores_used": round(cpu / wall, 2),
             "per_user": per_user,
+            "cpu_probe": speed.stop(),
         }
 
 
@@ -203,6 +206,7 @@ def measure_engine(cfg: RooflineConfig, say: Say) -> dict[str, Any]:
             "batch": best["batch"],
             "users_per_s": best["users_per_s"],
             "cpu_ms_per_user": best["cpu_ms_per_user"],
+            "cpu_probe": best["cpu_probe"],
         },
         "faiss_openmp_ab": {"batch": ab_batch, "threads": workers, "arms": ab_summary},
     }

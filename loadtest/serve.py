@@ -434,6 +434,11 @@ def summarize(runs: Mapping[str, Any], c: int, roofline: Mapping[str, Any] | Non
             rps(f"utpm/post/{c}"), roofline_at(roofline, batch) if batch else None
         )
         ratios["wrk_post_vs_roofline"] = ratio(rps(f"utpm/wrk/{c}"), best)
+        # how fast the cores ran in the two measurements the ratio divides (`loadtest.speed`)
+        ratios["cpu_probe_post_over_roofline"] = ratio(
+            runs.get(f"utpm/post/{c}", {}).get("cpu_probe", {}).get("median_ms"),
+            (roofline["best"].get("cpu_probe") or {}).get("median_ms"),
+        )
     values = {**ratios, "post_p99_ms": runs.get(f"utpm/post/{c}", {}).get("p99_ms")}
     values.setdefault("post_vs_roofline", None)
     targets = {}

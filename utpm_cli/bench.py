@@ -1,4 +1,4 @@
-"""Typer commands `utpm bench serve`, `tune`, `loop`, `reliability`, `commits` and `report` (registered in
+"""Typer commands `utpm bench serve`, `speed`, `tune`, `loop`, `reliability`, `commits` and `report` (registered in
 `utpm_cli/main.py`). The load commands write JSON artifacts; only `report` writes the docs."""
 
 from __future__ import annotations
@@ -180,6 +180,25 @@ def bench_roofline_cmd(
     )
     _, seconds = _measure(run_roofline, cfg, json_out, render_roofline)
     typer.echo(f"measured the roofline in {seconds:.0f}s; wrote {json_out}")
+
+
+def bench_speed_cmd(
+    seconds: Annotated[float, typer.Option(help="Seconds of probing (the CPUs in turn).")] = 30.0,
+    json_out: Annotated[Path, typer.Option("--json", help="Write the report as JSON here.")] = Path(
+        "artifacts/bench/speed.json"
+    ),
+) -> None:
+    """How fast each core runs a fixed piece of Python, probe after probe (a shared VM's cores change
+    speed from second to second; every load run records the same probe): JSON."""
+    from loadtest.report import render_speed
+    from loadtest.speed import run_speed
+
+    if seconds <= 0:
+        fail(f"--seconds must be positive, got {seconds}")
+    report = run_speed(seconds) | {"command": _command_line()}
+    _write(report, json_out)
+    typer.echo(render_speed(report))
+    typer.echo(f"probed the cores {report['all']['samples']} times in {seconds:g}s; wrote {json_out}")
 
 
 def bench_tune_cmd(

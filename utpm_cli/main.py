@@ -19,6 +19,7 @@ from utpm_cli.bench import (
     bench_report_cmd,
     bench_roofline_cmd,
     bench_serve_cmd,
+    bench_speed_cmd,
     bench_tune_cmd,
 )
 from utpm_cli.errors import fail
@@ -53,6 +54,7 @@ bench_app.command("index")(bench_index_cmd)
 bench_app.command("serve")(bench_serve_cmd)
 bench_app.command("tune")(bench_tune_cmd)
 bench_app.command("roofline")(bench_roofline_cmd)
+bench_app.command("speed")(bench_speed_cmd)
 bench_app.command("loop")(bench_loop_cmd)
 bench_app.command("reliability")(bench_reliability_cmd)
 bench_app.command("commits")(bench_commits_cmd)

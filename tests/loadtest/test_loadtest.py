@@ -118,8 +118,8 @@ def test_a_block_of_several_serve_reports_is_a_side_by_side_table(tmp_path: Path
     assert regenerate(doc, tmp_path) == [("p.json,d.json", "regenerated")]
     rows = [line for line in doc.read_text().splitlines() if line.startswith("| 04:")]
     assert rows == [
-        "| 04:31 | utpm (b/utpm) | 367.6 | 60.0 | 417.6 | 1,000.0 | 1.84 | 0.368 | - |",
-        "| 04:36 | utpm-hist (b/utpm-hist), 2 workers | 316.8 | 60.0 | 366.8 | 1,000.0 | 1.84 | 0.317 | - |",
+        "| 04:31 | utpm (b/utpm) | 367.6 | 60.0 | 417.6 | 1,000.0 | 1.84 | 0.368 | - | - |",
+        "| 04:36 | utpm-hist (b/utpm-hist), 2 workers | 316.8 | 60.0 | 366.8 | 1,000.0 | 1.84 | 0.317 | - | - |",
     ]
     (tmp_path / "d.json").unlink()  # one artifact missing: the quoted table stays
     text = doc.read_text()
@@ -201,6 +201,7 @@ def test_smoke_load_run(smoke_bundle: Path, tiny_run: Path, tmp_path: Path) -> N
         assert r["requests"] > 0, key
         assert r["rps"] > 0 and r["p50_ms"] is not None and r["p99_ms"] >= r["p50_ms"], (key, r)
         assert r["loadgen_cores"] >= 0 and r["service_cores"] >= 0
+        assert r["cpu_probe"]["samples"] >= 1 and r["cpu_probe"]["median_ms"] > 0, key  # how fast the cores ran
     metrics = runs["utpm/post/2"]["service_metrics"]
     assert set(metrics["stages"]) == {"parse", "queue", "model", "index", "cache"}
     assert metrics["batches"]["count"] > 0 and metrics["batches"]["mean_size"] >= 1
@@ -249,6 +250,7 @@ def test_roofline_measures_the_engine_per_batch_size_and_the_raw_asgi_ceiling(
     for r in engine["rows"]:
         assert r["users"] > 0 and r["users_per_s"] > 0 and r["cpu_ms_per_user"] > 0, r
         assert all(v >= 0 for v in r["per_user"].values()) and r["per_user"]["model_ms"] > 0
+        assert r["cpu_probe"]["samples"] >= 1, r
     assert engine["best"]["users_per_s"] == max(r["users_per_s"] for r in engine["rows"] if r["threads"] == workers)
     assert len(engine["faiss_openmp_ab"]["arms"]) == 2
     assert all(len(a["rounds"]) == 2 for a in engine["faiss_openmp_ab"]["arms"].values())
