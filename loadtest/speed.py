@@ -141,8 +141,9 @@ def _child(interval_s: float, pin: bool) -> None:
 
 def run_speed(seconds: float, interval_s: float = INTERVAL_S) -> dict[str, Any]:
     """The probe for `seconds` on each CPU in turn (an idle machine's spread, per core): JSON."""
+    from loadtest.measure import machine_info  # here: measure imports this module
+
     started = datetime.now(UTC)
-    from loadtest.measure import machine_info
 
     with SpeedSampler(interval_s, pin=True) as s:
         time.sleep(seconds)
