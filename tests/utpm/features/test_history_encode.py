@@ -10,7 +10,11 @@ the clicked field; every batch split.
 from __future__ import annotations
 
 import math
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -179,6 +183,20 @@ def test_batch_encode_is_bit_identical_to_the_per_user_encoder(name: str) -> Non
                     got.unknown[j : j + 1],
                 )
                 _same(row, one)
+
+
+def test_the_kernel_stays_in_bounds_on_every_oracle_case(tmp_path: Path) -> None:
+    """numba checks no index unless told to: an index out of bounds in the kernel would read or write
+    past an array without an error. The oracle's cases again in a fresh process with NUMBA_BOUNDSCHECK=1
+    (and a cache of its own, so the checked kernel is compiled), where it raises IndexError instead."""
+    env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    here = Path(__file__)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly"]
+    cmd += [f"{here}::test_batch_encode_is_bit_identical_to_the_per_user_encoder"]
+    cmd += [f"{here}::test_a_user_with_only_unclicked_tags_or_nothing_known_gets_the_old_candidates"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=here.parents[3], check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert f"{len(ENCODERS) + 1} passed" in done.stdout
 
 
 def test_a_user_with_only_unclicked_tags_or_nothing_known_gets_the_old_candidates() -> None:
