@@ -263,8 +263,8 @@ def render_roofline(r: Mapping[str, Any]) -> str:
             "encode + model + index + render per user, no HTTP.",
             "",
             "| batch | threads | users/s | CPU ms per user | cores used "
-            "| encode ms | model ms | index ms | render ms |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| encode ms | model ms | index ms | render ms | CPU probe ms |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for x in e["rows"]:
             pu = x["per_user"]
@@ -273,7 +273,7 @@ def render_roofline(r: Mapping[str, Any]) -> str:
             lines.append(
                 f"| {x['batch']} | {x['threads']} | {_fmt(cells[0])} | {_fmt(cells[1], 3)} | {_fmt(cells[2], 2)} | "
                 + " | ".join(_fmt(v, 3) for v in stages)
-                + " |"
+                + f" | {_probe(x)} |"
             )
         best = e["best"]
         lines += [

@@ -143,7 +143,7 @@ class EngineBench:
             "cpu_ms_per_user": round(1000 * cpu / users, 4),
             "cores_used": round(cpu / wall, 2),
             "per_user": per_user,
-            "cpu_probe": speed.stop(),
+            "cpu_probe": speed.figures(),
         }
 
 

@@ -10,7 +10,8 @@ The probe runs in a process of its own (no shared interpreter lock with the harn
 engine) and is timed by CPU time, so waiting for a busy core does not count: only how fast the core
 ran the work while it had it. It costs about 1% of one core (PROBE_LOOPS every INTERVAL_S).
 
-`python -m loadtest.speed --interval S [--pin]` is the sampler's child: one probe time (ms) per line.
+`python -m loadtest.speed --interval S [--pin]` is the sampler's child: one "CPU ms" line per probe,
+the first at once, the others when SIGTERM ends it.
 """
 
 from __future__ import annotations
@@ -51,13 +52,9 @@ def summary(samples: Sequence[float]) -> dict[str, Any]:
     """Median and 10th / 90th percentiles of probe times (ms); None without samples."""
     if not samples:
         return {"median_ms": None, "p10_ms": None, "p90_ms": None, "samples": 0}
-    if len(samples) == 1:
-        return {
-            "median_ms": round(samples[0], 3),
-            "p10_ms": round(samples[0], 3),
-            "p90_ms": round(samples[0], 3),
-            "samples": 1,
-        }
+    if len(samples) == 1:  # statistics.quantiles needs two
+        one = round(samples[0], 3)
+        return {"median_ms": one, "p10_ms": one, "p90_ms": one, "samples": 1}
     deciles = statistics.quantiles(samples, n=10, method="inclusive")
     return {
         "median_ms": round(statistics.median(samples), 3),
@@ -109,6 +106,10 @@ class SpeedSampler:
                 cpu, ms = line.split()
                 self.cpus.append(int(cpu))
                 self.samples.append(float(ms))
+        return self.figures()
+
+    def figures(self) -> dict[str, Any]:
+        """`summary` of the probes taken so far (all of them once stopped)."""
         return summary(self.samples)
 
 

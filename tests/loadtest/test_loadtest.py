@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -261,6 +262,8 @@ def test_roofline_measures_the_engine_per_batch_size_and_the_raw_asgi_ceiling(
         assert x["failures"] == 0 and x["requests"] > 0 and x["rps"] > 0, (route, x)
     markdown = render(json.loads(json.dumps(report)))
     assert "| 4 | " + str(workers) + " |" in markdown and "Raw ASGI ceiling" in markdown
+    first_row = markdown.split("| CPU probe ms |")[1].splitlines()[2]  # after the header's end and |---|
+    assert re.search(r"\| \d+\.\d\d \(\d+\.\d\d-\d+\.\d\d\) \|$", first_row), first_row  # each row's probe
 
 
 def test_tune_alternates_variants_and_reports_medians(smoke_bundle: Path, tmp_path: Path) -> None:
