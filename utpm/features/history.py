@@ -81,18 +81,12 @@ def _weights(n: int) -> tuple[float, ...]:
 
 
 _cached_weights = functools.lru_cache(maxsize=256)(_weights)
-_cached_weight_array = functools.lru_cache(maxsize=256)(lambda n: np.asarray(_weights(n), np.float64))
 
 
 def recency_weights(n: int) -> Sequence[float]:
     """exp(-RECENCY_DECAY * age) of the positions 0 .. n-1 of a history of n (the most recent last);
     cached for request-sized n, as this part of the encoding holds the GIL on the service's hot path."""
     return _cached_weights(n) if n <= 1024 else _weights(n)
-
-
-def _weight_array(n: int) -> np.ndarray:
-    """`recency_weights(n)` as float64, cached like it."""
-    return _cached_weight_array(n) if n <= 1024 else np.asarray(_weights(n), np.float64)
 
 
 def stats_from_sequence(seq: Sequence[str], items: Sequence[object] | None = None) -> FieldStats:
@@ -109,7 +103,7 @@ def stats_from_sequence(seq: Sequence[str], items: Sequence[object] | None = Non
     code = np.fromiter(map(dict(zip(values, range(m), strict=True)).__getitem__, seq), np.intp, n)
     count = np.bincount(code, minlength=m).astype(np.float64).tolist()
     # bincount adds each value's weights one by one in time order: the same float sums as a Python loop
-    recency = np.bincount(code, weights=_weight_array(n), minlength=m).tolist()
+    recency = np.bincount(code, weights=np.fromiter(recency_weights(n), np.float64, n), minlength=m).tolist()
     if items is None:
         distinct = list(count)
     else:

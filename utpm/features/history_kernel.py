@@ -86,6 +86,18 @@ def _propose(keys, sums, used, n_used, h, w, indptr, indices, lift):
 
 
 @_compiled
+def _entry(t, pos, mark, tag, first, n):
+    """Tag t's entry among a user's n so far: its own, or a new one at n, first seen at `pos` -> (entry, n)."""
+    e = mark[t]
+    if e < 0:
+        e = n
+        mark[t] = n
+        tag[n], first[n] = t, pos
+        n += 1
+    return e, n
+
+
+@_compiled
 def _kept_history(u, clicked, unclicked, users, max_history_tags, mark, out):
     """User u's kept history tags into its first slots with their base phi; `mark` holds each kept tag's
     slot afterwards (and -1 for the rest). Returns how many were kept."""
@@ -104,29 +116,15 @@ def _kept_history(u, clicked, unclicked, users, max_history_tags, mark, out):
     # one entry per tag: a clicked tag keeps the place of its first occurrence, the phi of its last
     n = 0
     for p in range(cs, ce):
-        t = c_ids[p]
-        if t <= OOV:
-            continue
-        e = mark[t]
-        if e < 0:
-            mark[t] = n
-            tag[n], first[n], last[n] = t, p - cs, p
-            n += 1
-        else:
+        if c_ids[p] > OOV:
+            e, n = _entry(c_ids[p], p - cs, mark, tag, first, n)
             last[e] = p
     n_c = n
     # an unclicked tag sets the unclicked count (its last occurrence) of its clicked entry, or comes after them
     for p in range(us, ue):
-        t = u_ids[p]
-        if t <= OOV:
-            continue
-        e = mark[t]
-        if e < 0:
-            mark[t] = n
-            tag[n], first[n] = t, p - us
-            n += 1
-            e = n - 1
-        ulog[e] = u_log[p]
+        if u_ids[p] > OOV:
+            e, n = _entry(u_ids[p], p - us, mark, tag, first, n)
+            ulog[e] = u_log[p]
     base = np.zeros((n, SHARE + 1), np.float64)
     key = np.zeros(n, np.float64)
     place = np.empty(n, np.int64)
