@@ -77,11 +77,15 @@ class SpeedSampler:
         self._proc: subprocess.Popen[str] | None = None
 
     def start(self) -> SpeedSampler:
+        """Start the child and wait for its first probe, so that its start-up (a Python process) falls
+        before the measured window, not in it."""
         cmd = [sys.executable, "-m", "loadtest.speed", "--interval", str(self.interval_s)]
         self._proc = proc = subprocess.Popen(
             cmd + (["--pin"] if self.pin else []), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
         )
         weakref.finalize(self, proc.kill)  # a sampler never stopped does not outlive its owner
+        assert proc.stdout is not None
+        self._add(proc.stdout.readline())
         return self
 
     def __enter__(self) -> SpeedSampler:
@@ -93,20 +97,20 @@ class SpeedSampler:
         self.stop()
 
     def stop(self) -> dict[str, Any]:
-        """End the child and read its probes -> `summary`. Waits for its first probe if it has not made
-        one yet (a short run on a busy machine)."""
+        """End the child and read its other probes -> `summary`."""
         proc, self._proc = self._proc, None
         if proc is not None:
             assert proc.stdout is not None
-            first = proc.stdout.readline()
             proc.send_signal(signal.SIGTERM)
-            rest = proc.stdout.read()  # the child prints the rest as it ends
+            self._add(proc.stdout.read())  # the child prints the rest as it ends
             proc.wait(timeout=10)
-            for line in filter(None, (first + rest).splitlines()):
-                cpu, ms = line.split()
-                self.cpus.append(int(cpu))
-                self.samples.append(float(ms))
         return self.figures()
+
+    def _add(self, text: str) -> None:
+        for line in filter(None, text.splitlines()):
+            cpu, ms = line.split()
+            self.cpus.append(int(cpu))
+            self.samples.append(float(ms))
 
     def figures(self) -> dict[str, Any]:
         """`summary` of the probes taken so far (all of them once stopped)."""
