@@ -411,22 +411,22 @@ class HistoryEncoder:
         ids = [np.ascontiguousarray(all_ids[j, :, : s.max_len]) for j, s in enumerate(specs)]
         masks = [np.ascontiguousarray(all_masks[j, :, : s.max_len]) for j, s in enumerate(specs)]
         counts = [np.ascontiguousarray(all_counts[j, :, : s.max_len]) for j, s in enumerate(specs)]
-        # the tag fields' ids, reused for the history tags (the tag fields share the tag vocabulary)
-        tag_ids = {
-            s.name: vid[col.bounds[j * b] : col.bounds[(j + 1) * b]]
+        # the tag fields' columns and ids, reused for the history tags (they share the tag vocabulary)
+        tag_columns = {
+            s.name: (col.rows(j * b, (j + 1) * b), vid[col.bounds[j * b] : col.bounds[(j + 1) * b]])
             for j, s in enumerate(specs)
             if s.name in (TAG_FIELD, UNCLICKED_FIELD)
         }
         hist_ids = np.zeros((b, self.width), np.int64)
         hist_feats = np.zeros((b, self.width, len(PHI_NAMES)), np.float32)
         hist_mask = np.zeros((b, self.width), np.float32)
-        self._history_tags(users, tag_ids, hist_ids, hist_feats, hist_mask)
+        self._history_tags(users, tag_columns, hist_ids, hist_feats, hist_mask)
         return HistoryBatch(ids, masks, counts, hist_ids, hist_feats, hist_mask, unknown)
 
     def _history_tags(
         self,
         users: Sequence[Mapping[str, FieldStats]],
-        tag_ids: Mapping[str, np.ndarray],
+        tag_columns: Mapping[str, tuple[_Column, np.ndarray]],
         hist_ids: np.ndarray,
         hist_feats: np.ndarray,
         hist_mask: np.ndarray,
@@ -445,8 +445,10 @@ class HistoryEncoder:
         lookup = self.tags.lookup
 
         def column(name: str) -> tuple[_Column, np.ndarray]:
+            if name in tag_columns:  # a field of the encoder: encode's column and ids
+                return tag_columns[name]
             col = _Column([u.get(name) for u in users])
-            return col, tag_ids[name] if name in tag_ids else col.ids([lookup.get] * b)
+            return col, col.ids([lookup.get] * b)
 
         clicked, cid = column(TAG_FIELD)
         unclicked, uid = column(UNCLICKED_FIELD)
@@ -485,6 +487,13 @@ class _Column:
         self.row = np.repeat(np.arange(len(stats)), self.lens)
         self.pos = np.arange(self.total) - self.start[self.row]
         self._arrays: dict[str, np.ndarray] = {}
+
+    def rows(self, lo: int, hi: int) -> _Column:
+        """Rows lo .. hi - 1 as a column of their own, with the arrays this one has built so far."""
+        sub = _Column(self.stats[lo:hi])
+        first, last = self.bounds[lo], self.bounds[hi]
+        sub._arrays = {attr: a[first:last] for attr, a in self._arrays.items()}
+        return sub
 
     @property
     def values(self) -> list[str]:
