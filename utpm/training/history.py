@@ -609,21 +609,31 @@ def train_history(
         rows, cols = (torch.from_numpy(a) for a in _multi_hot(label_sets, tags))
         return _EncodedChunk(chunk, batch_tensors(batch), rows, cols)
 
+    def all_tag_scores(encoded: _EncodedChunk) -> torch.Tensor:
+        """s(u, t) of every tag (the `bce` and `softmax` losses), b_t without the user's own labels."""
+        chunk = encoded.examples
+        ids, masks, counts, hid, hf, hm = encoded.inputs
+        u = model.user_vector(ids, masks, counts)[0]
+        s = model.model_scores(u).scatter_add(1, hid, model.history_scores(hf, hm))
+        if config.leave_own_labels_out:
+            r_ = np.concatenate([np.full(len(own_pop[i][0]), b) for b, (i, _) in enumerate(chunk)])
+            c_ = np.concatenate([own_pop[i][0] for i, _ in chunk])
+            v_ = np.concatenate([own_pop[i][1] for i, _ in chunk])
+            s = s.index_put((torch.from_numpy(r_), torch.from_numpy(c_)), torch.from_numpy(v_), accumulate=True)
+        return s
+
+    def all_tag_loss(encoded: _EncodedChunk, s: torch.Tensor) -> torch.Tensor:
+        if loss_name == "bce":
+            return _bce_loss(s * log_scale.exp() + offset, encoded.rows, encoded.cols)
+        return _softmax_loss(s * log_scale.exp(), encoded.rows, encoded.cols, len(encoded.examples))
+
     def batch_loss(encoded: _EncodedChunk) -> torch.Tensor:
+        if loss_name in ("softmax", "bce"):
+            return all_tag_loss(encoded, all_tag_scores(encoded))
         chunk, rows, cols = encoded.examples, encoded.rows, encoded.cols
         ids, masks, counts, hid, hf, hm = encoded.inputs
         u = model.user_vector(ids, masks, counts)[0]
         scale = log_scale.exp()
-        if loss_name in ("softmax", "bce"):
-            s = model.model_scores(u).scatter_add(1, hid, model.history_scores(hf, hm))
-            if config.leave_own_labels_out:
-                r_ = np.concatenate([np.full(len(own_pop[i][0]), b) for b, (i, _) in enumerate(chunk)])
-                c_ = np.concatenate([own_pop[i][0] for i, _ in chunk])
-                v_ = np.concatenate([own_pop[i][1] for i, _ in chunk])
-                s = s.index_put((torch.from_numpy(r_), torch.from_numpy(c_)), torch.from_numpy(v_), accumulate=True)
-            if loss_name == "bce":
-                return _bce_loss(s * scale + offset, rows, cols)
-            return _softmax_loss(s * scale, rows, cols, len(chunk))
         if loss_name == "sampled":
             return _sampled_loss(model, u, rows, cols, hid, hf, hm, q, config.sampled_negatives, order_rng, scale)
         return _joint_loss(
@@ -636,11 +646,21 @@ def train_history(
     probe_batches = [encode_chunk(probe[j : j + config.batch_size]) for j in range(0, len(probe), config.batch_size)]
     with torch.no_grad():
         grid = [(float(x), float(o)) for x in np.log(2.0 ** np.arange(-6, 3)) for o in _offset_grid(loss_name)]
+        if loss_name in ("softmax", "bce"):  # their scores do not depend on the scale: one forward pass
+            scored = [(e, all_tag_scores(e)) for e in probe_batches]
+
+            def probe_loss() -> float:
+                return float(np.mean([float(all_tag_loss(e, s)) for e, s in scored]))
+        else:  # the other losses draw negatives per call, in the same order as before
+
+            def probe_loss() -> float:
+                return float(np.mean([float(batch_loss(e)) for e in probe_batches]))
+
         probe_losses = []
         for g, o in grid:
             log_scale.fill_(g)
             offset.fill_(o)
-            probe_losses.append(np.mean([float(batch_loss(e)) for e in probe_batches]))
+            probe_losses.append(probe_loss())
         g, o = grid[int(np.argmin(probe_losses))]
         log_scale.fill_(g)
         offset.fill_(o)
