@@ -41,6 +41,19 @@ def movielens_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def movielens_sample_dir(movielens_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 100 users of `movielens_dir` (all items): for tests of what a command does, not of
+    what the model learns, so that they train in seconds instead of a minute."""
+    import pandas as pd
+
+    out = tmp_path_factory.mktemp("movielens-sample")
+    events = pd.read_csv(movielens_dir / "events.csv", dtype={"user_id": str, "item_id": str})
+    events[events["user_id"].isin(events["user_id"].unique()[:100])].to_csv(out / "events.csv", index=False)
+    shutil.copy(movielens_dir / "items.csv", out / "items.csv")
+    return out
+
+
 # --- model_export / index fixtures (ONNX bundle + FAISS index issue) ---------------------------
 
 

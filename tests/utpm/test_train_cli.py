@@ -10,10 +10,12 @@ from utpm_cli.main import app
 
 
 def test_train_without_options_trains_the_default_model_with_its_default_loss(
-    movielens_dir: Path, tmp_path: Path
+    movielens_sample_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
-    result = CliRunner().invoke(app, ["train", str(movielens_dir), "--out", str(out), "--epochs", "1", "--dim", "8"])
+    result = CliRunner().invoke(
+        app, ["train", str(movielens_sample_dir), "--out", str(out), "--epochs", "1", "--dim", "8"]
+    )
     assert result.exit_code == 0, result.output
     config = json.loads((out / "config.json").read_text())
     assert config["model"] == "utpm-hist"
@@ -27,10 +29,10 @@ def test_train_refuses_an_unknown_loss_by_name(movielens_dir: Path, tmp_path: Pa
 
 
 def test_train_takes_the_cross_layer_of_the_default_model_and_refuses_an_unknown_one(
-    movielens_dir: Path, tmp_path: Path
+    movielens_sample_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
-    args = ["train", str(movielens_dir), "--out", str(out), "--epochs", "1", "--dim", "8", "--cross", "cf"]
+    args = ["train", str(movielens_sample_dir), "--out", str(out), "--epochs", "1", "--dim", "8", "--cross", "cf"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     # the paper's layer, an option of the default model (whose default is none)
