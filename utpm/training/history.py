@@ -63,9 +63,11 @@ from utpm.training.trainer import TrainConfig, TrainResult, save_training
 log = logging.getLogger(__name__)
 
 HISTORY_LOSSES = ("softmax", "sampled", "joint", "bce")
+# the losses over every tag's score (the others sample negatives)
+ALL_TAG_LOSSES = ("softmax", "bce")
 # chosen on validation users (docs/results.md): Prec@K rewards ranking by P(t in C | user)
 DEFAULT_HISTORY_LOSS = "bce"
-# Above this many tags the full softmax is replaced by the sampled one (`loss="softmax"` only).
+# Above this many tags the losses over every tag (ALL_TAG_LOSSES) are replaced by the sampled softmax.
 FULL_SOFTMAX_MAX_TAGS = 50_000
 _NEG = -1e9
 STARTS = ("tuned", "blend")
@@ -503,7 +505,7 @@ def train_history(
     options: HistoryOptions = config.history
     n_tags = len(tags)
     loss_name = config.loss
-    if loss_name in ("softmax", "bce") and n_tags > FULL_SOFTMAX_MAX_TAGS:
+    if loss_name in ALL_TAG_LOSSES and n_tags > FULL_SOFTMAX_MAX_TAGS:
         loss_name = "sampled"
     model = build_history_model(encoder.specs, n_tags, p, options, seed=config.seed)
     blend_weights = {"log1p_count": st.blend[0], "log1p_distinct_items": st.blend[1]}
@@ -628,7 +630,7 @@ def train_history(
         return _softmax_loss(s * log_scale.exp(), encoded.rows, encoded.cols, len(encoded.examples))
 
     def batch_loss(encoded: _EncodedChunk) -> torch.Tensor:
-        if loss_name in ("softmax", "bce"):
+        if loss_name in ALL_TAG_LOSSES:
             return all_tag_loss(encoded, all_tag_scores(encoded))
         chunk, rows, cols = encoded.examples, encoded.rows, encoded.cols
         ids, masks, counts, hid, hf, hm = encoded.inputs
@@ -646,7 +648,7 @@ def train_history(
     probe_batches = [encode_chunk(probe[j : j + config.batch_size]) for j in range(0, len(probe), config.batch_size)]
     with torch.no_grad():
         grid = [(float(x), float(o)) for x in np.log(2.0 ** np.arange(-6, 3)) for o in _offset_grid(loss_name)]
-        if loss_name in ("softmax", "bce"):  # their scores do not depend on the scale: one forward pass
+        if loss_name in ALL_TAG_LOSSES:  # their scores do not depend on the scale: one forward pass
             scored = [(e, all_tag_scores(e)) for e in probe_batches]
 
             def probe_loss() -> float:
