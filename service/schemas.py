@@ -10,13 +10,18 @@ UserId = Annotated[str, StringConstraints(min_length=1, max_length=256, strip_wh
 FeatureValue = Annotated[str, StringConstraints(max_length=512)]
 # strict: "3" or true is not a count (422); finiteness and sign are checked by parse_field (422)
 Count = Annotated[float, Field(strict=True)]
+# Each JSON type matches one member, so the first that validates is the one smart mode picks; tried in
+# order, a long list is validated once instead of against every member.
+FieldValues = Annotated[
+    list[FeatureValue] | FeatureValue | dict[FeatureValue, Count], Field(union_mode="left_to_right")
+]
 
 
 class ProfileRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     user_id: UserId = Field(description="The user the profile is for (cache key).")
-    features: dict[str, list[FeatureValue] | FeatureValue | dict[FeatureValue, Count]] = Field(
+    features: dict[str, FieldValues] = Field(
         default_factory=dict,
         description="Raw feature values per field, oldest first; a single value may be given bare. A value "
         "may repeat (each occurrence counts once), or a field may be an object {value: count} (keys oldest "
