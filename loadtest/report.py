@@ -157,7 +157,7 @@ def _stage_lines(runs: Mapping[str, Any]) -> list[str]:
             _fmt(total, 2),
             _fmt(sm.get("cache_hits", {}).get("near_cache_share"), 2),
             _fmt(sm.get("redis_reads_per_round_trip")),
-            f"{gc.get('count', 0)} ({gc.get('total_ms', 0):g})",
+            f"{gc['count']} ({gc['total_ms']:g})" if gc else "-",
         ]
         out.append(f"| {key} | {stages} | " + " | ".join(cells) + " |")
     return [*out, ""]
@@ -172,10 +172,10 @@ def render_tune(r: Mapping[str, Any]) -> str:
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for x in r["runs"]:
-        gcp = x["service_metrics"].get("gc_pauses", {})
-        full = gcp.get("by_generation", {}).get("2", {})
-        gc = f"{gcp.get('count', 0)} ({gcp.get('total_ms', 0):g} ms)" if x.get("workers", 1) == 1 else "n/a"
-        if x.get("workers", 1) == 1 and full.get("count"):  # with several workers two scrapes may differ in process
+        gcp = x["service_metrics"].get("gc_pauses")
+        full = (gcp or {}).get("by_generation", {}).get("2", {})
+        gc = f"{gcp['count']} ({gcp['total_ms']:g} ms)" if gcp else "n/a"
+        if full.get("count"):
             gc += f"; {full['count']} full, {full['mean_ms']:g} ms each"
         cells = [x["rps"], x["p50_ms"], x["p90_ms"], x["p99_ms"], x["failures"], x["service_cores"], x["loadgen_cores"]]
         lines.append(f"| {x['round'] + 1} | {x['variant']} | " + " | ".join(map(_fmt, cells)) + f" | {gc} |")

@@ -144,21 +144,38 @@ def plan(cfg: BenchConfig, naive: bool) -> list[Run]:
 
 
 # -- the service's /metrics ----------------------------------------------------------------------
-def scrape_metrics(url: str) -> dict[str, float]:
-    """Every sample of the service's /metrics as {"name{label=value,...}": value}."""
+def scrape_metrics(url: str, processes: int = 1, attempts: int = 200) -> dict[str, float] | None:
+    """Every sample of the service's /metrics as {"name{label=value,...}": value}, summed over its
+    `processes` uvicorn workers; None if some worker did not answer within `attempts` scrapes.
+
+    Each scrape is one worker's (the kernel hands each new connection to one of them), so with
+    several workers the scrapes are repeated, on new connections, until every pid has answered."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = httpx.get(url + "/metrics", timeout=10).text
+    by_pid: dict[str, dict[str, float]] = {}
+    for _ in range(attempts):
+        samples: dict[str, float] = {}
+        for family in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=10).text):
+            for s in family.samples:
+                labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+                samples[f"{s.name}{{{labels}}}"] = s.value
+        pid = next((k for k in samples if k.startswith("utpm_process{")), "")
+        by_pid.setdefault(pid, samples)
+        if len(by_pid) >= processes:
+            break
+    if len(by_pid) < processes:
+        return None
     out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
-            out[f"{s.name}{{{labels}}}"] = s.value
+    for samples in by_pid.values():
+        for key, value in samples.items():
+            out[key] = out.get(key, 0.0) + value
     return out
 
 
-def stage_breakdown(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, Any]:
+def stage_breakdown(before: Mapping[str, float] | None, after: Mapping[str, float] | None) -> dict[str, Any]:
     """Per-stage mean times, batch sizes and server-side latency between two scrapes."""
+    if before is None or after is None:
+        return {"unavailable": "not every worker process answered /metrics"}
 
     def delta(key: str) -> float:
         return after.get(key, 0.0) - before.get(key, 0.0)
@@ -368,10 +385,13 @@ def run_bench(cfg: BenchConfig, progress: Say | None = None) -> dict[str, Any]:
                     run_locust(srv, "ComputeUser", c, cfg.warmup_s, out_dir / f"{name}_warmup", extra)
                 for r in group:
                     say(f"  {r.key}: {r.load}, {r.users} users, {r.seconds:g}s")
-                    before = scrape_metrics(srv.base_url) if r.server.startswith("utpm") else None
+                    scraped = r.server.startswith("utpm")
+                    before = scrape_metrics(srv.base_url, kw["workers"]) if scraped else None
                     runs[r.key] = _one(r, srv, cfg, extra, runs, (bodies, reads), out_dir)
-                    if before is not None:
-                        runs[r.key]["service_metrics"] = stage_breakdown(before, scrape_metrics(srv.base_url))
+                    if scraped:
+                        runs[r.key]["service_metrics"] = stage_breakdown(
+                            before, scrape_metrics(srv.base_url, kw["workers"])
+                        )
         report["profile"] = summarize_profile(prof) if prof.is_file() else None
     report["summary"] = summarize(runs, c, report.get("roofline"))
     report["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")

@@ -80,10 +80,9 @@ def run_tune(cfg: TuneConfig, progress: Callable[[str], None] | None = None) -> 
             log = out_dir / f"service_{rnd}_{i}.log"
             with Server("service.main:create_app", env, workers=workers, log_path=log, ready_path="/readyz") as srv:
                 run_wrk(srv, cfg.connections, min(5.0, cfg.duration_s), bodies, out_dir / f"warmup_{rnd}_{i}.log")
-                before = scrape_metrics(srv.base_url)
+                before = scrape_metrics(srv.base_url, workers)
                 result = run_wrk(srv, cfg.connections, cfg.duration_s, bodies, out_dir / f"wrk_{rnd}_{i}.log")
-                # with several workers /metrics is one worker's: GC pauses are then a sample
-                metrics = stage_breakdown(before, scrape_metrics(srv.base_url))
+                metrics = stage_breakdown(before, scrape_metrics(srv.base_url, workers))
             runs.append(
                 {
                     "round": rnd,

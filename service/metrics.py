@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import time
 from typing import Any
 
@@ -53,6 +54,8 @@ class Metrics:
         self.pending = Gauge("utpm_pending_users", "Users queued for the model.", registry=r)
         self.reloads = Counter("utpm_reloads_total", "Bundle reloads by result.", ["result"], registry=r)
         self.bundle_info = Gauge("utpm_bundle_info", "The bundle being served.", ["version", "model"], registry=r)
+        # With several uvicorn workers a scrape reaches one of them: the pid tells their samples apart.
+        Gauge("utpm_process", "This worker process, by pid.", ["pid"], registry=r).labels(str(os.getpid())).set(1)
         self.gc_pause = Histogram(
             "utpm_gc_pause_seconds",
             "Cyclic garbage-collector pauses by generation (the event loop stands still meanwhile).",

@@ -269,17 +269,20 @@ def test_roofline_measures_the_engine_per_batch_size_and_the_raw_asgi_ceiling(
 def test_tune_alternates_variants_and_reports_medians(smoke_bundle: Path, tmp_path: Path) -> None:
     from loadtest.tune import TuneConfig, parse_variant, run_tune
 
-    variants = [parse_variant(""), parse_variant("batch_max_users=2,workers=1")]
+    variants = [parse_variant(""), parse_variant("batch_max_users=2,workers=2")]
     report = run_tune(
         TuneConfig(
             variants=variants, bundle=smoke_bundle, connections=2, duration_s=1.0, rounds=2, k=5, out_dir=tmp_path
         )
     )
-    assert [r["variant"] for r in report["runs"]] == ["defaults", "batch_max_users=2,workers=1"] * 2
+    assert [r["variant"] for r in report["runs"]] == ["defaults", "batch_max_users=2,workers=2"] * 2
     for r in report["runs"]:
         assert r["failures"] == 0 and r["requests"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0, r
+        # the scrapes cover every worker: the service counted the run's requests, whichever process took them
+        served = r["service_metrics"]["server_latency"]["/profile 2xx"]["count"]
+        assert abs(served - r["requests"]) <= 2, (served, r["requests"], r["workers"])
         assert "gc_pauses" in r["service_metrics"]
-    assert set(report["summary"]) == {"defaults", "batch_max_users=2,workers=1"}
+    assert set(report["summary"]) == {"defaults", "batch_max_users=2,workers=2"}
     assert "| variant | median req/s |" in render(report)
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_variant("batch_max_size")
