@@ -14,8 +14,7 @@ With several workers, a batch that would start while another is running starts o
 full (`max_batch_size`) or the running batch has finished: two half batches on two cores cost
 more per user than one full batch, and while one batch runs its core is busy anyway. So at low
 concurrency one batch at a time runs small batches, and as concurrency grows the batches grow to
-full size before a second worker joins (16 concurrent users gave mean batches of 4.5 with 8 allowed
-before; docs/performance.md, "Batching").
+full size before a second worker joins (what it bought: docs/performance.md, "Where the time goes").
 """
 
 from __future__ import annotations
