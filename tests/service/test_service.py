@@ -6,6 +6,7 @@ the app in a real uvicorn server and fires concurrent HTTP requests at it.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -142,6 +143,12 @@ def test_bad_input_gets_a_clear_4xx(client: TestClient, payload: dict[str, Any],
 def test_oversized_body_and_broken_json(client: TestClient) -> None:
     big = {"user_id": "x", "features": {"clicked_tags": ["a" * 500] * 4000}}
     r = client.post("/profile", json=big)
+    assert "larger than" in assert_problem(r, 413, "payload_too_large")["detail"]
+    # the same body streamed without a Content-Length (chunked): counted as it arrives
+    raw = json.dumps(big).encode()
+    chunks = (raw[i : i + 65536] for i in range(0, len(raw), 65536))
+    r = client.post("/profile", content=chunks, headers={"content-type": "application/json"})
+    assert r.request.headers.get("transfer-encoding") == "chunked" and "content-length" not in r.request.headers
     assert "larger than" in assert_problem(r, 413, "payload_too_large")["detail"]
     r = client.post("/profile", content=b"{not json", headers={"content-type": "application/json"})
     assert "JSON" in assert_problem(r, 422, "validation")["detail"]
