@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
+from pydantic import StringConstraints, TypeAdapter, ValidationError
 from starlette.datastructures import QueryParams
 from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
@@ -27,6 +27,7 @@ router = APIRouter(tags=["profiles"])
 # Users per POST /profiles: half the default model queue, so one call cannot fill it alone.
 MAX_USERS_PER_CALL = 256
 USER_ID_MAX = 256  # as service.schemas.UserId
+_STRIPPED = TypeAdapter(Annotated[str, StringConstraints(strip_whitespace=True)])  # UserId's stripping, alone
 
 # Error responses per route (bodies: application/problem+json, see service/errors.py); the
 # OpenAPI schema gets the Problem schema for each from `service.main.problem_openapi`.
@@ -157,6 +158,8 @@ class GetProfileRoute(_HotRoute):
     @staticmethod
     def _params(scope: Scope) -> tuple[str, int | None]:
         user_id = scope["path_params"]["user_id"]
+        if user_id[:1].isspace() or user_id[-1:].isspace():  # stripped as POST's `UserId` strips it (its rule)
+            user_id = _STRIPPED.validate_python(user_id)
         if not user_id:
             msg = "String should have at least 1 character"
             raise _invalid(("path", "user_id"), "string_too_short", msg, "", min_length=1)

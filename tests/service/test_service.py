@@ -73,6 +73,12 @@ def test_get_checks_its_parameters_as_the_documented_route_does(client: TestClie
     assert too_long["errors"][0]["loc"] == ["path", "user_id"]
     assert client.head("/profile/params").status_code == 200
     assert "/profile/{user_id}" in client.get("/openapi.json").json()["paths"]
+    # the user id is stripped of surrounding whitespace on the way in (POST) and on the way out (GET)
+    assert post(client, " spaced\t", k=5).json()["user_id"] == "spaced"
+    for path in ("/profile/%20spaced%09", "/profile/spaced", "/profile/%20spaced"):
+        assert client.get(path).json()["user_id"] == "spaced", path
+    blank = assert_problem(client.get("/profile/%20%20"), 422, "validation")
+    assert blank["errors"][0]["loc"] == ["path", "user_id"] and blank["errors"][0]["type"] == "string_too_short"
 
 
 def test_profile_matches_pytorch_ranking(client: TestClient, tiny_run: Path) -> None:
