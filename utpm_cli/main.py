@@ -463,12 +463,15 @@ def demo_cmd(
         f"curl -s -X POST http://127.0.0.1:{port}/profile -H 'content-type: application/json' "
         f"-d '{json.dumps(example)}'"
     )
+    if not serve:
+        typer.echo(f"[4/4] serve: skipped (--no-serve); `utpm serve {bundle_dir}` serves the bundle")
+        typer.echo(f"wrote the demo's data, run and bundle {export['bundle_version']} under {out}")
+        return
     typer.echo(
         f"[4/4] serve: http://127.0.0.1:{port} (docs at /docs, embedded cache). Try:\n  {curl}\n"
         f"  curl -s http://127.0.0.1:{port}/profile/demo-user"
     )
-    if serve:
-        serve_cmd(bundle_dir, host="127.0.0.1", port=port, redis_url=None)
+    serve_cmd(bundle_dir, host="127.0.0.1", port=port, redis_url=None)
 
 
 if __name__ == "__main__":

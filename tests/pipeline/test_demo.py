@@ -1,0 +1,47 @@
+"""`utpm demo` (what `make demo` runs): the whole pipeline from a raw MovieLens directory to an indexed
+bundle, the two demo users' profiles, and, with --no-serve, a last line saying what it wrote where."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.conftest import MOVIELENS_SMALL
+from utpm_cli.main import DEMO_USERS, app
+
+
+@pytest.fixture(scope="module")
+def raw_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ml-latest-small with the ratings of its first 100 users (every movie and tag application kept,
+    so items keep their tags): the demo's input format, trained in seconds."""
+    out = tmp_path_factory.mktemp("ml-raw-sample")
+    for name in ("movies.csv", "tags.csv"):
+        shutil.copy(MOVIELENS_SMALL / name, out / name)
+    with (MOVIELENS_SMALL / "ratings.csv").open(newline="") as src, (out / "ratings.csv").open("w", newline="") as dst:
+        rows = csv.reader(src)
+        writer = csv.writer(dst)
+        writer.writerow(next(rows))
+        writer.writerows(r for r in rows if int(r[0]) <= 100)
+    return out
+
+
+def test_demo_without_serving_builds_an_indexed_bundle_and_says_where(raw_sample: Path, tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["demo", "--src", str(raw_sample), "--out", str(out), "--no-serve"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    stages = [line.split(":")[0] for line in lines if line.startswith("[")]
+    assert stages == ["[1/4] prepare", "[2/4] train", "[3/4] export + index", "[4/4] serve"]
+    assert "utpm-hist" in next(line for line in lines if line.startswith("[2/4]"))
+    version = json.loads((out / "bundle" / "manifest.json").read_text())["bundle_version"]
+    assert (out / "bundle" / "index.faiss").is_file() and (out / "bundle" / "model.onnx").is_file()
+    for name in DEMO_USERS:  # each demo user's profile: five tags with scores
+        shown = lines[lines.index(next(line for line in lines if line.strip().startswith(name))) + 1]
+        assert shown.strip().startswith("->") and shown.count("(") == 5, shown
+    assert "skipped (--no-serve)" in lines[-2] and "http://" not in result.output  # it does not claim to serve
+    assert lines[-1] == f"wrote the demo's data, run and bundle {version} under {out}"
