@@ -288,7 +288,8 @@ def bench_loop_cmd(
     if json_out is not None:
         _write(report, json_out)
     if post_only:
-        typer.echo(f"measured the POST A/B in {time.perf_counter() - t0:.0f}s")
+        wrote = f"; wrote {json_out}" if json_out else " (stdout only)"
+        typer.echo(f"measured the POST A/B in {time.perf_counter() - t0:.0f}s{wrote}")
         return
     ceiling = report["ceiling (empty FastAPI endpoint)"]["loop_us_per_request"]
     redis = report["service, Redis (near cache off)"]["loop_us_per_request"]
