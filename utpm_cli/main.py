@@ -353,6 +353,23 @@ def experiment_cmd(
     typer.echo(f"experiment: {len(result.runs)} runs on {data}; wrote {', '.join(wrote) or 'stdout'}")
 
 
+def _check_servable(bundle: Path) -> None:
+    """The usual mistakes (no such directory, a run instead of a bundle, no index yet) as one clear
+    line here, instead of a traceback from the server's failed start-up; the service checks the rest."""
+    from index.infos import INDEX_FILE
+    from model_export.errors import BundleError
+    from model_export.manifest import Manifest
+
+    if not bundle.is_dir():
+        fail(f"{bundle} is not a directory; `utpm demo --no-serve` builds artifacts/demo/bundle")
+    try:
+        Manifest.read(bundle)
+    except BundleError as e:
+        fail(f"{e}; `utpm export RUN --out BUNDLE` writes a bundle from a training run")
+    if not (bundle / INDEX_FILE).is_file():
+        fail(f"{bundle} has no tag index ({INDEX_FILE}); build it with `utpm index build {bundle}`")
+
+
 @app.command("serve")
 def serve_cmd(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory (exported and indexed).")],
@@ -369,6 +386,7 @@ def serve_cmd(
     from service.config import Settings
     from service.main import create_app
 
+    _check_servable(bundle)
     overrides: dict[str, object] = {"bundle": bundle}
     if redis_url:
         overrides["redis_url"] = redis_url

@@ -1,5 +1,6 @@
-"""`utpm demo` (what `make demo` runs): the whole pipeline from a raw MovieLens directory to an indexed
-bundle, the two demo users' profiles, and, with --no-serve, a last line saying what it wrote where."""
+"""The pipeline's two front doors on the command line: `utpm demo` (what `make demo` runs: raw MovieLens
+to an indexed bundle, the two demo users' profiles, with --no-serve a last line saying what it wrote
+where) and `utpm serve` refusing what it cannot serve before any server starts."""
 
 from __future__ import annotations
 
@@ -45,3 +46,22 @@ def test_demo_without_serving_builds_an_indexed_bundle_and_says_where(raw_sample
         assert shown.strip().startswith("->") and shown.count("(") == 5, shown
     assert "skipped (--no-serve)" in lines[-2] and "http://" not in result.output  # it does not claim to serve
     assert lines[-1] == f"wrote the demo's data, run and bundle {version} under {out}"
+
+
+def test_serve_refuses_what_is_not_a_servable_bundle_in_one_line(tiny_bundle: Path, tmp_path: Path) -> None:
+    """`utpm serve` on the usual mistakes: one `error:` line that says what to run, no server start-up
+    and no traceback."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    unindexed = tmp_path / "unindexed"
+    unindexed.mkdir()
+    shutil.copy(tiny_bundle / "manifest.json", unindexed / "manifest.json")
+    cases = {
+        tmp_path / "missing": "is not a directory",
+        run_dir: "is not a bundle: no manifest.json; `utpm export RUN --out BUNDLE`",
+        unindexed: f"has no tag index (index.faiss); build it with `utpm index build {unindexed}`",
+    }
+    for bundle, needle in cases.items():
+        result = CliRunner().invoke(app, ["serve", str(bundle)])
+        assert result.exit_code == 2 and needle in result.output, result.output
+        assert "Traceback" not in result.output and "serving" not in result.output
