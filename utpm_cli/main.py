@@ -315,13 +315,16 @@ def experiment_cmd(
             if not bar.console.is_terminal:  # a log file gets one line per update instead of a live bar
                 typer.echo(f"  [{done}/{total} jobs] {label}", err=True)
 
+        error: str | None = None
         try:
             result = run_experiment(
                 data, names, losses, seeds, ks, preset, hparams, hparam_seeds or None, epochs, workers or None,
                 progress, folds=folds, repeats=repeats, variants=parse_variants(variant or []),
             )  # fmt: skip
         except DataError as e:
-            fail(str(e))
+            error = str(e)
+    if error is not None:  # after the bar has closed, so that the error is the last line
+        fail(error)
     payload = {
         "dataset": result.dataset,
         "protocol": result.protocol,

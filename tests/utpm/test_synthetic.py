@@ -176,6 +176,9 @@ def test_chunks_stream_into_row_groups(tmp_path: Path, monkeypatch: pytest.Monke
 def test_rejects_bad_sizes(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         generate_synthetic(tmp_path, n_tags=100, n_users=0)
+    # checked before any default is derived from it (a negative count once failed as "float NaN")
+    with pytest.raises(ValueError, match=r"must be >= 1, got -5, 10, 100"):
+        generate_synthetic(tmp_path, n_tags=-5, n_users=10)
     with pytest.raises(ValueError):
         generate_synthetic(tmp_path, n_tags=100, n_users=10, n_items=10, n_categories=20)
 

@@ -55,3 +55,9 @@ def test_train_options_default_to_the_default_models_options() -> None:
     for name in ("counts", "history", "tie", "cross"):
         assert params[name].default == getattr(HistoryOptions(), name), name
     assert params["short_requests"].default == HistoryTrainConfig().short_requests
+
+
+def test_experiment_on_a_missing_directory_ends_with_the_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["experiment", str(tmp_path / "missing")])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == f"error: {tmp_path / 'missing'}: not a directory"

@@ -451,10 +451,10 @@ def generate_synthetic(
     is called for stages "items" and "users".
     """
     t0 = time.perf_counter()
+    if n_tags < 1 or n_users < 1 or events_per_user < 1:  # before the defaults below are derived from them
+        raise ValueError(f"n_tags, n_users and events_per_user must be >= 1, got {n_tags}, {n_users}, {events_per_user}")
     n_items = max(1_000, n_tags // 2) if n_items is None else n_items
     n_categories = _default_categories(n_tags) if n_categories is None else n_categories
-    if n_tags < 1 or n_users < 1 or events_per_user < 1:
-        raise ValueError("n_tags, n_users and events_per_user must be >= 1")
     if not 1 <= n_categories <= min(n_tags, n_items):
         raise ValueError(f"need 1 <= n_categories <= min(n_tags, n_items), got {n_categories}")
 
