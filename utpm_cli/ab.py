@@ -34,6 +34,9 @@ def simulate_cmd(
 
     try:
         result = simulate(url, data, seed=seed, k=k, item_tags=item_tags, prefix=prefix, api_key=api_key)
+    except httpx.TransportError as e:  # the message alone ("Connection refused") would not say to what
+        typer.secho(f"error: cannot reach the service at {url}: {e}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
     except (DataError, ValueError, RuntimeError, httpx.HTTPError) as e:
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None

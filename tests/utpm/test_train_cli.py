@@ -1,4 +1,5 @@
-"""`utpm train DATA --out RUN` without --model or --loss trains the default model with its default loss."""
+"""The library's commands: `utpm train DATA --out RUN` without --model or --loss trains the default
+model with its default loss; `experiment` and `simulate` end with one clear error line on bad input."""
 
 import json
 from pathlib import Path
@@ -61,3 +62,12 @@ def test_experiment_on_a_missing_directory_ends_with_the_error(tmp_path: Path) -
     result = CliRunner().invoke(app, ["experiment", str(tmp_path / "missing")])
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1] == f"error: {tmp_path / 'missing'}: not a directory"
+
+
+def test_simulate_names_the_service_it_cannot_reach(movielens_sample_dir: Path) -> None:
+    from tests.conftest import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    result = CliRunner().invoke(app, ["simulate", url, str(movielens_sample_dir)])
+    assert result.exit_code == 2
+    assert f"error: cannot reach the service at {url}" in result.output
