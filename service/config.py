@@ -14,10 +14,11 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ROLES = ("read", "write", "admin")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 
 # Settings that were renamed or became constants (docs/serving.md keeps the table): set, they
@@ -41,6 +42,16 @@ RETIRED: dict[str, str] = {
     "UTPM_GC_YOUNG_THRESHOLD": "now a constant (service.main.GC_YOUNG_THRESHOLD = 10,000)",
     "UTPM_GC_FREEZE": "now a constant (the bundle is always frozen out of the GC's sight)",
 }
+
+
+def settings_error(e: ValidationError) -> str:
+    """Invalid settings in one line, by environment variable: `UTPM_BATCH_MAX_USERS: Input should be ...`."""
+    problems = []
+    for err in e.errors():
+        name = "_".join(str(part) for part in err["loc"]).upper()
+        message = str(err["msg"]).removeprefix("Value error, ")
+        problems.append(f"UTPM_{name}: {message}" if name else message)
+    return "invalid settings: " + "; ".join(problems)
 
 
 def hash_key(key: str) -> str:
@@ -180,6 +191,14 @@ class Settings(BaseSettings):
         v = v.upper()
         if v not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ValueError(f"log_level must be DEBUG, INFO, WARNING or ERROR, not {v!r}")
+        return v
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, v: SecretStr | None) -> SecretStr | None:
+        # checked here so that a typo is an invalid setting, not a start-up traceback from redis-py
+        if v is not None and not v.get_secret_value().startswith(REDIS_SCHEMES):
+            raise ValueError(f"the Redis URL must start with one of {', '.join(REDIS_SCHEMES)}")
         return v
 
     @field_validator("auth_keys")

@@ -13,11 +13,12 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from pydantic import ValidationError
 
 from service.ab import Experiment
 from service.auth import Auth
 from service.cache import make_cache, redact_url
-from service.config import Settings
+from service.config import Settings, settings_error
 from service.engine import ProfileEngine
 from service.errors import PROBLEM_MEDIA_TYPE, install_error_handlers
 from service.feedback import Feedback
@@ -46,7 +47,11 @@ GC_YOUNG_THRESHOLD = 10_000
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app. Without `settings`, they are read from UTPM_* environment variables."""
-    settings = settings or Settings()  # type: ignore[call-arg]
+    if settings is None:
+        try:
+            settings = Settings()  # type: ignore[call-arg]
+        except ValidationError as e:  # `uvicorn --factory` (the images): one line, not a traceback
+            raise SystemExit(f"error: {settings_error(e)}") from None
     configure_logging(settings.log_level)
     metrics = Metrics()
     auth = Auth(settings)

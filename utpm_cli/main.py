@@ -386,7 +386,7 @@ def serve_cmd(
     import uvicorn
     from pydantic import ValidationError
 
-    from service.config import Settings
+    from service.config import Settings, settings_error
     from service.main import create_app
 
     _check_servable(bundle)
@@ -396,7 +396,9 @@ def serve_cmd(
     try:
         settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as e:
-        fail(f"invalid settings: {e}")
+        fail(settings_error(e))
+    if settings.ab_challenger_bundle is not None:
+        _check_servable(settings.ab_challenger_bundle)
     typer.echo(f"serving {bundle} on http://{host}:{port} (docs at /docs)")
     uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False)
 

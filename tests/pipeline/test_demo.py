@@ -48,14 +48,12 @@ def test_demo_without_serving_builds_an_indexed_bundle_and_says_where(raw_sample
     assert lines[-1] == f"wrote the demo's data, run and bundle {version} under {out}"
 
 
-def test_serve_refuses_what_is_not_a_servable_bundle_in_one_line(tiny_bundle: Path, tmp_path: Path) -> None:
-    """`utpm serve` on the usual mistakes: one `error:` line that says what to run, no server start-up
-    and no traceback."""
+def test_serve_refuses_what_is_not_a_servable_bundle_in_one_line(bundles: dict[str, Path], tmp_path: Path) -> None:
+    """`utpm serve` on the usual mistakes (the bundle or the settings): one `error:` line that says what
+    is wrong, no server start-up and no traceback."""
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    unindexed = tmp_path / "unindexed"
-    unindexed.mkdir()
-    shutil.copy(tiny_bundle / "manifest.json", unindexed / "manifest.json")
+    unindexed = bundles["root"] / "b_raw"  # exported, not indexed
     cases = {
         tmp_path / "missing": "is not a directory",
         run_dir: "is not a bundle: no manifest.json; `utpm export RUN --out BUNDLE`",
@@ -63,5 +61,12 @@ def test_serve_refuses_what_is_not_a_servable_bundle_in_one_line(tiny_bundle: Pa
     }
     for bundle, needle in cases.items():
         result = CliRunner().invoke(app, ["serve", str(bundle)])
+        assert result.exit_code == 2 and needle in result.output, result.output
+        assert "Traceback" not in result.output and "serving" not in result.output
+    for env, needle in (
+        ({"UTPM_REDIS_URL": "localhost:6379"}, "invalid settings: UTPM_REDIS_URL: the Redis URL must start with"),
+        ({"UTPM_AB_CHALLENGER_BUNDLE": str(tmp_path / "missing")}, "missing is not a directory"),
+    ):
+        result = CliRunner().invoke(app, ["serve", str(bundles["a"])], env=env)
         assert result.exit_code == 2 and needle in result.output, result.output
         assert "Traceback" not in result.output and "serving" not in result.output

@@ -127,6 +127,21 @@ def test_retired_settings_stop_the_start_up_naming_the_new_one(
     assert "renamed UTPM_MAX_PENDING_USERS" in str(e.value) and "hunter2" not in str(e.value)
 
 
+def test_invalid_settings_stop_the_start_up_in_one_line_naming_each_variable(
+    bundles: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("UTPM_BUNDLE", str(bundles["a"]))
+    monkeypatch.setenv("UTPM_BATCH_MAX_USERS", "abc")
+    monkeypatch.setenv("UTPM_REDIS_URL", "localhost:6379")  # no scheme: redis-py would fail only at start-up
+    # the images start the service with `uvicorn --factory service.main:create_app`
+    with pytest.raises(SystemExit) as e:
+        create_app()
+    message = str(e.value)
+    assert message.startswith("error: invalid settings: ") and "\n" not in message, message
+    assert "UTPM_BATCH_MAX_USERS: Input should be a valid integer" in message
+    assert "UTPM_REDIS_URL: the Redis URL must start with one of redis://" in message
+
+
 def test_openapi_documents_every_error_as_problem_json(client_plain: TestClient) -> None:
     schema = client_plain.get("/openapi.json").json()
     assert "Problem" in schema["components"]["schemas"]
