@@ -276,3 +276,4 @@ def test_cli_index_build_reports_the_two_stage_recall_of_a_default_model_bundle(
     res = CliRunner().invoke(_cli(), ["index", "build", str(dst), "--kind", "flat"])
     assert res.exit_code == 0, res.output
     assert "two-stage search vs exact final scores" in res.output and "recall@50 1.000" in res.output
+    assert res.output.strip().splitlines()[-1].endswith(f"to {dst}/index.faiss and {dst}/index_infos.json")
