@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from utpm_cli.errors import fail
+from utpm_cli.errors import fail, positive_ints
 
 # `--model` of the commands that build the benchmark bundle themselves (`loadtest.bundle.MODELS`)
 BenchModel = Annotated[
@@ -31,16 +31,6 @@ def _progress(t0: float) -> Callable[[str], None]:
     return lambda message: typer.echo(f"  [{time.perf_counter() - t0:5.0f}s] {message}", err=True)
 
 
-def _levels(text: str) -> tuple[int, ...]:
-    try:
-        levels = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        fail(f"--users must be comma-separated integers, got {text!r}")
-    if not levels or min(levels) < 1:
-        fail(f"--users needs at least one level >= 1, got {text!r}")
-    return levels
-
-
 def _write(report: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2))
@@ -51,9 +41,12 @@ def _measure(
 ) -> tuple[dict[str, Any], float]:
     """Run a benchmark with progress lines on stderr, write its JSON, print its report -> (report, seconds)."""
     t0 = time.perf_counter()
+    from index.errors import TagIndexError
+    from model_export.errors import BundleError
+
     try:
         report = run(cfg, progress=_progress(t0))
-    except (RuntimeError, OSError, ValueError) as e:
+    except (RuntimeError, OSError, ValueError, BundleError, TagIndexError) as e:
         fail(str(e))
     _write(report, json_out)
     typer.echo(render(report))
@@ -122,7 +115,7 @@ def bench_serve_cmd(
         bundle=bundle,
         run=run,
         payloads=payloads,
-        levels=_levels(users),
+        levels=positive_ints(users, "--users"),
         compare_users=compare_users,
         duration_s=duration,
         k=k,
@@ -164,7 +157,7 @@ def bench_roofline_cmd(
 
     if not (bundle / "manifest.json").is_file():
         fail(f"{bundle} is not a bundle (no manifest.json)")
-    sizes = _levels(batch)
+    sizes = positive_ints(batch, "--batch")
     if seconds <= 0 or duration <= 0 or connections < 1:
         fail("--seconds and --duration must be positive and --connections at least 1")
     cfg = RooflineConfig(

@@ -22,7 +22,7 @@ from utpm_cli.bench import (
     bench_speed_cmd,
     bench_tune_cmd,
 )
-from utpm_cli.errors import fail
+from utpm_cli.errors import fail, positive_ints
 from utpm_cli.export import bench_model_cmd, export_cmd
 from utpm_cli.index import bench_index_cmd, index_build_cmd
 from utpm_cli.model import bench_start_cmd, evaluate_run, parse_variants, prepare_amazon_cmd, train_default
@@ -244,10 +244,7 @@ def evaluate_cmd(
     """Prec@K (the paper's Eq. 5) and personalisation of the top-10 lists of a trained run on its test users."""
     import json
 
-    try:
-        ks = [int(x) for x in k.split(",") if x.strip()]
-    except ValueError as e:
-        fail(str(e))
+    ks = list(positive_ints(k, "--k"))
     result = evaluate_run(run, data, ks)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
@@ -306,7 +303,7 @@ def experiment_cmd(
     losses = {"both": ["separate", "joint"]}.get(loss, [loss])
     if any(lo not in ("joint", "separate", "default", "bce", "softmax", "sampled") for lo in losses):
         fail(f"--loss must be joint, separate, both, default, bce, softmax or sampled, not {loss!r}")
-    ks = [int(x) for x in k.split(",") if x.strip()]
+    ks = list(positive_ints(k, "--k"))
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
         task = bar.add_task("experiment", total=None)
 

@@ -90,3 +90,19 @@ def test_an_unknown_benchmark_model_is_refused_before_anything_runs() -> None:
     for command in (["bench", "serve"], ["bench", "tune", "--variant", ""]):
         res = CliRunner().invoke(app, [*command, "--model", "utpm-xl"])
         assert res.exit_code == 2 and "unknown benchmark model 'utpm-xl'; valid: utpm-hist, utpm" in res.output
+
+
+def test_bad_benchmark_arguments_end_in_one_error_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from utpm_cli.main import app
+
+    cases = {
+        ("bench", "serve", "--bundle", str(tmp_path)): f"error: {tmp_path} is not a bundle: no manifest.json",
+        ("bench", "serve", "--users", "0"): "error: --users needs at least one value, each >= 1, got '0'",
+        ("bench", "roofline", str(tmp_path)): f"error: {tmp_path} is not a bundle",
+    }
+    for args, line in cases.items():
+        res = CliRunner().invoke(app, list(args))
+        assert res.exit_code == 2 and res.output.strip().splitlines()[-1].startswith(line), res.output
+        assert "Traceback" not in res.output

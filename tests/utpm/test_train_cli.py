@@ -71,3 +71,10 @@ def test_simulate_names_the_service_it_cannot_reach(movielens_sample_dir: Path) 
     result = CliRunner().invoke(app, ["simulate", url, str(movielens_sample_dir)])
     assert result.exit_code == 2
     assert f"error: cannot reach the service at {url}" in result.output
+
+
+def test_a_k_below_1_is_refused_naming_the_option(tmp_path: Path) -> None:
+    for args in (["evaluate", str(tmp_path), str(tmp_path)], ["experiment", str(tmp_path)]):
+        result = CliRunner().invoke(app, [*args, "--k", "0"])
+        assert result.exit_code == 2, result.output
+        assert result.output.strip().splitlines()[-1] == "error: --k needs at least one value, each >= 1, got '0'"
