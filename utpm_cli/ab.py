@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from utpm.data.errors import DataError
+from utpm_cli.errors import require_bundle
 
 
 def simulate_cmd(
@@ -61,9 +62,7 @@ def bench_ab_cmd(
     from loadtest.ab_bench import run_ab_bench
 
     for bundle in (champion, challenger):
-        if not (bundle / "manifest.json").exists():
-            typer.secho(f"error: {bundle} is not a bundle (no manifest.json)", fg=typer.colors.RED, err=True)
-            raise typer.Exit(2)
+        require_bundle(bundle)
     result = run_ab_bench(champion, challenger, requests=requests, rounds=rounds)
     result["command"] = "utpm " + " ".join(sys.argv[1:])
     json_out.parent.mkdir(parents=True, exist_ok=True)

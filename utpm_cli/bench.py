@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from utpm_cli.errors import fail, positive_ints
+from utpm_cli.errors import fail, positive_ints, require_bundle
 
 # `--model` of the commands that build the benchmark bundle themselves (`loadtest.bundle.MODELS`)
 BenchModel = Annotated[
@@ -40,10 +40,10 @@ def _measure(
     run: Callable[..., dict[str, Any]], cfg: Any, json_out: Path, render: Callable[[Any], str]
 ) -> tuple[dict[str, Any], float]:
     """Run a benchmark with progress lines on stderr, write its JSON, print its report -> (report, seconds)."""
-    t0 = time.perf_counter()
     from index.errors import TagIndexError
     from model_export.errors import BundleError
 
+    t0 = time.perf_counter()
     try:
         report = run(cfg, progress=_progress(t0))
     except (RuntimeError, OSError, ValueError, BundleError, TagIndexError) as e:
@@ -155,8 +155,7 @@ def bench_roofline_cmd(
     from loadtest.report import render_roofline
     from loadtest.roofline import RooflineConfig, run_roofline
 
-    if not (bundle / "manifest.json").is_file():
-        fail(f"{bundle} is not a bundle (no manifest.json)")
+    require_bundle(bundle)
     sizes = positive_ints(batch, "--batch")
     if seconds <= 0 or duration <= 0 or connections < 1:
         fail("--seconds and --duration must be positive and --connections at least 1")
@@ -264,8 +263,7 @@ def bench_loop_cmd(
     """Event-loop CPU per GET /profile hit and per POST, in process (no HTTP): variants A/B, the ceiling; JSON."""
     from loadtest.loop import run_loop_bench, run_post_ab
 
-    if not (bundle / "manifest.json").is_file():
-        fail(f"{bundle} is not a bundle (no manifest.json); `utpm demo --no-serve` builds artifacts/demo/bundle")
+    require_bundle(bundle)
     if requests < concurrency or rounds < 1:
         fail("--requests must be at least --concurrency, and --rounds at least 1")
     t0 = time.perf_counter()

@@ -22,7 +22,7 @@ from utpm_cli.bench import (
     bench_speed_cmd,
     bench_tune_cmd,
 )
-from utpm_cli.errors import fail, positive_ints
+from utpm_cli.errors import fail, positive_ints, require_bundle
 from utpm_cli.export import bench_model_cmd, export_cmd
 from utpm_cli.index import bench_index_cmd, index_build_cmd
 from utpm_cli.model import bench_start_cmd, evaluate_run, parse_variants, prepare_amazon_cmd, train_default
@@ -353,23 +353,6 @@ def experiment_cmd(
     typer.echo(f"experiment: {len(result.runs)} runs on {data}; wrote {', '.join(wrote) or 'stdout'}")
 
 
-def _check_servable(bundle: Path) -> None:
-    """The usual mistakes (no such directory, a run instead of a bundle, no index yet) as one clear
-    line here, instead of a traceback from the server's failed start-up; the service checks the rest."""
-    from index.infos import INDEX_FILE
-    from model_export.errors import BundleError
-    from model_export.manifest import Manifest
-
-    if not bundle.is_dir():
-        fail(f"{bundle} is not a directory; `utpm demo --no-serve` builds artifacts/demo/bundle")
-    try:
-        Manifest.read(bundle)
-    except BundleError as e:
-        fail(f"{e}; `utpm export RUN --out BUNDLE` writes a bundle from a training run")
-    if not (bundle / INDEX_FILE).is_file():
-        fail(f"{bundle} has no tag index ({INDEX_FILE}); build it with `utpm index build {bundle}`")
-
-
 @app.command("serve")
 def serve_cmd(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory (exported and indexed).")],
@@ -386,7 +369,7 @@ def serve_cmd(
     from service.config import Settings, settings_error
     from service.main import create_app
 
-    _check_servable(bundle)
+    require_bundle(bundle)
     overrides: dict[str, object] = {"bundle": bundle}
     if redis_url:
         overrides["redis_url"] = redis_url
@@ -395,7 +378,7 @@ def serve_cmd(
     except ValidationError as e:
         fail(settings_error(e))
     if settings.ab_challenger_bundle is not None:
-        _check_servable(settings.ab_challenger_bundle)
+        require_bundle(settings.ab_challenger_bundle)
     typer.echo(f"serving {bundle} on http://{host}:{port} (docs at /docs)")
     uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False)
 
@@ -478,15 +461,15 @@ def demo_cmd(
         tops.append({t for t, _ in tags})
     shared = len(tops[0] & tops[1]) / max(1, len(tops[0] | tops[1]))
     typer.echo(f"  the two profiles share {shared:.0%} of their tags (Jaccard)")
+    if not serve:
+        typer.echo(f"[4/4] serve: skipped (--no-serve); `utpm serve {bundle_dir}` serves the bundle")
+        typer.echo(f"wrote the demo's data, run and bundle {export['bundle_version']} under {out}")
+        return
     example = {"user_id": "demo-user", "k": 5, "explain": False, "features": DEMO_USERS["dark-sci-fi"]}
     curl = (
         f"curl -s -X POST http://127.0.0.1:{port}/profile -H 'content-type: application/json' "
         f"-d '{json.dumps(example)}'"
     )
-    if not serve:
-        typer.echo(f"[4/4] serve: skipped (--no-serve); `utpm serve {bundle_dir}` serves the bundle")
-        typer.echo(f"wrote the demo's data, run and bundle {export['bundle_version']} under {out}")
-        return
     typer.echo(
         f"[4/4] serve: http://127.0.0.1:{port} (docs at /docs, embedded cache). Try:\n  {curl}\n"
         f"  curl -s http://127.0.0.1:{port}/profile/demo-user"
