@@ -6,7 +6,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-UserId = Annotated[str, StringConstraints(min_length=1, max_length=256, strip_whitespace=True)]
+USER_ID_MAX = 256
+UserId = Annotated[str, StringConstraints(min_length=1, max_length=USER_ID_MAX, strip_whitespace=True)]
 FeatureValue = Annotated[str, StringConstraints(max_length=512)]
 # strict: "3" or true is not a count (422); finiteness and sign are checked by parse_field (422)
 Count = Annotated[float, Field(strict=True)]

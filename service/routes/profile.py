@@ -17,7 +17,7 @@ from service.engine import ProfileEngine
 from service.errors import InvalidInput
 from service.profiles import compute_profiles, read_profile
 from service.responses import RenderedJSON
-from service.schemas import ProfileRequest, ProfileResponse, ProfilesRequest, ProfilesResponse
+from service.schemas import USER_ID_MAX, ProfileRequest, ProfileResponse, ProfilesRequest, ProfilesResponse
 from service.state import service_state
 
 # The hot routes take the state from the request rather than through `Depends`: FastAPI solves
@@ -26,8 +26,8 @@ router = APIRouter(tags=["profiles"])
 
 # Users per POST /profiles: half the default model queue, so one call cannot fill it alone.
 MAX_USERS_PER_CALL = 256
-USER_ID_MAX = 256  # as service.schemas.UserId
-_STRIPPED = TypeAdapter(Annotated[str, StringConstraints(strip_whitespace=True)])  # UserId's stripping, alone
+# UserId's stripping alone: the GET route checks the lengths itself, answering FastAPI's own 422s
+_STRIPPED = TypeAdapter(Annotated[str, StringConstraints(strip_whitespace=True)])
 
 # Error responses per route (bodies: application/problem+json, see service/errors.py); the
 # OpenAPI schema gets the Problem schema for each from `service.main.problem_openapi`.
