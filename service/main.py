@@ -14,12 +14,15 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from pydantic import ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from index.errors import TagIndexError
+from model_export.errors import BundleError
 from service.ab import Experiment
 from service.auth import Auth
 from service.cache import make_cache, redact_url
 from service.config import Settings, settings_error
-from service.engine import ProfileEngine
+from service.engine import DeviceUnavailable, ProfileEngine
 from service.errors import PROBLEM_MEDIA_TYPE, install_error_handlers
 from service.feedback import Feedback
 from service.logs import configure_logging
@@ -35,6 +38,9 @@ from service.state import ServiceState
 from service.tracing import make_tracing
 
 log = logging.getLogger("utpm.service")
+
+# Start-up failures the service explains in one line: bundle, index and device problems.
+STARTUP_ERRORS = (BundleError, TagIndexError, DeviceUnavailable)
 
 # The global OpenTelemetry providers that stand for "none configured yet" (FastAPI's own test).
 _UNSET_PROVIDERS = {"ProxyTracerProvider", "_ProxyMeterProvider", "ProxyLoggerProvider"}
@@ -59,11 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
-        try:
-            engine = await asyncio.to_thread(ProfileEngine.load, settings.bundle, settings)
-        except Exception as e:
-            log.error("not starting: %s", e)
-            raise
+        engine = await asyncio.to_thread(ProfileEngine.load, settings.bundle, settings)
         engine.start(on_batch=metrics.batch_size.observe)
         url = settings.redis_url.get_secret_value() if settings.redis_url else None
         cache = make_cache(
@@ -89,7 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.ab_challenger_bundle is not None:
             challenger = await asyncio.to_thread(ProfileEngine.load, settings.ab_challenger_bundle, settings)
             if challenger.version == engine.version:
-                raise ValueError(f"UTPM_AB_CHALLENGER_BUNDLE is the champion's version {engine.version}")
+                raise BundleError(f"UTPM_AB_CHALLENGER_BUNDLE is the champion's version {engine.version}")
             challenger.start(on_batch=metrics.batch_size.observe)
             app.state.service.experiment = Experiment(challenger, settings.ab_challenger_share)
             log.info("A/B: challenger %s at share %.3f", challenger.version, settings.ab_challenger_share)
@@ -157,7 +159,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # outermost: shed before anything else spends time on a request the loop cannot afford
     app.add_middleware(Gateway, metrics=metrics, max_inflight=settings.max_inflight_requests)
     app.openapi = lambda: problem_openapi(app)  # type: ignore[method-assign]
+    app.router.lifespan = _quiet_startup_failure(app.router.lifespan)  # type: ignore[method-assign,assignment]
     return app
+
+
+def _quiet_startup_failure(router_lifespan: ASGIApp) -> ASGIApp:
+    """The router's lifespan, where a bundle that cannot be served (STARTUP_ERRORS: their messages name
+    the file and the problem) stops the start-up with one `not starting: ...` log line instead of the
+    traceback Starlette hands the server. The error is still raised, for the server to exit on."""
+
+    async def lifespan(scope: Scope, receive: Receive, send: Send) -> None:
+        held: list[Message] = []
+
+        async def hold_failure(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed":
+                held.append(message)  # sent once the error is known: with its traceback or without
+            else:
+                await send(message)
+
+        try:
+            await router_lifespan(scope, receive, hold_failure)
+        except STARTUP_ERRORS as e:
+            if held:
+                log.error("not starting: %s", e)
+                await send({**held.pop(), "message": ""})  # servers log a non-empty message as it is
+            raise
+        finally:
+            for message in held:
+                await send(message)
+
+    return lifespan
 
 
 def problem_openapi(app: FastAPI) -> dict[str, Any]:

@@ -223,6 +223,26 @@ def test_device_cuda_refuses_to_start_without_a_gpu(bundles: dict[str, Path]) ->
         assert device == {"requested": "cpu", "execution_provider": "CPUExecutionProvider", "index": "cpu"}
 
 
+def test_a_corrupt_bundle_stops_the_server_in_one_line_without_a_traceback(
+    bundles: dict[str, Path], tmp_path: Path
+) -> None:
+    """What the preflight of `utpm serve` cannot see (a file whose content no longer matches the
+    manifest) stops uvicorn's start-up, under `utpm serve` as under `uvicorn --factory` (the images),
+    with one log line naming the file; the process exits non-zero."""
+    import shutil
+
+    corrupt = tmp_path / "bundle"
+    shutil.copytree(bundles["a"], corrupt)
+    model = corrupt / "model.onnx"
+    model.write_bytes(model.read_bytes()[:-16])
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("UTPM_")}, "UTPM_BUNDLE": str(corrupt)}
+    command = [sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app", "--port", str(free_port())]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0, out
+    assert f"not starting: {model}: content hash" in out and "Traceback" not in out, out
+
+
 def test_process_metrics_are_exported(client_plain: TestClient) -> None:
     text = client_plain.get("/metrics").text
     for name in ("process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds"):
