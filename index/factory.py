@@ -4,9 +4,9 @@
     ivf    "IVF{n},Flat"     inverted lists over k-means cells; search parameter nprobe
     hnsw   "HNSW32"          graph search; search parameter efSearch
 
-`auto` is exact search up to FLAT_MAX_TAGS tags (exact costs O(n) per query, ~1 ms at 100k x 128
-on one core, and needs no tuning) or whenever a GPU is present (a GPU scans millions of vectors
-per query in well under a millisecond); above that on the CPU, IVF.
+`auto` is exact search up to FLAT_MAX_TAGS tags (exact costs O(n) per query and needs no tuning)
+or whenever a GPU is present (a GPU scans millions of vectors per query at once); above that on the
+CPU, IVF. What each costs at 1M tags: docs/performance.md, "Index: 1M tags" (`utpm bench index`).
 """
 
 from __future__ import annotations
