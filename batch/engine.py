@@ -49,7 +49,7 @@ class ChunkProfiler:
     """One bundle, loaded once: rows in, (cache key, record) pairs and rejects out."""
 
     def __init__(self, job: BatchJob) -> None:
-        settings = Settings(bundle=job.bundle)  # type: ignore[call-arg]
+        settings = Settings(bundle=job.bundle)
         self.engine = ProfileEngine.load(job.bundle, settings)
         self.job = job
 

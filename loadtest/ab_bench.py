@@ -108,7 +108,7 @@ def run_ab_bench(
     if not any(getattr(r, "path", "") == BEFORE_PATH for r in profile_routes.router.routes):
         profile_routes.router.add_api_route(BEFORE_PATH, before, methods=["GET"])
     with Redis() as redis:
-        settings = Settings(bundle=champion, bundle_root=challenger.parent, redis_url=redis.url, log_level="WARNING")  # type: ignore[call-arg,arg-type]
+        settings = Settings(bundle=champion, bundle_root=challenger.parent, redis_url=redis.url, log_level="WARNING")
         app = create_app(settings)
         rounds_us = uvloop.run(_measure(app, challenger, users, per, concurrency, rounds))
     return {

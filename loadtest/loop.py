@@ -113,7 +113,7 @@ async def _post_ab(
     source = PayloadSource.open(bundle, payloads)
     rng = random.Random(0)
     bodies = [orjson.dumps(source.body(rng, f"loop-post-{i}", 50)) for i in range(256)]
-    app = create_app(Settings(bundle=bundle, redis_url=url, log_level="WARNING"))  # type: ignore[call-arg,arg-type]
+    app = create_app(Settings(bundle=bundle, redis_url=url, log_level="WARNING"))
     fast = list(app.router.routes)
     before = [r for r in fast if not isinstance(r, PostProfileRoute)]
     per = max(1, requests // concurrency)

@@ -71,7 +71,7 @@ class EngineBench:
         from service.config import Settings
         from service.engine import ProfileEngine
 
-        self.settings = Settings(bundle=bundle, log_level="WARNING")  # type: ignore[call-arg]
+        self.settings = Settings(bundle=bundle, log_level="WARNING")
         self.engine = ProfileEngine.load(bundle, self.settings)
         self.k = k
         self.bodies = _bodies(bundle, payloads, k)

@@ -55,7 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app. Without `settings`, they are read from UTPM_* environment variables."""
     if settings is None:
         try:
-            settings = Settings()  # type: ignore[call-arg]
+            settings = Settings()
         except ValidationError as e:  # `uvicorn --factory` (the images): one line, not a traceback
             raise SystemExit(f"error: {settings_error(e)}") from None
     configure_logging(settings.log_level)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import httpx2
 import uvicorn
 from fastapi.testclient import TestClient
 
@@ -17,6 +18,8 @@ from tests.conftest import RedisServer, free_port
 
 API_KEY = "test-admin-key"
 ADMIN_KEYS = f"admin:{hash_key(API_KEY)}"  # UTPM_AUTH_KEYS holds digests, never keys
+# starlette's TestClient answers with httpx2's responses, the live servers' clients with httpx's
+Response = httpx.Response | httpx2.Response
 USER = {"clicked_tags": ["sci-fi", "dark comedy", "atmospheric"], "clicked_categories": ["Drama", "Comedy"]}
 
 
@@ -27,13 +30,11 @@ def settings_for(bundle: Path, redis: RedisServer | None, **kw: Any) -> Settings
     return Settings(**{**base, **kw})
 
 
-def post(
-    client: TestClient | httpx.Client, user_id: str, headers: dict[str, str] | None = None, **kw: Any
-) -> httpx.Response:
+def post(client: TestClient | httpx.Client, user_id: str, headers: dict[str, str] | None = None, **kw: Any) -> Response:
     return client.post("/profile", json={"user_id": user_id, "features": USER, **kw}, headers=headers)
 
 
-def assert_problem(r: httpx.Response, status: int, kind: str | None = None) -> dict[str, Any]:
+def assert_problem(r: Response, status: int, kind: str | None = None) -> dict[str, Any]:
     """`r` is an RFC 9457 problem of `status` (and of type `kind`, when given); its body."""
     assert r.status_code == status, r.text
     assert r.headers["content-type"] == "application/problem+json", r.headers["content-type"]

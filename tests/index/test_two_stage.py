@@ -12,16 +12,16 @@ from model_export.bundle import load_bundle
 from model_export.scorer import exact_top_k, scores_at
 
 
-def _heldout(bundle_path):  # type: ignore[no-untyped-def]
+def _heldout(bundle_path):
     b = load_bundle(bundle_path)
     with np.load(bundle_path / "heldout_history.npz") as f:
         hist_ids, hist_g = f["hist_ids"], f["hist_g"]
-    u = np.asarray(b.heldout_users, np.float32)  # type: ignore[arg-type]
+    u = np.asarray(b.heldout_users, np.float32)
     return b, u, hist_ids, hist_g
 
 
 @pytest.mark.parametrize("popular", [1, 5, 40, 100_000])
-def test_the_search_returns_the_exact_top_k_whoever_it_settles(hist_bundle, popular: int) -> None:  # type: ignore[no-untyped-def]
+def test_the_search_returns_the_exact_top_k_whoever_it_settles(hist_bundle, popular: int) -> None:
     b, u, hist_ids, hist_g = _heldout(hist_bundle)
     search = TwoStageSearch(b, TagIndex.load(b), popular=popular)
     found = search.search(u, hist_ids, hist_g, 10)
@@ -34,7 +34,7 @@ def test_the_search_returns_the_exact_top_k_whoever_it_settles(hist_bundle, popu
         assert not found.searched.any()
 
 
-def test_the_bound_settles_users_once_enough_popular_tags_are_candidates(hist_bundle) -> None:  # type: ignore[no-untyped-def]
+def test_the_bound_settles_users_once_enough_popular_tags_are_candidates(hist_bundle) -> None:
     """The test bundle's model kept its start (tag vectors zero: s = b_t + g), so the bound is the
     bias of the first tag outside the candidates: past the 10th most popular tag's ties most users are
     settled without the index (not all: a popular history tag with a negative g scores below its
@@ -53,7 +53,7 @@ def test_the_bound_settles_users_once_enough_popular_tags_are_candidates(hist_bu
 
 
 @pytest.mark.parametrize("popular", [40, 100_000])
-def test_settled_users_get_the_exact_ids_with_ties_by_the_lower_id(hist_bundle, popular: int) -> None:  # type: ignore[no-untyped-def]
+def test_settled_users_get_the_exact_ids_with_ties_by_the_lower_id(hist_bundle, popular: int) -> None:
     """The test bundle's model kept its start (tag vectors zero), so many tags tie on b_t + g: the
     search and the exact scan both order them by the lower id (utpm.ranking), to the same list."""
     b, u, hist_ids, hist_g = _heldout(hist_bundle)
@@ -65,7 +65,7 @@ def test_settled_users_get_the_exact_ids_with_ties_by_the_lower_id(hist_bundle, 
     np.testing.assert_array_equal(found.ids[settled], ids[settled])
 
 
-def test_a_tag_outside_the_candidates_that_ties_the_kth_sends_the_user_to_the_index(hist_bundle) -> None:  # type: ignore[no-untyped-def]
+def test_a_tag_outside_the_candidates_that_ties_the_kth_sends_the_user_to_the_index(hist_bundle) -> None:
     """With u = 0 every score is b_t (+ g): a history tag scored exactly at the bias of the first tag
     outside the popular ones ties that tag, which has the lower id and so belongs in the top-k. The
     bound must not settle such a user: it goes to the index, and the result is the exact top-k."""

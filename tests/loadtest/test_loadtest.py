@@ -77,7 +77,7 @@ def test_payloads_follow_the_bundle_vocabularies(tiny_bundle: Path, tmp_path: Pa
     lines = tmp_path / "bodies.jsonl"
     lines.write_text('{"features": {"clicked_tags": ["x"]}}\n\n{"features": {"clicked_tags": ["y"]}}\n')
     replayed = PayloadSource.from_jsonl(lines)
-    assert {replayed.features(rng)["clicked_tags"][0] for _ in range(40)} == {"x", "y"}  # type: ignore[index]
+    assert {replayed.features(rng)["clicked_tags"][0] for _ in range(40)} == {"x", "y"}
     lines.write_text('{"user_id": "no features"}\n')
     with pytest.raises(ValueError, match="features"):
         PayloadSource.from_jsonl(lines)

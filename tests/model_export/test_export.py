@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -143,7 +144,7 @@ def test_export_writes_nothing_when_parity_fails(
 
     real_export = onnx_export.export_onnx
 
-    def broken_export(model, path, opset=17):  # type: ignore[no-untyped-def]
+    def broken_export(model, path, opset=17):
         real_export(model, path, opset)
         perturb_onnx(path, path)
 
@@ -186,9 +187,18 @@ def _copy(bundle: Path, tmp_path: Path) -> Path:
     return dst
 
 
-def _edit_manifest(path: Path, edit) -> None:  # type: ignore[no-untyped-def]
+def _edit_manifest(path: Path, **changes: Any) -> None:
+    """Set manifest keys (`dims__user=8` sets d["dims"]["user"]); None removes a key."""
     d = json.loads((path / MANIFEST_FILE).read_text())
-    edit(d)
+    for key, value in changes.items():
+        *parents, last = key.split("__")
+        node = d
+        for parent in parents:
+            node = node[parent]
+        if value is None:
+            del node[last]
+        else:
+            node[last] = value
     (path / MANIFEST_FILE).write_text(json.dumps(d))
 
 
@@ -203,16 +213,16 @@ def test_loader_rejects_corrupt_or_inconsistent_bundles(tiny_bundle: Path, tmp_p
     shutil.rmtree(b)
 
     b = _copy(tiny_bundle, tmp_path)
-    _edit_manifest(b, lambda d: d.__setitem__("metric", "l2"))
+    _edit_manifest(b, metric="l2")
     with pytest.raises(BundleError, match="metric is 'l2'"):
         load_bundle(b)
-    _edit_manifest(b, lambda d: (d.__setitem__("metric", "inner_product"), d["dims"].__setitem__("user", 8)))
+    _edit_manifest(b, metric="inner_product", dims__user=8)
     with pytest.raises(BundleError, match=r"expected float32 \(\d+, 8\)"):
         load_bundle(b)
-    _edit_manifest(b, lambda d: (d["dims"].__setitem__("user", 4), d.__setitem__("bundle_version", "0" * 16)))
+    _edit_manifest(b, dims__user=4, bundle_version="0" * 16)
     with pytest.raises(BundleError, match="does not match its file hashes"):
         load_bundle(b)
-    _edit_manifest(b, lambda d: d.pop("files"))
+    _edit_manifest(b, files=None)
     with pytest.raises(BundleError, match="malformed"):
         load_bundle(b)
     shutil.rmtree(b)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -113,7 +114,7 @@ def test_explain_parts_match_pytorch(hist_built: BuiltBundle) -> None:
     engine = ProfileEngine.load(hist_built.bundle, Settings.model_validate({"bundle": str(hist_built.bundle)}))
     henc = engine.history
     assert henc is not None
-    users = [
+    users: list[dict[str, Any]] = [
         {"clicked_tags": {"sci-fi": 5, "dystopia": 2, "atmospheric": 1}, "clicked_categories": ["Sci-Fi"]},
         {"clicked_tags": ["disney", "pixar", "disney", "animation"]},
     ]

@@ -52,7 +52,7 @@ def test_each_user_gets_its_arm_and_the_arms_profiles_stay_apart(ab_client: Test
     champion, challenger = arms["champion"]["model_version"], arms["challenger"]["model_version"]
     assert champion != challenger and arms["challenger_share"] == 0.5
     version = {"champion": champion, "challenger": challenger}
-    seen = Counter()
+    seen: Counter[str] = Counter()
     for i in range(24):
         user = f"ab-{i}"
         expected = assign(challenger, user, 0.5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 from fastapi.testclient import TestClient
@@ -31,7 +32,7 @@ def profile(client: TestClient, features: object, **kw: object) -> dict[str, obj
 
 
 def tags(body: dict[str, object]) -> list[str]:
-    return [t["tag"] for t in body["tags"]]  # type: ignore[attr-defined,index]
+    return [t["tag"] for t in cast(list[dict[str, str]], body["tags"])]
 
 
 def test_contrasting_users_get_different_profiles_led_by_their_own_tags(client: TestClient) -> None:
@@ -109,7 +110,8 @@ def test_zero_and_huge_counts_give_a_profile_from_the_known_parts(client: TestCl
 def test_empty_and_unknown_histories_get_the_prior(client: TestClient) -> None:
     empty = profile(client, {})
     assert empty["all_unknown"] is True and len(tags(empty)) == 10
-    for features in ({"clicked_tags": []}, {"clicked_tags": {}}):
+    none: tuple[dict[str, object], ...] = ({"clicked_tags": []}, {"clicked_tags": {}})
+    for features in none:
         assert tags(profile(client, features)) == tags(empty)
     unknown = profile(client, {"clicked_tags": {"no-such-tag": 5}, "clicked_categories": ["Nope"]})
     assert unknown["all_unknown"] is True and unknown["unknown"] == {

@@ -250,7 +250,9 @@ def test_near_cache_answers_repeats_and_goes_stale_for_at_most_its_ttl(
         key = profile_key(first["model_version"], "near")
         # Another replica recomputes the profile: this one keeps answering its own copy for <= 500 ms.
         other = post(c, "near-other", k=3)
-        direct.set(key, direct.get(profile_key(first["model_version"], "near-other")))
+        recomputed = direct.get(profile_key(first["model_version"], "near-other"))
+        assert recomputed is not None
+        direct.set(key, recomputed)
         assert c.get("/profile/near").json()["user_id"] == "near"
         metrics = c.get("/metrics").text
         assert "utpm_near_cache_hits_total 1.0" in metrics and other.status_code == 200

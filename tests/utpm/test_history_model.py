@@ -22,7 +22,7 @@ from utpm.features.history import (
     parse_field,
     stats_from_sequence,
 )
-from utpm.models.history import HistoryOptions, build_history_model
+from utpm.models.history import HistoryModel, HistoryOptions, build_history_model
 from utpm.models.presets import get_preset
 from utpm.training.history import (
     DEFAULT_HISTORY_LOSS,
@@ -148,6 +148,7 @@ def test_all_positive_log_trains_with_each_loss_and_the_run_reads_back(loss: str
     seqs = UserSequences(split, TINY_HIST.N)
     assert result.history_encoder is not None
     batch = encode_users(seqs, result.history_encoder, split.indices(test=True))
+    assert isinstance(run.model, HistoryModel) and isinstance(result.model, HistoryModel)
     assert rank_history(run.model, batch, run.tags, 3) == rank_history(result.model, batch, result.tags, 3)
 
 

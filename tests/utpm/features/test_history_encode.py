@@ -15,6 +15,7 @@ import random
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numba
 import numpy as np
@@ -148,7 +149,7 @@ def _same(a: HistoryBatch, b: HistoryBatch) -> None:
     assert [list(u) for u in a.unknown] == [list(u) for u in b.unknown]  # the fields' order too
 
 
-ENCODERS = {
+ENCODERS: dict[str, dict[str, Any]] = {
     "stats, ties": dict(stats="ties", max_history_tags=12, extra=6),
     "stats, many slots": dict(stats="plain", max_history_tags=40, extra=30),
     "stats, one history tag": dict(stats="plain", max_history_tags=1, extra=3),
@@ -166,7 +167,7 @@ def test_batch_encode_is_bit_identical_to_the_per_user_encoder(name: str) -> Non
     rng = np.random.default_rng(len(name))
     kind = cfg.pop("stats")
     stats = None if kind is None else _tag_stats(rng, N_TAGS, ties=kind == "ties")
-    henc = _encoder(stats, int(cfg.pop("max_history_tags")), int(cfg.pop("extra")), **cfg)  # type: ignore[arg-type]
+    henc = _encoder(stats, int(cfg.pop("max_history_tags")), int(cfg.pop("extra")), **cfg)
     users = _users(len(name), 240)
     expected = [reference_encode(henc, [u]) for u in users]
     for size in (1, 3, 8, 64, len(users)):
@@ -242,7 +243,7 @@ def test_the_kernel_runs_without_the_gil_and_compiles_where_numba_cannot_cache()
     from utpm.features import history_kernel
 
     assert history_kernel.candidates.targetoptions["nogil"] is True
-    scope: dict[str, object] = {}
+    scope: dict[str, Any] = {}
     exec("def twice(x):\n    return 2 * x\n", scope)
     with pytest.raises(RuntimeError, match="cannot cache"):
         numba.njit(cache=True)(scope["twice"])
@@ -259,7 +260,7 @@ def test_compile_kernel_compiles_what_a_real_encoder_calls(name: str) -> None:
     cfg = dict(ENCODERS[name])
     kind = cfg.pop("stats")
     stats = None if kind is None else _tag_stats(np.random.default_rng(0), N_TAGS, ties=kind == "ties")
-    henc = _encoder(stats, int(cfg.pop("max_history_tags")), int(cfg.pop("extra")), **cfg)  # type: ignore[arg-type]
+    henc = _encoder(stats, int(cfg.pop("max_history_tags")), int(cfg.pop("extra")), **cfg)
     history.compile_kernel()
     compiled = len(history_kernel.candidates.signatures)
     henc.encode(_users(1, 9))

@@ -50,6 +50,9 @@ class CrossFeature(nn.Module):
     (B, D) copies one value per index and user (ONNX Runtime's Gather; docs/performance.md).
     """
 
+    rows: Tensor  # buffers (register_buffer): the pairs' first and second dimensions
+    cols: Tensor
+
     def __init__(self, dim: int, hidden_dim: int) -> None:
         super().__init__()
         if dim < 2:
@@ -65,8 +68,7 @@ class CrossFeature(nn.Module):
 
     def cross(self, x: Tensor) -> Tensor:
         """(B, D) -> c (B, D(D-1)/2), ordered c_12, c_13, ..., c_1D, c_23, ..."""
-        rows: Tensor = self.rows  # type: ignore[assignment]
-        cols: Tensor = self.cols  # type: ignore[assignment]
+        rows, cols = self.rows, self.cols
         corr = (self.v[rows] * self.v[cols]).sum(dim=-1)  # (P,) v_i . v_j
         xt = x.t()  # (D, B)
         if torch.onnx.is_in_onnx_export():
@@ -89,6 +91,9 @@ class AFMCross(nn.Module):
     which is why AFM summing the pairs away is cheap to store but not to compute.
     """
 
+    rows: Tensor  # buffers, as CrossFeature's
+    cols: Tensor
+
     def __init__(self, dim: int, hidden_dim: int, attn_dim: int) -> None:
         super().__init__()
         if dim < 2:
@@ -102,8 +107,7 @@ class AFMCross(nn.Module):
         self.register_buffer("cols", cols, persistent=False)
 
     def forward(self, x: Tensor, fields: Tensor, field_mask: Tensor) -> Tensor:
-        rows: Tensor = self.rows  # type: ignore[assignment]
-        cols: Tensor = self.cols  # type: ignore[assignment]
+        rows, cols = self.rows, self.cols
         hid = x.unsqueeze(-1) * self.v  # (B, D, C) v_i x_i
         pairs = hid[:, rows] * hid[:, cols]  # (B, P, C)
         scores = torch.relu(self.attn(pairs)) @ self.h  # (B, P)
