@@ -379,7 +379,7 @@ def serve_cmd(
         fail(settings_error(e))
     if settings.ab_challenger_bundle is not None:
         require_bundle(settings.ab_challenger_bundle)
-    typer.echo(f"serving {bundle} on http://{host}:{port} (docs at /docs)")
+    typer.echo(f"starting {bundle} on http://{host}:{port} (docs at /docs)")  # the service logs when it serves
     uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False)
 
 
