@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from utpm.data.errors import DataError
-from utpm_cli.errors import require_bundle
+from utpm_cli.errors import fail, require_bundle
 
 
 def simulate_cmd(
@@ -36,11 +36,9 @@ def simulate_cmd(
     try:
         result = simulate(url, data, seed=seed, k=k, item_tags=item_tags, prefix=prefix, api_key=api_key)
     except httpx.TransportError as e:  # the message alone ("Connection refused") would not say to what
-        typer.secho(f"error: cannot reach the service at {url}: {e}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+        fail(f"cannot reach the service at {url}: {e}")
     except (DataError, ValueError, RuntimeError, httpx.HTTPError) as e:
-        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+        fail(str(e))
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=1) + "\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -187,18 +188,9 @@ def _copy(bundle: Path, tmp_path: Path) -> Path:
     return dst
 
 
-def _edit_manifest(path: Path, **changes: Any) -> None:
-    """Set manifest keys (`dims__user=8` sets d["dims"]["user"]); None removes a key."""
+def _edit_manifest(path: Path, edit: Callable[[dict[str, Any]], object]) -> None:
     d = json.loads((path / MANIFEST_FILE).read_text())
-    for key, value in changes.items():
-        *parents, last = key.split("__")
-        node = d
-        for parent in parents:
-            node = node[parent]
-        if value is None:
-            del node[last]
-        else:
-            node[last] = value
+    edit(d)
     (path / MANIFEST_FILE).write_text(json.dumps(d))
 
 
@@ -213,16 +205,16 @@ def test_loader_rejects_corrupt_or_inconsistent_bundles(tiny_bundle: Path, tmp_p
     shutil.rmtree(b)
 
     b = _copy(tiny_bundle, tmp_path)
-    _edit_manifest(b, metric="l2")
+    _edit_manifest(b, lambda d: d.update(metric="l2"))
     with pytest.raises(BundleError, match="metric is 'l2'"):
         load_bundle(b)
-    _edit_manifest(b, metric="inner_product", dims__user=8)
+    _edit_manifest(b, lambda d: d.update(metric="inner_product", dims={**d["dims"], "user": 8}))
     with pytest.raises(BundleError, match=r"expected float32 \(\d+, 8\)"):
         load_bundle(b)
-    _edit_manifest(b, dims__user=4, bundle_version="0" * 16)
+    _edit_manifest(b, lambda d: d.update(dims={**d["dims"], "user": 4}, bundle_version="0" * 16))
     with pytest.raises(BundleError, match="does not match its file hashes"):
         load_bundle(b)
-    _edit_manifest(b, files=None)
+    _edit_manifest(b, lambda d: d.pop("files"))
     with pytest.raises(BundleError, match="malformed"):
         load_bundle(b)
     shutil.rmtree(b)

@@ -227,8 +227,8 @@ def test_a_corrupt_bundle_stops_the_server_in_one_line_without_a_traceback(
     bundles: dict[str, Path], tmp_path: Path
 ) -> None:
     """What the preflight of `utpm serve` cannot see (a file whose content no longer matches the
-    manifest) stops uvicorn's start-up, under `utpm serve` as under `uvicorn --factory` (the images),
-    with one log line naming the file; the process exits non-zero."""
+    manifest) stops uvicorn's start-up with one log line naming the file, and a non-zero exit: run
+    here as the images run it (`uvicorn --factory`); `utpm serve` runs the same app in process."""
     import shutil
 
     corrupt = tmp_path / "bundle"
