@@ -36,6 +36,7 @@ from service.batching import MicroBatcher
 from service.config import Settings
 from service.errors import InvalidInput, UnknownFields
 from utpm.features.history import FieldStats, HistoryBatch, HistoryEncoder, compile_kernel, parse_field
+from utpm.features.values import clean_values
 from utpm.features.vocab import Vocabulary
 
 log = logging.getLogger("utpm.service")
@@ -207,7 +208,7 @@ class ProfileEngine:
             if not isinstance(values, str) and len(values) > limit:
                 raise InvalidInput(f"field {name!r} has {len(values)} values; at most {limit} are accepted")
         # the paper's models take no counts: only {value: count} objects are parsed, to their values
-        # (count > 0, in order); lists go to the encoder as before
+        # (count > 0, in order); lists go to the encoder, cleaned as the event log was
         parse = features if self.history is not None else {n: v for n, v in features.items() if isinstance(v, Mapping)}
         try:
             stats = {name: parse_field(name, raw) for name, raw in parse.items()}
@@ -216,7 +217,7 @@ class ProfileEngine:
         if self.history is not None:
             return self._encode_history(stats, k, explain)
         plain: dict[str, Sequence[str] | str] = {
-            n: (list(stats[n].values) if n in stats else v)  # type: ignore[misc]
+            n: (list(stats[n].values) if n in stats else clean_values([v] if isinstance(v, str) else v))
             for n, v in features.items()
         }
         batch = encoder.encode([plain])

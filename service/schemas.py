@@ -24,7 +24,8 @@ class ProfileRequest(BaseModel):
     user_id: UserId = Field(description="The user the profile is for (cache key).")
     features: dict[str, FieldValues] = Field(
         default_factory=dict,
-        description="Raw feature values per field, oldest first; a single value may be given bare. A value "
+        description="Raw feature values per field, oldest first; a single value may be given bare. Values are "
+        "stripped of surrounding whitespace as the training data was, and empty ones ignored. A value "
         "may repeat (each occurrence counts once), or a field may be an object {value: count} (keys oldest "
         "first; counts finite numbers >= 0, 0 drops the value, counts above 1e6 count as 1e6). The paper's "
         "models keep the most recent distinct values; the default model keeps the most frequent.",

@@ -61,6 +61,19 @@ def test_the_old_list_form_still_works(client: TestClient) -> None:
     assert len(tags(body)) == 10 and body["all_unknown"] is False
 
 
+def test_values_are_stripped_as_the_training_data_was_and_blank_ones_are_absent(client: TestClient) -> None:
+    padded = {
+        "clicked_tags": {" disney": 4, "animation ": 3, "pixar": 2, " ": 7},
+        "clicked_categories": [" Animation ", ""],
+    }
+    body = profile(client, padded)
+    assert body["unknown"] == {} and tags(body) == tags(profile(client, ANIMATION))
+    as_list = profile(
+        client, {"clicked_tags": [" sci-fi", "atmospheric", "sci-fi ", "dystopia"], "clicked_categories": "Sci-Fi "}
+    )
+    assert as_list["unknown"] == {} and tags(as_list) == tags(profile(client, SCI_FI))
+
+
 def test_explain_splits_each_score_into_model_and_history_parts(client: TestClient) -> None:
     body = profile(client, SCI_FI, explain=True)
     expl = body["explanation"]

@@ -107,6 +107,13 @@ def test_unknown_values_are_reported_and_all_unknown_is_flagged(client: TestClie
     assert r.status_code == 200 and r.json()["all_unknown"] is True and len(r.json()["tags"]) == 3
 
 
+def test_values_are_stripped_as_the_training_data_was_and_blank_ones_are_absent(client: TestClient) -> None:
+    clean = client.post("/profile", json={"user_id": "s", "features": {"clicked_tags": ["sci-fi", "drama"]}})
+    padded = client.post("/profile", json={"user_id": "s", "features": {"clicked_tags": [" sci-fi ", "", "drama "]}})
+    assert padded.status_code == 200 and padded.json()["unknown"] == {}
+    assert padded.json()["tags"] == clean.json()["tags"]
+
+
 def test_explanation_has_every_value_head_and_field(client: TestClient) -> None:
     body = post(client, "bob", k=3, explain=True).json()
     ex = body["explanation"]

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from utpm.data.errors import DataError, LoadReport
+from utpm.features.values import clean_values
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +139,9 @@ def _to_int(s: pd.Series) -> tuple[pd.Series, pd.Series]:
 
 
 def split_list(s: pd.Series) -> pd.Series:
-    """'a|b| c' -> ['a', 'b', 'c']: split on '|', strip, drop empty parts."""
+    """'a|b| c' -> ['a', 'b', 'c']: split on '|', then the values' own rule (`clean_values`)."""
     text = s.fillna("").astype(str)
-    return text.map(lambda v: [p.strip() for p in v.split(LIST_SEP) if p.strip()])
+    return text.map(lambda v: clean_values(v.split(LIST_SEP)))
 
 
 def _load_items(path: Path, report: LoadReport) -> pd.DataFrame:

@@ -33,6 +33,7 @@ import numpy as np
 from utpm.features import history_kernel
 from utpm.features.encoding import FeatureEncoder
 from utpm.features.spec import FieldKind
+from utpm.features.values import clean_values
 from utpm.features.vocab import Vocabulary
 
 # Recency weight of an occurrence: exp(-DECAY * age), age = share of the history after it (0..1), so
@@ -123,20 +124,39 @@ def _as_count(field_name: str, value: str, raw: object) -> float:
     return min(c, COUNT_CAP)
 
 
+def _merged(pairs: Sequence[tuple[str, float]], weights: Sequence[float]) -> FieldStats:
+    """(value, count) pairs in which a value repeats -> one entry per value, at its last position."""
+    merged: dict[str, tuple[float, float]] = {}
+    for (k, c), w in zip(pairs, weights, strict=True):
+        count, recency = merged.pop(k, (0.0, 0.0))
+        merged[k] = (count + c, recency + c * w)
+    counts = [min(c, COUNT_CAP) for c, _ in merged.values()]
+    return FieldStats(
+        values=list(merged),
+        count=counts,
+        distinct=list(counts),
+        recency=[min(r, COUNT_CAP) for _, r in merged.values()],
+    )
+
+
 def parse_field(field_name: str, raw: object) -> FieldStats:
     """A request's field: a string, a list of strings (repeats count) or an object {value: count}.
 
     In the object form the order of the keys is the recency order (oldest first) and the recency
     weight of a value is its count at its position. Values must be strings; ValueError otherwise.
+    Values follow the event log's rule (`clean_values`): stripped, and absent when empty; two keys
+    that are one value once stripped add their counts, at the later one's position.
     """
     if raw is None:
         return FieldStats()
     if isinstance(raw, str):
         raw = [raw]
     if isinstance(raw, Mapping):
-        pairs = [(str(k), _as_count(field_name, str(k), c)) for k, c in raw.items()]
-        pairs = [(k, c) for k, c in pairs if c > 0]
+        pairs = [(str(k).strip(), _as_count(field_name, str(k), c)) for k, c in raw.items()]
+        pairs = [(k, c) for k, c in pairs if c > 0 and k]
         weights = recency_weights(len(pairs))
+        if len({k for k, _ in pairs}) < len(pairs):
+            return _merged(pairs, weights)
         return FieldStats(
             values=[k for k, _ in pairs],
             count=[c for _, c in pairs],
@@ -147,7 +167,7 @@ def parse_field(field_name: str, raw: object) -> FieldStats:
         if not all(map(isinstance, raw, repeat(str))):  # checked in C; the message names the first bad one
             bad = next(v for v in raw if not isinstance(v, str))
             raise ValueError(f"field {field_name!r}: values must be strings, got {bad!r}")
-        return stats_from_sequence(list(raw))
+        return stats_from_sequence(clean_values(raw))
     raise ValueError(f"field {field_name!r}: expected a list of values or an object {{value: count}}")
 
 

@@ -19,9 +19,11 @@ from typing import Any
 
 import numba
 import numpy as np
+import pandas as pd
 import pytest
 
 from tests.utpm.features.reference_history import reference_encode, reference_stats_from_sequence
+from utpm.data.loading import split_list
 from utpm.features import history
 from utpm.features.encoding import FeatureEncoder
 from utpm.features.history import (
@@ -35,6 +37,7 @@ from utpm.features.history import (
     stats_from_sequence,
 )
 from utpm.features.spec import FieldKind, FieldSpec
+from utpm.features.values import clean_values
 from utpm.features.vocab import OOV_TOKEN, PAD_TOKEN, Vocabulary
 
 N_TAGS = 60  # small, so that users share tags and transitions collide
@@ -265,3 +268,17 @@ def test_compile_kernel_compiles_what_a_real_encoder_calls(name: str) -> None:
     compiled = len(history_kernel.candidates.signatures)
     henc.encode(_users(1, 9))
     assert len(history_kernel.candidates.signatures) == compiled == 1
+
+
+def test_request_values_follow_the_event_logs_rule_stripped_and_empty_ones_absent() -> None:
+    """What the loader does to every value of the data (`split_list`: strip, drop empties), a request's
+    values get too; in the object form two keys that strip to one value add their counts."""
+    assert split_list(pd.Series([" a| b |  |a "]))[0] == clean_values([" a", " b ", "  ", "a "]) == ["a", "b", "a"]
+    assert parse_field("f", [" a", "b ", " ", "a"]) == parse_field("f", ["a", "b", "a"])
+    assert parse_field("f", " a ") == parse_field("f", "a") and parse_field("f", "  ") == FieldStats()
+    assert parse_field("f", {" a ": 2, "b": 1, "": 5}) == parse_field("f", {"a": 2, "b": 1})
+    merged = parse_field("f", {"a": 2.0, "b": 1.0, " a": 3.0})
+    w = history.recency_weights(3)
+    assert merged.values == ["b", "a"] and merged.count == merged.distinct == [1.0, 5.0]
+    assert merged.recency == [w[1], 2.0 * w[0] + 3.0 * w[2]]
+    assert parse_field("f", {"a": 9e5, " a": 9e5}).count == [history.COUNT_CAP]
