@@ -14,6 +14,7 @@ from service.responses import JSONResponse
 from service.routes.profile import ERRORS
 from service.schemas import FeatureValue, UserId
 from service.state import ServiceState, service_state
+from utpm.features.values import clean_values
 
 router = APIRouter(tags=["feedback"])
 
@@ -27,7 +28,9 @@ MAX_SUMMARY_DAYS = 90
 class Impression(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    tags: list[FeatureValue] = Field(min_length=1, max_length=MAX_TAGS_PER_ITEM, description="The browsed item's tags.")
+    tags: list[FeatureValue] = Field(
+        min_length=1, max_length=MAX_TAGS_PER_ITEM, description="The browsed item's tags (stripped, blanks ignored)."
+    )
     clicked: bool = Field(False, description="Whether the user clicked the item.")
 
 
@@ -85,7 +88,7 @@ async def post_feedback(body: FeedbackRequest, request: Request) -> JSONResponse
         day = event.day or today
         if day > today + dt.timedelta(days=1):
             raise InvalidInput(f"events.{n}.day: {day} is in the future")
-        items = [(item.tags, item.clicked) for item in event.items]
+        items = [(clean_values(item.tags), item.clicked) for item in event.items]  # as the profile's tags were
         events.append((day.isoformat(), version, event.user_id, event.k or DEFAULT_K, items))
     return JSONResponse(await state.feedback.record(events))
 

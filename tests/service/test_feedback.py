@@ -70,8 +70,8 @@ def impressions(p: list[str]) -> dict[str, list[list[dict[str, Any]]]]:
         "c2": [[{"tags": [p[0]]}, {"tags": [p[3]]}, {"tags": [OUT], "clicked": True}]],
         # challenger 1: -> (1, 2)
         "x1": [[{"tags": [p[0]], "clicked": True}, {"tags": [p[1]]}]],
-        # challenger 2: -> (1, 1)
-        "x2": [[{"tags": [p[4]], "clicked": True}, {"tags": [p[4]], "clicked": True}]],
+        # challenger 2: -> (1, 1); tags stripped as profile values are (a blank one is no tag)
+        "x2": [[{"tags": [f" {p[4]} ", " "], "clicked": True}, {"tags": [p[4]], "clicked": True}]],
     }
 
 
