@@ -1,4 +1,8 @@
-"""Request and response bodies of the API (the OpenAPI schema at /docs is generated from these)."""
+"""Request and response bodies of the API (the OpenAPI schema at /docs is generated from these).
+
+Numbers and booleans in request bodies are strict (`strict=True`): "5" is no k and "yes" or 1 no
+boolean, a 422 naming the field rather than a guess at what the client meant.
+"""
 
 from __future__ import annotations
 
@@ -30,10 +34,11 @@ class ProfileRequest(BaseModel):
         "first; counts finite numbers >= 0, 0 drops the value, counts above 1e6 count as 1e6). The paper's "
         "models keep the most recent distinct values; the default model keeps the most frequent.",
     )
-    k: int | None = Field(None, ge=1, description="Number of tags (default from settings, at most max_k).")
-    explain: bool = Field(False, description="Also return attention weights and each tag's score.")
+    k: int | None = Field(None, ge=1, strict=True, description="Number of tags (default from settings, at most max_k).")
+    explain: bool = Field(False, strict=True, description="Also return attention weights and each tag's score.")
     store: bool = Field(
         True,
+        strict=True,
         description="Write the profile to the cache (needs a write key once write keys are configured); false "
         "computes and answers without writing anything.",
     )

@@ -42,14 +42,14 @@ class ChallengerRequest(BaseModel):
 
     bundle: str = Field(min_length=1, description="Bundle directory, under the configured bundle root.")
     share: float | None = Field(
-        None, ge=0.0, le=1.0, description="Share of users it serves (default UTPM_AB_CHALLENGER_SHARE)."
+        None, ge=0.0, le=1.0, strict=True, description="Share of users it serves (default UTPM_AB_CHALLENGER_SHARE)."
     )
 
 
 class ShareRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    share: float = Field(ge=0.0, le=1.0, description="Share of users the challenger serves.")
+    share: float = Field(ge=0.0, le=1.0, strict=True, description="Share of users the challenger serves.")
 
 
 class NoChallenger(InvalidInput):

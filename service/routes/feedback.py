@@ -31,7 +31,7 @@ class Impression(BaseModel):
     tags: list[FeatureValue] = Field(
         min_length=1, max_length=MAX_TAGS_PER_ITEM, description="The browsed item's tags (stripped, blanks ignored)."
     )
-    clicked: bool = Field(False, description="Whether the user clicked the item.")
+    clicked: bool = Field(False, strict=True, description="Whether the user clicked the item.")
 
 
 class FeedbackEvent(BaseModel):
@@ -46,7 +46,7 @@ class FeedbackEvent(BaseModel):
         description="The model_version of the profile the user was served (default: the user's arm's now).",
     )
     k: int | None = Field(
-        None, ge=1, le=MAX_K, description="Tags of the served profile the recall layer used (default 50)."
+        None, ge=1, le=MAX_K, strict=True, description="Tags of the served profile the recall layer used (default 50)."
     )
     day: dt.date | None = Field(None, description="The UTC day the impressions happened (default today).")
 

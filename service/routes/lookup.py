@@ -32,7 +32,9 @@ class LookupRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     user_ids: Annotated[list[UserId], Field(min_length=1, description="Users to read (at most UTPM_MAX_LOOKUP_USERS).")]
-    k: int | None = Field(None, ge=1, description="Tags per profile (default 50; at most what was cached).")
+    k: int | None = Field(
+        None, ge=1, strict=True, description="Tags per profile (default 50; at most what was cached)."
+    )
 
 
 class LookupResult(BaseModel):

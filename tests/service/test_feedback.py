@@ -172,6 +172,8 @@ def test_bad_feedback_is_refused_and_not_counted(two_replicas: list[TestClient])
         {"events": [{**good, "colour": "red"}]},
         {"events": [{**good, "day": "yesterday"}]},
         {"events": [{**good, "k": 0}]},
+        {"events": [{**good, "k": "5"}]},
+        {"events": [{**good, "items": [{"tags": ["a"], "clicked": "yes"}]}]},
     ]
     for body in bad_bodies:
         assert_problem(c.post("/feedback", json=body, headers=WRITE), 422, "validation")

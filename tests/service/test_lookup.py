@@ -57,3 +57,4 @@ def test_lookup_mixes_found_stale_and_missing_in_one_round_trip(
         too_many = c.post("/profiles/lookup", json={"user_ids": ["a", "b", "c", "d"]})
         assert "at most 3 users per lookup" in assert_problem(too_many, 422, "invalid_input")["detail"]
         assert_problem(c.post("/profiles/lookup", json={"user_ids": []}), 422, "validation")
+        assert_problem(c.post("/profiles/lookup", json={"user_ids": ["a"], "k": "5"}), 422, "validation")

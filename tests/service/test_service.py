@@ -143,6 +143,11 @@ def test_lists_longer_than_max_len_keep_the_most_recent_values(client: TestClien
         ({"user_id": "x", "k": 0}, 422, "k"),
         ({"user_id": "x", "k": 1001}, 422, "k must be between 1 and 1000"),
         ({"user_id": "x", "k": "ten"}, 422, "k"),
+        # strict scalars: a JSON string is no number, and neither a string nor 1 a boolean
+        ({"user_id": "x", "k": "5"}, 422, "k: Input should be a valid integer"),
+        ({"user_id": "x", "k": 5.5}, 422, "k: Input should be a valid integer"),
+        ({"user_id": "x", "explain": "yes"}, 422, "explain: Input should be a valid boolean"),
+        ({"user_id": "x", "store": 0}, 422, "store: Input should be a valid boolean"),
         ({"user_id": "", "features": {}}, 422, "user_id"),
         ({"features": {}}, 422, "user_id"),
         ({"user_id": "x", "extra": 1}, 422, "extra"),
