@@ -471,7 +471,7 @@ def demo_cmd(
         f"-d '{json.dumps(example)}'"
     )
     typer.echo(
-        f"[4/4] serve: http://127.0.0.1:{port} (docs at /docs, embedded cache). Try:\n  {curl}\n"
+        f"[4/4] serve: with the embedded cache; once it serves, try:\n  {curl}\n"
         f"  curl -s http://127.0.0.1:{port}/profile/demo-user"
     )
     serve_cmd(bundle_dir, host="127.0.0.1", port=port, redis_url=None)
