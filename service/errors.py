@@ -41,6 +41,7 @@ TITLES: dict[str, str] = {
     "reload_refused": "Bundle refused",
     "no_challenger": "No challenger loaded",
     "payload_too_large": "Request body too large",
+    "unsupported_encoding": "Request body compressed",
     "overloaded": "Service overloaded",
     "cache_unavailable": "Profile cache unavailable",
     "internal": "Internal error",

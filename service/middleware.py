@@ -3,9 +3,10 @@
 
 What every request passes through, in order: load shedding (503 + Retry-After when too many are
 in flight, before anything is parsed), a request id (X-Request-ID honoured or made, echoed, on
-every log line), the body limit (413 by Content-Length or while streaming), and the per-route
-latency metric. One layer rather than one per concern: each ASGI layer is another coroutine and
-another wrapped `send` on every request, on the hot path of a cache hit.
+every log line), the body limit (413 by Content-Length or while streaming), compressed bodies
+refused (415), and the per-route latency metric. One layer rather than one per concern: each ASGI
+layer is another coroutine and another wrapped `send` on every request, on the hot path of a
+cache hit.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ class Gateway:
         rid = ""
         length = None
         traceparent = None
+        encoding = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 rid = value.decode("latin-1")[:64]
@@ -94,6 +96,8 @@ class Gateway:
                 length = value
             elif name == b"traceparent":
                 traceparent = value.decode("latin-1")[:64]
+            elif name == b"content-encoding":
+                encoding = value
         rid = rid or f"{self._id_prefix}{next(self._id_counter):08x}"
         shed = scope["path"] not in self.NOT_SHED
         if shed and self.inflight >= self.max_inflight:
@@ -106,6 +110,13 @@ class Gateway:
                 rid,
                 [(b"retry-after", self.retry_after)],
             )
+            return
+        if encoding is not None and encoding.strip().lower() not in (b"", b"identity"):
+            # Read as plain JSON, a compressed body would be a baffling "invalid JSON" (RFC 7694: 415).
+            self.metrics.errors.labels("unsupported_encoding").inc()
+            coding = encoding.decode("latin-1")[:64]
+            detail = f"Content-Encoding {coding!r} is not supported: send the request body uncompressed"
+            await _reply(send, 415, "unsupported_encoding", detail, rid, [(b"accept-encoding", b"identity")])
             return
         if length is not None:
             try:

@@ -38,6 +38,7 @@ AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
 ERRORS: dict[int | str, dict[str, Any]] = {
     **AUTH_ERRORS,
     413: {"description": "Body too large."},
+    415: {"description": "Body compressed (a Content-Encoding other than identity)."},
     422: {"description": "Invalid input (unknown field, bad type, k out of range)."},
     500: {"description": "Internal error (the body names only the request id)."},
     503: {"description": "Overloaded (Retry-After) or cache unavailable (Retry-After)."},

@@ -6,6 +6,7 @@ the app in a real uvicorn server and fires concurrent HTTP requests at it.
 
 from __future__ import annotations
 
+import gzip
 import json
 import threading
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from fastapi.testclient import TestClient
 
@@ -156,6 +158,17 @@ def test_lists_longer_than_max_len_keep_the_most_recent_values(client: TestClien
 def test_bad_input_gets_a_clear_4xx(client: TestClient, payload: dict[str, Any], status: int, needle: str) -> None:
     r = client.post("/profile", json=payload)
     assert needle in assert_problem(r, status)["detail"]
+
+
+def test_a_compressed_body_is_refused_not_read_as_broken_json(client: TestClient) -> None:
+    body = gzip.compress(orjson.dumps({"user_id": "z", "features": {"clicked_tags": ["sci-fi"]}}))
+    headers = {"content-type": "application/json", "content-encoding": "gzip"}
+    r = client.post("/profile", content=body, headers=headers)
+    assert "'gzip' is not supported" in assert_problem(r, 415, "unsupported_encoding")["detail"]
+    assert r.headers["accept-encoding"] == "identity"
+    assert client.get("/profile/z").status_code == 404  # nothing was computed or stored
+    plain = {"content-type": "application/json", "content-encoding": "identity"}
+    assert client.post("/profile", content=gzip.decompress(body), headers=plain).status_code == 200
 
 
 def test_oversized_body_and_broken_json(client: TestClient) -> None:
