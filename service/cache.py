@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 from service.breaker import CircuitBreaker
@@ -65,6 +65,10 @@ class ProfileCache(Protocol):
 
     async def set(self, key: str, value: bytes, ttl_ms: int) -> None: ...
 
+    async def delete(self, keys: Sequence[str]) -> int:
+        """Remove `keys`; how many of them were there."""
+        ...
+
     async def ping(self) -> bool: ...
 
     async def close(self) -> None: ...
@@ -102,6 +106,11 @@ class TtlLru:
                 break
             self._data.popitem(last=False)
 
+    def pop(self, key: str) -> bool:
+        """Remove `key`; whether it held a live value."""
+        hit = self._data.pop(key, None)
+        return hit is not None and hit[0] > time.monotonic()
+
     def __len__(self) -> int:
         return len(self._data)
 
@@ -122,6 +131,9 @@ class MemoryProfileCache:
 
     async def set(self, key: str, value: bytes, ttl_ms: int) -> None:
         self._store.put(key, value, ttl_ms / 1000)
+
+    async def delete(self, keys: Sequence[str]) -> int:
+        return sum(map(self._store.pop, keys))
 
     async def ping(self) -> bool:
         return True
@@ -241,6 +253,19 @@ class RedisProfileCache:
             raise self._open_error()
         await self._writes.submit((key, value, ttl_ms))
 
+    async def delete(self, keys: Sequence[str]) -> int:
+        """One DEL (split by slot on a cluster); rare enough not to need the write coalescer."""
+        from redis.exceptions import RedisError
+
+        if not self.breaker.allow():
+            raise self._open_error()
+        try:
+            deleted = int(await self.client.delete(*keys))  # type: ignore[attr-defined]
+        except (RedisError, OSError, TimeoutError) as e:
+            raise self._failed(e) from None
+        self.breaker.success()
+        return deleted
+
     def _open_error(self) -> CacheUnavailable:
         return CacheUnavailable("circuit breaker open", self.breaker.retry_after_s())
 
@@ -345,6 +370,12 @@ class NearCache:
     async def set(self, key: str, value: bytes, ttl_ms: int) -> None:
         self._store.put(key, value, min(self.ttl_s, ttl_ms / 1000))
         await self.remote.set(key, value, ttl_ms)
+
+    async def delete(self, keys: Sequence[str]) -> int:
+        # this replica forgets at once; another replica's near cache may serve it for up to `ttl_s`
+        for key in keys:
+            self._store.pop(key)
+        return await self.remote.delete(keys)
 
     async def ping(self) -> bool:
         return await self.remote.ping()

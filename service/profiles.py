@@ -168,3 +168,14 @@ async def read_profile(state: ServiceState, user_id: str, k: int | None, engine:
         raise NotCached(f"no readable cached profile for user {user_id!r}; POST /profile computes one") from None
     state.metrics.cache_result["hit"].inc()
     return body
+
+
+async def delete_profile(state: ServiceState, user_id: str) -> tuple[int, list[str]]:
+    """Remove `user_id`'s cached profile under every version that may hold one: the versions served
+    now (both A/B arms) and those in the version registry (service.stale). (profiles removed, versions)."""
+    versions = state.experiment.versions(state.engine)
+    if state.fallback is not None:
+        versions = list(dict.fromkeys([*versions, *await state.fallback.registered()]))
+    deleted = await state.cache.delete([profile_key(v, user_id) for v in versions])
+    log.info("deleted %d cached profile(s) of user %r (versions checked: %d)", deleted, user_id, len(versions))
+    return deleted, versions

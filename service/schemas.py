@@ -110,6 +110,12 @@ class ProfilesResponse(BaseModel):
     profiles: list[ProfileResponse]
 
 
+class DeleteResponse(BaseModel):
+    user_id: str
+    deleted: int = Field(description="Cached profiles removed (0 when there were none: deleting is idempotent).")
+    model_versions: list[str] = Field(description="The versions whose profile of this user was removed if cached.")
+
+
 class Problem(BaseModel):
     """RFC 9457 problem details: the body of every 4xx/5xx (media type application/problem+json)."""
 

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 
-from service.cache import ProfileCache, profile_key
+from service.cache import CacheUnavailable, ProfileCache, profile_key
 from service.profile_record import CorruptRecord, stale_response
 
 log = logging.getLogger("utpm.service")
@@ -81,6 +81,19 @@ class StaleFallback:
         and `refresh` (which awaits Redis) must fall back to the version being replaced."""
         self.serving = current
         self.versions = [previous, *(v for v in self.versions if v not in (current, previous))][:STALE_VERSIONS]
+
+    async def registered(self) -> list[str]:
+        """Every version in the registry, newest first (at most REGISTRY_MAX_ENTRIES): the versions
+        whose profiles may still be cached. CacheUnavailable when Redis cannot say."""
+        from redis.exceptions import RedisError
+
+        if self._client is None:
+            return sorted(self._memory, key=self._memory.__getitem__, reverse=True)
+        try:
+            raw = await self._client.zrevrange(REGISTRY_KEY, 0, -1)  # type: ignore[attr-defined]
+        except (RedisError, OSError, TimeoutError) as e:
+            raise CacheUnavailable(f"model version registry: {type(e).__name__}") from None
+        return [v.decode() if isinstance(v, bytes) else str(v) for v in raw]
 
     async def versions_for(self, current: str) -> list[str]:
         """Versions to read on a miss under `current`, newest first. `current` is the version the

@@ -15,9 +15,16 @@ from starlette.types import Receive, Scope, Send
 from service.ab import label, pinned
 from service.engine import ProfileEngine
 from service.errors import InvalidInput
-from service.profiles import compute_profiles, read_profile
-from service.responses import RenderedJSON
-from service.schemas import USER_ID_MAX, ProfileRequest, ProfileResponse, ProfilesRequest, ProfilesResponse
+from service.profiles import compute_profiles, delete_profile, read_profile
+from service.responses import JSONResponse, RenderedJSON
+from service.schemas import (
+    USER_ID_MAX,
+    DeleteResponse,
+    ProfileRequest,
+    ProfileResponse,
+    ProfilesRequest,
+    ProfilesResponse,
+)
 from service.state import service_state
 
 # The hot routes take the state from the request rather than through `Depends`: FastAPI solves
@@ -110,10 +117,36 @@ async def get_profile(
     return RenderedJSON(await _read(request, user_id, k))
 
 
+@router.delete("/profile/{user_id:path}", response_model=DeleteResponse, responses=ERRORS)
+async def delete_profile_route(
+    request: Request, user_id: Annotated[str, Path(min_length=1, max_length=USER_ID_MAX)]
+) -> JSONResponse:
+    """Forget a user's profile: remove it from the cache under every model version that may hold one
+    (the served versions and those in the version registry). Idempotent; needs a write key."""
+    state = service_state(request)
+    state.auth.check(request, "write")
+    user_id = _path_user_id(user_id)
+    deleted, versions = await delete_profile(state, user_id)
+    return JSONResponse({"user_id": user_id, "deleted": deleted, "model_versions": versions})
+
+
 def _invalid(loc: tuple[str, str], kind: str, msg: str, given: str, **ctx: int) -> RequestValidationError:
     """The 422 FastAPI's own validation of `loc` would raise."""
     error: dict[str, Any] = {"type": kind, "loc": loc, "msg": msg, "input": given}
     return RequestValidationError([{**error, "ctx": ctx} if ctx else error])
+
+
+def _path_user_id(user_id: str) -> str:
+    """A user id from the path, stripped and checked as POST's `UserId` is (the same 422s)."""
+    if user_id[:1].isspace() or user_id[-1:].isspace():
+        user_id = _STRIPPED.validate_python(user_id)
+    if not user_id:
+        msg = "String should have at least 1 character"
+        raise _invalid(("path", "user_id"), "string_too_short", msg, "", min_length=1)
+    if len(user_id) > USER_ID_MAX:
+        msg = f"String should have at most {USER_ID_MAX} characters"
+        raise _invalid(("path", "user_id"), "string_too_long", msg, user_id, max_length=USER_ID_MAX)
+    return user_id
 
 
 def _query_k(query: bytes) -> int | None:
@@ -158,16 +191,7 @@ class GetProfileRoute(_HotRoute):
 
     @staticmethod
     def _params(scope: Scope) -> tuple[str, int | None]:
-        user_id = scope["path_params"]["user_id"]
-        if user_id[:1].isspace() or user_id[-1:].isspace():  # stripped as POST's `UserId` strips it (its rule)
-            user_id = _STRIPPED.validate_python(user_id)
-        if not user_id:
-            msg = "String should have at least 1 character"
-            raise _invalid(("path", "user_id"), "string_too_short", msg, "", min_length=1)
-        if len(user_id) > USER_ID_MAX:
-            msg = f"String should have at most {USER_ID_MAX} characters"
-            raise _invalid(("path", "user_id"), "string_too_long", msg, user_id, max_length=USER_ID_MAX)
-        return user_id, _query_k(scope["query_string"])
+        return _path_user_id(scope["path_params"]["user_id"]), _query_k(scope["query_string"])
 
     @classmethod
     async def _endpoint(cls, request: Request) -> RenderedJSON:

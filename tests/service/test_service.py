@@ -188,7 +188,7 @@ def test_oversized_body_and_broken_json(client: TestClient) -> None:
     r = client.post("/profile", content=b"{}", headers={"content-type": "application/json", "content-length": "x"})
     assert_problem(r, 400, "bad_request")
     assert_problem(client.get("/no/such/route"), 404, "not_found")
-    assert_problem(client.delete("/profile/x"), 405, "method_not_allowed")
+    assert_problem(client.put("/profile/x"), 405, "method_not_allowed")
 
 
 def test_get_unknown_user_is_404_with_detail(client: TestClient) -> None:
@@ -231,9 +231,9 @@ def test_the_hot_routes_skip_the_router_and_keep_its_error_answers(
         assert routed == []
         # HEAD, other methods and other routes still go through the router
         assert c.head("/profile/hot").status_code == 200
-        assert_problem(c.delete("/profile/x"), 405, "method_not_allowed")
+        assert_problem(c.put("/profile/x"), 405, "method_not_allowed")
         assert c.get("/healthz").status_code == 200
-        assert routed == ["HEAD /profile/hot", "DELETE /profile/x", "GET /healthz"]
+        assert routed == ["HEAD /profile/hot", "PUT /profile/x", "GET /healthz"]
 
         def broken(*args: Any, **kwargs: Any) -> None:
             raise RuntimeError("a bug")

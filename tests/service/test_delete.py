@@ -1,0 +1,71 @@
+"""DELETE /profile/{user_id}: a user's cached profile forgotten under every version that may serve it.
+Real redis-server (and the embedded cache), real bundles, the stale fallback on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import redis
+from fastapi.testclient import TestClient
+
+from service.config import hash_key
+from service.main import create_app
+from tests.conftest import RedisServer
+from tests.serving import ADMIN_KEYS, API_KEY, assert_problem, post, settings_for
+
+DELETE_DB = 8
+WRITE_KEY = "test-delete-write-key"
+READ_KEY = "test-delete-read-key"
+KEYS = f"{ADMIN_KEYS},write:{hash_key(WRITE_KEY)},read:{hash_key(READ_KEY)}"
+WRITE = {"X-API-Key": WRITE_KEY}
+READ = {"X-API-Key": READ_KEY}
+
+
+def test_delete_forgets_the_user_under_every_served_and_registered_version(
+    bundles: dict[str, Path], redis_server: RedisServer
+) -> None:
+    store = redis.Redis(port=redis_server.port, db=DELETE_DB)
+    store.flushdb()
+    url = f"redis://127.0.0.1:{redis_server.port}/{DELETE_DB}"
+    with TestClient(create_app(settings_for(bundles["a"], None, redis_url=url, auth_keys=KEYS))) as c:
+        v_a = post(c, "gone", WRITE).json()["model_version"]
+        post(c, "kept", WRITE)
+        v_b = c.post("/admin/reload", json={"bundle": "b"}, headers={"x-api-key": API_KEY}).json()["model_version"]
+        post(c, "gone", WRITE)
+        assert c.get("/profile/gone", headers=READ).json()["model_version"] == v_b  # and the near cache holds it now
+        assert_problem(c.delete("/profile/gone"), 401, "unauthorized")
+        assert_problem(c.delete("/profile/gone", headers=READ), 403, "forbidden")
+
+        r = c.delete("/profile/%20gone", headers=WRITE)  # the id stripped as everywhere else
+        assert r.status_code == 200, r.text
+        assert r.json()["user_id"] == "gone" and r.json()["deleted"] == 2
+        assert {v_a, v_b} <= set(r.json()["model_versions"])
+        # neither the near cache's copy nor a stale one is served
+        assert_problem(c.get("/profile/gone", headers=READ), 404, "not_cached")
+        lookup = c.post("/profiles/lookup", json={"user_ids": ["gone"]}, headers=READ).json()
+        assert lookup["results"][0]["status"] == "missing"
+        assert not store.keys("*:gone")
+        kept = c.get("/profile/kept", headers=READ).json()
+        assert kept["stale"] is True and kept["model_version"] == v_a  # other users untouched
+        again = c.delete("/profile/gone", headers=WRITE)
+        assert again.status_code == 200 and again.json()["deleted"] == 0  # idempotent
+        assert_problem(c.delete("/profile/%20", headers=WRITE), 422, "validation")
+
+
+def test_delete_with_the_embedded_cache(bundles: dict[str, Path]) -> None:
+    with TestClient(create_app(settings_for(bundles["a"], None))) as c:
+        post(c, "team/alice")
+        assert c.delete("/profile/team/alice").json()["deleted"] == 1
+        assert_problem(c.get("/profile/team/alice"), 404, "not_cached")
+
+
+def test_delete_while_redis_is_down_is_a_503_not_a_false_success(bundles: dict[str, Path], tmp_path: Path) -> None:
+    from loadtest.procs import Redis
+
+    with (
+        Redis(workdir=tmp_path) as server,
+        TestClient(create_app(settings_for(bundles["a"], None, redis_url=server.url))) as c,
+    ):
+        post(c, "u")
+        server.stop()
+        assert_problem(c.delete("/profile/u"), 503, "cache_unavailable")
