@@ -26,7 +26,7 @@ from loadtest.procs import Redis, free_port
 from service.main import create_app
 from tests.bundles import perturb_onnx
 from tests.netutil import DelayProxy
-from tests.serving import LiveServer, Response, post, settings_for
+from tests.serving import API_KEY, LiveServer, Response, post, settings_for
 
 
 def test_slow_redis_never_stalls_a_request_beyond_the_timeout(bundles: dict[str, Path], redis_server: Redis) -> None:
@@ -105,9 +105,16 @@ def test_cache_on_a_three_node_redis_cluster(bundles: dict[str, Path], redis_clu
         for i in range(30):
             r = c.get(f"/profile/cluster-user-{i}")
             assert r.status_code == 200 and r.json()["cached"] is True
+        # a user's keys under two versions sit in different slots: one DELETE removes both
+        assert c.post("/admin/reload", json={"bundle": "b"}, headers={"x-api-key": API_KEY}).status_code == 200
+        for i in range(5):
+            assert post(c, f"cluster-user-{i}", k=3).status_code == 200
+            r = c.delete(f"/profile/cluster-user-{i}")
+            assert r.status_code == 200 and r.json()["deleted"] == 2, r.text
+            assert c.get(f"/profile/cluster-user-{i}").status_code == 404
     # profiles only: the service may keep other keys (e.g. a version registry) beside them
     sizes = [len(list(redis.Redis(host="127.0.0.1", port=p).scan_iter("utpm:profile:*"))) for p in redis_cluster]
-    assert sum(sizes) == 30 and all(s > 0 for s in sizes), sizes  # keys spread across slots and nodes
+    assert sum(sizes) == 25 and all(s > 0 for s in sizes), sizes  # keys spread across slots and nodes
 
 
 @pytest.fixture(scope="module")
