@@ -1,4 +1,4 @@
-"""POST /profile, GET /profile/{user_id}, POST /profiles."""
+"""POST /profile, GET and DELETE /profile/{user_id}, POST /profiles."""
 
 from __future__ import annotations
 
@@ -122,7 +122,7 @@ async def delete_profile_route(
     request: Request, user_id: Annotated[str, Path(min_length=1, max_length=USER_ID_MAX)]
 ) -> JSONResponse:
     """Forget a user's profile: remove it from the cache under every model version that may hold one
-    (the served versions and those in the version registry). Idempotent; needs a write key."""
+    (the served versions and those in the version registry). Idempotent; a write, as storing is."""
     state = service_state(request)
     state.auth.check(request, "write")
     user_id = _path_user_id(user_id)
