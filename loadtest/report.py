@@ -148,8 +148,10 @@ def _stage_lines(runs: Mapping[str, Any]) -> list[str]:
         "|---|" + "---:|" * (len(STAGES) + 5),
     ]
     for key, sm in rows:
-        route = "/profile/{user_id} 2xx" if "get" in key.split("/")[1] else "/profile 2xx"
-        total = sm.get("server_latency", {}).get(route, {}).get("mean_ms")
+        route = "GET /profile/{user_id} 2xx" if "get" in key.split("/")[1] else "POST /profile 2xx"
+        latency = sm.get("server_latency", {})
+        # artifacts from before the method label (2026-12-04) name the route without it
+        total = (latency.get(route) or latency.get(route.split(" ", 1)[1], {})).get("mean_ms")
         stages = " | ".join(_fmt(sm.get("stages", {}).get(st, {}).get("mean_ms"), 2) for st in STAGES)
         gc = sm.get("gc_pauses") or {}
         cells = [

@@ -206,10 +206,10 @@ def stage_breakdown(before: Mapping[str, float] | None, after: Mapping[str, floa
         }
     served = {}
     for key in after:
-        m = re.fullmatch(r"utpm_request_seconds_count\{route=([^,]+),status=([^}]+)\}", key)
+        m = re.fullmatch(r"utpm_request_seconds_count\{method=([^,]+),route=([^,]+),status=([^}]+)\}", key)
         if m and delta(key) > 0:
             total = delta(key.replace("_count{", "_sum{"))
-            served[f"{m.group(1)} {m.group(2)}"] = {
+            served[f"{m.group(1)} {m.group(2)} {m.group(3)}"] = {
                 "count": int(delta(key)),
                 "mean_ms": round(1000 * total / delta(key), 3),
             }

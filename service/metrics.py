@@ -20,8 +20,8 @@ class Metrics:
         ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total, open fds
         self.request_seconds = Histogram(
             "utpm_request_seconds",
-            "Request latency by route and status class.",
-            ["route", "status"],
+            "Request latency by route, method and status class.",
+            ["route", "method", "status"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

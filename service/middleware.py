@@ -25,6 +25,8 @@ from service.metrics import Metrics
 
 # 1 MiB: ten times the largest legitimate profile request (a few fields of a few hundred values).
 MAX_BODY_BYTES = 1 << 20
+# The latency metric's method label; any other method is counted as "other".
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
 
 class _TooLarge(Exception):
@@ -79,7 +81,7 @@ class Gateway:
         # Made request ids: a random per-process prefix and a counter (unique, and cheaper than uuid4).
         self._id_prefix = os.urandom(6).hex()
         self._id_counter = itertools.count(1)
-        self._latency: dict[tuple[str, int], MetricWrapperBase] = {}  # labelled children, looked up once
+        self._latency: dict[tuple[str, str, int], MetricWrapperBase] = {}  # labelled children, looked up once
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -178,8 +180,11 @@ class Gateway:
                 traceparent_var.reset(tp_token)
 
     def _observe(self, scope: Scope, status: int, seconds: float) -> None:
-        key = (route_label(scope), status // 100)
+        method = scope["method"]
+        if method not in METHODS:  # a client's made-up method must not mint label values
+            method = "other"
+        key = (route_label(scope), method, status // 100)
         child = self._latency.get(key)
         if child is None:
-            child = self._latency[key] = self.metrics.request_seconds.labels(key[0], f"{key[1]}xx")
+            child = self._latency[key] = self.metrics.request_seconds.labels(key[0], method, f"{key[2]}xx")
         child.observe(seconds)  # type: ignore[attr-defined]

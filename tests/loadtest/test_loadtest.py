@@ -279,7 +279,7 @@ def test_tune_alternates_variants_and_reports_medians(smoke_bundle: Path, tmp_pa
     for r in report["runs"]:
         assert r["failures"] == 0 and r["requests"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0, r
         # the scrapes cover every worker: the service counted the run's requests, whichever process took them
-        served = r["service_metrics"]["server_latency"]["/profile 2xx"]["count"]
+        served = r["service_metrics"]["server_latency"]["POST /profile 2xx"]["count"]
         assert abs(served - r["requests"]) <= 2, (served, r["requests"], r["workers"])
         assert "gc_pauses" in r["service_metrics"]
     assert set(report["summary"]) == {"defaults", "batch_max_users=2,workers=2"}

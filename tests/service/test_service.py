@@ -329,9 +329,14 @@ def test_health_ready_and_metrics(client: TestClient) -> None:
     post(client, "m1")
     client.get("/profile/m1")
     client.get("/profile/none")
+    client.delete("/profile/none")
+    client.request("BREW", "/profile/none")  # a made-up method is counted, under "other"
     text = client.get("/metrics").text
     for needle in (
-        'utpm_request_seconds_count{route="/profile",status="2xx"}',
+        'utpm_request_seconds_count{method="POST",route="/profile",status="2xx"}',
+        'utpm_request_seconds_count{method="GET",route="/profile/{user_id}",status="4xx"}',
+        'utpm_request_seconds_count{method="DELETE",route="/profile/{user_id}",status="2xx"}',
+        'utpm_request_seconds_count{method="other",route="/profile/{user_id}",status="4xx"}',
         'utpm_stage_seconds_count{stage="model"}',
         'utpm_stage_seconds_count{stage="index"}',
         'utpm_stage_seconds_count{stage="parse"}',
