@@ -180,11 +180,11 @@ class Gateway:
                 traceparent_var.reset(tp_token)
 
     def _observe(self, scope: Scope, status: int, seconds: float) -> None:
-        method = scope["method"]
-        if method not in METHODS:  # a client's made-up method must not mint label values
-            method = "other"
-        key = (route_label(scope), method, status // 100)
+        key = (route_label(scope), scope["method"], status // 100)
         child = self._latency.get(key)
         if child is None:
-            child = self._latency[key] = self.metrics.request_seconds.labels(key[0], method, f"{key[2]}xx")
+            method = key[1] if key[1] in METHODS else "other"  # made-up methods mint no label values
+            child = self.metrics.request_seconds.labels(key[0], method, f"{key[2]}xx")
+            if method != "other":  # nor keys here: only the known methods' children are kept
+                self._latency[key] = child
         child.observe(seconds)  # type: ignore[attr-defined]
