@@ -125,7 +125,8 @@ def _as_count(field_name: str, value: str, raw: object) -> float:
 
 
 def _merged(pairs: Sequence[tuple[str, float]], weights: Sequence[float]) -> FieldStats:
-    """(value, count) pairs in which a value repeats -> one entry per value, at its last position."""
+    """(value, count) pairs, oldest first -> one entry per value, at its last position; a value that
+    repeats (keys equal once stripped) adds its counts. Without repeats: each pair as it is."""
     merged: dict[str, tuple[float, float]] = {}
     for (k, c), w in zip(pairs, weights, strict=True):
         count, recency = merged.pop(k, (0.0, 0.0))
@@ -154,15 +155,7 @@ def parse_field(field_name: str, raw: object) -> FieldStats:
     if isinstance(raw, Mapping):
         pairs = [(str(k).strip(), _as_count(field_name, str(k), c)) for k, c in raw.items()]
         pairs = [(k, c) for k, c in pairs if c > 0 and k]
-        weights = recency_weights(len(pairs))
-        if len({k for k, _ in pairs}) < len(pairs):
-            return _merged(pairs, weights)
-        return FieldStats(
-            values=[k for k, _ in pairs],
-            count=[c for _, c in pairs],
-            distinct=[c for _, c in pairs],
-            recency=[c * w for (_, c), w in zip(pairs, weights, strict=True)],
-        )
+        return _merged(pairs, recency_weights(len(pairs)))
     if isinstance(raw, list | tuple):
         if not all(map(isinstance, raw, repeat(str))):  # checked in C; the message names the first bad one
             bad = next(v for v in raw if not isinstance(v, str))
