@@ -65,8 +65,8 @@ class ProfileCache(Protocol):
 
     async def set(self, key: str, value: bytes, ttl_ms: int) -> None: ...
 
-    async def delete(self, keys: Sequence[str]) -> int:
-        """Remove `keys`; how many of them were there."""
+    async def delete(self, keys: Sequence[str]) -> list[bool]:
+        """Remove `keys`; for each, whether it was there."""
         ...
 
     async def ping(self) -> bool: ...
@@ -132,8 +132,8 @@ class MemoryProfileCache:
     async def set(self, key: str, value: bytes, ttl_ms: int) -> None:
         self._store.put(key, value, ttl_ms / 1000)
 
-    async def delete(self, keys: Sequence[str]) -> int:
-        return sum(map(self._store.pop, keys))
+    async def delete(self, keys: Sequence[str]) -> list[bool]:
+        return list(map(self._store.pop, keys))
 
     async def ping(self) -> bool:
         return True
@@ -253,18 +253,25 @@ class RedisProfileCache:
             raise self._open_error()
         await self._writes.submit((key, value, ttl_ms))
 
-    async def delete(self, keys: Sequence[str]) -> int:
-        """One DEL (split by slot on a cluster); rare enough not to need the write coalescer."""
+    async def delete(self, keys: Sequence[str]) -> list[bool]:
+        """A DEL per key in one pipeline (one round trip; per node on a cluster, whose pipeline takes
+        single-key commands in any slot), so that each key's answer is known; rare enough not to need
+        the write coalescer."""
         from redis.exceptions import RedisError
 
+        if not keys:
+            return []
         if not self.breaker.allow():
             raise self._open_error()
         try:
-            deleted = int(await self.client.delete(*keys))  # type: ignore[attr-defined]
+            pipe = self.client.pipeline(transaction=False)  # type: ignore[attr-defined]
+            for key in keys:
+                pipe.delete(key)
+            answers = await pipe.execute()
         except (RedisError, OSError, TimeoutError) as e:
             raise self._failed(e) from None
         self.breaker.success()
-        return deleted
+        return [bool(a) for a in answers]
 
     def _open_error(self) -> CacheUnavailable:
         return CacheUnavailable("circuit breaker open", self.breaker.retry_after_s())
@@ -371,7 +378,7 @@ class NearCache:
         self._store.put(key, value, min(self.ttl_s, ttl_ms / 1000))
         await self.remote.set(key, value, ttl_ms)
 
-    async def delete(self, keys: Sequence[str]) -> int:
+    async def delete(self, keys: Sequence[str]) -> list[bool]:
         # this replica forgets at once; another replica's near cache may serve it for up to `ttl_s`
         for key in keys:
             self._store.pop(key)

@@ -170,12 +170,16 @@ async def read_profile(state: ServiceState, user_id: str, k: int | None, engine:
     return body
 
 
-async def delete_profile(state: ServiceState, user_id: str) -> tuple[int, list[str]]:
-    """Remove `user_id`'s cached profile under every version that may hold one: the versions served
-    now (both A/B arms) and those in the version registry (service.stale). (profiles removed, versions)."""
+async def delete_profiles(state: ServiceState, user_ids: Sequence[str]) -> tuple[dict[str, int], list[str]]:
+    """Remove each user's cached profile under every version that may hold one: the versions served
+    now (both A/B arms) and those in the version registry (service.stale), in one cache round trip.
+    -> (profiles removed per distinct user id, the versions checked)."""
     versions = state.experiment.versions(state.engine)
     if state.fallback is not None:
         versions = list(dict.fromkeys([*versions, *await state.fallback.registered()]))
-    deleted = await state.cache.delete([profile_key(v, user_id) for v in versions])
-    log.info("deleted %d cached profile(s) of user %r (versions checked: %d)", deleted, user_id, len(versions))
+    users = list(dict.fromkeys(user_ids))
+    found = await state.cache.delete([profile_key(v, u) for u in users for v in versions])
+    n = len(versions)
+    deleted = {u: sum(found[i * n : (i + 1) * n]) for i, u in enumerate(users)}
+    log.info("deleted %d cached profile(s) of %d user(s) (versions checked: %d)", sum(deleted.values()), len(users), n)
     return deleted, versions

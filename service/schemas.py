@@ -116,6 +116,25 @@ class DeleteResponse(BaseModel):
     model_versions: list[str] = Field(description="The versions whose profile of this user was removed if cached.")
 
 
+class ForgetRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_ids: Annotated[list[UserId], Field(min_length=1, description="Users to forget (at most 256 per call).")]
+
+
+class ForgetResult(BaseModel):
+    user_id: str
+    deleted: int = Field(description="This user's cached profiles removed (0 when there were none).")
+
+
+class ForgetResponse(BaseModel):
+    deleted: int = Field(description="Cached profiles removed in all.")
+    model_versions: list[str] = Field(description="The versions whose profiles of these users were removed if cached.")
+    results: list[ForgetResult] = Field(
+        description="One per requested user id, in the request's order (a repeated id repeats its result)."
+    )
+
+
 class Problem(BaseModel):
     """RFC 9457 problem details: the body of every 4xx/5xx (media type application/problem+json)."""
 

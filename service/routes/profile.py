@@ -1,4 +1,4 @@
-"""POST /profile, GET and DELETE /profile/{user_id}, POST /profiles."""
+"""POST /profile, GET and DELETE /profile/{user_id}, POST /profiles, POST /profiles/forget."""
 
 from __future__ import annotations
 
@@ -15,11 +15,13 @@ from starlette.types import Receive, Scope, Send
 from service.ab import label, pinned
 from service.engine import ProfileEngine
 from service.errors import InvalidInput
-from service.profiles import compute_profiles, delete_profile, read_profile
+from service.profiles import compute_profiles, delete_profiles, read_profile
 from service.responses import JSONResponse, RenderedJSON
 from service.schemas import (
     USER_ID_MAX,
     DeleteResponse,
+    ForgetRequest,
+    ForgetResponse,
     ProfileRequest,
     ProfileResponse,
     ProfilesRequest,
@@ -126,8 +128,21 @@ async def delete_profile_route(
     state = service_state(request)
     state.auth.check(request, "write")
     user_id = _path_user_id(user_id)
-    deleted, versions = await delete_profile(state, user_id)
-    return JSONResponse({"user_id": user_id, "deleted": deleted, "model_versions": versions})
+    deleted, versions = await delete_profiles(state, [user_id])
+    return JSONResponse({"user_id": user_id, "deleted": deleted[user_id], "model_versions": versions})
+
+
+@router.post("/profiles/forget", response_model=ForgetResponse, responses=ERRORS)
+async def forget_profiles(body: ForgetRequest, request: Request) -> JSONResponse:
+    """Forget several users at once (at most 256), as DELETE /profile/{user_id} does each, in one cache
+    round trip: for a privacy job's batch of erasure requests. Idempotent; a write."""
+    state = service_state(request)
+    state.auth.check(request, "write")
+    if len(body.user_ids) > MAX_USERS_PER_CALL:
+        raise InvalidInput(f"at most {MAX_USERS_PER_CALL} users per call, got {len(body.user_ids)}")
+    deleted, versions = await delete_profiles(state, body.user_ids)
+    results = [{"user_id": u, "deleted": deleted[u]} for u in body.user_ids]
+    return JSONResponse({"deleted": sum(deleted.values()), "model_versions": versions, "results": results})
 
 
 def _invalid(loc: tuple[str, str], kind: str, msg: str, given: str, **ctx: int) -> RequestValidationError:

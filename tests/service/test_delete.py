@@ -1,5 +1,5 @@
-"""DELETE /profile/{user_id}: a user's cached profile forgotten under every version that may serve it.
-Real redis-server (and the embedded cache), real bundles, the stale fallback on."""
+"""DELETE /profile/{user_id} and POST /profiles/forget: users' cached profiles forgotten under every version
+that may serve them. Real redis-server (and the embedded cache), real bundles, the stale fallback on."""
 
 from __future__ import annotations
 
@@ -52,11 +52,57 @@ def test_delete_forgets_the_user_under_every_served_and_registered_version(
         assert_problem(c.delete("/profile/%20", headers=WRITE), 422, "validation")
 
 
+def test_forget_many_users_reports_each_and_serves_none_of_them(
+    bundles: dict[str, Path], redis_server: RedisServer
+) -> None:
+    store = redis.Redis(port=redis_server.port, db=DELETE_DB)
+    store.flushdb()
+    url = f"redis://127.0.0.1:{redis_server.port}/{DELETE_DB}"
+    with TestClient(create_app(settings_for(bundles["a"], None, redis_url=url, auth_keys=KEYS))) as c:
+        for user in ("two", "one", "kept"):
+            post(c, user, WRITE)
+        v_b = c.post("/admin/reload", json={"bundle": "b"}, headers={"x-api-key": API_KEY}).json()["model_version"]
+        post(c, "two", WRITE)
+        assert c.get("/profile/two", headers=READ).json()["model_version"] == v_b  # the near cache holds it now
+        body = {"user_ids": ["two", " one", "never", "two"]}
+        assert_problem(c.post("/profiles/forget", json=body), 401, "unauthorized")
+        assert_problem(c.post("/profiles/forget", json=body, headers=READ), 403, "forbidden")
+
+        r = c.post("/profiles/forget", json=body, headers=WRITE)
+        assert r.status_code == 200, r.text
+        got = r.json()
+        # one result per requested id, in order, stripped as everywhere; a repeated id repeats its result
+        assert [(x["user_id"], x["deleted"]) for x in got["results"]] == [
+            ("two", 2),
+            ("one", 1),
+            ("never", 0),
+            ("two", 2),
+        ]
+        assert got["deleted"] == 3 and v_b in got["model_versions"]
+        for user in ("two", "one"):
+            assert_problem(c.get(f"/profile/{user}", headers=READ), 404, "not_cached")
+            assert not store.keys(f"*:{user}")
+        lookup = c.post("/profiles/lookup", json={"user_ids": ["two", "one", "kept"]}, headers=READ).json()
+        assert [x["status"] for x in lookup["results"]] == ["missing", "missing", "stale"]  # "kept" untouched
+        assert c.post("/profiles/forget", json=body, headers=WRITE).json()["deleted"] == 0  # idempotent
+
+        assert_problem(c.post("/profiles/forget", json={"user_ids": []}, headers=WRITE), 422, "validation")
+        assert_problem(c.post("/profiles/forget", json={"user_ids": ["a", " "]}, headers=WRITE), 422, "validation")
+        assert_problem(c.post("/profiles/forget", json={"user_ids": "two"}, headers=WRITE), 422, "validation")
+        many = {"user_ids": [f"u{i}" for i in range(257)]}
+        detail = assert_problem(c.post("/profiles/forget", json=many, headers=WRITE), 422, "invalid_input")["detail"]
+        assert "at most 256 users" in detail
+
+
 def test_delete_with_the_embedded_cache(bundles: dict[str, Path]) -> None:
     with TestClient(create_app(settings_for(bundles["a"], None))) as c:
         post(c, "team/alice")
+        post(c, "bob")
         assert c.delete("/profile/team/alice").json()["deleted"] == 1
         assert_problem(c.get("/profile/team/alice"), 404, "not_cached")
+        forgot = c.post("/profiles/forget", json={"user_ids": ["bob", "team/alice"]}).json()
+        assert [x["deleted"] for x in forgot["results"]] == [1, 0]
+        assert_problem(c.get("/profile/bob"), 404, "not_cached")
 
 
 def test_delete_while_redis_is_down_is_a_503_not_a_false_success(bundles: dict[str, Path], tmp_path: Path) -> None:
@@ -69,3 +115,4 @@ def test_delete_while_redis_is_down_is_a_503_not_a_false_success(bundles: dict[s
         post(c, "u")
         server.stop()
         assert_problem(c.delete("/profile/u"), 503, "cache_unavailable")
+        assert_problem(c.post("/profiles/forget", json={"user_ids": ["u"]}), 503, "cache_unavailable")
