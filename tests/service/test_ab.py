@@ -105,6 +105,15 @@ def test_admin_loads_reshares_promotes_and_drops_the_challenger(bundles: dict[st
         assert r.status_code == 200, r.text
         challenger = r.json()["challenger"]["model_version"]
         assert post(c, "x", k=2).json()["arm"] == "challenger"
+        # the share is a strict number in [0, 1]: no guess at a string or a boolean, and nothing changes
+        for bad in ("0", False, 1.5, -0.1, None):
+            assert_problem(c.post("/admin/challenger/share", json={"share": bad}, headers=ADMIN), 422, "validation")
+            bad_load = c.post(
+                "/admin/challenger", json={"bundle": "b", "share": bad if bad is not None else "x"}, headers=ADMIN
+            )
+            assert_problem(bad_load, 422, "validation")
+        assert c.get("/experiment").json()["challenger_share"] == 1.0
+        assert post(c, "x", k=2).json()["arm"] == "challenger"
         c.post("/admin/challenger/share", json={"share": 0.0}, headers=ADMIN)
         assert post(c, "x", k=2).json()["arm"] == "champion"
         assert c.delete("/admin/challenger", headers=ADMIN).json()["challenger"] is None
