@@ -36,12 +36,13 @@ from service.profile_record import CorruptRecord, cached_response
 log = logging.getLogger("utpm.service")
 
 KEY_PREFIX = "utpm:fb:v1"
-# Per-user sets are needed only while their day can still receive feedback.
-USER_SET_TTL_S = 3 * 86_400
+# Feedback is taken for a UTC day from the day before it (clock skew) to LATE_DAYS days after it (late logs).
+LATE_DAYS = 2
+# A user-day's sets must outlive the gap between any two writes for that day (at most LATE_DAYS + 2
+# days, the window above): a set that expired between them would count the user's tags again.
+USER_SET_TTL_S = (LATE_DAYS + 2) * 86_400
 # The sums are the experiment's record: kept long enough to compare any recent period.
 TOTALS_TTL_S = 400 * 86_400
-# The embedded store keeps per-user sets of this many recent days (older days keep their sums).
-MEMORY_DAYS_WITH_USERS = 3
 
 # KEYS: totals hash, browsed set, clicked set. ARGV: set ttl, totals ttl, events, items,
 # clicked items, outside tags, number of browsed tags, browsed tags..., clicked tags...
@@ -117,10 +118,10 @@ class MemoryFeedbackStore:
             totals.outside_tags += c.outside
         for key, n in no_profile.items():
             self._totals.setdefault(key, Totals()).no_profile += n
-        days = sorted({d for d, _, _ in self._users})
-        if len(days) > MEMORY_DAYS_WITH_USERS:
-            old = set(days[:-MEMORY_DAYS_WITH_USERS])
-            self._users = {k: v for k, v in self._users.items() if k[0] not in old}
+        # the sets of days that can take no more feedback go (their sums stay)
+        first = taken_days(dt.datetime.now(dt.UTC).date())[0].isoformat()
+        if any(d < first for d in {d for d, _, _ in self._users}):
+            self._users = {k: v for k, v in self._users.items() if k[0] >= first}
 
     async def totals(self, day: str, version: str) -> Totals:
         return Totals().add(self._totals.get((day, version), Totals()))
@@ -188,6 +189,11 @@ def make_store(cache: ProfileCache) -> FeedbackStore:
 
 def today() -> str:
     return dt.datetime.now(dt.UTC).date().isoformat()
+
+
+def taken_days(today: dt.date) -> tuple[dt.date, dt.date]:
+    """The first and the last UTC day `POST /feedback` takes events for on `today`."""
+    return today - dt.timedelta(days=LATE_DAYS), today + dt.timedelta(days=1)
 
 
 def profile_tags(record: bytes | None, k: int) -> list[str] | None:

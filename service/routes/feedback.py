@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.errors import InvalidInput
+from service.feedback import LATE_DAYS, taken_days
 from service.profiles import DEFAULT_K, MAX_K
 from service.responses import JSONResponse
 from service.routes.profile import ERRORS
@@ -48,7 +49,10 @@ class FeedbackEvent(BaseModel):
     k: int | None = Field(
         None, ge=1, le=MAX_K, strict=True, description="Tags of the served profile the recall layer used (default 50)."
     )
-    day: dt.date | None = Field(None, description="The UTC day the impressions happened (default today).")
+    day: dt.date | None = Field(
+        None,
+        description=f"The UTC day the impressions happened (default today); taken from {LATE_DAYS} days ago to tomorrow.",
+    )
 
 
 class FeedbackRequest(BaseModel):
@@ -78,6 +82,7 @@ async def post_feedback(body: FeedbackRequest, request: Request) -> JSONResponse
     assert state.feedback is not None
     accepted = accepted_versions(state)
     today = dt.datetime.now(dt.UTC).date()
+    first, last = taken_days(today)
     events = []
     for n, event in enumerate(body.events):
         version = event.model_version or state.experiment.pick(state.engine, event.user_id, None)[0].version
@@ -86,8 +91,13 @@ async def post_feedback(body: FeedbackRequest, request: Request) -> JSONResponse
                 f"events.{n}.model_version: {version!r} is neither served nor recently served; accepted: {accepted}"
             )
         day = event.day or today
-        if day > today + dt.timedelta(days=1):
+        if day > last:
             raise InvalidInput(f"events.{n}.day: {day} is in the future")
+        if day < first:
+            raise InvalidInput(
+                f"events.{n}.day: {day} is more than {LATE_DAYS} days ago; feedback is taken for {first} to {last} "
+                "(UTC): an older day's per-user sets, which keep a retry from counting twice, are gone"
+            )
         items = [(clean_values(item.tags), item.clicked) for item in event.items]  # as the profile's tags were
         events.append((day.isoformat(), version, event.user_id, event.k or DEFAULT_K, items))
     return JSONResponse(await state.feedback.record(events))

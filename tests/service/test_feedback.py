@@ -247,3 +247,39 @@ def test_feedback_writes_count_toward_and_obey_the_circuit_breaker(bundles: dict
         r = c.post("/feedback", json={"events": [event]}, headers=WRITE)
         assert r.status_code == 200 and r.json()["counted"] == 1, r.text
         assert breaker.state == "closed"
+
+
+@pytest.mark.parametrize("store", ["redis", "memory"])
+def test_late_feedback_counts_once_or_is_refused(store: str, bundles: dict[str, Path], feedback_redis: str) -> None:
+    """Feedback for a past day is taken while that user-day's sets live, so a retry of it cannot count
+    the user's tags twice; older days get a 422 naming the window, and nothing of the call is counted."""
+    import datetime as dt
+
+    from service.feedback import LATE_DAYS, USER_SET_TTL_S
+
+    today = dt.datetime.now(dt.UTC).date()
+    days = [(today + dt.timedelta(days=d)).isoformat() for d in range(-LATE_DAYS, 2)]  # every day taken
+    with TestClient(create_app(ab_settings(bundles, feedback_redis if store == "redis" else None))) as c:
+        user = f"late-{store}"
+        served = c.post("/profile", json={"user_id": user, "features": USER, "k": 5}, headers=WRITE).json()
+        tags = [t["tag"] for t in served["tags"]]
+        arm = served["arm"]
+        event = {"user_id": user, "k": 5, "items": [{"tags": tags[:2], "clicked": True}, {"tags": tags[2:4]}]}
+
+        def oldest_day() -> dict[str, Any]:
+            by_day = c.get(f"/feedback/summary?days={LATE_DAYS + 1}").json()["arms"][arm]["by_day"]
+            return next(d for d in by_day if d["day"] == days[0])
+
+        too_old = (today - dt.timedelta(days=LATE_DAYS + 1)).isoformat()
+        r = c.post("/feedback", json={"events": [event, {**event, "day": too_old}]}, headers=WRITE)
+        assert too_old in assert_problem(r, 422, "invalid_input")["detail"]
+        for day in days:  # the oldest day first, then every later one: a memory store keeps them all
+            assert c.post("/feedback", json={"events": [{**event, "day": day}]}, headers=WRITE).json()["counted"] == 1
+        assert (oldest_day()["sum_c"], oldest_day()["sum_b"]) == (2, 4)
+        again = c.post("/feedback", json={"events": [{**event, "day": days[0]}]}, headers=WRITE)  # a late retry
+        assert again.json()["counted"] == 1
+        assert (oldest_day()["sum_c"], oldest_day()["sum_b"], oldest_day()["events"]) == (2, 4, 2)
+        if store == "redis":  # the sets outlive the window in which their day takes writes
+            client = redis.Redis.from_url(feedback_redis)
+            ttls = [client.ttl(k) for k in client.scan_iter(f"utpm:fb:v1:*:u:{user}:*")]
+            assert ttls and min(ttls) >= USER_SET_TTL_S - 60 >= (LATE_DAYS + 2) * 86_400 - 60, ttls
