@@ -51,7 +51,8 @@ class FeedbackEvent(BaseModel):
     )
     day: dt.date | None = Field(
         None,
-        description=f"The UTC day the impressions happened (default today); taken from {LATE_DAYS} days ago to tomorrow.",
+        description=f"The UTC day the impressions happened (default today); taken from {LATE_DAYS} days ago to "
+        "tomorrow.",
     )
 
 
