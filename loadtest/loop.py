@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from loadtest.procs import Redis
+from service.cache import TtlLru
 
 ASGIApp = Callable[..., Any]
 # the arms that measure the service as it ships (the others are its "before" arms and variants)
@@ -73,8 +74,40 @@ async def call(app: ASGIApp, method: str, path: str, query: bytes = b"", body: b
     return status, b"".join(chunks)
 
 
-async def _measure(app: Any, users: int, requests: int, concurrency: int, rounds: int) -> dict[str, float]:
+class LibraryTtlLru(TtlLru):
+    """TtlLru's interface on cachetools.TLRUCache: the library the near cache's own store is measured against."""
+
+    def __init__(self, max_entries: int) -> None:
+        import cachetools
+
+        self.max_entries = max_entries
+        # a value is (ttl_s, bytes): the TTL is per entry, as the near cache gives it
+        self._lib: Any = cachetools.TLRUCache(max_entries, ttu=lambda _k, v, now: now + v[0], timer=time.monotonic)
+
+    def get(self, key: str) -> bytes | None:
+        hit = self._lib.get(key)
+        return None if hit is None else hit[1]
+
+    def put(self, key: str, value: bytes, ttl_s: float) -> None:
+        self._lib[key] = (ttl_s, value)
+
+    def pop(self, key: str) -> bool:
+        return self._lib.pop(key, None) is not None
+
+    def __len__(self) -> int:
+        return len(self._lib)
+
+    def clear(self) -> None:
+        self._lib.clear()
+
+
+async def _measure(
+    app: Any, users: int, requests: int, concurrency: int, rounds: int, library_near_store: bool = False
+) -> dict[str, float]:
     async with app.router.lifespan_context(app):
+        if library_near_store:
+            near = app.state.service.cache
+            near.store = LibraryTtlLru(near.store.max_entries)
         for i in range(users):
             status, text = await call(app, "POST", "/profile", body=orjson.dumps({"user_id": f"u{i}", "features": {}}))
             if status != 200:
@@ -95,6 +128,8 @@ async def _measure(app: Any, users: int, requests: int, concurrency: int, rounds
             c1, t1 = time.thread_time(), time.perf_counter()
             cpu.append(1e6 * (c1 - c0) / (per * concurrency))
             rate.append(per * concurrency / (t1 - t0))
+        if library_near_store and not len(app.state.service.cache.store):
+            raise RuntimeError("the library's store held no profile: the arm did not measure it")
     return {"loop_us_per_request": round(statistics.median(cpu), 1), "requests_per_s": round(statistics.median(rate))}
 
 
@@ -207,15 +242,18 @@ def run_loop_bench(
                 "redis_url": url,
                 "apiroute": True,
             },
+            # the near cache's own store against the library it is measured against
+            "service, Redis + near cache on cachetools.TLRUCache": {"redis_url": url, "library_near_store": True},
             "service, in-process cache (no Redis)": {"redis_url": None},
         }
         for name, given in variants.items():
             kw = dict(given)
             apiroute = kw.pop("apiroute", False)
+            library = kw.pop("library_near_store", False)
             app = create_app(Settings(bundle=bundle, log_level="WARNING", **kw))
             if apiroute:
                 app.router.routes = [r for r in app.router.routes if not isinstance(r, GetProfileRoute)]
-            results[name] = uvloop.run(_measure(app, users, requests, concurrency, rounds))
+            results[name] = uvloop.run(_measure(app, users, requests, concurrency, rounds, library))
         results["post"] = uvloop.run(_post_ab(bundle, url, max(64, requests // 20), concurrency, rounds))
     os.environ["UTPM_BUNDLE"] = str(bundle)
     from loadtest.ceiling import create_app as create_ceiling

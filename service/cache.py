@@ -75,7 +75,11 @@ class ProfileCache(Protocol):
 
 
 class TtlLru:
-    """Bytes by key, each with its own expiry, evicting the least recently used past `max_entries`."""
+    """Bytes by key, each with its own expiry, evicting the least recently used past `max_entries`.
+
+    Our own for speed: measured against cachetools.TLRUCache, per GET hit in process (`utpm bench
+    loop`, docs/performance.md "The near cache's store").
+    """
 
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
@@ -361,34 +365,35 @@ class NearCache:
         self.kind = remote.kind
         self.ttl_s = ttl_ms / 1000
         self._on_hit = on_hit
-        self._store = TtlLru(max_entries)
+        # the in-process store; `utpm bench loop` swaps in the library it is measured against
+        self.store: TtlLru = TtlLru(max_entries)
 
     async def get(self, key: str) -> bytes | None:
-        value = self._store.get(key)
+        value = self.store.get(key)
         if value is not None:
             if self._on_hit is not None:
                 self._on_hit()
             return value
         value = await self.remote.get(key)
         if value is not None:
-            self._store.put(key, value, self.ttl_s)
+            self.store.put(key, value, self.ttl_s)
         return value
 
     async def set(self, key: str, value: bytes, ttl_ms: int) -> None:
-        self._store.put(key, value, min(self.ttl_s, ttl_ms / 1000))
+        self.store.put(key, value, min(self.ttl_s, ttl_ms / 1000))
         await self.remote.set(key, value, ttl_ms)
 
     async def delete(self, keys: Sequence[str]) -> list[bool]:
         # this replica forgets at once; another replica's near cache may serve it for up to `ttl_s`
         for key in keys:
-            self._store.pop(key)
+            self.store.pop(key)
         return await self.remote.delete(keys)
 
     async def ping(self) -> bool:
         return await self.remote.ping()
 
     async def close(self) -> None:
-        self._store.clear()
+        self.store.clear()
         await self.remote.close()
 
 

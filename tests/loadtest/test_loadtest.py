@@ -293,7 +293,7 @@ def test_loop_bench_measures_every_variant(smoke_bundle: Path) -> None:
 
     report = run_loop_bench(smoke_bundle, requests=64, concurrency=4, rounds=1, users=4)
     variants = [k for k in report if k.startswith(("service", "ceiling"))]
-    assert len(variants) == 5
+    assert len(variants) == 6
     for name in variants:
         assert report[name]["loop_us_per_request"] > 0 and report[name]["requests_per_s"] > 0, name
 
