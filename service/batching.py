@@ -15,6 +15,10 @@ full (`max_batch_size`) or the running batch has finished: two half batches on t
 more per user than one full batch, and while one batch runs its core is busy anyway. So at low
 concurrency one batch at a time runs small batches, and as concurrency grows the batches grow to
 full size before a second worker joins (what it bought: docs/performance.md, "Where the time goes").
+
+Why not a library: of the batchers on PyPI, async-batcher (0.2.2, the closest) waits its
+max_queue_time for company even when none is coming and starts another batch whenever its
+concurrency allows; batched (0.1.5) runs one thread over an unbounded queue, so it cannot shed.
 """
 
 from __future__ import annotations
