@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -36,6 +37,8 @@ from service.profile_record import CorruptRecord, cached_response
 log = logging.getLogger("utpm.service")
 
 KEY_PREFIX = "utpm:fb:v1"
+# On a cluster, events' scripts in flight at once (one call each; a chunk at a time bounds the connections).
+CLUSTER_SCRIPTS_AT_ONCE = 64
 # Feedback is taken for a UTC day from the day before it (clock skew) to LATE_DAYS days after it (late logs).
 LATE_DAYS = 2
 # A user-day's sets must outlive the gap between any two writes for that day (at most LATE_DAYS + 2
@@ -96,6 +99,10 @@ class FeedbackStore(Protocol):
 
     async def totals(self, day: str, version: str) -> Totals: ...
 
+    async def forget(self, user_ids: Sequence[str], versions: Sequence[str], days: Sequence[str]) -> int:
+        """Remove the users' per-user sets under these versions and days (the sums stay); how many were there."""
+        ...
+
 
 class MemoryFeedbackStore:
     kind = "memory"
@@ -126,6 +133,13 @@ class MemoryFeedbackStore:
     async def totals(self, day: str, version: str) -> Totals:
         return Totals().add(self._totals.get((day, version), Totals()))
 
+    async def forget(self, user_ids: Sequence[str], versions: Sequence[str], days: Sequence[str]) -> int:
+        users = set(user_ids)  # every version and day this process holds: it has them all at hand
+        gone = [key for key in self._users if key[2] in users]
+        for key in gone:
+            del self._users[key]
+        return 2 * len(gone)  # a browsed and a clicked set, as Redis counts them
+
 
 class RedisFeedbackStore:
     """Shares the profile cache's client and circuit breaker: an open breaker fails these calls at
@@ -133,9 +147,10 @@ class RedisFeedbackStore:
 
     kind = "redis"
 
-    def __init__(self, client: Any, breaker: CircuitBreaker | None = None) -> None:
+    def __init__(self, client: Any, breaker: CircuitBreaker | None = None, cluster: bool = False) -> None:
         self.client = client
         self.breaker = breaker or CircuitBreaker()
+        self.cluster = cluster
         self._script = client.register_script(_ADD_SCRIPT)
 
     def _check(self) -> None:
@@ -151,16 +166,22 @@ class RedisFeedbackStore:
         from redis.exceptions import RedisError
 
         self._check()
+        calls: list[tuple[list[str], list[int | str]]] = []
+        for c in counted:
+            tag = _hash_tag(c.day, c.version)
+            user = f"{tag}:u:{c.user_id}"
+            browsed, clicked = sorted(c.tags.browsed), sorted(c.tags.clicked)
+            args: list[int | str] = [USER_SET_TTL_S, TOTALS_TTL_S, 1, c.items, c.clicked_items, c.outside, len(browsed)]
+            calls.append(([f"{tag}:totals", f"{user}:b", f"{user}:c"], [*args, *browsed, *clicked]))
         try:
+            if self.cluster:  # redis-py's cluster pipeline runs no scripts: each event's is its own call
+                for lo in range(0, len(calls), CLUSTER_SCRIPTS_AT_ONCE):
+                    chunk = calls[lo : lo + CLUSTER_SCRIPTS_AT_ONCE]
+                    await asyncio.gather(*(self._script(keys=keys, args=args) for keys, args in chunk))
             async with self.client.pipeline(transaction=False) as pipe:
-                for c in counted:
-                    tag = _hash_tag(c.day, c.version)
-                    user = f"{tag}:u:{c.user_id}"
-                    browsed, clicked = sorted(c.tags.browsed), sorted(c.tags.clicked)
-                    args = [USER_SET_TTL_S, TOTALS_TTL_S, 1, c.items, c.clicked_items, c.outside, len(browsed)]
-                    await self._script(
-                        keys=[f"{tag}:totals", f"{user}:b", f"{user}:c"], args=args + browsed + clicked, client=pipe
-                    )
+                if not self.cluster:
+                    for keys, args in calls:
+                        await self._script(keys=keys, args=args, client=pipe)
                 for (day, version), n in no_profile.items():
                     pipe.hincrby(f"{_hash_tag(day, version)}:totals", "no_profile", n)
                     pipe.expire(f"{_hash_tag(day, version)}:totals", TOTALS_TTL_S)
@@ -180,11 +201,30 @@ class RedisFeedbackStore:
         self.breaker.success()
         return Totals.from_mapping({k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()})
 
+    async def forget(self, user_ids: Sequence[str], versions: Sequence[str], days: Sequence[str]) -> int:
+        """One DEL per (day, version), whose keys share a slot, in one pipeline."""
+        from redis.exceptions import RedisError
+
+        self._check()
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for day in days:
+                    for version in versions:
+                        tag = _hash_tag(day, version)
+                        pipe.delete(*(f"{tag}:u:{u}:{kind}" for u in user_ids for kind in "bc"))
+                removed = await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as e:
+            raise self._failed(e) from None
+        self.breaker.success()
+        return int(sum(removed))
+
 
 def make_store(cache: ProfileCache) -> FeedbackStore:
     """Redis when the profile cache is Redis (the same client), else process memory."""
     client = getattr(getattr(cache, "remote", cache), "client", None)
-    return RedisFeedbackStore(client, breaker_of(cache)) if client is not None else MemoryFeedbackStore()
+    if client is None:
+        return MemoryFeedbackStore()
+    return RedisFeedbackStore(client, breaker_of(cache), cluster=cache.kind == "redis-cluster")
 
 
 def today() -> str:
@@ -194,6 +234,13 @@ def today() -> str:
 def taken_days(today: dt.date) -> tuple[dt.date, dt.date]:
     """The first and the last UTC day `POST /feedback` takes events for on `today`."""
     return today - dt.timedelta(days=LATE_DAYS), today + dt.timedelta(days=1)
+
+
+def live_set_days(today: dt.date) -> list[str]:
+    """The days whose per-user sets may still exist on `today`: a day takes events until LATE_DAYS days
+    after it, and its sets live USER_SET_TTL_S after the last, so LATE_DAYS + 1 + that many days back."""
+    back = LATE_DAYS + 1 + math.ceil(USER_SET_TTL_S / 86_400)
+    return [(today + dt.timedelta(days=d)).isoformat() for d in range(-back, 2)]
 
 
 def profile_tags(record: bytes | None, k: int) -> list[str] | None:
@@ -286,6 +333,11 @@ class Feedback:
             "no_profile": len(missing),
             "no_profile_users": missing[:100],
         }
+
+    async def forget(self, user_ids: Sequence[str], versions: Sequence[str]) -> int:
+        """Remove the users' per-user sets of browsed and clicked tags under `versions`, on every day
+        that may still hold them; the aggregates (no user ids) stay. How many sets were removed."""
+        return await self.store.forget(user_ids, versions, live_set_days(dt.datetime.now(dt.UTC).date()))
 
     async def summary(self, arms: dict[str, str], days: list[str]) -> dict[str, Any]:
         """Per arm ({arm: version}) the totals of each day and of all `days`, and challenger - champion."""

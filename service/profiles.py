@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -170,16 +171,30 @@ async def read_profile(state: ServiceState, user_id: str, k: int | None, engine:
     return body
 
 
-async def delete_profiles(state: ServiceState, user_ids: Sequence[str]) -> tuple[dict[str, int], list[str]]:
-    """Remove each user's cached profile under every version that may hold one: the versions served
-    now (both A/B arms) and those in the version registry (service.stale), in one cache round trip.
-    -> (profiles removed per distinct user id, the versions checked)."""
+@dataclass
+class Forgotten:
+    profiles: dict[str, int]  # cached profiles removed, per distinct user id
+    versions: list[str]  # the versions checked
+    feedback_sets: int  # the feedback store's per-user sets removed
+
+
+async def delete_profiles(state: ServiceState, user_ids: Sequence[str]) -> Forgotten:
+    """Forget users: their cached profiles under every version that may hold one (the versions served
+    now, both A/B arms, and those in the version registry, service.stale) in one cache round trip,
+    then their per-user feedback sets under those versions (the aggregates hold no user ids)."""
     versions = state.experiment.versions(state.engine)
     if state.fallback is not None:
         versions = list(dict.fromkeys([*versions, *await state.fallback.registered()]))
     users = list(dict.fromkeys(user_ids))
     found = await state.cache.delete([profile_key(v, u) for u in users for v in versions])
     n = len(versions)
-    deleted = {u: sum(found[i * n : (i + 1) * n]) for i, u in enumerate(users)}
-    log.info("deleted %d cached profile(s) of %d user(s) (versions checked: %d)", sum(deleted.values()), len(users), n)
-    return deleted, versions
+    profiles = {u: sum(found[i * n : (i + 1) * n]) for i, u in enumerate(users)}
+    sets = await state.feedback.forget(users, versions) if state.feedback is not None else 0
+    log.info(
+        "forgot %d user(s): %d cached profile(s), %d feedback set(s) (versions checked: %d)",
+        len(users),
+        sum(profiles.values()),
+        sets,
+        n,
+    )
+    return Forgotten(profiles, versions, sets)

@@ -113,6 +113,9 @@ class ProfilesResponse(BaseModel):
 class DeleteResponse(BaseModel):
     user_id: str
     deleted: int = Field(description="Cached profiles removed (0 when there were none: deleting is idempotent).")
+    feedback_sets: int = Field(
+        description="The feedback store's per-user sets (browsed and clicked tags per day and version) removed."
+    )
     model_versions: list[str] = Field(description="The versions whose profile of this user was removed if cached.")
 
 
@@ -129,6 +132,7 @@ class ForgetResult(BaseModel):
 
 class ForgetResponse(BaseModel):
     deleted: int = Field(description="Cached profiles removed in all.")
+    feedback_sets: int = Field(description="The feedback store's per-user sets of these users removed.")
     model_versions: list[str] = Field(description="The versions whose profiles of these users were removed if cached.")
     results: list[ForgetResult] = Field(
         description="One per requested user id, in the request's order (a repeated id repeats its result)."

@@ -128,8 +128,15 @@ async def delete_profile_route(
     state = service_state(request)
     state.auth.check(request, "write")
     user_id = _path_user_id(user_id)
-    deleted, versions = await delete_profiles(state, [user_id])
-    return JSONResponse({"user_id": user_id, "deleted": deleted[user_id], "model_versions": versions})
+    gone = await delete_profiles(state, [user_id])
+    return JSONResponse(
+        {
+            "user_id": user_id,
+            "deleted": gone.profiles[user_id],
+            "feedback_sets": gone.feedback_sets,
+            "model_versions": gone.versions,
+        }
+    )
 
 
 @router.post("/profiles/forget", response_model=ForgetResponse, responses=ERRORS)
@@ -140,9 +147,16 @@ async def forget_profiles(body: ForgetRequest, request: Request) -> JSONResponse
     state.auth.check(request, "write")
     if len(body.user_ids) > MAX_USERS_PER_CALL:
         raise InvalidInput(f"at most {MAX_USERS_PER_CALL} users per call, got {len(body.user_ids)}")
-    deleted, versions = await delete_profiles(state, body.user_ids)
-    results = [{"user_id": u, "deleted": deleted[u]} for u in body.user_ids]
-    return JSONResponse({"deleted": sum(deleted.values()), "model_versions": versions, "results": results})
+    gone = await delete_profiles(state, body.user_ids)
+    results = [{"user_id": u, "deleted": gone.profiles[u]} for u in body.user_ids]
+    return JSONResponse(
+        {
+            "deleted": sum(gone.profiles.values()),
+            "feedback_sets": gone.feedback_sets,
+            "model_versions": gone.versions,
+            "results": results,
+        }
+    )
 
 
 def _invalid(loc: tuple[str, str], kind: str, msg: str, given: str, **ctx: int) -> RequestValidationError:

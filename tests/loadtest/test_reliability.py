@@ -112,11 +112,17 @@ def test_cache_on_a_three_node_redis_cluster(bundles: dict[str, Path], redis_clu
             r = c.delete(f"/profile/cluster-user-{i}")
             assert r.status_code == 200 and r.json()["deleted"] == 2, r.text
             assert c.get(f"/profile/cluster-user-{i}").status_code == 404
-        # the bulk form: one pipeline across nodes, each user's count
+        # the bulk form: one pipeline across nodes, each user's count; their feedback sets go too
+        events = []
         for i in range(5, 10):
-            assert post(c, f"cluster-user-{i}", k=3).status_code == 200
+            served = post(c, f"cluster-user-{i}", k=3).json()
+            events.append({"user_id": f"cluster-user-{i}", "k": 3, "items": [{"tags": [served["tags"][0]["tag"]]}]})
+        assert c.post("/feedback", json={"events": events}).json()["counted"] == 5
+        totals = c.get("/feedback/summary?days=1").json()["arms"]["champion"]["totals"]
+        assert (totals["users"], totals["sum_b"], totals["sum_c"]) == (5, 5, 0)  # the scripts ran on the cluster
         r = c.post("/profiles/forget", json={"user_ids": [f"cluster-user-{i}" for i in range(5, 10)]})
         assert r.status_code == 200 and [x["deleted"] for x in r.json()["results"]] == [2] * 5, r.text
+        assert r.json()["feedback_sets"] == 5  # a browsed set each (nothing clicked)
     # profiles only: the service may keep other keys (e.g. a version registry) beside them
     sizes = [len(list(redis.Redis(host="127.0.0.1", port=p).scan_iter("utpm:profile:*"))) for p in redis_cluster]
     assert sum(sizes) == 20 and all(s > 0 for s in sizes), sizes  # keys spread across slots and nodes

@@ -3,6 +3,7 @@ that may serve them. Real redis-server (and the embedded cache), real bundles, t
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import redis
@@ -28,18 +29,31 @@ def test_delete_forgets_the_user_under_every_served_and_registered_version(
     store.flushdb()
     url = f"redis://127.0.0.1:{redis_server.port}/{DELETE_DB}"
     with TestClient(create_app(settings_for(bundles["a"], None, redis_url=url, auth_keys=KEYS))) as c:
-        v_a = post(c, "gone", WRITE).json()["model_version"]
+        served_a = post(c, "gone", WRITE).json()
+        v_a = served_a["model_version"]
         post(c, "kept", WRITE)
         v_b = c.post("/admin/reload", json={"bundle": "b"}, headers={"x-api-key": API_KEY}).json()["model_version"]
-        post(c, "gone", WRITE)
+        served_b = post(c, "gone", WRITE).json()
         assert c.get("/profile/gone", headers=READ).json()["model_version"] == v_b  # and the near cache holds it now
+        # feedback under both versions, today and yesterday: a browsed and a clicked set per (day, version)
+        yesterday = (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)).isoformat()
+        events = [
+            {"user_id": "gone", "model_version": served["model_version"], "k": 5, "items": [item], **day}
+            for served in (served_a, served_b)
+            for item in [{"tags": [t["tag"] for t in served["tags"][:2]], "clicked": True}]
+            for day in ({}, {"day": yesterday})
+        ]
+        assert c.post("/feedback", json={"events": events}, headers=WRITE).json()["counted"] == 4
+        summary = c.get("/feedback/summary?days=2", headers=READ).json()
         assert_problem(c.delete("/profile/gone"), 401, "unauthorized")
         assert_problem(c.delete("/profile/gone", headers=READ), 403, "forbidden")
 
         r = c.delete("/profile/%20gone", headers=WRITE)  # the id stripped as everywhere else
         assert r.status_code == 200, r.text
-        assert r.json()["user_id"] == "gone" and r.json()["deleted"] == 2
+        assert r.json()["user_id"] == "gone" and r.json()["deleted"] == 2 and r.json()["feedback_sets"] == 8
         assert {v_a, v_b} <= set(r.json()["model_versions"])
+        assert not store.keys("utpm:fb:v1:*:u:gone:*") and store.keys("utpm:fb:v1:*:totals")
+        assert c.get("/feedback/summary?days=2", headers=READ).json() == summary  # the aggregates stay
         # neither the near cache's copy nor a stale one is served
         assert_problem(c.get("/profile/gone", headers=READ), 404, "not_cached")
         lookup = c.post("/profiles/lookup", json={"user_ids": ["gone"]}, headers=READ).json()
@@ -48,7 +62,7 @@ def test_delete_forgets_the_user_under_every_served_and_registered_version(
         kept = c.get("/profile/kept", headers=READ).json()
         assert kept["stale"] is True and kept["model_version"] == v_a  # other users untouched
         again = c.delete("/profile/gone", headers=WRITE)
-        assert again.status_code == 200 and again.json()["deleted"] == 0  # idempotent
+        assert again.status_code == 200 and (again.json()["deleted"], again.json()["feedback_sets"]) == (0, 0)
         assert_problem(c.delete("/profile/%20", headers=WRITE), 422, "validation")
 
 
@@ -96,9 +110,13 @@ def test_forget_many_users_reports_each_and_serves_none_of_them(
 
 def test_delete_with_the_embedded_cache(bundles: dict[str, Path]) -> None:
     with TestClient(create_app(settings_for(bundles["a"], None))) as c:
-        post(c, "team/alice")
+        tags = [t["tag"] for t in post(c, "team/alice", k=5).json()["tags"]]
         post(c, "bob")
-        assert c.delete("/profile/team/alice").json()["deleted"] == 1
+        event = {"user_id": "team/alice", "k": 5, "items": [{"tags": tags[:2], "clicked": True}]}
+        assert c.post("/feedback", json={"events": [event]}).json()["counted"] == 1
+        gone = c.delete("/profile/team/alice").json()
+        assert (gone["deleted"], gone["feedback_sets"]) == (1, 2)
+        assert c.delete("/profile/team/alice").json()["feedback_sets"] == 0
         assert_problem(c.get("/profile/team/alice"), 404, "not_cached")
         forgot = c.post("/profiles/forget", json={"user_ids": ["bob", "team/alice"]}).json()
         assert [x["deleted"] for x in forgot["results"]] == [1, 0]

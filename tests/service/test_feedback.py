@@ -283,3 +283,17 @@ def test_late_feedback_counts_once_or_is_refused(store: str, bundles: dict[str, 
             client = redis.Redis.from_url(feedback_redis)
             ttls = [client.ttl(k) for k in client.scan_iter(f"utpm:fb:v1:*:u:{user}:*")]
             assert ttls and min(ttls) >= USER_SET_TTL_S - 60 >= (LATE_DAYS + 2) * 86_400 - 60, ttls
+
+
+def test_forgetting_reaches_every_day_whose_sets_may_live() -> None:
+    """Day D takes its last event before D + LATE_DAYS + 1 and its sets live USER_SET_TTL_S after that
+    event, so on day t sets of every D >= t - LATE_DAYS - USER_SET_TTL_S days may exist (up to t + 1)."""
+    import datetime as dt
+
+    from service.feedback import LATE_DAYS, USER_SET_TTL_S, live_set_days, taken_days
+
+    today = dt.date(2026, 12, 4)
+    days = live_set_days(today)
+    oldest_possible = today - dt.timedelta(days=LATE_DAYS + USER_SET_TTL_S // 86_400)
+    assert days[0] <= oldest_possible.isoformat() and days[-1] == taken_days(today)[1].isoformat()
+    assert len(days) == len(set(days)) and days == sorted(days)  # consecutive ISO days, each once
