@@ -26,7 +26,7 @@ from loadtest.procs import Redis, free_port
 from service.main import create_app
 from tests.bundles import perturb_onnx
 from tests.netutil import DelayProxy
-from tests.serving import API_KEY, LiveServer, Response, post, settings_for
+from tests.serving import API_KEY, USER, LiveServer, Response, post, settings_for
 
 
 def test_slow_redis_never_stalls_a_request_beyond_the_timeout(bundles: dict[str, Path], redis_server: Redis) -> None:
@@ -124,8 +124,30 @@ def test_cache_on_a_three_node_redis_cluster(bundles: dict[str, Path], redis_clu
         assert r.status_code == 200 and [x["deleted"] for x in r.json()["results"]] == [2] * 5, r.text
         assert r.json()["feedback_sets"] == 5  # a browsed set each (nothing clicked)
     # profiles only: the service may keep other keys (e.g. a version registry) beside them
-    sizes = [len(list(redis.Redis(host="127.0.0.1", port=p).scan_iter("utpm:profile:*"))) for p in redis_cluster]
+    sizes = [len(list(redis.Redis(host="127.0.0.1", port=p).scan_iter("utpm:profile:*:cluster-user-*"))) for p in redis_cluster]
     assert sum(sizes) == 20 and all(s > 0 for s in sizes), sizes  # keys spread across slots and nodes
+
+
+def test_batch_job_writes_to_a_redis_cluster_what_the_service_serves(
+    bundles: dict[str, Path], redis_cluster: list[int], tmp_path: Path
+) -> None:
+    """`utpm profile batch` with a redis+cluster:// URL: its pipelined SETs spread over the nodes, and the
+    service reads every one as a cached hit."""
+    from batch import BatchJob, run_batch
+    from batch.sources import JsonlSource
+
+    users = [f"batch-cluster-{i}" for i in range(25)]
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"user_id": u, "features": USER}) + "\n" for u in users))
+    url = f"redis+cluster://127.0.0.1:{redis_cluster[0]}"
+    now_ms = int(time.time() * 1000)
+    job = BatchJob(JsonlSource(rows), bundles["a"], url, tmp_path / "job", k=5, chunk_users=10, computed_at_ms=now_ms)
+    summary = run_batch(job, workers=1)
+    assert (summary.rows, summary.written, summary.rejected) == (25, 25, 0)
+    with TestClient(create_app(settings_for(bundles["a"], None, redis_url=url, near_cache_ttl_ms=0))) as c:
+        for u in users:
+            r = c.get(f"/profile/{u}")
+            assert r.status_code == 200 and r.json()["cached"] is True and len(r.json()["tags"]) == 5, r.text
 
 
 @pytest.fixture(scope="module")
