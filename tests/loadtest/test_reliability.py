@@ -107,6 +107,10 @@ def test_cache_on_a_three_node_redis_cluster(bundles: dict[str, Path], redis_clu
             assert r.status_code == 200 and r.json()["cached"] is True
         # a user's keys under two versions sit in different slots: one DELETE removes both
         assert c.post("/admin/reload", json={"bundle": "b"}, headers={"x-api-key": API_KEY}).status_code == 200
+        # a lookup reads keys of many slots (and their stale fallbacks) in one call
+        ids = [f"cluster-user-{i}" for i in range(30)] + ["nobody"]
+        statuses = [x["status"] for x in c.post("/profiles/lookup", json={"user_ids": ids}).json()["results"]]
+        assert statuses == ["stale"] * 30 + ["missing"]
         for i in range(5):
             assert post(c, f"cluster-user-{i}", k=3).status_code == 200
             r = c.delete(f"/profile/cluster-user-{i}")
@@ -124,7 +128,10 @@ def test_cache_on_a_three_node_redis_cluster(bundles: dict[str, Path], redis_clu
         assert r.status_code == 200 and [x["deleted"] for x in r.json()["results"]] == [2] * 5, r.text
         assert r.json()["feedback_sets"] == 5  # a browsed set each (nothing clicked)
     # profiles only: the service may keep other keys (e.g. a version registry) beside them
-    sizes = [len(list(redis.Redis(host="127.0.0.1", port=p).scan_iter("utpm:profile:*:cluster-user-*"))) for p in redis_cluster]
+    sizes = [
+        len(list(redis.Redis(host="127.0.0.1", port=p).scan_iter("utpm:profile:*:cluster-user-*")))
+        for p in redis_cluster
+    ]
     assert sum(sizes) == 20 and all(s > 0 for s in sizes), sizes  # keys spread across slots and nodes
 
 
