@@ -39,7 +39,7 @@ NEAR_CACHE_MAX_ENTRIES = 10_000
 SET_ALL_SCRIPT = "for i, key in ipairs(KEYS) do redis.call('SET', key, ARGV[i], 'PX', ARGV[#KEYS + i]) end return #KEYS"
 
 
-def _scripts_refused(e: Exception) -> bool:
+def scripts_refused(e: Exception) -> bool:
     """A Redis that will not run scripts at all (ACL, renamed or disabled EVAL) rather than these writes."""
     text = str(e).lower()
     return text.startswith("noperm") or "unknown command" in text or "no permissions" in text
@@ -306,7 +306,7 @@ class RedisProfileCache:
                 try:
                     await self._set_all(keys=list(keys), args=[*values, *ttls])
                 except ResponseError as e:
-                    if not _scripts_refused(e):
+                    if not scripts_refused(e):
                         self.breaker.success()  # Redis answered; it refused these writes (e.g. OOM)
                         return [CacheUnavailable(f"ResponseError: {e}")] * len(items)
                     log.warning("Redis refuses scripts (%s); profiles are written with pipelined SETs", e)

@@ -44,6 +44,7 @@ TITLES: dict[str, str] = {
     "unsupported_encoding": "Request body compressed",
     "overloaded": "Service overloaded",
     "cache_unavailable": "Profile cache unavailable",
+    "feedback_unavailable": "Feedback store unavailable",
     "internal": "Internal error",
 }
 
@@ -88,6 +89,12 @@ class InvalidInput(ServiceError):
 
 class NotCached(ServiceError):
     status, kind = 404, "not_cached"
+
+
+class FeedbackUnavailable(ServiceError):
+    """Redis answered and refused the feedback store's command (scripts not allowed, out of memory)."""
+
+    status, kind = 503, "feedback_unavailable"
 
 
 class Unauthorized(ServiceError):

@@ -30,7 +30,8 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from service.breaker import CircuitBreaker
-from service.cache import CacheUnavailable, ProfileCache, breaker_of, profile_key
+from service.cache import CacheUnavailable, ProfileCache, breaker_of, profile_key, scripts_refused
+from service.errors import RETRY_AFTER_S, FeedbackUnavailable
 from service.online_metrics import Totals, UserDay, difference, user_day
 from service.profile_record import CorruptRecord, cached_response
 
@@ -163,7 +164,7 @@ class RedisFeedbackStore:
         return CacheUnavailable(f"feedback store: {type(e).__name__}", retry)
 
     async def add(self, counted: Sequence[Counted], no_profile: dict[tuple[str, str], int]) -> None:
-        from redis.exceptions import RedisError
+        from redis.exceptions import RedisError, ResponseError
 
         self._check()
         calls: list[tuple[list[str], list[int | str]]] = []
@@ -186,6 +187,12 @@ class RedisFeedbackStore:
                     pipe.hincrby(f"{_hash_tag(day, version)}:totals", "no_profile", n)
                     pipe.expire(f"{_hash_tag(day, version)}:totals", TOTALS_TTL_S)
                 await pipe.execute()
+        except ResponseError as e:  # Redis is up and said no: not a failure for the breaker the cache shares
+            self.breaker.success()
+            hint = " (feedback needs EVALSHA: allow @scripting for this user)" if scripts_refused(e) else ""
+            raise FeedbackUnavailable(
+                f"Redis refused the feedback script: {e}{hint}", {"Retry-After": str(RETRY_AFTER_S)}
+            ) from None
         except (RedisError, OSError, TimeoutError) as e:
             raise self._failed(e) from None
         self.breaker.success()

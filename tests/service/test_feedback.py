@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -297,3 +298,34 @@ def test_forgetting_reaches_every_day_whose_sets_may_live() -> None:
     oldest_possible = today - dt.timedelta(days=LATE_DAYS + USER_SET_TTL_S // 86_400)
     assert days[0] <= oldest_possible.isoformat() and days[-1] == taken_days(today)[1].isoformat()
     assert len(days) == len(set(days)) and days == sorted(days)  # consecutive ISO days, each once
+
+
+def test_a_redis_that_refuses_scripts_refuses_feedback_without_taking_the_cache_down(
+    bundles: dict[str, Path], redis_server: RedisServer
+) -> None:
+    """Profiles work on a Redis whose ACL refuses scripts (pipelined writes); feedback cannot (its sums
+    move atomically in a script). Its refusals are Redis answering, not Redis down: the circuit breaker
+    the cache shares must stay closed, or feedback traffic would fail every GET."""
+    from service.breaker import BREAKER_FAILURES
+
+    direct = redis.Redis(port=redis_server.port)
+    direct.acl_setuser("nofbscripts", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-@scripting"])
+    url = f"redis://nofbscripts:pw@127.0.0.1:{redis_server.port}/7"
+    try:
+        with TestClient(create_app(ab_settings(bundles, url, near_cache_ttl_ms=0))) as c:
+            served = c.post("/profile", json={"user_id": "noscript", "features": USER, "k": 5}, headers=WRITE).json()
+            event = {"user_id": "noscript", "k": 5, "items": [{"tags": [served["tags"][0]["tag"]], "clicked": True}]}
+            # many at once, as a recall layer's log shipper sends them: no cache read between the refusals
+            with ThreadPoolExecutor(8) as pool:
+                answers = list(
+                    pool.map(
+                        lambda _: c.post("/feedback", json={"events": [event]}, headers=WRITE),
+                        range(4 * BREAKER_FAILURES),
+                    )
+                )
+            for r in answers:
+                assert "script" in assert_problem(r, 503, "feedback_unavailable")["detail"]
+            assert c.get("/profile/noscript").status_code == 200  # the cache is up: the breaker stayed closed
+            assert c.get("/readyz").json()["cache"]["breaker"] == "closed"
+    finally:
+        direct.acl_deluser("nofbscripts")
