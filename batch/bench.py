@@ -13,7 +13,7 @@ from typing import Any
 from batch.job import BatchError, BatchJob
 from batch.runner import run_batch
 from batch.sources import JsonlSource, open_source
-from service.cache import redact_url
+from service.redis_client import redact_url, sync_client
 
 # Sizing assumptions (stated in the output): a worker node's vCPUs, of which one is left to the
 # OS, the Ray raylet and the Redis client; a Redis shard's memory budget; the population.
@@ -124,11 +124,9 @@ def bench_batch(
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run each (engine, workers) over the same population into a flushed Redis; JSON-able results."""
-    from redis import Redis
-
     out.mkdir(parents=True, exist_ok=True)
     population = _population(source, out, users, say)
-    client = Redis.from_url(redis_url)
+    client = sync_client(redis_url, 5.0)
     results: list[dict[str, Any]] = []
     memory: dict[str, Any] = {}
     for engine, workers in runs:

@@ -16,8 +16,8 @@ from batch.job import BatchError, BatchJob, Summary
 from batch.rejects import RejectsFile
 from batch.writer import RedisWriter, WriteFailed
 from model_export.errors import BundleError
-from service.cache import redact_url
 from service.profile_record import iso_ms
+from service.redis_client import redact_url
 
 Engine = Literal["local", "ray"]
 ProgressFn = Callable[[int, int], None]  # (rows done, rows in the input)

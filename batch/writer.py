@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
 
-from service.cache import redact_url
+from service.redis_client import redact_url, sync_client
 from service.stale import REGISTRY_KEY
 
 # Commands per pipeline: one round trip each, small enough to stay under any client buffer limit.
@@ -26,23 +25,10 @@ class WriteFailed(RuntimeError):
     """Redis refused or lost writes even after retries."""
 
 
-def _client(url: str, timeout_ms: int) -> Any:
-    timeout = timeout_ms / 1000
-    if "+cluster://" in url:
-        from redis.cluster import RedisCluster
-
-        return RedisCluster.from_url(
-            url.replace("+cluster://", "://"), socket_timeout=timeout, socket_connect_timeout=timeout
-        )
-    from redis import Redis
-
-    return Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-
-
 class RedisWriter:
     def __init__(self, url: str, timeout_ms: int = 5000) -> None:
         self.url = url
-        self.client = _client(url, timeout_ms)
+        self.client = sync_client(url, timeout_ms / 1000)
 
     def check(self) -> None:
         """Fail early, naming the (redacted) URL, when Redis cannot be reached."""

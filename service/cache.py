@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 from service.breaker import CircuitBreaker
+from service.redis_client import async_client, kind_of
 
 log = logging.getLogger("utpm.service")
 
@@ -206,13 +207,8 @@ class Coalescer(Generic[In, Out]):
 
 
 class RedisProfileCache:
-    """Redis (or Redis Cluster) through redis-py's asyncio client.
-
-    URL schemes: `redis://[:password@]host:port/db`, `rediss://` for TLS, and `redis+cluster://host:port`
-    (or `rediss+cluster://`) for a cluster, discovered from that seed node.
-    """
-
-    kind = "redis"
+    """Redis (one server, a Cluster, or the master behind Sentinels) through redis-py's asyncio client;
+    the URL schemes are `service.redis_client`'s."""
 
     def __init__(
         self,
@@ -222,26 +218,10 @@ class RedisProfileCache:
         breaker: CircuitBreaker | None = None,
     ) -> None:
         self.breaker = breaker or CircuitBreaker()
-        timeout = timeout_ms / 1000
-        if "+cluster://" in url:
-            from redis.asyncio.cluster import RedisCluster
-
-            self.client: object = RedisCluster.from_url(
-                url.replace("+cluster://", "://"),
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-            )
-            self.kind = "redis-cluster"
-        else:
-            from redis.asyncio import Redis
-
-            self.client = Redis.from_url(
-                url,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-                retry_on_timeout=False,
-                health_check_interval=0,
-            )
+        self.kind = kind_of(url)
+        # no retries of our own: a timeout is the breaker's to count, not redis-py's to hide
+        extra = {} if self.kind == "redis-cluster" else {"retry_on_timeout": False, "health_check_interval": 0}
+        self.client: object = async_client(url, timeout_ms / 1000, **extra)
         self._reads: Coalescer[str, bytes | None] = Coalescer(self._mget, on_read_batch)
         self._writes: Coalescer[tuple[str, bytes, int], None] = Coalescer(self._mset)
         # A cluster spreads one flush's keys over slots, which one script call cannot write.
@@ -422,15 +402,3 @@ def breaker_of(cache: ProfileCache) -> CircuitBreaker | None:
     """The Redis circuit breaker behind `cache` (None for the embedded cache)."""
     breaker = getattr(getattr(cache, "remote", cache), "breaker", None)
     return breaker if isinstance(breaker, CircuitBreaker) else None
-
-
-def redact_url(url: str) -> str:
-    """A Redis URL fit for logs: the password replaced by ***."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))

@@ -17,8 +17,9 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.redis_client import SCHEMES, kind_of, parse_sentinel
+
 ROLES = ("read", "write", "admin")
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 
 # Settings that were renamed or became constants (docs/serving.md keeps the table): set, they
@@ -123,7 +124,9 @@ class Settings(BaseSettings):
     )
     # -- cache -----------------------------------------------------------------------------------
     redis_url: SecretStr | None = Field(
-        None, description="redis://, rediss:// (TLS) or redis+cluster://; unset: the embedded in-process TTL cache."
+        None,
+        description="redis://, rediss:// (TLS), redis+cluster:// or redis+sentinel://host:port,.../master[/db]; "
+        "unset: the embedded in-process TTL cache.",
     )
     # 200 ms, not tighter: the timeout runs on the event loop's clock, and a busy loop alone
     # pushes replies past 50 ms (docs/performance.md, "Redis timeout").
@@ -197,8 +200,10 @@ class Settings(BaseSettings):
     @classmethod
     def _redis_scheme(cls, v: SecretStr | None) -> SecretStr | None:
         # checked here so that a typo is an invalid setting, not a start-up traceback from redis-py
-        if v is not None and not v.get_secret_value().startswith(REDIS_SCHEMES):
-            raise ValueError(f"the Redis URL must start with one of {', '.join(REDIS_SCHEMES)}")
+        if v is not None and not v.get_secret_value().startswith(SCHEMES):
+            raise ValueError(f"the Redis URL must start with one of {', '.join(SCHEMES)}")
+        if v is not None and kind_of(v.get_secret_value()) == "redis-sentinel":
+            parse_sentinel(v.get_secret_value())  # its ValueError names what is wrong
         return v
 
     @field_validator("auth_keys")

@@ -20,7 +20,7 @@ from index.errors import TagIndexError
 from model_export.errors import BundleError
 from service.ab import Experiment
 from service.auth import Auth
-from service.cache import make_cache, redact_url
+from service.cache import make_cache
 from service.config import Settings, settings_error
 from service.engine import DeviceUnavailable, ProfileEngine
 from service.errors import PROBLEM_MEDIA_TYPE, install_error_handlers
@@ -28,6 +28,7 @@ from service.feedback import Feedback
 from service.logs import configure_logging
 from service.metrics import Metrics
 from service.middleware import Gateway
+from service.redis_client import redact_url
 from service.responses import JSONResponse
 from service.routes import admin, experiment, feedback, health, lookup, profile
 from service.routes.explorer import install_explorer

@@ -37,7 +37,9 @@ def profile_batch_cmd(
         Path, typer.Argument(help="JSONL or Parquet of {user_id, features} rows, or a data set in the generic format.")
     ],
     bundle: Annotated[Path, typer.Option(help="Bundle directory (exported and indexed), as the service loads it.")],
-    redis_url: Annotated[str, typer.Option(help="redis://, rediss:// or redis+cluster:// (where the service reads).")],
+    redis_url: Annotated[
+        str, typer.Option(help="redis://, rediss://, redis+cluster:// or redis+sentinel:// (where the service reads).")
+    ],
     out: Annotated[Path, typer.Option(help="Job directory: checkpoint.jsonl, rejects.jsonl, summary.json.")],
     fmt: Annotated[str, typer.Option("--format", help="auto, jsonl, parquet or dataset.")] = "auto",
     engine: Annotated[str, typer.Option(help="local (processes on this machine) or ray.")] = "local",

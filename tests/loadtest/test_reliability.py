@@ -157,6 +157,70 @@ def test_batch_job_writes_to_a_redis_cluster_what_the_service_serves(
             assert r.status_code == 200 and r.json()["cached"] is True and len(r.json()["tags"]) == 5, r.text
 
 
+@pytest.fixture()
+def sentinel_pair(tmp_path: Path) -> Iterator[tuple[Redis, Redis, int]]:
+    """A master, its replica and one Sentinel watching them as "utpm" (quorum 1, down after 1 s)."""
+    from mirakuru import TCPExecutor
+
+    master = Redis(workdir=tmp_path).start()
+    replica = Redis(workdir=tmp_path, args=["--replicaof", "127.0.0.1", str(master.port)]).start()
+    port = free_port()
+    conf = tmp_path / "sentinel.conf"  # Sentinel rewrites its file: one of its own
+    conf.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
+        f"sentinel monitor utpm 127.0.0.1 {master.port} 1\n"
+        "sentinel down-after-milliseconds utpm 1000\nsentinel failover-timeout utpm 10000\n"
+    )
+    sentinel = TCPExecutor(["redis-server", str(conf), "--sentinel"], host="127.0.0.1", port=port, timeout=10)
+    sentinel.start()
+    try:
+        deadline = time.monotonic() + 10  # the Sentinel has found the replica: a failover has somewhere to go
+        while not redis.Redis(port=port).sentinel_slaves("utpm"):
+            assert time.monotonic() < deadline, "the Sentinel did not discover the replica"
+            time.sleep(0.1)
+        yield master, replica, port
+    finally:
+        sentinel.stop()
+        replica.stop()
+        master.stop()
+
+
+def test_service_and_batch_follow_the_master_through_a_sentinel_failover(
+    bundles: dict[str, Path], sentinel_pair: tuple[Redis, Redis, int], tmp_path: Path
+) -> None:
+    """`redis+sentinel://`: the service finds the master through the Sentinel, and after the master dies
+    and the Sentinel promotes the replica, it writes and reads there without a restart."""
+    from batch.writer import RedisWriter
+
+    master, replica, port = sentinel_pair
+    url = f"redis+sentinel://127.0.0.1:{port}/utpm/0"
+    with TestClient(create_app(settings_for(bundles["a"], None, redis_url=url, near_cache_ttl_ms=0))) as c:
+        assert c.get("/readyz").json()["cache"] == {"kind": "redis-sentinel", "reachable": True, "breaker": "closed"}
+        served = post(c, "sentinel-user", k=3).json()
+        assert c.get("/profile/sentinel-user").json()["cached"] is True
+        event = {"user_id": "sentinel-user", "k": 3, "items": [{"tags": [served["tags"][0]["tag"]], "clicked": True}]}
+        assert c.post("/feedback", json={"events": [event]}).json()["counted"] == 1  # its script runs there too
+        assert redis.Redis(port=master.port).exists(f"utpm:profile:p2:{served['model_version']}:sentinel-user")
+        writer = RedisWriter(url)
+        writer.write([("utpm:test:batch-sentinel", b"v")], int(time.time() * 1000) + 60_000)
+        assert redis.Redis(port=master.port).get("utpm:test:batch-sentinel") == b"v"
+        writer.close()
+
+        master.kill()
+        deadline = time.monotonic() + 30
+        while (
+            redis.Redis(port=port).execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "utpm")[1]
+            != str(replica.port).encode()
+        ):
+            assert time.monotonic() < deadline, "the Sentinel did not promote the replica"
+            time.sleep(0.2)
+        deadline = time.monotonic() + 15  # the breaker's longest backoff and a reconnection
+        while post(c, "after-failover", k=3).status_code != 200 or c.get("/profile/after-failover").status_code != 200:
+            assert time.monotonic() < deadline, "the service did not follow the new master"
+            time.sleep(0.5)
+        assert redis.Redis(port=replica.port).exists(f"utpm:profile:p2:{served['model_version']}:after-failover")
+
+
 @pytest.fixture(scope="module")
 def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str, Path]]:
     """redis-server with a password and TLS only (no plain port); yields (port, password, CA file)."""

@@ -142,6 +142,37 @@ def test_invalid_settings_stop_the_start_up_in_one_line_naming_each_variable(
     assert "UTPM_REDIS_URL: the Redis URL must start with one of redis://" in message
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+sentinel://:s3cret@10.0.0.5:26379/utpm/x",  # db not a number
+        "redis+sentinel://10.0.0.5/utpm",  # no port
+        "redis+sentinel://10.0.0.5:26379",  # no master name
+    ],
+)
+def test_a_malformed_sentinel_url_is_an_invalid_setting_that_names_the_form(bundles: dict[str, Path], url: str) -> None:
+    with pytest.raises(ValidationError) as e:
+        Settings(bundle=bundles["a"], redis_url=url)
+    assert "redis+sentinel://" in str(e.value) and "s3cret" not in str(e.value)
+
+
+def test_sentinel_urls_parse_and_redact() -> None:
+    from service.redis_client import kind_of, parse_sentinel, redact_url
+
+    url = "redis+sentinel://app:p%40ss@10.0.0.5:26379,10.0.0.6:26380/utpm/3"
+    target = parse_sentinel(url)
+    assert target.sentinels == [("10.0.0.5", 26379), ("10.0.0.6", 26380)] and (target.master, target.db) == ("utpm", 3)
+    assert (target.username, target.password) == ("app", "p@ss") and kind_of(url) == "redis-sentinel"
+    assert redact_url(url) == "redis+sentinel://app:***@10.0.0.5:26379,10.0.0.6:26380/utpm/3"
+    assert (
+        parse_sentinel("redis+sentinel://h:1/m").db == 0 and parse_sentinel("redis+sentinel://h:1/m").password is None
+    )
+    assert (
+        redact_url("redis://:pw@h:6379/0") == "redis://:***@h:6379/0"
+        and redact_url("redis://h:6379") == "redis://h:6379"
+    )
+
+
 def test_openapi_documents_every_error_as_problem_json(client_plain: TestClient) -> None:
     schema = client_plain.get("/openapi.json").json()
     assert "Problem" in schema["components"]["schemas"]
