@@ -64,57 +64,33 @@ def parse_sentinel(url: str) -> SentinelTarget:
 
 def async_client(url: str, timeout_s: float, **kw: Any) -> Any:
     """The redis-py asyncio client for `url`; `kw` go to a single server's or the master's connections."""
-    kind = kind_of(url)
-    if kind == "redis-cluster":
-        from redis.asyncio.cluster import RedisCluster
-
-        return RedisCluster.from_url(
-            url.replace("+cluster://", "://"), socket_timeout=timeout_s, socket_connect_timeout=timeout_s
-        )
-    if kind == "redis-sentinel":
-        from redis.asyncio.sentinel import Sentinel
-
-        t = parse_sentinel(url)
-        sentinel = Sentinel(t.sentinels, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-        return sentinel.master_for(
-            t.master,
-            db=t.db,
-            username=t.username,
-            password=t.password,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            **kw,
-        )
     from redis.asyncio import Redis
+    from redis.asyncio.cluster import RedisCluster
+    from redis.asyncio.sentinel import Sentinel
 
-    return Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, **kw)
+    return _client(url, timeout_s, Redis, RedisCluster, Sentinel, kw)
 
 
 def sync_client(url: str, timeout_s: float) -> Any:
     """The same for blocking callers (the batch writer's processes)."""
+    from redis import Redis
+    from redis.cluster import RedisCluster
+    from redis.sentinel import Sentinel
+
+    return _client(url, timeout_s, Redis, RedisCluster, Sentinel, {})
+
+
+def _client(url: str, timeout_s: float, redis: Any, cluster: Any, sentinel: Any, kw: dict[str, Any]) -> Any:
+    timeouts = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
     kind = kind_of(url)
     if kind == "redis-cluster":
-        from redis.cluster import RedisCluster
-
-        return RedisCluster.from_url(
-            url.replace("+cluster://", "://"), socket_timeout=timeout_s, socket_connect_timeout=timeout_s
-        )
+        return cluster.from_url(url.replace("+cluster://", "://"), **timeouts)
     if kind == "redis-sentinel":
-        from redis.sentinel import Sentinel
-
         t = parse_sentinel(url)
-        sentinel = Sentinel(t.sentinels, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-        return sentinel.master_for(
-            t.master,
-            db=t.db,
-            username=t.username,
-            password=t.password,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
+        return sentinel(t.sentinels, **timeouts).master_for(
+            t.master, db=t.db, username=t.username, password=t.password, **timeouts, **kw
         )
-    from redis import Redis
-
-    return Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    return redis.from_url(url, **timeouts, **kw)
 
 
 def redact_url(url: str) -> str:

@@ -22,13 +22,19 @@ WRITE = {"X-API-Key": WRITE_KEY}
 READ = {"X-API-Key": READ_KEY}
 
 
-def test_delete_forgets_the_user_under_every_served_and_registered_version(
-    bundles: dict[str, Path], redis_server: RedisServer
-) -> None:
+def service(bundles: dict[str, Path], redis_server: RedisServer) -> tuple[redis.Redis, TestClient]:
+    """A database of its own, emptied, and the service on it with write and read keys."""
     store = redis.Redis(port=redis_server.port, db=DELETE_DB)
     store.flushdb()
     url = f"redis://127.0.0.1:{redis_server.port}/{DELETE_DB}"
-    with TestClient(create_app(settings_for(bundles["a"], None, redis_url=url, auth_keys=KEYS))) as c:
+    return store, TestClient(create_app(settings_for(bundles["a"], None, redis_url=url, auth_keys=KEYS)))
+
+
+def test_delete_forgets_the_user_under_every_served_and_registered_version(
+    bundles: dict[str, Path], redis_server: RedisServer
+) -> None:
+    store, c = service(bundles, redis_server)
+    with c:
         served_a = post(c, "gone", WRITE).json()
         v_a = served_a["model_version"]
         post(c, "kept", WRITE)
@@ -69,10 +75,8 @@ def test_delete_forgets_the_user_under_every_served_and_registered_version(
 def test_forget_many_users_reports_each_and_serves_none_of_them(
     bundles: dict[str, Path], redis_server: RedisServer
 ) -> None:
-    store = redis.Redis(port=redis_server.port, db=DELETE_DB)
-    store.flushdb()
-    url = f"redis://127.0.0.1:{redis_server.port}/{DELETE_DB}"
-    with TestClient(create_app(settings_for(bundles["a"], None, redis_url=url, auth_keys=KEYS))) as c:
+    store, c = service(bundles, redis_server)
+    with c:
         for user in ("two", "one", "kept"):
             post(c, user, WRITE)
         v_b = c.post("/admin/reload", json={"bundle": "b"}, headers={"x-api-key": API_KEY}).json()["model_version"]
