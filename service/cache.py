@@ -1,6 +1,6 @@
 """Profile caches behind one small interface (after fastapi-cache's backends).
 
-`RedisProfileCache` is what production uses (redis-py asyncio; single node or cluster); the
+`RedisProfileCache` is what production uses (redis-py asyncio; one server, a cluster or Sentinel); the
 `MemoryProfileCache` is the embedded default when no Redis URL is configured. Values are opaque
 bytes (`service.profile_record`'s format); keys carry that format and the model version, so a
 profile computed by one bundle is never served as another's.
