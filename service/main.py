@@ -95,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 raise BundleError(f"UTPM_AB_CHALLENGER_BUNDLE is the champion's version {engine.version}")
             challenger.start(on_batch=metrics.batch_size.observe)
             app.state.service.experiment = Experiment(challenger, settings.ab_challenger_share)
+            await app.state.service.fallback.register_challenger(challenger.version)
             log.info("A/B: challenger %s at share %.3f", challenger.version, settings.ab_challenger_share)
         app.state.service.feedback.show_arms(app.state.service.experiment.describe(engine))
         metrics.watch_gc()

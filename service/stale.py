@@ -22,6 +22,8 @@ log = logging.getLogger("utpm.service")
 
 # Key of the registry: version -> epoch ms it last started being served (or was first written).
 REGISTRY_KEY = "utpm:versions:p2"
+# Challengers' versions, by when they were loaded: no stale fallback, but profiles to forget (DELETE).
+CHALLENGERS_KEY = "utpm:versions:challengers:p2"
 # Other versions a miss falls back to: the previous one is the rollout case; two cover a quick second rollout.
 STALE_VERSIONS = 2
 # Registry entries kept: far more versions than a cache TTL keeps profiles of.
@@ -42,6 +44,7 @@ class StaleFallback:
         self.cache = cache
         self._client = redis_client_of(cache)
         self._memory: dict[str, int] = {}  # the registry when there is no Redis
+        self._memory_challengers: dict[str, int] = {}
         self.versions: list[str] = []
         self.serving: str | None = None  # the version swapped in last: a read begun before the swap tries it
         self._loaded = False
@@ -82,18 +85,40 @@ class StaleFallback:
         self.serving = current
         self.versions = [previous, *(v for v in self.versions if v not in (current, previous))][:STALE_VERSIONS]
 
+    async def register_challenger(self, version: str) -> None:
+        """Record a challenger's version for `registered` (never for the fallback). A Redis that cannot
+        be reached costs only that: the challenger is served anyway, and forgotten while it is."""
+        from redis.exceptions import RedisError
+
+        now_ms = time.time_ns() // 1_000_000
+        if self._client is None:
+            self._memory_challengers[version] = now_ms
+            return
+        try:
+            await self._client.zadd(CHALLENGERS_KEY, {version: now_ms})  # type: ignore[attr-defined]
+            await self._client.zremrangebyrank(CHALLENGERS_KEY, 0, -REGISTRY_MAX_ENTRIES - 1)  # type: ignore[attr-defined]
+        except (RedisError, OSError, TimeoutError) as e:
+            log.warning("challenger %s not recorded in the version registry (%s)", version, e)
+
     async def registered(self) -> list[str]:
-        """Every version in the registry, newest first (at most REGISTRY_MAX_ENTRIES): the versions
-        whose profiles may still be cached. CacheUnavailable when Redis cannot say."""
+        """Every version in the registry, newest first, then the challengers' (at most
+        REGISTRY_MAX_ENTRIES each): the versions whose profiles may still be cached. CacheUnavailable
+        when Redis cannot say."""
         from redis.exceptions import RedisError
 
         if self._client is None:
-            return sorted(self._memory, key=self._memory.__getitem__, reverse=True)
+            served, tried = (
+                sorted(m, key=m.__getitem__, reverse=True) for m in (self._memory, self._memory_challengers)
+            )
+            return list(dict.fromkeys([*served, *tried]))
         try:
-            raw = await self._client.zrevrange(REGISTRY_KEY, 0, -1)  # type: ignore[attr-defined]
+            raw = [
+                *await self._client.zrevrange(REGISTRY_KEY, 0, -1),  # type: ignore[attr-defined]
+                *await self._client.zrevrange(CHALLENGERS_KEY, 0, -1),  # type: ignore[attr-defined]
+            ]
         except (RedisError, OSError, TimeoutError) as e:
             raise CacheUnavailable(f"model version registry: {type(e).__name__}") from None
-        return [v.decode() if isinstance(v, bytes) else str(v) for v in raw]
+        return list(dict.fromkeys(v.decode() if isinstance(v, bytes) else str(v) for v in raw))
 
     async def versions_for(self, current: str) -> list[str]:
         """Versions to read on a miss under `current`, newest first. `current` is the version the

@@ -102,6 +102,8 @@ async def load_challenger(body: ChallengerRequest, state: State, request: Reques
         state.experiment = Experiment(engine, share)  # the swap
         if old is not None:
             retire(state, old)
+    if state.fallback is not None:
+        await state.fallback.register_challenger(engine.version)
     log.info("challenger %s loaded at share %.3f", engine.version, share)
     return show(state)
 

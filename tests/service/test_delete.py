@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import pytest
 import redis
 from fastapi.testclient import TestClient
 
@@ -110,6 +111,32 @@ def test_forget_many_users_reports_each_and_serves_none_of_them(
         many = {"user_ids": [f"u{i}" for i in range(257)]}
         detail = assert_problem(c.post("/profiles/forget", json=many, headers=WRITE), 422, "invalid_input")["detail"]
         assert "at most 256 users" in detail
+
+
+@pytest.mark.parametrize("redis_backed", [True, False])
+def test_delete_reaches_a_dropped_challengers_profiles(
+    bundles: dict[str, Path], redis_server: RedisServer, redis_backed: bool
+) -> None:
+    """A challenger's profiles outlive its experiment (until their TTL): forgetting a user reaches them
+    after the challenger is dropped, though its version was never served to everyone."""
+    admin = {"x-api-key": API_KEY}
+    store, c = (
+        service(bundles, redis_server)
+        if redis_backed
+        else (None, TestClient(create_app(settings_for(bundles["a"], None, auth_keys=KEYS))))
+    )
+    with c:
+        loaded = c.post("/admin/challenger", json={"bundle": "b", "share": 1.0}, headers=admin)
+        assert loaded.status_code == 200, loaded.text
+        assert post(c, "ch", WRITE).json()["arm"] == "challenger"
+        post(c, "other", WRITE)
+        assert c.delete("/admin/challenger", headers=admin).status_code == 200
+        # the dropped challenger's version is no stale fallback for the champion
+        assert_problem(c.get("/profile/other", headers=READ), 404, "not_cached")
+        gone = c.delete("/profile/ch", headers=WRITE).json()
+        assert gone["deleted"] == 1 and loaded.json()["challenger"]["model_version"] in gone["model_versions"]
+        if store is not None:
+            assert not store.keys("utpm:profile:*:ch")
 
 
 def test_delete_with_the_embedded_cache(bundles: dict[str, Path]) -> None:
