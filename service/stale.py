@@ -45,6 +45,7 @@ class StaleFallback:
         self._client = redis_client_of(cache)
         self._memory: dict[str, int] = {}  # the registry when there is no Redis
         self._memory_challengers: dict[str, int] = {}
+        self.challengers: list[str] = []  # the challengers this process loaded, newest first
         self.versions: list[str] = []
         self.serving: str | None = None  # the version swapped in last: a read begun before the swap tries it
         self._loaded = False
@@ -91,6 +92,7 @@ class StaleFallback:
         from redis.exceptions import RedisError
 
         now_ms = time.time_ns() // 1_000_000
+        self.challengers = [version, *(v for v in self.challengers if v != version)][:REGISTRY_MAX_ENTRIES]
         if self._client is None:
             self._memory_challengers[version] = now_ms
             return

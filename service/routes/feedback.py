@@ -70,9 +70,15 @@ class FeedbackResponse(BaseModel):
 
 
 def accepted_versions(state: ServiceState) -> list[str]:
-    """The served versions, then the recently served ones (late feedback after a promote or reload)."""
-    recent = state.fallback.versions if state.fallback is not None else []
+    """The served versions, then the recently served ones and challengers (late feedback after a
+    promote, a reload or a stopped experiment)."""
+    fallback = state.fallback
+    recent = [*fallback.versions, *fallback.challengers[:RECENT_CHALLENGERS]] if fallback is not None else []
     return list(dict.fromkeys([*state.experiment.versions(state.engine), *recent]))
+
+
+# Challengers whose late feedback still counts: the one just stopped, and the one before it.
+RECENT_CHALLENGERS = 2
 
 
 @router.post("/feedback", response_model=FeedbackResponse, responses=ERRORS)

@@ -23,7 +23,7 @@ from service.config import hash_key
 from service.main import create_app
 from service.online_metrics import Totals, difference, user_day
 from tests.conftest import RedisServer
-from tests.serving import ADMIN_KEYS, USER, assert_problem, settings_for
+from tests.serving import ADMIN_KEYS, API_KEY, USER, assert_problem, settings_for
 
 WRITE_KEY = "test-write-key"
 KEYS = f"{ADMIN_KEYS},write:{hash_key(WRITE_KEY)}"
@@ -329,3 +329,20 @@ def test_a_redis_that_refuses_scripts_refuses_feedback_without_taking_the_cache_
             assert c.get("/readyz").json()["cache"]["breaker"] == "closed"
     finally:
         direct.acl_deluser("nofbscripts")
+
+
+def test_late_feedback_for_a_dropped_challenger_still_counts(bundles: dict[str, Path]) -> None:
+    """Impressions served by a challenger reach the service after the experiment is stopped (log
+    shipping lags): they count for that challenger while its profiles are cached, as after a promote."""
+    admin = {"x-api-key": API_KEY}
+    with TestClient(create_app(settings_for(bundles["a"], None, auth_keys=KEYS))) as c:
+        challenger = c.post("/admin/challenger", json={"bundle": "b", "share": 1.0}, headers=admin).json()
+        version = challenger["challenger"]["model_version"]
+        served = c.post("/profile", json={"user_id": "lag", "features": USER, "k": 5}, headers=WRITE).json()
+        assert served["model_version"] == version
+        assert c.delete("/admin/challenger", headers=admin).status_code == 200
+        event = {"user_id": "lag", "model_version": version, "k": 5, "items": [{"tags": [served["tags"][0]["tag"]]}]}
+        r = c.post("/feedback", json={"events": [event]}, headers=WRITE)
+        assert r.status_code == 200 and r.json()["counted"] == 1, r.text
+        by_version = c.get(f"/feedback/summary?champion={version}", headers=WRITE).json()
+        assert by_version["arms"]["champion"]["totals"]["users"] == 1
