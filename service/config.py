@@ -178,6 +178,11 @@ class Settings(BaseSettings):
     ab_challenger_share: float = Field(
         0.5, ge=0.0, le=1.0, description="Share of users (by a stable hash of the user id) the challenger serves."
     )
+    fleet_sync: bool = Field(
+        True,
+        description="With Redis: an admin call (reload, challenger) changes every replica sharing the Redis, "
+        "and a starting replica takes the fleet's arms (service.fleet); false: only the replica called.",
+    )
 
     @model_validator(mode="before")
     @classmethod

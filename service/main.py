@@ -25,6 +25,7 @@ from service.config import Settings, settings_error
 from service.engine import DeviceUnavailable, ProfileEngine
 from service.errors import PROBLEM_MEDIA_TYPE, install_error_handlers
 from service.feedback import Feedback
+from service.fleet import Fleet
 from service.logs import configure_logging
 from service.metrics import Metrics
 from service.middleware import Gateway
@@ -34,7 +35,7 @@ from service.routes import admin, experiment, feedback, health, lookup, profile
 from service.routes.explorer import install_explorer
 from service.routes.hot import HotRoutes
 from service.schemas import Problem
-from service.stale import StaleFallback
+from service.stale import StaleFallback, redis_client_of
 from service.state import ServiceState
 from service.tracing import make_tracing
 
@@ -97,6 +98,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.service.experiment = Experiment(challenger, settings.ab_challenger_share)
             await app.state.service.fallback.register_challenger(challenger.version)
             log.info("A/B: challenger %s at share %.3f", challenger.version, settings.ab_challenger_share)
+        if settings.fleet_sync and redis_client_of(cache) is not None:
+            fleet = app.state.service.fleet = Fleet(app.state.service)
+            await fleet.follow_once(starting=True)  # before serving: the arms the fleet serves now
+            fleet.start()
+            engine = app.state.service.engine  # the fleet's champion, when it named another
         app.state.service.feedback.show_arms(app.state.service.experiment.describe(engine))
         metrics.watch_gc()
         metrics.bundle_info.labels(engine.version, engine.model_name).set(1)
@@ -119,6 +125,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             state: ServiceState = app.state.service
+            if state.fleet is not None:
+                await state.fleet.stop()
             await asyncio.gather(*state.retiring, return_exceptions=True)
             await state.engine.retire()
             if state.experiment.challenger is not None:

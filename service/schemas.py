@@ -161,3 +161,7 @@ class ReloadRequest(BaseModel):
 class ReloadResponse(BaseModel):
     model_version: str
     previous_version: str
+    fleet: dict[str, int | None] | None = Field(
+        None,
+        description="With fleet sync: the sequence number of the state every replica now follows (null: not shared).",
+    )

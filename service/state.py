@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 
@@ -17,6 +17,9 @@ from service.feedback import Feedback
 from service.metrics import Metrics
 from service.stale import StaleFallback
 from service.tracing import Tracing
+
+if TYPE_CHECKING:  # service.fleet acts on this state
+    from service.fleet import Fleet
 
 
 @dataclass
@@ -31,6 +34,7 @@ class ServiceState:
     retiring: set[asyncio.Task[None]] = field(default_factory=set)
     experiment: Experiment = field(default_factory=Experiment)  # the A/B challenger, if any (service.ab)
     feedback: Feedback | None = None  # set in the lifespan: QC/DCTR aggregates (service.feedback)
+    fleet: Fleet | None = None  # set in the lifespan with Redis and UTPM_FLEET_SYNC (service.fleet)
 
 
 def service_state(request: Request) -> ServiceState:

@@ -24,7 +24,9 @@ USER = {"clicked_tags": ["sci-fi", "dark comedy", "atmospheric"], "clicked_categ
 
 
 def settings_for(bundle: Path, redis: RedisServer | None, **kw: Any) -> Settings:
-    base: dict[str, Any] = {"bundle": bundle, "auth_keys": ADMIN_KEYS, "batch_max_wait_ms": 1.0}
+    # fleet sync off: the tests share one redis-server, and one test's admin calls must not steer the
+    # next test's replicas (tests/service/test_fleet.py turns it on, each test in a database of its own)
+    base: dict[str, Any] = {"bundle": bundle, "auth_keys": ADMIN_KEYS, "batch_max_wait_ms": 1.0, "fleet_sync": False}
     if redis is not None:
         base["redis_url"] = redis.url
     return Settings(**{**base, **kw})

@@ -2,33 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, Request
 
-from index.errors import TagIndexError
-from model_export.errors import BundleError
-from service.engine import ProfileEngine
-from service.errors import ReloadRefused
+from service import arms
 from service.responses import JSONResponse
 from service.schemas import ReloadRequest, ReloadResponse
 from service.state import ServiceState, State
 
 router = APIRouter(tags=["admin"])
-log = logging.getLogger("utpm.service")
-_reload_lock = asyncio.Lock()
-
-
-def resolve_bundle(state: ServiceState, requested: str) -> Path:
-    """The requested bundle directory, which must lie under the configured root."""
-    root = state.settings.reload_root
-    path = Path(requested)
-    path = (path if path.is_absolute() else root / path).resolve()
-    if not path.is_relative_to(root):
-        raise ReloadRefused(f"bundle {requested!r} is outside the bundle root; only bundles under it can be loaded")
-    return path
 
 
 @router.post(
@@ -42,31 +25,17 @@ def resolve_bundle(state: ServiceState, requested: str) -> Path:
     },
 )
 async def reload_bundle(body: ReloadRequest, state: State, request: Request) -> JSONResponse:
-    """Load and check a new bundle, then swap it in: requests in flight finish on the old one."""
+    """Load and check a new bundle, then swap it in: requests in flight finish on the old one. With
+    fleet sync (UTPM_FLEET_SYNC, Redis) every replica sharing the Redis follows."""
     state.auth.check(request, "admin")
-    path = resolve_bundle(state, body.bundle)
-    async with _reload_lock:
-        try:
-            new = await asyncio.to_thread(ProfileEngine.load, path, state.settings)
-        except (BundleError, TagIndexError, OSError, ValueError) as e:
-            state.metrics.reloads.labels("refused").inc()
-            message = str(e).replace(str(state.settings.reload_root), "<bundle-root>")
-            log.warning("reload refused: %s", message)
-            raise ReloadRefused(
-                f"bundle {body.bundle!r} refused; the current bundle keeps serving: {message}"
-            ) from None
-        new.start(on_batch=state.metrics.batch_size.observe)
-        old = state.engine
-        if state.fallback is not None:
-            state.fallback.swapping(new.version, old.version)
-        state.engine = new  # the swap: new requests see the new engine from here on
-        if state.fallback is not None:  # misses under the new version fall back to the old one's profiles
-            await state.fallback.refresh(new.version, previous=old.version)
-        task = asyncio.get_running_loop().create_task(old.retire())
-        state.retiring.add(task)
-        task.add_done_callback(state.retiring.discard)
-    state.metrics.reloads.labels("ok").inc()
-    state.metrics.bundle_info.clear()
-    state.metrics.bundle_info.labels(new.version, new.model_name).set(1)
-    log.info("reloaded bundle %s -> %s", old.version, new.version)
-    return JSONResponse({"model_version": new.version, "previous_version": old.version})
+    async with arms.lock:
+        old, new = await arms.reload(state, body.bundle)
+        fleet = await publish(state)
+    return JSONResponse({"model_version": new.version, "previous_version": old, **fleet})
+
+
+async def publish(state: ServiceState) -> dict[str, Any]:
+    """After an admin change: the fleet's new state ({"fleet": {"seq"}}), or {} without fleet sync."""
+    if state.fleet is None:
+        return {}
+    return {"fleet": {"seq": await state.fleet.publish()}}

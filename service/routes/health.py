@@ -48,6 +48,7 @@ async def readyz(state: State) -> JSONResponse:
         },
         "cache": cache,
         "auth": state.auth.describe(),
+        "fleet": state.fleet.describe() if state.fleet is not None else {"sync": False},
     }
     return JSONResponse(body, status_code=200 if ready else 503)
 
