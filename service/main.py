@@ -29,7 +29,7 @@ from service.fleet import Fleet
 from service.logs import configure_logging
 from service.metrics import Metrics
 from service.middleware import Gateway
-from service.redis_client import redact_url
+from service.redis_client import eviction_warning, redact_url
 from service.responses import JSONResponse
 from service.routes import admin, experiment, feedback, health, lookup, profile
 from service.routes.explorer import install_explorer
@@ -98,7 +98,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.service.experiment = Experiment(challenger, settings.ab_challenger_share)
             await app.state.service.fallback.register_challenger(challenger.version)
             log.info("A/B: challenger %s at share %.3f", challenger.version, settings.ab_challenger_share)
-        if settings.fleet_sync and redis_client_of(cache) is not None:
+        client = redis_client_of(cache)
+        if client is not None and (warning := await eviction_warning(client)) is not None:
+            log.warning("%s", warning)
+        if settings.fleet_sync and client is not None:
             fleet = app.state.service.fleet = Fleet(app.state.service)
             await fleet.follow_once(starting=True)  # before serving: the arms the fleet serves now
             fleet.start()

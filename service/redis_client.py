@@ -101,3 +101,22 @@ def redact_url(url: str) -> str:
     netloc = parts.netloc.rsplit("@", 1)[1]
     user = parts.netloc.rsplit("@", 1)[0].partition(":")[0]
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+# Eviction policies that may drop keys without an expiry: the version registry, the fleet's arms.
+KEEPS_PERMANENT_KEYS = ("noeviction", "volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl")
+
+
+async def eviction_warning(client: Any) -> str | None:
+    """What is wrong with the Redis's `maxmemory-policy` for this service, or None (also when Redis will
+    not say: INFO refused, a cluster)."""
+    try:
+        policy = (await client.info("memory")).get("maxmemory_policy")
+    except Exception:  # a managed Redis may refuse INFO; the check is advice, not a condition
+        return None
+    if not isinstance(policy, str) or policy in KEEPS_PERMANENT_KEYS:
+        return None
+    return (
+        f"Redis maxmemory-policy is {policy}: at its memory bound it may evict the model version registry "
+        "and the fleet's arms, which have no expiry; use volatile-ttl (profiles, which expire soonest, go first)"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import orjson
 import pytest
@@ -199,3 +200,40 @@ def test_a_miss_during_a_swap_falls_back_to_the_version_being_replaced(redis_ser
     assert for_a == ["B"] and for_b == ["A"]
     for body in (during_swap, begun_before):
         assert body is not None and orjson.loads(body)["stale"] is True
+
+
+@pytest.mark.parametrize("policy", ["allkeys-lru", "volatile-ttl"])
+def test_the_start_up_warns_of_an_eviction_policy_that_drops_the_registry(
+    policy: str, bundles: dict[str, Path], tmp_path: Path
+) -> None:
+    """At its memory bound a Redis under allkeys-* may evict the keys without expiry (the version
+    registry, the fleet's arms); under volatile-ttl the profiles, which expire soonest, go and those stay."""
+    import logging
+
+    from fastapi.testclient import TestClient
+
+    from loadtest.procs import Redis
+    from service.main import create_app
+    from service.stale import REGISTRY_KEY
+    from tests.serving import settings_for
+
+    records: list[logging.LogRecord] = []
+    collector = logging.Handler()
+    collector.emit = records.append  # type: ignore[method-assign,assignment]
+    with Redis(workdir=tmp_path, args=["--maxmemory", "4mb", "--maxmemory-policy", policy]) as server:
+        app = create_app(settings_for(bundles["a"], None, redis_url=server.url))  # configures the service's logging
+        logging.getLogger("utpm.service").addHandler(collector)
+        try:
+            with TestClient(app):
+                pass
+        finally:
+            logging.getLogger("utpm.service").removeHandler(collector)
+        warned = [r.getMessage() for r in records if "maxmemory-policy" in r.getMessage()]
+        assert bool(warned) == (policy == "allkeys-lru"), warned
+        direct = redis.Redis(port=server.port)
+        assert direct.exists(REGISTRY_KEY)
+        for i in range(4000):  # ~8 MB of profile-like records with a TTL: twice the bound
+            direct.set(f"utpm:profile:p2:v:u{i}", b"x" * 2000, px=3_600_000)
+        assert int(direct.info("stats")["evicted_keys"]) > 0
+        if policy == "volatile-ttl":
+            assert direct.exists(REGISTRY_KEY)  # no expiry: never a candidate
