@@ -4,7 +4,7 @@ sharing it follows (`UTPM_FLEET_SYNC`, on by default with Redis).
 An admin call (`/admin/reload`, `/admin/challenger...`) changes the replica that receives it, then
 writes the whole state, the champion's and the challenger's bundle (path under the bundle root and
 content version) and the share, under a new sequence number. Every replica reads it every
-`POLL_S` and, when the number differs from the last it applied, brings its arms to that state with
+`POLL_S` and, when the state is not the last it applied, brings its arms to that state with
 the functions the admin routes use (`service.arms`), checking that each bundle it loads is the
 version named. A replica starting with the same `UTPM_BUNDLE` and `UTPM_AB_CHALLENGER_BUNDLE` as
 the replica that wrote the state applies it before it serves; one configured otherwise (a
@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from typing import Any
 
 import orjson
@@ -51,6 +52,7 @@ class Fleet:
         self.state = state
         self.client: Any = redis_client_of(state.cache)
         self.applied: int | None = None  # the sequence number this replica's arms match
+        self._applied_id: str | None = None  # and the state's own id: numbering restarts with an emptied Redis
         self.error: str | None = None  # why the last state could not be applied
         self._failed_at = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -75,11 +77,12 @@ class Fleet:
 
         try:
             seq = int(await self.client.incr(SEQ_KEY))
-            await self.client.set(KEY, orjson.dumps({"seq": seq, **desired}))
+            state_id = uuid.uuid4().hex
+            await self.client.set(KEY, orjson.dumps({"seq": seq, "id": state_id, **desired}))
         except (RedisError, OSError, TimeoutError) as e:  # the change stays local, said loudly
             log.warning("fleet: the admin change was applied here only; the shared state could not be written: %s", e)
             return None
-        self.applied, self.error = seq, None
+        self.applied, self._applied_id, self.error = seq, state_id, None
         return seq
 
     async def follow_once(self, starting: bool = False) -> None:
@@ -95,15 +98,15 @@ class Fleet:
             return
         try:
             desired = orjson.loads(raw)
-            seq = int(desired["seq"])
+            seq, state_id = int(desired["seq"]), str(desired["id"])
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             self.error = f"unreadable fleet state under {KEY}: {e}"
             return
-        if seq == self.applied:
+        if state_id == self._applied_id:
             return
         if starting and desired.get("origin") != _origin(self.state):
             log.info("fleet: state %d was written by replicas configured otherwise; starting from the settings", seq)
-            self.applied = seq
+            self.applied, self._applied_id = seq, state_id
             return
         if self.error is not None and time.monotonic() - self._failed_at < RETRY_S:
             return
@@ -117,7 +120,7 @@ class Fleet:
             else:
                 log.exception("fleet: could not apply state %d; serving what it had", seq)
             return
-        self.applied, self.error = seq, None
+        self.applied, self._applied_id, self.error = seq, state_id, None
         log.info("fleet: applied state %d", seq)
 
     async def _apply(self, desired: dict[str, Any]) -> None:

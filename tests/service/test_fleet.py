@@ -105,3 +105,16 @@ def test_without_fleet_sync_an_admin_call_changes_only_its_replica(replica: Call
         assert "fleet" not in one.post("/admin/reload", json={"bundle": "b"}, headers=ADMIN).json()
         time.sleep(3 * POLL_S)
         assert arms(two)[0] == a and two.get("/readyz").json()["fleet"] == {"sync": False}
+
+
+def test_a_restarted_redis_restarts_the_numbering_and_the_replicas_still_follow(
+    replica: Callable[..., TestClient], redis_server: RedisServer
+) -> None:
+    with replica() as one, replica() as two:
+        a = arms(one)[0]
+        b = one.post("/admin/reload", json={"bundle": "b"}, headers=ADMIN).json()["model_version"]
+        until(lambda: arms(two)[0] == b, "first reload")
+        redis.Redis(port=redis_server.port, db=FLEET_DB).flushdb()  # Redis restarted without persistence
+        again = one.post("/admin/reload", json={"bundle": "a"}, headers=ADMIN).json()
+        assert again["fleet"]["seq"] == 1  # the same number as the state the other replica applied
+        until(lambda: arms(two)[0] == a, "reload after the restart")
