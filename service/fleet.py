@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from service import arms
+from service.cache import breaker_of
 from service.errors import ReloadRefused, ServiceError
 from service.stale import redis_client_of
 from service.state import ServiceState
@@ -89,6 +90,9 @@ class Fleet:
         """Read the state and apply it if it is new to this replica."""
         from redis.exceptions import RedisError
 
+        breaker = breaker_of(self.state.cache)
+        if breaker is not None and breaker.state == "open":  # Redis known down: no timeout to wait for
+            return
         try:
             raw = await self.client.get(KEY)
         except (RedisError, OSError, TimeoutError) as e:  # Redis down: the cache's health says so
