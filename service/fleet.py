@@ -55,6 +55,7 @@ class Fleet:
         self.applied: int | None = None  # the sequence number this replica's arms match
         self._applied_id: str | None = None  # and the state's own id: numbering restarts with an emptied Redis
         self.error: str | None = None  # why the last state could not be applied
+        self._failed_id: str | None = None  # the state that could not be applied, tried again after RETRY_S
         self._failed_at = 0.0
         self._task: asyncio.Task[None] | None = None
 
@@ -93,6 +94,7 @@ class Fleet:
         breaker = breaker_of(self.state.cache)
         if breaker is not None and breaker.state == "open":  # Redis known down: no timeout to wait for
             return
+        before = self._applied_id
         try:
             raw = await self.client.get(KEY)
         except (RedisError, OSError, TimeoutError) as e:  # Redis down: the cache's health says so
@@ -112,13 +114,15 @@ class Fleet:
             log.info("fleet: state %d was written by replicas configured otherwise; starting from the settings", seq)
             self.applied, self._applied_id = seq, state_id
             return
-        if self.error is not None and time.monotonic() - self._failed_at < RETRY_S:
+        if state_id == self._failed_id and time.monotonic() - self._failed_at < RETRY_S:
             return
         try:
             async with arms.lock:
+                if self._applied_id != before:  # an admin call here published a newer state meanwhile
+                    return
                 await self._apply(desired)
         except Exception as e:  # whatever it was, this replica keeps serving what it had
-            self.error, self._failed_at = f"state {seq}: {e}", time.monotonic()
+            self.error, self._failed_id, self._failed_at = f"state {seq}: {e}", state_id, time.monotonic()
             if isinstance(e, ReloadRefused | ServiceError):
                 log.warning("fleet: could not apply state %d; serving what it had: %s", seq, e)
             else:
