@@ -85,6 +85,7 @@ class Fleet:
             log.warning("fleet: the admin change was applied here only; the shared state could not be written: %s", e)
             return None
         self.applied, self._applied_id, self.error = seq, state_id, None
+        self.state.metrics.fleet_in_sync.set(1)
         return seq
 
     async def follow_once(self, starting: bool = False) -> None:
@@ -123,12 +124,16 @@ class Fleet:
                 await self._apply(desired)
         except Exception as e:  # whatever it was, this replica keeps serving what it had
             self.error, self._failed_id, self._failed_at = f"state {seq}: {e}", state_id, time.monotonic()
+            self.state.metrics.fleet_applies.labels("failed").inc()
+            self.state.metrics.fleet_in_sync.set(0)
             if isinstance(e, ReloadRefused | ServiceError):
                 log.warning("fleet: could not apply state %d; serving what it had: %s", seq, e)
             else:
                 log.exception("fleet: could not apply state %d; serving what it had", seq)
             return
         self.applied, self._applied_id, self.error = seq, state_id, None
+        self.state.metrics.fleet_applies.labels("ok").inc()
+        self.state.metrics.fleet_in_sync.set(1)
         log.info("fleet: applied state %d", seq)
 
     async def _apply(self, desired: dict[str, Any]) -> None:

@@ -53,6 +53,18 @@ class Metrics:
         self.errors = Counter("utpm_errors_total", "Error responses by kind.", ["kind"], registry=r)
         self.pending = Gauge("utpm_pending_users", "Users queued for the model.", registry=r)
         self.reloads = Counter("utpm_reloads_total", "Bundle reloads by result.", ["result"], registry=r)
+        self.fleet_applies = Counter(
+            "utpm_fleet_applies_total",
+            "Fleet states this replica applied, by result (service.fleet).",
+            ["result"],
+            registry=r,
+        )
+        self.fleet_in_sync = Gauge(
+            "utpm_fleet_in_sync",
+            "0 while this replica could not apply the fleet's last state (service.fleet), else 1.",
+            registry=r,
+        )
+        self.fleet_in_sync.set(1)
         self.bundle_info = Gauge("utpm_bundle_info", "The bundle being served.", ["version", "model"], registry=r)
         # With several uvicorn workers a scrape reaches one of them: the pid tells their samples apart.
         Gauge("utpm_process", "This worker process, by pid.", ["pid"], registry=r).labels(str(os.getpid())).set(1)

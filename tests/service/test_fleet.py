@@ -96,10 +96,13 @@ def test_a_bundle_a_replica_cannot_load_leaves_it_serving_and_says_why(
         until(lambda: two.get("/readyz").json()["fleet"]["error"] is not None, "error reported")
         fleet = two.get("/readyz").json()["fleet"]
         assert "'b'" in fleet["error"] and fleet["applied"] is None
+        metrics = two.get("/metrics").text
+        assert "utpm_fleet_in_sync 0.0" in metrics and 'utpm_fleet_applies_total{result="failed"} 1.0' in metrics
         assert arms(two)[0] == a and post(two, "still", k=3).status_code == 200
         # the next state is tried at once, not after the failed one's back-off (30 s)
         seq = one.post("/admin/reload", json={"bundle": "a"}, headers=ADMIN).json()["fleet"]["seq"]
         until(lambda: two.get("/readyz").json()["fleet"] == {"sync": True, "applied": seq, "error": None}, "next")
+        assert "utpm_fleet_in_sync 1.0" in two.get("/metrics").text
 
 
 def test_without_fleet_sync_an_admin_call_changes_only_its_replica(replica: Callable[..., TestClient]) -> None:
