@@ -34,6 +34,7 @@ from service.cache import CacheUnavailable, ProfileCache, breaker_of, profile_ke
 from service.errors import RETRY_AFTER_S, FeedbackUnavailable
 from service.online_metrics import Totals, UserDay, difference, user_day
 from service.profile_record import CorruptRecord, cached_response
+from service.stale import redis_client_of
 
 log = logging.getLogger("utpm.service")
 
@@ -228,7 +229,7 @@ class RedisFeedbackStore:
 
 def make_store(cache: ProfileCache) -> FeedbackStore:
     """Redis when the profile cache is Redis (the same client), else process memory."""
-    client = getattr(getattr(cache, "remote", cache), "client", None)
+    client = redis_client_of(cache)
     if client is None:
         return MemoryFeedbackStore()
     return RedisFeedbackStore(client, breaker_of(cache), cluster=cache.kind == "redis-cluster")
