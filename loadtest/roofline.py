@@ -28,7 +28,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,8 @@ class RooflineConfig:
     read_users: int = 10
     out_dir: Path | None = None
     command: str = ""
+    # service settings by field name (`utpm bench serve --set`): the engine is loaded as that service is
+    settings: Mapping[str, str] = field(default_factory=dict)
 
 
 def _bodies(bundle: Path, payloads: Path | None, k: int) -> list[dict[str, Any]]:
@@ -67,11 +69,11 @@ def _bodies(bundle: Path, payloads: Path | None, k: int) -> list[dict[str, Any]]
 class EngineBench:
     """One loaded engine and its request bodies; `run` times encode + compute + render."""
 
-    def __init__(self, bundle: Path, payloads: Path | None, k: int) -> None:
+    def __init__(self, bundle: Path, payloads: Path | None, k: int, settings: Mapping[str, str] | None = None) -> None:
         from service.config import Settings
         from service.engine import ProfileEngine
 
-        self.settings = Settings(bundle=bundle, log_level="WARNING")
+        self.settings = Settings.model_validate({**(settings or {}), "bundle": str(bundle), "log_level": "WARNING"})
         self.engine = ProfileEngine.load(bundle, self.settings)
         self.k = k
         self.bodies = _bodies(bundle, payloads, k)
@@ -153,7 +155,7 @@ def measure_engine(cfg: RooflineConfig, say: Say) -> dict[str, Any]:
 
     say(f"engine: loading {cfg.bundle}")
     t0 = time.perf_counter()
-    bench = EngineBench(cfg.bundle, cfg.payloads, cfg.k)
+    bench = EngineBench(cfg.bundle, cfg.payloads, cfg.k, cfg.settings)
     load_s = time.perf_counter() - t0
     workers = bench.settings.batch_workers
     rows = []
@@ -258,6 +260,7 @@ def run_roofline(cfg: RooflineConfig, progress: Say | None = None, engine: bool 
         "bundle": str(cfg.bundle),
         "payloads": PayloadSource.open(cfg.bundle, cfg.payloads).describe(),
         "k": cfg.k,
+        "settings": dict(cfg.settings),
     }
     if engine:
         report["engine"] = measure_engine(cfg, say)
@@ -280,6 +283,8 @@ def engine_in_subprocess(cfg: RooflineConfig, path: Path, log: Path) -> dict[str
     cmd += ["--seconds", str(cfg.seconds), "--batch", ",".join(map(str, cfg.batch_sizes)), "--no-asgi"]
     if cfg.payloads is not None:
         cmd += ["--payloads", str(cfg.payloads)]
+    for name, value in cfg.settings.items():
+        cmd += ["--set", f"{name}={value}"]
     with log.open("wb") as f:
         rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False).returncode
     if rc != 0 or not path.is_file():
@@ -297,9 +302,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--batch", default=",".join(map(str, BATCH_SIZES)))
     p.add_argument("--no-asgi", action="store_true")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a service setting")
     a = p.parse_args(argv)
+    settings = dict(pair.split("=", 1) for pair in a.set)
     cfg = RooflineConfig(
-        a.bundle, a.payloads, a.k, tuple(int(x) for x in a.batch.split(",")), a.seconds, asgi=not a.no_asgi
+        a.bundle,
+        a.payloads,
+        a.k,
+        tuple(int(x) for x in a.batch.split(",")),
+        a.seconds,
+        asgi=not a.no_asgi,
+        settings=settings,
     )
     report = run_roofline(cfg, progress=lambda m: print(m, flush=True))
     a.json.parent.mkdir(parents=True, exist_ok=True)

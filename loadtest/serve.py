@@ -349,7 +349,9 @@ def run_bench(cfg: BenchConfig, progress: Say | None = None) -> dict[str, Any]:
     }
     if cfg.roofline:
         say("engine roofline (a subprocess: encode + model + index + render, no HTTP)")
-        rcfg = RooflineConfig(bundle, payloads, cfg.k, seconds=cfg.roofline_s, asgi=False)
+        rcfg = RooflineConfig(
+            bundle, payloads, cfg.k, seconds=cfg.roofline_s, asgi=False, settings=cfg.service_settings
+        )
         report["roofline"] = engine_in_subprocess(rcfg, out_dir / "roofline.json", out_dir / "roofline.log")
     c = cfg.compare_users
     with Redis() as redis:

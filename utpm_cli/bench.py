@@ -150,6 +150,9 @@ def bench_roofline_cmd(
     json_out: Annotated[Path, typer.Option("--json", help="Write the report as JSON here.")] = Path(
         "artifacts/bench/roofline.json"
     ),
+    settings: Annotated[
+        list[str] | None, typer.Option("--set", help="Service setting KEY=VALUE (a Settings field), repeatable.")
+    ] = None,
 ) -> None:
     """The engine alone (encode + model + index + render, no HTTP) per batch size, and a raw ASGI ceiling: JSON."""
     from loadtest.report import render_roofline
@@ -169,6 +172,7 @@ def bench_roofline_cmd(
         connections=connections,
         duration_s=duration,
         command=_command_line(),
+        settings=_settings(settings or []),
     )
     _, seconds = _measure(run_roofline, cfg, json_out, render_roofline)
     typer.echo(f"measured the roofline in {seconds:.0f}s; wrote {json_out}")

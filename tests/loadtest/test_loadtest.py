@@ -310,3 +310,16 @@ def test_reliability_scenario_injects_its_fault_under_open_loop_load(smoke_bundl
     assert r["post"]["wrong_answers"] == 0 and r["get"]["wrong_answers"] == 0
     assert "503" in r["get_during_outage"]["by_status"] and r["recovery_s"] <= BREAKER_BACKOFF_MAX_S + 0.5
     assert r["post"]["p99_ms"] >= r["post"]["p50_ms"] > 0
+
+
+def test_the_roofline_subprocess_loads_the_engine_with_the_services_settings(
+    smoke_bundle: Path, tmp_path: Path
+) -> None:
+    """`utpm bench serve --set device=cpu` once measured the roofline with the default settings (ONNX
+    Runtime on the GPU) beside a service on the CPU: the subprocess takes the same settings."""
+    from loadtest.roofline import RooflineConfig, engine_in_subprocess
+
+    cfg = RooflineConfig(smoke_bundle, k=5, batch_sizes=(1,), seconds=0.1, asgi=False, settings={"batch_workers": "3"})
+    engine = engine_in_subprocess(cfg, tmp_path / "roofline.json", tmp_path / "roofline.log")
+    assert engine["thread_settings"]["batch_workers"] == 3
+    assert {r["threads"] for r in engine["rows"]} == {1, 3}
