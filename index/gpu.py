@@ -4,8 +4,9 @@ and a probe search on it succeeds.
 faiss-cpu (what these machines and the tests have) reports 0 GPUs, so everything stays on the CPU.
 The probe exists because a faiss GPU build can report a GPU it has no kernels for: faiss-gpu-cu12
 1.14.1 from PyPI on an H200 (compute capability 9.0) aborts the whole process at the first search
-("no kernel image is available", docs/performance.md, "GPU"). The probe runs in a child process,
-once per process, so such a build costs a warning instead of the service.
+("no kernel image is available", docs/performance.md, "GPU"; the `gpu` extra now installs Meta's
+faiss-gpu, which has sm_90 code). The probe runs in a child process, once per process, so such a
+build costs a warning instead of the service.
 """
 
 from __future__ import annotations

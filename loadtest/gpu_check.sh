@@ -6,13 +6,14 @@
 #   bash loadtest/gpu_check.sh                 # from the repository root, after `make install`
 #   PY=python3 OUT=dir TAGS=100000 TRAIN_USERS=1024 bash loadtest/gpu_check.sh
 #
-# 0. installs the `gpu` extra (onnxruntime-gpu, faiss-gpu-cu12) in place of the CPU wheels, unless
+# 0. installs the `gpu` extra (onnxruntime-gpu, faiss-gpu) in place of the CPU wheels, unless
 #    both already offer CUDA (a provisioned image, or a PYTHONPATH prepared by the caller);
 # 1. `utpm bench model --preset industrial`: ONNX Runtime's CUDA provider against PyTorch on CUDA;
 # 2. `utpm bench index --tags 1000000 --kind ivf`: exact search on the CPU and on the GPU, and IVF
 #    tuned to recall@50 >= 0.95 on the GPU, over 1M x 128 structured tags;
 #    `python -m loadtest.gpu_exact`: the same exact search with PyTorch on the GPU (a reference for
-#    when the faiss build has no kernels for the GPU, as faiss-gpu-cu12 1.14.1 on an H200);
+#    when the faiss build has no kernels for the GPU, as faiss-gpu-cu12 1.14.1 on an H200; see
+#    `python -m loadtest.gpu_archs WHEEL` for what a wheel carries);
 # 3. the benchmark bundle of $MODEL at $TAGS tags (trained on $TRAIN_USERS users: what a request costs does
 #    not depend on how long the model trained), then `utpm bench serve` on it at 16 and 64 users,
 #    with ONNX Runtime on the GPU and then on the CPU cores.
@@ -42,7 +43,7 @@ sys.exit(0 if ok else 1)
 EOF
 }
 if [ -z "${NO_INSTALL:-}" ] && ! has_cuda; then
-  echo "installing the gpu extra (onnxruntime-gpu, faiss-gpu-cu12) in place of the CPU wheels" >&2
+  echo "installing the gpu extra (onnxruntime-gpu, faiss-gpu) in place of the CPU wheels" >&2
   "$PY" -m pip uninstall --yes --quiet onnxruntime faiss-cpu
   "$PY" -m pip install --quiet -e '.[gpu]'
   has_cuda || echo "warning: CUDA is not offered by both onnxruntime and faiss; the steps say which ran where" >&2
