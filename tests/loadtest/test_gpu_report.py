@@ -25,3 +25,11 @@ def test_gpu_check_report_without_the_service_steps_still_renders() -> None:
     report["serve"] = report["serve_cpu"] = None
     text = render(report)
     assert "POST /profile" not in text and "queries/s" in text
+
+
+def test_the_default_models_gpu_report_quotes_its_roofline_ratio() -> None:
+    report = json.loads((ARTIFACT.parent / "gpu-h200-utpm-hist.json").read_text())
+    text = render(report)
+    ratio = report["serve"]["summary"]["ratios"]["post_vs_roofline"]
+    assert "Engine roofline of the GPU run" in text and f"is {ratio:.3f} of it" in text
+    assert "roofline of the CPU run" not in text  # left out of that artifact: it ran with the GPU settings
