@@ -109,7 +109,7 @@ def render_gpu_check(r: Mapping[str, Any]) -> str:
                 lines.append(_serve_row(f"CPU ({env.get('cpus', '?')} cores)", serve_cpu, users))
         for label, s in (("GPU", serve), ("CPU", serve_cpu)):
             roof = (s or {}).get("roofline")
-            if roof:
+            if s and roof:
                 c = s["summary"]["compare_users"]
                 lines += [
                     "",
