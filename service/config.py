@@ -125,7 +125,8 @@ class Settings(BaseSettings):
     # -- cache -----------------------------------------------------------------------------------
     redis_url: SecretStr | None = Field(
         None,
-        description="redis://, rediss:// (TLS), redis+cluster:// or redis+sentinel://host:port,.../master[/db]; "
+        description="redis://, rediss:// (TLS), redis+cluster:// or redis+sentinel://host:port,.../master[/db] "
+        "(rediss+sentinel:// for TLS, ?sentinel_password= for the Sentinels' own); "
         "unset: the embedded in-process TTL cache.",
     )
     # 200 ms, not tighter: the timeout runs on the event loop's clock, and a busy loop alone

@@ -3,18 +3,31 @@ synchronous for `utpm profile batch`.
 
 - `redis://[user:password@]host:port/db`, `rediss://` (TLS), `unix://`: one server;
 - `redis+cluster://host:port` (`rediss+cluster://`): a cluster, discovered from that seed node;
-- `redis+sentinel://[user:password@]host:port[,host:port...]/master-name[/db]`: the master that the
-  Sentinels name `master-name`, found through them and again after a failover; the credentials are
-  the master's (the Sentinels are asked without any).
+- `redis+sentinel://[user:password@]host:port[,host:port...]/master-name[/db][?query]`: the master
+  that the Sentinels name `master-name`, found through them and again after a failover; the
+  credentials are the master's, `?sentinel_password=` (and `sentinel_username=`) the Sentinels' own
+  (their `requirepass`); `rediss+sentinel://` speaks TLS to the Sentinels and the master alike, with
+  redis-py's `ssl_ca_certs`, `ssl_certfile`, `ssl_keyfile` and `ssl_cert_reqs` in the query.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://", "redis+sentinel://")
+SCHEMES = (
+    "redis://",
+    "rediss://",
+    "unix://",
+    "redis+cluster://",
+    "rediss+cluster://",
+    "redis+sentinel://",
+    "rediss+sentinel://",
+)
+SENTINEL_AUTH = ("sentinel_username", "sentinel_password")
+SENTINEL_TLS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
+SECRET_PARAMS = ("password", "sentinel_password")  # query parameters that redact_url hides
 
 
 @dataclass(frozen=True)
@@ -24,13 +37,15 @@ class SentinelTarget:
     db: int
     username: str | None
     password: str | None
+    sentinel_auth: dict[str, str] = field(default_factory=dict)  # username/password for the Sentinels
+    tls: dict[str, Any] = field(default_factory=dict)  # ssl=True and its files, for Sentinels and master
 
 
 def kind_of(url: str) -> str:
     """ "redis-cluster", "redis-sentinel" or "redis" (what `/readyz` reports)."""
     if "+cluster://" in url:
         return "redis-cluster"
-    if url.startswith("redis+sentinel://"):
+    if "+sentinel://" in url:
         return "redis-sentinel"
     return "redis"
 
@@ -38,27 +53,41 @@ def kind_of(url: str) -> str:
 def parse_sentinel(url: str) -> SentinelTarget:
     """A `redis+sentinel://` URL's parts; ValueError naming what is wrong."""
     parts = urlsplit(url)
+    shown = redact_url(url.split("?", 1)[0])  # the query left out: a misspelt parameter may hold a password
     hosts = parts.netloc.rsplit("@", 1)[-1]
     sentinels = []
     for host in filter(None, hosts.split(",")):
         name, _, port = host.rpartition(":")
         if not name or not port.isdigit():
-            raise ValueError(f"Sentinel address {host!r} is not host:port (in {redact_url(url)})")
+            raise ValueError(f"Sentinel address {host!r} is not host:port (in {shown})")
         sentinels.append((name, int(port)))
     path = [p for p in parts.path.split("/") if p]
     if not sentinels or not 1 <= len(path) <= 2 or (len(path) == 2 and not path[1].isdigit()):
         raise ValueError(
-            f"a Sentinel URL is redis+sentinel://[user:password@]host:port[,host:port...]/master-name[/db], "
-            f"got {redact_url(url)}"
+            "a Sentinel URL is redis+sentinel:// (rediss+sentinel:// for TLS) "
+            f"[user:password@]host:port[,host:port...]/master-name[/db][?sentinel_password=...], "
+            f"got {shown}"
         )
     credentials = parts.netloc.rsplit("@", 1)[0] if "@" in parts.netloc else ""
     username, _, password = credentials.partition(":")
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    unknown = sorted(set(query) - set(SENTINEL_AUTH) - set(SENTINEL_TLS))
+    if unknown:
+        raise ValueError(
+            f"a Sentinel URL takes {', '.join(SENTINEL_AUTH + SENTINEL_TLS)} in its query, not "
+            f"{', '.join(unknown)} (in {shown})"
+        )
+    tls_files = {k: v for k, v in query.items() if k in SENTINEL_TLS}
+    if tls_files and parts.scheme != "rediss+sentinel":
+        raise ValueError(f"{', '.join(sorted(tls_files))} need rediss+sentinel:// (TLS), in {shown}")
     return SentinelTarget(
         sentinels,
         path[0],
         int(path[1]) if len(path) == 2 else 0,
         unquote(username) or None,
         unquote(password) if password else None,
+        {k.removeprefix("sentinel_"): v for k, v in query.items() if k in SENTINEL_AUTH and v},
+        {"ssl": True, **tls_files} if parts.scheme == "rediss+sentinel" else {},
     )
 
 
@@ -87,20 +116,24 @@ def _client(url: str, timeout_s: float, redis: Any, cluster: Any, sentinel: Any,
         return cluster.from_url(url.replace("+cluster://", "://"), **timeouts)
     if kind == "redis-sentinel":
         t = parse_sentinel(url)
-        return sentinel(t.sentinels, **timeouts).master_for(
-            t.master, db=t.db, username=t.username, password=t.password, **timeouts, **kw
+        asking = {**timeouts, **t.tls, **t.sentinel_auth}  # the Sentinels' connections
+        return sentinel(t.sentinels, sentinel_kwargs=asking, **timeouts).master_for(
+            t.master, db=t.db, username=t.username, password=t.password, **timeouts, **t.tls, **kw
         )
     return redis.from_url(url, **timeouts, **kw)
 
 
 def redact_url(url: str) -> str:
-    """A Redis URL fit for logs: the password replaced by ***."""
+    """A Redis URL fit for logs: the passwords (the URL's and a Sentinel's) replaced by ***."""
     parts = urlsplit(url)
-    if "@" not in parts.netloc or ":" not in parts.netloc.rsplit("@", 1)[0]:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.netloc.rsplit("@", 1)[0].partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(k in SECRET_PARAMS for k, _ in query):
+        parts = parts._replace(query=urlencode([(k, "***" if k in SECRET_PARAMS else v) for k, v in query], safe="*/"))
+    if "@" in parts.netloc and ":" in parts.netloc.rsplit("@", 1)[0]:
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        user = parts.netloc.rsplit("@", 1)[0].partition(":")[0]
+        parts = parts._replace(netloc=f"{user}:***@{netloc}")
+    return urlunsplit(parts)
 
 
 # Eviction policies that may drop keys without an expiry: the version registry, the fleet's arms.

@@ -221,31 +221,73 @@ def test_service_and_batch_follow_the_master_through_a_sentinel_failover(
         assert redis.Redis(port=replica.port).exists(f"utpm:profile:p2:{served['model_version']}:after-failover")
 
 
-@pytest.fixture(scope="module")
-def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str, Path]]:
-    """redis-server with a password and TLS only (no plain port); yields (port, password, CA file)."""
-    d = tmp_path_factory.mktemp("tls")
+def _self_signed(d: Path) -> tuple[str, str]:
+    """(key, certificate) for 127.0.0.1; the certificate is its own CA."""
     key, cert = str(d / "key.pem"), str(d / "cert.pem")
     openssl = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "1"]
     subprocess.run(
         [*openssl, "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True
     )
+    return key, cert
+
+
+def _wait_for_tls(client: redis.Redis, what: str) -> None:
+    deadline = time.monotonic() + 10
+    while True:  # the TLS port accepts connections a moment before it answers
+        try:
+            client.ping()
+            return
+        except (redis.ConnectionError, redis.TimeoutError):
+            assert time.monotonic() < deadline, f"{what} did not start"
+            time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str, Path]]:
+    """redis-server with a password and TLS only (no plain port); yields (port, password, CA file)."""
+    d = tmp_path_factory.mktemp("tls")
+    key, cert = _self_signed(d)
     port, password = free_port(), "pa55-w0rd-secret"
     tls = ["--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", cert, "--tls-auth-clients", "no"]
     server = Redis(port, d, ["--port", "0", "--tls-port", str(port), *tls, "--requirepass", password]).start()
     try:
-        client = redis.Redis(host="127.0.0.1", port=port, password=password, ssl=True, ssl_ca_certs=cert)
-        deadline = time.monotonic() + 10
-        while True:  # the TLS port accepts connections a moment before it answers
-            try:
-                client.ping()
-                break
-            except (redis.ConnectionError, redis.TimeoutError):
-                assert time.monotonic() < deadline, "TLS redis did not start"
-                time.sleep(0.05)
+        _wait_for_tls(
+            redis.Redis(host="127.0.0.1", port=port, password=password, ssl=True, ssl_ca_certs=cert), "TLS redis"
+        )
         yield port, password, d / "cert.pem"
     finally:
         server.stop()
+
+
+@pytest.fixture()
+def tls_sentinel(tmp_path: Path) -> Iterator[tuple[int, int, str, str, Path]]:
+    """A master and a Sentinel, each with a password of its own and TLS only (the Sentinel watches the master
+    over TLS, `tls-replication yes`); yields (master port, Sentinel port, master password, Sentinel
+    password, CA file)."""
+    from mirakuru import TCPExecutor
+
+    key, cert = _self_signed(tmp_path)
+    tls = f"tls-cert-file {cert}\ntls-key-file {key}\ntls-ca-cert-file {cert}\ntls-auth-clients no\n"
+    master_port, master_pw, sentinel_pw = free_port(), "m4ster-secret", "s3ntinel-secret"
+    tls_args = ["--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", cert, "--tls-auth-clients", "no"]
+    args = ["--port", "0", "--tls-port", str(master_port), *tls_args, "--requirepass", master_pw]
+    master = Redis(master_port, tmp_path, args).start()
+    port = free_port()
+    conf = tmp_path / "sentinel.conf"  # Sentinel rewrites its file: one of its own
+    conf.write_text(
+        f"port 0\ntls-port {port}\nbind 127.0.0.1\ndir {tmp_path}\n{tls}tls-replication yes\n"
+        f"requirepass {sentinel_pw}\nsentinel monitor utpm 127.0.0.1 {master_port} 1\n"
+        f"sentinel auth-pass utpm {master_pw}\n"
+    )
+    sentinel = TCPExecutor(["redis-server", str(conf), "--sentinel"], host="127.0.0.1", port=port, timeout=10)
+    sentinel.start()
+    try:
+        asking = redis.Redis(host="127.0.0.1", port=port, password=sentinel_pw, ssl=True, ssl_ca_certs=cert)
+        _wait_for_tls(asking, "the TLS Sentinel")
+        yield master_port, port, master_pw, sentinel_pw, Path(cert)
+    finally:
+        sentinel.stop()
+        master.stop()
 
 
 def test_tls_and_password_work_and_the_secret_never_reaches_logs(
@@ -487,3 +529,33 @@ def test_corrupt_or_mismatched_bundles_are_refused_and_the_old_one_keeps_serving
         assert needle.lower() in r.json()["detail"].lower(), r.json()["detail"]
         after = post(c, "steady").json()
         assert after["model_version"] == before["model_version"] and after["tags"] == before["tags"]
+
+
+def test_a_sentinel_with_its_own_password_over_tls(
+    bundles: dict[str, Path], tls_sentinel: tuple[int, int, str, str, Path], capfd: pytest.CaptureFixture[str]
+) -> None:
+    """`rediss+sentinel://:MASTER_PW@host:port/utpm/0?sentinel_password=...&ssl_ca_certs=...`: the service and
+    the batch writer find the master through a Sentinel that wants a password, over TLS to both, and no
+    password reaches the logs; a wrong Sentinel password leaves the cache unreachable, not the service."""
+    from batch.writer import RedisWriter
+
+    master_port, port, master_pw, sentinel_pw, ca = tls_sentinel
+    url = f"rediss+sentinel://:{master_pw}@127.0.0.1:{port}/utpm/0?sentinel_password={sentinel_pw}&ssl_ca_certs={ca}"
+    master = redis.Redis(host="127.0.0.1", port=master_port, password=master_pw, ssl=True, ssl_ca_certs=str(ca))
+    with TestClient(create_app(settings_for(bundles["a"], None, redis_url=url, log_level="DEBUG"))) as c:
+        assert c.get("/readyz").json()["cache"] == {"kind": "redis-sentinel", "reachable": True, "breaker": "closed"}
+        served = post(c, "tls-sentinel-user", k=3).json()
+        assert c.get("/profile/tls-sentinel-user").json()["cached"] is True
+        assert master.exists(f"utpm:profile:p2:{served['model_version']}:tls-sentinel-user")
+    writer = RedisWriter(url)
+    writer.write([("utpm:test:batch-tls-sentinel", b"v")], int(time.time() * 1000) + 60_000)
+    writer.close()
+    assert master.get("utpm:test:batch-tls-sentinel") == b"v"
+
+    wrong = url.replace(sentinel_pw, "not-the-sentinel-password")
+    with TestClient(create_app(settings_for(bundles["a"], None, redis_url=wrong))) as c:
+        assert post(c, "tls-sentinel-user-2").status_code == 200  # the model still answers
+        assert c.get("/profile/tls-sentinel-user").status_code == 503
+    out, err = capfd.readouterr()
+    assert "serving bundle" in err and master_pw not in out + err and sentinel_pw not in out + err
+    logging.getLogger("utpm").handlers.clear()

@@ -148,12 +148,14 @@ def test_invalid_settings_stop_the_start_up_in_one_line_naming_each_variable(
         "redis+sentinel://:s3cret@10.0.0.5:26379/utpm/x",  # db not a number
         "redis+sentinel://10.0.0.5/utpm",  # no port
         "redis+sentinel://10.0.0.5:26379",  # no master name
+        "redis+sentinel://10.0.0.5:26379/utpm?ssl_ca_certs=/ca.pem&sentinel_password=s3cret",  # TLS without rediss
+        "rediss+sentinel://10.0.0.5:26379/utpm?sentinel_pasword=s3cret",  # a misspelt parameter
     ],
 )
 def test_a_malformed_sentinel_url_is_an_invalid_setting_that_names_the_form(bundles: dict[str, Path], url: str) -> None:
     with pytest.raises(ValidationError) as e:
         Settings(bundle=bundles["a"], redis_url=url)
-    assert "redis+sentinel://" in str(e.value) and "s3cret" not in str(e.value)
+    assert "sentinel://" in str(e.value) and "s3cret" not in str(e.value)
 
 
 def test_sentinel_urls_parse_and_redact() -> None:
@@ -171,6 +173,19 @@ def test_sentinel_urls_parse_and_redact() -> None:
         redact_url("redis://:pw@h:6379/0") == "redis://:***@h:6379/0"
         and redact_url("redis://h:6379") == "redis://h:6379"
     )
+
+    # the Sentinels' own password and TLS: rediss+sentinel:// for both, the query for the rest
+    tls = "rediss+sentinel://:mpw@h:1/utpm/2?sentinel_password=s%26pw&ssl_ca_certs=/etc/ca.pem&ssl_cert_reqs=required"
+    target = parse_sentinel(tls)
+    assert (target.password, target.sentinel_auth) == ("mpw", {"password": "s&pw"}) and kind_of(tls) == "redis-sentinel"
+    assert target.tls == {"ssl": True, "ssl_ca_certs": "/etc/ca.pem", "ssl_cert_reqs": "required"}
+    assert parse_sentinel("redis+sentinel://h:1/m").tls == {} and parse_sentinel("rediss+sentinel://h:1/m").tls == {
+        "ssl": True
+    }
+    assert redact_url(tls) == (
+        "rediss+sentinel://:***@h:1/utpm/2?sentinel_password=***&ssl_ca_certs=/etc/ca.pem&ssl_cert_reqs=required"
+    )
+    assert redact_url("redis://h:6379/0?password=pw") == "redis://h:6379/0?password=***"
 
 
 def test_openapi_documents_every_error_as_problem_json(client_plain: TestClient) -> None:
