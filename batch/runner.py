@@ -17,7 +17,7 @@ from batch.rejects import RejectsFile
 from batch.writer import RedisWriter, WriteFailed
 from model_export.errors import BundleError
 from service.profile_record import iso_ms
-from service.redis_client import redact_url
+from service.redis_client import check_url, redact_url
 
 Engine = Literal["local", "ray"]
 ProgressFn = Callable[[int, int], None]  # (rows done, rows in the input)
@@ -60,6 +60,10 @@ def run_batch(
     t0 = time.perf_counter()
     _check(job, workers)
     version = bundle_version(job.bundle)
+    try:
+        check_url(job.redis_url)
+    except ValueError as e:
+        raise BatchError(f"--redis-url: {e}") from None
     writer = RedisWriter(job.redis_url, job.redis_timeout_ms)
     try:
         writer.check()

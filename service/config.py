@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.redis_client import SCHEMES, kind_of, parse_sentinel
+from service.redis_client import check_url
 
 ROLES = ("read", "write", "admin")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
@@ -205,11 +205,8 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, v: SecretStr | None) -> SecretStr | None:
-        # checked here so that a typo is an invalid setting, not a start-up traceback from redis-py
-        if v is not None and not v.get_secret_value().startswith(SCHEMES):
-            raise ValueError(f"the Redis URL must start with one of {', '.join(SCHEMES)}")
-        if v is not None and kind_of(v.get_secret_value()) == "redis-sentinel":
-            parse_sentinel(v.get_secret_value())  # its ValueError names what is wrong
+        if v is not None:
+            check_url(v.get_secret_value())  # its ValueError names what is wrong
         return v
 
     @field_validator("auth_keys")

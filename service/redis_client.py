@@ -41,6 +41,15 @@ class SentinelTarget:
     tls: dict[str, Any] = field(default_factory=dict)  # ssl=True and its files, for Sentinels and master
 
 
+def check_url(url: str) -> None:
+    """ValueError naming what is wrong with a Redis URL, without its secrets; None if it is usable (a typo is
+    then an invalid setting or option, not a traceback from redis-py at start-up)."""
+    if not url.startswith(SCHEMES):
+        raise ValueError(f"the Redis URL must start with one of {', '.join(SCHEMES)}")
+    if kind_of(url) == "redis-sentinel":
+        parse_sentinel(url)
+
+
 def kind_of(url: str) -> str:
     """ "redis-cluster", "redis-sentinel" or "redis" (what `/readyz` reports)."""
     if "+cluster://" in url:

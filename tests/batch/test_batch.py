@@ -233,9 +233,15 @@ def test_cli_reports_bad_input_in_one_line(population: Path, bundles: dict[str, 
         ([str(population), "--bundle", str(tmp_path), "--redis-url", dead], "not a bundle"),
         ([str(population), "--bundle", str(bundles["a"]), "--redis-url", dead], "cannot reach Redis at"),
         ([str(population), "--bundle", str(bundles["a"]), "--redis-url", dead, "--engine", "spark"], "--engine"),
+        ([str(population), "--bundle", str(bundles["a"]), "--redis-url", "localhost:6379"], "--redis-url: the Redis"),
+        (
+            [str(population), "--bundle", str(bundles["a"]), "--redis-url", "redis+sentinel://:s3cret@h:26379"],
+            "--redis-url: a Sentinel URL is",
+        ),
     ):
         r = subprocess.run(_cli(*args, "--out", str(tmp_path / "job")), capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert "s3cret" not in r.stderr
 
 
 def test_resume_refuses_another_jobs_checkpoint(
