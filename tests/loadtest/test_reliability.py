@@ -259,6 +259,69 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, s
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[int], str, Path]]:
+    """Three cluster nodes with TLS only, on the client port and the cluster bus, and one password (as a
+    managed cluster with encryption in transit has); yields (ports, password, CA file)."""
+    d = tmp_path_factory.mktemp("tls-cluster")
+    key, cert = _self_signed(d)
+    password = "c1uster-secret"
+    tls = ["--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", cert, "--tls-auth-clients", "no"]
+    nodes = []
+    for _ in range(3):
+        p, nd = cluster_port(), tmp_path_factory.mktemp("tls-node")
+        args = ["--port", "0", "--tls-port", str(p), *tls, "--tls-cluster", "yes", "--requirepass", password]
+        args += ["--masterauth", password, "--cluster-enabled", "yes", "--cluster-config-file", str(nd / "nodes.conf")]
+        nodes.append(Redis(p, nd, args).start())
+    ports = [n.port for n in nodes]
+    try:
+        client = redis.Redis(host="127.0.0.1", port=ports[0], password=password, ssl=True, ssl_ca_certs=cert)
+        _wait_for_tls(client, "the TLS cluster node")
+        create = ["redis-cli", "--tls", "--cacert", cert, "-a", password, "--no-auth-warning", "--cluster", "create"]
+        create += [*[f"127.0.0.1:{p}" for p in ports], "--cluster-replicas", "0", "--cluster-yes"]
+        subprocess.run(create, check=True, capture_output=True, timeout=30)
+        deadline = time.monotonic() + 10
+        while client.cluster("info").get("cluster_state") != "ok":
+            assert time.monotonic() < deadline, "the TLS cluster did not become ready"
+            time.sleep(0.1)
+        yield ports, password, Path(cert)
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def test_cache_and_batch_on_a_tls_cluster_with_a_password(
+    bundles: dict[str, Path], tls_cluster: tuple[list[int], str, Path], capfd: pytest.CaptureFixture[str]
+) -> None:
+    """`rediss+cluster://:PW@host:port/?ssl_ca_certs=...`: profiles, feedback scripts and the batch writer's
+    pipelines across the nodes of a TLS-only cluster; the password never reaches the logs or /readyz."""
+    from batch.writer import RedisWriter
+
+    ports, password, ca = tls_cluster
+    url = f"rediss+cluster://:{password}@127.0.0.1:{ports[0]}/?ssl_ca_certs={ca}"
+    with TestClient(create_app(settings_for(bundles["a"], None, redis_url=url, log_level="DEBUG"))) as c:
+        ready = c.get("/readyz")
+        assert ready.json()["cache"] == {"kind": "redis-cluster", "reachable": True, "breaker": "closed"}
+        assert password not in ready.text
+        events = []
+        for i in range(12):
+            served = post(c, f"tls-cluster-user-{i}", k=3).json()
+            events.append({"user_id": f"tls-cluster-user-{i}", "k": 3, "items": [{"tags": [served["tags"][0]["tag"]]}]})
+        for i in range(12):
+            assert c.get(f"/profile/tls-cluster-user-{i}").json()["cached"] is True
+        assert c.post("/feedback", json={"events": events}).json()["counted"] == 12
+    writer = RedisWriter(url)
+    writer.write([(f"utpm:test:tls-cluster-{i}", b"v") for i in range(20)], int(time.time() * 1000) + 60_000)
+    writer.close()
+    nodes = [redis.Redis(host="127.0.0.1", port=p, password=password, ssl=True, ssl_ca_certs=str(ca)) for p in ports]
+    sizes = [len(list(n.scan_iter("utpm:profile:*:tls-cluster-user-*"))) for n in nodes]
+    assert sum(sizes) == 12 and sum(1 for x in sizes if x) >= 2, sizes  # spread over the nodes
+    assert sum(len(list(n.scan_iter("utpm:test:tls-cluster-*"))) for n in nodes) == 20
+    out, err = capfd.readouterr()
+    assert "serving bundle" in err and password not in out + err
+    logging.getLogger("utpm").handlers.clear()
+
+
 @pytest.fixture()
 def tls_sentinel(tmp_path: Path) -> Iterator[tuple[int, int, str, str, Path]]:
     """A master and a Sentinel, each with a password of its own and TLS only (the Sentinel watches the master
