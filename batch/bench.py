@@ -10,10 +10,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from batch.job import BatchError, BatchJob
+from batch.job import BatchError, BatchJob, check_redis_url
 from batch.runner import run_batch
 from batch.sources import JsonlSource, open_source
-from service.redis_client import check_url, redact_url, sync_client
+from service.redis_client import redact_url, sync_client
 
 # Sizing assumptions (stated in the output): a worker node's vCPUs, of which one is left to the
 # OS, the Ray raylet and the Redis client; a Redis shard's memory budget; the population.
@@ -124,10 +124,7 @@ def bench_batch(
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run each (engine, workers) over the same population into a flushed Redis; JSON-able results."""
-    try:
-        check_url(redis_url)
-    except ValueError as e:
-        raise BatchError(f"--redis-url: {e}") from None
+    check_redis_url(redis_url)
     out.mkdir(parents=True, exist_ok=True)
     population = _population(source, out, users, say)
     client = sync_client(redis_url, 5.0)

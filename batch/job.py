@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from batch.sources import Source
+from service.redis_client import check_url
 
 # Two days: a population refreshed daily keeps a profile through one missed refresh.
 DEFAULT_TTL_MS = 2 * 24 * 3600 * 1000
@@ -18,6 +19,14 @@ DEFAULT_CHUNK_USERS = 1000
 
 class BatchError(Exception):
     """A job that cannot run as asked (bad input, unreachable Redis, mismatched checkpoint): the message says why."""
+
+
+def check_redis_url(url: str) -> None:
+    """BatchError naming `--redis-url` and what is wrong with it (never its password)."""
+    try:
+        check_url(url)
+    except ValueError as e:
+        raise BatchError(f"--redis-url: {e}") from None
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,12 @@ from typing import Literal
 
 from batch.checkpoint import Checkpoint
 from batch.engine import ChunkResult
-from batch.job import BatchError, BatchJob, Summary
+from batch.job import BatchError, BatchJob, Summary, check_redis_url
 from batch.rejects import RejectsFile
 from batch.writer import RedisWriter, WriteFailed
 from model_export.errors import BundleError
 from service.profile_record import iso_ms
-from service.redis_client import check_url, redact_url
+from service.redis_client import redact_url
 
 Engine = Literal["local", "ray"]
 ProgressFn = Callable[[int, int], None]  # (rows done, rows in the input)
@@ -60,10 +60,7 @@ def run_batch(
     t0 = time.perf_counter()
     _check(job, workers)
     version = bundle_version(job.bundle)
-    try:
-        check_url(job.redis_url)
-    except ValueError as e:
-        raise BatchError(f"--redis-url: {e}") from None
+    check_redis_url(job.redis_url)
     writer = RedisWriter(job.redis_url, job.redis_timeout_ms)
     try:
         writer.check()

@@ -221,14 +221,16 @@ def test_service_and_batch_follow_the_master_through_a_sentinel_failover(
         assert redis.Redis(port=replica.port).exists(f"utpm:profile:p2:{served['model_version']}:after-failover")
 
 
-def _self_signed(d: Path) -> tuple[str, str]:
-    """(key, certificate) for 127.0.0.1; the certificate is its own CA."""
+def _tls_options(d: Path) -> tuple[str, list[str]]:
+    """A self-signed certificate for 127.0.0.1 (its own CA) and the redis-server options that serve it
+    without asking clients for certificates: (certificate file, options)."""
     key, cert = str(d / "key.pem"), str(d / "cert.pem")
     openssl = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "1"]
     subprocess.run(
         [*openssl, "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True
     )
-    return key, cert
+    options = ["--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", cert, "--tls-auth-clients", "no"]
+    return cert, options
 
 
 def _wait_for_tls(client: redis.Redis, what: str) -> None:
@@ -246,9 +248,8 @@ def _wait_for_tls(client: redis.Redis, what: str) -> None:
 def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str, Path]]:
     """redis-server with a password and TLS only (no plain port); yields (port, password, CA file)."""
     d = tmp_path_factory.mktemp("tls")
-    key, cert = _self_signed(d)
+    cert, tls = _tls_options(d)
     port, password = free_port(), "pa55-w0rd-secret"
-    tls = ["--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", cert, "--tls-auth-clients", "no"]
     server = Redis(port, d, ["--port", "0", "--tls-port", str(port), *tls, "--requirepass", password]).start()
     try:
         _wait_for_tls(
@@ -264,9 +265,8 @@ def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list
     """Three cluster nodes with TLS only, on the client port and the cluster bus, and one password (as a
     managed cluster with encryption in transit has); yields (ports, password, CA file)."""
     d = tmp_path_factory.mktemp("tls-cluster")
-    key, cert = _self_signed(d)
+    cert, tls = _tls_options(d)
     password = "c1uster-secret"
-    tls = ["--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", cert, "--tls-auth-clients", "no"]
     nodes = []
     for _ in range(3):
         p, nd = cluster_port(), tmp_path_factory.mktemp("tls-node")
@@ -329,10 +329,9 @@ def tls_sentinel(tmp_path: Path) -> Iterator[tuple[int, int, str, str, Path]]:
     password, CA file)."""
     from mirakuru import TCPExecutor
 
-    key, cert = _self_signed(tmp_path)
-    tls = f"tls-cert-file {cert}\ntls-key-file {key}\ntls-ca-cert-file {cert}\ntls-auth-clients no\n"
+    cert, tls_args = _tls_options(tmp_path)
+    tls = "".join(f"{name[2:]} {value}\n" for name, value in zip(tls_args[::2], tls_args[1::2], strict=True))
     master_port, master_pw, sentinel_pw = free_port(), "m4ster-secret", "s3ntinel-secret"
-    tls_args = ["--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", cert, "--tls-auth-clients", "no"]
     args = ["--port", "0", "--tls-port", str(master_port), *tls_args, "--requirepass", master_pw]
     master = Redis(master_port, tmp_path, args).start()
     port = free_port()
