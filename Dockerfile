@@ -26,6 +26,7 @@ COPY service ./service
 COPY index ./index
 COPY model_export ./model_export
 COPY utpm/__init__.py ./utpm/__init__.py
+COPY utpm/ranking.py ./utpm/ranking.py
 COPY utpm/features ./utpm/features
 # Optional baked-in bundle (empty by default: mount one at /bundle instead).
 ARG BUNDLE

@@ -4,6 +4,10 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The CPU image's packages, installed from its lock as the Dockerfile does: tests/service/test_image.py
+# runs the image's code and command on them (no Docker engine on the development machines).
+IMAGE_VENV ?= .venv-image
+IMAGE_STAMP := $(IMAGE_VENV)/.installed
 DEMO_DIR ?= artifacts/demo
 
 .PHONY: demo test lint typecheck install system-deps clean
@@ -20,6 +24,11 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 install: $(STAMP)
+
+$(IMAGE_STAMP): requirements/serve.lock
+	rm -rf $(IMAGE_VENV) && $(PY) -m venv $(IMAGE_VENV)
+	$(IMAGE_VENV)/bin/pip install --quiet --no-cache-dir --require-hashes -r requirements/serve.lock
+	touch $(IMAGE_STAMP)
 
 # Tests talk to a real redis-server (and redis-cli for the cluster test), generate a TLS
 # certificate with openssl, and the smoke load run cross-checks with wrk: Debian packages,
@@ -48,11 +57,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: $(STAMP) system-deps lint typecheck
-	$(BIN)/pytest -q
+test: $(STAMP) $(IMAGE_STAMP) system-deps lint typecheck
+	UTPM_IMAGE_PYTHON=$(IMAGE_VENV)/bin/python $(BIN)/pytest -q
 
 demo: $(STAMP)
 	$(BIN)/utpm demo --out $(DEMO_DIR)
 
 clean:
-	rm -rf $(VENV) artifacts .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(IMAGE_VENV) artifacts .pytest_cache .mypy_cache .ruff_cache

@@ -15,16 +15,11 @@ from fastapi.testclient import TestClient
 
 from service.config import RETIRED, Settings
 from service.main import create_app
+from tests.service.image import stages
 from tests.serving import settings_for
 
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = {f"UTPM_{name.upper()}" for name in Settings.model_fields}
-
-
-def _stages(dockerfile: str) -> dict[str, str]:
-    """Dockerfile stage name -> its text (FROM line included)."""
-    parts = re.split(r"^(?=FROM )", dockerfile, flags=re.M)[1:]
-    return {re.match(r"FROM \S+ AS (\S+)", p).group(1): p for p in parts}  # type: ignore[union-attr]
 
 
 def _requirement_names(specs: list[str]) -> set[str]:
@@ -40,7 +35,7 @@ def test_compose_starts_the_service_with_redis_and_consistent_settings() -> None
     services = compose["services"]
     assert {"utpm", "redis", "prometheus", "grafana"} <= set(services)
     utpm = services["utpm"]
-    assert utpm["build"]["target"] in _stages((REPO / "Dockerfile").read_text())
+    assert utpm["build"]["target"] in stages((REPO / "Dockerfile").read_text())
     assert "8000:8000" in utpm["ports"]
     env = utpm["environment"]
     assert set(env) <= SETTINGS, set(env) - SETTINGS
@@ -58,13 +53,13 @@ def test_compose_starts_the_service_with_redis_and_consistent_settings() -> None
 
 def test_dockerfile_targets_ship_only_the_serving_code_from_the_locks() -> None:
     dockerfile = (REPO / "Dockerfile").read_text()
-    stages = _stages(dockerfile)
-    assert list(stages)[-1] == "serve"  # the default target is the CPU image
-    assert stages["serve-gpu"].startswith("FROM nvidia/cuda:") and "cudnn" in stages["serve-gpu"].split()[1]
+    by_name = stages(dockerfile)
+    assert list(by_name)[-1] == "serve"  # the default target is the CPU image
+    assert by_name["serve-gpu"].startswith("FROM nvidia/cuda:") and "cudnn" in by_name["serve-gpu"].split()[1]
     for target, lock in (("serve", "requirements/serve.lock"), ("serve-gpu", "requirements/serve-gpu.lock")):
-        text = stages[target] if target == "serve-gpu" else stages["deps"]
+        text = by_name[target] if target == "serve-gpu" else by_name["deps"]
         assert f"COPY {lock}" in text and "--require-hashes" in text, target
-        runtime = stages[target]
+        runtime = by_name[target]
         users = [line.split()[1] for line in runtime.splitlines() if line.startswith("USER ")]
         assert users and users[-1] not in ("root", "0"), target
         assert "HEALTHCHECK" in runtime and "/healthz" in runtime, target
@@ -73,7 +68,7 @@ def test_dockerfile_targets_ship_only_the_serving_code_from_the_locks() -> None:
         assert not path.startswith(("loadtest", "utpm_cli", "pipeline", "batch", "tests", "utpm/training")), path
         assert not path.startswith(("utpm/models", "utpm/evaluation", "artifacts", "data")), path
         assert path.startswith("${BUNDLE") or (REPO / path).exists(), path
-    assert "UTPM_DEVICE=cpu" in stages["serve"] and "UTPM_DEVICE=auto" in stages["serve-gpu"]
+    assert "UTPM_DEVICE=cpu" in by_name["serve"] and "UTPM_DEVICE=auto" in by_name["serve-gpu"]
 
 
 def test_dockerignore_keeps_artifacts_and_runs_out_of_the_context() -> None:

@@ -1,0 +1,148 @@
+"""The serving images' code, checks and command, run without a Docker engine (none runs here).
+
+For each Dockerfile target: the files its COPY lines take from the build context (filtered by
+.dockerignore) are laid out in a folder; the RUN lines' `python -c` checks and the CMD then run
+there with the stage's ENV, an interpreter that sees only that folder and the dependencies, and a
+real bundle and redis-server; the HEALTHCHECK command must pass against it. `make test` points
+UTPM_IMAGE_PYTHON at a venv installed from requirements/serve.lock with --require-hashes, as the
+CPU image's is; without it the dependencies are the dev venv's (the code is still only the image's).
+The serve-gpu target runs on those CPU packages: its code, settings and commands, not its CUDA wheels.
+"""
+
+from __future__ import annotations
+
+import os
+import site
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from mirakuru import HTTPExecutor
+
+from tests.conftest import RedisServer, free_port
+from tests.service.image import (
+    REPO,
+    DockerIgnore,
+    cmd_of,
+    copy_stage,
+    env_of,
+    healthcheck_of,
+    python_checks,
+    stages,
+)
+from tests.serving import USER
+
+STAGES = stages((REPO / "Dockerfile").read_text())
+
+
+@pytest.fixture(scope="module")
+def image_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The image venv's python (UTPM_IMAGE_PYTHON), or a venv that sees the dev venv's packages
+    through a path entry: the project's own editable install is not on it (its .pth is not read)."""
+    given = os.environ.get("UTPM_IMAGE_PYTHON")
+    if given:
+        return Path(given).absolute()
+    venv = tmp_path_factory.mktemp("image-venv")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    (purelib,) = {p for p in site.getsitepackages() if p.endswith("site-packages")}
+    (own,) = (venv / "lib").glob("python*/site-packages")
+    (own / "dev-dependencies.pth").write_text(purelib + "\n")
+    return venv / "bin" / "python"
+
+
+@pytest.fixture(scope="module")
+def app_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """/app of both targets: each copies the `code` stage's /app."""
+    app = tmp_path_factory.mktemp("image") / "app"
+    copied = copy_stage(STAGES["code"], app)
+    assert "service/main.py" in copied and not any(f.startswith(("loadtest/", "utpm/training/")) for f in copied)
+    return app
+
+
+def _image_env(stage: str, app: Path, bundle: Path, python: Path, **extra: str) -> dict[str, str]:
+    """The stage's ENV with its /app and /bundle at the test's folders, the interpreter first on PATH."""
+    env = {k: v.replace("/app", str(app)).replace("/bundle", str(bundle)) for k, v in env_of(stage).items()}
+    env["PATH"] = f"{python.parent}{os.pathsep}{os.environ['PATH']}"
+    return {**env, **extra}
+
+
+def _command(words: list[str], python: Path, port: int | None = None) -> list[str]:
+    """A Dockerfile command for this interpreter: `python` is it, a console script its `-m` form;
+    the container's port 8000 (in flags and URLs) the test's, its 0.0.0.0 the loopback."""
+    head = [str(python)] if words[0] == "python" else [str(python), "-m", words[0]]
+    rest = words[1:]
+    if port is not None:
+        rest = [str(port) if w == "8000" else w.replace("127.0.0.1:8000", f"127.0.0.1:{port}") for w in rest]
+        rest = ["127.0.0.1" if w == "0.0.0.0" else w for w in rest]
+    return head + rest
+
+
+def test_dockerignore_rules_follow_docker() -> None:
+    ignore = DockerIgnore.read(REPO / ".dockerignore")
+    assert ignore.excludes("loadtest/serve.py") and ignore.excludes("utpm/training/history.py")
+    assert not ignore.excludes("service/main.py") and not ignore.excludes("utpm/features/history.py")
+    assert ignore.excludes("service/__pycache__/main.cpython-311.pyc")
+    assert ignore.excludes("artifacts/demo/bundle/manifest.json") and ignore.excludes(".venv/bin/python")
+
+
+@pytest.mark.parametrize("target", ["serve", "serve-gpu"])
+def test_the_image_checks_and_serves_from_only_what_it_copies(
+    target: str, image_python: Path, app_tree: Path, hist_bundle: Path, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    app = app_tree
+    stage = STAGES[target]
+    # the build's own checks (no torch, no pandas; the history kernel compiled into NUMBA_CACHE_DIR)
+    env = _image_env(stage, app, hist_bundle, image_python)
+    workdir = tmp_path / "root"  # the runtime stages set no WORKDIR: the code is found through PYTHONPATH
+    workdir.mkdir()
+    for check in python_checks(stage):
+        done = subprocess.run(_command(check, image_python), cwd=workdir, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, f"{target}: RUN {' '.join(check)}\n{done.stderr[-3000:]}"
+    assert any((app / ".numba").iterdir()), "the history kernel was not cached at build time"
+
+    port = free_port()
+    cmd = _command(cmd_of(stage), image_python, port)
+    env = _image_env(stage, app, hist_bundle, image_python, UTPM_REDIS_URL=redis_server.url, UTPM_FLEET_SYNC="false")
+    with _serving(cmd, port, env, workdir) as base:
+        health = subprocess.run(_command(healthcheck_of(stage), image_python, port), env=env, cwd=workdir)
+        assert health.returncode == 0, f"{target}: HEALTHCHECK failed"
+        ready = httpx.get(f"{base}/readyz").json()
+        assert ready["status"] == "ready" and ready["model"] == "utpm-hist", ready
+        assert ready["device"]["execution_provider"] == "CPUExecutionProvider", ready
+        user = f"image-{target}"
+        r = httpx.post(f"{base}/profile", json={"user_id": user, "features": USER, "k": 5})
+        assert r.status_code == 200 and len(r.json()["tags"]) == 5, r.text
+        cached = httpx.get(f"{base}/profile/{user}")
+        assert cached.status_code == 200 and cached.json()["cached"] is True, cached.text
+
+
+class _serving:
+    """The image's CMD supervised by mirakuru until /healthz answers; its log is shown on failure."""
+
+    def __init__(self, cmd: list[str], port: int, env: dict[str, str], cwd: Path) -> None:
+        self.log = cwd / "server.log"
+        self.executor = HTTPExecutor(
+            cmd,
+            url=f"http://127.0.0.1:{port}/healthz",
+            status=200,
+            method="GET",
+            timeout=120,
+            cwd=str(cwd),
+            envvars=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        self.base = f"http://127.0.0.1:{port}"
+
+    def __enter__(self) -> str:
+        try:
+            self.executor.start()
+        except Exception as e:
+            raise AssertionError(f"the image's CMD did not serve: {e}\n{self.log.read_text()[-3000:]}") from None
+        return self.base
+
+    def __exit__(self, *exc: object) -> None:
+        self.executor.stop()
