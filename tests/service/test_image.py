@@ -116,6 +116,9 @@ def test_the_image_checks_and_serves_from_only_what_it_copies(
         assert r.status_code == 200 and len(r.json()["tags"]) == 5, r.text
         cached = httpx.get(f"{base}/profile/{user}")
         assert cached.status_code == 200 and cached.json()["cached"] is True, cached.text
+        explorer = httpx.get(f"{base}/explorer/")  # the page's static files, from the image's tree
+        assert explorer.status_code == 200 and "<html" in explorer.text.lower(), explorer.status_code
+        assert "utpm_request_seconds" in httpx.get(f"{base}/metrics").text
 
 
 class _serving:
