@@ -11,7 +11,9 @@ The serve-gpu target runs on those CPU packages: its code, settings and commands
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import site
 import subprocess
 import sys
@@ -20,6 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 from mirakuru import HTTPExecutor
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from tests.conftest import RedisServer, free_port
 from tests.service.image import (
@@ -35,6 +39,7 @@ from tests.service.image import (
 from tests.serving import USER
 
 STAGES = stages((REPO / "Dockerfile").read_text())
+LOCK = "requirements/serve.lock"
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +82,36 @@ def _command(words: list[str], python: Path, port: int | None = None) -> list[st
         rest = [str(port) if w == "8000" else w.replace("127.0.0.1:8000", f"127.0.0.1:{port}") for w in rest]
         rest = ["127.0.0.1" if w == "0.0.0.0" else w for w in rest]
     return head + rest
+
+
+_REQUIRES = """
+import importlib.metadata as m, json
+print(json.dumps({d.metadata["Name"]: d.requires or [] for d in m.distributions()}))
+"""
+
+
+def test_the_cpu_lock_holds_what_every_python_3_11_release_needs(image_python: Path) -> None:
+    """The lock's packages' own requirements, for CPython 3.11.0 to 3.11.14 (their markers; extras
+    aside): each is pinned. pip-compile pins only what its own interpreter needs, and redis needs
+    async-timeout before 3.11.3, Debian 12's python3 being 3.11.2 (docs/serving.md, "Docker")."""
+    pinned = {name.lower() for name in re.findall(r"^([A-Za-z0-9_.-]+)==", (REPO / LOCK).read_text(), re.M)}
+    listed = subprocess.run([str(image_python), "-c", _REQUIRES], capture_output=True, text=True, check=True).stdout
+    requires = {name.lower().replace("_", "-"): reqs for name, reqs in json.loads(listed).items()}
+    installed = pinned & set(requires)  # the dev venv's fallback may lack a pin its Python does not need
+    assert {"redis", "fastapi", "onnxruntime"} <= installed, installed
+    missing: set[str] = set()
+    for name in installed:
+        for line in requires[name]:
+            req = Requirement(line)
+            if req.marker is not None and "extra" in str(req.marker):
+                continue
+            for patch in range(15):
+                env = {"python_full_version": f"3.11.{patch}", "python_version": "3.11", "extra": ""}
+                if req.marker is None or req.marker.evaluate(env):
+                    if canonicalize_name(req.name) not in pinned:
+                        missing.add(f"{req.name} (for {name} on 3.11.{patch})")
+                    break
+    assert not missing, f"{LOCK} lacks {sorted(missing)}"
 
 
 def test_dockerignore_rules_follow_docker() -> None:
