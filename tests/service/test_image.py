@@ -7,16 +7,19 @@ real bundle and redis-server; the HEALTHCHECK command must pass against it. `mak
 UTPM_IMAGE_PYTHON at a venv installed from requirements/serve.lock with --require-hashes, as the
 CPU image's is; without it the dependencies are the dev venv's (the code is still only the image's).
 The serve-gpu target runs on those CPU packages: its code, settings and commands, not its CUDA wheels.
+The lock itself must hold what its packages need on every CPython 3.11 release.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import site
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -156,12 +159,12 @@ def test_the_image_checks_and_serves_from_only_what_it_copies(
         assert "utpm_request_seconds" in httpx.get(f"{base}/metrics").text
 
 
-class _serving:
+@contextlib.contextmanager
+def _serving(cmd: list[str], port: int, env: dict[str, str], cwd: Path) -> Iterator[str]:
     """The image's CMD supervised by mirakuru until /healthz answers; its log is shown on failure."""
-
-    def __init__(self, cmd: list[str], port: int, env: dict[str, str], cwd: Path) -> None:
-        self.log = cwd / "server.log"
-        self.executor = HTTPExecutor(
+    log = cwd / "server.log"
+    with log.open("w") as out:
+        executor = HTTPExecutor(
             cmd,
             url=f"http://127.0.0.1:{port}/healthz",
             status=200,
@@ -170,17 +173,14 @@ class _serving:
             cwd=str(cwd),
             envvars=env,
             stdin=subprocess.DEVNULL,
-            stdout=self.log.open("w"),
+            stdout=out,
             stderr=subprocess.STDOUT,
         )
-        self.base = f"http://127.0.0.1:{port}"
-
-    def __enter__(self) -> str:
         try:
-            self.executor.start()
+            executor.start()
         except Exception as e:
-            raise AssertionError(f"the image's CMD did not serve: {e}\n{self.log.read_text()[-3000:]}") from None
-        return self.base
-
-    def __exit__(self, *exc: object) -> None:
-        self.executor.stop()
+            raise AssertionError(f"the image's CMD did not serve: {e}\n{log.read_text()[-3000:]}") from None
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            executor.stop()
