@@ -3,6 +3,8 @@ and the checks that several commands share, failing that way."""
 
 from __future__ import annotations
 
+import re
+from importlib import metadata
 from pathlib import Path
 from typing import NoReturn
 
@@ -12,6 +14,30 @@ import typer
 def fail(message: str) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
+
+
+def missing_extra(error: ModuleNotFoundError) -> str | None:
+    """The one-line error for a module that one of utpm's extras installs (`pandas` -> the `train`
+    extra), read from the installed package's own requirements; None for any other missing module."""
+    name = (error.name or "").partition(".")[0]
+    try:
+        requires = metadata.requires("utpm") or []
+    except metadata.PackageNotFoundError:
+        return None
+
+    def canonical(dist: str) -> str:
+        return re.sub(r"[-_.]+", "-", dist).lower()
+
+    extras = set()
+    for line in requires:
+        dist = re.match(r"[A-Za-z0-9._-]+", line)
+        extra = re.search(r"extra\s*==\s*[\"']([^\"']+)[\"']", line)
+        if dist and extra and canonical(dist.group(0)) == canonical(name):
+            extras.add(extra.group(1))
+    if not extras:
+        return None
+    options = " or ".join(f"pip install 'utpm[{e}]'" for e in sorted(extras))
+    return f"this command needs {name}, which is not installed: {options}"
 
 
 def positive_ints(text: str, option: str) -> tuple[int, ...]:

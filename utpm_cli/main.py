@@ -22,7 +22,7 @@ from utpm_cli.bench import (
     bench_speed_cmd,
     bench_tune_cmd,
 )
-from utpm_cli.errors import fail, positive_ints, require_bundle
+from utpm_cli.errors import fail, missing_extra, positive_ints, require_bundle
 from utpm_cli.export import bench_model_cmd, export_cmd
 from utpm_cli.index import bench_index_cmd, index_build_cmd
 from utpm_cli.model import bench_start_cmd, evaluate_run, parse_variants, prepare_amazon_cmd, train_default
@@ -65,7 +65,7 @@ bench_app.command("start")(bench_start_cmd)
 
 
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+def global_options(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         stream=sys.stderr,
@@ -477,5 +477,18 @@ def demo_cmd(
     serve_cmd(bundle_dir, host="127.0.0.1", port=port, redis_url=None)
 
 
+def main() -> None:
+    """The `utpm` command. A serving install lacks the extras of training, batch and load tests: a
+    command that needs one of their modules says which extra to install, in one line."""
+    try:
+        app()
+    except ModuleNotFoundError as e:
+        message = missing_extra(e)
+        if message is None:
+            raise
+        typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+        raise SystemExit(2) from None
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -25,14 +25,16 @@ import json
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
 
 from utpm.data.errors import DataError
-from utpm.data.protocol import ProtocolSplit
 from utpm_cli.errors import fail
+
+if TYPE_CHECKING:  # pandas: `utpm serve` runs on a serving install, without the train extra
+    from utpm.data.protocol import ProtocolSplit
 
 SERVED = "served"  # the served lists' row among the yardsticks'
 AGAINST = "against"  # --against: the other bundle's lists for the same requests

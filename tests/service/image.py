@@ -8,6 +8,7 @@ import json
 import re
 import shlex
 import shutil
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,3 +144,14 @@ def cmd_of(stage: str) -> list[str]:
 def healthcheck_of(stage: str) -> list[str]:
     (args,) = [args for op, args in instructions(stage) if op == "HEALTHCHECK"]
     return shlex.split(args.split(" CMD ", 1)[1])
+
+
+def tracked_copy(dest: Path, repo: Path = REPO) -> Path:
+    """The repository's tracked files, as a clean checkout has them, copied to `dest`: a build from
+    it cannot pick up a stale build/ folder or untracked files of the working tree."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=repo, capture_output=True, text=True, check=True).stdout.split()
+    for rel in tracked:
+        if (repo / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(repo / rel, dest / rel)
+    return dest

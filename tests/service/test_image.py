@@ -16,9 +16,7 @@ import contextlib
 import json
 import os
 import re
-import site
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,21 +41,6 @@ from tests.serving import USER
 
 STAGES = stages((REPO / "Dockerfile").read_text())
 LOCK = "requirements/serve.lock"
-
-
-@pytest.fixture(scope="module")
-def image_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The image venv's python (UTPM_IMAGE_PYTHON), or a venv that sees the dev venv's packages
-    through a path entry: the project's own editable install is not on it (its .pth is not read)."""
-    given = os.environ.get("UTPM_IMAGE_PYTHON")
-    if given:
-        return Path(given).absolute()
-    venv = tmp_path_factory.mktemp("image-venv")
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    (purelib,) = {p for p in site.getsitepackages() if p.endswith("site-packages")}
-    (own,) = (venv / "lib").glob("python*/site-packages")
-    (own / "dev-dependencies.pth").write_text(purelib + "\n")
-    return venv / "bin" / "python"
 
 
 @pytest.fixture(scope="module")
