@@ -3,9 +3,11 @@ the build context and the Grafana dashboard agree with the code and its settings
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import subprocess
+import sys
 import tomllib
 import zipfile
 from collections.abc import Iterator
@@ -144,3 +146,34 @@ def test_the_wheel_ships_the_files_the_code_opens(utpm_wheel: Path) -> None:
     assert wanted, "no data files found: the test would prove nothing"
     shipped = set(zipfile.ZipFile(utpm_wheel).namelist())
     assert wanted <= shipped, wanted - shipped
+
+
+# Imported modules whose distribution has another name, and modules a declared package always brings.
+DIST_OF_MODULE = {"faiss": "faiss-cpu", "yaml": "pyyaml", "opentelemetry": "opentelemetry-sdk"}
+BROUGHT_BY = {"pydantic": "fastapi", "starlette": "fastapi", "uvloop": "uvicorn"}
+
+
+def test_every_third_party_module_the_packages_import_is_declared() -> None:
+    """Each module the packages import is pyproject's (base or an extra), so that a missing one gets
+    the one-line `pip install 'utpm[EXTRA]'` error (utpm_cli.errors.missing_extra), not a traceback."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    extras = project["project"]["optional-dependencies"].values()
+    declared = _requirement_names([*project["project"]["dependencies"], *(r for extra in extras for r in extra)])
+    packages = [p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]]
+    undeclared: dict[str, str] = {}
+    for package in packages:
+        for path in sorted((REPO / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                for top in {n.partition(".")[0] for n in names}:
+                    if top in sys.stdlib_module_names or top in packages or top == "__future__":
+                        continue
+                    dist = DIST_OF_MODULE.get(top, top).lower().replace("_", "-")
+                    if dist not in declared and BROUGHT_BY.get(top) not in declared:
+                        undeclared.setdefault(top, path.relative_to(REPO).as_posix())
+    assert not undeclared, f"imported but not in pyproject (module: first file): {undeclared}"
