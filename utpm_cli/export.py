@@ -44,12 +44,9 @@ def export_cmd(
 
     Fails, writing nothing, unless ONNX Runtime matches PyTorch on held-out users (max |du| <= 1e-4, same top-50: 99%).
     """
+    from model_export.onnx_export import export_bundle  # torch: a missing extra is named by utpm_cli.main.main
     from utpm.data.errors import DataError
 
-    try:
-        from model_export.onnx_export import export_bundle
-    except ImportError as e:
-        fail(f"export needs the `train` extra (torch, onnx): {e}")
     variants = [v for v, wanted in (("fp16", fp16), ("int8", int8)) if wanted]
     t0 = time.perf_counter()
     try:
@@ -119,8 +116,6 @@ def bench_model_cmd(
             report = bench_preset(preset, batches=batches, iters=iters, threads=threads)
     except (BundleError, ExportError, ValueError, FileNotFoundError) as e:
         fail(str(e))
-    except ImportError as e:
-        fail(f"the PyTorch side needs the `train` extra: {e}")
     if json_out:
         typer.echo(json.dumps(report, indent=2))
     else:

@@ -66,10 +66,13 @@ def test_a_serving_install_serves_and_names_the_extra_a_command_needs(
         r = httpx.post(f"http://127.0.0.1:{port}/profile", json={"user_id": "install", "features": USER, "k": 3})
         assert r.status_code == 200 and len(r.json()["tags"]) == 3, r.text
 
-    # data preparation needs pandas, which the train extra installs
-    prepare = [str(utpm_command), "prepare", "movielens", str(REPO / "data" / "movielens-small"), str(tmp_path / "ml")]
-    done = subprocess.run(prepare, capture_output=True, text=True)
-    assert done.returncode == 2, done.stdout + done.stderr
-    assert done.stderr.strip().splitlines() == [
-        "error: this command needs pandas, which is not installed: pip install 'utpm[train]'"
-    ], done.stderr
+    # data preparation needs pandas, export torch: both come with the train extra
+    for command, module in (
+        (["prepare", "movielens", str(REPO / "data" / "movielens-small"), "ml"], "pandas"),
+        (["export", "run", "--out", "bundle-out"], "torch"),
+    ):
+        done = subprocess.run([str(utpm_command), *command], capture_output=True, text=True, cwd=tmp_path)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert done.stderr.strip().splitlines() == [
+            f"error: this command needs {module}, which is not installed: pip install 'utpm[train]'"
+        ], done.stderr
