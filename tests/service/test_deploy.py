@@ -19,10 +19,9 @@ from fastapi.testclient import TestClient
 
 from service.config import RETIRED, Settings
 from service.main import create_app
-from tests.service.image import stages
+from tests.service.image import REPO, stages
 from tests.serving import settings_for
 
-REPO = Path(__file__).resolve().parents[2]
 SETTINGS = {f"UTPM_{name.upper()}" for name in Settings.model_fields}
 
 
