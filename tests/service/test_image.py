@@ -123,6 +123,9 @@ def test_the_image_checks_and_serves_from_only_what_it_copies(
         assert done.returncode == 0, f"{target}: RUN {' '.join(check)}\n{done.stderr[-3000:]}"
     assert any((app / ".numba").iterdir()), "the history kernel was not cached at build time"
 
+    # what the service may not write at run time: the image's code (root's; the kernel cache included,
+    # so that a container starts without compiling) and the bundle (mounted read-only)
+    before = _files(app), _files(hist_bundle)
     port = free_port()
     cmd = _command(cmd_of(stage), image_python, port)
     env = _image_env(stage, app, hist_bundle, image_python, UTPM_REDIS_URL=redis_server.url, UTPM_FLEET_SYNC="false")
@@ -140,6 +143,17 @@ def test_the_image_checks_and_serves_from_only_what_it_copies(
         explorer = httpx.get(f"{base}/explorer/")  # the page's static files, from the image's tree
         assert explorer.status_code == 200 and "<html" in explorer.text.lower(), explorer.status_code
         assert "utpm_request_seconds" in httpx.get(f"{base}/metrics").text
+    assert (_files(app), _files(hist_bundle)) == before, "the service wrote into its code or its bundle"
+
+
+def _files(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `root` but Python's bytecode caches (skipped where they cannot be written):
+    its size and modification time."""
+    return {
+        p.relative_to(root).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in root.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
 
 
 @contextlib.contextmanager
