@@ -3,7 +3,9 @@
 For each Dockerfile target: the files its COPY lines take from the build context (filtered by
 .dockerignore) are laid out in a folder; the RUN lines' `python -c` checks and the CMD then run
 there with the stage's ENV, an interpreter that sees only that folder and the dependencies, and a
-real bundle and redis-server; the HEALTHCHECK command must pass against it. `make test` points
+real bundle and redis-server (the serve target with docker-compose.yml's environment for its
+service, fleet sync off as in every test sharing the redis-server); the HEALTHCHECK command must
+pass against it. `make test` points
 UTPM_IMAGE_PYTHON at a venv installed from requirements/serve.lock with --require-hashes, as the
 CPU image's is; without it the dependencies are the dev venv's (the code is still only the image's).
 The serve-gpu target runs on those CPU packages: its code, settings and commands, not its CUDA wheels.
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from mirakuru import HTTPExecutor
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -57,6 +60,18 @@ def _image_env(stage: str, app: Path, bundle: Path, python: Path, **extra: str) 
     env = {k: v.replace("/app", str(app)).replace("/bundle", str(bundle)) for k, v in env_of(stage).items()}
     env["PATH"] = f"{python.parent}{os.pathsep}{os.environ['PATH']}"
     return {**env, **extra}
+
+
+def _compose_env(target: str, bundle: Path, redis_url: str) -> dict[str, str]:
+    """docker-compose.yml's environment for the service built from `target` (its defaults for unset
+    shell variables, its Redis and bundle at the test's), or the Redis URL alone for another target."""
+    service = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]["utpm"]
+    env = {"UTPM_REDIS_URL": redis_url, "UTPM_FLEET_SYNC": "false"}
+    if service["build"]["target"] != target:
+        return env
+    compose = {k: re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(v)) for k, v in service["environment"].items()}
+    compose["UTPM_BUNDLE"] = compose["UTPM_BUNDLE"].replace("/bundle", str(bundle))
+    return {**compose, **env}
 
 
 def _command(words: list[str], python: Path, port: int | None = None) -> list[str]:
@@ -128,7 +143,7 @@ def test_the_image_checks_and_serves_from_only_what_it_copies(
     before = _files(app), _files(hist_bundle)
     port = free_port()
     cmd = _command(cmd_of(stage), image_python, port)
-    env = _image_env(stage, app, hist_bundle, image_python, UTPM_REDIS_URL=redis_server.url, UTPM_FLEET_SYNC="false")
+    env = _image_env(stage, app, hist_bundle, image_python, **_compose_env(target, hist_bundle, redis_server.url))
     with _serving(cmd, port, env, workdir) as base:
         health = subprocess.run(_command(healthcheck_of(stage), image_python, port), env=env, cwd=workdir)
         assert health.returncode == 0, f"{target}: HEALTHCHECK failed"
