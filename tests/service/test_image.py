@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,12 +34,15 @@ from tests.conftest import RedisServer, free_port
 from tests.service.image import (
     REPO,
     DockerIgnore,
+    build_context,
     cmd_of,
     copy_stage,
     env_of,
     healthcheck_of,
+    instructions,
     python_checks,
     stages,
+    tracked_copy,
 )
 from tests.serving import USER
 
@@ -196,3 +200,29 @@ def _serving(cmd: list[str], port: int, env: dict[str, str], cwd: Path) -> Itera
             yield f"http://127.0.0.1:{port}"
         finally:
             executor.stop()
+
+
+@pytest.mark.parametrize("baked", [True, False])
+def test_a_bundle_baked_in_with_the_build_arg_lands_at_bundle(baked: bool, hist_bundle: Path, tmp_path: Path) -> None:
+    """`--build-arg BUNDLE=bundles/NAME` (docs/serving.md, "Docker"): the bundle, which .dockerignore
+    lets into the context under bundles/, ends up at /bundle; without the argument /bundle is empty.
+    The code stage's COPY and RUN lines for it, with the container's paths at the test's."""
+    context = tracked_copy(tmp_path / "context")
+    shutil.copytree(hist_bundle, context / "bundles" / "demo")
+    args = {"BUNDLE": "bundles/demo"} if baked else {}
+    steps = instructions(STAGES["code"])
+    ((src, dest),) = [a.split() for op, a in steps if op == "COPY" and a.startswith("${BUNDLE")]
+    src = re.sub(r"\$\{BUNDLE:-([^}]*)\}", lambda m: args.get("BUNDLE") or m.group(1), src)
+    kept = [f for f in build_context(context) if f.startswith(src + "/")]
+    assert kept, f"COPY {src}: nothing in the build context"
+    staged, final = tmp_path / "bundle-src", tmp_path / "bundle"
+    for rel in kept:
+        (staged / Path(rel).relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(context / rel, staged / Path(rel).relative_to(src))
+    (run,) = [a for op, a in steps if op == "RUN" and dest in a]
+    script = run.replace(dest, "@STAGED@").replace("/bundle", str(final)).replace("@STAGED@", str(staged))
+    subprocess.run(["bash", "-c", script], check=True)
+    served = sorted(p.relative_to(final).as_posix() for p in final.rglob("*") if p.is_file())
+    wanted = sorted(p.relative_to(hist_bundle).as_posix() for p in hist_bundle.rglob("*") if p.is_file())
+    assert served == (wanted if baked else []), served
+    assert not staged.exists()
