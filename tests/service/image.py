@@ -9,6 +9,7 @@ import re
 import shlex
 import shutil
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,15 +105,29 @@ def copy_stage(stage: str, dest: Path, repo: Path = REPO) -> list[str]:
         src, target = args.split()
         if target.startswith("/"):  # e.g. the lock file into /tmp: not part of the code
             continue
-        files = [f for f in context if f == src or f.startswith(src.rstrip("/") + "/")]
-        if not files:
-            raise FileNotFoundError(f"COPY {src}: not in the build context (.dockerignore keeps it out, or it is gone)")
-        for rel in files:
-            out = dest / target / Path(rel).relative_to(src) if rel != src else dest / target
-            out.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(repo / rel, out)
-            copied.append(out.relative_to(dest).as_posix())
+        copied += [out.relative_to(dest).as_posix() for out in copy_from_context(context, src, dest / target, repo)]
     return copied
+
+
+def copy_from_context(context: list[str], src: str, target: Path, repo: Path = REPO) -> list[Path]:
+    """`COPY src target` from the build context's files (`build_context`): a source outside the
+    context fails as `docker build` would. Returns the paths written."""
+    files = [f for f in context if f == src or f.startswith(src.rstrip("/") + "/")]
+    if not files:
+        raise FileNotFoundError(f"COPY {src}: not in the build context (.dockerignore keeps it out, or it is gone)")
+    written = []
+    for rel in files:
+        out = target / Path(rel).relative_to(src) if rel != src else target
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(repo / rel, out)
+        written.append(out)
+    return written
+
+
+def expand(text: str, values: Mapping[str, str]) -> str:
+    """`${NAME:-default}` as Dockerfile ARGs and compose files expand it: the value when set and not
+    empty, else the default."""
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*):-([^}]*)\}", lambda m: values.get(m.group(1)) or m.group(2), text)
 
 
 def env_of(stage: str) -> dict[str, str]:

@@ -36,8 +36,10 @@ from tests.service.image import (
     DockerIgnore,
     build_context,
     cmd_of,
+    copy_from_context,
     copy_stage,
     env_of,
+    expand,
     healthcheck_of,
     instructions,
     python_checks,
@@ -73,7 +75,7 @@ def _compose_env(target: str, bundle: Path, redis_url: str) -> dict[str, str]:
     env = {"UTPM_REDIS_URL": redis_url, "UTPM_FLEET_SYNC": "false"}
     if service["build"]["target"] != target:
         return env
-    compose = {k: re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(v)) for k, v in service["environment"].items()}
+    compose = {k: expand(str(v), {}) for k, v in service["environment"].items()}  # the shell's variables unset
     compose["UTPM_BUNDLE"] = compose["UTPM_BUNDLE"].replace("/bundle", str(bundle))
     return {**compose, **env}
 
@@ -99,9 +101,10 @@ def test_the_cpu_lock_holds_what_every_python_3_11_release_needs(image_python: P
     """The lock's packages' own requirements, for CPython 3.11.0 to 3.11.14 (their markers; extras
     aside): each is pinned. pip-compile pins only what its own interpreter needs, and redis needs
     async-timeout before 3.11.3, Debian 12's python3 being 3.11.2 (docs/serving.md, "Docker")."""
-    pinned = {name.lower() for name in re.findall(r"^([A-Za-z0-9_.-]+)==", (REPO / LOCK).read_text(), re.M)}
+    lock = (REPO / LOCK).read_text()
+    pinned = {canonicalize_name(name) for name in re.findall(r"^([A-Za-z0-9_.-]+)==", lock, re.M)}
     listed = subprocess.run([str(image_python), "-c", _REQUIRES], capture_output=True, text=True, check=True).stdout
-    requires = {name.lower().replace("_", "-"): reqs for name, reqs in json.loads(listed).items()}
+    requires = {canonicalize_name(name): reqs for name, reqs in json.loads(listed).items()}
     installed = pinned & set(requires)  # the dev venv's fallback may lack a pin its Python does not need
     assert {"redis", "fastapi", "onnxruntime"} <= installed, installed
     missing: set[str] = set()
@@ -212,13 +215,8 @@ def test_a_bundle_baked_in_with_the_build_arg_lands_at_bundle(baked: bool, hist_
     args = {"BUNDLE": "bundles/demo"} if baked else {}
     steps = instructions(STAGES["code"])
     ((src, dest),) = [a.split() for op, a in steps if op == "COPY" and a.startswith("${BUNDLE")]
-    src = re.sub(r"\$\{BUNDLE:-([^}]*)\}", lambda m: args.get("BUNDLE") or m.group(1), src)
-    kept = [f for f in build_context(context) if f.startswith(src + "/")]
-    assert kept, f"COPY {src}: nothing in the build context"
     staged, final = tmp_path / "bundle-src", tmp_path / "bundle"
-    for rel in kept:
-        (staged / Path(rel).relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(context / rel, staged / Path(rel).relative_to(src))
+    copy_from_context(build_context(context), expand(src, args), staged, context)
     (run,) = [a for op, a in steps if op == "RUN" and dest in a]
     script = run.replace(dest, "@STAGED@").replace("/bundle", str(final)).replace("@STAGED@", str(staged))
     subprocess.run(["bash", "-c", script], check=True)
