@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.service.image import tracked_copy
+from tests.service.image import tracked_copy, venv_over
 
 
 @pytest.fixture(scope="session")
@@ -20,12 +20,8 @@ def image_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     given = os.environ.get("UTPM_IMAGE_PYTHON")
     if given:
         return Path(given).absolute()
-    venv = tmp_path_factory.mktemp("image-venv")
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     (purelib,) = {p for p in site.getsitepackages() if p.endswith("site-packages")}
-    (own,) = (venv / "lib").glob("python*/site-packages")
-    (own / "dev-dependencies.pth").write_text(purelib + "\n")
-    return venv / "bin" / "python"
+    return venv_over(purelib, tmp_path_factory.mktemp("image-venv"), sys.executable)
 
 
 @pytest.fixture(scope="session")

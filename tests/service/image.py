@@ -170,3 +170,13 @@ def tracked_copy(dest: Path, repo: Path = REPO) -> Path:
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(repo / rel, dest / rel)
     return dest
+
+
+def venv_over(site_packages: str, dest: Path, python: str | Path) -> Path:
+    """A venv of `python` at `dest` without pip that sees `site_packages` through a path entry (a
+    path line of a .pth file: the .pth files in that folder, e.g. an editable install's, are not
+    read). Returns its interpreter."""
+    subprocess.run([str(python), "-m", "venv", "--without-pip", str(dest)], check=True)
+    (own,) = (dest / "lib").glob("python*/site-packages")
+    (own / "over.pth").write_text(site_packages + "\n")
+    return dest / "bin" / "python"

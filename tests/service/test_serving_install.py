@@ -17,7 +17,7 @@ import pytest
 from mirakuru import HTTPExecutor
 
 from tests.conftest import free_port
-from tests.service.image import REPO
+from tests.service.image import REPO, venv_over
 from tests.serving import USER
 
 
@@ -33,13 +33,10 @@ def utpm_command(image_python: Path, utpm_wheel: Path, tmp_path_factory: pytest.
         text=True,
         check=True,
     ).stdout.strip()
-    venv = base / "venv"
-    subprocess.run([str(image_python), "-m", "venv", "--without-pip", str(venv)], check=True)
-    (own,) = (venv / "lib").glob("python*/site-packages")
-    (own / "serving-lock.pth").write_text(purelib + "\n")
-    pip = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--quiet"]
+    python = venv_over(purelib, base / "venv", image_python)
+    pip = [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet"]
     subprocess.run([*pip, "--no-deps", str(utpm_wheel)], check=True, capture_output=True)
-    return venv / "bin" / "utpm"
+    return python.parent / "utpm"
 
 
 def test_a_serving_install_serves_and_names_the_extra_a_command_needs(
