@@ -438,10 +438,15 @@ def regenerate(doc: Path, root: Path = Path()) -> list[tuple[str, str]]:
             done.append((m["path"], "kept (artifact missing)"))
             return m[0]
         done.append((m["path"], "regenerated"))
-        reports = [json.loads(p.read_text()) for p in paths]
+        try:
+            reports = [json.loads(p.read_text()) for p in paths]
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{m['path']} is not JSON: {e}") from None
         text = render(reports[0]) if len(reports) == 1 else render_side_by_side(reports)
         return f"<!-- report: {m['path']} -->\n{text}<!-- /report -->"
 
-    text = BLOCK.sub(block, doc.read_text())
-    doc.write_text(text)
+    old = doc.read_text()
+    text = BLOCK.sub(block, old)
+    if text != old:  # an unchanged doc keeps its timestamp (make, editors)
+        doc.write_text(text)
     return done

@@ -8,6 +8,17 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from model_export.errors import ExportError
+
+MIN_OPSET = 17  # the oldest opset the exports (and their parity gates) have been run with
+
+
+def max_opset() -> int:
+    """The highest opset torch's TorchScript exporter (the one used here, `dynamo=False`) writes."""
+    from torch.onnx import _constants
+
+    return int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", MIN_OPSET))
+
 
 def trace_onnx(
     model: nn.Module,
@@ -19,7 +30,10 @@ def trace_onnx(
     axes: dict[str, dict[int, str]],
     opset: int,
 ) -> None:
-    """`wrapper` (which calls `model`) traced to `path` with `model` in eval mode, its mode restored after."""
+    """`wrapper` (which calls `model`) traced to `path` with `model` in eval mode, its mode restored after;
+    ExportError for an opset the exporter cannot write."""
+    if not MIN_OPSET <= opset <= max_opset():
+        raise ExportError(f"opset must be between {MIN_OPSET} and {max_opset()} (this torch's exporter), got {opset}")
     was_training = model.training
     model.eval()
     try:

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from utpm.data.errors import DataError
-from utpm_cli.errors import fail, require_bundle
+from utpm_cli.errors import fail, output_file, require_bundle
 
 
 def simulate_cmd(
@@ -18,15 +18,17 @@ def simulate_cmd(
     ],
     data: Annotated[Path, typer.Argument(help="The data set (generic format) the bundles were trained on.")],
     seed: Annotated[int, typer.Option(help="Seed of the protocol's user split: the bundles' training seed.")] = 0,
-    k: Annotated[int, typer.Option(help="Tags per served profile (what QC/DCTR restrict to).")] = 10,
-    item_tags: Annotated[int, typer.Option(help="Tags per item, as the model saw them (the preset's N).")] = 3,
+    k: Annotated[int, typer.Option(min=1, help="Tags per served profile (what QC/DCTR restrict to).")] = 10,
+    item_tags: Annotated[int, typer.Option(min=1, help="Tags per item, as the model saw them (the preset's N).")] = 3,
     prefix: Annotated[
         str, typer.Option(help="Prefix of the simulated user ids (a new one: a new A/B split).")
     ] = "sim:",
     api_key: Annotated[
         str | None, typer.Option(envvar="UTPM_API_KEY", help="Key with the write role, if needed.")
     ] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures here as JSON.")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", callback=output_file, help="Write the figures here as JSON.")
+    ] = None,
 ) -> None:
     """Replay the held-out events as impressions and clicks; print QC/DCTR per arm (A/B and paired) and Prec@K."""
     import httpx
@@ -48,10 +50,13 @@ def simulate_cmd(
 def bench_ab_cmd(
     champion: Annotated[Path, typer.Argument(help="An indexed bundle (the champion).")],
     challenger: Annotated[Path, typer.Argument(help="Another indexed bundle (the challenger).")],
-    requests: Annotated[int, typer.Option(help="GET requests per variant, over all rounds.")] = 20_000,
-    rounds: Annotated[int, typer.Option(help="Alternated rounds per variant.")] = 5,
+    requests: Annotated[int, typer.Option(min=1, help="GET requests per variant, over all rounds.")] = 20_000,
+    rounds: Annotated[int, typer.Option(min=1, help="Alternated rounds per variant.")] = 5,
     json_out: Annotated[
-        Path, typer.Option("--json", help="Write the figures here as JSON (`utpm bench report` renders them).")
+        Path,
+        typer.Option(
+            "--json", callback=output_file, help="Write the figures here as JSON (`utpm bench report` renders them)."
+        ),
     ] = Path("artifacts/ab/bench-ab.json"),
 ) -> None:
     """Event-loop CPU per cached GET: the handler before A/B, with no challenger, with a challenger at 0.5."""

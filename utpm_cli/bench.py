@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from utpm_cli.errors import fail, positive_ints, require_bundle
+from utpm_cli.errors import fail, output_file, output_folder, positive_ints, require_bundle
 
 # `--model` of the commands that build the benchmark bundle themselves (`loadtest.bundle.MODELS`)
 BenchModel = Annotated[
@@ -68,14 +68,14 @@ def bench_serve_cmd(
         1_000_000
     ),
     model: BenchModel = "utpm-hist",
-    json_out: Annotated[Path, typer.Option("--json", help="Write the report as JSON here.")] = Path(
-        "artifacts/bench/serve.json"
-    ),
+    json_out: Annotated[
+        Path, typer.Option("--json", callback=output_file, help="Write the report as JSON here.")
+    ] = Path("artifacts/bench/serve.json"),
     users: Annotated[str, typer.Option("--users", help="Concurrency levels of the POST runs.")] = "1,16,64",
-    compare_users: Annotated[int, typer.Option(help="Users of the GET, mix, ceiling and peer runs.")] = 16,
-    duration: Annotated[float, typer.Option(help="Seconds per load run.")] = 30.0,
-    k: Annotated[int, typer.Option(help="Tags per profile requested.")] = 50,
-    workers: Annotated[int, typer.Option(help="uvicorn worker processes of the service.")] = 1,
+    compare_users: Annotated[int, typer.Option(min=1, help="Users of the GET, mix, ceiling and peer runs.")] = 16,
+    duration: Annotated[float, typer.Option(min=0.1, help="Seconds per load run.")] = 30.0,
+    k: Annotated[int, typer.Option(min=1, max=1000, help="Tags per profile requested.")] = 50,
+    workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes of the service.")] = 1,
     open_rate: Annotated[
         float | None,
         typer.Option(
@@ -147,9 +147,9 @@ def bench_roofline_cmd(
     asgi: Annotated[bool, typer.Option(help="Also measure the raw ASGI ceiling under wrk.")] = True,
     connections: Annotated[int, typer.Option(help="wrk connections for the raw ASGI ceiling.")] = 16,
     duration: Annotated[float, typer.Option(help="Seconds per wrk run.")] = 10.0,
-    json_out: Annotated[Path, typer.Option("--json", help="Write the report as JSON here.")] = Path(
-        "artifacts/bench/roofline.json"
-    ),
+    json_out: Annotated[
+        Path, typer.Option("--json", callback=output_file, help="Write the report as JSON here.")
+    ] = Path("artifacts/bench/roofline.json"),
     settings: Annotated[
         list[str] | None, typer.Option("--set", help="Service setting KEY=VALUE (a Settings field), repeatable.")
     ] = None,
@@ -180,9 +180,9 @@ def bench_roofline_cmd(
 
 def bench_speed_cmd(
     seconds: Annotated[float, typer.Option(help="Seconds of probing (the CPUs in turn).")] = 30.0,
-    json_out: Annotated[Path, typer.Option("--json", help="Write the report as JSON here.")] = Path(
-        "artifacts/bench/speed.json"
-    ),
+    json_out: Annotated[
+        Path, typer.Option("--json", callback=output_file, help="Write the report as JSON here.")
+    ] = Path("artifacts/bench/speed.json"),
 ) -> None:
     """How fast each core runs a fixed piece of Python, probe after probe (a shared VM's cores change
     speed from second to second; every load run records the same probe): JSON."""
@@ -217,9 +217,9 @@ def bench_tune_cmd(
     connections: Annotated[int, typer.Option(help="wrk connections (closed loop).")] = 16,
     duration: Annotated[float, typer.Option(help="Seconds per run.")] = 10.0,
     rounds: Annotated[int, typer.Option(help="Times each variant runs, in alternation with the others.")] = 2,
-    json_out: Annotated[Path, typer.Option("--json", help="Write the report as JSON here.")] = Path(
-        "artifacts/bench/tune.json"
-    ),
+    json_out: Annotated[
+        Path, typer.Option("--json", callback=output_file, help="Write the report as JSON here.")
+    ] = Path("artifacts/bench/tune.json"),
     root: Annotated[Path, typer.Option(help="Where the benchmark bundle and the logs go.")] = Path("artifacts/bench"),
 ) -> None:
     """Service settings side by side: POST /profile under wrk, variants alternated (A B A B)."""
@@ -256,9 +256,11 @@ def bench_tune_cmd(
 def bench_loop_cmd(
     bundle: Annotated[Path, typer.Argument(help="An indexed bundle (e.g. artifacts/demo/bundle).")],
     requests: Annotated[int, typer.Option(help="GET hits per timed round.")] = 20_000,
-    concurrency: Annotated[int, typer.Option(help="Coroutines sending at once.")] = 16,
+    concurrency: Annotated[int, typer.Option(min=1, help="Coroutines sending at once.")] = 16,
     rounds: Annotated[int, typer.Option(help="Timed rounds (the median is reported).")] = 3,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON here.")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", callback=output_file, help="Also write the report as JSON here.")
+    ] = None,
     post_only: Annotated[
         bool, typer.Option(help="Only the POST A/B (route, batching): --requests POSTs per round per arm.")
     ] = False,
@@ -301,12 +303,14 @@ def bench_reliability_cmd(
     ),
     json_out: Annotated[
         Path | None,
-        typer.Option("--json", help="Write the result here (default: artifacts/reliability/SCENARIO.json)."),
+        typer.Option(
+            "--json", callback=output_file, help="Write the result here (default: artifacts/reliability/SCENARIO.json)."
+        ),
     ] = None,
     rate: Annotated[
-        float, typer.Option(help="Requests/s (0: the scenario's default; overload: 3x sustainable).")
+        float, typer.Option(min=0, help="Requests/s (0: the scenario's default; overload: 3x sustainable).")
     ] = 0.0,
-    duration: Annotated[float, typer.Option(help="Seconds (0: the scenario's default; soak: 600).")] = 0.0,
+    duration: Annotated[float, typer.Option(min=0, help="Seconds (0: the scenario's default; soak: 600).")] = 0.0,
 ) -> None:
     """Fault, overload, hot-reload and soak scenarios against a live service (docs/reliability.md): JSON."""
     from loadtest.reliability import SCENARIOS, run_scenario
@@ -332,12 +336,12 @@ def bench_commits_cmd(
     ],
     command: Annotated[list[str], typer.Argument(help="After --: the `utpm ...` command, writing to {json}.")],
     rounds: Annotated[int, typer.Option(help="Times each commit runs, in alternation with the other.")] = 2,
-    out: Annotated[Path, typer.Option(help="Each run's JSON report and log go here.")] = Path(
+    out: Annotated[Path, typer.Option(callback=output_folder, help="Each run's JSON report and log go here.")] = Path(
         "artifacts/bench/commits"
     ),
-    json_out: Annotated[Path, typer.Option("--json", help="Write the comparison as JSON here.")] = Path(
-        "artifacts/bench/commits.json"
-    ),
+    json_out: Annotated[
+        Path, typer.Option("--json", callback=output_file, help="Write the comparison as JSON here.")
+    ] = Path("artifacts/bench/commits.json"),
 ) -> None:
     """One benchmark command at two commits, alternated in one run (for a change no setting switches)."""
     from loadtest.commits import CommitsConfig, run_commits
@@ -359,12 +363,25 @@ def bench_report_cmd(
 ) -> None:
     """Regenerate the measured blocks of docs/performance.md, performance-history.md, reliability.md and
     serving.md from their JSON."""
-    from loadtest.report import regenerate
+    from loadtest.report import BLOCK, regenerate
 
     defaults = ["performance.md", "performance-history.md", "reliability.md", "serving.md"]
-    for doc in docs or [Path("docs") / name for name in defaults]:
-        for artifact, what in regenerate(doc):
-            typer.echo(f"{doc}: {artifact}: {what}")
+    paths = docs or [Path("docs") / name for name in defaults]
+    for doc in paths:  # every doc checked before any is rewritten
+        if not doc.is_file():
+            fail(f"{doc}: no such file" + ("" if docs else " (run from the repository root, or name the docs)"))
+        if not BLOCK.search(doc.read_text()):
+            fail(f"{doc} has no measured blocks (<!-- report: ARTIFACT.json --> ... <!-- /report -->)")
+    done = []
+    for doc in paths:
+        try:
+            done += [(doc, artifact, what) for artifact, what in regenerate(doc)]
+        except ValueError as e:  # an artifact that is not a report's JSON, or a mix of kinds in one block
+            fail(f"{doc}: {e}")
+    for doc, artifact, what in done:
+        typer.echo(f"{doc}: {artifact}: {what}")
+    kept = sum(what != "regenerated" for *_, what in done)
+    typer.echo(f"regenerated {len(done) - kept} block(s) in {len(paths)} doc(s), kept {kept} (artifact missing)")
 
 
 def _check_model(model: str) -> None:

@@ -1,8 +1,11 @@
 """How every command fails on bad input: one red `error: ...` line and exit status 2, no traceback;
-and the checks that several commands share, failing that way."""
+and the checks that several commands share, failing that way. Numbers out of an option's range and
+output paths that cannot be written (`output_file`, `output_folder`) are refused while the arguments
+are parsed, by Typer, also with status 2: before the command's work, not after it."""
 
 from __future__ import annotations
 
+import os
 import re
 from importlib import metadata
 from pathlib import Path
@@ -11,8 +14,12 @@ from typing import NoReturn
 import typer
 
 
-def fail(message: str) -> NoReturn:
+def say_error(message: str) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+
+
+def fail(message: str) -> NoReturn:
+    say_error(message)
     raise typer.Exit(2)
 
 
@@ -67,3 +74,35 @@ def require_bundle(bundle: Path) -> None:
         fail(f"{e}; `utpm export RUN --out BUNDLE` writes a bundle from a training run")
     if not (bundle / INDEX_FILE).is_file():
         fail(f"{bundle} has no tag index ({INDEX_FILE}); build it with `utpm index build {bundle}`")
+
+
+def _writable(path: Path, folder: bool) -> str | None:
+    """Why `path` cannot be written as a file (`folder` False) or a folder, as far as the file system
+    shows now; None when nothing stands in the way."""
+    if path.exists() and path.is_dir() != folder:
+        return f"{path} is {'a file' if folder else 'a folder'}"
+    above = path if folder else path.parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        return f"{above} is a file, not a folder"
+    if not os.access(above, os.W_OK | os.X_OK):
+        return f"{above} is not writable"
+    return None
+
+
+def output_file(path: Path | None) -> Path | None:
+    """Typer callback of an option naming a file to write: refused when it cannot be written, so that
+    a long command stops before its work, not after it."""
+    reason = None if path is None else _writable(path, folder=False)
+    if reason:
+        raise typer.BadParameter(f"cannot write {path}: {reason}")
+    return path
+
+
+def output_folder(path: Path | None) -> Path | None:
+    """As `output_file`, for a folder to write (created with its parents when missing)."""
+    reason = None if path is None else _writable(path, folder=True)
+    if reason:
+        raise typer.BadParameter(f"cannot write {path}: {reason}")
+    return path

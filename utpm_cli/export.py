@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from model_export.errors import BundleError, ExportError
-from utpm_cli.errors import fail
+from utpm_cli.errors import fail, output_folder
 
 
 def _dir_size(path: Path) -> int:
@@ -22,7 +22,7 @@ def _dir_size(path: Path) -> int:
 
 def export_cmd(
     run: Annotated[Path, typer.Argument(help="A training run directory (config.json, model.pt, encoder/, tags.json).")],
-    out: Annotated[Path, typer.Option("--out", help="The bundle directory to write.")],
+    out: Annotated[Path, typer.Option("--out", callback=output_folder, help="The bundle directory to write.")],
     data: Annotated[
         Path | None,
         typer.Option(help="Data set whose test users check parity (default: the run's own data, if still there)."),
@@ -36,7 +36,7 @@ def export_cmd(
     int8: Annotated[
         bool, typer.Option("--int8", help="Also write model.int8.onnx (dynamic quantisation), with its agreement.")
     ] = False,
-    opset: Annotated[int, typer.Option(help="ONNX opset (>= 17).")] = 17,
+    opset: Annotated[int, typer.Option(help="ONNX opset (17 up to what the installed torch writes).")] = 17,
     parity_users: Annotated[int, typer.Option(help="At most this many held-out users in the parity check.")] = 1024,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists.")] = False,
 ) -> None:

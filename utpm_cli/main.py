@@ -6,10 +6,12 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
+from index.errors import TagIndexError
+from model_export.errors import BundleError, ExportError
 from utpm.data.errors import DataError
 from utpm_cli.ab import bench_ab_cmd, simulate_cmd
 from utpm_cli.bench import (
@@ -22,7 +24,7 @@ from utpm_cli.bench import (
     bench_speed_cmd,
     bench_tune_cmd,
 )
-from utpm_cli.errors import fail, missing_extra, positive_ints, require_bundle
+from utpm_cli.errors import fail, missing_extra, output_file, output_folder, positive_ints, require_bundle, say_error
 from utpm_cli.export import bench_model_cmd, export_cmd
 from utpm_cli.index import bench_index_cmd, index_build_cmd
 from utpm_cli.model import bench_start_cmd, evaluate_run, parse_variants, prepare_amazon_cmd, train_default
@@ -76,7 +78,7 @@ def global_options(verbose: Annotated[bool, typer.Option("--verbose", "-v", help
 @prepare_app.command("movielens")
 def prepare_movielens_cmd(
     src: Annotated[Path, typer.Argument(help="Directory with ratings.csv, tags.csv, movies.csv.")],
-    out: Annotated[Path, typer.Argument(help="Output directory (items.csv, events.csv).")],
+    out: Annotated[Path, typer.Argument(callback=output_folder, help="Output directory (items.csv, events.csv).")],
 ) -> None:
     """Convert MovieLens (ml-latest-small / ml-20m / ml-25m layout) with the paper's rating thresholds."""
     from utpm.data.loading import load_dataset
@@ -94,7 +96,9 @@ def prepare_movielens_cmd(
 
 @prepare_app.command("synthetic")
 def prepare_synthetic_cmd(
-    out: Annotated[Path, typer.Argument(help="Output directory (Parquet files, truth.csv, meta.json).")],
+    out: Annotated[
+        Path, typer.Argument(callback=output_folder, help="Output directory (Parquet files, truth.csv, meta.json).")
+    ],
     tags: Annotated[int, typer.Option(help="Number of tags.")] = 1_000_000,
     users: Annotated[int, typer.Option(help="Number of users.")] = 100_000,
     events_per_user: Annotated[int, typer.Option(help="Mean impressions per user.")] = 100,
@@ -155,7 +159,7 @@ def _load_split(data: Path, seed: int):
 @app.command("train")
 def train_cmd(
     data: Annotated[Path, typer.Argument(help="A data set in the generic format.")],
-    out: Annotated[Path, typer.Option("--out", help="Run directory to write.")],
+    out: Annotated[Path, typer.Option("--out", callback=output_folder, help="Run directory to write.")],
     model: Annotated[
         str, typer.Option(help="Model name: utpm-hist (the default model), or the paper's utpm, youtube, af2-cf, ...")
     ] = "utpm-hist",
@@ -267,23 +271,29 @@ def experiment_cmd(
     loss: Annotated[
         str, typer.Option(help="joint, separate, both, default (each model's own), or bce/softmax/sampled (utpm-hist).")
     ] = "both",
-    seeds: Annotated[int, typer.Option(help="Number of seeds (0..N-1).")] = 5,
-    folds: Annotated[int, typer.Option(help="k-fold over users instead of seeded 80/20 draws (0: off).")] = 0,
-    repeats: Annotated[int, typer.Option(help="Repetitions of the k-fold (each a fresh user permutation).")] = 1,
+    seeds: Annotated[int, typer.Option(min=1, help="Number of seeds (0..N-1).")] = 5,
+    folds: Annotated[
+        int, typer.Option(min=0, help="k-fold over users instead of seeded 80/20 draws (0: off; else >= 2).")
+    ] = 0,
+    repeats: Annotated[int, typer.Option(min=1, help="Repetitions of the k-fold (each a fresh user permutation).")] = 1,
     variant: Annotated[
         list[str] | None,
         typer.Option(help="Extra utpm-hist run, e.g. 'counts=false' or 'loss=joint,dim=16' (repeatable)."),
     ] = None,
     k: Annotated[str, typer.Option("--k", help="Comma-separated K values.")] = "1,2,3",
     preset: Annotated[str, typer.Option(help="Preset name.")] = "movielens",
-    epochs: Annotated[int, typer.Option(help="Maximum epochs per run.")] = 40,
+    epochs: Annotated[int, typer.Option(min=1, help="Maximum epochs per run.")] = 40,
     hparams: Annotated[
         bool, typer.Option(help="Also run the hyper-parameter study (E, heads, C, activation).")
     ] = False,
-    hparam_seeds: Annotated[int, typer.Option(help="Seeds for the hyper-parameter study (default: --seeds).")] = 0,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results JSON here.")] = None,
-    report: Annotated[Path | None, typer.Option(help="Write report.md, plots here.")] = None,
-    workers: Annotated[int, typer.Option(help="Worker processes (default: up to 2).")] = 0,
+    hparam_seeds: Annotated[
+        int, typer.Option(min=0, help="Seeds for the hyper-parameter study (default: --seeds).")
+    ] = 0,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", callback=output_file, help="Write the results JSON here.")
+    ] = None,
+    report: Annotated[Path | None, typer.Option(callback=output_folder, help="Write report.md, plots here.")] = None,
+    workers: Annotated[int, typer.Option(min=0, help="Worker processes (0: up to 2).")] = 0,
 ) -> None:
     """The paper's protocol for many models, losses and seeds: JSON + a report like Tables 2-4."""
     import json
@@ -291,7 +301,7 @@ def experiment_cmd(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from utpm.evaluation.experiment import DEFAULT_MODEL, PAPER_MODELS, run_experiment
+    from utpm.evaluation.experiment import DEFAULT_MODEL, PAPER_MODELS, ExperimentError, run_experiment
     from utpm.evaluation.report import attention_example, plot_hparams, plot_models, render
     from utpm.models.registry import MODEL_NAMES
 
@@ -304,6 +314,8 @@ def experiment_cmd(
     if any(lo not in ("joint", "separate", "default", "bce", "softmax", "sampled") for lo in losses):
         fail(f"--loss must be joint, separate, both, default, bce, softmax or sampled, not {loss!r}")
     ks = list(positive_ints(k, "--k"))
+    if folds == 1:
+        fail("--folds must be 0 (seeded 80/20 draws) or at least 2, got 1")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
         task = bar.add_task("experiment", total=None)
 
@@ -318,7 +330,7 @@ def experiment_cmd(
                 data, names, losses, seeds, ks, preset, hparams, hparam_seeds or None, epochs, workers or None,
                 progress, folds=folds, repeats=repeats, variants=parse_variants(variant or []),
             )  # fmt: skip
-        except DataError as e:
+        except (DataError, ExperimentError) as e:
             error = str(e)
     if error is not None:  # after the bar has closed, so that the error is the last line
         fail(error)
@@ -357,7 +369,7 @@ def experiment_cmd(
 def serve_cmd(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory (exported and indexed).")],
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port.")] = 8000,
     redis_url: Annotated[
         str | None, typer.Option(help="Redis URL (overrides UTPM_REDIS_URL); default: the embedded in-process cache.")
     ] = None,
@@ -415,9 +427,11 @@ def demo_profiles(bundle: Path, k: int = 5) -> dict[str, list[tuple[str, float]]
 
 @app.command("demo")
 def demo_cmd(
-    out: Annotated[Path, typer.Option(help="Where the demo writes its data, run and bundle.")] = Path("artifacts/demo"),
+    out: Annotated[
+        Path, typer.Option(callback=output_folder, help="Where the demo writes its data, run and bundle.")
+    ] = Path("artifacts/demo"),
     src: Annotated[Path, typer.Option(help="MovieLens directory (the vendored ml-latest-small).")] = REPO_DATA,
-    port: Annotated[int, typer.Option(help="Port to serve on.")] = 8000,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to serve on.")] = 8000,
     serve: Annotated[bool, typer.Option(help="Serve the bundle at the end (Ctrl-C stops).")] = True,
     model: Annotated[str, typer.Option(help="utpm-hist (the default model) or the paper's utpm.")] = "utpm-hist",
 ) -> None:
@@ -479,15 +493,27 @@ def demo_cmd(
 
 def main() -> None:
     """The `utpm` command. A serving install lacks the extras of training, batch and load tests: a
-    command that needs one of their modules says which extra to install, in one line."""
+    command that needs one of their modules says which extra to install, in one line. A path the
+    system refuses (an output folder under a file, no permission, a full disk) and the packages'
+    own domain errors, wherever a command left them unhandled, end the same way: one line, status 2."""
     try:
         app()
     except ModuleNotFoundError as e:
         message = missing_extra(e)
         if message is None:
             raise
-        typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-        raise SystemExit(2) from None
+        _exit_with(message)
+    except OSError as e:
+        if e.filename is None:  # not about a path (a socket, a subprocess): a defect to see in full
+            raise
+        _exit_with(f"{e.filename}: {e.strerror or e}")
+    except (DataError, BundleError, ExportError, TagIndexError) as e:
+        _exit_with(str(e))
+
+
+def _exit_with(message: str) -> NoReturn:
+    say_error(message)  # as `fail`, which raises typer.Exit: only the Typer app turns that into a status
+    raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -9,14 +9,14 @@ import numpy as np
 import typer
 
 from utpm.data.errors import DataError
-from utpm_cli.errors import fail
+from utpm_cli.errors import fail, output_file, output_folder
 
 
 def prepare_amazon_cmd(
     src: Annotated[
         Path, typer.Argument(help="Directory with Beauty.txt and Beauty_item2attributes.json (S3-Rec layout).")
     ],
-    out: Annotated[Path, typer.Argument(help="Output directory (items.csv, events.csv).")],
+    out: Annotated[Path, typer.Argument(callback=output_folder, help="Output directory (items.csv, events.csv).")],
 ) -> None:
     """Convert the Amazon Beauty sequences (all positives, attributes as tags) to the generic format."""
     from utpm.data.amazon import prepare_amazon
@@ -156,9 +156,13 @@ def parse_variants(specs: list[str]) -> list[tuple[tuple[str, Any], ...]]:
 def bench_start_cmd(
     data: Annotated[Path, typer.Argument(help="A data set in the generic format (truth.csv adds the oracle).")],
     preset: Annotated[str, typer.Option(help="Preset of the data (N, K), as in `utpm experiment`.")] = "movielens",
-    folds: Annotated[int, typer.Option(help="Folds of the k-fold split, as in `utpm experiment --folds`.")] = 5,
-    fold: Annotated[list[int] | None, typer.Option(help="Fold seeds to check (repeatable; default all).")] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the rows and the mean here.")] = None,
+    folds: Annotated[int, typer.Option(min=2, help="Folds of the k-fold split, as in `utpm experiment --folds`.")] = 5,
+    fold: Annotated[
+        list[int] | None, typer.Option(min=0, help="Fold seeds to check (repeatable; default all).")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", callback=output_file, help="Write the rows and the mean here.")
+    ] = None,
 ) -> None:
     """The default model's starting points on each fold's validation users (no test user is read)."""
     import json

@@ -31,7 +31,7 @@ import numpy as np
 import typer
 
 from utpm.data.errors import DataError
-from utpm_cli.errors import fail
+from utpm_cli.errors import fail, output_file, require_bundle
 
 if TYPE_CHECKING:  # pandas: `utpm serve` runs on a serving install, without the train extra
     from utpm.data.protocol import ProtocolSplit
@@ -44,9 +44,9 @@ QUALITY_KS = (1, 2, 3)
 def bench_personal_cmd(
     bundle: Annotated[Path, typer.Argument(help="An exported and indexed bundle.")],
     data: Annotated[Path, typer.Argument(help="A data set in the generic format (e.g. artifacts/movielens).")],
-    users: Annotated[int, typer.Option(help="Users to profile (a seeded draw).")] = 200,
-    k: Annotated[int, typer.Option(help="Tags per profile.")] = 10,
-    values: Annotated[int, typer.Option(help="Most recent distinct values sent per field.")] = 10,
+    users: Annotated[int, typer.Option(min=2, help="Users to profile (a seeded draw).")] = 200,
+    k: Annotated[int, typer.Option(min=1, max=1000, help="Tags per profile.")] = 10,
+    values: Annotated[int, typer.Option(min=1, help="Most recent distinct values sent per field.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed of the protocol split and of the draw of users.")] = 0,
     counts: Annotated[
         bool, typer.Option("--counts", help="Send each value with its count among the clicked history items.")
@@ -61,7 +61,9 @@ def bench_personal_cmd(
         Path | None,
         typer.Option(help="Another bundle sent the same test users' requests: its Prec@K and the paired gap."),
     ] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the result JSON here.")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", callback=output_file, help="Write the result JSON here.")
+    ] = None,
 ) -> None:
     """Profiles of many users from a served bundle: are they different from one another?"""
     from service.config import Settings
@@ -70,6 +72,8 @@ def bench_personal_cmd(
     from utpm.data.protocol import split_protocol
     from utpm.evaluation.personalisation import personalisation
 
+    for path in (bundle, *([against] if against is not None else [])):
+        require_bundle(path)
     try:
         split = split_protocol(load_dataset(data), seed=seed)
     except DataError as e:

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from utpm_cli.errors import fail
+from utpm_cli.errors import fail, output_file, output_folder
 
 profile_app = typer.Typer(
     help="Profiles for a whole population, computed in bulk into Redis (docs/batch.md).", no_args_is_help=True
@@ -40,7 +40,9 @@ def profile_batch_cmd(
     redis_url: Annotated[
         str, typer.Option(help="redis://, rediss://, redis+cluster:// or redis+sentinel:// (where the service reads).")
     ],
-    out: Annotated[Path, typer.Option(help="Job directory: checkpoint.jsonl, rejects.jsonl, summary.json.")],
+    out: Annotated[
+        Path, typer.Option(callback=output_folder, help="Job directory: checkpoint.jsonl, rejects.jsonl, summary.json.")
+    ],
     fmt: Annotated[str, typer.Option("--format", help="auto, jsonl, parquet or dataset.")] = "auto",
     engine: Annotated[str, typer.Option(help="local (processes on this machine) or ray.")] = "local",
     workers: Annotated[int, typer.Option(help="Worker processes / Ray actors, each loading the bundle once.")] = 2,
@@ -120,16 +122,18 @@ def profile_bench_cmd(
     bundle: Annotated[
         Path | None, typer.Option(help="Bundle to profile with (e.g. artifacts/bench/tags1000000/bundle).")
     ] = None,
-    out: Annotated[Path, typer.Option(help="Work directory (staged features, job directories).")] = Path(
-        "artifacts/bench/batch"
-    ),
-    users: Annotated[int, typer.Option(help="Users per run (the first N rows).")] = 100_000,
+    out: Annotated[
+        Path, typer.Option(callback=output_folder, help="Work directory (staged features, job directories).")
+    ] = Path("artifacts/bench/batch"),
+    users: Annotated[int, typer.Option(min=1, help="Users per run (the first N rows).")] = 100_000,
     runs: Annotated[str, typer.Option(help="Comma-separated ENGINE:WORKERS runs.")] = "local:1,local:2,ray:2",
     k: Annotated[int, typer.Option(help="Tags per profile (memory is measured at this k).")] = 50,
     redis_url: Annotated[
         str | None, typer.Option(help="A Redis to measure in (FLUSHDB between runs!); default: a private redis-server.")
     ] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the result JSON here.")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", callback=output_file, help="Write the result JSON here.")
+    ] = None,
     sizing_from: Annotated[
         Path | None, typer.Option(help="Measure nothing: re-derive the 100M sizing of this earlier result JSON.")
     ] = None,

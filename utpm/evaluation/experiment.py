@@ -45,6 +45,10 @@ HPARAM_GRID: dict[str, tuple[Any, ...]] = {
 }
 
 
+class ExperimentError(ValueError):
+    """An experiment asks for a run that cannot be made (a variant that no configuration takes)."""
+
+
 @dataclass(frozen=True)
 class Job:
     """One training run. With `folds` > 0 it is fold `seed % folds` of repetition `seed // folds`."""
@@ -271,23 +275,9 @@ def run_job(data_path: str, job: Job, ks: Sequence[int], updates: Any = None) ->
     top = max(PERSONAL_K, *ks)
     t0 = time.perf_counter()
     if job.model.startswith(DEFAULT_MODEL):
-        from utpm.models.history import HistoryOptions
-        from utpm.training.history import HistoryTrainConfig, encode_users, history_preset, rank_history, train_history
+        from utpm.training.history import encode_users, rank_history, train_history
 
-        over = dict(job.overrides)
-        sizes = {k: over.pop(k) for k in ("dim", "max_values") if k in over}
-        opts = HistoryOptions(**{k: over.pop(k) for k in list(over) if k in HistoryOptions.__dataclass_fields__})
-        hconfig = HistoryTrainConfig(
-            loss=job.loss,
-            preset=history_preset(job.preset, **sizes),
-            seed=job.seed,
-            epochs=job.epochs,
-            eval_ks=tuple(ks),
-            early_stop_ks=tuple(ks),
-            val_fraction=VAL_FRACTION,
-            history=opts,
-            **over,
-        )
+        hconfig = history_config(job, ks)
         hresult = train_history(split, hconfig, progress=epoch_done)
         assert hresult.history_encoder is not None
         from utpm.training.history import UserSequences
@@ -374,6 +364,34 @@ def split_yardstick_runs(
     return runs
 
 
+def history_config(job: Job, ks: Sequence[int]) -> Any:
+    """The `HistoryTrainConfig` of a default-model job: its overrides (a `--variant`) applied to the
+    sizes (dim, max_values), the model's `HistoryOptions` and the training config; ValueError or
+    TypeError for an override none of them has, or a value one refuses."""
+    from utpm.models.history import HistoryOptions
+    from utpm.training.history import HistoryTrainConfig, history_preset
+
+    over = dict(job.overrides)
+    fixed = ("loss", "preset", "seed", "epochs", "eval_ks", "early_stop_ks", "val_fraction", "history")
+    keys = {"dim", "max_values", *HistoryOptions.__dataclass_fields__, *HistoryTrainConfig.__dataclass_fields__}
+    unknown = sorted(set(over) - keys.difference(fixed))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown}; valid: loss, {', '.join(sorted(keys.difference(fixed)))}")
+    sizes = {k: over.pop(k) for k in ("dim", "max_values") if k in over}
+    opts = HistoryOptions(**{k: over.pop(k) for k in list(over) if k in HistoryOptions.__dataclass_fields__})
+    return HistoryTrainConfig(
+        loss=job.loss,
+        preset=history_preset(job.preset, **sizes),
+        seed=job.seed,
+        epochs=job.epochs,
+        eval_ks=tuple(ks),
+        early_stop_ks=tuple(ks),
+        val_fraction=VAL_FRACTION,
+        history=opts,
+        **over,
+    )
+
+
 def run_experiment(
     data_path: str | Path,
     models: Sequence[str],
@@ -420,6 +438,13 @@ def run_experiment(
                     Job("utpm", "joint", s, preset, ((key, v),), epochs, folds) for s in range(hparam_seeds or seeds)
                 )
     jobs = list(dict.fromkeys(jobs))
+    for job in jobs:  # a variant that cannot run is refused now, not after the jobs before it
+        if job.model.startswith(DEFAULT_MODEL):
+            try:
+                history_config(job, ks)
+            except (TypeError, ValueError) as e:
+                variant = ",".join(f"{k}={v}" for k, v in job.overrides)
+                raise ExperimentError(f"variant {variant!r} cannot run: {e}") from None
     split0 = split_protocol(_dataset(path), seed=0)
     protocol = {**split0.protocol_info(), "seeds": seed_list, "preset": get_preset(preset).to_dict(), "ks": list(ks)}
     if folds > 0:

@@ -1,0 +1,147 @@
+"""Bad input to any `utpm` command ends in one clear error and exit status 2, before the command's
+work: no traceback, no hang, no run of minutes that then fails to write its result.
+
+Each case goes through `utpm_cli.main.main`, the console script, in process: an exception other
+than SystemExit(2) fails the test, as a traceback would have reached the user."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from pipeline.build import BuiltBundle
+from utpm_cli.main import main
+
+
+@pytest.fixture()
+def utpm(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Callable[..., str]:
+    """Run `utpm ARGS...`; its output (stdout and stderr, the usage box's frame and line breaks gone),
+    after asserting that it exited with status 2."""
+    monkeypatch.setenv("COLUMNS", "200")
+
+    def run(*args: object) -> str:
+        monkeypatch.setattr(sys, "argv", ["utpm", *map(str, args)])
+        with pytest.raises(SystemExit) as exited:
+            main()
+        out = capsys.readouterr()
+        text = re.sub(r"[\s│╭╮╰╯─]+", " ", out.out + out.err)
+        assert exited.value.code == 2, text
+        return text
+
+    return run
+
+
+@pytest.fixture()
+def a_file(tmp_path: Path) -> Path:
+    path = tmp_path / "a-file"
+    path.write_text("not a folder\n")
+    return path
+
+
+def test_numbers_out_of_range_are_refused_before_any_work(
+    utpm: Callable[..., str], hist_built: BuiltBundle, movielens_sample_dir: Path, tmp_path: Path
+) -> None:
+    bundle, data = hist_built.bundle, movielens_sample_dir
+    # each of these ran (and exited 0, or for minutes), raised a traceback, or hung (the port)
+    cases = [
+        (["demo", "--port", -1], "'--port'"),
+        (["experiment", data, "--seeds", 0], "'--seeds'"),
+        (["experiment", data, "--repeats", 0], "'--repeats'"),
+        (["experiment", data, "--folds", 1], "--folds must be 0 (seeded 80/20 draws) or at least 2, got 1"),
+        (["experiment", data, "--workers", -1], "'--workers'"),
+        (
+            ["experiment", data, "--models", "youtube", "--epochs", 1, "--variant", "cross=none,nonsense=1"],
+            "variant 'cross=none,nonsense=1' cannot run: unknown key(s) ['nonsense']; valid: loss, ",
+        ),
+        (["bench", "personal", bundle, data, "--k", 0], "'--k'"),
+        (["bench", "personal", bundle, data, "--values", 0], "'--values'"),
+        (["bench", "ab", bundle, bundle, "--rounds", 0], "'--rounds'"),
+        (["bench", "loop", bundle, "--concurrency", 0], "'--concurrency'"),
+        (["bench", "serve", "--bundle", bundle, "--duration", 0], "'--duration'"),
+        (["bench", "serve", "--bundle", bundle, "--workers", 0], "'--workers'"),
+        (["profile", "bench", data, "--bundle", bundle, "--users", 0], "'--users'"),
+    ]
+    for args, expected in cases:
+        assert expected in utpm(*args), args
+
+
+def test_a_port_out_of_range_is_refused_instead_of_hanging(hist_built: BuiltBundle) -> None:
+    """uvicorn's bind raised OverflowError, which it does not handle: the process served nothing and
+    never exited. In a child process with a timeout, so that a regression fails instead of hanging."""
+    done = subprocess.run(
+        [sys.executable, "-m", "utpm_cli.main", "serve", str(hist_built.bundle), "--port", "70000"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert done.returncode == 2 and "Invalid value for '--port'" in done.stderr, done.stderr
+
+
+def test_an_opset_the_exporter_cannot_write_is_named(
+    utpm: Callable[..., str], hist_built: BuiltBundle, tmp_path: Path
+) -> None:
+    for opset in (16, 99):
+        out = utpm("export", hist_built.run, "--out", tmp_path / f"b{opset}", "--opset", opset)
+        assert "opset must be between 17 and" in out and f"got {opset}" in out
+        assert not (tmp_path / f"b{opset}").exists()
+
+
+def test_a_run_where_a_bundle_belongs_is_named(
+    utpm: Callable[..., str], hist_built: BuiltBundle, movielens_sample_dir: Path
+) -> None:
+    out = utpm("bench", "personal", hist_built.run, movielens_sample_dir)
+    assert f"{hist_built.run} is not a bundle: no manifest.json" in out
+
+
+def test_an_output_that_cannot_be_written_stops_the_command_before_its_work(
+    utpm: Callable[..., str], hist_built: BuiltBundle, movielens_sample_dir: Path, a_file: Path
+) -> None:
+    data = movielens_sample_dir
+    cases = [
+        (["train", data, "--out", a_file / "run", "--epochs", 1], "'--out'"),
+        (["experiment", data, "--models", "youtube", "--epochs", 1, "--json", a_file / "x.json"], "'--json'"),
+        (["experiment", data, "--models", "youtube", "--epochs", 1, "--report", a_file / "r"], "'--report'"),
+        (["export", hist_built.run, "--out", a_file / "bundle"], "'--out'"),
+        (["prepare", "synthetic", a_file / "s", "--tags", 1000, "--users", 10], "'out'"),
+        (["bench", "personal", hist_built.bundle, data, "--json", a_file / "p.json"], "'--json'"),
+    ]
+    for args, option in cases:
+        # refused while the arguments are parsed, so before the command's work
+        out = utpm(*args)
+        assert f"Invalid value for {option}: cannot write {a_file}" in out, args
+        assert f"{a_file} is a file" in out, args
+    assert a_file.read_text() == "not a folder\n"
+
+
+def test_a_path_the_system_refuses_is_one_line(utpm: Callable[..., str], tmp_path: Path) -> None:
+    """What no option check covers (an input that is a folder where a file belongs) reaches the
+    console script's net for OSError: the path and the reason, in one line."""
+    src = tmp_path / "ml"
+    (src / "ratings.csv").mkdir(parents=True)
+    (src / "movies.csv").write_text("movieId,title,genres\n")
+    (src / "tags.csv").write_text("userId,movieId,tag,timestamp\n")
+    assert f"error: {src / 'ratings.csv'}: Is a directory" in utpm("prepare", "movielens", src, tmp_path / "out")
+
+
+def test_bench_report_names_a_missing_doc_one_without_blocks_and_an_artifact_that_is_not_json(
+    utpm: Callable[..., str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert "docs/performance.md: no such file (run from the repository root, or name the docs)" in utpm(
+        "bench", "report"
+    )
+    plain = tmp_path / "plain.md"
+    plain.write_text("# no measured blocks\n")
+    assert f"{plain} has no measured blocks" in utpm("bench", "report", plain)
+    doc = tmp_path / "doc.md"
+    doc.write_text("<!-- report: x.json -->\nby hand\n<!-- /report -->\n")
+    (tmp_path / "x.json").write_text("{not json")
+    assert f"{doc}: x.json is not JSON" in utpm("bench", "report", doc)
+    assert doc.read_text() == "<!-- report: x.json -->\nby hand\n<!-- /report -->\n"
