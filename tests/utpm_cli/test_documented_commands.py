@@ -51,7 +51,7 @@ def problem(args_text: str) -> str | None:
                 return why
         args = args[:cut]
     cmd = typer.main.get_command(app)
-    path = []
+    path: list[str] = []
     while hasattr(cmd, "list_commands"):
         if not args or args[0].startswith("-"):
             return None  # a group's own help
