@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from utpm.data.protocol import ProtocolSplit, split_protocol, train_val_rows
 from utpm.evaluation.metrics import precision_at_k, user_precision
 from utpm.evaluation.personalisation import bootstrap_mean_ci, personalisation
 from utpm.evaluation.yardsticks import ORACLES, REFERENCES, YARDSTICKS, tag_order, tune_blend, yardstick_rankings
+
+if TYPE_CHECKING:  # torch: imported by the jobs that train
+    from utpm.training.history import HistoryTrainConfig
 
 # The paper's ablation ladder (Tables 2, 3) and UTPM; `utpm` is af2-cf with the joint loss.
 PAPER_MODELS = ("youtube", "af1-unshared", "af1", "af2", "af2-cf", "af2-afm", "af2-nfm", "af2-dcn", "af2-autoint")
@@ -364,7 +367,7 @@ def split_yardstick_runs(
     return runs
 
 
-def history_config(job: Job, ks: Sequence[int]) -> Any:
+def history_config(job: Job, ks: Sequence[int]) -> HistoryTrainConfig:
     """The `HistoryTrainConfig` of a default-model job: its overrides (a `--variant`) applied to the
     sizes (dim, max_values), the model's `HistoryOptions` and the training config; ValueError or
     TypeError for an override none of them has, or a value one refuses."""
@@ -372,7 +375,7 @@ def history_config(job: Job, ks: Sequence[int]) -> Any:
     from utpm.training.history import HistoryTrainConfig, history_preset
 
     over = dict(job.overrides)
-    fixed = ("loss", "preset", "seed", "epochs", "eval_ks", "early_stop_ks", "val_fraction", "history")
+    fixed = ("model", "loss", "preset", "seed", "epochs", "eval_ks", "early_stop_ks", "val_fraction", "history")
     keys = {"dim", "max_values", *HistoryOptions.__dataclass_fields__, *HistoryTrainConfig.__dataclass_fields__}
     unknown = sorted(set(over) - keys.difference(fixed))
     if unknown:
