@@ -375,11 +375,16 @@ def history_config(job: Job, ks: Sequence[int]) -> HistoryTrainConfig:
     from utpm.training.history import HistoryTrainConfig, history_preset
 
     over = dict(job.overrides)
-    fixed = ("model", "loss", "preset", "seed", "epochs", "eval_ks", "early_stop_ks", "val_fraction", "history")
-    keys = {"dim", "max_values", *HistoryOptions.__dataclass_fields__, *HistoryTrainConfig.__dataclass_fields__}
-    unknown = sorted(set(over) - keys.difference(fixed))
+    fixed = {"model", "loss", "preset", "seed", "epochs", "eval_ks", "early_stop_ks", "val_fraction", "history"}
+    keys = {
+        "dim",
+        "max_values",
+        *HistoryOptions.__dataclass_fields__,
+        *HistoryTrainConfig.__dataclass_fields__.keys() - fixed,
+    }
+    unknown = sorted(set(over) - keys)
     if unknown:
-        raise ValueError(f"unknown key(s) {unknown}; valid: loss, {', '.join(sorted(keys.difference(fixed)))}")
+        raise ValueError(f"unknown key(s) {unknown}; valid: loss, {', '.join(sorted(keys))}")
     sizes = {k: over.pop(k) for k in ("dim", "max_values") if k in over}
     opts = HistoryOptions(**{k: over.pop(k) for k in list(over) if k in HistoryOptions.__dataclass_fields__})
     return HistoryTrainConfig(
