@@ -106,3 +106,17 @@ def output_folder(path: Path | None) -> Path | None:
     if reason:
         raise typer.BadParameter(f"cannot write {path}: {reason}")
     return path
+
+
+def require_listenable(host: str, port: int) -> None:
+    """`host:port` can be listened on now (uvicorn binds it the same way, SO_REUSEADDR), so that a
+    port in use is one line before the service loads and logs, not uvicorn's error after."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(address)
+    except OSError as e:  # gaierror (no such host) included
+        fail(f"cannot listen on {host}:{port}: {e.strerror or e}")

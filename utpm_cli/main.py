@@ -24,7 +24,16 @@ from utpm_cli.bench import (
     bench_speed_cmd,
     bench_tune_cmd,
 )
-from utpm_cli.errors import fail, missing_extra, output_file, output_folder, positive_ints, require_bundle, say_error
+from utpm_cli.errors import (
+    fail,
+    missing_extra,
+    output_file,
+    output_folder,
+    positive_ints,
+    require_bundle,
+    require_listenable,
+    say_error,
+)
 from utpm_cli.export import bench_model_cmd, export_cmd
 from utpm_cli.index import bench_index_cmd, index_build_cmd
 from utpm_cli.model import bench_start_cmd, evaluate_run, parse_variants, prepare_amazon_cmd, train_default
@@ -382,6 +391,7 @@ def serve_cmd(
     from service.main import create_app
 
     require_bundle(bundle)
+    require_listenable(host, port)
     overrides: dict[str, object] = {"bundle": bundle}
     if redis_url:
         overrides["redis_url"] = redis_url
@@ -443,6 +453,8 @@ def demo_cmd(
     from utpm.models.presets import get_preset
     from utpm.training.trainer import TrainConfig
 
+    if serve:
+        require_listenable("127.0.0.1", port)  # before the minute of building, not after it
     if model in (HISTORY_MODEL, "default"):
         from utpm.training.history import HistoryTrainConfig
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -82,6 +83,26 @@ def test_a_port_out_of_range_is_refused_instead_of_hanging(hist_built: BuiltBund
         env={**os.environ, "COLUMNS": "200"},
     )
     assert done.returncode == 2 and "Invalid value for '--port'" in done.stderr, done.stderr
+
+
+def test_a_port_in_use_is_one_line_before_the_service_loads_or_the_demo_builds(
+    utpm: Callable[..., str], hist_built: BuiltBundle, tmp_path: Path
+) -> None:
+    """uvicorn said it only after the service had loaded and logged that it was serving (status 3);
+    the demo found it after a minute of building."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = utpm("serve", hist_built.bundle, "--port", port)
+        assert f"error: cannot listen on 127.0.0.1:{port}: Address already in use" in out
+        assert "serving bundle" not in out
+        out = utpm("demo", "--out", tmp_path / "demo", "--port", port)
+        assert f"error: cannot listen on 127.0.0.1:{port}: Address already in use" in out
+        assert not (tmp_path / "demo").exists()
+    assert "error: cannot listen on no.such.host.invalid:8000" in utpm(
+        "serve", hist_built.bundle, "--host", "no.such.host.invalid"
+    )
 
 
 def test_an_opset_the_exporter_cannot_write_is_named(
