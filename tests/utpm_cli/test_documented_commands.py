@@ -3,10 +3,12 @@ the docs' figures are reproduced by these commands, so a renamed option must not
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -35,6 +37,12 @@ def shown_commands(text: str) -> Iterator[str]:
                     yield part[m.end() :].strip()
 
 
+@functools.cache
+def root_command() -> Any:
+    """The Typer app as a click command tree, built once (building it takes tens of milliseconds)."""
+    return typer.main.get_command(app)
+
+
 def problem(args_text: str) -> str | None:
     """Why `utpm ARGS` would not parse as far as names go (command, options), or None."""
     try:
@@ -50,7 +58,7 @@ def problem(args_text: str) -> str | None:
             if why:
                 return why
         args = args[:cut]
-    cmd = typer.main.get_command(app)
+    cmd = root_command()
     path: list[str] = []
     while hasattr(cmd, "list_commands"):
         if not args or args[0].startswith("-"):
@@ -59,7 +67,7 @@ def problem(args_text: str) -> str | None:
             rest = shlex.join(args[1:])
             whys = [problem(" ".join([*path, alt, rest])) for alt in args[0].split("|")]
             return next((w for w in whys if w), None)
-        sub = cmd.get_command(None, args[0])  # type: ignore[attr-defined]
+        sub = cmd.get_command(None, args[0])
         if sub is None:
             return f"no command `utpm {' '.join([*path, args[0]])}`"
         path.append(args.pop(0))
