@@ -6,7 +6,6 @@ are parsed, by Typer, also with status 2: before the command's work, not after i
 from __future__ import annotations
 
 import os
-import re
 from importlib import metadata
 from pathlib import Path
 from typing import NoReturn
@@ -26,25 +25,23 @@ def fail(message: str) -> NoReturn:
 def missing_extra(error: ModuleNotFoundError) -> str | None:
     """The one-line error for a module that one of utpm's extras installs (`pandas` -> the `train`
     extra), read from the installed package's own requirements; None for any other missing module."""
-    name = (error.name or "").partition(".")[0]
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    module = (error.name or "").partition(".")[0]
     try:
         requires = metadata.requires("utpm") or []
+        offered = metadata.metadata("utpm").get_all("Provides-Extra") or []
     except metadata.PackageNotFoundError:
         return None
-
-    def canonical(dist: str) -> str:
-        return re.sub(r"[-_.]+", "-", dist).lower()
-
-    extras = set()
-    for line in requires:
-        dist = re.match(r"[A-Za-z0-9._-]+", line)
-        extra = re.search(r"extra\s*==\s*[\"']([^\"']+)[\"']", line)
-        if dist and extra and canonical(dist.group(0)) == canonical(name):
-            extras.add(extra.group(1))
+    extras: set[str] = set()
+    for req in map(Requirement, requires):
+        if canonicalize_name(req.name) == canonicalize_name(module) and req.marker is not None:
+            extras.update(e for e in offered if req.marker.evaluate({"extra": e}))
     if not extras:
         return None
     options = " or ".join(f"pip install 'utpm[{e}]'" for e in sorted(extras))
-    return f"this command needs {name}, which is not installed: {options}"
+    return f"this command needs {module}, which is not installed: {options}"
 
 
 def positive_ints(text: str, option: str) -> tuple[int, ...]:
