@@ -73,36 +73,35 @@ def require_bundle(bundle: Path) -> None:
         fail(f"{bundle} has no tag index ({INDEX_FILE}); build it with `utpm index build {bundle}`")
 
 
-def _writable(path: Path, folder: bool) -> str | None:
-    """Why `path` cannot be written as a file (`folder` False) or a folder, as far as the file system
-    shows now; None when nothing stands in the way."""
-    if path.exists() and path.is_dir() != folder:
-        return f"{path} is {'a file' if folder else 'a folder'}"
+def _refuse_unwritable(path: Path | None, folder: bool) -> Path | None:
+    """`path` unchanged, or typer.BadParameter saying why it cannot be written as a file (`folder`
+    False) or a folder, as far as the file system shows now. Nothing is created."""
+    if path is None:
+        return None
+    reason = None
     above = path if folder else path.parent
     while not above.exists() and above != above.parent:
         above = above.parent
-    if not above.is_dir():
-        return f"{above} is a file, not a folder"
-    if not os.access(above, os.W_OK | os.X_OK):
-        return f"{above} is not writable"
-    return None
+    if path.exists() and path.is_dir() != folder:
+        reason = f"{path} is {'a file' if folder else 'a folder'}"
+    elif not above.is_dir():
+        reason = f"{above} is a file, not a folder"
+    elif not os.access(above, os.W_OK | os.X_OK):
+        reason = f"{above} is not writable"
+    if reason:
+        raise typer.BadParameter(f"cannot write {path}: {reason}")
+    return path
 
 
 def output_file(path: Path | None) -> Path | None:
     """Typer callback of an option naming a file to write: refused when it cannot be written, so that
     a long command stops before its work, not after it."""
-    reason = None if path is None else _writable(path, folder=False)
-    if reason:
-        raise typer.BadParameter(f"cannot write {path}: {reason}")
-    return path
+    return _refuse_unwritable(path, folder=False)
 
 
 def output_folder(path: Path | None) -> Path | None:
-    """As `output_file`, for a folder to write (created with its parents when missing)."""
-    reason = None if path is None else _writable(path, folder=True)
-    if reason:
-        raise typer.BadParameter(f"cannot write {path}: {reason}")
-    return path
+    """As `output_file`, for a folder the command writes into (creating it and its parents)."""
+    return _refuse_unwritable(path, folder=True)
 
 
 def require_listenable(host: str, port: int) -> None:

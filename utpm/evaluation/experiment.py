@@ -446,13 +446,14 @@ def run_experiment(
                     Job("utpm", "joint", s, preset, ((key, v),), epochs, folds) for s in range(hparam_seeds or seeds)
                 )
     jobs = list(dict.fromkeys(jobs))
-    for job in jobs:  # a variant that cannot run is refused now, not after the jobs before it
-        if job.model.startswith(DEFAULT_MODEL):
-            try:
-                history_config(job, ks)
-            except (TypeError, ValueError) as e:
-                variant = ",".join(f"{k}={v}" for k, v in job.overrides)
-                raise ExperimentError(f"variant {variant!r} cannot run: {e}") from None
+    # a variant that cannot run is refused now, not after the jobs before it: one job per variant
+    first_of = {(j.loss, j.overrides): j for j in reversed(jobs) if j.model.startswith(DEFAULT_MODEL)}
+    for job in first_of.values():
+        try:
+            history_config(job, ks)
+        except (TypeError, ValueError) as e:
+            variant = ",".join(f"{k}={v}" for k, v in job.overrides)
+            raise ExperimentError(f"variant {variant!r} cannot run: {e}") from None
     split0 = split_protocol(_dataset(path), seed=0)
     protocol = {**split0.protocol_info(), "seeds": seed_list, "preset": get_preset(preset).to_dict(), "ks": list(ks)}
     if folds > 0:
