@@ -9,18 +9,23 @@ service needs is a module constant next to the code it tunes, with the reason be
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.redis_client import check_url
 
 ROLES = ("read", "write", "admin")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
+# Redis's PX must fit a signed 64-bit count of ms from now; a year is already longer than any
+# profile stays true to its user's features.
+MAX_CACHE_TTL_MS = 365 * 24 * 3_600_000
 
 # Settings that were renamed or became constants (docs/serving.md keeps the table): set, they
 # stop the start-up rather than being silently ignored.
@@ -85,6 +90,15 @@ def parse_auth_keys(spec: str) -> dict[str, str]:
     return keys
 
 
+def _check_origin(origin: object) -> None:
+    """What a browser sends as Origin: anything else (a path, a trailing slash) would never match."""
+    if origin == "*":
+        return
+    url = urlsplit(origin) if isinstance(origin, str) else None
+    if url is None or url.scheme not in ("http", "https") or not url.hostname or url.path or url.query:
+        raise ValueError(f"{origin!r} is not an origin: expected scheme://host[:port] without a path, or *")
+
+
 class Settings(BaseSettings):
     """Every public knob of the profile service. Defaults suit `make demo` on a laptop."""
 
@@ -104,7 +118,12 @@ class Settings(BaseSettings):
         "execution provider and a GPU index; cpu: never touch a GPU.",
     )
     log_level: str = Field("INFO")
-    cors_origins: list[str] = Field(default_factory=list, description="CORS is off unless origins are listed.")
+    # NoDecode: a plain comma-separated list is read by `_origins`, not refused by a JSON parser
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins allowed by CORS (scheme://host[:port], or *), comma-separated or a JSON list; "
+        "CORS is off unless origins are listed.",
+    )
     otlp_endpoint: str | None = Field(
         None,
         description="OTLP/HTTP traces endpoint (e.g. http://otel-collector:4318/v1/traces); unset: no tracing, "
@@ -134,7 +153,9 @@ class Settings(BaseSettings):
     redis_timeout_ms: int = Field(
         200, ge=1, description="Per-command Redis timeout: a slow Redis never stalls a request longer than this."
     )
-    cache_ttl_ms: int = Field(3_600_000, ge=1000, description="How long a computed profile stays readable.")
+    cache_ttl_ms: int = Field(
+        3_600_000, ge=1000, le=MAX_CACHE_TTL_MS, description="How long a computed profile stays readable."
+    )
     cache_tags: int = Field(100, ge=1, le=1000, description="Tags stored per cached profile (at least the k asked).")
     near_cache_ttl_ms: int = Field(
         1000,
@@ -155,7 +176,7 @@ class Settings(BaseSettings):
     # 8: per-user cost falls steeply up to a batch of 8 and little beyond, while waiting grows
     # (docs/performance.md, "What each setting bought").
     batch_max_users: int = Field(8, ge=1, description="Users per ONNX Runtime run / FAISS search.")
-    batch_max_wait_ms: float = Field(2.0, ge=0, description="Longest a request waits for company.")
+    batch_max_wait_ms: float = Field(2.0, ge=0, le=1000, description="Longest a request waits for company.")
     batch_workers: int = Field(2, ge=1, description="Batches computed at once (threads).")
     batch_second_full: bool = Field(
         True,
@@ -200,6 +221,41 @@ class Settings(BaseSettings):
         v = v.upper()
         if v not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ValueError(f"log_level must be DEBUG, INFO, WARNING or ERROR, not {v!r}")
+        return v
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, v: object) -> object:
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("["):
+                try:
+                    v = json.loads(text)
+                except ValueError:
+                    raise ValueError(
+                        "a JSON list of origins that does not parse (or give them comma-separated)"
+                    ) from None
+            else:
+                v = [o for o in re.split(r"[,\s]+", text) if o]
+        if isinstance(v, list):
+            for origin in v:
+                _check_origin(origin)
+        return v
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _otlp(cls, v: str | None) -> str | None:
+        if v is not None:
+            url = urlsplit(v)
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise ValueError(f"expected an OTLP/HTTP URL such as http://collector:4318/v1/traces, got {v!r}")
+        return v
+
+    @field_validator("bundle_root")
+    @classmethod
+    def _root(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_dir():
+            raise ValueError(f"{v} is not a directory (bundles for /admin/reload are loaded from under it)")
         return v
 
     @field_validator("redis_url")

@@ -143,6 +143,45 @@ def test_invalid_settings_stop_the_start_up_in_one_line_naming_each_variable(
 
 
 @pytest.mark.parametrize(
+    ("variable", "value", "problem"),
+    [
+        # before: a traceback from pydantic-settings' JSON parser (SettingsError), not one line
+        ("UTPM_CORS_ORIGINS", "[https://app.example", "a JSON list of origins that does not parse"),
+        # before: accepted, and a browser's Origin never has a path, so CORS silently matched nothing
+        ("UTPM_CORS_ORIGINS", "https://app.example/", "is not an origin"),
+        ("UTPM_CORS_ORIGINS", "app.example", "is not an origin"),
+        # before: accepted; a lone request then waited forever for a batch to fill
+        ("UTPM_BATCH_MAX_WAIT_MS", "inf", "less than or equal to 1000"),
+        # before: accepted; Redis refused every write (PX out of range), so nothing was ever cached
+        ("UTPM_CACHE_TTL_MS", str(10**19), "less than or equal to 31536000000"),
+        # before: accepted, "tracing on", and every export failed later
+        ("UTPM_OTLP_ENDPOINT", "collector:4318", "expected an OTLP/HTTP URL"),
+        # before: accepted; every /admin/reload was then refused as outside the root
+        ("UTPM_BUNDLE_ROOT", "/nonexistent/bundles", "is not a directory"),
+    ],
+)
+def test_settings_that_could_only_fail_later_stop_the_start_up(
+    bundles: dict[str, Path], monkeypatch: pytest.MonkeyPatch, variable: str, value: str, problem: str
+) -> None:
+    monkeypatch.setenv("UTPM_BUNDLE", str(bundles["a"]))
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SystemExit) as e:
+        create_app()
+    message = str(e.value)
+    assert message.startswith(f"error: invalid settings: {variable}: ") and problem in message, message
+
+
+def test_cors_origins_are_read_comma_separated_or_as_a_json_list(bundles: dict[str, Path]) -> None:
+    for given in ("https://a.example, http://b.example:8080", '["https://a.example", "http://b.example:8080"]'):
+        assert Settings(bundle=bundles["a"], cors_origins=given).cors_origins == [
+            "https://a.example",
+            "http://b.example:8080",
+        ]
+    assert Settings(bundle=bundles["a"], cors_origins="*").cors_origins == ["*"]
+    assert Settings(bundle=bundles["a"], cors_origins="").cors_origins == []
+
+
+@pytest.mark.parametrize(
     "url",
     [
         "redis+sentinel://:s3cret@10.0.0.5:26379/utpm/x",  # db not a number
