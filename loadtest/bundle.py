@@ -31,6 +31,8 @@ PAPER_MODEL = "utpm"
 DEFAULT_MODEL = "utpm-hist"  # the project's default model: what the benchmarks build unless told otherwise
 MODELS = (DEFAULT_MODEL, PAPER_MODEL)
 DEFAULT_ROOT = Path("artifacts/bench")
+# Fewer tags than this and the synthetic generator's planted interests and item tags crowd each other out
+MIN_TAGS = 1000
 PAYLOAD_USERS = 2000
 Say = Callable[[str], None]
 
@@ -60,6 +62,8 @@ class Recipe:
         """0.2 users per tag (at least 2,000): with fewer, many tags never occur in a label item.
         `model`: the default model utpm-hist, or the paper's utpm (same data, its own directory);
         `cross`: utpm-hist's cross layer (its default when None)."""
+        if tags < MIN_TAGS:
+            raise ValueError(f"--tags must be at least {MIN_TAGS}, got {tags}")
         if model not in MODELS:
             raise ValueError(f"unknown benchmark model {model!r}; valid: {', '.join(MODELS)}")
         if model == PAPER_MODEL:
@@ -248,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     """Build (or reuse) a benchmark bundle: `python -m loadtest.bundle --tags 1000000 --model utpm-hist`."""
     import argparse
 
-    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m loadtest.bundle", description=main.__doc__)
     parser.add_argument("--tags", type=int, default=1_000_000)
     parser.add_argument("--model", choices=MODELS, default=DEFAULT_MODEL)
     parser.add_argument("--cross", default=None, help="utpm-hist's cross layer: none (default) or e.g. cf")
@@ -257,7 +261,15 @@ def main(argv: list[str] | None = None) -> None:
         "--reexport", action="store_true", help="keep the data and the trained run; redo the export and the index"
     )
     args = parser.parse_args(argv)
-    built = prepare_bench_bundle(Recipe.for_tags(args.tags, args.model, args.cross), args.root, print, args.reexport)
+    try:
+        recipe = Recipe.for_tags(args.tags, args.model, args.cross)
+    except ValueError as e:
+        parser.error(str(e))
+    try:
+        args.root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        parser.error(f"cannot create --root {args.root}: {e.strerror}")
+    built = prepare_bench_bundle(recipe, args.root, print, args.reexport)
     print(json.dumps({"bundle": str(built.bundle), "payloads": str(built.payloads), **built.info}, indent=2))
 
 

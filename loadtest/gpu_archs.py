@@ -12,8 +12,8 @@ machine without a GPU. It reads entry headers only; whether the code runs is for
 
 from __future__ import annotations
 
+import argparse
 import struct
-import sys
 import zipfile
 from collections import Counter
 from collections.abc import Sequence
@@ -87,11 +87,18 @@ def describe(archs: Counter[tuple[str, int]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    paths = [Path(a) for a in (sys.argv[1:] if argv is None else argv)]
-    if not paths:
-        sys.exit("usage: python -m loadtest.gpu_archs WHEEL_OR_LIBRARY...")
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest.gpu_archs", description="GPU architectures a CUDA wheel or library carries code for."
+    )
+    parser.add_argument("paths", nargs="+", type=Path, metavar="WHEEL_OR_LIBRARY")
+    paths = parser.parse_args(argv).paths
     for path in paths:
-        found = archs_of(path)
+        if not path.is_file():
+            parser.error(f"{path} is not a file")
+        try:
+            found = archs_of(path)
+        except (OSError, ValueError, zipfile.BadZipFile) as e:
+            parser.error(f"cannot read {path}: {e}")
         for name, archs in found.items():
             print(f"{path.name}: {name}: {describe(archs)}")
         if not found:

@@ -102,11 +102,12 @@ def bench_serve_cmd(
     ),
 ) -> None:
     """The service under load (locust + wrk) beside an empty FastAPI ceiling and a naive peer: a JSON report."""
+    from loadtest.bundle import MIN_TAGS
     from loadtest.report import render_serve
     from loadtest.serve import BenchConfig, run_bench
 
-    if tags < 1000:
-        fail(f"--tags must be at least 1000, got {tags}")
+    if tags < MIN_TAGS:
+        fail(f"--tags must be at least {MIN_TAGS}, got {tags}")
     _check_model(model)
     cfg = BenchConfig(
         tags=tags,

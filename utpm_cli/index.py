@@ -22,7 +22,9 @@ def index_build_cmd(
     kind: Annotated[
         str, typer.Option(help="auto | flat | ivf | hnsw (auto: exact up to 100k tags or on a GPU).")
     ] = "auto",
-    target_recall: Annotated[float, typer.Option(help="recall@50 the ANN search parameter is tuned to reach.")] = 0.95,
+    target_recall: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="recall@50 the ANN search parameter is tuned to reach.")
+    ] = 0.95,
     seed: Annotated[int, typer.Option(help="Seed of the k-means sample and the structured queries.")] = 0,
 ) -> None:
     """Build the bundle's FAISS inner-product tag index (index.faiss + index_infos.json with recall vs exact)."""
@@ -54,9 +56,11 @@ def bench_index_cmd(
     dim: Annotated[int, typer.Option(help="Vector dimension.")] = 128,
     queries: Annotated[int, typer.Option(help="Evaluation queries (plus 500 tuning queries).")] = 2000,
     kind: Annotated[str, typer.Option(help="ANN index: auto (what `index build` picks; IVF) | ivf | hnsw.")] = "auto",
-    target_recall: Annotated[float, typer.Option(help="recall@50 the ANN index is tuned to reach.")] = 0.95,
+    target_recall: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="recall@50 the ANN index is tuned to reach.")
+    ] = 0.95,
     peers: Annotated[bool, typer.Option(help="Also measure hnswlib at equal-or-better recall.")] = True,
-    threads: Annotated[int | None, typer.Option(help="Threads for every engine (default: all CPUs).")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="Threads for every engine (default: all CPUs).")] = None,
     quick: Annotated[
         bool, typer.Option("--quick", help="20k tags, 200 queries: checks the pipeline, not speed.")
     ] = False,

@@ -106,3 +106,19 @@ def test_bad_benchmark_arguments_end_in_one_error_line(tmp_path: Path) -> None:
         res = CliRunner().invoke(app, list(args))
         assert res.exit_code == 2 and res.output.strip().splitlines()[-1].startswith(line), res.output
         assert "Traceback" not in res.output
+
+
+def test_the_bundle_command_refuses_bad_input_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from loadtest.bundle import main
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    cases = [
+        (["--tags", "0"], "--tags must be at least 1000, got 0"),  # before: the generator's traceback
+        (["--tags", "5000", "--cross", "zz"], "unknown cross layer 'zz'"),  # before: a traceback
+        (["--tags", "5000", "--root", str(a_file / "bench")], "cannot create --root"),  # before: a traceback
+    ]
+    for argv, problem in cases:
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2 and problem in capsys.readouterr().err, argv

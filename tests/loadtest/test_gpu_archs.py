@@ -6,7 +6,9 @@ import struct
 import zipfile
 from pathlib import Path
 
-from loadtest.gpu_archs import FATBIN_MAGIC, archs_of, describe, fatbin_archs
+import pytest
+
+from loadtest.gpu_archs import FATBIN_MAGIC, archs_of, describe, fatbin_archs, main
 
 
 def _entry(kind: int, arch: int, payload: bytes) -> bytes:
@@ -64,3 +66,14 @@ def test_entries_of_every_fatbin_are_counted_by_kind_and_architecture(tmp_path: 
 
 def test_a_library_without_a_fatbin_has_no_architectures() -> None:
     assert not fatbin_archs(_elf({".text": b"\x90" * 8}))
+
+
+def test_the_command_names_a_missing_or_unreadable_file_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    not_elf = tmp_path / "notes.txt"
+    not_elf.write_text("not a library")
+    for path, problem in ((tmp_path / "missing.whl", "is not a file"), (not_elf, "not a 64-bit little-endian ELF")):
+        with pytest.raises(SystemExit) as e:
+            main([str(path)])
+        assert e.value.code == 2 and problem in capsys.readouterr().err

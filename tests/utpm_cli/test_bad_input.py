@@ -67,6 +67,9 @@ def test_numbers_out_of_range_are_refused_before_any_work(
         (["bench", "serve", "--bundle", bundle, "--duration", 0], "'--duration'"),
         (["bench", "serve", "--bundle", bundle, "--workers", 0], "'--workers'"),
         (["profile", "bench", data, "--bundle", bundle, "--users", 0], "'--users'"),
+        (["index", "build", bundle, "--target-recall", 2], "'--target-recall'"),
+        (["bench", "index", "--quick", "--target-recall", 2], "'--target-recall'"),
+        (["bench", "index", "--quick", "--threads", 0], "'--threads'"),
     ]
     for args, expected in cases:
         assert expected in utpm(*args), args
