@@ -16,12 +16,15 @@ from batch.job import BatchError, BatchJob, Summary, check_redis_url
 from batch.rejects import RejectsFile
 from batch.writer import RedisWriter, WriteFailed
 from model_export.errors import BundleError
+from service.config import MAX_CACHE_TTL_MS
 from service.profile_record import iso_ms
 from service.redis_client import redact_url
 
 Engine = Literal["local", "ray"]
 ProgressFn = Callable[[int, int], None]  # (rows done, rows in the input)
 SUMMARY_FILE = "summary.json"
+# The last millisecond an ISO 8601 record time can name (9999-12-31T23:59:59.999Z)
+LAST_AS_OF_MS = 253_402_300_799_999
 
 
 def bundle_version(bundle: Path) -> str:
@@ -36,15 +39,24 @@ def bundle_version(bundle: Path) -> str:
         raise BatchError(f"{bundle}: not a bundle ({e})") from None
 
 
-def _check(job: BatchJob, workers: int) -> None:
+def _check(job: BatchJob, workers: int, engine: Engine, ray_address: str | None) -> None:
     if workers < 1:
         raise BatchError(f"--workers must be at least 1, got {workers}")
     if not 1 <= job.k <= 1000:
         raise BatchError(f"--k must be between 1 and 1000, got {job.k}")
     if job.chunk_users < 1:
         raise BatchError(f"--chunk-users must be at least 1, got {job.chunk_users}")
-    if job.ttl_ms < 1000:
-        raise BatchError(f"--ttl-s must be at least 1 second, got {job.ttl_ms / 1000:g}")
+    if not 1000 <= job.ttl_ms <= MAX_CACHE_TTL_MS:
+        raise BatchError(
+            f"--ttl-s must be between 1 and {MAX_CACHE_TTL_MS // 1000:,} (365 days, as UTPM_CACHE_TTL_MS), "
+            f"got {job.ttl_ms // 1000:,}"
+        )
+    if not 0 <= job.computed_at_ms <= LAST_AS_OF_MS:
+        raise BatchError(
+            f"--as-of must be between 1970 and 9999 (epoch ms 0 to {LAST_AS_OF_MS}), got {job.computed_at_ms}"
+        )
+    if ray_address is not None and engine != "ray":
+        raise BatchError("--ray-address joins a Ray cluster: it needs --engine ray")
 
 
 def run_batch(
@@ -58,7 +70,7 @@ def run_batch(
 ) -> Summary:
     """Profile every row of `job.source` into Redis; see the package docstring and docs/batch.md."""
     t0 = time.perf_counter()
-    _check(job, workers)
+    _check(job, workers, engine, ray_address)
     version = bundle_version(job.bundle)
     check_redis_url(job.redis_url)
     writer = RedisWriter(job.redis_url, job.redis_timeout_ms)

@@ -238,6 +238,10 @@ def test_cli_reports_bad_input_in_one_line(population: Path, bundles: dict[str, 
             [str(population), "--bundle", str(bundles["a"]), "--redis-url", "redis+sentinel://:s3cret@h:26379"],
             "--redis-url: a Sentinel URL is",
         ),
+        # before: a traceback (OSError from the time), a year-3,170,900 expiry, a silently local job
+        ([str(population), "--bundle", str(bundles["a"]), "--redis-url", dead, "--as-of", "9" * 20], "--as-of must"),
+        ([str(population), "--bundle", str(bundles["a"]), "--redis-url", dead, "--ttl-s", "9" * 14], "--ttl-s must"),
+        ([str(population), "--bundle", str(bundles["a"]), "--redis-url", dead, "--ray-address", "h:6379"], "needs"),
     ):
         r = subprocess.run(_cli(*args, "--out", str(tmp_path / "job")), capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
