@@ -134,6 +134,37 @@ def test_parquet_loads_like_csv(tmp_path: Path) -> None:
     assert pq_ds.events.equals(csv_ds.events)
 
 
+def test_parquet_typed_as_a_data_engineer_writes_it_loads_like_csv(tmp_path: Path) -> None:
+    """list<string> tag columns, integer ids, an integer column with nulls (read by pandas as float):
+    before, tags became one value "['a' 'b']", ids "3.0", and a null user id crashed the protocol."""
+    import pandas as pd
+
+    csv_ds = load_dataset(write(tmp_path))
+    items = pd.read_csv(tmp_path / "items.csv", dtype=str, keep_default_na=False)
+    events = pd.read_csv(tmp_path / "events.csv")
+    pq = tmp_path / "pq"
+    pq.mkdir()
+    items.assign(item_id=items.item_id.str.removeprefix("i").astype(int), tags=items.tags.str.split("|")).to_parquet(
+        pq / "items.parquet"
+    )
+    users = events.user_id.str.removeprefix("u").astype(float)  # u0..u4 -> 0.0..4.0
+    events.assign(user_id=users, item_id=events.item_id.str.removeprefix("i").astype(int)).to_parquet(
+        pq / "events.parquet"
+    )
+    pq_ds = load_dataset(pq)
+    assert pq_ds.items["tags"].tolist() == csv_ds.items["tags"].tolist()
+    assert pq_ds.items["item_id"].tolist() == ["1", "2", "3"]
+    assert sorted(set(pq_ds.events["user_id"])) == ["0", "1", "2", "3", "4"]
+    # one null user id: dropped as empty and counted, like an empty CSV cell
+    with_null = users.where(events.index != 0)
+    events.assign(user_id=with_null, item_id=events.item_id.str.removeprefix("i").astype(int)).to_parquet(
+        pq / "events.parquet"
+    )
+    ds = load_dataset(pq)
+    assert len(ds.events) == len(events) - 1
+    assert any("dropped 1 row(s) with an empty user_id (first at line 1)" in w for w in ds.report.warnings)
+
+
 def test_cli_reports_bad_file_without_traceback(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

@@ -139,15 +139,43 @@ def _to_int(s: pd.Series) -> tuple[pd.Series, pd.Series]:
 
 
 def split_list(s: pd.Series) -> pd.Series:
-    """'a|b| c' -> ['a', 'b', 'c']: split on '|', then the values' own rule (`clean_values`)."""
+    """'a|b| c' -> ['a', 'b', 'c']: split on '|', then the values' own rule (`clean_values`). A Parquet
+    list<string> column is taken as the list it is; a missing value is an empty list."""
+    if s.dtype == object and s.map(_is_list).any():
+        return s.map(_list_values)
     text = s.fillna("").astype(str)
     return text.map(lambda v: clean_values(v.split(LIST_SEP)))
+
+
+def _is_list(v: object) -> bool:
+    return isinstance(v, list | tuple | np.ndarray)
+
+
+def _list_values(v: object) -> list[str]:
+    if _is_list(v):
+        return clean_values(str(x) for x in v if x is not None)  # type: ignore[attr-defined]
+    return (
+        []
+        if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v))
+        else clean_values(str(v).split(LIST_SEP))
+    )
+
+
+def _text(s: pd.Series) -> pd.Series:
+    """A column as stripped text, whatever Parquet typed it as: a missing value is '' (an id is then
+    dropped as empty), and an integral float is its integer ('12', not '12.0': pandas reads
+    Parquet's integer column with nulls as float)."""
+    if pd.api.types.is_float_dtype(s):
+        integral = np.isfinite(s) & (s == np.floor(s))
+        text = s.astype(str).where(~integral, s.where(integral, 0).astype(np.int64).astype(str))
+        return text.where(s.notna(), "")
+    return s.astype(object).where(s.notna(), "").astype(str).str.strip()
 
 
 def _load_items(path: Path, report: LoadReport) -> pd.DataFrame:
     df = read_table(path, report)
     _require_columns(df, path, ITEM_COLUMNS)
-    df["item_id"] = df["item_id"].astype(str).str.strip()
+    df["item_id"] = _text(df["item_id"])
     df = _drop_bad(df, df["item_id"].eq(""), path, "an empty item_id", report)
     df = _drop_bad(df, df["item_id"].duplicated(), path, "a duplicate item_id (the first row is kept)", report)
     list_cols = [c for c in df.columns if c not in ("item_id", "_line")]
@@ -164,7 +192,7 @@ def _load_events(path: Path, item_ids: pd.Index, report: LoadReport) -> pd.DataF
     df = read_table(path, report)
     _require_columns(df, path, EVENT_COLUMNS)
     for c in ("user_id", "item_id"):
-        df[c] = df[c].astype(str).str.strip()
+        df[c] = _text(df[c])
         df = _drop_bad(df, df[c].eq(""), path, f"an empty {c}", report)
     ts, bad_ts = _to_int(df["timestamp"])
     df = _drop_bad(df.assign(timestamp=ts), bad_ts, path, "a timestamp that is not an integer", report)
@@ -190,14 +218,14 @@ def _load_events(path: Path, item_ids: pd.Index, report: LoadReport) -> pd.DataF
 def _load_users(path: Path, report: LoadReport) -> pd.DataFrame:
     df = read_table(path, report)
     _require_columns(df, path, ("user_id",))
-    df["user_id"] = df["user_id"].astype(str).str.strip()
+    df["user_id"] = _text(df["user_id"])
     df = _drop_bad(df, df["user_id"].eq(""), path, "an empty user_id", report)
     df = _drop_bad(df, df["user_id"].duplicated(), path, "a duplicate user_id (the first row is kept)", report)
     cols = [c for c in df.columns if c not in ("user_id", "_line")]
     if not cols:
         raise DataError(path, "a users file needs at least one column besides user_id", 1)
     for c in cols:
-        df[c] = df[c].fillna("").astype(str)
+        df[c] = _text(df[c])
     report.rows["users"] = len(df)
     return df[["user_id", *cols]].reset_index(drop=True)
 
