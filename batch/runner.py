@@ -48,7 +48,7 @@ def _check(job: BatchJob, workers: int, engine: Engine, ray_address: str | None)
         raise BatchError(f"--chunk-users must be at least 1, got {job.chunk_users}")
     if not 1000 <= job.ttl_ms <= MAX_CACHE_TTL_MS:
         raise BatchError(
-            f"--ttl-s must be between 1 and {MAX_CACHE_TTL_MS // 1000:,} (365 days, as UTPM_CACHE_TTL_MS), "
+            f"--ttl-s must be between 1 and {MAX_CACHE_TTL_MS // 1000:,} (10 years, as UTPM_CACHE_TTL_MS), "
             f"got {job.ttl_ms // 1000:,}"
         )
     if not 0 <= job.computed_at_ms <= LAST_AS_OF_MS:

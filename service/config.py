@@ -23,9 +23,9 @@ from service.redis_client import check_url
 
 ROLES = ("read", "write", "admin")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
-# Redis's PX must fit a signed 64-bit count of ms from now; a year is already longer than any
-# profile stays true to its user's features.
-MAX_CACHE_TTL_MS = 365 * 24 * 3_600_000
+# Redis's PX must fit a signed 64-bit count of ms from now; beyond ten years a TTL is a slip of units,
+# not a plan (a batch job with a fixed --as-of may still want years).
+MAX_CACHE_TTL_MS = 10 * 365 * 24 * 3_600_000
 
 # Settings that were renamed or became constants (docs/serving.md keeps the table): set, they
 # stop the start-up rather than being silently ignored.
