@@ -299,12 +299,15 @@ def test_loop_bench_measures_every_variant(smoke_bundle: Path) -> None:
 
 
 def test_reliability_scenario_injects_its_fault_under_open_loop_load(smoke_bundle: Path) -> None:
-    """The redis-outage scenario at a low rate for 12 s: POST never fails, GET is 503 while Redis is down,
-    and the cache answers again within the circuit breaker's longest backoff after the restart."""
+    """The redis-outage scenario at a low rate for 15 s: POST never fails, GET is 503 while Redis is down,
+    and the cache answers again within the circuit breaker's longest backoff after the restart. The load
+    runs on for a third of the run after the restart (5 s), longer than that backoff plus 0.5 s."""
     from loadtest.reliability import run_scenario
     from service.breaker import BREAKER_BACKOFF_MAX_S
 
-    r = run_scenario("redis-outage", smoke_bundle, lambda _m: None, rate=20, duration_s=12)
+    duration_s = 15
+    assert duration_s / 3 > BREAKER_BACKOFF_MAX_S + 0.5  # else a recovery at the bound falls after the run
+    r = run_scenario("redis-outage", smoke_bundle, lambda _m: None, rate=20, duration_s=duration_s)
     assert r["events_s"]["killed"] < r["events_s"]["restarted"]
     assert r["post"]["by_status"] == {"200": r["post"]["requests"]} and r["post"]["requests"] > 40
     assert r["post"]["wrong_answers"] == 0 and r["get"]["wrong_answers"] == 0
