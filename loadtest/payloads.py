@@ -85,11 +85,17 @@ class PayloadSource:
     def from_jsonl(cls, path: str | Path) -> PayloadSource:
         """Replay the `features` of each line of a JSON-lines file."""
         bodies = []
-        with Path(path).open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
+        with Path(path).open("rb") as f:
+            for n, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                    row = json.loads(line) if line.strip() else None
+                except UnicodeDecodeError:
+                    raise ValueError(f"{path}:{n}: not UTF-8 text") from None
+                except ValueError as e:
+                    raise ValueError(f"{path}:{n}: not JSON ({e})") from None
+                if row is None:
                     continue
-                row = json.loads(line)
                 features = row.get("features") if isinstance(row, dict) else None
                 if not isinstance(features, dict):
                     raise ValueError(f"{path}:{n}: expected an object with a 'features' object")

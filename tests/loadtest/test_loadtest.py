@@ -81,6 +81,13 @@ def test_payloads_follow_the_bundle_vocabularies(tiny_bundle: Path, tmp_path: Pa
     lines.write_text('{"user_id": "no features"}\n')
     with pytest.raises(ValueError, match="features"):
         PayloadSource.from_jsonl(lines)
+    # before: json's or the codec's message alone, naming neither the file nor the line
+    lines.write_text('{"features": {}}\nnot json\n')
+    with pytest.raises(ValueError, match=r"bodies\.jsonl:2: not JSON"):
+        PayloadSource.from_jsonl(lines)
+    lines.write_bytes(b"\xff\xfe\n")
+    with pytest.raises(ValueError, match=r"bodies\.jsonl:1: not UTF-8 text"):
+        PayloadSource.from_jsonl(lines)
 
 
 def test_one_percentile_definition_for_samples_and_histograms() -> None:
