@@ -9,6 +9,7 @@ disagreeing values.
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,8 +122,11 @@ def load_history_encoder(
     max_tags = int(scorer.get("max_history_tags", 1000))  # type: ignore[call-overload]
     arrays_file = root / HISTORY_ARRAYS_FILE
     if arrays_file.is_file() and hasattr(HistoryEncoder, "from_arrays"):
-        with np.load(arrays_file, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
+        try:
+            with np.load(arrays_file, allow_pickle=False) as f:
+                arrays = {k: f[k] for k in f.files}
+        except (OSError, ValueError, zipfile.BadZipFile) as e:
+            raise BundleError(f"{arrays_file}: not a readable .npz of arrays ({e})") from None
         return HistoryEncoder.from_arrays(encoder, tags, max_tags, arrays)  # type: ignore[attr-defined,unused-ignore]
     return HistoryEncoder(encoder, tags, max_tags)
 

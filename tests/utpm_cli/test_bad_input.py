@@ -124,6 +124,29 @@ def test_a_run_where_a_bundle_belongs_is_named(
     assert f"{hist_built.run} is not a bundle: no manifest.json" in out
 
 
+def test_a_damaged_run_directory_names_the_file(
+    utpm: Callable[..., str], hist_built: BuiltBundle, movielens_sample_dir: Path, tmp_path: Path
+) -> None:
+    """A run copied in part or damaged: before, a truncated model.pt and a damaged history_encoder.npz
+    were tracebacks in `evaluate` (the npz in `export` too), a config.json that is not an object a
+    TypeError, and JSON that does not parse was json's message without the file."""
+    import shutil
+
+    damage = {
+        "model.pt": (b"PK\x03\x04 truncated", "model.pt: not a readable checkpoint"),
+        "history_encoder.npz": (b"not an npz", "history_encoder.npz: not a readable .npz of arrays"),
+        "config.json": (b"[1, 2]", "config.json: not a run's config"),
+    }
+    for name, (content, problem) in damage.items():
+        run = tmp_path / name
+        shutil.copytree(hist_built.run, run)
+        (run / name).write_bytes(content)
+        assert problem in utpm("evaluate", run, movielens_sample_dir), name
+        assert problem in utpm("export", run, "--out", tmp_path / f"bundle-{name}"), name
+    (tmp_path / "config.json" / "config.json").write_text('{"model": ')
+    assert "config.json: not readable JSON" in utpm("evaluate", tmp_path / "config.json", movielens_sample_dir)
+
+
 def test_an_output_that_cannot_be_written_stops_the_command_before_its_work(
     utpm: Callable[..., str], hist_built: BuiltBundle, movielens_sample_dir: Path, a_file: Path
 ) -> None:

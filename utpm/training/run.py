@@ -48,20 +48,51 @@ def save_run(
     tags.save(path / "tags.json")
 
 
+class RunError(ValueError):
+    """A run directory that cannot be read back: the message names the file and what is wrong with it."""
+
+
 def load_run(path: str | Path) -> Run:
-    """Rebuild the trained model of a run directory (eval mode)."""
+    """Rebuild the trained model of a run directory (eval mode); RunError names what is unreadable."""
     p = Path(path)
-    if not (p / "config.json").exists():
+    config_file = p / "config.json"
+    if not config_file.exists():
         raise FileNotFoundError(f"{p} is not a run directory (no config.json); train one with `utpm train`")
-    config = json.loads((p / "config.json").read_text())
-    encoder = FeatureEncoder.load(p / "encoder")
-    tags = Vocabulary.load(p / "tags.json")
-    preset = Preset.from_dict(config["preset"])
-    if config["model"] == HISTORY_MODEL:
-        options = HistoryOptions.from_dict(config.get("history", {}))
-        model: UserModel | HistoryModel = build_history_model(encoder.specs, len(tags), preset, options, seed=0)
-    else:
-        model = build_model(config["model"], encoder.specs, len(tags), preset, seed=0)
-    model.load_state_dict(torch.load(p / "model.pt", weights_only=True))
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError) as e:
+        raise RunError(f"{config_file}: not readable JSON ({e})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model"), str) or "preset" not in config:
+        raise RunError(
+            f"{config_file}: not a run's config (a JSON object with 'model' and 'preset', as `utpm train` writes)"
+        )
+    try:
+        encoder = FeatureEncoder.load(p / "encoder")
+        tags = Vocabulary.load(p / "tags.json")
+        preset = Preset.from_dict(config["preset"])
+        if config["model"] == HISTORY_MODEL:
+            options = HistoryOptions.from_dict(config.get("history", {}))
+            model: UserModel | HistoryModel = build_history_model(encoder.specs, len(tags), preset, options, seed=0)
+        else:
+            model = build_model(config["model"], encoder.specs, len(tags), preset, seed=0)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RunError(
+            f"{p}: the run's config, encoder or tags cannot be read back ({type(e).__name__}: {e})"
+        ) from None
+    try:
+        state = torch.load(p / "model.pt", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # torch raises several types for a truncated or foreign file
+        raise RunError(
+            f"{p / 'model.pt'}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})"
+        ) from None
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError) as e:
+        what = " ".join(line.strip() for line in str(e).splitlines()[1:]) or str(e)  # line 0: "Error(s) in ..."
+        raise RunError(f"{p / 'model.pt'}: does not fit the model config.json describes ({what[:300]})") from None
     model.eval()
     return Run(p, config, model, encoder, tags)
