@@ -41,15 +41,23 @@ def _read(path: Path) -> Progress | None:
     try:
         head = json.loads(lines[0])
     except (json.JSONDecodeError, IndexError):
-        return None
-    progress = Progress(identity=head.get("job", {}))
-    for line in lines[1:]:
+        return None  # killed while writing its first line: nothing was written under it
+    if not isinstance(head, dict) or not isinstance(head.get("job"), dict):
+        raise BatchError(f"{path}, line 1: not a checkpoint's job line; run without --resume to start over")
+    progress = Progress(identity=head["job"])
+    for n, line in enumerate(lines[1:], 2):
         try:
             entry = json.loads(line)
         except json.JSONDecodeError:
             continue  # the torn last line of a killed run
-        progress.done[int(entry["chunk"])] = entry
-        progress.rejects_bytes = max(progress.rejects_bytes, int(entry["rejects_bytes"]))
+        try:
+            chunk, _rows, rejects_bytes = int(entry["chunk"]), int(entry["rows"]), int(entry["rejects_bytes"])
+        except (KeyError, TypeError, ValueError):
+            raise BatchError(
+                f"{path}, line {n}: not a chunk record (chunk, rows, rejects_bytes); run without --resume to start over"
+            ) from None
+        progress.done[chunk] = entry
+        progress.rejects_bytes = max(progress.rejects_bytes, rejects_bytes)
     return progress
 
 
@@ -73,12 +81,20 @@ class Checkpoint:
                 raise BatchError(
                     f"--resume: {self.path} belongs to another job ({details}); run without --resume to start over"
                 )
+            self._drop_torn_tail()
             self._file = self.path.open("ab")
             return before
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("wb")
         self._append({"job": identity})
         return Progress(identity=identity)
+
+    def _drop_torn_tail(self) -> None:
+        """A killed run's torn last line: cut, or the next record would be appended onto it."""
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with self.path.open("r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
 
     def record(self, chunk: int, rows: int, written: int, rejected: int, rejects_bytes: int) -> None:
         line = {"chunk": chunk, "rows": rows, "written": written, "rejected": rejected, "rejects_bytes": rejects_bytes}
