@@ -36,7 +36,14 @@ from utpm_cli.errors import (
 )
 from utpm_cli.export import bench_model_cmd, export_cmd
 from utpm_cli.index import bench_index_cmd, index_build_cmd
-from utpm_cli.model import bench_start_cmd, evaluate_run, parse_variants, prepare_amazon_cmd, train_default
+from utpm_cli.model import (
+    bench_start_cmd,
+    evaluate_run,
+    held_out_figures,
+    parse_variants,
+    prepare_amazon_cmd,
+    train_default,
+)
 from utpm_cli.personal import bench_personal_cmd
 from utpm_cli.profile import profile_app
 
@@ -240,7 +247,7 @@ def train_cmd(
             result = train(split, config, data=dataset, out=out, progress=progress)
         except ValueError as e:
             fail(str(e))
-    test = ", ".join(f"Prec@{k} {v:.4f}" for k, v in result.test.items())
+    test = held_out_figures(result.test)
     typer.echo(
         f"trained {model}/{config.loss} (best epoch {result.best_epoch}, {result.samples_per_s:,.0f} samples/s); "
         f"test {test}; wrote {out}"

@@ -82,11 +82,16 @@ def train_default(
             result = train_history(split, config, out=out, progress=progress)
         except ValueError as e:
             fail(str(e))
-    test = ", ".join(f"Prec@{k} {v:.4f}" for k, v in result.test.items())
+    test = held_out_figures(result.test)
     typer.echo(
         f"trained {config.model}/{config.loss} (best epoch {result.best_epoch}, {result.samples_per_s:,.0f} "
         f"users/s); test {test}; wrote {out}"
     )
+
+
+def held_out_figures(test: dict[int, float]) -> str:
+    """The test users' Prec@K for a training's last line; a split too small to hold one says so."""
+    return ", ".join(f"Prec@{k} {v:.4f}" for k, v in test.items()) or "none (no test users with a label)"
 
 
 def evaluate_run(run: Path, data: Path, ks: list[int]) -> dict[str, Any]:

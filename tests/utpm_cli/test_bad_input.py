@@ -192,3 +192,18 @@ def test_bench_report_names_a_missing_doc_one_without_blocks_and_an_artifact_tha
     (tmp_path / "x.json").write_text("{not json")
     assert f"{doc}: x.json is not JSON" in utpm("bench", "report", doc)
     assert doc.read_text() == "<!-- report: x.json -->\nby hand\n<!-- /report -->\n"
+
+
+def test_a_job_the_data_cannot_make_ends_the_experiment_in_one_line(tmp_path: Path) -> None:
+    """Before: the job's ValueError came back through the process pool as a traceback, after the
+    pool had run every other queued job; stopping early also left the workers' progress queue
+    closed under them (their own tracebacks)."""
+    data = tmp_path / "one-click"
+    data.mkdir()
+    (data / "items.csv").write_text("item_id,tags,categories\ni1,a|b,c\ni2,b,c\n")
+    (data / "events.csv").write_text("user_id,item_id,timestamp,label\nu1,i1,1,1\nu2,i2,1,1\n")
+    args = [sys.executable, "-m", "utpm_cli.main", "experiment", str(data), "--folds", "2", "--epochs", "1"]
+    done = subprocess.run([*args, "--json", str(tmp_path / "e.json")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "no training" in done.stderr.splitlines()[-1], done.stderr
+    assert done.stderr.splitlines()[-1].startswith("error: "), done.stderr

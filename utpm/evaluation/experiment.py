@@ -480,7 +480,11 @@ def run_experiment(
                 what = f"epoch {epoch}/{total}{score}" if epoch else "started"
                 progress(done, len(jobs), f"{label}: {what}")
             for fut in finished:
-                result.runs.append(fut.result())
+                try:
+                    result.runs.append(fut.result())
+                except ValueError as e:  # a job this data cannot make (DataError too): the rest are not run
+                    pool.shutdown(wait=True, cancel_futures=True)  # the jobs running now still finish
+                    raise ExperimentError(f"{futures[fut].label}: {e}") from None
                 done += 1
                 if progress is not None:
                     progress(done, len(jobs), f"{futures[fut].label}: done")
