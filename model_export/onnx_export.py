@@ -36,6 +36,7 @@ from model_export.manifest import (
     EMBEDDINGS_FILE,
     ENCODER_DIR,
     HELDOUT_FILE,
+    MANIFEST_FILE,
     METRIC,
     ONNX_FILE,
     REFERENCE_FILE,
@@ -226,6 +227,15 @@ def _variant_info(
     return {"file": dst.name, "against": "float32 ONNX", **describe_variant(report)}
 
 
+def _refuse_to_replace_what_is_not_a_bundle(out: Path) -> None:
+    """--overwrite replaces a bundle: a folder without a manifest (an --out typed wrong) is never deleted."""
+    if out.exists() and not (out / MANIFEST_FILE).is_file() and (not out.is_dir() or any(out.iterdir())):
+        raise ExportError(
+            f"{out} exists and is not a bundle (no {MANIFEST_FILE}): --overwrite only replaces a bundle; "
+            "choose another --out"
+        )
+
+
 def _swap_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
     """Rename the finished temporary directory to `out` (replacing it when allowed)."""
     if not out.exists():
@@ -348,6 +358,7 @@ def export_bundle(
             raise ExportError(f"unknown variant {v!r}; valid: {', '.join(VARIANTS)}")
     if out.exists() and not overwrite:
         raise ExportError(f"{out} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    _refuse_to_replace_what_is_not_a_bundle(out)
     try:
         run = load_run(run_path)
     except (FileNotFoundError, KeyError, ValueError, RuntimeError) as e:

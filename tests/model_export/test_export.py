@@ -165,6 +165,14 @@ def test_export_is_reproducible_and_refuses_to_overwrite(tiny_run: Path, tiny_bu
         export_bundle(tiny_run, tmp_path / "again")
     with pytest.raises(ExportError, match="not a run directory"):
         export_bundle(tmp_path / "nope", tmp_path / "x")
+    # --overwrite replaces a bundle, and only a bundle: before, a folder typed as --out was deleted
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("years of work")
+    with pytest.raises(ExportError, match=r"is not a bundle \(no manifest\.json\): --overwrite only replaces a bundle"):
+        export_bundle(tiny_run, precious, overwrite=True)
+    assert (precious / "thesis.txt").read_text() == "years of work"
+    assert export_bundle(tiny_run, tmp_path / "again", overwrite=True).bundle_version == again.bundle_version
 
 
 def test_synthetic_inputs_and_variants(tiny_run: Path, tmp_path: Path) -> None:
