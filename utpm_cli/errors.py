@@ -104,6 +104,19 @@ def output_folder(path: Path | None) -> Path | None:
     return _refuse_unwritable(path, folder=True)
 
 
+def run_folder(path: Path | None) -> Path | None:
+    """As `output_folder`, for a run directory: a previous run there is replaced, but a folder that
+    holds other files is refused, since a run writes config.json, model.pt and more over what is there."""
+    path = output_folder(path)
+    a_run = path is not None and (path / "config.json").is_file() and (path / "model.pt").is_file()
+    if path is not None and path.is_dir() and any(path.iterdir()) and not a_run:
+        raise typer.BadParameter(
+            f"{path} holds files and is not a run directory (no config.json and model.pt): "
+            "a run would write over them; choose another folder"
+        )
+    return path
+
+
 def require_listenable(host: str, port: int) -> None:
     """`host:port` can be listened on now (uvicorn binds it the same way, SO_REUSEADDR), so that a
     port in use is one line before the service loads and logs, not uvicorn's error after."""

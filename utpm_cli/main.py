@@ -32,6 +32,7 @@ from utpm_cli.errors import (
     positive_ints,
     require_bundle,
     require_listenable,
+    run_folder,
     say_error,
 )
 from utpm_cli.export import bench_model_cmd, export_cmd
@@ -175,7 +176,10 @@ def _load_split(data: Path, seed: int):
 @app.command("train")
 def train_cmd(
     data: Annotated[Path, typer.Argument(help="A data set in the generic format.")],
-    out: Annotated[Path, typer.Option("--out", callback=output_folder, help="Run directory to write.")],
+    out: Annotated[
+        Path,
+        typer.Option("--out", callback=run_folder, help="Run directory to write (a previous run there is replaced)."),
+    ],
     model: Annotated[
         str, typer.Option(help="Model name: utpm-hist (the default model), or the paper's utpm, youtube, af2-cf, ...")
     ] = "utpm-hist",

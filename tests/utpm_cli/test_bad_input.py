@@ -207,3 +207,17 @@ def test_a_job_the_data_cannot_make_ends_the_experiment_in_one_line(tmp_path: Pa
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and "no training" in done.stderr.splitlines()[-1], done.stderr
     assert done.stderr.splitlines()[-1].startswith("error: "), done.stderr
+
+
+def test_train_never_writes_over_a_folder_that_is_not_a_run(
+    utpm: Callable[..., str], movielens_sample_dir: Path, tmp_path: Path
+) -> None:
+    """Before, `--out` into a folder of other files wrote config.json (and the rest) over them."""
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "config.json").write_text('{"mine": true}')
+    out = utpm("train", movielens_sample_dir, "--out", notes, "--epochs", 1)
+    assert "holds files and is not a run directory" in out
+    assert (notes / "config.json").read_text() == '{"mine": true}' and sorted(notes.iterdir()) == [
+        notes / "config.json"
+    ]
