@@ -135,6 +135,11 @@ def _to_int(s: pd.Series) -> tuple[pd.Series, pd.Series]:
         return s.where(~bad, 0).astype(np.int64), bad
     text = s.astype(str)
     bad = ~text.str.match(_INT_RE)
+    if bad.any():  # "1.0" or "964982703.0" (a float column written as text) is the integer it names
+        number = pd.to_numeric(text.where(bad), errors="coerce")
+        integral = np.isfinite(number) & (number == np.floor(number)) & (number.abs() < 2**63)
+        text = text.where(~integral, number.where(integral, 0).astype(np.int64).astype(str))
+        bad &= ~integral
     return pd.to_numeric(text.where(~bad, "0")).astype(np.int64), bad
 
 
