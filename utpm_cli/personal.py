@@ -79,6 +79,8 @@ def bench_personal_cmd(
     except DataError as e:
         fail(str(e))
 
+    unknown_only: list[bool] = []  # per request served: none of its values is in the bundle's vocabularies
+
     def load(path: Path) -> tuple[Callable[[int, int], list[str]], str, int | None]:
         """A bundle's serve function (test user, k -> tags), its model name and its preset's N."""
         engine = ProfileEngine.load(path, Settings.model_validate({"bundle": str(path), "device": "cpu"}))
@@ -86,7 +88,9 @@ def bench_personal_cmd(
 
         def serve(i: int, limit: int) -> list[str]:
             feats = request_features(split, i, fields, values, counts)
-            profile = engine.compute([engine.encode(feats, limit, False)])[0]
+            user = engine.encode(feats, limit, False)
+            profile = engine.compute([user])[0]
+            unknown_only.append(user.all_unknown)  # read after compute: utpm-hist encodes there
             return [engine.bundle.tags.token(int(t)) for t in profile.tag_ids]
 
         return serve, engine.model_name, engine.bundle.manifest.model.get("preset", {}).get("N")
@@ -107,6 +111,12 @@ def bench_personal_cmd(
         own.append([t for t, _ in freq.most_common(k)])
         if len(served) == users:
             break
+    if unknown_only and all(unknown_only):
+        fail(
+            f"none of the values sent for {len(served)} users of {data} is in the vocabularies of {bundle}: "
+            "is it the data the bundle was trained on (or data of the same catalogue)?"
+        )
+    unknown_share = sum(unknown_only) / max(1, len(unknown_only))
     mine, theirs = personalisation(served, k), personalisation(own, k)
     result: dict[str, Any] = {
         "bundle": str(bundle),
@@ -117,6 +127,7 @@ def bench_personal_cmd(
         "counts": counts,
         "served": mine,
         "own_clicked_tags": theirs,
+        "unknown_only_share": round(unknown_share, 4),
     }
     if quality and n_tags is not None:
         other = load(against) if against is not None else None
@@ -133,6 +144,11 @@ def bench_personal_cmd(
         f"{s['distinct_tags']:.0f} distinct tags, #1 tag shared by {s['top1_share']:.0%} "
         f"(the same users' own clicked tags sent: {theirs['jaccard']:.3f})"
     )
+    if unknown_share > 0:
+        typer.echo(
+            f"warning: {unknown_share:.0%} of these users' requests held no value the bundle knows "
+            "(their profiles are the model's answer to an empty request)"
+        )
     if "quality" in result:
         for line in quality_lines(result["quality"]):
             typer.echo(line)

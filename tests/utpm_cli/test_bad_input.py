@@ -221,3 +221,15 @@ def test_train_never_writes_over_a_folder_that_is_not_a_run(
     assert (notes / "config.json").read_text() == '{"mine": true}' and sorted(notes.iterdir()) == [
         notes / "config.json"
     ]
+
+
+def test_bench_personal_refuses_data_the_bundle_knows_nothing_of(
+    utpm: Callable[..., str], hist_built: BuiltBundle, tmp_path: Path
+) -> None:
+    """Before: synthetic data against the MovieLens bundle printed Jaccard and Prec@K figures of
+    profiles computed from empty requests, as if they measured something."""
+    from utpm.data.synthetic import generate_synthetic
+
+    generate_synthetic(tmp_path / "other", n_tags=500, n_users=60, events_per_user=10, seed=1)
+    out = utpm("bench", "personal", hist_built.bundle, tmp_path / "other", "--users", 20)
+    assert "none of the values sent for 20 users" in out and "is it the data the bundle was trained on" in out
