@@ -111,6 +111,12 @@ def evaluate_run(run: Path, data: Path, ks: list[int]) -> dict[str, Any]:
     rows = split.indices(test=True)
     n = loaded.preset.N
     top = max(10, *ks)
+    clicked = [split.clicked_tags(int(i), n) for i in rows]
+    if any(clicked) and not any(t in loaded.tags for c in clicked for t in c):
+        fail(
+            f"none of the test users' label tags in {data} is in the tag vocabulary of {run}: "
+            "is it the data the run was trained on?"
+        )
     if loaded.config["model"] == HISTORY_MODEL:
         from model_export.bundle import load_history_encoder
         from utpm.training.history import UserSequences, encode_users, rank_history
@@ -124,7 +130,6 @@ def evaluate_run(run: Path, data: Path, ks: list[int]) -> dict[str, Any]:
 
         ids, masks = encode_rows(split, loaded.encoder, rows)
         ranked = rank_tags(loaded.model, ids, masks, loaded.tags, top)
-    clicked = [split.clicked_tags(int(i), n) for i in rows]
     results = {k: precision_at_k(ranked, clicked, k) for k in ks}
     return {
         "run": str(run),

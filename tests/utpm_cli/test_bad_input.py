@@ -223,7 +223,7 @@ def test_train_never_writes_over_a_folder_that_is_not_a_run(
     ]
 
 
-def test_bench_personal_refuses_data_the_bundle_knows_nothing_of(
+def test_measurements_refuse_data_the_model_knows_nothing_of(
     utpm: Callable[..., str], hist_built: BuiltBundle, tmp_path: Path
 ) -> None:
     """Before: synthetic data against the MovieLens bundle printed Jaccard and Prec@K figures of
@@ -233,3 +233,6 @@ def test_bench_personal_refuses_data_the_bundle_knows_nothing_of(
     generate_synthetic(tmp_path / "other", n_tags=500, n_users=60, events_per_user=10, seed=1)
     out = utpm("bench", "personal", hist_built.bundle, tmp_path / "other", "--users", 20)
     assert "none of the values sent for 20 users" in out and "is it the data the bundle was trained on" in out
+    # and `evaluate` printed Prec@K 0.0000 for a run on data whose tags it never saw
+    out = utpm("evaluate", hist_built.run, tmp_path / "other")
+    assert "none of the test users' label tags" in out and "is it the data the run was trained on" in out
