@@ -37,6 +37,7 @@ class ChunkResult:
     written: int
     rejects: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    unknown_only: int = 0  # profiles written from rows none of whose values the bundle knows
 
 
 def _reason(e: ValidationError) -> str:
@@ -57,7 +58,8 @@ class ChunkProfiler:
     def version(self) -> str:
         return self.engine.version
 
-    def profile(self, rows: list[Row]) -> tuple[list[tuple[str, bytes]], list[dict[str, Any]]]:
+    def profile(self, rows: list[Row]) -> tuple[list[tuple[str, bytes]], list[dict[str, Any]], int]:
+        """The records to write, the rejected rows, and how many records came from rows with no known value."""
         job, engine = self.job, self.engine
         rejects: list[dict[str, Any]] = []
         valid: list[tuple[Row, EncodedUser]] = []
@@ -87,6 +89,7 @@ class ChunkProfiler:
         valid = [valid[i] for i in keep]
         tokens = engine.bundle.tags.tokens
         records = []
+        unknown_only = 0
         for lo in range(0, len(valid), MODEL_BATCH):
             part = valid[lo : lo + MODEL_BATCH]
             computed = engine.compute([u for _, u in part])
@@ -103,7 +106,8 @@ class ChunkProfiler:
                     expires_at_ms=job.expires_at_ms,
                 )
                 records.append((profile_key(engine.version, row.user_id), rendered.record()))
-        return records, rejects
+                unknown_only += user.all_unknown
+        return records, rejects, unknown_only
 
 
 class ChunkWorker:
@@ -117,9 +121,9 @@ class ChunkWorker:
     def __call__(self, chunk: Chunk) -> ChunkResult:
         t0 = time.perf_counter()
         rows = self.job.source.read(chunk)
-        records, rejects = self.profiler.profile(rows)
+        records, rejects, unknown_only = self.profiler.profile(rows)
         self.writer.write(records, self.job.expires_at_ms)
-        return ChunkResult(chunk.index, chunk.rows, len(records), rejects, time.perf_counter() - t0)
+        return ChunkResult(chunk.index, chunk.rows, len(records), rejects, time.perf_counter() - t0, unknown_only)
 
     def close(self) -> None:
         self.writer.close()

@@ -65,6 +65,7 @@ class Summary:
     expires_at: str
     rejects_path: str
     startup_seconds: float = 0.0  # of that, starting workers (and Ray) and loading the bundle
+    unknown_only: int = 0  # of `written`, profiles of rows none of whose values the bundle knows
 
     @property
     def users_per_s(self) -> float:
@@ -75,7 +76,16 @@ class Summary:
             f"wrote {self.written:,} profiles of model {self.model_version}, rejected {self.rejected:,} rows "
             f"({self.rejects_path}), skipped {self.skipped:,} rows already done, in {self.seconds:.1f}s "
             f"({self.startup_seconds:.1f}s of it starting {self.engine} x{self.workers}; "
-            f"{self.users_per_s:,.0f} users/s); expires {self.expires_at}"
+            f"{self.users_per_s:,.0f} users/s); expires {self.expires_at}" + self._unknown_note()
+        )
+
+    def _unknown_note(self) -> str:
+        if not self.unknown_only:
+            return ""
+        share = self.unknown_only / max(1, self.written)
+        return (
+            f"; warning: {self.unknown_only:,} profiles ({share:.0%}) came from rows with no value the bundle "
+            "knows (is the input the bundle's catalogue?)"
         )
 
     def to_dict(self) -> dict[str, Any]:

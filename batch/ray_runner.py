@@ -45,6 +45,7 @@ class RayChunkWorker:
             "rows": np.array([r.rows for r in results], dtype=np.int64),
             "written": np.array([r.written for r in results], dtype=np.int64),
             "seconds": np.array([r.seconds for r in results], dtype=np.float64),
+            "unknown_only": np.array([r.unknown_only for r in results], dtype=np.int64),
             "rejects": np.array([json.dumps(r.rejects) for r in results], dtype=object),
         }
 
@@ -96,6 +97,7 @@ def run_ray(job: BatchJob, chunks: Sequence[Chunk], workers: int, address: str |
                         int(batch["written"][i]),
                         json.loads(str(batch["rejects"][i])),
                         float(batch["seconds"][i]),
+                        int(batch["unknown_only"][i]),
                     )
         except (WriteFailed, BatchError):
             raise

@@ -106,7 +106,7 @@ def run_batch(
     skipped = state.rows_done
     writer.register(version, job.computed_at_ms)
     writer.close()
-    done_rows, written, rejected = skipped, 0, 0
+    done_rows, written, rejected, unknown_only = skipped, 0, 0, 0
     first_result: float | None = None
     if progress is not None:
         progress(done_rows, total)
@@ -127,6 +127,7 @@ def run_batch(
                 offset = rejects.append(result.rejects)
                 checkpoint.record(result.index, result.rows, result.written, len(result.rejects), offset)
                 written += result.written
+                unknown_only += result.unknown_only
                 rejected += len(result.rejects)
                 done_rows += result.rows
                 results.append(result)
@@ -143,6 +144,7 @@ def run_batch(
         rows=total,
         written=written,
         rejected=rejected,
+        unknown_only=unknown_only,
         skipped=skipped,
         chunks=len(chunks),
         seconds=round(seconds, 3),

@@ -200,6 +200,8 @@ def test_bad_rows_go_to_the_rejects_file_and_never_into_redis(
         next(k for k in contents(redis_server, REJECTS_DB) if k.endswith(good[2]["user_id"].encode()))
     )
     assert record is not None and b'"unknown":{}' in record  # the later (empty) line of the user won
+    # that empty request is counted and named in the summary: before, nothing said a profile came from no value
+    assert summary.unknown_only == 1 and "warning: 1 profiles (33%) came from rows with no value" in summary.line()
 
 
 def test_parquet_rows_make_the_same_records_as_jsonl(
