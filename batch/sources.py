@@ -196,7 +196,10 @@ class ParquetSource:
                     features = dict(features)
             else:
                 features = {c: rec[c] for c in field_columns if rec[c] not in (None, [], "")}
-            rows.append(_row(number, {"user_id": rec.get("user_id"), "features": features}))
+            user_id = rec.get("user_id")
+            if isinstance(user_id, int) and not isinstance(user_id, bool):  # an integer id column: its decimal text
+                user_id = str(user_id)
+            rows.append(_row(number, {"user_id": user_id, "features": features}))
         return rows
 
 

@@ -226,6 +226,14 @@ def test_parquet_rows_make_the_same_records_as_jsonl(
     assert (summary.written, summary.rejected, summary.chunks) == (120, 0, 12)  # row groups of 70 + 50, chunks of 10
     got = contents(redis_server, REJECTS_DB)
     assert got == {k: reference[k] for k in got} and len(got) == 120
+    # an integer user_id column (MovieLens ids are numbers): the same records; before, every row was rejected
+    table = table.set_column(0, "user_id", pa.array([int(r["user_id"]) for r in rows], pa.int64()))
+    pq.write_table(table, tmp_path / "int-ids.parquet", row_group_size=70)
+    url = flush(redis_server, REJECTS_DB)
+    source = open_source(tmp_path / "int-ids.parquet", "auto", tmp_path)
+    summary = run_batch(job(population, bundles["a"], url, tmp_path / "job-int", source=source), workers=1)
+    assert (summary.written, summary.rejected) == (120, 0)
+    assert contents(redis_server, REJECTS_DB) == got
 
 
 def test_cli_reports_bad_input_in_one_line(population: Path, bundles: dict[str, Path], tmp_path: Path) -> None:
