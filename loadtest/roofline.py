@@ -250,6 +250,7 @@ def measure_asgi(cfg: RooflineConfig, out_dir: Path, say: Say) -> dict[str, Any]
 def run_roofline(cfg: RooflineConfig, progress: Say | None = None, engine: bool = True) -> dict[str, Any]:
     say = progress or (lambda _m: None)
     started = datetime.now(UTC)
+    payloads = PayloadSource.open(cfg.bundle, cfg.payloads).describe()  # a bad file: refused before a run folder exists
     out_dir = cfg.out_dir or Path("artifacts/bench") / f"roofline-{started:%Y%m%d-%H%M%S}"
     out_dir.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
@@ -258,7 +259,7 @@ def run_roofline(cfg: RooflineConfig, progress: Say | None = None, engine: bool 
         "command": cfg.command,
         "machine": machine_info(),
         "bundle": str(cfg.bundle),
-        "payloads": PayloadSource.open(cfg.bundle, cfg.payloads).describe(),
+        "payloads": payloads,
         "k": cfg.k,
         "settings": dict(cfg.settings),
     }
