@@ -88,7 +88,12 @@ class Experiment:
 
     def describe(self, champion: ProfileEngine) -> dict[str, object]:
         def arm(engine: ProfileEngine) -> dict[str, object]:
-            return {"model_version": engine.version, "model": engine.model_name, "fields": engine.field_names}
+            return {
+                "model_version": engine.version,
+                "model": engine.model_name,
+                "fields": engine.field_names,
+                "ignored_fields": sorted(engine.ignored_fields),  # another arm's, accepted and left out
+            }
 
         challenger = self.challenger
         return {

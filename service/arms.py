@@ -65,6 +65,22 @@ async def open_engine(
     return engine
 
 
+def align_fields(state: ServiceState) -> None:
+    """Every served arm accepts the fields of every other: one request body is valid for both arms of
+    an A/B (a challenger trained without a field, or with a new one, would otherwise answer the same
+    request with 422 that the champion answers), and each model uses the fields it knows."""
+    arms = [state.engine, *([state.experiment.challenger] if state.experiment.challenger is not None else [])]
+    union = {f for engine in arms for f in engine.field_names}
+    for engine in arms:
+        engine.ignored_fields = frozenset(union - set(engine.field_names))
+        if engine.ignored_fields:
+            log.info(
+                "model %s leaves out the field(s) %s, which it was not trained with",
+                engine.version,
+                sorted(engine.ignored_fields),
+            )
+
+
 def retire(state: ServiceState, engine: ProfileEngine) -> None:
     """Close `engine` after its last request."""
     task = asyncio.get_running_loop().create_task(engine.retire())
@@ -96,9 +112,15 @@ async def reload(state: ServiceState, requested: str, version: str | None = None
         state.metrics.reloads.labels("refused").inc()
         log.warning("reload refused: %s", e)
         raise
+    dropped = sorted(set(state.engine.field_names) - set(new.field_names))
     old = await swap_champion(state, new)
+    align_fields(state)
     state.metrics.reloads.labels("ok").inc()
     log.info("reloaded bundle %s -> %s", old, new.version)
+    if dropped:
+        log.warning(
+            "the new bundle %s does not take the field(s) %s: requests sending them get 422", new.version, dropped
+        )
     return old, new
 
 
@@ -107,6 +129,7 @@ async def load_challenger(state: ServiceState, requested: str, share: float, ver
     engine = await open_engine(state, requested, "challenger", version, refuse=state.engine.version)
     old = state.experiment.challenger
     state.experiment = Experiment(engine, share)  # the swap
+    align_fields(state)
     if old is not None:
         retire(state, old)
     if state.fallback is not None:
@@ -127,6 +150,7 @@ async def promote(state: ServiceState) -> None:
     if challenger is None:
         raise NoChallenger("no challenger is loaded; nothing to promote")
     old = await swap_champion(state, challenger, Experiment())  # champion and experiment in one step
+    align_fields(state)
     log.info("challenger %s promoted; champion %s retired", challenger.version, old)
 
 
@@ -136,5 +160,6 @@ def drop(state: ServiceState) -> None:
     if challenger is None:
         raise NoChallenger("no challenger is loaded; nothing to drop")
     state.experiment = Experiment()
+    align_fields(state)
     retire(state, challenger)
     log.info("challenger %s dropped", challenger.version)

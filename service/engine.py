@@ -112,6 +112,9 @@ class ProfileEngine:
     batcher: MicroBatcher[EncodedUser, ComputedProfile] | None = None
     history: HistoryEncoder | None = None  # utpm-hist bundles: the request -> history features
     two_stage: TwoStageSearch | None = None  # utpm-hist bundles: top-k of the final score
+    # fields another served arm takes and this bundle does not: accepted in a request and left out
+    # (service.arms.align_fields), so that one request body is valid for every arm of an A/B
+    ignored_fields: frozenset[str] = frozenset()
     _leases: int = 0
     _idle: asyncio.Event | None = None
 
@@ -195,14 +198,19 @@ class ProfileEngine:
         """Map one request's raw strings to ids exactly as training did.
 
         A field is a value, a list of values (repeats count) or an object {value: count}. Unknown
-        field names -> UnknownFields (422) listing the valid ones; a count that is not a finite number
+        field names -> UnknownFields (422) listing the valid ones (a field of `ignored_fields` is
+        accepted and left out); a count that is not a finite number
         >= 0 -> InvalidInput (422); a count of 0 drops its value. Values not in a field's vocabulary
         take the OOV bucket and are reported back.
         """
         encoder = self.bundle.encoder
         extra = [f for f in features if f not in encoder.vocabs]
         if extra:
-            raise UnknownFields(f"unknown field(s) {sorted(extra)}; valid fields: {self.field_names}")
+            unknown = [f for f in extra if f not in self.ignored_fields]
+            if unknown:
+                valid = [*self.field_names, *sorted(self.ignored_fields)]
+                raise UnknownFields(f"unknown field(s) {sorted(unknown)}; valid fields: {valid}")
+            features = {name: values for name, values in features.items() if name not in self.ignored_fields}
         limit = MAX_VALUES_PER_FIELD
         for name, values in features.items():
             if not isinstance(values, str) and len(values) > limit:

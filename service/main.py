@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from index.errors import TagIndexError
 from model_export.errors import BundleError
 from service.ab import Experiment
+from service.arms import align_fields
 from service.auth import Auth
 from service.cache import make_cache
 from service.config import Settings, settings_error
@@ -96,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 raise BundleError(f"UTPM_AB_CHALLENGER_BUNDLE is the champion's version {engine.version}")
             challenger.start(on_batch=metrics.batch_size.observe)
             app.state.service.experiment = Experiment(challenger, settings.ab_challenger_share)
+            align_fields(app.state.service)
             await app.state.service.fallback.register_challenger(challenger.version)
             log.info("A/B: challenger %s at share %.3f", challenger.version, settings.ab_challenger_share)
         client = redis_client_of(cache)

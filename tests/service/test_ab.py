@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from service.ab import PIN_HEADER, assign
 from service.main import create_app
 from tests.conftest import RedisServer
-from tests.serving import API_KEY, LiveServer, assert_problem, post, settings_for
+from tests.serving import API_KEY, USER, LiveServer, assert_problem, post, settings_for
 
 ADMIN = {"X-API-Key": API_KEY}
 
@@ -173,3 +173,51 @@ def test_promoting_a_challenger_under_load_fails_no_request(
             t.join()
     assert set(statuses) == {200}, statuses
     assert statuses[200] >= 320 and len(versions) == 2
+
+
+def test_both_arms_take_one_request_body_when_their_fields_differ(
+    bundles: dict[str, Path], movielens_dir: Path, tmp_path: Path
+) -> None:
+    """A challenger trained with a new field (`clicked_account`, from a new item column), which the
+    clients then send: before, every user of the champion's arm got 422 "unknown field" for the body
+    the challenger's arm answered. Each arm now accepts the other's fields and leaves out those it was
+    not trained with; a field no arm takes is still 422, and so is the new one once the A/B is dropped."""
+    import shutil
+
+    import pandas as pd
+
+    from index.build import build_index
+    from pipeline.build import DataSource, build_bundle
+    from tests.conftest import tiny_config
+
+    data = tmp_path / "with-account"
+    data.mkdir()
+    for f in movielens_dir.iterdir():
+        if f.is_file() and not f.name.startswith("items."):
+            shutil.copy(f, data / f.name)
+    items = next(movielens_dir.glob("items.*"))
+    table = pd.read_csv(items, dtype=str, keep_default_na=False) if items.suffix == ".csv" else pd.read_parquet(items)
+    table.assign(account=[f"acc{i % 7}" for i in range(len(table))]).to_csv(data / "items.csv", index=False)
+    built = build_bundle(
+        tmp_path / "built", DataSource("generic", data), tiny_config(epochs=1, seed=2), index_kind=None
+    )
+    shutil.copytree(built.bundle, bundles["root"] / "with-account")
+    build_index(bundles["root"] / "with-account", kind="flat")
+    with_account = {"clicked_account": ["acc1", "acc3"]}
+
+    with TestClient(create_app(settings_for(bundles["a"], None))) as c:
+        r = c.post("/admin/challenger", json={"bundle": "with-account", "share": 0.5}, headers=ADMIN)
+        assert r.status_code == 200, r.text
+        arms = r.json()
+        assert "clicked_account" in arms["challenger"]["fields"] and "clicked_account" not in arms["champion"]["fields"]
+        assert arms["champion"]["ignored_fields"] == ["clicked_account"] and arms["challenger"]["ignored_fields"] == []
+        served: Counter[str] = Counter()
+        for i in range(40):  # both arms, the new field in every body
+            body = post(c, f"mixed-{i}", k=2, features={**USER, **with_account})
+            assert body.status_code == 200, body.text
+            served[body.json()["arm"]] += 1
+        assert served["champion"] > 0 and served["challenger"] > 0, served
+        assert_problem(c.post("/profile", json={"user_id": "u", "features": {"no_such_field": ["x"]}}), 422)
+        c.delete("/admin/challenger", headers=ADMIN)
+        assert c.get("/experiment").json()["champion"]["ignored_fields"] == []
+        assert_problem(post(c, "after-drop", k=2, features={**USER, **with_account}), 422)
