@@ -49,7 +49,26 @@ def parse_variant(text: str) -> dict[str, str]:
         if not sep or not key.strip() or not value.strip():
             raise ValueError(f"a variant is KEY=VALUE[,KEY=VALUE...] (service settings, workers=N), got {text!r}")
         out[key.strip().lower()] = value.strip()
+    _check_variant(text, out)
     return out
+
+
+def _check_variant(text: str, variant: Mapping[str, str]) -> None:
+    """A variant the service would refuse to start with is refused now, naming the setting (not as a
+    server that never became ready)."""
+    from pydantic import ValidationError
+
+    from service.config import Settings, settings_error
+
+    settings = dict(variant)
+    workers = settings.pop("workers", "1")
+    if not workers.isdigit() or int(workers) < 1:
+        raise ValueError(f"variant {text!r}: workers must be a whole number of at least 1, got {workers!r}")
+    settings_env(**settings)  # names a key that is not a setting
+    try:
+        Settings.model_validate({"bundle": ".", **settings})  # the values, as the service will read them
+    except ValidationError as e:
+        raise ValueError(f"variant {text!r}: {settings_error(e)}") from None
 
 
 def variant_name(variant: Mapping[str, str]) -> str:

@@ -295,6 +295,23 @@ def test_tune_alternates_variants_and_reports_medians(smoke_bundle: Path, tmp_pa
         parse_variant("batch_max_size")
 
 
+def test_a_variant_the_service_would_refuse_is_refused_naming_the_setting() -> None:
+    """Before: `batch_max_users=abc` started a server that never became ready ("create_app not ready"),
+    `workers=abc` was int()'s message and `workers=0` ran."""
+    from loadtest.tune import parse_variant
+
+    for text, problem in (
+        ("batch_max_users=abc", "variant 'batch_max_users=abc': invalid settings: UTPM_BATCH_MAX_USERS"),
+        ("batch_max_wait_ms=inf", "UTPM_BATCH_MAX_WAIT_MS: Input should be less than or equal to 1000"),
+        ("workers=0", "workers must be a whole number of at least 1, got '0'"),
+        ("workers=abc", "workers must be a whole number of at least 1, got 'abc'"),
+        ("nonsense=1", "not a service setting: nonsense"),
+    ):
+        with pytest.raises(ValueError) as e:
+            parse_variant(text)
+        assert problem in str(e.value), text
+
+
 def test_loop_bench_measures_every_variant(smoke_bundle: Path) -> None:
     from loadtest.loop import run_loop_bench
 
