@@ -76,6 +76,20 @@ def settings_env(**fields: object) -> dict[str, str]:
     return {f"{prefix}{k}".upper(): str(v) for k, v in fields.items()}
 
 
+def check_settings(settings: Mapping[str, str]) -> None:
+    """ValueError naming the setting when the service would refuse `settings` (Settings field name ->
+    value as text) or does not have one of them: before a benchmark starts a server or loads a bundle."""
+    from pydantic import ValidationError
+
+    from service.config import Settings, settings_error
+
+    settings_env(**settings)  # names a key that is not a setting
+    try:
+        Settings.model_validate({"bundle": ".", **settings})  # the values, as the service will read them
+    except ValidationError as e:
+        raise ValueError(settings_error(e)) from None
+
+
 @dataclass
 class BenchConfig:
     """What `run_bench` measures; the defaults are the documented benchmark."""

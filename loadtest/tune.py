@@ -22,7 +22,7 @@ from loadtest.drivers import run_wrk, write_bodies
 from loadtest.measure import machine_info
 from loadtest.payloads import PayloadSource
 from loadtest.procs import Redis, Server
-from loadtest.serve import scrape_metrics, settings_env, stage_breakdown
+from loadtest.serve import check_settings, scrape_metrics, settings_env, stage_breakdown
 
 
 @dataclass
@@ -56,19 +56,14 @@ def parse_variant(text: str) -> dict[str, str]:
 def _check_variant(text: str, variant: Mapping[str, str]) -> None:
     """A variant the service would refuse to start with is refused now, naming the setting (not as a
     server that never became ready)."""
-    from pydantic import ValidationError
-
-    from service.config import Settings, settings_error
-
     settings = dict(variant)
     workers = settings.pop("workers", "1")
     if not workers.isdigit() or int(workers) < 1:
         raise ValueError(f"variant {text!r}: workers must be a whole number of at least 1, got {workers!r}")
-    settings_env(**settings)  # names a key that is not a setting
     try:
-        Settings.model_validate({"bundle": ".", **settings})  # the values, as the service will read them
-    except ValidationError as e:
-        raise ValueError(f"variant {text!r}: {settings_error(e)}") from None
+        check_settings(settings)
+    except ValueError as e:
+        raise ValueError(f"variant {text!r}: {e}") from None
 
 
 def variant_name(variant: Mapping[str, str]) -> str:

@@ -60,6 +60,12 @@ def _settings(pairs: list[str]) -> dict[str, str]:
         if not sep or not key.strip():
             fail(f"--set takes KEY=VALUE (a service setting, e.g. batch_max_wait_ms=2), got {pair!r}")
         out[key.strip().lower()] = value.strip()
+    from loadtest.serve import check_settings
+
+    try:
+        check_settings(out)
+    except ValueError as e:
+        fail(f"--set: {e}")
     return out
 
 

@@ -70,6 +70,12 @@ def test_numbers_out_of_range_are_refused_before_any_work(
         (["index", "build", bundle, "--target-recall", 2], "'--target-recall'"),
         (["bench", "index", "--quick", "--target-recall", 2], "'--target-recall'"),
         (["bench", "index", "--quick", "--threads", 0], "'--threads'"),
+        # a --set value the service refuses was pydantic's traceback; a key it lacks was ignored, silently
+        (
+            ["bench", "roofline", bundle, "--set", "batch_max_users=abc"],
+            "--set: invalid settings: UTPM_BATCH_MAX_USERS",
+        ),
+        (["bench", "roofline", bundle, "--set", "nonsense=1"], "--set: not a service setting: nonsense"),
     ]
     for args, expected in cases:
         assert expected in utpm(*args), args
