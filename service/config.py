@@ -8,10 +8,12 @@ service needs is a module constant next to the code it tunes, with the reason be
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -48,6 +50,24 @@ RETIRED: dict[str, str] = {
     "UTPM_GC_YOUNG_THRESHOLD": "now a constant (service.main.GC_YOUNG_THRESHOLD = 10,000)",
     "UTPM_GC_FREEZE": "now a constant (the bundle is always frozen out of the GC's sight)",
 }
+
+
+# UTPM_* variables that other parts of the project read (no service settings): never taken for a slip
+OTHER_VARIABLES = ("UTPM_API_KEY", "UTPM_BUNDLE_DIR", "UTPM_IMAGE_PYTHON", "UTPM_NAIVE_RUN", "UTPM_LT_")
+
+
+def misspelt_settings(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each UTPM_* variable that is no setting but looks like one (UTPM_BATCH_MAX_USER):
+    the service ignores it, and the operator meant the setting."""
+    names = [f"UTPM_{name}".upper() for name in Settings.model_fields]
+    warnings = []
+    for var in sorted(environ):
+        if not var.startswith("UTPM_") or var in names or var in RETIRED or var.startswith(OTHER_VARIABLES):
+            continue
+        close = difflib.get_close_matches(var, names, n=1, cutoff=0.8)
+        if close:
+            warnings.append(f"{var} is not a setting and is ignored; did you mean {close[0]}?")
+    return warnings
 
 
 def settings_error(e: ValidationError) -> str:

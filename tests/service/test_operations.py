@@ -171,6 +171,24 @@ def test_settings_that_could_only_fail_later_stop_the_start_up(
     assert message.startswith(f"error: invalid settings: {variable}: ") and problem in message, message
 
 
+def test_a_misspelt_setting_is_named_at_start_up(
+    bundles: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before, UTPM_BATCH_MAX_USER=16 (no S) was ignored without a word and the service ran with 8."""
+    from service.config import misspelt_settings
+
+    monkeypatch.setenv("UTPM_BUNDLE", str(bundles["a"]))
+    monkeypatch.setenv("UTPM_BATCH_MAX_USER", "16")
+    monkeypatch.setenv("UTPM_LT_K", "5")  # the load test's own variables are no slip
+    create_app()
+    logged = capsys.readouterr().err
+    assert "UTPM_BATCH_MAX_USER is not a setting and is ignored; did you mean UTPM_BATCH_MAX_USERS?" in logged
+    assert "UTPM_LT_K" not in logged
+    assert misspelt_settings({"UTPM_REDIS_URI": "x", "UTPM_BUNDLE_DIR": "x", "UTPM_SOMETHING_ELSE": "x"}) == [
+        "UTPM_REDIS_URI is not a setting and is ignored; did you mean UTPM_REDIS_URL?"
+    ]
+
+
 def test_cors_origins_are_read_comma_separated_or_as_a_json_list(bundles: dict[str, Path]) -> None:
     for given in ("https://a.example, http://b.example:8080", '["https://a.example", "http://b.example:8080"]'):
         assert Settings(bundle=bundles["a"], cors_origins=given).cors_origins == [
