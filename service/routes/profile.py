@@ -246,6 +246,15 @@ def _json_body(scope: Scope) -> bool:
     return True
 
 
+def _refuse_body_fields_in_query(query: bytes) -> None:
+    """POST /profile reads its fields from the body only: `?k=5` (GET's way) would be ignored and the
+    caller would get 50 tags, so a body field in the query string is a 422 that says where it goes."""
+    given = [name for name in QueryParams(query.decode("latin-1")) if name in ProfileRequest.model_fields]
+    if given:
+        msg = "goes in the JSON body of POST /profile, not in the query string"
+        raise RequestValidationError([{"type": "extra_forbidden", "loc": ("query", given[0]), "msg": msg}])
+
+
 class PostProfileRoute(_HotRoute):
     """POST /profile as a plain ASGI handler: the body validated straight from its JSON bytes by pydantic
     (`model_validate_json`) instead of FastAPI's json.loads, dependency solving and Response object: per
@@ -263,6 +272,8 @@ class PostProfileRoute(_HotRoute):
         if scope["method"] != "POST":  # 405: Starlette's own handling
             await super().handle(scope, receive, send)
             return
+        if scope["query_string"]:
+            _refuse_body_fields_in_query(scope["query_string"])
         if not _json_body(scope):  # as FastAPI: a body that does not say it is JSON is not parsed
             msg = "Input should be a valid dictionary or object to extract fields from"
             raise RequestValidationError([{"type": "model_attributes_type", "loc": ("body",), "msg": msg}])

@@ -160,6 +160,15 @@ def test_bad_input_gets_a_clear_4xx(client: TestClient, payload: dict[str, Any],
     assert needle in assert_problem(r, status)["detail"]
 
 
+def test_a_body_field_in_the_query_string_is_refused_not_ignored(client: TestClient) -> None:
+    """Before, POST /profile?k=5 answered 50 tags (the query string was not read); other parameters
+    (a tracing or cache-busting one) are still let through."""
+    r = client.post("/profile?k=5", json={"user_id": "q", "features": {}})
+    assert assert_problem(r, 422)["detail"] == "k: goes in the JSON body of POST /profile, not in the query string"
+    assert client.get("/profile/q").status_code == 404  # nothing was computed or stored
+    assert client.post("/profile?trace=1", json={"user_id": "q", "features": {}, "k": 5}).status_code == 200
+
+
 def test_a_compressed_body_is_refused_not_read_as_broken_json(client: TestClient) -> None:
     body = gzip.compress(orjson.dumps({"user_id": "z", "features": {"clicked_tags": ["sci-fi"]}}))
     headers = {"content-type": "application/json", "content-encoding": "gzip"}
