@@ -96,6 +96,7 @@ async def swap_champion(state: ServiceState, new: ProfileEngine, experiment: Exp
     state.engine = new  # the swap: new requests see the new engine from here on
     if experiment is not None:
         state.experiment = experiment
+    align_fields(state)  # before the next await: no request sees the new arms with the old fields
     if state.fallback is not None:  # misses under the new version fall back to the old one's profiles
         await state.fallback.refresh(new.version, previous=old.version)
     retire(state, old)
@@ -114,7 +115,6 @@ async def reload(state: ServiceState, requested: str, version: str | None = None
         raise
     dropped = sorted(set(state.engine.field_names) - set(new.field_names))
     old = await swap_champion(state, new)
-    align_fields(state)
     state.metrics.reloads.labels("ok").inc()
     log.info("reloaded bundle %s -> %s", old, new.version)
     if dropped:
@@ -150,7 +150,6 @@ async def promote(state: ServiceState) -> None:
     if challenger is None:
         raise NoChallenger("no challenger is loaded; nothing to promote")
     old = await swap_champion(state, challenger, Experiment())  # champion and experiment in one step
-    align_fields(state)
     log.info("challenger %s promoted; champion %s retired", challenger.version, old)
 
 
