@@ -20,7 +20,7 @@ from service.errors import InvalidInput
 from service.profile_record import CorruptRecord, cached_response
 from service.profiles import DEFAULT_K, MAX_K
 from service.responses import RenderedJSON
-from service.routes.profile import ERRORS
+from service.routes.profile import ERRORS, refuse_body_fields_in_query
 from service.schemas import ProfileResponse, UserId
 from service.stale import decode_stale
 from service.state import service_state
@@ -56,6 +56,7 @@ class LookupResponse(BaseModel):
 @router.post("/profiles/lookup", response_model=LookupResponse, responses=ERRORS)
 async def lookup_profiles(body: LookupRequest, request: Request) -> RenderedJSON:
     """Cached profiles of several users (found / stale / missing each), read in one cache round trip."""
+    refuse_body_fields_in_query(request.scope["query_string"], LookupRequest, "POST /profiles/lookup")
     state = service_state(request)
     if not state.auth.reads_open:
         state.auth.check(request, "read")

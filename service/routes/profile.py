@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import StringConstraints, TypeAdapter, ValidationError
+from pydantic import BaseModel, StringConstraints, TypeAdapter, ValidationError
 from starlette.datastructures import QueryParams
 from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
@@ -72,6 +72,7 @@ async def post_profile(body: ProfileRequest, request: Request) -> RenderedJSON:
 @router.post("/profiles", response_model=ProfilesResponse, responses=ERRORS)
 async def post_profiles(body: ProfilesRequest, request: Request) -> RenderedJSON:
     """Profiles for several users in one call (at most 256)."""
+    refuse_body_fields_in_query(request.scope["query_string"], ProfilesRequest, "POST /profiles")
     state = service_state(request)
     state.auth.check(request, "write" if any(u.store for u in body.users) else "compute")
     if len(body.users) > MAX_USERS_PER_CALL:
@@ -246,12 +247,14 @@ def _json_body(scope: Scope) -> bool:
     return True
 
 
-def _refuse_body_fields_in_query(query: bytes) -> None:
-    """POST /profile reads its fields from the body only: `?k=5` (GET's way) would be ignored and the
-    caller would get 50 tags, so a body field in the query string is a 422 that says where it goes."""
-    given = [name for name in QueryParams(query.decode("latin-1")) if name in ProfileRequest.model_fields]
+def refuse_body_fields_in_query(query: bytes, body: type[BaseModel], route: str) -> None:
+    """A POST reads its fields from the body only: `?k=5` (GET's way) would be ignored and the caller
+    would get 50 tags, so a body field in the query string is a 422 that says where it goes."""
+    if not query:
+        return
+    given = [name for name in QueryParams(query.decode("latin-1")) if name in body.model_fields]
     if given:
-        msg = "goes in the JSON body of POST /profile, not in the query string"
+        msg = f"goes in the JSON body of {route}, not in the query string"
         raise RequestValidationError([{"type": "extra_forbidden", "loc": ("query", given[0]), "msg": msg}])
 
 
@@ -272,8 +275,7 @@ class PostProfileRoute(_HotRoute):
         if scope["method"] != "POST":  # 405: Starlette's own handling
             await super().handle(scope, receive, send)
             return
-        if scope["query_string"]:
-            _refuse_body_fields_in_query(scope["query_string"])
+        refuse_body_fields_in_query(scope["query_string"], ProfileRequest, "POST /profile")
         if not _json_body(scope):  # as FastAPI: a body that does not say it is JSON is not parsed
             msg = "Input should be a valid dictionary or object to extract fields from"
             raise RequestValidationError([{"type": "model_attributes_type", "loc": ("body",), "msg": msg}])

@@ -167,6 +167,13 @@ def test_a_body_field_in_the_query_string_is_refused_not_ignored(client: TestCli
     assert assert_problem(r, 422)["detail"] == "k: goes in the JSON body of POST /profile, not in the query string"
     assert client.get("/profile/q").status_code == 404  # nothing was computed or stored
     assert client.post("/profile?trace=1", json={"user_id": "q", "features": {}, "k": 5}).status_code == 200
+    lookup = client.post("/profiles/lookup?k=5", json={"user_ids": ["q"]})
+    assert (
+        assert_problem(lookup, 422)["detail"]
+        == "k: goes in the JSON body of POST /profiles/lookup, not in the query string"
+    )
+    many = client.post("/profiles?users=1", json={"users": [{"user_id": "q", "features": {}}]})
+    assert "users: goes in the JSON body of POST /profiles" in assert_problem(many, 422)["detail"]
 
 
 def test_a_compressed_body_is_refused_not_read_as_broken_json(client: TestClient) -> None:
