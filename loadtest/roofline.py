@@ -228,12 +228,11 @@ def roofline_at(engine: Mapping[str, Any], batch: float) -> float | None:
     return float(pts[-1][1])
 
 
-def measure_asgi(cfg: RooflineConfig, out_dir: Path, say: Say) -> dict[str, Any]:
+def measure_asgi(cfg: RooflineConfig, source: PayloadSource, out_dir: Path, say: Say) -> dict[str, Any]:
     """wrk against the raw ASGI app: POST (the same bodies) and GET (cached-read paths)."""
     from loadtest.drivers import run_wrk, write_bodies, write_read_paths
     from loadtest.procs import Server
 
-    source = PayloadSource.open(cfg.bundle, cfg.payloads)
     bodies = write_bodies(source, out_dir / "wrk_bodies.jsonl", cfg.k)
     paths = write_read_paths(out_dir / "wrk_paths.txt", [f"roofline-read-{i}" for i in range(cfg.read_users)], cfg.k)
     env = {"UTPM_BUNDLE": str(cfg.bundle)}
@@ -250,7 +249,7 @@ def measure_asgi(cfg: RooflineConfig, out_dir: Path, say: Say) -> dict[str, Any]
 def run_roofline(cfg: RooflineConfig, progress: Say | None = None, engine: bool = True) -> dict[str, Any]:
     say = progress or (lambda _m: None)
     started = datetime.now(UTC)
-    payloads = PayloadSource.open(cfg.bundle, cfg.payloads).describe()  # a bad file: refused before a run folder exists
+    source = PayloadSource.open(cfg.bundle, cfg.payloads)  # a bad file: refused before a run folder exists
     out_dir = cfg.out_dir or Path("artifacts/bench") / f"roofline-{started:%Y%m%d-%H%M%S}"
     out_dir.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
@@ -259,7 +258,7 @@ def run_roofline(cfg: RooflineConfig, progress: Say | None = None, engine: bool 
         "command": cfg.command,
         "machine": machine_info(),
         "bundle": str(cfg.bundle),
-        "payloads": payloads,
+        "payloads": source.describe(),
         "k": cfg.k,
         "settings": dict(cfg.settings),
     }
@@ -269,7 +268,7 @@ def run_roofline(cfg: RooflineConfig, progress: Say | None = None, engine: bool 
         report["raw_asgi"] = {
             "connections": cfg.connections,
             "duration_s": cfg.duration_s,
-            **measure_asgi(cfg, out_dir, say),
+            **measure_asgi(cfg, source, out_dir, say),
         }
     report["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     report["load_average_1m_end"] = round(os.getloadavg()[0], 2)

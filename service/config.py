@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -110,12 +110,18 @@ def parse_auth_keys(spec: str) -> dict[str, str]:
     return keys
 
 
+def _http_url(text: object) -> SplitResult | None:
+    """`text` split as an http(s) URL with a host, or None."""
+    url = urlsplit(text) if isinstance(text, str) else None
+    return url if url is not None and url.scheme in ("http", "https") and url.hostname else None
+
+
 def _check_origin(origin: object) -> None:
     """What a browser sends as Origin: anything else (a path, a trailing slash) would never match."""
     if origin == "*":
         return
-    url = urlsplit(origin) if isinstance(origin, str) else None
-    if url is None or url.scheme not in ("http", "https") or not url.hostname or url.path or url.query:
+    url = _http_url(origin)
+    if url is None or url.path or url.query:
         raise ValueError(f"{origin!r} is not an origin: expected scheme://host[:port] without a path, or *")
 
 
@@ -265,10 +271,8 @@ class Settings(BaseSettings):
     @field_validator("otlp_endpoint")
     @classmethod
     def _otlp(cls, v: str | None) -> str | None:
-        if v is not None:
-            url = urlsplit(v)
-            if url.scheme not in ("http", "https") or not url.hostname:
-                raise ValueError(f"expected an OTLP/HTTP URL such as http://collector:4318/v1/traces, got {v!r}")
+        if v is not None and _http_url(v) is None:
+            raise ValueError(f"expected an OTLP/HTTP URL such as http://collector:4318/v1/traces, got {v!r}")
         return v
 
     @field_validator("bundle_root")

@@ -108,13 +108,10 @@ def bench_serve_cmd(
     ),
 ) -> None:
     """The service under load (locust + wrk) beside an empty FastAPI ceiling and a naive peer: a JSON report."""
-    from loadtest.bundle import MIN_TAGS
     from loadtest.report import render_serve
     from loadtest.serve import BenchConfig, run_bench
 
-    if tags < MIN_TAGS:
-        fail(f"--tags must be at least {MIN_TAGS}, got {tags}")
-    _check_model(model)
+    _check_recipe(tags, model)
     cfg = BenchConfig(
         tags=tags,
         model=model,
@@ -233,7 +230,7 @@ def bench_tune_cmd(
     from loadtest.report import render_tune
     from loadtest.tune import TuneConfig, parse_variant, run_tune
 
-    _check_model(model)
+    _check_recipe(tags, model)
     if connections < 1 or duration <= 0 or rounds < 1:
         fail("--connections and --rounds must be at least 1 and --duration positive")
     try:
@@ -391,8 +388,12 @@ def bench_report_cmd(
     typer.echo(f"regenerated {len(done) - kept} block(s) in {len(paths)} doc(s), kept {kept} (artifact missing)")
 
 
-def _check_model(model: str) -> None:
-    from loadtest.bundle import MODELS
+def _check_recipe(tags: int, model: str) -> None:
+    """The benchmark bundle's --tags and --model, refused before any work as `Recipe.for_tags` would
+    refuse them later (it is not called here: its cross-layer check imports torch)."""
+    from loadtest.bundle import MIN_TAGS, MODELS
 
+    if tags < MIN_TAGS:
+        fail(f"--tags must be at least {MIN_TAGS}, got {tags}")
     if model not in MODELS:
         fail(f"unknown benchmark model {model!r}; valid: {', '.join(MODELS)}")

@@ -157,8 +157,8 @@ def _is_list(v: object) -> bool:
 
 
 def _list_values(v: object) -> list[str]:
-    if _is_list(v):
-        return clean_values(str(x) for x in v if x is not None)  # type: ignore[attr-defined]
+    if isinstance(v, list | tuple | np.ndarray):
+        return clean_values(str(x) for x in v if x is not None)
     return (
         []
         if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v))
