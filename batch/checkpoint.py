@@ -5,7 +5,8 @@ chunk size, Redis target); then one line per chunk, appended and fsynced only af
 records are in Redis and its rejects are in the rejects file. A job killed part-way has therefore
 written, beyond its checkpoint, at most the chunks that were in flight: a resumed run writes those
 users once more (identical records) and every other user not at all. A torn last line (killed
-mid-write) is ignored.
+mid-write, so without its newline) is ignored; any other line that is not the checkpoint's own stops
+`--resume` with its line number.
 """
 
 from __future__ import annotations
@@ -37,19 +38,15 @@ class Progress:
 def _read(path: Path) -> Progress | None:
     if not path.is_file():
         return None
-    lines = path.read_bytes().split(b"\n")
-    try:
-        head = json.loads(lines[0])
-    except (json.JSONDecodeError, IndexError):
+    *lines, _torn = path.read_bytes().split(b"\n")  # b"" unless a killed run tore the last line
+    if not lines:
         return None  # killed while writing its first line: nothing was written under it
+    head = _parse(path, 1, lines[0], "a checkpoint's job line")
     if not isinstance(head, dict) or not isinstance(head.get("job"), dict):
         raise BatchError(f"{path}, line 1: not a checkpoint's job line; run without --resume to start over")
     progress = Progress(identity=head["job"])
     for n, line in enumerate(lines[1:], 2):
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # the torn last line of a killed run
+        entry = _parse(path, n, line, "a chunk record (chunk, rows, rejects_bytes)")
         try:
             chunk, _rows, rejects_bytes = int(entry["chunk"]), int(entry["rows"]), int(entry["rejects_bytes"])
         except (KeyError, TypeError, ValueError):
@@ -59,6 +56,14 @@ def _read(path: Path) -> Progress | None:
         progress.done[chunk] = entry
         progress.rejects_bytes = max(progress.rejects_bytes, rejects_bytes)
     return progress
+
+
+def _parse(path: Path, n: int, line: bytes, what: str) -> Any:
+    """One whole line's JSON; a line that is none (binary, another file's text) is named, not skipped."""
+    try:
+        return json.loads(line)
+    except ValueError:  # JSONDecodeError, and UnicodeDecodeError for bytes that are no text
+        raise BatchError(f"{path}, line {n}: not {what}; run without --resume to start over") from None
 
 
 class Checkpoint:

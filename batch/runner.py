@@ -67,6 +67,7 @@ def run_batch(
     ray_address: str | None = None,
     resume: bool = False,
     progress: ProgressFn | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> Summary:
     """Profile every row of `job.source` into Redis; see the package docstring and docs/batch.md."""
     t0 = time.perf_counter()
@@ -80,6 +81,8 @@ def run_batch(
         raise BatchError(str(e)) from None
     checkpoint = Checkpoint(job.out)
     before = checkpoint.previous() if resume else None
+    if resume and before is None and say is not None:  # a mistyped --out would otherwise redo the job unnoticed
+        say(f"--resume: no checkpoint in {job.out}; starting from the first row")
     if job.computed_at_ms == 0:  # one computed_at per job: a resumed run keeps the first run's
         start = int(before.identity.get("computed_at_ms", 0)) if before is not None else 0
         job = replace(job, computed_at_ms=start or time.time_ns() // 1_000_000)

@@ -106,6 +106,7 @@ def profile_batch_cmd(
                 ray_address=ray_address,
                 resume=resume,
                 progress=progress,
+                say=lambda m: typer.echo(m, err=True),
             )
     except (BatchError, SourceError) as e:
         fail(str(e))

@@ -269,3 +269,7 @@ def test_resume_refuses_another_jobs_checkpoint(
         run_batch(job(small, bundles["a"], url, tmp_path / "job", k=30), workers=1, resume=True)
     again = run_batch(job(small, bundles["a"], url, tmp_path / "job"), workers=1, resume=True)
     assert (again.written, again.skipped) == (0, 20)  # nothing left to do
+    said: list[str] = []  # before: a --resume that found no checkpoint (a mistyped --out) redid the job unnoticed
+    fresh = run_batch(job(small, bundles["a"], url, tmp_path / "typo"), workers=1, resume=True, say=said.append)
+    assert fresh.skipped == 0
+    assert said == [f"--resume: no checkpoint in {tmp_path / 'typo'}; starting from the first row"]

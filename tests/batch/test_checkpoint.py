@@ -36,10 +36,15 @@ def test_a_resumed_run_cuts_the_torn_line_before_appending(tmp_path: Path) -> No
         ([json.dumps({"job": JOB}), '{"index": "x"}'], "line 2: not a chunk record"),
         ([json.dumps({"job": JOB}), '{"chunk": "one", "rows": 10, "rejects_bytes": 0}'], "line 2: not a chunk record"),
         (["[1, 2]"], "line 1: not a checkpoint's job line"),
+        # before: a UnicodeDecodeError traceback (bytes that are no text) ...
+        ([json.dumps({"job": JOB}), "\udcff\udcfe"], "line 2: not a chunk record"),
+        # ... and a middle line that is no JSON was skipped as if torn, though a record follows it
+        ([json.dumps({"job": JOB}), "chunk 0 done", _chunk(1)], "line 2: not a chunk record"),
+        (["# my notes", _chunk(0)], "line 1: not a checkpoint's job line"),
     ],
 )
 def test_a_line_that_is_not_the_checkpoints_own_is_named(tmp_path: Path, lines: list[str], where: str) -> None:
     # before: KeyError, ValueError or AttributeError tracebacks from --resume
-    (tmp_path / CHECKPOINT_FILE).write_text("\n".join(lines) + "\n")
+    (tmp_path / CHECKPOINT_FILE).write_bytes(("\n".join(lines) + "\n").encode(errors="surrogateescape"))
     with pytest.raises(BatchError, match=where):
         Checkpoint(tmp_path).open(JOB, resume=True)
