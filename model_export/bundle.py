@@ -121,13 +121,13 @@ def load_history_encoder(
     serving change."""
     max_tags = int(scorer.get("max_history_tags", 1000))  # type: ignore[call-overload]
     arrays_file = root / HISTORY_ARRAYS_FILE
-    if arrays_file.is_file() and hasattr(HistoryEncoder, "from_arrays"):
+    if arrays_file.is_file():
         try:
             with np.load(arrays_file, allow_pickle=False) as f:
                 arrays = {k: f[k] for k in f.files}
         except (OSError, ValueError, zipfile.BadZipFile) as e:
             raise BundleError(f"{arrays_file}: not a readable .npz of arrays ({e})") from None
-        return HistoryEncoder.from_arrays(encoder, tags, max_tags, arrays)  # type: ignore[attr-defined,unused-ignore]
+        return HistoryEncoder.from_arrays(encoder, tags, max_tags, arrays)
     return HistoryEncoder(encoder, tags, max_tags)
 
 

@@ -312,6 +312,6 @@ def save_training(out: Path, split: ProtocolSplit, config: TrainConfig, result: 
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     # Per-tag data the history features need at serving (HistoryEncoder.to_arrays), if it has any.
     henc = getattr(result, "history_encoder", None)
-    arrays = henc.to_arrays() if henc is not None and hasattr(henc, "to_arrays") else {}
+    arrays = henc.to_arrays() if henc is not None else {}
     if arrays:
         np.savez(out / HISTORY_ARRAYS_FILE, **arrays)
