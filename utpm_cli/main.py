@@ -387,7 +387,9 @@ def experiment_cmd(
 
 @app.command("serve")
 def serve_cmd(
-    bundle: Annotated[Path, typer.Argument(help="Bundle directory (exported and indexed).")],
+    bundle: Annotated[
+        Path, typer.Argument(envvar="UTPM_BUNDLE", help="Bundle directory (exported, indexed); default: UTPM_BUNDLE.")
+    ],
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port.")] = 8000,
     redis_url: Annotated[

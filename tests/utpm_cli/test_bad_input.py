@@ -114,6 +114,21 @@ def test_a_port_in_use_is_one_line_before_the_service_loads_or_the_demo_builds(
     )
 
 
+def test_serve_takes_the_bundle_from_utpm_bundle_as_the_service_does(
+    utpm: Callable[..., str], hist_built: BuiltBundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, `utpm serve` with UTPM_BUNDLE set (the service's one required setting) said "Missing
+    argument 'bundle'". The port taken: the command gets past the bundle and stops before serving."""
+    monkeypatch.setenv("UTPM_BUNDLE", str(hist_built.bundle))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert f"error: cannot listen on 127.0.0.1:{port}" in utpm("serve", "--port", port)
+    monkeypatch.setenv("UTPM_BUNDLE", str(hist_built.run))  # a run, not a bundle: named as on the command line
+    assert "is not a bundle" in utpm("serve")
+
+
 def test_an_opset_the_exporter_cannot_write_is_named(
     utpm: Callable[..., str], hist_built: BuiltBundle, tmp_path: Path
 ) -> None:
