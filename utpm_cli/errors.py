@@ -104,6 +104,21 @@ def output_folder(path: Path | None) -> Path | None:
     return _refuse_unwritable(path, folder=True)
 
 
+def dataset_folder(path: Path | None) -> Path | None:
+    """As `output_folder`, for a `prepare`'s data set: a previous data set there is replaced, but a
+    folder that holds other files is refused before the source is read (utpm.data.dataset_folder)."""
+    from utpm.data.dataset_folder import refuse_foreign
+    from utpm.data.errors import DataError
+
+    path = output_folder(path)
+    if path is not None:
+        try:
+            refuse_foreign(path)
+        except DataError as e:
+            raise typer.BadParameter(str(e)) from None
+    return path
+
+
 def run_folder(path: Path | None) -> Path | None:
     """As `output_folder`, for a run directory: a previous run there is replaced, but a folder that
     holds other files is refused, since a run writes config.json, model.pt and more over what is there."""

@@ -25,6 +25,7 @@ from utpm_cli.bench import (
     bench_tune_cmd,
 )
 from utpm_cli.errors import (
+    dataset_folder,
     fail,
     missing_extra,
     output_file,
@@ -95,7 +96,7 @@ def global_options(verbose: Annotated[bool, typer.Option("--verbose", "-v", help
 @prepare_app.command("movielens")
 def prepare_movielens_cmd(
     src: Annotated[Path, typer.Argument(help="Directory with ratings.csv, tags.csv, movies.csv.")],
-    out: Annotated[Path, typer.Argument(callback=output_folder, help="Output directory (items.csv, events.csv).")],
+    out: Annotated[Path, typer.Argument(callback=dataset_folder, help="Output directory (items.csv, events.csv).")],
 ) -> None:
     """Convert MovieLens (ml-latest-small / ml-20m / ml-25m layout) with the paper's rating thresholds."""
     from utpm.data.loading import load_dataset
@@ -114,7 +115,7 @@ def prepare_movielens_cmd(
 @prepare_app.command("synthetic")
 def prepare_synthetic_cmd(
     out: Annotated[
-        Path, typer.Argument(callback=output_folder, help="Output directory (Parquet files, truth.csv, meta.json).")
+        Path, typer.Argument(callback=dataset_folder, help="Output directory (Parquet files, truth.csv, meta.json).")
     ],
     tags: Annotated[int, typer.Option(help="Number of tags.")] = 1_000_000,
     users: Annotated[int, typer.Option(help="Number of users.")] = 100_000,

@@ -9,14 +9,14 @@ import numpy as np
 import typer
 
 from utpm.data.errors import DataError
-from utpm_cli.errors import fail, output_file, output_folder
+from utpm_cli.errors import dataset_folder, fail, output_file
 
 
 def prepare_amazon_cmd(
     src: Annotated[
         Path, typer.Argument(help="Directory with Beauty.txt and Beauty_item2attributes.json (S3-Rec layout).")
     ],
-    out: Annotated[Path, typer.Argument(callback=output_folder, help="Output directory (items.csv, events.csv).")],
+    out: Annotated[Path, typer.Argument(callback=dataset_folder, help="Output directory (items.csv, events.csv).")],
 ) -> None:
     """Convert the Amazon Beauty sequences (all positives, attributes as tags) to the generic format."""
     from utpm.data.amazon import prepare_amazon

@@ -136,6 +136,14 @@ def test_no_events_file(tmp_path: Path) -> None:
         load_dataset(tmp_path)
 
 
+def test_a_table_in_both_forms_is_an_error_not_a_silent_choice(tmp_path: Path) -> None:
+    """Before, events.parquet was read and events.csv beside it ignored, whichever was the stale one."""
+    write(tmp_path)
+    (tmp_path / "events.parquet").write_bytes(b"")
+    with pytest.raises(DataError, match=r"both events\.parquet and events\.csv here"):
+        load_dataset(tmp_path)
+
+
 def test_parquet_loads_like_csv(tmp_path: Path) -> None:
     csv_ds = load_dataset(write(tmp_path))
     pq = tmp_path / "pq"

@@ -244,6 +244,27 @@ def test_train_never_writes_over_a_folder_that_is_not_a_run(
     ]
 
 
+def test_prepare_replaces_a_previous_data_set_and_never_writes_among_other_files(
+    utpm: Callable[..., str], tmp_path: Path
+) -> None:
+    """Before, `prepare movielens` into the folder of a synthetic data set wrote events.csv and
+    items.csv next to its Parquet tables and reported success, while the folder still loaded as the
+    synthetic data (Parquet is read first) with its users table and truth.csv."""
+    from utpm.data.loading import load_dataset
+    from utpm.data.movielens import prepare_movielens
+    from utpm.data.synthetic import generate_synthetic
+    from utpm_cli.main import REPO_DATA
+
+    data = tmp_path / "data"
+    generate_synthetic(data, n_tags=200, n_users=30, events_per_user=5, seed=0)
+    prepare_movielens(REPO_DATA, data)  # what the command runs once the folder is accepted
+    assert sorted(p.name for p in data.iterdir()) == ["events.csv", "items.csv"]
+    assert load_dataset(data).report.rows["events"] == 67_688  # MovieLens's, not the synthetic 150
+    out = utpm("prepare", "movielens", REPO_DATA, REPO_DATA)  # the source itself: its own files would mix in
+    assert "holds files that are not a prepared data set's (README.txt, movies.csv" in out
+    assert not (REPO_DATA / "events.csv").exists()
+
+
 def test_measurements_refuse_data_the_model_knows_nothing_of(
     utpm: Callable[..., str], hist_built: BuiltBundle, tmp_path: Path
 ) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from utpm.data.dataset_folder import start_dataset
 from utpm.data.errors import DataError
 from utpm.data.loading import LIST_SEP
 
@@ -76,7 +77,7 @@ def prepare_amazon(src: str | Path, out: str | Path) -> AmazonReport:
         return LIST_SEP.join(f"a{int(v)}" for v in values if isinstance(v, int | str) and str(v).strip().isdigit())
 
     table = pd.DataFrame({"item_id": item_ids, "tags": [tags_of(i) for i in item_ids], "categories": ""})
-    out.mkdir(parents=True, exist_ok=True)
+    start_dataset(out)
     table.to_csv(out / "items.csv", index=False)
     events.to_csv(out / "events.csv", index=False)
     distinct = {t for s in table["tags"] for t in s.split(LIST_SEP) if t}

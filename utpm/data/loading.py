@@ -56,11 +56,12 @@ class Dataset:
 
 
 def find_table(directory: Path, name: str, required: bool = True) -> Path | None:
-    """`name.parquet` or `name.csv` in `directory`."""
-    for suffix in (".parquet", ".csv"):
-        p = directory / f"{name}{suffix}"
-        if p.exists():
-            return p
+    """`name.parquet` or `name.csv` in `directory`; both is an error, since either could be the stale one."""
+    found = [p for p in (directory / f"{name}.parquet", directory / f"{name}.csv") if p.exists()]
+    if len(found) == 2:
+        raise DataError(directory, f"both {name}.parquet and {name}.csv here: keep the one the data set is in")
+    if found:
+        return found[0]
     if required:
         raise DataError(directory, f"no {name}.csv or {name}.parquet here")
     return None

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from utpm.data.dataset_folder import start_dataset
 from utpm.data.errors import DataError
 from utpm.data.loading import LIST_SEP, read_table
 
@@ -98,7 +99,7 @@ def prepare_movielens(src: str | Path, out: str | Path, all_positive: bool = Fal
             "categories": genres,
         }
     )
-    out.mkdir(parents=True, exist_ok=True)
+    start_dataset(out)
     items.to_csv(out / "items.csv", index=False)
     kept.to_csv(out / "events.csv", index=False)
     return MovieLensReport(

@@ -33,6 +33,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from utpm.data.dataset_folder import start_dataset
+
 __all__ = ["SyntheticReport", "generate_synthetic"]
 
 # Users per chunk. Part of the RNG layout (each chunk has its own seeded stream): changing it
@@ -463,7 +465,7 @@ def generate_synthetic(
             progress(stage, done, total)
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    start_dataset(out)
     paths = {
         name: out / name
         for name in ("items.parquet", "events.parquet", "users.parquet", "truth.csv", "tags.parquet", "meta.json")
