@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.build import BuiltBundle
 from tests.datasets import synthetic_dataset
 from utpm.data import load_dataset
 from utpm.data.protocol import split_protocol
@@ -142,3 +143,24 @@ def test_config_rejects_bad_values() -> None:
         TrainConfig(augment_cuts=(0.0,))
     with pytest.raises(ValueError, match="val_fraction"):
         TrainConfig(val_fraction=1.0)
+
+
+def test_a_run_written_over_a_previous_one_keeps_none_of_its_files(hist_built: BuiltBundle, tmp_path: Path) -> None:
+    """Before, a vocabulary of a field only the previous run had (and the default model's arrays,
+    under a paper model's run) stayed in the folder, and export copied the encoder folder, stale
+    vocabulary included, into the bundle and its version hash."""
+    import shutil
+
+    from utpm.training.run import save_run
+
+    out = tmp_path / "run"
+    shutil.copytree(hist_built.run, out)
+    (out / "encoder" / "vocab_clicked_account.json").write_text('{"tokens": []}')  # the previous run's field
+    (out / "notes.txt").write_text("mine")
+    run = load_run(hist_built.run)
+    save_run(out, run.config, run.model, run.encoder, run.tags)
+    assert sorted(p.name for p in (out / "encoder").iterdir()) == sorted(
+        p.name for p in (hist_built.run / "encoder").iterdir()
+    )
+    assert not (out / "history_encoder.npz").exists()  # save_training writes it again for the default model
+    assert (out / "notes.txt").read_text() == "mine"  # only a run's own files are removed

@@ -6,11 +6,13 @@ RUN/encoder/         fields.json and one vocabulary per input field
 RUN/tags.json        the tag vocabulary of the predicting layer (row i of the tag embeddings)
 RUN/curve.json       per epoch: training loss, validation Prec@K, seconds
 RUN/metrics.json     best epoch, validation and test Prec@K, samples/s
+RUN/history_encoder.npz  the default model's per-tag arrays (HistoryEncoder.to_arrays), when it has any
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,9 +40,20 @@ class Run:
         return Preset.from_dict(self.config["preset"])
 
 
+HISTORY_ARRAYS_FILE = "history_encoder.npz"
+# The files above: a new run removes a previous run's first, so that none is exported with it
+# (a vocabulary of a field the new run lacks, arrays the new model does not have).
+RUN_FILES = ("config.json", "model.pt", "tags.json", "curve.json", "metrics.json", HISTORY_ARRAYS_FILE)
+RUN_DIRS = ("encoder",)
+
+
 def save_run(
     path: Path, config: dict[str, Any], model: torch.nn.Module, encoder: FeatureEncoder, tags: Vocabulary
 ) -> None:
+    for name in RUN_FILES:
+        (path / name).unlink(missing_ok=True)
+    for name in RUN_DIRS:
+        shutil.rmtree(path / name, ignore_errors=True)
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(json.dumps(config, indent=2, default=str))
     torch.save(model.state_dict(), path / "model.pt")

@@ -30,13 +30,11 @@ from utpm.models.presets import Preset
 from utpm.models.registry import build_model
 from utpm.models.user_model import UserModel
 from utpm.training.early_stopping import EarlyStopping, epoch_point
-from utpm.training.run import save_run
+from utpm.training.run import HISTORY_ARRAYS_FILE, save_run
 from utpm.training.samples import SampleSet, build_encoder, build_tag_vocab, encode_rows
 from utpm.training.warm_start import apply_tag_vectors
 
 log = logging.getLogger(__name__)
-
-HISTORY_ARRAYS_FILE = "history_encoder.npz"
 
 
 @dataclass
