@@ -278,3 +278,18 @@ def test_measurements_refuse_data_the_model_knows_nothing_of(
     # and `evaluate` printed Prec@K 0.0000 for a run on data whose tags it never saw
     out = utpm("evaluate", hist_built.run, tmp_path / "other")
     assert "none of the test users' label tags" in out and "is it the data the run was trained on" in out
+
+
+def test_evaluate_says_when_the_data_is_not_what_the_run_was_trained_on(
+    hist_built: BuiltBundle, movielens_dir: Path, movielens_sample_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before, a subset (or a re-prepared copy) of the training data gave Prec@K over a split whose
+    test users the run may have trained on, with nothing to say the figure was not held out."""
+    from utpm_cli.model import evaluate_run
+
+    assert evaluate_run(hist_built.run, movielens_dir, [1])["same_data_as_training"] is True
+    assert "note:" not in capsys.readouterr().err
+    assert evaluate_run(hist_built.run, movielens_sample_dir, [1])["same_data_as_training"] is False
+    note = capsys.readouterr().err
+    assert f"note: {movielens_sample_dir} is not the data {hist_built.run} was trained on (users 609 then" in note
+    assert "not a held-out figure" in note
