@@ -283,6 +283,7 @@ def finish_bundle(
             "preset": run.preset.to_dict(),
             "loss": run.config.get("loss"),
             "run": str(run_path.resolve()),
+            "protocol": run.config.get("protocol"),  # which users were held out: measurements check it
         },
         user_dim=user_dim,
         heads=heads,

@@ -94,6 +94,15 @@ def held_out_figures(test: dict[int, float]) -> str:
     return ", ".join(f"Prec@{k} {v:.4f}" for k, v in test.items()) or "none (no test users with a label)"
 
 
+def note_other_data(what: str, differences: list[str]) -> None:
+    """Say on stderr that the test users measured may not be held out (a note: other users are legitimate)."""
+    typer.echo(
+        f"note: {what} ({', '.join(differences)}): its test users may include users the model was "
+        "trained on, and Prec@K is then not a held-out figure",
+        err=True,
+    )
+
+
 def evaluate_run(run: Path, data: Path, ks: list[int]) -> dict[str, Any]:
     """Prec@K and personalisation of a run directory (any model) on its test users."""
     from utpm.data.loading import load_dataset
@@ -108,18 +117,9 @@ def evaluate_run(run: Path, data: Path, ks: list[int]) -> dict[str, Any]:
         split = split_protocol(load_dataset(data), seed=int(loaded.config["protocol"]["seed"]))
     except (ValueError, FileNotFoundError, DataError) as e:
         fail(str(e))
-    trained_on = {k: v for k, v in loaded.config["protocol"].items() if k != "source"}  # the path may move
-    now = {k: v for k, v in split.protocol_info().items() if k in trained_on}
-    same_data = now == trained_on
-    if not same_data:
-        what = ", ".join(
-            f"{k} {trained_on[k]!r} then, {now.get(k)!r} now" for k in trained_on if now.get(k) != trained_on[k]
-        )
-        typer.echo(
-            f"note: {data} is not the data {run} was trained on ({what}): its test users may include users "
-            "the run trained on, and Prec@K is then not a held-out figure",
-            err=True,
-        )
+    differences = split.differences(loaded.config["protocol"])
+    if differences:
+        note_other_data(f"{data} is not the data {run} was trained on", differences)
     rows = split.indices(test=True)
     n = loaded.preset.N
     top = max(10, *ks)
@@ -148,7 +148,7 @@ def evaluate_run(run: Path, data: Path, ks: list[int]) -> dict[str, Any]:
         "model": loaded.config["model"],
         "loss": loaded.config["loss"],
         "test_users": len(rows),
-        "same_data_as_training": same_data,
+        "same_data_as_training": not differences,
         "skipped_users_empty_C": results[ks[0]].skipped_users,
         **{f"prec@{k}": r.value for k, r in results.items()},
         "personalisation": personalisation(ranked, 10),

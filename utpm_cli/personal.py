@@ -32,6 +32,7 @@ import typer
 
 from utpm.data.errors import DataError
 from utpm_cli.errors import fail, output_file, require_bundle
+from utpm_cli.model import note_other_data
 
 if TYPE_CHECKING:  # pandas: `utpm serve` runs on a serving install, without the train extra
     from utpm.data.protocol import ProtocolSplit
@@ -81,8 +82,9 @@ def bench_personal_cmd(
 
     unknown_only: list[bool] = []  # per request served: none of its values is in the bundle's vocabularies
 
-    def load(path: Path) -> tuple[Callable[[int, int], list[str]], str, int | None]:
-        """A bundle's serve function (test user, k -> tags), its model name and its preset's N."""
+    def load(path: Path) -> tuple[Callable[[int, int], list[str]], str, int | None, Any]:
+        """A bundle's serve function (test user, k -> tags), its model name, its preset's N and the
+        protocol of its run (None for a bundle exported before it was recorded)."""
         engine = ProfileEngine.load(path, Settings.model_validate({"bundle": str(path), "device": "cpu"}))
         fields = [f for f in ("clicked_tags", "clicked_categories") if f in engine.field_names and f in split.fields]
 
@@ -93,9 +95,13 @@ def bench_personal_cmd(
             unknown_only.append(user.all_unknown)  # read after compute: utpm-hist encodes there
             return [engine.bundle.tags.token(int(t)) for t in profile.tag_ids]
 
-        return serve, engine.model_name, engine.bundle.manifest.model.get("preset", {}).get("N")
+        model = engine.bundle.manifest.model
+        return serve, engine.model_name, model.get("preset", {}).get("N"), model.get("protocol")
 
-    serve, model_name, preset_n = load(bundle)
+    serve, model_name, preset_n, protocol = load(bundle)
+    differences = split.differences(protocol) if isinstance(protocol, dict) else []
+    if differences:
+        note_other_data(f"{data} under --seed {seed} is not the split {bundle} was trained on", differences)
     n_tags = tags_per_item if tags_per_item is not None else preset_n
     if quality and n_tags is None:
         fail("the bundle records no tags per item (N): pass --tags-per-item")
@@ -128,9 +134,14 @@ def bench_personal_cmd(
         "served": mine,
         "own_clicked_tags": theirs,
         "unknown_only_share": round(unknown_share, 4),
+        "same_data_as_training": None if not isinstance(protocol, dict) else not differences,
     }
     if quality and n_tags is not None:
         other = load(against) if against is not None else None
+        if other is not None and isinstance(other[3], dict) and split.differences(other[3]):
+            note_other_data(
+                f"{data} under --seed {seed} is not the split {against} was trained on", split.differences(other[3])
+            )
         result["quality"] = served_quality(serve, split, data, n_tags, seed, other[0] if other else None)
         if other is not None:
             result["quality"]["against"] = {"bundle": str(against), "model": other[1]}

@@ -83,3 +83,20 @@ def test_bench_personal_reports_jaccard_the_served_lists_quality_and_a_paired_ga
     assert quality["against"]["model"] == "utpm-hist"
     assert all(g == {"gap": 0.0, "ci95": [0.0, 0.0]} for g in quality["vs_against"].values())
     assert "served - mostpop:" in res.output and "served - against:" in res.output and f"wrote {out}" in res.output
+    assert result["same_data_as_training"] is True and "note:" not in res.output
+
+
+def test_bench_personal_says_when_its_split_is_not_the_one_the_bundle_was_trained_on(
+    hist_bundle: Path, movielens_dir: Path, tmp_path: Path
+) -> None:
+    """Before, `--seed 1` (or other data) scored the served lists on test users the model may have
+    trained on, beside yardsticks that had not, as if both were held out."""
+    out = tmp_path / "personal.json"
+    args = [str(hist_bundle), str(movielens_dir), "--users", "20", "--seed", "1", "--no-quality", "--json", str(out)]
+    res = CliRunner().invoke(app, ["bench", "personal", *args])
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["same_data_as_training"] is False
+    assert (
+        f"note: {movielens_dir} under --seed 1 is not the split {hist_bundle} was trained on (seed 0 then, 1 now"
+        in (" ".join(res.output.split()))
+    )

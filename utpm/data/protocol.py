@@ -22,7 +22,8 @@ comfortably; nothing here is per-event Python.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -151,6 +152,12 @@ class ProtocolSplit:
             "fields": {k: v.value for k, v in self.field_kinds.items()},
             **self.stats,
         }
+
+    def differences(self, recorded: Mapping[str, Any]) -> list[str]:
+        """How this split differs from the one a run recorded (its config.json "protocol"), the data's
+        path aside: ["users 609 then, 299 now", ...]; empty when the users and their test split match."""
+        now = self.protocol_info()
+        return [f"{k} {v!r} then, {now.get(k)!r} now" for k, v in recorded.items() if k != "source" and now.get(k) != v]
 
 
 def _history_field(
