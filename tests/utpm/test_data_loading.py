@@ -104,6 +104,15 @@ def test_duplicate_user_ids_in_users_file(tmp_path: Path) -> None:
     assert any("duplicate user_id" in w for w in ds.report.warnings)
 
 
+def test_a_user_column_named_like_a_history_field_is_refused(tmp_path: Path) -> None:
+    """Before, a users column `clicked_tags` silently became the clicked_tags field (single-valued),
+    in place of the tags of the user's clicked items: the model's main input."""
+    write(tmp_path)
+    (tmp_path / "users.csv").write_text("user_id,clicked_tags,age\nu1,x,30\n")
+    with pytest.raises(DataError, match=r"users\.csv, line 1: user column\(s\) \['clicked_tags'\] have the name"):
+        load_dataset(tmp_path)
+
+
 def test_crlf_line_endings_load_like_lf(tmp_path: Path) -> None:
     (tmp_path / "lf").mkdir()
     lf = load_dataset(write(tmp_path / "lf"))

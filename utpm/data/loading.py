@@ -253,6 +253,16 @@ def load_dataset(directory: str | Path) -> Dataset:
         clash = [c for c in users.columns if c != "user_id" and c in items.columns]
         if clash:
             raise DataError(users_path or d, f"user column(s) {clash} clash with item columns; rename them", 1)
+        # a user column is a field of its own name: one named like a history field would replace it
+        history_fields = {f"clicked_{c}" for c in items.columns if c != "item_id"} | {"unclicked_tags"}
+        taken = [c for c in users.columns if c in history_fields]
+        if taken:
+            raise DataError(
+                users_path or d,
+                f"user column(s) {taken} have the name of a field built from the events (clicked_<item column>, "
+                "unclicked_tags) and would replace it; rename them",
+                1,
+            )
     for w in report.warnings:
         log.info(w)
     return Dataset(items=items, events=events, users=users, report=report, source=str(d))
