@@ -113,6 +113,30 @@ def test_a_user_column_named_like_a_history_field_is_refused(tmp_path: Path) -> 
         load_dataset(tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("header", "problem"),
+    [
+        ("item_id,tags,categories,tags", r"column\(s\) \['tags'\] appear more than once"),  # was clicked_tags.1
+        ("item_id,tags, ,categories", r"column 3 has values but no name"),  # was clicked_Unnamed: 2
+    ],
+)
+def test_a_header_pandas_would_rename_is_an_error_naming_it(tmp_path: Path, header: str, problem: str) -> None:
+    write(tmp_path)
+    (tmp_path / "items.csv").write_text(f"{header}\ni1,a|b,x,c\ni2,b,y,c\n")
+    with pytest.raises(DataError, match=rf"items\.csv, line 1: {problem}"):
+        load_dataset(tmp_path)
+
+
+def test_a_trailing_comma_adds_no_field(tmp_path: Path) -> None:
+    """Before, `item_id,tags,categories,` made a field `clicked_Unnamed: 3` of empty values."""
+    write(tmp_path)
+    items = (tmp_path / "items.csv").read_text().splitlines()
+    (tmp_path / "items.csv").write_text("\n".join(f"{line}," for line in items) + "\n")
+    ds = load_dataset(tmp_path)
+    assert ds.item_fields == ["categories", "account"]
+    assert any("without a name or a value (a trailing comma?)" in w for w in ds.report.warnings)
+
+
 def test_crlf_line_endings_load_like_lf(tmp_path: Path) -> None:
     (tmp_path / "lf").mkdir()
     lf = load_dataset(write(tmp_path / "lf"))

@@ -9,6 +9,7 @@ warning that names the first bad line.
 
 from __future__ import annotations
 
+import csv
 import logging
 import re
 from dataclasses import dataclass, field
@@ -103,8 +104,32 @@ def read_table(path: Path, report: LoadReport | None = None) -> pd.DataFrame:
         m = re.search(r"line (\d+)", str(e))
         raise DataError(path, f"cannot parse CSV: {e}", int(m.group(1)) if m else None) from None
     df.columns = [str(c).strip() for c in df.columns]
+    df = _header_names(df, path, head, report)
     df = df.apply(lambda s: s.str.strip())  # also drops a stray '\r' from a mixed-ending file
     df["_line"] = np.arange(2, len(df) + 2)  # line 1 is the header
+    return df
+
+
+def _header_names(df: pd.DataFrame, path: Path, head: bytes, report: LoadReport | None) -> pd.DataFrame:
+    """The header's own names, not pandas' renaming of them: a name given twice ("tags", "tags.1")
+    is an error, and a column without a name ("Unnamed: 3") is dropped when it holds no value (a
+    trailing comma) and an error otherwise; either would otherwise become a feature field."""
+    first = head.split(b"\n", 1)[0].decode("utf-8-sig", errors="replace")
+    names = [n.strip() for n in next(csv.reader([first]), [])]
+    if len(names) != len(df.columns):
+        return df  # a quoted line break in the header: leave pandas' names
+    twice = sorted({n for n in names if n and names.count(n) > 1})
+    if twice:
+        raise DataError(path, f"column(s) {twice} appear more than once in the header", 1)
+    unnamed = [i for i, n in enumerate(names) if not n]
+    for i in unnamed:
+        if (df.iloc[:, i] != "").any():
+            raise DataError(path, f"column {i + 1} has values but no name in the header", 1)
+    if unnamed:
+        if report is not None:
+            report.warn(f"{path}: {len(unnamed)} column(s) without a name or a value (a trailing comma?); ignored")
+        df = df.drop(columns=[df.columns[i] for i in unnamed])
+    df.columns = [n for n in names if n]
     return df
 
 
