@@ -8,9 +8,12 @@ from __future__ import annotations
 import os
 from importlib import metadata
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
+
+if TYPE_CHECKING:
+    from utpm.data.loading import Dataset
 
 
 def say_error(message: str) -> None:
@@ -20,6 +23,21 @@ def say_error(message: str) -> None:
 def fail(message: str) -> NoReturn:
     say_error(message)
     raise typer.Exit(2)
+
+
+def load_data(data: Path) -> Dataset:
+    """The data set a command reads: its problems one `error:` line, and what loading dropped or noticed
+    (rows dropped, items without tags) a `note:` line each, so that a command trained on them says so."""
+    from utpm.data.errors import DataError
+    from utpm.data.loading import load_dataset
+
+    try:
+        dataset = load_dataset(data)
+    except DataError as e:
+        fail(str(e))
+    for warning in dataset.report.warnings:
+        typer.echo(f"note: {warning}", err=True)
+    return dataset
 
 
 def missing_extra(error: ModuleNotFoundError) -> str | None:

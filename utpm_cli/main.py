@@ -27,6 +27,7 @@ from utpm_cli.bench import (
 from utpm_cli.errors import (
     dataset_folder,
     fail,
+    load_data,
     missing_extra,
     output_file,
     output_folder,
@@ -99,16 +100,13 @@ def prepare_movielens_cmd(
     out: Annotated[Path, typer.Argument(callback=dataset_folder, help="Output directory (items.csv, events.csv).")],
 ) -> None:
     """Convert MovieLens (ml-latest-small / ml-20m / ml-25m layout) with the paper's rating thresholds."""
-    from utpm.data.loading import load_dataset
     from utpm.data.movielens import prepare_movielens
 
     try:
         report = prepare_movielens(src, out)
-        data = load_dataset(out)  # proves the output is valid in the generic format
     except DataError as e:
         fail(str(e))
-    for w in data.report.warnings:
-        typer.echo(f"note: {w}", err=True)
+    load_data(out)  # proves the output is valid in the generic format, and notes what it noticed
     typer.echo(report.summary())
 
 
@@ -231,14 +229,10 @@ def train_cmd(
         )
     except ValueError as e:
         fail(str(e))
-    from utpm.data.loading import load_dataset
     from utpm.data.protocol import split_protocol
 
-    try:
-        dataset = load_dataset(data)
-        split = split_protocol(dataset, seed=seed)
-    except DataError as e:
-        fail(str(e))
+    dataset = load_data(data)
+    split = split_protocol(dataset, seed=seed)
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn())
     with Progress(*columns) as bar:
         task = bar.add_task(f"train {model}/{config.loss}", total=epochs, info="")

@@ -9,7 +9,7 @@ import numpy as np
 import typer
 
 from utpm.data.errors import DataError
-from utpm_cli.errors import dataset_folder, fail, output_file
+from utpm_cli.errors import dataset_folder, fail, load_data, output_file
 
 
 def prepare_amazon_cmd(
@@ -20,13 +20,12 @@ def prepare_amazon_cmd(
 ) -> None:
     """Convert the Amazon Beauty sequences (all positives, attributes as tags) to the generic format."""
     from utpm.data.amazon import prepare_amazon
-    from utpm.data.loading import load_dataset
 
     try:
         report = prepare_amazon(src, out)
-        load_dataset(out)  # proves the output is valid in the generic format
     except DataError as e:
         fail(str(e))
+    load_data(out)  # proves the output is valid in the generic format, and notes what it noticed
     typer.echo(report.summary())
 
 
@@ -51,7 +50,6 @@ def train_default(
     """`utpm train` for the default model: the history model with its parts switchable for ablations."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from utpm.data.loading import load_dataset
     from utpm.data.protocol import split_protocol
     from utpm.models.history import HistoryOptions
     from utpm.training.history import DEFAULT_HISTORY_LOSS, HistoryTrainConfig, history_preset, train_history
@@ -67,10 +65,9 @@ def train_default(
             history=HistoryOptions(counts=counts, history=history, tie=tie, cross=cross),  # type: ignore[arg-type]
             short_requests=short_requests,
         )
-        dataset = load_dataset(data)
-        split = split_protocol(dataset, seed=seed)
-    except (ValueError, DataError) as e:
+    except ValueError as e:
         fail(str(e))
+    split = split_protocol(load_data(data), seed=seed)
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn())
     with Progress(*columns) as bar:
         task = bar.add_task(f"train {config.model}/{config.loss}", total=epochs, info="")
@@ -105,7 +102,6 @@ def note_other_data(what: str, differences: list[str]) -> None:
 
 def evaluate_run(run: Path, data: Path, ks: list[int]) -> dict[str, Any]:
     """Prec@K and personalisation of a run directory (any model) on its test users."""
-    from utpm.data.loading import load_dataset
     from utpm.data.protocol import split_protocol
     from utpm.evaluation.metrics import precision_at_k
     from utpm.evaluation.personalisation import personalisation
@@ -114,9 +110,9 @@ def evaluate_run(run: Path, data: Path, ks: list[int]) -> dict[str, Any]:
 
     try:
         loaded = load_run(run)
-        split = split_protocol(load_dataset(data), seed=int(loaded.config["protocol"]["seed"]))
-    except (ValueError, FileNotFoundError, DataError) as e:
+    except (ValueError, FileNotFoundError) as e:
         fail(str(e))
+    split = split_protocol(load_data(data), seed=int(loaded.config["protocol"]["seed"]))
     differences = split.differences(loaded.config["protocol"])
     if differences:
         note_other_data(f"{data} is not the data {run} was trained on", differences)

@@ -30,8 +30,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import numpy as np
 import typer
 
-from utpm.data.errors import DataError
-from utpm_cli.errors import fail, output_file, require_bundle
+from utpm_cli.errors import fail, load_data, output_file, require_bundle
 from utpm_cli.model import note_other_data
 
 if TYPE_CHECKING:  # pandas: `utpm serve` runs on a serving install, without the train extra
@@ -69,16 +68,12 @@ def bench_personal_cmd(
     """Profiles of many users from a served bundle: are they different from one another?"""
     from service.config import Settings
     from service.engine import ProfileEngine
-    from utpm.data.loading import load_dataset
     from utpm.data.protocol import split_protocol
     from utpm.evaluation.personalisation import personalisation
 
     for path in (bundle, *([against] if against is not None else [])):
         require_bundle(path)
-    try:
-        split = split_protocol(load_dataset(data), seed=seed)
-    except DataError as e:
-        fail(str(e))
+    split = split_protocol(load_data(data), seed=seed)
 
     unknown_only: list[bool] = []  # per request served: none of its values is in the bundle's vocabularies
 

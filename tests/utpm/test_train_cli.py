@@ -21,6 +21,9 @@ def test_train_without_options_trains_the_default_model_with_its_default_loss(
     config = json.loads((out / "config.json").read_text())
     assert config["model"] == "utpm-hist"
     assert config["loss"] == DEFAULT_HISTORY_LOSS == "bce"
+    # what loading noticed is said (before, only `inspect` showed it: a training on data with dropped
+    # rows said nothing of them)
+    assert "note: " in result.output and "item(s) have no tags" in result.output
 
 
 def test_train_refuses_an_unknown_loss_by_name(movielens_dir: Path, tmp_path: Path) -> None:
