@@ -137,6 +137,15 @@ def test_a_trailing_comma_adds_no_field(tmp_path: Path) -> None:
     assert any("without a name or a value (a trailing comma?)" in w for w in ds.report.warnings)
 
 
+def test_tags_written_with_another_separator_are_noted(tmp_path: Path) -> None:
+    """Before, "a,b" (quoted) and "a;b" cells were read as the single tags 'a,b' and 'a;b' without a word."""
+    write(tmp_path, items='item_id,tags,categories\ni1,"a,b",c1\ni2,b;c,c2\ni3,"c,a",c1\n')
+    warnings = load_dataset(tmp_path).report.warnings
+    assert any("no tags cell holds '|' but 2 of 3 hold ','" in w for w in warnings), warnings
+    write(tmp_path)  # '|'-lists: nothing to say
+    assert not any("split on" in w for w in load_dataset(tmp_path).report.warnings)
+
+
 def test_crlf_line_endings_load_like_lf(tmp_path: Path) -> None:
     (tmp_path / "lf").mkdir()
     lf = load_dataset(write(tmp_path / "lf"))

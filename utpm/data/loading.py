@@ -178,6 +178,26 @@ def split_list(s: pd.Series) -> pd.Series:
     return text.map(lambda v: clean_values(v.split(LIST_SEP)))
 
 
+# Share of a column's non-empty text cells holding another list separator, with none holding '|',
+# above which the column was most likely written with that separator.
+OTHER_SEPARATOR_SHARE = 0.1
+
+
+def _note_other_separator(s: pd.Series, path: Path, column: str, report: LoadReport) -> None:
+    """Warn when a list column looks written with ',' or ';' (each such cell would be one long value)."""
+    text = s[s.map(lambda v: isinstance(v, str) and v != "")]  # not Parquet's list cells
+    if text.empty or text.str.contains(LIST_SEP, regex=False).any():
+        return
+    for sep in (",", ";"):
+        n = int(text.str.contains(sep, regex=False).sum())
+        if n > OTHER_SEPARATOR_SHARE * len(text):
+            report.warn(
+                f"{path}: no {column} cell holds '{LIST_SEP}' but {n} of {len(text)} hold {sep!r}: values are "
+                f"split on '{LIST_SEP}' only, so each such cell is read as one value"
+            )
+            return
+
+
 def _is_list(v: object) -> bool:
     return isinstance(v, list | tuple | np.ndarray)
 
@@ -211,6 +231,7 @@ def _load_items(path: Path, report: LoadReport) -> pd.DataFrame:
     df = _drop_bad(df, df["item_id"].duplicated(), path, "a duplicate item_id (the first row is kept)", report)
     list_cols = [c for c in df.columns if c not in ("item_id", "_line")]
     for c in list_cols:
+        _note_other_separator(df[c], path, c, report)
         df[c] = split_list(df[c])
     untagged = int((df["tags"].map(len) == 0).sum())
     if untagged:
