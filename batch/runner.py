@@ -102,6 +102,7 @@ def run_batch(
         "redis": redact_url(job.redis_url),
     }
     state = checkpoint.open(identity, resume)
+    (job.out / SUMMARY_FILE).unlink(missing_ok=True)  # a previous job's, which a killed run would leave as its own
     rejects = RejectsFile(job.out)
     rejects.open(state.rejects_bytes)
     pending = [c for c in chunks if c.index not in state.done]

@@ -135,6 +135,8 @@ def test_killed_job_resumes_writing_each_user_at_most_once_more(
     args = [str(population), "--bundle", str(bundles["a"]), "--redis-url", url, "--out", str(out)]
     args += ["--k", "20", "--ttl-s", str(TTL_S), "--chunk-users", "10", "--as-of", str(AS_OF_MS), "--workers", "1"]
     thread, sets = _set_counter(redis_server.port, RESUME_DB, "stop-counting")
+    out.mkdir()
+    (out / "summary.json").write_text('{"written": 609}')  # an earlier job's
     proc = subprocess.Popen(_cli(*args), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     checkpoint = out / "checkpoint.jsonl"
     deadline = time.monotonic() + 120
@@ -147,6 +149,7 @@ def test_killed_job_resumes_writing_each_user_at_most_once_more(
     proc.wait(10)
     killed_at = len(checkpoint.read_bytes().splitlines()) - 1
     assert 5 <= killed_at < 61, killed_at
+    assert not (out / "summary.json").exists()  # before, the earlier job's summary stood as if this one's
     first_run = Counter(sets)
 
     done = subprocess.run(_cli(*args, "--resume"), capture_output=True, text=True, timeout=300)
