@@ -123,7 +123,7 @@ def _header_names(df: pd.DataFrame, path: Path, head: bytes, report: LoadReport 
         raise DataError(path, f"column(s) {twice} appear more than once in the header", 1)
     unnamed = [i for i, n in enumerate(names) if not n]
     for i in unnamed:
-        if (df.iloc[:, i] != "").any():
+        if (df.iloc[:, i].str.strip() != "").any():
             raise DataError(path, f"column {i + 1} has values but no name in the header", 1)
     if unnamed:
         if report is not None:

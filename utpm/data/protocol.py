@@ -23,8 +23,8 @@ comfortably; nothing here is per-event Python.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
