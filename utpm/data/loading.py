@@ -185,7 +185,10 @@ OTHER_SEPARATOR_SHARE = 0.1
 
 def _note_other_separator(s: pd.Series, path: Path, column: str, report: LoadReport) -> None:
     """Warn when a list column looks written with ',' or ';' (each such cell would be one long value)."""
-    text = s[s.map(lambda v: isinstance(v, str) and v != "")]  # not Parquet's list cells
+    if s.dtype == object:  # cells of any type: Parquet's lists are no text
+        text = s[s.map(lambda v: isinstance(v, str) and v != "")]
+    else:
+        text = s[s.fillna("").astype(str) != ""]
     if text.empty or text.str.contains(LIST_SEP, regex=False).any():
         return
     for sep in (",", ";"):
