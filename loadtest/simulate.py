@@ -19,13 +19,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from service.ab import PIN_HEADER
 from service.online_metrics import Totals, difference, user_day
 from utpm.evaluation.metrics import precision_at_k
+
+if TYPE_CHECKING:
+    from utpm.data.protocol import ProtocolSplit
 
 # Users per POST /profiles (the service takes at most 256) and events per POST /feedback.
 PROFILE_CHUNK = 64
@@ -47,8 +50,9 @@ def _check(r: httpx.Response, what: str) -> Any:
 
 def load_held_out(
     data: Path, seed: int, item_tags: int
-) -> list[tuple[str, dict[str, list[str]], list[tuple[list[str], bool]]]]:
-    """(user id, history features, label-period impressions) of each test user of the protocol split."""
+) -> tuple[list[tuple[str, dict[str, list[str]], list[tuple[list[str], bool]]]], ProtocolSplit]:
+    """(user id, history features, label-period impressions) of each test user of the protocol split,
+    and the split."""
     from utpm.data.loading import load_dataset
     from utpm.data.protocol import split_protocol
 
@@ -58,7 +62,7 @@ def load_held_out(
         items = [(tags, label == 1) for tags, label in split.label_items(i, item_tags) if tags]
         if items:
             users.append((str(split.user_ids[i]), split.features(i), items))
-    return users
+    return users, split
 
 
 def simulate(
@@ -73,7 +77,7 @@ def simulate(
     timeout_s: float = 60.0,
 ) -> dict[str, Any]:
     """Run the replay (module docstring) against the service at `base_url`; the figures as a dict."""
-    users = load_held_out(data, seed, item_tags)
+    users, split = load_held_out(data, seed, item_tags)
     if not users:
         raise ValueError(f"{data}: no test user with a labelled item that has tags")
     headers = {"X-API-Key": api_key} if api_key else {}
@@ -84,6 +88,12 @@ def simulate(
                 "the service serves no challenger; start it with UTPM_AB_CHALLENGER_BUNDLE or POST /admin/challenger"
             )
         versions = {arm: experiment[arm]["model_version"] for arm in ("champion", "challenger")}
+        # an arm trained on another split (another --seed, other data) has seen some of these "held-out" users
+        not_held_out = {
+            arm: split.differences(experiment[arm]["trained_on"])
+            for arm in versions
+            if isinstance(experiment[arm].get("trained_on"), dict) and split.differences(experiment[arm]["trained_on"])
+        }
 
         # 1. the A/B: profiles by each user's arm (stored: feedback is restricted to them), then feedback
         served: dict[str, dict[str, Any]] = {}
@@ -136,6 +146,7 @@ def simulate(
             for arm in versions
         },
         "challenger_share": experiment["challenger_share"],
+        "not_held_out": not_held_out,
         "ab": summary,
         "paired": {**paired, "difference": paired_diff},
     }
@@ -168,4 +179,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"paired (every test user on both arms; the interval treats the arms as independent, so it is conservative): "
         f"QC {ci(p['qc'])}, DCTR {ci(p['dctr'])} ({d['method']}).",
     ]
+    for arm, differences in result.get("not_held_out", {}).items():
+        lines.append(
+            f"\nnote: the {arm} was trained on another split than this replay's ({', '.join(differences)}): "
+            "some of these test users may be its training users, and its figures are then not held out."
+        )
     return "\n".join(lines)

@@ -54,6 +54,14 @@ def pinned(scope: Mapping[str, Any]) -> str | None:
     return None
 
 
+def trained_on(engine: ProfileEngine) -> dict[str, Any] | None:
+    """The protocol split of the arm's training data as its run recorded it (seed, user counts; not the
+    server's data path), so that a replay can check its test users are held out; None for a bundle
+    exported before export recorded it."""
+    protocol = engine.bundle.manifest.model.get("protocol")
+    return {k: v for k, v in protocol.items() if k != "source"} if isinstance(protocol, dict) else None
+
+
 @dataclass
 class Experiment:
     """The challenger (if any) and the share of users it serves; changed only by the admin routes."""
@@ -93,6 +101,7 @@ class Experiment:
                 "model": engine.model_name,
                 "fields": engine.field_names,
                 "ignored_fields": sorted(engine.ignored_fields),  # another arm's, accepted and left out
+                "trained_on": trained_on(engine),
             }
 
         challenger = self.challenger

@@ -14,7 +14,9 @@ def test_simulator_replays_held_out_events_into_qc_and_dctr_per_arm(
     settings = settings_for(bundles["a"], None, ab_challenger_bundle=bundles["b"], ab_challenger_share=0.5)
     with LiveServer(settings) as url:
         result = simulate(url, movielens_dir, seed=0, k=10)
-    held_out = load_held_out(movielens_dir, 0, 3)
+        # a replay under another seed: some of its test users are the arms' training users
+        other = simulate(url, movielens_dir, seed=1, k=10, prefix="sim1:")
+    held_out, _ = load_held_out(movielens_dir, 0, 3)
     assert result["test_users"] == len(held_out) > 50
     arms = result["arms"]
     assert arms["champion"]["users"] + arms["challenger"]["users"] == len(held_out)
@@ -28,3 +30,10 @@ def test_simulator_replays_held_out_events_into_qc_and_dctr_per_arm(
         assert 0 <= paired["dctr"] <= 1 and 0 < paired["prec@1"] <= 1
     assert result["ab"]["difference"]["qc"]["ci95"] is not None
     assert "| champion |" in markdown(result)
+    # GET /experiment names each arm's training split: the challenger (bundle b) was trained under seed 1,
+    # so some of this seed-0 replay's test users are its training users, and the replay says so
+    assert result["not_held_out"] == {"challenger": ["seed 1 then, 0 now"]}
+    assert "note: the challenger was trained on another split than this replay's (seed 1 then, 0 now)" in (
+        markdown(result)
+    )
+    assert other["not_held_out"] == {"champion": ["seed 0 then, 1 now"]}
