@@ -6,6 +6,7 @@ are parsed, by Typer, also with status 2: before the command's work, not after i
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -25,14 +26,15 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
-def load_data(data: Path) -> Dataset:
+def load_data(data: Path, loader: Callable[[str], Dataset] | None = None) -> Dataset:
     """The data set a command reads: its problems one `error:` line, and what loading dropped or noticed
-    (rows dropped, items without tags) a `note:` line each, so that a command trained on them says so."""
+    (rows dropped, items without tags) a `note:` line each, so that a command trained on them says so.
+    `loader`: another way to load it (the experiment's, which keeps it for the experiment)."""
     from utpm.data.errors import DataError
     from utpm.data.loading import load_dataset
 
     try:
-        dataset = load_dataset(data)
+        dataset = (loader or load_dataset)(str(data))
     except DataError as e:
         fail(str(e))
     for warning in dataset.report.warnings:

@@ -331,6 +331,9 @@ def experiment_cmd(
     ks = list(positive_ints(k, "--k"))
     if folds == 1:
         fail("--folds must be 0 (seeded 80/20 draws) or at least 2, got 1")
+    from utpm.evaluation.experiment import experiment_dataset
+
+    load_data(data, experiment_dataset)  # its notes before the bar; the experiment reads it from there
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
         task = bar.add_task("experiment", total=None)
 

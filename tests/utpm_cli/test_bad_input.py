@@ -222,10 +222,12 @@ def test_a_job_the_data_cannot_make_ends_the_experiment_in_one_line(tmp_path: Pa
     data = tmp_path / "one-click"
     data.mkdir()
     (data / "items.csv").write_text("item_id,tags,categories\ni1,a|b,c\ni2,b,c\n")
-    (data / "events.csv").write_text("user_id,item_id,timestamp,label\nu1,i1,1,1\nu2,i2,1,1\n")
+    (data / "events.csv").write_text("user_id,item_id,timestamp,label\nu1,i1,1,1\nu2,i2,1,1\nu2,i9,2,1\n")
     args = [sys.executable, "-m", "utpm_cli.main", "experiment", str(data), "--folds", "2", "--epochs", "1"]
     done = subprocess.run([*args, "--json", str(tmp_path / "e.json")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr
+    # what loading noticed is said first (before, the experiment never said it)
+    assert "note: " in done.stderr and "dropped 1 event(s) whose item is not in the items file" in done.stderr
     assert "Traceback" not in done.stderr and "no training" in done.stderr.splitlines()[-1], done.stderr
     assert done.stderr.splitlines()[-1].startswith("error: "), done.stderr
 

@@ -234,7 +234,8 @@ def _by_user(values: dict[tuple[int, str], float]) -> list[float]:
 _CACHE: dict[str, Any] = {}
 
 
-def _dataset(path: str) -> Dataset:
+def experiment_dataset(path: str) -> Dataset:
+    """The data set at `path`, loaded once per process (the CLI's first call is the experiment's)."""
     if _CACHE.get("path") != path:
         _CACHE.clear()
         _CACHE.update(path=path, data=load_dataset(path), truth=_load_truth(Path(path)))
@@ -272,7 +273,7 @@ def run_job(data_path: str, job: Job, ks: Sequence[int], updates: Any = None) ->
             updates.put((job.label, epoch, total, point.get("val_score")))
 
     epoch_done(0, job.epochs, {})
-    data = _dataset(data_path)
+    data = experiment_dataset(data_path)
     split = make_split(data, job.seed, job.folds)
     rows = split.indices(test=True)
     top = max(PERSONAL_K, *ks)
@@ -330,7 +331,7 @@ def yardstick_runs(
 ) -> list[dict[str, Any]]:
     """mostpop, histfreq and the tuned blend on each run's split, from the models' training rows; with
     planted interests (truth.csv) also the `planted-first` and `planted-seen-first` references."""
-    data = _dataset(data_path)
+    data = experiment_dataset(data_path)
     truth = _CACHE.get("truth")
     return [
         run for seed in seeds for run in split_yardstick_runs(make_split(data, seed, folds), seed, ks, max_tags, truth)
@@ -454,7 +455,7 @@ def run_experiment(
         except (TypeError, ValueError) as e:
             variant = ",".join(f"{k}={v}" for k, v in job.overrides)
             raise ExperimentError(f"variant {variant!r} cannot run: {e}") from None
-    split0 = split_protocol(_dataset(path), seed=0)
+    split0 = split_protocol(experiment_dataset(path), seed=0)
     protocol = {**split0.protocol_info(), "seeds": seed_list, "preset": get_preset(preset).to_dict(), "ks": list(ks)}
     if folds > 0:
         protocol.update(folds=folds, repeats=repeats)
