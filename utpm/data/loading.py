@@ -169,6 +169,27 @@ def _to_int(s: pd.Series) -> tuple[pd.Series, pd.Series]:
     return pd.to_numeric(text.where(~bad, "0")).astype(np.int64), bad
 
 
+def _to_time(s: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Event times as int64 (they only order a user's events): integers as they are; a datetime column
+    (Parquet's timestamp type) or a column of ISO 8601 times as epoch milliseconds (UTC unless zoned)."""
+    if pd.api.types.is_datetime64_any_dtype(s):
+        return _epoch_ms(s)
+    values, bad = _to_int(s)
+    if bad.all() and len(s):  # no integer at all: times written as text?
+        times = pd.to_datetime(s.astype(str), format="ISO8601", utc=True, errors="coerce")
+        if times.notna().any():
+            return _epoch_ms(times)
+    return values, bad
+
+
+def _epoch_ms(times: pd.Series) -> tuple[pd.Series, pd.Series]:
+    bad = times.isna()
+    if times.dt.tz is None:
+        times = times.dt.tz_localize("UTC")
+    filled = times.where(~bad, pd.Timestamp(0, tz="UTC"))
+    return filled.dt.as_unit("ms").astype(np.int64), bad
+
+
 def split_list(s: pd.Series) -> pd.Series:
     """'a|b| c' -> ['a', 'b', 'c']: split on '|', then the values' own rule (`clean_values`). A Parquet
     list<string> column is taken as the list it is; a missing value is an empty list."""
@@ -249,7 +270,7 @@ def _load_events(path: Path, item_ids: pd.Index, report: LoadReport) -> pd.DataF
     for c in ("user_id", "item_id"):
         df[c] = _text(df[c])
         df = _drop_bad(df, df[c].eq(""), path, f"an empty {c}", report)
-    ts, bad_ts = _to_int(df["timestamp"])
+    ts, bad_ts = _to_time(df["timestamp"])
     df = _drop_bad(df.assign(timestamp=ts), bad_ts, path, "a timestamp that is not an integer", report)
     label, bad_label = _to_int(df["label"])
     bad_label |= ~label.isin((0, 1))
