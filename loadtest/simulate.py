@@ -89,11 +89,8 @@ def simulate(
             )
         versions = {arm: experiment[arm]["model_version"] for arm in ("champion", "challenger")}
         # an arm trained on another split (another --seed, other data) has seen some of these "held-out" users
-        not_held_out = {
-            arm: split.differences(experiment[arm]["trained_on"])
-            for arm in versions
-            if isinstance(experiment[arm].get("trained_on"), dict) and split.differences(experiment[arm]["trained_on"])
-        }
+        differences = {arm: split.differences(experiment[arm].get("trained_on") or {}) for arm in versions}
+        not_held_out = {arm: d for arm, d in differences.items() if d}
 
         # 1. the A/B: profiles by each user's arm (stored: feedback is restricted to them), then feedback
         served: dict[str, dict[str, Any]] = {}
