@@ -12,7 +12,7 @@ from service.errors import InvalidInput
 from service.feedback import LATE_DAYS, taken_days
 from service.profiles import DEFAULT_K, MAX_K
 from service.responses import JSONResponse
-from service.routes.profile import ERRORS
+from service.routes.profile import ERRORS, refuse_repeated_query_params
 from service.schemas import FeatureValue, UserId
 from service.state import ServiceState, service_state
 from utpm.features.values import clean_values
@@ -120,6 +120,7 @@ async def feedback_summary(
     challenger: Annotated[str | None, Query(max_length=128, description="Version to report as the challenger.")] = None,
 ) -> JSONResponse:
     """QC per user-day and DCTR per arm (and day), the counts behind them, and challenger - champion with a 95% CI."""
+    refuse_repeated_query_params(request.query_params, ("days", "champion", "challenger"))
     state = service_state(request)
     if not state.auth.reads_open:
         state.auth.check(request, "read")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
@@ -186,7 +187,9 @@ def _query_k(query: bytes) -> int | None:
     if query.startswith(b"k=") and query[2:].isdigit():
         raw = query[2:].decode()
     else:
-        found = QueryParams(query.decode("latin-1")).get("k")
+        params = QueryParams(query.decode("latin-1"))
+        refuse_repeated_query_params(params, ("k",))
+        found = params.get("k")
         if found is None:
             return None
         raw = found
@@ -245,6 +248,16 @@ def _json_body(scope: Scope) -> bool:
             media = value.split(b";", 1)[0].strip().lower()
             return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
     return True
+
+
+def refuse_repeated_query_params(params: QueryParams, names: Iterable[str]) -> None:
+    """FastAPI takes the last of a repeated scalar parameter: `?k=2&k=300` is a caller's bug whose
+    answer would depend on the order, so it is a 422 naming the values."""
+    for name in names:
+        values = params.getlist(name)
+        if len(values) > 1:
+            msg = f"given {len(values)} times ({', '.join(values)}); give it once"
+            raise _invalid(("query", name), "repeated", msg, ", ".join(values))
 
 
 def refuse_body_fields_in_query(query: bytes, body: type[BaseModel], route: str) -> None:

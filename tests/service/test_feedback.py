@@ -183,6 +183,9 @@ def test_bad_feedback_is_refused_and_not_counted(two_replicas: list[TestClient])
     r = c.post("/feedback", json={"events": [{**good, "day": "2999-01-01"}]}, headers=WRITE)
     assert "future" in assert_problem(r, 422, "invalid_input")["detail"]
     assert c.get("/feedback/summary").json() == before
+    # a repeated parameter was the last one given (`?days=7&days=1` answered one day)
+    twice = assert_problem(c.get("/feedback/summary?days=7&days=1"), 422, "validation")
+    assert twice["detail"] == "days: given 2 times (7, 1); give it once", twice
     # well-formed, but no profile was served to this user: received, not counted
     r = c.post("/feedback", json={"events": [{**good, "user_id": "never-profiled"}]}, headers=WRITE)
     assert r.json() == {"received": 1, "counted": 0, "no_profile": 1, "no_profile_users": ["never-profiled"]}

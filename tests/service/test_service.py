@@ -63,7 +63,8 @@ def test_user_ids_with_slashes_are_read_back_through_redis(client: TestClient) -
 
 
 def test_get_checks_its_parameters_as_the_documented_route_does(client: TestClient) -> None:
-    """GET /profile/{user_id} is answered by a plain ASGI route: the same 422s, other query keys ignored."""
+    """GET /profile/{user_id} is answered by a plain ASGI route: the same 422s, other query keys ignored;
+    a `k` given twice is refused (FastAPI's route took the last: `?k=2&k=300` answered 300 tags)."""
     assert post(client, "params", k=5).status_code == 200
     assert len(client.get("/profile/params?k=3&other=x").json()["tags"]) == 3
     assert len(client.get("/profile/params?other=x&k=%32").json()["tags"]) == 2
@@ -71,6 +72,8 @@ def test_get_checks_its_parameters_as_the_documented_route_does(client: TestClie
     for query, kind in (("k=abc", "int_parsing"), ("k=0", "greater_than_equal"), ("k=-1", "greater_than_equal")):
         body = assert_problem(client.get(f"/profile/params?{query}"), 422, "validation")
         assert body["errors"][0]["loc"] == ["query", "k"] and body["errors"][0]["type"] == kind, body
+    twice = assert_problem(client.get("/profile/params?k=2&other=x&k=30"), 422, "validation")
+    assert twice["detail"] == "k: given 2 times (2, 30); give it once", twice
     too_long = assert_problem(client.get("/profile/" + "u" * 257), 422, "validation")
     assert too_long["errors"][0]["loc"] == ["path", "user_id"]
     assert client.head("/profile/params").status_code == 200
