@@ -154,6 +154,7 @@ def prepare_bench_bundle(
     keep the data and the trained run of the same recipe, redo the export and the index (after a
     change to the export or to the model's graph, so that a benchmark serves what the code exports)."""
     from pipeline import DataSource, build_bundle, prepare_data
+    from utpm.data.tag_geometry import tag_vectors_path
     from utpm.models.presets import get_preset
 
     say = progress or (lambda _msg: None)
@@ -172,7 +173,7 @@ def prepare_bench_bundle(
     preset = get_preset(recipe.preset)
     synthetic = {"n_tags": recipe.tags, "n_users": recipe.users, "events_per_user": recipe.events_per_user}
     source = DataSource("synthetic", synthetic={**synthetic, "seed": recipe.seed}, tag_vector_dim=preset.U)
-    config = recipe.train_config(data_dir / f"tag_vectors_{preset.U}.npz")
+    config = recipe.train_config(tag_vectors_path(data_dir, preset.U))
     if base / "data" != data_dir:  # the default model's bundle: the paper bundle's data, made once
         say(f"data: {data_dir}")
         prepare_data(source, data_dir, progress=say)

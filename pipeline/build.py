@@ -152,14 +152,14 @@ def _prepare(source: DataSource, data: Path, say: Say = _stderr) -> dict[str, An
         summary = prepare_movielens(source.path or Path("data/movielens-small"), data).summary()
     elif source.kind == "synthetic":
         from utpm.data.synthetic import generate_synthetic
-        from utpm.data.tag_geometry import write_structured_tag_vectors
+        from utpm.data.tag_geometry import tag_vectors_path, write_structured_tag_vectors
 
         if (data / "meta.json").is_file() and _same_synthetic(data, source):
             summary = f"reused the synthetic data in {data}"
         else:
             report = generate_synthetic(data, **source.synthetic)
             summary = f"{report.rows} in {report.seconds:.1f}s"
-        if source.tag_vector_dim and not (data / f"tag_vectors_{source.tag_vector_dim}.npz").is_file():
+        if source.tag_vector_dim and not tag_vectors_path(data, source.tag_vector_dim).is_file():
             write_structured_tag_vectors(data, source.tag_vector_dim, source.synthetic.get("seed", 0))
     else:
         load_dataset(data)  # validates the data set before anything is trained on it

@@ -11,7 +11,7 @@ from utpm.data.errors import DataError
 
 TABLES = ("items", "events", "users")  # docs/data-format.md
 TABLE_SUFFIXES = (".parquet", ".csv")
-# What `prepare synthetic` and the benchmark bundle write next to the tables.
+# What `prepare synthetic` and the benchmark bundle write next to the tables (tag_geometry.tag_vectors_path).
 EXTRAS = re.compile(r"(tags\.parquet|truth\.csv|meta\.json|tag_vectors_\d+\.npz)")
 
 

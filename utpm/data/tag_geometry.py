@@ -48,9 +48,14 @@ def tag_categories(data_dir: Path, tokens: list[str] | None = None) -> tuple[lis
     return tokens, pd.factorize(category)[0]
 
 
+def tag_vectors_path(data_dir: Path, dim: int) -> Path:
+    """Where the structured tag vectors of size `dim` lie beside a synthetic data set."""
+    return Path(data_dir) / f"tag_vectors_{dim}.npz"
+
+
 def write_structured_tag_vectors(data_dir: Path, dim: int, seed: int) -> Path:
-    """Write `tag_vectors_<dim>.npz` (tokens, vectors) beside the synthetic data; returns its path."""
-    path = Path(data_dir) / f"tag_vectors_{dim}.npz"
+    """Write `tag_vectors_path(data_dir, dim)` (tokens, vectors) beside the synthetic data; returns it."""
+    path = tag_vectors_path(data_dir, dim)
     tokens, category = tag_categories(data_dir)
     np.savez(path, tokens=np.asarray(tokens), vectors=structured_tag_vectors(category, dim, seed))
     return path
