@@ -6,7 +6,7 @@ are parsed, by Typer, also with status 2: before the command's work, not after i
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -73,6 +73,18 @@ def positive_ints(text: str, option: str) -> tuple[int, ...]:
     if not values or min(values) < 1:
         fail(f"{option} needs at least one value, each >= 1, got {text!r}")
     return values
+
+
+def given_options(ctx: typer.Context, names: Sequence[str]) -> list[str]:
+    """The options among `names` that the command line set, as the user wrote them (`--no-counts`)."""
+    given = []
+    for name in names:
+        source = ctx.get_parameter_source(name)  # Typer's own copy of click's enum: compared by name
+        if source is not None and source.name == "COMMANDLINE":
+            value = ctx.params[name]
+            flag = name.replace("_", "-")
+            given.append(f"--{flag}" if not isinstance(value, bool) or value else f"--no-{flag}")
+    return given
 
 
 def require_bundle(bundle: Path) -> None:

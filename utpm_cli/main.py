@@ -27,6 +27,7 @@ from utpm_cli.bench import (
 from utpm_cli.errors import (
     dataset_folder,
     fail,
+    given_options,
     load_data,
     missing_extra,
     output_file,
@@ -174,6 +175,7 @@ def _load_split(data: Path, seed: int):
 
 @app.command("train")
 def train_cmd(
+    ctx: typer.Context,
     data: Annotated[Path, typer.Argument(help="A data set in the generic format.")],
     out: Annotated[
         Path,
@@ -211,6 +213,12 @@ def train_cmd(
             dim=dim, max_values=max_values, counts=counts, history=history, tie=tie, cross=cross,
             short_requests=short_requests,
         )  # fmt: skip
+    hist_only = given_options(ctx, ("dim", "max_values", "counts", "history", "tie", "cross", "short_requests"))
+    if hist_only:  # else a paper model trained at its preset's sizes while the user asked for others
+        fail(
+            f"{', '.join(hist_only)}: options of utpm-hist (the default model), not of {model}, whose sizes "
+            f"come from --preset ({preset})"
+        )
     lr = lr or 3e-3
 
     from utpm.models.presets import get_preset

@@ -60,6 +60,14 @@ def test_numbers_out_of_range_are_refused_before_any_work(
             ["experiment", data, "--models", "youtube", "--epochs", 1, "--variant", "cross=none,nonsense=1"],
             "variant 'cross=none,nonsense=1' cannot run: unknown key(s) ['nonsense']; valid: loss, ",
         ),
+        # a paper model's job was started with it and failed when it reached the loss (after others had run)
+        (["experiment", data, "--models", "youtube,default", "--loss", "bce"], "--loss bce: not a loss of youtube"),
+        # a default-model option given to a paper model was ignored: trained at the preset's sizes
+        (
+            ["train", data, "--out", tmp_path / "r", "--model", "utpm", "--dim", 32, "--no-counts"],
+            "--dim, --no-counts: options of utpm-hist (the default model), not of utpm, whose sizes come from "
+            "--preset (movielens)",
+        ),
         (["bench", "personal", bundle, data, "--k", 0], "'--k'"),
         (["bench", "personal", bundle, data, "--values", 0], "'--values'"),
         (["bench", "ab", bundle, bundle, "--rounds", 0], "'--rounds'"),
