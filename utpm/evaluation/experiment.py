@@ -422,6 +422,7 @@ def run_experiment(
     `folds` > 0: k-fold over users, `repeats` times (runs 0 .. folds * repeats - 1), instead of
     `seeds` 80/20 draws. `variants`: extra `utpm-hist` runs with these overrides (ablations).
     """
+    from utpm.models.losses import LOSS_NAMES
     from utpm.models.presets import get_preset
     from utpm.models.registry import default_loss
     from utpm.training.history import DEFAULT_HISTORY_LOSS
@@ -435,6 +436,8 @@ def run_experiment(
                 chosen = DEFAULT_HISTORY_LOSS if loss in ("default", "separate") else loss
             else:
                 chosen = default_loss(m) if loss == "default" else loss
+                if chosen not in LOSS_NAMES:  # refused now, not when its first job starts
+                    raise ExperimentError(f"--loss {loss}: not a loss of {m} (valid: {', '.join(LOSS_NAMES)})")
             jobs.extend(Job(m, chosen, s, preset, epochs=epochs, folds=folds) for s in seed_list)
     for over in variants:
         ov = dict(over)
