@@ -47,6 +47,8 @@ def export_cmd(
     from model_export.onnx_export import export_bundle  # torch: a missing extra is named by utpm_cli.main.main
     from utpm.data.errors import DataError
 
+    if data is not None and synthetic_inputs:  # else --data was read for nothing
+        fail("--data and --synthetic-inputs: the parity check takes one source of users, not both")
     variants = [v for v, wanted in (("fp16", fp16), ("int8", int8)) if wanted]
     t0 = time.perf_counter()
     try:

@@ -286,6 +286,7 @@ def evaluate_cmd(
 
 @app.command("experiment")
 def experiment_cmd(
+    ctx: typer.Context,
     data: Annotated[Path, typer.Argument(help="A data set in the generic format.")],
     models: Annotated[
         str,
@@ -339,6 +340,13 @@ def experiment_cmd(
     ks = list(positive_ints(k, "--k"))
     if folds == 1:
         fail("--folds must be 0 (seeded 80/20 draws) or at least 2, got 1")
+    # each of these was ignored: the runs were not the ones asked for
+    if folds == 0 and repeats != 1:
+        fail("--repeats repeats the k-fold: it needs --folds (seeded draws take --seeds)")
+    if folds > 0 and given_options(ctx, ("seeds",)):
+        fail("--seeds: with --folds the runs are folds x --repeats, not seeded draws; give one of the two")
+    if hparam_seeds and not hparams:
+        fail("--hparam-seeds: seeds of the hyper-parameter study, which needs --hparams")
     from utpm.evaluation.experiment import experiment_dataset
 
     load_data(data, experiment_dataset)  # its notes before the bar; the experiment reads it from there

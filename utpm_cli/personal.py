@@ -71,6 +71,9 @@ def bench_personal_cmd(
     from utpm.data.protocol import split_protocol
     from utpm.evaluation.personalisation import personalisation
 
+    quality_only = [o for o, v in (("--against", against), ("--tags-per-item", tags_per_item)) if v is not None]
+    if quality_only and not quality:  # else the comparison asked for was silently not made
+        fail(f"{', '.join(quality_only)}: part of the Prec@K figures, which --no-quality turns off")
     for path in (bundle, *([against] if against is not None else [])):
         require_bundle(path)
     split = split_protocol(load_data(data), seed=seed)

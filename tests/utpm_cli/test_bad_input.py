@@ -62,6 +62,16 @@ def test_numbers_out_of_range_are_refused_before_any_work(
         ),
         # a paper model's job was started with it and failed when it reached the loss (after others had run)
         (["experiment", data, "--models", "youtube,default", "--loss", "bce"], "--loss bce: not a loss of youtube"),
+        # options the chosen mode does not read were ignored: the runs or figures were not the ones asked for
+        (["experiment", data, "--repeats", 2], "--repeats repeats the k-fold: it needs --folds"),
+        (["experiment", data, "--folds", 2, "--seeds", 3], "--seeds: with --folds the runs are folds x --repeats"),
+        (["experiment", data, "--hparam-seeds", 2], "--hparam-seeds: seeds of the hyper-parameter study, which"),
+        (["bench", "personal", bundle, data, "--no-quality", "--against", bundle], "--against: part of the Prec@K"),
+        (["bench", "personal", bundle, data, "--no-quality", "--tags-per-item", 3], "--tags-per-item: part of"),
+        (
+            ["export", tmp_path / "run", "--out", tmp_path / "b", "--data", data, "--synthetic-inputs"],
+            "--data and --synthetic-inputs: the parity check takes one source of users, not both",
+        ),
         # a default-model option given to a paper model was ignored: trained at the preset's sizes
         (
             ["train", data, "--out", tmp_path / "r", "--model", "utpm", "--dim", 32, "--no-counts"],
