@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from utpm_cli.errors import fail, output_file, output_folder, positive_ints, require_bundle
+from utpm_cli.errors import fail, output_file, output_folder, positive_ints, refuse_unread, require_bundle
 
 # `--model` of the commands that build the benchmark bundle themselves (`loadtest.bundle.MODELS`)
 BenchModel = Annotated[
@@ -70,6 +70,7 @@ def _settings(pairs: list[str]) -> dict[str, str]:
 
 
 def bench_serve_cmd(
+    ctx: typer.Context,
     tags: Annotated[int, typer.Option(help="Synthetic tags of the benchmark bundle (built once, then reused).")] = (
         1_000_000
     ),
@@ -112,6 +113,10 @@ def bench_serve_cmd(
     from loadtest.serve import BenchConfig, run_bench
 
     _check_recipe(tags, model)
+    if bundle is not None:
+        refuse_unread(ctx, ("tags", "model"), "they describe the benchmark bundle, which --bundle replaces")
+    if not peers:
+        refuse_unread(ctx, ("run",), "the run the naive peer serves, which --no-peers leaves out")
     cfg = BenchConfig(
         tags=tags,
         model=model,
@@ -141,6 +146,7 @@ def bench_serve_cmd(
 
 
 def bench_roofline_cmd(
+    ctx: typer.Context,
     bundle: Annotated[Path, typer.Argument(help="An indexed bundle (e.g. artifacts/bench/tags1000000/bundle).")],
     payloads: Annotated[
         Path | None, typer.Option(help="JSON-lines request bodies (default: drawn from the bundle's vocabularies).")
@@ -163,6 +169,8 @@ def bench_roofline_cmd(
     from loadtest.roofline import RooflineConfig, run_roofline
 
     require_bundle(bundle)
+    if not asgi:
+        refuse_unread(ctx, ("connections", "duration"), "settings of the raw ASGI ceiling, which --no-asgi leaves out")
     sizes = positive_ints(batch, "--batch")
     if seconds <= 0 or duration <= 0 or connections < 1:
         fail("--seconds and --duration must be positive and --connections at least 1")
@@ -202,6 +210,7 @@ def bench_speed_cmd(
 
 
 def bench_tune_cmd(
+    ctx: typer.Context,
     variant: Annotated[
         list[str],
         typer.Option(
@@ -231,6 +240,8 @@ def bench_tune_cmd(
     from loadtest.tune import TuneConfig, parse_variant, run_tune
 
     _check_recipe(tags, model)
+    if bundle is not None:
+        refuse_unread(ctx, ("tags", "model"), "they describe the benchmark bundle, which --bundle replaces")
     if connections < 1 or duration <= 0 or rounds < 1:
         fail("--connections and --rounds must be at least 1 and --duration positive")
     try:
@@ -258,6 +269,7 @@ def bench_tune_cmd(
 
 
 def bench_loop_cmd(
+    ctx: typer.Context,
     bundle: Annotated[Path, typer.Argument(help="An indexed bundle (e.g. artifacts/demo/bundle).")],
     requests: Annotated[int, typer.Option(help="GET hits per timed round.")] = 20_000,
     concurrency: Annotated[int, typer.Option(min=1, help="Coroutines sending at once.")] = 16,
@@ -274,6 +286,8 @@ def bench_loop_cmd(
     from loadtest.loop import run_loop_bench, run_post_ab
 
     require_bundle(bundle)
+    if not post_only:
+        refuse_unread(ctx, ("payloads",), "bodies of the POST A/B, which only --post-only runs")
     if requests < concurrency or rounds < 1:
         fail("--requests must be at least --concurrency, and --rounds at least 1")
     t0 = time.perf_counter()

@@ -87,6 +87,14 @@ def given_options(ctx: typer.Context, names: Sequence[str]) -> list[str]:
     return given
 
 
+def refuse_unread(ctx: typer.Context, names: Sequence[str], why: str) -> None:
+    """Fail when the command line set any of `names`, options the chosen mode does not read: the
+    user would get a run or a figure other than the one asked for, with exit status 0."""
+    given = given_options(ctx, names)
+    if given:
+        fail(f"{', '.join(given)}: {why}")
+
+
 def require_bundle(bundle: Path) -> None:
     """`bundle` is an exported, indexed bundle, as far as its directory shows: the usual mistakes (no
     such directory, a run directory, no index yet) in one line before a command starts serving or

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from model_export.errors import BundleError, ExportError
-from utpm_cli.errors import fail, output_folder
+from utpm_cli.errors import fail, output_folder, refuse_unread
 
 
 def _dir_size(path: Path) -> int:
@@ -86,6 +86,7 @@ def _print_table(report: dict[str, Any]) -> None:
 
 
 def bench_model_cmd(
+    ctx: typer.Context,
     bundle: Annotated[Path | None, typer.Argument(help="A bundle (omit with --preset).")] = None,
     run: Annotated[
         Path | None, typer.Option(help="The run the bundle came from (default: the one its manifest names).")
@@ -104,6 +105,8 @@ def bench_model_cmd(
 
     if (bundle is None) == (preset is None):
         fail("give either a BUNDLE or --preset NAME")
+    if preset is not None:
+        refuse_unread(ctx, ("run",), "the run of a BUNDLE; --preset benchmarks an untrained model")
     if iters < 1:
         fail(f"--iters must be >= 1, got {iters}")
     batches = tuple(batch) if batch else DEFAULT_BATCHES

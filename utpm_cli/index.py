@@ -14,7 +14,7 @@ import typer
 
 from index.errors import TagIndexError
 from model_export.errors import BundleError
-from utpm_cli.errors import fail
+from utpm_cli.errors import fail, refuse_unread
 
 
 def index_build_cmd(
@@ -52,6 +52,7 @@ def index_build_cmd(
 
 
 def bench_index_cmd(
+    ctx: typer.Context,
     tags: Annotated[int, typer.Option(help="Number of structured tag vectors.")] = 1_000_000,
     dim: Annotated[int, typer.Option(help="Vector dimension.")] = 128,
     queries: Annotated[int, typer.Option(help="Evaluation queries (plus 500 tuning queries).")] = 2000,
@@ -71,6 +72,7 @@ def bench_index_cmd(
     from index.bench import bench_index
 
     if quick:
+        refuse_unread(ctx, ("tags", "queries"), "--quick sets them (20k tags, 200 queries)")
         tags, queries = 20_000, 200
     t0 = time.perf_counter()
     try:

@@ -27,12 +27,12 @@ from utpm_cli.bench import (
 from utpm_cli.errors import (
     dataset_folder,
     fail,
-    given_options,
     load_data,
     missing_extra,
     output_file,
     output_folder,
     positive_ints,
+    refuse_unread,
     require_bundle,
     require_listenable,
     run_folder,
@@ -213,12 +213,11 @@ def train_cmd(
             dim=dim, max_values=max_values, counts=counts, history=history, tie=tie, cross=cross,
             short_requests=short_requests,
         )  # fmt: skip
-    hist_only = given_options(ctx, ("dim", "max_values", "counts", "history", "tie", "cross", "short_requests"))
-    if hist_only:  # else a paper model trained at its preset's sizes while the user asked for others
-        fail(
-            f"{', '.join(hist_only)}: options of utpm-hist (the default model), not of {model}, whose sizes "
-            f"come from --preset ({preset})"
-        )
+    refuse_unread(
+        ctx,
+        ("dim", "max_values", "counts", "history", "tie", "cross", "short_requests"),
+        f"options of utpm-hist (the default model), not of {model}, whose sizes come from --preset ({preset})",
+    )
     lr = lr or 3e-3
 
     from utpm.models.presets import get_preset
@@ -343,8 +342,10 @@ def experiment_cmd(
     # each of these was ignored: the runs were not the ones asked for
     if folds == 0 and repeats != 1:
         fail("--repeats repeats the k-fold: it needs --folds (seeded draws take --seeds)")
-    if folds > 0 and given_options(ctx, ("seeds",)):
-        fail("--seeds: with --folds the runs are folds x --repeats, not seeded draws; give one of the two")
+    if folds > 0:
+        refuse_unread(
+            ctx, ("seeds",), "with --folds the runs are folds x --repeats, not seeded draws; give one of the two"
+        )
     if hparam_seeds and not hparams:
         fail("--hparam-seeds: seeds of the hyper-parameter study, which needs --hparams")
     from utpm.evaluation.experiment import experiment_dataset

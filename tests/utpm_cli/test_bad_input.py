@@ -45,7 +45,7 @@ def a_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_numbers_out_of_range_are_refused_before_any_work(
+def test_options_out_of_range_or_not_read_are_refused_before_any_work(
     utpm: Callable[..., str], hist_built: BuiltBundle, movielens_sample_dir: Path, tmp_path: Path
 ) -> None:
     bundle, data = hist_built.bundle, movielens_sample_dir
@@ -72,6 +72,13 @@ def test_numbers_out_of_range_are_refused_before_any_work(
             ["export", tmp_path / "run", "--out", tmp_path / "b", "--data", data, "--synthetic-inputs"],
             "--data and --synthetic-inputs: the parity check takes one source of users, not both",
         ),
+        (["bench", "serve", "--bundle", bundle, "--tags", 5000], "--tags: they describe the benchmark bundle"),
+        (["bench", "tune", "--bundle", bundle, "--model", "utpm", "--variant", "a=1"], "--model: they describe the"),
+        (["bench", "serve", "--bundle", bundle, "--no-peers", "--run", tmp_path], "--run: the run the naive peer"),
+        (["bench", "roofline", bundle, "--no-asgi", "--duration", 3], "--duration: settings of the raw ASGI ceiling"),
+        (["bench", "loop", bundle, "--payloads", tmp_path / "p.jsonl"], "--payloads: bodies of the POST A/B"),
+        (["bench", "index", "--quick", "--tags", 50000], "--tags: --quick sets them (20k tags, 200 queries)"),
+        (["bench", "model", "--preset", "tiny", "--run", tmp_path], "--run: the run of a BUNDLE; --preset"),
         # a default-model option given to a paper model was ignored: trained at the preset's sizes
         (
             ["train", data, "--out", tmp_path / "r", "--model", "utpm", "--dim", 32, "--no-counts"],
