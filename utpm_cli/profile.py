@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from utpm_cli.errors import fail, output_file, output_folder
+from utpm_cli.errors import fail, output_file, output_folder, refuse_unread
 
 profile_app = typer.Typer(
     help="Profiles for a whole population, computed in bulk into Redis (docs/batch.md).", no_args_is_help=True
@@ -117,6 +117,7 @@ def profile_batch_cmd(
 
 @profile_app.command("bench")
 def profile_bench_cmd(
+    ctx: typer.Context,
     source: Annotated[
         Path | None, typer.Argument(help="A data set in the generic format, or a JSONL of {user_id, features}.")
     ] = None,
@@ -143,11 +144,19 @@ def profile_bench_cmd(
     from batch.bench import bench_batch, sizing_of
 
     if sizing_from is not None:
+        if source is not None:
+            fail("SOURCE: --sizing-from measures nothing, so it reads no data; give one of the two")
+        refuse_unread(ctx, ("bundle", "out", "users", "runs", "k", "redis_url"), "--sizing-from measures nothing")
         try:
             earlier = json.loads(sizing_from.read_text())
         except (OSError, ValueError) as e:
             fail(f"{sizing_from}: not a result of utpm profile bench ({e})")
-        earlier["sizing_100m"] = sizing_of(earlier)
+        try:
+            earlier["sizing_100m"] = sizing_of(earlier)
+        except (KeyError, TypeError, ValueError) as e:
+            fail(f"{sizing_from}: not a result of utpm profile bench ({type(e).__name__}: {e})")
+        if earlier["sizing_100m"] is None:  # else `null` was printed and written as the sizing
+            fail(f"{sizing_from}: the sizing needs its local:1 and local:2 runs and the Redis bytes per profile")
         typer.echo(json.dumps(earlier["sizing_100m"], indent=2))
         if json_out is not None:
             json_out.write_text(json.dumps(earlier, indent=2) + "\n")

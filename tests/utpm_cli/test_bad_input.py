@@ -320,3 +320,27 @@ def test_evaluate_says_when_the_data_is_not_what_the_run_was_trained_on(
     note = capsys.readouterr().err
     assert f"note: {movielens_sample_dir} is not the data {hist_built.run} was trained on (users 609 then" in note
     assert "not a held-out figure" in note
+
+
+def test_a_sizing_from_what_is_no_bench_result_is_one_line(utpm: Callable[..., str], tmp_path: Path) -> None:
+    """`profile bench --sizing-from` over a file without `runs` was a KeyError traceback, and over a
+    result without its local:1 and local:2 runs it printed `null` as the sizing and exited 0."""
+    earlier = Path(__file__).parents[2] / "docs" / "results" / "batch-run3.json"
+    result = tmp_path / "result.json"
+    result.write_text(earlier.read_text())
+    out = subprocess.run(
+        [sys.executable, "-m", "utpm_cli.main", "profile", "bench", "--sizing-from", str(result)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0 and '"population": 100000000' in out.stdout, out.stderr
+    cases = [
+        ("{}", "not a result of utpm profile bench (KeyError: 'runs')"),
+        ("[1]", "not a result of utpm profile bench (TypeError"),
+        ('{"runs": [{"engine": "ray", "workers": 2}], "k": 50}', "the sizing needs its local:1 and local:2 runs"),
+    ]
+    for text, expected in cases:
+        result.write_text(text)
+        assert expected in utpm("profile", "bench", "--sizing-from", result), text
+    assert "--users: --sizing-from measures nothing" in utpm("profile", "bench", "--sizing-from", result, "--users", 5)
