@@ -428,8 +428,22 @@ def render_side_by_side(reports: list[Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def regenerate(doc: Path, root: Path = Path()) -> list[tuple[str, str]]:
-    """Re-render every block of `doc` whose artifact exists (paths relative to `root`); what happened to each."""
+def _rendered(path: str, reports: list[Any]) -> str:
+    """A block's text from its artifacts; a ValueError naming the artifact when one is no report the
+    renderers know, or lacks what its kind's table shows (a KeyError deep in a renderer before)."""
+    for report in reports:
+        kind = report.get("kind") if isinstance(report, dict) else None
+        if kind not in RENDERERS:
+            raise ValueError(f"{path}: not a benchmark report (kind {kind!r}; known: {', '.join(RENDERERS)})")
+    try:
+        return render(reports[0]) if len(reports) == 1 else render_side_by_side(reports)
+    except (KeyError, TypeError, IndexError, AttributeError) as e:
+        raise ValueError(f"{path}: not a complete {reports[0]['kind']} report ({type(e).__name__}: {e})") from None
+
+
+def rerender(doc: Path, root: Path = Path()) -> tuple[str, list[tuple[str, str]]]:
+    """`doc`'s text with every block whose artifact exists re-rendered (paths relative to `root`), and
+    what happened to each block; nothing is written."""
     done: list[tuple[str, str]] = []
 
     def block(m: re.Match[str]) -> str:
@@ -442,11 +456,15 @@ def regenerate(doc: Path, root: Path = Path()) -> list[tuple[str, str]]:
             reports = [json.loads(p.read_text()) for p in paths]
         except json.JSONDecodeError as e:
             raise ValueError(f"{m['path']} is not JSON: {e}") from None
-        text = render(reports[0]) if len(reports) == 1 else render_side_by_side(reports)
+        text = _rendered(m["path"], reports)
         return f"<!-- report: {m['path']} -->\n{text}<!-- /report -->"
 
-    old = doc.read_text()
-    text = BLOCK.sub(block, old)
-    if text != old:  # an unchanged doc keeps its timestamp (make, editors)
+    return BLOCK.sub(block, doc.read_text()), done
+
+
+def regenerate(doc: Path, root: Path = Path()) -> list[tuple[str, str]]:
+    """`rerender` `doc` and write it if it changed (an unchanged doc keeps its timestamp: make, editors)."""
+    text, done = rerender(doc, root)
+    if text != doc.read_text():
         doc.write_text(text)
     return done

@@ -381,7 +381,7 @@ def bench_report_cmd(
 ) -> None:
     """Regenerate the measured blocks of docs/performance.md, performance-history.md, reliability.md and
     serving.md from their JSON."""
-    from loadtest.report import BLOCK, regenerate
+    from loadtest.report import BLOCK, rerender
 
     defaults = ["performance.md", "performance-history.md", "reliability.md", "serving.md"]
     paths = docs or [Path("docs") / name for name in defaults]
@@ -390,12 +390,16 @@ def bench_report_cmd(
             fail(f"{doc}: no such file" + ("" if docs else " (run from the repository root, or name the docs)"))
         if not BLOCK.search(doc.read_text()):
             fail(f"{doc} has no measured blocks (<!-- report: ARTIFACT.json --> ... <!-- /report -->)")
-    done = []
-    for doc in paths:
+    done, texts = [], {}
+    for doc in paths:  # every doc rendered before any is written: a bad artifact leaves them all as they were
         try:
-            done += [(doc, artifact, what) for artifact, what in regenerate(doc)]
+            texts[doc], blocks = rerender(doc)
         except ValueError as e:  # an artifact that is not a report's JSON, or a mix of kinds in one block
             fail(f"{doc}: {e}")
+        done += [(doc, artifact, what) for artifact, what in blocks]
+    for doc, text in texts.items():
+        if text != doc.read_text():  # an unchanged doc keeps its timestamp (make, editors)
+            doc.write_text(text)
     for doc, artifact, what in done:
         typer.echo(f"{doc}: {artifact}: {what}")
     kept = sum(what != "regenerated" for *_, what in done)

@@ -159,6 +159,36 @@ def test_a_block_of_several_roofline_reports_is_a_side_by_side_table(tmp_path: P
         regenerate(doc, tmp_path)
 
 
+def test_bench_report_names_an_artifact_that_is_no_report_and_writes_no_doc(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A JSON of another shape (another command's --json, a hand-edited file) was a KeyError or
+    TypeError traceback from inside a renderer, after the docs before it had been rewritten."""
+    from typer.testing import CliRunner
+
+    from utpm_cli.main import app
+
+    monkeypatch.chdir(tmp_path)
+    good = {"kind": "reliability", "scenario": "reload", "started_at": "2026-01-01T00:00:00+00:00",
+            "machine": {"cpu": "cpu", "cores": 2}, "command": "c", "wall_s": 1.0}  # fmt: skip
+    Path("a.json").write_text(json.dumps(good))
+    first, second = Path("first.md"), Path("second.md")
+    first.write_text("<!-- report: a.json -->\nstale\n<!-- /report -->\n")
+    second.write_text("<!-- report: b.json -->\nquoted\n<!-- /report -->\n")
+    for bad, expected in (
+        ({"kind": "serve"}, "b.json: not a complete serve report (KeyError: 'bundle')"),
+        ([1], "b.json: not a benchmark report (kind None; known: serve,"),
+        ({"kind": "speed-probe"}, "b.json: not a benchmark report (kind 'speed-probe'"),
+    ):
+        Path("b.json").write_text(json.dumps(bad))
+        result = CliRunner().invoke(app, ["bench", "report", "first.md", "second.md"])
+        assert result.exit_code == 2 and expected in result.output, result.output
+        assert "stale" in first.read_text()  # the first doc, fine on its own, is not half of an update
+    Path("b.json").unlink()
+    result = CliRunner().invoke(app, ["bench", "report", "first.md", "second.md"])
+    assert result.exit_code == 0 and "stale" not in first.read_text(), result.output
+
+
 @pytest.fixture(scope="module")
 def smoke_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from index.build import build_index
