@@ -17,7 +17,7 @@ same profiles, so the online ordering can be compared with the offline one on id
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,21 +65,28 @@ def load_held_out(
     return users, split
 
 
+def arms_tags_per_item(experiment: Mapping[str, Any]) -> int:
+    """The N both arms were trained with (GET /experiment's `tags_per_item`): a replay's impressions
+    carry each item's first N tags, as the training's labels did."""
+    n = {arm: experiment[arm].get("tags_per_item") for arm in ("champion", "challenger")}
+    if None in n.values() or n["champion"] != n["challenger"]:
+        told = ", ".join(f"{arm} {v if v is not None else 'not recorded'}" for arm, v in n.items())
+        raise ValueError(f"the arms' tags per item (N) are {told}: pass --item-tags")
+    return int(n["champion"])
+
+
 def simulate(
     base_url: str,
     data: Path,
     *,
     seed: int = 0,
     k: int = 10,
-    item_tags: int = 3,
+    item_tags: int | None = None,
     prefix: str = "sim:",
     api_key: str | None = None,
     timeout_s: float = 60.0,
 ) -> dict[str, Any]:
     """Run the replay (module docstring) against the service at `base_url`; the figures as a dict."""
-    users, split = load_held_out(data, seed, item_tags)
-    if not users:
-        raise ValueError(f"{data}: no test user with a labelled item that has tags")
     headers = {"X-API-Key": api_key} if api_key else {}
     with httpx.Client(base_url=base_url, headers=headers, timeout=timeout_s) as client:
         experiment = _check(client.get("/experiment"), "GET /experiment")
@@ -87,6 +94,10 @@ def simulate(
             raise RuntimeError(
                 "the service serves no challenger; start it with UTPM_AB_CHALLENGER_BUNDLE or POST /admin/challenger"
             )
+        item_tags = item_tags or arms_tags_per_item(experiment)
+        users, split = load_held_out(data, seed, item_tags)
+        if not users:
+            raise ValueError(f"{data}: no test user with a labelled item that has tags")
         versions = {arm: experiment[arm]["model_version"] for arm in ("champion", "challenger")}
         # an arm trained on another split (another --seed, other data) has seen some of these "held-out" users
         differences = {arm: split.differences(experiment[arm].get("trained_on") or {}) for arm in versions}

@@ -62,6 +62,13 @@ def trained_on(engine: ProfileEngine) -> dict[str, Any] | None:
     return {k: v for k, v in protocol.items() if k != "source"} if isinstance(protocol, dict) else None
 
 
+def tags_per_item(engine: ProfileEngine) -> int | None:
+    """N, the tags of each clicked item its training counted (the preset's), so that a replay's
+    impressions carry the item tags the model was trained on; None when the manifest lacks it."""
+    n = engine.bundle.manifest.model.get("preset", {}).get("N")
+    return n if isinstance(n, int) else None
+
+
 @dataclass
 class Experiment:
     """The challenger (if any) and the share of users it serves; changed only by the admin routes."""
@@ -102,6 +109,7 @@ class Experiment:
                 "fields": engine.field_names,
                 "ignored_fields": sorted(engine.ignored_fields),  # another arm's, accepted and left out
                 "trained_on": trained_on(engine),
+                "tags_per_item": tags_per_item(engine),
             }
 
         challenger = self.challenger

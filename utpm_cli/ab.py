@@ -19,7 +19,10 @@ def simulate_cmd(
     data: Annotated[Path, typer.Argument(help="The data set (generic format) the bundles were trained on.")],
     seed: Annotated[int, typer.Option(help="Seed of the protocol's user split: the bundles' training seed.")] = 0,
     k: Annotated[int, typer.Option(min=1, help="Tags per served profile (what QC/DCTR restrict to).")] = 10,
-    item_tags: Annotated[int, typer.Option(min=1, help="Tags per item, as the model saw them (the preset's N).")] = 3,
+    item_tags: Annotated[
+        int | None,
+        typer.Option(min=1, help="Tags per item, as the models saw them (default: the arms' N, GET /experiment)."),
+    ] = None,
     prefix: Annotated[
         str, typer.Option(help="Prefix of the simulated user ids (a new one: a new A/B split).")
     ] = "sim:",

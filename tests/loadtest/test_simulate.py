@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from loadtest.simulate import load_held_out, markdown, simulate
+import pytest
+
+from loadtest.simulate import arms_tags_per_item, load_held_out, markdown, simulate
 from tests.serving import LiveServer, settings_for
 
 
@@ -17,6 +19,7 @@ def test_simulator_replays_held_out_events_into_qc_and_dctr_per_arm(
         # a replay under another seed: some of its test users are the arms' training users
         other = simulate(url, movielens_dir, seed=1, k=10, prefix="sim1:")
     held_out, _ = load_held_out(movielens_dir, 0, 3)
+    assert result["item_tags"] == 3  # both arms' training N (the tiny preset's), from GET /experiment
     assert result["test_users"] == len(held_out) > 50
     arms = result["arms"]
     assert arms["champion"]["users"] + arms["challenger"]["users"] == len(held_out)
@@ -37,3 +40,17 @@ def test_simulator_replays_held_out_events_into_qc_and_dctr_per_arm(
         markdown(result)
     )
     assert other["not_held_out"] == {"champion": ["seed 0 then, 1 now"]}
+
+
+def test_the_items_tags_of_a_replay_are_the_arms_training_n_unless_given() -> None:
+    """The replay took each item's first 3 tags whatever N the arms were trained with (5 for the
+    synthetic preset); it now takes the arms' N and asks for --item-tags when they differ."""
+
+    def experiment(champion: int | None, challenger: int | None) -> dict[str, dict[str, int | None]]:
+        return {"champion": {"tags_per_item": champion}, "challenger": {"tags_per_item": challenger}}
+
+    assert arms_tags_per_item(experiment(5, 5)) == 5
+    with pytest.raises(ValueError, match="the arms' tags per item \\(N\\) are champion 3, challenger 5: pass"):
+        arms_tags_per_item(experiment(3, 5))
+    with pytest.raises(ValueError, match="champion not recorded, challenger 3: pass --item-tags"):
+        arms_tags_per_item(experiment(None, 3))

@@ -51,6 +51,7 @@ def test_each_user_gets_its_arm_and_the_arms_profiles_stay_apart(ab_client: Test
     arms = ab_client.get("/experiment").json()
     champion, challenger = arms["champion"]["model_version"], arms["challenger"]["model_version"]
     assert champion != challenger and arms["challenger_share"] == 0.5
+    assert arms["champion"]["tags_per_item"] == arms["challenger"]["tags_per_item"] == 3  # the tiny preset's N
     version = {"champion": champion, "challenger": challenger}
     seen: Counter[str] = Counter()
     for i in range(24):
