@@ -70,6 +70,23 @@ def misspelt_settings(environ: Mapping[str, str]) -> list[str]:
     return warnings
 
 
+# Settings read only with a Redis (UTPM_REDIS_URL): set without one, they change nothing.
+REDIS_ONLY = ("redis_timeout_ms", "near_cache_ttl_ms", "fleet_sync")
+
+
+def unread_settings(settings: Settings) -> list[str]:
+    """A warning for each setting that was set but that this configuration never reads: the operator
+    who set UTPM_REDIS_TIMEOUT_MS meant a Redis, and the service runs on its embedded cache."""
+    if settings.redis_url is not None:
+        return []
+    given = sorted(settings.model_fields_set & set(REDIS_ONLY))
+    return [
+        f"UTPM_{name.upper()} is set but read only with a Redis (UTPM_REDIS_URL), which is not set: the "
+        "embedded cache serves, and the setting changes nothing"
+        for name in given
+    ]
+
+
 def settings_error(e: ValidationError) -> str:
     """Invalid settings in one line, by environment variable: `UTPM_BATCH_MAX_USERS: Input should be ...`."""
     problems = []

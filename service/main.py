@@ -22,7 +22,7 @@ from service.ab import Experiment
 from service.arms import align_fields
 from service.auth import Auth
 from service.cache import make_cache
-from service.config import Settings, misspelt_settings, settings_error
+from service.config import Settings, misspelt_settings, settings_error, unread_settings
 from service.engine import DeviceUnavailable, ProfileEngine
 from service.errors import PROBLEM_MEDIA_TYPE, install_error_handlers
 from service.feedback import Feedback
@@ -62,7 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except ValidationError as e:  # `uvicorn --factory` (the images): one line, not a traceback
             raise SystemExit(f"error: {settings_error(e)}") from None
     configure_logging(settings.log_level)
-    for warning in misspelt_settings(os.environ):
+    for warning in [*misspelt_settings(os.environ), *unread_settings(settings)]:
         log.warning(warning)
     metrics = Metrics()
     auth = Auth(settings)

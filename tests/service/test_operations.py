@@ -189,6 +189,23 @@ def test_a_misspelt_setting_is_named_at_start_up(
     ]
 
 
+def test_a_redis_setting_without_a_redis_is_named_at_start_up(
+    bundles: dict[str, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before, UTPM_REDIS_TIMEOUT_MS without UTPM_REDIS_URL (the URL forgotten, or set in another
+    environment) started the embedded cache without a word."""
+    monkeypatch.setenv("UTPM_BUNDLE", str(bundles["a"]))
+    monkeypatch.setenv("UTPM_REDIS_TIMEOUT_MS", "50")
+    monkeypatch.setenv("UTPM_NEAR_CACHE_TTL_MS", "0")
+    create_app()
+    logged = capsys.readouterr().err
+    for name in ("UTPM_NEAR_CACHE_TTL_MS", "UTPM_REDIS_TIMEOUT_MS"):
+        assert f"{name} is set but read only with a Redis (UTPM_REDIS_URL), which is not set" in logged
+    monkeypatch.setenv("UTPM_REDIS_URL", "redis://127.0.0.1:1/0")  # with a Redis (not reached here): no warning
+    create_app()
+    assert "read only with a Redis" not in capsys.readouterr().err
+
+
 def test_cors_origins_are_read_comma_separated_or_as_a_json_list(bundles: dict[str, Path]) -> None:
     for given in ("https://a.example, http://b.example:8080", '["https://a.example", "http://b.example:8080"]'):
         assert Settings(bundle=bundles["a"], cors_origins=given).cors_origins == [
