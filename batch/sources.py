@@ -204,15 +204,13 @@ class ParquetSource:
 
 
 def stage_dataset(data_dir: Path, out: Path, say: Callable[[str], None] | None = None) -> Path:
-    """A generic data set -> `out/features.jsonl`: each user's features as the protocol builds them.
-
-    The protocol (utpm.data.protocol.split_protocol, the training code) builds the feature fields
-    from the first 80% of each user's events; users with fewer than two events have no features
-    under it and are left out. Reused when `features.json` beside it records the same data set.
+    """A generic data set -> `out/features.jsonl`: each user's features built by the training code's
+    field construction (utpm.data.protocol.current_features) from all of the user's events, every
+    user with an event included. Reused when `features.json` beside it records the same data set.
     """
     from utpm.data.errors import DataError
     from utpm.data.loading import load_dataset
-    from utpm.data.protocol import split_protocol
+    from utpm.data.protocol import current_features
 
     staged = out / "features.jsonl"
     meta_path = out / "features.json"
@@ -220,26 +218,26 @@ def stage_dataset(data_dir: Path, out: Path, say: Callable[[str], None] | None =
     identity = {"data": str(data_dir.resolve()), "files": [_fingerprint(p) for p in files]}
     if staged.is_file() and meta_path.is_file():
         meta = json.loads(meta_path.read_text())
-        if meta.get("identity") == identity:
+        if meta.get("identity") == identity and meta.get("events") == "all":  # not a staging of the 80% cut
             if say:
                 say(f"reusing the staged features of {data_dir} in {staged}")
             return staged
     if say:
-        say(f"building features of every user of {data_dir} with the training protocol")
+        say(f"building features of every user of {data_dir} from all of their events")
     try:
-        split = split_protocol(load_dataset(data_dir))
+        users = current_features(load_dataset(data_dir))
     except DataError as e:
         raise SourceError(str(e)) from None
     out.mkdir(parents=True, exist_ok=True)
     tmp = staged.with_suffix(".jsonl.tmp")
     with tmp.open("wb") as f:
-        for i in range(split.n_users):
-            f.write(orjson.dumps({"user_id": str(split.user_ids[i]), "features": split.features(i)}) + b"\n")
+        for i in range(users.n_users):
+            f.write(orjson.dumps({"user_id": str(users.user_ids[i]), "features": users.features(i)}) + b"\n")
     os.replace(tmp, staged)
-    meta = {"identity": identity, "users": split.n_users, "dropped_users": split.dropped_users}
+    meta = {"identity": identity, "users": users.n_users, "events": "all"}
     meta_path.write_text(json.dumps(meta, indent=2))
     if say:
-        say(f"staged {split.n_users:,} users ({split.dropped_users:,} with fewer than two events left out)")
+        say(f"staged {users.n_users:,} users")
     return staged
 
 

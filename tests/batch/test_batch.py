@@ -51,7 +51,7 @@ def reference(
     """One uninterrupted local run (2 processes) over every user: the Redis contents every other run must match."""
     url = flush(redis_server, REFERENCE_DB)
     summary = run_batch(job(population, bundles["a"], url, tmp_path_factory.mktemp("ref")), workers=2)
-    assert summary.written == summary.rows == 609 and summary.rejected == 0 and summary.skipped == 0
+    assert summary.written == summary.rows == 610 and summary.rejected == 0 and summary.skipped == 0
     assert summary.computed_at == iso_ms(AS_OF_MS)
     return contents(redis_server, REFERENCE_DB)
 
@@ -59,7 +59,7 @@ def reference(
 def test_local_job_writes_what_the_service_serves_as_cached(
     reference: dict[bytes, tuple[bytes, int]], population: Path, bundles: dict[str, Path], redis_server: RedisServer
 ) -> None:
-    assert len(reference) == 609
+    assert len(reference) == 610
     rows = [json.loads(line) for line in population.read_text().splitlines()[:5]]
     settings = settings_for(bundles["a"], None, redis_url=f"redis://127.0.0.1:{redis_server.port}/{REFERENCE_DB}")
     with TestClient(create_app(settings.model_copy(update={"near_cache_ttl_ms": 0}))) as c:
@@ -90,7 +90,7 @@ def test_ray_job_writes_the_same_records(
 ) -> None:
     url = flush(redis_server, RAY_DB)
     summary = run_batch(job(population, bundles["a"], url, tmp_path), engine="ray", workers=2)
-    assert (summary.written, summary.rejected, summary.engine) == (609, 0, "ray")
+    assert (summary.written, summary.rejected, summary.engine) == (610, 0, "ray")
     assert contents(redis_server, RAY_DB) == reference
 
 
@@ -160,7 +160,7 @@ def test_killed_job_resumes_writing_each_user_at_most_once_more(
 
     assert contents(redis_server, RESUME_DB) == reference  # the same records and expiry as one uninterrupted run
     assert max(sets.values()) <= 2  # every user written at most once more
-    assert sum(resumed.values()) == 609 - 10 * killed_at  # the resumed run wrote exactly the unfinished chunks
+    assert sum(resumed.values()) == 610 - 10 * killed_at  # the resumed run wrote exactly the unfinished chunks
     assert len([k for k, n in sets.items() if n == 2]) <= 10 * 3  # at most the chunks in flight were redone
     assert f"skipped {10 * killed_at:,} rows already done" in done.stdout
 
@@ -276,3 +276,21 @@ def test_resume_refuses_another_jobs_checkpoint(
     fresh = run_batch(job(small, bundles["a"], url, tmp_path / "typo"), workers=1, resume=True, say=said.append)
     assert fresh.skipped == 0
     assert said == [f"--resume: no checkpoint in {tmp_path / 'typo'}; starting from the first row"]
+
+
+def test_a_data_set_is_staged_from_all_of_each_users_events(tmp_path: Path) -> None:
+    """The staging used the training protocol's cut: each user's most recent fifth of events (the
+    protocol's labels) was left out of the profile, and a user with one event was left out."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "items.csv").write_text("item_id,tags,categories\ni1,old,\ni2,older,\ni3,newest,\n")
+    events = ["u0,i2,1,1", "u0,i1,2,1", "u0,i2,3,1", "u0,i1,4,1", "u0,i3,5,1", "u1,i1,1,1"]
+    (data / "events.csv").write_text("user_id,item_id,timestamp,label\n" + "\n".join(events) + "\n")
+    staged = open_source(data, "dataset", tmp_path / "stage").path
+    rows = {r["user_id"]: r["features"] for r in map(json.loads, staged.read_text().splitlines())}
+    assert rows == {"u0": {"clicked_tags": ["older", "old", "newest"]}, "u1": {"clicked_tags": ["old"]}}
+    # a staging written by the protocol's cut beside the same data is not reused
+    meta = json.loads((tmp_path / "stage" / "features.json").read_text())
+    (tmp_path / "stage" / "features.json").write_text(json.dumps({**meta, "events": None}))
+    staged.write_text('{"user_id": "u0", "features": {"clicked_tags": ["older", "old"]}}\n')
+    assert "newest" in open_source(data, "dataset", tmp_path / "stage").path.read_text()

@@ -199,9 +199,7 @@ def split_protocol(
     if not 0.0 <= test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
     items = data.items
-    item_pos = pd.Index(items["item_id"])
-    ev = data.events.sort_values(["user_id", "timestamp", "item_id"], kind="stable").reset_index(drop=True)
-    user_codes, user_ids = pd.factorize(ev["user_id"], sort=True)
+    ev, user_codes, user_ids = _sorted_events(data)
     n = np.bincount(user_codes)
     n_hist = np.floor(n * history_fraction).astype(np.int64)
     kept_user = (n_hist >= 1) & (n - n_hist >= 1)
@@ -215,32 +213,11 @@ def split_protocol(
     valid = ev_user >= 0
     user_ids = np.asarray(user_ids, dtype=object)[kept_user]
     n_users = len(user_ids)
-    item_idx = item_pos.get_indexer(ev["item_id"])
+    item_idx = pd.Index(items["item_id"]).get_indexer(ev["item_id"])
     label = ev["label"].to_numpy()
-
-    list_cols = [c for c in items.columns if c != "item_id"]
-    item_lists = {c: _encode_lists(items[c])[0] for c in list_cols}
-    fields: dict[str, Ragged] = {}
-    kinds: dict[str, FieldKind] = {}
+    item_lists = {c: _encode_lists(items[c])[0] for c in items.columns if c != "item_id"}
     hist = valid & ev_hist
-    for c in list_cols:
-        sel = hist & (label == 1)
-        fields[f"clicked_{c}"] = _history_field(ev_user[sel], item_idx[sel], item_lists[c], n_users, max_history)
-        kinds[f"clicked_{c}"] = FieldKind.MULTI
-    sel = hist & (label == 0)
-    fields["unclicked_tags"] = _history_field(ev_user[sel], item_idx[sel], item_lists["tags"], n_users, max_history)
-    kinds["unclicked_tags"] = FieldKind.MULTI
-
-    if data.users is not None:
-        users = data.users.set_index("user_id").reindex(pd.Index(user_ids))
-        for c in data.user_fields:
-            col = users[c].fillna("").astype(str)
-            present = col.to_numpy() != ""
-            values, codes = np.unique(col.to_numpy()[present].astype(str), return_inverse=True)
-            rows = np.flatnonzero(present)
-            fields[c] = _ragged_from_pairs(rows, codes, n_users, values.astype(object))
-            kinds[c] = FieldKind.SINGLE
-
+    fields, kinds = _feature_fields(data, user_ids, ev_user, item_idx, label, hist, item_lists, max_history)
     lab = valid & ~ev_hist
     item_id_table = np.asarray(items["item_id"], dtype=object)
     labels = _ragged_from_pairs(ev_user[lab], item_idx[lab], n_users, item_id_table)
@@ -269,6 +246,79 @@ def split_protocol(
         source=data.source,
         item_columns=item_lists,
     )
+
+
+def _sorted_events(data: Dataset) -> tuple[pd.DataFrame, np.ndarray, Any]:
+    """The events by user, then time (ties by item id); each event's user code and the user ids."""
+    ev = data.events.sort_values(["user_id", "timestamp", "item_id"], kind="stable").reset_index(drop=True)
+    user_codes, user_ids = pd.factorize(ev["user_id"], sort=True)
+    return ev, user_codes, user_ids
+
+
+def _feature_fields(
+    data: Dataset,
+    user_ids: np.ndarray,
+    ev_user: np.ndarray,
+    item_idx: np.ndarray,
+    label: np.ndarray,
+    sel: np.ndarray,
+    item_lists: dict[str, Ragged],
+    max_history: int,
+) -> tuple[dict[str, Ragged], dict[str, FieldKind]]:
+    """The feature fields (module docstring) of `user_ids` from the events selected by `sel`, each
+    event's user row in `ev_user`, its item row in `item_idx`."""
+    n_users = len(user_ids)
+    fields: dict[str, Ragged] = {}
+    kinds: dict[str, FieldKind] = {}
+    for c, lists in item_lists.items():
+        s = sel & (label == 1)
+        fields[f"clicked_{c}"] = _history_field(ev_user[s], item_idx[s], lists, n_users, max_history)
+        kinds[f"clicked_{c}"] = FieldKind.MULTI
+    s = sel & (label == 0)
+    fields["unclicked_tags"] = _history_field(ev_user[s], item_idx[s], item_lists["tags"], n_users, max_history)
+    kinds["unclicked_tags"] = FieldKind.MULTI
+    if data.users is not None:
+        users = data.users.set_index("user_id").reindex(pd.Index(user_ids))
+        for c in data.user_fields:
+            col = users[c].fillna("").astype(str)
+            present = col.to_numpy() != ""
+            values, codes = np.unique(col.to_numpy()[present].astype(str), return_inverse=True)
+            rows = np.flatnonzero(present)
+            fields[c] = _ragged_from_pairs(rows, codes, n_users, values.astype(object))
+            kinds[c] = FieldKind.SINGLE
+    return fields, kinds
+
+
+@dataclass
+class CurrentFeatures:
+    """Every user's feature fields from all of their events (`current_features`)."""
+
+    user_ids: np.ndarray
+    fields: dict[str, Ragged]
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    def features(self, i: int) -> dict[str, list[str]]:
+        """User i's features, as the service would receive them."""
+        return {name: r.row(i) for name, r in self.fields.items() if r.offsets[i + 1] > r.offsets[i]}
+
+
+def current_features(data: Dataset, max_history: int = 100) -> CurrentFeatures:
+    """Every user's feature fields built as the protocol builds them, but from all of the user's events:
+    what a profile for serving is computed from. The protocol's cut (`split_protocol`) is for
+    evaluation: it keeps each user's most recent fifth of events as labels, out of the features, and
+    leaves out users with a single event."""
+    ev, user_codes, user_ids = _sorted_events(data)
+    user_ids = np.asarray(user_ids, dtype=object)
+    items = data.items
+    item_idx = pd.Index(items["item_id"]).get_indexer(ev["item_id"])
+    item_lists = {c: _encode_lists(items[c])[0] for c in items.columns if c != "item_id"}
+    every = np.ones(len(ev), dtype=bool)
+    label = ev["label"].to_numpy()
+    fields, _ = _feature_fields(data, user_ids, user_codes, item_idx, label, every, item_lists, max_history)
+    return CurrentFeatures(user_ids, fields)
 
 
 def train_val_rows(split: ProtocolSplit, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
