@@ -280,15 +280,21 @@ def test_resume_refuses_another_jobs_checkpoint(
 
 def test_a_data_set_is_staged_from_all_of_each_users_events(tmp_path: Path) -> None:
     """The staging used the training protocol's cut: each user's most recent fifth of events (the
-    protocol's labels) was left out of the profile, and a user with one event was left out."""
+    protocol's labels) was left out of the profile, and a user with one event was left out, as was a
+    user the users table describes who has no event yet."""
     data = tmp_path / "data"
     data.mkdir()
     (data / "items.csv").write_text("item_id,tags,categories\ni1,old,\ni2,older,\ni3,newest,\n")
     events = ["u0,i2,1,1", "u0,i1,2,1", "u0,i2,3,1", "u0,i1,4,1", "u0,i3,5,1", "u1,i1,1,1"]
     (data / "events.csv").write_text("user_id,item_id,timestamp,label\n" + "\n".join(events) + "\n")
+    (data / "users.csv").write_text("user_id,age\nu1,30s\nu2,20s\nu3,\n")  # u3: nothing to profile from
     staged = open_source(data, "dataset", tmp_path / "stage").path
     rows = {r["user_id"]: r["features"] for r in map(json.loads, staged.read_text().splitlines())}
-    assert rows == {"u0": {"clicked_tags": ["older", "old", "newest"]}, "u1": {"clicked_tags": ["old"]}}
+    assert rows == {
+        "u0": {"clicked_tags": ["older", "old", "newest"]},
+        "u1": {"clicked_tags": ["old"], "age": ["30s"]},
+        "u2": {"age": ["20s"]},
+    }
     # a staging written by the protocol's cut beside the same data is not reused
     meta = json.loads((tmp_path / "stage" / "features.json").read_text())
     (tmp_path / "stage" / "features.json").write_text(json.dumps({**meta, "events": None}))

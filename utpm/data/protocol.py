@@ -309,9 +309,16 @@ def current_features(data: Dataset, max_history: int = 100) -> CurrentFeatures:
     """Every user's feature fields built as the protocol builds them, but from all of the user's events:
     what a profile for serving is computed from. The protocol's cut (`split_protocol`) is for
     evaluation: it keeps each user's most recent fifth of events as labels, out of the features, and
-    leaves out users with a single event."""
-    ev, user_codes, user_ids = _sorted_events(data)
-    user_ids = np.asarray(user_ids, dtype=object)
+    leaves out users with a single event. Users of the users table without an event come last, with
+    their own columns only (a new user's profile from what is known of them; one whose columns are all
+    empty has nothing to be profiled from and is left out)."""
+    ev, user_codes, event_users = _sorted_events(data)
+    user_ids = np.asarray(event_users, dtype=object)
+    if data.users is not None:
+        known = set(user_ids.tolist())
+        described = (data.users[data.user_fields].fillna("").astype(str) != "").any(axis=1)
+        new = [u for u in data.users.loc[described, "user_id"].tolist() if u not in known]
+        user_ids = np.concatenate([user_ids, np.asarray(list(dict.fromkeys(new)), dtype=object)])
     items = data.items
     item_idx = pd.Index(items["item_id"]).get_indexer(ev["item_id"])
     item_lists = {c: _encode_lists(items[c])[0] for c in items.columns if c != "item_id"}
