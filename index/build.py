@@ -146,6 +146,7 @@ def two_stage_recall(bundle: Bundle, index: TagIndex, k: int) -> dict[str, Any] 
         f"recall@{k}": round(recall(k), 5),
         "recall_definition": "share of the returned top-k whose exact final score reaches the exact k-th best",
         "users": len(u),
+        "users_are": bundle.manifest.parity.get("inputs"),  # the export's parity users: test, trained or synthetic
         # the rest were settled by the popular tags' bound without searching the index
         "index_searched_share": round(float(found.searched.mean()), 5) if len(u) else 0.0,
         "history_tags_mean": round(float((hist_ids > 1).sum(1).mean()), 2) if len(u) else 0.0,

@@ -153,6 +153,20 @@ def _heldout_from_data(data: Path, config: dict[str, Any], encoder: FeatureEncod
     return [{k: v for k, v in split.features(int(i)).items() if k in names} for i in rows]
 
 
+def _trained_from_data(data: Path, config: dict[str, Any], encoder: FeatureEncoder, n: int) -> list[RawFeatures]:
+    """Raw features of users the run was trained on (a run with no test user): parity is a numerical
+    check, for which real users' features are the realistic inputs, held out or not."""
+    from utpm.data.loading import load_dataset
+    from utpm.data.protocol import split_protocol
+
+    proto = config.get("protocol", {})
+    split = split_protocol(
+        load_dataset(data), seed=int(proto.get("seed", 0)), history_fraction=float(proto.get("history_fraction", 0.8))
+    )
+    names = set(encoder.field_names)
+    return [{k: v for k, v in split.features(i).items() if k in names} for i in range(min(n, split.n_users))]
+
+
 def heldout_users(
     run_config: dict[str, Any],
     encoder: FeatureEncoder,
@@ -182,6 +196,10 @@ def heldout_users(
             else:
                 if users:
                     return users, f"test users of {source} under the run's protocol"
+                if run_config.get("protocol", {}).get("test_users") == 0:  # trained with --test-share 0
+                    users = _trained_from_data(source, run_config, encoder, n)
+                    if users:
+                        return users, f"trained-on users of {source}; the run held none out"
                 log.warning("no test users in %s; using synthetic users", source)
         else:
             log.info("run's data %s not found; using synthetic users", source)

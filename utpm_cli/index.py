@@ -44,7 +44,8 @@ def index_build_cmd(
     warn = "" if infos.target_met in (None, True) else f" (target recall {infos.target_recall} NOT reached)"
     if infos.two_stage:  # a default-model bundle: what the served search (ANN + history tags) loses
         two = ", ".join(f"{k} {v:.3f}" for k, v in infos.two_stage.items() if k.startswith("recall@"))
-        typer.echo(f"two-stage search vs exact final scores on {infos.two_stage['users']} held-out users: {two}")
+        are = infos.two_stage.get("users_are") or "the export's parity users"
+        typer.echo(f"two-stage search vs exact final scores on {infos.two_stage['users']} users ({are}): {two}")
     typer.echo(  # last: what was written where
         f"wrote {infos.factory} ({params}; {infos.ntotal:,} tags, {infos.memory_bytes / 1e6:.1f} MB, built in "
         f"{infos.build_seconds:.1f}s; {recalls}){warn} to {bundle}/index.faiss and {bundle}/index_infos.json"

@@ -189,6 +189,15 @@ def train_cmd(
     ] = "",
     preset: Annotated[str, typer.Option(help="Preset: movielens, synthetic (N = 5), industrial, tiny.")] = "movielens",
     seed: Annotated[int, typer.Option(help="Seed of the user split, the initial weights and the sampling.")] = 0,
+    test_share: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=0.5,
+            help="Share of users held out as test users (the protocol's 0.2). 0: every user but the validation "
+            "users is trained on, for the bundle to ship once the figures are taken; no test figures.",
+        ),
+    ] = 0.2,
     epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping on validation Prec@K).")] = 40,
     batch_size: Annotated[int, typer.Option(help="Samples per batch.")] = 64,
     lr: Annotated[float, typer.Option(help="Adam learning rate (default 1e-3 for utpm-hist, 3e-3 otherwise).")] = 0.0,
@@ -209,7 +218,8 @@ def train_cmd(
 
     if model in ("utpm-hist", "default"):
         return train_default(
-            data, out, loss=loss, preset=preset, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr or 1e-3,
+            data, out, loss=loss, preset=preset, seed=seed, test_share=test_share, epochs=epochs,
+            batch_size=batch_size, lr=lr or 1e-3,
             dim=dim, max_values=max_values, counts=counts, history=history, tie=tie, cross=cross,
             short_requests=short_requests,
         )  # fmt: skip
@@ -239,7 +249,7 @@ def train_cmd(
     from utpm.data.protocol import split_protocol
 
     dataset = load_data(data)
-    split = split_protocol(dataset, seed=seed)
+    split = split_protocol(dataset, seed=seed, test_fraction=test_share)
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn())
     with Progress(*columns) as bar:
         task = bar.add_task(f"train {model}/{config.loss}", total=epochs, info="")
@@ -253,7 +263,7 @@ def train_cmd(
             result = train(split, config, data=dataset, out=out, progress=progress)
         except ValueError as e:
             fail(str(e))
-    test = held_out_figures(result.test)
+    test = held_out_figures(result.test, test_share)
     typer.echo(
         f"trained {model}/{config.loss} (best epoch {result.best_epoch}, {result.samples_per_s:,.0f} samples/s); "
         f"test {test}; wrote {out}"

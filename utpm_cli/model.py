@@ -36,6 +36,7 @@ def train_default(
     loss: str,
     preset: str,
     seed: int,
+    test_share: float,
     epochs: int,
     batch_size: int,
     lr: float,
@@ -67,7 +68,7 @@ def train_default(
         )
     except ValueError as e:
         fail(str(e))
-    split = split_protocol(load_data(data), seed=seed)
+    split = split_protocol(load_data(data), seed=seed, test_fraction=test_share)
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn())
     with Progress(*columns) as bar:
         task = bar.add_task(f"train {config.model}/{config.loss}", total=epochs, info="")
@@ -79,15 +80,17 @@ def train_default(
             result = train_history(split, config, out=out, progress=progress)
         except ValueError as e:
             fail(str(e))
-    test = held_out_figures(result.test)
+    test = held_out_figures(result.test, test_share)
     typer.echo(
         f"trained {config.model}/{config.loss} (best epoch {result.best_epoch}, {result.samples_per_s:,.0f} "
         f"users/s); test {test}; wrote {out}"
     )
 
 
-def held_out_figures(test: dict[int, float]) -> str:
+def held_out_figures(test: dict[int, float], test_share: float) -> str:
     """The test users' Prec@K for a training's last line; a split too small to hold one says so."""
+    if test_share == 0:
+        return "none (--test-share 0: no user held out)"
     return ", ".join(f"Prec@{k} {v:.4f}" for k, v in test.items()) or "none (no test users with a label)"
 
 
@@ -112,7 +115,12 @@ def evaluate_run(run: Path, data: Path, ks: list[int]) -> dict[str, Any]:
         loaded = load_run(run)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
-    split = split_protocol(load_data(data), seed=int(loaded.config["protocol"]["seed"]))
+    protocol = loaded.config["protocol"]
+    if protocol.get("test_users") == 0:  # the figures would be over users it was trained on
+        fail(f"{run} was trained with no user held out (--test-share 0): there is no test user to evaluate on")
+    split = split_protocol(
+        load_data(data), seed=int(protocol["seed"]), test_fraction=float(protocol.get("test_fraction", 0.2))
+    )
     differences = split.differences(loaded.config["protocol"])
     if differences:
         note_other_data(f"{data} is not the data {run} was trained on", differences)

@@ -81,3 +81,28 @@ def test_a_k_below_1_is_refused_naming_the_option(tmp_path: Path) -> None:
         result = CliRunner().invoke(app, [*args, "--k", "0"])
         assert result.exit_code == 2, result.output
         assert result.output.strip().splitlines()[-1] == "error: --k needs at least one value, each >= 1, got '0'"
+
+
+def test_a_run_trained_on_every_user_ships_and_is_not_evaluated(movielens_sample_dir: Path, tmp_path: Path) -> None:
+    """`--test-share 0`: the bundle to ship once the figures are taken, trained on every user but the
+    validation users; its parity is checked on real users it trained on (not synthetic ones), and
+    `evaluate` refuses it (its figures would be over trained-on users)."""
+    data, run, bundle = str(movielens_sample_dir), tmp_path / "run", tmp_path / "bundle"
+    args = ["train", data, "--out", str(run), "--epochs", "1", "--dim", "8", "--test-share", "0"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0 and "test none (--test-share 0: no user held out)" in result.output, result.output
+    protocol = json.loads((run / "config.json").read_text())["protocol"]
+    assert protocol["test_users"] == 0 and protocol["train_users"] == protocol["users"]
+    assert CliRunner().invoke(app, ["export", str(run), "--out", str(bundle)]).exit_code == 0
+    parity = json.loads((bundle / "manifest.json").read_text())["parity"]
+    assert parity["inputs"] == f"trained-on users of {data}; the run held none out"
+    refused = CliRunner().invoke(app, ["evaluate", str(run), data])
+    assert refused.exit_code != 0 and "trained with no user held out (--test-share 0)" in refused.output
+    # another share: evaluate splits as the run did (before, at 0.2 whatever the run's share)
+    other = tmp_path / "run30"
+    assert CliRunner().invoke(app, [*args[:3], str(other), *args[4:8], "--test-share", "0.3"]).exit_code == 0
+    figures = CliRunner().invoke(app, ["evaluate", str(other), data, "--json"])
+    assert figures.exit_code == 0 and "is not the data" not in figures.output, figures.output
+    recorded = json.loads((other / "config.json").read_text())["protocol"]["test_users"]
+    measured = json.loads(figures.stdout)
+    assert measured["test_users"] == recorded and measured["same_data_as_training"] is True
