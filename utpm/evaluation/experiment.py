@@ -257,6 +257,20 @@ def recovery_at_k(ranked: Sequence[Sequence[str]], truth: Sequence[set[str]], k:
     return precision_at_k(ranked, truth, k).value
 
 
+# In a worker process: the parent's event that says "stop": set when a job has failed, so that the
+# jobs running then end at their next epoch instead of training to the end for nothing.
+_STOP: Any = None
+
+
+class JobStopped(Exception):
+    """A job ended early because another job of the experiment failed."""
+
+
+def _worker_start(stop: Any) -> None:
+    global _STOP
+    _STOP = stop
+
+
 def run_job(data_path: str, job: Job, ks: Sequence[int], updates: Any = None) -> dict[str, Any]:
     """Train and score one job (runs in a worker process); `updates` (a queue shared with the parent)
     gets (job label, epoch, epochs, validation score) when the job starts (epoch 0) and after each epoch."""
@@ -269,6 +283,8 @@ def run_job(data_path: str, job: Job, ks: Sequence[int], updates: Any = None) ->
     torch.set_num_threads(1)
 
     def epoch_done(epoch: int, total: int, point: dict[str, float]) -> None:
+        if _STOP is not None and _STOP.is_set():
+            raise JobStopped(f"{job.label}: stopped at epoch {epoch} (another job failed)")
         if updates is not None:
             updates.put((job.label, epoch, total, point.get("val_score")))
 
@@ -469,7 +485,11 @@ def run_experiment(
     # a fold can train for many minutes: its workers report every epoch through this queue (a
     # manager process, started only when someone listens)
     listening = multiprocessing.Manager() if progress is not None else contextlib.nullcontext()
-    with listening as manager, ProcessPoolExecutor(max_workers=workers) as pool:
+    stop = multiprocessing.get_context().Event()  # handed to each worker as it starts
+    with (
+        listening as manager,
+        ProcessPoolExecutor(max_workers=workers, initializer=_worker_start, initargs=(stop,)) as pool,
+    ):
         updates = manager.Queue() if manager is not None else None
         futures = {pool.submit(run_job, path, job, tuple(ks), updates): job for job in jobs}
         pending = set(futures)
@@ -486,9 +506,12 @@ def run_experiment(
             for fut in finished:
                 try:
                     result.runs.append(fut.result())
-                except ValueError as e:  # a job this data cannot make (DataError too): the rest are not run
-                    pool.shutdown(wait=True, cancel_futures=True)  # the jobs running now still finish
-                    raise ExperimentError(f"{futures[fut].label}: {e}") from None
+                except Exception as e:  # the rest are not run: those queued are cancelled, and
+                    stop.set()  # those running end at their next epoch (JobStopped)
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    if isinstance(e, ValueError):  # a job this data cannot make (DataError too)
+                        raise ExperimentError(f"{futures[fut].label}: {e}") from None
+                    raise
                 done += 1
                 if progress is not None:
                     progress(done, len(jobs), f"{futures[fut].label}: done")
