@@ -49,6 +49,16 @@ def test_bad_label_in_a_few_rows_is_dropped_with_a_counted_warning(tmp_path: Pat
     assert any("dropped 1 row(s) with a label that is not 0 or 1 (first at line 32)" in w for w in ds.report.warnings)
 
 
+def test_events_repeated_exactly_are_kept_and_noted(tmp_path: Path) -> None:
+    """A log that wrote some events twice inflated every count the model reads without a word."""
+    rows = [*GOOD_EVENTS[:10], GOOD_EVENTS[3], GOOD_EVENTS[3], *GOOD_EVENTS[10:]]
+    ds = load_dataset(write(tmp_path, events=events_csv(rows)))
+    assert len(ds.events) == 42  # kept: a repeat may be a real one
+    assert any("2 event(s) repeat an earlier one exactly (user, item, timestamp, label; first at line 12)" in w
+               for w in ds.report.warnings)  # fmt: skip
+    assert not any("repeat an earlier one" in w for w in load_dataset(write(tmp_path)).report.warnings)
+
+
 def test_mostly_bad_labels_is_an_error_naming_the_first_line(tmp_path: Path) -> None:
     rows = ["u1,i1,5,yes", "u1,i2,6,1", "u2,i1,7,maybe"]
     with pytest.raises(DataError, match=r"line 2: a label that is not 0 or 1 \(2 of 3 rows"):

@@ -286,6 +286,14 @@ def _load_events(path: Path, item_ids: pd.Index, report: LoadReport) -> pd.DataF
         df = df.loc[~unknown]
     if len(df) == 0:
         raise DataError(path, "no usable events")
+    repeated = df.duplicated(list(EVENT_COLUMNS))
+    if repeated.any():  # kept: a repeat may be real, but logging duplicates would inflate every count
+        first = int(df.loc[repeated, "_line"].iloc[0])
+        report.warn(
+            f"{path}: {int(repeated.sum())} event(s) repeat an earlier one exactly (user, item, timestamp, label; "
+            f"first at line {first}); kept, each counting as an event: deduplicate upstream if they are logging "
+            "duplicates"
+        )
     report.rows["events"] = len(df)
     out = df[list(EVENT_COLUMNS)].reset_index(drop=True)
     return out.astype({"timestamp": np.int64, "label": np.int8})
