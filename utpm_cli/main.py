@@ -27,6 +27,7 @@ from utpm_cli.bench import (
 from utpm_cli.errors import (
     dataset_folder,
     fail,
+    given_options,
     load_data,
     missing_extra,
     output_file,
@@ -44,6 +45,7 @@ from utpm_cli.model import (
     bench_start_cmd,
     evaluate_run,
     held_out_figures,
+    note_tags_beyond_n,
     parse_variants,
     prepare_amazon_cmd,
     train_default,
@@ -149,8 +151,10 @@ def inspect_cmd(data: Annotated[Path, typer.Argument(help="A data set in the gen
     """Validate a data set and print its row counts, warnings and the protocol's user split."""
     import json
 
+    import numpy as np
+
     from utpm.data.loading import load_dataset
-    from utpm.data.protocol import split_protocol
+    from utpm.data.protocol import clicked_items_tag_counts, split_protocol
 
     t0 = time.perf_counter()
     try:
@@ -159,6 +163,10 @@ def inspect_cmd(data: Annotated[Path, typer.Argument(help="A data set in the gen
         fail(str(e))
     split = split_protocol(ds)
     info = {"rows": ds.report.rows, "warnings": ds.report.warnings, "protocol": split.protocol_info()}
+    counts = clicked_items_tag_counts(ds)
+    if len(counts):  # what to choose a preset's N by: an item's tags past its first N are not counted
+        quantiles = np.percentile(counts, [50, 90]).tolist()
+        info["tags_per_clicked_item"] = {"median": quantiles[0], "p90": quantiles[1], "max": int(counts.max())}
     typer.echo(json.dumps(info, indent=2))
     typer.echo(f"validated {data} in {time.perf_counter() - t0:.1f}s")
 
@@ -218,7 +226,8 @@ def train_cmd(
 
     if model in ("utpm-hist", "default"):
         return train_default(
-            data, out, loss=loss, preset=preset, seed=seed, test_share=test_share, epochs=epochs,
+            data, out, loss=loss, preset=preset, seed=seed, test_share=test_share,
+            note_n=not given_options(ctx, ("preset",)), epochs=epochs,
             batch_size=batch_size, lr=lr or 1e-3,
             dim=dim, max_values=max_values, counts=counts, history=history, tie=tie, cross=cross,
             short_requests=short_requests,
@@ -249,6 +258,8 @@ def train_cmd(
     from utpm.data.protocol import split_protocol
 
     dataset = load_data(data)
+    if not given_options(ctx, ("preset",)):
+        note_tags_beyond_n(dataset, preset)
     split = split_protocol(dataset, seed=seed, test_fraction=test_share)
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn())
     with Progress(*columns) as bar:
@@ -359,8 +370,11 @@ def experiment_cmd(
     if hparam_seeds and not hparams:
         fail("--hparam-seeds: seeds of the hyper-parameter study, which needs --hparams")
     from utpm.evaluation.experiment import experiment_dataset
+    from utpm.models.presets import PRESETS
 
-    load_data(data, experiment_dataset)  # its notes before the bar; the experiment reads it from there
+    dataset = load_data(data, experiment_dataset)  # its notes before the bar; the experiment reads it from there
+    if preset in PRESETS and not given_options(ctx, ("preset",)):  # an unknown one is refused later
+        note_tags_beyond_n(dataset, preset)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
         task = bar.add_task("experiment", total=None)
 

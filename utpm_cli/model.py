@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
 
 from utpm.data.errors import DataError
 from utpm_cli.errors import dataset_folder, fail, load_data, output_file
+
+if TYPE_CHECKING:
+    from utpm.data.loading import Dataset
 
 
 def prepare_amazon_cmd(
@@ -37,6 +40,7 @@ def train_default(
     preset: str,
     seed: int,
     test_share: float,
+    note_n: bool,
     epochs: int,
     batch_size: int,
     lr: float,
@@ -68,7 +72,10 @@ def train_default(
         )
     except ValueError as e:
         fail(str(e))
-    split = split_protocol(load_data(data), seed=seed, test_fraction=test_share)
+    dataset = load_data(data)
+    if note_n:
+        note_tags_beyond_n(dataset, preset)
+    split = split_protocol(dataset, seed=seed, test_fraction=test_share)
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn())
     with Progress(*columns) as bar:
         task = bar.add_task(f"train {config.model}/{config.loss}", total=epochs, info="")
@@ -92,6 +99,32 @@ def held_out_figures(test: dict[int, float], test_share: float) -> str:
     if test_share == 0:
         return "none (--test-share 0: no user held out)"
     return ", ".join(f"Prec@{k} {v:.4f}" for k, v in test.items()) or "none (no test users with a label)"
+
+
+# Above this share of clicked items with more than N tags, a training says that N cuts them.
+TAGS_BEYOND_N_NOTE = 0.25
+
+
+def note_tags_beyond_n(data: Dataset, preset_name: str) -> None:
+    """Say on stderr when many clicked items have more tags than the preset's N: the protocol counts
+    only an item's first N tags (trained on and scored), so the default preset, taken without looking
+    at the data, silently drops the rest (the synthetic data has up to 5, the movielens preset keeps
+    3). For a --preset left at its default: one given was chosen."""
+    from utpm.data.protocol import clicked_items_tag_counts
+    from utpm.models.presets import PRESETS
+
+    preset = PRESETS[preset_name]
+    counts = clicked_items_tag_counts(data)
+    share = float((counts > preset.N).mean()) if len(counts) else 0.0
+    if share > TAGS_BEYOND_N_NOTE:
+        larger = sorted({(p.N, name) for name, p in PRESETS.items() if p.N > preset.N})
+        other = "; ".join(f"--preset {name}: N = {n}" for n, name in larger) or "no preset has a larger N"
+        typer.echo(
+            f"note: {share:.0%} of the clicked items have more than N = {preset.N} tags (up to {int(counts.max())}); "
+            f"the default --preset {preset.name} counts only each item's first {preset.N} as its tags, trained on "
+            f"and scored; give --preset to choose ({other})",
+            err=True,
+        )
 
 
 def note_other_data(what: str, differences: list[str]) -> None:

@@ -278,3 +278,18 @@ def test_cli_reports_bad_file_without_traceback(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "missing column(s) ['timestamp']" in result.output
     assert "Traceback" not in result.output
+
+
+def test_inspect_gives_the_tags_per_clicked_item_to_choose_n_by(tmp_path: Path) -> None:
+    """A preset's N counts each item's first N tags only; inspect now says how many the clicked items have."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from utpm_cli.main import app
+
+    result = CliRunner().invoke(app, ["inspect", str(write(tmp_path))])
+    assert result.exit_code == 0, result.output
+    # GOOD_EVENTS' clicks fall on i1 (a|b), i2 (b|c) and i3 (no tags, left out)
+    info = json.loads(result.stdout[: result.stdout.rindex("}") + 1])
+    assert info["tags_per_clicked_item"] == {"median": 2.0, "p90": 2.0, "max": 2}

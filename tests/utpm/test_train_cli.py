@@ -106,3 +106,22 @@ def test_a_run_trained_on_every_user_ships_and_is_not_evaluated(movielens_sample
     recorded = json.loads((other / "config.json").read_text())["protocol"]["test_users"]
     measured = json.loads(figures.stdout)
     assert measured["test_users"] == recorded and measured["same_data_as_training"] is True
+
+
+def test_a_default_preset_that_cuts_most_items_tags_is_noted(tmp_path: Path) -> None:
+    """The default --preset movielens counts an item's first 3 tags only: on data whose items have 5
+    (the synthetic data's), training dropped two of them from every label without a word."""
+    data = tmp_path / "data"
+    data.mkdir()
+    items = [f"i{j},{'|'.join(f'{t}{j % 4}' for t in 'abcde')}," for j in range(8)]
+    (data / "items.csv").write_text("item_id,tags,categories\n" + "\n".join(items) + "\n")
+    events = [f"u{u},i{(u + t) % 8},{t},1" for u in range(20) for t in range(10)]
+    (data / "events.csv").write_text("user_id,item_id,timestamp,label\n" + "\n".join(events) + "\n")
+    args = ["train", str(data), "--out", str(tmp_path / "run"), "--epochs", "1", "--dim", "8"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "note: 100% of the clicked items have more than N = 3 tags (up to 5); the default --preset movielens" in (
+        result.output
+    )
+    chosen = CliRunner().invoke(app, [*args, "--preset", "tiny"])  # a preset given was chosen: no note
+    assert chosen.exit_code == 0 and "more than N" not in chosen.output, chosen.output

@@ -328,6 +328,14 @@ def current_features(data: Dataset, max_history: int = 100) -> CurrentFeatures:
     return CurrentFeatures(user_ids, fields)
 
 
+def clicked_items_tag_counts(data: Dataset) -> np.ndarray:
+    """The number of tags of the item of each label-1 event whose item has tags."""
+    n_tags = data.items["tags"].map(len).to_numpy()
+    clicked = data.events.loc[data.events["label"] == 1, "item_id"]
+    counts = n_tags[pd.Index(data.items["item_id"]).get_indexer(clicked)]
+    return counts[counts > 0]
+
+
 def train_val_rows(split: ProtocolSplit, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(training rows, validation rows) exactly as the trainers draw them from the split's training users.
 
