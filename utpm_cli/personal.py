@@ -76,7 +76,18 @@ def bench_personal_cmd(
         fail(f"{', '.join(quality_only)}: part of the Prec@K figures, which --no-quality turns off")
     for path in (bundle, *([against] if against is not None else [])):
         require_bundle(path)
-    split = split_protocol(load_data(data), seed=seed)
+    from model_export.errors import BundleError
+    from model_export.manifest import Manifest
+
+    try:
+        recorded = Manifest.read(bundle).model.get("protocol")
+    except BundleError as e:
+        fail(str(e))
+    recorded = recorded if isinstance(recorded, dict) else {}
+    if quality and recorded.get("test_users") == 0:  # its Prec@K would be over users it was trained on
+        fail(f"{bundle} was trained with no user held out (--test-share 0): its Prec@K needs --no-quality")
+    # the bundle's own test users: its run's share of them (the protocol's 0.2 unless trained otherwise)
+    split = split_protocol(load_data(data), seed=seed, test_fraction=float(recorded.get("test_fraction", 0.2)))
 
     unknown_only: list[bool] = []  # per request served: none of its values is in the bundle's vocabularies
 

@@ -98,6 +98,12 @@ def test_a_run_trained_on_every_user_ships_and_is_not_evaluated(movielens_sample
     assert parity["inputs"] == f"trained-on users of {data}; the run held none out"
     refused = CliRunner().invoke(app, ["evaluate", str(run), data])
     assert refused.exit_code != 0 and "trained with no user held out (--test-share 0)" in refused.output
+    # the served lists' Prec@K would be over trained-on users too; their personalisation is still measured
+    assert CliRunner().invoke(app, ["index", "build", str(bundle), "--kind", "flat"]).exit_code == 0
+    personal = ["bench", "personal", str(bundle), data, "--users", "20"]
+    refused = CliRunner().invoke(app, personal)
+    assert refused.exit_code != 0 and "its Prec@K needs --no-quality" in refused.output, refused.output
+    assert CliRunner().invoke(app, [*personal, "--no-quality"]).exit_code == 0
     # another share: evaluate splits as the run did (before, at 0.2 whatever the run's share)
     other = tmp_path / "run30"
     assert CliRunner().invoke(app, [*args[:3], str(other), *args[4:8], "--test-share", "0.3"]).exit_code == 0
