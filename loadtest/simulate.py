@@ -49,14 +49,14 @@ def _check(r: httpx.Response, what: str) -> Any:
 
 
 def load_held_out(
-    data: Path, seed: int, item_tags: int
+    data: Path, seed: int, item_tags: int, test_share: float = 0.2
 ) -> tuple[list[tuple[str, dict[str, list[str]], list[tuple[list[str], bool]]]], ProtocolSplit]:
-    """(user id, history features, label-period impressions) of each test user of the protocol split,
-    and the split."""
+    """(user id, history features, label-period impressions) of each test user of the protocol split
+    (`test_share` of the users), and the split."""
     from utpm.data.loading import load_dataset
     from utpm.data.protocol import split_protocol
 
-    split = split_protocol(load_dataset(data), seed=seed)
+    split = split_protocol(load_dataset(data), seed=seed, test_fraction=test_share)
     users = []
     for i in split.indices(test=True).tolist():
         items = [(tags, label == 1) for tags, label in split.label_items(i, item_tags) if tags]
@@ -73,6 +73,16 @@ def arms_tags_per_item(experiment: Mapping[str, Any]) -> int:
         told = ", ".join(f"{arm} {v if v is not None else 'not recorded'}" for arm, v in n.items())
         raise ValueError(f"the arms' tags per item (N) are {told}: pass --item-tags")
     return int(n["champion"])
+
+
+def arms_test_share(experiment: Mapping[str, Any]) -> float:
+    """The share of test users the arms' runs held out, when they agree (else, or when not recorded,
+    the protocol's 0.2: an arm split otherwise is then named in `not_held_out`)."""
+    shares = {(experiment[arm].get("trained_on") or {}).get("test_fraction") for arm in ("champion", "challenger")}
+    share = shares.pop() if len(shares) == 1 else None
+    if share == 0:
+        raise ValueError("the arms were trained with no user held out (--test-share 0): no held-out user to replay")
+    return float(share) if isinstance(share, int | float) else 0.2
 
 
 def simulate(
@@ -95,7 +105,7 @@ def simulate(
                 "the service serves no challenger; start it with UTPM_AB_CHALLENGER_BUNDLE or POST /admin/challenger"
             )
         item_tags = item_tags or arms_tags_per_item(experiment)
-        users, split = load_held_out(data, seed, item_tags)
+        users, split = load_held_out(data, seed, item_tags, arms_test_share(experiment))
         if not users:
             raise ValueError(f"{data}: no test user with a labelled item that has tags")
         versions = {arm: experiment[arm]["model_version"] for arm in ("champion", "challenger")}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.simulate import arms_tags_per_item, load_held_out, markdown, simulate
+from loadtest.simulate import arms_tags_per_item, arms_test_share, load_held_out, markdown, simulate
 from tests.serving import LiveServer, settings_for
 
 
@@ -54,3 +54,18 @@ def test_the_items_tags_of_a_replay_are_the_arms_training_n_unless_given() -> No
         arms_tags_per_item(experiment(3, 5))
     with pytest.raises(ValueError, match="champion not recorded, challenger 3: pass --item-tags"):
         arms_tags_per_item(experiment(None, 3))
+
+
+def test_a_replay_splits_as_the_arms_were_split() -> None:
+    """The replay re-split the data at 0.2 whatever share of test users the arms' runs held out."""
+
+    def experiment(champion: float | None, challenger: float | None) -> dict[str, dict[str, object]]:
+        def arm(share: float | None) -> dict[str, object]:
+            return {"trained_on": None if share is None else {"test_fraction": share}}
+
+        return {"champion": arm(champion), "challenger": arm(challenger)}
+
+    assert arms_test_share(experiment(0.3, 0.3)) == 0.3
+    assert arms_test_share(experiment(0.3, 0.2)) == arms_test_share(experiment(None, None)) == 0.2
+    with pytest.raises(ValueError, match="no user held out \\(--test-share 0\\): no held-out user to replay"):
+        arms_test_share(experiment(0.0, 0.0))
