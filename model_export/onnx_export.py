@@ -136,8 +136,10 @@ def onnx_runner(session: ort.InferenceSession, field_names: Sequence[str]) -> Ru
     return run
 
 
-def _heldout_from_data(data: Path, config: dict[str, Any], encoder: FeatureEncoder, n: int) -> list[RawFeatures]:
-    """Raw features of the run's test users: the protocol re-applied with the run's settings."""
+def _users_from_data(data: Path, config: dict[str, Any], encoder: FeatureEncoder, n: int) -> list[RawFeatures]:
+    """Raw features of the run's test users: the protocol re-applied with the run's settings. A run
+    that held none out (`--test-share 0`) gets its first n users, which it trained on: parity is a
+    numerical check, for which real users' features are the realistic inputs, held out or not."""
     from utpm.data.loading import load_dataset
     from utpm.data.protocol import split_protocol
 
@@ -149,22 +151,8 @@ def _heldout_from_data(data: Path, config: dict[str, Any], encoder: FeatureEncod
         test_fraction=float(proto.get("test_fraction", 0.2)),
     )
     names = set(encoder.field_names)
-    rows = split.indices(test=True)[:n]
+    rows = split.indices(test=True)[:n] if split.test_fraction > 0 else np.arange(min(n, split.n_users))
     return [{k: v for k, v in split.features(int(i)).items() if k in names} for i in rows]
-
-
-def _trained_from_data(data: Path, config: dict[str, Any], encoder: FeatureEncoder, n: int) -> list[RawFeatures]:
-    """Raw features of users the run was trained on (a run with no test user): parity is a numerical
-    check, for which real users' features are the realistic inputs, held out or not."""
-    from utpm.data.loading import load_dataset
-    from utpm.data.protocol import split_protocol
-
-    proto = config.get("protocol", {})
-    split = split_protocol(
-        load_dataset(data), seed=int(proto.get("seed", 0)), history_fraction=float(proto.get("history_fraction", 0.8))
-    )
-    names = set(encoder.field_names)
-    return [{k: v for k, v in split.features(i).items() if k in names} for i in range(min(n, split.n_users))]
 
 
 def heldout_users(
@@ -188,18 +176,16 @@ def heldout_users(
         source = data if data is not None else Path(str(run_config.get("protocol", {}).get("source", "")))
         if data is not None or (str(source) and source.is_dir()):
             try:
-                users = _heldout_from_data(source, run_config, encoder, n)
+                users = _users_from_data(source, run_config, encoder, n)
             except (DataError, OSError, ValueError, KeyError) as e:
                 if data is not None:
                     raise ExportError(f"cannot read held-out users from {data}: {e}") from None
                 log.warning("run's data %s unreadable (%s); using synthetic users", source, e)
             else:
+                if users and float(run_config.get("protocol", {}).get("test_fraction", 0.2)) == 0:
+                    return users, f"trained-on users of {source}; the run held none out"
                 if users:
                     return users, f"test users of {source} under the run's protocol"
-                if run_config.get("protocol", {}).get("test_users") == 0:  # trained with --test-share 0
-                    users = _trained_from_data(source, run_config, encoder, n)
-                    if users:
-                        return users, f"trained-on users of {source}; the run held none out"
                 log.warning("no test users in %s; using synthetic users", source)
         else:
             log.info("run's data %s not found; using synthetic users", source)
