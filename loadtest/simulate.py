@@ -75,6 +75,16 @@ def arms_tags_per_item(experiment: Mapping[str, Any]) -> int:
     return int(n["champion"])
 
 
+def arms_seed(experiment: Mapping[str, Any]) -> int:
+    """The seed of the split both arms were trained under (GET /experiment's `trained_on`), so that
+    the replay's test users are theirs; 0 when neither recorded one."""
+    seeds = {arm: (experiment[arm].get("trained_on") or {}).get("seed") for arm in ("champion", "challenger")}
+    if len(set(seeds.values())) > 1:
+        told = ", ".join(f"{arm} {v}" for arm, v in seeds.items())
+        raise ValueError(f"the arms were trained under other splits (seed: {told}): pass --seed")
+    return int(seeds["champion"]) if isinstance(seeds["champion"], int) else 0
+
+
 def arms_test_share(experiment: Mapping[str, Any]) -> float:
     """The share of test users the arms' runs held out, when they agree (else, or when not recorded,
     the protocol's 0.2: an arm split otherwise is then named in `not_held_out`)."""
@@ -89,7 +99,7 @@ def simulate(
     base_url: str,
     data: Path,
     *,
-    seed: int = 0,
+    seed: int | None = None,
     k: int = 10,
     item_tags: int | None = None,
     prefix: str = "sim:",
@@ -105,6 +115,7 @@ def simulate(
                 "the service serves no challenger; start it with UTPM_AB_CHALLENGER_BUNDLE or POST /admin/challenger"
             )
         item_tags = item_tags or arms_tags_per_item(experiment)
+        seed = arms_seed(experiment) if seed is None else seed
         users, split = load_held_out(data, seed, item_tags, arms_test_share(experiment))
         if not users:
             raise ValueError(f"{data}: no test user with a labelled item that has tags")

@@ -17,7 +17,10 @@ def simulate_cmd(
         str, typer.Argument(help="Base URL of a running service with a challenger, e.g. http://127.0.0.1:8000.")
     ],
     data: Annotated[Path, typer.Argument(help="The data set (generic format) the bundles were trained on.")],
-    seed: Annotated[int, typer.Option(help="Seed of the protocol's user split: the bundles' training seed.")] = 0,
+    seed: Annotated[
+        int | None,
+        typer.Option(help="Seed of the protocol's user split (default: the arms' training seed, GET /experiment)."),
+    ] = None,
     k: Annotated[int, typer.Option(min=1, help="Tags per served profile (what QC/DCTR restrict to).")] = 10,
     item_tags: Annotated[
         int | None,

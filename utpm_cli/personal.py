@@ -12,7 +12,8 @@ item's tags, as the field holds them), in recency order. It is a second measurem
 next to the default one, not a replacement: a request with counts says more about the user.
 
 Quality of the same requests: the split's test users (held out from the bundle's training when it
-was trained on DATA with the same `--seed`, as `utpm demo` does) are sent the same way, and the
+was trained on DATA: the split is its run's, seed and share of test users from its manifest unless
+`--seed` says otherwise) are sent the same way, and the
 served lists' Prec@1/2/3 (C: the first N tags of the label-1 items, N the bundle's) are set beside the
 experiments' yardsticks (mostpop, histfreq and the tuned blend, which read the users' whole
 histories), with paired bootstrap 95% intervals: is what a request of this shape gets better than
@@ -47,7 +48,10 @@ def bench_personal_cmd(
     users: Annotated[int, typer.Option(min=2, help="Users to profile (a seeded draw).")] = 200,
     k: Annotated[int, typer.Option(min=1, max=1000, help="Tags per profile.")] = 10,
     values: Annotated[int, typer.Option(min=1, help="Most recent distinct values sent per field.")] = 10,
-    seed: Annotated[int, typer.Option(help="Seed of the protocol split and of the draw of users.")] = 0,
+    seed: Annotated[
+        int | None,
+        typer.Option(help="Seed of the protocol split and of the draw of users (default: the bundle's training seed)."),
+    ] = None,
     counts: Annotated[
         bool, typer.Option("--counts", help="Send each value with its count among the clicked history items.")
     ] = False,
@@ -84,6 +88,7 @@ def bench_personal_cmd(
     except BundleError as e:
         fail(str(e))
     recorded = recorded if isinstance(recorded, dict) else {}
+    seed = int(recorded.get("seed", 0)) if seed is None else seed  # its test users are its run's
     if quality and recorded.get("test_users") == 0:  # its Prec@K would be over users it was trained on
         fail(f"{bundle} was trained with no user held out (--test-share 0): its Prec@K needs --no-quality")
     # the bundle's own test users: its run's share of them (the protocol's 0.2 unless trained otherwise)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.simulate import arms_tags_per_item, arms_test_share, load_held_out, markdown, simulate
+from loadtest.simulate import arms_seed, arms_tags_per_item, arms_test_share, load_held_out, markdown, simulate
 from tests.serving import LiveServer, settings_for
 
 
@@ -66,6 +66,13 @@ def test_a_replay_splits_as_the_arms_were_split() -> None:
         return {"champion": arm(champion), "challenger": arm(challenger)}
 
     assert arms_test_share(experiment(0.3, 0.3)) == 0.3
+    # and under the arms' seed (it was 0 unless --seed was given)
+    seeded = {arm: {"trained_on": {"seed": 1}} for arm in ("champion", "challenger")}
+    assert arms_seed(seeded) == 1 and arms_seed(experiment(None, None)) == 0
+    with pytest.raises(
+        ValueError, match="trained under other splits \\(seed: champion 1, challenger 0\\): pass --seed"
+    ):
+        arms_seed({**seeded, "challenger": {"trained_on": {"seed": 0}}})
     assert arms_test_share(experiment(0.3, 0.2)) == arms_test_share(experiment(None, None)) == 0.2
     with pytest.raises(ValueError, match="no user held out \\(--test-share 0\\): no held-out user to replay"):
         arms_test_share(experiment(0.0, 0.0))

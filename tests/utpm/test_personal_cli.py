@@ -100,3 +100,15 @@ def test_bench_personal_says_when_its_split_is_not_the_one_the_bundle_was_traine
         f"note: {movielens_dir} under --seed 1 is not the split {hist_bundle} was trained on (seed 0 then, 1 now"
         in (" ".join(res.output.split()))
     )
+
+
+def test_bench_personal_takes_the_bundles_training_seed_by_default(
+    bundles: dict[str, Path], movielens_dir: Path, tmp_path: Path
+) -> None:
+    """Before, the split was seed 0's whatever seed the bundle was trained under (bundle b: seed 1),
+    so its served lists were scored on users it had trained on unless --seed was given."""
+    out = tmp_path / "personal.json"
+    args = [str(bundles["b"]), str(movielens_dir), "--users", "20", "--no-quality", "--json", str(out)]
+    res = CliRunner().invoke(app, ["bench", "personal", *args])
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["same_data_as_training"] is True and "is not the split" not in res.output
