@@ -37,12 +37,15 @@ def export_cmd(
         bool, typer.Option("--int8", help="Also write model.int8.onnx (dynamic quantisation), with its agreement.")
     ] = False,
     opset: Annotated[int, typer.Option(help="ONNX opset (17 up to what the installed torch writes).")] = 17,
-    parity_users: Annotated[int, typer.Option(help="At most this many held-out users in the parity check.")] = 1024,
+    parity_users: Annotated[
+        int, typer.Option(help="At most this many users in the parity check (the run's test users, else its first).")
+    ] = 1024,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Export a run as a versioned bundle: ONNX user tower, tag embeddings, vocabularies, manifest.
 
-    Fails, writing nothing, unless ONNX Runtime matches PyTorch on held-out users (max |du| <= 1e-4, same top-50: 99%).
+    Fails, writing nothing, unless ONNX Runtime matches PyTorch on the run's test users (its first users when it held
+    none out; max |du| <= 1e-4, same top-50: 99%).
     """
     from model_export.onnx_export import export_bundle  # torch: a missing extra is named by utpm_cli.main.main
     from utpm.data.errors import DataError
