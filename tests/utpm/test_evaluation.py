@@ -12,7 +12,15 @@ from utpm.data.loading import Dataset
 from utpm.data.protocol import split_protocol
 from utpm.evaluation.experiment import paired_gap, verdict
 from utpm.evaluation.metrics import precision_at_k, unique_top, user_precision
-from utpm.evaluation.yardsticks import PLANTED, PLANTED_SEEN, tag_order, yardstick_rankings
+from utpm.evaluation.yardsticks import (
+    PLANTED,
+    PLANTED_SEEN,
+    Blend,
+    popularity_counts,
+    tag_order,
+    tune_blend,
+    yardstick_rankings,
+)
 
 
 def test_user_precision_divides_by_min_k_and_c() -> None:
@@ -113,3 +121,38 @@ def test_paired_gap_and_verdict() -> None:
     mean, std, n = paired_gap(runs, ("a", "joint"), ("b", "joint"), "prec@1")
     assert n == 3 and math.isclose(mean, 0.1) and std < 1e-9
     assert verdict(mean, std) == "holds" and verdict(-0.1, 0.01) == "reversed" and verdict(0.01, 0.02) == "tie"
+
+
+def _heavy_user_data() -> Dataset:
+    """30 users whose last event is item 'a' (tag 'common'), after 4 events of 'h' (tag 'hist'), and
+    one heavy user (a crawler) with 500 events of 'b' (tag 'botty'): 100 in its label window."""
+    items = pd.DataFrame(
+        {"item_id": ["a", "b", "h"], "tags": [["common"], ["botty"], ["hist"]], "categories": [["c"]] * 3}
+    )
+    rows = [(str(u), it, t, 1) for u in range(30) for t, it in enumerate(["h"] * 4 + ["a"])]
+    rows += [("bot", "b", t, 1) for t in range(500)]
+    ev = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "label"]).astype(
+        {"timestamp": np.int64, "label": np.int8}
+    )
+    return Dataset(items=items, events=ev, users=None)
+
+
+def test_one_heavy_user_does_not_swamp_the_tuned_blends_popularity() -> None:
+    """Counted by label items, one crawler's tag is the most popular; counted by users, the tag most
+    users click is. The blend tunes which count it uses on the validation users, and so ranks
+    'common' first for new users where the event count would rank 'botty'."""
+    split = split_protocol(_heavy_user_data(), seed=0, test_fraction=0.0)
+    users = [str(u) for u in split.user_ids]
+    bot = users.index("bot")
+    normal = np.asarray([i for i in range(len(users)) if i != bot])
+    train, val, test = np.sort(np.r_[normal[:15], bot]), normal[15:25], normal[25:]
+    assert popularity_counts(split, train, 3).most_common(1) == [("botty", 100)]
+    assert popularity_counts(split, train, 3, "users").most_common(2) == [("common", 15), ("botty", 1)]
+    with pytest.raises(ValueError, match="unknown popularity count"):
+        popularity_counts(split, train, 3, "clicks")
+    blend = tune_blend(split, train, val, 3)
+    assert blend == Blend(0.0, 0.0, "users")
+    ranked = yardstick_rankings("blend", split, train, test, max_tags=3, limit=2, val_rows=val)
+    assert all(r[0] == "common" for r in ranked)
+    by_events = yardstick_rankings("blend", split, train, test, max_tags=3, limit=2, blend=(0.0, 0.0))
+    assert all(r[0] == "botty" for r in by_events)  # what the event count alone would serve

@@ -177,3 +177,18 @@ def test_bench_start_scores_every_starting_point_on_validation_users_and_the_ora
         assert all(0.0 <= rows[0][name][k] <= 1.0 for k in (1, 2, 3))
     assert rows[0]["oracle"][1] >= rows[0]["blend"][1]
     assert set(summarise(rows)) == {"blend", "tuned_start", "half-blend", "half-tuned", "oracle"}
+
+
+def test_the_start_counts_popularity_as_the_blend_chose_on_validation_users() -> None:
+    """b_t = log1p(popularity) counts what the tuned blend chose: with one crawler among the training
+    users, users rather than label items, so b_t ranks the tag most users click above the crawler's."""
+    from tests.utpm.test_evaluation import _heavy_user_data
+    from utpm.training.history import prepare_history
+
+    split = split_protocol(_heavy_user_data(), seed=0, test_fraction=0.0)
+    st = prepare_history(split, HistoryTrainConfig(preset=TINY_HIST, epochs=1))
+    assert "bot" in {str(split.user_ids[i]) for i in st.train_rows}
+    assert st.blend.popularity == "users"
+    bias = {t: float(st.bias[st.tags.lookup[t]]) for t in ("common", "botty")}
+    assert bias["common"] > bias["botty"] > 0
+    assert bias["botty"] == pytest.approx(np.log1p(1.0))  # one user, however many events

@@ -378,7 +378,7 @@ def split_yardstick_runs(
         )
         run: dict[str, Any] = {"model": name, "loss": "-", "seed": seed, "yardstick": True}
         if name in ("blend", *ORACLES):
-            run["blend_a"], run["blend_c"] = blend
+            run["blend_a"], run["blend_c"], run["blend_popularity"] = blend
         score_rankings(run, split, test_rows, ranked, ks, max_tags, truth)
         runs.append(run)
     return runs

@@ -68,12 +68,13 @@ def check_start(
         clicked = [split.clicked_tags(int(i), n) for i in st.val_rows]
         problem = StartProblem.build(batch, st.bias, clicked, st.tags)
         w_blend = np.zeros(len(PHI_NAMES))
-        w_blend[:2] = st.blend
+        w_blend[:2] = st.blend[:2]
         tuned = tune_linear_start(st, config)
         row: dict[str, Any] = {
             "fold": seed,
             "val_users": problem.users,
-            "blend_weights": list(st.blend),
+            "blend_weights": list(st.blend[:2]),
+            "popularity": st.blend.popularity,
             "tuned": {"w_bias": tuned.w_bias, "weights": {k: v for k, v in tuned.weights.items() if v}},
             "blend": problem.precision(1.0, w_blend, KS),
             "tuned_start": problem.precision(tuned.w_bias, tuned.vector(), KS),
@@ -84,7 +85,8 @@ def check_start(
         users = 0
         for h in (0, 1):
             fit, score = np.sort(halves[h]), np.sort(halves[1 - h])
-            a, c = tune_blend(split, st.train_rows, st.val_rows[fit], n, KS)
+            # the half's a, c over the fold's b_t (st.bias counts what the whole fold's blend chose)
+            a, c, _ = tune_blend(split, st.train_rows, st.val_rows[fit], n, KS)
             p_fit = StartProblem.build(_rows(batch, fit), st.bias, [clicked[j] for j in fit], st.tags)
             p_score = StartProblem.build(_rows(batch, score), st.bias, [clicked[j] for j in score], st.tags)
             t = tune_start(p_fit, {"log1p_count": a, "log1p_distinct_items": c}, KS)

@@ -5,8 +5,8 @@
 - `histfreq`: the user's own history tags (of label-1 history items) ranked by frequency, ties by
   popularity, back-filled by `mostpop`.
 - `blend`: log1p(popularity) + a * log1p(history count) + c * log1p(distinct history items with the
-  tag), with a and c chosen on the validation users (`tune_blend`): the bar a model that claims to
-  learn the user must clear.
+  tag), with a, c and what the popularity counts (`POPULARITY_COUNTS`) chosen on the validation users
+  (`tune_blend`): the bar a model that claims to learn the user must clear.
 
 And two references that are not yardsticks, only where the data has planted interests (synthetic
 data, `truth.csv`): `planted-first`, the blend's ranking with the test user's planted interests moved
@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -39,6 +40,18 @@ ORACLES = (PLANTED, PLANTED_SEEN)  # read the test users' planted interests
 # every row of an experiment that is not a model
 REFERENCES = (*YARDSTICKS, *ORACLES)
 BLEND_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+# What a tag's popularity counts: the training users' label-1 items carrying it, or the training users
+# whose C holds it. The second is the constant ranking Prec@K rewards and one heavy user (a crawler, a
+# shared account) cannot swamp it; which ranks better is data's to say, so the blend tunes it.
+POPULARITY_COUNTS = ("events", "users")
+
+
+class Blend(NamedTuple):
+    """The blend's weights and the popularity its log1p(popularity) counts."""
+
+    a: float
+    c: float
+    popularity: str = "events"
 
 
 def tag_order(split: ProtocolSplit, train_rows: np.ndarray, max_tags: int | None) -> dict[str, int]:
@@ -59,18 +72,29 @@ def _tie_key(order: dict[str, int]) -> Callable[[str], tuple[int, str]]:
     return lambda t: (order.get(t, unknown), t)
 
 
-def popularity_counts(split: ProtocolSplit, train_rows: np.ndarray, max_tags: int | None) -> Counter[str]:
+def popularity_counts(
+    split: ProtocolSplit, train_rows: np.ndarray, max_tags: int | None, count: str = "events"
+) -> Counter[str]:
+    """tag -> how many of the training users' label-1 items carry it (`count="events"`), or how many
+    training users' C hold it (`"users"`)."""
+    if count not in POPULARITY_COUNTS:
+        raise ValueError(f"unknown popularity count {count!r}; valid: {POPULARITY_COUNTS}")
     counts: Counter[str] = Counter()
     for i in train_rows:
+        if count == "users":
+            counts.update(split.clicked_tags(int(i), max_tags))
+            continue
         for tags, y in split.label_items(int(i), max_tags):
             if y == 1:
                 counts.update(tags)
     return counts
 
 
-def popularity(split: ProtocolSplit, train_rows: np.ndarray, max_tags: int | None, order: dict[str, int]) -> list[str]:
-    """Tags ranked by frequency among the training users' label-1 items (ties by `tag_order`)."""
-    counts = popularity_counts(split, train_rows, max_tags)
+def popularity(
+    split: ProtocolSplit, train_rows: np.ndarray, max_tags: int | None, order: dict[str, int], count: str = "events"
+) -> list[str]:
+    """Tags ranked by `popularity_counts` (ties by `tag_order`)."""
+    counts = popularity_counts(split, train_rows, max_tags, count)
     tie = _tie_key(order)
     return sorted(counts, key=lambda t: (-counts[t], tie(t)))
 
@@ -131,22 +155,23 @@ def tune_blend(
     ks: Sequence[int] = (1, 2, 3),
     grid: Sequence[float] = BLEND_GRID,
     order: dict[str, int] | None = None,
-) -> tuple[float, float]:
-    """(a, c) with the best mean validation Prec@k over `ks` (ties: the smaller a, then c); `order`:
-    the split's `tag_order`, when the caller has it already."""
-    pop = popularity_counts(split, train_rows, max_tags)
+) -> Blend:
+    """The `Blend` with the best mean validation Prec@k over `ks` (ties: event counts, then the smaller
+    a, then c); `order`: the split's `tag_order`, when the caller has it already."""
     order = tag_order(split, train_rows, max_tags) if order is None else order
-    popular = popularity(split, train_rows, max_tags, order)
     hists = [history_counts(split, int(i), max_tags) for i in val_rows]
     clicked = [split.clicked_tags(int(i), max_tags) for i in val_rows]
-    best, best_ac = -1.0, (0.0, 0.0)
-    for a in grid:
-        for c in grid:
-            ranked = [blend_ranking(h, pop, popular, a, c, max(ks), order) for h in hists]
-            score = float(np.mean([precision_at_k(ranked, clicked, k).value for k in ks]))
-            if score > best + 1e-12:
-                best, best_ac = score, (a, c)
-    return best_ac
+    best, best_blend = -1.0, Blend(0.0, 0.0)
+    for count in POPULARITY_COUNTS:
+        pop = popularity_counts(split, train_rows, max_tags, count)
+        popular = popularity(split, train_rows, max_tags, order, count)
+        for a in grid:
+            for c in grid:
+                ranked = [blend_ranking(h, pop, popular, a, c, max(ks), order) for h in hists]
+                score = float(np.mean([precision_at_k(ranked, clicked, k).value for k in ks]))
+                if score > best + 1e-12:
+                    best, best_blend = score, Blend(a, c, count)
+    return best_blend
 
 
 def yardstick_rankings(
@@ -157,16 +182,16 @@ def yardstick_rankings(
     max_tags: int | None,
     limit: int = 50,
     val_rows: np.ndarray | None = None,
-    blend: tuple[float, float] | None = None,
+    blend: Blend | tuple[float, float] | None = None,
     order: dict[str, int] | None = None,
     planted: Sequence[set[str]] | None = None,
 ) -> list[list[str]]:
     """Ranked tags for each test user under yardstick `name` (or an `ORACLES` reference), items cut to
     their first `max_tags` tags.
 
-    `blend` and the references need `blend=(a, c)` or `val_rows` to tune them on; the references also
-    `planted`, each test user's planted interests. `order`: the split's `tag_order`, when the caller has
-    it already (it reads every training event).
+    `blend` and the references need a `Blend` (or `(a, c)`: event counts) or `val_rows` to tune one
+    on; the references also `planted`, each test user's planted interests. `order`: the split's
+    `tag_order`, when the caller has it already (it reads every training event).
     """
     order = tag_order(split, train_rows, max_tags) if order is None else order
     popular = popularity(split, train_rows, max_tags, order)
@@ -181,8 +206,9 @@ def yardstick_rankings(
             if val_rows is None:
                 raise ValueError("the blend yardstick needs validation rows to tune a and c on, or blend=(a, c)")
             blend = tune_blend(split, train_rows, val_rows, max_tags, order=order)
-        pop = popularity_counts(split, train_rows, max_tags)
-        a, c = blend
+        a, c, count = Blend(*blend)
+        pop = popularity_counts(split, train_rows, max_tags, count)
+        popular = popularity(split, train_rows, max_tags, order, count)
         none: set[str] = set()
         firsts = planted if name in ORACLES and planted is not None else [none] * len(test_rows)
         out = []

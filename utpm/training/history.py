@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from utpm.data.protocol import ProtocolSplit
 from utpm.evaluation.metrics import precision_at_k
-from utpm.evaluation.yardsticks import popularity_counts, tune_blend
+from utpm.evaluation.yardsticks import Blend, popularity_counts, tune_blend
 from utpm.features.encoding import FeatureEncoder
 from utpm.features.history import (
     TAG_FIELD,
@@ -402,11 +402,11 @@ class HistorySetup:
     train_encs: list[HistoryEncoder]
     half: np.ndarray
     examples: list[tuple[int, int]]
-    # label-tag popularity among the training users; b_t = log1p(pop)
+    # label-tag popularity among the training users, counted as `blend.popularity` says; b_t = log1p(pop)
     pop: np.ndarray
     # per training user: (tag ids, change of log1p(pop) when the user's own labels are left out)
     own_pop: dict[int, tuple[np.ndarray, np.ndarray]]
-    blend: tuple[float, float]
+    blend: Blend
 
     @property
     def bias(self) -> np.ndarray:
@@ -463,28 +463,29 @@ def prepare_history(split: ProtocolSplit, config: HistoryTrainConfig) -> History
         raise ValueError("no training examples: no training user has a label-1 item after a history")
     n_tags = len(tags)
     # Start at the blend yardstick tuned on the validation users: b_t = log1p(popularity among the
-    # training users' label items), the history path's linear part a, c (docs/results.md).
+    # training users' label items, counted as the blend counts it), the history path's linear part a, c
+    # (docs/results.md).
+    blend = (
+        tune_blend(split, train_rows, val_rows, p.N, tuple(config.early_stop_ks))
+        if config.start_at_blend and len(val_rows)
+        else Blend(0.0, 0.0)
+    )
     pop = np.zeros(n_tags, np.float64)
-    for t, n in popularity_counts(split, train_rows, p.N).items():
+    for t, n in popularity_counts(split, train_rows, p.N, blend.popularity).items():
         pop[tags.lookup.get(t, 0)] += n
     pop[: Vocabulary.OOV + 1] = 0.0
     # b_t of a training user's own example leaves that user's labels out of the popularity (else
     # the base looks better on training users than on new ones and the residual learns that)
     own_pop: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for i in train_rows.tolist():
-        own = popularity_counts(split, np.asarray([i]), p.N)
+        own = popularity_counts(split, np.asarray([i]), p.N, blend.popularity)
         ids_ = np.asarray([tags.lookup.get(t, 0) for t in own], np.int64)
         n_own = np.asarray(list(own.values()), np.float64)
         ok = ids_ > Vocabulary.OOV
         ids_, n_own = ids_[ok], n_own[ok]
         own_pop[i] = (ids_, (np.log1p(np.maximum(pop[ids_] - n_own, 0.0)) - np.log1p(pop[ids_])).astype(np.float32))
-    a, c = (
-        tune_blend(split, train_rows, val_rows, p.N, tuple(config.early_stop_ks))
-        if config.start_at_blend and len(val_rows)
-        else (0.0, 0.0)
-    )
     return HistorySetup(
-        val_rows, train_rows, seqs, encoder, tags, henc, list(train_encs), half, examples, pop, own_pop, (a, c)
+        val_rows, train_rows, seqs, encoder, tags, henc, list(train_encs), half, examples, pop, own_pop, blend
     )
 
 
@@ -544,7 +545,14 @@ def train_history(
         return stop_score(evaluate(val_batch, val_clicked, config.early_stop_ks)[0])
 
     w_bias = 1.0
-    start_info: dict[str, Any] = {"kind": "blend", "w_bias": 1.0, "weights": dict(blend_weights)}
+    # b_t's popularity counts what the blend tuned on the validation users chose (`POPULARITY_COUNTS`)
+    popularity = st.blend.popularity
+    start_info: dict[str, Any] = {
+        "kind": "blend",
+        "w_bias": 1.0,
+        "weights": dict(blend_weights),
+        "popularity": popularity,
+    }
     if config.start == "tuned" and config.start_at_blend and len(val_rows) and model.g is not None:
         # a linear start over b_t and every phi, tuned on the training examples (their features as
         # the residual's training sees them), kept if it does at least as well as the blend on the
@@ -569,6 +577,7 @@ def train_history(
             "tuning_score_blend": tuned.start_score,
             "val_score": tuned_val,
             "val_score_blend": blend_val,
+            "popularity": popularity,
             "seconds": time.perf_counter() - t0,
         }
         log.info("start: %s", start_info)
