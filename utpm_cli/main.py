@@ -146,6 +146,10 @@ def prepare_synthetic_cmd(
     typer.echo(f"wrote {rows} to {out} in {report.seconds:.1f}s (peak RSS {report.peak_rss_mb:.0f} MB)")
 
 
+# One user with this share of all clicks among 20 or more users is worth a note in `inspect`.
+HEAVY_USER_SHARE = 0.05
+
+
 @app.command("inspect")
 def inspect_cmd(data: Annotated[Path, typer.Argument(help="A data set in the generic format.")]) -> None:
     """Validate a data set and print its row counts, warnings and the protocol's user split."""
@@ -154,7 +158,7 @@ def inspect_cmd(data: Annotated[Path, typer.Argument(help="A data set in the gen
     import numpy as np
 
     from utpm.data.loading import load_dataset
-    from utpm.data.protocol import clicked_items_tag_counts, split_protocol
+    from utpm.data.protocol import clicked_items_tag_counts, clicks_per_user, split_protocol
 
     t0 = time.perf_counter()
     try:
@@ -167,6 +171,24 @@ def inspect_cmd(data: Annotated[Path, typer.Argument(help="A data set in the gen
     if len(counts):  # what to choose a preset's N by: an item's tags past its first N are not counted
         quantiles = np.percentile(counts, [50, 90]).tolist()
         info["tags_per_clicked_item"] = {"median": quantiles[0], "p90": quantiles[1], "max": int(counts.max())}
+    clicks = clicks_per_user(ds)
+    if len(clicks):  # a crawler or a shared account: by clicks, its tags would be the popular ones
+        top, share = str(clicks.index[0]), float(clicks.iloc[0] / clicks.sum())
+        quantiles = [round(q, 1) for q in np.percentile(clicks.to_numpy(), [50, 99]).tolist()]
+        info["clicks_per_user"] = {
+            "median": quantiles[0],
+            "p99": quantiles[1],
+            "max": int(clicks.iloc[0]),
+            "heaviest_user": top,
+            "heaviest_share": round(share, 4),
+        }
+        if len(clicks) >= 20 and share >= HEAVY_USER_SHARE:
+            typer.echo(
+                f"note: user {top!r} has {share:.0%} of the label-1 events ({int(clicks.iloc[0]):,}; median "
+                f"{quantiles[0]:g}): a tag's popularity counted by events would be mostly theirs (the blend and "
+                "the default model choose on validation users whether to count users instead, docs/model.md)",
+                err=True,
+            )
     typer.echo(json.dumps(info, indent=2))
     typer.echo(f"validated {data} in {time.perf_counter() - t0:.1f}s")
 

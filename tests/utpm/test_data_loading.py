@@ -293,3 +293,32 @@ def test_inspect_gives_the_tags_per_clicked_item_to_choose_n_by(tmp_path: Path) 
     # GOOD_EVENTS' clicks fall on i1 (a|b), i2 (b|c) and i3 (no tags, left out)
     info = json.loads(result.stdout[: result.stdout.rindex("}") + 1])
     assert info["tags_per_clicked_item"] == {"median": 2.0, "p90": 2.0, "max": 2}
+
+
+def test_inspect_names_a_user_with_a_large_share_of_the_clicks(tmp_path: Path) -> None:
+    """A crawler's clicks would be most of an event-counted popularity: inspect gives the clicks per
+    user and notes a user with 5% or more of them (here 100 of 138 clicks, among 20 users)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from utpm_cli.main import app
+
+    rows = [f"u{u},i{1 + t % 2},{t},1" for u in range(19) for t in range(2)]
+    rows += [f"crawler,i2,{t},1" for t in range(100)]
+    write(tmp_path, events="user_id,item_id,timestamp,label\n" + "\n".join(rows) + "\n")
+    result = CliRunner().invoke(app, ["inspect", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout[: result.stdout.rindex("}") + 1])
+    assert info["clicks_per_user"] == {
+        "median": 2.0,
+        "p99": 81.4,
+        "max": 100,
+        "heaviest_user": "crawler",
+        "heaviest_share": round(100 / 138, 4),
+    }
+    assert "note: user 'crawler' has 72% of the label-1 events (100; median 2)" in result.stderr
+    # the same log without the crawler: no note
+    write(tmp_path, events="user_id,item_id,timestamp,label\n" + "\n".join(rows[:38]) + "\n")
+    result = CliRunner().invoke(app, ["inspect", str(tmp_path)])
+    assert result.exit_code == 0 and "note: user" not in result.stderr

@@ -336,6 +336,11 @@ def clicked_items_tag_counts(data: Dataset) -> np.ndarray:
     return counts[counts > 0]
 
 
+def clicks_per_user(data: Dataset) -> pd.Series:
+    """The number of label-1 events of each user, most first."""
+    return data.events.loc[data.events["label"] == 1, "user_id"].value_counts()
+
+
 def train_val_rows(split: ProtocolSplit, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(training rows, validation rows) exactly as the trainers draw them from the split's training users.
 
