@@ -401,3 +401,26 @@ def test_movielens_all_positive_variant_keeps_every_rating_as_a_click(tmp_path: 
     allpos = prepare_movielens(src, tmp_path / "allpos", all_positive=True)
     assert allpos.negatives == 0 and allpos.dropped_ratings == 0
     assert allpos.positives == paper.positives + paper.negatives + paper.dropped_ratings
+
+
+def test_bootstrap_intervals_do_not_depend_on_the_order_the_runs_finished_in() -> None:
+    """`utpm experiment` collects runs as their jobs finish; the seeded bootstrap must resample the
+    same users whatever that order (it did not: a rerun moved an interval in its third decimal)."""
+    from utpm.evaluation.experiment import ExperimentResult
+
+    rng = np.random.default_rng(0)
+    runs = []
+    for seed in range(4):
+        users = [f"u{j}" for j in rng.permutation(30)[:20].tolist()]
+        for model, loss in (("m", "x"), ("mostpop", "-")):
+            values = rng.integers(0, 2, len(users)).astype(float).tolist()
+            per_user = {"users": users, "prec@1": values}
+            runs.append({"model": model, "loss": loss, "seed": seed, "yardstick": model == "mostpop", "prec@1": 0.5})
+            runs[-1]["per_user"] = per_user
+    first = ExperimentResult(dataset="d", protocol={}, runs=runs).intervals((1,), n_boot=200)
+    again = ExperimentResult(dataset="d", protocol={}, runs=runs[::-1]).intervals((1,), n_boot=200)
+    key = {(r["model"], r["k"]): r for r in again}
+    for row in first:
+        other = key[(row["model"], row["k"])]
+        assert row["ci95"] == other["ci95"] and row.get("vs") == other.get("vs")
+    assert any(r.get("vs") for r in first)

@@ -225,8 +225,10 @@ class ExperimentResult:
 
 
 def _by_user(values: dict[tuple[int, str], float]) -> list[float]:
+    """Each user's mean over runs, users in a fixed order: the runs arrive in the order their jobs
+    finished, and the bootstrap's seeded resampling must not depend on it."""
     per: dict[str, list[float]] = {}
-    for (_, u), v in values.items():
+    for (_, u), v in sorted(values.items()):
         per.setdefault(u, []).append(v)
     return [float(np.mean(v)) for v in per.values()]
 
