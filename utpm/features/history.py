@@ -62,6 +62,10 @@ N_BASE_PHI = 6
 # past MAX_FIT_PAIRS raw pairs (8 bytes each) it learns from a seeded sample of the users.
 PAIR_CHUNK = 20_000_000
 MAX_FIT_PAIRS = 400_000_000
+# A user with more history x label tag pairs than this (a crawler: most tags with most tags) is left
+# out of TagStats: their pairs say nothing of what users with tag h click next, and one user's block
+# of pairs is built at once (8 bytes a pair).
+MAX_USER_PAIRS = PAIR_CHUNK
 
 
 @dataclass
@@ -241,18 +245,28 @@ class TagStats:
         shrinkage: float = 10.0,
         n_popular: int = 50,
         max_pairs: int = MAX_FIT_PAIRS,
+        max_user_pairs: int = MAX_USER_PAIRS,
     ) -> TagStats:
         """`histories[u]`, `labels[u]`: user u's distinct history / label tag ids (ids <= OOV ignored).
-        Beyond `max_pairs` history x label tag pairs in all, a seeded sample of the users is used."""
+        A user with more than `max_user_pairs` history x label tag pairs is left out; beyond
+        `max_pairs` pairs in all, a seeded sample of the users is used: in a seeded order, each user
+        whose pairs still fit in what is left of the budget."""
         hs = [np.unique(h[h > Vocabulary.OOV]).astype(np.int64) for h in histories]
         ls = [np.unique(c[c > Vocabulary.OOV]).astype(np.int64) for c in labels]
         keep = [j for j, c in enumerate(ls) if len(c)]
         n_pairs = np.asarray([len(hs[j]) * len(ls[j]) for j in keep], np.int64)
+        light = n_pairs <= max_user_pairs
+        keep, n_pairs = [j for j, ok in zip(keep, light.tolist(), strict=True) if ok], n_pairs[light]
         if n_pairs.sum() > max_pairs:
-            # a seeded sample of users, all statistics from it: every pair must be held while counted
-            order = np.random.default_rng(0).permutation(len(keep))
-            fits = order[: int(np.searchsorted(np.cumsum(n_pairs[order]), max_pairs, side="right"))]
-            keep = [keep[j] for j in np.sort(fits)]
+            # a seeded sample of users, all statistics from it: every pair must be held while counted.
+            # A user who does not fit is skipped, not the end of the sample (a cut there would drop
+            # every user after one large one).
+            left, fits = max_pairs, []
+            for j in np.random.default_rng(0).permutation(len(keep)).tolist():
+                if n_pairs[j] <= left:
+                    fits.append(j)
+                    left -= int(n_pairs[j])
+            keep = [keep[j] for j in sorted(fits)]
         n_users = len(keep)
         n_c = np.bincount(np.concatenate([ls[j] for j in keep] or [np.zeros(0, np.int64)]), minlength=n_tags)
         n_h = np.bincount(np.concatenate([hs[j] for j in keep] or [np.zeros(0, np.int64)]), minlength=n_tags)

@@ -41,8 +41,41 @@ def test_past_the_pair_budget_a_seeded_sample_of_users_gives_every_statistic() -
     # the same as fitting the sampled users alone: counts, lifts and rates all come from them
     keep = [j for j, c in enumerate(labels) if len(c)]
     pairs = np.asarray([len(hist[j]) * len(labels[j]) for j in keep])
-    order = np.random.default_rng(0).permutation(len(keep))
-    chosen = np.sort(order[: int(np.searchsorted(np.cumsum(pairs[order]), budget, side="right"))])
+    picked, left = [], budget
+    for j in np.random.default_rng(0).permutation(len(keep)).tolist():
+        if pairs[j] <= left:  # in the seeded order, every user that still fits
+            picked.append(j)
+            left -= int(pairs[j])
+    chosen = np.sort(picked)
     assert 0 < pairs[chosen].sum() <= budget
     alone = TagStats.fit([hist[keep[j]] for j in chosen], [labels[keep[j]] for j in chosen], 40, neighbours=5)
     _same(sampled, alone)
+
+
+def _n_users(stats: TagStats) -> int:
+    """The number of users the statistics came from, read back from the label rate of the OOV id."""
+    return round(0.5 / np.exp(float(stats.label_rate[0])) - 1)
+
+
+def test_one_user_with_more_pairs_than_the_budget_does_not_cut_the_sample_short() -> None:
+    """The sample past the budget took users in a seeded order up to the first that did not fit: one
+    crawler (every tag in its history and its labels) early in that order left out every user after
+    it. Now it is skipped, and the users that fit are all used."""
+    hist, labels = _users(60, 40, seed=3)
+    small = sum(len(h) * len(c) for h, c in zip(hist, labels, strict=True))
+    crawler = np.arange(2, 40)
+    assert small < len(crawler) ** 2  # a budget every other user fits in, the crawler alone not
+    for at in (0, 30):  # early and midway in the list (the sample's order is seeded, not the list's)
+        h2, l2 = [*hist[:at], crawler, *hist[at:]], [*labels[:at], crawler, *labels[at:]]
+        stats = TagStats.fit(h2, l2, 40, neighbours=5, max_pairs=small)
+        assert _n_users(stats) == sum(1 for c in labels if len(c))  # every other user with labels
+        _same(stats, TagStats.fit(hist, labels, 40, neighbours=5))
+
+
+def test_a_user_past_the_per_user_cap_is_left_out() -> None:
+    hist, labels = _users(100, 40, seed=4)
+    crawler = np.arange(2, 40)
+    whole = TagStats.fit([*hist, crawler], [*labels, crawler], 40, neighbours=5)
+    assert _n_users(whole) == sum(1 for c in labels if len(c)) + 1
+    capped = TagStats.fit([*hist, crawler], [*labels, crawler], 40, neighbours=5, max_user_pairs=38 * 38 - 1)
+    _same(capped, TagStats.fit(hist, labels, 40, neighbours=5))
