@@ -88,9 +88,12 @@ def train_default(
         except ValueError as e:
             fail(str(e))
     test = held_out_figures(result.test, test_share)
+    start = result.start or {}
+    # the prior the residual was trained on: chosen on the validation users, so worth a word
+    prior = f"{start.get('kind', 'blend')} start, popularity by {start.get('popularity', 'events')}"
     typer.echo(
-        f"trained {config.model}/{config.loss} (best epoch {result.best_epoch}, {result.samples_per_s:,.0f} "
-        f"users/s); test {test}; wrote {out}"
+        f"trained {config.model}/{config.loss} (best epoch {result.best_epoch}, {prior}, "
+        f"{result.samples_per_s:,.0f} users/s); test {test}; wrote {out}"
     )
 
 

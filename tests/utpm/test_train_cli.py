@@ -24,6 +24,9 @@ def test_train_without_options_trains_the_default_model_with_its_default_loss(
     # what loading noticed is said (before, only `inspect` showed it: a training on data with dropped
     # rows said nothing of them)
     assert "note: " in result.output and "item(s) have no tags" in result.output
+    # the prior the validation users chose (start and popularity count) is on the summary line
+    start = json.loads((out / "metrics.json").read_text())["start"]
+    assert f"{start['kind']} start, popularity by {start['popularity']}" in result.output
 
 
 def test_train_refuses_an_unknown_loss_by_name(movielens_dir: Path, tmp_path: Path) -> None:
