@@ -249,6 +249,13 @@ def test_experiment_reports_three_yardsticks_intervals_and_personalisation(tmp_p
     assert list(pairs) == ["dim=8,max_values=5,history=False"]
     assert all(d["runs"] == 2 for d in pairs["dim=8,max_values=5,history=False"].values())
     assert table.count("of 2)") == 2  # one cell per K in the report's paired table
+    # the blend's popularity count, chosen per run, is in each blend row and summed up in the report
+    counts = [r["blend_popularity"] for r in result.runs if r["model"] == "blend"]
+    assert len(counts) == 2 and set(counts) <= {"events", "users"}
+    from utpm.evaluation.report import render
+
+    text = render(result, (1, 2), None, None, None, "utpm experiment")
+    assert f"counted users in {counts.count('users')} of 2 runs" in text
 
 
 def test_with_planted_interests_the_experiment_adds_the_planted_references(tmp_path: Path) -> None:

@@ -77,7 +77,14 @@ def render(
             f"Users are split by {p['folds']}-fold cross-validation, repeated {p.get('repeats', 1)} times (a seed is "
             "one fold of one repetition; every user is a test user once per repetition). Models and yardsticks "
             "see the same training rows; 20% of the training users are validation users (early stopping, the "
-            "blend's a and c).",
+            "blend's a, c and what its popularity counts).",
+            "",
+        ]
+    counts = [r["blend_popularity"] for r in result.runs if r["model"] == "blend" and "blend_popularity" in r]
+    if counts:
+        lines += [
+            f"The blend's popularity (and the default model's b_t) counted users in {counts.count('users')} of "
+            f"{len(counts)} runs, label items in the others, as each run's validation users chose.",
             "",
         ]
     losses = _losses(result)
