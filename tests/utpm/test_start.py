@@ -23,6 +23,7 @@ from utpm.training.history import (
     encode_users,
     fit_tag_stats,
     history_preset,
+    prepare_history,
     rank_history,
     train_history,
 )
@@ -173,10 +174,48 @@ def test_bench_start_scores_every_starting_point_on_validation_users_and_the_ora
     truth = {str(split.user_ids[i]): split.clicked_tags(i, TINY_HIST.N) for i in range(split.n_users)}
     rows = check_start(out, "tiny", 3, [0], truth)
     assert len(rows) == 1 and rows[0]["val_users"] > 0
-    for name in ("blend", "tuned_start", "half-blend", "half-tuned", "oracle"):
+    names = {"blend", "tuned_start", "half-blend", "half-tuned", "half-credit", "oracle"}
+    for name in names:
         assert all(0.0 <= rows[0][name][k] <= 1.0 for k in (1, 2, 3))
     assert rows[0]["oracle"][1] >= rows[0]["blend"][1]
-    assert set(summarise(rows)) == {"blend", "tuned_start", "half-blend", "half-tuned", "oracle"}
+    assert set(summarise(rows)) == names
+    assert len(rows[0]["credit_weights"]) == 2 and all(set(w) == {"a", "c", "e"} for w in rows[0]["credit_weights"])
+
+
+def test_credit_moves_a_clicked_items_click_to_the_tag_the_user_keeps_clicking() -> None:
+    from utpm.evaluation.start_check import credit_items
+
+    # "a" is on every clicked item, "b", "c", "d" each ride along once; "e" is alone on its item
+    items = [{"a", "b"}, {"a", "c"}, {"a", "d"}, {"e"}]
+    assert credit_items(items, sweeps=0) == {"a": 3, "b": 1, "c": 1, "d": 1, "e": 1}
+    credit = credit_items(items)
+    assert credit["a"] > 2.95 and all(credit[t] < 0.02 for t in "bcd")
+    assert credit["e"] == pytest.approx(1.0)  # nothing to share with
+    assert sum(credit.values()) == pytest.approx(len(items))  # every click is credited once
+    assert credit_items([{"x", "y"}]) == {"x": 0.5, "y": 0.5}  # no evidence either way: an even split
+
+
+def test_the_credit_blend_with_no_credit_ranks_as_the_models_blend_start() -> None:
+    """`half-credit` is comparable to `half-blend`: with e = 0 the yardstick's ranking code gives the
+    same Prec@k as the model's arithmetic (StartProblem) on the same users and weights."""
+    from utpm.evaluation.start_check import KS, _credit_blend, credited_counts
+    from utpm.evaluation.yardsticks import history_counts
+
+    split = split_protocol(synthetic_dataset(n_users=40, events=30), seed=0)
+    config = HistoryTrainConfig(preset=TINY_HIST, seed=0, early_stop_ks=KS, eval_ks=KS)
+    st = prepare_history(split, config)
+    n = TINY_HIST.N
+    rows = [int(i) for i in st.val_rows if split.clicked_tags(int(i), n)]
+    clicked = {i: split.clicked_tags(i, n) for i in rows}
+    scores, (a, c, e) = _credit_blend(split, st.train_rows, st.blend.popularity, n, rows, rows, clicked, (0.0,))
+    assert e == 0.0 and (a, c) == tuple(st.blend[:2])  # the same grid and ties as `tune_blend`
+    batch = encode_users(st.seqs, st.henc, np.asarray(rows))
+    problem = StartProblem.build(batch, st.bias, list(clicked.values()), st.tags)
+    w = np.zeros(len(PHI_NAMES))
+    w[:2] = (a, c)
+    assert scores == pytest.approx(problem.precision(1.0, w, KS), abs=1e-6)
+    # and the credit is a history tag's: the same tags as its counts
+    assert all(credited_counts(split, i, n).keys() == history_counts(split, i, n).keys() for i in rows)
 
 
 def test_the_start_counts_popularity_as_the_blend_chose_on_validation_users() -> None:

@@ -9,12 +9,18 @@ is read), the linear scorers the model can start from, scored on the fold's vali
 - `half-blend` / `half-tuned`: the validation users split in two; on each half, the blend's a, c and
   a tuned start both chosen on the other half, so both are out of sample: what tuning a dozen weights
   on validation users alone would give;
+- `half-credit`: the half-blend plus e * log1p(the tag's credited history items, `credited_counts`),
+  a, c and e chosen on the other half of the validation users (ties to e = 0, the blend): what
+  telling a clicked item's tags apart would add; a candidate feature, not in the model (the service's
+  request carries each field's values, not which of them were on the same item);
 - `oracle` (with the data's `truth.csv`, the synthetic data's planted interests): the user's planted
   interests first, in the blend's order, then the blend: what knowing the interests adds.
 """
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,11 +28,87 @@ from typing import Any
 import numpy as np
 
 from utpm.data.loading import load_dataset
-from utpm.evaluation.yardsticks import tune_blend
+from utpm.data.protocol import ProtocolSplit
+from utpm.evaluation.metrics import precision_at_k
+from utpm.evaluation.yardsticks import (
+    BLEND_GRID,
+    blend_ranking,
+    history_counts,
+    popularity,
+    popularity_counts,
+    tag_order,
+    tune_blend,
+)
 from utpm.features.history import PHI_NAMES, HistoryBatch
 from utpm.features.vocab import Vocabulary
 
 KS = (1, 2, 3)
+CREDIT_SWEEPS = 5
+
+
+def credited_counts(
+    split: ProtocolSplit, user: int, max_tags: int | None, sweeps: int = CREDIT_SWEEPS
+) -> dict[str, float]:
+    """tag -> how many of the user's label-1 history items are credited to it: each item's click is
+    shared among its tags in proportion to their credit (at first their counts), `sweeps` times (EM
+    for "each click is explained by one of the item's tags"), so a tag that only rides along with a
+    stronger one on the same items loses its credit to it: the paper's question, which of a clicked
+    item's tags the user cared about, asked of one user's history."""
+    lo, hi = split.history.offsets[user], split.history.offsets[user + 1]
+    items = [
+        set(split.item_tags.row(int(item))[:max_tags])
+        for item, y in zip(split.history.codes[lo:hi], split.history_values[lo:hi], strict=True)
+        if y == 1
+    ]
+    return credit_items([tags for tags in items if tags], sweeps)
+
+
+def credit_items(items: Sequence[set[str]], sweeps: int = CREDIT_SWEEPS) -> dict[str, float]:
+    """tag -> its share of the clicks on `items` (each a set of tags), by `sweeps` EM sweeps from the counts."""
+    credit: dict[str, float] = dict(Counter(t for tags in items for t in tags))
+    for _ in range(sweeps):
+        shared: dict[str, float] = dict.fromkeys(credit, 0.0)
+        for tags in items:
+            total = sum(credit[t] for t in tags)
+            for t in tags:
+                shared[t] += credit[t] / total
+        credit = shared
+    return credit
+
+
+def _credit_blend(
+    split: ProtocolSplit,
+    train_rows: np.ndarray,
+    count: str,
+    max_tags: int,
+    fit: Sequence[int],
+    score: Sequence[int],
+    clicked: dict[int, set[str]],
+    e_grid: Sequence[float] = BLEND_GRID,
+) -> tuple[dict[int, float], tuple[float, float, float]]:
+    """Prec@k on the users `score` of the blend plus e * log1p(credited count), a, c from `BLEND_GRID`
+    and e from `e_grid` chosen on the users `fit` (mean Prec@k over KS; ties to the smaller e, a, c)."""
+    order = tag_order(split, train_rows, max_tags)
+    pop = popularity_counts(split, train_rows, max_tags, count)
+    popular = popularity(split, train_rows, max_tags, order, count)
+    users = {i: (history_counts(split, i, max_tags), credited_counts(split, i, max_tags)) for i in (*fit, *score)}
+
+    def precision(rows: Sequence[int], a: float, c: float, e: float) -> dict[int, float]:
+        ranked = []
+        for i in rows:
+            hist, credit = users[i]
+            extra = {t: e * math.log1p(v) for t, v in credit.items()} if e else None
+            ranked.append(blend_ranking(hist, pop, popular, a, c, max(KS), order, extra=extra))
+        return {k: precision_at_k(ranked, [clicked[i] for i in rows], k).value for k in KS}
+
+    best, weights = -1.0, (0.0, 0.0, 0.0)
+    for e in e_grid:
+        for a in BLEND_GRID:
+            for c in BLEND_GRID:
+                s = float(np.mean(list(precision(fit, a, c, e).values())))
+                if s > best + 1e-12:
+                    best, weights = s, (a, c, e)
+    return precision(score, *weights), weights
 
 
 def _rows(batch: HistoryBatch, idx: np.ndarray) -> HistoryBatch:
@@ -81,7 +163,10 @@ def check_start(
         }
         # out of sample on validation: tune on one half, score on the other
         halves = np.array_split(np.random.default_rng(seed).permutation(len(st.val_rows)), 2)
-        sums = {"half-blend": dict.fromkeys(KS, 0.0), "half-tuned": dict.fromkeys(KS, 0.0)}
+        names = ("half-blend", "half-tuned", "half-credit")
+        sums = {name: dict.fromkeys(KS, 0.0) for name in names}
+        by_row = {int(i): clicked[j] for j, i in enumerate(st.val_rows.tolist())}
+        row["credit_weights"] = []
         users = 0
         for h in (0, 1):
             fit, score = np.sort(halves[h]), np.sort(halves[1 - h])
@@ -95,6 +180,13 @@ def check_start(
             for name, (wb, ww) in (("half-blend", (1.0, w)), ("half-tuned", (t.w_bias, t.vector()))):
                 for k, v in p_score.precision(wb, ww, KS).items():
                     sums[name][k] += v * p_score.users
+            fit_rows, score_rows = ([int(st.val_rows[j]) for j in part if clicked[j]] for part in (fit, score))
+            credit, credit_weights = _credit_blend(
+                split, st.train_rows, st.blend.popularity, n, fit_rows, score_rows, by_row
+            )
+            row["credit_weights"].append(dict(zip(("a", "c", "e"), credit_weights, strict=True)))
+            for k, v in credit.items():
+                sums["half-credit"][k] += v * p_score.users
             users += p_score.users
         for name, s in sums.items():
             row[name] = {k: v / max(users, 1) for k, v in s.items()}
@@ -114,6 +206,7 @@ def check_start(
 
 def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, dict[int, float]]:
     """Users-weighted mean over folds of each starting point's Prec@k."""
-    names = [n for n in ("blend", "tuned_start", "half-blend", "half-tuned", "oracle") if rows and n in rows[0]]
+    every = ("blend", "tuned_start", "half-blend", "half-tuned", "half-credit", "oracle")
+    names = [n for n in every if rows and n in rows[0]]
     total = sum(r["val_users"] for r in rows) or 1
     return {n: {k: sum(r[n][k] * r["val_users"] for r in rows) / total for k in KS} for n in names}

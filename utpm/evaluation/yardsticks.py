@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -133,16 +133,19 @@ def blend_ranking(
     limit: int,
     order: dict[str, int],
     first: frozenset[str] | set[str] = frozenset(),
+    extra: Mapping[str, float] | None = None,
 ) -> list[str]:
     """Ranked tags by log1p(pop) + a log1p(count) + c log1p(distinct), over history and popular tags
-    (ties by `tag_order`); the tags in `first` (candidates too) before all others, in the same order."""
+    (ties by `tag_order`); the tags in `first` (candidates too) before all others, in the same order.
+    `extra`: a score added to some history tags (a candidate feature, `utpm bench start`)."""
     cand = set(hist) | set(popular[:limit]) | set(first)
     zero = (0, 0)
     tie = _tie_key(order)
+    more = extra or {}
 
     def score(t: str) -> float:
         n, d = hist.get(t, zero)
-        return math.log1p(pop.get(t, 0)) + a * math.log1p(n) + c * math.log1p(d)
+        return math.log1p(pop.get(t, 0)) + a * math.log1p(n) + c * math.log1p(d) + more.get(t, 0.0)
 
     return sorted(cand, key=lambda t: (t not in first, -score(t), tie(t)))[:limit]
 
