@@ -231,7 +231,7 @@ def bench_start_cmd(
     import json
 
     from utpm.evaluation.experiment import _load_truth
-    from utpm.evaluation.start_check import KS, check_start, summarise
+    from utpm.evaluation.start_check import KS, check_start, credit_gap, summarise
 
     try:
         rows = check_start(data, preset, folds, fold if fold else list(range(folds)), _load_truth(data))
@@ -246,6 +246,13 @@ def bench_start_cmd(
     typer.echo(f"mean over {total} validation users (Prec@1/2/3):")
     for n, v in mean.items():
         typer.echo(f"  {n:12s} {' / '.join(f'{v[k]:.3f}' for k in KS)}  (mean {np.mean(list(v.values())):.4f})")
+    gap = credit_gap(rows)
+    line = " / ".join(f"{g['mean']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]" for g in gap.values())
+    typer.echo(f"half-credit - half-blend, paired per user (95% interval): {line}")
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps({"data": str(data), "folds": folds, "rows": rows, "mean": mean}, indent=2))
+        kept = [{k: v for k, v in r.items() if k != "credit_gaps"} for r in rows]  # per user: not an artifact
+        doc = {"data": str(data), "folds": folds, "rows": kept, "mean": mean, "credit_gap": gap}
+        json_out.write_text(json.dumps(doc, indent=2))
+    wrote = f"; wrote {json_out}" if json_out is not None else ""
+    typer.echo(f"bench start: {len(rows)} folds of {data}, {total} validation users{wrote}")

@@ -158,7 +158,7 @@ def test_train_history_keeps_the_tuned_start_only_if_it_does_as_well_as_the_blen
 def test_bench_start_scores_every_starting_point_on_validation_users_and_the_oracle_knows_the_truth(
     tmp_path,
 ) -> None:
-    from utpm.evaluation.start_check import check_start, summarise
+    from utpm.evaluation.start_check import check_start, credit_gap, summarise
 
     data = synthetic_dataset(n_users=30, events=24)
     out = tmp_path / "data"
@@ -180,6 +180,12 @@ def test_bench_start_scores_every_starting_point_on_validation_users_and_the_ora
     assert rows[0]["oracle"][1] >= rows[0]["blend"][1]
     assert set(summarise(rows)) == names
     assert len(rows[0]["credit_weights"]) == 2 and all(set(w) == {"a", "c", "e"} for w in rows[0]["credit_weights"])
+    # the paired gap is over the users half-credit was scored on, and its mean is half-credit - half-blend
+    gap = credit_gap(rows)
+    for k in (1, 2, 3):
+        assert len(rows[0]["credit_gaps"][k]) == rows[0]["val_users"]
+        assert gap[k]["low"] <= gap[k]["mean"] <= gap[k]["high"]
+        assert gap[k]["mean"] == pytest.approx(rows[0]["half-credit"][k] - rows[0]["half-blend"][k], abs=1e-6)
 
 
 def test_credit_moves_a_clicked_items_click_to_the_tag_the_user_keeps_clicking() -> None:
@@ -213,7 +219,8 @@ def test_the_credit_blend_with_no_credit_ranks_as_the_models_blend_start() -> No
     problem = StartProblem.build(batch, st.bias, list(clicked.values()), st.tags)
     w = np.zeros(len(PHI_NAMES))
     w[:2] = (a, c)
-    assert scores == pytest.approx(problem.precision(1.0, w, KS), abs=1e-6)
+    means = {k: float(np.mean(v)) for k, v in scores.items()}
+    assert means == pytest.approx(problem.precision(1.0, w, KS), abs=1e-6)
     # and the credit is a history tag's: the same tags as its counts
     assert all(credited_counts(split, i, n).keys() == history_counts(split, i, n).keys() for i in rows)
 

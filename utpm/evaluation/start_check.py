@@ -29,7 +29,8 @@ import numpy as np
 
 from utpm.data.loading import load_dataset
 from utpm.data.protocol import ProtocolSplit
-from utpm.evaluation.metrics import precision_at_k
+from utpm.evaluation.metrics import precision_at_k, user_precision
+from utpm.evaluation.personalisation import bootstrap_mean_ci
 from utpm.evaluation.yardsticks import (
     BLEND_GRID,
     blend_ranking,
@@ -85,21 +86,26 @@ def _credit_blend(
     score: Sequence[int],
     clicked: dict[int, set[str]],
     e_grid: Sequence[float] = BLEND_GRID,
-) -> tuple[dict[int, float], tuple[float, float, float]]:
-    """Prec@k on the users `score` of the blend plus e * log1p(credited count), a, c from `BLEND_GRID`
-    and e from `e_grid` chosen on the users `fit` (mean Prec@k over KS; ties to the smaller e, a, c)."""
+) -> tuple[dict[int, list[float]], tuple[float, float, float]]:
+    """Each of the users `score`'s Prec@k under the blend plus e * log1p(credited count), a, c from
+    `BLEND_GRID` and e from `e_grid` chosen on the users `fit` (mean Prec@k over KS; ties to the
+    smaller e, a, c)."""
     order = tag_order(split, train_rows, max_tags)
     pop = popularity_counts(split, train_rows, max_tags, count)
     popular = popularity(split, train_rows, max_tags, order, count)
     users = {i: (history_counts(split, i, max_tags), credited_counts(split, i, max_tags)) for i in (*fit, *score)}
 
-    def precision(rows: Sequence[int], a: float, c: float, e: float) -> dict[int, float]:
-        ranked = []
+    def ranked(rows: Sequence[int], a: float, c: float, e: float) -> list[list[str]]:
+        out = []
         for i in rows:
             hist, credit = users[i]
             extra = {t: e * math.log1p(v) for t, v in credit.items()} if e else None
-            ranked.append(blend_ranking(hist, pop, popular, a, c, max(KS), order, extra=extra))
-        return {k: precision_at_k(ranked, [clicked[i] for i in rows], k).value for k in KS}
+            out.append(blend_ranking(hist, pop, popular, a, c, max(KS), order, extra=extra))
+        return out
+
+    def precision(rows: Sequence[int], a: float, c: float, e: float) -> dict[int, float]:
+        lists = ranked(rows, a, c, e)
+        return {k: precision_at_k(lists, [clicked[i] for i in rows], k).value for k in KS}
 
     best, weights = -1.0, (0.0, 0.0, 0.0)
     for e in e_grid:
@@ -108,7 +114,8 @@ def _credit_blend(
                 s = float(np.mean(list(precision(fit, a, c, e).values())))
                 if s > best + 1e-12:
                     best, weights = s, (a, c, e)
-    return precision(score, *weights), weights
+    lists = ranked(score, *weights)
+    return {k: [user_precision(r, clicked[i], k) for r, i in zip(lists, score, strict=True)] for k in KS}, weights
 
 
 def _rows(batch: HistoryBatch, idx: np.ndarray) -> HistoryBatch:
@@ -167,6 +174,7 @@ def check_start(
         sums = {name: dict.fromkeys(KS, 0.0) for name in names}
         by_row = {int(i): clicked[j] for j, i in enumerate(st.val_rows.tolist())}
         row["credit_weights"] = []
+        gaps: dict[int, list[float]] = {k: [] for k in KS}
         users = 0
         for h in (0, 1):
             fit, score = np.sort(halves[h]), np.sort(halves[1 - h])
@@ -181,15 +189,17 @@ def check_start(
                 for k, v in p_score.precision(wb, ww, KS).items():
                     sums[name][k] += v * p_score.users
             fit_rows, score_rows = ([int(st.val_rows[j]) for j in part if clicked[j]] for part in (fit, score))
-            credit, credit_weights = _credit_blend(
-                split, st.train_rows, st.blend.popularity, n, fit_rows, score_rows, by_row
-            )
+            args = (split, st.train_rows, st.blend.popularity, n, fit_rows, score_rows, by_row)
+            credit, credit_weights = _credit_blend(*args)
+            no_credit, _ = _credit_blend(*args, e_grid=(0.0,))  # the half-blend, user by user
             row["credit_weights"].append(dict(zip(("a", "c", "e"), credit_weights, strict=True)))
-            for k, v in credit.items():
-                sums["half-credit"][k] += v * p_score.users
+            for k, per_user in credit.items():
+                sums["half-credit"][k] += float(np.sum(per_user))
+                gaps[k].extend(np.subtract(per_user, no_credit[k]).tolist())
             users += p_score.users
         for name, s in sums.items():
             row[name] = {k: v / max(users, 1) for k, v in s.items()}
+        row["credit_gaps"] = gaps
         if truth is not None:
             # the planted interests first (a bonus far above every score), then the blend
             lookup = st.tags.lookup
@@ -210,3 +220,14 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, dict[int, float]]:
     names = [n for n in every if rows and n in rows[0]]
     total = sum(r["val_users"] for r in rows) or 1
     return {n: {k: sum(r[n][k] * r["val_users"] for r in rows) / total for k in KS} for n in names}
+
+
+def credit_gap(rows: Sequence[dict[str, Any]]) -> dict[int, dict[str, float]]:
+    """half-credit minus half-blend, paired per validation user over every fold: the mean and a
+    bootstrap 95% interval, for each k."""
+    out = {}
+    for k in KS:
+        gaps = [g for r in rows for g in r["credit_gaps"][k]]
+        low, high = bootstrap_mean_ci(gaps)
+        out[k] = {"mean": float(np.mean(gaps)) if gaps else float("nan"), "low": low, "high": high}
+    return out
