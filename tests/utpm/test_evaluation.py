@@ -152,6 +152,8 @@ def test_one_heavy_user_does_not_swamp_the_tuned_blends_popularity() -> None:
         popularity_counts(split, train, 3, "clicks")
     blend = tune_blend(split, train, val, 3)
     assert blend == Blend(0.0, 0.0, "users")
+    # told which count to use (`utpm bench start`'s halves, scored on the fold's b_t), it keeps to it
+    assert tune_blend(split, train, val, 3, counts=("events",)).popularity == "events"
     ranked = yardstick_rankings("blend", split, train, test, max_tags=3, limit=2, val_rows=val)
     assert all(r[0] == "common" for r in ranked)
     by_events = yardstick_rankings("blend", split, train, test, max_tags=3, limit=2, blend=(0.0, 0.0))

@@ -10,9 +10,10 @@ is read), the linear scorers the model can start from, scored on the fold's vali
   a tuned start both chosen on the other half, so both are out of sample: what tuning a dozen weights
   on validation users alone would give;
 - `half-credit`: the half-blend plus e * log1p(the tag's credited history items, `credited_counts`),
-  a, c and e chosen on the other half of the validation users (ties to e = 0, the blend): what
-  telling a clicked item's tags apart would add; a candidate feature, not in the model (the service's
-  request carries each field's values, not which of them were on the same item);
+  a, c and e chosen on the other half of the validation users (ties to e = 0): what telling a
+  clicked item's tags apart would add, paired per user against the half-blend (`credit_gap`); a
+  candidate feature, not in the model (the service's request carries each field's values, not
+  which of them were on the same item);
 - `oracle` (with the data's `truth.csv`, the synthetic data's planted interests): the user's planted
   interests first, in the blend's order, then the blend: what knowing the interests adds.
 """
@@ -178,8 +179,10 @@ def check_start(
         users = 0
         for h in (0, 1):
             fit, score = np.sort(halves[h]), np.sort(halves[1 - h])
-            # the half's a, c over the fold's b_t (st.bias counts what the whole fold's blend chose)
-            a, c, _ = tune_blend(split, st.train_rows, st.val_rows[fit], n, KS)
+            # the half's a, c for the fold's b_t (st.bias counts what the whole fold's blend chose):
+            # a, c chosen along with the other count would be scored on a popularity they were not for
+            count = (st.blend.popularity,)
+            a, c, _ = tune_blend(split, st.train_rows, st.val_rows[fit], n, KS, counts=count)
             p_fit = StartProblem.build(_rows(batch, fit), st.bias, [clicked[j] for j in fit], st.tags)
             p_score = StartProblem.build(_rows(batch, score), st.bias, [clicked[j] for j in score], st.tags)
             t = tune_start(p_fit, {"log1p_count": a, "log1p_distinct_items": c}, KS)
@@ -191,7 +194,7 @@ def check_start(
             fit_rows, score_rows = ([int(st.val_rows[j]) for j in part if clicked[j]] for part in (fit, score))
             args = (split, st.train_rows, st.blend.popularity, n, fit_rows, score_rows, by_row)
             credit, credit_weights = _credit_blend(*args)
-            no_credit, _ = _credit_blend(*args, e_grid=(0.0,))  # the half-blend, user by user
+            no_credit, _ = _credit_blend(*args, e_grid=(0.0,))  # the half-blend, user by user (tested)
             row["credit_weights"].append(dict(zip(("a", "c", "e"), credit_weights, strict=True)))
             for k, per_user in credit.items():
                 sums["half-credit"][k] += float(np.sum(per_user))

@@ -158,14 +158,16 @@ def tune_blend(
     ks: Sequence[int] = (1, 2, 3),
     grid: Sequence[float] = BLEND_GRID,
     order: dict[str, int] | None = None,
+    counts: Sequence[str] = POPULARITY_COUNTS,
 ) -> Blend:
     """The `Blend` with the best mean validation Prec@k over `ks` (ties: event counts, then the smaller
-    a, then c); `order`: the split's `tag_order`, when the caller has it already."""
+    a, then c); `order`: the split's `tag_order`, when the caller has it already; `counts`: the
+    popularity counts to choose among."""
     order = tag_order(split, train_rows, max_tags) if order is None else order
     hists = [history_counts(split, int(i), max_tags) for i in val_rows]
     clicked = [split.clicked_tags(int(i), max_tags) for i in val_rows]
     best, best_blend = -1.0, Blend(0.0, 0.0)
-    for count in POPULARITY_COUNTS:
+    for count in counts:
         pop = popularity_counts(split, train_rows, max_tags, count)
         popular = popularity(split, train_rows, max_tags, order, count)
         for a in grid:
