@@ -174,11 +174,12 @@ def test_bench_start_scores_every_starting_point_on_validation_users_and_the_ora
     truth = {str(split.user_ids[i]): split.clicked_tags(i, TINY_HIST.N) for i in range(split.n_users)}
     rows = check_start(out, "tiny", 3, [0], truth)
     assert len(rows) == 1 and rows[0]["val_users"] > 0
-    names = {"blend", "tuned_start", "half-blend", "half-tuned", "half-credit", "oracle"}
+    names = {"blend", "tuned_start", "train-blend", "half-blend", "half-tuned", "half-credit", "oracle"}
     for name in names:
         assert all(0.0 <= rows[0][name][k] <= 1.0 for k in (1, 2, 3))
     assert rows[0]["oracle"][1] >= rows[0]["blend"][1]
     assert set(summarise(rows)) == names
+    assert all(w in (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0) for w in rows[0]["train_blend_weights"])
     assert len(rows[0]["credit_weights"]) == 2 and all(set(w) == {"a", "c", "e"} for w in rows[0]["credit_weights"])
     # the paired gap is over the users half-credit was scored on, and its mean is half-credit - half-blend
     gap = credit_gap(rows)
@@ -204,7 +205,7 @@ def test_credit_moves_a_clicked_items_click_to_the_tag_the_user_keeps_clicking()
 def test_the_credit_blend_with_no_credit_ranks_as_the_models_blend_start() -> None:
     """`half-credit` is comparable to `half-blend`: with e = 0 the yardstick's ranking code gives the
     same Prec@k as the model's arithmetic (StartProblem) on the same users and weights."""
-    from utpm.evaluation.start_check import KS, _credit_blend, credited_counts
+    from utpm.evaluation.start_check import KS, _credit_blend, _grid_blend, credited_counts
     from utpm.evaluation.yardsticks import history_counts
 
     split = split_protocol(synthetic_dataset(n_users=40, events=30), seed=0)
@@ -221,6 +222,8 @@ def test_the_credit_blend_with_no_credit_ranks_as_the_models_blend_start() -> No
     w[:2] = (a, c)
     means = {k: float(np.mean(v)) for k, v in scores.items()}
     assert means == pytest.approx(problem.precision(1.0, w, KS), abs=1e-6)
+    # `train-blend`'s grid search in the model's arithmetic picks what `tune_blend` picks on the same users
+    assert tuple(_grid_blend(problem)[:2]) == (a, c)
     # and the credit is a history tag's: the same tags as its counts
     assert all(credited_counts(split, i, n).keys() == history_counts(split, i, n).keys() for i in rows)
 

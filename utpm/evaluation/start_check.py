@@ -9,6 +9,10 @@ is read), the linear scorers the model can start from, scored on the fold's vali
 - `half-blend` / `half-tuned`: the validation users split in two; on each half, the blend's a, c and
   a tuned start both chosen on the other half, so both are out of sample: what tuning a dozen weights
   on validation users alone would give;
+- `train-blend`: the blend with a, c chosen on the training users at the protocol's cut instead
+  (each encoded as training encodes it: tag statistics of the other half, b_t without their own
+  labels; the fold's popularity count), scored on every validation user: a choice made on four
+  times as many users, out of sample for the validation users;
 - `half-credit`: the half-blend plus e * log1p(the tag's credited history items, `credited_counts`),
   a, c and e chosen on the other half of the validation users (ties to e = 0): what telling a
   clicked item's tags apart would add, paired per user against the half-blend (`credit_gap`); a
@@ -24,7 +28,7 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -43,6 +47,9 @@ from utpm.evaluation.yardsticks import (
 )
 from utpm.features.history import PHI_NAMES, HistoryBatch
 from utpm.features.vocab import Vocabulary
+
+if TYPE_CHECKING:
+    from utpm.training.start import StartProblem
 
 KS = (1, 2, 3)
 CREDIT_SWEEPS = 5
@@ -119,6 +126,20 @@ def _credit_blend(
     return {k: [user_precision(r, clicked[i], k) for r, i in zip(lists, score, strict=True)] for k in KS}, weights
 
 
+def _grid_blend(problem: StartProblem) -> np.ndarray:
+    """The phi weights of the blend (a, c from `BLEND_GRID`, as `tune_blend`: ties to the smaller a,
+    then c) with the best mean Prec@k over KS on `problem`."""
+    best, weights = -1.0, np.zeros(len(PHI_NAMES))
+    for a in BLEND_GRID:
+        for c in BLEND_GRID:
+            w = np.zeros(len(PHI_NAMES))
+            w[:2] = (a, c)
+            score = problem.score(1.0, w, KS)
+            if score > best + 1e-12:
+                best, weights = score, w
+    return weights
+
+
 def _rows(batch: HistoryBatch, idx: np.ndarray) -> HistoryBatch:
     return HistoryBatch(
         [x[idx] for x in batch.ids],
@@ -141,6 +162,7 @@ def check_start(
         encode_users,
         history_preset,
         prepare_history,
+        training_problem,
         tune_linear_start,
     )
     from utpm.training.start import StartProblem, tune_start
@@ -160,6 +182,8 @@ def check_start(
         w_blend = np.zeros(len(PHI_NAMES))
         w_blend[:2] = st.blend[:2]
         tuned = tune_linear_start(st, config)
+        at_cut = [(i, h) for i, h in st.examples if h == int(st.seqs.n_hist[i])]
+        train_weights = _grid_blend(training_problem(st, at_cut))
         row: dict[str, Any] = {
             "fold": seed,
             "val_users": problem.users,
@@ -168,6 +192,8 @@ def check_start(
             "tuned": {"w_bias": tuned.w_bias, "weights": {k: v for k, v in tuned.weights.items() if v}},
             "blend": problem.precision(1.0, w_blend, KS),
             "tuned_start": problem.precision(tuned.w_bias, tuned.vector(), KS),
+            "train_blend_weights": list(train_weights[:2]),
+            "train-blend": problem.precision(1.0, train_weights, KS),
         }
         # out of sample on validation: tune on one half, score on the other
         halves = np.array_split(np.random.default_rng(seed).permutation(len(st.val_rows)), 2)
@@ -219,7 +245,7 @@ def check_start(
 
 def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, dict[int, float]]:
     """Users-weighted mean over folds of each starting point's Prec@k."""
-    every = ("blend", "tuned_start", "half-blend", "half-tuned", "half-credit", "oracle")
+    every = ("blend", "tuned_start", "train-blend", "half-blend", "half-tuned", "half-credit", "oracle")
     names = [n for n in every if rows and n in rows[0]]
     total = sum(r["val_users"] for r in rows) or 1
     return {n: {k: sum(r[n][k] * r["val_users"] for r in rows) / total for k in KS} for n in names}

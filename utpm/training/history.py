@@ -734,23 +734,28 @@ def train_history(
 
 def tune_linear_start(st: HistorySetup, config: HistoryTrainConfig) -> TunedStart:
     """`tune_start` from the blend's a, c on (a seeded draw of `config.start_examples`) training
-    examples, each encoded as the residual's training encodes it (tag statistics of the other half of
-    the training users, b_t without the user's own labels)."""
+    examples (`training_problem`)."""
     n = config.start_examples
     chosen = list(st.examples)
     if 0 < n < len(chosen):
         pick = np.sort(np.random.default_rng(config.seed + 2).permutation(len(chosen))[:n])
         chosen = [chosen[j] for j in pick.tolist()]
-    parts = [[ex for ex in chosen if st.half[ex[0]] == k] for k in (0, 1)]
+    blend = {"log1p_count": st.blend[0], "log1p_distinct_items": st.blend[1]}
+    return tune_start(training_problem(st, chosen), blend, tuple(config.early_stop_ks))
+
+
+def training_problem(st: HistorySetup, examples: Sequence[tuple[int, int]]) -> StartProblem:
+    """The `StartProblem` of training examples (user, cut), each encoded as the residual's training
+    encodes it: tag statistics of the other half of the training users, b_t without the user's own
+    labels."""
+    parts = [[ex for ex in examples if st.half[ex[0]] == k] for k in (0, 1)]
     ordered = parts[0] + parts[1]
     batch = _concat(
         [st.train_encs[k].encode([st.seqs.stats(i, h) for i, h in part]) for k, part in enumerate(parts) if part]
     )
-    problem = StartProblem.build(
+    return StartProblem.build(
         batch, st.bias, [st.seqs.label_tags(i, h) for i, h in ordered], st.tags, [st.own_pop[i] for i, _ in ordered]
     )
-    blend = {"log1p_count": st.blend[0], "log1p_distinct_items": st.blend[1]}
-    return tune_start(problem, blend, tuple(config.early_stop_ks))
 
 
 def _offset_grid(loss: str) -> tuple[float, ...]:
