@@ -227,7 +227,8 @@ def bench_start_cmd(
         Path | None, typer.Option("--json", callback=output_file, help="Write the rows and the mean here.")
     ] = None,
 ) -> None:
-    """The default model's starting points on each fold's validation users (no test user is read)."""
+    """The default model's starting points and a candidate feature (item-level credit) on each fold's validation
+    users, no test user read (the rows: docs/results.md, "A candidate the model does not have")."""
     import json
 
     from utpm.evaluation.experiment import _load_truth
