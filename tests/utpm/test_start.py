@@ -205,8 +205,8 @@ def test_credit_moves_a_clicked_items_click_to_the_tag_the_user_keeps_clicking()
 def test_the_credit_blend_with_no_credit_ranks_as_the_models_blend_start() -> None:
     """`half-credit` is comparable to `half-blend`: with e = 0 the yardstick's ranking code gives the
     same Prec@k as the model's arithmetic (StartProblem) on the same users and weights."""
-    from utpm.evaluation.start_check import KS, _credit_blend, _grid_blend, credited_counts
-    from utpm.evaluation.yardsticks import history_counts
+    from utpm.evaluation.start_check import KS, _CreditBlend, _grid_blend, credited_counts
+    from utpm.evaluation.yardsticks import history_counts, tag_order
 
     split = split_protocol(synthetic_dataset(n_users=40, events=30), seed=0)
     config = HistoryTrainConfig(preset=TINY_HIST, seed=0, early_stop_ks=KS, eval_ks=KS)
@@ -214,7 +214,10 @@ def test_the_credit_blend_with_no_credit_ranks_as_the_models_blend_start() -> No
     n = TINY_HIST.N
     rows = [int(i) for i in st.val_rows if split.clicked_tags(int(i), n)]
     clicked = {i: split.clicked_tags(i, n) for i in rows}
-    scores, (a, c, e) = _credit_blend(split, st.train_rows, st.blend.popularity, n, rows, rows, clicked, (0.0,))
+    order = tag_order(split, st.train_rows, n)
+    credit_blend = _CreditBlend(split, st.train_rows, st.blend.popularity, n, rows, clicked, order)
+    _, (a, c, e) = credit_blend.choose(rows)
+    scores = credit_blend.per_user(rows, (a, c, e))
     assert e == 0.0 and (a, c) == tuple(st.blend[:2])  # the same grid and ties as `tune_blend`
     batch = encode_users(st.seqs, st.henc, np.asarray(rows))
     problem = StartProblem.build(batch, st.bias, list(clicked.values()), st.tags)

@@ -85,45 +85,53 @@ def credit_items(items: Sequence[set[str]], sweeps: int = CREDIT_SWEEPS) -> dict
     return credit
 
 
-def _credit_blend(
-    split: ProtocolSplit,
-    train_rows: np.ndarray,
-    count: str,
-    max_tags: int,
-    fit: Sequence[int],
-    score: Sequence[int],
-    clicked: dict[int, set[str]],
-    e_grid: Sequence[float] = BLEND_GRID,
-) -> tuple[dict[int, list[float]], tuple[float, float, float]]:
-    """Each of the users `score`'s Prec@k under the blend plus e * log1p(credited count), a, c from
-    `BLEND_GRID` and e from `e_grid` chosen on the users `fit` (mean Prec@k over KS; ties to the
-    smaller e, a, c)."""
-    order = tag_order(split, train_rows, max_tags)
-    pop = popularity_counts(split, train_rows, max_tags, count)
-    popular = popularity(split, train_rows, max_tags, order, count)
-    users = {i: (history_counts(split, i, max_tags), credited_counts(split, i, max_tags)) for i in (*fit, *score)}
+class _CreditBlend:
+    """`half-credit` on one fold: the tables the blend ranks with (read once per fold) and every
+    validation user's history counts and credit."""
 
-    def ranked(rows: Sequence[int], a: float, c: float, e: float) -> list[list[str]]:
+    def __init__(
+        self,
+        split: ProtocolSplit,
+        train_rows: np.ndarray,
+        count: str,
+        max_tags: int,
+        rows: Sequence[int],
+        clicked: dict[int, set[str]],
+        order: dict[str, int],
+    ) -> None:
+        self.order, self.clicked = order, clicked
+        self.pop = popularity_counts(split, train_rows, max_tags, count)
+        self.popular = popularity(split, train_rows, max_tags, order, count)
+        self.users = {i: (history_counts(split, i, max_tags), credited_counts(split, i, max_tags)) for i in rows}
+
+    def ranked(self, rows: Sequence[int], a: float, c: float, e: float) -> list[list[str]]:
         out = []
         for i in rows:
-            hist, credit = users[i]
+            hist, credit = self.users[i]
             extra = {t: e * math.log1p(v) for t, v in credit.items()} if e else None
-            out.append(blend_ranking(hist, pop, popular, a, c, max(KS), order, extra=extra))
+            out.append(blend_ranking(hist, self.pop, self.popular, a, c, max(KS), self.order, extra=extra))
         return out
 
-    def precision(rows: Sequence[int], a: float, c: float, e: float) -> dict[int, float]:
-        lists = ranked(rows, a, c, e)
-        return {k: precision_at_k(lists, [clicked[i] for i in rows], k).value for k in KS}
+    def per_user(self, rows: Sequence[int], weights: tuple[float, float, float]) -> dict[int, list[float]]:
+        lists = self.ranked(rows, *weights)
+        return {k: [user_precision(r, self.clicked[i], k) for r, i in zip(lists, rows, strict=True)] for k in KS}
 
-    best, weights = -1.0, (0.0, 0.0, 0.0)
-    for e in e_grid:
-        for a in BLEND_GRID:
-            for c in BLEND_GRID:
-                s = float(np.mean(list(precision(fit, a, c, e).values())))
-                if s > best + 1e-12:
-                    best, weights = s, (a, c, e)
-    lists = ranked(score, *weights)
-    return {k: [user_precision(r, clicked[i], k) for r, i in zip(lists, score, strict=True)] for k in KS}, weights
+    def choose(self, fit: Sequence[int]) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+        """The (a, c, e) with the best mean Prec@k over KS on the users `fit` (a, c from `BLEND_GRID`,
+        e from it too; ties to the smaller e, a, c), and the best with e = 0: the blend's a, c as
+        `tune_blend` chooses them, from the same scan."""
+        best, weights, blend = -1.0, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0)
+        clicked = [self.clicked[i] for i in fit]
+        for e in BLEND_GRID:  # 0 first: after it, `weights` is the blend's
+            for a in BLEND_GRID:
+                for c in BLEND_GRID:
+                    lists = self.ranked(fit, a, c, e)
+                    s = float(np.mean([precision_at_k(lists, clicked, k).value for k in KS]))
+                    if s > best + 1e-12:
+                        best, weights = s, (a, c, e)
+            if e == 0.0:
+                blend = weights
+        return weights, blend
 
 
 def _grid_blend(problem: StartProblem) -> np.ndarray:
@@ -200,6 +208,8 @@ def check_start(
         names = ("half-blend", "half-tuned", "half-credit")
         sums = {name: dict.fromkeys(KS, 0.0) for name in names}
         by_row = {int(i): clicked[j] for j, i in enumerate(st.val_rows.tolist())}
+        order = tag_order(split, st.train_rows, n)
+        credit_blend = _CreditBlend(split, st.train_rows, st.blend.popularity, n, list(by_row), by_row, order)
         row["credit_weights"] = []
         gaps: dict[int, list[float]] = {k: [] for k in KS}
         users = 0
@@ -208,7 +218,7 @@ def check_start(
             # the half's a, c for the fold's b_t (st.bias counts what the whole fold's blend chose):
             # a, c chosen along with the other count would be scored on a popularity they were not for
             count = (st.blend.popularity,)
-            a, c, _ = tune_blend(split, st.train_rows, st.val_rows[fit], n, KS, counts=count)
+            a, c, _ = tune_blend(split, st.train_rows, st.val_rows[fit], n, KS, order=order, counts=count)
             p_fit = StartProblem.build(_rows(batch, fit), st.bias, [clicked[j] for j in fit], st.tags)
             p_score = StartProblem.build(_rows(batch, score), st.bias, [clicked[j] for j in score], st.tags)
             t = tune_start(p_fit, {"log1p_count": a, "log1p_distinct_items": c}, KS)
@@ -218,9 +228,9 @@ def check_start(
                 for k, v in p_score.precision(wb, ww, KS).items():
                     sums[name][k] += v * p_score.users
             fit_rows, score_rows = ([int(st.val_rows[j]) for j in part if clicked[j]] for part in (fit, score))
-            args = (split, st.train_rows, st.blend.popularity, n, fit_rows, score_rows, by_row)
-            credit, credit_weights = _credit_blend(*args)
-            no_credit, _ = _credit_blend(*args, e_grid=(0.0,))  # the half-blend, user by user (tested)
+            credit_weights, blend_weights = credit_blend.choose(fit_rows)
+            credit = credit_blend.per_user(score_rows, credit_weights)
+            no_credit = credit_blend.per_user(score_rows, blend_weights)  # the half-blend, user by user (tested)
             row["credit_weights"].append(dict(zip(("a", "c", "e"), credit_weights, strict=True)))
             for k, per_user in credit.items():
                 sums["half-credit"][k] += float(np.sum(per_user))
