@@ -197,6 +197,7 @@ def test_credit_moves_a_clicked_items_click_to_the_tag_the_user_keeps_clicking()
     assert credit_items(items, sweeps=0) == {"a": 3, "b": 1, "c": 1, "d": 1, "e": 1}
     credit = credit_items(items)
     assert credit["a"] > 2.95 and all(credit[t] < 0.02 for t in "bcd")
+    assert credit["a"] == pytest.approx(2.988, abs=5e-4) and credit["b"] == pytest.approx(0.004, abs=5e-4)  # docs
     assert credit["e"] == pytest.approx(1.0)  # nothing to share with
     assert sum(credit.values()) == pytest.approx(len(items))  # every click is credited once
     assert credit_items([{"x", "y"}]) == {"x": 0.5, "y": 0.5}  # no evidence either way: an even split
