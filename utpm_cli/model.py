@@ -243,6 +243,8 @@ def bench_start_cmd(
         line = "  ".join(f"{n} {'/'.join(f'{r[n][k]:.3f}' for k in KS)}" for n in mean)
         typer.echo(f"fold {r['fold']} ({r['val_users']} validation users): {line}")
         typer.echo(f"  tuned: w_b {r['tuned']['w_bias']}, {r['tuned']['weights']}")
+        chosen = r["train_count"]
+        typer.echo(f"  popularity by {r['popularity']} (validation), by {chosen['popularity']} (training users)")
     total = sum(r["val_users"] for r in rows)
     typer.echo(f"mean over {total} validation users (Prec@1/2/3):")
     for n, v in mean.items():

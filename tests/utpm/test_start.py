@@ -174,12 +174,13 @@ def test_bench_start_scores_every_starting_point_on_validation_users_and_the_ora
     truth = {str(split.user_ids[i]): split.clicked_tags(i, TINY_HIST.N) for i in range(split.n_users)}
     rows = check_start(out, "tiny", 3, [0], truth)
     assert len(rows) == 1 and rows[0]["val_users"] > 0
-    names = {"blend", "tuned_start", "train-blend", "half-blend", "half-tuned", "half-credit", "oracle"}
+    names = {"blend", "tuned_start", "train-blend", "train-count", "half-blend", "half-tuned", "half-credit", "oracle"}
     for name in names:
         assert all(0.0 <= rows[0][name][k] <= 1.0 for k in (1, 2, 3))
     assert rows[0]["oracle"][1] >= rows[0]["blend"][1]
     assert set(summarise(rows)) == names
     assert all(w in (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0) for w in rows[0]["train_blend_weights"])
+    assert rows[0]["train_count"]["popularity"] in ("events", "users")
     assert len(rows[0]["credit_weights"]) == 2 and all(set(w) == {"a", "c", "e"} for w in rows[0]["credit_weights"])
     # the paired gap is over the users half-credit was scored on, and its mean is half-credit - half-blend
     gap = credit_gap(rows)
@@ -227,7 +228,7 @@ def test_the_credit_blend_with_no_credit_ranks_as_the_models_blend_start() -> No
     means = {k: float(np.mean(v)) for k, v in scores.items()}
     assert means == pytest.approx(problem.precision(1.0, w, KS), abs=1e-6)
     # `train-blend`'s grid search in the model's arithmetic picks what `tune_blend` picks on the same users
-    assert tuple(_grid_blend(problem)[:2]) == (a, c)
+    assert tuple(_grid_blend(problem)[1][:2]) == (a, c)
     # and the credit is a history tag's: the same tags as its counts
     assert all(credited_counts(split, i, n).keys() == history_counts(split, i, n).keys() for i in rows)
 
@@ -245,3 +246,12 @@ def test_the_start_counts_popularity_as_the_blend_chose_on_validation_users() ->
     bias = {t: float(st.bias[st.tags.lookup[t]]) for t in ("common", "botty")}
     assert bias["common"] > bias["botty"] > 0
     assert bias["botty"] == pytest.approx(np.log1p(1.0))  # one user, however many events
+    # `bench start`'s train-count rebuilds the tables for either count: for the chosen one, the setup's own
+    from utpm.training.history import popularity_tables
+
+    pop, own_pop = popularity_tables(split, st.train_rows, st.tags, TINY_HIST.N, "users")
+    assert np.array_equal(pop, st.pop) and own_pop.keys() == st.own_pop.keys()
+    assert all(np.array_equal(own_pop[i][0], st.own_pop[i][0]) for i in own_pop)
+    assert all(np.array_equal(own_pop[i][1], st.own_pop[i][1]) for i in own_pop)
+    by_events, _ = popularity_tables(split, st.train_rows, st.tags, TINY_HIST.N, "events")
+    assert by_events[st.tags.lookup["botty"]] > by_events[st.tags.lookup["common"]]  # the crawler's count

@@ -13,6 +13,9 @@ is read), the linear scorers the model can start from, scored on the fold's vali
   (each encoded as training encodes it: tag statistics of the other half, b_t without their own
   labels; the fold's popularity count), scored on every validation user: a choice made on four
   times as many users, out of sample for the validation users;
+- `train-count`: the same with the popularity count (events or users, `POPULARITY_COUNTS`) also
+  chosen on the training users, where the model's start takes the one its blend chose on the
+  validation users;
 - `half-credit`: the half-blend plus e * log1p(the tag's credited history items, `credited_counts`),
   a, c and e chosen on the other half of the validation users (ties to e = 0): what telling a
   clicked item's tags apart would add, paired per user against the half-blend (`credit_gap`); a
@@ -27,6 +30,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +42,7 @@ from utpm.evaluation.metrics import precision_at_k, user_precision
 from utpm.evaluation.personalisation import bootstrap_mean_ci
 from utpm.evaluation.yardsticks import (
     BLEND_GRID,
+    POPULARITY_COUNTS,
     blend_ranking,
     history_counts,
     popularity,
@@ -134,9 +139,9 @@ class _CreditBlend:
         return weights, blend
 
 
-def _grid_blend(problem: StartProblem) -> np.ndarray:
+def _grid_blend(problem: StartProblem) -> tuple[float, np.ndarray]:
     """The phi weights of the blend (a, c from `BLEND_GRID`, as `tune_blend`: ties to the smaller a,
-    then c) with the best mean Prec@k over KS on `problem`."""
+    then c) with the best mean Prec@k over KS on `problem`, and that mean."""
     best, weights = -1.0, np.zeros(len(PHI_NAMES))
     for a in BLEND_GRID:
         for c in BLEND_GRID:
@@ -145,7 +150,7 @@ def _grid_blend(problem: StartProblem) -> np.ndarray:
             score = problem.score(1.0, w, KS)
             if score > best + 1e-12:
                 best, weights = score, w
-    return weights
+    return best, weights
 
 
 def _rows(batch: HistoryBatch, idx: np.ndarray) -> HistoryBatch:
@@ -169,6 +174,7 @@ def check_start(
         HistoryTrainConfig,
         encode_users,
         history_preset,
+        popularity_tables,
         prepare_history,
         training_problem,
         tune_linear_start,
@@ -191,7 +197,20 @@ def check_start(
         w_blend[:2] = st.blend[:2]
         tuned = tune_linear_start(st, config)
         at_cut = [(i, h) for i, h in st.examples if h == int(st.seqs.n_hist[i])]
-        train_weights = _grid_blend(training_problem(st, at_cut))
+        _, train_weights = _grid_blend(training_problem(st, at_cut))
+        # the popularity count chosen on the training users too (ties: as `tune_blend`, events first)
+        best_count: tuple[float, str, np.ndarray, np.ndarray] | None = None
+        for pop_count in POPULARITY_COUNTS:
+            st_c = st
+            if pop_count != st.blend.popularity:
+                pop, own_pop = popularity_tables(split, st.train_rows, st.tags, n, pop_count)
+                st_c = replace(st, pop=pop, own_pop=own_pop)
+            on_training, w = _grid_blend(training_problem(st_c, at_cut))
+            if best_count is None or on_training > best_count[0] + 1e-12:
+                best_count = (on_training, pop_count, w, st_c.bias)
+        assert best_count is not None
+        _, count_chosen, count_weights, count_bias = best_count
+        count_problem = StartProblem.build(batch, count_bias, clicked, st.tags)
         row: dict[str, Any] = {
             "fold": seed,
             "val_users": problem.users,
@@ -202,6 +221,8 @@ def check_start(
             "tuned_start": problem.precision(tuned.w_bias, tuned.vector(), KS),
             "train_blend_weights": list(train_weights[:2]),
             "train-blend": problem.precision(1.0, train_weights, KS),
+            "train_count": {"popularity": count_chosen, "weights": list(count_weights[:2])},
+            "train-count": count_problem.precision(1.0, count_weights, KS),
         }
         # out of sample on validation: tune on one half, score on the other
         halves = np.array_split(np.random.default_rng(seed).permutation(len(st.val_rows)), 2)
@@ -255,7 +276,7 @@ def check_start(
 
 def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, dict[int, float]]:
     """Users-weighted mean over folds of each starting point's Prec@k."""
-    every = ("blend", "tuned_start", "train-blend", "half-blend", "half-tuned", "half-credit", "oracle")
+    every = ("blend", "tuned_start", "train-blend", "train-count", "half-blend", "half-tuned", "half-credit", "oracle")
     names = [n for n in every if rows and n in rows[0]]
     total = sum(r["val_users"] for r in rows) or 1
     return {n: {k: sum(r[n][k] * r["val_users"] for r in rows) / total for k in KS} for n in names}

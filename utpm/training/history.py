@@ -461,7 +461,6 @@ def prepare_history(split: ProtocolSplit, config: HistoryTrainConfig) -> History
     examples = _examples(seqs, step_rows, cuts)
     if not examples:
         raise ValueError("no training examples: no training user has a label-1 item after a history")
-    n_tags = len(tags)
     # Start at the blend yardstick tuned on the validation users: b_t = log1p(popularity among the
     # training users' label items, counted as the blend counts it), the history path's linear part a, c
     # (docs/results.md).
@@ -470,23 +469,32 @@ def prepare_history(split: ProtocolSplit, config: HistoryTrainConfig) -> History
         if config.start_at_blend and len(val_rows)
         else Blend(0.0, 0.0)
     )
-    pop = np.zeros(n_tags, np.float64)
-    for t, n in popularity_counts(split, train_rows, p.N, blend.popularity).items():
+    pop, own_pop = popularity_tables(split, train_rows, tags, p.N, blend.popularity)
+    return HistorySetup(
+        val_rows, train_rows, seqs, encoder, tags, henc, list(train_encs), half, examples, pop, own_pop, blend
+    )
+
+
+def popularity_tables(
+    split: ProtocolSplit, train_rows: np.ndarray, tags: Vocabulary, max_tags: int, count: str
+) -> tuple[np.ndarray, dict[int, tuple[np.ndarray, np.ndarray]]]:
+    """Label-tag popularity among the training users by tag id, counted as `count` says (b_t is its
+    log1p), and per training user the change of log1p(popularity) when their own labels are left out."""
+    pop = np.zeros(len(tags), np.float64)
+    for t, n in popularity_counts(split, train_rows, max_tags, count).items():
         pop[tags.lookup.get(t, 0)] += n
     pop[: Vocabulary.OOV + 1] = 0.0
     # b_t of a training user's own example leaves that user's labels out of the popularity (else
     # the base looks better on training users than on new ones and the residual learns that)
     own_pop: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for i in train_rows.tolist():
-        own = popularity_counts(split, np.asarray([i]), p.N, blend.popularity)
+        own = popularity_counts(split, np.asarray([i]), max_tags, count)
         ids_ = np.asarray([tags.lookup.get(t, 0) for t in own], np.int64)
         n_own = np.asarray(list(own.values()), np.float64)
         ok = ids_ > Vocabulary.OOV
         ids_, n_own = ids_[ok], n_own[ok]
         own_pop[i] = (ids_, (np.log1p(np.maximum(pop[ids_] - n_own, 0.0)) - np.log1p(pop[ids_])).astype(np.float32))
-    return HistorySetup(
-        val_rows, train_rows, seqs, encoder, tags, henc, list(train_encs), half, examples, pop, own_pop, blend
-    )
+    return pop, own_pop
 
 
 def train_history(
