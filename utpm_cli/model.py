@@ -232,7 +232,7 @@ def bench_start_cmd(
     import json
 
     from utpm.evaluation.experiment import _load_truth
-    from utpm.evaluation.start_check import KS, check_start, credit_gap, summarise
+    from utpm.evaluation.start_check import KS, check_start, credit_gap, summarise, train_gaps
 
     try:
         rows = check_start(data, preset, folds, fold if fold else list(range(folds)), _load_truth(data))
@@ -252,10 +252,22 @@ def bench_start_cmd(
     gap = credit_gap(rows)
     line = " / ".join(f"{g['mean']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]" for g in gap.values())
     typer.echo(f"half-credit - half-blend, paired per user (95% interval): {line}")
+    chosen_on_training = train_gaps(rows)
+    for name, g in chosen_on_training.items():
+        line = " / ".join(f"{x['mean']:+.3f} [{x['low']:+.3f}, {x['high']:+.3f}]" for x in g.values())
+        typer.echo(f"{name} - half-blend, paired per user (95% interval): {line}")
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        kept = [{k: v for k, v in r.items() if k != "credit_gaps"} for r in rows]  # per user: not an artifact
-        doc = {"data": str(data), "folds": folds, "rows": kept, "mean": mean, "credit_gap": gap}
+        per_user = ("credit_gaps", "train_gaps")  # per user: not an artifact
+        kept = [{k: v for k, v in r.items() if k not in per_user} for r in rows]
+        doc = {
+            "data": str(data),
+            "folds": folds,
+            "rows": kept,
+            "mean": mean,
+            "credit_gap": gap,
+            "train_gap": chosen_on_training,
+        }
         json_out.write_text(json.dumps(doc, indent=2))
     wrote = f"; wrote {json_out}" if json_out is not None else ""
     typer.echo(f"bench start: {len(rows)} folds of {data}, {total} validation users{wrote}")

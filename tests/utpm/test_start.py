@@ -158,7 +158,7 @@ def test_train_history_keeps_the_tuned_start_only_if_it_does_as_well_as_the_blen
 def test_bench_start_scores_every_starting_point_on_validation_users_and_the_oracle_knows_the_truth(
     tmp_path,
 ) -> None:
-    from utpm.evaluation.start_check import check_start, credit_gap, summarise
+    from utpm.evaluation.start_check import check_start, credit_gap, summarise, train_gaps
 
     data = synthetic_dataset(n_users=30, events=24)
     out = tmp_path / "data"
@@ -188,6 +188,11 @@ def test_bench_start_scores_every_starting_point_on_validation_users_and_the_ora
         assert len(rows[0]["credit_gaps"][k]) == rows[0]["val_users"]
         assert gap[k]["low"] <= gap[k]["mean"] <= gap[k]["high"]
         assert gap[k]["mean"] == pytest.approx(rows[0]["half-credit"][k] - rows[0]["half-blend"][k], abs=1e-6)
+    # the choices made on the training users, paired with the half-blend over the same users
+    for name, by_k in train_gaps(rows).items():
+        for k in (1, 2, 3):
+            assert len(rows[0]["train_gaps"][name][k]) == rows[0]["val_users"]
+            assert by_k[k]["mean"] == pytest.approx(rows[0][name][k] - rows[0]["half-blend"][k], abs=1e-6)
 
 
 def test_credit_moves_a_clicked_items_click_to_the_tag_the_user_keeps_clicking() -> None:
@@ -227,6 +232,8 @@ def test_the_credit_blend_with_no_credit_ranks_as_the_models_blend_start() -> No
     w[:2] = (a, c)
     means = {k: float(np.mean(v)) for k, v in scores.items()}
     assert means == pytest.approx(problem.precision(1.0, w, KS), abs=1e-6)
+    # user by user too: the yardstick's Prec@k of each user equals the model arithmetic's
+    assert all(problem.per_user(1.0, w, KS)[k].tolist() == pytest.approx(scores[k], abs=1e-6) for k in KS)
     # `train-blend`'s grid search in the model's arithmetic picks what `tune_blend` picks on the same users
     assert tuple(_grid_blend(problem)[1][:2]) == (a, c)
     # and the credit is a history tag's: the same tags as its counts

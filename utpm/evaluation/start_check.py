@@ -233,6 +233,7 @@ def check_start(
         credit_blend = _CreditBlend(split, st.train_rows, st.blend.popularity, n, list(by_row), by_row, order)
         row["credit_weights"] = []
         gaps: dict[int, list[float]] = {k: [] for k in KS}
+        half_blend: dict[int, dict[int, float]] = {k: {} for k in KS}  # validation row -> its half-blend Prec@k
         users = 0
         for h in (0, 1):
             fit, score = np.sort(halves[h]), np.sort(halves[1 - h])
@@ -256,10 +257,21 @@ def check_start(
             for k, per_user in credit.items():
                 sums["half-credit"][k] += float(np.sum(per_user))
                 gaps[k].extend(np.subtract(per_user, no_credit[k]).tolist())
+                half_blend[k].update(zip(score_rows, no_credit[k], strict=True))
             users += p_score.users
         for name, s in sums.items():
             row[name] = {k: v / max(users, 1) for k, v in s.items()}
         row["credit_gaps"] = gaps
+        # the choices made on the training users against the half-blend, user by user (the users of
+        # `problem`: the validation rows with a non-empty C, in order)
+        with_c = [int(i) for j, i in enumerate(st.val_rows.tolist()) if clicked[j]]
+        row["train_gaps"] = {}
+        chosen = {"train-blend": (problem, train_weights), "train-count": (count_problem, count_weights)}
+        for name, (on_val, weights) in chosen.items():
+            mine = on_val.per_user(1.0, weights, KS)
+            row["train_gaps"][name] = {
+                k: [float(v) - half_blend[k][i] for v, i in zip(mine[k].tolist(), with_c, strict=True)] for k in KS
+            }
         if truth is not None:
             # the planted interests first (a bonus far above every score), then the blend
             lookup = st.tags.lookup
@@ -282,12 +294,21 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, dict[int, float]]:
     return {n: {k: sum(r[n][k] * r["val_users"] for r in rows) / total for k in KS} for n in names}
 
 
-def credit_gap(rows: Sequence[dict[str, Any]]) -> dict[int, dict[str, float]]:
-    """half-credit minus half-blend, paired per validation user over every fold: the mean and a
-    bootstrap 95% interval, for each k."""
+def paired_gap(gaps: dict[int, list[float]]) -> dict[int, dict[str, float]]:
+    """Per-user gaps by k -> their mean and a bootstrap 95% interval, for each k."""
     out = {}
     for k in KS:
-        gaps = [g for r in rows for g in r["credit_gaps"][k]]
-        low, high = bootstrap_mean_ci(gaps)
-        out[k] = {"mean": float(np.mean(gaps)) if gaps else float("nan"), "low": low, "high": high}
+        low, high = bootstrap_mean_ci(gaps[k])
+        out[k] = {"mean": float(np.mean(gaps[k])) if gaps[k] else float("nan"), "low": low, "high": high}
     return out
+
+
+def credit_gap(rows: Sequence[dict[str, Any]]) -> dict[int, dict[str, float]]:
+    """half-credit minus half-blend, paired per validation user over every fold."""
+    return paired_gap({k: [g for r in rows for g in r["credit_gaps"][k]] for k in KS})
+
+
+def train_gaps(rows: Sequence[dict[str, Any]]) -> dict[str, dict[int, dict[str, float]]]:
+    """train-blend and train-count minus half-blend, paired per validation user over every fold."""
+    names = ("train-blend", "train-count")
+    return {n: paired_gap({k: [g for r in rows for g in r["train_gaps"][n][k]] for k in KS}) for n in names}

@@ -166,15 +166,20 @@ class StartProblem:
         """Mean Prec@k (Eq. 5) of s = w_bias * b_t + w . phi over the users, for each k of `ks`."""
         if not self.users:
             return {k: 0.0 for k in ks}
+        return {k: float(v.mean()) for k, v in self._user_precision(w_bias, w, ks).items()}
+
+    def per_user(self, w_bias: float, w: np.ndarray, ks: Sequence[int]) -> dict[int, np.ndarray]:
+        """Prec@k of each user (in the order of `build`'s users with a non-empty C), for each k of `ks`."""
+        if not self.users:
+            return {k: np.zeros(0, np.float32) for k in ks}
+        return {k: v.numpy() for k, v in self._user_precision(w_bias, w, ks).items()}
+
+    def _user_precision(self, w_bias: float, w: np.ndarray, ks: Sequence[int]) -> dict[int, torch.Tensor]:
         top = self.top(w_bias, w, max(ks))
         codes = (np.arange(self.users, dtype=np.int64)[:, None] * len(self.bias) + top.numpy()).ravel()
         hit = find_sorted(self.target_keys.numpy(), codes)[1]  # sorted keys: a binary search, not torch.isin's sort
         hits = torch.from_numpy(hit.reshape(top.shape)).float().cumsum(1)
-        out = {}
-        for k in ks:
-            kk = min(k, hits.shape[1])
-            out[k] = float((hits[:, kk - 1] / self.n_clicked.clamp(max=k)).mean())
-        return out
+        return {k: hits[:, min(k, hits.shape[1]) - 1] / self.n_clicked.clamp(max=k) for k in ks}
 
     def score(self, w_bias: float, w: np.ndarray, ks: Sequence[int]) -> float:
         """The tuning objective: mean of Prec@k over `ks` (as the early stopping's validation score)."""
