@@ -54,6 +54,7 @@ from utpm.features.history import PHI_NAMES, HistoryBatch
 from utpm.features.vocab import Vocabulary
 
 if TYPE_CHECKING:
+    from utpm.training.history import HistorySetup
     from utpm.training.start import StartProblem
 
 KS = (1, 2, 3)
@@ -153,6 +154,31 @@ def _grid_blend(problem: StartProblem) -> tuple[float, np.ndarray]:
     return best, weights
 
 
+def _chosen_on_training(
+    split: ProtocolSplit, st: HistorySetup
+) -> tuple[np.ndarray, tuple[str, np.ndarray, np.ndarray]]:
+    """On the training users at the protocol's cut: the blend's weights for the fold's popularity
+    count (`train-blend`), and the count with its weights and b_t when the count is chosen there too
+    (`train-count`; ties as `tune_blend`: events first)."""
+    from utpm.training.history import popularity_tables, training_problem
+
+    at_cut = [(i, h) for i, h in st.examples if h == int(st.seqs.n_hist[i])]
+    best: tuple[float, str, np.ndarray, np.ndarray] | None = None
+    fold_weights = np.zeros(len(PHI_NAMES))
+    for count in POPULARITY_COUNTS:
+        st_c = st
+        if count != st.blend.popularity:
+            pop, own_pop = popularity_tables(split, st.train_rows, st.tags, st.seqs.N, count)
+            st_c = replace(st, pop=pop, own_pop=own_pop)
+        on_training, w = _grid_blend(training_problem(st_c, at_cut))
+        if count == st.blend.popularity:
+            fold_weights = w
+        if best is None or on_training > best[0] + 1e-12:
+            best = (on_training, count, w, st_c.bias)
+    assert best is not None
+    return fold_weights, best[1:]
+
+
 def _rows(batch: HistoryBatch, idx: np.ndarray) -> HistoryBatch:
     return HistoryBatch(
         [x[idx] for x in batch.ids],
@@ -174,9 +200,7 @@ def check_start(
         HistoryTrainConfig,
         encode_users,
         history_preset,
-        popularity_tables,
         prepare_history,
-        training_problem,
         tune_linear_start,
     )
     from utpm.training.start import StartProblem, tune_start
@@ -196,20 +220,7 @@ def check_start(
         w_blend = np.zeros(len(PHI_NAMES))
         w_blend[:2] = st.blend[:2]
         tuned = tune_linear_start(st, config)
-        at_cut = [(i, h) for i, h in st.examples if h == int(st.seqs.n_hist[i])]
-        _, train_weights = _grid_blend(training_problem(st, at_cut))
-        # the popularity count chosen on the training users too (ties: as `tune_blend`, events first)
-        best_count: tuple[float, str, np.ndarray, np.ndarray] | None = None
-        for pop_count in POPULARITY_COUNTS:
-            st_c = st
-            if pop_count != st.blend.popularity:
-                pop, own_pop = popularity_tables(split, st.train_rows, st.tags, n, pop_count)
-                st_c = replace(st, pop=pop, own_pop=own_pop)
-            on_training, w = _grid_blend(training_problem(st_c, at_cut))
-            if best_count is None or on_training > best_count[0] + 1e-12:
-                best_count = (on_training, pop_count, w, st_c.bias)
-        assert best_count is not None
-        _, count_chosen, count_weights, count_bias = best_count
+        train_weights, (count_chosen, count_weights, count_bias) = _chosen_on_training(split, st)
         count_problem = StartProblem.build(batch, count_bias, clicked, st.tags)
         row: dict[str, Any] = {
             "fold": seed,
