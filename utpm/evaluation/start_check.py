@@ -48,7 +48,6 @@ from utpm.evaluation.yardsticks import (
     popularity,
     popularity_counts,
     tag_order,
-    tune_blend,
 )
 from utpm.features.history import PHI_NAMES, HistoryBatch
 from utpm.features.vocab import Vocabulary
@@ -248,10 +247,12 @@ def check_start(
         users = 0
         for h in (0, 1):
             fit, score = np.sort(halves[h]), np.sort(halves[1 - h])
-            # the half's a, c for the fold's b_t (st.bias counts what the whole fold's blend chose):
-            # a, c chosen along with the other count would be scored on a popularity they were not for
-            count = (st.blend.popularity,)
-            a, c, _ = tune_blend(split, st.train_rows, st.val_rows[fit], n, KS, order=order, counts=count)
+            fit_rows, score_rows = ([int(st.val_rows[j]) for j in part if clicked[j]] for part in (fit, score))
+            # the half's a, c as `tune_blend` would choose them for the fold's b_t (st.bias counts what the
+            # whole fold's blend chose; a, c chosen with the other count would not be for it), from the
+            # credit's scan: its e = 0 part is that grid with those ties (tested)
+            credit_weights, blend_weights = credit_blend.choose(fit_rows)
+            a, c, _ = blend_weights
             p_fit = StartProblem.build(_rows(batch, fit), st.bias, [clicked[j] for j in fit], st.tags)
             p_score = StartProblem.build(_rows(batch, score), st.bias, [clicked[j] for j in score], st.tags)
             t = tune_start(p_fit, {"log1p_count": a, "log1p_distinct_items": c}, KS)
@@ -260,8 +261,6 @@ def check_start(
             for name, (wb, ww) in (("half-blend", (1.0, w)), ("half-tuned", (t.w_bias, t.vector()))):
                 for k, v in p_score.precision(wb, ww, KS).items():
                     sums[name][k] += v * p_score.users
-            fit_rows, score_rows = ([int(st.val_rows[j]) for j in part if clicked[j]] for part in (fit, score))
-            credit_weights, blend_weights = credit_blend.choose(fit_rows)
             credit = credit_blend.per_user(score_rows, credit_weights)
             no_credit = credit_blend.per_user(score_rows, blend_weights)  # the half-blend, user by user (tested)
             row["credit_weights"].append(dict(zip(("a", "c", "e"), credit_weights, strict=True)))
