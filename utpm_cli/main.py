@@ -42,6 +42,7 @@ from utpm_cli.errors import (
 from utpm_cli.export import bench_model_cmd, export_cmd
 from utpm_cli.index import bench_index_cmd, index_build_cmd
 from utpm_cli.model import (
+    bench_gate_cmd,
     bench_start_cmd,
     evaluate_run,
     held_out_figures,
@@ -86,6 +87,7 @@ bench_app.command("report")(bench_report_cmd)
 prepare_app.command("amazon-beauty")(prepare_amazon_cmd)
 bench_app.command("personal")(bench_personal_cmd)
 bench_app.command("start")(bench_start_cmd)
+bench_app.command("gate")(bench_gate_cmd)
 
 
 @app.callback()

@@ -271,3 +271,60 @@ def bench_start_cmd(
         json_out.write_text(json.dumps(doc, indent=2))
     wrote = f"; wrote {json_out}" if json_out is not None else ""
     typer.echo(f"bench start: {len(rows)} folds of {data}, {total} validation users{wrote}")
+
+
+def bench_gate_cmd(
+    data: Annotated[Path, typer.Argument(help="A data set in the generic format.")],
+    preset: Annotated[str, typer.Option(help="Preset of the data (N, K), as in `utpm experiment`.")] = "movielens",
+    folds: Annotated[int, typer.Option(min=2, help="Folds of the k-fold split, as in `utpm experiment --folds`.")] = 5,
+    repeats: Annotated[int, typer.Option(min=1, help="Repetitions of the k-fold split, as in `utpm experiment`.")] = 1,
+    epochs: Annotated[int, typer.Option(min=1, help="Epoch cap, as in `utpm experiment --epochs`.")] = 40,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", callback=output_file, help="Write the rows and the summary here.")
+    ] = None,
+) -> None:
+    """Whether a trained epoch should need a significant gain to replace the start (`keep_epoch_z`): each fold
+    trained as `utpm experiment` trains it, the epoch chosen on half its validation users and scored on the other
+    half; no test user read (docs/results.md, "When a trained epoch replaces the start")."""
+    import json
+
+    from utpm.evaluation.gate_check import check_gate, summarise_gate
+
+    def shown(row: dict) -> None:
+        chosen = ", ".join(f"{n} {'/'.join(map(str, e))}" for n, e in row["chosen"].items())
+        typer.echo(
+            f"fold {row['fold']} ({row['val_users']} validation users, {row['start']} start): "
+            f"{row['epochs_run']} epochs, best {row['best_epoch']}; per half: {chosen}"
+        )
+
+    try:
+        rows = check_gate(data, preset, folds, list(range(folds * repeats)), epochs, progress=shown)
+    except (DataError, ValueError) as e:
+        fail(str(e))
+    summary = summarise_gate(rows)
+    typer.echo(f"held out, mean Prec@1-3 per user over {summary['halves']} halves:")
+    for n, v in summary["held_out_mean"].items():
+        kept = summary["halves_keeping_start"].get(n)
+        typer.echo(f"  {n:8s} {v:.4f}" + (f"  (start kept in {kept} halves)" if kept is not None else ""))
+    for n, g in summary["gap_to_ungated"].items():
+        typer.echo(
+            f"{n} - ungated, paired per user (95% interval): {g['mean']:+.4f} [{g['low']:+.4f}, {g['high']:+.4f}]"
+        )
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        kept_rows = [{k: v for k, v in r.items() if k not in ("held_out", "gaps")} for r in rows]  # per user: not kept
+        json_out.write_text(
+            json.dumps(
+                {
+                    "data": str(data),
+                    "folds": folds,
+                    "repeats": repeats,
+                    "epochs": epochs,
+                    "rows": kept_rows,
+                    "summary": summary,
+                },
+                indent=2,
+            )
+        )
+    wrote = f"; wrote {json_out}" if json_out is not None else ""
+    typer.echo(f"bench gate: {len(rows)} folds of {data}{wrote}")

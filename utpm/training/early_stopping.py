@@ -17,12 +17,21 @@ class EarlyStopping:
         self.patience = patience
         self.best_score, self.best_epoch, self.bad_epochs = -1.0, 0, 0
         self.best_state: dict[str, torch.Tensor] | None = None
+        self.start_score = -1.0
+        self.start_state: dict[str, torch.Tensor] | None = None
         self.curve: list[dict[str, float]] = []
 
     def start(self, model: torch.nn.Module, score: float, point: dict[str, float]) -> None:
         """Count the weights before training as epoch 0 (a model that starts from a good point)."""
         self.best_score, self.best_state = score, _snapshot(model)
+        self.start_score, self.start_state = score, self.best_state
         self.curve.append(point)
+
+    def fall_back_to_start(self) -> None:
+        """Keep epoch 0 (the weights `start` saw) after all: the caller found the best epoch's gain too small."""
+        if self.start_state is None:
+            raise RuntimeError("no starting point was recorded")
+        self.best_score, self.best_epoch, self.best_state = self.start_score, 0, self.start_state
 
     def update(
         self,

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from utpm.data.protocol import ProtocolSplit
-from utpm.evaluation.metrics import precision_at_k
+from utpm.evaluation.metrics import precision_at_k, user_precision
 from utpm.evaluation.yardsticks import Blend, popularity_counts, tune_blend
 from utpm.features.encoding import FeatureEncoder
 from utpm.features.history import (
@@ -110,6 +110,10 @@ class HistoryTrainConfig(TrainConfig):
     # so that a long log costs epochs of bounded length.
     max_examples_per_epoch: int = 10_000
     patience: int = 3
+    # An epoch replaces the start only if its paired gain over the start on the validation users
+    # (per user, mean Prec@k over `early_stop_ks`) is at least this many standard errors above zero;
+    # 0: any gain in the mean. A best-of-epochs choice on a hundred users is mostly noise.
+    keep_epoch_z: float = 0.0
     # False: the start (b_t and the history path's linear part) stays fixed and training learns a
     # residual on it (the MLP of g, the tower), so it can only move away where validation says so
     train_base: bool = False
@@ -159,6 +163,11 @@ class HistoryTrainResult(TrainResult):
     # the starting point: which one ("tuned" or "blend"), b_t's weight, the history path's linear
     # weights, the validation score of the blend start and of the tuned one
     start: dict[str, Any] = field(default_factory=dict)
+    # each validation user's score (mean Prec@k over `early_stop_ks`; users with a non-empty C, in
+    # order) at the start (row 0) and after each epoch: what `keep_epoch_z` and `utpm bench gate` read
+    val_user_scores: np.ndarray | None = None
+    # the epoch the early stopping chose, before `keep_epoch_z` (equal to best_epoch unless the gate fell back)
+    best_epoch_ungated: int = 0
 
 
 class UserSequences:
@@ -475,6 +484,15 @@ def prepare_history(split: ProtocolSplit, config: HistoryTrainConfig) -> History
     )
 
 
+def epoch_beats_start(gains: np.ndarray, z: float) -> bool:
+    """Whether per-user gains over the start (paired) have a mean at least `z` standard errors above zero."""
+    n = len(gains)
+    if n < 2:
+        return bool(n and gains.mean() > 0)
+    se = float(gains.std(ddof=1)) / math.sqrt(n)
+    return float(gains.mean()) > z * se if se > 0 else float(gains.mean()) > 0
+
+
 def popularity_tables(
     split: ProtocolSplit, train_rows: np.ndarray, tags: Vocabulary, max_tags: int, count: str
 ) -> tuple[np.ndarray, dict[int, tuple[np.ndarray, np.ndarray]]]:
@@ -524,11 +542,25 @@ def train_history(
     val_clicked = [split.clicked_tags(int(i), p.N) for i in val_rows]
     val_ks = tuple(sorted(set(config.eval_ks) | set(config.early_stop_ks)))
 
-    def evaluate(batch: HistoryBatch, clicked: list[set[str]], ks: Sequence[int]) -> tuple[dict[int, float], int]:
+    def evaluate(
+        batch: HistoryBatch, clicked: list[set[str]], ks: Sequence[int], per_user: list[np.ndarray] | None = None
+    ) -> tuple[dict[int, float], int]:
+        """Mean Prec@k over `ks`; with `per_user`, appends each user's mean Prec@k over `early_stop_ks`."""
         if not ks or not batch.size:  # no validation users, or eval_ks=() (a budgeted run over 1M tags)
             return {}, 0
-        ranked = rank_history(model, batch, tags, max(ks))
+        ranked = rank_history(model, batch, tags, max(*ks, *config.early_stop_ks))
         res = {k: precision_at_k(ranked, clicked, k) for k in ks}
+        if per_user is not None:
+            stop_ks = config.early_stop_ks
+            per_user.append(
+                np.asarray(
+                    [
+                        np.mean([user_precision(r, c, k) for k in stop_ks])
+                        for r, c in zip(ranked, clicked, strict=True)
+                        if c
+                    ]
+                )
+            )
         return {k: r.value for k, r in res.items()}, res[ks[0]].skipped_users
 
     # trained on short requests too: validation also sends its users as short requests, so that the
@@ -539,14 +571,18 @@ def train_history(
         else None
     )
 
-    def stop_score(full: dict[int, float]) -> float:
-        """Mean validation Prec@K over `early_stop_ks`, averaged with the short requests' when trained on them."""
+    def stop_score(full: dict[int, float], per_user: list[np.ndarray] | None = None) -> float:
+        """Mean validation Prec@K over `early_stop_ks`, averaged with the short requests' when trained on
+        them (and so each user's score in `per_user`, whose last entry is the full requests')."""
         if not full:
             return 0.0
         score = float(np.mean([full[k] for k in config.early_stop_ks]))
         if val_short is not None:
-            short, _ = evaluate(val_short, val_clicked, config.early_stop_ks)
+            shorts: list[np.ndarray] | None = [] if per_user is not None else None
+            short, _ = evaluate(val_short, val_clicked, config.early_stop_ks, shorts)
             score = (score + float(np.mean([short[k] for k in config.early_stop_ks]))) / 2
+            if per_user is not None and shorts:
+                per_user[-1] = (per_user[-1] + shorts[0]) / 2
         return score
 
     def val_score() -> float:
@@ -687,8 +723,9 @@ def train_history(
     stopper = EarlyStopping(config.patience)
     seen, train_seconds = 0, 0.0
     # epoch 0, the starting point, is a candidate too: training must beat it on validation to count
-    val0, _ = evaluate(val_batch, val_clicked, val_ks)
-    score0 = stop_score(val0)
+    user_scores: list[np.ndarray] = []  # per validation user, at the start and after each epoch
+    val0, _ = evaluate(val_batch, val_clicked, val_ks, user_scores)
+    score0 = stop_score(val0, user_scores)
     stopper.start(model, score0, {"epoch": 0, **{f"val_prec@{k}": v for k, v in val0.items()}, "val_score": score0})
     for epoch in range(1, config.epochs + 1):
         model.train()
@@ -706,12 +743,17 @@ def train_history(
             losses.append(float(loss.detach()))
             seen += len(chunk)
         train_seconds += time.perf_counter() - t0
-        val, _ = evaluate(val_batch, val_clicked, val_ks)
+        val, _ = evaluate(val_batch, val_clicked, val_ks, user_scores)
         # without validation every epoch is the best so far: the last one is kept
-        score = stop_score(val) if val else float(epoch)
+        score = stop_score(val, user_scores) if val else float(epoch)
         point = epoch_point(epoch, losses, time.perf_counter() - t0, val, score)
         if stopper.update(model, epoch, score, point, progress, config.epochs):
             break
+    best_ungated = stopper.best_epoch
+    gains = user_scores[best_ungated] - user_scores[0] if best_ungated > 0 and user_scores else None
+    if config.keep_epoch_z > 0 and gains is not None and not epoch_beats_start(gains, config.keep_epoch_z):
+        stopper.fall_back_to_start()
+        log.info("epoch %d gains < %.2f standard errors over the start: start kept", best_ungated, config.keep_epoch_z)
     stopper.restore(model)
     val, _ = evaluate(val_batch, val_clicked, config.eval_ks)
     if len(test_rows):
@@ -734,6 +776,8 @@ def train_history(
         skipped_test_users=skipped,
         history_encoder=henc,
         start=start_info,
+        val_user_scores=np.stack(user_scores) if user_scores else None,
+        best_epoch_ungated=best_ungated,
     )
     if out is not None:
         save_training(out, split, config, result)
