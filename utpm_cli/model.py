@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -195,8 +196,17 @@ def evaluate_run(run: Path, data: Path, ks: list[int]) -> dict[str, Any]:
     }
 
 
+def _finite_float(text: str) -> float | None:
+    try:
+        x = float(text)
+    except ValueError:
+        return None
+    return x if math.isfinite(x) else None
+
+
 def parse_variants(specs: list[str]) -> list[tuple[tuple[str, Any], ...]]:
-    """'counts=false,loss=joint' -> (('counts', False), ('loss', 'joint')); one variant per --variant."""
+    """'counts=false,loss=joint,lr=3e-3' -> (('counts', False), ('loss', 'joint'), ('lr', 0.003)); one
+    variant per --variant (an integer, a finite float, true/false, else the text)."""
     out = []
     for spec in specs:
         pairs: list[tuple[str, Any]] = []
@@ -211,6 +221,8 @@ def parse_variants(specs: list[str]) -> list[tuple[tuple[str, Any], ...]]:
                 value = v.lower() == "true"
             elif v.lstrip("-").isdigit():
                 value = int(v)
+            elif _finite_float(v) is not None:
+                value = _finite_float(v)  # lr=3e-3, keep_epoch_z=1.645
             pairs.append((k, value))
         out.append(tuple(pairs))
     return out
