@@ -111,9 +111,10 @@ class HistoryTrainConfig(TrainConfig):
     max_examples_per_epoch: int = 10_000
     patience: int = 3
     # An epoch replaces the start only if its paired gain over the start on the validation users
-    # (per user, mean Prec@k over `early_stop_ks`) is at least this many standard errors above zero;
-    # 0: any gain in the mean. A best-of-epochs choice on a hundred users is mostly noise.
-    keep_epoch_z: float = 0.0
+    # (per user, mean Prec@k over `early_stop_ks`) is at least this many standard errors above zero
+    # (one-sided 95%; chosen by `utpm bench gate`); 0: any gain in the mean, as before. A best-of-epochs
+    # choice on a hundred users is mostly noise.
+    keep_epoch_z: float = 1.645
     # False: the start (b_t and the history path's linear part) stays fixed and training learns a
     # residual on it (the MLP of g, the tower), so it can only move away where validation says so
     train_base: bool = False
