@@ -549,7 +549,7 @@ def train_history(
         """Mean Prec@k over `ks`; with `per_user`, appends each user's mean Prec@k over `early_stop_ks`."""
         if not ks or not batch.size:  # no validation users, or eval_ks=() (a budgeted run over 1M tags)
             return {}, 0
-        ranked = rank_history(model, batch, tags, max(*ks, *config.early_stop_ks))
+        ranked = rank_history(model, batch, tags, max((*ks, *config.early_stop_ks)))
         res = {k: precision_at_k(ranked, clicked, k) for k in ks}
         if per_user is not None:
             stop_ks = config.early_stop_ks
