@@ -92,6 +92,8 @@ def train_default(
     start = result.start or {}
     # the prior the residual was trained on: chosen on the validation users, so worth a word
     prior = f"{start.get('kind', 'blend')} start, popularity by {start.get('popularity', 'events')}"
+    if result.best_epoch != result.best_epoch_ungated:  # the gate kept the start: say what it set aside
+        prior += f"; epoch {result.best_epoch_ungated}'s gain within {config.keep_epoch_z:g} standard errors"
     typer.echo(
         f"trained {config.model}/{config.loss} (best epoch {result.best_epoch}, {prior}, "
         f"{result.samples_per_s:,.0f} users/s); test {test}; wrote {out}"

@@ -307,6 +307,7 @@ def save_training(out: Path, split: ProtocolSplit, config: TrainConfig, result: 
     start = getattr(result, "start", None)  # the default model's starting point (HistoryTrainResult)
     if start:
         metrics["start"] = start
+        metrics["best_epoch_ungated"] = getattr(result, "best_epoch_ungated", result.best_epoch)  # before its gate
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     # Per-tag data the history features need at serving (HistoryEncoder.to_arrays), if it has any.
     henc = getattr(result, "history_encoder", None)
