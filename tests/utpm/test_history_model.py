@@ -256,6 +256,11 @@ def test_experiment_reports_three_yardsticks_intervals_and_personalisation(tmp_p
 
     text = render(result, (1, 2), None, None, None, "utpm experiment")
     assert f"counted users in {counts.count('users')} of 2 runs" in text
+    # each default-model run records the early stopping's epoch before the epoch gate; the report counts both
+    assert all(r["best_epoch_ungated"] >= r["best_epoch"] >= 0 for r in trained)
+    kept = sum(r["best_epoch"] > 0 for r in trained)
+    chose = sum(r["best_epoch_ungated"] > 0 for r in trained)
+    assert f"kept a trained epoch in {kept} of 4 runs; the early stopping had chosen one in {chose}" in text
 
 
 def test_with_planted_interests_the_experiment_adds_the_planted_references(tmp_path: Path) -> None:

@@ -309,8 +309,9 @@ def run_job(data_path: str, job: Job, ks: Sequence[int], updates: Any = None) ->
         result: TrainResult = hresult
         max_tags = hconfig.preset.N
         start = hresult.start
+        ungated: int | None = hresult.best_epoch_ungated  # the early stopping's choice, before the epoch gate
     else:
-        start = {}
+        start, ungated = {}, None
         preset = get_preset(job.preset).replace(**dict(job.overrides))
         config = TrainConfig(
             model=job.model,
@@ -336,6 +337,8 @@ def run_job(data_path: str, job: Job, ks: Sequence[int], updates: Any = None) ->
     }
     if start:
         out["start"] = start
+    if ungated is not None:
+        out["best_epoch_ungated"] = ungated
     # the validation users' Prec@K at the kept epoch: what a variant (an ablation) is decided on
     out.update({f"val_prec@{k}": float(v) for k, v in result.val.items()})
     if job.overrides:

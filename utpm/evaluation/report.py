@@ -87,6 +87,16 @@ def render(
             f"{len(counts)} runs, label items in the others, as each run's validation users chose.",
             "",
         ]
+    gated = [r for r in result.runs if "best_epoch_ungated" in r]
+    if gated:
+        trained = [r for r in gated if r["best_epoch_ungated"] > 0]
+        kept = [r for r in gated if r["best_epoch"] > 0]
+        lines += [
+            f"The default model kept a trained epoch in {len(kept)} of {len(gated)} runs; the early stopping had "
+            f"chosen one in {len(trained)}, and the epoch gate (a paired gain over the start of at least "
+            "`keep_epoch_z` standard errors on the validation users) kept the start in the others.",
+            "",
+        ]
     losses = _losses(result)
     for metric in metric_names:
         if metric == "recovery":
