@@ -223,8 +223,8 @@ def parse_variants(specs: list[str]) -> list[tuple[tuple[str, Any], ...]]:
                 value = v.lower() == "true"
             elif v.lstrip("-").isdigit():
                 value = int(v)
-            elif _finite_float(v) is not None:
-                value = _finite_float(v)  # lr=3e-3, keep_epoch_z=1.645
+            elif (x := _finite_float(v)) is not None:
+                value = x  # lr=3e-3, keep_epoch_z=1.645
             pairs.append((k, value))
         out.append(tuple(pairs))
     return out

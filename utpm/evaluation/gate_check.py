@@ -47,15 +47,13 @@ def gate_halves(scores: np.ndarray, seed: int, zs: Sequence[float] = GATE_ZS) ->
     gaps: dict[str, list[float]] = {name: [] for name in rules if name != "ungated"}
     for h in (0, 1):
         fit, score = np.sort(halves[h]), np.sort(halves[1 - h])
-        ungated = scores[choose_epoch(scores, fit), score]
         held_out["start"].extend(scores[0, score].tolist())
-        for name, z in rules.items():
-            epoch = choose_epoch(scores, fit, z)
+        epochs = {name: choose_epoch(scores, fit, z) for name, z in rules.items()}
+        for name, epoch in epochs.items():
             chosen[name].append(epoch)
-            mine = scores[epoch, score]
-            held_out[name].extend(mine.tolist())
+            held_out[name].extend(scores[epoch, score].tolist())
             if name in gaps:
-                gaps[name].extend((mine - ungated).tolist())
+                gaps[name].extend((scores[epoch, score] - scores[epochs["ungated"], score]).tolist())
     return {"chosen": chosen, "held_out": held_out, "gaps": gaps}
 
 

@@ -544,25 +544,17 @@ def train_history(
     val_ks = tuple(sorted(set(config.eval_ks) | set(config.early_stop_ks)))
 
     def evaluate(
-        batch: HistoryBatch, clicked: list[set[str]], ks: Sequence[int], per_user: list[np.ndarray] | None = None
-    ) -> tuple[dict[int, float], int]:
-        """Mean Prec@k over `ks`; with `per_user`, appends each user's mean Prec@k over `early_stop_ks`."""
+        batch: HistoryBatch, clicked: list[set[str]], ks: Sequence[int]
+    ) -> tuple[dict[int, float], int, np.ndarray]:
+        """Mean Prec@k over `ks`, the users skipped (empty C), and each other user's mean Prec@k over
+        `early_stop_ks` (what the epoch gate compares)."""
         if not ks or not batch.size:  # no validation users, or eval_ks=() (a budgeted run over 1M tags)
-            return {}, 0
-        ranked = rank_history(model, batch, tags, max((*ks, *config.early_stop_ks)))
+            return {}, 0, np.zeros(0)
+        stop_ks = config.early_stop_ks
+        ranked = rank_history(model, batch, tags, max((*ks, *stop_ks)))
         res = {k: precision_at_k(ranked, clicked, k) for k in ks}
-        if per_user is not None:
-            stop_ks = config.early_stop_ks
-            per_user.append(
-                np.asarray(
-                    [
-                        np.mean([user_precision(r, c, k) for k in stop_ks])
-                        for r, c in zip(ranked, clicked, strict=True)
-                        if c
-                    ]
-                )
-            )
-        return {k: r.value for k, r in res.items()}, res[ks[0]].skipped_users
+        users = [np.mean([user_precision(r, c, k) for k in stop_ks]) for r, c in zip(ranked, clicked, strict=True) if c]
+        return {k: r.value for k, r in res.items()}, res[ks[0]].skipped_users, np.asarray(users)
 
     # trained on short requests too: validation also sends its users as short requests, so that the
     # start and the epoch are chosen for what they do to both shapes
@@ -572,22 +564,21 @@ def train_history(
         else None
     )
 
-    def stop_score(full: dict[int, float], per_user: list[np.ndarray] | None = None) -> float:
-        """Mean validation Prec@K over `early_stop_ks`, averaged with the short requests' when trained on
-        them (and so each user's score in `per_user`, whose last entry is the full requests')."""
+    def validate() -> tuple[dict[int, float], float, np.ndarray | None]:
+        """The validation users' Prec@K, the stopping score (mean Prec@K over `early_stop_ks`, averaged
+        with the short requests' when trained on them) and each user's score, averaged the same way."""
+        full, _, users = evaluate(val_batch, val_clicked, val_ks)
         if not full:
-            return 0.0
+            return full, 0.0, None
         score = float(np.mean([full[k] for k in config.early_stop_ks]))
         if val_short is not None:
-            shorts: list[np.ndarray] | None = [] if per_user is not None else None
-            short, _ = evaluate(val_short, val_clicked, config.early_stop_ks, shorts)
+            short, _, short_users = evaluate(val_short, val_clicked, config.early_stop_ks)
             score = (score + float(np.mean([short[k] for k in config.early_stop_ks]))) / 2
-            if per_user is not None and shorts:
-                per_user[-1] = (per_user[-1] + shorts[0]) / 2
-        return score
+            users = (users + short_users) / 2
+        return full, score, users
 
     def val_score() -> float:
-        return stop_score(evaluate(val_batch, val_clicked, config.early_stop_ks)[0])
+        return validate()[1]
 
     w_bias = 1.0
     # b_t's popularity counts what the blend tuned on the validation users chose (`POPULARITY_COUNTS`)
@@ -725,8 +716,9 @@ def train_history(
     seen, train_seconds = 0, 0.0
     # epoch 0, the starting point, is a candidate too: training must beat it on validation to count
     user_scores: list[np.ndarray] = []  # per validation user, at the start and after each epoch
-    val0, _ = evaluate(val_batch, val_clicked, val_ks, user_scores)
-    score0 = stop_score(val0, user_scores)
+    val0, score0, users0 = validate()
+    if users0 is not None:
+        user_scores.append(users0)
     stopper.start(model, score0, {"epoch": 0, **{f"val_prec@{k}": v for k, v in val0.items()}, "val_score": score0})
     for epoch in range(1, config.epochs + 1):
         model.train()
@@ -744,9 +736,11 @@ def train_history(
             losses.append(float(loss.detach()))
             seen += len(chunk)
         train_seconds += time.perf_counter() - t0
-        val, _ = evaluate(val_batch, val_clicked, val_ks, user_scores)
-        # without validation every epoch is the best so far: the last one is kept
-        score = stop_score(val, user_scores) if val else float(epoch)
+        val, score, users = validate()
+        if users is not None:
+            user_scores.append(users)
+        else:  # without validation every epoch is the best so far: the last one is kept
+            score = float(epoch)
         point = epoch_point(epoch, losses, time.perf_counter() - t0, val, score)
         if stopper.update(model, epoch, score, point, progress, config.epochs):
             break
@@ -756,10 +750,10 @@ def train_history(
         stopper.fall_back_to_start()
         log.info("epoch %d gains < %.2f standard errors over the start: start kept", best_ungated, config.keep_epoch_z)
     stopper.restore(model)
-    val, _ = evaluate(val_batch, val_clicked, config.eval_ks)
+    val, _, _ = evaluate(val_batch, val_clicked, config.eval_ks)
     if len(test_rows):
         test_batch = encode_users(seqs, henc, test_rows)
-        test, skipped = evaluate(test_batch, [split.clicked_tags(int(i), p.N) for i in test_rows], config.eval_ks)
+        test, skipped, _ = evaluate(test_batch, [split.clicked_tags(int(i), p.N) for i in test_rows], config.eval_ks)
     else:
         test, skipped = {}, 0
     result = HistoryTrainResult(
