@@ -103,12 +103,19 @@ def global_options(verbose: Annotated[bool, typer.Option("--verbose", "-v", help
 def prepare_movielens_cmd(
     src: Annotated[Path, typer.Argument(help="Directory with ratings.csv, tags.csv, movies.csv.")],
     out: Annotated[Path, typer.Argument(callback=dataset_folder, help="Output directory (items.csv, events.csv).")],
+    all_positive: Annotated[
+        bool,
+        typer.Option(
+            "--all-positive/--paper-labels",
+            help="Every rating is a click (label 1): a log without label-0 rows, like an implicit-feedback log.",
+        ),
+    ] = False,
 ) -> None:
     """Convert MovieLens (ml-latest-small / ml-20m / ml-25m layout) with the paper's rating thresholds."""
     from utpm.data.movielens import prepare_movielens
 
     try:
-        report = prepare_movielens(src, out)
+        report = prepare_movielens(src, out, all_positive=all_positive)
     except DataError as e:
         fail(str(e))
     load_data(out)  # proves the output is valid in the generic format, and notes what it noticed
