@@ -27,11 +27,34 @@ def top_k(scores: np.ndarray, k: int, ids: np.ndarray | None = None) -> np.ndarr
     k = max(0, min(k, m))
     if k == 0 or b == 0:
         return np.zeros((b, k), np.int64)
-    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]  # (B, 1): the k-th best score
-    rows, cols = np.nonzero(scores >= kth)
+    rows, cols = np.nonzero(scores >= _at_most_kth_best(scores, k))
     tie = cols if ids is None else np.asarray(ids)[rows, cols]
     order = np.lexsort((tie, -scores[rows, cols], rows))
     rows, cols = rows[order], cols[order]
     start = np.zeros(b, np.int64)
     np.cumsum(np.bincount(rows, minlength=b)[:-1], out=start[1:])
     return cols[(np.arange(len(rows)) - start[rows]) < k].reshape(b, k).astype(np.int64)
+
+
+# Rows at least this wide find a bound from block maxima rather than partitioning the whole row.
+BLOCKED_MIN_COLUMNS = 16_384
+BLOCKS_PER_K = 4
+
+
+def _at_most_kth_best(scores: np.ndarray, k: int) -> np.ndarray:
+    """(B, 1) a value at most each row's k-th best score: every column at or above it is kept, the
+    k best and their ties among them, and `top_k` sorts only those.
+
+    A narrow row gives its k-th best exactly. A wide one (a ranking over every tag of a large
+    vocabulary) gives the k-th best of its block maxima: k blocks each hold a score at least that
+    high, so the row's k-th best is too, and few scores of a row lie above it. One pass for the
+    maxima is much cheaper than partitioning the whole row."""
+    b, m = scores.shape
+    n_blocks = BLOCKS_PER_K * k
+    width = m // n_blocks
+    if m < BLOCKED_MIN_COLUMNS or width < 2:
+        return -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]
+    maxima = np.empty((b, n_blocks + 1), scores.dtype)
+    np.max(scores[:, : n_blocks * width].reshape(b, n_blocks, width), axis=2, out=maxima[:, :n_blocks])
+    maxima[:, n_blocks] = scores[:, n_blocks * width :].max(axis=1) if m > n_blocks * width else -np.inf
+    return -np.partition(-maxima, k - 1, axis=1)[:, k - 1 : k]

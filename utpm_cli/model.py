@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -14,6 +15,10 @@ from utpm_cli.errors import dataset_folder, fail, load_data, output_file
 
 if TYPE_CHECKING:
     from utpm.data.loading import Dataset
+
+# Without a terminal, `utpm train` writes a line as each stage starts, and within an epoch at most
+# one line this often (seconds).
+STAGE_LINE_S = 60.0
 
 
 def prepare_amazon_cmd(
@@ -81,11 +86,28 @@ def train_default(
     with Progress(*columns) as bar:
         task = bar.add_task(f"train {config.model}/{config.loss}", total=epochs, info="")
 
+        plain = not bar.console.is_terminal  # a log file gets lines instead of a live bar
+        started, last_line = time.monotonic(), -math.inf
+
+        def line(text: str) -> None:
+            nonlocal last_line
+            last_line = time.monotonic()
+            typer.echo(f"  [{last_line - started:6.0f}s] {text}", err=True)
+
+        def stage(text: str, step: bool) -> None:
+            bar.update(task, info=text)
+            # every stage as it starts; steps within one (an epoch) at most a line a minute
+            if plain and (not step or time.monotonic() - last_line >= STAGE_LINE_S):
+                line(text)
+
         def progress(epoch: int, total: int, point: dict[str, float]) -> None:
-            bar.update(task, completed=epoch, info=f"loss {point['loss']:.4f} val {point['val_score']:.4f}")
+            info = f"loss {point['loss']:.4f} val {point['val_score']:.4f}"
+            bar.update(task, completed=epoch, info=info)
+            if plain:
+                line(f"epoch {epoch}/{total}: {info}")
 
         try:
-            result = train_history(split, config, out=out, progress=progress)
+            result = train_history(split, config, out=out, progress=progress, stage=stage)
         except ValueError as e:
             fail(str(e))
     test = held_out_figures(result.test, test_share)

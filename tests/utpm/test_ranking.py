@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from utpm import ranking
 from utpm.ranking import top_k
 
 
@@ -35,3 +36,19 @@ def test_candidates_from_several_sources_are_ordered_by_score_then_id() -> None:
     ids = np.asarray([[9, 7, 4, -1, 5], [8, 6, 7, 3, 9]])
     assert top_k(scores, 5, ids=ids).tolist() == [[4, 1, 2, 0, 3], [3, 1, 2, 0, 4]]
     assert top_k(scores, 2, ids=ids).tolist() == [[4, 1], [3, 1]]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_wide_rows_bounded_by_block_maxima_rank_as_a_full_partition_does(seed: int) -> None:
+    """Rows of BLOCKED_MIN_COLUMNS or more take the block-maxima bound: the same columns, ties and
+    rows with fewer finite scores than k included, as the rule."""
+    rng = np.random.default_rng(seed)
+    m = ranking.BLOCKED_MIN_COLUMNS + 37  # a tail beyond the last whole block
+    scores = rng.integers(0, 50, size=(12, m)).astype(np.float32)  # ties everywhere, at the k-th place too
+    scores[:, :2] = -np.inf
+    scores[3, 100:] = -np.inf  # a row with 98 finite scores
+    scores[5] = 7.0  # one value throughout
+    scores[7, -1] = 1000.0  # the best score in the tail
+    for k in (1, 10, 120):
+        got = top_k(scores, k)
+        assert got.tolist() == [_by_rule(row, k) for row in scores], k

@@ -2,6 +2,7 @@
 model with its default loss; `experiment` and `simulate` end with one clear error line on bad input."""
 
 import json
+import re
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -27,6 +28,13 @@ def test_train_without_options_trains_the_default_model_with_its_default_loss(
     # the prior the validation users chose (start and popularity count) is on the summary line
     start = json.loads((out / "metrics.json").read_text())["start"]
     assert f"{start['kind']} start, popularity by {start['popularity']}" in result.output
+    # without a terminal (a log file) each stage is a line as it starts, in order, and each epoch's figures
+    # (steps within an epoch only a minute apart)
+    stages = [re.sub(r"^\s*\[\s*\d+s\] ", "", x) for x in result.output.splitlines() if re.match(r"\s*\[\s*\d+s\]", x)]
+    assert stages[0].startswith("vocabularies of ") and stages[-1] == f"writing {out}", stages
+    order = ["encoding ", "validating the start", "epoch 1/1: validating", "epoch 1/1: loss "]
+    at = [next(i for i, x in enumerate(stages) if x.startswith(o)) for o in order]
+    assert at == sorted(at), stages
 
 
 def test_train_refuses_an_unknown_loss_by_name(movielens_dir: Path, tmp_path: Path) -> None:

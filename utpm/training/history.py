@@ -62,6 +62,22 @@ from utpm.training.trainer import TrainConfig, TrainResult, save_training
 
 log = logging.getLogger(__name__)
 
+# Times per epoch that `train_history` says how far the epoch has come.
+STAGE_STEPS = 20
+# stage(text, step): what starts next; step=True where it only says how far the current stage has come
+Stage = Callable[[str, bool], None]
+
+
+def _silent(text: str, step: bool) -> None:
+    pass
+
+
+def _stage_or_silent(stage: Stage | None) -> Callable[..., None]:
+    """`say(text)` for a stage, `say(text, True)` for a step within one."""
+    target = stage or _silent
+    return lambda text, step=False: target(text, step)
+
+
 HISTORY_LOSSES = ("softmax", "sampled", "joint", "bce")
 # the losses over every tag's score (the others sample negatives)
 ALL_TAG_LOSSES = ("softmax", "bce")
@@ -423,9 +439,11 @@ class HistorySetup:
         return np.log1p(self.pop).astype(np.float32)
 
 
-def prepare_history(split: ProtocolSplit, config: HistoryTrainConfig) -> HistorySetup:
+def prepare_history(split: ProtocolSplit, config: HistoryTrainConfig, stage: Stage | None = None) -> HistorySetup:
     """The user split (the same as `trainer.train`'s), vocabularies, tag statistics, training examples,
-    popularity and the blend's a, c tuned on the validation users, as `train_history` uses them."""
+    popularity and the blend's a, c tuned on the validation users, as `train_history` uses them.
+    `stage` is told what starts next (long on large data)."""
+    say = _stage_or_silent(stage)
     rng = np.random.default_rng(config.seed)
     train_all = split.indices(test=False)
     perm = rng.permutation(train_all)
@@ -434,6 +452,7 @@ def prepare_history(split: ProtocolSplit, config: HistoryTrainConfig) -> History
     p = config.preset
     options: HistoryOptions = config.history
     ratio = (1.0 - split.history_fraction) / split.history_fraction if config.matched_windows else None
+    say(f"vocabularies of {len(train_rows):,} training users")
     seqs = UserSequences(split, p.N, ratio)
     encoder, tags = build_history_vocabularies(split, seqs, train_rows, p.H, config.min_count)
     # Tag statistics for validation, test and serving come from all training users; a training
@@ -441,6 +460,7 @@ def prepare_history(split: ProtocolSplit, config: HistoryTrainConfig) -> History
     # that their features are as out-of-sample as a new user's.
     half = np.zeros(split.n_users, np.int64)
     if options.transitions:
+        say(f"tag statistics over {len(tags):,} tags (all training users, then each half)")
         henc = HistoryEncoder(
             encoder,
             tags,
@@ -468,17 +488,20 @@ def prepare_history(split: ProtocolSplit, config: HistoryTrainConfig) -> History
     step_rows = train_rows
     if 0 < config.max_train_users < len(train_rows):
         step_rows = np.sort(rng.choice(train_rows, config.max_train_users, replace=False))
+    say(f"training examples of {len(step_rows):,} users")
     examples = _examples(seqs, step_rows, cuts)
     if not examples:
         raise ValueError("no training examples: no training user has a label-1 item after a history")
     # Start at the blend yardstick tuned on the validation users: b_t = log1p(popularity among the
     # training users' label items, counted as the blend counts it), the history path's linear part a, c
     # (docs/results.md).
+    say(f"the blend's a and c on {len(val_rows):,} validation users")
     blend = (
         tune_blend(split, train_rows, val_rows, p.N, tuple(config.early_stop_ks))
         if config.start_at_blend and len(val_rows)
         else Blend(0.0, 0.0)
     )
+    say("popularity tables")
     pop, own_pop = popularity_tables(split, train_rows, tags, p.N, blend.popularity)
     return HistorySetup(
         val_rows, train_rows, seqs, encoder, tags, henc, list(train_encs), half, examples, pop, own_pop, blend
@@ -521,11 +544,16 @@ def train_history(
     config: HistoryTrainConfig,
     out: Any = None,
     progress: Callable[[int, int, dict[str, float]], None] | None = None,
+    stage: Stage | None = None,
 ) -> HistoryTrainResult:
-    """Train `utpm-hist` on the protocol's training users; the same user split as `trainer.train`."""
+    """Train `utpm-hist` on the protocol's training users; the same user split as `trainer.train`.
+
+    `progress` gets each epoch's figures; `stage` is told what starts next, also within an epoch
+    (`STAGE_STEPS` times), for a caller that shows long work on large data."""
+    say = _stage_or_silent(stage)
     if config.threads:
         torch.set_num_threads(config.threads)
-    st = prepare_history(split, config)
+    st = prepare_history(split, config, say)
     seqs, tags, encoder, henc, train_encs = st.seqs, st.tags, st.encoder, st.henc, st.train_encs
     val_rows, train_rows, test_rows = st.val_rows, st.train_rows, split.indices(test=True)
     examples, half, own_pop = st.examples, st.half, st.own_pop
@@ -539,6 +567,7 @@ def train_history(
     blend_weights = {"log1p_count": st.blend[0], "log1p_distinct_items": st.blend[1]}
     bias0 = st.bias
     model.start_at(torch.from_numpy(bias0), blend_weights)
+    say(f"encoding {len(val_rows):,} validation users")
     val_batch = encode_users(seqs, henc, val_rows)
     val_clicked = [split.clicked_tags(int(i), p.N) for i in val_rows]
     val_ks = tuple(sorted(set(config.eval_ks) | set(config.early_stop_ks)))
@@ -594,7 +623,9 @@ def train_history(
         # the residual's training sees them), kept if it does at least as well as the blend on the
         # validation users, scored by the model itself
         t0 = time.perf_counter()
+        say("tuning the linear start on training examples")
         tuned = tune_linear_start(st, config)
+        say(f"the blend and the tuned start on {len(val_rows):,} validation users x {n_tags:,} tags")
         blend_val = val_score()
         model.start_at(torch.from_numpy(tuned.w_bias * bias0), tuned.weights)
         tuned_val = val_score()
@@ -688,6 +719,7 @@ def train_history(
         )
 
     # the starting scale: the best of a coarse grid on a few training batches
+    say("the loss's starting scale")
     probe = [examples[j] for j in order_rng.permutation(len(examples))[: 4 * config.batch_size]]
     # encoded once for the whole grid (the losses' own random draws stay in the same order)
     probe_batches = [encode_chunk(probe[j : j + config.batch_size]) for j in range(0, len(probe), config.batch_size)]
@@ -716,6 +748,7 @@ def train_history(
     seen, train_seconds = 0, 0.0
     # epoch 0, the starting point, is a candidate too: training must beat it on validation to count
     user_scores: list[np.ndarray] = []  # per validation user, at the start and after each epoch
+    say("validating the start")
     val0, score0, users0 = validate()
     if users0 is not None:
         user_scores.append(users0)
@@ -727,7 +760,11 @@ def train_history(
         order = order_rng.permutation(len(examples))
         if config.max_examples_per_epoch:
             order = order[: config.max_examples_per_epoch]
+        every, next_note = max(1, len(order) // STAGE_STEPS), 0
         for lo in range(0, len(order), config.batch_size):
+            if lo >= next_note:
+                say(f"epoch {epoch}/{config.epochs}: {lo:,} of {len(order):,} examples", True)
+                next_note = lo + every
             chunk = [examples[j] for j in order[lo : lo + config.batch_size]]
             loss = batch_loss(encode_chunk(chunk))
             optim.zero_grad(set_to_none=True)
@@ -736,6 +773,7 @@ def train_history(
             losses.append(float(loss.detach()))
             seen += len(chunk)
         train_seconds += time.perf_counter() - t0
+        say(f"epoch {epoch}/{config.epochs}: validating")
         val, score, users = validate()
         if users is not None:
             user_scores.append(users)
@@ -752,6 +790,7 @@ def train_history(
     stopper.restore(model)
     val, _, _ = evaluate(val_batch, val_clicked, config.eval_ks)
     if len(test_rows):
+        say(f"the {len(test_rows):,} test users")
         test_batch = encode_users(seqs, henc, test_rows)
         test, skipped, _ = evaluate(test_batch, [split.clicked_tags(int(i), p.N) for i in test_rows], config.eval_ks)
     else:
@@ -775,6 +814,7 @@ def train_history(
         best_epoch_ungated=best_ungated,
     )
     if out is not None:
+        say(f"writing {out}")
         save_training(out, split, config, result)
     return result
 
