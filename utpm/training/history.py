@@ -62,6 +62,8 @@ from utpm.training.trainer import TrainConfig, TrainResult, save_training
 
 log = logging.getLogger(__name__)
 
+# Scores held at once when ranking every tag for many users (4 bytes each: 512 MB).
+RANK_CHUNK_SCORES = 2**27
 # Times per epoch that `train_history` says how far the epoch has come.
 STAGE_STEPS = 20
 # stage(text, step): what starts next; step=True where it only says how far the current stage has come
@@ -339,12 +341,12 @@ def batch_tensors(
     )
 
 
-def rank_history(
-    model: HistoryModel, batch: HistoryBatch, tags: Vocabulary, k: int, chunk: int = 512
-) -> list[list[str]]:
+def rank_history(model: HistoryModel, batch: HistoryBatch, tags: Vocabulary, k: int) -> list[list[str]]:
     """Top-k tags by the final score for each user of `batch` (padding and OOV excluded)."""
     out: list[list[str]] = []
     k = min(k, len(tags) - 2)
+    # every tag's score of a chunk of users at once: at most RANK_CHUNK_SCORES floats, at least 16 users
+    chunk = max(16, min(512, RANK_CHUNK_SCORES // max(1, len(tags))))
     model.eval()
     ids, masks, counts, hid, hf, hm = batch_tensors(batch)
     with torch.no_grad():
