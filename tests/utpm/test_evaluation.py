@@ -158,3 +158,32 @@ def test_one_heavy_user_does_not_swamp_the_tuned_blends_popularity() -> None:
     assert all(r[0] == "common" for r in ranked)
     by_events = yardstick_rankings("blend", split, train, test, max_tags=3, limit=2, blend=(0.0, 0.0))
     assert all(r[0] == "botty" for r in by_events)  # what the event count alone would serve
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_blends_grid_search_scores_each_point_as_blend_ranking_ranks(seed: int) -> None:
+    """`tune_blend` scores every (a, c) in numpy (`_BlendUsers`); each Prec@k equals, to the bit, that of
+    `blend_ranking`'s lists: equal scores (integer counts give many) by the tie order, users with
+    fewer candidates than k, with no candidate at all, and with an empty C among them."""
+    from collections import Counter
+
+    from utpm.evaluation.yardsticks import BLEND_GRID, _BlendUsers, blend_ranking
+
+    rng = np.random.default_rng(seed)
+    tags = [f"t{j}" for j in range(12)]
+    order = {t: j for j, t in enumerate(rng.permutation(tags).tolist()[:10])}  # two tags unknown to it
+    pop = Counter({t: int(rng.integers(0, 4)) for t in tags[:8]})
+    popular = sorted(pop, key=lambda t: (-pop[t], order.get(t, len(order)), t))
+    hists, clicked = [], []
+    for _ in range(40):
+        own = rng.choice(tags, size=int(rng.integers(0, 6)), replace=False).tolist()
+        counts = [(int(n), int(rng.integers(1, n + 1))) for n in rng.integers(1, 4, size=len(own))]
+        hists.append(dict(zip(own, counts, strict=True)))
+        clicked.append(set(rng.choice(tags, size=int(rng.integers(0, 4)), replace=False).tolist()))
+    for limit, pops in ((3, popular), (3, popular[:1]), (5, [])):  # few or no popular tags: short lists
+        users = _BlendUsers(hists, clicked, pop, pops, limit, order)
+        for a in BLEND_GRID[:4]:
+            for c in BLEND_GRID[::3]:
+                ranked = [blend_ranking(h, pop, pops, a, c, limit, order) for h in hists]
+                for k in range(1, limit + 1):
+                    assert users.precision(a, c, k) == precision_at_k(ranked, clicked, k).value, (a, c, k)

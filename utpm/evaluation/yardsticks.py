@@ -31,7 +31,6 @@ from typing import NamedTuple
 import numpy as np
 
 from utpm.data.protocol import ProtocolSplit
-from utpm.evaluation.metrics import precision_at_k
 
 YARDSTICKS = ("mostpop", "histfreq", "blend")
 PLANTED = "planted-first"
@@ -170,13 +169,70 @@ def tune_blend(
     for count in counts:
         pop = popularity_counts(split, train_rows, max_tags, count)
         popular = popularity(split, train_rows, max_tags, order, count)
+        users = _BlendUsers(hists, clicked, pop, popular, max(ks), order)
         for a in grid:
             for c in grid:
-                ranked = [blend_ranking(h, pop, popular, a, c, max(ks), order) for h in hists]
-                score = float(np.mean([precision_at_k(ranked, clicked, k).value for k in ks]))
+                score = float(np.mean([users.precision(a, c, k) for k in ks]))
                 if score > best + 1e-12:
                     best, best_blend = score, Blend(a, c, count)
     return best_blend
+
+
+class _BlendUsers:
+    """`blend_ranking`'s candidates of every user with a non-empty C, flattened user by user: per
+    candidate log1p(pop), log1p(count), log1p(distinct), its place in the tie order and whether it is
+    in the user's C. `precision(a, c, k)` is `precision_at_k` of `blend_ranking`'s lists, found by
+    picking each user's best candidate k times (the highest score, of those the first in the tie
+    order) in numpy rather than sorting each user's candidates in Python for every (a, c)."""
+
+    def __init__(
+        self,
+        hists: Sequence[dict[str, tuple[int, int]]],
+        clicked: Sequence[set[str]],
+        pop: Counter[str],
+        popular: list[str],
+        limit: int,
+        order: dict[str, int],
+    ) -> None:
+        users = [(h, c) for h, c in zip(hists, clicked, strict=True) if c]
+        self.n_clicked = np.asarray([len(c) for _, c in users], np.float64)
+        cands = [sorted(set(h) | set(popular[:limit])) for h, _ in users]
+        # users without a candidate (no history, no popular tag) score 0 and take no place in the arrays
+        self.ranked = np.flatnonzero([len(cs) > 0 for cs in cands])
+        kept = [(users[j], cands[j]) for j in self.ranked.tolist()]
+        flat = [t for _, cs in kept for t in cs]
+        place = {t: r for r, t in enumerate(sorted(set(flat), key=_tie_key(order)))}
+        zero = (0, 0)
+        counts = [h.get(t, zero) for (h, _), cs in kept for t in cs]
+        self.log_pop = np.asarray([math.log1p(pop.get(t, 0)) for t in flat], np.float64)
+        self.log_n = np.asarray([math.log1p(n) for n, _ in counts], np.float64)
+        self.log_d = np.asarray([math.log1p(d) for _, d in counts], np.float64)
+        self.place = np.asarray([place[t] for t in flat], np.int64)
+        self.hit = np.asarray([t in c for (_, c), cs in kept for t in cs], np.int64)
+        lens = np.asarray([len(cs) for _, cs in kept], np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
+        self.user = np.repeat(np.arange(len(kept)), lens)
+
+    def precision(self, a: float, c: float, k: int) -> float:
+        n_users = len(self.n_clicked)
+        if not n_users:
+            return 0.0
+        hits = np.zeros(len(self.ranked), np.int64)
+        if len(self.ranked):
+            # the same float operations, in the same order, as blend_ranking's score
+            score = self.log_pop + a * self.log_n + c * self.log_d
+            after_last = len(self.place)
+            for _ in range(k):
+                best = np.maximum.reduceat(score, self.starts)[self.user]
+                top = score == best
+                first = np.minimum.reduceat(np.where(top, self.place, after_last), self.starts)[self.user]
+                # a user with fewer than k candidates has none left once its best is -inf
+                picked = np.flatnonzero(top & (self.place == first) & (best > -np.inf))
+                hits += np.bincount(self.user[picked], weights=self.hit[picked], minlength=len(hits)).astype(np.int64)
+                score[picked] = -np.inf
+        per_user = np.zeros(n_users)
+        per_user[self.ranked] = hits / np.minimum(k, self.n_clicked[self.ranked])
+        return sum(per_user.tolist()) / n_users
 
 
 def yardstick_rankings(
