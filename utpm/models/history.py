@@ -155,7 +155,10 @@ class HistoryModel(nn.Module):
         """u . o_t + b_t for every tag: (B, n_tags)."""
         if not self.options.tower:
             return (u[:, :1] * 0.0) + self.tag_bias
-        return u @ self.output_table().T + self.tag_bias
+        if torch.is_grad_enabled():
+            return u @ self.output_table().T + self.tag_bias
+        # without autograd (a ranking over every tag) the same sums in place: one (B, n_tags) buffer, not two
+        return (u @ self.output_table().T).add_(self.tag_bias)
 
     def scores(
         self,
@@ -170,7 +173,7 @@ class HistoryModel(nn.Module):
         u = self.user_vector(ids, masks, counts)[0]
         s = self.model_scores(u)
         h = self.history_scores(hist_feats, hist_mask)
-        return s.scatter_add(1, hist_ids, h)
+        return s.scatter_add(1, hist_ids, h) if torch.is_grad_enabled() else s.scatter_add_(1, hist_ids, h)
 
     def forward(
         self,
