@@ -185,5 +185,6 @@ def test_the_blends_grid_search_scores_each_point_as_blend_ranking_ranks(seed: i
         for a in BLEND_GRID[:4]:
             for c in BLEND_GRID[::3]:
                 ranked = [blend_ranking(h, pop, pops, a, c, limit, order) for h in hists]
+                got = users.precision(a, c, range(1, limit + 1))
                 for k in range(1, limit + 1):
-                    assert users.precision(a, c, k) == precision_at_k(ranked, clicked, k).value, (a, c, k)
+                    assert got[k] == precision_at_k(ranked, clicked, k).value, (a, c, k)

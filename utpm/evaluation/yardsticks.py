@@ -172,7 +172,7 @@ def tune_blend(
         users = _BlendUsers(hists, clicked, pop, popular, max(ks), order)
         for a in grid:
             for c in grid:
-                score = float(np.mean([users.precision(a, c, k) for k in ks]))
+                score = float(np.mean(list(users.precision(a, c, ks).values())))
                 if score > best + 1e-12:
                     best, best_blend = score, Blend(a, c, count)
     return best_blend
@@ -213,26 +213,32 @@ class _BlendUsers:
         self.starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
         self.user = np.repeat(np.arange(len(kept)), lens)
 
-    def precision(self, a: float, c: float, k: int) -> float:
+    def precision(self, a: float, c: float, ks: Sequence[int]) -> dict[int, float]:
+        """Prec@k of the blend (a, c) for each k of `ks`, from one pass of max(ks) picks."""
         n_users = len(self.n_clicked)
         if not n_users:
-            return 0.0
+            return {k: 0.0 for k in ks}
+        hits_at = {}  # k -> each ranked user's hits among its first k picks
         hits = np.zeros(len(self.ranked), np.int64)
-        if len(self.ranked):
-            # the same float operations, in the same order, as blend_ranking's score
-            score = self.log_pop + a * self.log_n + c * self.log_d
-            after_last = len(self.place)
-            for _ in range(k):
+        # the same float operations, in the same order, as blend_ranking's score
+        score = self.log_pop + a * self.log_n + c * self.log_d
+        after_last = len(self.place)
+        for pick in range(1, max(ks) + 1):
+            if len(self.ranked):
                 best = np.maximum.reduceat(score, self.starts)[self.user]
                 top = score == best
                 first = np.minimum.reduceat(np.where(top, self.place, after_last), self.starts)[self.user]
-                # a user with fewer than k candidates has none left once its best is -inf
+                # a user with fewer candidates than picks has none left once its best is -inf
                 picked = np.flatnonzero(top & (self.place == first) & (best > -np.inf))
                 hits += np.bincount(self.user[picked], weights=self.hit[picked], minlength=len(hits)).astype(np.int64)
                 score[picked] = -np.inf
-        per_user = np.zeros(n_users)
-        per_user[self.ranked] = hits / np.minimum(k, self.n_clicked[self.ranked])
-        return sum(per_user.tolist()) / n_users
+            hits_at[pick] = hits.copy()
+        out = {}
+        for k in ks:
+            per_user = np.zeros(n_users)
+            per_user[self.ranked] = hits_at[k] / np.minimum(k, self.n_clicked[self.ranked])
+            out[k] = sum(per_user.tolist()) / n_users
+        return out
 
 
 def yardstick_rankings(

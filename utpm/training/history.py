@@ -70,14 +70,9 @@ STAGE_STEPS = 20
 Stage = Callable[[str, bool], None]
 
 
-def _silent(text: str, step: bool) -> None:
-    pass
-
-
 def _stage_or_silent(stage: Stage | None) -> Callable[..., None]:
-    """`say(text)` for a stage, `say(text, True)` for a step within one."""
-    target = stage or _silent
-    return lambda text, step=False: target(text, step)
+    """`say(text)` for a stage, `say(text, True)` for a step within one; nothing without a `stage`."""
+    return lambda text, step=False: None if stage is None else stage(text, step)
 
 
 HISTORY_LOSSES = ("softmax", "sampled", "joint", "bce")
@@ -555,7 +550,7 @@ def train_history(
     say = _stage_or_silent(stage)
     if config.threads:
         torch.set_num_threads(config.threads)
-    st = prepare_history(split, config, say)
+    st = prepare_history(split, config, stage)
     seqs, tags, encoder, henc, train_encs = st.seqs, st.tags, st.encoder, st.henc, st.train_encs
     val_rows, train_rows, test_rows = st.val_rows, st.train_rows, split.indices(test=True)
     examples, half, own_pop = st.examples, st.half, st.own_pop
