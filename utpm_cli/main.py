@@ -251,6 +251,14 @@ def train_cmd(
     short_requests: Annotated[
         float, typer.Option(help="utpm-hist: share of training examples sent as a short request (1-20 recent values).")
     ] = 0.0,
+    sparse_updates: Annotated[
+        bool,
+        typer.Option(
+            "--sparse-updates/--dense-updates",
+            help="utpm-hist, sampled loss (above 50,000 tags): Adam updates only the looked-up rows of tables "
+            "over 50,000 rows; --dense-updates: every row at every step.",
+        ),
+    ] = True,
 ) -> None:
     """Train a model under the paper's protocol; writes a run directory (docs in utpm/training/run.py)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -261,11 +269,11 @@ def train_cmd(
             note_n=not given_options(ctx, ("preset",)), epochs=epochs,
             batch_size=batch_size, lr=lr or 1e-3,
             dim=dim, max_values=max_values, counts=counts, history=history, tie=tie, cross=cross,
-            short_requests=short_requests,
+            short_requests=short_requests, sparse_updates=sparse_updates,
         )  # fmt: skip
     refuse_unread(
         ctx,
-        ("dim", "max_values", "counts", "history", "tie", "cross", "short_requests"),
+        ("dim", "max_values", "counts", "history", "tie", "cross", "short_requests", "sparse_updates"),
         f"options of utpm-hist (the default model), not of {model}, whose sizes come from --preset ({preset})",
     )
     lr = lr or 3e-3

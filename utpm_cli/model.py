@@ -57,6 +57,7 @@ def train_default(
     tie: bool,
     cross: str,
     short_requests: float,
+    sparse_updates: bool,
 ) -> None:
     """`utpm train` for the default model: the history model with its parts switchable for ablations."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -75,6 +76,7 @@ def train_default(
             lr=lr,
             history=HistoryOptions(counts=counts, history=history, tie=tie, cross=cross),  # type: ignore[arg-type]
             short_requests=short_requests,
+            sparse_updates=sparse_updates,
         )
     except ValueError as e:
         fail(str(e))

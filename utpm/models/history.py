@@ -145,6 +145,13 @@ class HistoryModel(nn.Module):
             return self.tie_proj(self.base.embedding.tables[self.tag_field].weight)
         return self.base.tag_embedding.weight
 
+    def output_rows(self, ids: Tensor) -> Tensor:
+        """o_t (len(ids), U) of the tags `ids`, looked up, so that a table set to sparse gets a sparse gradient."""
+        if not self.options.tie:
+            return self.base.tag_embedding(ids)
+        table = self.base.embedding.tables[self.tag_field]
+        return self.tie_proj(table(ids)) if table.sparse else self.output_table()[ids]
+
     def history_scores(self, hist_feats: Tensor, hist_mask: Tensor) -> Tensor:
         """g(phi) (B, Hh), 0 where padded or without a history path."""
         if self.g is None:
@@ -190,7 +197,7 @@ class HistoryModel(nn.Module):
         self, u: Tensor, candidates: Tensor, hist_ids: Tensor, hist_feats: Tensor, hist_mask: Tensor
     ) -> Tensor:
         """Scores of `candidates` (C,) tag ids only: (B, C), history part added where a history tag is a candidate."""
-        s = u @ self.output_table()[candidates].T * float(self.options.tower) + self.tag_bias[candidates]
+        s = u @ self.output_rows(candidates).T * float(self.options.tower) + self.tag_bias[candidates]
         pos = torch.full((self.n_tags,), -1, dtype=torch.long, device=u.device)
         pos[candidates] = torch.arange(len(candidates), device=u.device)
         where = pos[hist_ids]  # (B, Hh), -1 when not a candidate

@@ -57,6 +57,7 @@ from utpm.models.presets import Preset, get_preset
 from utpm.ranking import top_k
 from utpm.training.early_stopping import EarlyStopping, epoch_point
 from utpm.training.samples import build_encoder
+from utpm.training.sparse_rows import RowSparseAdam, large_tables, row_sparse
 from utpm.training.start import StartProblem, TunedStart, tune_start
 from utpm.training.trainer import TrainConfig, TrainResult, save_training
 
@@ -111,6 +112,9 @@ class HistoryTrainConfig(TrainConfig):
     lr: float = 1e-3
     history: HistoryOptions = field(default_factory=HistoryOptions)
     sampled_negatives: int = 2000
+    # With the `sampled` loss (every loss above FULL_SOFTMAX_MAX_TAGS tags), the embedding tables of
+    # more rows than that get row-sparse Adam updates (`utpm.training.sparse_rows`); False: dense Adam
+    sparse_updates: bool = True
     # Start from the blend yardstick tuned on the validation users (`HistoryModel.start_at`).
     start_at_blend: bool = True
     # "tuned": from the blend, a linear start over b_t and every phi feature tuned on Prec@K of the
@@ -665,7 +669,9 @@ def train_history(
     log_scale = torch.nn.Parameter(torch.zeros(()))
     offset = torch.nn.Parameter(torch.zeros(()))
     trainable = [x for x in model.parameters() if x.requires_grad]
-    optim = torch.optim.Adam([*trainable, log_scale, offset], lr=config.lr, weight_decay=config.weight_decay)
+    # only the sampled loss looks the tables up row by row (the others score every tag)
+    sparse = large_tables(model, FULL_SOFTMAX_MAX_TAGS) if loss_name == "sampled" and config.sparse_updates else []
+    optim = RowSparseAdam([*trainable, log_scale, offset], sparse, config.lr, config.weight_decay)
     torch.manual_seed(config.seed)
     order_rng = np.random.default_rng(config.seed + 1)
 
@@ -763,8 +769,9 @@ def train_history(
                 say(f"epoch {epoch}/{config.epochs}: {lo:,} of {len(order):,} examples", True)
                 next_note = lo + every
             chunk = [examples[j] for j in order[lo : lo + config.batch_size]]
-            loss = batch_loss(encode_chunk(chunk))
-            optim.zero_grad(set_to_none=True)
+            with row_sparse(sparse):
+                loss = batch_loss(encode_chunk(chunk))
+            optim.zero_grad()
             loss.backward()
             optim.step()
             losses.append(float(loss.detach()))
