@@ -32,9 +32,11 @@ def test_train_without_options_trains_the_default_model_with_its_default_loss(
     # (steps within an epoch only a minute apart)
     stages = [re.sub(r"^\s*\[\s*\d+s\] ", "", x) for x in result.output.splitlines() if re.match(r"\s*\[\s*\d+s\]", x)]
     assert stages[0].startswith("vocabularies of ") and stages[-1] == f"writing {out}", stages
-    order = ["encoding ", "validating the start", "epoch 1/1: validating", "epoch 1/1: loss "]
+    order = ["encoding ", "the blend and the tuned start", "epoch 1/1: validating", "epoch 1/1: loss "]
     at = [next(i for i, x in enumerate(stages) if x.startswith(o)) for o in order]
     assert at == sorted(at), stages
+    # the start's choice validated the start kept: its figures are reused, not a second pass over every tag
+    assert "validating the start" not in stages
 
 
 def test_train_refuses_an_unknown_loss_by_name(movielens_dir: Path, tmp_path: Path) -> None:

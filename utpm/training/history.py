@@ -607,10 +607,9 @@ def train_history(
             users = (users + short_users) / 2
         return full, score, users
 
-    def val_score() -> float:
-        return validate()[1]
-
     w_bias = 1.0
+    # validate() of the start where the start's choice already ran it (a pass over every tag, not repeated)
+    start_validation: tuple[dict[int, float], float, np.ndarray | None] | None = None
     # b_t's popularity counts what the blend tuned on the validation users chose (`POPULARITY_COUNTS`)
     popularity = st.blend.popularity
     start_info: dict[str, Any] = {
@@ -627,14 +626,16 @@ def train_history(
         say("tuning the linear start on training examples")
         tuned = tune_linear_start(st, config)
         say(f"the blend and the tuned start on {len(val_rows):,} validation users x {n_tags:,} tags")
-        blend_val = val_score()
+        blend_validation = validate()
         model.start_at(torch.from_numpy(tuned.w_bias * bias0), tuned.weights)
-        tuned_val = val_score()
+        start_validation = validate()
+        blend_val, tuned_val = blend_validation[1], start_validation[1]
         keep = tuned_val >= blend_val
         if keep:
             w_bias = tuned.w_bias
         else:
             model.start_at(torch.from_numpy(bias0), {n: 0.0 for n in tuned.weights} | blend_weights)
+            start_validation = blend_validation
         start_info = {
             "kind": "tuned" if keep else "blend",
             "w_bias": w_bias,
@@ -656,6 +657,7 @@ def train_history(
         from utpm.training.warm_start import apply_tag_vectors
 
         warmed = apply_tag_vectors(model.base, encoder, tags, config.tag_vectors, config.freeze_tag_vectors)
+        start_validation = None  # the start's scores changed
         log.info("tag tables started from %s: %s", config.tag_vectors, warmed)
     if not config.train_base:
         model.tag_bias.requires_grad_(False)
@@ -751,8 +753,10 @@ def train_history(
     seen, train_seconds = 0, 0.0
     # epoch 0, the starting point, is a candidate too: training must beat it on validation to count
     user_scores: list[np.ndarray] = []  # per validation user, at the start and after each epoch
-    say("validating the start")
-    val0, score0, users0 = validate()
+    if start_validation is None:
+        say("validating the start")
+        start_validation = validate()
+    val0, score0, users0 = start_validation
     if users0 is not None:
         user_scores.append(users0)
     stopper.start(model, score0, {"epoch": 0, **{f"val_prec@{k}": v for k, v in val0.items()}, "val_score": score0})
