@@ -27,7 +27,7 @@ def top_k(scores: np.ndarray, k: int, ids: np.ndarray | None = None) -> np.ndarr
     k = max(0, min(k, m))
     if k == 0 or b == 0:
         return np.zeros((b, k), np.int64)
-    rows, cols = np.nonzero(scores >= _at_most_kth_best(scores, k))
+    rows, cols = _columns_at_or_above_a_bound(scores, k)
     tie = cols if ids is None else np.asarray(ids)[rows, cols]
     order = np.lexsort((tie, -scores[rows, cols], rows))
     rows, cols = rows[order], cols[order]
@@ -36,25 +36,37 @@ def top_k(scores: np.ndarray, k: int, ids: np.ndarray | None = None) -> np.ndarr
     return cols[(np.arange(len(rows)) - start[rows]) < k].reshape(b, k).astype(np.int64)
 
 
-# Rows at least this wide find a bound from block maxima rather than partitioning the whole row.
+# Rows at least this wide are cut into blocks (at least BLOCKS_PER_K * k, at most BLOCK_WIDTH wide).
 BLOCKED_MIN_COLUMNS = 16_384
 BLOCKS_PER_K = 4
+BLOCK_WIDTH = 1024
 
 
-def _at_most_kth_best(scores: np.ndarray, k: int) -> np.ndarray:
-    """(B, 1) a value at most each row's k-th best score: every column at or above it is kept, the
-    k best and their ties among them, and `top_k` sorts only those.
+def _columns_at_or_above_a_bound(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, columns) of every score at or above a bound at most its row's k-th best score: the k
+    best and their ties among them, which is all `top_k` sorts.
 
-    A narrow row gives its k-th best exactly. A wide one (a ranking over every tag of a large
-    vocabulary) gives the k-th best of its block maxima: k blocks each hold a score at least that
-    high, so the row's k-th best is too, and few scores of a row lie above it. One pass for the
-    maxima is much cheaper than partitioning the whole row."""
+    A narrow row's bound is its k-th best exactly. A wide one (a ranking over every tag of a large
+    vocabulary) takes the k-th best of its block maxima: k blocks each hold a score at least that
+    high, so the row's k-th best is too. Only blocks whose maximum reaches the bound can hold a
+    column at or above it, so only those are searched: one pass over the row for the maxima, instead
+    of partitioning the row or comparing every column with the bound."""
     b, m = scores.shape
-    n_blocks = BLOCKS_PER_K * k
+    n_blocks = max(BLOCKS_PER_K * k, m // BLOCK_WIDTH)
     width = m // n_blocks
     if m < BLOCKED_MIN_COLUMNS or width < 2:
-        return -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]
+        rows, cols = np.nonzero(scores >= -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k])
+        return rows, cols
+    whole = n_blocks * width
+    blocks = scores[:, :whole].reshape(b, n_blocks, width)
     maxima = np.empty((b, n_blocks + 1), scores.dtype)
-    np.max(scores[:, : n_blocks * width].reshape(b, n_blocks, width), axis=2, out=maxima[:, :n_blocks])
-    maxima[:, n_blocks] = scores[:, n_blocks * width :].max(axis=1) if m > n_blocks * width else -np.inf
-    return -np.partition(-maxima, k - 1, axis=1)[:, k - 1 : k]
+    np.max(blocks, axis=2, out=maxima[:, :n_blocks])
+    maxima[:, n_blocks] = scores[:, whole:].max(axis=1) if m > whole else -np.inf
+    bound = -np.partition(-maxima, k - 1, axis=1)[:, k - 1 : k]
+    block_rows, block_ids = np.nonzero(maxima[:, :n_blocks] >= bound)
+    at, offset = np.nonzero(blocks[block_rows, block_ids] >= bound[block_rows])
+    rows, cols = block_rows[at], block_ids[at] * width + offset
+    if m > whole:  # the tail beyond the last whole block
+        tail_rows, tail_cols = np.nonzero(scores[:, whole:] >= bound)
+        rows, cols = np.concatenate([rows, tail_rows]), np.concatenate([cols, tail_cols + whole])
+    return rows, cols

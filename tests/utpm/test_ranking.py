@@ -10,7 +10,7 @@ from utpm.ranking import top_k
 
 
 def _by_rule(row: np.ndarray, k: int) -> list[int]:
-    return sorted(range(len(row)), key=lambda j: (-row[j], j))[:k]
+    return np.lexsort((np.arange(len(row)), -row))[:k].tolist()  # by score, then by the lower column
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -39,16 +39,20 @@ def test_candidates_from_several_sources_are_ordered_by_score_then_id() -> None:
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_wide_rows_bounded_by_block_maxima_rank_as_a_full_partition_does(seed: int) -> None:
-    """Rows of BLOCKED_MIN_COLUMNS or more take the block-maxima bound: the same columns, ties and
-    rows with fewer finite scores than k included, as the rule."""
+@pytest.mark.parametrize("extra", [37, 4 * ranking.BLOCK_WIDTH * 10 + 5])
+def test_wide_rows_bounded_by_block_maxima_rank_as_a_full_partition_does(seed: int, extra: int) -> None:
+    """Rows of BLOCKED_MIN_COLUMNS or more take the block-maxima bound and search only the blocks
+    that reach it: the same columns, ties and rows with fewer finite scores than k included, as the
+    rule. Blocks of BLOCK_WIDTH where the row is wide enough for them, else 4k blocks."""
     rng = np.random.default_rng(seed)
-    m = ranking.BLOCKED_MIN_COLUMNS + 37  # a tail beyond the last whole block
+    m = ranking.BLOCKED_MIN_COLUMNS + extra  # with a tail beyond the last whole block
     scores = rng.integers(0, 50, size=(12, m)).astype(np.float32)  # ties everywhere, at the k-th place too
     scores[:, :2] = -np.inf
     scores[3, 100:] = -np.inf  # a row with 98 finite scores
     scores[5] = 7.0  # one value throughout
     scores[7, -1] = 1000.0  # the best score in the tail
+    scores[8:] = rng.normal(size=(4, m))  # no ties: few blocks reach the bound
+    scores[9, 5000:5100] = 3.0 + rng.integers(0, 3, 100)  # the best in one block, tied
     for k in (1, 10, 120):
         got = top_k(scores, k)
         assert got.tolist() == [_by_rule(row, k) for row in scores], k
