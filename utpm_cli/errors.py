@@ -78,12 +78,17 @@ def positive_ints(text: str, option: str) -> tuple[int, ...]:
 def given_options(ctx: typer.Context, names: Sequence[str]) -> list[str]:
     """The options among `names` that the command line set, as the user wrote them (`--no-counts`)."""
     given = []
+    params = {p.name: p for p in ctx.command.params}
     for name in names:
         source = ctx.get_parameter_source(name)  # Typer's own copy of click's enum: compared by name
         if source is not None and source.name == "COMMANDLINE":
-            value = ctx.params[name]
+            value, param = ctx.params[name], params.get(name)
             flag = name.replace("_", "-")
-            given.append(f"--{flag}" if not isinstance(value, bool) or value else f"--no-{flag}")
+            on, off = f"--{flag}", f"--no-{flag}"
+            if param is not None:  # the flag's own names (`--sparse-updates/--dense-updates`)
+                on = next((o for o in param.opts if o.startswith("--")), on)
+                off = next((o for o in param.secondary_opts if o.startswith("--")), off)
+            given.append(on if not isinstance(value, bool) or value else off)
     return given
 
 

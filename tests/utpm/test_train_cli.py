@@ -72,6 +72,16 @@ def test_train_options_default_to_the_default_models_options() -> None:
     for name in ("counts", "history", "tie", "cross"):
         assert params[name].default == getattr(HistoryOptions(), name), name
     assert params["short_requests"].default == HistoryTrainConfig().short_requests
+    assert params["sparse_updates"].default == HistoryTrainConfig().sparse_updates
+
+
+def test_a_paper_model_refuses_the_default_models_update_switch(movielens_sample_dir: Path, tmp_path: Path) -> None:
+    """The paper's trainer has no row-sparse updates: asked for dense ones, it says so instead of training."""
+    args = ["train", str(movielens_sample_dir), "--out", str(tmp_path / "r"), "--model", "utpm", "--dense-updates"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    # named as the user wrote it, not by a rule the flag does not follow (`--no-sparse-updates`)
+    assert result.output.startswith("error: --dense-updates: options of utpm-hist (the default model), not of utpm")
 
 
 def test_experiment_on_a_missing_directory_ends_with_the_error(tmp_path: Path) -> None:
