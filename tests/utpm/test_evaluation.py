@@ -112,6 +112,39 @@ def test_yardsticks_break_ties_by_the_models_tag_ids() -> None:
     assert yardstick_rankings("mostpop", split, train, test, max_tags=3, limit=2)[0] == ["z", "a"]
 
 
+@pytest.mark.parametrize("max_tags", [None, 0, 1, 3])
+def test_tag_counts_are_those_of_every_event_counted_one_by_one(max_tags: int | None) -> None:
+    """`tag_order` and `popularity_counts` count in numpy what a loop over each user's events gives:
+    every event's item's first `max_tags` tags (a tag the busiest item lists twice counts twice;
+    `users` counts a user's C once per tag), label 0 and history events in the order only."""
+    from collections import Counter
+
+    from tests.datasets import synthetic_dataset
+
+    data = synthetic_dataset(n_users=40, events=30, seed=3)
+    busiest = data.items["item_id"] == data.events["item_id"].mode()[0]
+    data.items["tags"] = [list(t) + list(t)[:1] if b else t for t, b in zip(data.items["tags"], busiest, strict=True)]
+    split = split_protocol(data, seed=0)
+    rows = split.indices(test=False)[::2]
+    every: Counter[str] = Counter()
+    for ragged in (split.history, split.labels):
+        for i in rows.tolist():
+            for item in ragged.row_codes(i).tolist():
+                every.update(split.item_tags.row(item)[:max_tags])
+    want_order = [t for t, _ in sorted(every.items(), key=lambda tc: (-tc[1], tc[0]))]
+    order = tag_order(split, rows, max_tags)
+    assert sorted(order, key=order.__getitem__) == want_order and sorted(order.values()) == list(range(len(order)))
+    events: Counter[str] = Counter()
+    users: Counter[str] = Counter()
+    for i in rows.tolist():
+        for tags, y in split.label_items(i, max_tags):
+            events.update(tags if y == 1 else [])
+        users.update(split.clicked_tags(i, max_tags))
+    assert popularity_counts(split, rows, max_tags, "events") == events
+    assert popularity_counts(split, rows, max_tags, "users") == users
+    assert popularity_counts(split, rows[:0], max_tags) == Counter() and tag_order(split, rows[:0], max_tags) == {}
+
+
 def test_paired_gap_and_verdict() -> None:
     runs = [
         {"model": m, "loss": "joint", "seed": s, "prec@1": v}

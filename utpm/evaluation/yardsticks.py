@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from utpm.data.protocol import ProtocolSplit
+from utpm.data.protocol import ProtocolSplit, Ragged
 
 YARDSTICKS = ("mostpop", "histfreq", "blend")
 PLANTED = "planted-first"
@@ -57,12 +57,40 @@ def tag_order(split: ProtocolSplit, train_rows: np.ndarray, max_tags: int | None
     """tag -> its place by descending frequency among the training users' events (history and label
     period, label 0 or 1, first `max_tags` tags of each item), ties by name: the order of the default
     model's tag ids (`build_history_vocabularies`), so that yardsticks and models break ties alike."""
-    counts: Counter[str] = Counter()
-    for ragged in (split.history, split.labels):
-        for i in train_rows.tolist():
-            for item in ragged.row_codes(int(i)).tolist():
-                counts.update(split.item_tags.row(int(item))[:max_tags])
-    return {t: r for r, (t, _) in enumerate(sorted(counts.items(), key=lambda tc: (-tc[1], tc[0])))}
+    n_values = len(split.item_tags.values)
+    counts = np.zeros(n_values, np.int64)
+    for events in (split.history, split.labels):
+        counts += np.bincount(_event_tags(split, events, train_rows, max_tags)[1], minlength=n_values)
+    seen = np.flatnonzero(counts)
+    names = split.item_tags.values[seen].astype(str)
+    ranked = seen[np.lexsort((names, -counts[seen]))]
+    return {str(t): r for r, t in enumerate(split.item_tags.values[ranked])}
+
+
+def _element_index(ragged: Ragged, rows: np.ndarray, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(position in `rows`, index into `ragged.codes`) of every element of those rows, row by row, in
+    order; with `limit`, of each row's first `limit` elements only."""
+    starts = ragged.offsets[rows]
+    lengths = ragged.offsets[rows + 1] - starts
+    if limit is not None:
+        lengths = np.minimum(lengths, limit)
+    ends = np.cumsum(lengths)
+    within = np.arange(ends[-1] if len(ends) else 0, dtype=np.int64) - np.repeat(ends - lengths, lengths)
+    return np.repeat(np.arange(len(rows), dtype=np.int64), lengths), np.repeat(starts, lengths) + within
+
+
+def _event_tags(
+    split: ProtocolSplit, events: Ragged, rows: np.ndarray, max_tags: int | None, label_1: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """(position in `rows`, tag code into `split.item_tags.values`) of each tag of each event of
+    `events` (the history or the labels) of users `rows`, an item's first `max_tags` tags; with
+    `label_1`, label-1 label events only."""
+    user, at = _element_index(events, np.asarray(rows, np.int64))
+    if label_1:
+        positive = split.label_values[at] == 1
+        user, at = user[positive], at[positive]
+    event, tag_at = _element_index(split.item_tags, events.codes[at], max_tags)
+    return user[event], split.item_tags.codes[tag_at]
 
 
 def _tie_key(order: dict[str, int]) -> Callable[[str], tuple[int, str]]:
@@ -78,15 +106,11 @@ def popularity_counts(
     training users' C hold it (`"users"`)."""
     if count not in POPULARITY_COUNTS:
         raise ValueError(f"unknown popularity count {count!r}; valid: {POPULARITY_COUNTS}")
-    counts: Counter[str] = Counter()
-    for i in train_rows:
-        if count == "users":
-            counts.update(split.clicked_tags(int(i), max_tags))
-            continue
-        for tags, y in split.label_items(int(i), max_tags):
-            if y == 1:
-                counts.update(tags)
-    return counts
+    user, tag = _event_tags(split, split.labels, train_rows, max_tags, label_1=True)
+    if count == "users":  # each user's C counts a tag once
+        tag = np.unique(user * len(split.item_tags.values) + tag) % len(split.item_tags.values)
+    n = np.bincount(tag, minlength=len(split.item_tags.values))
+    return Counter({str(split.item_tags.values[t]): int(n[t]) for t in np.flatnonzero(n).tolist()})
 
 
 def popularity(
