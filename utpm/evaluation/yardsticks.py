@@ -109,8 +109,9 @@ def popularity_counts(
     user, tag = _event_tags(split, split.labels, train_rows, max_tags, label_1=True)
     if count == "users":  # each user's C counts a tag once
         tag = np.unique(user * len(split.item_tags.values) + tag) % len(split.item_tags.values)
-    n = np.bincount(tag, minlength=len(split.item_tags.values))
-    return Counter({str(split.item_tags.values[t]): int(n[t]) for t in np.flatnonzero(n).tolist()})
+    # no array the size of the tag table: training calls this once per user (`popularity_tables`)
+    tags, n = np.unique(tag, return_counts=True)
+    return Counter({str(split.item_tags.values[t]): c for t, c in zip(tags.tolist(), n.tolist(), strict=True)})
 
 
 def popularity(
