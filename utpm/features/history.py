@@ -200,23 +200,11 @@ def _count_pairs(users: Sequence[tuple[np.ndarray, np.ndarray]], n_tags: int) ->
         chunk.append((h[:, None] * n_tags + c[None, :]).ravel())
         held += len(chunk[-1])
         if held >= PAIR_CHUNK or j == len(users) - 1:
-            codes, counts = _merge_counts(codes, counts, *np.unique(np.concatenate(chunk), return_counts=True))
+            codes, inverse = np.unique(np.concatenate([codes, *chunk]), return_inverse=True)
+            counts = np.bincount(inverse, weights=np.concatenate([counts, np.ones(held, np.int64)]))
+            counts = counts.astype(np.int64)
             chunk, held = [], 0
     return codes, counts
-
-
-def _merge_counts(
-    codes: np.ndarray, counts: np.ndarray, new: np.ndarray, new_counts: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Two sorted arrays of distinct codes with their counts -> their sorted union, counts summed.
-    Only the chunk is sorted; the codes so far are searched and copied once, not sorted again."""
-    at = np.searchsorted(codes, new)
-    seen = at < len(codes)
-    seen[seen] = codes[at[seen]] == new[seen]
-    counts = counts.copy()
-    counts[at[seen]] += new_counts[seen]  # distinct positions: distinct codes
-    fresh = ~seen
-    return np.insert(codes, at[fresh], new[fresh]), np.insert(counts, at[fresh], new_counts[fresh].astype(np.int64))
 
 
 @dataclass
