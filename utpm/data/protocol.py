@@ -55,13 +55,22 @@ class Ragged:
 
     def take(self, rows: np.ndarray) -> Ragged:
         """The rows `rows` (indices), in that order; shares `values`."""
-        lengths = self.lengths()[rows]
         offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
+        np.cumsum(self.lengths()[rows], out=offsets[1:])
+        return Ragged(offsets, self.codes[self.element_index(rows)[1]], self.values)
+
+    def element_index(self, rows: np.ndarray, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(position in `rows`, index into `codes`) of every element of those rows, row by row, in
+        order; with `limit`, of each row's first `limit` elements only."""
+        rows = np.asarray(rows, np.int64)
         starts = self.offsets[rows]
-        # index of every kept element: its row's start plus its position within the row
-        within = np.arange(offsets[-1], dtype=np.int64) - np.repeat(offsets[:-1], lengths)
-        return Ragged(offsets, self.codes[np.repeat(starts, lengths) + within], self.values)
+        lengths = self.offsets[rows + 1] - starts
+        if limit is not None:
+            lengths = np.minimum(lengths, limit)
+        ends = np.cumsum(lengths)
+        # an element's index: its row's start plus its position within the row
+        within = np.arange(ends[-1] if len(ends) else 0, dtype=np.int64) - np.repeat(ends - lengths, lengths)
+        return np.repeat(np.arange(len(rows), dtype=np.int64), lengths), np.repeat(starts, lengths) + within
 
 
 def _ragged_from_pairs(row: np.ndarray, codes: np.ndarray, n_rows: int, values: np.ndarray) -> Ragged:

@@ -67,29 +67,17 @@ def tag_order(split: ProtocolSplit, train_rows: np.ndarray, max_tags: int | None
     return {str(t): r for r, t in enumerate(split.item_tags.values[ranked])}
 
 
-def _element_index(ragged: Ragged, rows: np.ndarray, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(position in `rows`, index into `ragged.codes`) of every element of those rows, row by row, in
-    order; with `limit`, of each row's first `limit` elements only."""
-    starts = ragged.offsets[rows]
-    lengths = ragged.offsets[rows + 1] - starts
-    if limit is not None:
-        lengths = np.minimum(lengths, limit)
-    ends = np.cumsum(lengths)
-    within = np.arange(ends[-1] if len(ends) else 0, dtype=np.int64) - np.repeat(ends - lengths, lengths)
-    return np.repeat(np.arange(len(rows), dtype=np.int64), lengths), np.repeat(starts, lengths) + within
-
-
 def _event_tags(
     split: ProtocolSplit, events: Ragged, rows: np.ndarray, max_tags: int | None, label_1: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """(position in `rows`, tag code into `split.item_tags.values`) of each tag of each event of
     `events` (the history or the labels) of users `rows`, an item's first `max_tags` tags; with
     `label_1`, label-1 label events only."""
-    user, at = _element_index(events, np.asarray(rows, np.int64))
+    user, at = events.element_index(rows)
     if label_1:
         positive = split.label_values[at] == 1
         user, at = user[positive], at[positive]
-    event, tag_at = _element_index(split.item_tags, events.codes[at], max_tags)
+    event, tag_at = split.item_tags.element_index(events.codes[at], max_tags)
     return user[event], split.item_tags.codes[tag_at]
 
 
