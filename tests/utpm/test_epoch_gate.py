@@ -10,8 +10,18 @@ import torch
 from tests.datasets import synthetic_dataset
 from utpm.data.protocol import split_protocol
 from utpm.evaluation.gate_check import choose_epoch, gate_halves, summarise_gate
+from utpm.evaluation.metrics import precision_at_k
+from utpm.models.history import HistoryModel
 from utpm.models.presets import get_preset
-from utpm.training.history import HistoryTrainConfig, epoch_beats_start, history_preset, train_history
+from utpm.training.history import (
+    HistoryTrainConfig,
+    encode_users,
+    epoch_beats_start,
+    history_preset,
+    prepare_history,
+    rank_history,
+    train_history,
+)
 
 TINY_HIST = history_preset(get_preset("tiny"), dim=8, max_values=6)
 
@@ -85,3 +95,12 @@ def test_training_records_each_validation_users_score_and_the_gate_keeps_the_sta
     assert gated.best_epoch == 0 and gated.val[1] == pytest.approx(free.curve[0]["val_prec@1"])
     a, b = dict(free.model.named_parameters()), dict(gated.model.named_parameters())
     assert any(not torch.equal(a[n], b[n]) for n in a)  # the start's weights, not the trained ones
+    # the run's validation figures are its kept epoch's, not re-ranked: the same as ranking the
+    # validation users again with the kept weights (free keeps a trained epoch, gated the start)
+    setup = prepare_history(split, config)
+    val_batch = encode_users(setup.seqs, setup.henc, setup.val_rows)
+    clicked = [split.clicked_tags(int(i), TINY_HIST.N) for i in setup.val_rows]
+    for run in (free, gated):
+        assert isinstance(run.model, HistoryModel)
+        ranked = rank_history(run.model, val_batch, setup.tags, 3)
+        assert run.val == {k: precision_at_k(ranked, clicked, k).value for k in (1, 2, 3)}

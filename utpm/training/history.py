@@ -759,6 +759,8 @@ def train_history(
     val0, score0, users0 = start_validation
     if users0 is not None:
         user_scores.append(users0)
+    # each epoch's validation Prec@k (epoch 0: the start): the kept epoch's are the run's, not ranked again
+    val_by_epoch = [val0]
     stopper.start(model, score0, {"epoch": 0, **{f"val_prec@{k}": v for k, v in val0.items()}, "val_score": score0})
     for epoch in range(1, config.epochs + 1):
         model.train()
@@ -783,6 +785,7 @@ def train_history(
         train_seconds += time.perf_counter() - t0
         say(f"epoch {epoch}/{config.epochs}: validating")
         val, score, users = validate()
+        val_by_epoch.append(val)
         if users is not None:
             user_scores.append(users)
         else:  # without validation every epoch is the best so far: the last one is kept
@@ -796,7 +799,8 @@ def train_history(
         stopper.fall_back_to_start()
         log.info("epoch %d gains < %.2f standard errors over the start: start kept", best_ungated, config.keep_epoch_z)
     stopper.restore(model)
-    val, _, _ = evaluate(val_batch, val_clicked, config.eval_ks)
+    kept = val_by_epoch[stopper.best_epoch]
+    val = {k: kept[k] for k in config.eval_ks if k in kept}
     if len(test_rows):
         say(f"the {len(test_rows):,} test users")
         test_batch = encode_users(seqs, henc, test_rows)
