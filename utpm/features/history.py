@@ -32,6 +32,7 @@ import numpy as np
 
 from utpm.features import history_kernel
 from utpm.features.encoding import FeatureEncoder
+from utpm.features.pair_counts import count_pairs, top_neighbours
 from utpm.features.spec import FieldKind
 from utpm.features.values import clean_values
 from utpm.features.vocab import Vocabulary
@@ -58,14 +59,12 @@ PHI_NAMES = (
     "log1p_history_length",
 )
 N_BASE_PHI = 6
-# TagStats.fit holds the distinct (history tag, label tag) pairs plus one chunk of raw pairs at once;
-# past MAX_FIT_PAIRS raw pairs (8 bytes each) it learns from a seeded sample of the users.
-PAIR_CHUNK = 20_000_000
+# TagStats.fit holds the distinct (history tag, label tag) pairs; past MAX_FIT_PAIRS pairs over all
+# users (Σ |H| x |C|, the counting's work) it learns from a seeded sample of the users.
 MAX_FIT_PAIRS = 400_000_000
 # A user with more history x label tag pairs than this (a crawler: most tags with most tags) is left
-# out of TagStats: their pairs say nothing of what users with tag h click next, and one user's block
-# of pairs is built at once (8 bytes a pair).
-MAX_USER_PAIRS = PAIR_CHUNK
+# out of TagStats: their pairs say nothing of what users with tag h click next.
+MAX_USER_PAIRS = 20_000_000
 
 
 @dataclass
@@ -190,23 +189,6 @@ class HistoryBatch:
         return len(self.hist_ids)
 
 
-def _count_pairs(users: Sequence[tuple[np.ndarray, np.ndarray]], n_tags: int) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct codes h * n_tags + t over every user's (history, label) pairs, with their user counts;
-    counted a chunk of users at a time so that memory follows the distinct pairs, not all of them."""
-    codes, counts = np.zeros(0, np.int64), np.zeros(0, np.int64)
-    chunk: list[np.ndarray] = []
-    held = 0
-    for j, (h, c) in enumerate(users):
-        chunk.append((h[:, None] * n_tags + c[None, :]).ravel())
-        held += len(chunk[-1])
-        if held >= PAIR_CHUNK or j == len(users) - 1:
-            codes, inverse = np.unique(np.concatenate([codes, *chunk]), return_inverse=True)
-            counts = np.bincount(inverse, weights=np.concatenate([counts, np.ones(held, np.int64)]))
-            counts = counts.astype(np.int64)
-            chunk, held = [], 0
-    return codes, counts
-
-
 @dataclass
 class TagStats:
     """Per-tag statistics from training users (tag ids of the tag vocabulary), numpy only.
@@ -270,27 +252,17 @@ class TagStats:
         n_users = len(keep)
         n_c = np.bincount(np.concatenate([ls[j] for j in keep] or [np.zeros(0, np.int64)]), minlength=n_tags)
         n_h = np.bincount(np.concatenate([hs[j] for j in keep] or [np.zeros(0, np.int64)]), minlength=n_tags)
-        codes, n_ht = _count_pairs([(hs[j], ls[j]) for j in keep if len(hs[j])], n_tags)
-        h, t = codes // n_tags, codes % n_tags
+        pairs = count_pairs([(hs[j], ls[j]) for j in keep if len(hs[j])], n_tags)
         p = (n_c + 1.0) / (n_users + 2.0)
-        self_pair = h == t
-        r_all = n_ht[self_pair].sum() / max(1.0, float(n_h.sum()))
+        r_all = pairs.same.sum() / max(1.0, float(n_h.sum()))
         repeat = np.zeros(n_tags, np.float64)
         if r_all > 0:
-            rt = (np.zeros(n_tags) + shrinkage * r_all) / (n_h + shrinkage)
-            rt[h[self_pair]] = (n_ht[self_pair] + shrinkage * r_all) / (n_h[h[self_pair]] + shrinkage)
+            rt = (pairs.same + shrinkage * r_all) / (n_h + shrinkage)
             repeat = np.where(n_h > 0, np.log(rt / r_all), 0.0)
-        h, t, n_ht = h[~self_pair], t[~self_pair], n_ht[~self_pair]
-        lift = np.log((n_ht + shrinkage * p[t]) / (n_h[h] + shrinkage) / p[t])
-        pos = lift > 0
-        h, t, lift = h[pos], t[pos], lift[pos]
-        order = np.lexsort((-lift, h))
-        h, t, lift = h[order], t[order], lift[order]
-        start = np.searchsorted(h, h, side="left")
-        top = (np.arange(len(h)) - start) < neighbours
-        h, t, lift = h[top], t[top], lift[top]
-        indptr = np.zeros(n_tags + 1, np.int64)
-        np.cumsum(np.bincount(h, minlength=n_tags), out=indptr[1:])
+        h, t = np.repeat(np.arange(n_tags), np.diff(pairs.indptr)), pairs.tags
+        lift = np.log((pairs.counts + shrinkage * p[t]) / (n_h[h] + shrinkage) / p[t])
+        indptr, chosen = top_neighbours(pairs.indptr, lift, neighbours)
+        t, lift = t[chosen], lift[chosen]
         rate = np.log((n_c + 0.5) / (n_users + 1.0))
         rate[: Vocabulary.OOV + 1] = np.log(0.5 / (n_users + 1.0))
         ranked = np.argsort(-n_c, kind="stable")

@@ -7,7 +7,7 @@ core while a batch thread encodes. It gives the bits of the numpy batch encoder 
 same float64 sums in the same order, the same float32 roundings, the same orders and ties (tested
 against the per-user reference encoder, tests/utpm/features/reference_history.py).
 
-The first call of a process compiles, or loads what numba cached (`_compiled`).
+The first call of a process compiles, or loads what numba cached (`compiled`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ OOV = Vocabulary.OOV
 COUNT, DISTINCT, RECENCY, UNCLICKED, IN_RECENT, SHARE, TRANSITION, REPEAT, LABEL_RATE, HISTORY_LENGTH = range(10)
 
 
-def _compiled(fn):
+def compiled(fn):
     """njit without the GIL, cached by numba where it can write (NUMBA_CACHE_DIR, or __pycache__ beside
     this file); where it cannot (a read-only install) it compiles at each start instead of failing."""
     try:
@@ -44,7 +44,7 @@ class Scratch(threading.local):
         return held
 
 
-@_compiled
+@compiled
 def _lex_order(place, k3, k2, k1):
     """Indices sorted by (-k1, -k2, -k3, place), `place` distinct: stable passes, least key first."""
     order = np.argsort(place, kind="mergesort")
@@ -53,7 +53,7 @@ def _lex_order(place, k3, k2, k1):
     return order
 
 
-@_compiled
+@compiled
 def _slot(keys, t):
     """Where tag id `t` is or goes in the open-addressing table `keys` (a power of two; -1 = free)."""
     mask = len(keys) - 1
@@ -63,7 +63,7 @@ def _slot(keys, t):
     return i
 
 
-@_compiled
+@compiled
 def _table(n):
     """An empty open-addressing table for `n` insertions: (keys, sums, the slots in insertion order)."""
     size = 16
@@ -72,7 +72,7 @@ def _table(n):
     return np.full(size, -1, np.int32), np.zeros(size, np.float64), np.empty(n, np.int64)
 
 
-@_compiled
+@compiled
 def _propose(keys, sums, used, n_used, h, w, indptr, indices, lift):
     """Add history tag h's terms w * lift(h, t) to its neighbours t in the table; the new count of slots used."""
     for idx in range(indptr[h], indptr[h + 1]):
@@ -85,7 +85,7 @@ def _propose(keys, sums, used, n_used, h, w, indptr, indices, lift):
     return n_used
 
 
-@_compiled
+@compiled
 def _entry(t, pos, mark, tag, first, n):
     """Tag t's entry among a user's n so far: its own, or a new one at n, first seen at `pos` -> (entry, n)."""
     e = mark[t]
@@ -97,7 +97,7 @@ def _entry(t, pos, mark, tag, first, n):
     return e, n
 
 
-@_compiled
+@compiled
 def _kept_history(u, clicked, unclicked, users, max_history_tags, mark, out):
     """User u's kept history tags into its first slots with their base phi; `mark` holds each kept tag's
     slot afterwards (and -1 for the rest). Returns how many were kept."""
@@ -155,7 +155,7 @@ def _kept_history(u, clicked, unclicked, users, max_history_tags, mark, out):
     return kept
 
 
-@_compiled
+@compiled
 def _new_and_popular(u, kept, extra_candidates, stats, log_total, mark, out):
     """User u's transition scores, the best new tags and the popular fill after its `kept` history tags
     (`mark`: the kept tags' slots), and the per-tag phi of every slot."""
@@ -249,7 +249,7 @@ def _new_and_popular(u, kept, extra_candidates, stats, log_total, mark, out):
         hist_feats[u, s, HISTORY_LENGTH] = log_total[u]
 
 
-@_compiled
+@compiled
 def candidates(clicked, unclicked, users, max_history_tags, extra_candidates, has_stats, stats, mark, out):
     """Fill `out` = (hist_ids, hist_feats, hist_mask), (B, width[, P]), for every user of the batch.
 

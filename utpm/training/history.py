@@ -285,20 +285,38 @@ def build_history_vocabularies(
     return FeatureEncoder(specs, vocabs), tags
 
 
-def fit_tag_stats(seqs: UserSequences, rows: np.ndarray, tags: Vocabulary, options: HistoryOptions) -> TagStats:
-    """`TagStats` from users `rows` at the protocol's cut: their clicked history tags -> label tags."""
+def tag_stats_users(
+    seqs: UserSequences, rows: np.ndarray, tags: Vocabulary, options: HistoryOptions
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Users `rows` at the protocol's cut as `TagStats.fit` takes them: the tag ids of their
+    `max_history_tags` most clicked history tags, and of their label tags."""
     lookup = tags.lookup
-    hist: list[np.ndarray] = []
-    labels: list[np.ndarray] = []
+    users = {}
     for i in rows.tolist():
         st = seqs.stats(i).get(TAG_FIELD)
         if st is not None:
             top = sorted(range(len(st)), key=lambda j: -st.count[j])[: options.max_history_tags]
-            hist.append(np.asarray([lookup.get(st.values[j], 0) for j in top], np.int64))
+            hist = np.asarray([lookup.get(st.values[j], 0) for j in top], np.int64)
         else:
-            hist.append(np.zeros(0, np.int64))
-        labels.append(np.asarray([lookup.get(t, 0) for t in seqs.label_tags(i)], np.int64))
-    return TagStats.fit(hist, labels, len(tags), options.neighbours, options.shrinkage)
+            hist = np.zeros(0, np.int64)
+        users[i] = (hist, np.asarray([lookup.get(t, 0) for t in seqs.label_tags(i)], np.int64))
+    return users
+
+
+def fit_tag_stats(
+    seqs: UserSequences,
+    rows: np.ndarray,
+    tags: Vocabulary,
+    options: HistoryOptions,
+    users: Mapping[int, tuple[np.ndarray, np.ndarray]] | None = None,
+) -> TagStats:
+    """`TagStats` from users `rows` at the protocol's cut: their clicked history tags -> label tags;
+    `users`: `tag_stats_users` of these rows or more, when the caller has it already."""
+    users = tag_stats_users(seqs, rows, tags, options) if users is None else users
+    picked = [users[i] for i in rows.tolist()]
+    return TagStats.fit(
+        [h for h, _ in picked], [c for _, c in picked], len(tags), options.neighbours, options.shrinkage
+    )
 
 
 @dataclass
@@ -462,11 +480,12 @@ def prepare_history(split: ProtocolSplit, config: HistoryTrainConfig, stage: Sta
     half = np.zeros(split.n_users, np.int64)
     if options.transitions:
         say(f"tag statistics over {len(tags):,} tags (all training users, then each half)")
+        users = tag_stats_users(seqs, train_rows, tags, options)  # read once for the three fits
         henc = HistoryEncoder(
             encoder,
             tags,
             options.max_history_tags,
-            fit_tag_stats(seqs, train_rows, tags, options),
+            fit_tag_stats(seqs, train_rows, tags, options, users),
             options.extra_candidates,
         )
         halves = np.array_split(rng.permutation(train_rows), 2)
@@ -476,7 +495,7 @@ def prepare_history(split: ProtocolSplit, config: HistoryTrainConfig, stage: Sta
                 encoder,
                 tags,
                 options.max_history_tags,
-                fit_tag_stats(seqs, halves[1 - k], tags, options),
+                fit_tag_stats(seqs, halves[1 - k], tags, options, users),
                 options.extra_candidates,
             )
             for k in (0, 1)

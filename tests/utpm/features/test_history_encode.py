@@ -250,7 +250,7 @@ def test_the_kernel_runs_without_the_gil_and_compiles_where_numba_cannot_cache()
     exec("def twice(x):\n    return 2 * x\n", scope)
     with pytest.raises(RuntimeError, match="cannot cache"):
         numba.njit(cache=True)(scope["twice"])
-    twice = history_kernel._compiled(scope["twice"])
+    twice = history_kernel.compiled(scope["twice"])
     assert twice(21) == 42 and twice.targetoptions["nogil"] is True
 
 

@@ -1,12 +1,11 @@
-"""TagStats.fit at scale: pairs counted a chunk at a time, and a user sample past a pair budget."""
+"""TagStats.fit at scale: every pair counted, and a user sample past a pair budget."""
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-import utpm.features.history as history
 from utpm.features.history import TagStats
+from utpm.features.pair_counts import count_pairs, top_neighbours
 
 
 def _users(n: int, n_tags: int, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -21,15 +20,34 @@ def _same(a: TagStats, b: TagStats) -> None:
         assert np.array_equal(getattr(a, name), getattr(b, name)), name
 
 
-def test_pairs_counted_in_chunks_give_the_same_statistics(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pair_counts_are_every_users_distinct_pairs_counted() -> None:
     hist, labels = _users(300, 40, seed=1)
-    whole = TagStats.fit(hist, labels, 40, neighbours=5)
-    monkeypatch.setattr(history, "PAIR_CHUNK", 7)  # many small chunks, merged as they come
-    _same(TagStats.fit(hist, labels, 40, neighbours=5), whole)
-    codes, counts = history._count_pairs([(h, c) for h, c in zip(hist, labels, strict=True) if len(h)], 40)
+    hist[3] = np.zeros(0, np.int64)  # a user without history tags, one without labels
+    labels[4] = np.zeros(0, np.int64)
+    pairs = count_pairs(list(zip(hist, labels, strict=True)), 40)
     raw = np.concatenate([(h[:, None] * 40 + c[None, :]).ravel() for h, c in zip(hist, labels, strict=True)])
-    want_codes, want_counts = np.unique(raw, return_counts=True)
-    assert np.array_equal(codes, want_codes) and np.array_equal(counts, want_counts)
+    codes, counts = np.unique(raw, return_counts=True)
+    h, t = codes // 40, codes % 40
+    other = h != t
+    assert np.array_equal(pairs.indptr, np.concatenate([[0], np.cumsum(np.bincount(h[other], minlength=40))]))
+    assert np.array_equal(pairs.tags, t[other]) and np.array_equal(pairs.counts, counts[other])
+    assert np.array_equal(pairs.same, np.bincount(h[~other], weights=counts[~other], minlength=40))
+    assert pairs.counts.max() > 1 and pairs.same.max() > 1  # rows shared by many users, repeats
+    empty = count_pairs([], 40)
+    assert len(empty.tags) == 0 and not empty.indptr.any() and not empty.same.any()
+
+
+def test_top_neighbours_are_each_rows_best_positive_scores_ties_in_row_order() -> None:
+    rng = np.random.default_rng(4)
+    lens = rng.integers(0, 9, 30)
+    indptr = np.concatenate([[0], np.cumsum(lens)])
+    score = rng.choice([-1.0, 0.0, 0.5, 1.0, 2.0, np.nan], indptr[-1])  # ties, zeros, NaN
+    got_ptr, chosen = top_neighbours(indptr, score, 3)
+    for r in range(30):
+        row = [j for j in range(indptr[r], indptr[r + 1]) if score[j] > 0]
+        want = sorted(row, key=lambda j: (-score[j], j))[:3]
+        assert chosen[got_ptr[r] : got_ptr[r + 1]].tolist() == want
+    assert got_ptr[-1] < indptr[-1]  # some rows had more than 3, or scores <= 0
 
 
 def test_past_the_pair_budget_a_seeded_sample_of_users_gives_every_statistic() -> None:
