@@ -64,7 +64,13 @@ def train_default(
 
     from utpm.data.protocol import split_protocol
     from utpm.models.history import HistoryOptions
-    from utpm.training.history import DEFAULT_HISTORY_LOSS, HistoryTrainConfig, history_preset, train_history
+    from utpm.training.history import (
+        DEFAULT_HISTORY_LOSS,
+        FULL_SOFTMAX_MAX_TAGS,
+        HistoryTrainConfig,
+        history_preset,
+        train_history,
+    )
 
     try:
         config = HistoryTrainConfig(
@@ -118,8 +124,11 @@ def train_default(
     prior = f"{start.get('kind', 'blend')} start, popularity by {start.get('popularity', 'events')}"
     if result.best_epoch != result.best_epoch_ungated:  # the gate kept the start: say what it set aside
         prior += f"; epoch {result.best_epoch_ungated}'s gain within {config.keep_epoch_z:g} standard errors"
+    loss = config.loss
+    if result.loss and result.loss != loss:  # an all-tag loss over a large vocabulary
+        loss += f" as {result.loss} (above {FULL_SOFTMAX_MAX_TAGS:,} tags)"
     typer.echo(
-        f"trained {config.model}/{config.loss} (best epoch {result.best_epoch}, {prior}, "
+        f"trained {config.model}/{loss} (best epoch {result.best_epoch}, {prior}, "
         f"{result.samples_per_s:,.0f} users/s); test {test}; wrote {out}"
     )
 

@@ -5,8 +5,10 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
+from utpm.training import history
 from utpm.training.history import DEFAULT_HISTORY_LOSS
 from utpm_cli.main import app
 
@@ -26,8 +28,10 @@ def test_train_without_options_trains_the_default_model_with_its_default_loss(
     # rows said nothing of them)
     assert "note: " in result.output and "item(s) have no tags" in result.output
     # the prior the validation users chose (start and popularity count) is on the summary line
-    start = json.loads((out / "metrics.json").read_text())["start"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    start = metrics["start"]
     assert f"{start['kind']} start, popularity by {start['popularity']}" in result.output
+    assert metrics["loss"] == "bce" and "trained utpm-hist/bce (best epoch" in result.output
     # without a terminal (a log file) each stage is a line as it starts, in order, and each epoch's figures
     # (steps within an epoch only a minute apart)
     stages = [re.sub(r"^\s*\[\s*\d+s\] ", "", x) for x in result.output.splitlines() if re.match(r"\s*\[\s*\d+s\]", x)]
@@ -37,6 +41,21 @@ def test_train_without_options_trains_the_default_model_with_its_default_loss(
     assert at == sorted(at), stages
     # the start's choice validated the start kept: its figures are reused, not a second pass over every tag
     assert "validating the start" not in stages
+
+
+def test_an_all_tag_loss_over_a_large_vocabulary_says_it_trained_the_sampled_softmax(
+    movielens_sample_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above FULL_SOFTMAX_MAX_TAGS tags `bce` and `softmax` train as `sampled`: the summary line and
+    metrics.json said "bce" of a run over a million tags that never scored every tag."""
+    monkeypatch.setattr(history, "FULL_SOFTMAX_MAX_TAGS", 10)
+    out = tmp_path / "run"
+    args = ["train", str(movielens_sample_dir), "--out", str(out), "--epochs", "1", "--dim", "8"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "trained utpm-hist/bce as sampled (above 10 tags) (best epoch" in result.output
+    assert json.loads((out / "metrics.json").read_text())["loss"] == "sampled"
+    assert json.loads((out / "config.json").read_text())["loss"] == "bce"  # what was asked for
 
 
 def test_train_refuses_an_unknown_loss_by_name(movielens_dir: Path, tmp_path: Path) -> None:

@@ -186,6 +186,9 @@ class HistoryTrainResult(TrainResult):
     val_user_scores: np.ndarray | None = None
     # the epoch the early stopping chose, before `keep_epoch_z` (equal to best_epoch unless the gate fell back)
     best_epoch_ungated: int = 0
+    # the loss it trained with: `config.loss`, or "sampled" where an all-tag loss meets a vocabulary of
+    # more than FULL_SOFTMAX_MAX_TAGS tags
+    loss: str = ""
 
 
 class UserSequences:
@@ -843,6 +846,7 @@ def train_history(
         start=start_info,
         val_user_scores=np.stack(user_scores) if user_scores else None,
         best_epoch_ungated=best_ungated,
+        loss=loss_name,
     )
     if out is not None:
         say(f"writing {out}")

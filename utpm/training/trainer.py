@@ -308,6 +308,9 @@ def save_training(out: Path, split: ProtocolSplit, config: TrainConfig, result: 
     if start:
         metrics["start"] = start
         metrics["best_epoch_ungated"] = getattr(result, "best_epoch_ungated", result.best_epoch)  # before its gate
+    trained_with = getattr(result, "loss", "")  # the default model's loss, where the vocabulary changed it
+    if trained_with:
+        metrics["loss"] = trained_with
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     # Per-tag data the history features need at serving (HistoryEncoder.to_arrays), if it has any.
     henc = getattr(result, "history_encoder", None)
