@@ -224,7 +224,10 @@ def train_cmd(
         str, typer.Option(help="Model name: utpm-hist (the default model), or the paper's utpm, youtube, af2-cf, ...")
     ] = "utpm-hist",
     loss: Annotated[
-        str, typer.Option(help="utpm-hist: bce (default), softmax, sampled, joint; the paper's: joint, separate.")
+        str,
+        typer.Option(
+            help="utpm-hist: bce (default), softmax, sampled, sampled_bce, joint; the paper's: joint, separate."
+        ),
     ] = "",
     preset: Annotated[str, typer.Option(help="Preset: movielens, synthetic (N = 5), industrial, tiny.")] = "movielens",
     seed: Annotated[int, typer.Option(help="Seed of the user split, the initial weights and the sampling.")] = 0,
@@ -352,7 +355,10 @@ def experiment_cmd(
         typer.Option(help="Comma-separated model names; 'paper' = the paper's ladder + utpm; 'default' = utpm-hist."),
     ] = "paper",
     loss: Annotated[
-        str, typer.Option(help="joint, separate, both, default (each model's own), or bce/softmax/sampled (utpm-hist).")
+        str,
+        typer.Option(
+            help="joint, separate, both, default (each model's own), or bce/softmax/sampled/sampled_bce (utpm-hist)."
+        ),
     ] = "both",
     seeds: Annotated[int, typer.Option(min=1, help="Number of seeds (0..N-1).")] = 5,
     folds: Annotated[
@@ -394,8 +400,8 @@ def experiment_cmd(
     if bad:
         fail(f"unknown model(s) {bad}; valid: default ({DEFAULT_MODEL}), {', '.join(MODEL_NAMES)}")
     losses = {"both": ["separate", "joint"]}.get(loss, [loss])
-    if any(lo not in ("joint", "separate", "default", "bce", "softmax", "sampled") for lo in losses):
-        fail(f"--loss must be joint, separate, both, default, bce, softmax or sampled, not {loss!r}")
+    if any(lo not in ("joint", "separate", "default", "bce", "softmax", "sampled", "sampled_bce") for lo in losses):
+        fail(f"--loss must be joint, separate, both, default, bce, softmax, sampled or sampled_bce, not {loss!r}")
     ks = list(positive_ints(k, "--k"))
     if folds == 1:
         fail("--folds must be 0 (seeded 80/20 draws) or at least 2, got 1")

@@ -43,18 +43,18 @@ def test_train_without_options_trains_the_default_model_with_its_default_loss(
     assert "validating the start" not in stages
 
 
-def test_an_all_tag_loss_over_a_large_vocabulary_says_it_trained_the_sampled_softmax(
+def test_an_all_tag_loss_over_a_large_vocabulary_says_it_trained_its_sampled_form(
     movielens_sample_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Above FULL_SOFTMAX_MAX_TAGS tags `bce` and `softmax` train as `sampled`: the summary line and
-    metrics.json said "bce" of a run over a million tags that never scored every tag."""
+    """Above FULL_SOFTMAX_MAX_TAGS tags `bce` trains as `sampled_bce` (and `softmax` as `sampled`): the
+    summary line and metrics.json said "bce" of a run over a million tags that never scored every tag."""
     monkeypatch.setattr(history, "FULL_SOFTMAX_MAX_TAGS", 10)
     out = tmp_path / "run"
     args = ["train", str(movielens_sample_dir), "--out", str(out), "--epochs", "1", "--dim", "8"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "trained utpm-hist/bce as sampled (above 10 tags) (best epoch" in result.output
-    assert json.loads((out / "metrics.json").read_text())["loss"] == "sampled"
+    assert "trained utpm-hist/bce as sampled_bce (above 10 tags) (best epoch" in result.output
+    assert json.loads((out / "metrics.json").read_text())["loss"] == "sampled_bce"
     assert json.loads((out / "config.json").read_text())["loss"] == "bce"  # what was asked for
 
 

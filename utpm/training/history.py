@@ -76,12 +76,15 @@ def _stage_or_silent(stage: Stage | None) -> Callable[..., None]:
     return lambda text, step=False: None if stage is None else stage(text, step)
 
 
-HISTORY_LOSSES = ("softmax", "sampled", "joint", "bce")
+HISTORY_LOSSES = ("softmax", "sampled", "joint", "bce", "sampled_bce")
 # the losses over every tag's score (the others sample negatives)
 ALL_TAG_LOSSES = ("softmax", "bce")
+# what each of them becomes above FULL_SOFTMAX_MAX_TAGS tags: its estimate from sampled negatives
+SAMPLED_FORM = {"softmax": "sampled", "bce": "sampled_bce"}
+SAMPLED_LOSSES = ("sampled", "sampled_bce")
 # chosen on validation users (docs/results.md): Prec@K rewards ranking by P(t in C | user)
 DEFAULT_HISTORY_LOSS = "bce"
-# Above this many tags the losses over every tag (ALL_TAG_LOSSES) are replaced by the sampled softmax.
+# Above this many tags the losses over every tag (ALL_TAG_LOSSES) are replaced by their SAMPLED_FORM.
 FULL_SOFTMAX_MAX_TAGS = 50_000
 _NEG = -1e9
 STARTS = ("tuned", "blend")
@@ -186,8 +189,8 @@ class HistoryTrainResult(TrainResult):
     val_user_scores: np.ndarray | None = None
     # the epoch the early stopping chose, before `keep_epoch_z` (equal to best_epoch unless the gate fell back)
     best_epoch_ungated: int = 0
-    # the loss it trained with: `config.loss`, or "sampled" where an all-tag loss meets a vocabulary of
-    # more than FULL_SOFTMAX_MAX_TAGS tags
+    # the loss it trained with: `config.loss`, or its SAMPLED_FORM where an all-tag loss meets a
+    # vocabulary of more than FULL_SOFTMAX_MAX_TAGS tags
     loss: str = ""
 
 
@@ -585,7 +588,7 @@ def train_history(
     n_tags = len(tags)
     loss_name = config.loss
     if loss_name in ALL_TAG_LOSSES and n_tags > FULL_SOFTMAX_MAX_TAGS:
-        loss_name = "sampled"
+        loss_name = SAMPLED_FORM[loss_name]
     model = build_history_model(encoder.specs, n_tags, p, options, seed=config.seed)
     blend_weights = {"log1p_count": st.blend[0], "log1p_distinct_items": st.blend[1]}
     bias0 = st.bias
@@ -694,7 +697,7 @@ def train_history(
     offset = torch.nn.Parameter(torch.zeros(()))
     trainable = [x for x in model.parameters() if x.requires_grad]
     # only the sampled loss looks the tables up row by row (the others score every tag)
-    sparse = large_tables(model, FULL_SOFTMAX_MAX_TAGS) if loss_name == "sampled" and config.sparse_updates else []
+    sparse = large_tables(model, FULL_SOFTMAX_MAX_TAGS) if loss_name in SAMPLED_LOSSES and config.sparse_updates else []
     optim = RowSparseAdam([*trainable, log_scale, offset], sparse, config.lr, config.weight_decay)
     torch.manual_seed(config.seed)
     order_rng = np.random.default_rng(config.seed + 1)
@@ -721,11 +724,16 @@ def train_history(
         u = model.user_vector(ids, masks, counts)[0]
         s = model.model_scores(u).scatter_add(1, hid, model.history_scores(hf, hm))
         if config.leave_own_labels_out:
-            r_ = np.concatenate([np.full(len(own_pop[i][0]), b) for b, (i, _) in enumerate(chunk)])
-            c_ = np.concatenate([own_pop[i][0] for i, _ in chunk])
-            v_ = np.concatenate([own_pop[i][1] for i, _ in chunk])
-            s = s.index_put((torch.from_numpy(r_), torch.from_numpy(c_)), torch.from_numpy(v_), accumulate=True)
+            r_, c_, v_ = _own_label_changes(chunk)
+            s = s.index_put((r_, c_), v_, accumulate=True)
         return s
+
+    def _own_label_changes(chunk: Sequence[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(row, tag id, change of b_t) of each training example's own labels left out of the popularity."""
+        r_ = np.concatenate([np.full(len(own_pop[i][0]), b) for b, (i, _) in enumerate(chunk)])
+        c_ = np.concatenate([own_pop[i][0] for i, _ in chunk])
+        v_ = np.concatenate([own_pop[i][1] for i, _ in chunk])
+        return torch.from_numpy(r_), torch.from_numpy(c_), torch.from_numpy(v_)
 
     def all_tag_loss(encoded: _EncodedChunk, s: torch.Tensor) -> torch.Tensor:
         if loss_name == "bce":
@@ -741,6 +749,11 @@ def train_history(
         scale = log_scale.exp()
         if loss_name == "sampled":
             return _sampled_loss(model, u, rows, cols, hid, hf, hm, q, config.sampled_negatives, order_rng, scale)
+        if loss_name == "sampled_bce":
+            own = _own_label_changes(chunk) if config.leave_own_labels_out else None
+            return _sampled_bce_loss(
+                model, u, rows, cols, hid, hf, hm, q, config.sampled_negatives, order_rng, scale, offset, own
+            )
         return _joint_loss(
             model, u, chunk, seqs, tags, hid, hf, hm, p.K, config.negatives_per_positive, order_rng, scale, offset
         )
@@ -882,7 +895,7 @@ def training_problem(st: HistorySetup, examples: Sequence[tuple[int, int]]) -> S
 
 def _offset_grid(loss: str) -> tuple[float, ...]:
     """Starting offsets tried for the losses with an offset (a label tag is rare among all tags)."""
-    return (-12.0, -10.0, -8.0, -6.0, -4.0, -2.0, 0.0) if loss == "bce" else (0.0,)
+    return (-12.0, -10.0, -8.0, -6.0, -4.0, -2.0, 0.0) if loss in ("bce", "sampled_bce") else (0.0,)
 
 
 def _bce_loss(logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -920,6 +933,46 @@ def _sampled_loss(
     pos = torch.full((model.n_tags,), -1, dtype=torch.long)
     pos[c] = torch.arange(len(cand))
     return _softmax_loss(torch.cat([torch.full((len(u), 2), _NEG), s], 1), rows, pos[cols] + 2, len(u))
+
+
+def _sampled_bce_loss(
+    model: HistoryModel,
+    u: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    hid: torch.Tensor,
+    hf: torch.Tensor,
+    hm: torch.Tensor,
+    q: np.ndarray,
+    n_samples: int,
+    rng: np.random.Generator,
+    scale: torch.Tensor,
+    offset: torch.Tensor,
+    own: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+) -> torch.Tensor:
+    """`_bce_loss` estimated: exact on the batch's label tags and candidates; the other tags' terms
+    (all negatives) from `n_samples` draws of Q, each weighted 1 / (n_samples * q_t), an unbiased
+    estimate of their sum. `own`: each row's own labels left out of b_t, as `bce` scores them."""
+    sampled = rng.choice(len(q), size=n_samples, p=q)
+    forced = np.unique(np.concatenate([cols.numpy(), hid[hm > 0].numpy()]))
+    forced = forced[forced > Vocabulary.OOV]
+    drawn, times = np.unique(sampled, return_counts=True)
+    rest = ~np.isin(drawn, forced) & (drawn > Vocabulary.OOV)
+    drawn, times = drawn[rest], times[rest]
+    cand = np.concatenate([forced, drawn])
+    weight = np.concatenate([np.ones(len(forced)), times / (n_samples * q[drawn])]).astype(np.float32)
+    c = torch.from_numpy(cand)
+    s = model.candidate_scores(u, c, hid, hf, hm)
+    pos = torch.full((model.n_tags,), -1, dtype=torch.long)
+    pos[c] = torch.arange(len(cand))
+    if own is not None:
+        r_, c_, v_ = own
+        at = pos[c_]
+        s = s.index_put((r_[at >= 0], at[at >= 0]), v_[at >= 0], accumulate=True)
+    y = torch.zeros_like(s)
+    y[rows, pos[cols]] = 1.0
+    terms = F.binary_cross_entropy_with_logits(s * scale + offset, y, reduction="none")
+    return (terms * torch.from_numpy(weight)).sum(1).mean()
 
 
 def _joint_loss(
