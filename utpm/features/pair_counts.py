@@ -66,37 +66,20 @@ def _pair_counts(h_bounds, h_ids, c_bounds, c_ids, n_tags):
             h = h_ids[j]
             by_tag[fill[h]] = u
             fill[h] += 1
-    # first pass: each row's distinct label tags, so that the output is allocated once
-    last = np.full(n_tags, -1, np.int64)
-    indptr = np.zeros(n_tags + 1, np.int64)
-    for h in range(n_tags):
-        n = 0
-        for j in range(starts[h], starts[h + 1]):
-            u = by_tag[j]
-            for x in range(c_bounds[u], c_bounds[u + 1]):
-                t = c_ids[x]
-                if t != h and last[t] != h:
-                    last[t] = h
-                    n += 1
-        indptr[h + 1] = indptr[h] + n
-    tags = np.empty(indptr[n_tags], np.int64)
-    counts = np.empty(indptr[n_tags], np.int64)
-    same = np.zeros(n_tags, np.int64)
     acc = np.zeros(n_tags, np.int64)
     touched = np.empty(n_tags, np.int64)
+    # first pass: each row's length, so that the output is allocated once
+    indptr = np.zeros(n_tags + 1, np.int64)
+    same = np.zeros(n_tags, np.int64)
     for h in range(n_tags):
-        m = 0
-        for j in range(starts[h], starts[h + 1]):
-            u = by_tag[j]
-            for x in range(c_bounds[u], c_bounds[u + 1]):
-                t = c_ids[x]
-                if t == h:
-                    same[h] += 1
-                    continue
-                if acc[t] == 0:
-                    touched[m] = t
-                    m += 1
-                acc[t] += 1
+        m, same[h] = _sum_row(h, starts, by_tag, c_bounds, c_ids, acc, touched)
+        indptr[h + 1] = indptr[h] + m
+        for i in range(m):
+            acc[touched[i]] = 0
+    tags = np.empty(indptr[n_tags], np.int64)
+    counts = np.empty(indptr[n_tags], np.int64)
+    for h in range(n_tags):
+        m, _ = _sum_row(h, starts, by_tag, c_bounds, c_ids, acc, touched)
         row = np.sort(touched[:m])
         at = indptr[h]
         for i in range(m):
@@ -105,6 +88,26 @@ def _pair_counts(h_bounds, h_ids, c_bounds, c_ids, n_tags):
             counts[at + i] = acc[t]
             acc[t] = 0
     return indptr, tags, counts, same
+
+
+@compiled
+def _sum_row(h, starts, by_tag, c_bounds, c_ids, acc, touched):
+    """Row h: the label tags t != h of the users with history tag h counted into `acc` (zero before),
+    the distinct ones into `touched`; returns (how many distinct, how many users have h as a label)."""
+    m = 0
+    same = 0
+    for j in range(starts[h], starts[h + 1]):
+        u = by_tag[j]
+        for x in range(c_bounds[u], c_bounds[u + 1]):
+            t = c_ids[x]
+            if t == h:
+                same += 1
+            else:
+                if acc[t] == 0:
+                    touched[m] = t
+                    m += 1
+                acc[t] += 1
+    return m, same
 
 
 @compiled

@@ -81,7 +81,7 @@ HISTORY_LOSSES = ("softmax", "sampled", "joint", "bce", "sampled_bce")
 ALL_TAG_LOSSES = ("softmax", "bce")
 # what each of them becomes above FULL_SOFTMAX_MAX_TAGS tags: its estimate from sampled negatives
 SAMPLED_FORM = {"softmax": "sampled", "bce": "sampled_bce"}
-SAMPLED_LOSSES = ("sampled", "sampled_bce")
+SAMPLED_LOSSES = tuple(SAMPLED_FORM.values())
 # chosen on validation users (docs/results.md): Prec@K rewards ranking by P(t in C | user)
 DEFAULT_HISTORY_LOSS = "bce"
 # Above this many tags the losses over every tag (ALL_TAG_LOSSES) are replaced by their SAMPLED_FORM.
@@ -907,6 +907,27 @@ def _bce_loss(logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> t
     return terms.sum(1).mean()
 
 
+def _sampled_candidates(
+    cols: torch.Tensor, hid: torch.Tensor, hm: torch.Tensor, q: np.ndarray, n_samples: int, rng: np.random.Generator
+) -> tuple[np.ndarray, int, np.ndarray]:
+    """The sampled losses' columns: the batch's label tags and candidates (ascending), then the tags
+    drawn `n_samples` times from Q that are not among them (ascending); as (tag ids, how many come
+    first, how often each drawn one was drawn)."""
+    sampled = rng.choice(len(q), size=n_samples, p=q)
+    forced = np.unique(np.concatenate([cols.numpy(), hid[hm > 0].numpy()]))
+    forced = forced[forced > Vocabulary.OOV]
+    drawn, times = np.unique(sampled, return_counts=True)
+    rest = ~np.isin(drawn, forced) & (drawn > Vocabulary.OOV)
+    return np.concatenate([forced, drawn[rest]]), len(forced), times[rest]
+
+
+def _positions(n_tags: int, cand: torch.Tensor) -> torch.Tensor:
+    """Each tag id's column among `cand`, -1 for the others."""
+    pos = torch.full((n_tags,), -1, dtype=torch.long)
+    pos[cand] = torch.arange(len(cand))
+    return pos
+
+
 def _sampled_loss(
     model: HistoryModel,
     u: torch.Tensor,
@@ -920,18 +941,12 @@ def _sampled_loss(
     rng: np.random.Generator,
     scale: torch.Tensor,
 ) -> torch.Tensor:
-    sampled = rng.choice(len(q), size=n_samples, p=q)
-    forced = np.unique(np.concatenate([cols.numpy(), hid[hm > 0].numpy()]))
-    only_sampled = np.setdiff1d(np.unique(sampled), forced)
-    cand = np.concatenate([forced, only_sampled])
-    cand = cand[cand > Vocabulary.OOV]
+    cand, n_forced, _ = _sampled_candidates(cols, hid, hm, q, n_samples, rng)
     correction = np.zeros(len(cand), np.float32)
-    n_forced = int((forced > Vocabulary.OOV).sum())
     correction[n_forced:] = np.log(n_samples * q[cand[n_forced:]]).astype(np.float32)
     c = torch.from_numpy(cand)
     s = model.candidate_scores(u, c, hid, hf, hm) * scale - torch.from_numpy(correction)
-    pos = torch.full((model.n_tags,), -1, dtype=torch.long)
-    pos[c] = torch.arange(len(cand))
+    pos = _positions(model.n_tags, c)
     return _softmax_loss(torch.cat([torch.full((len(u), 2), _NEG), s], 1), rows, pos[cols] + 2, len(u))
 
 
@@ -953,18 +968,11 @@ def _sampled_bce_loss(
     """`_bce_loss` estimated: exact on the batch's label tags and candidates; the other tags' terms
     (all negatives) from `n_samples` draws of Q, each weighted 1 / (n_samples * q_t), an unbiased
     estimate of their sum. `own`: each row's own labels left out of b_t, as `bce` scores them."""
-    sampled = rng.choice(len(q), size=n_samples, p=q)
-    forced = np.unique(np.concatenate([cols.numpy(), hid[hm > 0].numpy()]))
-    forced = forced[forced > Vocabulary.OOV]
-    drawn, times = np.unique(sampled, return_counts=True)
-    rest = ~np.isin(drawn, forced) & (drawn > Vocabulary.OOV)
-    drawn, times = drawn[rest], times[rest]
-    cand = np.concatenate([forced, drawn])
-    weight = np.concatenate([np.ones(len(forced)), times / (n_samples * q[drawn])]).astype(np.float32)
+    cand, n_forced, times = _sampled_candidates(cols, hid, hm, q, n_samples, rng)
+    weight = np.concatenate([np.ones(n_forced), times / (n_samples * q[cand[n_forced:]])]).astype(np.float32)
     c = torch.from_numpy(cand)
     s = model.candidate_scores(u, c, hid, hf, hm)
-    pos = torch.full((model.n_tags,), -1, dtype=torch.long)
-    pos[c] = torch.arange(len(cand))
+    pos = _positions(model.n_tags, c)
     if own is not None:
         r_, c_, v_ = own
         at = pos[c_]
