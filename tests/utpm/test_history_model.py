@@ -152,6 +152,38 @@ def test_all_positive_log_trains_with_each_loss_and_the_run_reads_back(loss: str
     assert rank_history(run.model, batch, run.tags, 3) == rank_history(result.model, batch, result.tags, 3)
 
 
+def test_history_fields_count_every_tag_of_an_item_while_c_and_the_vocabulary_take_its_first_n() -> None:
+    from utpm.evaluation.yardsticks import history_counts
+
+    data = synthetic_dataset(n_users=12, events=30)
+    n = TINY_HIST.N
+    assert all(len(ts) == n for ts in data.items["tags"])
+    # two more tags on every item, beyond its first N: a request built from the user's events carries them
+    data.items["tags"] = [[*ts, f"late{k % 2}", "late-everywhere"] for k, ts in enumerate(data.items["tags"])]
+    split = split_protocol(data, seed=0)
+    every, first = UserSequences(split, n), UserSequences(split, n, all_item_tags=False)
+    late = {"late0", "late1", "late-everywhere"}
+    user = next(i for i in range(split.n_users) if "clicked_tags" in first.stats(i))
+    counted, cut = every.stats(user)["clicked_tags"], first.stats(user)["clicked_tags"]
+    assert "late-everywhere" in counted.values and not late & set(cut.values)
+    # the first N tags keep their counts; the late one is on every clicked item
+    assert {v: c for v, c in zip(counted.values, counted.count, strict=True) if v not in late} == dict(
+        zip(cut.values, cut.count, strict=True)
+    )
+    assert counted.count[counted.values.index("late-everywhere")] == max(counted.count)
+    assert late & set(every.stats(user)[UNCLICKED_FIELD].values)
+    for i in range(split.n_users):
+        assert every.label_tags(i) == first.label_tags(i) and not late & every.label_tags(i)
+    rows = split.indices(test=False)
+    assert build_history_vocabularies(split, every, rows, TINY_HIST.H, 1)[1].tokens == (
+        build_history_vocabularies(split, first, rows, TINY_HIST.H, 1)[1].tokens
+    )
+    # the blend start counts the history as the features do; the yardsticks keep the first N
+    assert "late-everywhere" in history_counts(split, user, None) and not late & history_counts(split, user, n).keys()
+    # a run saved before the option counted the first N
+    assert HistoryOptions().all_item_tags and not HistoryOptions.from_dict({}).all_item_tags
+
+
 def test_a_short_training_request_is_what_the_service_parses_from_the_same_list() -> None:
     split = split_protocol(synthetic_dataset(n_users=12, events=30), seed=0)
     seqs = UserSequences(split, TINY_HIST.N)

@@ -304,7 +304,8 @@ def run_job(data_path: str, job: Job, ks: Sequence[int], updates: Any = None) ->
         assert hresult.history_encoder is not None
         from utpm.training.history import UserSequences
 
-        batch = encode_users(UserSequences(split, hconfig.preset.N), hresult.history_encoder, rows)
+        seqs = UserSequences(split, hconfig.preset.N, all_item_tags=hconfig.history.all_item_tags)
+        batch = encode_users(seqs, hresult.history_encoder, rows)
         ranked = rank_history(hresult.model, batch, hresult.tags, top)  # type: ignore[arg-type]
         result: TrainResult = hresult
         max_tags = hconfig.preset.N

@@ -195,17 +195,23 @@ class HistoryTrainResult(TrainResult):
 
 
 class UserSequences:
-    """Every kept user's events (history then label period) with each item's field values."""
+    """Every kept user's events (history then label period) with each item's field values: the
+    history fields read `item_values` (every tag of an item, or its first N with `all_item_tags=False`),
+    C and the tag vocabulary an item's first N tags (`label_item_tags`)."""
 
-    def __init__(self, split: ProtocolSplit, n_tags_per_item: int, label_ratio: float | None = None) -> None:
+    def __init__(
+        self, split: ProtocolSplit, n_tags_per_item: int, label_ratio: float | None = None, all_item_tags: bool = True
+    ) -> None:
         self.split = split
         self.N = n_tags_per_item
         self.label_ratio = label_ratio
         cols = split.item_columns or {"tags": split.item_tags}
         self.item_values: dict[str, list[list[str]]] = {}
         for col, ragged in cols.items():
-            rows = [ragged.row(j) for j in range(len(ragged))]
-            self.item_values[col] = [r[:n_tags_per_item] for r in rows] if col == "tags" else rows
+            self.item_values[col] = [ragged.row(j) for j in range(len(ragged))]
+        self.label_item_tags = [r[:n_tags_per_item] for r in self.item_values["tags"]]
+        if not all_item_tags:
+            self.item_values["tags"] = self.label_item_tags
         h, lab = split.history, split.labels
         self.items: list[np.ndarray] = []
         self.labels: list[np.ndarray] = []
@@ -257,14 +263,19 @@ class UserSequences:
         n = int(self.n_hist[i]) if n_hist is None else n_hist
         end = self.label_end(i, n)
         items, labels = self.items[i][n:end], self.labels[i][n:end]
-        tags = self.item_values["tags"]
+        tags = self.label_item_tags
         return {t for it in items[labels == 1].tolist() for t in tags[it]}
 
     def label_items(self, i: int, n_hist: int) -> tuple[list[list[str]], list[int]]:
         end = self.label_end(i, n_hist)
         items, labels = self.items[i][n_hist:end], self.labels[i][n_hist:end]
-        tags = self.item_values["tags"]
+        tags = self.label_item_tags
         return [tags[it] for it in items.tolist()], labels.tolist()
+
+
+def history_tags(options: HistoryOptions, n_tags_per_item: int) -> int | None:
+    """How many of a history item's tags the history fields count: all (None) or the first N."""
+    return None if options.all_item_tags else n_tags_per_item
 
 
 def build_history_vocabularies(
@@ -273,7 +284,7 @@ def build_history_vocabularies(
     """One tag vocabulary (every tag of the training users' events, first N per item) shared by the
     tag input fields and the output; the other fields' vocabularies as for the paper's models."""
     tag_seq: list[str] = []
-    tags_of = seqs.item_values["tags"]
+    tags_of = seqs.label_item_tags
     for i in train_rows.tolist():
         for it in seqs.items[i].tolist():
             tag_seq.extend(tags_of[it])
@@ -478,7 +489,7 @@ def prepare_history(split: ProtocolSplit, config: HistoryTrainConfig, stage: Sta
     options: HistoryOptions = config.history
     ratio = (1.0 - split.history_fraction) / split.history_fraction if config.matched_windows else None
     say(f"vocabularies of {len(train_rows):,} training users")
-    seqs = UserSequences(split, p.N, ratio)
+    seqs = UserSequences(split, p.N, ratio, options.all_item_tags)
     encoder, tags = build_history_vocabularies(split, seqs, train_rows, p.H, config.min_count)
     # Tag statistics for validation, test and serving come from all training users; a training
     # user's own examples get those of the other half of the training users (cross-fitting), so
@@ -523,7 +534,9 @@ def prepare_history(split: ProtocolSplit, config: HistoryTrainConfig, stage: Sta
     # (docs/results.md).
     say(f"the blend's a and c on {len(val_rows):,} validation users")
     blend = (
-        tune_blend(split, train_rows, val_rows, p.N, tuple(config.early_stop_ks))
+        tune_blend(
+            split, train_rows, val_rows, p.N, tuple(config.early_stop_ks), history_tags=history_tags(options, p.N)
+        )
         if config.start_at_blend and len(val_rows)
         else Blend(0.0, 0.0)
     )
