@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -19,6 +20,20 @@ if TYPE_CHECKING:
 # Without a terminal, `utpm train` writes a line as each stage starts, and within an epoch at most
 # one line this often (seconds).
 STAGE_LINE_S = 60.0
+
+
+def memory_now() -> str:
+    """The process's resident memory now and its peak so far, for a stage line: where a large run's
+    memory goes, read from its log (Linux; elsewhere only the peak)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    try:
+        with open("/proc/self/statm") as f:
+            now = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+    except (OSError, ValueError, IndexError):
+        return f"peak {peak:.1f} GiB"
+    return f"{now:.1f} GiB, peak {peak:.1f}"
 
 
 def prepare_amazon_cmd(
@@ -100,7 +115,7 @@ def train_default(
         def line(text: str) -> None:
             nonlocal last_line
             last_line = time.monotonic()
-            typer.echo(f"  [{last_line - started:6.0f}s] {text}", err=True)
+            typer.echo(f"  [{last_line - started:6.0f}s, {memory_now()}] {text}", err=True)
 
         def stage(text: str, step: bool) -> None:
             bar.update(task, info=text)

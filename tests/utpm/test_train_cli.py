@@ -32,9 +32,12 @@ def test_train_without_options_trains_the_default_model_with_its_default_loss(
     start = metrics["start"]
     assert f"{start['kind']} start, popularity by {start['popularity']}" in result.output
     assert metrics["loss"] == "bce" and "trained utpm-hist/bce (best epoch" in result.output
-    # without a terminal (a log file) each stage is a line as it starts, in order, and each epoch's figures
-    # (steps within an epoch only a minute apart)
-    stages = [re.sub(r"^\s*\[\s*\d+s\] ", "", x) for x in result.output.splitlines() if re.match(r"\s*\[\s*\d+s\]", x)]
+    # without a terminal (a log file) each stage is a line as it starts, with the seconds and the memory
+    # so far, in order, and each epoch's figures (steps within an epoch only a minute apart)
+    line = r"^\s*\[\s*\d+s, (\d+\.\d) GiB, peak (\d+\.\d)\] "
+    memory = [re.match(line, x) for x in result.output.splitlines()]
+    assert all(0 < float(m[1]) <= float(m[2]) for m in memory if m), result.output
+    stages = [re.sub(line, "", x) for x in result.output.splitlines() if re.match(line, x)]
     assert stages[0].startswith("vocabularies of ") and stages[-1] == f"writing {out}", stages
     order = ["encoding ", "the blend and the tuned start", "epoch 1/1: validating", "epoch 1/1: loss "]
     at = [next(i for i, x in enumerate(stages) if x.startswith(o)) for o in order]
