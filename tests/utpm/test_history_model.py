@@ -161,7 +161,7 @@ def test_history_fields_count_every_tag_of_an_item_while_c_and_the_vocabulary_ta
     # two more tags on every item, beyond its first N: a request built from the user's events carries them
     data.items["tags"] = [[*ts, f"late{k % 2}", "late-everywhere"] for k, ts in enumerate(data.items["tags"])]
     split = split_protocol(data, seed=0)
-    every, first = UserSequences(split, n), UserSequences(split, n, all_item_tags=False)
+    every, first = UserSequences(split, n, all_item_tags=True), UserSequences(split, n)
     late = {"late0", "late1", "late-everywhere"}
     user = next(i for i in range(split.n_users) if "clicked_tags" in first.stats(i))
     counted, cut = every.stats(user)["clicked_tags"], first.stats(user)["clicked_tags"]
@@ -180,8 +180,9 @@ def test_history_fields_count_every_tag_of_an_item_while_c_and_the_vocabulary_ta
     )
     # the blend start counts the history as the features do; the yardsticks keep the first N
     assert "late-everywhere" in history_counts(split, user, None) and not late & history_counts(split, user, n).keys()
-    # a run saved before the option counted the first N
-    assert HistoryOptions().all_item_tags and not HistoryOptions.from_dict({}).all_item_tags
+    # the default, and a run saved before the option, count the first N
+    assert not HistoryOptions().all_item_tags and not HistoryOptions.from_dict({}).all_item_tags
+    assert HistoryOptions.from_dict({"all_item_tags": True}).all_item_tags
 
 
 def test_a_short_training_request_is_what_the_service_parses_from_the_same_list() -> None:

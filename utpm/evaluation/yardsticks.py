@@ -16,9 +16,9 @@ model is asked to beat them: they say what knowing every user's interests exactl
 blend, and how much of that a better ranking of the tags the history already shows could reach.
 
 Every yardstick reads an item's first N tags (Table 1's N) for popularity, C and the user's history
-alike. The default model's features count every tag of an item (`HistoryOptions.all_item_tags`); the
-yardsticks keep the first N, where the blend scored higher on MovieLens (docs/results.md), so that
-the bar did not fall with that change. Every yardstick is given the same training rows as the models
+alike, as the default model does; with `HistoryOptions.all_item_tags` the model's features count
+every tag of an item and the yardsticks still the first N (docs/results.md, "Every tag of an
+item"). Every yardstick is given the same training rows as the models
 (`utpm.data.protocol.train_val_rows`) and breaks ties as the models do (`utpm.ranking`): by the
 tag's frequency among the training users' events, then its name (`tag_order`, the order of the
 models' tag ids). A model that does not beat these is not learning the user.

@@ -54,9 +54,10 @@ class HistoryOptions:
     neighbours: int = 50
     extra_candidates: int = 100
     shrinkage: float = 10.0
-    # the history fields count every tag of a clicked (or unclicked) item, as a request built from the
-    # user's events carries them; False: only an item's first N tags, the ones C takes
-    all_item_tags: bool = True
+    # True: the history fields count every tag of a clicked (or unclicked) item, as a request built from
+    # the user's events carries them; False: an item's first N, the ones C takes (validation: a tie, and
+    # less personal profiles with every tag; docs/results.md, "Every tag of an item")
+    all_item_tags: bool = False
 
     def __post_init__(self) -> None:
         check_cross(self.cross)
@@ -66,8 +67,8 @@ class HistoryOptions:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> HistoryOptions:
-        # options saved before `cross` was one had the paper's layer; before `all_item_tags`, the first N
-        d = {"cross": "cf", "all_item_tags": False, **d}
+        # options saved before `cross` was one had the paper's layer
+        d = {"cross": "cf", **d}
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 

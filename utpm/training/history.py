@@ -196,11 +196,11 @@ class HistoryTrainResult(TrainResult):
 
 class UserSequences:
     """Every kept user's events (history then label period) with each item's field values: the
-    history fields read `item_values` (every tag of an item, or its first N with `all_item_tags=False`),
+    history fields read `item_values` (an item's first N tags, or every tag with `all_item_tags`),
     C and the tag vocabulary an item's first N tags (`label_item_tags`)."""
 
     def __init__(
-        self, split: ProtocolSplit, n_tags_per_item: int, label_ratio: float | None = None, all_item_tags: bool = True
+        self, split: ProtocolSplit, n_tags_per_item: int, label_ratio: float | None = None, all_item_tags: bool = False
     ) -> None:
         self.split = split
         self.N = n_tags_per_item
