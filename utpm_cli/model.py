@@ -223,13 +223,13 @@ def evaluate_run(run: Path, data: Path, ks: list[int]) -> dict[str, Any]:
     if loaded.config["model"] == HISTORY_MODEL:
         from model_export.bundle import load_history_encoder
         from utpm.models.history import HistoryOptions
-        from utpm.training.history import UserSequences, encode_users, rank_history
+        from utpm.training.history import UserSequences, rank_users
 
         # with the per-tag arrays training saved (history_encoder.npz), as export and serving read them
         henc = load_history_encoder(Path(run), loaded.encoder, loaded.tags, dict(loaded.config["history"]))
         options = HistoryOptions.from_dict(dict(loaded.config["history"]))
         seqs = UserSequences(split, n, all_item_tags=options.all_item_tags)
-        ranked = rank_history(loaded.model, encode_users(seqs, henc, rows), loaded.tags, top)
+        ranked = rank_users(loaded.model, seqs, henc, rows, top)
     else:
         from utpm.training.samples import encode_rows
         from utpm.training.trainer import rank_tags

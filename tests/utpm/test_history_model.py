@@ -185,6 +185,22 @@ def test_history_fields_count_every_tag_of_an_item_while_c_and_the_vocabulary_ta
     assert HistoryOptions.from_dict({"all_item_tags": True}).all_item_tags
 
 
+def test_users_ranked_block_by_block_get_the_rankings_of_one_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    import utpm.training.history as training
+
+    split = split_protocol(synthetic_dataset(n_users=60, events=20, seed=2), seed=0)
+    config = HistoryTrainConfig(preset=TINY_HIST, epochs=1, augment_cuts=())
+    result = train_history(split, config)
+    assert result.history_encoder is not None and isinstance(result.model, HistoryModel)
+    seqs, rows = UserSequences(split, TINY_HIST.N), np.arange(split.n_users)
+    whole = rank_history(result.model, encode_users(seqs, result.history_encoder, rows), result.tags, 5)
+    # chunks of 16 users (the least), one chunk a block: four blocks
+    monkeypatch.setattr(training, "RANK_CHUNK_SCORES", 1)
+    monkeypatch.setattr(training, "RANK_BLOCK_CHUNKS", 1)
+    assert training.rank_chunk(len(result.tags)) == 16 and split.n_users > 48
+    assert training.rank_users(result.model, seqs, result.history_encoder, rows, 5) == whole
+
+
 def test_a_short_training_request_is_what_the_service_parses_from_the_same_list() -> None:
     split = split_protocol(synthetic_dataset(n_users=12, events=30), seed=0)
     seqs = UserSequences(split, TINY_HIST.N)

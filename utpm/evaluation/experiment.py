@@ -297,7 +297,7 @@ def run_job(data_path: str, job: Job, ks: Sequence[int], updates: Any = None) ->
     top = max(PERSONAL_K, *ks)
     t0 = time.perf_counter()
     if job.model.startswith(DEFAULT_MODEL):
-        from utpm.training.history import encode_users, rank_history, train_history
+        from utpm.training.history import rank_users, train_history
 
         hconfig = history_config(job, ks)
         hresult = train_history(split, hconfig, progress=epoch_done)
@@ -305,8 +305,7 @@ def run_job(data_path: str, job: Job, ks: Sequence[int], updates: Any = None) ->
         from utpm.training.history import UserSequences
 
         seqs = UserSequences(split, hconfig.preset.N, all_item_tags=hconfig.history.all_item_tags)
-        batch = encode_users(seqs, hresult.history_encoder, rows)
-        ranked = rank_history(hresult.model, batch, hresult.tags, top)  # type: ignore[arg-type]
+        ranked = rank_users(hresult.model, seqs, hresult.history_encoder, rows, top)  # type: ignore[arg-type]
         result: TrainResult = hresult
         max_tags = hconfig.preset.N
         start = hresult.start

@@ -65,6 +65,8 @@ log = logging.getLogger(__name__)
 
 # Scores held at once when ranking every tag for many users (4 bytes each: 512 MB).
 RANK_CHUNK_SCORES = 2**27
+# users encoded at once by `rank_users`, in ranking chunks
+RANK_BLOCK_CHUNKS = 16
 # Times per epoch that `train_history` says how far the epoch has come.
 STAGE_STEPS = 20
 # stage(text, step): what starts next; step=True where it only says how far the current stage has come
@@ -375,12 +377,16 @@ def batch_tensors(
     )
 
 
+def rank_chunk(n_tags: int) -> int:
+    """Users scored at once over every tag: at most RANK_CHUNK_SCORES floats, at least 16 users."""
+    return max(16, min(512, RANK_CHUNK_SCORES // max(1, n_tags)))
+
+
 def rank_history(model: HistoryModel, batch: HistoryBatch, tags: Vocabulary, k: int) -> list[list[str]]:
     """Top-k tags by the final score for each user of `batch` (padding and OOV excluded)."""
     out: list[list[str]] = []
     k = min(k, len(tags) - 2)
-    # every tag's score of a chunk of users at once: at most RANK_CHUNK_SCORES floats, at least 16 users
-    chunk = max(16, min(512, RANK_CHUNK_SCORES // max(1, len(tags))))
+    chunk = rank_chunk(len(tags))
     model.eval()
     ids, masks, counts, hid, hf, hm = batch_tensors(batch)
     with torch.no_grad():
@@ -398,6 +404,19 @@ def rank_history(model: HistoryModel, batch: HistoryBatch, tags: Vocabulary, k: 
 def encode_users(seqs: UserSequences, henc: HistoryEncoder, rows: Sequence[int] | np.ndarray) -> HistoryBatch:
     """The history model's input for users `rows` at the protocol's cut."""
     return henc.encode([seqs.stats(int(i)) for i in rows])
+
+
+def rank_users(
+    model: HistoryModel, seqs: UserSequences, henc: HistoryEncoder, rows: Sequence[int] | np.ndarray, k: int
+) -> list[list[str]]:
+    """`rank_history` of users `rows`, encoded a block of whole ranking chunks at a time: the same
+    rankings as one batch, without holding every user's input (`henc.width` slots each: 1.4 GiB for
+    20,000 users at 856k tags)."""
+    block = rank_chunk(len(henc.tags)) * RANK_BLOCK_CHUNKS
+    out: list[list[str]] = []
+    for lo in range(0, len(rows), block):
+        out.extend(rank_history(model, encode_users(seqs, henc, rows[lo : lo + block]), henc.tags, k))
+    return out
 
 
 def short_request(stats: Mapping[str, FieldStats], n: int) -> dict[str, FieldStats]:
@@ -612,14 +631,20 @@ def train_history(
     val_ks = tuple(sorted(set(config.eval_ks) | set(config.early_stop_ks)))
 
     def evaluate(
-        batch: HistoryBatch, clicked: list[set[str]], ks: Sequence[int]
+        batch: HistoryBatch | np.ndarray, clicked: list[set[str]], ks: Sequence[int]
     ) -> tuple[dict[int, float], int, np.ndarray]:
         """Mean Prec@k over `ks`, the users skipped (empty C), and each other user's mean Prec@k over
-        `early_stop_ks` (what the epoch gate compares)."""
-        if not ks or not batch.size:  # no validation users, or eval_ks=() (a budgeted run over 1M tags)
+        `early_stop_ks` (what the epoch gate compares), of an encoded batch or of users `rows` (encoded
+        block by block: the test users, ranked once)."""
+        if not ks or not len(clicked):  # no validation users, or eval_ks=() (a budgeted run over 1M tags)
             return {}, 0, np.zeros(0)
         stop_ks = config.early_stop_ks
-        ranked = rank_history(model, batch, tags, max((*ks, *stop_ks)))
+        top = max((*ks, *stop_ks))
+        ranked = (
+            rank_history(model, batch, tags, top)
+            if isinstance(batch, HistoryBatch)
+            else rank_users(model, seqs, henc, batch, top)
+        )
         res = {k: precision_at_k(ranked, clicked, k) for k in ks}
         users = [np.mean([user_precision(r, c, k) for k in stop_ks]) for r, c in zip(ranked, clicked, strict=True) if c]
         return {k: r.value for k, r in res.items()}, res[ks[0]].skipped_users, np.asarray(users)
@@ -851,8 +876,7 @@ def train_history(
     val = {k: kept[k] for k in config.eval_ks if k in kept}
     if len(test_rows):
         say(f"the {len(test_rows):,} test users")
-        test_batch = encode_users(seqs, henc, test_rows)
-        test, skipped, _ = evaluate(test_batch, [split.clicked_tags(int(i), p.N) for i in test_rows], config.eval_ks)
+        test, skipped, _ = evaluate(test_rows, [split.clicked_tags(int(i), p.N) for i in test_rows], config.eval_ks)
     else:
         test, skipped = {}, 0
     result = HistoryTrainResult(
