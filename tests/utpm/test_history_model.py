@@ -199,6 +199,12 @@ def test_users_ranked_block_by_block_get_the_rankings_of_one_batch(monkeypatch: 
     monkeypatch.setattr(training, "RANK_BLOCK_CHUNKS", 1)
     assert training.rank_chunk(len(result.tags)) == 16 and split.n_users > 48
     assert training.rank_users(result.model, seqs, result.history_encoder, rows, 5) == whole
+    # kept for many passes: one ranking chunk per batch, cut to its widest user's slots
+    chunks = training.encode_ranking_chunks(seqs, result.history_encoder, rows)
+    assert [c.size for c in chunks] == [16, 16, 16, 12]
+    assert all(c.hist_ids.shape[1] < result.history_encoder.width for c in chunks)
+    assert all(c.hist_mask[:, -1].any() for c in chunks)  # nothing a user had was cut
+    assert training.rank_chunks(result.model, chunks, result.tags, 5) == whole
 
 
 def test_a_short_training_request_is_what_the_service_parses_from_the_same_list() -> None:

@@ -30,7 +30,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -406,6 +406,32 @@ def encode_users(seqs: UserSequences, henc: HistoryEncoder, rows: Sequence[int] 
     return henc.encode([seqs.stats(int(i)) for i in rows])
 
 
+def trimmed(batch: HistoryBatch) -> HistoryBatch:
+    """`batch` with its history slots cut to its widest user's: the slots after them are padding."""
+    n = max(1, int(batch.hist_mask.sum(axis=1).max())) if batch.size else 1
+    return replace(
+        batch,
+        hist_ids=batch.hist_ids[:, :n].copy(),
+        hist_feats=batch.hist_feats[:, :n].copy(),
+        hist_mask=batch.hist_mask[:, :n].copy(),
+    )
+
+
+def encode_ranking_chunks(
+    seqs: UserSequences, henc: HistoryEncoder, rows: Sequence[int] | np.ndarray
+) -> list[HistoryBatch]:
+    """Users `rows` encoded for `rank_chunks`, one ranking chunk of users per batch, each `trimmed`:
+    what an encoding kept for many passes (the validation users) holds, about 60% of one batch padded
+    to `henc.width` at 856k tags."""
+    chunk = rank_chunk(len(henc.tags))
+    return [trimmed(encode_users(seqs, henc, rows[lo : lo + chunk])) for lo in range(0, len(rows), chunk)]
+
+
+def rank_chunks(model: HistoryModel, chunks: Sequence[HistoryBatch], tags: Vocabulary, k: int) -> list[list[str]]:
+    """`rank_history` of `encode_ranking_chunks`' batches, one after the other: the rankings of one batch."""
+    return [ranked for batch in chunks for ranked in rank_history(model, batch, tags, k)]
+
+
 def rank_users(
     model: HistoryModel, seqs: UserSequences, henc: HistoryEncoder, rows: Sequence[int] | np.ndarray, k: int
 ) -> list[list[str]]:
@@ -626,25 +652,19 @@ def train_history(
     bias0 = st.bias
     model.start_at(torch.from_numpy(bias0), blend_weights)
     say(f"encoding {len(val_rows):,} validation users")
-    val_batch = encode_users(seqs, henc, val_rows)
+    val_chunks = encode_ranking_chunks(seqs, henc, val_rows)  # kept for every validation pass
     val_clicked = [split.clicked_tags(int(i), p.N) for i in val_rows]
     val_ks = tuple(sorted(set(config.eval_ks) | set(config.early_stop_ks)))
 
     def evaluate(
-        batch: HistoryBatch | np.ndarray, clicked: list[set[str]], ks: Sequence[int]
+        rank: Callable[[int], list[list[str]]], clicked: list[set[str]], ks: Sequence[int]
     ) -> tuple[dict[int, float], int, np.ndarray]:
         """Mean Prec@k over `ks`, the users skipped (empty C), and each other user's mean Prec@k over
-        `early_stop_ks` (what the epoch gate compares), of an encoded batch or of users `rows` (encoded
-        block by block: the test users, ranked once)."""
+        `early_stop_ks` (what the epoch gate compares), of the users `rank(k)` gives top-k lists of."""
         if not ks or not len(clicked):  # no validation users, or eval_ks=() (a budgeted run over 1M tags)
             return {}, 0, np.zeros(0)
         stop_ks = config.early_stop_ks
-        top = max((*ks, *stop_ks))
-        ranked = (
-            rank_history(model, batch, tags, top)
-            if isinstance(batch, HistoryBatch)
-            else rank_users(model, seqs, henc, batch, top)
-        )
+        ranked = rank(max((*ks, *stop_ks)))
         res = {k: precision_at_k(ranked, clicked, k) for k in ks}
         users = [np.mean([user_precision(r, c, k) for k in stop_ks]) for r, c in zip(ranked, clicked, strict=True) if c]
         return {k: r.value for k, r in res.items()}, res[ks[0]].skipped_users, np.asarray(users)
@@ -660,12 +680,15 @@ def train_history(
     def validate() -> tuple[dict[int, float], float, np.ndarray | None]:
         """The validation users' Prec@K, the stopping score (mean Prec@K over `early_stop_ks`, averaged
         with the short requests' when trained on them) and each user's score, averaged the same way."""
-        full, _, users = evaluate(val_batch, val_clicked, val_ks)
+        full, _, users = evaluate(lambda k: rank_chunks(model, val_chunks, tags, k), val_clicked, val_ks)
         if not full:
             return full, 0.0, None
         score = float(np.mean([full[k] for k in config.early_stop_ks]))
         if val_short is not None:
-            short, _, short_users = evaluate(val_short, val_clicked, config.early_stop_ks)
+            short_batch = val_short
+            short, _, short_users = evaluate(
+                lambda k: rank_history(model, short_batch, tags, k), val_clicked, config.early_stop_ks
+            )
             score = (score + float(np.mean([short[k] for k in config.early_stop_ks]))) / 2
             users = (users + short_users) / 2
         return full, score, users
@@ -876,7 +899,11 @@ def train_history(
     val = {k: kept[k] for k in config.eval_ks if k in kept}
     if len(test_rows):
         say(f"the {len(test_rows):,} test users")
-        test, skipped, _ = evaluate(test_rows, [split.clicked_tags(int(i), p.N) for i in test_rows], config.eval_ks)
+        test, skipped, _ = evaluate(
+            lambda k: rank_users(model, seqs, henc, test_rows, k),
+            [split.clicked_tags(int(i), p.N) for i in test_rows],
+            config.eval_ks,
+        )
     else:
         test, skipped = {}, 0
     result = HistoryTrainResult(
