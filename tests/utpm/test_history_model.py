@@ -194,13 +194,12 @@ def test_users_ranked_block_by_block_get_the_rankings_of_one_batch(monkeypatch: 
     assert result.history_encoder is not None and isinstance(result.model, HistoryModel)
     seqs, rows = UserSequences(split, TINY_HIST.N), np.arange(split.n_users)
     whole = rank_history(result.model, encode_users(seqs, result.history_encoder, rows), result.tags, 5)
-    # chunks of 16 users (the least), one chunk a block: four blocks
+    # chunks of 16 users (the least): four of them
     monkeypatch.setattr(training, "RANK_CHUNK_SCORES", 1)
-    monkeypatch.setattr(training, "RANK_BLOCK_CHUNKS", 1)
     assert training.rank_chunk(len(result.tags)) == 16 and split.n_users > 48
     assert training.rank_users(result.model, seqs, result.history_encoder, rows, 5) == whole
     # kept for many passes: one ranking chunk per batch, cut to its widest user's slots
-    chunks = training.encode_ranking_chunks(seqs, result.history_encoder, rows)
+    chunks = list(training.encode_ranking_chunks(seqs, result.history_encoder, rows))
     assert [c.size for c in chunks] == [16, 16, 16, 12]
     assert all(c.hist_ids.shape[1] < result.history_encoder.width for c in chunks)
     assert all(c.hist_mask[:, -1].any() for c in chunks)  # nothing a user had was cut

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -175,15 +175,14 @@ def tune_blend(
     grid: Sequence[float] = BLEND_GRID,
     order: dict[str, int] | None = None,
     counts: Sequence[str] = POPULARITY_COUNTS,
-    history_tags: int | Literal["labels"] | None = "labels",
+    all_item_tags: bool = False,
 ) -> Blend:
     """The `Blend` with the best mean validation Prec@k over `ks` (ties: event counts, then the smaller
     a, then c); `order`: the split's `tag_order`, when the caller has it already; `counts`: the
-    popularity counts to choose among; `history_tags`: the tags of a history item counted, the first
-    `max_tags` as C (the yardstick) or as the caller's features count them (None: all)."""
+    popularity counts to choose among; `all_item_tags`: a history item's every tag counted (as the
+    default model's features may count them), not its first `max_tags` as C."""
     order = tag_order(split, train_rows, max_tags) if order is None else order
-    hist_tags = max_tags if history_tags == "labels" else history_tags
-    hists = [history_counts(split, int(i), hist_tags) for i in val_rows]
+    hists = [history_counts(split, int(i), None if all_item_tags else max_tags) for i in val_rows]
     clicked = [split.clicked_tags(int(i), max_tags) for i in val_rows]
     best, best_blend = -1.0, Blend(0.0, 0.0)
     for count in counts:

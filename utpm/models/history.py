@@ -55,8 +55,8 @@ class HistoryOptions:
     extra_candidates: int = 100
     shrinkage: float = 10.0
     # True: the history fields count every tag of a clicked (or unclicked) item, as a request built from
-    # the user's events carries them; False: an item's first N, the ones C takes (validation: a tie, and
-    # less personal profiles with every tag; docs/results.md, "Every tag of an item")
+    # the user's events carries them; False: an item's first N, the ones C takes (chosen on validation
+    # users: docs/results.md, "Every tag of an item")
     all_item_tags: bool = False
 
     def __post_init__(self) -> None:

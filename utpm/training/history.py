@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -65,8 +65,6 @@ log = logging.getLogger(__name__)
 
 # Scores held at once when ranking every tag for many users (4 bytes each: 512 MB).
 RANK_CHUNK_SCORES = 2**27
-# users encoded at once by `rank_users`, in ranking chunks
-RANK_BLOCK_CHUNKS = 16
 # Times per epoch that `train_history` says how far the epoch has come.
 STAGE_STEPS = 20
 # stage(text, step): what starts next; step=True where it only says how far the current stage has come
@@ -275,11 +273,6 @@ class UserSequences:
         return [tags[it] for it in items.tolist()], labels.tolist()
 
 
-def history_tags(options: HistoryOptions, n_tags_per_item: int) -> int | None:
-    """How many of a history item's tags the history fields count: all (None) or the first N."""
-    return None if options.all_item_tags else n_tags_per_item
-
-
 def build_history_vocabularies(
     split: ProtocolSplit, seqs: UserSequences, train_rows: np.ndarray, max_values: int, min_count: int
 ) -> tuple[FeatureEncoder, Vocabulary]:
@@ -419,15 +412,15 @@ def trimmed(batch: HistoryBatch) -> HistoryBatch:
 
 def encode_ranking_chunks(
     seqs: UserSequences, henc: HistoryEncoder, rows: Sequence[int] | np.ndarray
-) -> list[HistoryBatch]:
-    """Users `rows` encoded for `rank_chunks`, one ranking chunk of users per batch, each `trimmed`:
-    what an encoding kept for many passes (the validation users) holds, about 60% of one batch padded
-    to `henc.width` at 856k tags."""
+) -> Iterator[HistoryBatch]:
+    """Users `rows` encoded one ranking chunk at a time, each `trimmed`, as they are asked for: one
+    batch padded to `henc.width` slots a user is mostly padding (docs/training.md, "Where the memory goes")."""
     chunk = rank_chunk(len(henc.tags))
-    return [trimmed(encode_users(seqs, henc, rows[lo : lo + chunk])) for lo in range(0, len(rows), chunk)]
+    for lo in range(0, len(rows), chunk):
+        yield trimmed(encode_users(seqs, henc, rows[lo : lo + chunk]))
 
 
-def rank_chunks(model: HistoryModel, chunks: Sequence[HistoryBatch], tags: Vocabulary, k: int) -> list[list[str]]:
+def rank_chunks(model: HistoryModel, chunks: Iterable[HistoryBatch], tags: Vocabulary, k: int) -> list[list[str]]:
     """`rank_history` of `encode_ranking_chunks`' batches, one after the other: the rankings of one batch."""
     return [ranked for batch in chunks for ranked in rank_history(model, batch, tags, k)]
 
@@ -435,14 +428,8 @@ def rank_chunks(model: HistoryModel, chunks: Sequence[HistoryBatch], tags: Vocab
 def rank_users(
     model: HistoryModel, seqs: UserSequences, henc: HistoryEncoder, rows: Sequence[int] | np.ndarray, k: int
 ) -> list[list[str]]:
-    """`rank_history` of users `rows`, encoded a block of whole ranking chunks at a time: the same
-    rankings as one batch, without holding every user's input (`henc.width` slots each: 1.4 GiB for
-    20,000 users at 856k tags)."""
-    block = rank_chunk(len(henc.tags)) * RANK_BLOCK_CHUNKS
-    out: list[list[str]] = []
-    for lo in range(0, len(rows), block):
-        out.extend(rank_history(model, encode_users(seqs, henc, rows[lo : lo + block]), henc.tags, k))
-    return out
+    """`rank_history` of users `rows` encoded chunk by chunk: one chunk's input held at a time."""
+    return rank_chunks(model, encode_ranking_chunks(seqs, henc, rows), henc.tags, k)
 
 
 def short_request(stats: Mapping[str, FieldStats], n: int) -> dict[str, FieldStats]:
@@ -579,9 +566,7 @@ def prepare_history(split: ProtocolSplit, config: HistoryTrainConfig, stage: Sta
     # (docs/results.md).
     say(f"the blend's a and c on {len(val_rows):,} validation users")
     blend = (
-        tune_blend(
-            split, train_rows, val_rows, p.N, tuple(config.early_stop_ks), history_tags=history_tags(options, p.N)
-        )
+        tune_blend(split, train_rows, val_rows, p.N, tuple(config.early_stop_ks), all_item_tags=options.all_item_tags)
         if config.start_at_blend and len(val_rows)
         else Blend(0.0, 0.0)
     )
@@ -652,7 +637,7 @@ def train_history(
     bias0 = st.bias
     model.start_at(torch.from_numpy(bias0), blend_weights)
     say(f"encoding {len(val_rows):,} validation users")
-    val_chunks = encode_ranking_chunks(seqs, henc, val_rows)  # kept for every validation pass
+    val_chunks = list(encode_ranking_chunks(seqs, henc, val_rows))  # kept for every validation pass
     val_clicked = [split.clicked_tags(int(i), p.N) for i in val_rows]
     val_ks = tuple(sorted(set(config.eval_ks) | set(config.early_stop_ks)))
 
