@@ -43,6 +43,10 @@ class TwoStageSearch:
         self.table = table = np.asarray(bundle.embeddings, np.float32)
         self.bias = bias = np.asarray(bundle.tag_bias, np.float32)
         order = RESERVED + np.argsort(-bias[RESERVED:], kind="stable")
+        self.by_bias = order  # every tag, highest b_t first (ties by the lower id): `search_linear`'s candidates
+        self.bias_rank = np.empty(len(bias), np.int64)
+        self.bias_rank[order] = np.arange(len(order))
+        self.bias_rank[:RESERVED] = len(bias)
         self.popular = np.ascontiguousarray(order[:popular]).astype(np.int64)
         self.popular_table = np.ascontiguousarray(table[self.popular].T)  # (U, M): one matmul per batch
         self.popular_bias = bias[self.popular]
@@ -98,6 +102,31 @@ class TwoStageSearch:
             ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
             scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
         return TwoStageResult(ids, scores, searched)
+
+    def search_linear(self, hist_ids: np.ndarray, hist_g: np.ndarray, k: int) -> TwoStageResult:
+        """`search` for a linear scorer (u . o_t = 0 for every tag): the top-k of b_t (+ g on the history
+        tags), exactly, without u or the index. A tag outside the user's history tags and the k + Hh
+        highest b_t cannot enter the top-k: at least k of those are no history tag and score at least
+        its b_t, and win a tie by their lower id, as in every ranking (`utpm.ranking`)."""
+        b, hh = hist_ids.shape
+        m = min(k + hh, len(self.by_bias))
+        pop = self.by_bias[:m]
+        pop_scores = np.repeat(self.bias[pop][None, :], b, axis=0)  # (B, m)
+        hist_ok = hist_ids >= RESERVED
+        rank = np.where(hist_ok, self.bias_rank[np.where(hist_ok, hist_ids, 0)], m)
+        dup_row, dup_col = np.nonzero(rank < m)
+        pop_scores[dup_row, rank[dup_row, dup_col]] = -np.inf  # scored with their g among the history tags
+        hist_s = np.where(hist_ok, self.bias[np.where(hist_ok, hist_ids, 0)] + hist_g.astype(np.float32), -np.inf)
+        cand = np.concatenate([np.broadcast_to(pop, pop_scores.shape), np.where(hist_ok, hist_ids, -1)], axis=1)
+        cs = np.concatenate([pop_scores, hist_s.astype(np.float32)], axis=1)
+        kk = min(k, cs.shape[1])
+        top = top_k(cs, kk, ids=cand)
+        scores = np.take_along_axis(cs, top, axis=1).astype(np.float32)
+        ids = np.where(np.isfinite(scores), np.take_along_axis(cand, top, axis=1), -1)
+        if kk < k:
+            ids = np.pad(ids, ((0, 0), (0, k - kk)), constant_values=-1)
+            scores = np.pad(scores, ((0, 0), (0, k - kk)), constant_values=-np.inf)
+        return TwoStageResult(ids, scores, np.zeros(b, bool))
 
 
 def _max_norm_outside(table: np.ndarray, inside: np.ndarray) -> float:

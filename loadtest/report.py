@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -248,6 +248,22 @@ def render_commits(r: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _ab_table(what: str, arms: Mapping[str, Any], stages: Sequence[str]) -> list[str]:
+    """An alternated A/B's arms (`loadtest.roofline._alternate`): medians, per-user stage times, rounds."""
+    cols = "".join(f" median {st} ms per user |" for st in stages)
+    lines = [
+        f"| {what} | median users/s | median CPU ms per user |{cols} rounds (users/s) |",
+        "|---|---:|---:|" + "---:|" * len(stages) + "---|",
+    ]
+    for name, a in arms.items():
+        rounds = ", ".join(f"{v:,.0f}" for v in a["rounds"])
+        cells = "".join(f" {_fmt(a.get(f'median_{st}_ms_per_user'), 3)} |" for st in stages)
+        lines.append(
+            f"| {name} | {_fmt(a['median_users_per_s'])} | {_fmt(a['median_cpu_ms_per_user'], 3)} |{cells} {rounds} |"
+        )
+    return [*lines, ""]
+
+
 def render_roofline(r: Mapping[str, Any]) -> str:
     lines = [
         f"`{r['command'] or 'utpm bench roofline'}` ({_when(r)}, {r.get('load_average_1m_end', '?')} at the end). "
@@ -285,20 +301,15 @@ def render_roofline(r: Mapping[str, Any]) -> str:
             "",
         ]
         ab = e["faiss_openmp_ab"]
-        lines += [
-            f"A/B, batch {ab['batch']} on {ab['threads']} threads, alternated:",
-            "",
-            "| batch threads' FAISS OpenMP | median users/s | median CPU ms per user "
-            "| median index ms per user | rounds (users/s) |",
-            "|---|---:|---:|---:|---|",
-        ]
-        for name, a in ab["arms"].items():
-            rounds = ", ".join(f"{v:,.0f}" for v in a["rounds"])
-            lines.append(
-                f"| {name} | {_fmt(a['median_users_per_s'])} | {_fmt(a['median_cpu_ms_per_user'], 3)} | "
-                f"{_fmt(a['median_index_ms_per_user'], 3)} | {rounds} |"
-            )
-        lines.append("")
+        lines += [f"A/B, batch {ab['batch']} on {ab['threads']} threads, alternated:", ""]
+        lines += _ab_table("batch threads' FAISS OpenMP", ab["arms"], ("index",))
+        lab = e.get("linear_ab")
+        if lab:
+            lines += [
+                f"A/B of the linear bundle's two paths, batch {lab['batch']} on {lab['threads']} threads, alternated:",
+                "",
+            ]
+            lines += _ab_table("path", lab["arms"], ("encode", "model", "index"))
     a = r.get("raw_asgi")
     if a:
         lines += [

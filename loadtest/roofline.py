@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -175,19 +176,28 @@ def measure_engine(cfg: RooflineConfig, say: Say) -> dict[str, Any]:
         f"faiss OpenMP threads per batch thread = {FAISS_THREADS} (init_batch_thread)": init_batch_thread,
         "OpenMP default (one per core; before init_batch_thread)": None,
     }
-    ab: dict[str, list[dict[str, Any]]] = {name: [] for name in arms}
-    for rnd in range(cfg.ab_rounds):
-        for name, init in arms.items() if rnd % 2 == 0 else reversed(arms.items()):
-            ab[name].append(bench.run(ab_batch, cfg.seconds, workers, init))
-    ab_summary = {
-        name: {
-            "median_users_per_s": round(statistics.median(r["users_per_s"] for r in runs), 1),
-            "median_cpu_ms_per_user": round(statistics.median(r["cpu_ms_per_user"] for r in runs), 4),
-            "median_index_ms_per_user": round(statistics.median(r["per_user"]["index_ms"] for r in runs), 4),
-            "rounds": [r["users_per_s"] for r in runs],
+    runs = {name: partial(bench.run, ab_batch, cfg.seconds, workers, init) for name, init in arms.items()}
+    ab_summary = _alternate(runs, cfg.ab_rounds)
+    linear_ab = None
+    w = bench.engine.linear
+    if w is not None:
+        # a linear bundle: its linear path against the same bundle through the ONNX graph (`engine.linear` unset)
+        def arm(weights: Any) -> Callable[[], dict[str, Any]]:
+            def one() -> dict[str, Any]:
+                bench.engine.linear = weights
+                try:
+                    return bench.run(ab_batch, cfg.seconds, workers, init_batch_thread)
+                finally:
+                    bench.engine.linear = w
+
+            return one
+
+        say(f"  A/B at batch {ab_batch}: the linear path against the ONNX graph")
+        linear_ab = {
+            "batch": ab_batch,
+            "threads": workers,
+            "arms": _alternate({LINEAR_ARM: arm(w), GRAPH_ARM: arm(None)}, cfg.ab_rounds),
         }
-        for name, runs in ab.items()
-    }
     return {
         "model": bench.engine.model_name,
         "version": bench.engine.version,
@@ -211,6 +221,33 @@ def measure_engine(cfg: RooflineConfig, say: Say) -> dict[str, Any]:
             "cpu_probe": best["cpu_probe"],
         },
         "faiss_openmp_ab": {"batch": ab_batch, "threads": workers, "arms": ab_summary},
+        **({"linear_ab": linear_ab} if linear_ab is not None else {}),
+    }
+
+
+LINEAR_ARM = "linear path (b_t + w . phi: no tower, no index)"
+GRAPH_ARM = "the ONNX graph (tower and history path; u . o_t = 0)"
+
+
+def _alternate(arms: Mapping[str, Callable[[], dict[str, Any]]], rounds: int) -> dict[str, dict[str, Any]]:
+    """Each arm (one `EngineBench.run`) in turn, the order reversed every other round: per arm medians."""
+    got: dict[str, list[dict[str, Any]]] = {name: [] for name in arms}
+    order = list(arms.items())
+    for rnd in range(rounds):
+        for name, run in order if rnd % 2 == 0 else order[::-1]:
+            got[name].append(run())
+
+    def median(runs: list[dict[str, Any]], stage: str) -> float:
+        return round(statistics.median(r["per_user"][stage] for r in runs), 4)
+
+    return {
+        name: {
+            "median_users_per_s": round(statistics.median(r["users_per_s"] for r in runs), 1),
+            "median_cpu_ms_per_user": round(statistics.median(r["cpu_ms_per_user"] for r in runs), 4),
+            **{f"median_{stage}_per_user": median(runs, stage) for stage in ("encode_ms", "model_ms", "index_ms")},
+            "rounds": [r["users_per_s"] for r in runs],
+        }
+        for name, runs in got.items()
     }
 
 

@@ -61,6 +61,12 @@ class Bundle:
         """Dimension of the vectors the tag index holds: U, or U + 1 with the bias folded in ([o_t, b_t])."""
         return self.dim + (1 if self.tag_bias is not None else 0)
 
+    @property
+    def linear_phi_weights(self) -> np.ndarray | None:
+        """w (P,) when the scorer is exactly b_t + w . phi (`model_export.scorer`), None otherwise."""
+        w = (self.manifest.scorer or {}).get("linear_phi_weights")
+        return None if w is None else np.asarray(w, np.float32)
+
     def index_table(self) -> np.ndarray:
         """(n_tags, index_dim) float32 in memory: o_t, or [o_t, b_t] so that [u, 1] . [o_t, b_t] = u . o_t + b_t."""
         x = np.asarray(self.embeddings, dtype=np.float32)

@@ -55,6 +55,7 @@ from model_export.parity import (
     history_parity_cases,
     slice_history,
 )
+from model_export.scorer import linear_phi_weights
 from model_export.session import SessionConfig, build_session
 from model_export.trace import trace_onnx
 from utpm.features.history import PHI_NAMES, HistoryBatch
@@ -162,6 +163,17 @@ def onnx_history_runner(session: ort.InferenceSession, field_names: Sequence[str
     return run
 
 
+def _linear_weights(model: HistoryModel, table: np.ndarray) -> list[float] | None:
+    g = model.g
+    if g is None:
+        return linear_phi_weights(table, None, None)
+    last = g.mlp[-1]
+    assert isinstance(last, nn.Linear)
+    with torch.no_grad():
+        out = torch.cat([last.weight.ravel(), last.bias.ravel()]).numpy()
+        return linear_phi_weights(table, out, g.linear.weight.numpy())
+
+
 def _pad_cat(parts: Sequence[np.ndarray], dtype: type) -> np.ndarray:
     width = max(p.shape[1] for p in parts)
     return np.concatenate([np.pad(p, ((0, 0), (0, width - p.shape[1]))) for p in parts]).astype(dtype)
@@ -181,9 +193,11 @@ def export_history_bundle(
     overwrite: bool,
     seed: int,
     say: Callable[[str], None],
+    linear_scorer: bool = True,
 ) -> Manifest:
     """The utpm-hist half of `onnx_export.export_bundle` (same guarantees: nothing is put in place
-    unless parity holds)."""
+    unless parity holds). A model that is exactly b_t + w . phi is marked for the service's linear
+    path, and that path is gated too; linear_scorer=False leaves the mark out (A/B benchmarks)."""
     from model_export.onnx_export import finish_bundle, heldout_users
 
     model: HistoryModel = run.model
@@ -214,6 +228,10 @@ def export_history_bundle(
             bias = model.tag_bias.numpy().astype(np.float32, copy=True)
         np.save(tmp / EMBEDDINGS_FILE, table)
         np.save(tmp / BIAS_FILE, bias)
+        linear = _linear_weights(model, table) if linear_scorer else None
+        if linear is not None:
+            scorer["linear_phi_weights"] = linear
+            say("the model is its linear start (a zero tag table, a zero history MLP): served without the tower")
 
         say(f"exporting the whole scorer (tower and history path) to ONNX (opset {opset})")
         width = len(PHI_NAMES)  # P, the features per (user, tag) the history path reads
@@ -235,6 +253,7 @@ def export_history_bundle(
             atol=atol,
             top_k=top_k,
             min_agreement=min_agreement,
+            linear=None if linear is None else np.asarray(linear, np.float32),
         )
         reason = report.failure()
         if reason is not None:

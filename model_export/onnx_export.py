@@ -343,12 +343,15 @@ def export_bundle(
     overwrite: bool = False,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    linear_scorer: bool = True,
 ) -> Manifest:
     """Export the run at `run_dir` to a bundle directory `out` and return its manifest.
 
     data: the data set whose test users check parity (default: the run's recorded source, else
     synthetic users); synthetic_inputs forces synthetic users. variants: any of "fp16", "int8".
-    parity_users: at most this many held-out users. Raises ParityError when ONNX Runtime does not
+    parity_users: at most this many held-out users. linear_scorer (utpm-hist): mark a model that is
+    exactly b_t + w . phi for the service's linear path (`model_export.scorer`).
+    Raises ParityError when ONNX Runtime does not
     reproduce PyTorch (atol on u, min_agreement of same top_k tags), ExportError for other
     failures; in both cases `out` is left as it was.
     """
@@ -386,6 +389,7 @@ def export_bundle(
             overwrite=overwrite,
             seed=seed,
             say=say,
+            linear_scorer=linear_scorer,
         )
     model, encoder = run.model, run.encoder
     rng = np.random.default_rng(seed)

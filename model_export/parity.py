@@ -231,8 +231,13 @@ def check_history_parity(
     top_k: int = TOP_K,
     min_agreement: float = MIN_AGREEMENT,
     chunk: int = CHUNK,
+    linear: np.ndarray | None = None,
 ) -> ParityReport:
-    """`check_parity` for the whole scorer: u, g(phi), and final scores and top-k against PyTorch's."""
+    """`check_parity` for the whole scorer: u, g(phi), and final scores and top-k against PyTorch's.
+    With `linear` (w of a linear scorer, `model_export.scorer`) every case is checked a second time,
+    as "<case> (linear)", with g = w . phi in place of the graph's and u left out (the table is zero)."""
+    from model_export.scorer import linear_history_scores
+
     results: list[CaseResult] = []
     outputs: dict[str, list[np.ndarray]] = {}
     for case in cases:
@@ -241,6 +246,12 @@ def check_history_parity(
             ref, cand = reference(sub.batch), candidate(sub.batch)
             r = compare_history_case(sub, ref, cand, table, bias, top_k)
             results.append(r)
+            if linear is not None:
+                # PyTorch's u and attention: the service's linear path computes neither, and u . 0 = 0
+                lin = [*ref[:-3], linear_history_scores(sub.batch.hist_feats, linear)]
+                results.append(
+                    compare_history_case(HistoryCase(f"{case.name} (linear)", sub.batch), ref, lin, table, bias, top_k)
+                )
             if case.name == "heldout":  # kept for the bundle's held-out users (index recall checks)
                 outputs.setdefault("heldout", []).append(cand[0])
                 outputs.setdefault("heldout_g", []).append(cand[-1] * sub.batch.hist_mask)

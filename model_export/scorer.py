@@ -4,6 +4,10 @@ The ONNX graph gives u and g (the history path's score of each of the user's his
 rest is arithmetic over the bundle's tag table and bias, written once here and used by the parity
 gate (exact, every tag), the index's recall check and the service (two-stage: ANN candidates plus
 the history tags, `index.two_stage`). Padding and OOV (ids 0, 1) are never returned.
+
+A model whose epochs never replaced its linear start (the epoch gate) is exactly b_t + w . phi: its
+tag table is zero and its history MLP's output is zero. Its bundle says so (`linear_phi_weights`),
+and the service scores it with `linear_history_scores`, without the tower.
 """
 
 from __future__ import annotations
@@ -25,6 +29,22 @@ def dense_scores(
     rows = np.repeat(np.arange(len(s)), hist_ids.shape[1])
     np.add.at(s, (rows, hist_ids.reshape(-1)), np.asarray(hist_g, np.float32).reshape(-1))
     return s
+
+
+def linear_phi_weights(table: np.ndarray, mlp_out: np.ndarray | None, linear: np.ndarray | None) -> list[float] | None:
+    """w when the scorer is exactly b_t + w . phi: every u . o_t zero (`table` zero) and the history
+    MLP's output zero (`mlp_out`, its last layer's weights and bias, all zero); None otherwise.
+    `linear` is the history path's linear weights (None without a history path: w = 0)."""
+    if np.any(table) or (mlp_out is not None and np.any(mlp_out)):
+        return None
+    return [] if linear is None else [float(w) for w in np.asarray(linear, np.float32).ravel()]
+
+
+def linear_history_scores(hist_feats: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """g(phi) (B, Hh) of a linear scorer: phi (B, Hh, P) . w (P,), float32 (0 for w = [])."""
+    if len(weights) == 0:
+        return np.zeros(hist_feats.shape[:2], np.float32)
+    return np.asarray(hist_feats, np.float32) @ np.asarray(weights, np.float32)
 
 
 def _top(s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -183,10 +183,31 @@ def verify_reference(session: ort.InferenceSession, bundle: Bundle, atol: float 
         expected = np.concatenate([expected.ravel(), (expected_g * feed["hist_mask"]).ravel()])
     else:
         got = session.run(["user_embedding"], feed)[0]
+    return _within(
+        got, expected, atol, f"{bundle.onnx_path.name} does not reproduce the PyTorch model it was exported from", "du"
+    )
+
+
+def _within(got: np.ndarray, expected: np.ndarray, atol: float, problem: str, what: str) -> float:
+    """max |got - expected|; BundleError saying `problem` when it is over atol or got is not finite."""
     diff = float(np.max(np.abs(got - expected))) if expected.size else 0.0
     if not np.isfinite(got).all() or diff > atol:
-        raise BundleError(
-            f"{bundle.onnx_path.name} does not reproduce the PyTorch model it was exported from: "
-            f"max |du| {diff:.2e} > {atol:g} on {len(expected)} held-out users"
-        )
+        raise BundleError(f"{problem}: max |{what}| {diff:.2e} > {atol:g} on {len(expected)} held-out users")
     return diff
+
+
+def verify_linear_reference(bundle: Bundle, atol: float = 1e-4) -> float | None:
+    """For a bundle marked linear (`Bundle.linear_phi_weights`): w . phi must reproduce the g that
+    PyTorch computed at export for the stored held-out users. Returns the max |dg|, None when the
+    bundle is not linear or has no reference; BundleError when it does not hold."""
+    from model_export.scorer import linear_history_scores
+
+    w = bundle.linear_phi_weights
+    if w is None or REFERENCE_FILE not in bundle.manifest.files:
+        return None
+    with np.load(bundle.path / REFERENCE_FILE) as ref:
+        mask = ref["feed__hist_mask"]
+        expected = ref["g"] * mask
+        got = linear_history_scores(ref["feed__hist_feats"], w) * mask
+    problem = f"bundle {bundle.version} is marked linear, but its weights do not reproduce its history path"
+    return _within(got, expected, atol, problem, "dg")

@@ -31,7 +31,15 @@ from model_export.manifest import (
     ids_input,
     mask_input,
 )
-from model_export.session import CUDA, SessionConfig, build_session, check_signature, verify_reference
+from model_export.scorer import linear_history_scores
+from model_export.session import (
+    CUDA,
+    SessionConfig,
+    build_session,
+    check_signature,
+    verify_linear_reference,
+    verify_reference,
+)
 from service.batching import MicroBatcher
 from service.config import Settings
 from service.errors import InvalidInput, UnknownFields
@@ -58,6 +66,17 @@ def init_batch_thread() -> None:
     import faiss
 
     faiss.omp_set_num_threads(FAISS_THREADS)
+
+
+def _widest_history(encoded: HistoryBatch, users: Sequence[EncodedUser]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """hist_ids, hist_feats, hist_mask cut to the batch's widest user: the kept history tags come
+    first in each row, zeros after."""
+    n = max(1, max(len(u.hist_ids) for u in users if u.hist_ids is not None))
+    return (
+        encoded.hist_ids[:, :n],
+        np.ascontiguousarray(encoded.hist_feats[:, :n]),
+        np.ascontiguousarray(encoded.hist_mask[:, :n]),
+    )
 
 
 class DeviceUnavailable(ValueError):
@@ -112,6 +131,8 @@ class ProfileEngine:
     batcher: MicroBatcher[EncodedUser, ComputedProfile] | None = None
     history: HistoryEncoder | None = None  # utpm-hist bundles: the request -> history features
     two_stage: TwoStageSearch | None = None  # utpm-hist bundles: top-k of the final score
+    # utpm-hist bundles that are exactly b_t + w . phi (their linear start): w, scored without the tower
+    linear: np.ndarray | None = None
     # fields another served arm takes and this bundle does not: accepted in a request and left out
     # (service.arms.align_fields), so that one request body is valid for every arm of an A/B
     ignored_fields: frozenset[str] = frozenset()
@@ -129,6 +150,7 @@ class ProfileEngine:
         session = build_session(bundle.onnx_path, config)
         check_signature(session, bundle.manifest)
         verify_reference(session, bundle)
+        verify_linear_reference(bundle)
         faiss.omp_set_num_threads(FAISS_THREADS)
         threadpool_limits(BLAS_THREADS, user_api="blas")  # process-wide, as OpenBLAS's setting is
         index = TagIndex.load(bundle, use_gpu={"auto": None, "cpu": False, "cuda": True}[settings.device])
@@ -137,7 +159,13 @@ class ProfileEngine:
             compile_kernel()  # before the first request, not in it
         two_stage = TwoStageSearch(bundle, index) if bundle.has_history else None
         engine = cls(
-            bundle=bundle, session=session, index=index, settings=settings, history=history, two_stage=two_stage
+            bundle=bundle,
+            session=session,
+            index=index,
+            settings=settings,
+            history=history,
+            two_stage=two_stage,
+            linear=bundle.linear_phi_weights if bundle.has_history else None,
         )
         if settings.device == "cuda" and (engine.execution_provider != CUDA or not index.on_gpu):
             raise DeviceUnavailable(
@@ -243,21 +271,20 @@ class ProfileEngine:
         # encoded with the rest of its batch, in the batch thread (`_encode_batch`)
         return EncodedUser(ids={}, mask={}, k=k, explain=explain, unknown={}, all_unknown=False, stats=stats)
 
-    def _encode_batch(self, users: Sequence[EncodedUser]) -> HistoryBatch:
-        """utpm-hist: the batch's users through `HistoryEncoder.encode` at once; each user gets its rows."""
+    def _encode_batch(self, users: Sequence[EncodedUser], tower: bool = True) -> HistoryBatch:
+        """utpm-hist: the batch's users through `HistoryEncoder.encode` at once; each user gets its rows
+        (tower=False: the history tags only, for the linear path)."""
         assert self.history is not None
-        b = self.history.encode([u.stats or {} for u in users])
-        names = self.field_names
+        b = self.history.encode([u.stats or {} for u in users], tower=tower)
+        names = self.field_names if tower else []
         n_hist = b.hist_mask.sum(axis=1).astype(np.int64).tolist()  # kept history tags come first
-        known = np.zeros(len(users), bool)
-        for j in range(len(names)):
-            known |= (b.ids[j] > Vocabulary.OOV).any(axis=1)
+        assert b.known is not None
         for row, (u, n) in enumerate(zip(users, n_hist, strict=True)):
             u.ids = {f: b.ids[j][row] for j, f in enumerate(names)}
             u.mask = {f: b.masks[j][row] for j, f in enumerate(names)}
             u.counts = {f: b.counts[j][row] for j, f in enumerate(names)}
             u.hist_ids, u.hist_feats = b.hist_ids[row, :n], b.hist_feats[row, :n]
-            u.unknown, u.all_unknown = b.unknown[row], not bool(known[row])
+            u.unknown, u.all_unknown = b.unknown[row], not bool(b.known[row])
         return b
 
     def value_name(self, field_name: str, value_id: int) -> str:
@@ -295,17 +322,15 @@ class ProfileEngine:
         """utpm-hist: the batch encoded at once, one ONNX run gives u and g(phi) of each user's history
         tags; the two-stage search takes the index's top-k over the other tags by [u, 1] . [o_t, b_t] and
         the history tags scored exactly (u . o_t + b_t + g), and keeps the top-k of the union."""
+        want_attention = any(u.explain for u in users)
+        if self.linear is not None and not want_attention:
+            return self._compute_linear(users, self.linear)
         t_enc = time.perf_counter()
         encoded = self._encode_batch(users)
         t0 = time.perf_counter()
         names = self.field_names
-        n = max(1, max(len(u.hist_ids) for u in users if u.hist_ids is not None))
-        # the kept history tags come first in each row, zeros after: the batch's widest, as the model takes it
-        hist_ids = encoded.hist_ids[:, :n]
-        hist_feats = np.ascontiguousarray(encoded.hist_feats[:, :n])
-        hist_mask = np.ascontiguousarray(encoded.hist_mask[:, :n])
+        hist_ids, hist_feats, hist_mask = _widest_history(encoded, users)
         feed = history_feed(self._input_names, names, encoded.ids, encoded.masks, encoded.counts, hist_feats, hist_mask)
-        want_attention = any(u.explain for u in users)
         outputs = self.session.run(None if want_attention else [USER_EMBEDDING_OUTPUT, HISTORY_SCORES_OUTPUT], feed)  # type: ignore[attr-defined]
         named = dict(
             zip(
@@ -342,6 +367,25 @@ class ProfileEngine:
                     history_part,
                 )
             )
+        return out
+
+    def _compute_linear(self, users: Sequence[EncodedUser], w: np.ndarray) -> list[ComputedProfile]:
+        """A linear bundle (b_t + w . phi): the history tags' g from phi, no tower and no index; the same
+        profiles as the graph's path (`TwoStageSearch.search_linear`). `model_s` is g's computation."""
+        t_enc = time.perf_counter()
+        encoded = self._encode_batch(users, tower=False)
+        t0 = time.perf_counter()
+        hist_ids, hist_feats, hist_mask = _widest_history(encoded, users)
+        g = linear_history_scores(hist_feats, w) * hist_mask
+        t1 = time.perf_counter()
+        assert self.two_stage is not None
+        found = self.two_stage.search_linear(hist_ids, g, max(u.k for u in users))
+        t2 = time.perf_counter()
+        timings = BatchTimings(t1 - t0, t2 - t1, t0 - t_enc)
+        out = []
+        for row, user in enumerate(users):
+            got = found.ids[row, : user.k] >= 0
+            out.append(ComputedProfile(found.ids[row, : user.k][got], found.scores[row, : user.k][got], timings))
         return out
 
     @property

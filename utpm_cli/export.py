@@ -41,6 +41,13 @@ def export_cmd(
         int, typer.Option(help="At most this many users in the parity check (the run's test users, else its first).")
     ] = 1024,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists.")] = False,
+    linear_scorer: Annotated[
+        bool,
+        typer.Option(
+            help="utpm-hist: a model that is exactly its linear start (zero tag table, zero history MLP) is "
+            "served without the tower; --no-linear-scorer serves it through the ONNX graph (A/B benchmarks)."
+        ),
+    ] = True,
 ) -> None:
     """Export a run as a versioned bundle: ONNX user tower, tag embeddings, vocabularies, manifest.
 
@@ -64,6 +71,7 @@ def export_cmd(
             variants=variants,
             parity_users=parity_users,
             overwrite=overwrite,
+            linear_scorer=linear_scorer,
             progress=lambda msg: typer.echo(f"  {msg}", err=True),
         )
     except (ExportError, BundleError, DataError) as e:

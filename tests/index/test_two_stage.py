@@ -20,6 +20,20 @@ def _heldout(bundle_path):
     return b, u, hist_ids, hist_g
 
 
+def _tie_with_the_first_tag_outside(bundle_path, m: int):
+    """(bundle, b_t, the first tag outside the m most popular, a later tag h whose g can put its final
+    score exactly on that tag's bias in float32)."""
+    b = load_bundle(bundle_path)
+    bias = np.asarray(b.tag_bias, np.float32)
+    order = 2 + np.argsort(-bias[2:], kind="stable")
+    first_out = int(order[m])
+    target = bias[first_out]
+    h = next(
+        int(t) for t in order[m + 1 :] if t > first_out and np.float32(bias[t]) + np.float32(target - bias[t]) == target
+    )
+    return b, bias, first_out, h
+
+
 @pytest.mark.parametrize("popular", [1, 5, 40, 100_000])
 def test_the_search_returns_the_exact_top_k_whoever_it_settles(hist_bundle, popular: int) -> None:
     b, u, hist_ids, hist_g = _heldout(hist_bundle)
@@ -69,16 +83,8 @@ def test_a_tag_outside_the_candidates_that_ties_the_kth_sends_the_user_to_the_in
     """With u = 0 every score is b_t (+ g): a history tag scored exactly at the bias of the first tag
     outside the popular ones ties that tag, which has the lower id and so belongs in the top-k. The
     bound must not settle such a user: it goes to the index, and the result is the exact top-k."""
-    b = load_bundle(hist_bundle)
-    bias = np.asarray(b.tag_bias, np.float32)
-    order = 2 + np.argsort(-bias[2:], kind="stable")
-    m = 5
-    first_out = int(order[m])
+    b, bias, first_out, h = _tie_with_the_first_tag_outside(hist_bundle, m := 5)
     target = bias[first_out]
-    # a later tag whose g puts its final score exactly on the first outside tag's bias (float32)
-    h = next(
-        int(t) for t in order[m + 1 :] if t > first_out and np.float32(bias[t]) + np.float32(target - bias[t]) == target
-    )
     u = np.zeros((1, b.embeddings.shape[1]), np.float32)
     hist_ids = np.asarray([[h]], np.int64)
     hist_g = np.asarray([[target - bias[h]]], np.float32)
@@ -86,4 +92,33 @@ def test_a_tag_outside_the_candidates_that_ties_the_kth_sends_the_user_to_the_in
     ids, _ = exact_top_k(u, b.embeddings, bias, hist_ids, hist_g, m + 1)
     assert first_out in ids[0].tolist() and h not in ids[0].tolist()  # the tie goes to the lower id
     assert found.searched[0]
+    np.testing.assert_array_equal(found.ids, ids)
+
+
+@pytest.mark.parametrize("k", [1, 10, 50, 5_000])
+def test_the_linear_search_is_the_exact_top_k_without_u_or_the_index(hist_bundle, k: int) -> None:
+    """A linear scorer's search (u . o_t = 0: b_t, + g on the history tags) gives the exact scan's
+    ids, ties by the lower id, down to k beyond the vocabulary (padded with -1)."""
+    b, u, hist_ids, hist_g = _heldout(hist_bundle)
+    zero = np.zeros_like(u)
+    bias = np.asarray(b.tag_bias, np.float32)
+    found = TwoStageSearch(b, TagIndex.load(b)).search_linear(hist_ids, hist_g, k)
+    kk = min(k, len(bias) - 2)
+    ids, scores = exact_top_k(zero, np.zeros_like(b.embeddings), bias, hist_ids, hist_g, kk)
+    np.testing.assert_array_equal(found.ids[:, :kk], ids)
+    np.testing.assert_array_equal(found.scores[:, :kk], scores)
+    assert (found.ids[:, kk:] == -1).all() and found.ids.shape == (len(u), k) and not found.searched.any()
+
+
+def test_the_linear_search_gives_a_tie_at_the_kth_to_the_lower_id_outside_the_history(hist_bundle) -> None:
+    """The case the bound sends to the index: a history tag scored exactly at the bias of a more
+    popular tag outside the candidates of `search`. The linear search holds k + Hh popular tags, so it
+    ranks the lower id first without the index."""
+    b, bias, first_out, h = _tie_with_the_first_tag_outside(hist_bundle, m := 5)
+    target = bias[first_out]
+    hist_ids = np.asarray([[h, 0]], np.int64)
+    hist_g = np.asarray([[target - bias[h], 0.0]], np.float32)
+    found = TwoStageSearch(b, TagIndex.load(b), popular=m).search_linear(hist_ids, hist_g, m + 1)
+    ids, _ = exact_top_k(np.zeros((1, b.dim), np.float32), np.zeros_like(b.embeddings), bias, hist_ids, hist_g, m + 1)
+    assert first_out in ids[0].tolist() and h not in ids[0].tolist()
     np.testing.assert_array_equal(found.ids, ids)

@@ -37,13 +37,18 @@ def test_the_pipeline_trains_and_exports_the_default_model(hist_built: BuiltBund
     assert b.has_history and b.tag_bias is not None and b.index_dim == b.dim + 1
 
 
-def test_served_scores_equal_pytorch_final_scores(hist_built: BuiltBundle, movielens_dir: Path) -> None:
-    """The engine (ONNX + flat index + history tags) returns PyTorch's own top-10 and scores."""
+@pytest.mark.parametrize("path", ["linear", "graph"])
+def test_served_scores_equal_pytorch_final_scores(hist_built: BuiltBundle, movielens_dir: Path, path: str) -> None:
+    """The engine returns PyTorch's own top-10 and scores, by either path of a bundle at its linear
+    start: b_t + w . phi without the tower, and ONNX + flat index + history tags."""
     from service.config import Settings
     from service.engine import ProfileEngine
 
     run = load_run(hist_built.run)
     engine = ProfileEngine.load(hist_built.bundle, Settings.model_validate({"bundle": str(hist_built.bundle)}))
+    assert engine.linear is not None  # the fixture's one epoch did not pass the epoch gate
+    if path == "graph":
+        engine.linear = None
     henc = engine.history
     assert henc is not None
     split = split_protocol(load_dataset(movielens_dir), seed=0)
@@ -139,3 +144,75 @@ def test_paper_bundles_keep_their_format(tiny_bundle: Path) -> None:
     assert not b.has_history and b.tag_bias is None and b.index_dim == b.dim
     u = np.ones((2, b.dim), np.float32)
     assert b.index_queries(u).shape == (2, b.dim) and b.index_table().shape == (b.manifest.tag_count, b.dim)
+
+
+def test_a_model_at_its_linear_start_is_marked_linear_and_its_linear_path_gated(hist_built: BuiltBundle) -> None:
+    run = load_run(hist_built.run)
+    g = run.model.g
+    assert g is not None
+    manifest = json.loads((hist_built.bundle / "manifest.json").read_text())
+    w = manifest["scorer"]["linear_phi_weights"]
+    np.testing.assert_array_equal(np.asarray(w, np.float32), g.linear.weight.detach().numpy().ravel())
+    assert {"heldout (linear)", "counts (linear)", "all_oov (linear)"} <= set(manifest["parity"]["cases"])
+    np.testing.assert_array_equal(load_bundle(hist_built.bundle).linear_phi_weights, np.asarray(w, np.float32))
+
+
+def test_the_linear_mark_needs_a_zero_tag_table_and_a_zero_history_mlp() -> None:
+    from model_export.scorer import linear_phi_weights
+
+    zero, w = np.zeros((5, 3), np.float32), np.asarray([[0.5, -0.25]], np.float32)
+    assert linear_phi_weights(zero, np.zeros(4, np.float32), w) == [0.5, -0.25]
+    assert linear_phi_weights(zero, None, None) == []  # no history path: b_t alone
+    assert linear_phi_weights(zero, np.asarray([0, 1e-9], np.float32), w) is None
+    some = zero.copy()
+    some[3, 1] = 1e-9
+    assert linear_phi_weights(some, np.zeros(4, np.float32), w) is None
+
+
+def test_a_model_that_left_its_start_is_exported_without_the_mark(hist_built: BuiltBundle, tmp_path: Path) -> None:
+    """A tag table that is not zero (a trained epoch kept), or --no-linear-scorer: the graph serves it."""
+    from model_export.onnx_export import export_bundle
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(hist_built.run, run_dir)
+    state = torch.load(run_dir / "model.pt", weights_only=True)
+    key = next(k for k in state if k.endswith("tag_embedding.weight"))
+    state[key] = torch.randn(state[key].shape, generator=torch.Generator().manual_seed(0)) * 0.01
+    torch.save(state, run_dir / "model.pt")
+    moved = export_bundle(run_dir, tmp_path / "moved", parity_users=32)
+    assert moved.scorer is not None and "linear_phi_weights" not in moved.scorer
+    assert not any(c.endswith("(linear)") for c in moved.parity["cases"])
+    off = export_bundle(hist_built.run, tmp_path / "off", parity_users=32, linear_scorer=False)
+    assert off.scorer is not None and "linear_phi_weights" not in off.scorer
+    assert load_bundle(tmp_path / "off").linear_phi_weights is None
+
+
+def test_linear_weights_that_do_not_reproduce_the_history_path_are_refused(
+    hist_built: BuiltBundle, tmp_path: Path
+) -> None:
+    """At export (the parity gate's linear cases) and at load (the stored reference's g)."""
+    from model_export.errors import BundleError
+    from model_export.session import verify_linear_reference
+
+    run = load_run(hist_built.run)
+    b = load_bundle(hist_built.bundle)
+    assert verify_linear_reference(b) is not None
+    w = b.linear_phi_weights
+    assert w is not None
+    off = w + np.float32(0.5)
+    cases = history_parity_cases(
+        b.history_encoder(), [{"clicked_tags": ["sci-fi", "sci-fi", "drama"]}] * 4, np.random.default_rng(0)
+    )
+    session = build_session(b.onnx_path, SessionConfig(prefer_gpu=False, warmup=False))
+    table, bias = np.asarray(b.embeddings), np.asarray(b.tag_bias)
+    runners = (torch_history_runner(run.model, 50), onnx_history_runner(session, b.encoder.field_names))
+    assert check_history_parity(cases, *runners, table, bias, linear=w).passed
+    report = check_history_parity(cases, *runners, table, bias, linear=off)
+    assert not report.passed and "(linear)" in str(report.failure())
+    copy = tmp_path / "bundle"
+    shutil.copytree(hist_built.bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["scorer"]["linear_phi_weights"] = off.tolist()
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="marked linear"):
+        verify_linear_reference(load_bundle(copy, verify_hashes=False))

@@ -183,6 +183,7 @@ class HistoryBatch:
     hist_feats: np.ndarray
     hist_mask: np.ndarray
     unknown: list[dict[str, list[str]]] = field(default_factory=list)
+    known: np.ndarray | None = None  # (B,) bool: some value of the user's was in its field's vocabulary
 
     @property
     def size(self) -> int:
@@ -375,8 +376,10 @@ class HistoryEncoder:
             raise KeyError(f"unknown field(s) {sorted(extra)}; valid fields: {sorted(valid)}")
         return {name: parse_field(name, raw) for name, raw in features.items()}
 
-    def encode(self, users: Sequence[Mapping[str, FieldStats]]) -> HistoryBatch:
-        """The model input of a batch of users: every field of every user in one pass (numpy)."""
+    def encode(self, users: Sequence[Mapping[str, FieldStats]], tower: bool = True) -> HistoryBatch:
+        """The model input of a batch of users: every field of every user in one pass (numpy).
+        tower=False leaves the tower's inputs (ids, masks, counts) empty: a linear scorer reads only
+        the history tags, and still every value is looked up for `unknown` and `known`."""
         b = len(users)
         specs = self.encoder.specs
         nf = len(specs)
@@ -391,6 +394,21 @@ class HistoryEncoder:
             values = col.values
             for r, p in zip(col.row[miss].tolist(), miss.tolist(), strict=True):
                 unknown[r % b].setdefault(specs[r // b].name, []).append(values[p])
+        known = np.zeros(b, bool)
+        known[col.row[vid > oov] % b] = True
+        col.array("count")  # built once: the tag fields' columns below share it
+        # the tag fields' columns and ids, reused for the history tags (they share the tag vocabulary)
+        tag_columns = {
+            s.name: (col.rows(j * b, (j + 1) * b), vid[col.bounds[j * b] : col.bounds[(j + 1) * b]])
+            for j, s in enumerate(specs)
+            if s.name in (TAG_FIELD, UNCLICKED_FIELD)
+        }
+        hist_ids = np.zeros((b, self.width), np.int64)
+        hist_feats = np.zeros((b, self.width, len(PHI_NAMES)), np.float32)
+        hist_mask = np.zeros((b, self.width), np.float32)
+        self._history_tags(users, tag_columns, hist_ids, hist_feats, hist_mask)
+        if not tower:
+            return HistoryBatch([], [], [], hist_ids, hist_feats, hist_mask, unknown, known)
         # per user and field the most frequent values first, ties by recency (the later position first);
         # a single field keeps its most recent value, counted 1
         single = np.asarray([s.kind is FieldKind.SINGLE for s in specs] or [False])[col.row // b]
@@ -410,17 +428,7 @@ class HistoryEncoder:
         ids = [np.ascontiguousarray(all_ids[j, :, : s.max_len]) for j, s in enumerate(specs)]
         masks = [np.ascontiguousarray(all_masks[j, :, : s.max_len]) for j, s in enumerate(specs)]
         counts = [np.ascontiguousarray(all_counts[j, :, : s.max_len]) for j, s in enumerate(specs)]
-        # the tag fields' columns and ids, reused for the history tags (they share the tag vocabulary)
-        tag_columns = {
-            s.name: (col.rows(j * b, (j + 1) * b), vid[col.bounds[j * b] : col.bounds[(j + 1) * b]])
-            for j, s in enumerate(specs)
-            if s.name in (TAG_FIELD, UNCLICKED_FIELD)
-        }
-        hist_ids = np.zeros((b, self.width), np.int64)
-        hist_feats = np.zeros((b, self.width, len(PHI_NAMES)), np.float32)
-        hist_mask = np.zeros((b, self.width), np.float32)
-        self._history_tags(users, tag_columns, hist_ids, hist_feats, hist_mask)
-        return HistoryBatch(ids, masks, counts, hist_ids, hist_feats, hist_mask, unknown)
+        return HistoryBatch(ids, masks, counts, hist_ids, hist_feats, hist_mask, unknown, known)
 
     def _history_tags(
         self,
