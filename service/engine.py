@@ -196,6 +196,12 @@ class ProfileEngine:
         return self.bundle.encoder.field_names
 
     @property
+    def scorer(self) -> str:
+        """How a profile is computed: "linear" (a bundle at its linear start: b_t + w . phi, no model
+        run, no index; explain requests still run the model) or "model" (the ONNX model and the index)."""
+        return "linear" if self.linear is not None else "model"
+
+    @property
     def execution_provider(self) -> str:
         """The ONNX Runtime provider the session really runs on (CUDA may have fallen back)."""
         return str(self.session.get_providers()[0])  # type: ignore[attr-defined]

@@ -114,11 +114,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.watch_gc()
         metrics.bundle_info.labels(engine.version, engine.model_name).set(1)
         log.info(
-            "serving bundle %s (%s, %d tags): model on %s, index on the %s (UTPM_DEVICE=%s); cache %s; "
-            "auth reads %s, writes %s, admin %s; tracing %s",
+            "serving bundle %s (%s, %d tags, scored by the %s): model on %s, index on the %s (UTPM_DEVICE=%s); "
+            "cache %s; auth reads %s, writes %s, admin %s; tracing %s",
             engine.version,
             engine.model_name,
             engine.index.ntotal,
+            "linear start (no model run)" if engine.scorer == "linear" else "model",
             engine.execution_provider,
             engine.index_device,
             settings.device,

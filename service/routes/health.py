@@ -39,6 +39,7 @@ async def readyz(state: State) -> JSONResponse:
         "status": ("ready" if cache_ok else "degraded") if ready else "not_ready",
         "model_version": engine.version,
         "model": engine.model_name,
+        "scorer": engine.scorer,
         "tags": engine.index.ntotal,
         "index": engine.index.infos.factory if engine.index.infos is not None else "flat",
         "device": {

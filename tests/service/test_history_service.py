@@ -56,6 +56,10 @@ def test_counts_as_an_object_or_as_repeats_mean_the_same(client: TestClient) -> 
     assert second["sci-fi"] > first["sci-fi"]
 
 
+def test_readyz_says_the_bundle_at_its_linear_start_is_served_without_the_model(client: TestClient) -> None:
+    assert client.get("/readyz").json()["scorer"] == "linear"
+
+
 def test_the_old_list_form_still_works(client: TestClient) -> None:
     body = profile(client, {"clicked_tags": ["sci-fi", "dark comedy"], "clicked_categories": "Comedy"})
     assert len(tags(body)) == 10 and body["all_unknown"] is False

@@ -47,6 +47,11 @@ def test_post_profile_returns_ranked_tags_and_caches_them(client: TestClient) ->
     assert cached["tags"] == body["tags"][:5]
 
 
+def test_readyz_says_a_paper_bundle_is_scored_by_its_model(client: TestClient) -> None:
+    body = client.get("/readyz").json()
+    assert body["scorer"] == "model" and body["model"] == "utpm"
+
+
 def test_user_ids_with_slashes_are_read_back_through_redis(client: TestClient) -> None:
     """A user id holding `/` is one path parameter, sent raw or percent-encoded (real Redis behind)."""
     for user in ("team/alice", "a/b/c", "/leading", "trailing/"):
