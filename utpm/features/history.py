@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, repeat
 from operator import itemgetter
@@ -386,8 +386,7 @@ class HistoryEncoder:
         oov = Vocabulary.OOV
         # every field of every user, flattened field by field, then user by user: row f * b + user
         col = _Column([u.get(s.name) for s in specs for u in users])
-        gets = [self.encoder.vocabs[s.name].lookup.get for s in specs for _ in users]
-        vid = col.ids(gets)
+        vid = col.ids([self.encoder.vocabs[s.name] for s in specs])
         unknown: list[dict[str, list[str]]] = [{} for _ in range(b)]
         miss = np.flatnonzero(vid == oov)
         if len(miss):
@@ -449,13 +448,12 @@ class HistoryEncoder:
         `TagStats` the new tags their transitions propose (best first, ties by tag id) and the
         popular tags fill the `extra_candidates` slots after them."""
         b = len(users)
-        lookup = self.tags.lookup
 
         def column(name: str) -> tuple[_Column, np.ndarray]:
             if name in tag_columns:  # a field of the encoder: encode's column and ids
                 return tag_columns[name]
             col = _Column([u.get(name) for u in users])
-            return col, col.ids([lookup.get] * b)
+            return col, col.ids([self.tags])
 
         clicked, cid = column(TAG_FIELD)
         unclicked, uid = column(UNCLICKED_FIELD)
@@ -506,11 +504,16 @@ class _Column:
     def values(self) -> list[str]:
         return list(chain.from_iterable(st.values for st in self.stats if st is not None))
 
-    def ids(self, gets: Sequence[Callable[[str, int], int]]) -> np.ndarray:
-        """The values' ids, row r's by `gets[r]` (a vocabulary's `lookup.get`); OOV when not found."""
-        oov = repeat(Vocabulary.OOV)
-        per_row = (map(get, st.values, oov) for get, st in zip(gets, self.stats, strict=True) if st is not None)
-        return np.fromiter(chain.from_iterable(per_row), np.int64, self.total)
+    def ids(self, vocabs: Sequence[Vocabulary]) -> np.ndarray:
+        """The values' ids (OOV when not found): the rows in len(vocabs) equal blocks, block j's
+        looked up in vocabs[j] (`Vocabulary.ids_of`)."""
+        per = len(self.stats) // max(1, len(vocabs))
+        parts = []
+        for j, vocab in enumerate(vocabs):
+            rows = self.stats[j * per : (j + 1) * per]
+            n = self.bounds[(j + 1) * per] - self.bounds[j * per]
+            parts.append(vocab.ids_of(chain.from_iterable(st.values for st in rows if st is not None), n))
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
     def array(self, attr: str) -> np.ndarray:
         """`count`, `distinct` or `recency` of every value, float64."""

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
 
+from utpm.features.hashed_lookup import HashedLookup
+
 PAD_TOKEN = "<pad>"
 OOV_TOKEN = "<oov>"
+# Above this many tokens `ids_of` looks values up in a compiled hash table: the dict no longer stays
+# in cache (docs/performance.md, "Vocabulary lookups at a million tags")
+HASHED_MIN_TOKENS = 65_536
 
 
 class Vocabulary:
@@ -38,6 +45,27 @@ class Vocabulary:
             raise ValueError("a vocabulary's tokens must be unique")
         # What `id` computes, as a plain dict for `lookup.get(v, OOV)`: the padding token is no value.
         self.lookup: dict[str, int] = {**self._index, PAD_TOKEN: self.OOV}
+        self._hashed: HashedLookup | None = None  # built on first use, in the process that uses it
+        self._hashed_lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, object]:
+        # hash() of a string differs between processes: the table is rebuilt where it is used
+        return {k: v for k, v in self.__dict__.items() if k not in ("_hashed", "_hashed_lock")}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._hashed, self._hashed_lock = None, threading.Lock()
+
+    def ids_of(self, values: Iterable[str], n: int) -> np.ndarray:
+        """The ids of n values (int64; unknown ones and the padding token: OOV), as `lookup.get` gives
+        them; through a compiled hash table above HASHED_MIN_TOKENS tokens."""
+        if len(self.tokens) < HASHED_MIN_TOKENS:
+            return np.fromiter(map(self.lookup.get, values, repeat(self.OOV)), np.int64, n)
+        if self._hashed is None:
+            with self._hashed_lock:
+                if self._hashed is None:
+                    self._hashed = HashedLookup(self.tokens, self.lookup, self.OOV)
+        return self._hashed.ids(values, n)
 
     @classmethod
     def build(cls, values: Iterable[str], min_count: int = 1) -> Vocabulary:

@@ -25,6 +25,7 @@ import pytest
 from tests.utpm.features.reference_history import reference_encode, reference_stats_from_sequence
 from utpm.data.loading import split_list
 from utpm.features import history
+from utpm.features import vocab as vocab_module
 from utpm.features.encoding import FeatureEncoder
 from utpm.features.history import (
     TAG_FIELD,
@@ -166,6 +167,19 @@ ENCODERS: dict[str, dict[str, Any]] = {
 
 @pytest.mark.parametrize("name", list(ENCODERS))
 def test_batch_encode_is_bit_identical_to_the_per_user_encoder(name: str) -> None:
+    _check_against_the_per_user_encoder(name)
+
+
+@pytest.mark.parametrize("name", ["stats, ties", "no clicked field"])
+def test_batch_encode_through_the_hashed_vocabulary_lookups_is_bit_identical(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every vocabulary looked up through the compiled hash table (large vocabularies' way)."""
+    monkeypatch.setattr(vocab_module, "HASHED_MIN_TOKENS", 0)
+    _check_against_the_per_user_encoder(name)
+
+
+def _check_against_the_per_user_encoder(name: str) -> None:
     cfg = dict(ENCODERS[name])
     rng = np.random.default_rng(len(name))
     kind = cfg.pop("stats")
