@@ -157,6 +157,8 @@ class ProfileEngine:
         history = bundle.history_encoder() if bundle.has_history else None
         if history is not None:
             compile_kernel()  # before the first request, not in it
+            for vocab in bundle.encoder.vocabs.values():
+                vocab.ids_of((), 0)  # a large vocabulary's hash table, built and compiled here too
         two_stage = TwoStageSearch(bundle, index) if bundle.has_history else None
         engine = cls(
             bundle=bundle,

@@ -53,3 +53,8 @@ def test_a_pickled_vocabulary_rebuilds_its_table_in_a_process_with_another_hash_
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     out = subprocess.run([sys.executable, "-c", code], input=blob, capture_output=True, check=True, env=env)
     assert out.stdout.decode().strip() == str([vocab.lookup["tag 3"], vocab.lookup["tag 60000"], Vocabulary.OOV])
+
+
+def test_an_empty_lookup_builds_the_table_so_that_a_service_can_do_it_before_its_first_request() -> None:
+    vocab = _large()
+    assert vocab.ids_of((), 0).shape == (0,) and vocab._hashed is not None
