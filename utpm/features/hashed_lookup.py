@@ -14,19 +14,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
-from numba import njit
+
+from utpm.features.compiled import compiled
 
 AMBIGUOUS = -2  # a hash two tokens share: the dict decides
 
 
-def _compiled(fn):
-    try:
-        return njit(nogil=True, cache=True)(fn)
-    except RuntimeError:  # nowhere to cache (a read-only install): compiled at each start
-        return njit(nogil=True)(fn)
-
-
-@_compiled
+@compiled
 def _build(hashes, ids, size):  # pragma: no cover - compiled
     mask = size - 1
     keys = np.zeros(size, np.int64)
@@ -44,7 +38,7 @@ def _build(hashes, ids, size):  # pragma: no cover - compiled
     return keys, slot_ids
 
 
-@_compiled
+@compiled
 def _probe(keys, slot_ids, hashes, oov, out):  # pragma: no cover - compiled
     mask = len(keys) - 1
     for j in range(len(hashes)):

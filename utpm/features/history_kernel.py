@@ -15,22 +15,13 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-from numba import njit
 
+from utpm.features.compiled import compiled
 from utpm.features.vocab import Vocabulary
 
 OOV = Vocabulary.OOV
 # columns of phi this kernel fills (the order of history.PHI_NAMES)
 COUNT, DISTINCT, RECENCY, UNCLICKED, IN_RECENT, SHARE, TRANSITION, REPEAT, LABEL_RATE, HISTORY_LENGTH = range(10)
-
-
-def compiled(fn):
-    """njit without the GIL, cached by numba where it can write (NUMBA_CACHE_DIR, or __pycache__ beside
-    this file); where it cannot (a read-only install) it compiles at each start instead of failing."""
-    try:
-        return njit(nogil=True, cache=True)(fn)
-    except RuntimeError:
-        return njit(nogil=True)(fn)
 
 
 class Scratch(threading.local):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from utpm.features.history_kernel import compiled
+from utpm.features.compiled import compiled
 
 
 @dataclass
