@@ -32,6 +32,7 @@ import numpy as np
 
 from utpm.features import history_kernel
 from utpm.features.encoding import FeatureEncoder
+from utpm.features.hashed_lookup import HashedLookup
 from utpm.features.pair_counts import count_pairs, top_neighbours
 from utpm.features.spec import FieldKind
 from utpm.features.values import clean_values
@@ -543,6 +544,8 @@ def _log1p(x: np.ndarray) -> np.ndarray:
 
 
 def compile_kernel() -> None:
-    """Compile the encoder's kernel now, or load it from numba's cache (a serving image does this at
-    build time, so that its processes start without compiling)."""
+    """Compile the encoder's kernel and the large vocabularies' hash table now, or load them from
+    numba's cache (a serving image does this at build time, so that its processes start without
+    compiling)."""
     HistoryEncoder(FeatureEncoder([], {}), Vocabulary.build([]), 1).encode([{}])
+    HashedLookup(["a"], {"a": 2}, Vocabulary.OOV).ids(["a", "b"], 2)

@@ -58,3 +58,13 @@ def test_a_pickled_vocabulary_rebuilds_its_table_in_a_process_with_another_hash_
 def test_an_empty_lookup_builds_the_table_so_that_a_service_can_do_it_before_its_first_request() -> None:
     vocab = _large()
     assert vocab.ids_of((), 0).shape == (0,) and vocab._hashed is not None
+
+
+def test_compile_kernel_compiles_the_signatures_a_large_vocabulary_uses() -> None:
+    """The images run `compile_kernel` at build: a real lookup must then find its compiled versions."""
+    from utpm.features.history import compile_kernel
+
+    compile_kernel()
+    counts = len(hashed_lookup._build.signatures), len(hashed_lookup._probe.signatures)
+    _large().ids_of(["tag 1", "nope"], 2)
+    assert (len(hashed_lookup._build.signatures), len(hashed_lookup._probe.signatures)) == counts == (1, 1)
