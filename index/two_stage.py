@@ -44,15 +44,13 @@ class TwoStageSearch:
         self.bias = bias = np.asarray(bundle.tag_bias, np.float32)
         order = RESERVED + np.argsort(-bias[RESERVED:], kind="stable")
         self.by_bias = order  # every tag, highest b_t first (ties by the lower id): `search_linear`'s candidates
-        self.bias_rank = np.empty(len(bias), np.int64)
-        self.bias_rank[order] = np.arange(len(order))
-        self.bias_rank[:RESERVED] = len(bias)
+        # tag id -> its place in `by_bias` (reserved ids: past the end), so the popular tags' columns are
+        # the places below M: batch lookups instead of isin per user
+        self.bias_rank = np.full(len(bias), len(bias), np.int32)
+        self.bias_rank[order] = np.arange(len(order), dtype=np.int32)
         self.popular = np.ascontiguousarray(order[:popular]).astype(np.int64)
         self.popular_table = np.ascontiguousarray(table[self.popular].T)  # (U, M): one matmul per batch
         self.popular_bias = bias[self.popular]
-        # tag id -> its column among the popular tags (-1: not one): batch lookups instead of isin per user
-        self.popular_slot = np.full(len(table), -1, np.int32)
-        self.popular_slot[self.popular] = np.arange(len(self.popular), dtype=np.int32)
         rest = order[popular:]
         # the best score a tag outside the candidates can reach, less |u|: its bias at most, plus |o_t|
         self.outside_bias = float(bias[rest[0]]) if len(rest) else -np.inf
@@ -65,8 +63,8 @@ class TwoStageSearch:
         b = len(u)
         pop_scores = u @ self.popular_table + self.popular_bias  # (B, M)
         hist_ok = hist_ids >= RESERVED
-        slot = np.where(hist_ok, self.popular_slot[np.where(hist_ok, hist_ids, 0)], -1)
-        dup_row, dup_col = np.nonzero(slot >= 0)
+        slot = self._places(hist_ids, hist_ok)
+        dup_row, dup_col = np.nonzero(slot < len(self.popular))
         pop_scores[dup_row, slot[dup_row, dup_col]] = -np.inf  # scored with their g among the history tags
         both = np.concatenate([pop_scores, history_scores(u, self.table, self.bias, hist_ids, hist_g)], axis=1)
         kk = min(k, both.shape[1])
@@ -85,7 +83,7 @@ class TwoStageSearch:
             exclude = [hist_ids[r][hist_ok[r]] for r in rows]
             s, i = self.index.search(self.bundle.index_queries(u[rows]), k, exclude=exclude)
             # the popular ones are scored already
-            fresh = (i >= RESERVED) & (self.popular_slot[np.where(i >= RESERVED, i, 0)] < 0)
+            fresh = (i >= RESERVED) & (self._places(i, i >= RESERVED) >= len(self.popular))
             ann_ids[rows] = np.where(fresh, i, -1)
             ann_s[rows] = np.where(fresh, s, -np.inf)
         # the top-k of every row's candidates (popular, history, index), ties by the lower tag id as in
@@ -93,15 +91,11 @@ class TwoStageSearch:
         cand = np.concatenate(
             [np.broadcast_to(self.popular, pop_scores.shape), np.where(hist_ok, hist_ids, -1), ann_ids], 1
         )
-        cs = np.concatenate([both, ann_s], axis=1)
-        top = top_k(cs, k, ids=cand)
-        scores = np.take_along_axis(cs, top, axis=1).astype(np.float32)
-        ids = np.where(np.isfinite(scores), np.take_along_axis(cand, top, axis=1), -1)
-        if ids.shape[1] < k:
-            pad = k - ids.shape[1]
-            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
-            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-        return TwoStageResult(ids, scores, searched)
+        return _ranked(np.concatenate([both, ann_s], axis=1), cand, k, searched)
+
+    def _places(self, ids: np.ndarray, ok: np.ndarray) -> np.ndarray:
+        """`bias_rank` of `ids` where `ok`, past every place elsewhere (padding, reserved ids)."""
+        return np.where(ok, self.bias_rank[np.where(ok, ids, 0)], len(self.bias))
 
     def search_linear(self, hist_ids: np.ndarray, hist_g: np.ndarray, k: int) -> TwoStageResult:
         """`search` for a linear scorer (u . o_t = 0 for every tag): the top-k of b_t (+ g on the history
@@ -113,20 +107,27 @@ class TwoStageSearch:
         pop = self.by_bias[:m]
         pop_scores = np.repeat(self.bias[pop][None, :], b, axis=0)  # (B, m)
         hist_ok = hist_ids >= RESERVED
-        rank = np.where(hist_ok, self.bias_rank[np.where(hist_ok, hist_ids, 0)], m)
-        dup_row, dup_col = np.nonzero(rank < m)
-        pop_scores[dup_row, rank[dup_row, dup_col]] = -np.inf  # scored with their g among the history tags
-        hist_s = np.where(hist_ok, self.bias[np.where(hist_ok, hist_ids, 0)] + hist_g.astype(np.float32), -np.inf)
+        place = self._places(hist_ids, hist_ok)
+        dup_row, dup_col = np.nonzero(place < m)
+        pop_scores[dup_row, place[dup_row, dup_col]] = -np.inf  # scored with their g among the history tags
+        safe = np.where(hist_ok, hist_ids, 0)
+        hist_s = np.where(hist_ok, self.bias[safe] + np.asarray(hist_g, np.float32), -np.inf).astype(np.float32)
         cand = np.concatenate([np.broadcast_to(pop, pop_scores.shape), np.where(hist_ok, hist_ids, -1)], axis=1)
-        cs = np.concatenate([pop_scores, hist_s.astype(np.float32)], axis=1)
-        kk = min(k, cs.shape[1])
-        top = top_k(cs, kk, ids=cand)
-        scores = np.take_along_axis(cs, top, axis=1).astype(np.float32)
-        ids = np.where(np.isfinite(scores), np.take_along_axis(cand, top, axis=1), -1)
-        if kk < k:
-            ids = np.pad(ids, ((0, 0), (0, k - kk)), constant_values=-1)
-            scores = np.pad(scores, ((0, 0), (0, k - kk)), constant_values=-np.inf)
-        return TwoStageResult(ids, scores, np.zeros(b, bool))
+        return _ranked(np.concatenate([pop_scores, hist_s], axis=1), cand, k, np.zeros(b, bool))
+
+
+def _ranked(cs: np.ndarray, cand: np.ndarray, k: int, searched: np.ndarray) -> TwoStageResult:
+    """The top-k of every row's candidates `cand` (tag ids, -1 unused) scored `cs`, ties by the lower
+    tag id as in every ranking (utpm.ranking); -inf ones come last as padding (-1), and rows with
+    fewer than k candidates are padded to k."""
+    top = top_k(cs, k, ids=cand)
+    scores = np.take_along_axis(cs, top, axis=1).astype(np.float32)
+    ids = np.where(np.isfinite(scores), np.take_along_axis(cand, top, axis=1), -1)
+    if ids.shape[1] < k:
+        pad = k - ids.shape[1]
+        ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+    return TwoStageResult(ids, scores, searched)
 
 
 def _max_norm_outside(table: np.ndarray, inside: np.ndarray) -> float:
