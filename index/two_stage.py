@@ -36,11 +36,13 @@ class TwoStageResult:
 
 
 class TwoStageSearch:
-    def __init__(self, bundle: Bundle, index: TagIndex, popular: int = POPULAR_CANDIDATES) -> None:
+    """`search` (u . o_t + b_t (+ g)) needs the index; `search_linear` (b_t (+ g)) needs neither the index
+    nor the tag table, so that `index=None` builds only what it reads."""
+
+    def __init__(self, bundle: Bundle, index: TagIndex | None, popular: int = POPULAR_CANDIDATES) -> None:
         if bundle.tag_bias is None:
             raise ValueError(f"bundle {bundle.path} has no tag bias: the two-stage search is for utpm-hist bundles")
         self.bundle, self.index = bundle, index
-        self.table = table = np.asarray(bundle.embeddings, np.float32)
         self.bias = bias = np.asarray(bundle.tag_bias, np.float32)
         order = RESERVED + np.argsort(-bias[RESERVED:], kind="stable")
         self.by_bias = order  # every tag, highest b_t first (ties by the lower id): `search_linear`'s candidates
@@ -49,6 +51,9 @@ class TwoStageSearch:
         self.bias_rank = np.full(len(bias), len(bias), np.int32)
         self.bias_rank[order] = np.arange(len(order), dtype=np.int32)
         self.popular = np.ascontiguousarray(order[:popular]).astype(np.int64)
+        if index is None:
+            return
+        self.table = table = np.asarray(bundle.embeddings, np.float32)
         self.popular_table = np.ascontiguousarray(table[self.popular].T)  # (U, M): one matmul per batch
         self.popular_bias = bias[self.popular]
         rest = order[popular:]
@@ -59,6 +64,8 @@ class TwoStageSearch:
     def search(self, u: np.ndarray, hist_ids: np.ndarray, hist_g: np.ndarray, k: int) -> TwoStageResult:
         """u (B, U); hist_ids (B, Hh) the history tags (ids < 2: padding) with g (B, Hh), the history
         path's part of their score -> the top-k of the final score u . o_t + b_t (+ g) over every tag."""
+        if self.index is None:
+            raise ValueError("this TwoStageSearch was built without an index: only search_linear is available")
         u = np.asarray(u, np.float32)
         b = len(u)
         pop_scores = u @ self.popular_table + self.popular_bias  # (B, M)

@@ -273,9 +273,11 @@ def render_roofline(r: Mapping[str, Any]) -> str:
     e = r.get("engine")
     if e:
         ts = e["thread_settings"]
+        index = "no index (linear scorer)" if e["index_device"] == "none" else f"index on the {e['index_device']}"
+        loaded = f"loaded in {e['load_s']:g} s, {e['rss_mib']:,} MiB resident; " if "rss_mib" in e else ""
         lines += [
-            f"Engine ({e['model']}, {e['tags']:,} tags; model on {e['execution_provider']}, index on the "
-            f"{e['index_device']}; ONNX Runtime {ts['ort_intra_threads']} intra-op thread, FAISS "
+            f"Engine ({e['model']}, {e['tags']:,} tags; {loaded}model on {e['execution_provider']}, {index}; "
+            f"ONNX Runtime {ts['ort_intra_threads']} intra-op thread, FAISS "
             f"{ts['faiss_threads']} OpenMP thread per batch thread, BLAS {ts.get('blas_threads', '?')} thread; "
             f"{e['seconds_per_row']:g} s per row): "
             "encode + model + index + render per user, no HTTP.",
@@ -300,9 +302,10 @@ def render_roofline(r: Mapping[str, Any]) -> str:
             f"({best['cpu_ms_per_user']:.3f} ms CPU per user).",
             "",
         ]
-        ab = e["faiss_openmp_ab"]
-        lines += [f"A/B, batch {ab['batch']} on {ab['threads']} threads, alternated:", ""]
-        lines += _ab_table("batch threads' FAISS OpenMP", ab["arms"], ("index",))
+        ab = e.get("faiss_openmp_ab")
+        if ab:
+            lines += [f"A/B, batch {ab['batch']} on {ab['threads']} threads, alternated:", ""]
+            lines += _ab_table("batch threads' FAISS OpenMP", ab["arms"], ("index",))
         lab = e.get("linear_ab")
         if lab:
             lines += [

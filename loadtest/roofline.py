@@ -13,7 +13,9 @@ Two ceilings, each the denominator of a `utpm bench serve` ratio:
   POST and GET bodies of the same shape under wrk: what HTTP on this machine allows.
 
 The engine part also runs the A/B of the batch threads' FAISS OpenMP setting (`init_batch_thread`:
-one OpenMP thread per search, as set vs OpenMP's default of one per core), alternated in one run.
+one OpenMP thread per search, as set vs OpenMP's default of one per core), alternated in one run;
+for a bundle at its linear start, which loads no index, the A/B of its linear path against the same
+bundle loaded with `linear_scorer=false` instead.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from loadtest.measure import machine_info
 from loadtest.payloads import PayloadSource
@@ -151,13 +155,15 @@ class EngineBench:
 
 
 def measure_engine(cfg: RooflineConfig, say: Say) -> dict[str, Any]:
-    """The engine's roofline per batch size, one thread and `batch_workers` threads, and the OpenMP A/B."""
+    """The engine's roofline per batch size, one thread and `batch_workers` threads, and the OpenMP A/B
+    (or, for a linear bundle, the A/B of its two paths)."""
     from service.engine import BLAS_THREADS, FAISS_THREADS, ORT_INTRA_THREADS, init_batch_thread
 
     say(f"engine: loading {cfg.bundle}")
     t0 = time.perf_counter()
     bench = EngineBench(cfg.bundle, cfg.payloads, cfg.k, cfg.settings)
     load_s = time.perf_counter() - t0
+    rss_mib = psutil.Process().memory_info().rss / 2**20  # the loaded engine (and the request bodies)
     workers = bench.settings.batch_workers
     rows = []
     for batch in cfg.batch_sizes:
@@ -170,41 +176,39 @@ def measure_engine(cfg: RooflineConfig, say: Say) -> dict[str, Any]:
             rows.append(row)
     parallel = [r for r in rows if r["threads"] == workers]
     best = max(parallel, key=lambda r: r["users_per_s"])
-    # A/B at the service's batch cap: the batch threads' FAISS OpenMP threads, as set vs OpenMP's default
     ab_batch = min(bench.settings.batch_max_users, max(cfg.batch_sizes))
-    arms: dict[str, Callable[[], object] | None] = {
-        f"faiss OpenMP threads per batch thread = {FAISS_THREADS} (init_batch_thread)": init_batch_thread,
-        "OpenMP default (one per core; before init_batch_thread)": None,
-    }
-    runs = {name: partial(bench.run, ab_batch, cfg.seconds, workers, init) for name, init in arms.items()}
-    ab_summary = _alternate(runs, cfg.ab_rounds)
+    faiss_ab = None
+    if bench.engine.index is not None:  # the linear scorer searches no index
+        # A/B at the service's batch cap: the batch threads' FAISS OpenMP threads, as set vs OpenMP's default
+        arms: dict[str, Callable[[], object] | None] = {
+            f"faiss OpenMP threads per batch thread = {FAISS_THREADS} (init_batch_thread)": init_batch_thread,
+            "OpenMP default (one per core; before init_batch_thread)": None,
+        }
+        runs = {name: partial(bench.run, ab_batch, cfg.seconds, workers, init) for name, init in arms.items()}
+        faiss_ab = {"batch": ab_batch, "threads": workers, "arms": _alternate(runs, cfg.ab_rounds)}
     linear_ab = None
-    w = bench.engine.linear
-    if w is not None:
-        # a linear bundle: its linear path against the same bundle through the ONNX graph (`engine.linear` unset)
-        def arm(weights: Any) -> Callable[[], dict[str, Any]]:
-            def one() -> dict[str, Any]:
-                bench.engine.linear = weights
-                try:
-                    return bench.run(ab_batch, cfg.seconds, workers, init_batch_thread)
-                finally:
-                    bench.engine.linear = w
-
-            return one
-
+    if bench.engine.linear is not None:
+        # a linear bundle: its linear path against the same bundle loaded to run the ONNX graph and the index
+        graph = EngineBench(cfg.bundle, cfg.payloads, cfg.k, {**cfg.settings, "linear_scorer": "false"})
         say(f"  A/B at batch {ab_batch}: the linear path against the ONNX graph")
+        paths = {LINEAR_ARM: bench, GRAPH_ARM: graph}
         linear_ab = {
             "batch": ab_batch,
             "threads": workers,
-            "arms": _alternate({LINEAR_ARM: arm(w), GRAPH_ARM: arm(None)}, cfg.ab_rounds),
+            "arms": _alternate(
+                {name: partial(b.run, ab_batch, cfg.seconds, workers, init_batch_thread) for name, b in paths.items()},
+                cfg.ab_rounds,
+            ),
         }
+        del graph
     return {
         "model": bench.engine.model_name,
         "version": bench.engine.version,
         "execution_provider": bench.engine.execution_provider,
         "index_device": bench.engine.index_device,
-        "tags": bench.engine.index.ntotal,
+        "tags": bench.engine.n_tags,
         "load_s": round(load_s, 1),
+        "rss_mib": round(rss_mib),
         "thread_settings": {
             "batch_workers": workers,
             "ort_intra_threads": ORT_INTRA_THREADS,
@@ -220,7 +224,7 @@ def measure_engine(cfg: RooflineConfig, say: Say) -> dict[str, Any]:
             "cpu_ms_per_user": best["cpu_ms_per_user"],
             "cpu_probe": best["cpu_probe"],
         },
-        "faiss_openmp_ab": {"batch": ab_batch, "threads": workers, "arms": ab_summary},
+        **({"faiss_openmp_ab": faiss_ab} if faiss_ab is not None else {}),
         **({"linear_ab": linear_ab} if linear_ab is not None else {}),
     }
 

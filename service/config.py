@@ -160,6 +160,12 @@ class Settings(BaseSettings):
         description="auto: the GPU when one is usable, else the CPU; cuda: refuse to start without the CUDA "
         "execution provider and a GPU index; cpu: never touch a GPU.",
     )
+    linear_scorer: bool = Field(
+        True,
+        description="A bundle marked at export as its linear start (b_t + w . phi) is served without the model "
+        "run and without loading its index (explain requests still run the model); false: through the ONNX "
+        "graph and the index, as any bundle.",
+    )
     log_level: str = Field("INFO")
     # NoDecode: a plain comma-separated list is read by `_origins`, not refused by a JSON parser
     cors_origins: Annotated[list[str], NoDecode] = Field(

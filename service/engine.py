@@ -126,7 +126,7 @@ class ComputedProfile:
 class ProfileEngine:
     bundle: Bundle
     session: object  # onnxruntime.InferenceSession
-    index: TagIndex
+    index: TagIndex | None  # None for a bundle served by its linear scorer, which needs no index
     settings: Settings
     batcher: MicroBatcher[EncodedUser, ComputedProfile] | None = None
     history: HistoryEncoder | None = None  # utpm-hist bundles: the request -> history features
@@ -153,7 +153,10 @@ class ProfileEngine:
         verify_linear_reference(bundle)
         faiss.omp_set_num_threads(FAISS_THREADS)
         threadpool_limits(BLAS_THREADS, user_api="blas")  # process-wide, as OpenBLAS's setting is
-        index = TagIndex.load(bundle, use_gpu={"auto": None, "cpu": False, "cuda": True}[settings.device])
+        linear = bundle.linear_phi_weights if bundle.has_history and settings.linear_scorer else None
+        # the linear scorer's top-k is exact without u or the index (`TwoStageSearch.search_linear`)
+        use_gpu = {"auto": None, "cpu": False, "cuda": True}[settings.device]
+        index = TagIndex.load(bundle, use_gpu=use_gpu) if linear is None else None
         history = bundle.history_encoder() if bundle.has_history else None
         if history is not None:
             compile_kernel()  # before the first request, not in it
@@ -167,12 +170,13 @@ class ProfileEngine:
             settings=settings,
             history=history,
             two_stage=two_stage,
-            linear=bundle.linear_phi_weights if bundle.has_history else None,
+            linear=linear,
         )
-        if settings.device == "cuda" and (engine.execution_provider != CUDA or not index.on_gpu):
+        if settings.device == "cuda" and (engine.execution_provider != CUDA or engine.index_device == "cpu"):
+            where = f"the index on the {engine.index_device}" if index is not None else "no index (linear scorer)"
             raise DeviceUnavailable(
-                f"UTPM_DEVICE=cuda, but the model runs on {engine.execution_provider} and the index on the "
-                f"{engine.index_device}: install onnxruntime-gpu and faiss-gpu and give the process a GPU, "
+                f"UTPM_DEVICE=cuda, but the model runs on {engine.execution_provider} and {where}: "
+                "install onnxruntime-gpu and faiss-gpu and give the process a GPU, "
                 "or set UTPM_DEVICE=auto to accept the CPU"
             )
         fallback = engine.gpu_fallback()
@@ -204,12 +208,20 @@ class ProfileEngine:
         return "linear" if self.linear is not None else "model"
 
     @property
+    def n_tags(self) -> int:
+        """Rows of the tag table (the reserved ids included), as many as the index holds."""
+        return self.bundle.manifest.tag_count
+
+    @property
     def execution_provider(self) -> str:
         """The ONNX Runtime provider the session really runs on (CUDA may have fallen back)."""
         return str(self.session.get_providers()[0])  # type: ignore[attr-defined]
 
     @property
     def index_device(self) -> str:
+        """ "gpu", "cpu", or "none" (the linear scorer loads no index)."""
+        if self.index is None:
+            return "none"
         return "gpu" if self.index.on_gpu else "cpu"
 
     def gpu_fallback(self) -> str | None:
@@ -223,7 +235,7 @@ class ProfileEngine:
         fell = []
         if CUDA in ort.get_available_providers() and self.execution_provider != CUDA:
             fell.append(f"onnxruntime-gpu runs on {self.execution_provider}")
-        if hasattr(faiss, "StandardGpuResources") and not self.index.on_gpu:
+        if hasattr(faiss, "StandardGpuResources") and self.index_device == "cpu":
             fell.append("the faiss-gpu index is on the CPU")
         return "; ".join(fell) or None
 
@@ -312,6 +324,7 @@ class ProfileEngine:
         outputs = self.session.run(None if want_attention else ["user_embedding"], feed)  # type: ignore[attr-defined]
         t1 = time.perf_counter()
         k = max(u.k for u in users)
+        assert self.index is not None  # the paper models always load theirs
         scores, ids = self.index.search(outputs[0], k)
         t2 = time.perf_counter()
         timings = BatchTimings(model_s=t1 - t0, index_s=t2 - t1)
@@ -329,71 +342,50 @@ class ProfileEngine:
     def _compute_history(self, users: Sequence[EncodedUser]) -> list[ComputedProfile]:
         """utpm-hist: the batch encoded at once, one ONNX run gives u and g(phi) of each user's history
         tags; the two-stage search takes the index's top-k over the other tags by [u, 1] . [o_t, b_t] and
-        the history tags scored exactly (u . o_t + b_t + g), and keeps the top-k of the union."""
+        the history tags scored exactly (u . o_t + b_t + g), and keeps the top-k of the union.
+
+        A linear bundle (b_t + w . phi): g = w . phi of the history tags and `TwoStageSearch.search_linear`,
+        no tower and no index; the model runs only for explain requests' attention weights, so that an
+        explained profile is the same list as an unexplained one. `model_s` is then g's computation."""
         want_attention = any(u.explain for u in users)
-        if self.linear is not None and not want_attention:
-            return self._compute_linear(users, self.linear)
+        run_model = self.linear is None or want_attention
         t_enc = time.perf_counter()
-        encoded = self._encode_batch(users)
+        encoded = self._encode_batch(users, tower=run_model)
         t0 = time.perf_counter()
         names = self.field_names
         hist_ids, hist_feats, hist_mask = _widest_history(encoded, users)
-        feed = history_feed(self._input_names, names, encoded.ids, encoded.masks, encoded.counts, hist_feats, hist_mask)
-        outputs = self.session.run(None if want_attention else [USER_EMBEDDING_OUTPUT, HISTORY_SCORES_OUTPUT], feed)  # type: ignore[attr-defined]
-        named = dict(
-            zip(
-                self._output_names if want_attention else [USER_EMBEDDING_OUTPUT, HISTORY_SCORES_OUTPUT],
-                outputs,
-                strict=True,
-            )
-        )
-        u_vec, g = named[USER_EMBEDDING_OUTPUT], named[HISTORY_SCORES_OUTPUT] * hist_mask
-        t1 = time.perf_counter()
+        named: dict[str, np.ndarray] = {}
+        if run_model:
+            tower = (encoded.ids, encoded.masks, encoded.counts)
+            feed = history_feed(self._input_names, names, *tower, hist_feats, hist_mask)
+            wanted = self._output_names if want_attention else [USER_EMBEDDING_OUTPUT, HISTORY_SCORES_OUTPUT]
+            outputs = self.session.run(None if want_attention else wanted, feed)  # type: ignore[attr-defined]
+            named = dict(zip(wanted, outputs, strict=True))
         k = max(u.k for u in users)
         assert self.two_stage is not None
-        found = self.two_stage.search(u_vec, hist_ids, g, k)
-        t2 = time.perf_counter()
-        out = []
-        for row, user in enumerate(users):
-            m = len(user.hist_ids) if user.hist_ids is not None else 0
-            got = found.ids[row, : user.k] >= 0
-            ids, scores = found.ids[row, : user.k][got], found.scores[row, : user.k][got]
-            attention = model_part = history_part = None
-            if user.explain:
-                attention = {f: named[attention_output(f)][row] for f in names}
-                attention["__merge__"] = named[MERGE_ATTENTION_OUTPUT][row]
-                g_of = dict(zip(hist_ids[row, :m].tolist(), g[row, :m].tolist(), strict=True))
-                history_part = np.array([g_of.get(int(t), 0.0) for t in ids], np.float32)
-                model_part = (scores - history_part).astype(np.float32)
-            out.append(
-                ComputedProfile(
-                    ids,
-                    scores.astype(np.float32),
-                    BatchTimings(t1 - t0, t2 - t1, t0 - t_enc),
-                    attention,
-                    model_part,
-                    history_part,
-                )
-            )
-        return out
-
-    def _compute_linear(self, users: Sequence[EncodedUser], w: np.ndarray) -> list[ComputedProfile]:
-        """A linear bundle (b_t + w . phi): the history tags' g from phi, no tower and no index; the same
-        profiles as the graph's path (`TwoStageSearch.search_linear`). `model_s` is g's computation."""
-        t_enc = time.perf_counter()
-        encoded = self._encode_batch(users, tower=False)
-        t0 = time.perf_counter()
-        hist_ids, hist_feats, hist_mask = _widest_history(encoded, users)
-        g = linear_history_scores(hist_feats, w) * hist_mask
-        t1 = time.perf_counter()
-        assert self.two_stage is not None
-        found = self.two_stage.search_linear(hist_ids, g, max(u.k for u in users))
+        if self.linear is not None:
+            g = linear_history_scores(hist_feats, self.linear) * hist_mask
+            t1 = time.perf_counter()
+            found = self.two_stage.search_linear(hist_ids, g, k)
+        else:
+            u_vec, g = named[USER_EMBEDDING_OUTPUT], named[HISTORY_SCORES_OUTPUT] * hist_mask
+            t1 = time.perf_counter()
+            found = self.two_stage.search(u_vec, hist_ids, g, k)
         t2 = time.perf_counter()
         timings = BatchTimings(t1 - t0, t2 - t1, t0 - t_enc)
         out = []
         for row, user in enumerate(users):
             got = found.ids[row, : user.k] >= 0
-            out.append(ComputedProfile(found.ids[row, : user.k][got], found.scores[row, : user.k][got], timings))
+            ids, scores = found.ids[row, : user.k][got], found.scores[row, : user.k][got]
+            attention = model_part = history_part = None
+            if user.explain:
+                m = len(user.hist_ids) if user.hist_ids is not None else 0
+                attention = {f: named[attention_output(f)][row] for f in names}
+                attention["__merge__"] = named[MERGE_ATTENTION_OUTPUT][row]
+                g_of = dict(zip(hist_ids[row, :m].tolist(), g[row, :m].tolist(), strict=True))
+                history_part = np.array([g_of.get(int(t), 0.0) for t in ids], np.float32)
+                model_part = (scores - history_part).astype(np.float32)
+            out.append(ComputedProfile(ids, scores.astype(np.float32), timings, attention, model_part, history_part))
         return out
 
     @property

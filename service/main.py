@@ -114,14 +114,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.watch_gc()
         metrics.bundle_info.labels(engine.version, engine.model_name).set(1)
         log.info(
-            "serving bundle %s (%s, %d tags, scored by the %s): model on %s, index on the %s (UTPM_DEVICE=%s); "
+            "serving bundle %s (%s, %d tags, scored by the %s): model on %s, %s (UTPM_DEVICE=%s); "
             "cache %s; auth reads %s, writes %s, admin %s; tracing %s",
             engine.version,
             engine.model_name,
-            engine.index.ntotal,
+            engine.n_tags,
             "linear start (no model run)" if engine.scorer == "linear" else "model",
             engine.execution_provider,
-            engine.index_device,
+            f"index on the {engine.index_device}" if engine.index is not None else "no index",
             settings.device,
             redact_url(url) if url else "memory",
             *(auth.describe()[k] for k in ("reads", "writes", "admin")),

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.cache import breaker_of
+from service.engine import ProfileEngine
 from service.responses import JSONResponse
 from service.state import State
 
@@ -23,14 +24,15 @@ async def healthz() -> JSONResponse:
 
 @router.get("/readyz", responses={503: {"description": "No bundle loaded or the index is empty."}})
 async def readyz(state: State) -> JSONResponse:
-    """Bundle loaded and index ready; where the model and the index run; the cache's reachability
-    (a down cache = degraded) and its circuit breaker; the auth policy in force."""
+    """Bundle loaded and index ready (a bundle served by its linear scorer loads none); where the model
+    and the index run; the cache's reachability (a down cache = degraded) and its circuit breaker; the
+    auth policy in force."""
     engine = state.engine
     try:
         cache_ok = await asyncio.wait_for(state.cache.ping(), timeout=max(0.05, state.settings.redis_timeout_ms / 500))
     except TimeoutError:
         cache_ok = False
-    ready = engine.batcher is not None and engine.index.ntotal > 0
+    ready = engine.batcher is not None and engine.n_tags > 0
     cache: dict[str, Any] = {"kind": state.cache.kind, "reachable": cache_ok}
     breaker = breaker_of(state.cache)
     if breaker is not None:
@@ -40,8 +42,8 @@ async def readyz(state: State) -> JSONResponse:
         "model_version": engine.version,
         "model": engine.model_name,
         "scorer": engine.scorer,
-        "tags": engine.index.ntotal,
-        "index": engine.index.infos.factory if engine.index.infos is not None else "flat",
+        "tags": engine.n_tags,
+        "index": _index_kind(engine),
         "device": {
             "requested": state.settings.device,
             "execution_provider": engine.execution_provider,
@@ -52,6 +54,13 @@ async def readyz(state: State) -> JSONResponse:
         "fleet": state.fleet.describe() if state.fleet is not None else {"sync": False},
     }
     return JSONResponse(body, status_code=200 if ready else 503)
+
+
+def _index_kind(engine: ProfileEngine) -> str:
+    """The index's factory string; "none" when the linear scorer loaded none."""
+    if engine.index is None:
+        return "none"
+    return engine.index.infos.factory if engine.index.infos is not None else "flat"
 
 
 @router.get("/metrics", include_in_schema=False)

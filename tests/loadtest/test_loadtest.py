@@ -384,13 +384,17 @@ def test_the_roofline_subprocess_loads_the_engine_with_the_services_settings(
 
 def test_the_roofline_of_a_linear_bundle_alternates_its_two_paths(hist_bundle: Path, tmp_path: Path) -> None:
     """A bundle marked linear (the default model at its start): the roofline's A/B runs the engine's
-    linear path and the ONNX graph in turn, on the same engine."""
+    linear path and the same bundle loaded with `linear_scorer=false` (the ONNX graph and the index) in
+    turn. The linear engine loads no index, so there is no FAISS A/B."""
     from loadtest.roofline import GRAPH_ARM, LINEAR_ARM, RooflineConfig, run_roofline
 
     cfg = RooflineConfig(hist_bundle, k=5, batch_sizes=(4,), seconds=0.1, ab_rounds=2, asgi=False, out_dir=tmp_path)
     report = run_roofline(cfg)
+    assert report["engine"]["index_device"] == "none" and "faiss_openmp_ab" not in report["engine"]
+    assert report["engine"]["rss_mib"] > 0
     arms = report["engine"]["linear_ab"]["arms"]
     assert list(arms) == [LINEAR_ARM, GRAPH_ARM] and all(len(a["rounds"]) == 2 for a in arms.values())
     assert all(a["median_users_per_s"] > 0 and a["median_encode_ms_per_user"] > 0 for a in arms.values())
     markdown = render(json.loads(json.dumps(report)))
     assert "A/B of the linear bundle's two paths" in markdown and LINEAR_ARM in markdown
+    assert "no index (linear scorer)" in markdown and "FAISS OpenMP" not in markdown

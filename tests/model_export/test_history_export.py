@@ -45,10 +45,11 @@ def test_served_scores_equal_pytorch_final_scores(hist_built: BuiltBundle, movie
     from service.engine import ProfileEngine
 
     run = load_run(hist_built.run)
-    engine = ProfileEngine.load(hist_built.bundle, Settings.model_validate({"bundle": str(hist_built.bundle)}))
-    assert engine.linear is not None  # the fixture's one epoch did not pass the epoch gate
-    if path == "graph":
-        engine.linear = None
+    settings = Settings.model_validate({"bundle": str(hist_built.bundle), "linear_scorer": path == "linear"})
+    engine = ProfileEngine.load(hist_built.bundle, settings)
+    # the fixture's one epoch did not pass the epoch gate: the bundle is marked linear
+    assert load_bundle(hist_built.bundle).linear_phi_weights is not None
+    assert (engine.linear is not None, engine.index is None) == ((True, True) if path == "linear" else (False, False))
     henc = engine.history
     assert henc is not None
     split = split_protocol(load_dataset(movielens_dir), seed=0)
@@ -64,6 +65,36 @@ def test_served_scores_equal_pytorch_final_scores(hist_built: BuiltBundle, movie
         # every served tag is a true top-10 tag (ties at the cut allowed) and its score is PyTorch's
         assert (ref[prof.tag_ids] >= kth - 1e-4).all(), row
         np.testing.assert_allclose(prof.scores, ref[prof.tag_ids], atol=1e-3)
+
+
+def test_a_linear_bundle_explains_the_list_it_serves(hist_built: BuiltBundle, movielens_dir: Path) -> None:
+    """Explain requests of a linear bundle run the model for the attention weights only: the same tags and
+    scores as without explain, split into b_t (the model part) and g (the history part)."""
+    from service.config import Settings
+    from service.engine import ProfileEngine
+
+    engine = ProfileEngine.load(hist_built.bundle, Settings.model_validate({"bundle": str(hist_built.bundle)}))
+    assert engine.linear is not None and engine.index is None and engine.scorer == "linear"
+    assert engine.two_stage is not None and not hasattr(engine.two_stage, "table")  # the tag table is not read
+    split = split_protocol(load_dataset(movielens_dir), seed=0)
+    users = [split.features(int(i)) for i in split.indices(test=True)[:16]]
+    plain = engine.compute([engine.encode(u, 10, False) for u in users])
+    explained = engine.compute([engine.encode(u, 10, u is not users[3]) for u in users])  # a mixed batch
+    bias = np.asarray(engine.bundle.tag_bias, np.float32)
+    for row, (p, e) in enumerate(zip(plain, explained, strict=True)):
+        np.testing.assert_array_equal(e.tag_ids, p.tag_ids)
+        np.testing.assert_array_equal(e.scores, p.scores)
+        if row == 3:
+            assert e.attention is None and e.model_part is None
+            continue
+        assert e.attention is not None and set(engine.field_names) <= set(e.attention)
+        assert e.model_part is not None and e.history_part is not None
+        np.testing.assert_allclose(e.model_part, bias[e.tag_ids], atol=1e-6)
+        np.testing.assert_allclose(e.model_part + e.history_part, e.scores, atol=1e-6)
+        assert (e.history_part != 0).any(), row  # the user's own tags carry g
+    with pytest.raises(ValueError, match="without an index"):
+        u, no_tags = np.zeros((1, engine.bundle.dim), np.float32), np.zeros((1, 1), np.int64)
+        engine.two_stage.search(u, no_tags, np.zeros((1, 1)), 5)
 
 
 def test_the_gate_refuses_a_scorer_that_differs(hist_built: BuiltBundle, tmp_path: Path) -> None:

@@ -57,7 +57,23 @@ def test_counts_as_an_object_or_as_repeats_mean_the_same(client: TestClient) -> 
 
 
 def test_readyz_says_the_bundle_at_its_linear_start_is_served_without_the_model(client: TestClient) -> None:
-    assert client.get("/readyz").json()["scorer"] == "linear"
+    body = client.get("/readyz").json()
+    shown = (body["status"], body["scorer"], body["index"], body["device"]["index"])
+    assert shown == ("ready", "linear", "none", "none")
+    assert body["tags"] > 2
+
+
+def test_linear_scorer_off_serves_the_same_bundle_through_the_model_and_its_index(
+    hist_bundle: Path, redis_server: RedisServer
+) -> None:
+    with TestClient(create_app(settings_for(hist_bundle, redis_server, linear_scorer=False))) as graph:
+        body = graph.get("/readyz").json()
+        shown = (body["status"], body["scorer"], body["index"], body["device"]["index"])
+        assert shown == ("ready", "model", "Flat", "cpu")
+        served = tags(profile(graph, SCI_FI))
+    with TestClient(create_app(settings_for(hist_bundle, redis_server))) as linear:
+        assert linear.get("/readyz").json()["tags"] == body["tags"]
+        assert tags(profile(linear, SCI_FI)) == served
 
 
 def test_the_old_list_form_still_works(client: TestClient) -> None:
