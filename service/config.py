@@ -227,6 +227,16 @@ class Settings(BaseSettings):
     batch_max_users: int = Field(8, ge=1, description="Users per ONNX Runtime run / FAISS search.")
     batch_max_wait_ms: float = Field(2.0, ge=0, le=1000, description="Longest a request waits for company.")
     batch_workers: int = Field(2, ge=1, description="Batches computed at once (threads).")
+    # 0.25 ms, not Python's 5: side by side it served more POSTs with lower p99 (docs/performance.md,
+    # "What each setting bought")
+    gil_switch_interval_ms: float = Field(
+        0.25,
+        gt=0,
+        le=100,
+        description="Python's switch interval (sys.setswitchinterval): how long a batch thread back from "
+        "ONNX Runtime, FAISS or the compiled encoding waits before the event loop must hand it the "
+        "interpreter lock.",
+    )
     batch_second_full: bool = Field(
         True,
         description="A batch that would start while another runs waits until it is full or that one has "
