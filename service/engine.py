@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -153,6 +154,7 @@ class ProfileEngine:
         verify_linear_reference(bundle)
         faiss.omp_set_num_threads(FAISS_THREADS)
         threadpool_limits(BLAS_THREADS, user_api="blas")  # process-wide, as OpenBLAS's setting is
+        sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)  # process-wide too
         linear = bundle.linear_phi_weights if bundle.has_history and settings.linear_scorer else None
         # the linear scorer's top-k is exact without u or the index (`TwoStageSearch.search_linear`)
         use_gpu = {"auto": None, "cpu": False, "cuda": True}[settings.device]

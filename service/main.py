@@ -7,7 +7,6 @@ import gc
 import inspect
 import logging
 import os
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -71,8 +70,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
-        switch_interval = sys.getswitchinterval()
-        sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
         engine = await asyncio.to_thread(ProfileEngine.load, settings.bundle, settings)
         engine.start(on_batch=metrics.batch_size.observe)
         url = settings.redis_url.get_secret_value() if settings.redis_url else None
@@ -146,7 +143,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics.unwatch_gc()
             if tracing is not None:
                 tracing.shutdown()
-            sys.setswitchinterval(switch_interval)
 
     app = FastAPI(
         **_fastapi_telemetry(),

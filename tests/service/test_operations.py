@@ -117,15 +117,17 @@ def test_auth_keys_hold_digests_and_a_plain_key_is_refused_without_being_echoed(
     assert printed.strip() == hash_key(WRITE)
 
 
-def test_the_switch_interval_holds_while_the_app_runs_and_is_restored_after(bundles: dict[str, Path]) -> None:
-    bundle = bundles["a"]
+def test_the_engine_sets_the_switch_interval_as_it_sets_its_thread_counts(bundles: dict[str, Path]) -> None:
+    from service.engine import ProfileEngine
+
     before = sys.getswitchinterval()
-    with TestClient(create_app(settings_for(bundle, None, gil_switch_interval_ms=0.5))) as client:
-        assert client.get("/healthz").status_code == 200
+    try:
+        ProfileEngine.load(bundles["a"], settings_for(bundles["a"], None, gil_switch_interval_ms=0.5))
         assert sys.getswitchinterval() == pytest.approx(0.0005)
-    assert sys.getswitchinterval() == before
+    finally:
+        sys.setswitchinterval(before)
     with pytest.raises(ValidationError, match="gil_switch_interval_ms"):
-        settings_for(bundle, None, gil_switch_interval_ms=0)
+        settings_for(bundles["a"], None, gil_switch_interval_ms=0)
 
 
 def test_retired_settings_stop_the_start_up_naming_the_new_one(
