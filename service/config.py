@@ -227,10 +227,10 @@ class Settings(BaseSettings):
     batch_max_users: int = Field(8, ge=1, description="Users per ONNX Runtime run / FAISS search.")
     batch_max_wait_ms: float = Field(2.0, ge=0, le=1000, description="Longest a request waits for company.")
     batch_workers: int = Field(2, ge=1, description="Batches computed at once (threads).")
-    # 0.25 ms, not Python's 5: side by side it served more POSTs with lower p99 (docs/performance.md,
-    # "What each setting bought")
+    # Python's own 5 ms: shorter ones did not win through the whole service (docs/performance.md,
+    # "What each setting bought"); a setting, to measure it again where batches leave the lock longer
     gil_switch_interval_ms: float = Field(
-        0.25,
+        5.0,
         gt=0,
         le=100,
         description="Python's switch interval (sys.setswitchinterval): how long a batch thread back from "
