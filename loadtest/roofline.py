@@ -200,7 +200,6 @@ def measure_engine(cfg: RooflineConfig, say: Say) -> dict[str, Any]:
                 cfg.ab_rounds,
             ),
         }
-        del graph
     return {
         "model": bench.engine.model_name,
         "version": bench.engine.version,
