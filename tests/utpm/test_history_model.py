@@ -20,6 +20,7 @@ from utpm.features.history import (
     HistoryEncoder,
     TagStats,
     parse_field,
+    recency_weights,
     stats_from_sequence,
 )
 from utpm.models.history import HistoryModel, HistoryOptions, build_history_model
@@ -52,6 +53,22 @@ def test_sequence_stats_count_distinct_items_and_weigh_recent_occurrences_more()
     assert st.values == ["b", "c", "a"]  # order of last occurrence, most recent last
     assert st.count == [1.0, 1.0, 3.0] and st.distinct == [1.0, 1.0, 2.0]
     assert st.recency[1] > st.recency[0]  # c is more recent than b
+
+
+def test_sequence_stats_equal_a_plain_loop_over_the_occurrences() -> None:
+    """The C-level counting (dict order, bincount) against the obvious loop: the same order and the
+    same float sums, bit for bit, with and without repeats."""
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 7, 50, 300, 2000):
+        seq = [f"v{x}" for x in rng.integers(0, max(1, n // 3), n)]
+        weights = recency_weights(n)
+        acc: dict[str, list[float]] = {}
+        for v, w in zip(seq, weights, strict=True):
+            c = acc.pop(v, [0.0, 0.0])
+            acc[v] = [c[0] + 1.0, c[1] + w]
+        st = stats_from_sequence(seq)
+        assert st.values == list(acc) and st.count == [c for c, _ in acc.values()] == st.distinct
+        assert st.recency == [r for _, r in acc.values()]  # exact: the same additions in the same order
 
 
 def test_request_fields_accept_repeats_and_value_count_objects() -> None:

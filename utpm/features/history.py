@@ -94,6 +94,18 @@ def recency_weights(n: int) -> Sequence[float]:
     return _cached_weights(n) if n <= 1024 else _weights(n)
 
 
+@functools.lru_cache(maxsize=256)
+def _cached_weight_array(n: int) -> np.ndarray:
+    w = np.asarray(_weights(n), np.float64)
+    w.flags.writeable = False  # shared by every caller
+    return w
+
+
+def recency_weight_array(n: int) -> np.ndarray:
+    """`recency_weights` as a float64 array (cached for request-sized n, like it)."""
+    return _cached_weight_array(n) if n <= 1024 else np.asarray(_weights(n), np.float64)
+
+
 def stats_from_sequence(seq: Sequence[str], items: Sequence[object] | None = None) -> FieldStats:
     """Occurrences in time order (oldest first); `items[i]` is the item occurrence i came from, if known."""
     n = len(seq)
@@ -102,13 +114,13 @@ def stats_from_sequence(seq: Sequence[str], items: Sequence[object] | None = Non
         return FieldStats(values=list(seq), count=[1.0] * n, distinct=[1.0] * n, recency=list(recency_weights(n)))
     # Per-occurrence work in C (dicts, map, bincount), none in bytecode: this runs on the service's
     # event loop for every request. Values in the order of their last occurrence.
-    last = dict(zip(seq, range(n), strict=True))
-    values = sorted(last, key=last.__getitem__)
+    values = list(dict.fromkeys(reversed(seq)))  # distinct, the latest last occurrence first
+    values.reverse()
     m = len(values)
     code = np.fromiter(map(dict(zip(values, range(m), strict=True)).__getitem__, seq), np.intp, n)
     count = np.bincount(code, minlength=m).astype(np.float64).tolist()
     # bincount adds each value's weights one by one in time order: the same float sums as a Python loop
-    recency = np.bincount(code, weights=np.fromiter(recency_weights(n), np.float64, n), minlength=m).tolist()
+    recency = np.bincount(code, weights=recency_weight_array(n), minlength=m).tolist()
     if items is None:
         distinct = list(count)
     else:
