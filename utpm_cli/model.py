@@ -294,12 +294,12 @@ def bench_start_cmd(
         Path | None, typer.Option("--json", callback=output_file, help="Write the rows and the mean here.")
     ] = None,
 ) -> None:
-    """The default model's starting points and a candidate feature (item-level credit) on each fold's validation
-    users, no test user read (the rows: docs/results.md, "A candidate the model does not have")."""
+    """The default model's starting points and two candidate features (item-level credit, item neighbours) on each
+    fold's validation users, no test user read (the rows: docs/results.md, "A candidate the model does not have")."""
     import json
 
     from utpm.evaluation.experiment import _load_truth
-    from utpm.evaluation.start_check import KS, check_start, credit_gap, summarise, train_gaps
+    from utpm.evaluation.start_check import CANDIDATES, KS, candidate_gap, check_start, summarise, train_gaps
 
     try:
         rows = check_start(data, preset, folds, fold if fold else list(range(folds)), _load_truth(data))
@@ -316,23 +316,24 @@ def bench_start_cmd(
     typer.echo(f"mean over {total} validation users (Prec@1/2/3):")
     for n, v in mean.items():
         typer.echo(f"  {n:12s} {' / '.join(f'{v[k]:.3f}' for k in KS)}  (mean {np.mean(list(v.values())):.4f})")
-    gap = credit_gap(rows)
-    line = " / ".join(f"{g['mean']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]" for g in gap.values())
-    typer.echo(f"half-credit - half-blend, paired per user (95% interval): {line}")
+    gaps = {cand: candidate_gap(rows, cand) for cand in CANDIDATES}
+    for cand, gap in gaps.items():
+        line = " / ".join(f"{g['mean']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]" for g in gap.values())
+        typer.echo(f"half-{cand} - half-blend, paired per user (95% interval): {line}")
     chosen_on_training = train_gaps(rows)
     for name, g in chosen_on_training.items():
         line = " / ".join(f"{x['mean']:+.3f} [{x['low']:+.3f}, {x['high']:+.3f}]" for x in g.values())
         typer.echo(f"{name} - half-blend, paired per user (95% interval): {line}")
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        per_user = ("credit_gaps", "train_gaps")  # per user: not an artifact
+        per_user = (*(f"{cand}_gaps" for cand in CANDIDATES), "train_gaps")  # per user: not an artifact
         kept = [{k: v for k, v in r.items() if k not in per_user} for r in rows]
         doc = {
             "data": str(data),
             "folds": folds,
             "rows": kept,
             "mean": mean,
-            "credit_gap": gap,
+            **{f"{cand}_gap": gap for cand, gap in gaps.items()},
             "train_gap": chosen_on_training,
         }
         json_out.write_text(json.dumps(doc, indent=2))

@@ -158,7 +158,7 @@ def test_train_history_keeps_the_tuned_start_only_if_it_does_as_well_as_the_blen
 def test_bench_start_scores_every_starting_point_on_validation_users_and_the_oracle_knows_the_truth(
     tmp_path,
 ) -> None:
-    from utpm.evaluation.start_check import check_start, credit_gap, summarise, train_gaps
+    from utpm.evaluation.start_check import CANDIDATES, candidate_gap, check_start, summarise, train_gaps
 
     data = synthetic_dataset(n_users=30, events=24)
     out = tmp_path / "data"
@@ -174,20 +174,32 @@ def test_bench_start_scores_every_starting_point_on_validation_users_and_the_ora
     truth = {str(split.user_ids[i]): split.clicked_tags(i, TINY_HIST.N) for i in range(split.n_users)}
     rows = check_start(out, "tiny", 3, [0], truth)
     assert len(rows) == 1 and rows[0]["val_users"] > 0
-    names = {"blend", "tuned_start", "train-blend", "train-count", "half-blend", "half-tuned", "half-credit", "oracle"}
+    names = {
+        "blend",
+        "tuned_start",
+        "train-blend",
+        "train-count",
+        "half-blend",
+        "half-tuned",
+        "half-credit",
+        "half-items",
+    }
+    names |= {"oracle"}
     for name in names:
         assert all(0.0 <= rows[0][name][k] <= 1.0 for k in (1, 2, 3))
     assert rows[0]["oracle"][1] >= rows[0]["blend"][1]
     assert set(summarise(rows)) == names
     assert all(w in (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0) for w in rows[0]["train_blend_weights"])
     assert rows[0]["train_count"]["popularity"] in ("events", "users")
-    assert len(rows[0]["credit_weights"]) == 2 and all(set(w) == {"a", "c", "e"} for w in rows[0]["credit_weights"])
-    # the paired gap is over the users half-credit was scored on, and its mean is half-credit - half-blend
-    gap = credit_gap(rows)
-    for k in (1, 2, 3):
-        assert len(rows[0]["credit_gaps"][k]) == rows[0]["val_users"]
-        assert gap[k]["low"] <= gap[k]["mean"] <= gap[k]["high"]
-        assert gap[k]["mean"] == pytest.approx(rows[0]["half-credit"][k] - rows[0]["half-blend"][k], abs=1e-6)
+    for cand in CANDIDATES:
+        weights = rows[0][f"{cand}_weights"]
+        assert len(weights) == 2 and all(set(w) == {"a", "c", "e"} for w in weights)
+        # the paired gap is over the users the candidate was scored on, its mean the candidate's - half-blend's
+        gap = candidate_gap(rows, cand)
+        for k in (1, 2, 3):
+            assert len(rows[0][f"{cand}_gaps"][k]) == rows[0]["val_users"]
+            assert gap[k]["low"] <= gap[k]["mean"] <= gap[k]["high"]
+            assert gap[k]["mean"] == pytest.approx(rows[0][f"half-{cand}"][k] - rows[0]["half-blend"][k], abs=1e-6)
     # the choices made on the training users, paired with the half-blend over the same users
     for name, by_k in train_gaps(rows).items():
         for k in (1, 2, 3):
@@ -209,10 +221,10 @@ def test_credit_moves_a_clicked_items_click_to_the_tag_the_user_keeps_clicking()
     assert credit_items([{"x", "y"}]) == {"x": 0.5, "y": 0.5}  # no evidence either way: an even split
 
 
-def test_the_credit_blend_with_no_credit_ranks_as_the_models_blend_start() -> None:
-    """`half-credit` is comparable to `half-blend`: with e = 0 the yardstick's ranking code gives the
+def test_the_candidate_blend_without_its_candidate_ranks_as_the_models_blend_start() -> None:
+    """`half-credit` and `half-items` are comparable to `half-blend`: with e = 0 the yardstick's ranking code gives the
     same Prec@k as the model's arithmetic (StartProblem) on the same users and weights."""
-    from utpm.evaluation.start_check import KS, _CreditBlend, _grid_blend, credited_counts
+    from utpm.evaluation.start_check import KS, _CandidateBlend, _grid_blend, credited_counts
     from utpm.evaluation.yardsticks import history_counts, tag_order
 
     split = split_protocol(synthetic_dataset(n_users=40, events=30), seed=0)
@@ -222,9 +234,12 @@ def test_the_credit_blend_with_no_credit_ranks_as_the_models_blend_start() -> No
     rows = [int(i) for i in st.val_rows if split.clicked_tags(int(i), n)]
     clicked = {i: split.clicked_tags(i, n) for i in rows}
     order = tag_order(split, st.train_rows, n)
-    credit_blend = _CreditBlend(split, st.train_rows, st.blend.popularity, n, rows, clicked, order)
-    _, (a, c, e) = credit_blend.choose(rows)
-    scores = credit_blend.per_user(rows, (a, c, e))
+    blend = _CandidateBlend(split, st.train_rows, st.blend.popularity, n, rows, clicked, order)
+    _, (a, c, e) = blend.choose(rows)
+    scores = blend.per_user(rows, (a, c, e))
+    # either candidate's scan chooses the same blend, and at e = 0 ranks as it
+    assert blend.choose(rows, "items")[1] == (a, c, e)
+    assert blend.per_user(rows, (a, c, 0.0), "items") == scores
     assert e == 0.0 and (a, c) == tuple(st.blend[:2])  # the same grid and ties as `tune_blend`
     batch = encode_users(st.seqs, st.henc, np.asarray(rows))
     problem = StartProblem.build(batch, st.bias, list(clicked.values()), st.tags)

@@ -18,9 +18,13 @@ is read), the linear scorers the model can start from, scored on the fold's vali
   validation users;
 - `half-credit`: the half-blend plus e * log1p(the tag's credited history items, `credited_counts`),
   a, c and e chosen on the other half of the validation users (ties to e = 0): what telling a
-  clicked item's tags apart would add, paired per user against the half-blend (`credit_gap`); a
+  clicked item's tags apart would add, paired per user against the half-blend (`candidate_gap`); a
   candidate feature, not in the model (the service's request carries each field's values, not
   which of them were on the same item);
+- `half-items`: the same with e * the tag's score from the items that users who clicked the same
+  items went on to click (`item_tag_scores`, `utpm.features.item_neighbours`), whose tags are
+  candidates too: what the user's clicked items, tagged or not, would add; a candidate feature,
+  not in the model (the request carries no item ids);
 - `oracle` (with the data's `truth.csv`, the synthetic data's planted interests): the user's planted
   interests first, in the blend's order, then the blend: what knowing the interests adds.
 """
@@ -50,6 +54,7 @@ from utpm.evaluation.yardsticks import (
     tag_order,
 )
 from utpm.features.history import PHI_NAMES, HistoryBatch
+from utpm.features.item_neighbours import ItemNeighbours
 from utpm.features.vocab import Vocabulary
 
 if TYPE_CHECKING:
@@ -58,6 +63,10 @@ if TYPE_CHECKING:
 
 KS = (1, 2, 3)
 CREDIT_SWEEPS = 5
+# `half-items`: each item's nearest items with tags kept, and the user's best items whose tags count
+ITEMS_K = 200
+ITEMS_TOP = 100
+CANDIDATES = ("credit", "items")
 
 
 def credited_counts(
@@ -90,9 +99,38 @@ def credit_items(items: Sequence[set[str]], sweeps: int = CREDIT_SWEEPS) -> dict
     return credit
 
 
-class _CreditBlend:
-    """`half-credit` on one fold: the tables the blend ranks with (read once per fold) and every
-    validation user's history counts and credit."""
+def item_tag_scores(
+    split: ProtocolSplit, user: int, max_tags: int | None, neighbours: ItemNeighbours, top_items: int = ITEMS_TOP
+) -> dict[str, float]:
+    """tag -> its score from the items users who clicked the same items clicked (`ItemNeighbours`):
+    the summed scores of the user's best unseen items that carry it, over the user's highest (0, 1]."""
+    lo, hi = split.history.offsets[user], split.history.offsets[user + 1]
+    seen = split.history.codes[lo:hi]
+    items, score = neighbours.scores(seen[split.history_values[lo:hi] == 1], seen, top_items)
+    out: dict[str, float] = {}
+    for item, s in zip(items.tolist(), score.tolist(), strict=True):
+        for t in split.item_tags.row(item)[:max_tags]:
+            out[t] = out.get(t, 0.0) + s
+    high = max(out.values(), default=1.0)
+    return {t: v / high for t, v in out.items()}
+
+
+def item_neighbours(split: ProtocolSplit, train_rows: np.ndarray, max_tags: int | None) -> ItemNeighbours:
+    """`ItemNeighbours` of the training users' label-1 items, history and label period (what training reads)."""
+    clicked = []
+    for i in train_rows.tolist():
+        parts = []
+        for r, values in ((split.history, split.history_values), (split.labels, split.label_values)):
+            lo, hi = r.offsets[i], r.offsets[i + 1]
+            parts.append(r.codes[lo:hi][values[lo:hi] == 1])
+        clicked.append(np.concatenate(parts))
+    has_tags = np.diff(split.item_tags.offsets) > 0 if max_tags != 0 else np.zeros(len(split.item_tags), bool)
+    return ItemNeighbours.fit(clicked, len(split.item_tags), has_tags, ITEMS_K)
+
+
+class _CandidateBlend:
+    """`half-credit` and `half-items` on one fold: the tables the blend ranks with (read once per fold)
+    and every validation user's history counts and candidate features (`CANDIDATES`)."""
 
     def __init__(
         self,
@@ -107,21 +145,31 @@ class _CreditBlend:
         self.order, self.clicked = order, clicked
         self.pop = popularity_counts(split, train_rows, max_tags, count)
         self.popular = popularity(split, train_rows, max_tags, order, count)
-        self.users = {i: (history_counts(split, i, max_tags), credited_counts(split, i, max_tags)) for i in rows}
+        neighbours = item_neighbours(split, train_rows, max_tags)
+        self.users = {i: history_counts(split, i, max_tags) for i in rows}
+        # the candidates' features, each already as the score added per unit of its weight e
+        self.features: dict[str, dict[int, dict[str, float]]] = {
+            "credit": {i: {t: math.log1p(v) for t, v in credited_counts(split, i, max_tags).items()} for i in rows},
+            "items": {i: item_tag_scores(split, i, max_tags, neighbours) for i in rows},
+        }
 
-    def ranked(self, rows: Sequence[int], a: float, c: float, e: float) -> list[list[str]]:
+    def ranked(self, rows: Sequence[int], a: float, c: float, e: float, candidate: str) -> list[list[str]]:
         out = []
+        features = self.features[candidate]
         for i in rows:
-            hist, credit = self.users[i]
-            extra = {t: e * math.log1p(v) for t, v in credit.items()} if e else None
-            out.append(blend_ranking(hist, self.pop, self.popular, a, c, max(KS), self.order, extra=extra))
+            extra = {t: e * v for t, v in features[i].items()} if e else None
+            out.append(blend_ranking(self.users[i], self.pop, self.popular, a, c, max(KS), self.order, extra=extra))
         return out
 
-    def per_user(self, rows: Sequence[int], weights: tuple[float, float, float]) -> dict[int, list[float]]:
-        lists = self.ranked(rows, *weights)
+    def per_user(
+        self, rows: Sequence[int], weights: tuple[float, float, float], candidate: str = "credit"
+    ) -> dict[int, list[float]]:
+        lists = self.ranked(rows, *weights, candidate)
         return {k: [user_precision(r, self.clicked[i], k) for r, i in zip(lists, rows, strict=True)] for k in KS}
 
-    def choose(self, fit: Sequence[int]) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    def choose(
+        self, fit: Sequence[int], candidate: str = "credit"
+    ) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
         """The (a, c, e) with the best mean Prec@k over KS on the users `fit` (a, c from `BLEND_GRID`,
         e from it too; ties to the smaller e, a, c), and the best with e = 0: the blend's a, c as
         `tune_blend` chooses them, from the same scan."""
@@ -130,7 +178,7 @@ class _CreditBlend:
         for e in BLEND_GRID:  # 0 first: after it, `weights` is the blend's
             for a in BLEND_GRID:
                 for c in BLEND_GRID:
-                    lists = self.ranked(fit, a, c, e)
+                    lists = self.ranked(fit, a, c, e, candidate)
                     s = float(np.mean([precision_at_k(lists, clicked, k).value for k in KS]))
                     if s > best + 1e-12:
                         best, weights = s, (a, c, e)
@@ -236,22 +284,24 @@ def check_start(
         }
         # out of sample on validation: tune on one half, score on the other
         halves = np.array_split(np.random.default_rng(seed).permutation(len(st.val_rows)), 2)
-        names = ("half-blend", "half-tuned", "half-credit")
+        names = ("half-blend", "half-tuned", *(f"half-{c}" for c in CANDIDATES))
         sums = {name: dict.fromkeys(KS, 0.0) for name in names}
         by_row = {int(i): clicked[j] for j, i in enumerate(st.val_rows.tolist())}
         order = tag_order(split, st.train_rows, n)
-        credit_blend = _CreditBlend(split, st.train_rows, st.blend.popularity, n, list(by_row), by_row, order)
-        row["credit_weights"] = []
-        gaps: dict[int, list[float]] = {k: [] for k in KS}
+        candidates = _CandidateBlend(split, st.train_rows, st.blend.popularity, n, list(by_row), by_row, order)
+        for cand in CANDIDATES:
+            row[f"{cand}_weights"] = []
+        gaps: dict[str, dict[int, list[float]]] = {cand: {k: [] for k in KS} for cand in CANDIDATES}
         half_blend: dict[int, dict[int, float]] = {k: {} for k in KS}  # validation row -> its half-blend Prec@k
         users = 0
         for h in (0, 1):
             fit, score = np.sort(halves[h]), np.sort(halves[1 - h])
             fit_rows, score_rows = ([int(st.val_rows[j]) for j in part if clicked[j]] for part in (fit, score))
             # the half's a, c as `tune_blend` would choose them for the fold's b_t (st.bias counts what the
-            # whole fold's blend chose; a, c chosen with the other count would not be for it), from the
-            # credit's scan: its e = 0 part is that grid with those ties (tested)
-            credit_weights, blend_weights = credit_blend.choose(fit_rows)
+            # whole fold's blend chose; a, c chosen with the other count would not be for it), from a
+            # candidate's scan: its e = 0 part is that grid with those ties (tested)
+            chosen_weights = {cand: candidates.choose(fit_rows, cand) for cand in CANDIDATES}
+            blend_weights = chosen_weights["credit"][1]
             a, c, _ = blend_weights
             p_fit = StartProblem.build(_rows(batch, fit), st.bias, [clicked[j] for j in fit], st.tags)
             p_score = StartProblem.build(_rows(batch, score), st.bias, [clicked[j] for j in score], st.tags)
@@ -261,17 +311,20 @@ def check_start(
             for name, (wb, ww) in (("half-blend", (1.0, w)), ("half-tuned", (t.w_bias, t.vector()))):
                 for k, v in p_score.precision(wb, ww, KS).items():
                     sums[name][k] += v * p_score.users
-            credit = credit_blend.per_user(score_rows, credit_weights)
-            no_credit = credit_blend.per_user(score_rows, blend_weights)  # the half-blend, user by user (tested)
-            row["credit_weights"].append(dict(zip(("a", "c", "e"), credit_weights, strict=True)))
-            for k, per_user in credit.items():
-                sums["half-credit"][k] += float(np.sum(per_user))
-                gaps[k].extend(np.subtract(per_user, no_credit[k]).tolist())
-                half_blend[k].update(zip(score_rows, no_credit[k], strict=True))
+            no_candidate = candidates.per_user(score_rows, blend_weights)  # the half-blend, user by user (tested)
+            for cand, (ace, _) in chosen_weights.items():
+                with_candidate = candidates.per_user(score_rows, ace, cand)
+                row[f"{cand}_weights"].append(dict(zip(("a", "c", "e"), ace, strict=True)))
+                for k, per_user in with_candidate.items():
+                    sums[f"half-{cand}"][k] += float(np.sum(per_user))
+                    gaps[cand][k].extend(np.subtract(per_user, no_candidate[k]).tolist())
+            for k in KS:
+                half_blend[k].update(zip(score_rows, no_candidate[k], strict=True))
             users += p_score.users
         for name, s in sums.items():
             row[name] = {k: v / max(users, 1) for k, v in s.items()}
-        row["credit_gaps"] = gaps
+        for cand in CANDIDATES:
+            row[f"{cand}_gaps"] = gaps[cand]
         # the choices made on the training users against the half-blend, user by user (the users of
         # `problem`: the validation rows with a non-empty C, in order)
         with_c = [int(i) for j, i in enumerate(st.val_rows.tolist()) if clicked[j]]
@@ -298,7 +351,17 @@ def check_start(
 
 def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, dict[int, float]]:
     """Users-weighted mean over folds of each starting point's Prec@k."""
-    every = ("blend", "tuned_start", "train-blend", "train-count", "half-blend", "half-tuned", "half-credit", "oracle")
+    every = (
+        "blend",
+        "tuned_start",
+        "train-blend",
+        "train-count",
+        "half-blend",
+        "half-tuned",
+        "half-credit",
+        "half-items",
+        "oracle",
+    )
     names = [n for n in every if rows and n in rows[0]]
     total = sum(r["val_users"] for r in rows) or 1
     return {n: {k: sum(r[n][k] * r["val_users"] for r in rows) / total for k in KS} for n in names}
@@ -313,9 +376,9 @@ def paired_gap(gaps: dict[int, list[float]]) -> dict[int, dict[str, float]]:
     return out
 
 
-def credit_gap(rows: Sequence[dict[str, Any]]) -> dict[int, dict[str, float]]:
-    """half-credit minus half-blend, paired per validation user over every fold."""
-    return paired_gap({k: [g for r in rows for g in r["credit_gaps"][k]] for k in KS})
+def candidate_gap(rows: Sequence[dict[str, Any]], candidate: str = "credit") -> dict[int, dict[str, float]]:
+    """half-<candidate> minus half-blend, paired per validation user over every fold."""
+    return paired_gap({k: [g for r in rows for g in r[f"{candidate}_gaps"][k]] for k in KS})
 
 
 def train_gaps(rows: Sequence[dict[str, Any]]) -> dict[str, dict[int, dict[str, float]]]:

@@ -153,8 +153,8 @@ def blend_ranking(
 ) -> list[str]:
     """Ranked tags by log1p(pop) + a log1p(count) + c log1p(distinct), over history and popular tags
     (ties by `tag_order`); the tags in `first` (candidates too) before all others, in the same order.
-    `extra`: a score added to some history tags (a candidate feature, `utpm bench start`)."""
-    cand = set(hist) | set(popular[:limit]) | set(first)
+    `extra`: a score added to some tags, which are candidates too (a candidate feature, `utpm bench start`)."""
+    cand = set(hist) | set(popular[:limit]) | set(first) | set(extra or ())
     zero = (0, 0)
     tie = _tie_key(order)
     more = extra or {}
