@@ -290,6 +290,9 @@ def bench_start_cmd(
     fold: Annotated[
         list[int] | None, typer.Option(min=0, help="Fold seeds to check (repeatable; default all).")
     ] = None,
+    item_neighbours: Annotated[
+        int, typer.Option(min=1, help="Neighbours each item keeps for the half-items candidate.")
+    ] = 200,
     json_out: Annotated[
         Path | None, typer.Option("--json", callback=output_file, help="Write the rows and the mean here.")
     ] = None,
@@ -302,7 +305,8 @@ def bench_start_cmd(
     from utpm.evaluation.start_check import CANDIDATES, KS, candidate_gap, check_start, summarise, train_gaps
 
     try:
-        rows = check_start(data, preset, folds, fold if fold else list(range(folds)), _load_truth(data))
+        seeds = fold if fold else list(range(folds))
+        rows = check_start(data, preset, folds, seeds, _load_truth(data), item_neighbours)
     except (DataError, ValueError) as e:
         fail(str(e))
     mean = summarise(rows)

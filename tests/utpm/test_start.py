@@ -173,7 +173,7 @@ def test_bench_start_scores_every_starting_point_on_validation_users_and_the_ora
     split = make_split(load_dataset(out), 0, 3)
     truth = {str(split.user_ids[i]): split.clicked_tags(i, TINY_HIST.N) for i in range(split.n_users)}
     rows = check_start(out, "tiny", 3, [0], truth)
-    assert len(rows) == 1 and rows[0]["val_users"] > 0
+    assert len(rows) == 1 and rows[0]["val_users"] > 0 and rows[0]["item_neighbours"] == 200
     names = {
         "blend",
         "tuned_start",

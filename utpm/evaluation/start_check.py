@@ -115,7 +115,9 @@ def item_tag_scores(
     return {t: v / high for t, v in out.items()}
 
 
-def item_neighbours(split: ProtocolSplit, train_rows: np.ndarray, max_tags: int | None) -> ItemNeighbours:
+def item_neighbours(
+    split: ProtocolSplit, train_rows: np.ndarray, max_tags: int | None, k: int = ITEMS_K
+) -> ItemNeighbours:
     """`ItemNeighbours` of the training users' label-1 items, history and label period (what training reads)."""
     clicked = []
     for i in train_rows.tolist():
@@ -125,7 +127,7 @@ def item_neighbours(split: ProtocolSplit, train_rows: np.ndarray, max_tags: int 
             parts.append(r.codes[lo:hi][values[lo:hi] == 1])
         clicked.append(np.concatenate(parts))
     has_tags = np.diff(split.item_tags.offsets) > 0 if max_tags != 0 else np.zeros(len(split.item_tags), bool)
-    return ItemNeighbours.fit(clicked, len(split.item_tags), has_tags, ITEMS_K)
+    return ItemNeighbours.fit(clicked, len(split.item_tags), has_tags, k)
 
 
 class _CandidateBlend:
@@ -141,11 +143,12 @@ class _CandidateBlend:
         rows: Sequence[int],
         clicked: dict[int, set[str]],
         order: dict[str, int],
+        item_k: int = ITEMS_K,
     ) -> None:
         self.order, self.clicked = order, clicked
         self.pop = popularity_counts(split, train_rows, max_tags, count)
         self.popular = popularity(split, train_rows, max_tags, order, count)
-        neighbours = item_neighbours(split, train_rows, max_tags)
+        neighbours = item_neighbours(split, train_rows, max_tags, item_k)
         self.users = {i: history_counts(split, i, max_tags) for i in rows}
         # the candidates' features, each already as the score added per unit of its weight e
         self.features: dict[str, dict[int, dict[str, float]]] = {
@@ -239,9 +242,15 @@ def _rows(batch: HistoryBatch, idx: np.ndarray) -> HistoryBatch:
 
 
 def check_start(
-    data_path: str | Path, preset: str, folds: int, fold_seeds: Sequence[int], truth: dict[str, set[str]] | None
+    data_path: str | Path,
+    preset: str,
+    folds: int,
+    fold_seeds: Sequence[int],
+    truth: dict[str, set[str]] | None,
+    item_neighbours_k: int = ITEMS_K,
 ) -> list[dict[str, Any]]:
-    """One row per fold: Prec@1/2/3 of each starting point on that fold's validation users."""
+    """One row per fold: Prec@1/2/3 of each starting point on that fold's validation users
+    (`item_neighbours_k`: the neighbours each item keeps for `half-items`)."""
     from utpm.evaluation.experiment import VAL_FRACTION, make_split
     from utpm.training.history import (
         HistoryTrainConfig,
@@ -272,6 +281,7 @@ def check_start(
         row: dict[str, Any] = {
             "fold": seed,
             "val_users": problem.users,
+            "item_neighbours": item_neighbours_k,
             "blend_weights": list(st.blend[:2]),
             "popularity": st.blend.popularity,
             "tuned": {"w_bias": tuned.w_bias, "weights": {k: v for k, v in tuned.weights.items() if v}},
@@ -288,7 +298,9 @@ def check_start(
         sums = {name: dict.fromkeys(KS, 0.0) for name in names}
         by_row = {int(i): clicked[j] for j, i in enumerate(st.val_rows.tolist())}
         order = tag_order(split, st.train_rows, n)
-        candidates = _CandidateBlend(split, st.train_rows, st.blend.popularity, n, list(by_row), by_row, order)
+        candidates = _CandidateBlend(
+            split, st.train_rows, st.blend.popularity, n, list(by_row), by_row, order, item_neighbours_k
+        )
         for cand in CANDIDATES:
             row[f"{cand}_weights"] = []
         gaps: dict[str, dict[int, list[float]]] = {cand: {k: [] for k in KS} for cand in CANDIDATES}
