@@ -67,6 +67,17 @@ CREDIT_SWEEPS = 5
 ITEMS_K = 200
 ITEMS_TOP = 100
 CANDIDATES = ("credit", "items")
+# every row's scored starting points (`oracle` only with the data's truth.csv)
+STARTING_POINTS = (
+    "blend",
+    "tuned_start",
+    "train-blend",
+    "train-count",
+    "half-blend",
+    "half-tuned",
+    *(f"half-{c}" for c in CANDIDATES),
+    "oracle",
+)
 
 
 def credited_counts(
@@ -363,18 +374,7 @@ def check_start(
 
 def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, dict[int, float]]:
     """Users-weighted mean over folds of each starting point's Prec@k."""
-    every = (
-        "blend",
-        "tuned_start",
-        "train-blend",
-        "train-count",
-        "half-blend",
-        "half-tuned",
-        "half-credit",
-        "half-items",
-        "oracle",
-    )
-    names = [n for n in every if rows and n in rows[0]]
+    names = [n for n in STARTING_POINTS if rows and n in rows[0]]
     total = sum(r["val_users"] for r in rows) or 1
     return {n: {k: sum(r[n][k] * r["val_users"] for r in rows) / total for k in KS} for n in names}
 
