@@ -175,9 +175,8 @@ class ProfileEngine:
             linear=linear,
         )
         if settings.device == "cuda" and (engine.execution_provider != CUDA or engine.index_device == "cpu"):
-            where = f"the index on the {engine.index_device}" if index is not None else "no index (linear scorer)"
             raise DeviceUnavailable(
-                f"UTPM_DEVICE=cuda, but the model runs on {engine.execution_provider} and {where}: "
+                f"UTPM_DEVICE=cuda, but the model runs on {engine.execution_provider} and {engine.index_where}: "
                 "install onnxruntime-gpu and faiss-gpu and give the process a GPU, "
                 "or set UTPM_DEVICE=auto to accept the CPU"
             )
@@ -225,6 +224,11 @@ class ProfileEngine:
         if self.index is None:
             return "none"
         return "gpu" if self.index.on_gpu else "cpu"
+
+    @property
+    def index_where(self) -> str:
+        """Where the index runs, in words: "the index on the cpu", or "no index (linear scorer)"."""
+        return f"the index on the {self.index_device}" if self.index is not None else "no index (linear scorer)"
 
     def gpu_fallback(self) -> str | None:
         """What runs on the CPU although a GPU build of its library is installed (the GPU image

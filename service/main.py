@@ -121,7 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             engine.n_tags,
             "linear start (no model run)" if engine.scorer == "linear" else "model",
             engine.execution_provider,
-            f"index on the {engine.index_device}" if engine.index is not None else "no index",
+            engine.index_where,
             settings.device,
             redact_url(url) if url else "memory",
             *(auth.describe()[k] for k in ("reads", "writes", "admin")),

@@ -137,7 +137,7 @@ def item_neighbours(
             lo, hi = r.offsets[i], r.offsets[i + 1]
             parts.append(r.codes[lo:hi][values[lo:hi] == 1])
         clicked.append(np.concatenate(parts))
-    has_tags = np.diff(split.item_tags.offsets) > 0 if max_tags != 0 else np.zeros(len(split.item_tags), bool)
+    has_tags = np.diff(split.item_tags.offsets) > 0
     return ItemNeighbours.fit(clicked, len(split.item_tags), has_tags, k)
 
 

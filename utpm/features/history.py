@@ -81,29 +81,27 @@ class FieldStats:
         return len(self.values)
 
 
-def _weights(n: int) -> tuple[float, ...]:
-    return tuple(math.exp(-RECENCY_DECAY * (n - 1 - p) / n) for p in range(n))
-
-
-_cached_weights = functools.lru_cache(maxsize=256)(_weights)
-
-
-def recency_weights(n: int) -> Sequence[float]:
-    """exp(-RECENCY_DECAY * age) of the positions 0 .. n-1 of a history of n (the most recent last);
-    cached for request-sized n, as this part of the encoding holds the GIL on the service's hot path."""
-    return _cached_weights(n) if n <= 1024 else _weights(n)
+def _weights(n: int) -> np.ndarray:
+    return np.asarray([math.exp(-RECENCY_DECAY * (n - 1 - p) / n) for p in range(n)], np.float64)
 
 
 @functools.lru_cache(maxsize=256)
-def _cached_weight_array(n: int) -> np.ndarray:
-    w = np.asarray(_weights(n), np.float64)
+def _cached_weights(n: int) -> np.ndarray:
+    w = _weights(n)
     w.flags.writeable = False  # shared by every caller
     return w
 
 
 def recency_weight_array(n: int) -> np.ndarray:
-    """`recency_weights` as a float64 array (cached for request-sized n, like it)."""
-    return _cached_weight_array(n) if n <= 1024 else np.asarray(_weights(n), np.float64)
+    """exp(-RECENCY_DECAY * age) of the positions 0 .. n-1 of a history of n (the most recent last),
+    float64, read-only; cached for request-sized n, as this part of the encoding holds the GIL on the
+    service's hot path."""
+    return _cached_weights(n) if n <= 1024 else _weights(n)
+
+
+def recency_weights(n: int) -> list[float]:
+    """`recency_weight_array` as a new list."""
+    return recency_weight_array(n).tolist()
 
 
 def stats_from_sequence(seq: Sequence[str], items: Sequence[object] | None = None) -> FieldStats:
@@ -111,7 +109,7 @@ def stats_from_sequence(seq: Sequence[str], items: Sequence[object] | None = Non
     n = len(seq)
     if items is None and len(set(seq)) == n:
         # no repeats (the common request): each value once, in order, with the same weights as below
-        return FieldStats(values=list(seq), count=[1.0] * n, distinct=[1.0] * n, recency=list(recency_weights(n)))
+        return FieldStats(values=list(seq), count=[1.0] * n, distinct=[1.0] * n, recency=recency_weights(n))
     # Per-occurrence work in C (dicts, map, bincount), none in bytecode: this runs on the service's
     # event loop for every request. Values in the order of their last occurrence.
     values = list(dict.fromkeys(reversed(seq)))  # distinct, the latest last occurrence first

@@ -1,12 +1,12 @@
 """`ItemNeighbours`: what users who clicked the same items clicked, as tags (item-based collaborative filtering).
 
 A user's tag history says nothing of the items that carry no tags, and in a catalogue tagged by its
-users most items carry none (MovieLens: 8,170 of 9,742 films). Their clicks still say which items the
-user goes on to click: each item's `k` nearest items with tags, by the cosine of the sets of training
-users who clicked them (the co-click counts from `pair_counts`, over sqrt(n_i n_j)). A user's item
-scores are the sums of their clicked items' neighbour similarities, the items the user has already
-seen left out; the tags of the best `top_items` of them, each weighted by its item's score, give a tag
-score, divided by the user's highest so that it lies in (0, 1].
+users most items carry none. Their clicks still say which items the user goes on to click: each
+item's `k` nearest items with tags, by the cosine of the sets of training users who clicked them
+(the co-click counts from `pair_counts`, over sqrt(n_i n_j)). A user's item scores are the sums of
+their clicked items' neighbour similarities, the items the user has already seen left out; the tags
+of the best `top_items` of them, each weighted by its item's score, give a tag score, divided by the
+user's highest so that it lies in (0, 1].
 
 A candidate feature measured by `utpm bench start` ("half-items", docs/results.md), not yet an input
 of the default model: the service's request carries tags and categories, not item ids.
