@@ -205,8 +205,8 @@ class ParquetSource:
 
 def stage_dataset(data_dir: Path, out: Path, say: Callable[[str], None] | None = None) -> Path:
     """A generic data set -> `out/features.jsonl`: each user's features built by the training code's
-    field construction (utpm.data.protocol.current_features) from all of the user's events, every
-    user with an event included. Reused when `features.json` beside it records the same data set.
+    field construction (utpm.data.protocol.current_features) from all of the user's events, with their
+    clicked items, every user with an event included. Reused when `features.json` beside it records the same data set.
     """
     from utpm.data.errors import DataError
     from utpm.data.loading import load_dataset
@@ -218,7 +218,8 @@ def stage_dataset(data_dir: Path, out: Path, say: Callable[[str], None] | None =
     identity = {"data": str(data_dir.resolve()), "files": [_fingerprint(p) for p in files]}
     if staged.is_file() and meta_path.is_file():
         meta = json.loads(meta_path.read_text())
-        if meta.get("identity") == identity and meta.get("events") == "all":  # not a staging of the 80% cut
+        # not a staging of the 80% cut, nor one from before requests carried clicked_items
+        if meta.get("identity") == identity and meta.get("events") == "all" and meta.get("clicked_items"):
             if say:
                 say(f"reusing the staged features of {data_dir} in {staged}")
             return staged
@@ -234,7 +235,7 @@ def stage_dataset(data_dir: Path, out: Path, say: Callable[[str], None] | None =
         for i in range(users.n_users):
             f.write(orjson.dumps({"user_id": str(users.user_ids[i]), "features": users.features(i)}) + b"\n")
     os.replace(tmp, staged)
-    meta = {"identity": identity, "users": users.n_users, "events": "all"}
+    meta = {"identity": identity, "users": users.n_users, "events": "all", "clicked_items": True}
     meta_path.write_text(json.dumps(meta, indent=2))
     if say:
         say(f"staged {users.n_users:,} users")

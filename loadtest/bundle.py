@@ -246,7 +246,7 @@ def write_payloads(data_dir: Path, seed: int, test_fraction: float, path: Path) 
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as f:
         for i in rows:
-            f.write(json.dumps({"features": split.features(int(i))}) + "\n")
+            f.write(json.dumps({"features": split.request(int(i))}) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -61,7 +61,7 @@ def load_held_out(
     for i in split.indices(test=True).tolist():
         items = [(tags, label == 1) for tags, label in split.label_items(i, item_tags) if tags]
         if items:
-            users.append((str(split.user_ids[i]), split.features(i), items))
+            users.append((str(split.user_ids[i]), split.request(i), items))
     return users, split
 
 

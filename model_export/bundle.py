@@ -30,7 +30,7 @@ from model_export.manifest import (
     file_sha256,
 )
 from utpm.features.encoding import FeatureEncoder
-from utpm.features.history import HistoryEncoder
+from utpm.features.history import PHI_NAMES, HistoryEncoder
 from utpm.features.vocab import Vocabulary
 
 
@@ -126,6 +126,7 @@ def load_history_encoder(
     `HistoryEncoder.from_arrays(encoder, tags, max_history_tags, arrays)`), so new features need no
     serving change."""
     max_tags = int(scorer.get("max_history_tags", 1000))  # type: ignore[call-overload]
+    n_phi = _phi_width(root, scorer.get("phi_names"))
     arrays_file = root / HISTORY_ARRAYS_FILE
     if arrays_file.is_file():
         try:
@@ -133,8 +134,21 @@ def load_history_encoder(
                 arrays = {k: f[k] for k in f.files}
         except (OSError, ValueError, zipfile.BadZipFile) as e:
             raise BundleError(f"{arrays_file}: not a readable .npz of arrays ({e})") from None
-        return HistoryEncoder.from_arrays(encoder, tags, max_tags, arrays)
-    return HistoryEncoder(encoder, tags, max_tags)
+        return HistoryEncoder.from_arrays(encoder, tags, max_tags, arrays, n_phi)
+    return HistoryEncoder(encoder, tags, max_tags, n_phi=n_phi)
+
+
+def _phi_width(root: Path, names: object) -> int:
+    """How many phi features a bundle's graph reads: its `phi_names`, which must be the first of
+    today's `PHI_NAMES` (features are only ever appended); all of them for a run directory."""
+    if names is None:
+        return len(PHI_NAMES)
+    if not isinstance(names, list) or not names or list(PHI_NAMES[: len(names)]) != names:
+        raise BundleError(
+            f"{root}: its history features {names} are not the first of this version's {list(PHI_NAMES)}; "
+            "re-export it with this version"
+        )
+    return len(names)
 
 
 def _verify_files(root: Path, manifest: Manifest, verify_hashes: bool) -> None:

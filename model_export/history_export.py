@@ -58,7 +58,7 @@ from model_export.parity import (
 from model_export.scorer import linear_phi_weights
 from model_export.session import SessionConfig, build_session
 from model_export.trace import trace_onnx
-from utpm.features.history import PHI_NAMES, HistoryBatch
+from utpm.features.history import ITEM_FIELD, PHI_NAMES, HistoryBatch
 from utpm.features.vocab import Vocabulary
 from utpm.models.history import HistoryModel
 from utpm.ranking import top_k as ranked_top_k
@@ -239,7 +239,13 @@ def export_history_bundle(
         scorer["inputs"], scorer["outputs"] = names_in, names_out
 
         users, source = heldout_users(
-            run.config, encoder, data=data, synthetic=synthetic_inputs, n=parity_users, rng=rng
+            run.config,
+            encoder,
+            data=data,
+            synthetic=synthetic_inputs,
+            n=parity_users,
+            rng=rng,
+            extra_fields=[ITEM_FIELD],
         )
         say(f"checking parity of u, g(phi) and the final top-{top_k} on {len(users)} {source}")
         cases = history_parity_cases(henc, users, rng)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import shutil
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -136,7 +136,9 @@ def onnx_runner(session: ort.InferenceSession, field_names: Sequence[str]) -> Ru
     return run
 
 
-def _users_from_data(data: Path, config: dict[str, Any], encoder: FeatureEncoder, n: int) -> list[RawFeatures]:
+def _users_from_data(
+    data: Path, config: dict[str, Any], encoder: FeatureEncoder, n: int, extra_fields: Collection[str] = ()
+) -> list[RawFeatures]:
     """Raw features of the run's test users: the protocol re-applied with the run's settings. A run
     that held none out (`--test-share 0`) gets its first n users, which it trained on: parity is a
     numerical check, for which real users' features are the realistic inputs, held out or not."""
@@ -150,9 +152,9 @@ def _users_from_data(data: Path, config: dict[str, Any], encoder: FeatureEncoder
         history_fraction=float(proto.get("history_fraction", 0.8)),
         test_fraction=float(proto.get("test_fraction", 0.2)),
     )
-    names = set(encoder.field_names)
+    names = set(encoder.field_names) | set(extra_fields)
     rows = split.indices(test=True)[:n] if split.test_fraction > 0 else np.arange(min(n, split.n_users))
-    return [{k: v for k, v in split.features(int(i)).items() if k in names} for i in rows]
+    return [{k: v for k, v in split.request(int(i)).items() if k in names} for i in rows]
 
 
 def heldout_users(
@@ -163,8 +165,10 @@ def heldout_users(
     synthetic: bool,
     n: int,
     rng: np.random.Generator,
+    extra_fields: Collection[str] = (),
 ) -> tuple[list[RawFeatures], str]:
-    """Held-out users' raw features for parity, and a description of where they came from.
+    """Held-out users' raw features for parity, and a description of where they came from; with
+    `extra_fields` (request fields that are no encoder field, such as `clicked_items`) too.
 
     `data` given: its test users under the run's protocol (an unreadable `data` is an error).
     Otherwise the run's recorded data source (config.json protocol.source) if it is still there,
@@ -176,7 +180,7 @@ def heldout_users(
         source = data if data is not None else Path(str(run_config.get("protocol", {}).get("source", "")))
         if data is not None or (str(source) and source.is_dir()):
             try:
-                users = _users_from_data(source, run_config, encoder, n)
+                users = _users_from_data(source, run_config, encoder, n, extra_fields)
             except (DataError, OSError, ValueError, KeyError) as e:
                 if data is not None:
                     raise ExportError(f"cannot read held-out users from {data}: {e}") from None

@@ -151,7 +151,7 @@ def history_parity_cases(
     for j, u in enumerate(users[:64]):
         c: dict[str, Any] = {}
         for name, values in u.items():
-            if encoder.spec(name).kind is FieldKind.MULTI and isinstance(values, list):
+            if name in encoder.vocabs and encoder.spec(name).kind is FieldKind.MULTI and isinstance(values, list):
                 c[name] = {v: float(rng.integers(1, 51)) for v in values}
                 if values and j == 0:
                     c[name][values[-1]] = 1e12

@@ -44,7 +44,7 @@ from model_export.session import (
 from service.batching import MicroBatcher
 from service.config import Settings
 from service.errors import InvalidInput, UnknownFields
-from utpm.features.history import FieldStats, HistoryBatch, HistoryEncoder, compile_kernel, parse_field
+from utpm.features.history import ITEM_FIELD, FieldStats, HistoryBatch, HistoryEncoder, compile_kernel, parse_field
 from utpm.features.values import clean_values
 from utpm.features.vocab import Vocabulary
 
@@ -260,11 +260,13 @@ class ProfileEngine:
         encoder = self.bundle.encoder
         extra = [f for f in features if f not in encoder.vocabs]
         if extra:
-            unknown = [f for f in extra if f not in self.ignored_fields]
+            unknown = [f for f in extra if f not in self.ignored_fields and f != ITEM_FIELD]
             if unknown:
-                valid = [*self.field_names, *sorted(self.ignored_fields)]
+                valid = [*self.field_names, ITEM_FIELD, *sorted(self.ignored_fields)]
                 raise UnknownFields(f"unknown field(s) {sorted(unknown)}; valid fields: {valid}")
-            features = {name: values for name, values in features.items() if name not in self.ignored_fields}
+            # clicked_items is part of the API: read by a bundle with item neighbours, left out by the rest
+            drop = self.ignored_fields if self.history is not None else self.ignored_fields | {ITEM_FIELD}
+            features = {name: values for name, values in features.items() if name not in drop}
         limit = MAX_VALUES_PER_FIELD
         for name, values in features.items():
             if not isinstance(values, str) and len(values) > limit:

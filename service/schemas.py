@@ -32,7 +32,8 @@ class ProfileRequest(BaseModel):
         "stripped of surrounding whitespace as the training data was, and empty ones ignored. A value "
         "may repeat (each occurrence counts once), or a field may be an object {value: count} (keys oldest "
         "first; counts finite numbers >= 0, 0 drops the value, counts above 1e6 count as 1e6). The paper's "
-        "models keep the most recent distinct values; the default model keeps the most frequent.",
+        "models keep the most recent distinct values; the default model keeps the most frequent. The field "
+        "clicked_items (item ids, oldest first) is read by the default model's history path only.",
     )
     k: int | None = Field(None, ge=1, strict=True, description="Number of tags (default from settings, at most max_k).")
     explain: bool = Field(False, strict=True, description="Also return attention weights and each tag's score.")

@@ -510,10 +510,12 @@ DEMO_USERS: dict[str, dict[str, object]] = {
     "family-animation": {
         "clicked_tags": {"disney": 4, "animation": 3, "pixar": 2, "family": 1},
         "clicked_categories": ["Animation", "Children", "Comedy"],
+        "clicked_items": ["1", "2355", "3114", "4886", "6377"],  # MovieLens ids: Toy Story ... Finding Nemo
     },
     "dark-sci-fi": {
         "clicked_tags": ["sci-fi", "atmospheric", "dark comedy", "sci-fi", "dystopia"],
         "clicked_categories": ["Sci-Fi", "Thriller"],
+        "clicked_items": ["541", "1199", "32", "1206", "2571"],  # Blade Runner, Brazil, 12 Monkeys, ...
     },
 }
 
@@ -522,11 +524,12 @@ def demo_profiles(bundle: Path, k: int = 5) -> dict[str, list[tuple[str, float]]
     """Each `DEMO_USERS` user's top-k tags, computed by the service's engine in process."""
     from service.config import Settings
     from service.engine import ProfileEngine
+    from utpm.features.history import ITEM_FIELD
 
     engine = ProfileEngine.load(bundle, Settings.model_validate({"bundle": str(bundle), "device": "cpu"}))
     out = {}
     for name, features in DEMO_USERS.items():
-        feats = {f: v for f, v in features.items() if f in engine.field_names}
+        feats = {f: v for f, v in features.items() if f in engine.field_names or f == ITEM_FIELD}
         p = engine.compute([engine.encode(feats, k, False)])[0]  # type: ignore[arg-type]
         out[name] = [(engine.bundle.tags.token(int(t)), float(s)) for t, s in zip(p.tag_ids, p.scores, strict=True)]
     return out

@@ -158,10 +158,30 @@ def test_empty_and_unknown_histories_get_the_prior(client: TestClient) -> None:
     assert tags(partly).index("pixar") < prior.index("pixar")  # the known part moved its own tag up
 
 
+PIXAR_FILMS = ["1", "2355", "3114", "4886", "6377"]  # MovieLens ids: Toy Story ... Finding Nemo
+
+
+def test_clicked_items_alone_give_a_profile_from_what_users_who_clicked_them_clicked(client: TestClient) -> None:
+    prior = tags(profile(client, {}))
+    body = profile(client, {"clicked_items": [*PIXAR_FILMS, "no-such-item"]}, explain=True)
+    assert body["all_unknown"] is False and body["unknown"] == {"clicked_items": ["no-such-item"]}
+    assert tags(body) != prior
+    parts = body["explanation"]["tag_scores"]  # type: ignore[index]
+    assert any(p["history"] > 0 for p in parts)  # the item neighbour score reaches the history part
+    # with tags too, the items move the profile
+    assert tags(profile(client, {**SCI_FI, "clicked_items": PIXAR_FILMS})) != tags(profile(client, SCI_FI))
+    assert_problem(client.post("/profile", json={"user_id": "u", "features": {"clicked_items": [3]}}), 422)
+
+
 def test_a_paper_bundle_accepts_counts_too(bundles: dict[str, Path], redis_server: RedisServer) -> None:
     with TestClient(create_app(settings_for(bundles["a"], redis_server))) as c:
         as_object = c.post("/profile", json={"user_id": "p", "features": {"clicked_tags": {"sci-fi": 2, "drama": 1}}})
         as_list = c.post("/profile", json={"user_id": "p", "features": {"clicked_tags": ["sci-fi", "drama"]}})
         assert as_object.status_code == as_list.status_code == 200, as_object.text
         assert as_object.json()["tags"] == as_list.json()["tags"]
+        # clicked_items is part of the API; a bundle without item neighbours leaves it out
+        with_items = c.post(
+            "/profile", json={"user_id": "p", "features": {"clicked_tags": ["sci-fi", "drama"], "clicked_items": ["1"]}}
+        )
+        assert with_items.status_code == 200 and with_items.json()["tags"] == as_list.json()["tags"]
         assert_problem(c.post("/profile", json={"user_id": "p", "features": {"clicked_tags": {"x": -2}}}), 422)

@@ -31,6 +31,7 @@ from utpm.training.history import (
     UserSequences,
     build_history_vocabularies,
     encode_users,
+    fit_item_tags,
     fit_tag_stats,
     history_preset,
     rank_history,
@@ -418,8 +419,10 @@ def _fitted_encoder() -> tuple[HistoryEncoder, UserSequences, np.ndarray]:
     split = split_protocol(data, seed=0)
     rows = split.indices(test=False)
     henc, seqs = _encoder(split, rows)
-    stats = fit_tag_stats(seqs, rows, henc.tags, HistoryOptions(neighbours=3))
-    return HistoryEncoder(henc.encoder, henc.tags, 10, stats, extra_candidates=5), seqs, rows
+    options = HistoryOptions(neighbours=3, item_neighbours=5)
+    stats = fit_tag_stats(seqs, rows, henc.tags, options)
+    items = fit_item_tags(seqs, rows, henc.tags, options)
+    return HistoryEncoder(henc.encoder, henc.tags, 10, stats, 5, items, item_candidates=4), seqs, rows
 
 
 def test_tag_stats_keep_the_top_m_positive_lifts_and_the_repeat_propensity() -> None:
@@ -461,6 +464,8 @@ def test_history_encoder_arrays_round_trip_and_encode_the_same() -> None:
     back = HistoryEncoder.from_arrays(henc.encoder, henc.tags, henc.max_history_tags, arrays)
     a, b = encode_users(seqs, henc, rows[:6]), encode_users(seqs, back, rows[:6])
     assert np.array_equal(a.hist_ids, b.hist_ids) and np.array_equal(a.hist_feats, b.hist_feats)
+    assert back.items is not None and back.item_candidates == 4 and back.width == henc.width == 10 + 5 + 4
+    assert np.abs(a.hist_feats[:, :, PHI_NAMES.index("item_neighbour_score")]).sum() > 0  # the items are read
     plain = HistoryEncoder.from_arrays(henc.encoder, henc.tags, 10, {})
     assert plain.stats is None and plain.to_arrays() == {} and plain.width == 10
 

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from utpm.data.loading import Dataset
+from utpm.features.history import ITEM_FIELD
 from utpm.features.spec import FieldKind
 
 
@@ -133,6 +134,18 @@ class ProtocolSplit:
     def features(self, i: int) -> dict[str, list[str]]:
         """User i's raw features, as the service would receive them."""
         return {name: r.row(i) for name, r in self.fields.items() if r.offsets[i + 1] > r.offsets[i]}
+
+    def clicked_items(self, i: int) -> list[str]:
+        """The items of user i's label-1 history events, oldest first, the most recent `max_history`
+        of them (as each field keeps): the request's `clicked_items`."""
+        lo, hi = self.history.offsets[i], self.history.offsets[i + 1]
+        codes = self.history.codes[lo:hi][self.history_values[lo:hi] == 1][-self.max_history :]
+        return [str(v) for v in self.item_ids[codes].tolist()]
+
+    def request(self, i: int) -> dict[str, list[str]]:
+        """User i's features and clicked items, as a client of the service sends them."""
+        items = self.clicked_items(i)
+        return {**self.features(i), ITEM_FIELD: items} if items else self.features(i)
 
     def label_items(self, i: int, max_tags: int | None = None) -> Iterator[tuple[list[str], int]]:
         """(first `max_tags` tags of the item, label) for each label-period event of user i, in time order."""
@@ -304,14 +317,19 @@ class CurrentFeatures:
 
     user_ids: np.ndarray
     fields: dict[str, Ragged]
+    # each user's clicked items, oldest first (the most recent `max_history`): the request's `clicked_items`
+    items: Ragged | None = None
 
     @property
     def n_users(self) -> int:
         return len(self.user_ids)
 
     def features(self, i: int) -> dict[str, list[str]]:
-        """User i's features, as the service would receive them."""
-        return {name: r.row(i) for name, r in self.fields.items() if r.offsets[i + 1] > r.offsets[i]}
+        """User i's features and clicked items, as the service would receive them."""
+        out = {name: r.row(i) for name, r in self.fields.items() if r.offsets[i + 1] > r.offsets[i]}
+        if self.items is not None and self.items.offsets[i + 1] > self.items.offsets[i]:
+            out[ITEM_FIELD] = self.items.row(i)
+        return out
 
 
 def current_features(data: Dataset, max_history: int = 100) -> CurrentFeatures:
@@ -334,7 +352,21 @@ def current_features(data: Dataset, max_history: int = 100) -> CurrentFeatures:
     every = np.ones(len(ev), dtype=bool)
     label = ev["label"].to_numpy()
     fields, _ = _feature_fields(data, user_ids, user_codes, item_idx, label, every, item_lists, max_history)
-    return CurrentFeatures(user_ids, fields)
+    return CurrentFeatures(user_ids, fields, _recent_clicked_items(ev, user_codes, len(user_ids), max_history))
+
+
+def _recent_clicked_items(ev: pd.DataFrame, user_codes: np.ndarray, n_users: int, max_history: int) -> Ragged:
+    """Each user's clicked items (label 1), oldest first, the most recent `max_history` of them;
+    `ev` sorted by user, then time (`_sorted_events`)."""
+    clicked = ev["label"].to_numpy() == 1
+    users = user_codes[clicked]
+    ids = ev["item_id"].to_numpy()[clicked].astype(str)
+    n = np.bincount(users, minlength=n_users)
+    ends = np.cumsum(n)
+    keep = ends[users] - np.arange(len(users)) <= max_history  # the last max_history of each user's run
+    offsets = np.zeros(n_users + 1, np.int64)
+    np.cumsum(np.minimum(n, max_history), out=offsets[1:])
+    return Ragged(offsets, np.arange(int(keep.sum()), dtype=np.int64), ids[keep].astype(object))
 
 
 def clicked_items_tag_counts(data: Dataset) -> np.ndarray:

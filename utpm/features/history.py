@@ -33,6 +33,7 @@ import numpy as np
 from utpm.features import history_kernel
 from utpm.features.encoding import FeatureEncoder
 from utpm.features.hashed_lookup import HashedLookup
+from utpm.features.item_neighbours import ItemNeighbourTags
 from utpm.features.pair_counts import count_pairs, top_neighbours
 from utpm.features.spec import FieldKind
 from utpm.features.values import clean_values
@@ -45,6 +46,9 @@ RECENCY_DECAY = 3.0
 COUNT_CAP = 1e6
 TAG_FIELD = "clicked_tags"
 UNCLICKED_FIELD = "unclicked_tags"
+# the items a user clicked (ids as the event log names them), oldest first: read by `ItemNeighbourTags`
+# only, never by the tower, so a catalogue of any size costs the model nothing
+ITEM_FIELD = "clicked_items"
 PHI_NAMES = (
     "log1p_count",
     "log1p_distinct_items",
@@ -58,8 +62,12 @@ PHI_NAMES = (
     "repeat_propensity",
     "log_label_rate",
     "log1p_history_length",
+    # from `ItemNeighbourTags` (0 without it or without `clicked_items`): the tag's score among the
+    # items users who clicked the same items clicked, in (0, 1]
+    "item_neighbour_score",
 )
 N_BASE_PHI = 6
+ITEM_SCORE = PHI_NAMES.index("item_neighbour_score")
 # TagStats.fit holds the distinct (history tag, label tag) pairs; past MAX_FIT_PAIRS pairs over all
 # users (Σ |H| x |C|, the counting's work) it learns from a seeded sample of the users.
 MAX_FIT_PAIRS = 400_000_000
@@ -329,11 +337,16 @@ _NO_STATS = TagStats(
 
 class HistoryEncoder:
     """Field vocabularies (the tag fields share the tag vocabulary), the candidate-tag settings and,
-    optionally, `TagStats`.
+    optionally, `TagStats` and `ItemNeighbourTags`.
 
-    Candidates per user (at most `width` = max_history_tags + extra_candidates): the history tags
-    (most frequent first, at most `max_history_tags`), then, with `stats`, the tags with the highest
-    transition score from them and the most popular tags, up to `extra_candidates` more.
+    Candidates per user (at most `width`): the history tags (most frequent first, at most
+    `max_history_tags`), then, with `stats`, the tags with the highest transition score from them and
+    the most popular tags, up to `extra_candidates` more; then, with `items` and a `clicked_items`
+    field, the best `item_candidates` tags of the items users who clicked the same items clicked
+    that are not candidates yet.
+
+    `n_phi`: the phi features a bundle's graph reads (the first `n_phi` of `PHI_NAMES`; a bundle
+    exported before a feature was added reads fewer).
     """
 
     def __init__(
@@ -343,15 +356,25 @@ class HistoryEncoder:
         max_history_tags: int,
         stats: TagStats | None = None,
         extra_candidates: int = 100,
+        items: ItemNeighbourTags | None = None,
+        item_candidates: int = 100,
+        n_phi: int = len(PHI_NAMES),
     ) -> None:
         self.encoder = encoder
         self.tags = tags
         self.max_history_tags = max_history_tags
         self.stats = stats
         self.extra_candidates = extra_candidates if stats is not None else 0
+        self.items = items
+        self.item_candidates = item_candidates if items is not None else 0
+        if not 0 < n_phi <= len(PHI_NAMES):
+            raise ValueError(f"n_phi must be in 1..{len(PHI_NAMES)}, got {n_phi}")
+        self.n_phi = n_phi
         self._scratch = history_kernel.Scratch()
         if stats is not None and stats.n_tags != len(tags):
             raise ValueError(f"tag statistics over {stats.n_tags} tags for a vocabulary of {len(tags)}")
+        if items is not None and len(items.tag_ids) and int(items.tag_ids.max()) >= len(tags):
+            raise ValueError(f"item tags beyond the tag vocabulary of {len(tags)}")
         for name in (TAG_FIELD, UNCLICKED_FIELD):
             if name in encoder.vocabs and encoder.vocabs[name] is not tags and encoder.vocabs[name] != tags:
                 raise ValueError(f"field {name!r} must use the tag vocabulary (one vocabulary for input and output)")
@@ -359,21 +382,37 @@ class HistoryEncoder:
     @property
     def width(self) -> int:
         """Candidate slots per user (Hh of `HistoryBatch`)."""
-        return self.max_history_tags + self.extra_candidates
+        return self.max_history_tags + self.extra_candidates + self.item_candidates
+
+    @property
+    def request_fields(self) -> list[str]:
+        """The fields a request may carry: the tower's, and `clicked_items` (read by the history
+        path only; accepted and left unread without `items`)."""
+        return [*self.encoder.field_names, ITEM_FIELD]
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """Per-tag arrays serving needs besides the vocabularies (empty without `TagStats`)."""
-        if self.stats is None:
-            return {}
-        return {**self.stats.to_arrays(), "extra_candidates": np.asarray(self.extra_candidates, np.int64)}
+        """Per-tag arrays serving needs besides the vocabularies (empty without `TagStats` or items)."""
+        out: dict[str, np.ndarray] = {}
+        if self.stats is not None:
+            out |= {**self.stats.to_arrays(), "extra_candidates": np.asarray(self.extra_candidates, np.int64)}
+        if self.items is not None:
+            out |= {**self.items.to_arrays(), "item_candidates": np.asarray(self.item_candidates, np.int64)}
+        return out
 
     @classmethod
     def from_arrays(
-        cls, encoder: FeatureEncoder, tags: Vocabulary, max_history_tags: int, arrays: Mapping[str, np.ndarray]
+        cls,
+        encoder: FeatureEncoder,
+        tags: Vocabulary,
+        max_history_tags: int,
+        arrays: Mapping[str, np.ndarray],
+        n_phi: int = len(PHI_NAMES),
     ) -> HistoryEncoder:
         stats = TagStats.from_arrays(arrays)
         extra = int(arrays["extra_candidates"]) if "extra_candidates" in arrays else 100
-        return cls(encoder, tags, max_history_tags, stats, extra)
+        items = ItemNeighbourTags.from_arrays(arrays)
+        item_candidates = int(arrays["item_candidates"]) if "item_candidates" in arrays else 100
+        return cls(encoder, tags, max_history_tags, stats, extra, items, item_candidates, n_phi)
 
     @property
     def specs(self):
@@ -381,7 +420,7 @@ class HistoryEncoder:
 
     def parse(self, features: Mapping[str, object]) -> dict[str, FieldStats]:
         """A request's features -> FieldStats per field; unknown field names raise KeyError."""
-        valid = set(self.encoder.field_names)
+        valid = set(self.request_fields)
         extra = set(features) - valid
         if extra:
             raise KeyError(f"unknown field(s) {sorted(extra)}; valid fields: {sorted(valid)}")
@@ -416,7 +455,11 @@ class HistoryEncoder:
         hist_ids = np.zeros((b, self.width), np.int64)
         hist_feats = np.zeros((b, self.width, len(PHI_NAMES)), np.float32)
         hist_mask = np.zeros((b, self.width), np.float32)
-        self._history_tags(users, tag_columns, hist_ids, hist_feats, hist_mask)
+        log_total = self._history_tags(users, tag_columns, hist_ids, hist_feats, hist_mask)
+        if self.items is not None:
+            self._item_tags(users, log_total, hist_ids, hist_feats, hist_mask, unknown, known)
+        if self.n_phi < len(PHI_NAMES):
+            hist_feats = np.ascontiguousarray(hist_feats[:, :, : self.n_phi])
         if not tower:
             return HistoryBatch([], [], [], hist_ids, hist_feats, hist_mask, unknown, known)
         # per user and field the most frequent values first, ties by recency (the later position first);
@@ -447,8 +490,9 @@ class HistoryEncoder:
         hist_ids: np.ndarray,
         hist_feats: np.ndarray,
         hist_mask: np.ndarray,
-    ) -> None:
-        """Every user's candidate tags and their phi (`history_kernel.candidates`, which holds the rules).
+    ) -> np.ndarray:
+        """Every user's candidate tags and their phi (`history_kernel.candidates`, which holds the rules);
+        returns each user's log1p(history length).
 
         Per user, as a dict from tag id to phi filled value by value would give them (the rules also
         hold when two values of a field share a tag id): a clicked tag takes the phi of its last
@@ -477,10 +521,11 @@ class HistoryEncoder:
         c_count = clicked.array("count")
         c_log = _log1p(np.concatenate([c_count, clicked.array("distinct"), clicked.array("recency")])).reshape(3, -1)
         st = self.stats or _NO_STATS
+        log_total = _log1p(totals)
         history_kernel.candidates(
             (np.asarray(clicked.bounds, np.int64), cid, c_count, c_log),
             (np.asarray(unclicked.bounds, np.int64), uid, _log1p(unclicked.array("count"))),
-            (recent_h, totals, _log1p(totals)),
+            (recent_h, totals, log_total),
             self.max_history_tags,
             self.extra_candidates,
             self.stats is not None,
@@ -488,6 +533,49 @@ class HistoryEncoder:
             self._scratch.mark(len(self.tags)),
             (hist_ids, hist_feats, hist_mask),
         )
+        return log_total
+
+    def _item_tags(
+        self,
+        users: Sequence[Mapping[str, FieldStats]],
+        log_total: np.ndarray,
+        hist_ids: np.ndarray,
+        hist_feats: np.ndarray,
+        hist_mask: np.ndarray,
+        unknown: list[dict[str, list[str]]],
+        known: np.ndarray,
+    ) -> None:
+        """Each user's `item_neighbour_score` from their `clicked_items`: set on the tags that are
+        candidates already, and the best `item_candidates` others appended after them (with the
+        per-tag phi the kernel gives every candidate). Unknown items are reported in `unknown`."""
+        items = self.items
+        assert items is not None
+        col = _Column([u.get(ITEM_FIELD) for u in users])
+        ids = col.ids([items.items])
+        miss = np.flatnonzero(ids == Vocabulary.OOV)
+        if len(miss):
+            values = col.values
+            for r, p in zip(col.row[miss].tolist(), miss.tolist(), strict=True):
+                unknown[r].setdefault(ITEM_FIELD, []).append(values[p])
+        known[col.row[ids > Vocabulary.OOV]] = True
+        filled = hist_mask.sum(axis=1).astype(np.int64)
+        for u in np.flatnonzero(col.lens).tolist():
+            tag_ids, score = items.tag_scores(ids[col.bounds[u] : col.bounds[u + 1]])
+            if not len(tag_ids):
+                continue
+            n = int(filled[u])
+            order = np.argsort(hist_ids[u, :n], kind="stable")
+            at = np.minimum(np.searchsorted(hist_ids[u, :n], tag_ids, sorter=order), max(n - 1, 0))
+            hit = (hist_ids[u, order[at]] == tag_ids) if n else np.zeros(len(tag_ids), bool)
+            hist_feats[u, order[at[hit]], ITEM_SCORE] = score[hit]
+            new, new_score = tag_ids[~hit][: self.item_candidates], score[~hit][: self.item_candidates]
+            end = n + len(new)
+            hist_ids[u, n:end] = new
+            hist_mask[u, n:end] = 1.0
+            hist_feats[u, n:end, ITEM_SCORE] = new_score
+            hist_feats[u, n:end, history_kernel.HISTORY_LENGTH] = log_total[u]
+            if self.stats is not None:
+                hist_feats[u, n:end, history_kernel.LABEL_RATE] = self.stats.label_rate[new]
 
 
 class _Column:

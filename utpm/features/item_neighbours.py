@@ -8,18 +8,26 @@ their clicked items' neighbour similarities, the items the user has already seen
 of the best `top_items` of them, each weighted by its item's score, give a tag score, divided by the
 user's highest so that it lies in (0, 1].
 
-A candidate feature measured by `utpm bench start` ("half-items", docs/results.md), not yet an input
-of the default model: the service's request carries tags and categories, not item ids.
+`ItemNeighbourTags` is what the default model's history encoder holds: the item vocabulary, the
+neighbours and each item's tags, so that a request's `clicked_items` give the phi feature
+`item_neighbour_score` and candidate tags (`utpm.features.history`); measured first by
+`utpm bench start` ("half-items", docs/results.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from utpm.features.pair_counts import count_pairs, top_neighbours
+from utpm.features.vocab import Vocabulary
+
+# neighbours kept per item: 50 did as well as 200 on validation users (docs/results.md)
+NEIGHBOURS = 50
+# a user's best items whose tags are scored
+TOP_ITEMS = 100
 
 
 @dataclass
@@ -54,3 +62,94 @@ class ItemNeighbours:
         items, score = items[keep], score[keep]
         best = np.lexsort((items, -score))[:top_items]
         return items[best], score[best]
+
+
+@dataclass
+class ItemNeighbourTags:
+    """The tag score of the items users who clicked the same items clicked, as the history encoder
+    and a bundle hold it: the item vocabulary (item ids as the event log and a request name them),
+    `ItemNeighbours` over its ids and each item's tag ids (`tag_indptr`, `tag_ids`, CSR, ids of the
+    tag vocabulary)."""
+
+    items: Vocabulary
+    neighbours: ItemNeighbours
+    tag_indptr: np.ndarray
+    tag_ids: np.ndarray
+    top_items: int = TOP_ITEMS
+
+    PREFIX = "items_"
+
+    @classmethod
+    def fit(
+        cls,
+        clicked: Sequence[np.ndarray],
+        item_ids: Sequence[str],
+        item_tag_ids: Callable[[int], np.ndarray],
+        k: int = NEIGHBOURS,
+        top_items: int = TOP_ITEMS,
+    ) -> ItemNeighbourTags:
+        """From each fitting user's clicked items (codes into the catalogue `item_ids`);
+        `item_tag_ids(code)`: the tag ids (> OOV) an item gives. The vocabulary holds the items the
+        users clicked: no other item has a neighbour or is one."""
+        codes = np.concatenate(clicked).astype(np.int64) if clicked else np.zeros(0, np.int64)
+        items = Vocabulary.build(str(item_ids[c]) for c in codes.tolist())
+        vid = np.full(len(item_ids), Vocabulary.OOV, np.int64)  # catalogue code -> vocabulary id
+        per_item = [np.zeros(0, np.int32)] * len(items)
+        for c in np.unique(codes).tolist():
+            vid[c] = items.lookup[str(item_ids[c])]
+            t = np.unique(np.asarray(item_tag_ids(c), np.int64))
+            per_item[vid[c]] = t[t > Vocabulary.OOV].astype(np.int32)
+        tag_indptr = np.zeros(len(items) + 1, np.int64)
+        np.cumsum([len(t) for t in per_item], out=tag_indptr[1:])
+        tag_ids = np.concatenate(per_item)
+        users = [vid[np.asarray(u, np.int64)] for u in clicked]
+        nb = ItemNeighbours.fit(users, len(items), np.diff(tag_indptr) > 0, k)
+        # float32, as a bundle holds it: training and serving sum the same similarities
+        nb.similarity = nb.similarity.astype(np.float32)
+        return cls(items, nb, tag_indptr, tag_ids, top_items)
+
+    def tag_scores(self, clicked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A user's tag ids and scores in (0, 1], best first (ties by tag id): the tags of their best
+        `top_items` unclicked items, each weighted by its item's score, over the user's highest.
+        `clicked`: item ids of this vocabulary (OOV and padding ignored)."""
+        clicked = np.unique(clicked[clicked > Vocabulary.OOV])
+        items, score = self.neighbours.scores(clicked, clicked, self.top_items)
+        if not len(items):
+            return np.zeros(0, np.int64), np.zeros(0, np.float64)
+        lo, hi = self.tag_indptr[items], self.tag_indptr[items + 1]
+        n = hi - lo
+        at = np.repeat(lo - np.cumsum(n) + n, n) + np.arange(int(n.sum()))
+        tags, inverse = np.unique(self.tag_ids[at].astype(np.int64), return_inverse=True)
+        total = np.bincount(inverse, weights=np.repeat(score, n), minlength=len(tags))
+        best = np.lexsort((tags, -total))
+        return tags[best], total[best] / total[best[0]]
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        p = self.PREFIX
+        return {
+            p + "tokens": np.asarray(self.items.tokens, dtype=str),
+            p + "neighbour_indptr": self.neighbours.indptr,
+            p + "neighbours": self.neighbours.items.astype(np.int32),
+            p + "similarity": self.neighbours.similarity.astype(np.float32),
+            p + "tag_indptr": self.tag_indptr,
+            p + "tag_ids": self.tag_ids.astype(np.int32),
+            p + "top_items": np.asarray(self.top_items, np.int64),
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> ItemNeighbourTags | None:
+        """The inverse of `to_arrays`; None when `arrays` holds no item neighbours."""
+        p = cls.PREFIX
+        if p + "tokens" not in arrays:
+            return None
+        return cls(
+            Vocabulary([str(t) for t in arrays[p + "tokens"].tolist()]),
+            ItemNeighbours(
+                np.asarray(arrays[p + "neighbour_indptr"], np.int64),
+                np.asarray(arrays[p + "neighbours"], np.int64),
+                np.asarray(arrays[p + "similarity"], np.float32),
+            ),
+            np.asarray(arrays[p + "tag_indptr"], np.int64),
+            np.asarray(arrays[p + "tag_ids"], np.int32),
+            int(arrays[p + "top_items"]),
+        )

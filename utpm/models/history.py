@@ -54,6 +54,11 @@ class HistoryOptions:
     neighbours: int = 50
     extra_candidates: int = 100
     shrinkage: float = 10.0
+    # each clicked item's nearest items by co-clicks (`utpm.features.item_neighbours`): the phi feature
+    # `item_neighbour_score` and up to `item_candidates` candidate tags from a request's `clicked_items`;
+    # 0 neighbours: off
+    item_neighbours: int = 50
+    item_candidates: int = 100
     # True: the history fields count every tag of a clicked (or unclicked) item, as a request built from
     # the user's events carries them; False: an item's first N, the ones C takes (chosen on validation
     # users: docs/results.md, "Every tag of an item")

@@ -42,6 +42,7 @@ from utpm.evaluation.metrics import precision_at_k, user_precision
 from utpm.evaluation.yardsticks import Blend, popularity_counts, tune_blend
 from utpm.features.encoding import FeatureEncoder
 from utpm.features.history import (
+    ITEM_FIELD,
     TAG_FIELD,
     UNCLICKED_FIELD,
     FieldStats,
@@ -50,6 +51,7 @@ from utpm.features.history import (
     TagStats,
     stats_from_sequence,
 )
+from utpm.features.item_neighbours import ItemNeighbourTags
 from utpm.features.spec import FieldKind, FieldSpec
 from utpm.features.vocab import Vocabulary
 from utpm.models.history import HISTORY_MODEL, HistoryModel, HistoryOptions, build_history_model
@@ -210,6 +212,7 @@ class UserSequences:
         for col, ragged in cols.items():
             self.item_values[col] = [ragged.row(j) for j in range(len(ragged))]
         self.label_item_tags = [r[:n_tags_per_item] for r in self.item_values["tags"]]
+        self.item_ids = [str(v) for v in split.item_ids.tolist()]
         if not all_item_tags:
             self.item_values["tags"] = self.label_item_tags
         h, lab = split.history, split.labels
@@ -238,6 +241,9 @@ class UserSequences:
                 src.extend([it] * len(vs))
             if seq:
                 out[f"clicked_{col}"] = stats_from_sequence(seq, src)
+        if len(clicked):
+            ids = self.item_ids
+            out[ITEM_FIELD] = stats_from_sequence([ids[it] for it in clicked.tolist()])
         unclicked = items[labels == 0]
         if len(unclicked):
             seq = [t for it in unclicked.tolist() for t in self.item_values["tags"][it]]
@@ -328,6 +334,41 @@ def fit_tag_stats(
     picked = [users[i] for i in rows.tolist()]
     return TagStats.fit(
         [h for h, _ in picked], [c for _, c in picked], len(tags), options.neighbours, options.shrinkage
+    )
+
+
+def fit_item_tags(
+    seqs: UserSequences, rows: np.ndarray, tags: Vocabulary, options: HistoryOptions
+) -> ItemNeighbourTags:
+    """`ItemNeighbourTags` of users `rows`' clicked items, history and label period (other users'
+    whole logs, as `TagStats` reads them); an item gives its first N tags, the ones C counts."""
+    clicked = [seqs.items[i][seqs.labels[i] == 1] for i in rows.tolist()]
+    item_tags = seqs.label_item_tags
+    return ItemNeighbourTags.fit(
+        clicked, seqs.item_ids, lambda c: tags.ids_of(item_tags[c], len(item_tags[c])), options.item_neighbours
+    )
+
+
+def history_encoder(
+    seqs: UserSequences,
+    rows: np.ndarray,
+    encoder: FeatureEncoder,
+    tags: Vocabulary,
+    options: HistoryOptions,
+    users: Mapping[int, tuple[np.ndarray, np.ndarray]] | None = None,
+) -> HistoryEncoder:
+    """The history encoder whose learnt parts (`TagStats`, `ItemNeighbourTags`, each if `options` has
+    it) come from users `rows`; `users`: `tag_stats_users` of these rows or more."""
+    stats = fit_tag_stats(seqs, rows, tags, options, users) if options.transitions else None
+    items = fit_item_tags(seqs, rows, tags, options) if options.item_neighbours > 0 else None
+    return HistoryEncoder(
+        encoder,
+        tags,
+        options.max_history_tags,
+        stats,
+        options.extra_candidates,
+        items,
+        options.item_candidates,
     )
 
 
@@ -527,28 +568,13 @@ def prepare_history(split: ProtocolSplit, config: HistoryTrainConfig, stage: Sta
     # user's own examples get those of the other half of the training users (cross-fitting), so
     # that their features are as out-of-sample as a new user's.
     half = np.zeros(split.n_users, np.int64)
-    if options.transitions:
-        say(f"tag statistics over {len(tags):,} tags (all training users, then each half)")
-        users = tag_stats_users(seqs, train_rows, tags, options)  # read once for the three fits
-        henc = HistoryEncoder(
-            encoder,
-            tags,
-            options.max_history_tags,
-            fit_tag_stats(seqs, train_rows, tags, options, users),
-            options.extra_candidates,
-        )
+    if options.transitions or options.item_neighbours > 0:
+        say(f"tag statistics and item neighbours over {len(tags):,} tags (all training users, then each half)")
+        users = tag_stats_users(seqs, train_rows, tags, options) if options.transitions else None  # read once
+        henc = history_encoder(seqs, train_rows, encoder, tags, options, users)
         halves = np.array_split(rng.permutation(train_rows), 2)
         half[halves[1]] = 1
-        train_encs = [
-            HistoryEncoder(
-                encoder,
-                tags,
-                options.max_history_tags,
-                fit_tag_stats(seqs, halves[1 - k], tags, options, users),
-                options.extra_candidates,
-            )
-            for k in (0, 1)
-        ]
+        train_encs = [history_encoder(seqs, halves[1 - k], encoder, tags, options, users) for k in (0, 1)]
     else:
         henc = HistoryEncoder(encoder, tags, options.max_history_tags)
         train_encs = [henc, henc]

@@ -1,4 +1,5 @@
-"""`ItemNeighbours`: each item's nearest tagged items by co-clicks, and a user's best unseen items."""
+"""`ItemNeighbours`: each item's nearest tagged items by co-clicks, and a user's best unseen items;
+`ItemNeighbourTags`: their tags as the history encoder's feature and candidates."""
 
 from __future__ import annotations
 
@@ -7,7 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from utpm.features.item_neighbours import ItemNeighbours
+from utpm.features.encoding import FeatureEncoder
+from utpm.features.history import ITEM_FIELD, PHI_NAMES, TAG_FIELD, HistoryEncoder, stats_from_sequence
+from utpm.features.item_neighbours import ItemNeighbours, ItemNeighbourTags
+from utpm.features.spec import FieldKind, FieldSpec
+from utpm.features.vocab import Vocabulary
 
 # items 0..4; item 4 has no tags
 HAS_TAGS = np.array([True, True, True, True, False])
@@ -42,3 +47,84 @@ def test_a_users_scores_sum_their_clicked_items_neighbours_and_leave_seen_items_
     # at most top_items, best first, ties by id
     items, scores = nb.scores(np.array([0]), seen=np.array([0]), top_items=1)
     assert items.tolist() == [1]
+
+
+# the catalogue of the encoder tests: items a..e; e has no tags; tag ids 2..5 of a vocabulary of 6
+CATALOGUE = ["a", "b", "c", "d", "e"]
+ITEM_TAGS = {0: [2], 1: [3, 4], 2: [4, 5], 3: [5], 4: []}
+
+
+def _item_tags(k: int = 10) -> ItemNeighbourTags:
+    return ItemNeighbourTags.fit(CLICKED, CATALOGUE, lambda c: np.asarray(ITEM_TAGS[c]), k)
+
+
+def test_item_tags_score_the_tags_of_the_best_unclicked_items_over_the_users_highest() -> None:
+    it = _item_tags()
+    assert sorted(it.items.tokens[2:]) == CATALOGUE  # every clicked item, by clicks
+    a, e = it.items.ids(["a", "e"]).tolist()
+    tags, score = it.tag_scores(np.array([a, e, Vocabulary.OOV]))
+    # unclicked neighbours of a and e: b (3/sqrt(20), tags 3, 4) and c (2/sqrt(15) + 1/sqrt(6), tags 4, 5)
+    b_score, c_score = 3 / math.sqrt(20), 2 / math.sqrt(15) + 1 / math.sqrt(6)
+    expected = {4: b_score + c_score, 5: c_score, 3: b_score}
+    high = max(expected.values())
+    assert tags.tolist() == [4, 5, 3]  # best first
+    assert score.tolist() == pytest.approx([expected[t] / high for t in (4, 5, 3)])
+    assert it.tag_scores(np.zeros(0, np.int64))[0].tolist() == []
+
+
+def test_item_tags_round_trip_through_arrays() -> None:
+    it = _item_tags(k=2)
+    back = ItemNeighbourTags.from_arrays(it.to_arrays())
+    assert back is not None and back.items.tokens == it.items.tokens and back.top_items == it.top_items
+    ids = it.items.ids(["a", "d"])
+    assert [x.tolist() for x in back.tag_scores(ids)] == [x.tolist() for x in it.tag_scores(ids)]
+    assert ItemNeighbourTags.from_arrays({}) is None
+
+
+def _encoder(item_candidates: int = 10, n_phi: int = len(PHI_NAMES)) -> HistoryEncoder:
+    tags = Vocabulary(["<pad>", "<oov>", "t2", "t3", "t4", "t5"])
+    spec = FieldSpec(TAG_FIELD, FieldKind.MULTI, len(tags), 5)
+    return HistoryEncoder(
+        FeatureEncoder([spec], {TAG_FIELD: tags}),
+        tags,
+        5,
+        items=_item_tags(),
+        item_candidates=item_candidates,
+        n_phi=n_phi,
+    )
+
+
+def test_the_encoder_scores_history_tags_and_appends_the_other_item_tags_as_candidates() -> None:
+    henc = _encoder()
+    assert henc.width == 5 + 10 and ITEM_FIELD in henc.request_fields
+    users = [
+        henc.parse({TAG_FIELD: ["t5"], ITEM_FIELD: ["a", "e", "unheard-of"]}),
+        henc.parse({TAG_FIELD: ["t2"]}),  # no items: no item score, no extra candidate
+        henc.parse({ITEM_FIELD: ["unheard-of"]}),
+    ]
+    b = henc.encode(users)
+    j = PHI_NAMES.index("item_neighbour_score")
+    ids = b.hist_ids[0][b.hist_mask[0] > 0].tolist()
+    # the history tag t5 keeps its slot and gets its score; t4 and t3 come after it, best first
+    assert ids == [5, 4, 3]
+    it = henc.items
+    assert it is not None
+    found, scores = it.tag_scores(it.items.ids(["a", "e"]))
+    want = dict(zip(found.tolist(), scores.tolist(), strict=True))
+    assert b.hist_feats[0, :3, j].tolist() == pytest.approx([want[5], want[4], want[3]])
+    assert b.hist_feats[0, 0, PHI_NAMES.index("log1p_count")] > 0 == b.hist_feats[0, 1, PHI_NAMES.index("log1p_count")]
+    assert b.hist_feats[0, 1, PHI_NAMES.index("log1p_history_length")] == pytest.approx(math.log1p(1))
+    assert b.hist_ids[1][b.hist_mask[1] > 0].tolist() == [2] and b.hist_feats[1, :, j].sum() == 0
+    # unknown items are reported as a field's unknown values are; a user with known items is known
+    assert b.unknown[0] == {ITEM_FIELD: ["unheard-of"]} and b.unknown[2] == {ITEM_FIELD: ["unheard-of"]}
+    assert b.known is not None and b.known.tolist() == [True, True, False]
+
+
+def test_item_candidates_bound_the_appended_tags_and_an_old_bundle_reads_fewer_features() -> None:
+    b = _encoder(item_candidates=1).encode([{ITEM_FIELD: stats_from_sequence(["a"])}])
+    assert b.hist_ids[0][b.hist_mask[0] > 0].tolist() == [4]  # the best of t4, t3, t5 only
+    old = _encoder(n_phi=len(PHI_NAMES) - 1).encode([{ITEM_FIELD: stats_from_sequence(["a"])}])
+    assert old.hist_feats.shape[2] == len(PHI_NAMES) - 1
+    assert old.hist_ids[0][old.hist_mask[0] > 0].tolist() == [4, 3, 5]
+    with pytest.raises(ValueError, match="n_phi"):
+        _encoder(n_phi=0)
