@@ -19,6 +19,7 @@ from pipeline import BuiltBundle
 from tests.bundles import perturb_onnx
 from utpm.data.loading import load_dataset
 from utpm.data.protocol import split_protocol
+from utpm.features.history import PHI_NAMES
 from utpm.training.history import batch_tensors
 from utpm.training.run import load_run
 
@@ -129,6 +130,35 @@ def test_the_load_time_reference_check_covers_the_history_path(hist_built: Built
     damaged = load_bundle(copy, verify_hashes=False)
     with pytest.raises(BundleError, match="does not reproduce"):
         verify_reference(build_session(damaged.onnx_path), damaged)
+
+
+def test_the_bundle_holds_the_item_neighbours_and_its_parity_users_send_clicked_items(hist_built: BuiltBundle) -> None:
+    henc = load_bundle(hist_built.bundle).history_encoder()
+    assert henc.items is not None and len(henc.items.items) > 100 and henc.n_phi == len(PHI_NAMES)
+    reference = np.load(hist_built.bundle / "parity_reference.npz")  # the held-out users as the gate fed them
+    j = PHI_NAMES.index("item_neighbour_score")
+    assert np.abs(reference["feed__hist_feats"][..., j]).sum() > 0  # their scores read the items
+
+
+def test_a_bundle_with_fewer_phi_features_reads_the_first_ones_and_another_list_is_refused(
+    hist_built: BuiltBundle, tmp_path: Path
+) -> None:
+    from model_export.errors import BundleError
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(hist_built.bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    for names, ok in ((PHI_NAMES[:-1], True), (("log1p_count", "transition"), False)):
+        manifest["scorer"]["phi_names"] = list(names)
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+        b = load_bundle(copy, verify_hashes=False)
+        if ok:
+            henc = b.history_encoder()
+            assert henc.n_phi == len(PHI_NAMES) - 1
+            assert henc.encode([henc.parse({"clicked_tags": ["sci-fi"]})]).hist_feats.shape[2] == len(PHI_NAMES) - 1
+        else:
+            with pytest.raises(BundleError, match="re-export"):
+                b.history_encoder()
 
 
 def test_the_index_reports_the_two_stage_recall(hist_built: BuiltBundle) -> None:
