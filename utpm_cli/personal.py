@@ -10,6 +10,9 @@ whose #1 tag is the most common #1, next to the same users' own clicked-tag freq
 {value: count} form): how often each value occurs among the user's clicked history items (all of an
 item's tags, as the field holds them), in recency order. It is a second measurement
 next to the default one, not a replacement: a request with counts says more about the user.
+`--items` also sends the user's most recent distinct clicked items (at most `--values`, with their
+counts under `--counts`) as `clicked_items`, which the default model reads through its item
+neighbours.
 
 Quality of the same requests: the split's test users (held out from the bundle's training when it
 was trained on DATA: the split is its run's, seed and share of test users from its manifest unless
@@ -54,6 +57,9 @@ def bench_personal_cmd(
     ] = None,
     counts: Annotated[
         bool, typer.Option("--counts", help="Send each value with its count among the clicked history items.")
+    ] = False,
+    items: Annotated[
+        bool, typer.Option("--items", help="Also send the most recent distinct clicked items as clicked_items.")
     ] = False,
     quality: Annotated[
         bool, typer.Option(help="Also Prec@K of the test users' served lists beside the yardsticks.")
@@ -103,7 +109,7 @@ def bench_personal_cmd(
         fields = [f for f in ("clicked_tags", "clicked_categories") if f in engine.field_names and f in split.fields]
 
         def serve(i: int, limit: int) -> list[str]:
-            feats = request_features(split, i, fields, values, counts)
+            feats = request_features(split, i, fields, values, counts, items)
             user = engine.encode(feats, limit, False)
             profile = engine.compute([user])[0]
             unknown_only.append(user.all_unknown)  # read after compute: utpm-hist encodes there
@@ -145,6 +151,7 @@ def bench_personal_cmd(
         "k": k,
         "values": values,
         "counts": counts,
+        "items": items,
         "served": mine,
         "own_clicked_tags": theirs,
         "unknown_only_share": round(unknown_share, 4),
@@ -163,7 +170,8 @@ def bench_personal_cmd(
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2))
     s = mine
-    sent = f"{values} most recent distinct values per field" + (" with their counts" if counts else "")
+    sent = f"{values} most recent distinct values per field" + (" and items" if items else "")
+    sent += " with their counts" if counts else ""
     typer.echo(
         f"{model_name} ({sent}): {len(served)} users, top-{k} mean pairwise Jaccard {s['jaccard']:.3f}, "
         f"{s['distinct_tags']:.0f} distinct tags, #1 tag shared by {s['top1_share']:.0%} "
@@ -199,14 +207,21 @@ def clicked_counts(split: ProtocolSplit, user: int) -> dict[str, dict[str, float
 
 
 def request_features(
-    split: ProtocolSplit, user: int, fields: Sequence[str], values: int, counts: bool
+    split: ProtocolSplit, user: int, fields: Sequence[str], values: int, counts: bool, items: bool = False
 ) -> dict[str, Sequence[str] | Mapping[str, float]]:
     """User `user`'s request as the measurement sends it: the `values` most recent distinct values of
-    each field, with `counts` as {value: count} (`clicked_counts`)."""
+    each field, with `counts` as {value: count} (`clicked_counts`); with `items`, the `values` most
+    recent distinct clicked items too (`clicked_items`, counted the same way)."""
+    from utpm.features.history import ITEM_FIELD
+
     recent = {f: split.fields[f].row(user)[-values:] for f in fields}
+    clicked = split.clicked_items(user) if items else []
+    if clicked:
+        recent[ITEM_FIELD] = list(dict.fromkeys(reversed(clicked)))[:values][::-1]
     if not counts:
         return dict(recent)
     counted = clicked_counts(split, user)
+    counted[ITEM_FIELD] = dict(Counter(clicked))
     return {f: {v: counted.get(f, {}).get(v, 1.0) for v in vs} for f, vs in recent.items()}
 
 

@@ -14,7 +14,15 @@ from utpm.data.protocol import split_protocol, train_val_rows
 from utpm.evaluation.experiment import VAL_FRACTION
 from utpm.evaluation.yardsticks import YARDSTICKS, popularity, tag_order
 from utpm_cli.main import app
-from utpm_cli.personal import AGAINST, QUALITY_KS, SERVED, clicked_counts, quality_lines, served_quality
+from utpm_cli.personal import (
+    AGAINST,
+    QUALITY_KS,
+    SERVED,
+    clicked_counts,
+    quality_lines,
+    request_features,
+    served_quality,
+)
 
 
 def test_clicked_counts_are_occurrences_among_clicked_history_items_in_the_fields_recency_order() -> None:
@@ -30,6 +38,18 @@ def test_clicked_counts_are_occurrences_among_clicked_history_items_in_the_field
             for t in split.item_tags.row(int(item))
         ]
         assert counted == {t: float(tags.count(t)) for t in set(tags)}
+
+
+def test_items_are_sent_as_the_most_recent_distinct_clicked_items_with_their_counts() -> None:
+    split = split_protocol(synthetic_dataset(n_users=10, events=20), seed=0)
+    i = next(i for i in range(split.n_users) if len(set(split.clicked_items(i))) > 3)
+    clicked = split.clicked_items(i)
+    plain = request_features(split, i, ["clicked_tags"], 3, counts=False, items=True)
+    recent = list(dict.fromkeys(reversed(clicked)))[:3][::-1]
+    assert plain["clicked_items"] == recent and clicked[-1] == recent[-1]
+    counted = request_features(split, i, ["clicked_tags"], 3, counts=True, items=True)
+    assert counted["clicked_items"] == {v: float(clicked.count(v)) for v in recent}
+    assert "clicked_items" not in request_features(split, i, ["clicked_tags"], 3, counts=False)
 
 
 def test_served_quality_pairs_each_test_user_with_the_experiments_yardsticks(movielens_dir: Path) -> None:
