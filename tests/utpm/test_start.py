@@ -275,3 +275,26 @@ def test_the_start_counts_popularity_as_the_blend_chose_on_validation_users() ->
     assert all(np.array_equal(own_pop[i][1], st.own_pop[i][1]) for i in own_pop)
     by_events, _ = popularity_tables(split, st.train_rows, st.tags, TINY_HIST.N, "events")
     assert by_events[st.tags.lookup["botty"]] > by_events[st.tags.lookup["common"]]  # the crawler's count
+
+
+def test_with_start_items_after_a_request_without_items_gets_the_start_of_a_model_without_them() -> None:
+    """`start_items="after"`: every weight but the item score's is tuned on the examples without
+    their items, so those weights are the ones a model without item neighbours tunes; "joint" tunes
+    them with the items."""
+    from dataclasses import replace
+
+    from utpm.training.history import ITEM_FEATURE, tune_linear_start
+
+    split = split_protocol(synthetic_dataset(n_users=60, events=30), seed=0)
+    config = HistoryTrainConfig(preset=TINY_HIST, seed=0, history=HistoryOptions(item_neighbours=5))
+    after = tune_linear_start(prepare_history(split, config), config)
+    plain = replace(config, history=HistoryOptions(item_neighbours=0))
+    without = tune_linear_start(prepare_history(split, plain), plain)
+    others = {n: w for n, w in after.weights.items() if n != ITEM_FEATURE}
+    assert others == {n: w for n, w in without.weights.items() if n != ITEM_FEATURE}
+    assert after.w_bias == without.w_bias and without.weights[ITEM_FEATURE] == 0.0
+    assert after.start_score == without.start_score  # the blend's, which the items do not move
+    joint = replace(config, start_items="joint")
+    assert tune_linear_start(prepare_history(split, joint), joint).start_score == after.start_score
+    with pytest.raises(ValueError, match="start_items"):
+        HistoryTrainConfig(preset=TINY_HIST, start_items="sometimes")

@@ -43,6 +43,8 @@ from utpm.evaluation.yardsticks import Blend, popularity_counts, tune_blend
 from utpm.features.encoding import FeatureEncoder
 from utpm.features.history import (
     ITEM_FIELD,
+    ITEM_SCORE,
+    PHI_NAMES,
     TAG_FIELD,
     UNCLICKED_FIELD,
     FieldStats,
@@ -91,6 +93,9 @@ FULL_SOFTMAX_MAX_TAGS = 50_000
 _NEG = -1e9
 STARTS = ("tuned", "blend")
 DEFAULT_START = "tuned"
+# how the tuned start weighs the item neighbour score (`HistoryTrainConfig.start_items`)
+START_ITEMS = ("after", "joint")
+ITEM_FEATURE = PHI_NAMES[ITEM_SCORE]
 # `short_requests`: the most values per clicked field a short training request keeps, and the values
 # per clicked field of the validation users' short requests
 SHORT_REQUEST_MAX = 20
@@ -128,6 +133,10 @@ class HistoryTrainConfig(TrainConfig):
     start: str = DEFAULT_START
     # training examples (user, cut) the tuned start is chosen on (a seeded draw; 0: all of them)
     start_examples: int = 10_000
+    # "after": the tuned start's other weights are tuned on the examples sent without their clicked
+    # items, then the item neighbour score's weight alone with them, so that a request without
+    # `clicked_items` is scored as by a model without the items; "joint": every weight at once
+    start_items: str = "after"
     # A training budget: each epoch draws at most this many (user, cut) examples (0: all of them),
     # so that a long log costs epochs of bounded length.
     max_examples_per_epoch: int = 10_000
@@ -156,6 +165,8 @@ class HistoryTrainConfig(TrainConfig):
             raise ValueError(f"unknown loss {self.loss!r} for {HISTORY_MODEL}; valid: {HISTORY_LOSSES}")
         if self.start not in STARTS:
             raise ValueError(f"unknown start {self.start!r}; valid: {STARTS}")
+        if self.start_items not in START_ITEMS:
+            raise ValueError(f"unknown start_items {self.start_items!r}; valid: {START_ITEMS}")
         if self.sampled_negatives < 1:
             raise ValueError(f"sampled_negatives must be >= 1, got {self.sampled_negatives}")
         if not 0.0 <= self.short_requests <= 1.0:
@@ -944,25 +955,38 @@ def train_history(
 
 def tune_linear_start(st: HistorySetup, config: HistoryTrainConfig) -> TunedStart:
     """`tune_start` from the blend's a, c on (a seeded draw of `config.start_examples`) training
-    examples (`training_problem`)."""
+    examples (`training_problem`); with item neighbours and `start_items="after"`, in two steps:
+    every other weight on the examples without their items, then the item score's weight alone."""
     n = config.start_examples
     chosen = list(st.examples)
     if 0 < n < len(chosen):
         pick = np.sort(np.random.default_rng(config.seed + 2).permutation(len(chosen))[:n])
         chosen = [chosen[j] for j in pick.tolist()]
     blend = {"log1p_count": st.blend[0], "log1p_distinct_items": st.blend[1]}
-    return tune_start(training_problem(st, chosen), blend, tuple(config.early_stop_ks))
+    ks = tuple(config.early_stop_ks)
+    if config.history.item_neighbours <= 0 or config.start_items == "joint":
+        return tune_start(training_problem(st, chosen), blend, ks)
+    others = [name for name in PHI_NAMES if name != ITEM_FEATURE]
+    first = tune_start(training_problem(st, chosen, items=False), blend, ks, features=others)
+    second = tune_start(
+        training_problem(st, chosen), first.weights, ks, features=[ITEM_FEATURE], tune_bias=False, w_bias=first.w_bias
+    )
+    # the blend ranks alike with and without the items (their tags get no weight from it)
+    return replace(second, start_score=first.start_score, evaluations=first.evaluations + second.evaluations)
 
 
-def training_problem(st: HistorySetup, examples: Sequence[tuple[int, int]]) -> StartProblem:
+def training_problem(st: HistorySetup, examples: Sequence[tuple[int, int]], items: bool = True) -> StartProblem:
     """The `StartProblem` of training examples (user, cut), each encoded as the residual's training
     encodes it: tag statistics of the other half of the training users, b_t without the user's own
-    labels."""
+    labels; items=False sends them without their clicked items."""
     parts = [[ex for ex in examples if st.half[ex[0]] == k] for k in (0, 1)]
     ordered = parts[0] + parts[1]
-    batch = _concat(
-        [st.train_encs[k].encode([st.seqs.stats(i, h) for i, h in part]) for k, part in enumerate(parts) if part]
-    )
+
+    def stats(i: int, h: int) -> dict[str, FieldStats]:
+        s = st.seqs.stats(i, h)
+        return s if items else {name: v for name, v in s.items() if name != ITEM_FIELD}
+
+    batch = _concat([st.train_encs[k].encode([stats(i, h) for i, h in part]) for k, part in enumerate(parts) if part])
     return StartProblem.build(
         batch, st.bias, [st.seqs.label_tags(i, h) for i, h in ordered], st.tags, [st.own_pop[i] for i, _ in ordered]
     )

@@ -261,8 +261,9 @@ def tune_start(
     bias_grid: Sequence[float] = BIAS_GRID,
     sweeps: int = SWEEPS,
     tune_bias: bool = True,
+    w_bias: float = 1.0,
 ) -> TunedStart:
-    """Coordinate ascent on the mean Prec@k over `ks` of `problem`'s users, from w_b = 1 and `start`
+    """Coordinate ascent on the mean Prec@k over `ks` of `problem`'s users, from w_b = `w_bias` and `start`
     (by `PHI_NAMES`; the others 0): each sweep tries every grid value of b_t's weight and of each
     feature in `features` in turn, keeping the best (ties to the smaller |w|); it stops after `sweeps`
     sweeps or a sweep that changes nothing. Never scores below the start on `problem`."""
@@ -272,7 +273,7 @@ def tune_start(
     w = np.zeros(len(PHI_NAMES), np.float64)
     for name, v in start.items():
         w[PHI_NAMES.index(name)] = v
-    wb = 1.0
+    wb = w_bias
     n_eval = 1
     best = start_score = problem.score(wb, w, ks)
     for _ in range(sweeps):
