@@ -236,8 +236,9 @@ def structured_queries_for(bundle: Path, data_dir: Path, seed: int, n: int = 100
     return structured_queries(grouped, n, np.random.default_rng([seed, 11]))
 
 
-def write_payloads(data_dir: Path, seed: int, test_fraction: float, path: Path) -> None:
-    """Request bodies from held-out test users' raw features, one JSON object per line."""
+def write_payloads(data_dir: Path, seed: int, test_fraction: float, path: Path, items: bool = True) -> int:
+    """Request bodies from held-out test users' raw features (with their clicked items unless
+    `items` is False), one JSON object per line; returns how many."""
     from utpm.data.loading import load_dataset
     from utpm.data.protocol import split_protocol
 
@@ -246,7 +247,9 @@ def write_payloads(data_dir: Path, seed: int, test_fraction: float, path: Path) 
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as f:
         for i in rows:
-            f.write(json.dumps({"features": split.request(int(i))}) + "\n")
+            features = split.request(int(i)) if items else split.features(int(i))
+            f.write(json.dumps({"features": features}) + "\n")
+    return len(rows)
 
 
 def main(argv: list[str] | None = None) -> None:

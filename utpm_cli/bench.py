@@ -268,6 +268,24 @@ def bench_tune_cmd(
     )
 
 
+def bench_payloads_cmd(
+    data: Annotated[Path, typer.Argument(help="A data set in the generic format (e.g. artifacts/demo/data).")],
+    out: Annotated[Path, typer.Argument(callback=output_file, help="The JSON-lines file to write.")],
+    seed: Annotated[int, typer.Option(help="Seed of the protocol split (the bundle's training seed).")] = 0,
+    test_fraction: Annotated[float, typer.Option(min=0.01, max=1.0, help="Share of test users in the split.")] = 0.2,
+    items: Annotated[bool, typer.Option(help="Send each user's clicked items as clicked_items.")] = True,
+) -> None:
+    """Request bodies of a data set's held-out test users, for --payloads of the serving benchmarks."""
+    from loadtest.bundle import write_payloads
+    from utpm.data.errors import DataError
+
+    try:
+        n = write_payloads(data, seed, test_fraction, out, items)
+    except (DataError, OSError) as e:
+        fail(str(e))
+    typer.echo(f"wrote {n:,} request bodies{'' if items else ' (without clicked_items)'} to {out}")
+
+
 def bench_loop_cmd(
     ctx: typer.Context,
     bundle: Annotated[Path, typer.Argument(help="An indexed bundle (e.g. artifacts/demo/bundle).")],

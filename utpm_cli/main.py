@@ -17,6 +17,7 @@ from utpm_cli.ab import bench_ab_cmd, simulate_cmd
 from utpm_cli.bench import (
     bench_commits_cmd,
     bench_loop_cmd,
+    bench_payloads_cmd,
     bench_reliability_cmd,
     bench_report_cmd,
     bench_roofline_cmd,
@@ -81,6 +82,7 @@ bench_app.command("tune")(bench_tune_cmd)
 bench_app.command("roofline")(bench_roofline_cmd)
 bench_app.command("speed")(bench_speed_cmd)
 bench_app.command("loop")(bench_loop_cmd)
+bench_app.command("payloads")(bench_payloads_cmd)
 bench_app.command("reliability")(bench_reliability_cmd)
 bench_app.command("commits")(bench_commits_cmd)
 bench_app.command("report")(bench_report_cmd)
