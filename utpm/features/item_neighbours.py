@@ -28,6 +28,11 @@ from utpm.features.vocab import Vocabulary
 NEIGHBOURS = 50
 # a user's best items whose tags are scored
 TOP_ITEMS = 100
+# The co-click counting holds every (item, item) pair of a user's clicked items: each user's most
+# recent MAX_USER_ITEMS distinct items count, and past MAX_FIT_PAIRS pairs over all users (sum of
+# n_u^2) the neighbours come from a seeded sample of the users, as `TagStats`' counting does.
+MAX_USER_ITEMS = 3_000
+MAX_FIT_PAIRS = 100_000_000
 
 
 @dataclass
@@ -87,10 +92,13 @@ class ItemNeighbourTags:
         item_tag_ids: Callable[[int], np.ndarray],
         k: int = NEIGHBOURS,
         top_items: int = TOP_ITEMS,
+        max_user_items: int = MAX_USER_ITEMS,
+        max_pairs: int = MAX_FIT_PAIRS,
     ) -> ItemNeighbourTags:
-        """From each fitting user's clicked items (codes into the catalogue `item_ids`);
+        """From each fitting user's clicked items (codes into the catalogue `item_ids`, oldest first);
         `item_tag_ids(code)`: the tag ids (> OOV) an item gives. The vocabulary holds the items the
-        users clicked: no other item has a neighbour or is one."""
+        users clicked: no other item has a neighbour or is one. The counting's budget:
+        `_within_budget`."""
         codes = np.concatenate(clicked).astype(np.int64) if clicked else np.zeros(0, np.int64)
         items = Vocabulary.build(str(item_ids[c]) for c in codes.tolist())
         vid = np.full(len(item_ids), Vocabulary.OOV, np.int64)  # catalogue code -> vocabulary id
@@ -102,7 +110,7 @@ class ItemNeighbourTags:
         tag_indptr = np.zeros(len(items) + 1, np.int64)
         np.cumsum([len(t) for t in per_item], out=tag_indptr[1:])
         tag_ids = np.concatenate(per_item)
-        users = [vid[np.asarray(u, np.int64)] for u in clicked]
+        users = _within_budget([vid[np.asarray(u, np.int64)] for u in clicked], max_user_items, max_pairs)
         nb = ItemNeighbours.fit(users, len(items), np.diff(tag_indptr) > 0, k)
         # float32, as a bundle holds it: training and serving sum the same similarities
         nb.similarity = nb.similarity.astype(np.float32)
@@ -153,3 +161,22 @@ class ItemNeighbourTags:
             np.asarray(arrays[p + "tag_ids"], np.int32),
             int(arrays[p + "top_items"]),
         )
+
+
+def _within_budget(users: Sequence[np.ndarray], max_user_items: int, max_pairs: int) -> list[np.ndarray]:
+    """Each user's most recent `max_user_items` distinct items (oldest first in, any order out); past
+    `max_pairs` pairs in all (sum of n_u^2), a seeded sample: in a seeded order, each user whose pairs
+    still fit in what is left of the budget (the others count nothing)."""
+    kept = []
+    for u in users:
+        latest = np.unique(u[::-1], return_index=True)[1]  # each item's last click, counted from the end
+        kept.append(u[::-1][np.sort(latest)[:max_user_items]])
+    n_pairs = np.asarray([len(u) ** 2 for u in kept], np.int64)
+    if n_pairs.sum() <= max_pairs:
+        return kept
+    left, out = max_pairs, [np.zeros(0, np.int64)] * len(kept)
+    for j in np.random.default_rng(0).permutation(len(kept)).tolist():
+        if n_pairs[j] <= left:
+            out[j] = kept[j]
+            left -= int(n_pairs[j])
+    return out

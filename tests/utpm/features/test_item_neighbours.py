@@ -128,3 +128,20 @@ def test_item_candidates_bound_the_appended_tags_and_an_old_bundle_reads_fewer_f
     assert old.hist_ids[0][old.hist_mask[0] > 0].tolist() == [4, 3, 5]
     with pytest.raises(ValueError, match="n_phi"):
         _encoder(n_phi=0)
+
+
+def test_the_counting_keeps_each_users_most_recent_items_and_samples_users_past_the_budget() -> None:
+    from utpm.features.item_neighbours import _within_budget
+
+    users = [np.array([5, 3, 5, 7, 2]), np.array([1, 2]), np.array([4, 6, 8])]
+    kept = _within_budget(users, max_user_items=2, max_pairs=100)
+    assert sorted(kept[0].tolist()) == [2, 7]  # the two most recent distinct: 7, then 2
+    assert sorted(kept[1].tolist()) == [1, 2] and sorted(kept[2].tolist()) == [6, 8]
+    # a budget of 8 pairs: two users of 4 pairs each fit, the third counts nothing
+    sampled = _within_budget(users, max_user_items=2, max_pairs=8)
+    again = _within_budget(users, max_user_items=2, max_pairs=8)
+    assert sum(len(u) > 0 for u in sampled) == 2
+    assert [u.tolist() for u in sampled] == [u.tolist() for u in again]  # seeded
+    # fitted under a budget that leaves users out, the neighbours come from the others only
+    it = ItemNeighbourTags.fit(CLICKED, CATALOGUE, lambda c: np.asarray(ITEM_TAGS[c]), 10, max_pairs=0)
+    assert len(it.neighbours.items) == 0 and sorted(it.items.tokens[2:]) == CATALOGUE
