@@ -642,8 +642,9 @@ def _log1p(x: np.ndarray) -> np.ndarray:
 
 
 def compile_kernel() -> None:
-    """Compile the encoder's kernel and the large vocabularies' hash table now, or load them from
-    numba's cache (a serving image does this at build time, so that its processes start without
-    compiling)."""
+    """Compile the encoder's kernels (its candidates, the item neighbours' tag scores) and the large
+    vocabularies' hash table now, or load them from numba's cache (a serving image does this at
+    build time, so that its processes start without compiling)."""
     HistoryEncoder(FeatureEncoder([], {}), Vocabulary.build([]), 1).encode([{}])
+    ItemNeighbourTags.fit([np.array([0, 1])], ["a", "b"], lambda c: np.array([2])).tag_scores(np.array([2]))
     HashedLookup(["a"], {"a": 2}, Vocabulary.OOV).ids(["a", "b"], 2)

@@ -145,3 +145,35 @@ def test_the_counting_keeps_each_users_most_recent_items_and_samples_users_past_
     # fitted under a budget that leaves users out, the neighbours come from the others only
     it = ItemNeighbourTags.fit(CLICKED, CATALOGUE, lambda c: np.asarray(ITEM_TAGS[c]), 10, max_pairs=0)
     assert len(it.neighbours.items) == 0 and sorted(it.items.tokens[2:]) == CATALOGUE
+
+
+def _numpy_tag_scores(it: ItemNeighbourTags, clicked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The numpy version `tag_scores` replaced: the reference its compiled kernel must equal."""
+    clicked = np.unique(clicked[clicked > Vocabulary.OOV])
+    items, score = it.neighbours.scores(clicked, clicked, it.top_items)
+    if not len(items):
+        return np.zeros(0, np.int64), np.zeros(0, np.float64)
+    lo, hi = it.tag_indptr[items], it.tag_indptr[items + 1]
+    n = hi - lo
+    at = np.repeat(lo - np.cumsum(n) + n, n) + np.arange(int(n.sum()))
+    tags, inverse = np.unique(it.tag_ids[at].astype(np.int64), return_inverse=True)
+    total = np.bincount(inverse, weights=np.repeat(score, n), minlength=len(tags))
+    best = np.lexsort((tags, -total))
+    return tags[best], total[best] / total[best[0]]
+
+
+def test_the_compiled_tag_scores_give_the_bits_of_the_numpy_version() -> None:
+    rng = np.random.default_rng(0)
+    n_items, n_tags = 300, 40
+    catalogue = [f"i{j}" for j in range(n_items)]
+    tags_of = {j: rng.choice(np.arange(2, n_tags), rng.integers(0, 4), replace=False) for j in range(n_items)}
+    clicked = [rng.choice(n_items, rng.integers(1, 30)) for _ in range(200)]
+    for top_items in (100, 3):
+        it = ItemNeighbourTags.fit(clicked, catalogue, tags_of.__getitem__, k=20, top_items=top_items)
+        for _ in range(60):
+            mine = it.items.ids([catalogue[j] for j in rng.choice(n_items, rng.integers(0, 25))])
+            mine = np.append(mine, Vocabulary.OOV)  # ignored
+            got, want = it.tag_scores(mine), _numpy_tag_scores(it, mine)
+            assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist()
+        # the scratch is left clear: a second call gives the same
+        assert [x.tolist() for x in it.tag_scores(mine)] == [x.tolist() for x in got]
