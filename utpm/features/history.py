@@ -34,7 +34,8 @@ from utpm.features import history_kernel
 from utpm.features.encoding import FeatureEncoder
 from utpm.features.hashed_lookup import HashedLookup
 from utpm.features.item_neighbours import ItemNeighbourTags
-from utpm.features.pair_counts import count_pairs, top_neighbours
+from utpm.features.pair_counts import count_pairs, fitting_sample, top_neighbours
+from utpm.features.sorted_keys import find_sorted
 from utpm.features.spec import FieldKind
 from utpm.features.values import clean_values
 from utpm.features.vocab import Vocabulary
@@ -260,15 +261,8 @@ class TagStats:
         light = n_pairs <= max_user_pairs
         keep, n_pairs = [j for j, ok in zip(keep, light.tolist(), strict=True) if ok], n_pairs[light]
         if n_pairs.sum() > max_pairs:
-            # a seeded sample of users, all statistics from it: every pair must be held while counted.
-            # A user who does not fit is skipped, not the end of the sample (a cut there would drop
-            # every user after one large one).
-            left, fits = max_pairs, []
-            for j in np.random.default_rng(0).permutation(len(keep)).tolist():
-                if n_pairs[j] <= left:
-                    fits.append(j)
-                    left -= int(n_pairs[j])
-            keep = [keep[j] for j in sorted(fits)]
+            # a seeded sample of users, all statistics from it: every pair must be held while counted
+            keep = [keep[j] for j in fitting_sample(n_pairs, max_pairs)]
         n_users = len(keep)
         n_c = np.bincount(np.concatenate([ls[j] for j in keep] or [np.zeros(0, np.int64)]), minlength=n_tags)
         n_h = np.bincount(np.concatenate([hs[j] for j in keep] or [np.zeros(0, np.int64)]), minlength=n_tags)
@@ -373,7 +367,7 @@ class HistoryEncoder:
         self._scratch = history_kernel.Scratch()
         if stats is not None and stats.n_tags != len(tags):
             raise ValueError(f"tag statistics over {stats.n_tags} tags for a vocabulary of {len(tags)}")
-        if items is not None and len(items.tag_ids) and int(items.tag_ids.max()) >= len(tags):
+        if items is not None and items.n_tags > len(tags):
             raise ValueError(f"item tags beyond the tag vocabulary of {len(tags)}")
         for name in (TAG_FIELD, UNCLICKED_FIELD):
             if name in encoder.vocabs and encoder.vocabs[name] is not tags and encoder.vocabs[name] != tags:
@@ -438,11 +432,8 @@ class HistoryEncoder:
         col = _Column([u.get(s.name) for s in specs for u in users])
         vid = col.ids([self.encoder.vocabs[s.name] for s in specs])
         unknown: list[dict[str, list[str]]] = [{} for _ in range(b)]
-        miss = np.flatnonzero(vid == oov)
-        if len(miss):
-            values = col.values
-            for r, p in zip(col.row[miss].tolist(), miss.tolist(), strict=True):
-                unknown[r % b].setdefault(specs[r // b].name, []).append(values[p])
+        for r, value in col.unknown(vid):
+            unknown[r % b].setdefault(specs[r // b].name, []).append(value)
         known = np.zeros(b, bool)
         known[col.row[vid > oov] % b] = True
         col.array("count")  # built once: the tag fields' columns below share it
@@ -552,11 +543,8 @@ class HistoryEncoder:
         assert items is not None
         col = _Column([u.get(ITEM_FIELD) for u in users])
         ids = col.ids([items.items])
-        miss = np.flatnonzero(ids == Vocabulary.OOV)
-        if len(miss):
-            values = col.values
-            for r, p in zip(col.row[miss].tolist(), miss.tolist(), strict=True):
-                unknown[r].setdefault(ITEM_FIELD, []).append(values[p])
+        for r, value in col.unknown(ids):
+            unknown[r].setdefault(ITEM_FIELD, []).append(value)
         known[col.row[ids > Vocabulary.OOV]] = True
         filled = hist_mask.sum(axis=1).astype(np.int64)
         for u in np.flatnonzero(col.lens).tolist():
@@ -565,8 +553,7 @@ class HistoryEncoder:
                 continue
             n = int(filled[u])
             order = np.argsort(hist_ids[u, :n], kind="stable")
-            at = np.minimum(np.searchsorted(hist_ids[u, :n], tag_ids, sorter=order), max(n - 1, 0))
-            hit = (hist_ids[u, order[at]] == tag_ids) if n else np.zeros(len(tag_ids), bool)
+            at, hit = find_sorted(hist_ids[u, order], tag_ids)
             hist_feats[u, order[at[hit]], ITEM_SCORE] = score[hit]
             new, new_score = tag_ids[~hit][: self.item_candidates], score[~hit][: self.item_candidates]
             end = n + len(new)
@@ -602,6 +589,14 @@ class _Column:
     @property
     def values(self) -> list[str]:
         return list(chain.from_iterable(st.values for st in self.stats if st is not None))
+
+    def unknown(self, ids: np.ndarray) -> list[tuple[int, str]]:
+        """(row, value) of every value whose id (`ids`, from `ids`) is the OOV bucket, in order."""
+        miss = np.flatnonzero(ids == Vocabulary.OOV)
+        if not len(miss):
+            return []
+        values = self.values
+        return [(r, values[p]) for r, p in zip(self.row[miss].tolist(), miss.tolist(), strict=True)]
 
     def ids(self, vocabs: Sequence[Vocabulary]) -> np.ndarray:
         """The values' ids (OOV when not found): the rows in len(vocabs) equal blocks, block j's

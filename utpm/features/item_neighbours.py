@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from utpm.features.compiled import compiled
-from utpm.features.pair_counts import count_pairs, top_neighbours
+from utpm.features.pair_counts import count_pairs, fitting_sample, top_neighbours
 from utpm.features.vocab import Vocabulary
 
 # neighbours kept per item: 50 did as well as 200 on validation users (docs/results.md)
@@ -159,9 +159,13 @@ class ItemNeighbourTags:
     tag_indptr: np.ndarray
     tag_ids: np.ndarray
     top_items: int = TOP_ITEMS
-    _scratch: _Scratch = field(default_factory=lambda: _Scratch(), init=False, repr=False, compare=False)
+    _scratch: _Scratch = field(default_factory=_Scratch, init=False, repr=False, compare=False)
 
     PREFIX = "items_"
+
+    def __post_init__(self) -> None:
+        # one past the highest tag id an item gives: the size of the tag scratch, read per request
+        self.n_tags = int(self.tag_ids.max()) + 1 if len(self.tag_ids) else 0
 
     @classmethod
     def fit(
@@ -219,11 +223,6 @@ class ItemNeighbourTags:
             tag_total,
         )
 
-    @property
-    def n_tags(self) -> int:
-        """One past the highest tag id an item gives."""
-        return int(self.tag_ids.max()) + 1 if len(self.tag_ids) else 0
-
     def to_arrays(self) -> dict[str, np.ndarray]:
         p = self.PREFIX
         return {
@@ -264,8 +263,7 @@ def _ranges(indptr: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 def _within_budget(users: Sequence[np.ndarray], max_user_items: int, max_pairs: int) -> list[np.ndarray]:
     """Each user's most recent `max_user_items` distinct items (oldest first in, any order out); past
-    `max_pairs` pairs in all (sum of n_u^2), a seeded sample: in a seeded order, each user whose pairs
-    still fit in what is left of the budget (the others count nothing)."""
+    `max_pairs` pairs in all (sum of n_u^2), only the users of `fitting_sample` (the others count nothing)."""
     kept = []
     for u in users:
         latest = np.unique(u[::-1], return_index=True)[1]  # each item's last click, counted from the end
@@ -273,9 +271,7 @@ def _within_budget(users: Sequence[np.ndarray], max_user_items: int, max_pairs: 
     n_pairs = np.asarray([len(u) ** 2 for u in kept], np.int64)
     if n_pairs.sum() <= max_pairs:
         return kept
-    left, out = max_pairs, [np.zeros(0, np.int64)] * len(kept)
-    for j in np.random.default_rng(0).permutation(len(kept)).tolist():
-        if n_pairs[j] <= left:
-            out[j] = kept[j]
-            left -= int(n_pairs[j])
+    out = [np.zeros(0, np.int64)] * len(kept)
+    for j in fitting_sample(n_pairs, max_pairs):
+        out[j] = kept[j]
     return out

@@ -43,6 +43,18 @@ def top_neighbours(indptr: np.ndarray, score: np.ndarray, k: int) -> tuple[np.nd
     return _top_neighbours(indptr, score, k)
 
 
+def fitting_sample(n_pairs: np.ndarray, budget: int) -> list[int]:
+    """The users (indices, ascending) whose pairs are counted under `budget` pairs in all: in a seeded
+    order, each user whose pairs still fit in what is left. A user who does not fit is skipped, not
+    the end of the sample (a cut there would drop every user after one large one)."""
+    left, fits = budget, []
+    for j in np.random.default_rng(0).permutation(len(n_pairs)).tolist():
+        if n_pairs[j] <= left:
+            fits.append(j)
+            left -= int(n_pairs[j])
+    return sorted(fits)
+
+
 def _flat(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     bounds = np.zeros(len(arrays) + 1, np.int64)
     np.cumsum([len(a) for a in arrays], out=bounds[1:])
