@@ -233,7 +233,7 @@ def stage_dataset(data_dir: Path, out: Path, say: Callable[[str], None] | None =
     tmp = staged.with_suffix(".jsonl.tmp")
     with tmp.open("wb") as f:
         for i in range(users.n_users):
-            f.write(orjson.dumps({"user_id": str(users.user_ids[i]), "features": users.features(i)}) + b"\n")
+            f.write(orjson.dumps({"user_id": str(users.user_ids[i]), "features": users.request(i)}) + b"\n")
     os.replace(tmp, staged)
     meta = {"identity": identity, "users": users.n_users, "events": "all", "clicked_items": True}
     meta_path.write_text(json.dumps(meta, indent=2))

@@ -318,18 +318,21 @@ class CurrentFeatures:
     user_ids: np.ndarray
     fields: dict[str, Ragged]
     # each user's clicked items, oldest first (the most recent `max_history`): the request's `clicked_items`
-    items: Ragged | None = None
+    items: Ragged
 
     @property
     def n_users(self) -> int:
         return len(self.user_ids)
 
     def features(self, i: int) -> dict[str, list[str]]:
-        """User i's features and clicked items, as the service would receive them."""
-        out = {name: r.row(i) for name, r in self.fields.items() if r.offsets[i + 1] > r.offsets[i]}
-        if self.items is not None and self.items.offsets[i + 1] > self.items.offsets[i]:
-            out[ITEM_FIELD] = self.items.row(i)
-        return out
+        """User i's feature fields."""
+        return {name: r.row(i) for name, r in self.fields.items() if r.offsets[i + 1] > r.offsets[i]}
+
+    def request(self, i: int) -> dict[str, list[str]]:
+        """User i's features and clicked items, as a client of the service sends them (as
+        `ProtocolSplit.request`)."""
+        items = self.items.row(i)
+        return {**self.features(i), ITEM_FIELD: items} if items else self.features(i)
 
 
 def current_features(data: Dataset, max_history: int = 100) -> CurrentFeatures:
