@@ -211,17 +211,17 @@ def request_features(
 ) -> dict[str, Sequence[str] | Mapping[str, float]]:
     """User `user`'s request as the measurement sends it: the `values` most recent distinct values of
     each field, with `counts` as {value: count} (`clicked_counts`); with `items`, the `values` most
-    recent distinct clicked items too (`clicked_items`, counted the same way)."""
+    recent distinct clicked items too (`clicked_items`; the model reads no item counts, so each
+    counts 1)."""
     from utpm.features.history import ITEM_FIELD
 
     recent = {f: split.fields[f].row(user)[-values:] for f in fields}
-    clicked = split.clicked_items(user) if items else []
+    clicked = split.clicked_items(user)[-values:] if items else []
     if clicked:
-        recent[ITEM_FIELD] = list(dict.fromkeys(reversed(clicked)))[:values][::-1]
+        recent[ITEM_FIELD] = clicked
     if not counts:
         return dict(recent)
     counted = clicked_counts(split, user)
-    counted[ITEM_FIELD] = dict(Counter(clicked))
     return {f: {v: counted.get(f, {}).get(v, 1.0) for v in vs} for f, vs in recent.items()}
 
 

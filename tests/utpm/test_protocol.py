@@ -9,7 +9,7 @@ import pandas as pd
 
 from utpm.data import load_dataset
 from utpm.data.loading import Dataset
-from utpm.data.protocol import split_protocol
+from utpm.data.protocol import current_features, split_protocol
 from utpm.features.spec import FieldKind
 
 
@@ -75,6 +75,17 @@ def test_clicked_tags_keep_the_most_recent_unique_values() -> None:
     assert all(len(v) <= 2 for v in split.features(0).values())
     full = split_protocol(tiny_dataset(), seed=0)
     assert split.features(0)["clicked_tags"] == full.features(0)["clicked_tags"][-2:]
+
+
+def test_clicked_items_are_the_most_recent_distinct_ones_oldest_first_by_last_click() -> None:
+    split = split_protocol(tiny_dataset(), seed=0)
+    # user 1's clicked history items by time: e d c a e d
+    assert split.clicked_items(0) == ["c", "a", "e", "d"] == split.request(0)["clicked_items"]
+    assert split_protocol(tiny_dataset(), seed=0, max_history=2).clicked_items(0) == ["e", "d"]
+    # every event: e d c a e d b a
+    now = current_features(tiny_dataset())
+    assert now.request(list(now.user_ids).index("1"))["clicked_items"] == ["c", "e", "d", "b", "a"]
+    assert current_features(tiny_dataset(), max_history=2).request(0)["clicked_items"] == ["b", "a"]
 
 
 def test_user_split_is_deterministic_per_seed_and_depends_on_it(movielens_dir: Path) -> None:

@@ -136,11 +136,12 @@ class ProtocolSplit:
         return {name: r.row(i) for name, r in self.fields.items() if r.offsets[i + 1] > r.offsets[i]}
 
     def clicked_items(self, i: int) -> list[str]:
-        """The items of user i's label-1 history events, oldest first, the most recent `max_history`
-        of them (as each field keeps): the request's `clicked_items`."""
+        """The distinct items of user i's label-1 history events, oldest first by last click, the most
+        recent `max_history` of them (as each field keeps its values): the request's `clicked_items`."""
         lo, hi = self.history.offsets[i], self.history.offsets[i + 1]
-        codes = self.history.codes[lo:hi][self.history_values[lo:hi] == 1][-self.max_history :]
-        return [str(v) for v in self.item_ids[codes].tolist()]
+        codes = self.history.codes[lo:hi][self.history_values[lo:hi] == 1]
+        recent = list(dict.fromkeys(codes[::-1].tolist()))[: self.max_history]  # newest first
+        return [str(v) for v in self.item_ids[recent[::-1]].tolist()]
 
     def request(self, i: int) -> dict[str, list[str]]:
         """User i's features and clicked items, as a client of the service sends them."""
@@ -317,7 +318,8 @@ class CurrentFeatures:
 
     user_ids: np.ndarray
     fields: dict[str, Ragged]
-    # each user's clicked items, oldest first (the most recent `max_history`): the request's `clicked_items`
+    # each user's distinct clicked items, oldest first by last click (the most recent `max_history`): the
+    # request's `clicked_items`
     items: Ragged
 
     @property
@@ -359,17 +361,13 @@ def current_features(data: Dataset, max_history: int = 100) -> CurrentFeatures:
 
 
 def _recent_clicked_items(ev: pd.DataFrame, user_codes: np.ndarray, n_users: int, max_history: int) -> Ragged:
-    """Each user's clicked items (label 1), oldest first, the most recent `max_history` of them;
-    `ev` sorted by user, then time (`_sorted_events`)."""
+    """Each user's distinct clicked items (label 1), oldest first by last click, the most recent
+    `max_history` of them, as each field keeps its values; `ev` sorted by user, then time
+    (`_sorted_events`)."""
     clicked = ev["label"].to_numpy() == 1
-    users = user_codes[clicked]
-    ids = ev["item_id"].to_numpy()[clicked].astype(str)
-    n = np.bincount(users, minlength=n_users)
-    ends = np.cumsum(n)
-    keep = ends[users] - np.arange(len(users)) <= max_history  # the last max_history of each user's run
-    offsets = np.zeros(n_users + 1, np.int64)
-    np.cumsum(np.minimum(n, max_history), out=offsets[1:])
-    return Ragged(offsets, np.arange(int(keep.sum()), dtype=np.int64), ids[keep].astype(object))
+    ids, codes = np.unique(ev["item_id"].to_numpy()[clicked].astype(str), return_inverse=True)
+    each_itself = Ragged(np.arange(len(ids) + 1), np.arange(len(ids)), ids.astype(object))  # item -> [item]
+    return _history_field(user_codes[clicked], codes, each_itself, n_users, max_history)
 
 
 def clicked_items_tag_counts(data: Dataset) -> np.ndarray:

@@ -30,6 +30,9 @@ from utpm.features.vocab import Vocabulary
 NEIGHBOURS = 50
 # a user's best items whose tags are scored
 TOP_ITEMS = 100
+# a user's most recent distinct clicked items that are read: what a request built from the log
+# carries, so that a training example reads what a served request can; it also bounds a request's cost
+RECENT_ITEMS = 100
 # The co-click counting holds every (item, item) pair of a user's clicked items: each user's most
 # recent MAX_USER_ITEMS distinct items count, and past MAX_FIT_PAIRS pairs over all users (sum of
 # n_u^2) the neighbours come from a seeded sample of the users, as `TagStats`' counting does.
@@ -159,6 +162,7 @@ class ItemNeighbourTags:
     tag_indptr: np.ndarray
     tag_ids: np.ndarray
     top_items: int = TOP_ITEMS
+    recent_items: int = RECENT_ITEMS
     _scratch: _Scratch = field(default_factory=_Scratch, init=False, repr=False, compare=False)
 
     PREFIX = "items_"
@@ -175,6 +179,7 @@ class ItemNeighbourTags:
         item_tag_ids: Callable[[int], np.ndarray],
         k: int = NEIGHBOURS,
         top_items: int = TOP_ITEMS,
+        recent_items: int = RECENT_ITEMS,
         max_user_items: int = MAX_USER_ITEMS,
         max_pairs: int = MAX_FIT_PAIRS,
     ) -> ItemNeighbourTags:
@@ -197,17 +202,21 @@ class ItemNeighbourTags:
         nb = ItemNeighbours.fit(users, len(items), np.diff(tag_indptr) > 0, k)
         # float32, as a bundle holds it: training and serving sum the same similarities
         nb.similarity = nb.similarity.astype(np.float32)
-        return cls(items, nb, tag_indptr, tag_ids, top_items)
+        return cls(items, nb, tag_indptr, tag_ids, top_items, recent_items)
 
     def tag_scores(self, clicked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A user's tag ids and scores in (0, 1], best first (ties by tag id): the tags of their best
         `top_items` unclicked items (`ItemNeighbours.scores`), each weighted by its item's score, over
-        the user's highest. `clicked`: item ids of this vocabulary (OOV and padding ignored).
+        the user's highest. `clicked`: item ids of this vocabulary, distinct, oldest first, of which
+        the most recent `recent_items` are read (0: all); OOV and padding take their place and are ignored.
 
         Compiled (`_user_tags`): it runs for every request that carries items, in the batch thread,
         and numpy's per-call overheads were most of its cost; it gives the bits of the numpy
         version (tests/utpm/features/test_item_neighbours.py holds the two equal)."""
-        clicked = np.unique(np.asarray(clicked, np.int64))
+        clicked = np.asarray(clicked, np.int64)
+        if self.recent_items > 0:
+            clicked = clicked[-self.recent_items :]
+        clicked = np.unique(clicked)
         clicked = clicked[clicked > Vocabulary.OOV]
         nb = self.neighbours
         item_score, tag_total = self._scratch.arrays(len(nb.indptr) - 1, self.n_tags)
@@ -233,6 +242,7 @@ class ItemNeighbourTags:
             p + "tag_indptr": self.tag_indptr,
             p + "tag_ids": self.tag_ids.astype(np.int32),
             p + "top_items": np.asarray(self.top_items, np.int64),
+            p + "recent_items": np.asarray(self.recent_items, np.int64),
         }
 
     @classmethod
@@ -251,6 +261,8 @@ class ItemNeighbourTags:
             np.asarray(arrays[p + "tag_indptr"], np.int64),
             np.asarray(arrays[p + "tag_ids"], np.int32),
             int(arrays[p + "top_items"]),
+            # bundles exported before the setting read up to what their requests carried
+            int(arrays[p + "recent_items"]) if p + "recent_items" in arrays else RECENT_ITEMS,
         )
 
 

@@ -59,6 +59,8 @@ class HistoryOptions:
     # 0 neighbours: off
     item_neighbours: int = 50
     item_candidates: int = 100
+    # a user's most recent distinct clicked items that are read, in training as in serving (0: all)
+    recent_items: int = 100
     # True: the history fields count every tag of a clicked (or unclicked) item, as a request built from
     # the user's events carries them; False: an item's first N, the ones C takes (chosen on validation
     # users: docs/results.md, "Every tag of an item")

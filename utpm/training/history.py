@@ -356,7 +356,11 @@ def fit_item_tags(
     clicked = [seqs.items[i][seqs.labels[i] == 1] for i in rows.tolist()]
     item_tags = seqs.label_item_tags
     return ItemNeighbourTags.fit(
-        clicked, seqs.item_ids, lambda c: tags.ids_of(item_tags[c], len(item_tags[c])), options.item_neighbours
+        clicked,
+        seqs.item_ids,
+        lambda c: tags.ids_of(item_tags[c], len(item_tags[c])),
+        options.item_neighbours,
+        recent_items=options.recent_items,
     )
 
 

@@ -72,10 +72,28 @@ def test_item_tags_score_the_tags_of_the_best_unclicked_items_over_the_users_hig
     assert it.tag_scores(np.zeros(0, np.int64))[0].tolist() == []
 
 
+def test_only_the_most_recent_clicked_items_are_read() -> None:
+    it = _item_tags()
+    a, b, d = it.items.ids(["a", "b", "d"]).tolist()
+    it.recent_items = 1
+    # oldest first: with one read, a and b are as if not clicked, so they are scored as d's neighbours
+    # (d's neighbours are nobody: d was clicked alone), and nothing is left
+    assert it.tag_scores(np.array([a, b, d]))[0].tolist() == []
+    latest_a, a_alone = it.tag_scores(np.array([d, b, a])), it.tag_scores(np.array([a]))
+    assert [x.tolist() for x in latest_a] == [x.tolist() for x in a_alone]
+    it.recent_items = 0  # every item
+    assert it.tag_scores(np.array([a, b, d]))[0].tolist() != []
+
+
 def test_item_tags_round_trip_through_arrays() -> None:
     it = _item_tags(k=2)
+    it.recent_items = 7
     back = ItemNeighbourTags.from_arrays(it.to_arrays())
     assert back is not None and back.items.tokens == it.items.tokens and back.top_items == it.top_items
+    assert back.recent_items == 7
+    # a bundle exported before the setting reads what its requests carried
+    old = {k: v for k, v in it.to_arrays().items() if not k.endswith("recent_items")}
+    assert ItemNeighbourTags.from_arrays(old).recent_items == 100  # type: ignore[union-attr]
     ids = it.items.ids(["a", "d"])
     assert [x.tolist() for x in back.tag_scores(ids)] == [x.tolist() for x in it.tag_scores(ids)]
     assert ItemNeighbourTags.from_arrays({}) is None
