@@ -81,11 +81,11 @@ def test_clicked_items_are_the_most_recent_distinct_ones_oldest_first_by_last_cl
     split = split_protocol(tiny_dataset(), seed=0)
     # user 1's clicked history items by time: e d c a e d
     assert split.clicked_items(0) == ["c", "a", "e", "d"] == split.request(0)["clicked_items"]
-    assert split_protocol(tiny_dataset(), seed=0, max_history=2).clicked_items(0) == ["e", "d"]
+    assert split_protocol(tiny_dataset(), seed=0, max_items=2).clicked_items(0) == ["e", "d"]
     # every event: e d c a e d b a
     now = current_features(tiny_dataset())
     assert now.request(list(now.user_ids).index("1"))["clicked_items"] == ["c", "e", "d", "b", "a"]
-    assert current_features(tiny_dataset(), max_history=2).request(0)["clicked_items"] == ["b", "a"]
+    assert current_features(tiny_dataset(), max_items=2).request(0)["clicked_items"] == ["b", "a"]
 
 
 def test_user_split_is_deterministic_per_seed_and_depends_on_it(movielens_dir: Path) -> None:

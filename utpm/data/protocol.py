@@ -31,6 +31,7 @@ import pandas as pd
 
 from utpm.data.loading import Dataset
 from utpm.features.history import ITEM_FIELD
+from utpm.features.item_neighbours import RECENT_ITEMS
 from utpm.features.spec import FieldKind
 
 
@@ -118,6 +119,8 @@ class ProtocolSplit:
     test_fraction: float
     max_history: int
     dropped_users: int = 0
+    # the clicked items a request carries: as many as the history encoder reads
+    max_items: int = RECENT_ITEMS
     stats: dict[str, int] = field(default_factory=dict)
     source: str = ""
     # Every multi-valued item column (tags, categories, ...) as a Ragged over items; the history
@@ -137,10 +140,10 @@ class ProtocolSplit:
 
     def clicked_items(self, i: int) -> list[str]:
         """The distinct items of user i's label-1 history events, oldest first by last click, the most
-        recent `max_history` of them (as each field keeps its values): the request's `clicked_items`."""
+        recent `max_items` of them (as each field keeps its values): the request's `clicked_items`."""
         lo, hi = self.history.offsets[i], self.history.offsets[i + 1]
         codes = self.history.codes[lo:hi][self.history_values[lo:hi] == 1]
-        recent = list(dict.fromkeys(codes[::-1].tolist()))[: self.max_history]  # newest first
+        recent = list(dict.fromkeys(codes[::-1].tolist()))[: self.max_items]  # newest first
         return [str(v) for v in self.item_ids[recent[::-1]].tolist()]
 
     def request(self, i: int) -> dict[str, list[str]]:
@@ -215,6 +218,7 @@ def split_protocol(
     history_fraction: float = 0.8,
     test_fraction: float = 0.2,
     max_history: int = 100,
+    max_items: int = RECENT_ITEMS,
 ) -> ProtocolSplit:
     """Apply the paper's protocol to `data` (see the module docstring)."""
     if not 0.0 < history_fraction < 1.0:
@@ -265,6 +269,7 @@ def split_protocol(
         test_fraction=test_fraction,
         max_history=max_history,
         dropped_users=dropped,
+        max_items=max_items,
         stats={"history_events": int(hist.sum()), "label_events": int(lab.sum())},
         source=data.source,
         item_columns=item_lists,
@@ -318,7 +323,7 @@ class CurrentFeatures:
 
     user_ids: np.ndarray
     fields: dict[str, Ragged]
-    # each user's distinct clicked items, oldest first by last click (the most recent `max_history`): the
+    # each user's distinct clicked items, oldest first by last click (the most recent `max_items`): the
     # request's `clicked_items`
     items: Ragged
 
@@ -337,7 +342,7 @@ class CurrentFeatures:
         return {**self.features(i), ITEM_FIELD: items} if items else self.features(i)
 
 
-def current_features(data: Dataset, max_history: int = 100) -> CurrentFeatures:
+def current_features(data: Dataset, max_history: int = 100, max_items: int = RECENT_ITEMS) -> CurrentFeatures:
     """Every user's feature fields built as the protocol builds them, but from all of the user's events:
     what a profile for serving is computed from. The protocol's cut (`split_protocol`) is for
     evaluation: it keeps each user's most recent fifth of events as labels, out of the features, and
@@ -357,17 +362,17 @@ def current_features(data: Dataset, max_history: int = 100) -> CurrentFeatures:
     every = np.ones(len(ev), dtype=bool)
     label = ev["label"].to_numpy()
     fields, _ = _feature_fields(data, user_ids, user_codes, item_idx, label, every, item_lists, max_history)
-    return CurrentFeatures(user_ids, fields, _recent_clicked_items(ev, user_codes, len(user_ids), max_history))
+    return CurrentFeatures(user_ids, fields, _recent_clicked_items(ev, user_codes, len(user_ids), max_items))
 
 
-def _recent_clicked_items(ev: pd.DataFrame, user_codes: np.ndarray, n_users: int, max_history: int) -> Ragged:
+def _recent_clicked_items(ev: pd.DataFrame, user_codes: np.ndarray, n_users: int, max_items: int) -> Ragged:
     """Each user's distinct clicked items (label 1), oldest first by last click, the most recent
-    `max_history` of them, as each field keeps its values; `ev` sorted by user, then time
+    `max_items` of them, as each field keeps its values; `ev` sorted by user, then time
     (`_sorted_events`)."""
     clicked = ev["label"].to_numpy() == 1
     ids, codes = np.unique(ev["item_id"].to_numpy()[clicked].astype(str), return_inverse=True)
     each_itself = Ragged(np.arange(len(ids) + 1), np.arange(len(ids)), ids.astype(object))  # item -> [item]
-    return _history_field(user_codes[clicked], codes, each_itself, n_users, max_history)
+    return _history_field(user_codes[clicked], codes, each_itself, n_users, max_items)
 
 
 def clicked_items_tag_counts(data: Dataset) -> np.ndarray:

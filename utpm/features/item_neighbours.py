@@ -30,9 +30,10 @@ from utpm.features.vocab import Vocabulary
 NEIGHBOURS = 50
 # a user's best items whose tags are scored
 TOP_ITEMS = 100
-# a user's most recent distinct clicked items that are read: what a request built from the log
-# carries, so that a training example reads what a served request can; it also bounds a request's cost
-RECENT_ITEMS = 100
+# a user's most recent distinct clicked items that are read, by a training example as by a request (a
+# request built from the log carries as many); 1000 did better than 100 and 300 on validation users
+# (docs/results.md), and it bounds what one request costs
+RECENT_ITEMS = 1000
 # The co-click counting holds every (item, item) pair of a user's clicked items: each user's most
 # recent MAX_USER_ITEMS distinct items count, and past MAX_FIT_PAIRS pairs over all users (sum of
 # n_u^2) the neighbours come from a seeded sample of the users, as `TagStats`' counting does.

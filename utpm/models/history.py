@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from utpm.features.history import PHI_NAMES, TAG_FIELD
+from utpm.features.item_neighbours import RECENT_ITEMS
 from utpm.features.spec import FieldSpec
 from utpm.models.presets import Preset
 from utpm.models.user_model import Architecture, CrossKind, UserModel, check_cross
@@ -60,7 +61,7 @@ class HistoryOptions:
     item_neighbours: int = 50
     item_candidates: int = 100
     # a user's most recent distinct clicked items that are read, in training as in serving (0: all)
-    recent_items: int = 100
+    recent_items: int = RECENT_ITEMS
     # True: the history fields count every tag of a clicked (or unclicked) item, as a request built from
     # the user's events carries them; False: an item's first N, the ones C takes (chosen on validation
     # users: docs/results.md, "Every tag of an item")

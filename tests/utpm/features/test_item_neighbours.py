@@ -10,7 +10,7 @@ import pytest
 
 from utpm.features.encoding import FeatureEncoder
 from utpm.features.history import ITEM_FIELD, PHI_NAMES, TAG_FIELD, HistoryEncoder, stats_from_sequence
-from utpm.features.item_neighbours import ItemNeighbours, ItemNeighbourTags
+from utpm.features.item_neighbours import RECENT_ITEMS, ItemNeighbours, ItemNeighbourTags
 from utpm.features.spec import FieldKind, FieldSpec
 from utpm.features.vocab import Vocabulary
 
@@ -93,7 +93,7 @@ def test_item_tags_round_trip_through_arrays() -> None:
     assert back.recent_items == 7
     # a bundle exported before the setting reads what its requests carried
     old = {k: v for k, v in it.to_arrays().items() if not k.endswith("recent_items")}
-    assert ItemNeighbourTags.from_arrays(old).recent_items == 100  # type: ignore[union-attr]
+    assert ItemNeighbourTags.from_arrays(old).recent_items == RECENT_ITEMS  # type: ignore[union-attr]
     ids = it.items.ids(["a", "d"])
     assert [x.tolist() for x in back.tag_scores(ids)] == [x.tolist() for x in it.tag_scores(ids)]
     assert ItemNeighbourTags.from_arrays({}) is None
