@@ -59,7 +59,10 @@ def bench_personal_cmd(
         bool, typer.Option("--counts", help="Send each value with its count among the clicked history items.")
     ] = False,
     items: Annotated[
-        bool, typer.Option("--items", help="Also send the most recent distinct clicked items as clicked_items.")
+        bool,
+        typer.Option(
+            "--items", help="Also send the most recent distinct clicked items (at most --values) as clicked_items."
+        ),
     ] = False,
     quality: Annotated[
         bool, typer.Option(help="Also Prec@K of the test users' served lists beside the yardsticks.")

@@ -14,6 +14,7 @@ from tests.datasets import synthetic_dataset
 from tests.utpm.features.reference_history import reference_transition
 from utpm.data.protocol import split_protocol, train_val_rows
 from utpm.features.history import (
+    ITEM_FIELD,
     PHI_NAMES,
     UNCLICKED_FIELD,
     FieldStats,
@@ -512,3 +513,22 @@ def test_bootstrap_intervals_do_not_depend_on_the_order_the_runs_finished_in() -
         other = key[(row["model"], row["k"])]
         assert row["ci95"] == other["ci95"] and row.get("vs") == other.get("vs")
     assert any(r.get("vs") for r in first)
+
+
+def test_a_training_example_reads_the_clicked_items_its_request_carries() -> None:
+    """A training example at the protocol's cut gives every clicked item; of them the item
+    neighbours read the most recent `recent_items`, which are what `ProtocolSplit.request` sends."""
+    n = 4
+    split = split_protocol(synthetic_dataset(n_users=20, events=30), seed=0, max_items=n)
+    rows = np.arange(split.n_users)
+    henc, seqs = _encoder(split, rows)
+    items = fit_item_tags(seqs, rows, henc.tags, HistoryOptions(recent_items=n))
+    longer = 0
+    for i in range(split.n_users):
+        example = seqs.stats(i).get(ITEM_FIELD)
+        sent = split.request(i).get(ITEM_FIELD, [])
+        assert (example.values[-n:] if example else []) == sent
+        longer += example is not None and len(example) > n
+        read, served = (items.tag_scores(items.items.ids(v)) for v in (example.values if example else [], sent))
+        assert [x.tolist() for x in read] == [x.tolist() for x in served]
+    assert longer > 0  # the cap binds for some users
