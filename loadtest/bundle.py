@@ -236,13 +236,18 @@ def structured_queries_for(bundle: Path, data_dir: Path, seed: int, n: int = 100
     return structured_queries(grouped, n, np.random.default_rng([seed, 11]))
 
 
-def write_payloads(data_dir: Path, seed: int, test_fraction: float, path: Path, items: bool = True) -> int:
+def write_payloads(
+    data_dir: Path, seed: int, test_fraction: float, path: Path, items: bool = True, max_items: int | None = None
+) -> int:
     """Request bodies from held-out test users' raw features (with their clicked items unless
-    `items` is False), one JSON object per line; returns how many."""
+    `items` is False: the most recent `max_items`, by default as many as the model reads), one JSON
+    object per line; returns how many."""
     from utpm.data.loading import load_dataset
     from utpm.data.protocol import split_protocol
+    from utpm.features.item_neighbours import RECENT_ITEMS
 
-    split = split_protocol(load_dataset(data_dir), seed=seed, test_fraction=test_fraction)
+    n_items = RECENT_ITEMS if max_items is None else max_items
+    split = split_protocol(load_dataset(data_dir), seed=seed, test_fraction=test_fraction, max_items=n_items)
     rows = split.indices(test=True)[:PAYLOAD_USERS]
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as f:

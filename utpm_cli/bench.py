@@ -274,13 +274,17 @@ def bench_payloads_cmd(
     seed: Annotated[int, typer.Option(help="Seed of the protocol split (the bundle's training seed).")] = 0,
     test_fraction: Annotated[float, typer.Option(min=0.01, max=1.0, help="Share of test users in the split.")] = 0.2,
     items: Annotated[bool, typer.Option(help="Send each user's clicked items as clicked_items.")] = True,
+    max_items: Annotated[
+        int | None,
+        typer.Option(min=1, help="The most recent distinct clicked items sent (default: as many as the model reads)."),
+    ] = None,
 ) -> None:
     """Request bodies of a data set's held-out test users, for --payloads of the serving benchmarks."""
     from loadtest.bundle import write_payloads
     from utpm.data.errors import DataError
 
     try:
-        n = write_payloads(data, seed, test_fraction, out, items)
+        n = write_payloads(data, seed, test_fraction, out, items, max_items)
     except (DataError, OSError) as e:
         fail(str(e))
     typer.echo(f"wrote {n:,} request bodies{'' if items else ' (without clicked_items)'} to {out}")

@@ -29,3 +29,10 @@ def test_payloads_are_the_test_users_requests_with_or_without_their_clicked_item
         assert rows == expected
         assert any("clicked_items" in r for r in rows) is items
         assert len(PayloadSource.from_jsonl(out).bodies) == len(rows)  # what --payloads reads
+    out = tmp_path / "payloads-2.jsonl"
+    res = CliRunner().invoke(app, ["bench", "payloads", str(movielens_sample_dir), str(out), "--max-items", "2"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line)["features"] for line in out.read_text().splitlines()]
+    assert [r.get("clicked_items") for r in rows] == [
+        split.request(int(i)).get("clicked_items", [])[-2:] or None for i in test_users
+    ]
