@@ -526,9 +526,10 @@ def test_a_training_example_reads_the_clicked_items_its_request_carries() -> Non
     longer = 0
     for i in range(split.n_users):
         example = seqs.stats(i).get(ITEM_FIELD)
+        every = example.values if example else []
         sent = split.request(i).get(ITEM_FIELD, [])
-        assert (example.values[-n:] if example else []) == sent
-        longer += example is not None and len(example) > n
-        read, served = (items.tag_scores(items.items.ids(v)) for v in (example.values if example else [], sent))
+        assert every[-n:] == sent
+        longer += len(every) > n
+        read, served = (items.tag_scores(items.items.ids(v)) for v in (every, sent))
         assert [x.tolist() for x in read] == [x.tolist() for x in served]
     assert longer > 0  # the cap binds for some users

@@ -114,13 +114,13 @@ class ProtocolSplit:
     item_ids: np.ndarray
     history: Ragged
     history_values: np.ndarray
+    # each user's distinct clicked history items, oldest first by last click (`_recent_clicked_items`)
+    clicked: Ragged
     seed: int
     history_fraction: float
     test_fraction: float
     max_history: int
     dropped_users: int = 0
-    # the clicked items a request carries: as many as the history encoder reads
-    max_items: int = RECENT_ITEMS
     stats: dict[str, int] = field(default_factory=dict)
     source: str = ""
     # Every multi-valued item column (tags, categories, ...) as a Ragged over items; the history
@@ -140,11 +140,8 @@ class ProtocolSplit:
 
     def clicked_items(self, i: int) -> list[str]:
         """The distinct items of user i's label-1 history events, oldest first by last click, the most
-        recent `max_items` of them (as each field keeps its values): the request's `clicked_items`."""
-        lo, hi = self.history.offsets[i], self.history.offsets[i + 1]
-        codes = self.history.codes[lo:hi][self.history_values[lo:hi] == 1]
-        recent = list(dict.fromkeys(codes[::-1].tolist()))[: self.max_items]  # newest first
-        return [str(v) for v in self.item_ids[recent[::-1]].tolist()]
+        recent `max_items` of `split_protocol`: the request's `clicked_items`."""
+        return self.clicked.row(i)
 
     def request(self, i: int) -> dict[str, list[str]]:
         """User i's features and clicked items, as a client of the service sends them."""
@@ -249,6 +246,8 @@ def split_protocol(
     item_id_table = np.asarray(items["item_id"], dtype=object)
     labels = _ragged_from_pairs(ev_user[lab], item_idx[lab], n_users, item_id_table)
     history = _ragged_from_pairs(ev_user[hist], item_idx[hist], n_users, item_id_table)
+    hist_clicks = hist & (label == 1)
+    clicked = _recent_clicked_items(ev["item_id"].to_numpy()[hist_clicks], ev_user[hist_clicks], n_users, max_items)
     rng = np.random.default_rng(seed)
     is_test = np.zeros(n_users, dtype=bool)
     n_test = round(n_users * test_fraction)
@@ -264,12 +263,12 @@ def split_protocol(
         item_ids=item_id_table,
         history=history,
         history_values=label[hist].astype(np.int8),
+        clicked=clicked,
         seed=seed,
         history_fraction=history_fraction,
         test_fraction=test_fraction,
         max_history=max_history,
         dropped_users=dropped,
-        max_items=max_items,
         stats={"history_events": int(hist.sum()), "label_events": int(lab.sum())},
         source=data.source,
         item_columns=item_lists,
@@ -362,17 +361,18 @@ def current_features(data: Dataset, max_history: int = 100, max_items: int = REC
     every = np.ones(len(ev), dtype=bool)
     label = ev["label"].to_numpy()
     fields, _ = _feature_fields(data, user_ids, user_codes, item_idx, label, every, item_lists, max_history)
-    return CurrentFeatures(user_ids, fields, _recent_clicked_items(ev, user_codes, len(user_ids), max_items))
+    clicks = label == 1
+    clicked = _recent_clicked_items(ev["item_id"].to_numpy()[clicks], user_codes[clicks], len(user_ids), max_items)
+    return CurrentFeatures(user_ids, fields, clicked)
 
 
-def _recent_clicked_items(ev: pd.DataFrame, user_codes: np.ndarray, n_users: int, max_items: int) -> Ragged:
-    """Each user's distinct clicked items (label 1), oldest first by last click, the most recent
-    `max_items` of them, as each field keeps its values; `ev` sorted by user, then time
-    (`_sorted_events`)."""
-    clicked = ev["label"].to_numpy() == 1
-    ids, codes = np.unique(ev["item_id"].to_numpy()[clicked].astype(str), return_inverse=True)
+def _recent_clicked_items(item_ids: np.ndarray, users: np.ndarray, n_users: int, max_items: int) -> Ragged:
+    """Each user's distinct items of the clicks given (item id and user of each, sorted by user, then
+    time), oldest first by last click, the most recent `max_items` of them, as each field keeps its
+    values (`_history_field`)."""
+    ids, codes = np.unique(item_ids.astype(str), return_inverse=True)
     each_itself = Ragged(np.arange(len(ids) + 1), np.arange(len(ids)), ids.astype(object))  # item -> [item]
-    return _history_field(user_codes[clicked], codes, each_itself, n_users, max_items)
+    return _history_field(users, codes, each_itself, n_users, max_items)
 
 
 def clicked_items_tag_counts(data: Dataset) -> np.ndarray:
