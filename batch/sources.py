@@ -146,9 +146,17 @@ class JsonlSource:
 _ROW_GROUP_CACHE: dict[tuple[str, int], Any] = {}
 
 
+def _field_value(value: Any) -> Any:
+    """A Parquet field column's value; a map arrives as (key, value) pairs, which are {value: count}."""
+    if isinstance(value, list) and value and isinstance(value[0], tuple):
+        return dict(value)
+    return value
+
+
 @dataclass(frozen=True)
 class ParquetSource:
-    """A `user_id` column and either a `features` column (JSON text, struct or map) or one column per field."""
+    """A `user_id` column and either a `features` column (JSON text, struct or map) or one column per
+    field (a list of values, or a map {value: count})."""
 
     path: Path
 
@@ -195,7 +203,7 @@ class ParquetSource:
                 if isinstance(features, list):  # a Parquet map arrives as (key, value) pairs
                     features = dict(features)
             else:
-                features = {c: rec[c] for c in field_columns if rec[c] not in (None, [], "")}
+                features = {c: _field_value(rec[c]) for c in field_columns if rec[c] not in (None, [], "")}
             user_id = rec.get("user_id")
             if isinstance(user_id, int) and not isinstance(user_id, bool):  # an integer id column: its decimal text
                 user_id = str(user_id)
@@ -205,8 +213,9 @@ class ParquetSource:
 
 def stage_dataset(data_dir: Path, out: Path, say: Callable[[str], None] | None = None) -> Path:
     """A generic data set -> `out/features.jsonl`: each user's features built by the training code's
-    field construction (utpm.data.protocol.current_features) from all of the user's events, with their
-    clicked items, every user with an event included. Reused when `features.json` beside it records the same data set.
+    field construction (utpm.data.protocol.current_features) from all of the user's events, as
+    `CurrentFeatures.request` sends them (counts and clicked items), every user with an event
+    included. Reused when `features.json` beside it records the same data set.
     """
     from utpm.data.errors import DataError
     from utpm.data.loading import load_dataset
@@ -218,8 +227,8 @@ def stage_dataset(data_dir: Path, out: Path, say: Callable[[str], None] | None =
     identity = {"data": str(data_dir.resolve()), "files": [_fingerprint(p) for p in files]}
     if staged.is_file() and meta_path.is_file():
         meta = json.loads(meta_path.read_text())
-        # not a staging of the 80% cut, nor one from before requests carried clicked_items
-        if meta.get("identity") == identity and meta.get("events") == "all" and meta.get("clicked_items"):
+        # not a staging of the 80% cut, nor one from before requests carried clicked_items and counts
+        if meta.get("identity") == identity and meta.get("events") == "all" and meta.get("counts"):
             if say:
                 say(f"reusing the staged features of {data_dir} in {staged}")
             return staged
@@ -235,7 +244,7 @@ def stage_dataset(data_dir: Path, out: Path, say: Callable[[str], None] | None =
         for i in range(users.n_users):
             f.write(orjson.dumps({"user_id": str(users.user_ids[i]), "features": users.request(i)}) + b"\n")
     os.replace(tmp, staged)
-    meta = {"identity": identity, "users": users.n_users, "events": "all", "clicked_items": True}
+    meta = {"identity": identity, "users": users.n_users, "events": "all", "clicked_items": True, "counts": True}
     meta_path.write_text(json.dumps(meta, indent=2))
     if say:
         say(f"staged {users.n_users:,} users")

@@ -29,6 +29,9 @@ import numpy as np
 # raised whenever the default model changes what a bundle holds (5: item neighbours), so that a
 # cached benchmark bundle of an older model is rebuilt, not served as if it were the default
 RECIPE_VERSION = 5
+# raised whenever requests built from the log change shape (2: fields with counts): a cached bundle's
+# request bodies are then rewritten, the bundle kept
+PAYLOADS_VERSION = 2
 PAPER_MODEL = "utpm"
 DEFAULT_MODEL = "utpm-hist"  # the project's default model: what the benchmarks build unless told otherwise
 MODELS = (DEFAULT_MODEL, PAPER_MODEL)
@@ -168,6 +171,10 @@ def prepare_bench_bundle(
     same = recipe.same_as(meta.get("recipe"))
     if same and not reexport and (out.bundle / "index_infos.json").is_file():
         say(f"reusing the benchmark bundle in {out.bundle} (built {meta.get('built_at', '?')})")
+        if meta.get("payloads_version") != PAYLOADS_VERSION or not out.payloads.is_file():
+            _write_bench_payloads(data_dir, recipe, out.payloads, say)
+            meta["payloads_version"] = PAYLOADS_VERSION
+            meta_path.write_text(json.dumps(meta, indent=2))
         out.info = meta
         return out
     if reexport and not same:  # build_bundle checks that the run is there
@@ -199,12 +206,15 @@ def prepare_bench_bundle(
         progress=say,
         first_stage="export" if reexport else "prepare",
     )
-    if not (reexport and out.payloads.is_file()):  # the same data as before when re-exported
-        say(f"writing {PAYLOAD_USERS} request bodies of held-out users to {out.payloads}")
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            pool.submit(write_payloads, built.data, recipe.seed, recipe.test_fraction, out.payloads).result()
+    if not (reexport and out.payloads.is_file() and meta.get("payloads_version") == PAYLOADS_VERSION):
+        _write_bench_payloads(built.data, recipe, out.payloads, say)  # the same data as before when re-exported
     now = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    info = {"recipe": asdict(recipe), "stages": {**meta.get("stages", {}), **built.stages}, "built_at": now}
+    info = {
+        "recipe": asdict(recipe),
+        "stages": {**meta.get("stages", {}), **built.stages},
+        "built_at": now,
+        "payloads_version": PAYLOADS_VERSION,
+    }
     if reexport:
         info["built_at"], info["reexported_at"] = meta.get("built_at", "?"), now
     meta_path.write_text(json.dumps(info, indent=2))
@@ -238,14 +248,28 @@ def structured_queries_for(bundle: Path, data_dir: Path, seed: int, n: int = 100
     return structured_queries(grouped, n, np.random.default_rng([seed, 11]))
 
 
+def _write_bench_payloads(data_dir: Path, recipe: Recipe, path: Path, say: Say) -> None:
+    say(f"writing {PAYLOAD_USERS} request bodies of held-out users to {path}")
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool.submit(write_payloads, data_dir, recipe.seed, recipe.test_fraction, path).result()
+
+
 def write_payloads(
-    data_dir: Path, seed: int, test_fraction: float, path: Path, items: bool = True, max_items: int | None = None
+    data_dir: Path,
+    seed: int,
+    test_fraction: float,
+    path: Path,
+    items: bool = True,
+    max_items: int | None = None,
+    counts: bool = True,
 ) -> int:
-    """Request bodies from held-out test users' raw features (with their clicked items unless
-    `items` is False: the most recent `max_items`, by default as many as the model reads), one JSON
+    """Request bodies from held-out test users' requests as `ProtocolSplit.request` builds them (with
+    their clicked items unless `items` is False: the most recent `max_items`, by default as many as
+    the model reads; each multi-valued field as {value: count} unless `counts` is False), one JSON
     object per line; returns how many."""
     from utpm.data.loading import load_dataset
     from utpm.data.protocol import split_protocol
+    from utpm.features.history import ITEM_FIELD
     from utpm.features.item_neighbours import RECENT_ITEMS
 
     n_items = RECENT_ITEMS if max_items is None else max_items
@@ -254,7 +278,9 @@ def write_payloads(
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as f:
         for i in rows:
-            features = split.request(int(i)) if items else split.features(int(i))
+            features = split.request(int(i), counts)
+            if not items:
+                features.pop(ITEM_FIELD, None)
             f.write(json.dumps({"features": features}) + "\n")
     return len(rows)
 

@@ -28,7 +28,7 @@ from service.online_metrics import Totals, difference, user_day
 from utpm.evaluation.metrics import precision_at_k
 
 if TYPE_CHECKING:
-    from utpm.data.protocol import ProtocolSplit
+    from utpm.data.protocol import ProtocolSplit, Request
 
 # Users per POST /profiles (the service takes at most 256) and events per POST /feedback.
 PROFILE_CHUNK = 64
@@ -50,7 +50,7 @@ def _check(r: httpx.Response, what: str) -> Any:
 
 def load_held_out(
     data: Path, seed: int, item_tags: int, test_share: float = 0.2
-) -> tuple[list[tuple[str, dict[str, list[str]], list[tuple[list[str], bool]]]], ProtocolSplit]:
+) -> tuple[list[tuple[str, Request, list[tuple[list[str], bool]]]], ProtocolSplit]:
     """(user id, history features, label-period impressions) of each test user of the protocol split
     (`test_share` of the users), and the split."""
     from utpm.data.loading import load_dataset

@@ -274,6 +274,9 @@ def bench_payloads_cmd(
     seed: Annotated[int, typer.Option(help="Seed of the protocol split (the bundle's training seed).")] = 0,
     test_fraction: Annotated[float, typer.Option(min=0.01, max=1.0, help="Share of test users in the split.")] = 0.2,
     items: Annotated[bool, typer.Option(help="Send each user's clicked items as clicked_items.")] = True,
+    counts: Annotated[
+        bool, typer.Option(help="Send each multi-valued field as {value: count} (else its distinct values).")
+    ] = True,
     max_items: Annotated[
         int | None,
         typer.Option(min=1, help="The most recent distinct clicked items sent (default: as many as the model reads)."),
@@ -284,10 +287,12 @@ def bench_payloads_cmd(
     from utpm.data.errors import DataError
 
     try:
-        n = write_payloads(data, seed, test_fraction, out, items, max_items)
+        n = write_payloads(data, seed, test_fraction, out, items, max_items, counts)
     except (DataError, OSError) as e:
         fail(str(e))
-    typer.echo(f"wrote {n:,} request bodies{'' if items else ' (without clicked_items)'} to {out}")
+    left_out = [what for what, sent in (("clicked_items", items), ("counts", counts)) if not sent]
+    without = f" (without {' and '.join(left_out)})" if left_out else ""
+    typer.echo(f"wrote {n:,} request bodies{without} to {out}")
 
 
 def bench_loop_cmd(

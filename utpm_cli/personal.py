@@ -12,7 +12,10 @@ item's tags, as the field holds them), in recency order. It is a second measurem
 next to the default one, not a replacement: a request with counts says more about the user.
 `--items` also sends the user's most recent distinct clicked items (at most `--values`, with their
 counts under `--counts`) as `clicked_items`, which the default model reads through its item
-neighbours.
+neighbours. `--whole` sends instead the request the repository builds from the log for every
+client of its own (`ProtocolSplit.request`: `utpm profile batch`, the load tests, the export's parity
+users): every field the bundle reads, each multi-valued one with counts, at most 100 values each,
+and up to 1000 clicked items.
 
 Quality of the same requests: the split's test users (held out from the bundle's training when it
 was trained on DATA: the split is its run's, seed and share of test users from its manifest unless
@@ -64,6 +67,14 @@ def bench_personal_cmd(
             "--items", help="Also send the most recent distinct clicked items (at most --values) as clicked_items."
         ),
     ] = False,
+    whole: Annotated[
+        bool,
+        typer.Option(
+            "--whole",
+            help="Send the request the repository builds from the log (every field with counts, up to 100 values "
+            "each, up to 1000 clicked items) instead of --values/--counts/--items.",
+        ),
+    ] = False,
     quality: Annotated[
         bool, typer.Option(help="Also Prec@K of the test users' served lists beside the yardsticks.")
     ] = True,
@@ -85,6 +96,8 @@ def bench_personal_cmd(
     from utpm.evaluation.personalisation import personalisation
 
     quality_only = [o for o, v in (("--against", against), ("--tags-per-item", tags_per_item)) if v is not None]
+    if whole and (counts or items or values != 10):
+        fail("--whole sends the request built from the log: leave out --values, --counts and --items")
     if quality_only and not quality:  # else the comparison asked for was silently not made
         fail(f"{', '.join(quality_only)}: part of the Prec@K figures, which --no-quality turns off")
     for path in (bundle, *([against] if against is not None else [])):
@@ -109,10 +122,14 @@ def bench_personal_cmd(
         """A bundle's serve function (test user, k -> tags), its model name, its preset's N and the
         protocol of its run (None for a bundle exported before it was recorded)."""
         engine = ProfileEngine.load(path, Settings.model_validate({"bundle": str(path), "device": "cpu"}))
-        fields = [f for f in ("clicked_tags", "clicked_categories") if f in engine.field_names and f in split.fields]
+        chosen = split.fields if whole else ("clicked_tags", "clicked_categories")
+        fields = [f for f in chosen if f in engine.field_names and f in split.fields]
 
         def serve(i: int, limit: int) -> list[str]:
-            feats = request_features(split, i, fields, values, counts, items)
+            if whole:
+                feats = whole_request(split, i, fields)
+            else:
+                feats = request_features(split, i, fields, values, counts, items)
             user = engine.encode(feats, limit, False)
             profile = engine.compute([user])[0]
             unknown_only.append(user.all_unknown)  # read after compute: utpm-hist encodes there
@@ -155,6 +172,7 @@ def bench_personal_cmd(
         "values": values,
         "counts": counts,
         "items": items,
+        "whole": whole,
         "served": mine,
         "own_clicked_tags": theirs,
         "unknown_only_share": round(unknown_share, 4),
@@ -175,6 +193,7 @@ def bench_personal_cmd(
     s = mine
     sent = f"{values} most recent distinct values per field" + (" and items" if items else "")
     sent += " with their counts" if counts else ""
+    sent = "the whole request built from the log" if whole else sent
     typer.echo(
         f"{model_name} ({sent}): {len(served)} users, top-{k} mean pairwise Jaccard {s['jaccard']:.3f}, "
         f"{s['distinct_tags']:.0f} distinct tags, #1 tag shared by {s['top1_share']:.0%} "
@@ -192,30 +211,13 @@ def bench_personal_cmd(
         typer.echo(f"wrote {json_out}")
 
 
-def clicked_counts(split: ProtocolSplit, user: int) -> dict[str, dict[str, float]]:
-    """Per clicked_<column> field: value -> occurrences among the user's label-1 history items, in the
-    order of last occurrence (oldest first, as the API reads it)."""
-    out: dict[str, dict[str, float]] = {}
-    lo, hi = split.history.offsets[user], split.history.offsets[user + 1]
-    columns = split.item_columns or {"tags": split.item_tags}
-    for item, y in zip(split.history.codes[lo:hi], split.history_values[lo:hi], strict=True):
-        if y != 1:
-            continue
-        for col, ragged in columns.items():
-            vals = ragged.row(int(item))
-            d = out.setdefault(f"clicked_{col}", {})
-            for v in vals:
-                d[v] = d.pop(v, 0.0) + 1.0  # re-inserting moves v to the end: the order of last occurrences
-    return out
-
-
 def request_features(
     split: ProtocolSplit, user: int, fields: Sequence[str], values: int, counts: bool, items: bool = False
 ) -> dict[str, Sequence[str] | Mapping[str, float]]:
     """User `user`'s request as the measurement sends it: the `values` most recent distinct values of
-    each field, with `counts` as {value: count} (`clicked_counts`); with `items`, the `values` most
-    recent distinct clicked items too (`clicked_items`; the model reads no item counts, so each
-    counts 1)."""
+    each field, with `counts` as {value: count} (`ProtocolSplit.counted`: occurrences in the user's
+    history); with `items`, the `values` most recent distinct clicked items too (`clicked_items`; the
+    model reads no item counts, so each counts 1)."""
     from utpm.features.history import ITEM_FIELD
 
     recent = {f: split.fields[f].row(user)[-values:] for f in fields}
@@ -224,8 +226,15 @@ def request_features(
         recent[ITEM_FIELD] = clicked
     if not counts:
         return dict(recent)
-    counted = clicked_counts(split, user)
-    return {f: {v: counted.get(f, {}).get(v, 1.0) for v in vs} for f, vs in recent.items()}
+    counted = {f: split.counted(f, user) for f in fields if f in split.field_counts}
+    return {f: {v: counted.get(f, {}).get(v, 1) for v in vs} for f, vs in recent.items()}
+
+
+def whole_request(split: ProtocolSplit, user: int, fields: Sequence[str]) -> dict[str, Any]:
+    """`ProtocolSplit.request` with the fields `fields` and the clicked items."""
+    from utpm.features.history import ITEM_FIELD
+
+    return {f: v for f, v in split.request(user).items() if f in fields or f == ITEM_FIELD}
 
 
 def served_quality(

@@ -219,9 +219,13 @@ def test_parquet_rows_make_the_same_records_as_jsonl(
 
     rows = [json.loads(line) for line in population.read_text().splitlines()[:120]]
     fields = sorted({f for r in rows for f in r["features"]})
+    counted = pa.map_(pa.string(), pa.int64())  # a field's {value: count}: a Parquet map
+    columns = {f: [r["features"].get(f) for r in rows] for f in fields}
     table = pa.table(
-        {"user_id": [r["user_id"] for r in rows]} | {f: [r["features"].get(f) for r in rows] for f in fields}
+        {"user_id": [r["user_id"] for r in rows]}
+        | {f: pa.array(v, counted if any(isinstance(x, dict) for x in v) else None) for f, v in columns.items()}
     )
+    assert any(pa.types.is_map(t) for t in table.schema.types)
     pq.write_table(table, tmp_path / "rows.parquet", row_group_size=70)
     url = flush(redis_server, REJECTS_DB)
     source = open_source(tmp_path / "rows.parquet", "auto", tmp_path)
@@ -281,7 +285,8 @@ def test_resume_refuses_another_jobs_checkpoint(
 def test_a_data_set_is_staged_from_all_of_each_users_events(tmp_path: Path) -> None:
     """The staging used the training protocol's cut: each user's most recent fifth of events (the
     protocol's labels) was left out of the profile, and a user with one event was left out, as was a
-    user the users table describes who has no event yet."""
+    user the users table describes who has no event yet. It sent no counts, which the default model
+    learnt from."""
     data = tmp_path / "data"
     data.mkdir()
     (data / "items.csv").write_text("item_id,tags,categories\ni1,old,\ni2,older,\ni3,newest,\n")
@@ -291,12 +296,13 @@ def test_a_data_set_is_staged_from_all_of_each_users_events(tmp_path: Path) -> N
     staged = open_source(data, "dataset", tmp_path / "stage").path
     rows = {r["user_id"]: r["features"] for r in map(json.loads, staged.read_text().splitlines())}
     assert rows == {
-        "u0": {"clicked_tags": ["older", "old", "newest"], "clicked_items": ["i2", "i1", "i3"]},
-        "u1": {"clicked_tags": ["old"], "age": ["30s"], "clicked_items": ["i1"]},
+        "u0": {"clicked_tags": {"older": 2, "old": 2, "newest": 1}, "clicked_items": ["i2", "i1", "i3"]},
+        "u1": {"clicked_tags": {"old": 1}, "age": ["30s"], "clicked_items": ["i1"]},
         "u2": {"age": ["20s"]},
     }
-    # a staging written by the protocol's cut beside the same data is not reused
+    # a staging written by the protocol's cut, or before requests carried counts, is not reused
     meta = json.loads((tmp_path / "stage" / "features.json").read_text())
-    (tmp_path / "stage" / "features.json").write_text(json.dumps({**meta, "events": None}))
-    staged.write_text('{"user_id": "u0", "features": {"clicked_tags": ["older", "old"]}}\n')
-    assert "newest" in open_source(data, "dataset", tmp_path / "stage").path.read_text()
+    for stale in ({**meta, "events": None}, {k: v for k, v in meta.items() if k != "counts"}):
+        (tmp_path / "stage" / "features.json").write_text(json.dumps(stale))
+        staged.write_text('{"user_id": "u0", "features": {"clicked_tags": ["older", "old"]}}\n')
+        assert "newest" in open_source(data, "dataset", tmp_path / "stage").path.read_text()

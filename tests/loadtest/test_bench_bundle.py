@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.bundle import Recipe, prepare_bench_bundle
+from loadtest.bundle import PAYLOADS_VERSION, Recipe, prepare_bench_bundle
 
 
 def test_the_default_models_benchmark_bundle_builds_and_serves(tmp_path: Path) -> None:
@@ -32,7 +32,9 @@ def test_the_default_models_benchmark_bundle_builds_and_serves(tmp_path: Path) -
     infos = json.loads((built.bundle / "index_infos.json").read_text())
     assert infos["two_stage"]["users"] > 0 and 0.0 < infos["two_stage"]["recall@50"] <= 1.0
     assert "heldout_users" in infos["queries"]["sources"]  # its own users, not the paper model's structured queries
-    payload = json.loads(built.payloads.read_text().splitlines()[0])
+    bodies = built.payloads.read_text()
+    payload = json.loads(bodies.splitlines()[0])
+    assert isinstance(payload["features"]["clicked_tags"], dict)  # as ProtocolSplit.request builds it
     engine = ProfileEngine.load(built.bundle, Settings.model_validate({"bundle": str(built.bundle)}))
     profile = engine.compute([engine.encode(payload["features"], 10, False)])[0]
     assert len(profile.tag_ids) == 10
@@ -46,7 +48,15 @@ def test_the_default_models_benchmark_bundle_builds_and_serves(tmp_path: Path) -
     assert again.info["stages"]["train"] == built.info["stages"]["train"] and "reexported_at" in again.info
     version = json.loads((again.bundle / "manifest.json").read_text())["bundle_version"]
     assert json.loads((again.bundle / "index_infos.json").read_text())["bundle_version"] == version
-    assert again.payloads.read_text() == built.payloads.read_text()
+    assert again.payloads.read_text() == bodies
+    # request bodies written before their shape changed (PAYLOADS_VERSION) are rewritten, the bundle kept
+    meta_path = built.root / "bench_bundle.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({k: v for k, v in meta.items() if k != "payloads_version"}))
+    built.payloads.write_text('{"features": {"clicked_tags": ["x"]}}\n')
+    reused = prepare_bench_bundle(recipe, tmp_path)
+    assert reused.payloads.read_text() == bodies and reused.info["payloads_version"] == PAYLOADS_VERSION
+    assert json.loads((reused.bundle / "manifest.json").read_text())["bundle_version"] == version
     with pytest.raises(FileNotFoundError, match="no trained run"):
         prepare_bench_bundle(dataclasses.replace(recipe, seed=1), tmp_path, reexport=True)
 

@@ -18,26 +18,11 @@ from utpm_cli.personal import (
     AGAINST,
     QUALITY_KS,
     SERVED,
-    clicked_counts,
     quality_lines,
     request_features,
     served_quality,
+    whole_request,
 )
-
-
-def test_clicked_counts_are_occurrences_among_clicked_history_items_in_the_fields_recency_order() -> None:
-    split = split_protocol(synthetic_dataset(n_users=10, events=20), seed=0)
-    for i in range(split.n_users):
-        counted = clicked_counts(split, i).get("clicked_tags", {})
-        assert list(counted) == split.fields["clicked_tags"].row(i)  # oldest last occurrence first
-        lo, hi = split.history.offsets[i], split.history.offsets[i + 1]
-        tags = [
-            t
-            for item, y in zip(split.history.codes[lo:hi], split.history_values[lo:hi], strict=True)
-            if y == 1
-            for t in split.item_tags.row(int(item))
-        ]
-        assert counted == {t: float(tags.count(t)) for t in set(tags)}
 
 
 def test_items_are_sent_as_the_most_recent_distinct_clicked_items_each_counted_once() -> None:
@@ -47,8 +32,25 @@ def test_items_are_sent_as_the_most_recent_distinct_clicked_items_each_counted_o
     plain = request_features(split, i, ["clicked_tags"], 3, counts=False, items=True)
     assert plain["clicked_items"] == clicked[-3:]
     counted = request_features(split, i, ["clicked_tags"], 3, counts=True, items=True)
-    assert counted["clicked_items"] == dict.fromkeys(clicked[-3:], 1.0)
+    assert counted["clicked_items"] == dict.fromkeys(clicked[-3:], 1)
     assert "clicked_items" not in request_features(split, i, ["clicked_tags"], 3, counts=False)
+
+
+def test_the_whole_request_is_the_one_built_from_the_log_with_the_bundles_fields() -> None:
+    split = split_protocol(synthetic_dataset(n_users=10, events=20), seed=0)
+    i = next(i for i in range(split.n_users) if split.clicked_items(i) and split.fields["unclicked_tags"].row(i))
+    sent = whole_request(split, i, ["clicked_tags", "unclicked_tags"])
+    assert set(sent) == {"clicked_tags", "unclicked_tags", "clicked_items"}
+    assert sent["unclicked_tags"] == split.counted("unclicked_tags", i)
+    assert sent["clicked_items"] == split.clicked_items(i)
+
+
+def test_bench_personal_sends_the_whole_request(hist_bundle: Path, movielens_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "personal.json"
+    args = [str(hist_bundle), str(movielens_dir), "--users", "20", "--whole", "--no-quality", "--json", str(out)]
+    res = CliRunner().invoke(app, ["bench", "personal", *args])
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["whole"] is True and "the whole request built from the log" in res.output
 
 
 def test_served_quality_pairs_each_test_user_with_the_experiments_yardsticks(movielens_dir: Path) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tests.datasets import synthetic_dataset
 from utpm.data import load_dataset
 from utpm.data.loading import Dataset
 from utpm.data.protocol import current_features, split_protocol
@@ -75,6 +76,36 @@ def test_clicked_tags_keep_the_most_recent_unique_values() -> None:
     assert all(len(v) <= 2 for v in split.features(0).values())
     full = split_protocol(tiny_dataset(), seed=0)
     assert split.features(0)["clicked_tags"] == full.features(0)["clicked_tags"][-2:]
+
+
+def test_a_request_built_from_the_log_carries_each_multi_valued_field_with_its_counts() -> None:
+    split = split_protocol(tiny_dataset(), seed=0)
+    # user 1's history by time: e0 d1 c2 b3(0) a4 e5 d6 c7(0); clicked tags w z x y w, categories
+    # c2 c3 c1 c1 c2 c3; unclicked tags y z
+    assert split.request(0) == {
+        "clicked_tags": {"z": 1, "x": 1, "y": 1, "w": 2},
+        "clicked_categories": {"c1": 2, "c2": 2, "c3": 2},
+        "unclicked_tags": {"y": 1, "z": 1},
+        "gender": ["f"],
+        "clicked_items": ["c", "a", "e", "d"],
+    }
+    # the counts are of the whole history, also for a value kept among the most recent max_history
+    assert split_protocol(tiny_dataset(), seed=0, max_history=2).counted("clicked_tags", 0) == {"y": 1, "w": 2}
+    # every event: ... b8 a9 add y, x y
+    now = current_features(tiny_dataset())
+    assert now.request(list(now.user_ids).index("1"))["clicked_tags"] == {"z": 1, "w": 2, "x": 2, "y": 3}
+
+
+def test_counts_are_occurrences_among_the_history_items_in_the_fields_recency_order() -> None:
+    split = split_protocol(synthetic_dataset(n_users=10, events=20), seed=0)
+    for i in range(split.n_users):
+        lo, hi = split.history.offsets[i], split.history.offsets[i + 1]
+        history = list(zip(split.history.codes[lo:hi], split.history_values[lo:hi], strict=True))
+        for name, label in (("clicked_tags", 1), ("unclicked_tags", 0)):
+            counted = split.counted(name, i)
+            assert list(counted) == split.fields[name].row(i)  # oldest last occurrence first
+            tags = [t for item, y in history if y == label for t in split.item_tags.row(int(item))]
+            assert counted == {t: tags.count(t) for t in set(tags)}
 
 
 def test_clicked_items_are_the_most_recent_distinct_ones_oldest_first_by_last_click() -> None:

@@ -68,6 +68,7 @@ def test_options_out_of_range_or_not_read_are_refused_before_any_work(
         (["experiment", data, "--hparam-seeds", 2], "--hparam-seeds: seeds of the hyper-parameter study, which"),
         (["bench", "personal", bundle, data, "--no-quality", "--against", bundle], "--against: part of the Prec@K"),
         (["bench", "personal", bundle, data, "--no-quality", "--tags-per-item", 3], "--tags-per-item: part of"),
+        (["bench", "personal", bundle, data, "--whole", "--counts"], "--whole sends the request built from the log"),
         (
             ["export", tmp_path / "run", "--out", tmp_path / "b", "--data", data, "--synthetic-inputs"],
             "--data and --synthetic-inputs: the parity check takes one source of users, not both",

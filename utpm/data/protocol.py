@@ -14,7 +14,9 @@ Feature fields (names are what the model, export and service call them):
 
 Multi-valued fields keep each value once, at its most recent occurrence, oldest first, and at most
 `max_history` values (the most recent ones); the model's max length H truncates further, the same
-way (`utpm.features.encoding.recent_unique`).
+way (`utpm.features.encoding.recent_unique`). Each kept value also has its count, its occurrences
+among all of the selected events (`field_counts`): a request built from the log (`request`) sends a
+multi-valued field as {value: count}, the shape the default model learnt from.
 
 Storage is columnar (ragged integer arrays over string tables) so that 10M events fit in memory
 comfortably; nothing here is per-event Python.
@@ -33,6 +35,10 @@ from utpm.data.loading import Dataset
 from utpm.features.history import ITEM_FIELD
 from utpm.features.item_neighbours import RECENT_ITEMS
 from utpm.features.spec import FieldKind
+
+
+# a request's features: field -> values, or {value: count}
+Request = dict[str, list[str] | dict[str, int]]
 
 
 @dataclass
@@ -108,6 +114,8 @@ class ProtocolSplit:
     is_test: np.ndarray
     fields: dict[str, Ragged]
     field_kinds: dict[str, FieldKind]
+    # per multi-valued field, each kept value's occurrences in the user's history, aligned with its codes
+    field_counts: dict[str, np.ndarray]
     labels: Ragged
     label_values: np.ndarray
     item_tags: Ragged
@@ -135,18 +143,23 @@ class ProtocolSplit:
         return np.flatnonzero(self.is_test == test)
 
     def features(self, i: int) -> dict[str, list[str]]:
-        """User i's raw features, as the service would receive them."""
+        """User i's raw features as value lists, without counts (the paper model's input)."""
         return {name: r.row(i) for name, r in self.fields.items() if r.offsets[i + 1] > r.offsets[i]}
+
+    def counted(self, name: str, i: int) -> dict[str, int]:
+        """User i's values of the multi-valued field `name` with their counts, oldest first."""
+        return _counted(self.fields[name], self.field_counts[name], i)
 
     def clicked_items(self, i: int) -> list[str]:
         """The distinct items of user i's label-1 history events, oldest first by last click, the most
         recent `max_items` of `split_protocol`: the request's `clicked_items`."""
         return self.clicked.row(i)
 
-    def request(self, i: int) -> dict[str, list[str]]:
-        """User i's features and clicked items, as a client of the service sends them."""
-        items = self.clicked_items(i)
-        return {**self.features(i), ITEM_FIELD: items} if items else self.features(i)
+    def request(self, i: int, counts: bool = True) -> Request:
+        """User i's request as docs/serving.md asks a client to send it: each multi-valued field as
+        {value: count} (as lists without `counts`), the single-valued ones as lists, and the clicked
+        items."""
+        return _request(self.fields, self.field_counts if counts else {}, self.clicked, i)
 
     def label_items(self, i: int, max_tags: int | None = None) -> Iterator[tuple[list[str], int]]:
         """(first `max_tags` tags of the item, label) for each label-period event of user i, in time order."""
@@ -185,8 +198,9 @@ class ProtocolSplit:
 
 def _history_field(
     user_idx: np.ndarray, item_idx: np.ndarray, item_values: Ragged, n_users: int, max_history: int
-) -> Ragged:
-    """Per-user recent-unique values of the given items (events already sorted by user, time)."""
+) -> tuple[Ragged, np.ndarray]:
+    """Per-user recent-unique values of the given items (events already sorted by user, time), and each
+    kept value's count: its occurrences among all of the user's given items (aligned with the codes)."""
     lengths = item_values.lengths()[item_idx]
     starts = item_values.offsets[item_idx]
     total = int(lengths.sum())
@@ -203,9 +217,13 @@ def _history_field(
     keep = rank < max_history
     rev_user, rev_codes = rev_user[keep], rev_codes[keep]
     # reverse back: users then descend, so stable-sort by user to restore ascending user order
-    user, codes = rev_user[::-1], rev_codes[::-1]
+    user, codes_kept = rev_user[::-1], rev_codes[::-1]
     order = np.argsort(user, kind="stable")
-    return _ragged_from_pairs(user[order], codes[order], n_users, item_values.values)
+    user, codes_kept = user[order], codes_kept[order]
+    pair = ev_user.astype(np.int64) * len(item_values.values) + codes
+    pairs, occurrences = np.unique(pair, return_counts=True)
+    counts = occurrences[np.searchsorted(pairs, user.astype(np.int64) * len(item_values.values) + codes_kept)]
+    return _ragged_from_pairs(user, codes_kept, n_users, item_values.values), counts.astype(np.int64)
 
 
 def split_protocol(
@@ -241,7 +259,7 @@ def split_protocol(
     label = ev["label"].to_numpy()
     item_lists = {c: _encode_lists(items[c])[0] for c in items.columns if c != "item_id"}
     hist = valid & ev_hist
-    fields, kinds = _feature_fields(data, user_ids, ev_user, item_idx, label, hist, item_lists, max_history)
+    fields, kinds, counts = _feature_fields(data, user_ids, ev_user, item_idx, label, hist, item_lists, max_history)
     lab = valid & ~ev_hist
     item_id_table = np.asarray(items["item_id"], dtype=object)
     labels = _ragged_from_pairs(ev_user[lab], item_idx[lab], n_users, item_id_table)
@@ -257,6 +275,7 @@ def split_protocol(
         is_test=is_test,
         fields=fields,
         field_kinds=kinds,
+        field_counts=counts,
         labels=labels,
         label_values=label[lab].astype(np.int8),
         item_tags=item_lists["tags"],
@@ -291,18 +310,24 @@ def _feature_fields(
     sel: np.ndarray,
     item_lists: dict[str, Ragged],
     max_history: int,
-) -> tuple[dict[str, Ragged], dict[str, FieldKind]]:
+) -> tuple[dict[str, Ragged], dict[str, FieldKind], dict[str, np.ndarray]]:
     """The feature fields (module docstring) of `user_ids` from the events selected by `sel`, each
-    event's user row in `ev_user`, its item row in `item_idx`."""
+    event's user row in `ev_user`, its item row in `item_idx`; their kinds; and the multi-valued
+    fields' counts, aligned with their codes."""
     n_users = len(user_ids)
     fields: dict[str, Ragged] = {}
     kinds: dict[str, FieldKind] = {}
+    counts: dict[str, np.ndarray] = {}
     for c, lists in item_lists.items():
         s = sel & (label == 1)
-        fields[f"clicked_{c}"] = _history_field(ev_user[s], item_idx[s], lists, n_users, max_history)
+        fields[f"clicked_{c}"], counts[f"clicked_{c}"] = _history_field(
+            ev_user[s], item_idx[s], lists, n_users, max_history
+        )
         kinds[f"clicked_{c}"] = FieldKind.MULTI
     s = sel & (label == 0)
-    fields["unclicked_tags"] = _history_field(ev_user[s], item_idx[s], item_lists["tags"], n_users, max_history)
+    fields["unclicked_tags"], counts["unclicked_tags"] = _history_field(
+        ev_user[s], item_idx[s], item_lists["tags"], n_users, max_history
+    )
     kinds["unclicked_tags"] = FieldKind.MULTI
     if data.users is not None:
         users = data.users.set_index("user_id").reindex(pd.Index(user_ids))
@@ -313,7 +338,7 @@ def _feature_fields(
             rows = np.flatnonzero(present)
             fields[c] = _ragged_from_pairs(rows, codes, n_users, values.astype(object))
             kinds[c] = FieldKind.SINGLE
-    return fields, kinds
+    return fields, kinds, counts
 
 
 @dataclass
@@ -322,6 +347,7 @@ class CurrentFeatures:
 
     user_ids: np.ndarray
     fields: dict[str, Ragged]
+    field_counts: dict[str, np.ndarray]  # as `ProtocolSplit.field_counts`
     # each user's distinct clicked items, oldest first by last click (the most recent `max_items`): the
     # request's `clicked_items`
     items: Ragged
@@ -334,11 +360,26 @@ class CurrentFeatures:
         """User i's feature fields."""
         return {name: r.row(i) for name, r in self.fields.items() if r.offsets[i + 1] > r.offsets[i]}
 
-    def request(self, i: int) -> dict[str, list[str]]:
-        """User i's features and clicked items, as a client of the service sends them (as
-        `ProtocolSplit.request`)."""
-        items = self.items.row(i)
-        return {**self.features(i), ITEM_FIELD: items} if items else self.features(i)
+    def request(self, i: int) -> Request:
+        """User i's request, as `ProtocolSplit.request` builds it."""
+        return _request(self.fields, self.field_counts, self.items, i)
+
+
+def _counted(field: Ragged, counts: np.ndarray, i: int) -> dict[str, int]:
+    lo, hi = field.offsets[i], field.offsets[i + 1]
+    return dict(zip(field.row(i), counts[lo:hi].tolist(), strict=True))
+
+
+def _request(fields: Mapping[str, Ragged], counts: Mapping[str, np.ndarray], items: Ragged, i: int) -> Request:
+    """User i's fields ({value: count} where counted, else a list) and clicked items, those present."""
+    out: Request = {}
+    for name, r in fields.items():
+        if r.offsets[i + 1] > r.offsets[i]:
+            out[name] = _counted(r, counts[name], i) if name in counts else r.row(i)
+    clicked = items.row(i)
+    if clicked:
+        out[ITEM_FIELD] = clicked
+    return out
 
 
 def current_features(data: Dataset, max_history: int = 100, max_items: int = RECENT_ITEMS) -> CurrentFeatures:
@@ -360,10 +401,10 @@ def current_features(data: Dataset, max_history: int = 100, max_items: int = REC
     item_lists = {c: _encode_lists(items[c])[0] for c in items.columns if c != "item_id"}
     every = np.ones(len(ev), dtype=bool)
     label = ev["label"].to_numpy()
-    fields, _ = _feature_fields(data, user_ids, user_codes, item_idx, label, every, item_lists, max_history)
+    fields, _, counts = _feature_fields(data, user_ids, user_codes, item_idx, label, every, item_lists, max_history)
     clicks = label == 1
     clicked = _recent_clicked_items(ev["item_id"].to_numpy()[clicks], user_codes[clicks], len(user_ids), max_items)
-    return CurrentFeatures(user_ids, fields, clicked)
+    return CurrentFeatures(user_ids, fields, counts, clicked)
 
 
 def _recent_clicked_items(item_ids: np.ndarray, users: np.ndarray, n_users: int, max_items: int) -> Ragged:
@@ -372,7 +413,7 @@ def _recent_clicked_items(item_ids: np.ndarray, users: np.ndarray, n_users: int,
     values (`_history_field`)."""
     ids, codes = np.unique(item_ids.astype(str), return_inverse=True)
     each_itself = Ragged(np.arange(len(ids) + 1), np.arange(len(ids)), ids.astype(object))  # item -> [item]
-    return _history_field(users, codes, each_itself, n_users, max_items)
+    return _history_field(users, codes, each_itself, n_users, max_items)[0]
 
 
 def clicked_items_tag_counts(data: Dataset) -> np.ndarray:
