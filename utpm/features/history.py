@@ -141,7 +141,9 @@ def _as_count(field_name: str, value: str, raw: object) -> float:
     """A request's count: a finite number >= 0 (0 drops the value); anything else is a ValueError."""
     if isinstance(raw, bool) or not isinstance(raw, int | float):
         raise ValueError(f"field {field_name!r}: the count of {value!r} must be a number, got {raw!r}")
-    c = float(raw)
+    if isinstance(raw, int) and raw > COUNT_CAP:  # also an int beyond float64, which float() cannot take
+        return COUNT_CAP
+    c = float(raw) if raw >= -COUNT_CAP else -math.inf
     if not math.isfinite(c) or c < 0:
         raise ValueError(f"field {field_name!r}: the count of {value!r} must be a finite number >= 0, got {raw!r}")
     return min(c, COUNT_CAP)
@@ -163,6 +165,29 @@ def _merged(pairs: Sequence[tuple[str, float]], weights: Sequence[float]) -> Fie
     )
 
 
+def _counted_as_sent(raw: Mapping[object, object]) -> FieldStats | None:
+    """`{value: count}` as requests built from a log send it (string keys already stripped, counts
+    finite numbers > 0) in whole-array operations, with `_merged`'s results to the bit; None for
+    anything else, which `_merged` handles (and names the bad count of)."""
+    if not raw or not set(map(type, raw)) <= {str} or not set(map(type, raw.values())) <= {int, float}:
+        return None
+    keys: list[str] = list(raw)  # type: ignore[arg-type]  # str, checked above
+    counts = list(raw.values())
+    if list(map(str.strip, keys)) != keys or "" in raw:
+        return None
+    try:
+        c = np.asarray(counts, dtype=np.float64)
+    except OverflowError:  # an int beyond float64
+        return None
+    if not (np.isfinite(c).all() and (c > 0).all()):
+        return None
+    c = np.minimum(c, COUNT_CAP)
+    count = c.tolist()
+    # as _merged: 0.0 + c * w, clamped
+    recency = np.minimum(c * recency_weight_array(len(keys)), COUNT_CAP).tolist()
+    return FieldStats(values=keys, count=count, distinct=list(count), recency=recency)
+
+
 def parse_field(field_name: str, raw: object) -> FieldStats:
     """A request's field: a string, a list of strings (repeats count) or an object {value: count}.
 
@@ -176,6 +201,9 @@ def parse_field(field_name: str, raw: object) -> FieldStats:
     if isinstance(raw, str):
         raw = [raw]
     if isinstance(raw, Mapping):
+        fast = _counted_as_sent(raw)
+        if fast is not None:
+            return fast
         pairs = [(str(k).strip(), _as_count(field_name, str(k), c)) for k, c in raw.items()]
         pairs = [(k, c) for k, c in pairs if c > 0 and k]
         return _merged(pairs, recency_weights(len(pairs)))

@@ -296,3 +296,25 @@ def test_request_values_follow_the_event_logs_rule_stripped_and_empty_ones_absen
     assert merged.values == ["b", "a"] and merged.count == merged.distinct == [1.0, 5.0]
     assert merged.recency == [w[1], 2.0 * w[0] + 3.0 * w[2]]
     assert parse_field("f", {"a": 9e5, " a": 9e5}).count == [history.COUNT_CAP]
+
+
+def test_a_counted_object_is_parsed_as_the_pair_by_pair_merge_to_the_bit() -> None:
+    """`{value: count}` as the log's requests send it takes whole-array operations (`_counted_as_sent`);
+    the pair-by-pair merge stays the reference, and what the fast form does not cover (unstripped or
+    empty keys, zero, huge or bad counts) still goes through it."""
+
+    def merged(raw: dict[str, Any]) -> FieldStats:
+        pairs = [(k.strip(), history._as_count("f", k, c)) for k, c in raw.items()]
+        pairs = [(k, c) for k, c in pairs if c > 0 and k]
+        return history._merged(pairs, history.recency_weights(len(pairs)))
+
+    rnd = random.Random(5)
+    counts = [1, 2, 3, 7, 10**7, 10**400, 0.5, 2.25, 1e30, 1e300, 0, 0.0]
+    for trial in range(500):
+        n = rnd.choice([1, 2, 5, 40, 100, 1100])
+        keys = [f"v{i}" if trial % 7 else rnd.choice(["v", " v", "v ", "", f"w{i}"]) for i in range(n)]
+        raw = {k: rnd.choice(counts if trial % 3 else counts[:10]) for k in keys}
+        assert parse_field("f", raw) == merged(raw), raw
+    for bad in ({"a": 1, "b": "2"}, {"a": True}, {"a": -1}, {"a": -(10**400)}, {"a": math.nan}, {"a": math.inf}):
+        with pytest.raises(ValueError, match="the count of"):
+            parse_field("f", bad)
