@@ -26,7 +26,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, repeat
-from operator import itemgetter
+from operator import itemgetter, mul
 
 import numpy as np
 
@@ -167,24 +167,21 @@ def _merged(pairs: Sequence[tuple[str, float]], weights: Sequence[float]) -> Fie
 
 def _counted_as_sent(raw: Mapping[object, object]) -> FieldStats | None:
     """`{value: count}` as requests built from a log send it (string keys already stripped, counts
-    finite numbers > 0) in whole-array operations, with `_merged`'s results to the bit; None for
+    finite numbers in (0, COUNT_CAP]) in C-level maps, with `_merged`'s results to the bit; None for
     anything else, which `_merged` handles (and names the bad count of)."""
     if not raw or not set(map(type, raw)) <= {str} or not set(map(type, raw.values())) <= {int, float}:
         return None
     keys: list[str] = list(raw)  # type: ignore[arg-type]  # str, checked above
-    counts = list(raw.values())
     if list(map(str.strip, keys)) != keys or "" in raw:
         return None
     try:
-        c = np.asarray(counts, dtype=np.float64)
+        count = list(map(float, raw.values()))  # type: ignore[arg-type]  # int or float, checked above
     except OverflowError:  # an int beyond float64
         return None
-    if not (np.isfinite(c).all() and (c > 0).all()):
+    if not (min(count) > 0 and max(count) <= COUNT_CAP and all(map(math.isfinite, count))):
         return None
-    c = np.minimum(c, COUNT_CAP)
-    count = c.tolist()
-    # as _merged: 0.0 + c * w, clamped
-    recency = np.minimum(c * recency_weight_array(len(keys)), COUNT_CAP).tolist()
+    # as _merged: 0.0 + c * w, which c <= COUNT_CAP and w <= 1 keep within the cap
+    recency = list(map(mul, count, recency_weight_array(len(keys)).tolist()))
     return FieldStats(values=keys, count=count, distinct=list(count), recency=recency)
 
 
