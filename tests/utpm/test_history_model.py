@@ -515,6 +515,28 @@ def test_bootstrap_intervals_do_not_depend_on_the_order_the_runs_finished_in() -
     assert any(r.get("vs") for r in first)
 
 
+def test_a_request_built_from_the_log_carries_the_counts_a_training_example_reads() -> None:
+    """At the protocol's cut, each value `ProtocolSplit.request` sends has the count the training
+    example's field stats give it (the request keeps the most recent `max_history` values; the
+    training example has all of them; both count every tag of an item, as `all_item_tags` trains).
+    Sent as lists, every count read was 1."""
+    split = split_protocol(synthetic_dataset(n_users=20, events=30), seed=0, max_history=5)
+    seqs = UserSequences(split, TINY_HIST.N, all_item_tags=True)
+    repeated = 0
+    for i in range(split.n_users):
+        example, sent = seqs.stats(i), split.request(i)
+        for name in ("clicked_tags", UNCLICKED_FIELD):
+            if name not in example:
+                assert name not in sent
+                continue
+            trained = dict(zip(example[name].values, example[name].count, strict=True))
+            served = parse_field(name, sent[name])
+            assert served.values == example[name].values[-5:]
+            assert served.count == [trained[v] for v in served.values]
+            repeated += any(c > 1 for c in served.count)
+    assert repeated > 0  # some counts are above 1
+
+
 def test_a_training_example_reads_the_clicked_items_its_request_carries() -> None:
     """A training example at the protocol's cut gives every clicked item; of them the item
     neighbours read the most recent `recent_items`, which are what `ProtocolSplit.request` sends."""
