@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # pandas: `utpm serve` runs on a serving install, without the
 SERVED = "served"  # the served lists' row among the yardsticks'
 AGAINST = "against"  # --against: the other bundle's lists for the same requests
 QUALITY_KS = (1, 2, 3)
+VALUES = 10  # --values: the most recent distinct values sent per field
 
 
 def bench_personal_cmd(
@@ -53,7 +54,7 @@ def bench_personal_cmd(
     data: Annotated[Path, typer.Argument(help="A data set in the generic format (e.g. artifacts/movielens).")],
     users: Annotated[int, typer.Option(min=2, help="Users to profile (a seeded draw).")] = 200,
     k: Annotated[int, typer.Option(min=1, max=1000, help="Tags per profile.")] = 10,
-    values: Annotated[int, typer.Option(min=1, help="Most recent distinct values sent per field.")] = 10,
+    values: Annotated[int, typer.Option(min=1, help="Most recent distinct values sent per field.")] = VALUES,
     seed: Annotated[
         int | None,
         typer.Option(help="Seed of the protocol split and of the draw of users (default: the bundle's training seed)."),
@@ -96,7 +97,7 @@ def bench_personal_cmd(
     from utpm.evaluation.personalisation import personalisation
 
     quality_only = [o for o, v in (("--against", against), ("--tags-per-item", tags_per_item)) if v is not None]
-    if whole and (counts or items or values != 10):
+    if whole and (counts or items or values != VALUES):
         fail("--whole sends the request built from the log: leave out --values, --counts and --items")
     if quality_only and not quality:  # else the comparison asked for was silently not made
         fail(f"{', '.join(quality_only)}: part of the Prec@K figures, which --no-quality turns off")

@@ -196,17 +196,20 @@ class ProtocolSplit:
         return [f"{k} {v!r} then, {now.get(k)!r} now" for k, v in recorded.items() if k != "source" and now.get(k) != v]
 
 
-def _history_field(
-    user_idx: np.ndarray, item_idx: np.ndarray, item_values: Ragged, n_users: int, max_history: int
-) -> tuple[Ragged, np.ndarray]:
-    """Per-user recent-unique values of the given items (events already sorted by user, time), and each
-    kept value's count: its occurrences among all of the user's given items (aligned with the codes)."""
+def _occurrences(user_idx: np.ndarray, item_idx: np.ndarray, item_values: Ragged) -> tuple[np.ndarray, np.ndarray]:
+    """(user, value code) of every value of the given items, in the events' order."""
     lengths = item_values.lengths()[item_idx]
     starts = item_values.offsets[item_idx]
     total = int(lengths.sum())
-    ev_user = np.repeat(user_idx, lengths)
     within = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    codes = item_values.codes[np.repeat(starts, lengths) + within]
+    return np.repeat(user_idx, lengths), item_values.codes[np.repeat(starts, lengths) + within]
+
+
+def _history_field(
+    user_idx: np.ndarray, item_idx: np.ndarray, item_values: Ragged, n_users: int, max_history: int
+) -> Ragged:
+    """Per-user recent-unique values of the given items (events already sorted by user, time)."""
+    ev_user, codes = _occurrences(user_idx, item_idx, item_values)
     # newest first, keep the first (= most recent) occurrence of each (user, value), then the
     # max_history most recent per user, then back to oldest first
     rev_user, rev_codes = ev_user[::-1], codes[::-1]
@@ -217,13 +220,19 @@ def _history_field(
     keep = rank < max_history
     rev_user, rev_codes = rev_user[keep], rev_codes[keep]
     # reverse back: users then descend, so stable-sort by user to restore ascending user order
-    user, codes_kept = rev_user[::-1], rev_codes[::-1]
+    user, codes = rev_user[::-1], rev_codes[::-1]
     order = np.argsort(user, kind="stable")
-    user, codes_kept = user[order], codes_kept[order]
-    pair = ev_user.astype(np.int64) * len(item_values.values) + codes
-    pairs, occurrences = np.unique(pair, return_counts=True)
-    counts = occurrences[np.searchsorted(pairs, user.astype(np.int64) * len(item_values.values) + codes_kept)]
-    return _ragged_from_pairs(user, codes_kept, n_users, item_values.values), counts.astype(np.int64)
+    return _ragged_from_pairs(user[order], codes[order], n_users, item_values.values)
+
+
+def _value_counts(field: Ragged, user_idx: np.ndarray, item_idx: np.ndarray, item_values: Ragged) -> np.ndarray:
+    """Each value of `field` (`_history_field` of the same items): its occurrences among all of its
+    user's given items, aligned with `field.codes`."""
+    ev_user, codes = _occurrences(user_idx, item_idx, item_values)
+    n_values = len(item_values.values)
+    pairs, occurrences = np.unique(ev_user.astype(np.int64) * n_values + codes, return_counts=True)
+    rows = np.repeat(np.arange(len(field), dtype=np.int64), field.lengths())
+    return occurrences[np.searchsorted(pairs, rows * n_values + field.codes)].astype(np.int64)
 
 
 def split_protocol(
@@ -318,17 +327,12 @@ def _feature_fields(
     fields: dict[str, Ragged] = {}
     kinds: dict[str, FieldKind] = {}
     counts: dict[str, np.ndarray] = {}
-    for c, lists in item_lists.items():
-        s = sel & (label == 1)
-        fields[f"clicked_{c}"], counts[f"clicked_{c}"] = _history_field(
-            ev_user[s], item_idx[s], lists, n_users, max_history
-        )
-        kinds[f"clicked_{c}"] = FieldKind.MULTI
-    s = sel & (label == 0)
-    fields["unclicked_tags"], counts["unclicked_tags"] = _history_field(
-        ev_user[s], item_idx[s], item_lists["tags"], n_users, max_history
-    )
-    kinds["unclicked_tags"] = FieldKind.MULTI
+    multi = [(f"clicked_{c}", lists, sel & (label == 1)) for c, lists in item_lists.items()]
+    multi.append(("unclicked_tags", item_lists["tags"], sel & (label == 0)))
+    for name, lists, s in multi:
+        fields[name] = _history_field(ev_user[s], item_idx[s], lists, n_users, max_history)
+        counts[name] = _value_counts(fields[name], ev_user[s], item_idx[s], lists)
+        kinds[name] = FieldKind.MULTI
     if data.users is not None:
         users = data.users.set_index("user_id").reindex(pd.Index(user_ids))
         for c in data.user_fields:
@@ -413,7 +417,7 @@ def _recent_clicked_items(item_ids: np.ndarray, users: np.ndarray, n_users: int,
     values (`_history_field`)."""
     ids, codes = np.unique(item_ids.astype(str), return_inverse=True)
     each_itself = Ragged(np.arange(len(ids) + 1), np.arange(len(ids)), ids.astype(object))  # item -> [item]
-    return _history_field(users, codes, each_itself, n_users, max_items)[0]
+    return _history_field(users, codes, each_itself, n_users, max_items)
 
 
 def clicked_items_tag_counts(data: Dataset) -> np.ndarray:

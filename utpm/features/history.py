@@ -141,9 +141,8 @@ def _as_count(field_name: str, value: str, raw: object) -> float:
     """A request's count: a finite number >= 0 (0 drops the value); anything else is a ValueError."""
     if isinstance(raw, bool) or not isinstance(raw, int | float):
         raise ValueError(f"field {field_name!r}: the count of {value!r} must be a number, got {raw!r}")
-    if isinstance(raw, int) and raw > COUNT_CAP:  # also an int beyond float64, which float() cannot take
-        return COUNT_CAP
-    c = float(raw) if raw >= -COUNT_CAP else -math.inf
+    # an int may lie beyond float64, which float() cannot take: bound it first (its sign stays)
+    c = float(min(max(raw, -1), COUNT_CAP)) if isinstance(raw, int) else float(raw)
     if not math.isfinite(c) or c < 0:
         raise ValueError(f"field {field_name!r}: the count of {value!r} must be a finite number >= 0, got {raw!r}")
     return min(c, COUNT_CAP)
