@@ -154,7 +154,8 @@ def _users_from_data(
     )
     names = set(encoder.field_names) | set(extra_fields)
     rows = split.indices(test=True)[:n] if split.test_fraction > 0 else np.arange(min(n, split.n_users))
-    # value lists: the gate's cases edit lists, and add a case of {value: count} objects of their own
+    # value lists: the paper models' encoder reads lists, and the history gate draws its own case of
+    # {value: count} objects from them
     return [{k: v for k, v in split.request(int(i), counts=False).items() if k in names} for i in rows]  # type: ignore[misc]
 
 
