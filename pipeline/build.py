@@ -5,7 +5,8 @@
     out/bundle  the exported bundle (`model_export`) with its FAISS index (`index`)
 
 `isolate=True` runs each stage in a fresh process: at a million tags the split of 20M events and
-the export each peak at several GB, and in one process the peaks would add up.
+the export each peak at several GB, and in one process the peaks would add up. Each stage's report
+gives `peak_rss_gib`: with `isolate`, the stage's own peak; without, the process's peak so far.
 """
 
 from __future__ import annotations
@@ -100,9 +101,25 @@ def build_bundle(
     for name, fn, args in stages:
         t0 = time.perf_counter()
         say(f"{name}: {_what(name, source, config, built)}")
-        report = _run_isolated(fn, args) if isolate else fn(*args, say=say)
+        report = _run_isolated(fn, args) if isolate else {**fn(*args, say=say), "peak_rss_gib": peak_rss_gib()}
         built.stages[name] = {**report, "seconds": round(time.perf_counter() - t0, 1)}
     return built
+
+
+def peak_rss_gib() -> float | None:
+    """This process's peak resident memory so far, in GiB; in an isolated stage, that stage's own.
+    Read from VmHWM (Linux), not `ru_maxrss`, which a spawned process inherits from the process that
+    forked it; None where neither is available."""
+    try:
+        with open("/proc/self/status") as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        try:
+            import resource  # not on Windows
+        except ImportError:
+            return None
+        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(kib / 2**20, 2)
 
 
 def _what(stage: str, source: DataSource, config: Any, built: BuiltBundle) -> str:
@@ -128,7 +145,7 @@ def _while_parent_lives(parent: int, fn: Callable[..., dict[str, Any]], *args: A
         os._exit(1)  # the parent is gone (re-parented to init): nobody wants this stage's output
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-    return fn(*args)
+    return {**fn(*args), "peak_rss_gib": peak_rss_gib()}
 
 
 def _stderr(message: str) -> None:

@@ -21,6 +21,14 @@ def slow_stage(out: Path, seconds: float) -> dict[str, Any]:
     return {}
 
 
+def allocating_stage(mib: int) -> dict[str, Any]:
+    """A stage whose memory peaks at about `mib` MiB above what the process started with."""
+    import numpy as np
+
+    block = np.ones(mib * 2**20, np.uint8)  # written, so resident
+    return {"sum": int(block[:: 2**20].sum())}
+
+
 def _wait_for(path: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -62,5 +70,17 @@ def test_a_killed_build_leaves_no_stage_running_or_writing(tmp_path: Path) -> No
 def test_an_isolated_stage_returns_its_report(tmp_path: Path) -> None:
     from pipeline.build import _run_isolated
 
-    assert _run_isolated(slow_stage, (tmp_path, 0.0)) == {}
+    report = _run_isolated(slow_stage, (tmp_path, 0.0))
+    assert set(report) == {"peak_rss_gib"}
     assert (tmp_path / "output").read_text() == "written"
+
+
+def test_an_isolated_stage_reports_its_own_peak_memory() -> None:
+    """Each stage runs in a fresh process, so its peak is its own: 400 MiB more than a stage that
+    allocates nothing, whatever the test process itself holds."""
+    from pipeline.build import _run_isolated
+
+    small = _run_isolated(allocating_stage, (0,))
+    big = _run_isolated(allocating_stage, (400,))
+    assert big["sum"] == 400
+    assert 0.35 <= big["peak_rss_gib"] - small["peak_rss_gib"] <= 0.5, (small, big)
