@@ -26,14 +26,15 @@ from typing import Any
 
 import numpy as np
 
-# raised whenever the default model changes what a bundle holds (5: item neighbours), so that a
-# cached benchmark bundle of an older model is rebuilt, not served as if it were the default
-RECIPE_VERSION = 5
+PAPER_MODEL = "utpm"
+DEFAULT_MODEL = "utpm-hist"  # the project's default model: what the benchmarks build unless told otherwise
+# raised, per model, whenever a change to that model changes what its bundle holds (the default
+# model's 5: item neighbours), so that a cached benchmark bundle of an older model is rebuilt, not
+# served as if it were the current one, and the other model's bundle is kept
+RECIPE_VERSIONS = {DEFAULT_MODEL: 5, PAPER_MODEL: 5}
 # raised whenever requests built from the log change shape (2: fields with counts): a cached bundle's
 # request bodies are then rewritten, the bundle kept
 PAYLOADS_VERSION = 2
-PAPER_MODEL = "utpm"
-DEFAULT_MODEL = "utpm-hist"  # the project's default model: what the benchmarks build unless told otherwise
 MODELS = (DEFAULT_MODEL, PAPER_MODEL)
 DEFAULT_ROOT = Path("artifacts/bench")
 # Fewer tags than this and the synthetic generator's planted interests and item tags crowd each other out
@@ -58,7 +59,7 @@ class Recipe:
     parity_users: int = 512
     index: str = "auto"
     seed: int = 0
-    version: int = RECIPE_VERSION
+    version: int = RECIPE_VERSIONS[PAPER_MODEL]  # the model's (for_tags sets it)
     # the tower's cross layer: the paper model's is cf; utpm-hist's (`HistoryOptions.cross`) defaults to none
     cross: str = "cf"
 
@@ -80,7 +81,7 @@ class Recipe:
 
         cross = cross or HistoryOptions.cross
         check_cross(cross)  # before the data and the training it would fail after
-        return cls(tags=tags, users=max(2_000, tags // 5), model=model, cross=cross)
+        return cls(tags=tags, users=max(2_000, tags // 5), model=model, cross=cross, version=RECIPE_VERSIONS[model])
 
     def directory(self, root: Path) -> Path:
         """root/tags<N> for the paper model (the directory earlier benchmarks used), root/tags<N>-utpm-hist

@@ -132,3 +132,15 @@ def test_the_bundle_command_refuses_bad_input_in_one_line(tmp_path: Path, capsys
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2 and problem in capsys.readouterr().err, argv
+
+
+def test_raising_one_models_recipe_version_keeps_the_other_models_bundle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A change to the default model rebuilds its benchmark bundle, not the paper model's (20 min at 1M tags)."""
+    import loadtest.bundle as bench
+
+    paper, default = (
+        dataclasses.asdict(bench.Recipe.for_tags(1000, m)) for m in (bench.PAPER_MODEL, bench.DEFAULT_MODEL)
+    )
+    monkeypatch.setitem(bench.RECIPE_VERSIONS, bench.DEFAULT_MODEL, bench.RECIPE_VERSIONS[bench.DEFAULT_MODEL] + 1)
+    assert not bench.Recipe.for_tags(1000, bench.DEFAULT_MODEL).same_as(default)
+    assert bench.Recipe.for_tags(1000, bench.PAPER_MODEL).same_as(paper)
