@@ -34,7 +34,7 @@ from utpm.features import history_kernel
 from utpm.features.encoding import FeatureEncoder
 from utpm.features.hashed_lookup import HashedLookup
 from utpm.features.item_neighbours import ItemNeighbourTags
-from utpm.features.pair_counts import count_pairs, fitting_sample, top_neighbours
+from utpm.features.pair_counts import count_pairs, fitting_sample, top_neighbours_by_block
 from utpm.features.sorted_keys import find_sorted
 from utpm.features.spec import FieldKind
 from utpm.features.values import clean_values
@@ -297,10 +297,15 @@ class TagStats:
         if r_all > 0:
             rt = (pairs.same + shrinkage * r_all) / (n_h + shrinkage)
             repeat = np.where(n_h > 0, np.log(rt / r_all), 0.0)
-        h, t = np.repeat(np.arange(n_tags), np.diff(pairs.indptr)), pairs.tags
-        lift = np.log((pairs.counts + shrinkage * p[t]) / (n_h[h] + shrinkage) / p[t])
-        indptr, chosen = top_neighbours(pairs.indptr, lift, neighbours)
-        t, lift = t[chosen], lift[chosen]
+
+        def lift_of(lo: int, hi: int) -> np.ndarray:
+            """log P(t | h) / P(t), shrunk towards P(t), of rows lo..hi-1's pairs."""
+            a, b = pairs.indptr[lo], pairs.indptr[hi]
+            h, t = np.repeat(np.arange(lo, hi), np.diff(pairs.indptr[lo : hi + 1])), pairs.tags[a:b]
+            return np.log((pairs.counts[a:b] + shrinkage * p[t]) / (n_h[h] + shrinkage) / p[t])
+
+        indptr, chosen, lift = top_neighbours_by_block(pairs.indptr, lift_of, neighbours)
+        t = pairs.tags[chosen]
         rate = np.log((n_c + 0.5) / (n_users + 1.0))
         rate[: Vocabulary.OOV + 1] = np.log(0.5 / (n_users + 1.0))
         ranked = np.argsort(-n_c, kind="stable")

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from utpm.features.compiled import compiled
-from utpm.features.pair_counts import count_pairs, fitting_sample, top_neighbours
+from utpm.features.pair_counts import count_pairs, fitting_sample, top_neighbours_by_block
 from utpm.features.vocab import Vocabulary
 
 # neighbours kept per item: 50 did as well as 200 on validation users (docs/results.md)
@@ -56,11 +56,16 @@ class ItemNeighbours:
         users = [np.unique(np.asarray(c, np.int64)) for c in clicked]
         pairs = count_pairs([(u, u) for u in users], n_items)
         clickers = np.bincount(np.concatenate(users) if users else np.zeros(0, np.int64), minlength=n_items)
-        row = np.repeat(np.arange(n_items), np.diff(pairs.indptr))
-        norm = np.sqrt(clickers[row].astype(np.float64) * clickers[pairs.tags])
-        cosine = np.where(has_tags[pairs.tags], pairs.counts / np.maximum(norm, 1.0), 0.0)
-        indptr, chosen = top_neighbours(pairs.indptr, cosine, k)
-        return cls(indptr, pairs.tags[chosen].astype(np.int64), cosine[chosen])
+
+        def cosine_of(lo: int, hi: int) -> np.ndarray:
+            """The cosine of rows lo..hi-1's item pairs; 0 where the neighbour has no tags."""
+            a, b = pairs.indptr[lo], pairs.indptr[hi]
+            row, col = np.repeat(np.arange(lo, hi), np.diff(pairs.indptr[lo : hi + 1])), pairs.tags[a:b]
+            norm = np.sqrt(clickers[row].astype(np.float64) * clickers[col])
+            return np.where(has_tags[col], pairs.counts[a:b] / np.maximum(norm, 1.0), 0.0)
+
+        indptr, chosen, cosine = top_neighbours_by_block(pairs.indptr, cosine_of, k)
+        return cls(indptr, pairs.tags[chosen].astype(np.int64), cosine)
 
     def scores(self, clicked: np.ndarray, seen: np.ndarray, top_items: int = 100) -> tuple[np.ndarray, np.ndarray]:
         """The best `top_items` items for a user who clicked `clicked` (ids) and saw `seen` (ids, left

@@ -6,22 +6,31 @@ The counts are a sparse product of the users' history tags with their label tags
 user's block of pairs is built and only each row's distinct tags are sorted. Before, `np.unique`
 of every user's codes h * n_tags + t sorted every pair, most of the tag statistics' time at a
 million tags; tests/utpm/features/test_tag_stats.py checks the two agree.
+
+The table is the largest thing the tag statistics hold (one entry per distinct pair: hundreds of
+millions at a million tags), so it is int32, and its rows are scored `BLOCK_PAIRS` entries at a time
+(`top_neighbours_by_block`): a score array of the whole table, and the temporaries that compute it,
+would each be as large as the table again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from utpm.features.compiled import compiled
 
+# entries of a pair table scored at once by `top_neighbours_by_block`
+BLOCK_PAIRS = 1 << 24
+
 
 @dataclass
 class PairCounts:
     """Row h (a history tag) holds the label tags t != h of its users, `tags[indptr[h] : indptr[h + 1]]`
-    ascending, and `counts`, how many users have both; `same[h]`: how many have h on both sides."""
+    ascending, and `counts`, how many users have both (both int32); `same[h]`: how many have h on both
+    sides."""
 
     indptr: np.ndarray
     tags: np.ndarray
@@ -41,6 +50,29 @@ def top_neighbours(indptr: np.ndarray, score: np.ndarray, k: int) -> tuple[np.nd
     """Per row of a table laid out as `PairCounts`, the positions of its at most `k` entries with the
     highest `score` above 0 (ties: the row's order), best first; as (indptr of the choice, positions)."""
     return _top_neighbours(indptr, score, k)
+
+
+def top_neighbours_by_block(
+    indptr: np.ndarray, score_of: Callable[[int, int], np.ndarray], k: int, block: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`top_neighbours` of the scores `score_of(lo, hi)` gives for rows lo..hi-1 (their entries
+    `indptr[lo] : indptr[hi]`, in the table's order), asked for about `block` entries at a time, so
+    that no score array of the whole table is held; with the chosen entries' scores."""
+    block = block or BLOCK_PAIRS
+    n_rows = len(indptr) - 1
+    ptrs, chosen, scores = [np.zeros(1, np.int64)], [], []
+    lo = 0
+    while lo < n_rows:
+        # the most rows from lo whose entries fit in `block`, at least one
+        hi = min(n_rows, max(lo + 1, int(np.searchsorted(indptr, indptr[lo] + block, side="right")) - 1))
+        score = score_of(lo, hi)
+        ptr, pos = top_neighbours(indptr[lo : hi + 1] - indptr[lo], score, k)
+        ptrs.append(ptr[1:] + ptrs[-1][-1])
+        chosen.append(pos + indptr[lo])
+        scores.append(score[pos])
+        lo = hi
+    empty = np.zeros(0, np.int64)
+    return np.concatenate(ptrs), np.concatenate([empty, *chosen]), np.concatenate([np.zeros(0), *scores])
 
 
 def fitting_sample(n_pairs: np.ndarray, budget: int) -> list[int]:
@@ -88,8 +120,8 @@ def _pair_counts(h_bounds, h_ids, c_bounds, c_ids, n_tags):
         indptr[h + 1] = indptr[h] + m
         for i in range(m):
             acc[touched[i]] = 0
-    tags = np.empty(indptr[n_tags], np.int64)
-    counts = np.empty(indptr[n_tags], np.int64)
+    tags = np.empty(indptr[n_tags], np.int32)
+    counts = np.empty(indptr[n_tags], np.int32)
     for h in range(n_tags):
         m, _ = _sum_row(h, starts, by_tag, c_bounds, c_ids, acc, touched)
         row = np.sort(touched[:m])

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from utpm.features import pair_counts
 from utpm.features.history import TagStats
-from utpm.features.pair_counts import count_pairs, top_neighbours
+from utpm.features.item_neighbours import ItemNeighbours
+from utpm.features.pair_counts import count_pairs, top_neighbours, top_neighbours_by_block
 
 
 def _users(n: int, n_tags: int, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -48,6 +51,43 @@ def test_top_neighbours_are_each_rows_best_positive_scores_ties_in_row_order() -
         want = sorted(row, key=lambda j: (-score[j], j))[:3]
         assert chosen[got_ptr[r] : got_ptr[r + 1]].tolist() == want
     assert got_ptr[-1] < indptr[-1]  # some rows had more than 3, or scores <= 0
+
+
+def test_top_neighbours_by_block_are_those_of_the_whole_table_whatever_the_block() -> None:
+    rng = np.random.default_rng(5)
+    lens = rng.integers(0, 12, 40)
+    lens[7] = 30  # a row longer than the blocks: it is scored alone
+    indptr = np.concatenate([[0], np.cumsum(lens)])
+    score = rng.choice([-1.0, 0.0, 0.5, 1.0, 2.0], indptr[-1])
+    want_ptr, want = top_neighbours(indptr, score, 4)
+    asked = []
+
+    def score_of(lo: int, hi: int) -> np.ndarray:
+        asked.append(int(indptr[hi] - indptr[lo]))
+        return score[indptr[lo] : indptr[hi]]
+
+    for block in (1, 7, 25, 10_000):
+        asked.clear()
+        ptr, chosen, scores = top_neighbours_by_block(indptr, score_of, 4, block)
+        assert np.array_equal(ptr, want_ptr) and np.array_equal(chosen, want) and np.array_equal(scores, score[want])
+        assert sum(asked) == indptr[-1] and max(asked) <= max(block, 30)  # every entry once, a block at a time
+    ptr, chosen, scores = top_neighbours_by_block(np.zeros(1, np.int64), score_of, 4)  # no rows
+    assert ptr.tolist() == [0] and len(chosen) == len(scores) == 0
+
+
+def test_tag_statistics_and_item_neighbours_do_not_depend_on_the_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scored a block at a time (to bound memory), the lifts, cosines and neighbours are those of one
+    block, to the bit."""
+    hist, labels = _users(300, 40, seed=3)
+    clicked = [np.concatenate([h, c]) for h, c in zip(hist, labels, strict=True)]
+    has_tags = np.arange(40) % 7 != 0
+    whole = TagStats.fit(hist, labels, 40, neighbours=5), ItemNeighbours.fit(clicked, 40, has_tags, k=5)
+    monkeypatch.setattr(pair_counts, "BLOCK_PAIRS", 16)
+    blocked = TagStats.fit(hist, labels, 40, neighbours=5), ItemNeighbours.fit(clicked, 40, has_tags, k=5)
+    _same(whole[0], blocked[0])
+    for name in ("indptr", "items", "similarity"):
+        assert np.array_equal(getattr(whole[1], name), getattr(blocked[1], name)), name
+    assert len(whole[0].indices) > 100 and len(whole[1].items) > 100
 
 
 def test_past_the_pair_budget_a_seeded_sample_of_users_gives_every_statistic() -> None:
