@@ -134,3 +134,34 @@ def test_ragged_take_selects_rows() -> None:
     sub = split.fields["clicked_tags"].take(np.array([1, 0]))
     assert sub.row(0) == split.fields["clicked_tags"].row(1)
     assert sub.row(1) == split.fields["clicked_tags"].row(0)
+
+
+def test_recent_unique_values_and_their_counts_match_a_per_user_reference() -> None:
+    """The compiled kernels of every multi-valued field, against the rule written out per user: each
+    value once at its most recent occurrence, the `max_history` most recent, oldest first; its count
+    over all of the user's occurrences. Random items of 0-4 values, users with no events among them."""
+    from utpm.data.protocol import Ragged, _history_field, _value_counts
+
+    rng = np.random.default_rng(7)
+    n_users, n_values, n_items = 40, 15, 30
+    lengths = rng.integers(0, 5, n_items)
+    item_values = Ragged(
+        np.concatenate([[0], np.cumsum(lengths)]),
+        rng.integers(0, n_values, int(lengths.sum())),
+        np.array([f"v{i}" for i in range(n_values)], dtype=object),
+    )
+    user_idx = np.sort(rng.choice(np.arange(0, n_users, 2), 400))  # odd users have no events
+    item_idx = rng.integers(0, n_items, len(user_idx))
+    for max_history in (1, 3, 100):
+        field = _history_field(user_idx, item_idx, item_values, n_users, max_history)
+        counts = _value_counts(field, user_idx, item_idx, item_values)
+        for u in range(n_users):
+            occurrences = [
+                int(c)
+                for i in item_idx[user_idx == u]
+                for c in item_values.codes[item_values.offsets[i] : item_values.offsets[i + 1]]
+            ]
+            recent = list(dict.fromkeys(reversed(occurrences)))[:max_history][::-1]
+            lo, hi = field.offsets[u], field.offsets[u + 1]
+            assert field.codes[lo:hi].tolist() == recent
+            assert counts[lo:hi].tolist() == [occurrences.count(c) for c in recent]

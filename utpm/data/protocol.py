@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from utpm.data.loading import Dataset
+from utpm.features.compiled import compiled
 from utpm.features.history import ITEM_FIELD
 from utpm.features.item_neighbours import RECENT_ITEMS
 from utpm.features.spec import FieldKind
@@ -210,29 +211,54 @@ def _history_field(
 ) -> Ragged:
     """Per-user recent-unique values of the given items (events already sorted by user, time)."""
     ev_user, codes = _occurrences(user_idx, item_idx, item_values)
-    # newest first, keep the first (= most recent) occurrence of each (user, value), then the
-    # max_history most recent per user, then back to oldest first
-    rev_user, rev_codes = ev_user[::-1], codes[::-1]
-    key = pd.DataFrame({"u": rev_user, "c": rev_codes})
-    keep = ~key.duplicated().to_numpy()
-    rev_user, rev_codes = rev_user[keep], rev_codes[keep]
-    rank = pd.Series(rev_user).groupby(rev_user).cumcount().to_numpy()
-    keep = rank < max_history
-    rev_user, rev_codes = rev_user[keep], rev_codes[keep]
-    # reverse back: users then descend, so stable-sort by user to restore ascending user order
-    user, codes = rev_user[::-1], rev_codes[::-1]
-    order = np.argsort(user, kind="stable")
-    return _ragged_from_pairs(user[order], codes[order], n_users, item_values.values)
+    keep = _recent_unique(ev_user, codes, len(item_values.values), max_history)
+    return _ragged_from_pairs(ev_user[keep], codes[keep], n_users, item_values.values)
 
 
 def _value_counts(field: Ragged, user_idx: np.ndarray, item_idx: np.ndarray, item_values: Ragged) -> np.ndarray:
     """Each value of `field` (`_history_field` of the same items): its occurrences among all of its
     user's given items, aligned with `field.codes`."""
     ev_user, codes = _occurrences(user_idx, item_idx, item_values)
-    n_values = len(item_values.values)
-    pairs, occurrences = np.unique(ev_user.astype(np.int64) * n_values + codes, return_counts=True)
-    rows = np.repeat(np.arange(len(field), dtype=np.int64), field.lengths())
-    return occurrences[np.searchsorted(pairs, rows * n_values + field.codes)].astype(np.int64)
+    return _counts_of(ev_user, codes, field.offsets, field.codes, len(item_values.values))
+
+
+# Compiled, and linear in the occurrences with one slot per value: at 20M events the pandas and
+# np.unique forms held several arrays of every occurrence (docs/pipeline.md, the split's memory).
+@compiled
+def _recent_unique(ev_user, codes, n_values, max_history):
+    """Which occurrences are kept: each user's most recent one of each value, the `max_history` most
+    recent values per user (occurrences grouped by user, in time order within a user)."""
+    seen = np.full(n_values, -1, np.int64)  # the last user (in reverse order) each value was kept for
+    keep = np.zeros(len(codes), np.bool_)
+    user, kept = -1, 0
+    for j in range(len(codes) - 1, -1, -1):
+        if ev_user[j] != user:
+            user, kept = ev_user[j], 0
+        c = codes[j]
+        if kept < max_history and seen[c] != user:
+            seen[c] = user
+            keep[j] = True
+            kept += 1
+    return keep
+
+
+@compiled
+def _counts_of(ev_user, codes, offsets, field_codes, n_values):
+    """For each user's field values (`field_codes[offsets[u] : offsets[u + 1]]`), how often it occurs
+    among that user's occurrences (grouped by user)."""
+    count = np.zeros(n_values, np.int64)
+    out = np.zeros(len(field_codes), np.int64)
+    j = 0
+    while j < len(codes):
+        user, lo = ev_user[j], j
+        while j < len(codes) and ev_user[j] == user:
+            count[codes[j]] += 1
+            j += 1
+        for x in range(offsets[user], offsets[user + 1]):
+            out[x] = count[field_codes[x]]
+        for i in range(lo, j):
+            count[codes[i]] = 0
+    return out
 
 
 def split_protocol(
