@@ -29,9 +29,9 @@ import numpy as np
 PAPER_MODEL = "utpm"
 DEFAULT_MODEL = "utpm-hist"  # the project's default model: what the benchmarks build unless told otherwise
 # raised, per model, whenever a change to that model changes what its bundle holds (the default
-# model's 5: item neighbours), so that a cached benchmark bundle of an older model is rebuilt, not
-# served as if it were the current one, and the other model's bundle is kept
-RECIPE_VERSIONS = {DEFAULT_MODEL: 5, PAPER_MODEL: 5}
+# model's 5: item neighbours; 6: its own batch size), so that a cached benchmark bundle of an older
+# model is rebuilt, not served as if it were the current one, and the other model's bundle is kept
+RECIPE_VERSIONS = {DEFAULT_MODEL: 6, PAPER_MODEL: 5}
 # raised whenever requests built from the log change shape (2: fields with counts): a cached bundle's
 # request bodies are then rewritten, the bundle kept
 PAYLOADS_VERSION = 2
@@ -78,10 +78,15 @@ class Recipe:
             cross = "cf"
         from utpm.models.history import HistoryOptions
         from utpm.models.user_model import check_cross
+        from utpm.training.history import HistoryTrainConfig
 
         cross = cross or HistoryOptions.cross
         check_cross(cross)  # before the data and the training it would fail after
-        return cls(tags=tags, users=max(2_000, tags // 5), model=model, cross=cross, version=RECIPE_VERSIONS[model])
+        # utpm-hist trains with its own batch size: its sampled loss scores every history tag of the
+        # batch's users for each of them, so a step's memory grows with the batch squared (docs/pipeline.md)
+        batch_size = cls.batch_size if model == PAPER_MODEL else HistoryTrainConfig.batch_size
+        users = max(2_000, tags // 5)
+        return cls(tags, users, model=model, batch_size=batch_size, cross=cross, version=RECIPE_VERSIONS[model])
 
     def directory(self, root: Path) -> Path:
         """root/tags<N> for the paper model (the directory earlier benchmarks used), root/tags<N>-utpm-hist
