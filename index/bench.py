@@ -179,11 +179,11 @@ def bench_index(
         plan = plan_index("ivf", n_tags)
     say(f"building {plan.factory}")
     t0 = time.perf_counter()
-    index, on_gpu = make_index(plan, x, rng, None)
+    ann = make_index(plan, x, rng, None)
     build_s = time.perf_counter() - t0
-    params, met, table = tune(index, plan, on_gpu, n_tags, tune_q, tune_exact, k, target_recall)
-    apply_search_params(index, params, on_gpu)
-    ann = TagIndex(index, n_reserved=0, on_gpu=on_gpu)
+    params, met, table = tune(ann, plan, n_tags, tune_q, tune_exact, k, target_recall)
+    apply_search_params(ann.index, params, ann.on_gpu)
+    on_gpu, index = ann.on_gpu, ann.index
     ann_ids, ann_qps = _timed_search(lambda q: ann.search(q, k)[1], eval_q)
     recall_small = recall_at_k(eval_exact, ann_ids, min(10, k))
     recall_k = recall_at_k(eval_exact, ann_ids, k)

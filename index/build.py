@@ -28,6 +28,7 @@ from index.evaluation import recall_at_k
 from index.factory import IndexPlan, plan_index, search_param_candidates
 from index.gpu import gpu_count, to_cpu, to_device
 from index.infos import INDEX_FILE, INFOS_FILE, IndexInfos
+from index.mips import transform_rows
 from index.structured import queries_near
 from index.tag_index import TagIndex, apply_search_params
 from index.two_stage import TwoStageResult, TwoStageSearch
@@ -41,9 +42,16 @@ TRAIN_POINTS_PER_LIST = 64  # k-means sample size per IVF list: enough for stabl
 K_SMALL, K_LARGE = 10, 50
 
 
-def make_index(plan: IndexPlan, x: np.ndarray, rng: np.random.Generator, use_gpu: bool | None) -> tuple[Any, bool]:
-    """Build (train if needed, add) the planned index over x (n, U) float32 -> (index, on_gpu)."""
-    index = faiss.index_factory(x.shape[1], plan.factory, faiss.METRIC_INNER_PRODUCT)
+def make_index(
+    plan: IndexPlan, x: np.ndarray, rng: np.random.Generator, use_gpu: bool | None, n_reserved: int = 0
+) -> TagIndex:
+    """Build (train if needed, add) the planned index over x (n, U) float32. An approximate one holds
+    the rows transformed for nearest-neighbour search (index.mips), an exact one the rows as they are."""
+    max_sq_norm = None
+    if plan.search_param is not None:
+        x, max_sq_norm = transform_rows(x)
+    metric = faiss.METRIC_INNER_PRODUCT if max_sq_norm is None else faiss.METRIC_L2
+    index = faiss.index_factory(x.shape[1], plan.factory, metric)
     if plan.kind == "hnsw":
         cast(Any, index).hnsw.efConstruction = 80  # faiss' default 40 builds a visibly weaker graph for IP search
     index, on_gpu = to_device(index, use_gpu)
@@ -53,7 +61,7 @@ def make_index(plan: IndexPlan, x: np.ndarray, rng: np.random.Generator, use_gpu
         sample = x[np.sort(rng.choice(len(x), n_train, replace=False))] if n_train < len(x) else x
         index.train(sample)
     index.add(x)
-    return index, on_gpu
+    return TagIndex(index, n_reserved=n_reserved, on_gpu=on_gpu, max_sq_norm=max_sq_norm)
 
 
 def measure(index: TagIndex, queries: np.ndarray, exact_ids: np.ndarray, k: int) -> dict[str, float]:
@@ -69,9 +77,8 @@ def measure(index: TagIndex, queries: np.ndarray, exact_ids: np.ndarray, k: int)
 
 
 def tune(
-    index: Any,
+    index: TagIndex,
     plan: IndexPlan,
-    on_gpu: bool,
     n_tags: int,
     queries: np.ndarray,
     exact_ids: np.ndarray,
@@ -84,8 +91,8 @@ def tune(
     table: list[dict[str, float]] = []
     best: dict[str, int] = {}
     for value in search_param_candidates(plan, n_tags, k):
-        apply_search_params(index, {plan.search_param: value}, on_gpu)
-        m = measure(TagIndex(index, on_gpu=on_gpu), queries, exact_ids, k)
+        apply_search_params(index.index, {plan.search_param: value}, index.on_gpu)
+        m = measure(index, queries, exact_ids, k)
         table.append({plan.search_param: value, f"recall@{k}": m[f"recall@{k}"], "qps": m["qps"]})
         best = {plan.search_param: value}
         if m[f"recall@{k}"] >= target:
@@ -191,7 +198,7 @@ def build_index(
 
     say(f"building {plan.factory} over {n_tags:,} x {x.shape[1]} embeddings")
     t0 = time.perf_counter()
-    index, on_gpu = make_index(plan, x, rng, use_gpu)
+    index = make_index(plan, x, rng, use_gpu, n_reserved)
     build_seconds = time.perf_counter() - t0
 
     say("measuring recall against exact search")
@@ -209,15 +216,15 @@ def build_index(
     else:
         tune_rows = eval_rows = np.arange(len(queries))
         query_info["evaluated_on"] = "all"
-    params, met, table = tune(index, plan, on_gpu, n_tags, queries[tune_rows], exact_ids[tune_rows], k, target_recall)
-    apply_search_params(index, params, on_gpu)
-    result = measure(TagIndex(index, on_gpu=on_gpu), queries[eval_rows], exact_ids[eval_rows], k)
+    params, met, table = tune(index, plan, n_tags, queries[tune_rows], exact_ids[tune_rows], k, target_recall)
+    apply_search_params(index.index, params, index.on_gpu)
+    result = measure(index, queries[eval_rows], exact_ids[eval_rows], k)
     two_stage = None
     if bundle.has_history:
         say("measuring the two-stage search (ANN + history tags) against exact final scores")
-        two_stage = two_stage_recall(bundle, TagIndex(index, on_gpu=on_gpu), k)
+        two_stage = two_stage_recall(bundle, index, k)
 
-    cpu_index = to_cpu(index, on_gpu)
+    cpu_index = to_cpu(index.index, index.on_gpu)
     # Infos go first so that a crash in between leaves no infos rather than stale ones.
     (bundle.path / INFOS_FILE).unlink(missing_ok=True)
     tmp = bundle.path / f".{INDEX_FILE}.tmp"
@@ -229,7 +236,7 @@ def build_index(
         metric=METRIC,
         kind=plan.kind,
         factory=plan.factory,
-        ntotal=int(index.ntotal),
+        ntotal=index.ntotal,
         params=params,
         build_seconds=round(build_seconds, 3),
         memory_bytes=int(faiss.serialize_index(cpu_index).size),
@@ -239,8 +246,9 @@ def build_index(
         target_met=met if plan.search_param is not None else None,
         search_qps=round(result["qps"], 1),
         tuning=table,
-        gpu=on_gpu,
+        gpu=index.on_gpu,
         two_stage=two_stage,
+        max_sq_norm=index.max_sq_norm,
         faiss_version=faiss.__version__,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )

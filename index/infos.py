@@ -45,6 +45,9 @@ class IndexInfos:
     # utpm-hist bundles: recall@10/@50 of the served two-stage search (ANN candidates over [o_t, b_t]
     # plus the history tags scored exactly) against exact final scores over every tag
     two_stage: dict[str, Any] | None = None
+    # set when the index holds the rows transformed for nearest-neighbour search (index.mips): their
+    # largest squared norm M; the faiss index then has dimension dim + 1 and metric L2
+    max_sq_norm: float | None = None
     faiss_version: str = ""
     created_at: str = ""
 

@@ -9,6 +9,10 @@ service sees; padding (0) and OOV (1) are always excluded. When an approximate i
 than k admissible results (a very long block list, or too few IVF cells probed), the rows are
 padded with id -1 and score -inf.
 
+An approximate index (IVF, HNSW) holds the rows transformed so that nearest by distance is
+largest by inner product (`index.mips`; `max_sq_norm` set, faiss metric L2); `search` transforms the
+queries and turns distances back into inner products. An exact index holds the rows as they are.
+
 Thread safety: CPU faiss indexes support concurrent searches as long as nobody changes their
 parameters, and the search parameter (nprobe / efSearch) is set once at load; GPU indexes do not,
 so searches on a GPU index take a lock.
@@ -26,7 +30,8 @@ import numpy as np
 
 from index.errors import IndexMismatchError, TagIndexError
 from index.gpu import to_device
-from index.infos import INDEX_FILE, IndexInfos
+from index.infos import INDEX_FILE, INFOS_FILE, IndexInfos
+from index.mips import inner_products, transform_queries
 from model_export.bundle import Bundle, load_bundle
 from model_export.errors import BundleError
 from model_export.manifest import METRIC, RESERVED_TAG_IDS
@@ -69,21 +74,28 @@ class TagIndex:
         n_reserved: int = len(RESERVED_TAG_IDS),
         infos: IndexInfos | None = None,
         on_gpu: bool = False,
+        max_sq_norm: float | None = None,
     ) -> None:
-        if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        if max_sq_norm is None and index.metric_type != faiss.METRIC_INNER_PRODUCT:
             raise IndexMismatchError(
                 f"index metric is faiss metric {index.metric_type}, not inner product "
                 f"({faiss.METRIC_INNER_PRODUCT}): user-tag scores are u . t"
+            )
+        if max_sq_norm is not None and index.metric_type != faiss.METRIC_L2:
+            raise IndexMismatchError(
+                f"index metric is faiss metric {index.metric_type}, not L2 ({faiss.METRIC_L2}): "
+                "an index of transformed rows (index.mips) is searched by distance"
             )
         self.index = index
         self.n_reserved = n_reserved
         self.infos = infos
         self.on_gpu = on_gpu
+        self.max_sq_norm = max_sq_norm  # M of the rows' transform (index.mips), None: rows as they are
         self._lock: contextlib.AbstractContextManager[object] = threading.Lock() if on_gpu else contextlib.nullcontext()
 
     @property
     def dim(self) -> int:
-        return int(self.index.d)
+        return int(self.index.d) - (self.max_sq_norm is not None)
 
     @property
     def ntotal(self) -> int:
@@ -127,17 +139,28 @@ class TagIndex:
             index = faiss.read_index(str(path))
         except RuntimeError as e:
             raise TagIndexError(f"{path}: cannot read: {str(e).splitlines()[0]}") from None
-        if index.d != bundle.index_dim:
-            raise IndexMismatchError(f"{path} has dimension {index.d}, the bundle {bundle.index_dim}; {rebuild}")
-        if index.metric_type != faiss.METRIC_INNER_PRODUCT:
-            raise IndexMismatchError(f"{path} does not use inner product (faiss metric {index.metric_type}); {rebuild}")
+        extra = infos.max_sq_norm is not None  # the transform's coordinate (index.mips)
+        if index.d != bundle.index_dim + extra:
+            raise IndexMismatchError(
+                f"{path} has dimension {index.d}, the bundle {bundle.index_dim}"
+                + (" (+ 1 for the transform)" if extra else "")
+                + f"; {rebuild}"
+            )
+        if index.metric_type != (faiss.METRIC_L2 if extra else faiss.METRIC_INNER_PRODUCT):
+            raise IndexMismatchError(
+                f"{path} uses faiss metric {index.metric_type}, not "
+                + ("L2 over transformed rows" if extra else "inner product")
+                + f" as its {INFOS_FILE} says; {rebuild}"
+            )
         if index.ntotal != bundle.manifest.tag_count:
             raise IndexMismatchError(
                 f"{path} holds {index.ntotal} vectors, the bundle {bundle.manifest.tag_count} tags; {rebuild}"
             )
         index, on_gpu = to_device(index, use_gpu)
         apply_search_params(index, infos.params, on_gpu)
-        return cls(index, n_reserved=len(bundle.reserved_tag_ids), infos=infos, on_gpu=on_gpu)
+        return cls(
+            index, n_reserved=len(bundle.reserved_tag_ids), infos=infos, on_gpu=on_gpu, max_sq_norm=infos.max_sq_norm
+        )
 
     def search(self, user_embeddings: np.ndarray, k: int, exclude: Exclude = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k tags of each user by u . t.
@@ -162,7 +185,11 @@ class TagIndex:
         if b == 0 or fetch == 0:
             return scores, ids
         with self._lock:
-            d, i = self.index.search(x, fetch)  # (B, fetch) each
+            if self.max_sq_norm is None:
+                d, i = self.index.search(x, fetch)  # (B, fetch) each
+            else:
+                d, i = self.index.search(transform_queries(x), fetch)
+                d = inner_products(x, d, self.max_sq_norm)
         keep = (i >= self.n_reserved) & np.isfinite(d)
         if any(len(r) for r in in_range):
             for row, r in enumerate(in_range):

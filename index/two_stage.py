@@ -18,7 +18,7 @@ import numpy as np
 
 from index.tag_index import TagIndex
 from model_export.bundle import Bundle
-from model_export.scorer import RESERVED, history_scores
+from model_export.scorer import RESERVED, history_scores, model_part
 from utpm.ranking import top_k
 
 POPULAR_CANDIDATES = 1024  # M: M dot products per user, small next to the model run
@@ -91,6 +91,8 @@ class TwoStageSearch:
             s, i = self.index.search(self.bundle.index_queries(u[rows]), k, exclude=exclude)
             # the popular ones are scored already
             fresh = (i >= RESERVED) & (self._places(i, i >= RESERVED) >= len(self.popular))
+            if self.index.max_sq_norm is not None:  # scored as the candidates are, not from L2 distances
+                s = model_part(u[rows], self.table, self.bias, np.where(fresh, i, 0))
             ann_ids[rows] = np.where(fresh, i, -1)
             ann_s[rows] = np.where(fresh, s, -np.inf)
         # the top-k of every row's candidates (popular, history, index), ties by the lower tag id as in

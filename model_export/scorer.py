@@ -68,7 +68,7 @@ def exact_top_k(
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def _model_part(u: np.ndarray, table: np.ndarray, bias: np.ndarray, ids: np.ndarray) -> np.ndarray:
+def model_part(u: np.ndarray, table: np.ndarray, bias: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """u . o_t + b_t of the tags `ids` (B, C), ids >= 0, float32."""
     dots = np.einsum("bu,bcu->bc", np.asarray(u, np.float32), np.asarray(table[ids], np.float32))
     return dots + np.asarray(bias[ids], np.float32)
@@ -79,7 +79,7 @@ def history_scores(
 ) -> np.ndarray:
     """Final scores of each user's own history tags (B, Hh): u . o_h + b_h + g, -inf at padding.
     `scores_at(..., ids=hist_ids)` without its per-tag loop (a user's history tags are distinct)."""
-    s = _model_part(u, table, bias, hist_ids) + np.asarray(hist_g, np.float32)
+    s = model_part(u, table, bias, hist_ids) + np.asarray(hist_g, np.float32)
     return np.where(hist_ids >= RESERVED, s, -np.inf).astype(np.float32)
 
 
@@ -92,7 +92,7 @@ def scores_at(
     ids: np.ndarray,
 ) -> np.ndarray:
     """Final scores of the given tags (B, C) for each user; ids (B, C) (-1: padding, scored -inf)."""
-    s = _model_part(u, table, bias, np.clip(ids, 0, None))
+    s = model_part(u, table, bias, np.clip(ids, 0, None))
     g = np.asarray(hist_g, np.float32)
     for b in range(len(ids)):
         pos = {int(t): j for j, t in enumerate(hist_ids[b].tolist()) if t > 0}

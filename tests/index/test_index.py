@@ -30,13 +30,6 @@ from model_export.bundle import load_bundle
 from model_export.parity import top_k_ids
 
 
-@pytest.fixture
-def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
-    dst = tmp_path / "bundle"
-    shutil.copytree(tiny_bundle, dst)
-    return dst
-
-
 def test_recall_on_a_hand_made_case() -> None:
     exact = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
     approx = np.array([[4, 3, 9, 9], [5, 6, 7, 8]])
