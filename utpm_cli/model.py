@@ -24,12 +24,12 @@ STAGE_LINE_S = 60.0
 
 def memory_now() -> str:
     """The process's resident memory now and its peak so far, for a stage line: where a large run's
-    memory goes, read from its log (Linux; elsewhere the peak, or nothing without `resource`)."""
-    try:
-        import resource  # not on Windows
-    except ImportError:
+    memory goes, read from its log (Linux; elsewhere the peak, or nothing)."""
+    from pipeline.build import peak_rss_gib
+
+    peak = peak_rss_gib()
+    if peak is None:
         return "memory unknown"
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
     try:
         with open("/proc/self/statm") as f:
             now = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30

@@ -140,7 +140,7 @@ def test_recent_unique_values_and_their_counts_match_a_per_user_reference() -> N
     """The compiled kernels of every multi-valued field, against the rule written out per user: each
     value once at its most recent occurrence, the `max_history` most recent, oldest first; its count
     over all of the user's occurrences. Random items of 0-4 values, users with no events among them."""
-    from utpm.data.protocol import Ragged, _history_field, _value_counts
+    from utpm.data.protocol import Ragged, _history_field, _occurrences, _value_counts
 
     rng = np.random.default_rng(7)
     n_users, n_values, n_items = 40, 15, 30
@@ -153,8 +153,9 @@ def test_recent_unique_values_and_their_counts_match_a_per_user_reference() -> N
     user_idx = np.sort(rng.choice(np.arange(0, n_users, 2), 400))  # odd users have no events
     item_idx = rng.integers(0, n_items, len(user_idx))
     for max_history in (1, 3, 100):
-        field = _history_field(user_idx, item_idx, item_values, n_users, max_history)
-        counts = _value_counts(field, user_idx, item_idx, item_values)
+        expanded = _occurrences(user_idx, item_idx, item_values)
+        field = _history_field(*expanded, item_values.values, n_users, max_history)
+        counts = _value_counts(field, *expanded)
         for u in range(n_users):
             occurrences = [
                 int(c)

@@ -206,20 +206,17 @@ def _occurrences(user_idx: np.ndarray, item_idx: np.ndarray, item_values: Ragged
     return np.repeat(user_idx, lengths), item_values.codes[np.repeat(starts, lengths) + within]
 
 
-def _history_field(
-    user_idx: np.ndarray, item_idx: np.ndarray, item_values: Ragged, n_users: int, max_history: int
-) -> Ragged:
-    """Per-user recent-unique values of the given items (events already sorted by user, time)."""
-    ev_user, codes = _occurrences(user_idx, item_idx, item_values)
-    keep = _recent_unique(ev_user, codes, len(item_values.values), max_history)
-    return _ragged_from_pairs(ev_user[keep], codes[keep], n_users, item_values.values)
+def _history_field(ev_user: np.ndarray, codes: np.ndarray, values: np.ndarray, n_users: int, max_history: int) -> Ragged:
+    """Per-user recent-unique values of the occurrences (user, value code) (`_occurrences`; grouped by
+    user, in time order within a user) over the value table `values`."""
+    keep = _recent_unique(ev_user, codes, len(values), max_history)
+    return _ragged_from_pairs(ev_user[keep], codes[keep], n_users, values)
 
 
-def _value_counts(field: Ragged, user_idx: np.ndarray, item_idx: np.ndarray, item_values: Ragged) -> np.ndarray:
-    """Each value of `field` (`_history_field` of the same items): its occurrences among all of its
-    user's given items, aligned with `field.codes`."""
-    ev_user, codes = _occurrences(user_idx, item_idx, item_values)
-    return _counts_of(ev_user, codes, field.offsets, field.codes, len(item_values.values))
+def _value_counts(field: Ragged, ev_user: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Each value of `field` (`_history_field` of the same occurrences): how often it occurs among its
+    user's, aligned with `field.codes`."""
+    return _counts_of(ev_user, codes, field.offsets, field.codes, len(field.values))
 
 
 # Compiled, and linear in the occurrences with one slot per value: at 20M events the pandas and
@@ -356,8 +353,9 @@ def _feature_fields(
     multi = [(f"clicked_{c}", lists, sel & (label == 1)) for c, lists in item_lists.items()]
     multi.append(("unclicked_tags", item_lists["tags"], sel & (label == 0)))
     for name, lists, s in multi:
-        fields[name] = _history_field(ev_user[s], item_idx[s], lists, n_users, max_history)
-        counts[name] = _value_counts(fields[name], ev_user[s], item_idx[s], lists)
+        occurrences = _occurrences(ev_user[s], item_idx[s], lists)  # expanded once for both
+        fields[name] = _history_field(*occurrences, lists.values, n_users, max_history)
+        counts[name] = _value_counts(fields[name], *occurrences)
         kinds[name] = FieldKind.MULTI
     if data.users is not None:
         users = data.users.set_index("user_id").reindex(pd.Index(user_ids))
@@ -442,8 +440,7 @@ def _recent_clicked_items(item_ids: np.ndarray, users: np.ndarray, n_users: int,
     time), oldest first by last click, the most recent `max_items` of them, as each field keeps its
     values (`_history_field`)."""
     ids, codes = np.unique(item_ids.astype(str), return_inverse=True)
-    each_itself = Ragged(np.arange(len(ids) + 1), np.arange(len(ids)), ids.astype(object))  # item -> [item]
-    return _history_field(users, codes, each_itself, n_users, max_items)
+    return _history_field(users, codes, ids.astype(object), n_users, max_items)  # an item is its one value
 
 
 def clicked_items_tag_counts(data: Dataset) -> np.ndarray:

@@ -298,11 +298,10 @@ class TagStats:
             rt = (pairs.same + shrinkage * r_all) / (n_h + shrinkage)
             repeat = np.where(n_h > 0, np.log(rt / r_all), 0.0)
 
-        def lift_of(lo: int, hi: int) -> np.ndarray:
-            """log P(t | h) / P(t), shrunk towards P(t), of rows lo..hi-1's pairs."""
-            a, b = pairs.indptr[lo], pairs.indptr[hi]
-            h, t = np.repeat(np.arange(lo, hi), np.diff(pairs.indptr[lo : hi + 1])), pairs.tags[a:b]
-            return np.log((pairs.counts[a:b] + shrinkage * p[t]) / (n_h[h] + shrinkage) / p[t])
+        def lift_of(h: np.ndarray, pairs_at: slice) -> np.ndarray:
+            """log P(t | h) / P(t), shrunk towards P(t), of the pairs (h, t)."""
+            t = pairs.tags[pairs_at]
+            return np.log((pairs.counts[pairs_at] + shrinkage * p[t]) / (n_h[h] + shrinkage) / p[t])
 
         indptr, chosen, lift = top_neighbours_by_block(pairs.indptr, lift_of, neighbours)
         t = pairs.tags[chosen]

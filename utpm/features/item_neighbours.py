@@ -57,12 +57,11 @@ class ItemNeighbours:
         pairs = count_pairs([(u, u) for u in users], n_items)
         clickers = np.bincount(np.concatenate(users) if users else np.zeros(0, np.int64), minlength=n_items)
 
-        def cosine_of(lo: int, hi: int) -> np.ndarray:
-            """The cosine of rows lo..hi-1's item pairs; 0 where the neighbour has no tags."""
-            a, b = pairs.indptr[lo], pairs.indptr[hi]
-            row, col = np.repeat(np.arange(lo, hi), np.diff(pairs.indptr[lo : hi + 1])), pairs.tags[a:b]
+        def cosine_of(row: np.ndarray, pairs_at: slice) -> np.ndarray:
+            """The cosine of the item pairs (row, col); 0 where the neighbour has no tags."""
+            col = pairs.tags[pairs_at]
             norm = np.sqrt(clickers[row].astype(np.float64) * clickers[col])
-            return np.where(has_tags[col], pairs.counts[a:b] / np.maximum(norm, 1.0), 0.0)
+            return np.where(has_tags[col], pairs.counts[pairs_at] / np.maximum(norm, 1.0), 0.0)
 
         indptr, chosen, cosine = top_neighbours_by_block(pairs.indptr, cosine_of, k)
         return cls(indptr, pairs.tags[chosen].astype(np.int64), cosine)

@@ -53,11 +53,11 @@ def top_neighbours(indptr: np.ndarray, score: np.ndarray, k: int) -> tuple[np.nd
 
 
 def top_neighbours_by_block(
-    indptr: np.ndarray, score_of: Callable[[int, int], np.ndarray], k: int, block: int | None = None
+    indptr: np.ndarray, score_of: Callable[[np.ndarray, slice], np.ndarray], k: int, block: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`top_neighbours` of the scores `score_of(lo, hi)` gives for rows lo..hi-1 (their entries
-    `indptr[lo] : indptr[hi]`, in the table's order), asked for about `block` entries at a time, so
-    that no score array of the whole table is held; with the chosen entries' scores."""
+    """`top_neighbours` of the scores `score_of(rows, entries)` gives for a run of whole rows: the
+    table's `entries` (a slice) and the row of each, asked for about `block` entries at a time, so that
+    no score array of the whole table is held; with the chosen entries' scores."""
     block = block or BLOCK_PAIRS
     n_rows = len(indptr) - 1
     ptrs, chosen, scores = [np.zeros(1, np.int64)], [], []
@@ -65,7 +65,8 @@ def top_neighbours_by_block(
     while lo < n_rows:
         # the most rows from lo whose entries fit in `block`, at least one
         hi = min(n_rows, max(lo + 1, int(np.searchsorted(indptr, indptr[lo] + block, side="right")) - 1))
-        score = score_of(lo, hi)
+        rows = np.repeat(np.arange(lo, hi), np.diff(indptr[lo : hi + 1]))
+        score = score_of(rows, slice(int(indptr[lo]), int(indptr[hi])))
         ptr, pos = top_neighbours(indptr[lo : hi + 1] - indptr[lo], score, k)
         ptrs.append(ptr[1:] + ptrs[-1][-1])
         chosen.append(pos + indptr[lo])
