@@ -27,15 +27,18 @@ def memory_now() -> str:
     memory goes, read from its log (Linux; elsewhere the peak, or nothing)."""
     from pipeline.build import peak_rss_gib
 
-    peak = peak_rss_gib()
-    if peak is None:
-        return "memory unknown"
     try:
         with open("/proc/self/statm") as f:
             now = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
     except (OSError, ValueError, IndexError):
+        now = None
+    peak = peak_rss_gib()
+    if peak is None:
+        return "memory unknown"
+    if now is None:
         return f"peak {peak:.1f} GiB"
-    return f"{now:.1f} GiB, peak {peak:.1f}"
+    # the peak is read after `now` and rounded to 0.01 GiB: never print it below what `now` prints
+    return f"{now:.1f} GiB, peak {max(peak, now):.1f}"
 
 
 def prepare_amazon_cmd(

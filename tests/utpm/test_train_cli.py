@@ -46,6 +46,16 @@ def test_train_without_options_trains_the_default_model_with_its_default_loss(
     assert "validating the start" not in stages
 
 
+def test_a_stage_line_never_prints_the_peak_below_the_memory_now(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the peak is read after the resident size and rounded to 0.01 GiB: CI once printed "1.7 GiB, peak 1.6"
+    import pipeline.build
+    from utpm_cli.model import memory_now
+
+    monkeypatch.setattr(pipeline.build, "peak_rss_gib", lambda: 0.01)
+    now, peak = re.fullmatch(r"(\d+\.\d) GiB, peak (\d+\.\d)", memory_now()).groups()  # type: ignore[union-attr]
+    assert float(now) > 0 and peak == now
+
+
 def test_an_all_tag_loss_over_a_large_vocabulary_says_it_trained_its_sampled_form(
     movielens_sample_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
