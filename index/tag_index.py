@@ -36,21 +36,34 @@ from model_export.bundle import Bundle, load_bundle
 from model_export.errors import BundleError
 from model_export.manifest import METRIC, RESERVED_TAG_IDS
 
-Exclude = Iterable[int] | Sequence[Iterable[int]] | None
+Exclude = Iterable[int] | Sequence[Iterable[int]] | np.ndarray | None
 
 
-def _per_row_exclusions(exclude: Exclude, batch: int) -> list[np.ndarray]:
-    """Normalise a block list: one iterable of ids for every row, or one iterable per row."""
+def _exclusion_keys(exclude: Exclude, batch: int, lo: int, hi: int) -> np.ndarray:
+    """The block list as sorted distinct keys row * hi + id, for the ids in [lo, hi) that a search can
+    return. `exclude`: one iterable of ids for every row, one iterable per row, or a (B, H) array per
+    row whose other ids (padding) are ignored. Keys, not per-row sets: one membership test per batch."""
     if exclude is None:
-        return [np.zeros(0, dtype=np.int64)] * batch
-    items = list(exclude)
-    per_row = bool(items) and all(not isinstance(x, int | np.integer) for x in items)
-    if per_row:
-        if len(items) != batch:
-            raise ValueError(f"per-query exclusions: got {len(items)} lists for {batch} queries")
-        return [np.unique(np.asarray(list(x), dtype=np.int64)) for x in items]  # type: ignore[call-overload]
-    shared = np.unique(np.asarray(items, dtype=np.int64))
-    return [shared] * batch
+        return np.zeros(0, np.int64)
+    if isinstance(exclude, np.ndarray) and exclude.ndim == 2:
+        if len(exclude) != batch:
+            raise ValueError(f"per-query exclusions: got {len(exclude)} lists for {batch} queries")
+        ids = exclude.astype(np.int64, copy=False).ravel()
+        row = np.repeat(np.arange(batch, dtype=np.int64), exclude.shape[1])
+    else:
+        items = list(exclude)
+        if bool(items) and all(not isinstance(x, int | np.integer) for x in items):
+            if len(items) != batch:
+                raise ValueError(f"per-query exclusions: got {len(items)} lists for {batch} queries")
+            per_row = [np.asarray(x if isinstance(x, np.ndarray) else list(x), np.int64).ravel() for x in items]
+            ids = np.concatenate(per_row)
+            row = np.repeat(np.arange(batch, dtype=np.int64), [len(x) for x in per_row])
+        else:
+            shared = np.asarray(items, np.int64)
+            ids = np.tile(shared, batch)
+            row = np.repeat(np.arange(batch, dtype=np.int64), len(shared))
+    ok = (ids >= lo) & (ids < hi)
+    return np.unique(row[ok] * hi + ids[ok])
 
 
 def apply_search_params(index: faiss.Index, params: dict[str, int], on_gpu: bool = False) -> None:
@@ -166,7 +179,8 @@ class TagIndex:
         """Top-k tags of each user by u . t.
 
         user_embeddings: (B, U) float32. exclude: tag ids never to return, either one iterable
-        applied to every query or a sequence of B iterables (one per query); ids 0 and 1 are always
+        applied to every query, a sequence of B iterables (one per query), or a (B, H) int array (one
+        row per query; ids outside the index, such as padding -1, are ignored); ids 0 and 1 are always
         excluded. Returns scores (B, k) float32 and ids (B, k) int64, best first, padded with
         (-inf, -1) when fewer than k admissible tags were found.
         """
@@ -175,11 +189,11 @@ class TagIndex:
             raise ValueError(f"user_embeddings must be (B, {self.dim}), got {x.shape}")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        b = x.shape[0]
-        rows = _per_row_exclusions(exclude, b)
-        # Only ids that can be returned need room in the over-fetch.
-        in_range = [r[(r >= self.n_reserved) & (r < self.ntotal)] for r in rows]
-        fetch = min(self.ntotal, k + self.n_reserved + max((len(r) for r in in_range), default=0))
+        b, n = x.shape[0], self.ntotal
+        # only ids that can be returned are kept, and need room in the over-fetch
+        keys = _exclusion_keys(exclude, b, self.n_reserved, n)
+        longest = int(np.bincount(keys // n, minlength=b).max()) if len(keys) else 0
+        fetch = min(n, k + self.n_reserved + longest)
         scores = np.full((b, k), -np.inf, dtype=np.float32)
         ids = np.full((b, k), -1, dtype=np.int64)
         if b == 0 or fetch == 0:
@@ -191,10 +205,10 @@ class TagIndex:
                 d, i = self.index.search(transform_queries(x), fetch)
                 d = inner_products(x, d, self.max_sq_norm)
         keep = (i >= self.n_reserved) & np.isfinite(d)
-        if any(len(r) for r in in_range):
-            for row, r in enumerate(in_range):
-                if len(r):
-                    keep[row] &= ~np.isin(i[row], r)
+        if len(keys):
+            found = np.arange(b, dtype=np.int64)[:, None] * n + i  # (ids -1 are not kept already)
+            at = np.minimum(np.searchsorted(keys, found), len(keys) - 1)
+            keep &= keys[at] != found
         # Position of each kept result among its row's kept results; the first k survive.
         pos = np.cumsum(keep, axis=1) - 1
         take = keep & (pos < k)

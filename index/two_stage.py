@@ -87,8 +87,8 @@ class TwoStageSearch:
         ann_ids = np.full((b, k if len(rows) else 0), -1, np.int64)
         ann_s = np.full(ann_ids.shape, -np.inf, np.float32)
         if len(rows):
-            exclude = [hist_ids[r][hist_ok[r]] for r in rows]
-            s, i = self.index.search(self.bundle.index_queries(u[rows]), k, exclude=exclude)
+            # the history tags, scored with their g above (padding ids are reserved: never returned anyway)
+            s, i = self.index.search(self.bundle.index_queries(u[rows]), k, exclude=hist_ids[rows])
             # the popular ones are scored already
             fresh = (i >= RESERVED) & (self._places(i, i >= RESERVED) >= len(self.popular))
             if self.index.max_sq_norm is not None:  # scored as the candidates are, not from L2 distances

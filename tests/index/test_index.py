@@ -104,6 +104,14 @@ def test_block_list_is_honoured() -> None:
     _, per_row = index.search(q, 5, exclude=[[ids[0, 0]], [], [ids[2, 1], ids[2, 2]]])
     assert ids[0, 0] not in per_row[0] and per_row[1].tolist() == ids[1].tolist()
     assert not np.isin(per_row[2], ids[2, 1:3]).any()
+    # the same lists as a (B, H) array, padded with ids a search never returns (-1, 0, past the end), and
+    # with a repeat; at k 36 every row still fills from the 36 to 38 tags left to it
+    padded = np.array([[ids[0, 0], -1, 0, 99], [-1, -1, 1, 40], [ids[2, 1], ids[2, 2], ids[2, 2], -1]])
+    assert (index.search(q, 5, exclude=padded)[1] == per_row).all()
+    full = index.search(q, 36, exclude=np.array([[2, 2], [-1, -1], [2, 3]]))[1]
+    assert (full >= 2).all() and 2 not in full[0] and not np.isin(full[2], [2, 3]).any()
+    with pytest.raises(ValueError, match="per-query exclusions"):
+        index.search(q, 5, exclude=padded[:2])
     scores, ids3 = index.search(q, 40, exclude=range(2, 10))  # fewer admissible tags than k
     assert (ids3[:, :30] >= 10).all() and (ids3[:, 30:] == -1).all() and np.isinf(scores[:, 30:]).all()
     with pytest.raises(ValueError, match="per-query exclusions"):
