@@ -129,10 +129,18 @@ def history_counts(split: ProtocolSplit, user: int, max_tags: int | None) -> dic
 
 
 def history_frequency(
-    split: ProtocolSplit, user: int, popular: list[str], limit: int, max_tags: int | None, order: dict[str, int]
+    split: ProtocolSplit,
+    user: int,
+    popular: list[str],
+    limit: int,
+    max_tags: int | None,
+    order: dict[str, int],
+    rank: Mapping[str, int] | None = None,
 ) -> list[str]:
-    """User's label-1 history tags by frequency (ties by popularity, then `tag_order`), then popular tags."""
-    rank = {t: r for r, t in enumerate(popular)}
+    """User's label-1 history tags by frequency (ties by popularity, then `tag_order`), then popular tags.
+    `rank`: tag -> its place in `popular`, when the caller ranks many users (building it per user
+    costs a pass over every tag)."""
+    rank = {t: r for r, t in enumerate(popular)} if rank is None else rank
     tie = _tie_key(order)
     counts = {t: c for t, (c, _) in history_counts(split, user, max_tags).items()}
     own = sorted(counts, key=lambda t: (-counts[t], rank.get(t, len(rank)), tie(t)))
@@ -284,7 +292,8 @@ def yardstick_rankings(
     if name == "mostpop":
         return [popular[:limit]] * len(test_rows)
     if name == "histfreq":
-        return [history_frequency(split, int(i), popular, limit, max_tags, order)[:limit] for i in test_rows]
+        rank = {t: r for r, t in enumerate(popular)}
+        return [history_frequency(split, int(i), popular, limit, max_tags, order, rank)[:limit] for i in test_rows]
     if name in ("blend", *ORACLES):
         if name in ORACLES and (planted is None or len(planted) != len(test_rows)):
             raise ValueError(f"{name!r} needs the planted interests of every test user")
