@@ -8,8 +8,8 @@ under `artifacts/bench/tags<N>/`) and reused while
 of held-out test users (realistic request bodies). Why the recipe trains on a budget from frozen,
 structured tag vectors, and why the paper model's index is tuned on structured queries (the default
 model's on its held-out users): docs/pipeline.md, "The benchmark bundle". The serving cost (ONNX
-graph, index, payloads) is that of a real 1M-tag industrial model; the ranking quality is not, and
-is not measured.
+graph, index, payloads) is that of a real 1M-tag industrial model; the ranking quality is not
+(docs/performance.md, "What the benchmark bundle's lists are worth").
 """
 
 from __future__ import annotations
@@ -53,6 +53,10 @@ class Recipe:
     preset: str = "industrial"
     model: str = "utpm"
     train_users: int = 8192
+    # validation users the default model's start is tuned on and its epoch judged on (0: none, the
+    # start is popularity alone and the trained epoch is kept): docs/performance.md, "What the
+    # benchmark bundle's lists are worth"
+    val_users: int = 0
     batch_size: int = 1024
     negatives_per_positive: int = 2
     test_fraction: float = 0.01
@@ -108,15 +112,17 @@ class Recipe:
 
     def train_config(self, tag_vectors: Path) -> Any:
         """The training budget: one epoch over `train_users` sampled users, tag vectors frozen at
-        structured ones, no validation (epochs of a 1M-tag evaluation would cost more than training)."""
+        structured ones, `val_users` validation users (by default none: epochs of a 1M-tag evaluation
+        would cost more than training)."""
         from utpm.models.presets import get_preset
 
         preset = get_preset(self.preset)
+        training_users = round(self.users * (1 - self.test_fraction))
         budget: dict[str, Any] = {
             "seed": self.seed,
             "epochs": 1,
             "batch_size": self.batch_size,
-            "val_fraction": 0.0,
+            "val_fraction": min(1.0, self.val_users / training_users) if self.val_users else 0.0,
             "augment_cuts": (),
             "eval_ks": (),
             "max_train_users": self.train_users,

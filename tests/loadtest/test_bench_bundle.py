@@ -144,3 +144,17 @@ def test_raising_one_models_recipe_version_keeps_the_other_models_bundle(monkeyp
     monkeypatch.setitem(bench.RECIPE_VERSIONS, bench.DEFAULT_MODEL, bench.RECIPE_VERSIONS[bench.DEFAULT_MODEL] + 1)
     assert not bench.Recipe.for_tags(1000, bench.DEFAULT_MODEL).same_as(default)
     assert bench.Recipe.for_tags(1000, bench.PAPER_MODEL).same_as(paper)
+
+
+def test_the_recipe_takes_validation_users_for_the_start_only_when_asked(tmp_path: Path) -> None:
+    """By default the benchmark trains without validation users (a 1M-tag validation pass costs more
+    than its training); `val_users` asks for about that many, and a bundle recorded before the field
+    existed is the recipe without them."""
+    plain = Recipe.for_tags(1000, "utpm-hist")
+    assert plain.val_users == 0 and plain.train_config(tmp_path / "v.npz").val_fraction == 0.0
+    asked = dataclasses.replace(plain, val_users=256)
+    fraction = asked.train_config(tmp_path / "v.npz").val_fraction
+    training_users = plain.users - round(plain.users * plain.test_fraction)
+    assert abs(training_users * fraction - 256) < 1
+    stored = {k: v for k, v in dataclasses.asdict(plain).items() if k != "val_users"}
+    assert plain.same_as(stored) and not asked.same_as(stored)
