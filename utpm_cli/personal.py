@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -147,6 +148,8 @@ def bench_personal_cmd(
     if quality and n_tags is None:
         fail("the bundle records no tags per item (N): pass --tags-per-item")
 
+    say = partial(typer.echo, err=True)  # progress: a 1M-tag bundle takes minutes
+    say(f"profiles of {users} drawn users from {bundle}")
     rows = np.random.default_rng(seed).permutation(split.n_users)
     served: list[list[str]] = []
     own: list[list[str]] = []
@@ -185,7 +188,7 @@ def bench_personal_cmd(
             note_other_data(
                 f"{data} under --seed {seed} is not the split {against} was trained on", split.differences(other[3])
             )
-        result["quality"] = served_quality(serve, split, data, n_tags, seed, other[0] if other else None)
+        result["quality"] = served_quality(serve, split, data, n_tags, seed, other[0] if other else None, say)
         if other is not None:
             result["quality"]["against"] = {"bundle": str(against), "model": other[1]}
     if json_out is not None:
@@ -245,21 +248,27 @@ def served_quality(
     n_tags: int,
     seed: int,
     against: Callable[[int, int], list[str]] | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Prec@K of the served lists of the split's test users and of the experiments' yardsticks on the
     same users, with 95% intervals of each mean and of served minus each yardstick (paired by user);
-    with `against`, another bundle's lists for the same requests and served minus them (`vs_against`)."""
+    with `against`, another bundle's lists for the same requests and served minus them (`vs_against`).
+    `say`: a line as each part starts."""
     from utpm.evaluation.experiment import PERSONAL_K, ExperimentResult, score_rankings, split_yardstick_runs
     from utpm.evaluation.personalisation import bootstrap_mean_ci
 
     test_rows = split.indices(test=True)
     runs: dict[str, dict[str, Any]] = {}
+    say = say or (lambda _line: None)
     for name, fn in ((SERVED, serve), (AGAINST, against)):
         if fn is not None:
+            whose = "served lists" if name == SERVED else "--against bundle's lists"
+            say(f"Prec@K: the {whose} of {len(test_rows):,} test users")
             ranked = [fn(int(i), max(PERSONAL_K, *QUALITY_KS)) for i in test_rows]
             runs[name] = {"model": name, "loss": "-", "seed": seed}
             score_rankings(runs[name], split, test_rows, ranked, QUALITY_KS, n_tags)
     # the yardsticks on this split: the data set is not read and split a second time
+    say(f"Prec@K: the yardsticks on the same {len(test_rows):,} users")
     yardsticks = split_yardstick_runs(split, seed, QUALITY_KS, n_tags)
     result = ExperimentResult(str(data), {}, [*runs.values(), *yardsticks])
     rows = [{k: v for k, v in r.items() if k not in ("loss", "std", "n_seeds")} for r in result.intervals(QUALITY_KS)]

@@ -105,6 +105,9 @@ def test_bench_personal_reports_jaccard_the_served_lists_quality_and_a_paired_ga
     assert all(g == {"gap": 0.0, "ci95": [0.0, 0.0]} for g in quality["vs_against"].values())
     assert "served - mostpop:" in res.output and "served - against:" in res.output and f"wrote {out}" in res.output
     assert result["same_data_as_training"] is True and "was trained on" not in res.output
+    # a line as each long part starts, before the figures
+    starts = [res.output.index(f"Prec@K: the {part}") for part in ("served lists", "--against bundle's", "yardsticks")]
+    assert starts == sorted(starts) and starts[-1] < res.output.index("served - mostpop:")
 
 
 def test_bench_personal_says_when_its_split_is_not_the_one_the_bundle_was_trained_on(
