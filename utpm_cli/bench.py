@@ -26,7 +26,7 @@ def _command_line() -> str:
     return "utpm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
-def _progress(t0: float) -> Callable[[str], None]:
+def progress_lines(t0: float) -> Callable[[str], None]:
     """Progress lines on stderr, with the seconds since `t0`."""
     return lambda message: typer.echo(f"  [{time.perf_counter() - t0:5.0f}s] {message}", err=True)
 
@@ -45,7 +45,7 @@ def _measure(
 
     t0 = time.perf_counter()
     try:
-        report = run(cfg, progress=_progress(t0))
+        report = run(cfg, progress=progress_lines(t0))
     except (RuntimeError, OSError, ValueError, BundleError, TagIndexError) as e:
         fail(str(e))
     _write(report, json_out)
@@ -364,7 +364,7 @@ def bench_reliability_cmd(
         fail(f"unknown scenario {scenario!r}; valid: {', '.join(SCENARIOS)}")
     kw = {k: v for k, v in (("rate", rate), ("duration_s", duration)) if v}
     try:
-        result = run_scenario(scenario, bundle, _progress(time.perf_counter()), _command_line(), **kw)
+        result = run_scenario(scenario, bundle, progress_lines(time.perf_counter()), _command_line(), **kw)
     except (FileNotFoundError, RuntimeError, ValueError) as e:
         fail(str(e))
     path = json_out or Path("artifacts/reliability") / f"{scenario}.json"

@@ -29,15 +29,16 @@ popularity?
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
 
+from utpm_cli.bench import progress_lines
 from utpm_cli.errors import fail, load_data, output_file, require_bundle
 from utpm_cli.model import note_other_data
 
@@ -148,7 +149,7 @@ def bench_personal_cmd(
     if quality and n_tags is None:
         fail("the bundle records no tags per item (N): pass --tags-per-item")
 
-    say = partial(typer.echo, err=True)  # progress: a 1M-tag bundle takes minutes
+    say = progress_lines(time.perf_counter())  # a 1M-tag bundle takes minutes
     say(f"profiles of {users} drawn users from {bundle}")
     rows = np.random.default_rng(seed).permutation(split.n_users)
     served: list[list[str]] = []

@@ -135,12 +135,11 @@ def history_frequency(
     limit: int,
     max_tags: int | None,
     order: dict[str, int],
-    rank: Mapping[str, int] | None = None,
+    rank: Mapping[str, int],
 ) -> list[str]:
     """User's label-1 history tags by frequency (ties by popularity, then `tag_order`), then popular tags.
-    `rank`: tag -> its place in `popular`, when the caller ranks many users (building it per user
-    costs a pass over every tag)."""
-    rank = {t: r for r, t in enumerate(popular)} if rank is None else rank
+    `rank`: tag -> its place in `popular`, built once by the caller for all its users (per user it
+    would cost a pass over every tag)."""
     tie = _tie_key(order)
     counts = {t: c for t, (c, _) in history_counts(split, user, max_tags).items()}
     own = sorted(counts, key=lambda t: (-counts[t], rank.get(t, len(rank)), tie(t)))
