@@ -16,7 +16,7 @@ from utpm.features.hashed_lookup import HashedLookup
 PAD_TOKEN = "<pad>"
 OOV_TOKEN = "<oov>"
 # Above this many tokens `ids_of` looks values up in a compiled hash table: the dict no longer stays
-# in cache (docs/performance.md, "The default model as trained over a million tags")
+# in cache (docs/performance-history.md, "Vocabulary lookups at a million tags (2026-12-06)")
 HASHED_MIN_TOKENS = 65_536
 
 
