@@ -23,8 +23,9 @@ is read), the linear scorers the model can start from, scored on the fold's vali
   which of them were on the same item);
 - `half-items`: the same with e * the tag's score from the items that users who clicked the same
   items went on to click (`item_tag_scores`, `utpm.features.item_neighbours`), whose tags are
-  candidates too: what the user's clicked items, tagged or not, would add; a candidate feature,
-  not in the model (the request carries no item ids);
+  candidates too: what the user's clicked items, tagged or not, would add. The check that put the
+  items in the default model (docs/results.md, "A second candidate"); it reads every clicked item,
+  where the model reads the most recent `recent_items`, as it did when it was measured;
 - `oracle` (with the data's `truth.csv`, the synthetic data's planted interests): the user's planted
   interests first, in the blend's order, then the blend: what knowing the interests adds.
 """
