@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints
 
 USER_ID_MAX = 256
 UserId = Annotated[str, StringConstraints(min_length=1, max_length=USER_ID_MAX, strip_whitespace=True)]
 FeatureValue = Annotated[str, StringConstraints(max_length=512)]
-# strict: "3" or true is not a count (422); finiteness and sign are checked by parse_field (422)
-Count = Annotated[float, Field(strict=True)]
+# strict: "3" or true is not a count (422); finiteness and sign are checked by parse_field (422).
+# An integer stays an int, so one beyond float64 is clamped as a Python caller's is, not read as inf.
+Count = Annotated[Annotated[int, Strict()] | Annotated[float, Strict()], Field(union_mode="left_to_right")]
 # Each JSON type matches one member, so the first that validates is the one smart mode picks; tried in
 # order, a long list is validated once instead of against every member.
 FieldValues = Annotated[

@@ -140,6 +140,20 @@ def test_zero_and_huge_counts_give_a_profile_from_the_known_parts(client: TestCl
     assert "sci-fi" in tags(huge)  # clamped to 1e6, not an error
 
 
+def test_an_integer_count_beyond_float64_is_clamped_as_in_python(client: TestClient) -> None:
+    """A JSON integer has no size limit: it is clamped to 1e6 like any count above it (as `parse_field`
+    clamps a Python int), where the float parse of it would be inf and a 422."""
+    digits = b"9" * 400
+    for count, clamped in ((digits, b"1000000"), (b"-" + digits, None)):
+        body = b'{"user_id": "u", "features": {"clicked_tags": {"sci-fi": ' + count + b', "animation": 1}}}'
+        r = client.post("/profile", content=body, headers={"content-type": "application/json"})
+        if clamped is None:
+            assert "must be a finite number >= 0" in assert_problem(r, 422)["detail"]
+            continue
+        same = {"user_id": "u", "features": {"clicked_tags": {"sci-fi": 1_000_000, "animation": 1}}}
+        assert r.status_code == 200 and r.json()["tags"] == client.post("/profile", json=same).json()["tags"]
+
+
 def test_empty_and_unknown_histories_get_the_prior(client: TestClient) -> None:
     empty = profile(client, {})
     assert empty["all_unknown"] is True and len(tags(empty)) == 10
