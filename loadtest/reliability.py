@@ -29,6 +29,7 @@ from loadtest.drivers import locust_args, outcome_summary, run_locust, run_open_
 from loadtest.measure import machine_info
 from loadtest.procs import Redis, Server
 from loadtest.serve import settings_env
+from loadtest.speed import ProbeByMinute
 
 API_KEY = "reliability-admin-key"
 K = 20
@@ -159,16 +160,22 @@ def soak(
 ) -> dict[str, Any]:
     with Redis() as redis, service(bundle, redis.url, workdir) as srv:
         samples: list[tuple[float, float]] = []
+        probes = ProbeByMinute()  # a latency drift is read against how fast the cores ran meanwhile
 
         def tick(t: float) -> None:
+            probes.tick(t)
             if int(t) % 10 == 0:
                 samples.append((round(t, 1), round(srv.rss_mb(), 1)))
             if int(t) % 60 == 0 and samples:
-                say(f"  t={t:.0f}s rss {samples[-1][1]:.0f} MB")
+                last = probes.minutes[-1]["median_ms"] if probes.minutes else None
+                say(f"  t={t:.0f}s rss {samples[-1][1]:.0f} MB, CPU probe {last} ms in the last minute")
 
-        rows = run_open_loop(
-            srv, rate, duration_s, workdir / "load", locust_args(["--bundle", str(bundle)], K), 0.5, tick
-        )
+        try:
+            rows = run_open_loop(
+                srv, rate, duration_s, workdir / "load", locust_args(["--bundle", str(bundle)], K), 0.5, tick
+            )
+        finally:
+            per_minute = probes.finish()
     after = [m for t, m in samples if t >= warmup_s]
     growth = (after[-1] - after[0]) / after[0] * 100 if len(after) > 1 else None
     minutes = [_window(rows, "post", m * 60, (m + 1) * 60) for m in range(int(duration_s // 60))]
@@ -182,6 +189,7 @@ def soak(
         "get": _window(rows, "get"),
         "post_p50_ms_by_minute": [m["p50_ms"] for m in minutes],
         "post_p99_ms_by_minute": [m["p99_ms"] for m in minutes],
+        "cpu_probe_ms_by_minute": [m["median_ms"] for m in per_minute[: len(minutes)]],
     }
 
 

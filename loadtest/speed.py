@@ -117,6 +117,34 @@ class SpeedSampler:
         return summary(self.samples)
 
 
+class ProbeByMinute:
+    """The probe's `summary` for each minute of a run whose driver ticks about once a second
+    (`run_open_loop`'s `on_tick`): one sampler per minute, so that a drift over a long run (the soak)
+    can be read against how fast the cores ran in each minute."""
+
+    def __init__(self) -> None:
+        self.minutes: list[dict[str, Any]] = []
+        self._sampler: SpeedSampler | None = None
+        self._minute = 0
+
+    def tick(self, t: float) -> None:
+        """At `t` seconds into the run: the first tick starts a sampler, the first of a new minute
+        ends the last minute's and starts the next."""
+        minute = int(t // 60)
+        if self._sampler is not None and minute > self._minute:
+            self.minutes.append(self._sampler.stop())
+            self._sampler = None
+        if self._sampler is None:
+            self._sampler, self._minute = SpeedSampler().start(), minute
+
+    def finish(self) -> list[dict[str, Any]]:
+        """End the running minute's sampler -> every minute's `summary`, oldest first."""
+        if self._sampler is not None:
+            self.minutes.append(self._sampler.stop())
+            self._sampler = None
+        return self.minutes
+
+
 def _child(interval_s: float, pin: bool) -> None:
     """The first probe at once (the parent may wait for it), the others kept until SIGTERM, then printed:
     nothing to fill the pipe meanwhile, no line cut by the signal."""

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from loadtest.report import render
 from loadtest.serve import summarize
-from loadtest.speed import SpeedSampler, probe_ms, summary
+from loadtest.speed import ProbeByMinute, SpeedSampler, probe_ms, summary
 from utpm_cli.main import app
 
 
@@ -36,6 +36,20 @@ def test_the_sampler_probes_in_a_child_until_stopped() -> None:
     assert len(s.samples) >= 3 and all(ms > 0 for ms in s.samples) and set(s.cpus) == {-1}
     got = s.stop()  # stopping again changes nothing
     assert got["samples"] == len(s.samples) and got["p10_ms"] <= got["median_ms"] <= got["p90_ms"]
+
+
+def test_probes_by_minute_give_one_summary_a_minute_of_ticks() -> None:
+    """A sampler per minute of the run's clock (ticks in minutes 0, 1 and 2): each minute's summary
+    holds its own probes, and no sampler outlives `finish`."""
+    probes = ProbeByMinute()
+    for t in (1.0, 2.0, 59.9, 60.2, 61.0, 120.7, 121.0):
+        probes.tick(t)
+        time.sleep(0.3)  # the child probes every 0.1 s: a few samples per minute
+    samplers = len(probes.minutes) + 1
+    got = probes.finish()
+    assert samplers == len(got) == 3 and probes._sampler is None
+    assert all(m["samples"] >= 1 and m["median_ms"] > 0 for m in got)
+    assert probes.finish() == got  # finishing again changes nothing
 
 
 def test_bench_speed_probes_each_cpu_in_turn_and_writes_json(tmp_path: Path) -> None:
