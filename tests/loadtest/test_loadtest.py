@@ -20,7 +20,7 @@ import pytest
 from loadtest.checks import profile_problem
 from loadtest.measure import histogram_percentiles, percentiles
 from loadtest.payloads import PayloadSource
-from loadtest.report import regenerate, render
+from loadtest.report import BLOCK, regenerate, render
 from loadtest.serve import BenchConfig, run_bench
 
 
@@ -109,6 +109,20 @@ def test_report_regenerates_only_blocks_whose_artifact_exists(tmp_path: Path) ->
     assert "stale" not in text and '"reloads": 3' in text and "utpm bench reliability reload" in text
     assert old in text and text.startswith("# Doc\n\nmethod\n")
     assert regenerate(doc, tmp_path) and doc.read_text() == text  # idempotent
+
+
+def test_no_artifact_is_rendered_into_two_blocks_of_the_docs() -> None:
+    """`utpm bench report` renders every block whose artifact exists: a record kept in
+    performance-history.md that named the same JSON as a quoted run would be overwritten by the
+    next run of that command (it happened once, 2026-12-07). Each artifact path has one block."""
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    seen: dict[str, str] = {}
+    for doc in sorted(docs.glob("*.md")):
+        for m in BLOCK.finditer(doc.read_text()):
+            for path in m["path"].split(","):
+                assert path not in seen, f"{path} is rendered in {seen[path]} and in {doc.name}"
+                seen[path] = doc.name
+    assert len(seen) > 20  # the docs' blocks were found
 
 
 def test_a_block_of_several_serve_reports_is_a_side_by_side_table(tmp_path: Path) -> None:
