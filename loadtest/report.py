@@ -24,6 +24,8 @@ from loadtest.commits import figures
 from loadtest.gpu_report import render_gpu_check
 
 BLOCK = re.compile(r"<!-- report: (?P<path>\S+) -->\n.*?<!-- /report -->", re.S)
+# a JSON list of numbers or nulls as `json.dumps(indent=1)` writes it, one per line
+SCALAR_LIST = re.compile(r"\[\n(?:[ ]*(?:-?[0-9][0-9.eE+-]*|null),?\n)+[ ]*\]")
 STAGES = ("parse", "queue", "encode", "model", "index", "cache")
 
 
@@ -188,11 +190,25 @@ def render_tune(r: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _json_lists_inline(value: Any) -> str:
+    """JSON with one key a line, as `json.dumps(indent=1)`, but a list of numbers on one line (an hour's
+    soak has sixty a list)."""
+    text = json.dumps(value, indent=1)
+    return SCALAR_LIST.sub(lambda m: "[" + ", ".join(v.rstrip(",") for v in m.group(0)[1:-1].split()) + "]", text)
+
+
+def _rss_by_minute(samples: Sequence[Sequence[float]]) -> list[float]:
+    """The soak's RSS samples (t s, MB) every 10 s -> the MB at each whole minute."""
+    return [mb for t, mb in samples if t >= 60 and round(t) % 60 == 0]
+
+
 def render_reliability(r: Mapping[str, Any]) -> str:
     shown = {k: v for k, v in r.items() if k not in ("kind", "machine", "rss_mb", "command", "started_at")}
+    if r.get("rss_mb"):
+        shown["rss_mb_by_minute"] = _rss_by_minute(r["rss_mb"])
     return (
         f"`{r['command'] or 'utpm bench reliability ' + r['scenario']}` ({_when(r)}; wall {r['wall_s']} s):\n\n"
-        f"```json\n{json.dumps(shown, indent=1)}\n```\n"
+        f"```json\n{_json_lists_inline(shown)}\n```\n"
     )
 
 

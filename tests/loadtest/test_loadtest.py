@@ -111,6 +111,23 @@ def test_report_regenerates_only_blocks_whose_artifact_exists(tmp_path: Path) ->
     assert regenerate(doc, tmp_path) and doc.read_text() == text  # idempotent
 
 
+def test_a_soak_renders_its_lists_on_one_line_with_the_rss_of_each_minute() -> None:
+    """An hour's soak has sixty numbers a list: each list on one line, and the RSS samples (every 10 s)
+    as the MB at each whole minute, from the first (the warm-up's end) on."""
+    soak = {"kind": "reliability", "scenario": "soak", "started_at": "2026-01-01T00:00:00+00:00",
+            "machine": {"cpu": "cpu", "cores": 2}, "command": "utpm bench reliability soak", "wall_s": 1.0,
+            "rss_mb": [[50.2, 240.0], [60.3, 241.5], [110.0, 241.7], [120.1, 242.0], [180.4, 242.5]],
+            "post_p50_ms_by_minute": [4.1, 3.9, 4.0], "cpu_probe_ms_by_minute": [0.6, None, -1e-05],
+            "post": {"by_status": {"200": 3}}}  # fmt: skip
+    markdown = render(json.loads(json.dumps(soak)))
+    assert '"post_p50_ms_by_minute": [4.1, 3.9, 4.0],' in markdown
+    assert '"cpu_probe_ms_by_minute": [0.6, null, -1e-05],' in markdown
+    assert '"rss_mb_by_minute": [241.5, 242.0, 242.5]' in markdown
+    assert '"200": 3' in markdown and "[50.2" not in markdown  # objects as before; raw samples left out
+    shown = json.loads(markdown.split("```json\n")[1].split("\n```")[0])
+    assert shown["post_p50_ms_by_minute"] == soak["post_p50_ms_by_minute"]  # still the JSON it was
+
+
 def test_no_artifact_is_rendered_into_two_blocks_of_the_docs() -> None:
     """`utpm bench report` renders every block whose artifact exists: a record kept in
     performance-history.md that named the same JSON as a quoted run would be overwritten by the
