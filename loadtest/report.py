@@ -198,8 +198,9 @@ def _json_lists_inline(value: Any) -> str:
 
 
 def _rss_by_minute(samples: Sequence[Sequence[float]]) -> list[float]:
-    """The soak's RSS samples (t s, MB) every 10 s -> the MB at each whole minute."""
-    return [mb for t, mb in samples if t >= 60 and round(t) % 60 == 0]
+    """The soak's RSS samples (t s, MB), taken in each tenth second (`int(t) % 10 == 0`, as `soak` takes
+    them) -> the MB in each whole minute from the first on."""
+    return [mb for t, mb in samples if t >= 60 and int(t) % 60 == 0]
 
 
 def render_reliability(r: Mapping[str, Any]) -> str:

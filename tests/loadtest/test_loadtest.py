@@ -113,10 +113,10 @@ def test_report_regenerates_only_blocks_whose_artifact_exists(tmp_path: Path) ->
 
 def test_a_soak_renders_its_lists_on_one_line_with_the_rss_of_each_minute() -> None:
     """An hour's soak has sixty numbers a list: each list on one line, and the RSS samples (every 10 s)
-    as the MB at each whole minute, from the first (the warm-up's end) on."""
+    as the MB in each whole minute from the first on."""
     soak = {"kind": "reliability", "scenario": "soak", "started_at": "2026-01-01T00:00:00+00:00",
             "machine": {"cpu": "cpu", "cores": 2}, "command": "utpm bench reliability soak", "wall_s": 1.0,
-            "rss_mb": [[50.2, 240.0], [60.3, 241.5], [110.0, 241.7], [120.1, 242.0], [180.4, 242.5]],
+            "rss_mb": [[50.2, 240.0], [60.3, 241.5], [110.0, 241.7], [120.6, 242.0], [180.4, 242.5]],
             "post_p50_ms_by_minute": [4.1, 3.9, 4.0], "cpu_probe_ms_by_minute": [0.6, None, -1e-05],
             "post": {"by_status": {"200": 3}}}  # fmt: skip
     markdown = render(json.loads(json.dumps(soak)))
