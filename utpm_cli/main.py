@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
+from typer.core import TyperGroup
 
 from index.errors import TagIndexError
 from model_export.errors import BundleError, ExportError
@@ -55,17 +57,64 @@ from utpm_cli.model import (
 from utpm_cli.personal import bench_personal_cmd
 from utpm_cli.profile import profile_app
 
+# What `--help` lists, section by section, in the order data flows (one table: the order and the sections).
+SECTIONS = {
+    "Try it": ("demo",),
+    "Pipeline: event log -> data set -> run -> bundle -> index -> service": (
+        "prepare",
+        "inspect",
+        "train",
+        "evaluate",
+        "experiment",
+        "export",
+        "index",
+        "serve",
+    ),
+    "Operate": ("profile", "simulate"),
+    "Measure": ("bench",),
+}
+BENCH_SECTIONS = {
+    "Model quality (validation users; served lists)": ("start", "gate", "personal"),
+    "Speed": ("serve", "roofline", "model", "index", "loop", "tune", "ab", "payloads", "speed", "commits"),
+    "Reliability": ("reliability",),
+    "Docs from the benchmarks' JSON": ("report",),
+}
+
+
+def sectioned(sections: Mapping[str, Sequence[str]]) -> type[TyperGroup]:
+    """A command group whose help lists its commands in `sections`' order, under their section's title
+    (Typer would list them as registered, sub-groups last)."""
+    order = [name for names in sections.values() for name in names]
+    section_of = {name: title for title, names in sections.items() for name in names}
+
+    class Sectioned(TyperGroup):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            for name, command in self.commands.items():
+                if name in section_of:
+                    command.rich_help_panel = section_of[name]  # type: ignore[attr-defined]  # read by Typer's help
+
+        def list_commands(self, ctx: Any) -> list[str]:  # Any: Typer 0.29 types it with its vendored click
+            return sorted(super().list_commands(ctx), key=lambda n: order.index(n) if n in order else len(order))
+
+    return Sectioned
+
+
 app = typer.Typer(
     help="UTPM user-tag profiles: prepare data, train, evaluate, export, index, serve.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=sectioned(SECTIONS),
+    rich_markup_mode="markdown",
 )
 prepare_app = typer.Typer(help="Write a data set in the generic format (docs/data-format.md).", no_args_is_help=True)
 app.add_typer(prepare_app, name="prepare")
 index_app = typer.Typer(help="Build the FAISS tag index of a bundle.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
 bench_app = typer.Typer(
-    help="Benchmarks that print JSON (speed targets live here, not in tests).", no_args_is_help=True
+    help="Benchmarks that print JSON (speed targets live here, not in tests).",
+    no_args_is_help=True,
+    cls=sectioned(BENCH_SECTIONS),
 )
 app.add_typer(bench_app, name="bench")
 app.add_typer(profile_app, name="profile")
