@@ -214,7 +214,7 @@ class ParquetSource:
 def stage_dataset(data_dir: Path, out: Path, say: Callable[[str], None] | None = None) -> Path:
     """A generic data set -> `out/features.jsonl`: each user's features built by the training code's
     field construction (utpm.data.protocol.current_features) from all of the user's events, as
-    `CurrentFeatures.request` sends them (counts and clicked items), every user with an event
+    `CurrentFeatures.request` sends them (counts, each tag's distinct items, clicked items), every user with an event
     included. Reused when `features.json` beside it records the same data set.
     """
     from utpm.data.errors import DataError
@@ -227,8 +227,9 @@ def stage_dataset(data_dir: Path, out: Path, say: Callable[[str], None] | None =
     identity = {"data": str(data_dir.resolve()), "files": [_fingerprint(p) for p in files]}
     if staged.is_file() and meta_path.is_file():
         meta = json.loads(meta_path.read_text())
-        # not a staging of the 80% cut, nor one from before requests carried clicked_items and counts
-        if meta.get("identity") == identity and meta.get("events") == "all" and meta.get("counts"):
+        # not a staging of the 80% cut, nor one from before requests carried clicked_items, counts and
+        # each tag's distinct items
+        if meta.get("identity") == identity and meta.get("events") == "all" and meta.get("tag_items"):
             if say:
                 say(f"reusing the staged features of {data_dir} in {staged}")
             return staged
@@ -244,7 +245,14 @@ def stage_dataset(data_dir: Path, out: Path, say: Callable[[str], None] | None =
         for i in range(users.n_users):
             f.write(orjson.dumps({"user_id": str(users.user_ids[i]), "features": users.request(i)}) + b"\n")
     os.replace(tmp, staged)
-    meta = {"identity": identity, "users": users.n_users, "events": "all", "clicked_items": True, "counts": True}
+    meta = {
+        "identity": identity,
+        "users": users.n_users,
+        "events": "all",
+        "clicked_items": True,
+        "counts": True,
+        "tag_items": True,
+    }
     meta_path.write_text(json.dumps(meta, indent=2))
     if say:
         say(f"staged {users.n_users:,} users")

@@ -32,9 +32,9 @@ DEFAULT_MODEL = "utpm-hist"  # the project's default model: what the benchmarks 
 # model's 5: item neighbours; 6: its own batch size), so that a cached benchmark bundle of an older
 # model is rebuilt, not served as if it were the current one, and the other model's bundle is kept
 RECIPE_VERSIONS = {DEFAULT_MODEL: 6, PAPER_MODEL: 5}
-# raised whenever requests built from the log change shape (2: fields with counts): a cached bundle's
-# request bodies are then rewritten, the bundle kept
-PAYLOADS_VERSION = 2
+# raised whenever requests built from the log change shape (2: fields with counts; 3: a tag's distinct
+# items): a cached bundle's request bodies are then rewritten, the bundle kept
+PAYLOADS_VERSION = 3
 MODELS = (DEFAULT_MODEL, PAPER_MODEL)
 DEFAULT_ROOT = Path("artifacts/bench")
 # Fewer tags than this and the synthetic generator's planted interests and item tags crowd each other out

@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -247,7 +248,7 @@ class ProfileEngine:
 
     # -- request side (event loop) ------------------------------------------------------------
     def encode(
-        self, features: Mapping[str, Sequence[str] | str | Mapping[str, float]], k: int, explain: bool
+        self, features: Mapping[str, Sequence[str] | str | Mapping[str, Any]], k: int, explain: bool
     ) -> EncodedUser:
         """Map one request's raw strings to ids exactly as training did.
 

@@ -6,9 +6,10 @@ boolean, a 422 naming the field rather than a guess at what the client meant.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, NotRequired
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints, with_config
+from typing_extensions import TypedDict
 
 USER_ID_MAX = 256
 UserId = Annotated[str, StringConstraints(min_length=1, max_length=USER_ID_MAX, strip_whitespace=True)]
@@ -16,10 +17,21 @@ FeatureValue = Annotated[str, StringConstraints(max_length=512)]
 # strict: "3" or true is not a count (422); finiteness and sign are checked by parse_field (422).
 # An integer stays an int, so one beyond float64 is clamped as a Python caller's is, not read as inf.
 Count = Annotated[Annotated[int, Strict()] | Annotated[float, Strict()], Field(union_mode="left_to_right")]
+
+
+@with_config(ConfigDict(extra="forbid"))
+class CountAndItems(TypedDict):
+    """A value's count with the distinct items that carried it (a TypedDict: validated to a plain dict)."""
+
+    count: Count
+    items: NotRequired[Count]
+
+
 # Each JSON type matches one member, so the first that validates is the one smart mode picks; tried in
 # order, a long list is validated once instead of against every member.
+ValueCount = Annotated[Count | CountAndItems, Field(union_mode="left_to_right")]
 FieldValues = Annotated[
-    list[FeatureValue] | FeatureValue | dict[FeatureValue, Count], Field(union_mode="left_to_right")
+    list[FeatureValue] | FeatureValue | dict[FeatureValue, ValueCount], Field(union_mode="left_to_right")
 ]
 
 
@@ -32,7 +44,9 @@ class ProfileRequest(BaseModel):
         description="Raw feature values per field, oldest first; a single value may be given bare. Values are "
         "stripped of surrounding whitespace as the training data was, and empty ones ignored. A value "
         "may repeat (each occurrence counts once), or a field may be an object {value: count} (keys oldest "
-        "first; counts finite numbers >= 0, 0 drops the value, counts above 1e6 count as 1e6). The paper's "
+        "first; counts finite numbers >= 0, 0 drops the value, counts above 1e6 count as 1e6; a count may be "
+        'an object {"count": c, "items": d}, d the distinct clicked items that carried the value, 0 < d <= c: '
+        "the default model reads it for clicked_tags, and takes d = c without it). The paper's "
         "models keep the most recent distinct values; the default model keeps the most frequent. The field "
         "clicked_items (item ids, oldest first) is read by the default model's history path only.",
     )

@@ -286,7 +286,7 @@ def test_a_data_set_is_staged_from_all_of_each_users_events(tmp_path: Path) -> N
     """The staging used the training protocol's cut: each user's most recent fifth of events (the
     protocol's labels) was left out of the profile, and a user with one event was left out, as was a
     user the users table describes who has no event yet. It sent no counts, which the default model
-    learnt from."""
+    learnt from, nor each tag's distinct items where a user clicked an item twice."""
     data = tmp_path / "data"
     data.mkdir()
     (data / "items.csv").write_text("item_id,tags,categories\ni1,old,\ni2,older,\ni3,newest,\n")
@@ -296,13 +296,17 @@ def test_a_data_set_is_staged_from_all_of_each_users_events(tmp_path: Path) -> N
     staged = open_source(data, "dataset", tmp_path / "stage").path
     rows = {r["user_id"]: r["features"] for r in map(json.loads, staged.read_text().splitlines())}
     assert rows == {
-        "u0": {"clicked_tags": {"older": 2, "old": 2, "newest": 1}, "clicked_items": ["i2", "i1", "i3"]},
+        "u0": {
+            "clicked_tags": {"older": {"count": 2, "items": 1}, "old": {"count": 2, "items": 1}, "newest": 1},
+            "clicked_items": ["i2", "i1", "i3"],
+        },
         "u1": {"clicked_tags": {"old": 1}, "age": ["30s"], "clicked_items": ["i1"]},
         "u2": {"age": ["20s"]},
     }
-    # a staging written by the protocol's cut, or before requests carried counts, is not reused
+    # a staging written by the protocol's cut, or before requests carried counts and items, is not reused
     meta = json.loads((tmp_path / "stage" / "features.json").read_text())
-    for stale in ({**meta, "events": None}, {k: v for k, v in meta.items() if k != "counts"}):
+    before_items = {k: v for k, v in meta.items() if k != "tag_items"}
+    for stale in ({**meta, "events": None}, {k: v for k, v in before_items.items() if k != "counts"}, before_items):
         (tmp_path / "stage" / "features.json").write_text(json.dumps(stale))
         staged.write_text('{"user_id": "u0", "features": {"clicked_tags": ["older", "old"]}}\n')
         assert "newest" in open_source(data, "dataset", tmp_path / "stage").path.read_text()

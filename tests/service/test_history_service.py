@@ -56,6 +56,19 @@ def test_counts_as_an_object_or_as_repeats_mean_the_same(client: TestClient) -> 
     assert second["sci-fi"] > first["sci-fi"]
 
 
+def test_a_count_with_its_distinct_items_reaches_the_history_path(client: TestClient) -> None:
+    """{"count": c, "items": d}: d is the tag's distinct clicked items (phi's log1p_distinct_items), which
+    a bare count or repeated values can only take to be c."""
+
+    def history_part(count: object) -> float:
+        body = profile(client, {"clicked_tags": {"sci-fi": count, "atmospheric": 1}}, explain=True)
+        parts = {p["tag"]: p["history"] for p in body["explanation"]["tag_scores"]}  # type: ignore[index]
+        return float(parts["sci-fi"])
+
+    assert history_part({"count": 6, "items": 6}) == history_part({"count": 6}) == history_part(6)
+    assert history_part({"count": 6, "items": 1}) != history_part(6)
+
+
 def test_readyz_says_the_bundle_at_its_linear_start_is_served_without_the_model(client: TestClient) -> None:
     body = client.get("/readyz").json()
     shown = (body["status"], body["scorer"], body["index"], body["device"]["index"])
@@ -116,6 +129,11 @@ def test_explain_splits_each_score_into_model_and_history_parts(client: TestClie
         ({"clicked_tags": {"sci-fi": True}}, None),  # nor is a boolean
         ({"clicked_tags": {"sci-fi": [1]}}, None),
         ({"clicked_tags": {"sci-fi": None}}, None),
+        ({"clicked_tags": {"sci-fi": {"count": 2, "items": 3}}}, "at most its count 2"),
+        ({"clicked_tags": {"sci-fi": {"count": 2, "items": 0}}}, "above 0"),
+        ({"clicked_tags": {"sci-fi": {"count": 2, "items": "1"}}}, None),
+        ({"clicked_tags": {"sci-fi": {"count": 2, "itms": 1}}}, None),  # a key it does not know
+        ({"clicked_tags": {"sci-fi": {"items": 1}}}, None),  # no count
     ],
 )
 def test_bad_counts_are_a_clear_422(client: TestClient, features: object, why: str | None) -> None:

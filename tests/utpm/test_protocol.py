@@ -11,7 +11,9 @@ from tests.datasets import synthetic_dataset
 from utpm.data import load_dataset
 from utpm.data.loading import Dataset
 from utpm.data.protocol import current_features, split_protocol
+from utpm.features.history import FieldStats, parse_field
 from utpm.features.spec import FieldKind
+from utpm.training.history import UserSequences
 
 
 def tiny_dataset() -> Dataset:
@@ -83,7 +85,8 @@ def test_a_request_built_from_the_log_carries_each_multi_valued_field_with_its_c
     # user 1's history by time: e0 d1 c2 b3(0) a4 e5 d6 c7(0); clicked tags w z x y w, categories
     # c2 c3 c1 c1 c2 c3; unclicked tags y z
     assert split.request(0) == {
-        "clicked_tags": {"z": 1, "x": 1, "y": 1, "w": 2},
+        # w: two clicks of one item (d), so its distinct items are sent with its count
+        "clicked_tags": {"z": 1, "x": 1, "y": 1, "w": {"count": 2, "items": 1}},
         "clicked_categories": {"c1": 2, "c2": 2, "c3": 2},
         "unclicked_tags": {"y": 1, "z": 1},
         "gender": ["f"],
@@ -91,9 +94,14 @@ def test_a_request_built_from_the_log_carries_each_multi_valued_field_with_its_c
     }
     # the counts are of the whole history, also for a value kept among the most recent max_history
     assert split_protocol(tiny_dataset(), seed=0, max_history=2).counted("clicked_tags", 0) == {"y": 1, "w": 2}
-    # every event: ... b8 a9 add y, x y
+    # every event: ... b8 a9 add y, x y (a clicked twice, b once)
     now = current_features(tiny_dataset())
-    assert now.request(list(now.user_ids).index("1"))["clicked_tags"] == {"z": 1, "w": 2, "x": 2, "y": 3}
+    assert now.request(list(now.user_ids).index("1"))["clicked_tags"] == {
+        "z": 1,
+        "w": {"count": 2, "items": 1},
+        "x": {"count": 2, "items": 1},
+        "y": {"count": 3, "items": 2},
+    }
 
 
 def test_counts_are_occurrences_among_the_history_items_in_the_fields_recency_order() -> None:
@@ -106,6 +114,23 @@ def test_counts_are_occurrences_among_the_history_items_in_the_fields_recency_or
             assert list(counted) == split.fields[name].row(i)  # oldest last occurrence first
             tags = [t for item, y in history if y == label for t in split.item_tags.row(int(item))]
             assert counted == {t: tags.count(t) for t in set(tags)}
+
+
+def test_a_request_parses_to_the_counts_and_distinct_items_training_reads() -> None:
+    """What the service parses from a request built from the log is what training counted for each
+    clicked tag: its occurrences and the distinct items that carried it (a list or a bare count
+    cannot tell two clicks of one item from one click each of two)."""
+    data = synthetic_dataset(n_users=20, events=40)
+    split = split_protocol(data, seed=0, max_history=1000)
+    seqs = UserSequences(split, n_tags_per_item=max(map(len, data.items["tags"])))
+    repeated = 0
+    for i in range(split.n_users):
+        trained = seqs.stats(i).get("clicked_tags", FieldStats())
+        sent = parse_field("clicked_tags", split.request(i).get("clicked_tags"))
+        as_trained = dict(zip(trained.values, zip(trained.count, trained.distinct, strict=True), strict=True))
+        assert dict(zip(sent.values, zip(sent.count, sent.distinct, strict=True), strict=True)) == as_trained
+        repeated += sum(c != d for c, d in zip(trained.count, trained.distinct, strict=True))
+    assert repeated > 0  # the data has tags clicked more than once on one item
 
 
 def test_clicked_items_are_the_most_recent_distinct_ones_oldest_first_by_last_click() -> None:

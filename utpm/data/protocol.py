@@ -15,8 +15,10 @@ Feature fields (names are what the model, export and service call them):
 Multi-valued fields keep each value once, at its most recent occurrence, oldest first, and at most
 `max_history` values (the most recent ones); the model's max length H truncates further, the same
 way (`utpm.features.encoding.recent_unique`). Each kept value also has its count, its occurrences
-among all of the selected events (`field_counts`): a request built from the log (`request`) sends a
-multi-valued field as {value: count}, the shape the default model learnt from.
+among all of the selected events (`field_counts`), and for `clicked_tags` the distinct items among
+them (`field_items`, which differ from the counts where a user clicked an item more than once): a
+request built from the log (`request`) sends a multi-valued field as {value: count}, and a tag whose
+items differ from its count as {"count": c, "items": d}: the statistics the default model learnt from.
 
 Storage is columnar (ragged integer arrays over string tables) so that 10M events fit in memory
 comfortably; nothing here is per-event Python.
@@ -39,7 +41,9 @@ from utpm.features.spec import FieldKind
 
 
 # a request's features: field -> values, or {value: count}
-Request = dict[str, list[str] | dict[str, int]]
+Request = dict[str, list[str] | Mapping[str, int | dict[str, int]]]
+# The fields whose values' distinct items a request carries: the default model's history path reads them.
+ITEMS_FIELDS = ("clicked_tags",)
 
 
 @dataclass
@@ -135,6 +139,8 @@ class ProtocolSplit:
     # Every multi-valued item column (tags, categories, ...) as a Ragged over items; the history
     # model counts values per user from these.
     item_columns: dict[str, Ragged] = field(default_factory=dict)
+    # per field of ITEMS_FIELDS, each kept value's distinct history items, aligned with its codes
+    field_items: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def n_users(self) -> int:
@@ -160,7 +166,7 @@ class ProtocolSplit:
         """User i's request as docs/serving.md asks a client to send it: each multi-valued field as
         {value: count} (as lists without `counts`), the single-valued ones as lists, and the clicked
         items."""
-        return _request(self.fields, self.field_counts if counts else {}, self.clicked, i)
+        return _request(self.fields, self.field_counts if counts else {}, self.field_items, self.clicked, i)
 
     def label_items(self, i: int, max_tags: int | None = None) -> Iterator[tuple[list[str], int]]:
         """(first `max_tags` tags of the item, label) for each label-period event of user i, in time order."""
@@ -240,6 +246,18 @@ def _recent_unique(ev_user, codes, n_values, max_history):
 
 
 @compiled
+def _first_of_each_item(ev_user, item_idx, n_items):
+    """Which events are their user's first of their item (events grouped by user)."""
+    seen = np.full(n_items, -1, np.int64)  # the last user whose event of the item was kept
+    keep = np.zeros(len(item_idx), np.bool_)
+    for j in range(len(item_idx)):
+        if seen[item_idx[j]] != ev_user[j]:
+            seen[item_idx[j]] = ev_user[j]
+            keep[j] = True
+    return keep
+
+
+@compiled
 def _counts_of(ev_user, codes, offsets, field_codes, n_values):
     """For each user's field values (`field_codes[offsets[u] : offsets[u + 1]]`), how often it occurs
     among that user's occurrences (grouped by user)."""
@@ -291,7 +309,9 @@ def split_protocol(
     label = ev["label"].to_numpy()
     item_lists = {c: _encode_lists(items[c])[0] for c in items.columns if c != "item_id"}
     hist = valid & ev_hist
-    fields, kinds, counts = _feature_fields(data, user_ids, ev_user, item_idx, label, hist, item_lists, max_history)
+    fields, kinds, counts, distinct = _feature_fields(
+        data, user_ids, ev_user, item_idx, label, hist, item_lists, max_history
+    )
     lab = valid & ~ev_hist
     item_id_table = np.asarray(items["item_id"], dtype=object)
     labels = _ragged_from_pairs(ev_user[lab], item_idx[lab], n_users, item_id_table)
@@ -323,6 +343,7 @@ def split_protocol(
         stats={"history_events": int(hist.sum()), "label_events": int(lab.sum())},
         source=data.source,
         item_columns=item_lists,
+        field_items=distinct,
     )
 
 
@@ -342,20 +363,24 @@ def _feature_fields(
     sel: np.ndarray,
     item_lists: dict[str, Ragged],
     max_history: int,
-) -> tuple[dict[str, Ragged], dict[str, FieldKind], dict[str, np.ndarray]]:
+) -> tuple[dict[str, Ragged], dict[str, FieldKind], dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The feature fields (module docstring) of `user_ids` from the events selected by `sel`, each
-    event's user row in `ev_user`, its item row in `item_idx`; their kinds; and the multi-valued
-    fields' counts, aligned with their codes."""
+    event's user row in `ev_user`, its item row in `item_idx`; their kinds; the multi-valued fields'
+    counts and the `ITEMS_FIELDS`' distinct items, aligned with their codes."""
     n_users = len(user_ids)
     fields: dict[str, Ragged] = {}
     kinds: dict[str, FieldKind] = {}
     counts: dict[str, np.ndarray] = {}
+    distinct: dict[str, np.ndarray] = {}
     multi = [(f"clicked_{c}", lists, sel & (label == 1)) for c, lists in item_lists.items()]
     multi.append(("unclicked_tags", item_lists["tags"], sel & (label == 0)))
     for name, lists, s in multi:
         occurrences = _occurrences(ev_user[s], item_idx[s], lists)  # expanded once for both
         fields[name] = _history_field(*occurrences, lists.values, n_users, max_history)
         counts[name] = _value_counts(fields[name], *occurrences)
+        if name in ITEMS_FIELDS:  # the same, counting each user's item once
+            once = _first_of_each_item(ev_user[s], item_idx[s], len(lists))
+            distinct[name] = _value_counts(fields[name], *_occurrences(ev_user[s][once], item_idx[s][once], lists))
         kinds[name] = FieldKind.MULTI
     if data.users is not None:
         users = data.users.set_index("user_id").reindex(pd.Index(user_ids))
@@ -366,7 +391,7 @@ def _feature_fields(
             rows = np.flatnonzero(present)
             fields[c] = _ragged_from_pairs(rows, codes, n_users, values.astype(object))
             kinds[c] = FieldKind.SINGLE
-    return fields, kinds, counts
+    return fields, kinds, counts, distinct
 
 
 @dataclass
@@ -379,6 +404,7 @@ class CurrentFeatures:
     # each user's distinct clicked items, oldest first by last click (the most recent `max_items`): the
     # request's `clicked_items`
     items: Ragged
+    field_items: dict[str, np.ndarray] = field(default_factory=dict)  # as `ProtocolSplit.field_items`
 
     @property
     def n_users(self) -> int:
@@ -390,7 +416,7 @@ class CurrentFeatures:
 
     def request(self, i: int) -> Request:
         """User i's request, as `ProtocolSplit.request` builds it."""
-        return _request(self.fields, self.field_counts, self.items, i)
+        return _request(self.fields, self.field_counts, self.field_items, self.items, i)
 
 
 def _counted(field: Ragged, counts: np.ndarray, i: int) -> dict[str, int]:
@@ -398,12 +424,27 @@ def _counted(field: Ragged, counts: np.ndarray, i: int) -> dict[str, int]:
     return dict(zip(field.row(i), counts[lo:hi].tolist(), strict=True))
 
 
-def _request(fields: Mapping[str, Ragged], counts: Mapping[str, np.ndarray], items: Ragged, i: int) -> Request:
-    """User i's fields ({value: count} where counted, else a list) and clicked items, those present."""
+def _request(
+    fields: Mapping[str, Ragged],
+    counts: Mapping[str, np.ndarray],
+    distinct: Mapping[str, np.ndarray],
+    items: Ragged,
+    i: int,
+) -> Request:
+    """User i's fields ({value: count} where counted, a value's count {"count": c, "items": d} where its
+    distinct items d are known and differ from c, else a list) and clicked items, those present."""
     out: Request = {}
     for name, r in fields.items():
-        if r.offsets[i + 1] > r.offsets[i]:
-            out[name] = _counted(r, counts[name], i) if name in counts else r.row(i)
+        if r.offsets[i + 1] <= r.offsets[i]:
+            continue
+        if name not in counts:
+            out[name] = r.row(i)
+        elif name in distinct:
+            lo, hi = r.offsets[i], r.offsets[i + 1]
+            cs, ds = counts[name][lo:hi].tolist(), distinct[name][lo:hi].tolist()
+            out[name] = {v: c if c == d else {"count": c, "items": d} for v, c, d in zip(r.row(i), cs, ds, strict=True)}
+        else:
+            out[name] = _counted(r, counts[name], i)
     clicked = items.row(i)
     if clicked:
         out[ITEM_FIELD] = clicked
@@ -429,10 +470,12 @@ def current_features(data: Dataset, max_history: int = 100, max_items: int = REC
     item_lists = {c: _encode_lists(items[c])[0] for c in items.columns if c != "item_id"}
     every = np.ones(len(ev), dtype=bool)
     label = ev["label"].to_numpy()
-    fields, _, counts = _feature_fields(data, user_ids, user_codes, item_idx, label, every, item_lists, max_history)
+    fields, _, counts, distinct = _feature_fields(
+        data, user_ids, user_codes, item_idx, label, every, item_lists, max_history
+    )
     clicks = label == 1
     clicked = _recent_clicked_items(ev["item_id"].to_numpy()[clicks], user_codes[clicks], len(user_ids), max_items)
-    return CurrentFeatures(user_ids, fields, counts, clicked)
+    return CurrentFeatures(user_ids, fields, counts, clicked, distinct)
 
 
 def _recent_clicked_items(item_ids: np.ndarray, users: np.ndarray, n_users: int, max_items: int) -> Ragged:

@@ -26,7 +26,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, repeat
-from operator import itemgetter, mul
+from operator import itemgetter, le, mul
+from typing import Any
 
 import numpy as np
 
@@ -148,47 +149,102 @@ def _as_count(field_name: str, value: str, raw: object) -> float:
     return min(c, COUNT_CAP)
 
 
-def _merged(pairs: Sequence[tuple[str, float]], weights: Sequence[float]) -> FieldStats:
-    """(value, count) pairs, oldest first -> one entry per value, at its last position; a value that
-    repeats (keys equal once stripped) adds its counts. Without repeats: each pair as it is."""
-    merged: dict[str, tuple[float, float]] = {}
-    for (k, c), w in zip(pairs, weights, strict=True):
-        count, recency = merged.pop(k, (0.0, 0.0))
-        merged[k] = (count + c, recency + c * w)
-    counts = [min(c, COUNT_CAP) for c, _ in merged.values()]
+def _as_items(field_name: str, value: str, raw: object, count: float) -> float:
+    """A request's distinct items of a value (`{"count": c, "items": d}`): a number in (0, count]."""
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise ValueError(f"field {field_name!r}: the items of {value!r} must be a number, got {raw!r}")
+    d = float(min(max(raw, -1), COUNT_CAP)) if isinstance(raw, int) else float(raw)
+    if not (math.isfinite(d) and 0 < d <= count):
+        raise ValueError(
+            f"field {field_name!r}: the items of {value!r} must be a number above 0 and at most its count "
+            f"{count:g} (the distinct items that carried it), got {raw!r}"
+        )
+    return d
+
+
+def _as_counts(field_name: str, value: str, raw: object) -> tuple[float, float]:
+    """A request's (count, distinct items) of a value: a count, its items the same; or an object
+    {"count": c, "items": d} (`_as_count`, `_as_items`)."""
+    if not isinstance(raw, Mapping):
+        c = _as_count(field_name, value, raw)
+        return c, c
+    if "count" not in raw or not set(raw) <= {"count", "items"}:
+        raise ValueError(
+            f"field {field_name!r}: the counts of {value!r} must be a number or an object "
+            f'{{"count": c, "items": d}}, got {dict(raw)!r}'
+        )
+    c = _as_count(field_name, value, raw["count"])
+    return c, (_as_items(field_name, value, raw["items"], c) if "items" in raw and c > 0 else c)
+
+
+def _merged(pairs: Sequence[tuple[str, float, float]], weights: Sequence[float]) -> FieldStats:
+    """(value, count, distinct items) triples, oldest first -> one entry per value, at its last
+    position; a value that repeats (keys equal once stripped) adds its counts and items. Without
+    repeats: each triple as it is."""
+    merged: dict[str, tuple[float, float, float]] = {}
+    for (k, c, d), w in zip(pairs, weights, strict=True):
+        count, recency, items = merged.pop(k, (0.0, 0.0, 0.0))
+        merged[k] = (count + c, recency + c * w, items + d)
     return FieldStats(
         values=list(merged),
-        count=counts,
-        distinct=list(counts),
-        recency=[min(r, COUNT_CAP) for _, r in merged.values()],
+        count=[min(c, COUNT_CAP) for c, _, _ in merged.values()],
+        distinct=[min(d, COUNT_CAP) for _, _, d in merged.values()],
+        recency=[min(r, COUNT_CAP) for _, r, _ in merged.values()],
     )
+
+
+# the keys of a count object in the order JSON parsers and `ProtocolSplit.request` give them
+_OBJECT_KEYS = {("count",), ("count", "items"), ("items", "count")}
 
 
 def _counted_as_sent(raw: Mapping[object, object]) -> FieldStats | None:
     """`{value: count}` as requests built from a log send it (string keys already stripped, counts
-    finite numbers in (0, COUNT_CAP]) in C-level maps, with `_merged`'s results to the bit; None for
-    anything else, which `_merged` handles (and names the bad count of)."""
-    if not raw or not set(map(type, raw)) <= {str} or not set(map(type, raw.values())) <= {int, float}:
+    finite numbers in (0, COUNT_CAP], a count perhaps {"count": c, "items": d} with 0 < d <= c) in
+    C-level maps, with `_merged`'s results to the bit; None for anything else, which `_merged`
+    handles (and names the bad count of)."""
+    if not raw or not set(map(type, raw)) <= {str}:
         return None
     keys: list[str] = list(raw)  # type: ignore[arg-type]  # str, checked above
     if list(map(str.strip, keys)) != keys or "" in raw:
         return None
+    sent = list(raw.values())
+    kinds = set(map(type, sent))
+    if not kinds <= {int, float, dict}:
+        return None
+    counted: list[Any] = sent
+    items: list[Any] | None = None
+    if dict in kinds:  # some counts with their items: (c, d) of each, then checked as the counts are
+        try:
+            pairs = [(v, v) if type(v) is not dict else (v["count"], v.get("items", v["count"]), *v) for v in sent]
+        except KeyError:  # an object without its count
+            return None
+        if any(len(p) > 2 and p[2:] not in _OBJECT_KEYS for p in pairs):
+            return None
+        counted, items = [p[0] for p in pairs], [p[1] for p in pairs]
+        if not set(map(type, counted)) | set(map(type, items)) <= {int, float}:
+            return None
     try:
-        count = list(map(float, raw.values()))  # type: ignore[arg-type]  # int or float, checked above
+        count = list(map(float, counted))
+        distinct = count if items is None else list(map(float, items))
     except OverflowError:  # an int beyond float64
         return None
     if not (min(count) > 0 and max(count) <= COUNT_CAP and all(map(math.isfinite, count))):
         return None
+    if items is not None and not (min(distinct) > 0 and all(map(le, distinct, count))):
+        return None  # d <= c <= COUNT_CAP also makes d finite
     # as _merged: 0.0 + c * w, which c <= COUNT_CAP and w <= 1 keep within the cap
     recency = list(map(mul, count, recency_weight_array(len(keys)).tolist()))
-    return FieldStats(values=keys, count=count, distinct=list(count), recency=recency)
+    return FieldStats(values=keys, count=count, distinct=list(distinct), recency=recency)
 
 
 def parse_field(field_name: str, raw: object) -> FieldStats:
     """A request's field: a string, a list of strings (repeats count) or an object {value: count}.
 
     In the object form the order of the keys is the recency order (oldest first) and the recency
-    weight of a value is its count at its position. Values must be strings; ValueError otherwise.
+    weight of a value is its count at its position; a value's count may be an object
+    {"count": c, "items": d}, d the distinct items that carried it (default: c, as in the list
+    form, which cannot tell a value clicked twice on one item from one on two items). Values must
+    be strings; ValueError otherwise.
     Values follow the event log's rule (`clean_values`): stripped, and absent when empty; two keys
     that are one value once stripped add their counts, at the later one's position.
     """
@@ -200,9 +256,9 @@ def parse_field(field_name: str, raw: object) -> FieldStats:
         fast = _counted_as_sent(raw)
         if fast is not None:
             return fast
-        pairs = [(str(k).strip(), _as_count(field_name, str(k), c)) for k, c in raw.items()]
-        pairs = [(k, c) for k, c in pairs if c > 0 and k]
-        return _merged(pairs, recency_weights(len(pairs)))
+        triples = [(str(k).strip(), *_as_counts(field_name, str(k), c)) for k, c in raw.items()]
+        triples = [(k, c, d) for k, c, d in triples if c > 0 and k]
+        return _merged(triples, recency_weights(len(triples)))
     if isinstance(raw, list | tuple):
         if not all(map(isinstance, raw, repeat(str))):  # checked in C; the message names the first bad one
             bad = next(v for v in raw if not isinstance(v, str))

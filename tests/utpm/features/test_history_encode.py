@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -305,8 +306,8 @@ def test_a_counted_object_is_parsed_as_the_pair_by_pair_merge_to_the_bit() -> No
 
     def merged(raw: dict[str, Any]) -> FieldStats:
         pairs = [(k.strip(), history._as_count("f", k, c)) for k, c in raw.items()]
-        pairs = [(k, c) for k, c in pairs if c > 0 and k]
-        return history._merged(pairs, history.recency_weights(len(pairs)))
+        triples = [(k, c, c) for k, c in pairs if c > 0 and k]
+        return history._merged(triples, history.recency_weights(len(triples)))
 
     rnd = random.Random(5)
     counts = [1, 2, 3, 7, 10**7, 10**400, 0.5, 2.25, 1e30, 1e300, 0, 0.0]
@@ -317,4 +318,42 @@ def test_a_counted_object_is_parsed_as_the_pair_by_pair_merge_to_the_bit() -> No
         assert parse_field("f", raw) == merged(raw), raw
     for bad in ({"a": 1, "b": "2"}, {"a": True}, {"a": -1}, {"a": -(10**400)}, {"a": math.nan}, {"a": math.inf}):
         with pytest.raises(ValueError, match="the count of"):
+            parse_field("f", bad)
+
+
+def test_a_count_with_its_items_is_parsed_as_the_merge_of_count_item_triples_to_the_bit() -> None:
+    """A value's count may be {"count": c, "items": d} (d: the distinct items that carried it, 0 < d <= c);
+    the fast form gives the merge's results, which take d = c for a bare count, add both for keys that
+    strip to one value, and name a bad one."""
+
+    def merged(raw: dict[str, Any]) -> FieldStats:
+        triples = [(k.strip(), *history._as_counts("f", k, c)) for k, c in raw.items()]
+        triples = [(k, c, d) for k, c, d in triples if c > 0 and k]
+        return history._merged(triples, history.recency_weights(len(triples)))
+
+    rnd = random.Random(7)
+    for trial in range(500):
+        n = rnd.choice([1, 2, 5, 40, 100])
+        raw: dict[str, Any] = {}
+        for i in range(n):
+            c = rnd.choice([1, 2, 3, 7, 2.5, 10**7, 0])
+            key = f"v{i}" if trial % 5 else rnd.choice(["v", " v", f"w{i}"])
+            if rnd.random() < 0.5 and c:
+                d = rnd.choice([1, c, max(1, c // 2), 0.5])
+                raw[key] = {"count": c, "items": min(d, c)} if rnd.random() < 0.8 else {"items": min(d, c), "count": c}
+            else:
+                raw[key] = {"count": c} if rnd.random() < 0.2 else c
+        assert parse_field("f", raw) == merged(raw), raw
+    got = parse_field("f", {"a": {"count": 4, "items": 2}, "b": 3, " a": {"count": 1}})
+    assert got.values == ["b", "a"] and got.count == [3.0, 5.0] and got.distinct == [3.0, 3.0]
+    for bad, named in (
+        ({"a": {"count": 2, "items": 3}}, "at most its count 2"),
+        ({"a": {"count": 2, "items": 0}}, "above 0"),
+        ({"a": {"count": 2, "items": "1"}}, "the items of 'a' must be a number"),
+        ({"a": {"count": 2, "items": math.nan}}, "above 0"),
+        ({"a": {"items": 1}}, 'an object {"count": c, "items": d}'),
+        ({"a": {"count": 1, "item": 1}}, 'an object {"count": c, "items": d}'),
+        ({"a": {"count": -1, "items": 1}}, "the count of"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(named)):
             parse_field("f", bad)
