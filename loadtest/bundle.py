@@ -274,11 +274,13 @@ def write_payloads(
     items: bool = True,
     max_items: int | None = None,
     counts: bool = True,
+    tag_items: bool = True,
 ) -> int:
     """Request bodies from held-out test users' requests as `ProtocolSplit.request` builds them (with
     their clicked items unless `items` is False: the most recent `max_items`, by default as many as
-    the model reads; each multi-valued field as {value: count} unless `counts` is False), one JSON
-    object per line; returns how many."""
+    the model reads; each multi-valued field as {value: count} unless `counts` is False, a tag's
+    distinct items with its count unless `tag_items` is False), one JSON object per line; returns
+    how many."""
     from utpm.data.loading import load_dataset
     from utpm.data.protocol import split_protocol
     from utpm.features.history import ITEM_FIELD
@@ -290,7 +292,7 @@ def write_payloads(
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as f:
         for i in rows:
-            features = split.request(int(i), counts)
+            features = split.request(int(i), counts, tag_items)
             if not items:
                 features.pop(ITEM_FIELD, None)
             f.write(json.dumps({"features": features}) + "\n")

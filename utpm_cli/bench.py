@@ -281,16 +281,23 @@ def bench_payloads_cmd(
         int | None,
         typer.Option(min=1, help="The most recent distinct clicked items sent (default: as many as the model reads)."),
     ] = None,
+    tag_items: Annotated[
+        bool,
+        typer.Option(help='Send a tag clicked on one item more than once as {"count": c, "items": d} (with counts).'),
+    ] = True,
 ) -> None:
     """Request bodies of a data set's held-out test users, for --payloads of the serving benchmarks."""
     from loadtest.bundle import write_payloads
     from utpm.data.errors import DataError
 
     try:
-        n = write_payloads(data, seed, test_fraction, out, items, max_items, counts)
+        if not counts and not tag_items:
+            fail("--no-tag-items: the distinct items go with the counts, which --no-counts leaves out")
+        n = write_payloads(data, seed, test_fraction, out, items, max_items, counts, tag_items)
     except (DataError, OSError) as e:
         fail(str(e))
-    left_out = [what for what, sent in (("clicked_items", items), ("counts", counts)) if not sent]
+    sent = (("clicked_items", items), ("counts", counts), ("tags' distinct items", tag_items or not counts))
+    left_out = [what for what, on in sent if not on]
     without = f" (without {' and '.join(left_out)})" if left_out else ""
     typer.echo(f"wrote {n:,} request bodies{without} to {out}")
 

@@ -131,6 +131,12 @@ def test_a_request_parses_to_the_counts_and_distinct_items_training_reads() -> N
         assert dict(zip(sent.values, zip(sent.count, sent.distinct, strict=True), strict=True)) == as_trained
         repeated += sum(c != d for c, d in zip(trained.count, trained.distinct, strict=True))
     assert repeated > 0  # the data has tags clicked more than once on one item
+    # without the items (the request of before 2026-12-07), every count is a bare number
+    assert all(
+        split.request(i, tag_items=False)["clicked_tags"] == split.counted("clicked_tags", i)
+        for i in range(split.n_users)
+        if "clicked_tags" in split.request(i)
+    )
 
 
 def test_clicked_items_are_the_most_recent_distinct_ones_oldest_first_by_last_click() -> None:

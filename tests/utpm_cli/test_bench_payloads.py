@@ -32,6 +32,10 @@ def test_payloads_are_the_test_users_requests_with_or_without_their_clicked_item
         assert any("clicked_items" in r for r in rows) is items
         assert any(isinstance(r.get("clicked_tags"), dict) for r in rows) is counts
         assert len(PayloadSource.from_jsonl(out).bodies) == len(rows)  # what --payloads reads
+    res = CliRunner().invoke(
+        app, ["bench", "payloads", str(movielens_sample_dir), str(out), "--no-counts", "--no-tag-items"]
+    )
+    assert res.exit_code == 2 and "the distinct items go with the counts" in res.output
     out = tmp_path / "payloads-2.jsonl"
     res = CliRunner().invoke(app, ["bench", "payloads", str(movielens_sample_dir), str(out), "--max-items", "2"])
     assert res.exit_code == 0, res.output

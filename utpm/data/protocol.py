@@ -162,11 +162,13 @@ class ProtocolSplit:
         recent `max_items` of `split_protocol`: the request's `clicked_items`."""
         return self.clicked.row(i)
 
-    def request(self, i: int, counts: bool = True) -> Request:
+    def request(self, i: int, counts: bool = True, tag_items: bool = True) -> Request:
         """User i's request as docs/serving.md asks a client to send it: each multi-valued field as
-        {value: count} (as lists without `counts`), the single-valued ones as lists, and the clicked
-        items."""
-        return _request(self.fields, self.field_counts if counts else {}, self.field_items, self.clicked, i)
+        {value: count} (as lists without `counts`), a tag's count with its distinct items where they
+        differ (not without `tag_items`: the request of before 2026-12-07), the single-valued ones
+        as lists, and the clicked items."""
+        distinct = self.field_items if tag_items else {}
+        return _request(self.fields, self.field_counts if counts else {}, distinct, self.clicked, i)
 
     def label_items(self, i: int, max_tags: int | None = None) -> Iterator[tuple[list[str], int]]:
         """(first `max_tags` tags of the item, label) for each label-period event of user i, in time order."""
