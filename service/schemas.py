@@ -19,9 +19,11 @@ FeatureValue = Annotated[str, StringConstraints(max_length=512)]
 Count = Annotated[Annotated[int, Strict()] | Annotated[float, Strict()], Field(union_mode="left_to_right")]
 
 
+# a TypedDict, so that pydantic hands `parse_field` a plain dict, as a Python caller's
 @with_config(ConfigDict(extra="forbid"))
 class CountAndItems(TypedDict):
-    """A value's count with the distinct items that carried it (a TypedDict: validated to a plain dict)."""
+    """A value's count and the number of distinct clicked items that carried it (0 < items <= count;
+    without items, items = count)."""
 
     count: Count
     items: NotRequired[Count]
