@@ -154,12 +154,13 @@ def _as_items(field_name: str, value: str, raw: object, count: float) -> float:
     if isinstance(raw, bool) or not isinstance(raw, int | float):
         raise ValueError(f"field {field_name!r}: the items of {value!r} must be a number, got {raw!r}")
     d = float(min(max(raw, -1), COUNT_CAP)) if isinstance(raw, int) else float(raw)
-    if not (math.isfinite(d) and 0 < d <= count):
+    # bounded as the count is, so that items <= count still holds for a count above the cap
+    if not (math.isfinite(d) and 0 < min(d, COUNT_CAP) <= count):
         raise ValueError(
             f"field {field_name!r}: the items of {value!r} must be a number above 0 and at most its count "
             f"{count:g} (the distinct items that carried it), got {raw!r}"
         )
-    return d
+    return min(d, COUNT_CAP)
 
 
 def _as_counts(field_name: str, value: str, raw: object) -> tuple[float, float]:

@@ -344,6 +344,8 @@ def test_a_count_with_its_items_is_parsed_as_the_merge_of_count_item_triples_to_
             else:
                 raw[key] = {"count": c} if rnd.random() < 0.2 else c
         assert parse_field("f", raw) == merged(raw), raw
+    # above the cap, both are bounded as a count is, so that items <= count still holds
+    assert parse_field("f", {"a": {"count": 5e6, "items": 3e6}}).distinct == [history.COUNT_CAP]
     got = parse_field("f", {"a": {"count": 4, "items": 2}, "b": 3, " a": {"count": 1}})
     assert got.values == ["b", "a"] and got.count == [3.0, 5.0] and got.distinct == [3.0, 3.0]
     for bad, named in (
@@ -351,6 +353,7 @@ def test_a_count_with_its_items_is_parsed_as_the_merge_of_count_item_triples_to_
         ({"a": {"count": 2, "items": 0}}, "above 0"),
         ({"a": {"count": 2, "items": "1"}}, "the items of 'a' must be a number"),
         ({"a": {"count": 2, "items": math.nan}}, "above 0"),
+        ({"a": {"count": 1e300, "items": math.inf}}, "above 0"),
         ({"a": {"items": 1}}, 'an object {"count": c, "items": d}'),
         ({"a": {"count": 1, "item": 1}}, 'an object {"count": c, "items": d}'),
         ({"a": {"count": -1, "items": 1}}, "the count of"),
