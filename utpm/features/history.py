@@ -25,8 +25,8 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import chain, repeat
-from operator import itemgetter, le, mul
+from itertools import chain, compress, repeat
+from operator import is_, itemgetter, le, mul
 from typing import Any
 
 import numpy as np
@@ -214,14 +214,14 @@ def _counted_as_sent(raw: Mapping[object, object]) -> FieldStats | None:
         return None
     counted: list[Any] = sent
     items: list[Any] | None = None
-    if dict in kinds:  # some counts with their items: (c, d) of each, then checked as the counts are
-        try:
-            pairs = [(v, v) if type(v) is not dict else (v["count"], v.get("items", v["count"]), *v) for v in sent]
-        except KeyError:  # an object without its count
-            return None
-        if any(len(p) > 2 and p[2:] not in _OBJECT_KEYS for p in pairs):
-            return None
-        counted, items = [p[0] for p in pairs], [p[1] for p in pairs]
+    if dict in kinds:  # some counts with their items: the objects' (c, d) in place, checked as counts are
+        counted, items = list(sent), list(sent)
+        for at in compress(range(len(sent)), map(is_, map(type, sent), repeat(dict))):  # the objects only
+            v = sent[at]
+            if tuple(v) not in _OBJECT_KEYS:
+                return None
+            counted[at] = v["count"]
+            items[at] = v.get("items", counted[at])
         if not set(map(type, counted)) | set(map(type, items)) <= {int, float}:
             return None
     try:
