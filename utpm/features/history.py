@@ -208,7 +208,7 @@ def _counted_as_sent(raw: Mapping[object, object]) -> FieldStats | None:
     keys: list[str] = list(raw)  # type: ignore[arg-type]  # str, checked above
     if list(map(str.strip, keys)) != keys or "" in raw:
         return None
-    sent = list(raw.values())
+    sent: list[Any] = list(raw.values())
     kinds = set(map(type, sent))
     if not kinds <= {int, float, dict}:
         return None
