@@ -438,8 +438,10 @@ class HistoryEncoder:
         items: ItemNeighbourTags | None = None,
         item_candidates: int = 100,
         n_phi: int = len(PHI_NAMES),
+        distinct_items: bool = True,
     ) -> None:
         self.encoder = encoder
+        self.distinct_items = distinct_items  # False: a tag's distinct items are taken to be its count
         self.tags = tags
         self.max_history_tags = max_history_tags
         self.stats = stats
@@ -476,6 +478,8 @@ class HistoryEncoder:
             out |= {**self.stats.to_arrays(), "extra_candidates": np.asarray(self.extra_candidates, np.int64)}
         if self.items is not None:
             out |= {**self.items.to_arrays(), "item_candidates": np.asarray(self.item_candidates, np.int64)}
+        if not self.distinct_items:
+            out["distinct_items"] = np.asarray(0, np.int64)
         return out
 
     @classmethod
@@ -491,7 +495,8 @@ class HistoryEncoder:
         extra = int(arrays["extra_candidates"]) if "extra_candidates" in arrays else 100
         items = ItemNeighbourTags.from_arrays(arrays)
         item_candidates = int(arrays["item_candidates"]) if "item_candidates" in arrays else 100
-        return cls(encoder, tags, max_history_tags, stats, extra, items, item_candidates, n_phi)
+        distinct = bool(int(arrays["distinct_items"])) if "distinct_items" in arrays else True
+        return cls(encoder, tags, max_history_tags, stats, extra, items, item_candidates, n_phi, distinct)
 
     @property
     def specs(self):
@@ -595,7 +600,8 @@ class HistoryEncoder:
         # per user sum(count) in Python, as before (the same float sums)
         totals = np.asarray([sum(st.count) if st is not None else 0.0 for st in clicked.stats], np.float64)
         c_count = clicked.array("count")
-        c_log = _log1p(np.concatenate([c_count, clicked.array("distinct"), clicked.array("recency")])).reshape(3, -1)
+        c_distinct = clicked.array("distinct") if self.distinct_items else c_count
+        c_log = _log1p(np.concatenate([c_count, c_distinct, clicked.array("recency")])).reshape(3, -1)
         st = self.stats or _NO_STATS
         log_total = _log1p(totals)
         history_kernel.candidates(

@@ -66,6 +66,9 @@ class HistoryOptions:
     # the user's events carries them; False: an item's first N, the ones C takes (chosen on validation
     # users: docs/results.md, "Every tag of an item")
     all_item_tags: bool = False
+    # False: phi's log1p_distinct_items takes the tag's count instead of its distinct items (an
+    # ablation: what telling two clicks of one item from clicks of two adds)
+    distinct_items: bool = True
 
     def __post_init__(self) -> None:
         check_cross(self.cross)

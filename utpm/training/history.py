@@ -384,6 +384,7 @@ def history_encoder(
         options.extra_candidates,
         items,
         options.item_candidates,
+        distinct_items=options.distinct_items,
     )
 
 
@@ -591,7 +592,7 @@ def prepare_history(split: ProtocolSplit, config: HistoryTrainConfig, stage: Sta
         half[halves[1]] = 1
         train_encs = [history_encoder(seqs, halves[1 - k], encoder, tags, options, users) for k in (0, 1)]
     else:
-        henc = HistoryEncoder(encoder, tags, options.max_history_tags)
+        henc = HistoryEncoder(encoder, tags, options.max_history_tags, distinct_items=options.distinct_items)
         train_encs = [henc, henc]
     cuts = (*config.augment_cuts, split.history_fraction)
     # a training budget (TrainConfig.max_train_users): the vocabularies still come from every training user

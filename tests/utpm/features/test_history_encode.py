@@ -360,3 +360,20 @@ def test_a_count_with_its_items_is_parsed_as_the_merge_of_count_item_triples_to_
     ):
         with pytest.raises(ValueError, match=re.escape(named)):
             parse_field("f", bad)
+
+
+def test_without_distinct_items_a_tags_distinct_items_are_its_count_also_after_the_bundle_round_trip() -> None:
+    """`distinct_items=False` (an ablation): phi's log1p_distinct_items takes the count, the flag
+    travels in the exported arrays, and an encoder with it on reads the items."""
+    on = _encoder(None, 50, 0)
+    off = HistoryEncoder(on.encoder, on.tags, 50, distinct_items=False)
+    back = HistoryEncoder.from_arrays(on.encoder, on.tags, 50, off.to_arrays())
+    user = {TAG_FIELD: FieldStats(values=["t1", "t2"], count=[4.0, 1.0], distinct=[2.0, 1.0], recency=[1.0, 0.5])}
+    col = history.PHI_NAMES.index("log1p_distinct_items")
+    got = {
+        name: enc.encode([user]).hist_feats[0, :2, col].tolist()
+        for name, enc in (("on", on), ("off", off), ("back", back))
+    }
+    assert got["on"] == pytest.approx([math.log1p(2.0), math.log1p(1.0)])
+    assert got["off"] == got["back"] == pytest.approx([math.log1p(4.0), math.log1p(1.0)])
+    assert "distinct_items" not in on.to_arrays() and back.distinct_items is False
