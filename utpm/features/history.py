@@ -138,12 +138,17 @@ def stats_from_sequence(seq: Sequence[str], items: Sequence[object] | None = Non
     return FieldStats(values=values, count=count, distinct=distinct, recency=recency)
 
 
+def _as_number(field_name: str, value: str, raw: object, what: str) -> float:
+    """A request's number (the `what` of `value`: count or items) as a float; not a number is a ValueError."""
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise ValueError(f"field {field_name!r}: the {what} of {value!r} must be a number, got {raw!r}")
+    # an int may lie beyond float64, which float() cannot take: bound it first (its sign stays)
+    return float(min(max(raw, -1), COUNT_CAP)) if isinstance(raw, int) else float(raw)
+
+
 def _as_count(field_name: str, value: str, raw: object) -> float:
     """A request's count: a finite number >= 0 (0 drops the value); anything else is a ValueError."""
-    if isinstance(raw, bool) or not isinstance(raw, int | float):
-        raise ValueError(f"field {field_name!r}: the count of {value!r} must be a number, got {raw!r}")
-    # an int may lie beyond float64, which float() cannot take: bound it first (its sign stays)
-    c = float(min(max(raw, -1), COUNT_CAP)) if isinstance(raw, int) else float(raw)
+    c = _as_number(field_name, value, raw, "count")
     if not math.isfinite(c) or c < 0:
         raise ValueError(f"field {field_name!r}: the count of {value!r} must be a finite number >= 0, got {raw!r}")
     return min(c, COUNT_CAP)
@@ -151,9 +156,7 @@ def _as_count(field_name: str, value: str, raw: object) -> float:
 
 def _as_items(field_name: str, value: str, raw: object, count: float) -> float:
     """A request's distinct items of a value (`{"count": c, "items": d}`): a number in (0, count]."""
-    if isinstance(raw, bool) or not isinstance(raw, int | float):
-        raise ValueError(f"field {field_name!r}: the items of {value!r} must be a number, got {raw!r}")
-    d = float(min(max(raw, -1), COUNT_CAP)) if isinstance(raw, int) else float(raw)
+    d = _as_number(field_name, value, raw, "items")
     # bounded as the count is, so that items <= count still holds for a count above the cap
     if not (math.isfinite(d) and 0 < min(d, COUNT_CAP) <= count):
         raise ValueError(
