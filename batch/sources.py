@@ -214,12 +214,12 @@ class ParquetSource:
 def stage_dataset(data_dir: Path, out: Path, say: Callable[[str], None] | None = None) -> Path:
     """A generic data set -> `out/features.jsonl`: each user's features built by the training code's
     field construction (utpm.data.protocol.current_features) from all of the user's events, as
-    `CurrentFeatures.request` sends them (counts, each tag's distinct items, clicked items), every user with an event
+    `CurrentFeatures.request` sends them (the current `REQUEST_SHAPE`), every user with an event
     included. Reused when `features.json` beside it records the same data set.
     """
     from utpm.data.errors import DataError
     from utpm.data.loading import load_dataset
-    from utpm.data.protocol import current_features
+    from utpm.data.protocol import REQUEST_SHAPE, current_features
 
     staged = out / "features.jsonl"
     meta_path = out / "features.json"
@@ -227,9 +227,12 @@ def stage_dataset(data_dir: Path, out: Path, say: Callable[[str], None] | None =
     identity = {"data": str(data_dir.resolve()), "files": [_fingerprint(p) for p in files]}
     if staged.is_file() and meta_path.is_file():
         meta = json.loads(meta_path.read_text())
-        # not a staging of the 80% cut, nor one from before requests carried clicked_items, counts and
-        # each tag's distinct items
-        if meta.get("identity") == identity and meta.get("events") == "all" and meta.get("tag_items"):
+        # not a staging of the 80% cut, nor one of requests of another shape (before counts, items...)
+        if (
+            meta.get("identity") == identity
+            and meta.get("events") == "all"
+            and meta.get("request_shape") == REQUEST_SHAPE
+        ):
             if say:
                 say(f"reusing the staged features of {data_dir} in {staged}")
             return staged
@@ -245,14 +248,7 @@ def stage_dataset(data_dir: Path, out: Path, say: Callable[[str], None] | None =
         for i in range(users.n_users):
             f.write(orjson.dumps({"user_id": str(users.user_ids[i]), "features": users.request(i)}) + b"\n")
     os.replace(tmp, staged)
-    meta = {
-        "identity": identity,
-        "users": users.n_users,
-        "events": "all",
-        "clicked_items": True,
-        "counts": True,
-        "tag_items": True,
-    }
+    meta = {"identity": identity, "users": users.n_users, "events": "all", "request_shape": REQUEST_SHAPE}
     meta_path.write_text(json.dumps(meta, indent=2))
     if say:
         say(f"staged {users.n_users:,} users")

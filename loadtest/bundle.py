@@ -26,15 +26,17 @@ from typing import Any
 
 import numpy as np
 
+from utpm.data.protocol import REQUEST_SHAPE
+
 PAPER_MODEL = "utpm"
 DEFAULT_MODEL = "utpm-hist"  # the project's default model: what the benchmarks build unless told otherwise
 # raised, per model, whenever a change to that model changes what its bundle holds (the default
 # model's 5: item neighbours; 6: its own batch size), so that a cached benchmark bundle of an older
 # model is rebuilt, not served as if it were the current one, and the other model's bundle is kept
 RECIPE_VERSIONS = {DEFAULT_MODEL: 6, PAPER_MODEL: 5}
-# raised whenever requests built from the log change shape (2: fields with counts; 3: a tag's distinct
-# items): a cached bundle's request bodies are then rewritten, the bundle kept
-PAYLOADS_VERSION = 3
+# the shape of requests built from the log: a cached bundle's request bodies of another shape are
+# rewritten, the bundle kept
+PAYLOADS_VERSION = REQUEST_SHAPE
 MODELS = (DEFAULT_MODEL, PAPER_MODEL)
 DEFAULT_ROOT = Path("artifacts/bench")
 # Fewer tags than this and the synthetic generator's planted interests and item tags crowd each other out

@@ -305,8 +305,8 @@ def test_a_data_set_is_staged_from_all_of_each_users_events(tmp_path: Path) -> N
     }
     # a staging written by the protocol's cut, or before requests carried counts and items, is not reused
     meta = json.loads((tmp_path / "stage" / "features.json").read_text())
-    before_items = {k: v for k, v in meta.items() if k != "tag_items"}
-    for stale in ({**meta, "events": None}, {k: v for k, v in before_items.items() if k != "counts"}, before_items):
+    before_shapes = {k: v for k, v in meta.items() if k != "request_shape"}  # as stagings before it was recorded
+    for stale in ({**meta, "events": None}, before_shapes, {**meta, "request_shape": meta["request_shape"] - 1}):
         (tmp_path / "stage" / "features.json").write_text(json.dumps(stale))
         staged.write_text('{"user_id": "u0", "features": {"clicked_tags": ["older", "old"]}}\n')
         assert "newest" in open_source(data, "dataset", tmp_path / "stage").path.read_text()

@@ -44,6 +44,9 @@ from utpm.features.spec import FieldKind
 Request = dict[str, list[str] | Mapping[str, int | dict[str, int]]]
 # The fields whose values' distinct items a request carries: the default model's history path reads them.
 ITEMS_FIELDS = ("clicked_tags",)
+# The shape of the requests built from the log (`request`), raised whenever it changes (2: fields with
+# counts; 3: a tag's distinct items): what caches them (batch staging, benchmark bodies) rebuilds them.
+REQUEST_SHAPE = 3
 
 
 @dataclass
