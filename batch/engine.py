@@ -23,6 +23,7 @@ from service.config import Settings
 from service.engine import EncodedUser, ProfileEngine
 from service.errors import ServiceError
 from service.profile_record import render
+from service.schema_errors import readable
 from service.schemas import ProfileRequest
 
 # Users per ONNX Runtime run / FAISS search: per-user cost keeps falling up to about 64
@@ -41,8 +42,9 @@ class ChunkResult:
 
 
 def _reason(e: ValidationError) -> str:
-    problems = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()[:3]]
-    more = f" (+{e.error_count() - 3} more)" if e.error_count() > 3 else ""
+    errors = readable(e.errors())
+    problems = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in errors[:3]]
+    more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
     return "; ".join(problems) + more
 
 

@@ -21,6 +21,7 @@ from starlette.responses import Response
 
 from service.batching import Overloaded
 from service.cache import CacheUnavailable
+from service.schema_errors import readable
 
 log = logging.getLogger("utpm.service")
 
@@ -161,7 +162,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> ProblemResponse:
         errors = [
-            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in readable(exc.errors())
         ]
         detail = "; ".join(f"{_location(e['loc'])}: {e['msg']}" for e in errors) or "invalid request"
         return _respond(request, "validation", 422, detail, errors=errors)
