@@ -79,14 +79,14 @@ def _union(errors: list[Error], at: int, labels: tuple[str, ...], what: str) -> 
         ]
     out = [{**e, "loc": site + e["loc"][at + 1 :]} for errs in taken for e in errs]
     if what == "count":  # a count object's unknown key: say which keys it has
-        out = [{**e, "msg": UNKNOWN_KEY} if e["type"] == "extra_forbidden" else e for e in out]
+        out = [{**e, "msg": UNKNOWN_KEY} if e.get("type") == "extra_forbidden" else e for e in out]
     return out
 
 
 def _mismatched(errs: list[Error], at: int) -> bool:
     """The member's own kind check failed (for a number, both int's and float's): not that kind at all."""
     return all(
-        e["type"] in _KIND_MISMATCH and e["loc"][at + 1 :] in ((), *((n,) for n in NUMBER_MEMBERS)) for e in errs
+        e.get("type") in _KIND_MISMATCH and e["loc"][at + 1 :] in ((), *((n,) for n in NUMBER_MEMBERS)) for e in errs
     )
 
 
@@ -149,7 +149,7 @@ def readable(errors: Sequence[Mapping[str, Any]]) -> list[Error]:
         n = field_of(loc)
         return n + 2 if n >= 0 and len(loc) == n + 3 and loc[n + 2] in NUMBER_MEMBERS else None
 
-    out = [{**e, "loc": tuple(e["loc"])} for e in errors]
+    out = [{**e, "loc": tuple(e.get("loc", ()))} for e in errors]
     out = _collapse(out, field_site, lambda g, at: _union(g, at, FIELD_MEMBERS, "field"))
     out = _collapse(out, count_site, lambda g, at: _union(g, at, COUNT_MEMBERS, "count"))
     return _collapse(out, number_site, _number)

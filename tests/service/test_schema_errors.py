@@ -105,3 +105,7 @@ def test_no_member_label_survives_and_no_bad_input_loses_its_error() -> None:
             assert not any(part in labels for err in out for part in err["loc"]), (features, out)
             bad_fields = {err["loc"][1] for err in e.errors()}
             assert {err["loc"][1] for err in out} == bad_fields  # every bad field still reported
+
+
+def test_errors_without_a_location_pass_unchanged() -> None:
+    assert readable([{"msg": "bad", "type": "value_error"}]) == [{"msg": "bad", "type": "value_error", "loc": ()}]
