@@ -166,7 +166,10 @@ class Problem(BaseModel):
     detail: str = Field(description="What went wrong with this request, for a person.")
     request_id: str = Field(description="The request's id (X-Request-ID), also on every log line it caused.")
     errors: list[dict[str, object]] | None = Field(
-        None, description="Schema violations (urn:utpm:problem:validation only): loc, msg, type each."
+        None,
+        description="Schema violations (urn:utpm:problem:validation only): loc, msg, type each. A bad field or "
+        "count is one violation at its place (type field_type, count_type or number_type where no accepted "
+        "form matched), not one per form tried.",
     )
 
 
