@@ -6,7 +6,8 @@ its own ("dict[constrained-str,union[union[int,float],CountAndItems]]"): a strin
 five errors, four of them about members the client never meant. `readable` keeps what the member the
 client sent says (a list whose second value is a number: that value), drops the members' labels
 from the location, and where no member took the input at all, says in one line what is accepted and
-what came. Only error responses pay for it.
+what came. Only error responses pay for it: pydantic's own way (a callable `Discriminator` per
+union) would report the same, but call Python for every count of every request.
 """
 
 from __future__ import annotations
