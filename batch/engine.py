@@ -23,7 +23,7 @@ from service.config import Settings
 from service.engine import EncodedUser, ProfileEngine
 from service.errors import ServiceError
 from service.profile_record import render
-from service.schema_errors import readable
+from service.schema_errors import first_problems
 from service.schemas import ProfileRequest
 
 # Users per ONNX Runtime run / FAISS search: per-user cost keeps falling up to about 64
@@ -42,10 +42,9 @@ class ChunkResult:
 
 
 def _reason(e: ValidationError) -> str:
-    errors = readable(e.errors())
+    errors, more = first_problems(e.errors(), 3)
     problems = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in errors[:3]]
-    more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
-    return "; ".join(problems) + more
+    return "; ".join(problems) + (" (and more)" if more or len(errors) > 3 else "")
 
 
 class ChunkProfiler:

@@ -21,9 +21,12 @@ from starlette.responses import Response
 
 from service.batching import Overloaded
 from service.cache import CacheUnavailable
-from service.schema_errors import readable
+from service.schema_errors import first_problems
 
 log = logging.getLogger("utpm.service")
+
+# Schema violations listed in one 422 (a field's or a value's union errors count as one).
+MAX_LISTED_PROBLEMS = 100
 
 PROBLEM_TYPE = "urn:utpm:problem:"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -161,11 +164,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> ProblemResponse:
-        errors = [
-            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
-            for e in readable(exc.errors())
-        ]
+        listed, more = first_problems(exc.errors(), MAX_LISTED_PROBLEMS)
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in listed]
         detail = "; ".join(f"{_location(e['loc'])}: {e['msg']}" for e in errors) or "invalid request"
+        if more:
+            detail += f"; more problems not listed (the first {MAX_LISTED_PROBLEMS} are)"
         return _respond(request, "validation", 422, detail, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)

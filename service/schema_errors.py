@@ -139,8 +139,8 @@ def readable(errors: Sequence[Mapping[str, Any]]) -> list[Error]:
                 return i + 2
         return None
 
-    def field_of(loc: Loc) -> int:
-        return next((len(f) for f in fields if loc[: len(f)] == f), -1)
+    def field_of(loc: Loc) -> int:  # the length of the (…, "features", field) prefix, -1 if none; O(len(loc))
+        return next((i + 2 for i in range(len(loc) - 1) if loc[i] == "features" and loc[: i + 2] in fields), -1)
 
     def count_site(loc: Loc) -> int | None:  # (…, field, value, count member, …)
         n = field_of(loc)
@@ -154,3 +154,30 @@ def readable(errors: Sequence[Mapping[str, Any]]) -> list[Error]:
     out = _collapse(out, field_site, lambda g, at: _union(g, at, FIELD_MEMBERS, "field"))
     out = _collapse(out, count_site, lambda g, at: _union(g, at, COUNT_MEMBERS, "count"))
     return _collapse(out, number_site, _number)
+
+
+def first_problems(errors: Sequence[Mapping[str, Any]], limit: int) -> tuple[list[Error], bool]:
+    """`readable` of the errors of the first `limit` problems, and whether any was left out: a response
+    listing every violation of a megabyte of bad values would hold the event loop for seconds. A
+    problem is one value of a field (a list element, an object's count; its union errors together),
+    a field's value as a whole, or any other error. A field's first value is always read with the
+    field, so that what its union reports is never cut in two."""
+    seen: set[Any] = set()
+    deep: set[Loc] = set()  # fields one of whose values was read
+    for at, err in enumerate(errors):
+        loc = tuple(err.get("loc", ()))
+        key: Any = (loc, at)
+        first_value = False
+        for i in range(len(loc) - 2):
+            if loc[i] == "features" and loc[i + 2] in FIELD_MEMBERS:
+                field = loc[: i + 2]
+                key = field + loc[i + 3 : i + 4]
+                if len(loc) > i + 3:
+                    first_value = field not in deep
+                    deep.add(field)
+                break
+        if key not in seen:
+            if len(seen) >= limit and not first_value:
+                return readable(errors[:at]), True
+            seen.add(key)
+    return readable(errors), False

@@ -149,6 +149,13 @@ def test_bad_counts_are_a_clear_422(client: TestClient, features: object, why: s
     assert ";" not in body["detail"]  # one problem, one error
 
 
+def test_a_body_of_many_bad_fields_gets_the_first_hundred_problems(client: TestClient) -> None:
+    features = {f"f{i}": True for i in range(5000)}
+    body = assert_problem(client.post("/profile", json={"user_id": "u", "features": features}), 422)
+    assert len(body["errors"]) == 100 and body["errors"][0]["loc"] == ["body", "features", "f0"]
+    assert body["detail"].endswith("more problems not listed (the first 100 are)")
+
+
 @pytest.mark.parametrize("raw", [b"Infinity", b"NaN", b"-Infinity"])
 def test_non_finite_counts_are_a_clear_422(client: TestClient, raw: bytes) -> None:
     body = b'{"user_id": "u", "features": {"clicked_tags": {"sci-fi": ' + raw + b"}}}"

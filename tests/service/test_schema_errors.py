@@ -8,7 +8,15 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from service.schema_errors import COUNT_FORMS, COUNT_MEMBERS, FIELD_FORMS, FIELD_MEMBERS, UNKNOWN_KEY, readable
+from service.schema_errors import (
+    COUNT_FORMS,
+    COUNT_MEMBERS,
+    FIELD_FORMS,
+    FIELD_MEMBERS,
+    UNKNOWN_KEY,
+    first_problems,
+    readable,
+)
 from service.schemas import ProfileRequest, ProfilesRequest
 
 
@@ -109,3 +117,23 @@ def test_no_member_label_survives_and_no_bad_input_loses_its_error() -> None:
 
 def test_errors_without_a_location_pass_unchanged() -> None:
     assert readable([{"msg": "bad", "type": "value_error"}]) == [{"msg": "bad", "type": "value_error", "loc": ()}]
+
+
+def test_first_problems_lists_at_most_the_limit_and_says_so() -> None:
+    raw = errors_of({"user_id": "u", "features": {f"f{i}": 1 for i in range(500)}, "k": "5"})
+    listed, more = first_problems(raw, 100)
+    assert more and len(listed) == 100
+    assert listed == readable(raw)[:100]  # the same problems readable gives, the first of them
+    few, more = first_problems(raw[:30], 100)  # 10 fields: under the limit
+    assert not more and few == readable(raw[:30])
+
+
+def test_a_fields_first_value_is_read_with_it_so_its_union_is_never_cut_in_two() -> None:
+    features: dict[str, Any] = {f"f{i}": 1 for i in range(99)}
+    features["g"] = {"v1": "x", "v2": "y"}
+    listed, more = first_problems(errors_of({"user_id": "u", "features": features}), 100)
+    # without its first value, g's list and string members' mismatches alone would say "got an object"
+    assert more and listed[-1]["loc"] == ("body", "features", "g", "v1") and listed[-1]["type"] == "count_type"
+    one_field = {"f": {f"v{i}": "x" for i in range(1000)}}
+    listed, more = first_problems(errors_of({"user_id": "u", "features": one_field}), 10)
+    assert more and [e["loc"][-1] for e in listed] == [f"v{i}" for i in range(9)]
