@@ -34,9 +34,6 @@ DEFAULT_MODEL = "utpm-hist"  # the project's default model: what the benchmarks 
 # model's 5: item neighbours; 6: its own batch size), so that a cached benchmark bundle of an older
 # model is rebuilt, not served as if it were the current one, and the other model's bundle is kept
 RECIPE_VERSIONS = {DEFAULT_MODEL: 6, PAPER_MODEL: 5}
-# the shape of requests built from the log: a cached bundle's request bodies of another shape are
-# rewritten, the bundle kept
-PAYLOADS_VERSION = REQUEST_SHAPE
 MODELS = (DEFAULT_MODEL, PAPER_MODEL)
 DEFAULT_ROOT = Path("artifacts/bench")
 # Fewer tags than this and the synthetic generator's planted interests and item tags crowd each other out
@@ -185,9 +182,10 @@ def prepare_bench_bundle(
     same = recipe.same_as(meta.get("recipe"))
     if same and not reexport and (out.bundle / "index_infos.json").is_file():
         say(f"reusing the benchmark bundle in {out.bundle} (built {meta.get('built_at', '?')})")
-        if meta.get("payloads_version") != PAYLOADS_VERSION or not out.payloads.is_file():
+        # bodies of another request shape (utpm.data.protocol.REQUEST_SHAPE) are rewritten, the bundle kept
+        if meta.get("payloads_version") != REQUEST_SHAPE or not out.payloads.is_file():
             _write_bench_payloads(data_dir, recipe, out.payloads, say)
-            meta["payloads_version"] = PAYLOADS_VERSION
+            meta["payloads_version"] = REQUEST_SHAPE
             meta_path.write_text(json.dumps(meta, indent=2))
         out.info = meta
         return out
@@ -220,14 +218,14 @@ def prepare_bench_bundle(
         progress=say,
         first_stage="export" if reexport else "prepare",
     )
-    if not (reexport and out.payloads.is_file() and meta.get("payloads_version") == PAYLOADS_VERSION):
+    if not (reexport and out.payloads.is_file() and meta.get("payloads_version") == REQUEST_SHAPE):
         _write_bench_payloads(built.data, recipe, out.payloads, say)  # the same data as before when re-exported
     now = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     info = {
         "recipe": asdict(recipe),
         "stages": {**meta.get("stages", {}), **built.stages},
         "built_at": now,
-        "payloads_version": PAYLOADS_VERSION,
+        "payloads_version": REQUEST_SHAPE,
     }
     if reexport:
         info["built_at"], info["reexported_at"] = meta.get("built_at", "?"), now

@@ -59,14 +59,22 @@ def json_kind(value: Any) -> str:
     return type(value).__name__
 
 
-def _union(errors: list[Error], at: int, labels: tuple[str, ...], what: str) -> list[Error]:
+def _field_member_at(loc: Loc) -> int | None:
+    """Where the label of a field's union member sits in `loc`: after "features" and the field's name."""
+    for i in range(len(loc) - 2):
+        if loc[i] == "features" and loc[i + 2] in FIELD_MEMBERS:
+            return i + 2
+    return None
+
+
+def _union(errors: list[Error], at: int, what: str) -> list[Error]:
     """One union's errors (the member label at loc[at]): those of the members that took the input, the
     label dropped, or one error naming the accepted forms where none did."""
     site = errors[0]["loc"][:at]
     by_member: dict[str, list[Error]] = {}
     for err in errors:
         by_member.setdefault(str(err["loc"][at]), []).append(err)
-    taken = [errs for label, errs in by_member.items() if label in labels and not _mismatched(errs, at)]
+    taken = [errs for errs in by_member.values() if not _mismatched(errs, at)]
     if not taken:
         got = errors[0].get("input")
         forms = FIELD_FORMS if what == "field" else COUNT_FORMS
@@ -133,11 +141,10 @@ def readable(errors: Sequence[Mapping[str, Any]]) -> list[Error]:
     fields: set[Loc] = set()  # (…, "features", field) of every field with errors
 
     def field_site(loc: Loc) -> int | None:
-        for i in range(len(loc) - 2):
-            if loc[i] == "features" and loc[i + 2] in FIELD_MEMBERS:
-                fields.add(loc[: i + 2])
-                return i + 2
-        return None
+        at = _field_member_at(loc)
+        if at is not None:
+            fields.add(loc[:at])
+        return at
 
     def field_of(loc: Loc) -> int:  # the length of the (…, "features", field) prefix, -1 if none; O(len(loc))
         return next((i + 2 for i in range(len(loc) - 1) if loc[i] == "features" and loc[: i + 2] in fields), -1)
@@ -151,14 +158,14 @@ def readable(errors: Sequence[Mapping[str, Any]]) -> list[Error]:
         return n + 2 if n >= 0 and len(loc) == n + 3 and loc[n + 2] in NUMBER_MEMBERS else None
 
     out = [{**e, "loc": tuple(e.get("loc", ()))} for e in errors]
-    out = _collapse(out, field_site, lambda g, at: _union(g, at, FIELD_MEMBERS, "field"))
-    out = _collapse(out, count_site, lambda g, at: _union(g, at, COUNT_MEMBERS, "count"))
+    out = _collapse(out, field_site, lambda g, at: _union(g, at, "field"))
+    out = _collapse(out, count_site, lambda g, at: _union(g, at, "count"))
     return _collapse(out, number_site, _number)
 
 
 def first_problems(errors: Sequence[Mapping[str, Any]], limit: int) -> tuple[list[Error], bool]:
     """`readable` of the errors of the first `limit` problems, and whether any was left out: a response
-    listing every violation of a megabyte of bad values would hold the event loop for seconds. A
+    listing every violation of a megabyte of bad values would cost the event loop time in proportion. A
     problem is one value of a field (a list element, an object's count; its union errors together),
     a field's value as a whole, or any other error. A field's first value is always read with the
     field, so that what its union reports is never cut in two."""
@@ -168,14 +175,13 @@ def first_problems(errors: Sequence[Mapping[str, Any]], limit: int) -> tuple[lis
         loc = tuple(err.get("loc", ()))
         key: Any = (loc, at)
         first_value = False
-        for i in range(len(loc) - 2):
-            if loc[i] == "features" and loc[i + 2] in FIELD_MEMBERS:
-                field = loc[: i + 2]
-                key = field + loc[i + 3 : i + 4]
-                if len(loc) > i + 3:
-                    first_value = field not in deep
-                    deep.add(field)
-                break
+        member = _field_member_at(loc)
+        if member is not None:
+            field = loc[:member]
+            key = field + loc[member + 1 : member + 2]
+            if len(loc) > member + 1:
+                first_value = field not in deep
+                deep.add(field)
         if key not in seen:
             if len(seen) >= limit and not first_value:
                 return readable(errors[:at]), True

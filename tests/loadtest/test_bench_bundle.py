@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.bundle import PAYLOADS_VERSION, Recipe, prepare_bench_bundle
+from loadtest.bundle import Recipe, prepare_bench_bundle
+from utpm.data.protocol import REQUEST_SHAPE
 
 
 def test_the_default_models_benchmark_bundle_builds_and_serves(tmp_path: Path) -> None:
@@ -49,13 +50,13 @@ def test_the_default_models_benchmark_bundle_builds_and_serves(tmp_path: Path) -
     version = json.loads((again.bundle / "manifest.json").read_text())["bundle_version"]
     assert json.loads((again.bundle / "index_infos.json").read_text())["bundle_version"] == version
     assert again.payloads.read_text() == bodies
-    # request bodies written before their shape changed (PAYLOADS_VERSION) are rewritten, the bundle kept
+    # request bodies written before their shape changed (REQUEST_SHAPE) are rewritten, the bundle kept
     meta_path = built.root / "bench_bundle.json"
     meta = json.loads(meta_path.read_text())
     meta_path.write_text(json.dumps({k: v for k, v in meta.items() if k != "payloads_version"}))
     built.payloads.write_text('{"features": {"clicked_tags": ["x"]}}\n')
     reused = prepare_bench_bundle(recipe, tmp_path)
-    assert reused.payloads.read_text() == bodies and reused.info["payloads_version"] == PAYLOADS_VERSION
+    assert reused.payloads.read_text() == bodies and reused.info["payloads_version"] == REQUEST_SHAPE
     assert json.loads((reused.bundle / "manifest.json").read_text())["bundle_version"] == version
     with pytest.raises(FileNotFoundError, match="no trained run"):
         prepare_bench_bundle(dataclasses.replace(recipe, seed=1), tmp_path, reexport=True)
