@@ -9,6 +9,7 @@ reports what every request got. Traffic stays on 127.0.0.1.
     overload      the sustainable rate measured closed-loop, then 3x that rate open-loop
     reload        load while /admin/reload swaps between two bundles every 2 s
     soak          a steady moderate rate for 10 minutes: memory growth and latency drift
+    bad-bodies    POST + GET load; in the middle third one client sends bad bodies of about 1 MiB
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,7 +28,8 @@ from typing import Any
 import httpx
 
 from loadtest.drivers import locust_args, outcome_summary, run_locust, run_open_loop
-from loadtest.measure import machine_info
+from loadtest.hostile import hostile_bodies
+from loadtest.measure import machine_info, percentiles
 from loadtest.procs import Redis, Server
 from loadtest.serve import settings_env
 from loadtest.speed import ProbeByMinute
@@ -193,11 +196,75 @@ def soak(
     }
 
 
+def bad_bodies(bundle: Path, workdir: Path, say: Say, rate: float = 60, duration_s: float = 30) -> dict[str, Any]:
+    """One client sends `loadtest.hostile`'s bodies one after another (each shape in turn) from 1/3 to
+    2/3 of the run, while the others keep their open-loop POSTs and GETs: what a bad body costs the
+    service, and what it costs everyone else (their latency before, during and after)."""
+    with Redis() as redis, service(bundle, redis.url, workdir) as srv:
+        bodies = list(hostile_bodies())
+        sent: list[dict[str, Any]] = []
+        window: dict[str, float] = {}
+        stop = threading.Event()
+
+        def attack() -> None:
+            with httpx.Client(base_url=srv.base_url, timeout=60) as client:
+                while not stop.is_set():
+                    b = bodies[len(sent) % len(bodies)]
+                    t0 = time.perf_counter()
+                    r = client.post(b.path, content=b.body, headers={"content-type": "application/json"})
+                    ms = (time.perf_counter() - t0) * 1000
+                    sent.append({"shape": b.name, "status": r.status_code, "ms": ms, "type": r.json().get("type")})
+
+        attacker = threading.Thread(target=attack, name="bad-bodies", daemon=True)
+
+        def tick(t: float) -> None:
+            if "started" not in window and t >= duration_s / 3:
+                window["started"] = round(t, 2)
+                attacker.start()
+                say(f"  t={t:.0f}s sending bad bodies")
+            if "stopped" not in window and t >= 2 * duration_s / 3:
+                stop.set()
+                attacker.join()
+                window["stopped"] = round(t, 2)
+                say(f"  t={t:.0f}s stopped after {len(sent)} bad bodies")
+
+        rows = run_open_loop(
+            srv, rate, duration_s, workdir / "load", locust_args(["--bundle", str(bundle)], K), 0.5, tick
+        )
+        alive = srv.process is not None and srv.process.poll() is None
+    t0, t1 = window["started"], window["stopped"]
+    shapes = {
+        b.name: {
+            "path": b.path,
+            "bytes": len(b.body),
+            "sent": len(mine := [s for s in sent if s["shape"] == b.name]),
+            "statuses": sorted({s["status"] for s in mine}),
+            "problem_types": sorted({str(s["type"]) for s in mine}),
+            "answer_ms": percentiles([s["ms"] for s in mine]),
+        }
+        for b in bodies
+    }
+    return {
+        "rate_rps": rate,
+        "duration_s": duration_s,
+        "events_s": window,
+        "bad_bodies": shapes,
+        "bad_bodies_per_s": round(len(sent) / (t1 - t0), 2),
+        **{
+            f"{kind}_{part}": _window(rows, kind, a, b)
+            for kind in ("post", "get")
+            for part, a, b in (("before", 0.0, t0), ("during", t0, t1), ("after", t1, float("inf")))
+        },
+        "alive_after": alive,
+    }
+
+
 SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "redis-outage": redis_outage,
     "overload": overload,
     "reload": reload,
     "soak": soak,
+    "bad-bodies": bad_bodies,
 }
 
 

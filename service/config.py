@@ -28,6 +28,8 @@ _DIGEST = re.compile(r"[0-9a-f]{64}")
 # Redis's PX must fit a signed 64-bit count of ms from now; beyond ten years a TTL is a slip of units,
 # not a plan (a batch job with a fixed --as-of may still want years).
 MAX_CACHE_TTL_MS = 10 * 365 * 24 * 3_600_000
+# the most UTPM_MAX_LOOKUP_USERS may allow: the lookup body refuses more ids before reading any
+MAX_LOOKUP_USERS_CEILING = 10_000
 
 # Settings that were renamed or became constants (docs/serving.md keeps the table): set, they
 # stop the start-up rather than being silently ignored.
@@ -37,7 +39,7 @@ RETIRED: dict[str, str] = {
     "UTPM_MAX_INFLIGHT": "renamed UTPM_MAX_INFLIGHT_REQUESTS",
     "UTPM_CACHE_TTL_S": "replaced by UTPM_CACHE_TTL_MS (milliseconds)",
     "UTPM_ADMIN_API_KEY": "replaced by UTPM_AUTH_KEYS (admin:<sha256 of the key>)",
-    "UTPM_MAX_BATCH_USERS": "now a constant (service.routes.profile.MAX_USERS_PER_CALL = 256)",
+    "UTPM_MAX_BATCH_USERS": "now a constant (service.schemas.MAX_USERS_PER_CALL = 256)",
     "UTPM_DEFAULT_K": "now a constant (service.profiles.DEFAULT_K = 50)",
     "UTPM_MAX_K": "now a constant (service.profiles.MAX_K = 1000)",
     "UTPM_MAX_BODY_BYTES": "now a constant (service.middleware.MAX_BODY_BYTES = 1 MiB)",
@@ -219,7 +221,10 @@ class Settings(BaseSettings):
         "false: 404.",
     )
     max_lookup_users: int = Field(
-        1000, ge=1, le=10_000, description="Users per POST /profiles/lookup (one Redis round trip for all of them)."
+        1000,
+        ge=1,
+        le=MAX_LOOKUP_USERS_CEILING,
+        description="Users per POST /profiles/lookup (one Redis round trip for all of them).",
     )
     # -- batching and overload -------------------------------------------------------------------
     # 8: per-user cost falls steeply up to a batch of 8 and little beyond, while waiting grows

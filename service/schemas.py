@@ -6,12 +6,31 @@ boolean, a 422 naming the field rather than a guess at what the client meant.
 
 from __future__ import annotations
 
-from typing import Annotated, NotRequired
+from collections.abc import Collection
+from typing import Annotated, Any, NotRequired, Self
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints, with_config
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    Strict,
+    StringConstraints,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    model_validator,
+    with_config,
+)
+from pydantic_core import PydanticKnownError
 from typing_extensions import TypedDict
 
 USER_ID_MAX = 256
+# A bad body costs the event loop in proportion to what pydantic reads and reports, so what a client
+# may send is bounded before it is read: the fields of a request, the users of a call, the ids of a
+# lookup (the ceiling of its setting); and a list or object of values stops at its first bad one
+# (`fail_fast`). A bundle has a handful of fields; a field unknown to it is a 422 anyway.
+MAX_FIELDS = 64
+MAX_USERS_PER_CALL = 256
 UserId = Annotated[str, StringConstraints(min_length=1, max_length=USER_ID_MAX, strip_whitespace=True)]
 FeatureValue = Annotated[str, StringConstraints(max_length=512)]
 # strict: "3" or true is not a count (422); finiteness and sign are checked by parse_field (422).
@@ -29,19 +48,62 @@ class CountAndItems(TypedDict):
     items: NotRequired[Count]
 
 
+def first_unknown_key_only(value: Any, known: Collection[str]) -> Any:
+    """An object with more keys than `known` holds an unknown one: all but the first are dropped
+    unread, so that however many a client sends, its 422 costs one error (the first unknown key)."""
+    if isinstance(value, dict) and len(value) > len(known):
+        first = next(k for k in value if k not in known)
+        value = {k: v for k, v in value.items() if k in known or k == first}
+    return value
+
+
+class RequestBody(BaseModel):
+    """A request body: a key it does not have is a 422 (`extra="forbid"`), of which only the first
+    is read (`first_unknown_key_only`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _first_unknown_key_only(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        return handler(first_unknown_key_only(data, cls.model_fields))
+
+
 # Each JSON type matches one member, so the first that validates is the one smart mode picks; tried in
 # order, a long list is validated once instead of against every member.
 ValueCount = Annotated[Count | CountAndItems, Field(union_mode="left_to_right")]
 FieldValues = Annotated[
-    list[FeatureValue] | FeatureValue | dict[FeatureValue, ValueCount], Field(union_mode="left_to_right")
+    Annotated[list[FeatureValue], Field(fail_fast=True)]
+    | FeatureValue
+    | Annotated[dict[FeatureValue, ValueCount], Field(fail_fast=True)],
+    Field(union_mode="left_to_right"),
 ]
 
 
-class ProfileRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def _bounded_features(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """Refuse more than MAX_FIELDS fields before validating any (`max_length` counts them after), and
+    read a count object up to its first unknown key (checked in C-level maps: this runs per request)."""
+    if isinstance(value, dict):
+        if len(value) > MAX_FIELDS:
+            raise PydanticKnownError(
+                "too_long", {"field_type": "Dictionary", "max_length": MAX_FIELDS, "actual_length": len(value)}
+            )
+        for name, values in value.items():
+            if type(values) is dict and max(map(len, filter(_is_dict, values.values())), default=0) > len(_COUNT_KEYS):
+                value = {**value, name: {v: first_unknown_key_only(c, _COUNT_KEYS) for v, c in values.items()}}
+    return handler(value)
 
+
+_is_dict = dict.__instancecheck__
+_COUNT_KEYS = frozenset(CountAndItems.__annotations__)
+
+
+Features = Annotated[dict[str, FieldValues], WrapValidator(_bounded_features), Field(max_length=MAX_FIELDS)]
+
+
+class ProfileRequest(RequestBody):
     user_id: UserId = Field(description="The user the profile is for (cache key).")
-    features: dict[str, FieldValues] = Field(
+    features: Features = Field(
         default_factory=dict,
         description="Raw feature values per field, oldest first; a single value may be given bare. Values are "
         "stripped of surrounding whitespace as the training data was, and empty ones ignored. A value "
@@ -62,10 +124,9 @@ class ProfileRequest(BaseModel):
     )
 
 
-class ProfilesRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    users: list[ProfileRequest] = Field(min_length=1)
+class ProfilesRequest(RequestBody):
+    # a call stops at its first bad user: at most one user's problems are read
+    users: list[ProfileRequest] = Field(min_length=1, max_length=MAX_USERS_PER_CALL, fail_fast=True)
 
 
 class TagScore(BaseModel):
@@ -137,10 +198,11 @@ class DeleteResponse(BaseModel):
     model_versions: list[str] = Field(description="The versions whose profile of this user was removed if cached.")
 
 
-class ForgetRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    user_ids: Annotated[list[UserId], Field(min_length=1, description="Users to forget (at most 256 per call).")]
+class ForgetRequest(RequestBody):
+    user_ids: Annotated[
+        list[UserId],
+        Field(min_length=1, max_length=MAX_USERS_PER_CALL, fail_fast=True, description="Users to forget."),
+    ]
 
 
 class ForgetResult(BaseModel):
@@ -173,9 +235,7 @@ class Problem(BaseModel):
     )
 
 
-class ReloadRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ReloadRequest(RequestBody):
     bundle: str = Field(min_length=1, description="Bundle directory, under the configured bundle root.")
 
 

@@ -8,11 +8,12 @@ what a replica starts with.
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from service import arms
 from service.responses import JSONResponse
 from service.routes.admin import publish
+from service.schemas import RequestBody
 from service.state import ServiceState, State
 
 router = APIRouter(tags=["experiment"])
@@ -26,18 +27,14 @@ ADMIN_ERRORS: dict[int | str, dict[str, str]] = {
 }
 
 
-class ChallengerRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ChallengerRequest(RequestBody):
     bundle: str = Field(min_length=1, description="Bundle directory, under the configured bundle root.")
     share: float | None = Field(
         None, ge=0.0, le=1.0, strict=True, description="Share of users it serves (default UTPM_AB_CHALLENGER_SHARE)."
     )
 
 
-class ShareRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ShareRequest(RequestBody):
     share: float = Field(ge=0.0, le=1.0, strict=True, description="Share of users the challenger serves.")
 
 

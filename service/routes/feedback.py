@@ -6,14 +6,14 @@ import datetime as dt
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from service.errors import InvalidInput
 from service.feedback import LATE_DAYS, taken_days
 from service.profiles import DEFAULT_K, MAX_K
 from service.responses import JSONResponse
 from service.routes.profile import ERRORS, refuse_repeated_query_params
-from service.schemas import FeatureValue, UserId
+from service.schemas import FeatureValue, RequestBody, UserId
 from service.state import ServiceState, service_state
 from utpm.features.values import clean_values
 
@@ -26,18 +26,14 @@ MAX_TAGS_PER_ITEM = 200
 MAX_SUMMARY_DAYS = 90
 
 
-class Impression(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Impression(RequestBody):
     tags: list[FeatureValue] = Field(
         min_length=1, max_length=MAX_TAGS_PER_ITEM, description="The browsed item's tags (stripped, blanks ignored)."
     )
     clicked: bool = Field(False, strict=True, description="Whether the user clicked the item.")
 
 
-class FeedbackEvent(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class FeedbackEvent(RequestBody):
     user_id: UserId
     items: list[Impression] = Field(min_length=1, max_length=MAX_ITEMS_PER_EVENT, description="Browsed items.")
     model_version: str | None = Field(
@@ -56,9 +52,7 @@ class FeedbackEvent(BaseModel):
     )
 
 
-class FeedbackRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class FeedbackRequest(RequestBody):
     events: list[FeedbackEvent] = Field(min_length=1, max_length=MAX_EVENTS_PER_CALL)
 
 

@@ -12,26 +12,33 @@ from typing import Annotated, Literal
 
 import orjson
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from service.ab import label
 from service.cache import profile_key
+from service.config import MAX_LOOKUP_USERS_CEILING
 from service.errors import InvalidInput
 from service.profile_record import CorruptRecord, cached_response
 from service.profiles import DEFAULT_K, MAX_K
 from service.responses import RenderedJSON
 from service.routes.profile import ERRORS, refuse_body_fields_in_query
-from service.schemas import ProfileResponse, UserId
+from service.schemas import ProfileResponse, RequestBody, UserId
 from service.stale import decode_stale
 from service.state import service_state
 
 router = APIRouter(tags=["profiles"])
 
 
-class LookupRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    user_ids: Annotated[list[UserId], Field(min_length=1, description="Users to read (at most UTPM_MAX_LOOKUP_USERS).")]
+class LookupRequest(RequestBody):
+    user_ids: Annotated[
+        list[UserId],
+        Field(
+            min_length=1,
+            max_length=MAX_LOOKUP_USERS_CEILING,
+            fail_fast=True,
+            description="Users to read (at most UTPM_MAX_LOOKUP_USERS).",
+        ),
+    ]
     k: int | None = Field(
         None, ge=1, strict=True, description="Tags per profile (default 50; at most what was cached)."
     )

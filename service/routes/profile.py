@@ -15,7 +15,6 @@ from starlette.types import Receive, Scope, Send
 
 from service.ab import label, pinned
 from service.engine import ProfileEngine
-from service.errors import InvalidInput
 from service.profiles import compute_profiles, delete_profiles, read_profile
 from service.responses import JSONResponse, RenderedJSON
 from service.schemas import (
@@ -34,8 +33,6 @@ from service.state import service_state
 # a dependency on every request, and a cache hit is short enough for that to show.
 router = APIRouter(tags=["profiles"])
 
-# Users per POST /profiles: half the default model queue, so one call cannot fill it alone.
-MAX_USERS_PER_CALL = 256
 # UserId's stripping alone: the GET route checks the lengths itself, answering FastAPI's own 422s
 _STRIPPED = TypeAdapter(Annotated[str, StringConstraints(strip_whitespace=True)])
 
@@ -76,8 +73,6 @@ async def post_profiles(body: ProfilesRequest, request: Request) -> RenderedJSON
     refuse_body_fields_in_query(request.scope["query_string"], ProfilesRequest, "POST /profiles")
     state = service_state(request)
     state.auth.check(request, "write" if any(u.store for u in body.users) else "compute")
-    if len(body.users) > MAX_USERS_PER_CALL:
-        raise InvalidInput(f"at most {MAX_USERS_PER_CALL} users per call, got {len(body.users)}")
     # Users of one call may fall in both A/B arms: one model run per arm, answered in the call's order.
     pin = pinned(request.scope)
     arms: dict[str, tuple[ProfileEngine, list[int]]] = {}
@@ -147,8 +142,6 @@ async def forget_profiles(body: ForgetRequest, request: Request) -> JSONResponse
     round trip: for a privacy job's batch of erasure requests. Idempotent; a write."""
     state = service_state(request)
     state.auth.check(request, "write")
-    if len(body.user_ids) > MAX_USERS_PER_CALL:
-        raise InvalidInput(f"at most {MAX_USERS_PER_CALL} users per call, got {len(body.user_ids)}")
     gone = await delete_profiles(state, body.user_ids)
     results = [{"user_id": u, "deleted": gone.profiles[u]} for u in body.user_ids]
     return JSONResponse(

@@ -149,7 +149,7 @@ def test_the_wheel_ships_the_files_the_code_opens(utpm_wheel: Path) -> None:
 
 # Imported modules whose distribution has another name, and modules a declared package always brings.
 DIST_OF_MODULE = {"faiss": "faiss-cpu", "yaml": "pyyaml", "opentelemetry": "opentelemetry-sdk"}
-BROUGHT_BY = {"pydantic": "fastapi", "starlette": "fastapi", "uvloop": "uvicorn"}
+BROUGHT_BY = {"pydantic": "fastapi", "pydantic_core": "fastapi", "starlette": "fastapi", "uvloop": "uvicorn"}
 
 
 def test_every_third_party_module_the_packages_import_is_declared() -> None:

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from service.main import create_app
 from service.schema_errors import COUNT_FORMS, FIELD_FORMS, UNKNOWN_KEY
+from service.schemas import MAX_FIELDS
 from tests.conftest import RedisServer
 from tests.serving import assert_problem, settings_for
 
@@ -149,11 +150,26 @@ def test_bad_counts_are_a_clear_422(client: TestClient, features: object, why: s
     assert ";" not in body["detail"]  # one problem, one error
 
 
-def test_a_body_of_many_bad_fields_gets_the_first_hundred_problems(client: TestClient) -> None:
-    features = {f"f{i}": True for i in range(5000)}
+def test_a_body_of_many_unknown_keys_is_read_up_to_the_first(client: TestClient) -> None:
+    unknown = {f"x{i}": True for i in range(5000)}
+    body = assert_problem(client.post("/profile", json={"user_id": "u", **unknown}), 422)
+    assert [(e["loc"], e["type"]) for e in body["errors"]] == [(["body", "x0"], "extra_forbidden")]
+
+
+def test_more_fields_than_a_request_may_have_are_refused_before_any_is_read(client: TestClient) -> None:
+    features = {f"f{i}": True for i in range(MAX_FIELDS + 1)}  # every one bad: none of them is reported
     body = assert_problem(client.post("/profile", json={"user_id": "u", "features": features}), 422)
-    assert len(body["errors"]) == 100 and body["errors"][0]["loc"] == ["body", "features", "f0"]
-    assert body["detail"].endswith("more problems not listed (the first 100 are)")
+    assert [(e["loc"], e["type"]) for e in body["errors"]] == [(["body", "features"], "too_long")]
+    assert f"at most {MAX_FIELDS} items" in body["detail"] and f"not {MAX_FIELDS + 1}" in body["detail"]
+
+
+def test_a_field_s_values_are_read_up_to_the_first_bad_one(client: TestClient) -> None:
+    features = {"clicked_tags": ["sci-fi", 1, 2, 3], "clicked_categories": {"Drama": "x", "Comedy": "y"}}
+    body = assert_problem(client.post("/profile", json={"user_id": "u", "features": features}), 422)
+    assert [e["loc"] for e in body["errors"]] == [
+        ["body", "features", "clicked_tags", 1],
+        ["body", "features", "clicked_categories", "Drama"],
+    ]
 
 
 @pytest.mark.parametrize("raw", [b"Infinity", b"NaN", b"-Infinity"])

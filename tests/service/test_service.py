@@ -319,7 +319,7 @@ def test_near_cache_answers_repeats_and_goes_stale_for_at_most_its_ttl(
 
 
 def test_batch_endpoint_and_its_limit(client: TestClient) -> None:
-    from service.routes.profile import MAX_USERS_PER_CALL
+    from service.schemas import MAX_USERS_PER_CALL
 
     users = [{"user_id": f"b{i}", "features": USER, "k": 2} for i in range(3)]
     r = client.post("/profiles", json={"users": users})
@@ -327,7 +327,8 @@ def test_batch_endpoint_and_its_limit(client: TestClient) -> None:
     assert client.get("/profile/b2").json()["cached"] is True
     many = [{"user_id": f"m{i}"} for i in range(MAX_USERS_PER_CALL + 1)]
     r = client.post("/profiles", json={"users": many})
-    assert r.status_code == 422 and f"at most {MAX_USERS_PER_CALL} users" in r.json()["detail"]
+    problem = assert_problem(r, 422, "validation")
+    assert f"users: List should have at most {MAX_USERS_PER_CALL} items" in problem["detail"], problem
 
 
 def test_cache_expiry(bundles: dict[str, Path], redis_server: RedisServer) -> None:
