@@ -250,6 +250,8 @@ def bad_bodies(bundle: Path, workdir: Path, say: Say, rate: float = 60, duration
         "events_s": window,
         "bad_bodies": shapes,
         "bad_bodies_per_s": round(len(sent) / (t1 - t0), 2),
+        "post": _window(rows, "post"),
+        "get": _window(rows, "get"),
         **{
             f"{kind}_{part}": _window(rows, kind, a, b)
             for kind in ("post", "get")
