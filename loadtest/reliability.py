@@ -196,10 +196,12 @@ def soak(
     }
 
 
-def bad_bodies(bundle: Path, workdir: Path, say: Say, rate: float = 60, duration_s: float = 30) -> dict[str, Any]:
-    """One client sends `loadtest.hostile`'s bodies one after another (each shape in turn) from 1/3 to
-    2/3 of the run, while the others keep their open-loop POSTs and GETs: what a bad body costs the
-    service, and what it costs everyone else (their latency before, during and after)."""
+def bad_bodies(
+    bundle: Path, workdir: Path, say: Say, rate: float = 60, duration_s: float = 30, bad_rate: float = 2
+) -> dict[str, Any]:
+    """One client sends `loadtest.hostile`'s bodies, `bad_rate` a second (each shape in turn, one at a
+    time), from 1/3 to 2/3 of the run, while the others keep their open-loop POSTs and GETs: what a bad
+    body costs the service, and what it costs everyone else (their latency before, during and after)."""
     with Redis() as redis, service(bundle, redis.url, workdir) as srv:
         bodies = list(hostile_bodies())
         sent: list[dict[str, Any]] = []
@@ -208,7 +210,12 @@ def bad_bodies(bundle: Path, workdir: Path, say: Say, rate: float = 60, duration
 
         def attack() -> None:
             with httpx.Client(base_url=srv.base_url, timeout=60) as client:
+                start = time.perf_counter()
                 while not stop.is_set():
+                    due = start + len(sent) / bad_rate
+                    if time.perf_counter() < due:
+                        stop.wait(due - time.perf_counter())
+                        continue
                     b = bodies[len(sent) % len(bodies)]
                     t0 = time.perf_counter()
                     r = client.post(b.path, content=b.body, headers={"content-type": "application/json"})
@@ -247,6 +254,7 @@ def bad_bodies(bundle: Path, workdir: Path, say: Say, rate: float = 60, duration
     return {
         "rate_rps": rate,
         "duration_s": duration_s,
+        "bad_rate_rps": bad_rate,
         "events_s": window,
         "bad_bodies": shapes,
         "bad_bodies_per_s": round(len(sent) / (t1 - t0), 2),

@@ -203,7 +203,41 @@ def _rss_by_minute(samples: Sequence[Sequence[float]]) -> list[float]:
     return [mb for t, mb in samples if t >= 60 and int(t) % 60 == 0]
 
 
+def _render_bad_bodies(r: Mapping[str, Any]) -> str:
+    """`bad-bodies` as two tables: what each body got, and what the other clients got around it."""
+    lines = [
+        f"`{r['command']}` ({_when(r)}; wall {r['wall_s']} s): {r['rate_rps']:g} requests/s for {r['duration_s']:g} s, "
+        f"bad bodies at {r['bad_rate_rps']:g}/s from {r['events_s']['started']:g} s to {r['events_s']['stopped']:g} s "
+        f"({r['bad_bodies_per_s']:g}/s sent); alive after: {r['alive_after']}.",
+        "",
+        "| bad body | route | bytes | sent | statuses | answered in, p50 ms | p99 ms |",
+        "|---|---|---:|---:|---|---:|---:|",
+    ]
+    for name, b in r["bad_bodies"].items():
+        ms = b["answer_ms"]
+        lines.append(
+            f"| {name} | `{b['path']}` | {b['bytes']:,} | {b['sent']} | {', '.join(map(str, b['statuses']))} | "
+            f"{_fmt(ms['p50_ms'], 1)} | {_fmt(ms['p99_ms'], 1)} |"
+        )
+    lines += [
+        "",
+        "| others' requests | window | requests | statuses | p50 ms | p99 ms |",
+        "|---|---|---:|---|---:|---:|",
+    ]
+    for kind in ("post", "get"):
+        for part in ("before", "during", "after"):
+            w = r[f"{kind}_{part}"]
+            statuses = ", ".join(f"{k}: {v}" for k, v in w["by_status"].items())
+            lines.append(
+                f"| {kind.upper()} | {part} | {w['requests']} | {statuses} | {_fmt(w['p50_ms'], 2)} | "
+                f"{_fmt(w['p99_ms'], 2)} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def render_reliability(r: Mapping[str, Any]) -> str:
+    if r.get("scenario") == "bad-bodies":
+        return _render_bad_bodies(r)
     shown = {k: v for k, v in r.items() if k not in ("kind", "machine", "rss_mb", "command", "started_at")}
     if r.get("rss_mb"):
         shown["rss_mb_by_minute"] = _rss_by_minute(r["rss_mb"])
