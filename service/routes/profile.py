@@ -281,6 +281,11 @@ class PostProfileRoute(_HotRoute):
         if scope["method"] != "POST":  # 405: Starlette's own handling
             await super().handle(scope, receive, send)
             return
+        request = Request(scope, receive)
+        # a caller who may not compute is refused before its body is read; `store` may need more (_compute)
+        state = service_state(request)
+        if not state.auth.compute_open:
+            state.auth.check(request, "compute")
         refuse_body_fields_in_query(scope["query_string"], ProfileRequest, "POST /profile")
         if not _json_body(scope):  # as FastAPI: a body that does not say it is JSON is not parsed
             msg = "Input should be a valid dictionary or object to extract fields from"
@@ -297,7 +302,7 @@ class PostProfileRoute(_HotRoute):
         except ValidationError as e:
             errors = [{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]
             raise RequestValidationError(errors) from None
-        answer = await _compute(Request(scope, receive), body)
+        answer = await _compute(request, body)
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": answer})
