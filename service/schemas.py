@@ -98,7 +98,7 @@ _is_dict = dict.__instancecheck__
 _COUNT_KEYS = frozenset(CountAndItems.__annotations__)
 
 
-Features = Annotated[dict[str, FieldValues], WrapValidator(_bounded_features), Field(max_length=MAX_FIELDS)]
+Features = Annotated[Annotated[dict[str, FieldValues], Field(max_length=MAX_FIELDS)], WrapValidator(_bounded_features)]
 
 
 class ProfileRequest(RequestBody):

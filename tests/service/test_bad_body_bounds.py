@@ -14,10 +14,11 @@ from fastapi.testclient import TestClient
 from pydantic import BaseModel, ValidationError
 
 from loadtest.hostile import HostileBody, hostile_bodies
+from service.config import MAX_LOOKUP_USERS_CEILING
 from service.main import create_app
 from service.routes.feedback import FeedbackRequest
 from service.routes.lookup import LookupRequest
-from service.schemas import ForgetRequest, ProfileRequest, ProfilesRequest
+from service.schemas import MAX_FIELDS, MAX_USERS_PER_CALL, ForgetRequest, ProfileRequest, ProfilesRequest
 from tests.serving import API_KEY, assert_problem, settings_for
 
 MODEL_OF: dict[str, type[BaseModel]] = {
@@ -54,3 +55,12 @@ def test_a_bad_body_gets_a_422_naming_its_first_problem(client: TestClient, host
     headers = {"content-type": "application/json", "x-api-key": API_KEY}
     body = assert_problem(client.post(hostile.path, content=hostile.body, headers=headers), 422, "validation")
     assert len(body["errors"]) == 1 and body["detail"].startswith(".".join(map(str, body["errors"][0]["loc"][1:])))
+
+
+def test_the_bounds_are_in_the_openapi_schema(client: TestClient) -> None:
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    features = schemas["ProfileRequest"]["properties"]["features"]
+    assert features["maxProperties"] == MAX_FIELDS and "maxLength" not in features  # an object's bound
+    assert schemas["ProfilesRequest"]["properties"]["users"]["maxItems"] == MAX_USERS_PER_CALL
+    assert schemas["ForgetRequest"]["properties"]["user_ids"]["maxItems"] == MAX_USERS_PER_CALL
+    assert schemas["LookupRequest"]["properties"]["user_ids"]["maxItems"] == MAX_LOOKUP_USERS_CEILING
