@@ -206,7 +206,8 @@ def _rss_by_minute(samples: Sequence[Sequence[float]]) -> list[float]:
 def _render_bad_bodies(r: Mapping[str, Any]) -> str:
     """`bad-bodies` as two tables: what each body got, and what the other clients got around it."""
     lines = [
-        f"`{r['command']}` ({_when(r)}; wall {r['wall_s']} s): {r['rate_rps']:g} requests/s for {r['duration_s']:g} s, "
+        f"`{r['command'] or 'utpm bench reliability bad-bodies'}` ({_when(r)}; wall {r['wall_s']} s): "
+        f"{r['rate_rps']:g} requests/s for {r['duration_s']:g} s, "
         f"bad bodies at {r['bad_rate_rps']:g}/s from {r['events_s']['started']:g} s to {r['events_s']['stopped']:g} s "
         f"({r['bad_bodies_per_s']:g}/s sent); alive after: {r['alive_after']}.",
         "",
