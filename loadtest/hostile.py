@@ -34,7 +34,7 @@ def _filled(head: str, item: str, tail: str, size: int) -> bytes:
 
 
 def hostile_bodies(size: int = MAX_BODY_BYTES - 1024) -> Iterator[HostileBody]:
-    """The bodies, each at most `size` bytes (default: 1 KiB under the limit, room for nothing else)."""
+    """The bodies, each at most `size` bytes (default: 1 KiB under the body limit)."""
     profile = '{"user_id": "hostile", "features": {'
     yield HostileBody("profile: a number for every field", "/profile", _filled(profile, '"f{i}": 1', "}}", size))
     yield HostileBody(

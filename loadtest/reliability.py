@@ -218,9 +218,16 @@ def bad_bodies(
                         continue
                     b = bodies[len(sent) % len(bodies)]
                     t0 = time.perf_counter()
-                    r = client.post(b.path, content=b.body, headers={"content-type": "application/json"})
+                    try:
+                        r = client.post(b.path, content=b.body, headers={"content-type": "application/json"})
+                        status, kind = (
+                            r.status_code,
+                            r.json().get("type") if "json" in r.headers["content-type"] else None,
+                        )
+                    except httpx.HTTPError as e:  # counted as status 0, as the load generator counts them
+                        status, kind = 0, type(e).__name__
                     ms = (time.perf_counter() - t0) * 1000
-                    sent.append({"shape": b.name, "status": r.status_code, "ms": ms, "type": r.json().get("type")})
+                    sent.append({"shape": b.name, "status": status, "ms": ms, "type": kind})
 
         attacker = threading.Thread(target=attack, name="bad-bodies", daemon=True)
 
