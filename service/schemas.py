@@ -30,6 +30,7 @@ USER_ID_MAX = 256
 # lookup (the ceiling of its setting); and a list or object of values stops at its first bad one
 # (`fail_fast`). A bundle has a handful of fields; a field unknown to it is a 422 anyway.
 MAX_FIELDS = 64
+# users per POST /profiles (and ids per forget): half the default model queue, so one call cannot fill it alone
 MAX_USERS_PER_CALL = 256
 UserId = Annotated[str, StringConstraints(min_length=1, max_length=USER_ID_MAX, strip_whitespace=True)]
 FeatureValue = Annotated[str, StringConstraints(max_length=512)]
@@ -58,8 +59,8 @@ def first_unknown_key_only(value: Any, known: Collection[str]) -> Any:
 
 
 class RequestBody(BaseModel):
-    """A request body: a key it does not have is a 422 (`extra="forbid"`), of which only the first
-    is read (`first_unknown_key_only`)."""
+    """A request body, or an object in one: a key it does not have is a 422 (`extra="forbid"`), of which
+    only the first is read (`first_unknown_key_only`)."""
 
     model_config = ConfigDict(extra="forbid")
 
