@@ -247,14 +247,17 @@ def bad_bodies(
         )
         alive = srv.process is not None and srv.process.poll() is None
     t0, t1 = window["started"], window["stopped"]
+    by_shape: dict[str, list[dict[str, Any]]] = {b.name: [] for b in bodies}
+    for s in sent:
+        by_shape[s["shape"]].append(s)
     shapes = {
         b.name: {
             "path": b.path,
             "bytes": len(b.body),
-            "sent": len(mine := [s for s in sent if s["shape"] == b.name]),
-            "statuses": sorted({s["status"] for s in mine}),
-            "problem_types": sorted({str(s["type"]) for s in mine}),
-            "answer_ms": percentiles([s["ms"] for s in mine]),
+            "sent": len(by_shape[b.name]),
+            "statuses": sorted({s["status"] for s in by_shape[b.name]}),
+            "problem_types": sorted({str(s["type"]) for s in by_shape[b.name]}),
+            "answer_ms": percentiles([s["ms"] for s in by_shape[b.name]]),
         }
         for b in bodies
     }

@@ -34,7 +34,6 @@ class Auth:
         self.writes_open = "write" not in configured
         self.admin_on = "admin" in configured
         self.open_compute = settings.auth_open_compute
-        self.compute_without_key = self.reads_open if self.open_compute else self.writes_open  # "compute" needs no key
 
     def describe(self) -> dict[str, str]:
         return {

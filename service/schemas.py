@@ -49,6 +49,10 @@ class CountAndItems(TypedDict):
     items: NotRequired[Count]
 
 
+_COUNT_KEYS = frozenset(CountAndItems.__annotations__)
+_is_dict = dict.__instancecheck__
+
+
 def first_unknown_key_only(value: Any, known: Collection[str]) -> Any:
     """An object with more keys than `known` holds an unknown one: all but the first are dropped
     unread, so that however many a client sends, its 422 costs one error (the first unknown key)."""
@@ -93,10 +97,6 @@ def _bounded_features(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
             if type(values) is dict and max(map(len, filter(_is_dict, values.values())), default=0) > len(_COUNT_KEYS):
                 value = {**value, name: {v: first_unknown_key_only(c, _COUNT_KEYS) for v, c in values.items()}}
     return handler(value)
-
-
-_is_dict = dict.__instancecheck__
-_COUNT_KEYS = frozenset(CountAndItems.__annotations__)
 
 
 Features = Annotated[Annotated[dict[str, FieldValues], Field(max_length=MAX_FIELDS)], WrapValidator(_bounded_features)]

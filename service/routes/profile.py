@@ -283,9 +283,7 @@ class PostProfileRoute(_HotRoute):
             return
         request = Request(scope, receive)
         # a caller who may not compute is refused before its body is read; `store` may need more (_compute)
-        state = service_state(request)
-        if not state.auth.compute_without_key:
-            state.auth.check(request, "compute")
+        service_state(request).auth.check(request, "compute")
         refuse_body_fields_in_query(scope["query_string"], ProfileRequest, "POST /profile")
         if not _json_body(scope):  # as FastAPI: a body that does not say it is JSON is not parsed
             msg = "Input should be a valid dictionary or object to extract fields from"
