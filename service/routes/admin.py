@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
 from service import arms
 from service.responses import JSONResponse
+from service.routes.keyed import KeyedRoute, needs
 from service.schemas import ReloadRequest, ReloadResponse
 from service.state import ServiceState, State
 
-router = APIRouter(tags=["admin"])
+router = APIRouter(tags=["admin"], route_class=KeyedRoute)
 
 
 @router.post(
@@ -24,10 +25,10 @@ router = APIRouter(tags=["admin"])
         422: {"description": "Bundle refused (outside the bundle root, or failed its checks)."},
     },
 )
-async def reload_bundle(body: ReloadRequest, state: State, request: Request) -> JSONResponse:
+@needs("admin")
+async def reload_bundle(body: ReloadRequest, state: State) -> JSONResponse:
     """Load and check a new bundle, then swap it in: requests in flight finish on the old one. With
     fleet sync (UTPM_FLEET_SYNC, Redis) every replica sharing the Redis follows."""
-    state.auth.check(request, "admin")
     async with arms.lock:
         old, new = await arms.reload(state, body.bundle)
         fleet = await publish(state)

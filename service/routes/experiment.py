@@ -7,16 +7,17 @@ what a replica starts with.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydantic import Field
 
 from service import arms
 from service.responses import JSONResponse
 from service.routes.admin import publish
+from service.routes.keyed import KeyedRoute, needs
 from service.schemas import RequestBody
 from service.state import ServiceState, State
 
-router = APIRouter(tags=["experiment"])
+router = APIRouter(tags=["experiment"], route_class=KeyedRoute)
 
 ADMIN_ERRORS: dict[int | str, dict[str, str]] = {
     401: {"description": "Admin key missing or unknown."},
@@ -39,17 +40,16 @@ class ShareRequest(RequestBody):
 
 
 @router.get("/experiment")
-async def get_experiment(state: State, request: Request) -> JSONResponse:
+@needs("read")
+async def get_experiment(state: State) -> JSONResponse:
     """The arms being served (versions, models, feature fields) and the challenger's share."""
-    if not state.auth.reads_open:
-        state.auth.check(request, "read")
     return JSONResponse(state.experiment.describe(state.engine))
 
 
 @router.post("/admin/challenger", responses=ADMIN_ERRORS)
-async def load_challenger(body: ChallengerRequest, state: State, request: Request) -> JSONResponse:
+@needs("admin")
+async def load_challenger(body: ChallengerRequest, state: State) -> JSONResponse:
     """Load and check a bundle, then serve it to `share` of the users (replacing any challenger)."""
-    state.auth.check(request, "admin")
     share = state.settings.ab_challenger_share if body.share is None else body.share
     async with arms.lock:
         await arms.load_challenger(state, body.bundle, share)
@@ -57,27 +57,27 @@ async def load_challenger(body: ChallengerRequest, state: State, request: Reques
 
 
 @router.post("/admin/challenger/share", responses=ADMIN_ERRORS)
-async def set_share(body: ShareRequest, state: State, request: Request) -> JSONResponse:
+@needs("admin")
+async def set_share(body: ShareRequest, state: State) -> JSONResponse:
     """Change the challenger's share (users move between arms by their hash, as the share moves)."""
-    state.auth.check(request, "admin")
     async with arms.lock:
         arms.set_share(state, body.share)
         return await changed(state)
 
 
 @router.post("/admin/challenger/promote", responses=ADMIN_ERRORS)
-async def promote(state: State, request: Request) -> JSONResponse:
+@needs("admin")
+async def promote(state: State) -> JSONResponse:
     """The challenger becomes the champion for every user; the old champion is closed after its last request."""
-    state.auth.check(request, "admin")
     async with arms.lock:
         await arms.promote(state)
         return await changed(state)
 
 
 @router.delete("/admin/challenger", responses=ADMIN_ERRORS)
-async def drop(state: State, request: Request) -> JSONResponse:
+@needs("admin")
+async def drop(state: State) -> JSONResponse:
     """Stop the experiment: every user goes back to the champion; the challenger is closed after its last request."""
-    state.auth.check(request, "admin")
     async with arms.lock:
         arms.drop(state)
         return await changed(state)

@@ -12,12 +12,13 @@ from service.errors import InvalidInput
 from service.feedback import LATE_DAYS, taken_days
 from service.profiles import DEFAULT_K, MAX_K
 from service.responses import JSONResponse
+from service.routes.keyed import KeyedRoute, needs
 from service.routes.profile import ERRORS, refuse_repeated_query_params
 from service.schemas import FeatureValue, RequestBody, UserId
 from service.state import ServiceState, service_state
 from utpm.features.values import clean_values
 
-router = APIRouter(tags=["feedback"])
+router = APIRouter(tags=["feedback"], route_class=KeyedRoute)
 
 # One call carries a page of a recall layer's log, not a day of it: bounded like POST /profiles.
 MAX_EVENTS_PER_CALL = 1000
@@ -76,10 +77,10 @@ RECENT_CHALLENGERS = 2
 
 
 @router.post("/feedback", response_model=FeedbackResponse, responses=ERRORS)
+@needs("write")
 async def post_feedback(body: FeedbackRequest, request: Request) -> JSONResponse:
     """Impressions and clicks of users' browsed items; aggregated into QC/DCTR per model version and day."""
     state = service_state(request)
-    state.auth.check(request, "write")
     assert state.feedback is not None
     accepted = accepted_versions(state)
     today = dt.datetime.now(dt.UTC).date()
@@ -105,6 +106,7 @@ async def post_feedback(body: FeedbackRequest, request: Request) -> JSONResponse
 
 
 @router.get("/feedback/summary", responses=ERRORS)
+@needs("read")
 async def feedback_summary(
     request: Request,
     days: Annotated[
@@ -116,8 +118,6 @@ async def feedback_summary(
     """QC per user-day and DCTR per arm (and day), the counts behind them, and challenger - champion with a 95% CI."""
     refuse_repeated_query_params(request.query_params, ("days", "champion", "challenger"))
     state = service_state(request)
-    if not state.auth.reads_open:
-        state.auth.check(request, "read")
     assert state.feedback is not None
     arms = {"champion": champion or state.engine.version}
     current = state.experiment.challenger

@@ -21,12 +21,13 @@ from service.errors import InvalidInput
 from service.profile_record import CorruptRecord, cached_response
 from service.profiles import DEFAULT_K, MAX_K
 from service.responses import RenderedJSON
+from service.routes.keyed import KeyedRoute, needs
 from service.routes.profile import ERRORS, refuse_body_fields_in_query
 from service.schemas import ProfileResponse, RequestBody, UserId
 from service.stale import decode_stale
 from service.state import service_state
 
-router = APIRouter(tags=["profiles"])
+router = APIRouter(tags=["profiles"], route_class=KeyedRoute)
 
 
 class LookupRequest(RequestBody):
@@ -61,12 +62,11 @@ class LookupResponse(BaseModel):
 
 
 @router.post("/profiles/lookup", response_model=LookupResponse, responses=ERRORS)
+@needs("read")
 async def lookup_profiles(body: LookupRequest, request: Request) -> RenderedJSON:
     """Cached profiles of several users (found / stale / missing each), read in one cache round trip."""
     refuse_body_fields_in_query(request.scope["query_string"], LookupRequest, "POST /profiles/lookup")
     state = service_state(request)
-    if not state.auth.reads_open:
-        state.auth.check(request, "read")
     limit = state.settings.max_lookup_users
     if len(body.user_ids) > limit:
         raise InvalidInput(f"at most {limit} users per lookup (UTPM_MAX_LOOKUP_USERS), got {len(body.user_ids)}")

@@ -17,6 +17,7 @@ from service.ab import label, pinned
 from service.engine import ProfileEngine
 from service.profiles import compute_profiles, delete_profiles, read_profile
 from service.responses import JSONResponse, RenderedJSON
+from service.routes.keyed import KeyedRoute, needs
 from service.schemas import (
     USER_ID_MAX,
     DeleteResponse,
@@ -31,7 +32,7 @@ from service.state import service_state
 
 # The hot routes take the state from the request rather than through `Depends`: FastAPI solves
 # a dependency on every request, and a cache hit is short enough for that to show.
-router = APIRouter(tags=["profiles"])
+router = APIRouter(tags=["profiles"], route_class=KeyedRoute)
 
 # UserId's stripping alone: the GET route checks the lengths itself, answering FastAPI's own 422s
 _STRIPPED = TypeAdapter(Annotated[str, StringConstraints(strip_whitespace=True)])
@@ -68,11 +69,13 @@ async def post_profile(body: ProfileRequest, request: Request) -> RenderedJSON:
 
 
 @router.post("/profiles", response_model=ProfilesResponse, responses=ERRORS)
+@needs("compute")
 async def post_profiles(body: ProfilesRequest, request: Request) -> RenderedJSON:
     """Profiles for several users in one call (at most 256)."""
     refuse_body_fields_in_query(request.scope["query_string"], ProfilesRequest, "POST /profiles")
     state = service_state(request)
-    state.auth.check(request, "write" if any(u.store for u in body.users) else "compute")
+    if any(u.store for u in body.users):
+        state.auth.check(request, "write")
     # Users of one call may fall in both A/B arms: one model run per arm, answered in the call's order.
     pin = pinned(request.scope)
     arms: dict[str, tuple[ProfileEngine, list[int]]] = {}
@@ -117,13 +120,13 @@ async def get_profile(
 
 
 @router.delete("/profile/{user_id:path}", response_model=DeleteResponse, responses=ERRORS)
+@needs("write")
 async def delete_profile_route(
     request: Request, user_id: Annotated[str, Path(min_length=1, max_length=USER_ID_MAX)]
 ) -> JSONResponse:
     """Forget a user's profile: remove it from the cache under every model version that may hold one
     (the served versions and those in the version registry). Idempotent; a write, as storing is."""
     state = service_state(request)
-    state.auth.check(request, "write")
     user_id = _path_user_id(user_id)
     gone = await delete_profiles(state, [user_id])
     return JSONResponse(
@@ -137,11 +140,11 @@ async def delete_profile_route(
 
 
 @router.post("/profiles/forget", response_model=ForgetResponse, responses=ERRORS)
+@needs("write")
 async def forget_profiles(body: ForgetRequest, request: Request) -> JSONResponse:
     """Forget several users at once (at most 256), as DELETE /profile/{user_id} does each, in one cache
     round trip: for a privacy job's batch of erasure requests. Idempotent; a write."""
     state = service_state(request)
-    state.auth.check(request, "write")
     gone = await delete_profiles(state, body.user_ids)
     results = [{"user_id": u, "deleted": gone.profiles[u]} for u in body.user_ids]
     return JSONResponse(

@@ -1,0 +1,55 @@
+"""Routes that check the caller's key before FastAPI reads the body.
+
+FastAPI reads, parses and validates a request's body before its endpoint runs (and parses it before
+it solves a dependency), so a key checked there still lets a caller without one make the service
+read and parse up to a megabyte. `KeyedRoute` checks the role its endpoint declares with
+`@needs(...)` before any of that; a need that depends on the body (a write when a profile is
+stored) the endpoint checks itself. The plain routes (`PostProfileRoute`, `GetProfileRoute`) do the
+same in their own handlers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from fastapi.routing import APIRoute
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.auth import Need
+from service.state import service_state
+
+Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
+NEEDS = "__utpm_needs__"
+
+
+def needs(need: Need) -> Callable[[Endpoint], Endpoint]:
+    """Mark an endpoint with the role its caller's key must allow, checked by `KeyedRoute` first."""
+
+    def mark(endpoint: Endpoint) -> Endpoint:
+        setattr(endpoint, NEEDS, need)
+        return endpoint
+
+    return mark
+
+
+def needs_of(endpoint: Callable[..., Any]) -> Need | None:
+    need: Need | None = getattr(endpoint, NEEDS, None)
+    return need
+
+
+class KeyedRoute(APIRoute):
+    """An APIRoute whose endpoint's `needs` is checked before the request's body is received."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        need = needs_of(self.endpoint)
+        if need is None:  # open (health, readiness, metrics), or checked by the endpoint
+            return handler
+
+        async def checked(request: Request) -> Response:
+            service_state(request).auth.check(request, need)
+            return await handler(request)
+
+        return checked
