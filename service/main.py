@@ -35,6 +35,7 @@ from service.responses import JSONResponse
 from service.routes import admin, experiment, feedback, health, lookup, profile
 from service.routes.explorer import install_explorer
 from service.routes.hot import HotRoutes
+from service.routes.keyed import SECURITY_SCHEMES
 from service.schemas import Problem
 from service.stale import StaleFallback, redis_client_of
 from service.state import ServiceState
@@ -220,6 +221,7 @@ def problem_openapi(app: FastAPI) -> dict[str, Any]:
     components["Problem"] = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
     for name in ("HTTPValidationError", "ValidationError"):
         components.pop(name, None)
+    schema["components"]["securitySchemes"] = SECURITY_SCHEMES
     problem = {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
     for path in schema.get("paths", {}).values():
         for operation in path.values():

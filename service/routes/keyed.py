@@ -39,8 +39,23 @@ def needs_of(endpoint: Callable[..., Any]) -> Need | None:
     return need
 
 
+# The OpenAPI schemes a key may come in (service.auth); `{}`: none, where no key of the role is configured
+SECURITY_SCHEMES = {
+    "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    "Bearer": {"type": "http", "scheme": "bearer"},
+}
+SECURITY: list[dict[str, list[str]]] = [{"ApiKey": []}, {"Bearer": []}, {}]
+
+
 class KeyedRoute(APIRoute):
-    """An APIRoute whose endpoint's `needs` is checked before the request's body is received."""
+    """An APIRoute whose endpoint's `needs` is checked before the request's body is received, and
+    documented in its OpenAPI operation (`security`, and the role as `x-utpm-role`)."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        need = needs_of(endpoint)
+        if need is not None:
+            kwargs["openapi_extra"] = {**(kwargs.get("openapi_extra") or {}), "security": SECURITY, "x-utpm-role": need}
+        super().__init__(path, endpoint, **kwargs)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()

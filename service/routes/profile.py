@@ -63,6 +63,7 @@ async def _compute(request: Request, body: ProfileRequest) -> bytes:
 
 # Documents POST /profile (OpenAPI); requests are answered by `PostProfileRoute` below, matched first.
 @router.post("/profile", response_model=ProfileResponse, responses=ERRORS)
+@needs("compute")
 async def post_profile(body: ProfileRequest, request: Request) -> RenderedJSON:
     """Compute a user's top-K interest tags from their features, cache it (unless `store` is false), return it."""
     return RenderedJSON(await _compute(request, body))
@@ -110,6 +111,7 @@ async def _read(request: Request, user_id: str, k: int | None) -> bytes:
     response_model=ProfileResponse,
     responses={404: {"description": "Not cached, or expired."}, **ERRORS},
 )
+@needs("read")
 async def get_profile(
     request: Request,
     user_id: Annotated[str, Path(min_length=1, max_length=USER_ID_MAX)],
