@@ -85,6 +85,9 @@ def _add_options(parser: Any) -> None:
     )
     group.add_argument("--k", type=int, default=10, env_var="UTPM_LT_K", help="Tags per profile (default: 10).")
     group.add_argument(
+        "--api-key", default="", env_var="UTPM_LT_API_KEY", help="Sent as X-API-Key (a service with write keys)."
+    )
+    group.add_argument(
         "--read-users",
         type=int,
         default=20,
@@ -136,6 +139,8 @@ class ProfileUser(FastHttpUser):
         self.prefix = f"lt-{uuid.uuid4().hex[:10]}"
         self.counter = itertools.count()
         self.profiled: list[str] = []
+        key = getattr(_Config.opts, "api_key", "")
+        self.headers = {"x-api-key": key} if key else None
 
     def new_user_id(self) -> str:
         return f"{self.prefix}-{next(self.counter)}"
@@ -143,7 +148,7 @@ class ProfileUser(FastHttpUser):
     def compute(self, user_id: str, name: str = COMPUTE_NAME) -> bool:
         """POST /profile for `user_id`; True if the answer was right."""
         body = self.source.body(self.rng, user_id, _Config.k)
-        with self.client.post("/profile", json=body, name=name, catch_response=True) as resp:
+        with self.client.post("/profile", json=body, name=name, headers=self.headers, catch_response=True) as resp:
             ok = self._check(resp, user_id, cached=False)
         if ok:
             self.profiled.append(user_id)
@@ -151,7 +156,8 @@ class ProfileUser(FastHttpUser):
 
     def read(self, user_id: str) -> bool:
         """GET /profile/{user_id}: a cache hit is expected."""
-        with self.client.get(f"/profile/{user_id}?k={_Config.k}", name=READ_NAME, catch_response=True) as resp:
+        path = f"/profile/{user_id}?k={_Config.k}"
+        with self.client.get(path, name=READ_NAME, headers=self.headers, catch_response=True) as resp:
             return self._check(resp, user_id, cached=True)
 
     def _check(self, resp: Any, user_id: str, cached: bool) -> bool:
@@ -238,10 +244,11 @@ class OpenLoopUser(ProfileUser):
         user_id = self.rng.choice(self.profiled) if get else self.new_user_id()
         sent = time.time()
         if get:
-            ctx = self.client.get(f"/profile/{user_id}?k={_Config.k}", name=READ_NAME, catch_response=True)
+            path = f"/profile/{user_id}?k={_Config.k}"
+            ctx = self.client.get(path, name=READ_NAME, headers=self.headers, catch_response=True)
         else:
             body = self.source.body(self.rng, user_id, _Config.k)
-            ctx = self.client.post("/profile", json=body, name=COMPUTE_NAME, catch_response=True)
+            ctx = self.client.post("/profile", json=body, name=COMPUTE_NAME, headers=self.headers, catch_response=True)
         with ctx as resp:
             status, problem, stale = int(resp.status_code or 0), None, False
             try:

@@ -10,10 +10,13 @@ reports what every request got. Traffic stays on 127.0.0.1.
     reload        load while /admin/reload swaps between two bundles every 2 s
     soak          a steady moderate rate for 10 minutes: memory growth and latency drift
     bad-bodies    POST + GET load; in the middle third one client sends bad bodies of about 1 MiB
+    bad-bodies-anonymous   the same against a service with a write key, which the load sends and the
+                  bad bodies' client does not have
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import tempfile
@@ -35,15 +38,18 @@ from loadtest.serve import settings_env
 from loadtest.speed import ProbeByMinute
 
 API_KEY = "reliability-admin-key"
+WRITE_KEY = "reliability-write-key"  # bad-bodies-anonymous: the load's key
 K = 20
 Say = Callable[[str], None]
 
 
 @contextmanager
-def service(bundle: Path, redis_url: str, workdir: Path) -> Iterator[Server]:
+def service(bundle: Path, redis_url: str, workdir: Path, write_key: str | None = None) -> Iterator[Server]:
+    """The service with an admin key, and a write key if given (writes are open without one)."""
     from service.config import hash_key
 
-    env = settings_env(bundle=bundle, redis_url=redis_url, auth_keys=f"admin:{hash_key(API_KEY)}", log_level="WARNING")
+    keys = f"admin:{hash_key(API_KEY)}" + (f", write:{hash_key(write_key)}" if write_key else "")
+    env = settings_env(bundle=bundle, redis_url=redis_url, auth_keys=keys, log_level="WARNING")
     with Server("service.main:create_app", env, log_path=workdir / "service.log", ready_path="/readyz") as srv:
         yield srv
 
@@ -197,12 +203,20 @@ def soak(
 
 
 def bad_bodies(
-    bundle: Path, workdir: Path, say: Say, rate: float = 60, duration_s: float = 30, bad_rate: float = 2
+    bundle: Path,
+    workdir: Path,
+    say: Say,
+    rate: float = 60,
+    duration_s: float = 30,
+    bad_rate: float = 2,
+    anonymous: bool = False,
 ) -> dict[str, Any]:
     """One client sends `loadtest.hostile`'s bodies, `bad_rate` a second (each shape in turn, one at a
     time), from 1/3 to 2/3 of the run, while the others keep their open-loop POSTs and GETs: what a bad
-    body costs the service, and what it costs everyone else (their latency before, during and after)."""
-    with Redis() as redis, service(bundle, redis.url, workdir) as srv:
+    body costs the service, and what it costs everyone else (their latency before, during and after).
+    `anonymous`: the service has a write key, the others send it, the bad bodies' client has none."""
+    load_args = locust_args(["--bundle", str(bundle)], K) + (["--api-key", WRITE_KEY] if anonymous else [])
+    with Redis() as redis, service(bundle, redis.url, workdir, WRITE_KEY if anonymous else None) as srv:
         bodies = list(hostile_bodies())
         sent: list[dict[str, Any]] = []
         window: dict[str, float] = {}
@@ -242,9 +256,7 @@ def bad_bodies(
                 window["stopped"] = round(t, 2)
                 say(f"  t={t:.0f}s stopped after {len(sent)} bad bodies")
 
-        rows = run_open_loop(
-            srv, rate, duration_s, workdir / "load", locust_args(["--bundle", str(bundle)], K), 0.5, tick
-        )
+        rows = run_open_loop(srv, rate, duration_s, workdir / "load", load_args, 0.5, tick)
         alive = srv.process is not None and srv.process.poll() is None
     t0, t1 = window["started"], window["stopped"]
     by_shape: dict[str, list[dict[str, Any]]] = {b.name: [] for b in bodies}
@@ -265,6 +277,7 @@ def bad_bodies(
         "rate_rps": rate,
         "duration_s": duration_s,
         "bad_rate_rps": bad_rate,
+        "anonymous": anonymous,
         "events_s": window,
         "bad_bodies": shapes,
         "bad_bodies_per_s": round(len(sent) / (t1 - t0), 2),
@@ -285,6 +298,7 @@ SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "reload": reload,
     "soak": soak,
     "bad-bodies": bad_bodies,
+    "bad-bodies-anonymous": functools.partial(bad_bodies, anonymous=True),
 }
 
 

@@ -209,7 +209,12 @@ def _render_bad_bodies(r: Mapping[str, Any]) -> str:
         f"`{r['command'] or 'utpm bench reliability bad-bodies'}` ({_when(r)}; wall {r['wall_s']} s): "
         f"{r['rate_rps']:g} requests/s for {r['duration_s']:g} s, "
         f"bad bodies at {r['bad_rate_rps']:g}/s from {r['events_s']['started']:g} s to {r['events_s']['stopped']:g} s "
-        f"({r['bad_bodies_per_s']:g}/s sent); alive after: {r['alive_after']}.",
+        f"({r['bad_bodies_per_s']:g}/s sent); alive after: {r['alive_after']}."
+        + (
+            " The service had a write key, which the others sent and the bad bodies' client did not."
+            if r.get("anonymous")
+            else ""
+        ),
         "",
         "| bad body | route | bytes | sent | statuses | answered in, p50 ms | p99 ms |",
         "|---|---|---:|---:|---|---:|---:|",
@@ -237,7 +242,7 @@ def _render_bad_bodies(r: Mapping[str, Any]) -> str:
 
 
 def render_reliability(r: Mapping[str, Any]) -> str:
-    if r.get("scenario") == "bad-bodies":
+    if r.get("scenario") in ("bad-bodies", "bad-bodies-anonymous"):
         return _render_bad_bodies(r)
     shown = {k: v for k, v in r.items() if k not in ("kind", "machine", "rss_mb", "command", "started_at")}
     if r.get("rss_mb"):

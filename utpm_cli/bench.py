@@ -349,7 +349,9 @@ def bench_loop_cmd(
 
 
 def bench_reliability_cmd(
-    scenario: Annotated[str, typer.Argument(help="redis-outage, overload, reload, soak or bad-bodies.")],
+    scenario: Annotated[
+        str, typer.Argument(help="redis-outage, overload, reload, soak, bad-bodies or bad-bodies-anonymous.")
+    ],
     bundle: Annotated[Path, typer.Option(help="An indexed bundle (make demo builds one).")] = Path(
         "artifacts/demo/bundle"
     ),

@@ -60,7 +60,7 @@ class KeyedRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         need = needs_of(self.endpoint)
-        if need is None:  # open (health, readiness, metrics), or checked by the endpoint
+        if need is None:  # open to every caller
             return handler
 
         async def checked(request: Request) -> Response:
