@@ -22,7 +22,6 @@ from service.cache import profile_key
 from service.config import Settings
 from service.engine import EncodedUser, ProfileEngine
 from service.errors import ServiceError
-from service.profile_record import render
 from service.schema_errors import first_problems
 from service.schemas import ProfileRequest
 
@@ -88,7 +87,6 @@ class ChunkProfiler:
             valid.append((row, encoded))
         keep = sorted(last.values())
         valid = [valid[i] for i in keep]
-        tokens = engine.bundle.tags.tokens
         records = []
         unknown_only = 0
         for lo in range(0, len(valid), MODEL_BATCH):
@@ -96,16 +94,7 @@ class ChunkProfiler:
             computed = engine.compute([u for _, u in part])
             for (row, user), prof in zip(part, computed, strict=True):
                 assert row.user_id is not None
-                rendered = render(
-                    row.user_id,
-                    engine.version,
-                    [tokens[i] for i in prof.tag_ids.tolist()],
-                    prof.scores.tolist(),
-                    user.unknown,
-                    user.all_unknown,
-                    computed_at_ms=job.computed_at_ms,
-                    expires_at_ms=job.expires_at_ms,
-                )
+                rendered = engine.render(row.user_id, user, prof, job.computed_at_ms, job.expires_at_ms)
                 records.append((profile_key(engine.version, row.user_id), rendered.record()))
                 unknown_only += user.all_unknown
         return records, rejects, unknown_only

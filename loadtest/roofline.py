@@ -84,11 +84,8 @@ class EngineBench:
         self.bodies = _bodies(bundle, payloads, k)
 
     def _loop(self, batch: int, deadline: float, start: int) -> dict[str, float]:
-        from service.profile_record import render
-
         engine, k, bodies = self.engine, self.k, self.bodies
         keep = max(k, self.settings.cache_tags)  # what the service computes and caches
-        tokens = engine.bundle.tags.tokens
         ttl = self.settings.cache_ttl_ms
         acc = {"users": 0.0, "encode_s": 0.0, "model_s": 0.0, "index_s": 0.0, "render_s": 0.0}
         j = start
@@ -102,17 +99,7 @@ class EngineBench:
             t2 = time.perf_counter()
             now_ms = time.time_ns() // 1_000_000
             for body, user, prof in zip(chunk, users, computed, strict=True):
-                names = [tokens[i] for i in prof.tag_ids.tolist()]
-                rendered = render(
-                    body["user_id"],
-                    engine.version,
-                    names,
-                    prof.scores.tolist(),
-                    user.unknown,
-                    user.all_unknown,
-                    computed_at_ms=now_ms,
-                    expires_at_ms=now_ms + ttl,
-                )
+                rendered = engine.render(body["user_id"], user, prof, now_ms, now_ms + ttl)
                 rendered.response(k, cached=False)
                 rendered.record()
             t3 = time.perf_counter()

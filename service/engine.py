@@ -45,6 +45,7 @@ from model_export.session import (
 from service.batching import MicroBatcher
 from service.config import Settings
 from service.errors import InvalidInput, UnknownFields
+from service.profile_record import RenderedProfile, render
 from utpm.features.history import ITEM_FIELD, FieldStats, HistoryBatch, HistoryEncoder, compile_kernel, parse_field
 from utpm.features.values import clean_values
 from utpm.features.vocab import Vocabulary
@@ -347,6 +348,23 @@ class ProfileEngine:
                 attention["__merge__"] = tower.merge_attention[row]
             out.append(ComputedProfile(ids[row, : user.k][keep], scores[row, : user.k][keep], timings, attention))
         return out
+
+    def render(
+        self, user_id: str, user: EncodedUser, computed: ComputedProfile, computed_at_ms: int, expires_at_ms: int
+    ) -> RenderedProfile:
+        """A computed profile rendered once (service.profile_record): a response is a slice of it, the
+        cache keeps it whole; what the service, its roofline and the batch job all write."""
+        tokens = self.bundle.tags.tokens  # id -> tag name, indexed directly (no call per tag)
+        return render(
+            user_id,
+            self.version,
+            list(map(tokens.__getitem__, computed.tag_ids.tolist())),
+            computed.scores.tolist(),
+            user.unknown,
+            user.all_unknown,
+            computed_at_ms=computed_at_ms,
+            expires_at_ms=expires_at_ms,
+        )
 
     def _compute_history(self, users: Sequence[EncodedUser]) -> list[ComputedProfile]:
         """utpm-hist: the batch encoded at once, one ONNX run gives u and g(phi) of each user's history

@@ -14,7 +14,7 @@ import orjson
 from service.cache import CacheUnavailable, profile_key
 from service.engine import ComputedProfile, EncodedUser, ProfileEngine
 from service.errors import InvalidInput, NotCached
-from service.profile_record import CorruptRecord, cached_response, render
+from service.profile_record import CorruptRecord, cached_response
 from service.schemas import ProfileRequest
 from service.stale import read_stale
 from service.state import ServiceState
@@ -77,22 +77,10 @@ async def compute_profiles(
         metrics.stage["index"].observe(timings.index_s)
         metrics.stage["queue"].observe(queue_s)
         responses, writes = [], []
-        tokens = engine.bundle.tags.tokens  # id -> tag name, indexed directly (no call per tag)
         now_ms = time.time_ns() // 1_000_000
         for req, user, prof in zip(requests, encoded, computed, strict=True):
             k = DEFAULT_K if req.k is None else req.k
-            names = list(map(tokens.__getitem__, prof.tag_ids.tolist()))
-            # Rendered once: the response is a slice of it, the cache keeps it whole.
-            rendered = render(
-                req.user_id,
-                engine.version,
-                names,
-                prof.scores.tolist(),
-                user.unknown,
-                user.all_unknown,
-                computed_at_ms=now_ms,
-                expires_at_ms=now_ms + settings.cache_ttl_ms,
-            )
+            rendered = engine.render(req.user_id, user, prof, now_ms, now_ms + settings.cache_ttl_ms)
             if req.explain:
                 body = orjson.loads(rendered.response(k, cached=False))
                 body["explanation"] = _explanation(engine, user, prof, body["tags"])
