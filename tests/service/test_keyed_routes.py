@@ -118,3 +118,22 @@ def test_every_route_declares_its_need_or_is_known_to_be_open(keyed: TestClient)
     for r in routes:  # a need on a route of another class would never be checked
         if isinstance(r, APIRoute) and needs_of(r.endpoint) is not None:
             assert isinstance(r, KeyedRoute), r.path
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "wrong_key", "right_key"),
+    [
+        ("GET", "/experiment", API_KEY, READ),
+        ("GET", "/feedback/summary", API_KEY, READ),
+        ("DELETE", "/profile/someone", READ, WRITE),
+        ("POST", "/admin/challenger/promote", WRITE, API_KEY),
+        ("DELETE", "/admin/challenger", WRITE, API_KEY),
+    ],
+)
+def test_the_routes_without_a_body_check_their_role_too(
+    keyed: TestClient, method: str, path: str, wrong_key: str, right_key: str
+) -> None:
+    assert keyed.request(method, path).status_code == 401
+    assert keyed.request(method, path, headers={"x-api-key": wrong_key}).status_code == 403
+    # the right key gets past the check: 200, or the admin API's 409 (no challenger loaded)
+    assert keyed.request(method, path, headers={"x-api-key": right_key}).status_code in (200, 409)
