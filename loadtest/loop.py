@@ -15,7 +15,7 @@ import os
 import random
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +30,11 @@ DEFAULT_GET = "service, Redis + near cache (default)"
 DEFAULT_POST = "POST /profile (default: plain ASGI route, full second batch)"
 
 
-async def call(app: ASGIApp, method: str, path: str, query: bytes = b"", body: bytes = b"") -> tuple[int, bytes]:
-    """One request through the ASGI app: (status, body)."""
-    scope = {
+def http_scope(
+    method: str, path: str, query: bytes = b"", body: bytes = b"", headers: Sequence[tuple[bytes, bytes]] = ()
+) -> dict[str, Any]:
+    """The ASGI scope of one JSON request from 127.0.0.1 (`headers` added to its own)."""
+    return {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
@@ -46,11 +48,17 @@ async def call(app: ASGIApp, method: str, path: str, query: bytes = b"", body: b
             (b"host", b"bench"),
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
+            *headers,
         ],
         "client": ("127.0.0.1", 1),
         "server": ("127.0.0.1", 2),
         "state": {},
     }
+
+
+async def call(app: ASGIApp, method: str, path: str, query: bytes = b"", body: bytes = b"") -> tuple[int, bytes]:
+    """One request through the ASGI app: (status, body)."""
+    scope = http_scope(method, path, query, body)
     sent = False
 
     async def receive() -> dict[str, Any]:

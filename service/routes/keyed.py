@@ -52,14 +52,15 @@ class KeyedRoute(APIRoute):
     documented in its OpenAPI operation (`security`, and the role as `x-utpm-role`)."""
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
-        need = needs_of(endpoint)
-        if need is not None:
-            kwargs["openapi_extra"] = {**(kwargs.get("openapi_extra") or {}), "security": SECURITY, "x-utpm-role": need}
+        self.need = needs_of(endpoint)  # before APIRoute's __init__, which builds the handler
+        if self.need is not None:
+            extra = {"security": SECURITY, "x-utpm-role": self.need}
+            kwargs["openapi_extra"] = {**(kwargs.get("openapi_extra") or {}), **extra}
         super().__init__(path, endpoint, **kwargs)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
-        need = needs_of(self.endpoint)
+        need = self.need
         if need is None:  # open to every caller
             return handler
 

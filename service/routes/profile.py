@@ -54,8 +54,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 async def _compute(request: Request, body: ProfileRequest) -> bytes:
+    """POST /profile once its caller may compute (checked before the body was read); storing is a write."""
     state = service_state(request)
-    state.auth.check(request, "write" if body.store else "compute")
+    if body.store:
+        state.auth.check(request, "write")
     engine, arm = state.experiment.pick(state.engine, body.user_id, pinned(request.scope))
     (profile,) = await compute_profiles(state, [body], engine)
     return label(profile, arm)

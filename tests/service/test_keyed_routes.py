@@ -11,6 +11,7 @@ import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
+from loadtest.loop import http_scope
 from service.config import hash_key
 from service.main import create_app
 from service.routes import admin, experiment, feedback, health, lookup, profile
@@ -24,6 +25,7 @@ BAD_BODY = b'{"not a field": 1}'  # a 422 wherever it is read
 
 # (route, a key whose role may not use it): every route that takes a body and a key
 BODY_ROUTES = [
+    ("/profile", API_KEY),  # the hot route, which checks in its own handler
     ("/profiles", READ),
     ("/profiles/lookup", API_KEY),
     ("/profiles/forget", READ),
@@ -32,7 +34,13 @@ BODY_ROUTES = [
     ("/admin/challenger", WRITE),
     ("/admin/challenger/share", WRITE),
 ]
-RIGHT_KEY = {"/profiles": WRITE, "/profiles/lookup": READ, "/profiles/forget": WRITE, "/feedback": WRITE}
+RIGHT_KEY = {
+    "/profile": WRITE,
+    "/profiles": WRITE,
+    "/profiles/lookup": READ,
+    "/profiles/forget": WRITE,
+    "/feedback": WRITE,
+}  # the admin routes': the admin key
 # routes open to everyone (the two hot routes' APIRoutes declare theirs, which their handlers check)
 OPEN = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/explorer")}
 ROUTERS = [r.router for r in (profile, lookup, health, admin, experiment, feedback)]
@@ -53,24 +61,7 @@ def _call(client: TestClient, path: str, key: str | None) -> tuple[int, bool]:
         if message["type"] == "http.response.start":
             status = message["status"]
 
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(BAD_BODY)).encode())]
-    if key is not None:
-        headers.append((b"x-api-key", key.encode()))
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": headers,
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 2),
-        "state": {},
-    }
+    scope = http_scope("POST", path, body=BAD_BODY, headers=[(b"x-api-key", key.encode())] if key else [])
     assert client.portal is not None  # inside the client's `with`: the app's lifespan is running
     app: Any = client.app
     client.portal.call(app, scope, receive, send)

@@ -58,14 +58,6 @@ def test_writes_need_a_write_key_401_without_or_unknown_403_with_the_wrong_role(
         assert not _stored(redis_server, ok.json()["model_version"], user)
 
 
-def test_a_caller_who_may_not_compute_is_refused_before_its_body_is_read(keyed: TestClient) -> None:
-    bad = b'{"user_id": "x", "features": {"clicked_tags": [1, 2, 3]}, "unknown": 1}'  # a 422 if it were read
-    headers = {"content-type": "application/json"}
-    assert_problem(keyed.post("/profile", content=bad, headers=headers), 401, "unauthorized")
-    assert_problem(keyed.post("/profile", content=bad, headers={**headers, "x-api-key": API_KEY}), 403, "forbidden")
-    assert_problem(keyed.post("/profile", content=bad, headers={**headers, "x-api-key": WRITE}), 422, "validation")
-
-
 def test_reads_open_by_default_and_keyed_once_a_read_key_is_configured(
     keyed: TestClient, bundles: dict[str, Path], redis_server: RedisServer
 ) -> None:
