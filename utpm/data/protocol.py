@@ -138,7 +138,6 @@ class ProtocolSplit:
     max_history: int
     dropped_users: int = 0
     stats: dict[str, int] = field(default_factory=dict)
-    max_items: int = RECENT_ITEMS
     source: str = ""
     # Every multi-valued item column (tags, categories, ...) as a Ragged over items; the history
     # model counts values per user from these.
@@ -345,7 +344,6 @@ def split_protocol(
         history_fraction=history_fraction,
         test_fraction=test_fraction,
         max_history=max_history,
-        max_items=max_items,
         dropped_users=dropped,
         stats={"history_events": int(hist.sum()), "label_events": int(lab.sum())},
         source=data.source,

@@ -2,8 +2,7 @@
 
 A multi-valued field is summarised as `FieldStats`: each distinct value with its count, the number of
 distinct items it came from, a recency-weighted count and its recency order. Training builds them
-from a user's events (`stats_from_sequence` with item ids, then `as_sent`: the form a request built
-from those events takes, so that training reads what serving reads); the service builds them from a request,
+from a user's events (`stats_from_sequence` with item ids); the service builds them from a request,
 where a field is either a list (values may repeat: each occurrence counts once) or an object
 {value: count} (`parse_field`). `HistoryEncoder` then turns them into the history model's input:
 
@@ -137,21 +136,6 @@ def stats_from_sequence(seq: Sequence[str], items: Sequence[object] | None = Non
         per_pair = np.fromiter(map(itemgetter(0), pairs), np.intp, len(pairs))
         distinct = np.bincount(per_pair, minlength=m).astype(np.float64).tolist()
     return FieldStats(values=values, count=count, distinct=distinct, recency=recency)
-
-
-def as_sent(st: FieldStats, max_values: int) -> FieldStats:
-    """`st` (a user's occurrences, `stats_from_sequence`) as the service parses the request a client
-    builds of them (`ProtocolSplit.request`): the `max_values` most recent values, each with its
-    whole-history count and items, its recency its count times the weight of its place among them
-    (`parse_field` of {value: count}). Training reads this form, so that a model learns from what
-    it is served."""
-    if len(st) > max_values:
-        cut = slice(len(st) - max_values, None)
-        st = FieldStats(st.values[cut], st.count[cut], st.distinct[cut], st.recency[cut])
-    # as `_counted_as_sent`: the same float products
-    return FieldStats(
-        st.values, st.count, st.distinct, list(map(mul, st.count, recency_weight_array(len(st)).tolist()))
-    )
 
 
 def _as_number(field_name: str, value: str, raw: object, what: str) -> float:

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utpm.data.protocol import ITEMS_FIELDS, ProtocolSplit
+from utpm.data.protocol import ProtocolSplit
 from utpm.evaluation.metrics import precision_at_k, user_precision
 from utpm.evaluation.yardsticks import Blend, popularity_counts, tune_blend
 from utpm.features.encoding import FeatureEncoder
@@ -51,7 +51,6 @@ from utpm.features.history import (
     HistoryBatch,
     HistoryEncoder,
     TagStats,
-    as_sent,
     stats_from_sequence,
 )
 from utpm.features.item_neighbours import ItemNeighbourTags
@@ -218,8 +217,6 @@ class UserSequences:
     ) -> None:
         self.split = split
         self.N = n_tags_per_item
-        # what a request built from the log carries (`ProtocolSplit.request`)
-        self.max_values, self.max_items = split.max_history, split.max_items
         self.label_ratio = label_ratio
         cols = split.item_columns or {"tags": split.item_tags}
         self.item_values: dict[str, list[list[str]]] = {}
@@ -241,9 +238,7 @@ class UserSequences:
         self.single = {name: r for name, r in split.fields.items() if split.field_kinds[name] is FieldKind.SINGLE}
 
     def stats(self, i: int, n_hist: int | None = None) -> dict[str, FieldStats]:
-        """User i's field stats from their first `n_hist` events (default: the protocol's history), as
-        the service parses the request built from them (`as_sent`; at the protocol's cut, with every
-        tag of an item or items of at most N tags, `HistoryEncoder.parse(split.request(i))` to the bit)."""
+        """User i's field stats from their first `n_hist` events (default: the protocol's history)."""
         n = int(self.n_hist[i]) if n_hist is None else n_hist
         items, labels = self.items[i][:n], self.labels[i][:n]
         out: dict[str, FieldStats] = {}
@@ -256,18 +251,15 @@ class UserSequences:
                 seq.extend(vs)
                 src.extend([it] * len(vs))
             if seq:
-                name = f"clicked_{col}"  # a request carries the distinct items of ITEMS_FIELDS only
-                out[name] = as_sent(stats_from_sequence(seq, src if name in ITEMS_FIELDS else None), self.max_values)
+                out[f"clicked_{col}"] = stats_from_sequence(seq, src)
         if len(clicked):
             ids = self.item_ids
-            # the request's list: distinct, oldest first by last click, the most recent `max_items`
-            sent = stats_from_sequence([ids[it] for it in clicked.tolist()]).values[-self.max_items :]
-            out[ITEM_FIELD] = stats_from_sequence(sent)
+            out[ITEM_FIELD] = stats_from_sequence([ids[it] for it in clicked.tolist()])
         unclicked = items[labels == 0]
         if len(unclicked):
             seq = [t for it in unclicked.tolist() for t in self.item_values["tags"][it]]
             if seq:
-                out[UNCLICKED_FIELD] = as_sent(stats_from_sequence(seq), self.max_values)
+                out[UNCLICKED_FIELD] = stats_from_sequence(seq)
         for name, r in self.single.items():
             vals = r.row(i)
             if vals:
