@@ -420,6 +420,13 @@ def experiment_cmd(
         list[str] | None,
         typer.Option(help="Extra utpm-hist run, e.g. 'counts=false' or 'loss=joint,dim=16' (repeatable)."),
     ] = None,
+    served_requests: Annotated[
+        bool,
+        typer.Option(
+            help="Also rank each utpm-hist run's test users as the service does, from the request built from the "
+            "log, and report it as 'utpm-hist (served)' with its paired gap to the run's own evaluation."
+        ),
+    ] = False,
     k: Annotated[str, typer.Option("--k", help="Comma-separated K values.")] = "1,2,3",
     preset: Annotated[str, typer.Option(help="Preset name.")] = "movielens",
     epochs: Annotated[int, typer.Option(min=1, help="Maximum epochs per run.")] = 40,
@@ -484,6 +491,7 @@ def experiment_cmd(
             result = run_experiment(
                 data, names, losses, seeds, ks, preset, hparams, hparam_seeds or None, epochs, workers or None,
                 progress, folds=folds, repeats=repeats, variants=parse_variants(variant or []),
+                served=served_requests,
             )  # fmt: skip
         except (DataError, ExperimentError) as e:
             error = str(e)

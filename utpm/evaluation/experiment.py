@@ -36,6 +36,11 @@ PAPER_MODELS = ("youtube", "af1-unshared", "af1", "af2", "af2-cf", "af2-afm", "a
 # `utpm` is af2-cf trained with the joint loss: with --loss both, af2-cf/joint is UTPM.
 # The project's default model (utpm.models.history): `--models default` names it.
 DEFAULT_MODEL = "utpm-hist"
+# the default model's test users ranked as the service ranks them: each sent as the request built from
+# the log (`ProtocolSplit.request`), parsed as the service parses it (`--served-requests`)
+SERVED_MODEL = f"{DEFAULT_MODEL} (served)"
+# the paired gap of a served row to the same runs' own evaluation, next to the yardsticks'
+EVALUATED = "evaluated"
 # Top-k lists compared by the personalisation metrics.
 PERSONAL_K = 10
 # Share of training users held out for early stopping and for tuning the blend yardstick.
@@ -63,6 +68,7 @@ class Job:
     overrides: tuple[tuple[str, Any], ...] = ()
     epochs: int = 40
     folds: int = 0
+    served: bool = False  # also rank the test users from their requests (SERVED_MODEL)
 
     @property
     def label(self) -> str:
@@ -198,8 +204,11 @@ class ExperimentResult:
             if row["yardstick"]:
                 continue
             row["vs"] = {}
-            for y in REFERENCES:
-                theirs = self._per_user(y, "-", "", key)
+            against = [(y, y, "-", "") for y in REFERENCES]
+            if row["model"] == SERVED_MODEL:
+                against.append((EVALUATED, DEFAULT_MODEL, row["loss"], row.get("variant", "")))
+            for y, model, loss, variant in against:
+                theirs = self._per_user(model, loss, variant, key)
                 pairs = {k: v - theirs[k] for k, v in mine.items() if k in theirs}
                 if not pairs:
                     continue
@@ -306,6 +315,11 @@ def run_job(data_path: str, job: Job, ks: Sequence[int], updates: Any = None) ->
 
         seqs = UserSequences(split, hconfig.preset.N, all_item_tags=hconfig.history.all_item_tags)
         ranked = rank_users(hresult.model, seqs, hresult.history_encoder, rows, top)  # type: ignore[arg-type]
+        if job.served:
+            from utpm.training.history import rank_requests
+
+            sent = [split.request(int(i)) for i in rows]
+            served_ranked = rank_requests(hresult.model, hresult.history_encoder, sent, top)  # type: ignore[arg-type]
         result: TrainResult = hresult
         max_tags = hconfig.preset.N
         start = hresult.start
@@ -344,6 +358,12 @@ def run_job(data_path: str, job: Job, ks: Sequence[int], updates: Any = None) ->
     if job.overrides:
         out["variant"] = ",".join(f"{k}={v}" for k, v in job.overrides)
     score_rankings(out, split, rows, ranked, ks, max_tags, _CACHE.get("truth"))
+    if job.served and job.model.startswith(DEFAULT_MODEL):
+        served: dict[str, Any] = {"model": SERVED_MODEL, "loss": job.loss, "seed": job.seed, "yardstick": False}
+        if job.overrides:
+            served["variant"] = out["variant"]
+        score_rankings(served, split, rows, served_ranked, ks, max_tags, _CACHE.get("truth"))
+        out["served_run"] = served  # `run_experiment` makes it a run of its own
     return out
 
 
@@ -437,11 +457,13 @@ def run_experiment(
     folds: int = 0,
     repeats: int = 1,
     variants: Sequence[tuple[tuple[str, Any], ...]] = (),
+    served: bool = False,
 ) -> ExperimentResult:
     """Run every (model, loss, seed) job and the three yardsticks; optionally the hyper-parameter study.
 
     `folds` > 0: k-fold over users, `repeats` times (runs 0 .. folds * repeats - 1), instead of
-    `seeds` 80/20 draws. `variants`: extra `utpm-hist` runs with these overrides (ablations).
+    `seeds` 80/20 draws. `variants`: extra `utpm-hist` runs with these overrides (ablations). `served`:
+    each `utpm-hist` run's test users are also ranked from their requests (`SERVED_MODEL`).
     """
     from utpm.models.losses import LOSS_NAMES
     from utpm.models.presets import get_preset
@@ -459,11 +481,12 @@ def run_experiment(
                 chosen = default_loss(m) if loss == "default" else loss
                 if chosen not in LOSS_NAMES:  # refused now, not when its first job starts
                     raise ExperimentError(f"--loss {loss}: not a loss of {m} (valid: {', '.join(LOSS_NAMES)})")
-            jobs.extend(Job(m, chosen, s, preset, epochs=epochs, folds=folds) for s in seed_list)
+            rank_served = served and m.startswith(DEFAULT_MODEL)
+            jobs.extend(Job(m, chosen, s, preset, epochs=epochs, folds=folds, served=rank_served) for s in seed_list)
     for over in variants:
         ov = dict(over)
         loss = str(ov.pop("loss", DEFAULT_HISTORY_LOSS))
-        jobs.extend(Job(DEFAULT_MODEL, loss, s, preset, tuple(ov.items()), epochs, folds) for s in seed_list)
+        jobs.extend(Job(DEFAULT_MODEL, loss, s, preset, tuple(ov.items()), epochs, folds, served) for s in seed_list)
     if hparams:
         for key, values in HPARAM_GRID.items():
             for v in values:
@@ -510,7 +533,8 @@ def run_experiment(
                 progress(done, len(jobs), f"{label}: {what}")
             for fut in finished:
                 try:
-                    result.runs.append(fut.result())
+                    run = fut.result()
+                    result.runs.extend([run, run.pop("served_run")] if "served_run" in run else [run])
                 except Exception as e:  # the rest are not run: those queued are cancelled, and
                     stop.set()  # those running end at their next epoch (JobStopped)
                     pool.shutdown(wait=True, cancel_futures=True)

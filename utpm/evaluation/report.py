@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from utpm.evaluation.experiment import HPARAM_GRID, ExperimentResult, paired_gap, verdict
+from utpm.evaluation.experiment import EVALUATED, HPARAM_GRID, SERVED_MODEL, ExperimentResult, paired_gap, verdict
 from utpm.evaluation.yardsticks import ORACLES, PLANTED, PLANTED_SEEN, REFERENCES, YARDSTICKS
 
 TABLES: dict[str, tuple[str, ...]] = {
@@ -188,7 +188,7 @@ def _gaps(result: ExperimentResult, ks: Sequence[int], metric: str) -> list[str]
     rows = [r for r in result.intervals(ks, metric) if r.get("vs")]
     if not rows:
         return []
-    shown = [*YARDSTICKS, *(o for o in ORACLES if any(o in r["vs"] for r in rows))]
+    shown = [*YARDSTICKS, *(o for o in (*ORACLES, EVALUATED) if any(o in r["vs"] for r in rows))]
     lines = [
         f"### Gaps to the yardsticks with paired bootstrap 95% intervals ({metric})",
         "",
@@ -201,6 +201,12 @@ def _gaps(result: ExperimentResult, ks: Sequence[int], metric: str) -> list[str]
             "to the first says what knowing each user's interests exactly would add, to the second how much of "
             "that a better ranking of the tags the history shows could reach."
             if PLANTED in shown
+            else ""
+        )
+        + (
+            f" `{SERVED_MODEL}` ranks the same runs' test users from their requests as the service parses them;"
+            f" its gap to `{EVALUATED}` is what serving changes against the model's own evaluation."
+            if EVALUATED in shown
             else ""
         ),
         "",

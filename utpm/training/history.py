@@ -489,6 +489,18 @@ def rank_users(
     return rank_chunks(model, encode_ranking_chunks(seqs, henc, rows), henc.tags, k)
 
 
+def rank_requests(
+    model: HistoryModel, henc: HistoryEncoder, requests: Sequence[Mapping[str, object]], k: int
+) -> list[list[str]]:
+    """`rank_history` of users sent as requests (`HistoryEncoder.parse`, as the service parses them),
+    one ranking chunk at a time: what the service ranks for them (the export's parity gate holds the
+    served graph to this model)."""
+    chunk = rank_chunk(len(henc.tags))
+    starts = range(0, len(requests), chunk)
+    batches = (trimmed(henc.encode([henc.parse(r) for r in requests[lo : lo + chunk]])) for lo in starts)
+    return rank_chunks(model, batches, henc.tags, k)
+
+
 def short_request(stats: Mapping[str, FieldStats], n: int) -> dict[str, FieldStats]:
     """A user's features as a short request would carry them: each clicked field's `n` most recent
     values sent once each (as the service parses such a list), no unclicked field, the rest as is."""
