@@ -392,6 +392,36 @@ def test_amazon_adapter_writes_an_all_positive_data_set(tmp_path: Path) -> None:
         prepare_amazon(src, tmp_path / "out2")
 
 
+def test_served_requests_rank_each_runs_test_users_from_their_requests_and_pair_them_with_its_evaluation(
+    tmp_path: Path,
+) -> None:
+    """--served-requests: per utpm-hist run a row `utpm-hist (served)` over the same test users,
+    ranked from `ProtocolSplit.request` as the service parses it, with its paired gap to the run's
+    own evaluation next to the yardsticks' (in the JSON's rows and the report's gaps table)."""
+    from utpm.evaluation.experiment import SERVED_MODEL, make_split, run_experiment
+    from utpm.evaluation.report import render
+
+    data = synthetic_dataset(n_users=20, events=12, only_positive=True)
+    path = _write(data, tmp_path / "data")
+    result = run_experiment(
+        path, ["utpm-hist"], ["default"], 1, (1, 2), "tiny", epochs=1, workers=1, folds=2, served=True
+    )
+    served = sorted((r for r in result.runs if r["model"] == SERVED_MODEL), key=lambda r: r["seed"])
+    evaluated = sorted((r for r in result.runs if r["model"] == "utpm-hist"), key=lambda r: r["seed"])
+    assert [r["seed"] for r in served] == [r["seed"] for r in evaluated] == [0, 1]
+    for s, e in zip(served, evaluated, strict=True):
+        assert s["per_user"]["users"] == e["per_user"]["users"] and s["loss"] == e["loss"]
+        split = make_split(data, s["seed"], folds=2)
+        assert len(s["per_user"]["users"]) == sum(bool(split.clicked_tags(int(i), 3)) for i in split.indices(test=True))
+    rows = [r for r in result.intervals((1, 2), n_boot=100) if r["model"] == SERVED_MODEL]
+    assert len(rows) == 2 and all(set(r["vs"]) == {"mostpop", "histfreq", "blend", "evaluated"} for r in rows)
+    text = render(result, (1, 2), None, None, None, "utpm experiment")
+    assert "| utpm-hist (served) | bce | evaluated |" in text
+    # without the option, no served rows and nothing paired with `evaluated`
+    plain = run_experiment(path, ["utpm-hist"], ["default"], 1, (1,), "tiny", epochs=1, workers=1, folds=2)
+    assert SERVED_MODEL not in {r["model"] for r in plain.runs}
+
+
 def test_the_paper_experiment_still_runs_with_seeds_and_renders(tmp_path: Path) -> None:
     from utpm.evaluation.experiment import run_experiment
     from utpm.evaluation.report import render
