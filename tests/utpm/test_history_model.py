@@ -416,7 +416,7 @@ def test_served_requests_rank_each_runs_test_users_from_their_requests_and_pair_
     rows = [r for r in result.intervals((1, 2), n_boot=100) if r["model"] == SERVED_MODEL]
     assert len(rows) == 2 and all(set(r["vs"]) == {"mostpop", "histfreq", "blend", "evaluated"} for r in rows)
     text = render(result, (1, 2), None, None, None, "utpm experiment")
-    assert "| utpm-hist (served) | bce | evaluated |" in text
+    assert "| utpm-hist (served) | bce | evaluated |" in text and "| utpm-hist | bce | evaluated |" not in text
     # without the option, no served rows and nothing paired with `evaluated`
     plain = run_experiment(path, ["utpm-hist"], ["default"], 1, (1,), "tiny", epochs=1, workers=1, folds=2)
     assert SERVED_MODEL not in {r["model"] for r in plain.runs}

@@ -226,6 +226,8 @@ def _gaps(result: ExperimentResult, ks: Sequence[int], metric: str) -> list[str]
                 lo, hi = g["ci95"]
                 mark = " above 0" if lo > 0 else (" below 0" if hi < 0 else "")
                 cells.append(f"{g['gap']:+.4f} [{lo:+.4f}, {hi:+.4f}]{mark}")
+            if y == EVALUATED and set(cells) == {"–"}:
+                continue  # a row of its own evaluation only for a served row
             lines.append(f"| {name} | {loss} | {y} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
