@@ -223,6 +223,10 @@ def test_users_ranked_block_by_block_get_the_rankings_of_one_batch(monkeypatch: 
     assert all(c.hist_ids.shape[1] < result.history_encoder.width for c in chunks)
     assert all(c.hist_mask[:, -1].any() for c in chunks)  # nothing a user had was cut
     assert training.rank_chunks(result.model, chunks, result.tags, 5) == whole
+    # users sent as their requests (`--served-requests`): chunk by chunk, the rankings of one batch of them
+    henc, requests = result.history_encoder, [split.request(i) for i in range(split.n_users)]
+    sent_whole = rank_history(result.model, henc.encode([henc.parse(r) for r in requests]), result.tags, 5)
+    assert training.rank_requests(result.model, henc, requests, 5) == sent_whole
 
 
 def test_a_short_training_request_is_what_the_service_parses_from_the_same_list() -> None:

@@ -305,6 +305,7 @@ def run_job(data_path: str, job: Job, ks: Sequence[int], updates: Any = None) ->
     rows = split.indices(test=True)
     top = max(PERSONAL_K, *ks)
     t0 = time.perf_counter()
+    served_ranked: list[list[str]] | None = None  # with `job.served`: the rankings of the test users' requests
     if job.model.startswith(DEFAULT_MODEL):
         from utpm.training.history import rank_users, train_history
 
@@ -358,7 +359,7 @@ def run_job(data_path: str, job: Job, ks: Sequence[int], updates: Any = None) ->
     if job.overrides:
         out["variant"] = ",".join(f"{k}={v}" for k, v in job.overrides)
     score_rankings(out, split, rows, ranked, ks, max_tags, _CACHE.get("truth"))
-    if job.served and job.model.startswith(DEFAULT_MODEL):
+    if served_ranked is not None:
         served: dict[str, Any] = {"model": SERVED_MODEL, "loss": job.loss, "seed": job.seed, "yardstick": False}
         if job.overrides:
             served["variant"] = out["variant"]

@@ -216,7 +216,8 @@ def _gaps(result: ExperimentResult, ks: Sequence[int], metric: str) -> list[str]
     by = {(r["model"], r["loss"], r.get("variant", ""), r["k"]): r for r in rows}
     for model, loss, variant in dict.fromkeys((r["model"], r["loss"], r.get("variant", "")) for r in rows):
         name = model + (f" [{variant}]" if variant else "")
-        for y in shown:
+        # the gap to its own evaluation only in a served row
+        for y in (y for y in shown if y != EVALUATED or model == SERVED_MODEL):
             cells = []
             for k in ks:
                 g = by.get((model, loss, variant, k), {}).get("vs", {}).get(y)
@@ -226,8 +227,6 @@ def _gaps(result: ExperimentResult, ks: Sequence[int], metric: str) -> list[str]
                 lo, hi = g["ci95"]
                 mark = " above 0" if lo > 0 else (" below 0" if hi < 0 else "")
                 cells.append(f"{g['gap']:+.4f} [{lo:+.4f}, {hi:+.4f}]{mark}")
-            if y == EVALUATED and set(cells) == {"–"}:
-                continue  # a row of its own evaluation only for a served row
             lines.append(f"| {name} | {loss} | {y} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 

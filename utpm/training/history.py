@@ -472,9 +472,16 @@ def encode_ranking_chunks(
 ) -> Iterator[HistoryBatch]:
     """Users `rows` encoded one ranking chunk at a time, each `trimmed`, as they are asked for: one
     batch padded to `henc.width` slots a user is mostly padding (docs/training.md, "Where the memory goes")."""
+    return _ranking_batches(henc, rows, lambda i: seqs.stats(int(i)))
+
+
+def _ranking_batches(
+    henc: HistoryEncoder, users: Sequence[Any] | np.ndarray, stats_of: Callable[[Any], Mapping[str, FieldStats]]
+) -> Iterator[HistoryBatch]:
+    """`users` (rows or requests, each read by `stats_of`) encoded one ranking chunk at a time, each `trimmed`."""
     chunk = rank_chunk(len(henc.tags))
-    for lo in range(0, len(rows), chunk):
-        yield trimmed(encode_users(seqs, henc, rows[lo : lo + chunk]))
+    for lo in range(0, len(users), chunk):
+        yield trimmed(henc.encode([stats_of(u) for u in users[lo : lo + chunk]]))
 
 
 def rank_chunks(model: HistoryModel, chunks: Iterable[HistoryBatch], tags: Vocabulary, k: int) -> list[list[str]]:
@@ -495,10 +502,7 @@ def rank_requests(
     """`rank_history` of users sent as requests (`HistoryEncoder.parse`, as the service parses them),
     one ranking chunk at a time: what the service ranks for them (the export's parity gate holds the
     served graph to this model)."""
-    chunk = rank_chunk(len(henc.tags))
-    starts = range(0, len(requests), chunk)
-    batches = (trimmed(henc.encode([henc.parse(r) for r in requests[lo : lo + chunk]])) for lo in starts)
-    return rank_chunks(model, batches, henc.tags, k)
+    return rank_chunks(model, _ranking_batches(henc, requests, henc.parse), henc.tags, k)
 
 
 def short_request(stats: Mapping[str, FieldStats], n: int) -> dict[str, FieldStats]:
